@@ -1,0 +1,3 @@
+module github.com/livegate/livegate/e2e
+
+go 1.26.0

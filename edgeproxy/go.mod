@@ -1,0 +1,3 @@
+module github.com/livegate/livegate/edgeproxy
+
+go 1.26.0

@@ -1,0 +1,18 @@
+// Package haproxy drives the HAProxy that carries signaling: the runtime-socket client and driver,
+// the atomically written map file, the rendered configuration and the supervisor that runs HAProxy
+// in master-worker mode.
+package haproxy
+
+import "context"
+
+// Driver changes HAProxy's session map without reloads. Keys are session ids already accepted by
+// sessionid.Validate; values are backends already parsed as netip.AddrPort and printed as "ip:port"
+// ("[v6]:port" for IPv6). Implementations: RuntimeDriver here (HAProxy's stats socket) and the
+// Data Plane API driver in package dataplaneapi.
+type Driver interface {
+	// Apply sets (adds or replaces) the entries of set and deletes the keys of del. Deleting a key
+	// that is not in the map is not an error. A key in both set and del is set.
+	Apply(ctx context.Context, set map[string]string, del []string) error
+	// List reads back the live map.
+	List(ctx context.Context) (map[string]string, error)
+}

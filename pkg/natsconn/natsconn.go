@@ -1,0 +1,138 @@
+// Package natsconn connects both binaries to NATS the same way: a URL list, optional credentials
+// (a .creds file or an nkey seed file) and TLS, reconnecting forever with jittered backoff and
+// saying why on every disconnect.
+package natsconn
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
+)
+
+// Config says where and how to connect. Secrets stay in files; their contents are never logged.
+type Config struct {
+	// URLs are tried in order, e.g. nats://10.0.0.1:4222. Empty means nats://127.0.0.1:4222.
+	URLs []string
+	// CredsFile is a NATS .creds file (user JWT and nkey seed).
+	CredsFile string
+	// NKeyFile is a file holding an nkey seed.
+	NKeyFile string
+	// TLSCAFile verifies the server; TLSCertFile and TLSKeyFile present a client certificate.
+	TLSCAFile   string
+	TLSCertFile string
+	TLSKeyFile  string
+	// Name is the connection name the server shows in its monitoring.
+	Name string
+}
+
+// Validate reports a configuration that can never connect.
+func (c Config) Validate() error {
+	if c.CredsFile != "" && c.NKeyFile != "" {
+		return errors.New("nats: set either a credentials file or an nkey file, not both")
+	}
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		return errors.New("nats: a TLS client certificate needs both the certificate and the key file")
+	}
+	for _, u := range c.URLs {
+		if strings.TrimSpace(u) == "" {
+			return errors.New("nats: empty server URL")
+		}
+	}
+	return nil
+}
+
+// Connect returns a connection that reconnects forever. If no server answers yet, it returns a
+// connection that keeps trying in the background (nats.RetryOnFailedConnect), so a process can
+// start before its broker; ctx bounds only the set-up itself.
+func Connect(ctx context.Context, cfg Config, log zerolog.Logger, extra ...nats.Option) (*nats.Conn, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	urls := cfg.URLs
+	if len(urls) == 0 {
+		urls = []string{nats.DefaultURL}
+	}
+	opts := []nats.Option{
+		nats.Name(cfg.Name),
+		nats.MaxReconnects(-1),
+		nats.RetryOnFailedConnect(true),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.ReconnectJitter(250*time.Millisecond, time.Second),
+		nats.CustomReconnectDelay(backoff),
+		nats.ReconnectBufSize(16 << 20),
+		nats.PingInterval(10 * time.Second),
+		nats.MaxPingsOutstanding(3),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			reason := "closed by server or client"
+			if err != nil {
+				reason = err.Error()
+			}
+			log.Warn().Str("reason", reason).Msg("nats disconnected")
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			log.Info().Str("server", nc.ConnectedUrlRedacted()).Msg("nats reconnected")
+		}),
+		nats.ConnectHandler(func(nc *nats.Conn) {
+			log.Info().Str("server", nc.ConnectedUrlRedacted()).Msg("nats connected")
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			ev := log.Warn().Err(err)
+			if sub != nil {
+				ev = ev.Str("subject", sub.Subject)
+			}
+			ev.Msg("nats async error")
+		}),
+	}
+	if cfg.CredsFile != "" {
+		opts = append(opts, nats.UserCredentials(cfg.CredsFile))
+	}
+	if cfg.NKeyFile != "" {
+		opt, err := nats.NkeyOptionFromSeed(cfg.NKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("nats: nkey file %s: %w", cfg.NKeyFile, err)
+		}
+		opts = append(opts, opt)
+	}
+	if cfg.TLSCAFile != "" {
+		opts = append(opts, nats.RootCAs(cfg.TLSCAFile))
+	}
+	if cfg.TLSCertFile != "" {
+		opts = append(opts, nats.ClientCert(cfg.TLSCertFile, cfg.TLSKeyFile))
+	}
+	opts = append(opts, extra...)
+	nc, err := nats.Connect(strings.Join(urls, ","), opts...)
+	if err != nil {
+		return nil, fmt.Errorf("nats: connect %s: %w", redact(urls), err)
+	}
+	return nc, nil
+}
+
+// backoff grows the wait between rounds over the whole server list, up to 5 s.
+func backoff(attempts int) time.Duration {
+	d := 250 * time.Millisecond << min(attempts, 5)
+	return min(d, 5*time.Second)
+}
+
+// redact drops user:password from URLs before they reach an error or a log.
+func redact(urls []string) string {
+	out := make([]string, len(urls))
+	for i, u := range urls {
+		if at := strings.LastIndex(u, "@"); at >= 0 {
+			scheme := ""
+			if p := strings.Index(u, "://"); p >= 0 && p < at {
+				scheme = u[:p+3]
+			}
+			u = scheme + "[redacted]@" + u[at+1:]
+		}
+		out[i] = u
+	}
+	return strings.Join(out, ",")
+}

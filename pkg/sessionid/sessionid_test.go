@@ -1,0 +1,67 @@
+package sessionid
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestValidate(t *testing.T) {
+	tests := []struct {
+		name string
+		id   string
+		ok   bool
+	}{
+		{"simple", "abc-DEF_123.x~y", true},
+		{"max length", strings.Repeat("a", MaxLen), true},
+		{"empty", "", false},
+		{"too long", strings.Repeat("a", MaxLen+1), false},
+		{"newline", "abc\nset map", false},
+		{"space", "abc def", false},
+		{"semicolon", "abc;def", false},
+		{"hash", "abc#def", false},
+		{"slash", "abc/def", false},
+		{"percent", "abc%20", false},
+		{"shell", "$(reboot)", false},
+		{"nul", "a\x00b", false},
+		{"unicode", "sessión", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := Validate(tt.id)
+			if (err == nil) != tt.ok {
+				t.Fatalf("Validate(%q) = %v, want ok=%v", tt.id, err, tt.ok)
+			}
+		})
+	}
+}
+
+func TestNew(t *testing.T) {
+	seen := map[string]bool{}
+	for i := 0; i < 100; i++ {
+		id := New()
+		if err := Validate(id); err != nil {
+			t.Fatalf("New() = %q: %v", id, err)
+		}
+		if len(id) != 22 {
+			t.Fatalf("New() = %q, want 22 characters", id)
+		}
+		if seen[id] {
+			t.Fatalf("New() repeated %q", id)
+		}
+		seen[id] = true
+	}
+}
+
+func FuzzValidate(f *testing.F) {
+	for _, s := range []string{"abc", "", "a\nb", "x-nv-sessionid.abc", strings.Repeat("z", 200)} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, id string) {
+		if Validate(id) != nil {
+			return
+		}
+		if strings.ContainsAny(id, " \t\r\n;#\"'`$\\/%?&=") {
+			t.Fatalf("Validate accepted %q", id)
+		}
+	})
+}
