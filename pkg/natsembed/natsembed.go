@@ -5,7 +5,9 @@ package natsembed
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -39,6 +41,14 @@ func Start(o Options) (*Server, error) {
 	}
 	if o.ServerName == "" {
 		o.ServerName = "livegate-embedded"
+	}
+	if o.Port > 0 {
+		// The server reports a busy port only by never becoming ready; say it at once instead.
+		l, err := net.Listen("tcp", net.JoinHostPort(o.Host, strconv.Itoa(o.Port)))
+		if err != nil {
+			return nil, fmt.Errorf("embedded nats: %w", err)
+		}
+		_ = l.Close()
 	}
 	s := &Server{}
 	if o.StoreDir == "" {
