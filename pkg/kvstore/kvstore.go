@@ -93,7 +93,13 @@ type Handler struct {
 	Update func(Entry)
 	// Error, when set, hears why a watch broke before it is started again.
 	Error func(error)
+	// Restart, when set, starts the watch again with a fresh snapshot on every receive. Feed it
+	// natsconn.Reconnects: after a reconnect the stock watcher only notices its consumer is gone
+	// when heartbeats lapse, about 10 s later.
+	Restart <-chan struct{}
 }
+
+var errRestart = errors.New("restart requested")
 
 // rewatchDelay is the pause before a broken watch is started again.
 const rewatchDelay = time.Second
@@ -108,6 +114,9 @@ func Watch(ctx context.Context, kv jetstream.KeyValue, pattern string, h Handler
 		}
 		if h.Error != nil {
 			h.Error(fmt.Errorf("watch %s %s: %w", kv.Bucket(), pattern, err))
+		}
+		if errors.Is(err, errRestart) {
+			continue
 		}
 		select {
 		case <-ctx.Done():
@@ -133,6 +142,8 @@ func watchOnce(ctx context.Context, kv jetstream.KeyValue, pattern string, h Han
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-h.Restart:
+			return errRestart
 		case kve, ok = <-w.Updates():
 		}
 		if !ok {

@@ -8,9 +8,11 @@ import (
 	"time"
 
 	"github.com/livegate/livegate/pkg/kvstore"
+	"github.com/livegate/livegate/pkg/natsconn"
 	"github.com/livegate/livegate/pkg/natstest"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
 )
 
 func connect(t *testing.T, url string) (jetstream.JetStream, *kvstore.Buckets) {
@@ -181,56 +183,54 @@ func TestUpdateTTLCompareAndSet(t *testing.T) {
 	}
 }
 
-// A watch that breaks because the server went away comes back with a fresh snapshot that
-// includes what changed meanwhile.
+// After a server restart the watch starts again (on the reconnect signal) and delivers a fresh
+// snapshot holding what changed while it was away.
 func TestWatchResnapshotsAfterServerRestart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	srv := natstest.External(t)
-	js, b := connect(t, srv.URL())
+	nc, err := natsconn.Connect(ctx, natsconn.Config{URLs: []string{srv.URL()}}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := kvstore.Ensure(ctx, js)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if _, err := b.Routes.Put(ctx, "a", []byte("1")); err != nil {
 		t.Fatal(err)
 	}
-	var mu sync.Mutex
-	var snaps []string
-	got := make(chan struct{}, 10)
-	go func() {
-		_ = kvstore.Watch(ctx, b.Routes, ">", kvstore.Handler{
-			Snapshot: func(m map[string]kvstore.Entry) {
-				mu.Lock()
-				snaps = append(snaps, keys(m))
-				mu.Unlock()
-				got <- struct{}{}
-			},
-			Update: func(kvstore.Entry) { got <- struct{}{} },
-		})
-	}()
-	<-got
+	rec := newRecorder()
+	h := rec.handler()
+	h.Restart = natsconn.Reconnects(nc)
+	go func() { _ = kvstore.Watch(ctx, b.Routes, ">", h) }()
+	rec.waitFor(t, []string{"snapshot:a"}, 5*time.Second)
 	srv.Stop()
+	// Changed while the watcher is away: written by another client once the server is back.
 	srv.Start()
-	// Writes after the restart reach the watcher, through updates or a new snapshot.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		wctx, wcancel := context.WithTimeout(ctx, 2*time.Second)
-		_, err := kvstore.PutTTL(wctx, js, kvstore.RoutesBucket, "b", []byte("1"), time.Minute)
-		wcancel()
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("put after restart: %v", err)
-		}
-		time.Sleep(200 * time.Millisecond)
+	_, b2 := connect(t, srv.URL())
+	if _, err := b2.Routes.Put(ctx, "c", []byte("1")); err != nil {
+		t.Fatal(err)
 	}
+	deadline := time.After(20 * time.Second)
 	for {
-		select {
-		case <-got:
-		case <-time.After(20 * time.Second):
-			t.Fatalf("watch did not recover; snapshots %v", snaps)
+		rec.mu.Lock()
+		calls := append([]string(nil), rec.calls...)
+		rec.mu.Unlock()
+		for _, c := range calls[1:] {
+			if c == "snapshot:ac" || c == "put:c" {
+				return
+			}
 		}
-		e, err := b.Routes.Get(ctx, "b")
-		if err == nil && e != nil {
-			return
+		select {
+		case <-rec.ch:
+		case <-deadline:
+			t.Fatalf("watch did not recover after restart: %v", calls)
 		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -79,7 +80,9 @@ func Connect(ctx context.Context, cfg Config, log zerolog.Logger, extra ...nats.
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			log.Info().Str("server", nc.ConnectedUrlRedacted()).Msg("nats reconnected")
+			notifyReconnect(nc)
 		}),
+		nats.ClosedHandler(forget),
 		nats.ConnectHandler(func(nc *nats.Conn) {
 			log.Info().Str("server", nc.ConnectedUrlRedacted()).Msg("nats connected")
 		}),
@@ -135,4 +138,36 @@ func redact(urls []string) string {
 		out[i] = u
 	}
 	return strings.Join(out, ",")
+}
+
+var (
+	listenersMu sync.Mutex
+	listeners   = map[*nats.Conn][]chan struct{}{}
+)
+
+// Reconnects returns a channel that receives after each reconnect of nc (a connection made by
+// Connect). A reconnect that finds the channel full is folded into the pending one.
+func Reconnects(nc *nats.Conn) <-chan struct{} {
+	ch := make(chan struct{}, 1)
+	listenersMu.Lock()
+	listeners[nc] = append(listeners[nc], ch)
+	listenersMu.Unlock()
+	return ch
+}
+
+func notifyReconnect(nc *nats.Conn) {
+	listenersMu.Lock()
+	defer listenersMu.Unlock()
+	for _, ch := range listeners[nc] {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func forget(nc *nats.Conn) {
+	listenersMu.Lock()
+	delete(listeners, nc)
+	listenersMu.Unlock()
 }

@@ -56,9 +56,15 @@ func TestReconnectsAndLogsReason(t *testing.T) {
 	}
 	defer nc.Close()
 	waitConnected(t, nc.IsConnected)
+	reconnects := Reconnects(nc)
 	srv.Stop()
 	srv.Start()
 	waitConnected(t, nc.IsConnected)
+	select {
+	case <-reconnects:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Reconnects did not fire")
+	}
 	if !strings.Contains(logs.String(), "nats disconnected") || !strings.Contains(logs.String(), `"reason"`) {
 		t.Fatalf("no disconnect reason logged: %s", logs.String())
 	}
