@@ -5,8 +5,8 @@ package dataplaneapi
 // http_request_rule). Unknown fields in answers are ignored, so comparing what is there with what
 // livegate needs only looks at the fields livegate sets.
 
-// MapEntry is one runtime map entry (definition map_entry).
-type MapEntry struct {
+// mapEntry is one runtime map entry (definition map_entry).
+type mapEntry struct {
 	ID    string `json:"id,omitempty"`
 	Key   string `json:"key"`
 	Value string `json:"value"`
@@ -36,20 +36,18 @@ type apiError struct {
 	Message *string `json:"message"`
 }
 
-// Balance is definition balance.
-type Balance struct {
-	Algorithm string `json:"algorithm"`
-}
-
-// Backend is the part of definition backend livegate sets.
+// Backend is the part of definition backend livegate sets. Timeouts are in milliseconds.
 type Backend struct {
-	Name    string   `json:"name"`
-	Mode    string   `json:"mode,omitempty"`
-	Balance *Balance `json:"balance,omitempty"`
+	Name           string `json:"name"`
+	Mode           string `json:"mode,omitempty"`
+	ConnectTimeout *int64 `json:"connect_timeout,omitempty"`
+	ServerTimeout  *int64 `json:"server_timeout,omitempty"`
+	TunnelTimeout  *int64 `json:"tunnel_timeout,omitempty"`
 }
 
 // Server is the part of definition server livegate sets. The document's port is 1..65535, so the
-// "any address, any port" server of the dynamic backend is an address without a port.
+// "any address, any port" server of the dynamic backend is an address without a port, which
+// HAProxy treats as 0.0.0.0:0: the connection's (rewritten) destination address and port.
 type Server struct {
 	Name    string `json:"name"`
 	Address string `json:"address"`
@@ -59,17 +57,20 @@ type Server struct {
 // StickTable is definition config_stick_table.
 type StickTable struct {
 	Type   string `json:"type,omitempty"`
-	Size   *int   `json:"size,omitempty"`
-	Expire *int   `json:"expire,omitempty"`
+	Size   *int64 `json:"size,omitempty"`
+	Expire *int64 `json:"expire,omitempty"`
 	Store  string `json:"store,omitempty"`
 }
 
-// Frontend is the part of definition frontend livegate sets.
+// Frontend is the part of definition frontend livegate sets. Timeouts are in milliseconds.
 type Frontend struct {
-	Name           string      `json:"name"`
-	Mode           string      `json:"mode,omitempty"`
-	DefaultBackend string      `json:"default_backend,omitempty"`
-	StickTable     *StickTable `json:"stick_table,omitempty"`
+	Name               string      `json:"name"`
+	Mode               string      `json:"mode,omitempty"`
+	HTTPLog            bool        `json:"httplog,omitempty"`
+	ClientTimeout      *int64      `json:"client_timeout,omitempty"`
+	HTTPRequestTimeout *int64      `json:"http_request_timeout,omitempty"`
+	StickTable         *StickTable `json:"stick_table,omitempty"`
+	DefaultBackend     string      `json:"default_backend,omitempty"`
 }
 
 // Bind is the part of definition bind livegate sets.
@@ -80,10 +81,13 @@ type Bind struct {
 	SSL            bool   `json:"ssl,omitempty"`
 	SSLCertificate string `json:"ssl_certificate,omitempty"`
 	Alpn           string `json:"alpn,omitempty"`
+	SSLMinVer      string `json:"ssl_min_ver,omitempty"`
+	Ciphers        string `json:"ciphers,omitempty"`
+	Ciphersuites   string `json:"ciphersuites,omitempty"`
 }
 
-// HTTPRequestRule is the part of definition http_request_rule livegate sets.
-type HTTPRequestRule struct {
+// Rule is the part of definitions http_request_rule and http_response_rule livegate sets.
+type Rule struct {
 	Index            *int   `json:"index"`
 	Type             string `json:"type"`
 	Cond             string `json:"cond,omitempty"`
@@ -96,7 +100,10 @@ type HTTPRequestRule struct {
 	HdrFormat        string `json:"hdr_format,omitempty"`
 	DenyStatus       *int   `json:"deny_status,omitempty"`
 	ReturnStatusCode *int   `json:"return_status_code,omitempty"`
+	ReturnType       string `json:"return_content_type,omitempty"`
+	ReturnFormat     string `json:"return_content_format,omitempty"`
+	ReturnContent    string `json:"return_content,omitempty"`
 	TrackScKey       string `json:"track_sc_key,omitempty"`
-	TrackScTable     string `json:"track_sc_table,omitempty"`
 	TrackScCounter   *int   `json:"track_sc_stick_counter,omitempty"`
+	ScID             *int   `json:"sc_id,omitempty"`
 }

@@ -160,21 +160,21 @@ func (a *Allocator) Allocate(key string, n int, preferred []uint16) ([]uint16, e
 	}
 
 	ports := append(make([]uint16, 0, n), held...)
-	taken := make([]uint16, 0, n-len(held))
+	undo := make([]claimed, 0, n-len(held))
 	for i := len(held); i < n; i++ {
-		p, ok := a.claimPreferred(key, preferred, i)
+		c, ok := a.claimPreferred(key, preferred, i)
 		if !ok {
-			p, ok = a.claimNext(key)
+			c, ok = a.claimNext(key)
 		}
 		if !ok {
-			for _, t := range taken {
-				a.unclaim(t)
+			for j := len(undo) - 1; j >= 0; j-- {
+				a.unclaim(undo[j])
 			}
 			return nil, fmt.Errorf("allocate %d ports for %q (%d free of %d): %w",
 				n, key, a.free, a.rng.Size(), ErrExhausted)
 		}
-		taken = append(taken, p)
-		ports = append(ports, p)
+		undo = append(undo, c)
+		ports = append(ports, c.port)
 	}
 	a.keys[key] = ports
 	return append([]uint16(nil), ports...), nil
@@ -211,9 +211,16 @@ func (a *Allocator) Capacity() (total, free int) {
 
 func (a *Allocator) slot(port uint16) *slot { return &a.slots[int(port)-int(a.rng.First)] }
 
-func (a *Allocator) claimPreferred(key string, preferred []uint16, i int) (uint16, bool) {
+// claimed remembers what a port was before Allocate claimed it, so a failed Allocate can
+// put it back.
+type claimed struct {
+	port uint16
+	was  slot
+}
+
+func (a *Allocator) claimPreferred(key string, preferred []uint16, i int) (claimed, bool) {
 	if i >= len(preferred) || !a.rng.Contains(preferred[i]) {
-		return 0, false
+		return claimed{}, false
 	}
 	p := preferred[i]
 	s := a.slot(p)
@@ -221,45 +228,46 @@ func (a *Allocator) claimPreferred(key string, preferred []uint16, i int) (uint1
 	case stateFree:
 	case stateQuarantined:
 		if s.owner != "" && s.owner != key {
-			return 0, false
+			return claimed{}, false
 		}
 	default:
-		return 0, false
+		return claimed{}, false
 	}
-	a.claim(p, key)
-	return p, true
+	return a.claim(p, key), true
 }
 
-func (a *Allocator) claimNext(key string) (uint16, bool) {
+func (a *Allocator) claimNext(key string) (claimed, bool) {
 	if a.free == 0 {
-		return 0, false
+		return claimed{}, false
 	}
 	size := a.rng.Size()
 	for i := 0; i < size; i++ {
 		idx := (a.cursor + i) % size
 		if a.slots[idx].state == stateFree {
 			a.cursor = (idx + 1) % size
-			p := uint16(int(a.rng.First) + idx)
-			a.claim(p, key)
-			return p, true
+			return a.claim(uint16(int(a.rng.First)+idx), key), true
 		}
 	}
-	return 0, false
+	return claimed{}, false
 }
 
-func (a *Allocator) claim(port uint16, key string) {
+func (a *Allocator) claim(port uint16, key string) claimed {
 	s := a.slot(port)
+	c := claimed{port: port, was: *s}
 	if s.state == stateFree {
 		a.free--
 	}
 	*s = slot{state: stateAllocated, owner: key}
+	return c
 }
 
-// unclaim undoes a claim made during a failed Allocate; the port was free or quarantined for
-// this key, and going back to free is harmless in both cases because nobody else received it.
-func (a *Allocator) unclaim(port uint16) {
-	*a.slot(port) = slot{}
-	a.free++
+// unclaim restores a port claimed by a failed Allocate; its quarantine queue entry, if any, is
+// still in place and matches the restored state.
+func (a *Allocator) unclaim(c claimed) {
+	*a.slot(c.port) = c.was
+	if c.was.state == stateFree {
+		a.free++
+	}
 }
 
 func (a *Allocator) toQuarantine(port uint16, owner string) {

@@ -1,0 +1,191 @@
+// Command livegate-agent is the session sidecar: the session REST API, the app's loopback API and
+// the NATS write-back around the session lifecycle. See docs/agent.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/livegate/livegate/agent/internal/appapi"
+	"github.com/livegate/livegate/agent/internal/lifecycle"
+	"github.com/livegate/livegate/agent/internal/metrics"
+	"github.com/livegate/livegate/agent/internal/publisher"
+	"github.com/livegate/livegate/agent/internal/recycle"
+	"github.com/livegate/livegate/agent/internal/restapi"
+	"github.com/livegate/livegate/agent/internal/session"
+	"github.com/livegate/livegate/agent/internal/settings"
+	"github.com/livegate/livegate/pkg/logging"
+	"github.com/livegate/livegate/pkg/natsconn"
+	"github.com/livegate/livegate/pkg/sessionid"
+	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
+	"github.com/rs/zerolog"
+)
+
+// probeInterval is how often --app-probe dials the app.
+const probeInterval = 500 * time.Millisecond
+
+func main() { os.Exit(run(os.Args[1:])) }
+
+func run(args []string) int {
+	s, err := settings.Load(args, os.Environ(), os.Stderr)
+	if errors.Is(err, settings.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "livegate-agent:", err)
+		return 2
+	}
+	log, err := logging.New(logging.Options{Level: s.LogLevel, Format: s.LogFormat})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "livegate-agent:", err)
+		return 2
+	}
+	if err := serve(s, log); err != nil {
+		log.Error().Err(err).Msg("livegate-agent stopped")
+		return 1
+	}
+	return 0
+}
+
+func serve(s *settings.Settings, log zerolog.Logger) error {
+	ctx, stopSignals := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stopSignals()
+	log = log.With().Str("instance_id", s.InstanceID).Logger()
+	m := metrics.New()
+
+	quit := make(chan struct{})
+	var quitOnce sync.Once
+	onRecycle := func(r session.Recycle) {
+		l := log.With().Str("session_id", r.SessionID).Str("reason", r.Reason).Logger()
+		if s.Action.Kind == settings.ActionExit {
+			l.Info().Msg("session ended: exiting")
+			quitOnce.Do(func() { close(quit) })
+			return
+		}
+		if err := recycle.Run(ctx, s.Action, r.SessionID, r.Reason); err != nil {
+			l.Error().Err(err).Msg("on-session-ended failed")
+			return
+		}
+		l.Info().Str("action", s.OnSessionEnded).Msg("on-session-ended done")
+	}
+
+	var agent *lifecycle.Agent
+	opts := []lifecycle.Option{
+		lifecycle.WithLogger(log), lifecycle.WithMetrics(m), lifecycle.WithRecycle(onRecycle),
+		lifecycle.WithIdentity(s.InstanceID, s.Pool),
+	}
+	var pub *publisher.Publisher
+	if s.NATSURL != "" {
+		nc, err := natsconn.Connect(ctx, natsconn.Config{
+			URLs: strings.Split(s.NATSURL, ","), CredsFile: s.NATSCreds, NKeyFile: s.NATSNKey,
+			TLSCAFile: s.NATSTLSCA, TLSCertFile: s.NATSTLSCert, TLSKeyFile: s.NATSTLSKey,
+			Name: "livegate-agent/" + s.InstanceID,
+		}, log)
+		if err != nil {
+			return err
+		}
+		defer nc.Close()
+		pub, err = publisher.New(nc, publisher.Config{
+			InstanceID: s.InstanceID, Pool: s.Pool, EdgeID: s.EdgeID,
+			SignalingBackend: s.SignalingBackend, MediaBackends: s.MediaBackends,
+			LeaseTTL: s.LeaseTTL, Source: "livegate-agent/" + s.InstanceID,
+		}, log, m, func(ep *livegatev1.Endpoint) { agent.AssignEndpoint(ep) })
+		if err != nil {
+			return err
+		}
+		opts = append(opts, lifecycle.WithPublisher(pub))
+	}
+	agent = lifecycle.New(session.Config{
+		QuitOnSessionEnded:       s.QuitOnSessionEnded,
+		ResumeTimeout:            time.Duration(s.ResumeTimeoutSeconds) * time.Second,
+		WaitForSessionReadyEvent: s.WaitForSessionReadyEvent,
+		SessionID:                s.SessionID,
+		NewID:                    sessionid.New,
+	}, opts...)
+
+	restOpts := []restapi.Option{restapi.WithLogger(log)}
+	if pub != nil {
+		restOpts = append(restOpts, restapi.WithNATSStatus(func() any { return pub.Status() }))
+	}
+	rest := restapi.New(agent, m, restOpts...)
+	app := appapi.New(agent, m, log)
+	restL, err := net.Listen("tcp", net.JoinHostPort(s.Host, strconv.Itoa(s.Port)))
+	if err != nil {
+		return fmt.Errorf("session API: %w", err)
+	}
+	appL, err := net.Listen("tcp", s.AppAddr)
+	if err != nil {
+		_ = restL.Close()
+		return fmt.Errorf("app API: %w", err)
+	}
+
+	failed := make(chan error, 2)
+	go func() {
+		if err := rest.Server.Serve(restL); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			failed <- fmt.Errorf("session API: %w", err)
+		}
+	}()
+	go func() {
+		if err := app.Serve(appL); err != nil {
+			failed <- fmt.Errorf("app API: %w", err)
+		}
+	}()
+	pubCtx, stopPub := context.WithCancel(context.Background())
+	pubDone := make(chan struct{})
+	go func() {
+		defer close(pubDone)
+		if pub != nil {
+			pub.Run(pubCtx)
+		}
+	}()
+	if s.AppProbe != "" {
+		go func() {
+			if err := appapi.Probe(ctx, s.AppProbe, probeInterval); err == nil {
+				log.Info().Str("app_probe", s.AppProbe).Msg("app accepts connections")
+				agent.Signal(session.AppReady)
+			}
+		}()
+	}
+	log.Info().Str("session_api", restL.Addr().String()).Str("app_api", appL.Addr().String()).Str("pool", s.Pool).
+		Bool("nats", pub != nil).Bool("quit_on_session_ended", s.QuitOnSessionEnded).
+		Int("resume_timeout_seconds", s.ResumeTimeoutSeconds).Bool("wait_for_session_ready_event", s.WaitForSessionReadyEvent).
+		Msg("livegate-agent started")
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		log.Info().Msg("signal received: stopping")
+	case <-quit:
+	case runErr = <-failed:
+	}
+
+	// Answer the request in flight (the endsession that ended the session), then say goodbye on
+	// NATS: the last events and the route's deletion, bounded by the shutdown timeout.
+	agent.Stop()
+	sctx, cancel := context.WithTimeout(context.Background(), s.ShutdownTimeout)
+	defer cancel()
+	if err := rest.Shutdown(sctx); err != nil {
+		log.Warn().Err(err).Msg("session API shutdown")
+	}
+	if err := app.Shutdown(sctx); err != nil {
+		log.Warn().Err(err).Msg("app API shutdown")
+	}
+	if pub != nil {
+		if err := pub.Flush(sctx); err != nil {
+			log.Warn().Err(err).Msg("events or route not settled before exit")
+		}
+	}
+	stopPub()
+	<-pubDone
+	return runErr
+}

@@ -1,0 +1,706 @@
+// Package settings reads the agent's configuration from, lowest to highest precedence: defaults, a
+// TOML file (a Kit .kit file's [settings] table is read as it is), LIVEGATE_AGENT_* environment
+// variables, native flags and Kit-style flags (--/exts/<ext>/<key>=value). Anything unknown or
+// malformed stops start-up with a message naming the setting and where it came from.
+package settings
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/BurntSushi/toml"
+	"github.com/livegate/livegate/pkg/events"
+	"github.com/livegate/livegate/pkg/sessionid"
+)
+
+// EnvPrefix starts every environment variable the agent reads.
+const EnvPrefix = "LIVEGATE_AGENT_"
+
+// The Kit extensions whose settings the agent understands.
+const (
+	SessionExt = "omni.services.livestream.session"
+	HTTPExt    = "omni.services.transport.server.http"
+)
+
+// The reference app's default ports (DESIGN.md section 1).
+const (
+	DefaultSignalingPort = 49100
+	DefaultMediaPort     = 47998
+)
+
+// Settings is the agent's whole configuration.
+type Settings struct {
+	QuitOnSessionEnded       bool
+	ResumeTimeoutSeconds     int
+	WaitForSessionReadyEvent bool
+	Port                     int
+	Host                     string
+
+	AppAddr        string
+	AppProbe       string
+	OnSessionEnded string
+
+	NATSURL     string
+	NATSCreds   string
+	NATSNKey    string
+	NATSTLSCA   string
+	NATSTLSCert string
+	NATSTLSKey  string
+
+	InstanceID       string
+	Pool             string
+	SessionID        string
+	SignalingBackend string
+	MediaBackends    []string
+	BackendIP        string
+	EdgeID           string
+	LeaseTTL         time.Duration
+	ShutdownTimeout  time.Duration
+
+	LogLevel  string
+	LogFormat string
+
+	// ConfigFile is the TOML file read, if any.
+	ConfigFile string
+	// Action is OnSessionEnded parsed.
+	Action Action
+	// Sources says where each setting that is not a default came from.
+	Sources map[string]string
+}
+
+// Defaults returns the settings before any source is read.
+func Defaults() Settings {
+	return Settings{
+		QuitOnSessionEnded:   true,
+		ResumeTimeoutSeconds: 30,
+		Port:                 8011,
+		AppAddr:              "127.0.0.1:8012",
+		OnSessionEnded:       "exit",
+		Pool:                 "default",
+		SignalingBackend:     fmt.Sprintf(":%d", DefaultSignalingPort),
+		MediaBackends:        []string{fmt.Sprintf(":%d", DefaultMediaPort)},
+		LeaseTTL:             15 * time.Second,
+		ShutdownTimeout:      5 * time.Second,
+		LogLevel:             "info",
+		LogFormat:            "auto",
+	}
+}
+
+// def describes one setting and all its spellings.
+type def struct {
+	// name is the flag, TOML key and (upper-cased, - as _) environment variable suffix.
+	name string
+	// kit is the Kit path "exts/<ext>/<key>", when the setting has one.
+	kit   string
+	usage string
+	ptr   func(*Settings) any
+}
+
+var defs = []def{
+	{"quit-on-session-ended", "exts/" + SessionExt + "/quitOnSessionEnded", "run --on-session-ended when a session ends, instead of serving the next one", func(s *Settings) any { return &s.QuitOnSessionEnded }},
+	{"resume-timeout-seconds", "exts/" + SessionExt + "/resumeTimeoutSeconds", "seconds a session waits for its client to come back (0 = no resumption)", func(s *Settings) any { return &s.ResumeTimeoutSeconds }},
+	{"wait-for-session-ready-event", "exts/" + SessionExt + "/waitForSessionReadyEvent", "require the app's session-ready event before a session is ready for connection", func(s *Settings) any { return &s.WaitForSessionReadyEvent }},
+	{"port", "exts/" + HTTPExt + "/port", "port of the session REST API", func(s *Settings) any { return &s.Port }},
+	{"host", "", "address the session REST API listens on (empty = all)", func(s *Settings) any { return &s.Host }},
+	{"app-addr", "", "loopback host:port of the app API", func(s *Settings) any { return &s.AppAddr }},
+	{"app-probe", "", "host:port; the app counts as ready once it accepts TCP connections", func(s *Settings) any { return &s.AppProbe }},
+	{"on-session-ended", "", "exit | signal:PIDFILE:SIGNAL | exec:COMMAND, run when a session ends and quit-on-session-ended is set", func(s *Settings) any { return &s.OnSessionEnded }},
+	{"nats-url", "", "NATS server URLs, comma-separated (empty = no NATS)", func(s *Settings) any { return &s.NATSURL }},
+	{"nats-creds", "", "NATS .creds file", func(s *Settings) any { return &s.NATSCreds }},
+	{"nats-nkey", "", "NATS nkey seed file", func(s *Settings) any { return &s.NATSNKey }},
+	{"nats-tls-ca", "", "CA file that verifies the NATS server", func(s *Settings) any { return &s.NATSTLSCA }},
+	{"nats-tls-cert", "", "client certificate file for NATS", func(s *Settings) any { return &s.NATSTLSCert }},
+	{"nats-tls-key", "", "client key file for NATS", func(s *Settings) any { return &s.NATSTLSKey }},
+	{"instance-id", "", "this instance's id: route key and event subject token (default: the host name up to its first dot)", func(s *Settings) any { return &s.InstanceID }},
+	{"pool", "", "pool of edges that serve this instance", func(s *Settings) any { return &s.Pool }},
+	{"session-id", "", "the first session's id (default: a fresh random id per session)", func(s *Settings) any { return &s.SessionID }},
+	{"signaling-backend", "", "the app's signaling ip:port; an empty ip means --backend-ip", func(s *Settings) any { return &s.SignalingBackend }},
+	{"media-backend", "", "the app's media ip:port, repeatable; an empty ip means --backend-ip", func(s *Settings) any { return &s.MediaBackends }},
+	{"backend-ip", "", "ip used where a backend has none (default: this host's first global unicast IPv4 address)", func(s *Settings) any { return &s.BackendIP }},
+	{"edge-id", "", "ask for this edge instead of any edge of the pool", func(s *Settings) any { return &s.EdgeID }},
+	{"lease-ttl", "", "lifetime of the route key without renewal; renewed every third of it", func(s *Settings) any { return &s.LeaseTTL }},
+	{"shutdown-timeout", "", "how long stopping may take to flush events and delete the route", func(s *Settings) any { return &s.ShutdownTimeout }},
+	{"log-level", "", "trace, debug, info, warn or error", func(s *Settings) any { return &s.LogLevel }},
+	{"log-format", "", "auto, json or console", func(s *Settings) any { return &s.LogFormat }},
+}
+
+// ErrHelp is returned when -h or --help was asked for; the usage has been written.
+var ErrHelp = flag.ErrHelp
+
+// Load reads every source. args are the command-line arguments without the program name; environ
+// is os.Environ(); usage receives the help text.
+func Load(args, environ []string, usage io.Writer) (*Settings, error) {
+	s := Defaults()
+	s.Sources = map[string]string{}
+
+	var kitArgs, nativeArgs []string
+	for _, a := range args {
+		if strings.HasPrefix(a, "--/") {
+			kitArgs = append(kitArgs, a)
+		} else {
+			nativeArgs = append(nativeArgs, a)
+		}
+	}
+	fs, flagVals, configFlag := newFlagSet(usage)
+	if err := fs.Parse(nativeArgs); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, ErrHelp
+		}
+		return nil, fmt.Errorf("command line: %w", err)
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("command line: unexpected argument %q", fs.Arg(0))
+	}
+
+	env := map[string]string{}
+	for _, kv := range environ {
+		k, v, ok := strings.Cut(kv, "=")
+		if ok && strings.HasPrefix(k, EnvPrefix) {
+			env[k] = v
+		}
+	}
+	configPath := env[EnvPrefix+"CONFIG"]
+	if *configFlag != "" {
+		configPath = *configFlag
+	}
+	if configPath != "" {
+		if err := s.loadFile(configPath); err != nil {
+			return nil, err
+		}
+		s.ConfigFile = configPath
+	}
+	if err := s.loadEnv(env); err != nil {
+		return nil, err
+	}
+	var ferr error
+	fs.Visit(func(f *flag.Flag) {
+		v, ok := flagVals[f.Name]
+		if !ok || ferr != nil {
+			return
+		}
+		ferr = s.setStrings(v.def, v.vals, "flag --"+f.Name)
+	})
+	if ferr != nil {
+		return nil, ferr
+	}
+	for _, a := range kitArgs {
+		if err := s.setKitFlag(a); err != nil {
+			return nil, err
+		}
+	}
+	if err := s.finish(); err != nil {
+		return nil, err
+	}
+	return &s, nil
+}
+
+type flagValue struct {
+	def    def
+	isBool bool
+	vals   []string
+}
+
+func (v *flagValue) String() string { return "" }
+func (v *flagValue) Set(s string) error {
+	v.vals = append(v.vals, s)
+	return nil
+}
+func (v *flagValue) IsBoolFlag() bool { return v.isBool }
+
+func newFlagSet(usage io.Writer) (*flag.FlagSet, map[string]*flagValue, *string) {
+	fs := flag.NewFlagSet("livegate-agent", flag.ContinueOnError)
+	fs.SetOutput(usage)
+	vals := map[string]*flagValue{}
+	defaults := Defaults()
+	for _, d := range defs {
+		_, isBool := d.ptr(&defaults).(*bool)
+		v := &flagValue{def: d, isBool: isBool}
+		vals[d.name] = v
+		text := d.usage
+		if dv := formatValue(d.ptr(&defaults)); dv != "" && dv != "false" {
+			text += " (default " + dv + ")"
+		}
+		if d.kit != "" {
+			text += "; Kit: --/" + d.kit
+		}
+		fs.Var(v, d.name, text)
+	}
+	config := fs.String("config", "", "TOML settings file; a Kit .kit file's [settings] table is read as it is")
+	fs.Usage = func() {
+		fmt.Fprintf(usage, "Usage: livegate-agent [flags]\n\nEvery flag can also be set as %s<NAME> (upper case, - as _) or in the --config file.\n\n", EnvPrefix)
+		fs.PrintDefaults()
+	}
+	return fs, vals, config
+}
+
+func formatValue(p any) string {
+	switch p := p.(type) {
+	case *bool:
+		return strconv.FormatBool(*p)
+	case *int:
+		return strconv.Itoa(*p)
+	case *string:
+		return *p
+	case *[]string:
+		return strings.Join(*p, ",")
+	case *time.Duration:
+		return p.String()
+	}
+	return ""
+}
+
+func envName(name string) string {
+	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+}
+
+func (s *Settings) loadEnv(env map[string]string) error {
+	known := map[string]def{}
+	for _, d := range defs {
+		known[envName(d.name)] = d
+	}
+	names := make([]string, 0, len(env))
+	for k := range env {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		if k == EnvPrefix+"CONFIG" {
+			continue
+		}
+		d, ok := known[k]
+		if !ok {
+			return fmt.Errorf("environment: %s: unknown setting", k)
+		}
+		vals := []string{env[k]}
+		if _, isList := d.ptr(s).(*[]string); isList {
+			vals = strings.Split(env[k], ",")
+		}
+		if err := s.setStrings(d, vals, "environment "+k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Settings) setKitFlag(arg string) error {
+	src := "flag " + arg
+	path, val, ok := strings.Cut(strings.TrimPrefix(arg, "--/"), "=")
+	if !ok {
+		return fmt.Errorf("%s: Kit-style flags need =value", src)
+	}
+	src = "flag --/" + path
+	for _, d := range defs {
+		if d.kit != "" && d.kit == path {
+			return s.setStrings(d, []string{val}, src)
+		}
+	}
+	return fmt.Errorf("%s: unknown setting", src)
+}
+
+// setStrings sets d from text; a list takes every value.
+func (s *Settings) setStrings(d def, vals []string, src string) error {
+	fail := func(want string) error {
+		return fmt.Errorf("%s: %q is not %s", src, strings.Join(vals, ","), want)
+	}
+	last := vals[len(vals)-1]
+	switch p := d.ptr(s).(type) {
+	case *bool:
+		b, err := strconv.ParseBool(last)
+		if err != nil {
+			return fail("true or false")
+		}
+		*p = b
+	case *int:
+		n, err := strconv.Atoi(last)
+		if err != nil {
+			return fail("an integer")
+		}
+		*p = n
+	case *string:
+		*p = last
+	case *time.Duration:
+		v, err := time.ParseDuration(last)
+		if err != nil {
+			return fail("a duration such as 15s")
+		}
+		*p = v
+	case *[]string:
+		var out []string
+		for _, v := range vals {
+			for _, item := range strings.Split(v, ",") {
+				if item = strings.TrimSpace(item); item != "" {
+					out = append(out, item)
+				}
+			}
+		}
+		*p = out
+	}
+	s.Sources[d.name] = src
+	return nil
+}
+
+// setTOML sets d from a decoded TOML value, insisting on the TOML type.
+func (s *Settings) setTOML(d def, v any, src string) error {
+	fail := func(want string) error { return fmt.Errorf("%s: want %s, got %T %v", src, want, v, v) }
+	switch p := d.ptr(s).(type) {
+	case *bool:
+		b, ok := v.(bool)
+		if !ok {
+			return fail("a boolean")
+		}
+		*p = b
+	case *int:
+		n, ok := v.(int64)
+		if !ok {
+			return fail("an integer")
+		}
+		*p = int(n)
+	case *string:
+		str, ok := v.(string)
+		if !ok {
+			return fail("a string")
+		}
+		*p = str
+	case *time.Duration:
+		str, ok := v.(string)
+		if !ok {
+			return fail(`a duration string such as "15s"`)
+		}
+		dur, err := time.ParseDuration(str)
+		if err != nil {
+			return fail(`a duration string such as "15s"`)
+		}
+		*p = dur
+	case *[]string:
+		arr, ok := v.([]any)
+		if !ok {
+			return fail("an array of strings")
+		}
+		out := make([]string, 0, len(arr))
+		for _, item := range arr {
+			str, ok := item.(string)
+			if !ok {
+				return fail("an array of strings")
+			}
+			out = append(out, str)
+		}
+		*p = out
+	}
+	s.Sources[d.name] = src
+	return nil
+}
+
+// loadFile reads a TOML file. In a .kit file only [settings] matters, and in it only the two
+// extensions the agent stands in for; any other file holds native keys at the top level too.
+func (s *Settings) loadFile(path string) error {
+	var doc map[string]any
+	if _, err := toml.DecodeFile(path, &doc); err != nil {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	kit := strings.EqualFold(filepath.Ext(path), ".kit")
+	keys := make([]string, 0, len(doc))
+	for k := range doc {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	native := map[string]def{}
+	for _, d := range defs {
+		native[d.name] = d
+	}
+	for _, k := range keys {
+		v := doc[k]
+		if k == "settings" {
+			if err := s.loadKitSettings(path, v); err != nil {
+				return err
+			}
+			continue
+		}
+		if kit {
+			continue
+		}
+		d, ok := native[k]
+		if !ok {
+			return fmt.Errorf("config %s: %s: unknown setting", path, k)
+		}
+		if err := s.setTOML(d, v, fmt.Sprintf("config %s: %s", path, k)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Settings) loadKitSettings(path string, v any) error {
+	settings, ok := v.(map[string]any)
+	if !ok {
+		return fmt.Errorf("config %s: settings: want a table", path)
+	}
+	exts, ok := settings["exts"]
+	if !ok {
+		return nil
+	}
+	extTable, ok := exts.(map[string]any)
+	if !ok {
+		return fmt.Errorf("config %s: settings.exts: want a table", path)
+	}
+	for _, ext := range []string{SessionExt, HTTPExt} {
+		raw, ok := extTable[ext]
+		if !ok {
+			continue
+		}
+		where := fmt.Sprintf("settings.exts.%q", ext)
+		table, ok := raw.(map[string]any)
+		if !ok {
+			return fmt.Errorf("config %s: %s: want a table", path, where)
+		}
+		keys := make([]string, 0, len(table))
+		for k := range table {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			src := fmt.Sprintf("config %s: %s.%s", path, where, k)
+			d, ok := kitDef("exts/" + ext + "/" + k)
+			if !ok {
+				return fmt.Errorf("%s: unknown setting", src)
+			}
+			if err := s.setTOML(d, table[k], src); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func kitDef(path string) (def, bool) {
+	for _, d := range defs {
+		if d.kit == path {
+			return d, true
+		}
+	}
+	return def{}, false
+}
+
+// source names where a setting came from, for error messages.
+func (s *Settings) source(name string) string {
+	if src, ok := s.Sources[name]; ok {
+		return src
+	}
+	return "default " + name
+}
+
+// finish fills derived defaults and validates the result.
+func (s *Settings) finish() error {
+	bad := func(name, format string, a ...any) error {
+		return fmt.Errorf("%s: %s", s.source(name), fmt.Sprintf(format, a...))
+	}
+	if s.Port < 1 || s.Port > 65535 {
+		return bad("port", "%d is not a port from 1 to 65535", s.Port)
+	}
+	if s.ResumeTimeoutSeconds < 0 || s.ResumeTimeoutSeconds > 86400 {
+		return bad("resume-timeout-seconds", "%d is not from 0 to 86400", s.ResumeTimeoutSeconds)
+	}
+	if s.Host != "" {
+		if _, err := netip.ParseAddr(s.Host); err != nil {
+			return bad("host", "%q is not an IP address", s.Host)
+		}
+	}
+	if err := checkLoopback(s.AppAddr); err != nil {
+		return bad("app-addr", "%v", err)
+	}
+	if s.AppProbe != "" {
+		if _, err := hostPort(s.AppProbe); err != nil {
+			return bad("app-probe", "%v", err)
+		}
+	}
+	action, err := ParseAction(s.OnSessionEnded)
+	if err != nil {
+		return bad("on-session-ended", "%v", err)
+	}
+	s.Action = action
+	if s.InstanceID == "" {
+		host, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("instance-id: not set and the host name is unknown: %w", err)
+		}
+		s.InstanceID, _, _ = strings.Cut(host, ".")
+	}
+	if err := events.ValidateToken("instance id", s.InstanceID); err != nil {
+		return bad("instance-id", "%v", err)
+	}
+	if err := events.ValidateToken("pool", s.Pool); err != nil {
+		return bad("pool", "%v", err)
+	}
+	if s.EdgeID != "" {
+		if err := events.ValidateToken("edge id", s.EdgeID); err != nil {
+			return bad("edge-id", "%v", err)
+		}
+	}
+	if s.SessionID != "" {
+		if err := sessionid.Validate(s.SessionID); err != nil {
+			return bad("session-id", "%v", err)
+		}
+	}
+	if s.LeaseTTL < time.Second || s.LeaseTTL > time.Hour {
+		return bad("lease-ttl", "%s is not from 1s to 1h", s.LeaseTTL)
+	}
+	if s.ShutdownTimeout <= 0 {
+		return bad("shutdown-timeout", "%s is not positive", s.ShutdownTimeout)
+	}
+	if s.NATSURL == "" {
+		return nil
+	}
+	if s.BackendIP != "" {
+		if _, err := netip.ParseAddr(s.BackendIP); err != nil {
+			return bad("backend-ip", "%q is not an IP address", s.BackendIP)
+		}
+	}
+	if s.SignalingBackend, err = s.backend(s.SignalingBackend); err != nil {
+		return bad("signaling-backend", "%v", err)
+	}
+	if len(s.MediaBackends) == 0 {
+		return bad("media-backend", "at least one media backend is needed")
+	}
+	for i, b := range s.MediaBackends {
+		if s.MediaBackends[i], err = s.backend(b); err != nil {
+			return bad("media-backend", "%v", err)
+		}
+	}
+	return nil
+}
+
+// backend checks an "ip:port" backend, filling an empty ip from backend-ip.
+func (s *Settings) backend(b string) (string, error) {
+	host, port, err := net.SplitHostPort(b)
+	if err != nil {
+		return "", fmt.Errorf("%q is not ip:port", b)
+	}
+	if host == "" {
+		if s.BackendIP == "" {
+			ip, err := firstGlobalIPv4()
+			if err != nil {
+				return "", fmt.Errorf("%q has no ip and %w; set backend-ip", b, err)
+			}
+			s.BackendIP = ip.String()
+		}
+		host = s.BackendIP
+	}
+	ap, err := netip.ParseAddrPort(net.JoinHostPort(host, port))
+	if err != nil || ap.Port() == 0 {
+		return "", fmt.Errorf("%q is not ip:port", b)
+	}
+	return ap.String(), nil
+}
+
+func firstGlobalIPv4() (netip.Addr, error) {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("interface addresses: %w", err)
+	}
+	for _, a := range addrs {
+		pfx, err := netip.ParsePrefix(a.String())
+		if err != nil {
+			continue
+		}
+		if ip := pfx.Addr(); ip.Is4() && ip.IsGlobalUnicast() {
+			return ip, nil
+		}
+	}
+	return netip.Addr{}, errors.New("this host has no global unicast IPv4 address")
+}
+
+func hostPort(hp string) (netip.AddrPort, error) {
+	host, port, err := net.SplitHostPort(hp)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("%q is not host:port", hp)
+	}
+	if host == "localhost" {
+		host = "127.0.0.1"
+	}
+	ap, err := netip.ParseAddrPort(net.JoinHostPort(host, port))
+	if err != nil || ap.Port() == 0 {
+		return netip.AddrPort{}, fmt.Errorf("%q is not ip:port", hp)
+	}
+	return ap, nil
+}
+
+// checkLoopback insists that the app API, which hands out credentials, is reachable only locally.
+func checkLoopback(hp string) error {
+	ap, err := hostPort(hp)
+	if err != nil {
+		return err
+	}
+	if !ap.Addr().IsLoopback() {
+		return fmt.Errorf("%q is not a loopback address; the app API hands out credentials", hp)
+	}
+	return nil
+}
+
+// ActionKind is what happens when a session ends and the instance is recycled.
+type ActionKind int
+
+// The on-session-ended actions.
+const (
+	ActionExit ActionKind = iota
+	ActionSignal
+	ActionExec
+)
+
+// Action is a parsed --on-session-ended.
+type Action struct {
+	Kind    ActionKind
+	PIDFile string
+	Signal  syscall.Signal
+	Command string
+}
+
+var signals = map[string]syscall.Signal{
+	"HUP": syscall.SIGHUP, "INT": syscall.SIGINT, "QUIT": syscall.SIGQUIT, "KILL": syscall.SIGKILL,
+	"USR1": syscall.SIGUSR1, "USR2": syscall.SIGUSR2, "TERM": syscall.SIGTERM,
+}
+
+// ParseAction reads "exit", "signal:PIDFILE:SIGNAL" or "exec:COMMAND".
+func ParseAction(s string) (Action, error) {
+	switch {
+	case s == "exit":
+		return Action{Kind: ActionExit}, nil
+	case strings.HasPrefix(s, "signal:"):
+		rest := strings.TrimPrefix(s, "signal:")
+		i := strings.LastIndex(rest, ":")
+		if i <= 0 {
+			return Action{}, fmt.Errorf("%q: want signal:PIDFILE:SIGNAL", s)
+		}
+		name := strings.TrimPrefix(strings.ToUpper(rest[i+1:]), "SIG")
+		sig, ok := signals[name]
+		if !ok {
+			n, err := strconv.Atoi(name)
+			if err != nil || n < 1 || n > 64 {
+				return Action{}, fmt.Errorf("%q: unknown signal %q", s, rest[i+1:])
+			}
+			sig = syscall.Signal(n)
+		}
+		return Action{Kind: ActionSignal, PIDFile: rest[:i], Signal: sig}, nil
+	case strings.HasPrefix(s, "exec:") && strings.TrimSpace(strings.TrimPrefix(s, "exec:")) != "":
+		return Action{Kind: ActionExec, Command: strings.TrimPrefix(s, "exec:")}, nil
+	}
+	return Action{}, fmt.Errorf("%q: want exit, signal:PIDFILE:SIGNAL or exec:COMMAND", s)
+}
+
+// Names lists every native setting name, for documentation checks.
+func Names() []string {
+	out := make([]string, len(defs))
+	for i, d := range defs {
+		out[i] = d.name
+	}
+	return out
+}

@@ -1,0 +1,128 @@
+// Package proc runs the processes of an end-to-end run: it keeps each one's output (in full, for
+// a failure report) and stops it politely, then firmly.
+package proc
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Proc is one started process.
+type Proc struct {
+	Name string
+	cmd  *exec.Cmd
+	out  *buffer
+	done chan struct{}
+	err  error
+}
+
+// Start starts cmd, sending its standard output and error to an internal buffer and, when tee is
+// not nil, to tee as well.
+func Start(name string, cmd *exec.Cmd, tee io.Writer) (*Proc, error) {
+	p := &Proc{Name: name, cmd: cmd, out: &buffer{}, done: make(chan struct{})}
+	var w io.Writer = p.out
+	if tee != nil {
+		w = io.MultiWriter(p.out, tee)
+	}
+	cmd.Stdout, cmd.Stderr = w, w
+	// Its own process group, so a Ctrl-C at the terminal reaches the runner alone, which then
+	// stops everything in order.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+// Pid is the process id.
+func (p *Proc) Pid() int { return p.cmd.Process.Pid }
+
+// Done is closed when the process has exited.
+func (p *Proc) Done() <-chan struct{} { return p.done }
+
+// Exited reports whether the process has exited.
+func (p *Proc) Exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// ExitCode is the exit code once exited (-1 when killed by a signal or still running).
+func (p *Proc) ExitCode() int {
+	if !p.Exited() {
+		return -1
+	}
+	return p.cmd.ProcessState.ExitCode()
+}
+
+// Err is what Wait returned, once exited.
+func (p *Proc) Err() error {
+	if !p.Exited() {
+		return nil
+	}
+	return p.err
+}
+
+// Output is everything the process wrote so far.
+func (p *Proc) Output() string { return p.out.String() }
+
+// Contains reports whether the output so far contains s.
+func (p *Proc) Contains(s string) bool { return strings.Contains(p.out.String(), s) }
+
+// Stop sends SIGTERM, waits up to grace, then SIGKILLs. It returns the exit error, if any, of a
+// process that stopped on SIGTERM.
+func (p *Proc) Stop(grace time.Duration) error {
+	if p.Exited() {
+		return nil
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+		return p.err
+	case <-time.After(grace):
+	}
+	_ = p.cmd.Process.Kill()
+	<-p.done
+	return fmt.Errorf("%s: still running %s after SIGTERM, killed", p.Name, grace)
+}
+
+// Wait waits up to timeout for the process to exit by itself.
+func (p *Proc) Wait(timeout time.Duration) error {
+	select {
+	case <-p.done:
+		return nil
+	case <-time.After(timeout):
+		return errors.New(p.Name + ": still running after " + timeout.String())
+	}
+}
+
+type buffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *buffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *buffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}

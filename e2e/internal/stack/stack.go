@@ -1,0 +1,321 @@
+package stack
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/livegate/livegate/e2e/internal/netns"
+	"github.com/livegate/livegate/e2e/internal/observer"
+	"github.com/livegate/livegate/e2e/internal/proc"
+	"github.com/nats-io/nats.go"
+)
+
+// Ports inside the namespaces. Each namespace has its own port space, so fixed ports never
+// collide with the host or a parallel run.
+const (
+	NATSPort      = 4222
+	SignalingPort = 48322
+	AgentPort     = 8011
+	// The demo app listens inside the edge's allowed backend range (30000-32767).
+	AppSignalingPort = 31000
+	AppMediaPort     = 31001
+	// MediaPorts is the edge's public UDP range: small, so a leak would show quickly.
+	MediaPorts = "10500-10599"
+)
+
+// Options describe a deployment.
+type Options struct {
+	// Prefix starts every namespace and interface name.
+	Prefix string
+	Bins   Binaries
+	// Dir keeps state and logs; it must exist.
+	Dir    string
+	EdgeID string
+	Pool   string
+	Nodes  []NodeOptions
+	// LeaseTTL of the agents' routes.
+	LeaseTTL time.Duration
+	// Output, when set, returns where a process's output goes besides its buffer.
+	Output func(name string) io.Writer
+}
+
+// NodeOptions describe one node: an agent and the demo app.
+type NodeOptions struct {
+	QuitOnSessionEnded   bool
+	ResumeTimeoutSeconds int
+}
+
+// Deployment is a running stack.
+type Deployment struct {
+	opts  Options
+	Topo  *netns.Topology
+	Edge  *proc.Proc
+	Nodes []*Node
+	Obs   *observer.Observer
+	procs []*proc.Proc
+}
+
+// Node is one node namespace with its agent and app.
+type Node struct {
+	Index      int
+	InstanceID string
+	NS         *netns.Namespace
+	Agent      *proc.Proc
+	App        *proc.Proc
+	opts       NodeOptions
+	d          *Deployment
+}
+
+// Start sweeps the leftovers of crashed runs, builds the topology and starts the edge, then every
+// node. On error, everything started so far is stopped again.
+func Start(ctx context.Context, o Options) (d *Deployment, err error) {
+	if _, err := netns.Sweep(ctx, o.Prefix); err != nil {
+		return nil, fmt.Errorf("sweep stale namespaces: %w", err)
+	}
+	topo, err := netns.NewTopology(ctx, o.Prefix, len(o.Nodes))
+	if err != nil {
+		return nil, err
+	}
+	d = &Deployment{opts: o, Topo: topo}
+	defer func() {
+		if err != nil {
+			_ = d.Close()
+			d = nil
+		}
+	}()
+	if err := d.startEdge(ctx); err != nil {
+		return d, err
+	}
+	obs, err := observer.Connect(ctx, d.NATSURL(), nats.SetCustomDialer(topo.Edge.Dialer(2*time.Second)))
+	if err != nil {
+		return d, fmt.Errorf("edge NATS: %w", err)
+	}
+	d.Obs = obs
+	for i, no := range o.Nodes {
+		n := &Node{Index: i + 1, InstanceID: fmt.Sprintf("node%d", i+1), NS: topo.Nodes[i], opts: no, d: d}
+		d.Nodes = append(d.Nodes, n)
+		if err := n.StartAgent(ctx); err != nil {
+			return d, err
+		}
+		if err := n.startApp(ctx); err != nil {
+			return d, err
+		}
+	}
+	return d, nil
+}
+
+// NATSURL is the edge's NATS as the edge namespace sees it.
+func (d *Deployment) NATSURL() string { return fmt.Sprintf("nats://127.0.0.1:%d", NATSPort) }
+
+// PublicSignaling is the edge's public websocket address.
+func (d *Deployment) PublicSignaling() string {
+	return net.JoinHostPort(netns.EdgePublic.String(), strconv.Itoa(SignalingPort))
+}
+
+func (d *Deployment) start(ctx context.Context, name string, ns *netns.Namespace, bin string, args ...string) (*proc.Proc, error) {
+	var tee io.Writer
+	if d.opts.Output != nil {
+		tee = d.opts.Output(name)
+	}
+	p, err := proc.Start(name, ns.Command(context.WithoutCancel(ctx), bin, args...), tee)
+	if err != nil {
+		return nil, err
+	}
+	d.procs = append(d.procs, p)
+	return p, nil
+}
+
+func (d *Deployment) startEdge(ctx context.Context) error {
+	state := filepath.Join(d.opts.Dir, "edge")
+	if err := os.MkdirAll(state, 0o700); err != nil {
+		return fmt.Errorf("edge state dir: %w", err)
+	}
+	p, err := d.start(ctx, "edge", d.Topo.Edge, d.opts.Bins.Edge,
+		"--edge-id", d.opts.EdgeID,
+		"--pool", d.opts.Pool,
+		"--public-host", netns.EdgePublic.String(),
+		"--public-ip", netns.EdgePublic.String(),
+		"--nats-embedded", fmt.Sprintf("0.0.0.0:%d", NATSPort),
+		"--signaling-port", strconv.Itoa(SignalingPort),
+		"--tls-self-signed",
+		"--state-dir", state,
+		"--media-ports", MediaPorts,
+		"--backend-cidrs", netns.BackendCIDRs.String(),
+		"--log-format", "json",
+	)
+	if err != nil {
+		return err
+	}
+	d.Edge = p
+	return d.waitTCP(ctx, p, d.Topo.Edge, d.PublicSignaling())
+}
+
+// waitTCP waits until addr accepts connections from inside ns, failing early when p exits.
+func (d *Deployment) waitTCP(ctx context.Context, p *proc.Proc, ns *netns.Namespace, addr string) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		c, err := ns.Dial(ctx, "tcp", addr)
+		if err == nil {
+			_ = c.Close()
+			return nil
+		}
+		select {
+		case <-p.Done():
+			return fmt.Errorf("%s exited (%v) before %s accepted connections", p.Name, p.Err(), addr)
+		case <-ctx.Done():
+			return fmt.Errorf("%s: %s not accepting connections: %w", p.Name, addr, err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// StartAgent starts the node's agent (again, after it quit at the end of a session).
+func (n *Node) StartAgent(ctx context.Context) error {
+	d := n.d
+	name := fmt.Sprintf("agent%d", n.Index)
+	p, err := d.start(ctx, name, n.NS, d.opts.Bins.Agent,
+		"--instance-id", n.InstanceID,
+		"--pool", d.opts.Pool,
+		"--nats-url", fmt.Sprintf("nats://%s:%d", netns.EdgeNodeSide(n.Index), NATSPort),
+		"--port", strconv.Itoa(AgentPort),
+		"--backend-ip", netns.NodeAddr(n.Index).String(),
+		"--signaling-backend", fmt.Sprintf(":%d", AppSignalingPort),
+		"--media-backend", fmt.Sprintf(":%d", AppMediaPort),
+		"--lease-ttl", d.opts.LeaseTTL.String(),
+		"--log-format", "json",
+		// Kit-style, as a Kit app's command line carries them.
+		fmt.Sprintf("--/exts/omni.services.livestream.session/quitOnSessionEnded=%t", n.opts.QuitOnSessionEnded),
+		fmt.Sprintf("--/exts/omni.services.livestream.session/resumeTimeoutSeconds=%d", n.opts.ResumeTimeoutSeconds),
+	)
+	if err != nil {
+		return err
+	}
+	n.Agent = p
+	return d.waitTCP(ctx, p, n.NS, fmt.Sprintf("127.0.0.1:%d", AgentPort))
+}
+
+func (n *Node) startApp(ctx context.Context) error {
+	p, err := n.d.start(ctx, fmt.Sprintf("app%d", n.Index), n.NS, n.d.opts.Bins.DemoApp,
+		"--signaling-addr", fmt.Sprintf(":%d", AppSignalingPort),
+		"--media-addr", fmt.Sprintf(":%d", AppMediaPort),
+	)
+	if err != nil {
+		return err
+	}
+	n.App = p
+	return n.d.waitTCP(ctx, p, n.NS, fmt.Sprintf("127.0.0.1:%d", AppSignalingPort))
+}
+
+// Ready is an answer of /v1/streaming/ready.
+type Ready struct {
+	Code    int
+	Message string
+}
+
+func (r Ready) String() string { return fmt.Sprintf("%d %q", r.Code, r.Message) }
+
+// Ready asks the node's agent /v1/streaming/ready, as a session manager does.
+func (n *Node) Ready(ctx context.Context) (Ready, error) {
+	var body struct {
+		StatusMessage string `json:"statusMessage"`
+	}
+	code, err := n.call(ctx, http.MethodGet, "/v1/streaming/ready", nil, &body)
+	return Ready{Code: code, Message: body.StatusMessage}, err
+}
+
+// EndSession calls /v1/streaming/endsession and returns the sessionStatus.
+func (n *Node) EndSession(ctx context.Context, sessionID string, graceful bool) (string, error) {
+	var body struct {
+		SessionStatus string `json:"sessionStatus"`
+	}
+	req := map[string]any{"sessionId": sessionID, "gracefulShutdown": graceful}
+	code, err := n.call(ctx, http.MethodPost, "/v1/streaming/endsession", req, &body)
+	if err == nil && code != http.StatusOK {
+		err = fmt.Errorf("endsession: HTTP %d", code)
+	}
+	return body.SessionStatus, err
+}
+
+func (n *Node) call(ctx context.Context, method, path string, in, out any) (int, error) {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return 0, err
+		}
+		body = strings.NewReader(string(b))
+	}
+	req, err := http.NewRequestWithContext(ctx, method, fmt.Sprintf("http://127.0.0.1:%d%s", AgentPort, path), body)
+	if err != nil {
+		return 0, err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := n.NS.HTTPClient(5 * time.Second).Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("%s %s on %s: %w", method, path, n.InstanceID, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return resp.StatusCode, fmt.Errorf("%s %s on %s: %w", method, path, n.InstanceID, err)
+	}
+	if err := json.Unmarshal(raw, out); err != nil {
+		return resp.StatusCode, fmt.Errorf("%s %s on %s: HTTP %d %q: %w", method, path, n.InstanceID, resp.StatusCode, raw, err)
+	}
+	return resp.StatusCode, nil
+}
+
+// Probe runs `livegate-edgeproxy probe args...` in the client namespace and returns its output.
+func (d *Deployment) Probe(ctx context.Context, args ...string) (string, error) {
+	out, err := d.Topo.Client.Command(ctx, d.opts.Bins.Edge, append([]string{"probe"}, args...)...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("probe %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return string(out), nil
+}
+
+// Logs is every process's output so far, for a failure report.
+func (d *Deployment) Logs() string {
+	var b strings.Builder
+	for _, p := range d.procs {
+		fmt.Fprintf(&b, "----- %s (pid %d, exited %t, code %d) -----\n%s\n", p.Name, p.Pid(), p.Exited(), p.ExitCode(), p.Output())
+	}
+	return b.String()
+}
+
+// Close stops the agents and apps (so they can delete their routes), then the edge, then removes
+// the namespaces with whatever still runs in them.
+func (d *Deployment) Close() error {
+	var errs []error
+	if d.Obs != nil {
+		d.Obs.Close()
+	}
+	for i := len(d.procs) - 1; i >= 0; i-- {
+		if err := d.procs[i].Stop(10 * time.Second); err != nil && !isSignalExit(err) {
+			errs = append(errs, err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	errs = append(errs, d.Topo.Close(ctx))
+	return errors.Join(errs...)
+}
+
+// isSignalExit tells a process that died of the SIGTERM Stop sent (no handler) from a failure.
+func isSignalExit(err error) bool {
+	var ee interface{ ExitCode() int }
+	return errors.As(err, &ee) && ee.ExitCode() == -1
+}

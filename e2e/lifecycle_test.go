@@ -1,0 +1,484 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/livegate/livegate/e2e/internal/netns"
+	"github.com/livegate/livegate/e2e/internal/observer"
+	"github.com/livegate/livegate/e2e/internal/stack"
+	"github.com/livegate/livegate/e2e/internal/wsclient"
+	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
+)
+
+// prefix starts every namespace and veth this package creates.
+const prefix = "lge"
+
+// The /v1/streaming/ready answers (DESIGN.md section 1).
+var (
+	readyAppNotReady     = stack.Ready{Code: 503, Message: "Status: App not ready"}
+	readyRtxNotReady     = stack.Ready{Code: 503, Message: "Status: Rtx not ready"}
+	readyWaitingClient   = stack.Ready{Code: 503, Message: "Status: Waiting for previous client to disconnect"}
+	readyEnded           = stack.Ready{Code: 503, Message: "Status: Streaming session ended (recycle instance)"}
+	readyAwaitingResume  = stack.Ready{Code: 200, Message: "Status: Awaiting session resume (keep alive)"}
+	readyActive          = stack.Ready{Code: 200, Message: "Status: Streaming session active (keep alive)"}
+	readyForConnection   = stack.Ready{Code: 200, Message: "Status: Ready for connection"}
+	resumeTimeoutSeconds = 3
+)
+
+const (
+	edgeID = "edge1"
+	pool   = "e2e"
+)
+
+var (
+	buildOnce sync.Once
+	bins      stack.Binaries
+	buildErr  error
+)
+
+func binaries(t *testing.T) stack.Binaries {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "livegate-e2e-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		bins, buildErr = stack.Build(ctx, dir)
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return bins
+}
+
+// TestSessionLifecycle walks whole sessions through a real edge (embedded NATS, supervised
+// HAProxy, iptables and conntrack in its own namespace), with agents and demo apps in node
+// namespaces and the client in a client namespace:
+//
+//	node1: quitOnSessionEnded on  — ends by resume timeout, the agent exits.
+//	node2: quitOnSessionEnded off — ends by a graceful endsession, then serves the next session.
+func TestSessionLifecycle(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("e2e: needs root (network namespaces, iptables, conntrack); run `sudo make test`")
+	}
+	b := binaries(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	d, err := stack.Start(ctx, stack.Options{
+		Prefix:   prefix,
+		Bins:     b,
+		Dir:      t.TempDir(),
+		EdgeID:   edgeID,
+		Pool:     pool,
+		LeaseTTL: 6 * time.Second,
+		Nodes: []stack.NodeOptions{
+			{QuitOnSessionEnded: true, ResumeTimeoutSeconds: resumeTimeoutSeconds},
+			{QuitOnSessionEnded: false, ResumeTimeoutSeconds: resumeTimeoutSeconds},
+		},
+	})
+	if err != nil {
+		if d != nil {
+			t.Log(d.Logs())
+		}
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(d.Logs())
+		}
+		if err := d.Close(); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+		if left, _ := netns.List(context.Background(), d.Topo.ID); len(left) > 0 {
+			t.Errorf("namespaces left behind: %v", left)
+		}
+	})
+
+	t.Run("group", func(t *testing.T) {
+		t.Run("quit_on_session_ended", func(t *testing.T) {
+			t.Parallel()
+			w := &walk{t: t, ctx: ctx, d: d, n: d.Nodes[0]}
+			s := w.firstSession()
+			w.disconnectAndResume(&s)
+			w.endByResumeTimeout(s)
+		})
+		t.Run("serve_next_session", func(t *testing.T) {
+			t.Parallel()
+			w := &walk{t: t, ctx: ctx, d: d, n: d.Nodes[1]}
+			s := w.firstSession()
+			w.disconnectAndResume(&s)
+			next := w.endGracefullyThenNext(s)
+			w.connectAndProbe(&next)
+			next.ws.Close()
+		})
+	})
+}
+
+// walk drives one node through its sessions.
+type walk struct {
+	t   *testing.T
+	ctx context.Context
+	d   *stack.Deployment
+	n   *stack.Node
+}
+
+// session is what a client learnt about one session.
+type session struct {
+	id       string
+	endpoint *livegatev1.Endpoint
+	ws       *wsclient.Conn
+}
+
+func (w *walk) logf(format string, args ...any) {
+	w.t.Helper()
+	w.t.Logf("%s: "+format, append([]any{w.n.InstanceID}, args...)...)
+}
+
+// firstSession: the app starts, the agent becomes ready and publishes its route, the edge
+// programs it and assigns an endpoint, and a client connects through it.
+func (w *walk) firstSession() session {
+	t := w.t
+	t.Helper()
+	// Before the app reports, the agent may already answer: only the start-up answers are allowed.
+	w.waitReady(readyForConnection, readyAppNotReady, readyRtxNotReady)
+	mark := 0
+	w.event(mark, livegatev1.EventType_EVENT_TYPE_APP_READY)
+	w.event(mark, livegatev1.EventType_EVENT_TYPE_RTX_READY)
+	rfc := w.event(mark, livegatev1.EventType_EVENT_TYPE_READY_FOR_CONNECTION)
+	s := session{id: rfc.Event.GetSessionId()}
+	if s.id == "" {
+		t.Fatalf("ready_for_connection carries no session id: %v", rfc.Event)
+	}
+	s.endpoint = w.routed(mark, s.id, rfc.At)
+	w.connectAndProbe(&s)
+	return s
+}
+
+// routed checks the desired route, the edge's route_programmed event and the assigned endpoint.
+func (w *walk) routed(mark int, sessionID string, readyAt time.Time) *livegatev1.Endpoint {
+	t := w.t
+	t.Helper()
+	prog := w.event(mark, livegatev1.EventType_EVENT_TYPE_ROUTE_PROGRAMMED)
+	if got := prog.Event.GetRouteProgrammed().GetEdgeId(); got != edgeID {
+		t.Errorf("route_programmed edge %q, want %q", got, edgeID)
+	}
+	w.logf("session %s routed %s after ready_for_connection (edge reports %s)", sessionID,
+		prog.At.Sub(readyAt).Round(time.Millisecond), prog.Event.GetRouteProgrammed().GetLatency().AsDuration())
+	route, err := w.d.Obs.Route(w.ctx, w.n.InstanceID)
+	if err != nil || route == nil {
+		t.Fatalf("route of %s: %v, %v", w.n.InstanceID, route, err)
+	}
+	wantSig := net.JoinHostPort(netns.NodeAddr(w.n.Index).String(), strconv.Itoa(stack.AppSignalingPort))
+	wantMedia := net.JoinHostPort(netns.NodeAddr(w.n.Index).String(), strconv.Itoa(stack.AppMediaPort))
+	if route.GetSessionId() != sessionID || route.GetSignalingBackend() != wantSig ||
+		len(route.GetMediaBackends()) != 1 || route.GetMediaBackends()[0] != wantMedia || route.GetPool() != pool {
+		t.Fatalf("route %v, want session %s, signaling %s, media [%s], pool %s", route, sessionID, wantSig, wantMedia, pool)
+	}
+	assigned := w.event(mark, livegatev1.EventType_EVENT_TYPE_ENDPOINT_ASSIGNED)
+	ep := w.endpoint(sessionID)
+	if got := assigned.Event.GetEndpointAssigned(); got.GetSessionId() != sessionID || got.GetPublicUdpPorts()[0] != ep.GetPublicUdpPorts()[0] {
+		t.Errorf("endpoint_assigned %v, KV endpoint %v", got, ep)
+	}
+	return ep
+}
+
+// endpoint waits for the edge's endpoint of sessionID in livegate_endpoints and checks it.
+func (w *walk) endpoint(sessionID string) *livegatev1.Endpoint {
+	t := w.t
+	t.Helper()
+	var ep *livegatev1.Endpoint
+	w.eventually("endpoint of "+sessionID, func() error {
+		var err error
+		ep, err = w.d.Obs.Endpoint(w.ctx, w.n.InstanceID)
+		if err != nil {
+			return err
+		}
+		if ep == nil || ep.GetSessionId() != sessionID {
+			return fmt.Errorf("endpoint %v", ep)
+		}
+		return nil
+	})
+	if ep.GetEdgeId() != edgeID || ep.GetPublicHost() != netns.EdgePublic.String() || ep.GetSignalingPort() != stack.SignalingPort {
+		t.Fatalf("endpoint %v: want edge %s, host %s, port %d", ep, edgeID, netns.EdgePublic, stack.SignalingPort)
+	}
+	if len(ep.GetPublicUdpPorts()) != 1 || ep.GetPublicUdpPorts()[0] < 10500 || ep.GetPublicUdpPorts()[0] > 10599 {
+		t.Fatalf("endpoint %v: want one public UDP port in %s", ep, stack.MediaPorts)
+	}
+	return ep
+}
+
+// connectAndProbe opens the client's websocket through the edge (the app sees its client
+// connect), then probes DTLS-SRTP media through the session's public UDP port.
+func (w *walk) connectAndProbe(s *session) {
+	t := w.t
+	t.Helper()
+	mark := w.d.Obs.Mark()
+	s.ws = w.dial(s.id)
+	w.logf("signaling: websocket through %s upgraded in %s (subprotocol %s echoed)", w.d.PublicSignaling(), s.ws.Handshake.Round(time.Millisecond), s.ws.Protocol)
+	w.event(mark, livegatev1.EventType_EVENT_TYPE_CLIENT_CONNECTED)
+	w.waitReady(readyActive)
+	w.probeMedia(s)
+}
+
+func (w *walk) dial(sessionID string) *wsclient.Conn {
+	w.t.Helper()
+	ctx, cancel := context.WithTimeout(w.ctx, 10*time.Second)
+	defer cancel()
+	c, err := wsclient.Dial(ctx, w.d.Topo.Client.Dial, w.d.PublicSignaling(), sessionID)
+	if err != nil {
+		w.t.Fatalf("client websocket for session %s: %v", sessionID, err)
+	}
+	return c
+}
+
+// refused checks that the edge answers 404 for a session it no longer routes.
+func (w *walk) refused(sessionID string) {
+	w.t.Helper()
+	w.eventually("edge refuses session "+sessionID, func() error {
+		ctx, cancel := context.WithTimeout(w.ctx, 5*time.Second)
+		defer cancel()
+		c, err := wsclient.Dial(ctx, w.d.Topo.Client.Dial, w.d.PublicSignaling(), sessionID)
+		if err == nil {
+			c.Abort()
+			return errors.New("websocket still upgraded")
+		}
+		var se *wsclient.StatusError
+		if !errors.As(err, &se) || se.Code != 404 {
+			return fmt.Errorf("want HTTP 404, got %w", err)
+		}
+		return nil
+	})
+}
+
+var mediaLine = regexp.MustCompile(`(?m)^.*(rtt|RTT|loss).*$`)
+
+// probeMedia runs the probe in the client namespace against the public UDP port and checks that
+// the kernel forwarded it: a DNAT rule for the port and conntrack entries for the flow.
+func (w *walk) probeMedia(s *session) {
+	t := w.t
+	t.Helper()
+	port := s.endpoint.GetPublicUdpPorts()[0]
+	target := fmt.Sprintf("%s:%d", netns.EdgePublic, port)
+	ctx, cancel := context.WithTimeout(w.ctx, 30*time.Second)
+	defer cancel()
+	out, err := w.d.Probe(ctx, "--media", target, "--count", "20")
+	if err != nil {
+		t.Fatalf("media probe through %s: %v", target, err)
+	}
+	w.logf("media through %s: %s", target, strings.Join(mediaLine.FindAllString(out, -1), "; "))
+	if n := w.dnatRules(port); n != 1 {
+		t.Errorf("DNAT rules for public port %d: %d, want 1", port, n)
+	}
+	if n := w.conntrack(port); n == 0 {
+		t.Errorf("no conntrack entry for public port %d after the probe", port)
+	}
+}
+
+// disconnectAndResume: the client leaves (the session waits for it), then comes back on the
+// same public endpoint.
+func (w *walk) disconnectAndResume(s *session) {
+	t := w.t
+	t.Helper()
+	mark := w.d.Obs.Mark()
+	if err := s.ws.Close(); err != nil {
+		t.Fatalf("close websocket: %v", err)
+	}
+	w.event(mark, livegatev1.EventType_EVENT_TYPE_CLIENT_DISCONNECTED)
+	ar := w.event(mark, livegatev1.EventType_EVENT_TYPE_SESSION_AWAITING_RESUME)
+	if got := ar.Event.GetAwaitingResume().GetResumeTimeout().AsDuration(); got != time.Duration(resumeTimeoutSeconds)*time.Second {
+		t.Errorf("awaiting_resume timeout %s, want %ds", got, resumeTimeoutSeconds)
+	}
+	w.waitReady(readyAwaitingResume)
+	// The route stays while the session waits: same session, same public port.
+	ep := w.endpoint(s.id)
+	if ep.GetPublicUdpPorts()[0] != s.endpoint.GetPublicUdpPorts()[0] {
+		t.Fatalf("public port changed while awaiting resume: %v, was %v", ep, s.endpoint)
+	}
+	mark = w.d.Obs.Mark()
+	s.ws = w.dial(s.id)
+	w.event(mark, livegatev1.EventType_EVENT_TYPE_SESSION_RESUMED)
+	w.waitReady(readyActive)
+	w.logf("session %s resumed on %s and udp %d", s.id, w.d.PublicSignaling(), s.endpoint.GetPublicUdpPorts()[0])
+	w.probeMedia(s)
+}
+
+// endByResumeTimeout: the client leaves for good; the resume window runs out, the session ends
+// with recycle, the agent exits and the edge removes everything.
+func (w *walk) endByResumeTimeout(s session) {
+	t := w.t
+	t.Helper()
+	mark := w.d.Obs.Mark()
+	if err := s.ws.Close(); err != nil {
+		t.Fatalf("close websocket: %v", err)
+	}
+	w.event(mark, livegatev1.EventType_EVENT_TYPE_SESSION_AWAITING_RESUME)
+	w.waitReady(readyAwaitingResume, readyActive)
+	ended := w.event(mark, livegatev1.EventType_EVENT_TYPE_SESSION_ENDED)
+	if se := ended.Event.GetSessionEnded(); se.GetReason() != "resume_timeout" || !se.GetRecycle() {
+		t.Errorf("session_ended %v, want reason resume_timeout with recycle", se)
+	}
+	// Until it has quit, the agent tells session managers to recycle the instance.
+	if r, err := w.n.Ready(w.ctx); err == nil && r != readyEnded {
+		t.Errorf("/v1/streaming/ready after the session ended: %s, want %s", r, readyEnded)
+	}
+	if err := w.n.Agent.Wait(15 * time.Second); err != nil {
+		t.Fatalf("agent did not exit after the session ended (quitOnSessionEnded): %v", err)
+	}
+	if code := w.n.Agent.ExitCode(); code != 0 {
+		t.Errorf("agent exit code %d, want 0", code)
+	}
+	w.logf("session %s ended (resume_timeout); agent exited with code 0", s.id)
+	w.gone(mark, s)
+}
+
+// endGracefullyThenNext: endsession while the client is still connected; the instance waits for
+// the client to leave, then is ready for the next session with a fresh id and route.
+func (w *walk) endGracefullyThenNext(s session) session {
+	t := w.t
+	t.Helper()
+	mark := w.d.Obs.Mark()
+	status, err := w.n.EndSession(w.ctx, s.id, true)
+	if err != nil || status != "COMPLETE" {
+		t.Fatalf("endsession graceful: %q, %v; want COMPLETE", status, err)
+	}
+	ended := w.event(mark, livegatev1.EventType_EVENT_TYPE_SESSION_ENDED)
+	if se := ended.Event.GetSessionEnded(); se.GetReason() != "graceful" || se.GetRecycle() {
+		t.Errorf("session_ended %v, want reason graceful without recycle", se)
+	}
+	w.waitReady(readyWaitingClient)
+	w.gone(mark, s)
+	if n := w.n.Agent; n.Exited() {
+		t.Fatalf("agent exited with quitOnSessionEnded off: %v", n.Err())
+	}
+	mark = w.d.Obs.Mark()
+	if err := s.ws.Close(); err != nil {
+		t.Fatalf("close websocket: %v", err)
+	}
+	w.waitReady(readyForConnection, readyWaitingClient)
+	rfc := w.event(mark, livegatev1.EventType_EVENT_TYPE_READY_FOR_CONNECTION)
+	next := session{id: rfc.Event.GetSessionId()}
+	if next.id == "" || next.id == s.id {
+		t.Fatalf("next session id %q (previous %q)", next.id, s.id)
+	}
+	w.logf("session %s ended (graceful); next session %s ready", s.id, next.id)
+	next.endpoint = w.routed(mark, next.id, rfc.At)
+	w.refused(s.id)
+	return next
+}
+
+// gone checks that the edge removed the session: route_removed, no route or endpoint keys, no
+// HAProxy map entry (the edge answers 404), no DNAT rule, no conntrack entry.
+func (w *walk) gone(mark int, s session) {
+	t := w.t
+	t.Helper()
+	w.event(mark, livegatev1.EventType_EVENT_TYPE_ROUTE_REMOVED)
+	port := s.endpoint.GetPublicUdpPorts()[0]
+	w.eventually("session "+s.id+" removed everywhere", func() error {
+		if r, err := w.d.Obs.Route(w.ctx, w.n.InstanceID); err != nil || (r != nil && r.GetSessionId() == s.id) {
+			return fmt.Errorf("route still there: %v %v", r, err)
+		}
+		if ep, err := w.d.Obs.Endpoint(w.ctx, w.n.InstanceID); err != nil || (ep != nil && ep.GetSessionId() == s.id) {
+			return fmt.Errorf("endpoint still there: %v %v", ep, err)
+		}
+		if n := w.dnatRules(port); n != 0 {
+			return fmt.Errorf("%d DNAT rules left for port %d", n, port)
+		}
+		if n := w.conntrack(port); n != 0 {
+			return fmt.Errorf("%d conntrack entries left for port %d", n, port)
+		}
+		return nil
+	})
+	w.refused(s.id)
+	w.logf("session %s: route, endpoint, map entry, DNAT rule and conntrack entries of udp %d gone", s.id, port)
+}
+
+// dnatRules counts the edge's DNAT rules for a public port.
+func (w *walk) dnatRules(port uint32) int {
+	out, err := w.d.Topo.Edge.Output(w.ctx, "iptables-save", "-t", "nat")
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	n := 0
+	for _, line := range strings.Split(out, "\n") {
+		if strings.Contains(line, "-j DNAT") && strings.Contains(line, fmt.Sprintf("--dport %d ", port)) {
+			n++
+		}
+	}
+	return n
+}
+
+// conntrack counts the edge's UDP conntrack entries addressed to a public port.
+func (w *walk) conntrack(port uint32) int {
+	out, err := w.d.Topo.Edge.Output(w.ctx, "conntrack", "-L", "-p", "udp", "--orig-port-dst", strconv.Itoa(int(port)))
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	return strings.Count(out, "udp ")
+}
+
+// event waits for the node's first event of type et after mark.
+func (w *walk) event(mark int, et livegatev1.EventType) observer.Received {
+	w.t.Helper()
+	ctx, cancel := context.WithTimeout(w.ctx, 20*time.Second)
+	defer cancel()
+	r, err := w.d.Obs.Wait(ctx, mark, w.n.InstanceID, et)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	return r
+}
+
+// waitReady polls /v1/streaming/ready until it answers want; any answer outside want and
+// allowed on the way fails the test.
+func (w *walk) waitReady(want stack.Ready, allowed ...stack.Ready) {
+	t := w.t
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	var last stack.Ready
+	var lastErr error
+	for time.Now().Before(deadline) {
+		r, err := w.n.Ready(w.ctx)
+		last, lastErr = r, err
+		if err == nil {
+			if r == want {
+				return
+			}
+			ok := false
+			for _, a := range allowed {
+				ok = ok || r == a
+			}
+			if !ok {
+				t.Fatalf("/v1/streaming/ready answered %s while waiting for %s", r, want)
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("/v1/streaming/ready: want %s, last %s (%v)", want, last, lastErr)
+}
+
+// eventually retries check for up to 20 s.
+func (w *walk) eventually(what string, check func() error) {
+	w.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	var err error
+	for time.Now().Before(deadline) {
+		if err = check(); err == nil {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	w.t.Fatalf("%s: %v", what, err)
+}

@@ -1,0 +1,277 @@
+// Package cli is livegate-edgeproxy's command line: the flags shared by its subcommands, the
+// settings they turn into, and the run, haproxy-config and check-config commands.
+package cli
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/livegate/livegate/edgeproxy/internal/haproxy"
+	"github.com/livegate/livegate/edgeproxy/internal/reconcile"
+	"github.com/livegate/livegate/edgeproxy/internal/routes"
+	"github.com/livegate/livegate/pkg/events"
+	"github.com/livegate/livegate/pkg/natsconn"
+)
+
+// Defaults that documentation and tests refer to.
+const (
+	DefaultSignalingPort = 48322
+	DefaultAdminAddr     = "127.0.0.1:9470"
+	DefaultStateDir      = "/var/lib/livegate"
+	DefaultHAProxy       = "/usr/sbin/haproxy"
+	DefaultBackendCIDRs  = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,fc00::/7"
+	DefaultBackendPorts  = "30000-32767"
+	DefaultMediaPorts    = "10500-20000"
+	DefaultEmbeddedNATS  = "127.0.0.1:4222"
+)
+
+// embeddedFlag is --nats-embedded[=ADDR]: a boolean flag that also takes an address.
+type embeddedFlag struct{ addr string }
+
+func (f *embeddedFlag) String() string { return f.addr }
+
+func (f *embeddedFlag) Set(s string) error {
+	switch s {
+	case "true":
+		f.addr = DefaultEmbeddedNATS
+	case "false", "":
+		f.addr = ""
+	default:
+		if _, err := netip.ParseAddrPort(s); err != nil {
+			return fmt.Errorf("want ADDR:PORT, e.g. %s", DefaultEmbeddedNATS)
+		}
+		f.addr = s
+	}
+	return nil
+}
+
+func (f *embeddedFlag) IsBoolFlag() bool { return true }
+
+// flags are the raw command-line values.
+type flags struct {
+	edgeID, pool, publicHost                  string
+	signalingPort                             int
+	signalingBind                             string
+	tlsCert, tlsKey                           string
+	tlsSelfSigned                             bool
+	stateDir                                  string
+	haproxyBinary, haproxySocket, haproxyMap  string
+	haproxyStopOnExit                         bool
+	tunnelTimeout, hardStopAfter              time.Duration
+	missLimit                                 int
+	driver                                    string
+	backendCIDRs, backendPorts                string
+	maxRoutes                                 int
+	resync, heartbeat, edgeTTL                time.Duration
+	claimDelayStep, claimDelayMax             time.Duration
+	mediaMode, mediaPorts, publicIP           string
+	portQuarantine                            time.Duration
+	snat                                      bool
+	natsURL, natsCreds, natsNKey              string
+	natsCA, natsCert, natsKey                 string
+	natsEmbedded                              embeddedFlag
+	natsStoreDir                              string
+	adminAddr, logLevel, logFormat            string
+}
+
+func hostname() string {
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		return "edge"
+	}
+	return h
+}
+
+// tokenFrom turns a host name into a valid edge id: dots and other characters a NATS subject
+// token or KV key cannot hold become '-'.
+func tokenFrom(s string) string {
+	var b strings.Builder
+	for _, c := range s {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '_':
+			b.WriteRune(c)
+		default:
+			b.WriteByte('-')
+		}
+	}
+	out := b.String()
+	if len(out) > 128 {
+		out = out[:128]
+	}
+	return out
+}
+
+func newFlagSet(name string, stderr io.Writer, extra []func(*flag.FlagSet)) (*flag.FlagSet, *flags) {
+	fs := flag.NewFlagSet("livegate-edgeproxy "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	f := &flags{}
+	host := hostname()
+	fs.StringVar(&f.edgeID, "edge-id", tokenFrom(host), "this edge's id in livegate_routes, livegate_endpoints and livegate_edges (default: the host name, dots as '-')")
+	fs.StringVar(&f.pool, "pool", "default", "the pool this edge serves routes of")
+	fs.StringVar(&f.publicHost, "public-host", host, "host name browsers reach this edge by, published in livegate_endpoints")
+	fs.IntVar(&f.signalingPort, "signaling-port", DefaultSignalingPort, "TLS port of the signaling frontend")
+	fs.StringVar(&f.signalingBind, "signaling-bind", "0.0.0.0", "address the signaling frontend binds (\"::\" for IPv6 and IPv4)")
+	fs.StringVar(&f.tlsCert, "tls-cert", "", "PEM certificate chain of the signaling frontend")
+	fs.StringVar(&f.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
+	fs.BoolVar(&f.tlsSelfSigned, "tls-self-signed", false, "generate a self-signed certificate for --public-host in --state-dir (demos)")
+	fs.StringVar(&f.stateDir, "state-dir", DefaultStateDir, "directory for the map file, HAProxy configuration, runtime socket, certificate and embedded NATS data")
+	fs.StringVar(&f.haproxyBinary, "haproxy-binary", DefaultHAProxy, "HAProxy binary the edge supervises (ignored with --haproxy-socket)")
+	fs.StringVar(&f.haproxySocket, "haproxy-socket", "", "runtime API socket of an HAProxy the operator runs (attached mode); unix path or tcp:HOST:PORT")
+	fs.StringVar(&f.haproxyMap, "haproxy-map", "", "session map file as the HAProxy configuration names it (default <state-dir>/sessions.map)")
+	fs.BoolVar(&f.haproxyStopOnExit, "haproxy-stop-on-exit", false, "stop the supervised HAProxy when the edge exits (default: leave it serving for the next edge process to adopt)")
+	fs.DurationVar(&f.tunnelTimeout, "tunnel-timeout", 8*time.Hour, "how long an idle websocket stays open (HAProxy timeout tunnel)")
+	fs.DurationVar(&f.hardStopAfter, "hard-stop-after", time.Hour, "how long old HAProxy workers keep their websockets after a reload")
+	fs.IntVar(&f.missLimit, "miss-limit", 20, "requests for unknown sessions one address may make per 10s before it gets 429")
+	fs.StringVar(&f.driver, "driver", "runtime", "how the HAProxy map is changed: runtime (its stats socket)")
+	fs.StringVar(&f.backendCIDRs, "backend-cidrs", DefaultBackendCIDRs, "comma-separated CIDRs signaling and media backends must be inside")
+	fs.StringVar(&f.backendPorts, "backend-ports", DefaultBackendPorts, "port range signaling and media backends must be inside")
+	fs.IntVar(&f.maxRoutes, "max-routes", 10000, "most routes this edge serves; it claims no more pool routes beyond")
+	fs.DurationVar(&f.resync, "resync", 30*time.Second, "period of the full read-back of HAProxy's map and repair of drift")
+	fs.DurationVar(&f.heartbeat, "heartbeat", 5*time.Second, "period of this edge's heartbeat in livegate_edges")
+	fs.DurationVar(&f.edgeTTL, "edge-ttl", 15*time.Second, "lifetime of a heartbeat: an edge silent this long loses its pool routes")
+	fs.DurationVar(&f.claimDelayStep, "claim-delay-step", 5*time.Millisecond, "pool claim delay per route this edge serves (least-loaded edge wins)")
+	fs.DurationVar(&f.claimDelayMax, "claim-delay-max", time.Second, "cap of the pool claim delay")
+	fs.StringVar(&f.mediaMode, "media", "on", "media plane: on (kernel DNAT of public UDP ports) or off (signaling only)")
+	fs.StringVar(&f.mediaPorts, "media-ports", DefaultMediaPorts, "public UDP port range for media")
+	fs.StringVar(&f.publicIP, "public-ip", "", "IPv4 address media arrives at on this host (the DNAT match)")
+	fs.DurationVar(&f.portQuarantine, "port-quarantine", 60*time.Second, "how long a released public port rests before reuse")
+	fs.BoolVar(&f.snat, "snat", true, "SNAT forwarded media so replies come back through the edge")
+	fs.StringVar(&f.natsURL, "nats-url", "nats://127.0.0.1:4222", "comma-separated NATS server URLs")
+	fs.StringVar(&f.natsCreds, "nats-creds", "", "NATS .creds file")
+	fs.StringVar(&f.natsNKey, "nats-nkey", "", "NATS nkey seed file")
+	fs.StringVar(&f.natsCA, "nats-ca", "", "CA file verifying the NATS servers")
+	fs.StringVar(&f.natsCert, "nats-cert", "", "client certificate for NATS")
+	fs.StringVar(&f.natsKey, "nats-key", "", "client key for NATS")
+	fs.Var(&f.natsEmbedded, "nats-embedded", "run NATS with JetStream in-process on ADDR (default "+DefaultEmbeddedNATS+"); --nats-url is then ignored")
+	fs.StringVar(&f.natsStoreDir, "nats-store-dir", "", "JetStream directory of the embedded NATS (default <state-dir>/nats)")
+	fs.StringVar(&f.adminAddr, "admin-addr", DefaultAdminAddr, "address of GET /healthz, /metrics and /v1/routes")
+	fs.StringVar(&f.logLevel, "log-level", "info", "trace, debug, info, warn or error")
+	fs.StringVar(&f.logFormat, "log-format", "auto", "auto, json or console")
+	for _, x := range extra {
+		x(fs)
+	}
+	return fs, f
+}
+
+// settings are the validated flags.
+type settings struct {
+	f          *flags
+	reconcile  reconcile.Config
+	haproxy    haproxy.Config
+	attached   bool
+	mapFile    string
+	configFile string
+	pidFile    string
+	selfCert   bool
+	mediaPorts routes.PortRange
+	publicIP   netip.Addr
+	nats       natsconn.Config
+}
+
+func (f *flags) settings(drivers map[string]DriverFactory) (*settings, error) {
+	var errs []error
+	s := &settings{f: f, attached: f.haproxySocket != ""}
+	if !filepath.IsAbs(f.stateDir) {
+		errs = append(errs, fmt.Errorf("--state-dir %q: must be an absolute path", f.stateDir))
+	}
+	s.mapFile = f.haproxyMap
+	if s.mapFile == "" {
+		s.mapFile = filepath.Join(f.stateDir, "sessions.map")
+	}
+	s.configFile = filepath.Join(f.stateDir, "haproxy.cfg")
+	s.pidFile = filepath.Join(f.stateDir, "haproxy.pid")
+	socket := f.haproxySocket
+	if socket == "" {
+		socket = filepath.Join(f.stateDir, "haproxy.sock")
+	}
+	cert := filepath.Join(f.stateDir, "tls.pem")
+	switch {
+	case f.tlsSelfSigned && (f.tlsCert != "" || f.tlsKey != ""):
+		errs = append(errs, errors.New("--tls-self-signed and --tls-cert/--tls-key exclude each other"))
+	case f.tlsSelfSigned:
+		s.selfCert = true
+	case f.tlsCert == "" || f.tlsKey == "":
+		if !s.attached {
+			errs = append(errs, errors.New("the signaling frontend needs --tls-cert and --tls-key, or --tls-self-signed"))
+		}
+	}
+	s.haproxy = haproxy.Config{
+		Socket: socket, MapFile: s.mapFile, CertFile: cert, BindAddr: f.signalingBind, Port: f.signalingPort,
+		TunnelTimeout: f.tunnelTimeout, HardStopAfter: f.hardStopAfter, MissLimit: f.missLimit,
+	}
+	if err := s.haproxy.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if _, ok := drivers[f.driver]; !ok && f.driver != "runtime" {
+		errs = append(errs, fmt.Errorf("--driver %q: not available (runtime%s)", f.driver, driverNames(drivers)))
+	}
+	cidrs, err := routes.ParsePrefixes(f.backendCIDRs)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("--backend-cidrs: %w", err))
+	}
+	ports, err := routes.ParsePortRange(f.backendPorts)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("--backend-ports: %w", err))
+	}
+	if s.mediaPorts, err = routes.ParsePortRange(f.mediaPorts); err != nil {
+		errs = append(errs, fmt.Errorf("--media-ports: %w", err))
+	}
+	switch f.mediaMode {
+	case "off":
+	case "on":
+		if s.publicIP, err = netip.ParseAddr(f.publicIP); err != nil || !s.publicIP.Is4() {
+			errs = append(errs, fmt.Errorf("--public-ip %q: the media plane needs this host's IPv4 address (or --media=off)", f.publicIP))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("--media %q: want on or off", f.mediaMode))
+	}
+	if f.portQuarantine < 0 {
+		errs = append(errs, errors.New("--port-quarantine must not be negative"))
+	}
+	if err := events.ValidateToken("--edge-id", f.edgeID); err != nil {
+		errs = append(errs, err)
+	}
+	s.reconcile = reconcile.Config{
+		EdgeID: f.edgeID, Pool: f.pool, PublicHost: f.publicHost, SignalingPort: uint32(max(f.signalingPort, 0)),
+		Policy:    routes.Policy{BackendCIDRs: cidrs, BackendPorts: ports},
+		MaxRoutes: f.maxRoutes, Resync: f.resync, Heartbeat: f.heartbeat, EdgeTTL: f.edgeTTL,
+		ClaimDelayStep: f.claimDelayStep, MaxClaimDelay: f.claimDelayMax, Version: Version,
+	}
+	if err := s.reconcile.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	s.nats = natsconn.Config{
+		URLs: splitList(f.natsURL), CredsFile: f.natsCreds, NKeyFile: f.natsNKey,
+		TLSCAFile: f.natsCA, TLSCertFile: f.natsCert, TLSKeyFile: f.natsKey, Name: "livegate-edgeproxy/" + f.edgeID,
+	}
+	if err := s.nats.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	return s, errors.Join(errs...)
+}
+
+func splitList(s string) []string {
+	var out []string
+	for p := range strings.SplitSeq(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func driverNames(drivers map[string]DriverFactory) string {
+	var b strings.Builder
+	for name := range drivers {
+		b.WriteString(", ")
+		b.WriteString(name)
+	}
+	return b.String()
+}

@@ -1,0 +1,54 @@
+package conntrack
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+func TestUDPFilter(t *testing.T) {
+	pub := netip.MustParseAddr("198.18.1.1")
+	flow := func(proto uint8, dst string, port uint16) *netlink.ConntrackFlow {
+		return &netlink.ConntrackFlow{Forward: netlink.IPTuple{
+			Protocol: proto, SrcIP: net.ParseIP("198.18.1.2"), DstIP: net.ParseIP(dst), SrcPort: 40000, DstPort: port,
+		}}
+	}
+	tests := []struct {
+		name string
+		dst  netip.Addr
+		flow *netlink.ConntrackFlow
+		want bool
+	}{
+		{name: "udp to a listed port", dst: pub, flow: flow(unix.IPPROTO_UDP, "198.18.1.1", 10500), want: true},
+		{name: "udp to another port", dst: pub, flow: flow(unix.IPPROTO_UDP, "198.18.1.1", 10502)},
+		{name: "tcp to a listed port", dst: pub, flow: flow(unix.IPPROTO_TCP, "198.18.1.1", 10500)},
+		{name: "udp to another address", dst: pub, flow: flow(unix.IPPROTO_UDP, "198.18.1.9", 10500)},
+		{name: "any address", flow: flow(unix.IPPROTO_UDP, "198.18.1.9", 10501), want: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := NewUDPFilter(tt.dst, []uint16{10500, 10501})
+			if got := f.MatchConntrackFlow(tt.flow); got != tt.want {
+				t.Fatalf("MatchConntrackFlow = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestDeleteNothing(t *testing.T) {
+	n, err := NewNetlink(WithNetns("lgm-does-not-exist")).DeleteUDP(context.Background(), netip.Addr{}, nil)
+	if n != 0 || err != nil {
+		t.Fatalf("DeleteUDP with no ports = %d, %v", n, err)
+	}
+}
+
+func TestUnknownNamespace(t *testing.T) {
+	_, err := NewNetlink(WithNetns("lgm-does-not-exist")).DeleteUDP(context.Background(), netip.Addr{}, []uint16{1})
+	if err == nil {
+		t.Fatal("DeleteUDP in a namespace that does not exist succeeded")
+	}
+}

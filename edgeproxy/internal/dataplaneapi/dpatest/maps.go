@@ -1,0 +1,196 @@
+package dpatest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+
+	"github.com/livegate/livegate/edgeproxy/internal/haproxy"
+)
+
+// ErrNotFound is a MapStore's answer for a missing map or key.
+var ErrNotFound = errors.New("not found")
+
+// MapEntry is one key and value of a runtime map.
+type MapEntry struct{ Key, Value string }
+
+// MapStore keeps runtime maps for the fake's maps_entries operations.
+type MapStore interface {
+	Show(ctx context.Context, m string) ([]MapEntry, error)
+	Add(ctx context.Context, m, key, value string) error
+	Set(ctx context.Context, m, key, value string) error
+	Del(ctx context.Context, m, key string) error
+	// Sync writes the map to its file (force_sync).
+	Sync(ctx context.Context, m string) error
+}
+
+// MemoryMaps is a MapStore in memory; Syncs counts force_sync writes per map.
+type MemoryMaps struct {
+	mu    sync.Mutex
+	maps  map[string][]MapEntry
+	syncs map[string]int
+}
+
+// NewMemoryMaps holds the named, empty maps.
+func NewMemoryMaps(names ...string) *MemoryMaps {
+	m := &MemoryMaps{maps: map[string][]MapEntry{}, syncs: map[string]int{}}
+	for _, n := range names {
+		m.maps[n] = nil
+	}
+	return m
+}
+
+// Syncs is how many times map m was synced to its file.
+func (mm *MemoryMaps) Syncs(m string) int {
+	mm.mu.Lock()
+	defer mm.mu.Unlock()
+	return mm.syncs[m]
+}
+
+func (mm *MemoryMaps) Show(_ context.Context, m string) ([]MapEntry, error) {
+	mm.mu.Lock()
+	defer mm.mu.Unlock()
+	l, ok := mm.maps[m]
+	if !ok {
+		return nil, fmt.Errorf("map %s: %w", m, ErrNotFound)
+	}
+	return append([]MapEntry(nil), l...), nil
+}
+
+// Add appends, as HAProxy's `add map` does, even when the key is already there.
+func (mm *MemoryMaps) Add(_ context.Context, m, key, value string) error {
+	mm.mu.Lock()
+	defer mm.mu.Unlock()
+	l, ok := mm.maps[m]
+	if !ok {
+		return fmt.Errorf("map %s: %w", m, ErrNotFound)
+	}
+	mm.maps[m] = append(l, MapEntry{key, value})
+	return nil
+}
+
+func (mm *MemoryMaps) Set(_ context.Context, m, key, value string) error {
+	mm.mu.Lock()
+	defer mm.mu.Unlock()
+	l, ok := mm.maps[m]
+	if !ok {
+		return fmt.Errorf("map %s: %w", m, ErrNotFound)
+	}
+	found := false
+	for i := range l {
+		if l[i].Key == key {
+			l[i].Value, found = value, true
+		}
+	}
+	if !found {
+		return fmt.Errorf("key %s: %w", key, ErrNotFound)
+	}
+	return nil
+}
+
+func (mm *MemoryMaps) Del(_ context.Context, m, key string) error {
+	mm.mu.Lock()
+	defer mm.mu.Unlock()
+	l, ok := mm.maps[m]
+	if !ok {
+		return fmt.Errorf("map %s: %w", m, ErrNotFound)
+	}
+	out := l[:0]
+	for _, e := range l {
+		if e.Key != key {
+			out = append(out, e)
+		}
+	}
+	if len(out) == len(l) {
+		return fmt.Errorf("key %s: %w", key, ErrNotFound)
+	}
+	mm.maps[m] = out
+	return nil
+}
+
+func (mm *MemoryMaps) Sync(_ context.Context, m string) error {
+	mm.mu.Lock()
+	defer mm.mu.Unlock()
+	if _, ok := mm.maps[m]; !ok {
+		return fmt.Errorf("map %s: %w", m, ErrNotFound)
+	}
+	mm.syncs[m]++
+	return nil
+}
+
+// RuntimeMaps is a MapStore over a real HAProxy's runtime API, as the real Data Plane API is:
+// map names are map file paths, and Sync rewrites the file from `show map`.
+type RuntimeMaps struct {
+	Client *haproxy.Client
+}
+
+func (r RuntimeMaps) exec(ctx context.Context, words ...string) (string, error) {
+	c, err := haproxy.NewCommand(words...)
+	if err != nil {
+		return "", err
+	}
+	out, err := r.Client.Exec(ctx, c)
+	if err != nil {
+		return "", err
+	}
+	switch {
+	case strings.HasPrefix(out, "Unknown map identifier"):
+		return "", fmt.Errorf("%s: %w", out, ErrNotFound)
+	case strings.HasPrefix(out, "entry not found"), strings.HasPrefix(out, "Key not found"):
+		return "", fmt.Errorf("%s: %w", out, ErrNotFound)
+	}
+	return out, nil
+}
+
+func (r RuntimeMaps) Show(ctx context.Context, m string) ([]MapEntry, error) {
+	out, err := r.exec(ctx, "show", "map", m)
+	if err != nil {
+		return nil, err
+	}
+	var l []MapEntry
+	for line := range strings.SplitSeq(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 3 && strings.HasPrefix(f[0], "0x") {
+			l = append(l, MapEntry{f[1], f[2]})
+		}
+	}
+	return l, nil
+}
+
+func (r RuntimeMaps) answer(out string, err error) error {
+	if err != nil {
+		return err
+	}
+	if out != "" {
+		return errors.New(out)
+	}
+	return nil
+}
+
+func (r RuntimeMaps) Add(ctx context.Context, m, key, value string) error {
+	return r.answer(r.exec(ctx, "add", "map", m, key, value))
+}
+
+func (r RuntimeMaps) Set(ctx context.Context, m, key, value string) error {
+	return r.answer(r.exec(ctx, "set", "map", m, key, value))
+}
+
+func (r RuntimeMaps) Del(ctx context.Context, m, key string) error {
+	return r.answer(r.exec(ctx, "del", "map", m, key))
+}
+
+func (r RuntimeMaps) Sync(ctx context.Context, m string) error {
+	l, err := r.Show(ctx, m)
+	if err != nil {
+		return err
+	}
+	entries := map[string]string{}
+	for _, e := range l {
+		if _, dup := entries[e.Key]; !dup {
+			entries[e.Key] = e.Value
+		}
+	}
+	return haproxy.WriteMapFile(m, entries)
+}

@@ -1,0 +1,388 @@
+package mediaplane_test
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/livegate/livegate/edgeproxy/internal/iptables"
+	"github.com/livegate/livegate/edgeproxy/internal/mediaplane"
+	"github.com/livegate/livegate/edgeproxy/internal/mediaplane/internal/netlab"
+	"github.com/livegate/livegate/edgeproxy/internal/portalloc"
+)
+
+const answerWait = 2 * time.Second
+
+// countingRunner counts restore batches so a test can prove that nothing was written.
+type countingRunner struct {
+	iptables.Runner
+	restores atomic.Int32
+}
+
+func (c *countingRunner) Restore(ctx context.Context, payload []byte) error {
+	c.restores.Add(1)
+	return c.Runner.Restore(ctx, payload)
+}
+
+func newPlane(t *testing.T, lab *netlab.Lab, cfg mediaplane.Config, opts ...mediaplane.Option) *mediaplane.Plane {
+	t.Helper()
+	cfg.PublicIP = netlab.PublicAddr
+	opts = append([]mediaplane.Option{mediaplane.WithNetns(lab.Edge), mediaplane.WithLogger(zerolog.New(zerolog.NewTestWriter(t)))}, opts...)
+	p, err := mediaplane.New(cfg, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func ourRules(t *testing.T, lab *netlab.Lab) map[string][]string {
+	t.Helper()
+	out := map[string][]string{}
+	for _, table := range []string{"nat", "filter"} {
+		rs, err := iptables.ParseSave([]byte(lab.Exec(t, lab.Edge, "iptables-save", "-t", table)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rs.Table(table).Rules {
+			if strings.Contains(r.Spec, "LIVEGATE") || strings.HasPrefix(r.Chain, "LIVEGATE") {
+				out[r.Chain] = append(out[r.Chain], r.Spec)
+			}
+		}
+	}
+	return out
+}
+
+func TestKernelForwardRemoveReadd(t *testing.T) {
+	lab := netlab.New(t)
+	echoA := lab.StartEcho(t, "node-a", netip.AddrPortFrom(netlab.NodeA, 30000))
+	lab.StartEcho(t, "node-b", netip.AddrPortFrom(netlab.NodeB, 30000))
+	client := lab.NewClient(t)
+	ctx := context.Background()
+
+	plane := newPlane(t, lab, mediaplane.Config{SNAT: true, Quarantine: time.Minute})
+	backendA := netip.AddrPortFrom(netlab.NodeA, 30000)
+	ports, err := plane.Assign("inst-a", []netip.AddrPort{backendA}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ports[0]
+	if err := plane.Sync(ctx, map[string][]mediaplane.Mapping{"inst-a": {{PublicPort: port, Backend: backendA}}}); err != nil {
+		t.Fatal(err)
+	}
+
+	if got := client.Ask(t, port, "hello", answerWait); got != "node-a:hello" {
+		t.Fatalf("answer through public port %d = %q, want node-a:hello", port, got)
+	}
+	srcs := echoA.Sources()
+	if len(srcs) == 0 || srcs[0].Addr() != netlab.EdgeInner {
+		t.Fatalf("node saw sources %v, want the edge %s (SNAT)", srcs, netlab.EdgeInner)
+	}
+	if got := lab.Conntrack(t, port); len(got) != 1 {
+		t.Fatalf("conntrack entries for %d = %q, want one", port, got)
+	}
+	t.Logf("rules:\n%s", lab.Exec(t, lab.Edge, "iptables-save", "-t", "nat"))
+
+	plane.Release("inst-a")
+	if err := plane.Sync(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := lab.Conntrack(t, port); len(got) != 0 {
+		t.Fatalf("conntrack entries for %d after removal = %q, want none", port, got)
+	}
+	if got := client.Ask(t, port, "after-removal", 300*time.Millisecond); got != "" {
+		t.Fatalf("removed port %d still answers %q", port, got)
+	}
+
+	// The client kept sending while the port was unrouted, which left a non-NAT conntrack
+	// entry behind; the new mapping must not be shadowed by it.
+	backendB := netip.AddrPortFrom(netlab.NodeB, 30000)
+	if err := plane.Sync(ctx, map[string][]mediaplane.Mapping{"inst-b": {{PublicPort: port, Backend: backendB}}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := client.Ask(t, port, "again", answerWait); got != "node-b:again" {
+		t.Fatalf("answer after re-adding port %d = %q, want node-b:again", port, got)
+	}
+}
+
+func TestKernelSwitchBackendKeepsPort(t *testing.T) {
+	lab := netlab.New(t)
+	lab.StartEcho(t, "node-a", netip.AddrPortFrom(netlab.NodeA, 30000))
+	lab.StartEcho(t, "node-b", netip.AddrPortFrom(netlab.NodeB, 30000))
+	client := lab.NewClient(t)
+	ctx := context.Background()
+	plane := newPlane(t, lab, mediaplane.Config{SNAT: true})
+	const port = 10600
+	for i, b := range []netip.Addr{netlab.NodeA, netlab.NodeB, netlab.NodeA} {
+		if err := plane.Sync(ctx, map[string][]mediaplane.Mapping{"x": {{PublicPort: port, Backend: netip.AddrPortFrom(b, 30000)}}}); err != nil {
+			t.Fatal(err)
+		}
+		want := map[netip.Addr]string{netlab.NodeA: "node-a", netlab.NodeB: "node-b"}[b]
+		msg := fmt.Sprintf("m%d", i)
+		if got := client.Ask(t, port, msg, answerWait); got != want+":"+msg {
+			t.Fatalf("step %d: answer %q, want %s:%s", i, got, want, msg)
+		}
+	}
+}
+
+func TestKernelWithoutSNAT(t *testing.T) {
+	lab := netlab.New(t)
+	echo := lab.StartEcho(t, "node-a", netip.AddrPortFrom(netlab.NodeA, 30000))
+	lab.Exec(t, lab.Node, "ip", "route", "add", "198.18.1.0/24", "via", netlab.EdgeInner.String())
+	client := lab.NewClient(t)
+	plane := newPlane(t, lab, mediaplane.Config{SNAT: false})
+	if err := plane.Sync(context.Background(), map[string][]mediaplane.Mapping{"x": {{PublicPort: 10500, Backend: netip.AddrPortFrom(netlab.NodeA, 30000)}}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := client.Ask(t, 10500, "direct", answerWait); got != "node-a:direct" {
+		t.Fatalf("answer = %q", got)
+	}
+	if srcs := echo.Sources(); len(srcs) == 0 || srcs[0].Addr() != netlab.ClientAddr {
+		t.Fatalf("node saw %v, want the client's own address without SNAT", srcs)
+	}
+	if rules := ourRules(t, lab)[mediaplane.ChainSNAT]; len(rules) != 0 {
+		t.Fatalf("SNAT rules with SNAT off: %q", rules)
+	}
+}
+
+func TestKernelRestartKeepsMappingsAndFlows(t *testing.T) {
+	lab := netlab.New(t)
+	lab.StartEcho(t, "node-a", netip.AddrPortFrom(netlab.NodeA, 30000))
+	lab.StartEcho(t, "node-b", netip.AddrPortFrom(netlab.NodeB, 30001))
+	ctx := context.Background()
+	cfg := mediaplane.Config{SNAT: true, Quarantine: time.Minute}
+
+	backends := []netip.AddrPort{netip.AddrPortFrom(netlab.NodeA, 30000), netip.AddrPortFrom(netlab.NodeB, 30001)}
+	first := newPlane(t, lab, cfg)
+	ports, err := first.Assign("inst-a", backends, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string][]mediaplane.Mapping{"inst-a": {{PublicPort: ports[0], Backend: backends[0]}, {PublicPort: ports[1], Backend: backends[1]}}}
+	if err := first.Sync(ctx, want); err != nil {
+		t.Fatal(err)
+	}
+	before := ourRules(t, lab)
+
+	client := lab.NewClient(t)
+	var (
+		stop     = make(chan struct{})
+		done     = make(chan struct{})
+		mu       sync.Mutex
+		answered int
+		missed   []string
+	)
+	go func() {
+		defer close(done)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			msg := fmt.Sprintf("flow-%d", i)
+			got := client.Ask(t, ports[0], msg, answerWait)
+			mu.Lock()
+			if got == "node-a:"+msg {
+				answered++
+			} else {
+				missed = append(missed, fmt.Sprintf("%s→%q", msg, got))
+			}
+			mu.Unlock()
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	waitAnswers := func(n int) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			mu.Lock()
+			a := answered
+			mu.Unlock()
+			if a >= n {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("flow answered %d datagrams, want %d", a, n)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	waitAnswers(5)
+	conntrackBefore := lab.Conntrack(t, ports[0])
+
+	// A new process: new plane, ports recovered as preferred from livegate_endpoints.
+	counter := &countingRunner{Runner: iptables.NewExec(iptables.WithNetns(lab.Edge))}
+	second := newPlane(t, lab, cfg, mediaplane.WithRunner(counter))
+	if err := second.Recover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got, err := second.Assign("inst-a", backends, ports)
+	if err != nil || fmt.Sprint(got) != fmt.Sprint(ports) {
+		t.Fatalf("Assign after restart = %v, %v, want %v", got, err, ports)
+	}
+	if err := second.Sync(ctx, want); err != nil {
+		t.Fatal(err)
+	}
+	if n := counter.restores.Load(); n != 0 {
+		t.Fatalf("restart with the same state wrote %d iptables batches, want none", n)
+	}
+	mu.Lock()
+	mark := answered
+	mu.Unlock()
+	waitAnswers(mark + 20)
+	close(stop)
+	<-done
+	if len(missed) > 0 {
+		t.Fatalf("flow lost datagrams across the restart: %v", missed)
+	}
+	if after := ourRules(t, lab); fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Fatalf("rules changed across restart:\nbefore %v\nafter  %v", before, after)
+	}
+	conntrackAfter := lab.Conntrack(t, ports[0])
+	if len(conntrackBefore) != 1 || len(conntrackAfter) != 1 || connTuple(conntrackBefore[0]) != connTuple(conntrackAfter[0]) {
+		t.Fatalf("flow's conntrack entry changed across restart:\nbefore %q\nafter  %q", conntrackBefore, conntrackAfter)
+	}
+	t.Logf("flow answered %d datagrams, none lost, across the restart", mark+20)
+}
+
+// connTuple keeps the addresses and ports of a conntrack -L line, dropping counters and timers.
+func connTuple(line string) string {
+	var keep []string
+	for _, f := range strings.Fields(line) {
+		if strings.HasPrefix(f, "src=") || strings.HasPrefix(f, "dst=") || strings.HasPrefix(f, "sport=") || strings.HasPrefix(f, "dport=") {
+			keep = append(keep, f)
+		}
+	}
+	return strings.Join(keep, " ")
+}
+
+func TestKernel9500Routes(t *testing.T) {
+	lab := netlab.New(t)
+	lab.StartEcho(t, "node-a", netip.AddrPortFrom(netlab.NodeA, 30000))
+	lab.StartEcho(t, "node-b", netip.AddrPortFrom(netlab.NodeB, 30000))
+	client := lab.NewClient(t)
+	ctx := context.Background()
+	const routes = 9500
+	plane := newPlane(t, lab, mediaplane.Config{SNAT: true, Ports: portalloc.Range{First: 10500, Last: 10500 + routes - 1}})
+
+	nodes := []netip.Addr{netlab.NodeA, netlab.NodeB}
+	want := make(map[string][]mediaplane.Mapping, routes)
+	for i := range routes {
+		key := fmt.Sprintf("inst-%d", i)
+		b := netip.AddrPortFrom(nodes[i%2], 30000)
+		ports, err := plane.Assign(key, []netip.AddrPort{b}, nil)
+		if err != nil {
+			t.Fatalf("route %d: %v", i, err)
+		}
+		want[key] = []mediaplane.Mapping{{PublicPort: ports[0], Backend: b}}
+	}
+	if _, err := plane.Assign("one-too-many", []netip.AddrPort{netip.AddrPortFrom(netlab.NodeA, 30000)}, nil); err == nil {
+		t.Fatal("route beyond the range was accepted")
+	}
+	if total, free := plane.Capacity(); total != routes || free != 0 {
+		t.Fatalf("Capacity = %d, %d", total, free)
+	}
+
+	start := time.Now()
+	if err := plane.Sync(ctx, want); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("programmed %d routes in one batch in %s", routes, time.Since(start))
+	if n := len(ourRules(t, lab)[mediaplane.ChainDNAT]); n != routes {
+		t.Fatalf("%s holds %d rules, want %d", mediaplane.ChainDNAT, n, routes)
+	}
+	first, last := want["inst-0"][0].PublicPort, want[fmt.Sprintf("inst-%d", routes-1)][0].PublicPort
+	if got := client.Ask(t, first, "first", answerWait); got != "node-a:first" {
+		t.Fatalf("first route answered %q", got)
+	}
+	if got := client.Ask(t, last, "last", answerWait); got != "node-b:last" {
+		t.Fatalf("last route answered %q", got)
+	}
+
+	const single = 20
+	start = time.Now()
+	for i := range single {
+		key := fmt.Sprintf("inst-%d", i)
+		m := want[key][0]
+		m.Backend = netip.AddrPortFrom(nodes[(i+1)%2], 30000)
+		want[key] = []mediaplane.Mapping{m}
+		if err := plane.Sync(ctx, want); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("%d single-route changes on %d routes: %s per Sync", single, routes, time.Since(start)/single)
+	if got := client.Ask(t, first, "moved", answerWait); got != "node-b:moved" {
+		t.Fatalf("moved route answered %q", got)
+	}
+
+	const batch = 100
+	for i := single; i < single+batch; i++ {
+		key := fmt.Sprintf("inst-%d", i)
+		m := want[key][0]
+		m.Backend = netip.AddrPortFrom(nodes[(i+1)%2], 30000)
+		want[key] = []mediaplane.Mapping{m}
+	}
+	start = time.Now()
+	if err := plane.Sync(ctx, want); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d route changes on %d routes in one Sync: %s", batch, routes, time.Since(start))
+
+	for key := range want {
+		plane.Release(key)
+	}
+	start = time.Now()
+	if err := plane.Sync(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("removed %d routes in %s", routes, time.Since(start))
+	rules := ourRules(t, lab)
+	for _, chain := range []string{mediaplane.ChainDNAT, mediaplane.ChainSNAT, mediaplane.ChainForward} {
+		if len(rules[chain]) != 0 {
+			t.Fatalf("%s holds %d rules after removing every route", chain, len(rules[chain]))
+		}
+	}
+	if got := lab.Conntrack(t, first); len(got) != 0 {
+		t.Fatalf("conntrack entries left for %d: %q", first, got)
+	}
+}
+
+func TestKernelCleanup(t *testing.T) {
+	lab := netlab.New(t)
+	lab.StartEcho(t, "node-a", netip.AddrPortFrom(netlab.NodeA, 30000))
+	client := lab.NewClient(t)
+	ctx := context.Background()
+	// A rule that is not ours, in a built-in chain we also jump from.
+	lab.Exec(t, lab.Edge, "iptables", "-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport", "8080", "-j", "DNAT", "--to-destination", "198.19.2.2:80")
+
+	plane := newPlane(t, lab, mediaplane.Config{SNAT: true})
+	if err := plane.Sync(ctx, map[string][]mediaplane.Mapping{"x": {{PublicPort: 10500, Backend: netip.AddrPortFrom(netlab.NodeA, 30000)}}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := client.Ask(t, 10500, "before", answerWait); got != "node-a:before" {
+		t.Fatalf("answer = %q", got)
+	}
+	if err := mediaplane.Cleanup(ctx, mediaplane.WithNetns(lab.Edge)); err != nil {
+		t.Fatal(err)
+	}
+	save := lab.Exec(t, lab.Edge, "iptables-save")
+	if strings.Contains(save, "LIVEGATE") || strings.Contains(save, "livegate") {
+		t.Fatalf("cleanup left livegate rules:\n%s", save)
+	}
+	if !strings.Contains(save, "--dport 8080") {
+		t.Fatalf("cleanup removed a rule that is not ours:\n%s", save)
+	}
+	if got := lab.Conntrack(t, 10500); len(got) != 0 {
+		t.Fatalf("cleanup left conntrack entries: %q", got)
+	}
+	if got := client.Ask(t, 10500, "after", 300*time.Millisecond); got != "" {
+		t.Fatalf("port still forwarded after cleanup: %q", got)
+	}
+}

@@ -1,0 +1,429 @@
+// Package mediaplane is the edge's media data plane: it allocates one public UDP port per media
+// backend and keeps the kernel forwarding each port to its backend (nat DNAT, SNAT so replies
+// come back through the edge, filter rules so forwarding passes). Rules live in livegate's own
+// chains and change in batches through iptables-restore --noflush; the conntrack entries of a
+// port are deleted whenever its forwarding changes, so a reused port never delivers to the
+// previous backend. See docs/media-forwarding.md.
+package mediaplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/livegate/livegate/edgeproxy/internal/conntrack"
+	"github.com/livegate/livegate/edgeproxy/internal/iptables"
+	"github.com/livegate/livegate/edgeproxy/internal/media"
+	"github.com/livegate/livegate/edgeproxy/internal/portalloc"
+)
+
+// Mapping forwards one public UDP port to one media backend.
+type Mapping = media.Mapping
+
+var _ media.Plane = (*Plane)(nil)
+
+// ErrBackendNotAllowed reports a media backend outside the configured address ranges or ports.
+var ErrBackendNotAllowed = errors.New("media backend not allowed")
+
+// DefaultPorts is the public port range when Config.Ports is left zero.
+var DefaultPorts = portalloc.Range{First: 10500, Last: 20000}
+
+// DefaultResyncInterval is how old the plane's picture of the kernel may get before Sync reads
+// the chains back.
+const DefaultResyncInterval = 30 * time.Second
+
+// Config is what the plane forwards and how.
+type Config struct {
+	// PublicIP is the IPv4 address media packets arrive at on this host (the DNAT rules match
+	// it as destination). Behind a 1:1 cloud NAT it is the host's private address.
+	PublicIP netip.Addr
+	// Ports is the public UDP port range; zero means DefaultPorts.
+	Ports portalloc.Range
+	// Quarantine is how long a released port rests before it is handed out again.
+	Quarantine time.Duration
+	// SNAT masquerades forwarded media so that replies return through the edge; without it the
+	// backends must route the clients' addresses back through the edge.
+	SNAT bool
+	// BackendPorts limits media backend ports; zero allows any.
+	BackendPorts portalloc.Range
+	// BackendCIDRs limits media backend addresses; empty allows any.
+	BackendCIDRs []netip.Prefix
+}
+
+// Option sets an optional part of the plane.
+type Option func(*options)
+
+type options struct {
+	runner  iptables.Runner
+	cleaner conntrack.Cleaner
+	now     func() time.Time
+	log     zerolog.Logger
+	resync  time.Duration
+}
+
+// WithRunner sets how iptables is run (a fake in unit tests).
+func WithRunner(r iptables.Runner) Option {
+	return func(o *options) { o.runner = r }
+}
+
+// WithConntrack sets how conntrack entries are deleted.
+func WithConntrack(c conntrack.Cleaner) Option {
+	return func(o *options) { o.cleaner = c }
+}
+
+// WithNetns programs the named network namespace instead of the current one: iptables runs
+// through `ip netns exec` and conntrack entries are deleted over a netlink socket opened in it.
+func WithNetns(name string) Option {
+	return func(o *options) {
+		o.runner = iptables.NewExec(iptables.WithNetns(name))
+		o.cleaner = conntrack.NewNetlink(conntrack.WithNetns(name))
+	}
+}
+
+// WithClock sets the clock used for port quarantine and resync timing.
+func WithClock(now func() time.Time) Option {
+	return func(o *options) { o.now = now }
+}
+
+// WithLogger sets the logger.
+func WithLogger(l zerolog.Logger) Option {
+	return func(o *options) { o.log = l }
+}
+
+// WithResyncInterval sets how old the plane's picture of the kernel may get before Sync reads
+// the chains back and repairs drift.
+func WithResyncInterval(d time.Duration) Option {
+	return func(o *options) { o.resync = d }
+}
+
+func buildOptions(opts []Option) (options, error) {
+	o := options{now: time.Now, log: zerolog.Nop(), resync: DefaultResyncInterval}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.runner == nil {
+		e := iptables.NewExec()
+		if err := e.Check(); err != nil {
+			return options{}, err
+		}
+		o.runner = e
+	}
+	if o.cleaner == nil {
+		o.cleaner = conntrack.NewNetlink()
+	}
+	return o, nil
+}
+
+// Plane allocates public ports and keeps the kernel in line with the desired mappings. It is
+// safe for concurrent use.
+type Plane struct {
+	cfg   Config
+	o     options
+	alloc *portalloc.Allocator
+
+	mu sync.Mutex
+	// known is the kernel state as of the last read-back plus the batches applied since; nil
+	// when it must be read back.
+	known  *kernelState
+	readAt time.Time
+	// pendingFlush holds ports whose conntrack entries could not be deleted yet.
+	pendingFlush map[uint16]bool
+}
+
+// New checks cfg and returns a plane. It touches nothing in the kernel.
+func New(cfg Config, opts ...Option) (*Plane, error) {
+	if !cfg.PublicIP.Is4() {
+		return nil, fmt.Errorf("media plane: public ip %q is not an IPv4 address", cfg.PublicIP)
+	}
+	if cfg.Ports == (portalloc.Range{}) {
+		cfg.Ports = DefaultPorts
+	}
+	if cfg.BackendPorts != (portalloc.Range{}) {
+		if err := cfg.BackendPorts.Validate(); err != nil {
+			return nil, fmt.Errorf("media plane: backend ports %s: %w", cfg.BackendPorts, err)
+		}
+	}
+	o, err := buildOptions(opts)
+	if err != nil {
+		return nil, fmt.Errorf("media plane: %w", err)
+	}
+	alloc, err := portalloc.New(cfg.Ports, cfg.Quarantine, o.now)
+	if err != nil {
+		return nil, fmt.Errorf("media plane: %w", err)
+	}
+	return &Plane{cfg: cfg, o: o, alloc: alloc, pendingFlush: map[uint16]bool{}}, nil
+}
+
+func (p *Plane) settings() settings {
+	return settings{public: p.cfg.PublicIP, ports: p.cfg.Ports, snat: p.cfg.SNAT}
+}
+
+// CheckBackend reports whether the plane may forward to backend.
+func (p *Plane) CheckBackend(backend netip.AddrPort) error {
+	if !backend.IsValid() || !backend.Addr().Is4() || backend.Port() == 0 {
+		return fmt.Errorf("backend %q is not an IPv4 address and port: %w", backend, ErrBackendNotAllowed)
+	}
+	if p.cfg.BackendPorts != (portalloc.Range{}) && !p.cfg.BackendPorts.Contains(backend.Port()) {
+		return fmt.Errorf("backend %s: port outside %s: %w", backend, p.cfg.BackendPorts, ErrBackendNotAllowed)
+	}
+	if len(p.cfg.BackendCIDRs) == 0 {
+		return nil
+	}
+	for _, c := range p.cfg.BackendCIDRs {
+		if c.Contains(backend.Addr()) {
+			return nil
+		}
+	}
+	return fmt.Errorf("backend %s: address outside the allowed ranges: %w", backend, ErrBackendNotAllowed)
+}
+
+// Recover reads the chains back so that ports already forwarded (by a previous run of the
+// edge) are not handed to new routes before their own routes claim them back as preferred
+// ports. Call it once after start, before the first Assign; Sync works without it.
+func (p *Plane) Recover(ctx context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	st, err := p.readBack(ctx)
+	if err != nil {
+		return fmt.Errorf("recover media mappings: %w", err)
+	}
+	for port := range st.dnat {
+		p.alloc.Reserve(port)
+	}
+	p.o.log.Info().Int("mappings", len(st.dnat)).Int("strays", len(st.strays)).
+		Msg("media mappings recovered from the kernel")
+	return nil
+}
+
+// Assign returns one public port per backend, index-aligned: the ports key already holds,
+// else preferred[i] when free, else the next free port. When the range cannot supply them the
+// error wraps portalloc.ErrExhausted and key keeps what it held.
+func (p *Plane) Assign(key string, backends []netip.AddrPort, preferred []uint16) ([]uint16, error) {
+	for _, b := range backends {
+		if err := p.CheckBackend(b); err != nil {
+			return nil, fmt.Errorf("assign media ports for %s: %w", key, err)
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	ports, err := p.alloc.Allocate(key, len(backends), preferred)
+	if err != nil {
+		if errors.Is(err, portalloc.ErrExhausted) {
+			total, free := p.alloc.Capacity()
+			p.o.log.Warn().Str("route", key).Int("wanted", len(backends)).Int("free_ports", free).
+				Int("total_ports", total).Str("port_range", p.cfg.Ports.String()).
+				Msg("media route refused: public port range exhausted")
+		}
+		return nil, fmt.Errorf("assign media ports for %s: %w", key, err)
+	}
+	return ports, nil
+}
+
+// Release puts key's ports in quarantine. The kernel keeps forwarding them until the next
+// Sync no longer lists them.
+func (p *Plane) Release(key string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.alloc.Release(key)
+}
+
+// Capacity reports the size of the public port range and how many ports are free.
+func (p *Plane) Capacity() (total, free int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.alloc.Capacity()
+}
+
+// Sync makes the kernel forward exactly want (the full desired state, by route key). It
+// writes only the difference, in one iptables-restore batch, from its picture of the kernel;
+// that picture is read back from iptables-save on the first call, when it is older than the
+// resync interval, and after a failed batch, which repairs drift in livegate's chains. The
+// conntrack entries of every port whose forwarding was added, changed or removed are deleted
+// after the batch. Invalid mappings are left out and reported in the error; the rest is
+// still applied.
+func (p *Plane) Sync(ctx context.Context, want map[string][]Mapping) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	start := p.o.now()
+	desired, invalid := p.desired(want)
+
+	readBack := p.known == nil || start.Sub(p.readAt) >= p.o.resync
+	res, err := p.apply(ctx, desired, readBack)
+	if err != nil && !readBack {
+		p.o.log.Warn().Err(err).Msg("media batch failed on the remembered state, reading the kernel back")
+		res, err = p.apply(ctx, desired, true)
+	}
+	if err != nil {
+		return errors.Join(append(invalid, fmt.Errorf("sync media mappings: %w", err))...)
+	}
+
+	for _, port := range res.change.flush {
+		p.pendingFlush[port] = true
+	}
+	var flushErr error
+	deleted := 0
+	flushStart := p.o.now()
+	if len(p.pendingFlush) > 0 {
+		ports := sortedPorts(p.pendingFlush)
+		deleted, flushErr = p.o.cleaner.DeleteUDP(ctx, p.cfg.PublicIP, ports)
+		if flushErr == nil {
+			clear(p.pendingFlush)
+		} else {
+			flushErr = fmt.Errorf("sync media mappings: delete conntrack entries of ports %s: %w", describe(ports), flushErr)
+		}
+	}
+	end := p.o.now()
+
+	ev := p.o.log.Debug()
+	if res.lines > 0 {
+		ev = p.o.log.Info()
+	}
+	ev.Int("mappings", len(desired)).Int("added", res.change.added).Int("removed", res.change.removed).
+		Int("changed", res.change.updated).Int("batch_lines", res.lines).Bool("read_back", res.readBack).
+		Int("conntrack_deleted", deleted).
+		Dur("read_ms", res.read).Dur("restore_ms", res.restore).Dur("conntrack_ms", end.Sub(flushStart)).
+		Dur("elapsed_ms", end.Sub(start)).
+		Msg("media mappings synced")
+	return errors.Join(append(invalid, flushErr)...)
+}
+
+// desired flattens want into port → backend, leaving out what the plane must not program.
+func (p *Plane) desired(want map[string][]Mapping) (map[uint16]netip.AddrPort, []error) {
+	out := make(map[uint16]netip.AddrPort)
+	owner := make(map[uint16]string)
+	var invalid []error
+	for key, ms := range want {
+		for _, m := range ms {
+			if !p.cfg.Ports.Contains(m.PublicPort) {
+				invalid = append(invalid, fmt.Errorf("route %s: public port %d outside %s", key, m.PublicPort, p.cfg.Ports))
+				continue
+			}
+			if err := p.CheckBackend(m.Backend); err != nil {
+				invalid = append(invalid, fmt.Errorf("route %s: %w", key, err))
+				continue
+			}
+			if other, dup := owner[m.PublicPort]; dup {
+				// Which of the two wins would depend on map order; refusing both is stable.
+				invalid = append(invalid, fmt.Errorf("routes %s and %s both want public port %d", other, key, m.PublicPort))
+				delete(out, m.PublicPort)
+				continue
+			}
+			owner[m.PublicPort] = key
+			out[m.PublicPort] = m.Backend
+		}
+	}
+	return out, invalid
+}
+
+// applyResult describes one apply: how many batch lines it wrote and how long the read-back
+// and the restore took.
+type applyResult struct {
+	change        change
+	lines         int
+	readBack      bool
+	read, restore time.Duration
+}
+
+// apply writes the batch that brings the kernel to desired; an empty batch writes nothing.
+func (p *Plane) apply(ctx context.Context, desired map[uint16]netip.AddrPort, readBack bool) (applyResult, error) {
+	res := applyResult{readBack: readBack}
+	if readBack {
+		t := p.o.now()
+		if _, err := p.readBack(ctx); err != nil {
+			return res, err
+		}
+		res.read = p.o.now().Sub(t)
+	}
+	batch, next, ch := plan(p.known, desired, p.settings())
+	for _, port := range ch.flush {
+		if _, kept := desired[port]; !kept {
+			// A port that leaves the kernel without having been released (its route vanished
+			// while the edge was down) still gets its quarantine.
+			p.alloc.Reserve(port)
+		}
+	}
+	res.change = ch
+	if batch.Len() == 0 {
+		return res, nil
+	}
+	t := p.o.now()
+	if err := p.o.runner.Restore(ctx, batch.Bytes()); err != nil {
+		p.known = nil
+		return res, fmt.Errorf("apply %d rule changes: %w", batch.Len(), err)
+	}
+	res.restore = p.o.now().Sub(t)
+	res.lines = batch.Len()
+	p.known = next
+	return res, nil
+}
+
+func (p *Plane) readBack(ctx context.Context) (*kernelState, error) {
+	nat, filter, err := save(ctx, p.o.runner)
+	if err != nil {
+		p.known = nil
+		return nil, err
+	}
+	p.known = readState(nat, filter, p.cfg.PublicIP)
+	p.readAt = p.o.now()
+	return p.known, nil
+}
+
+func save(ctx context.Context, r iptables.Runner) (nat, filter *iptables.Table, err error) {
+	tables := make([]*iptables.Table, 2)
+	for i, name := range []string{tableNAT, tableFilter} {
+		out, err := r.Save(ctx, name)
+		if err != nil {
+			return nil, nil, fmt.Errorf("read %s table: %w", name, err)
+		}
+		rs, err := iptables.ParseSave(out)
+		if err != nil {
+			return nil, nil, fmt.Errorf("read %s table: %w", name, err)
+		}
+		tables[i] = rs.Table(name)
+	}
+	return tables[0], tables[1], nil
+}
+
+// Cleanup removes everything livegate's media plane put in the kernel: the jumps from the
+// built-in chains, its chains and their rules, and the conntrack entries of the ports those
+// rules forwarded. Rules that are not livegate's are left alone. It takes the same options
+// as New (WithNetns, WithRunner, WithConntrack, WithLogger).
+func Cleanup(ctx context.Context, opts ...Option) error {
+	o, err := buildOptions(opts)
+	if err != nil {
+		return fmt.Errorf("clean up media rules: %w", err)
+	}
+	nat, filter, err := save(ctx, o.runner)
+	if err != nil {
+		return fmt.Errorf("clean up media rules: %w", err)
+	}
+	byAddr := map[netip.Addr][]uint16{}
+	for _, r := range nat.ChainRules(ChainDNAT) {
+		if d, ok := parseDNAT(r.Args); ok {
+			byAddr[d.public] = append(byAddr[d.public], d.port)
+		}
+	}
+	batch := cleanupBatch(nat, filter)
+	if batch.Len() > 0 {
+		if err := o.runner.Restore(ctx, batch.Bytes()); err != nil {
+			return fmt.Errorf("clean up media rules: %w", err)
+		}
+	}
+	deleted := 0
+	var errs []error
+	for addr, ports := range byAddr {
+		n, err := o.cleaner.DeleteUDP(ctx, addr, ports)
+		deleted += n
+		if err != nil {
+			errs = append(errs, fmt.Errorf("clean up media conntrack entries for %s: %w", addr, err))
+		}
+	}
+	o.log.Info().Int("batch_lines", batch.Len()).Int("conntrack_deleted", deleted).
+		Msg("media rules cleaned up")
+	return errors.Join(errs...)
+}

@@ -1,0 +1,482 @@
+package mediaplane
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/livegate/livegate/edgeproxy/internal/iptables"
+	"github.com/livegate/livegate/edgeproxy/internal/iptables/iptablestest"
+	"github.com/livegate/livegate/edgeproxy/internal/portalloc"
+)
+
+var publicIP = netip.MustParseAddr("198.18.1.1")
+
+type fakeCleaner struct {
+	mu    sync.Mutex
+	calls [][]uint16
+	err   error
+}
+
+func (f *fakeCleaner) DeleteUDP(_ context.Context, dst netip.Addr, ports []uint16) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if dst != publicIP {
+		return 0, errors.New("unexpected address " + dst.String())
+	}
+	f.calls = append(f.calls, slices.Clone(ports))
+	return 0, f.err
+}
+
+func (f *fakeCleaner) last() []uint16 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.calls) == 0 {
+		return nil
+	}
+	return f.calls[len(f.calls)-1]
+}
+
+type clock struct{ t time.Time }
+
+func (c *clock) now() time.Time { return c.t }
+
+type harness struct {
+	ipt   *iptablestest.Fake
+	ct    *fakeCleaner
+	clk   *clock
+	plane *Plane
+}
+
+func newHarness(t *testing.T, cfg Config) *harness {
+	t.Helper()
+	h := &harness{ipt: iptablestest.New(), ct: &fakeCleaner{}, clk: &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}}
+	h.plane = h.newPlane(t, cfg)
+	return h
+}
+
+func (h *harness) newPlane(t *testing.T, cfg Config) *Plane {
+	t.Helper()
+	if !cfg.PublicIP.IsValid() {
+		cfg.PublicIP = publicIP
+	}
+	if cfg.Ports == (portalloc.Range{}) {
+		cfg.Ports = portalloc.Range{First: 10500, Last: 10509}
+	}
+	p, err := New(cfg, WithRunner(h.ipt), WithConntrack(h.ct), WithClock(h.clk.now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func (h *harness) nat(t *testing.T) *iptables.Table {
+	t.Helper()
+	out, err := h.ipt.Save(context.Background(), "nat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs, err := iptables.ParseSave(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rs.Table("nat")
+}
+
+func specs(rules []iptables.Rule) []string {
+	var out []string
+	for _, r := range rules {
+		out = append(out, r.Spec)
+	}
+	return out
+}
+
+func backend(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
+
+func sync1(t *testing.T, p *Plane, want map[string][]Mapping) {
+	t.Helper()
+	if err := p.Sync(context.Background(), want); err != nil {
+		t.Fatalf("Sync: %v", err)
+	}
+}
+
+func TestSyncProgramsRulesOnce(t *testing.T) {
+	h := newHarness(t, Config{SNAT: true})
+	want := map[string][]Mapping{
+		"inst-a": {{PublicPort: 10500, Backend: backend("198.19.2.2:30000")}, {PublicPort: 10501, Backend: backend("198.19.2.2:30001")}},
+	}
+	sync1(t, h.plane, want)
+
+	wantPayload := `*nat
+:LIVEGATE-DNAT - [0:0]
+:LIVEGATE-SNAT - [0:0]
+-I PREROUTING 1 -m comment --comment "livegate media DNAT" -j LIVEGATE-DNAT
+-I POSTROUTING 1 -m comment --comment "livegate media SNAT" -j LIVEGATE-SNAT
+-A LIVEGATE-SNAT -p udp -m conntrack --ctstate DNAT --ctorigdst 198.18.1.1 --ctorigdstport 10500:10509 -m comment --comment "lg:snat" -j MASQUERADE
+-A LIVEGATE-DNAT -d 198.18.1.1/32 -p udp -m udp --dport 10500 -m comment --comment "lg:10500" -j DNAT --to-destination 198.19.2.2:30000
+-A LIVEGATE-DNAT -d 198.18.1.1/32 -p udp -m udp --dport 10501 -m comment --comment "lg:10501" -j DNAT --to-destination 198.19.2.2:30001
+COMMIT
+*filter
+:LIVEGATE-FWD - [0:0]
+-I FORWARD 1 -m comment --comment "livegate media forward" -j LIVEGATE-FWD
+-A LIVEGATE-FWD -p udp -m conntrack --ctstate DNAT --ctorigdst 198.18.1.1 --ctorigdstport 10500:10509 -m comment --comment "lg:fwd" -j ACCEPT
+COMMIT
+`
+	restores := h.ipt.Restores()
+	if len(restores) != 1 || string(restores[0]) != wantPayload {
+		t.Fatalf("restores = %d, first:\n%s\nwant:\n%s", len(restores), restores[0], wantPayload)
+	}
+	if got := h.ct.last(); !slices.Equal(got, []uint16{10500, 10501}) {
+		t.Fatalf("conntrack flushed %v, want [10500 10501]", got)
+	}
+
+	sync1(t, h.plane, want)
+	h.clk.t = h.clk.t.Add(DefaultResyncInterval)
+	sync1(t, h.plane, want)
+	if n := len(h.ipt.Restores()); n != 1 {
+		t.Fatalf("unchanged state wrote %d batches, want 1 in total", n)
+	}
+	if n := len(h.ct.calls); n != 1 {
+		t.Fatalf("unchanged state flushed conntrack %d times, want 1 in total", n)
+	}
+}
+
+func TestSyncWritesOnlyTheDiff(t *testing.T) {
+	h := newHarness(t, Config{SNAT: true})
+	want := map[string][]Mapping{
+		"a": {{PublicPort: 10500, Backend: backend("198.19.2.2:30000")}},
+		"b": {{PublicPort: 10501, Backend: backend("198.19.2.3:30000")}},
+		"c": {{PublicPort: 10502, Backend: backend("198.19.2.4:30000")}},
+	}
+	sync1(t, h.plane, want)
+
+	delete(want, "a")
+	want["b"] = []Mapping{{PublicPort: 10501, Backend: backend("198.19.2.9:30009")}}
+	want["d"] = []Mapping{{PublicPort: 10503, Backend: backend("198.19.2.5:30000")}}
+	sync1(t, h.plane, want)
+
+	restores := h.ipt.Restores()
+	wantPayload := `*nat
+-D LIVEGATE-DNAT -d 198.18.1.1/32 -p udp -m udp --dport 10500 -m comment --comment "lg:10500" -j DNAT --to-destination 198.19.2.2:30000
+-D LIVEGATE-DNAT -d 198.18.1.1/32 -p udp -m udp --dport 10501 -m comment --comment "lg:10501" -j DNAT --to-destination 198.19.2.3:30000
+-A LIVEGATE-DNAT -d 198.18.1.1/32 -p udp -m udp --dport 10501 -m comment --comment "lg:10501" -j DNAT --to-destination 198.19.2.9:30009
+-A LIVEGATE-DNAT -d 198.18.1.1/32 -p udp -m udp --dport 10503 -m comment --comment "lg:10503" -j DNAT --to-destination 198.19.2.5:30000
+COMMIT
+`
+	if len(restores) != 2 || string(restores[1]) != wantPayload {
+		t.Fatalf("second batch:\n%s\nwant:\n%s", restores[len(restores)-1], wantPayload)
+	}
+	if got := h.ct.last(); !slices.Equal(got, []uint16{10500, 10501, 10503}) {
+		t.Fatalf("conntrack flushed %v, want [10500 10501 10503]", got)
+	}
+
+	sync1(t, h.plane, nil)
+	nat := h.nat(t)
+	for _, chain := range []string{ChainDNAT, ChainSNAT} {
+		if rules := nat.ChainRules(chain); len(rules) != 0 {
+			t.Fatalf("%s not empty after removing every route: %v", chain, specs(rules))
+		}
+	}
+	if got := specs(nat.ChainRules("PREROUTING")); len(got) != 1 {
+		t.Fatalf("PREROUTING = %v, want the one jump", got)
+	}
+}
+
+func TestSyncRepairsDriftAndLeavesForeignRules(t *testing.T) {
+	h := newHarness(t, Config{SNAT: true})
+	want := map[string][]Mapping{
+		"a": {{PublicPort: 10500, Backend: backend("198.19.2.2:30000")}},
+		"b": {{PublicPort: 10501, Backend: backend("198.19.2.3:30000")}},
+	}
+	sync1(t, h.plane, want)
+
+	foreign := "-p tcp -m tcp --dport 80 -j DNAT --to-destination 10.0.0.1:80"
+	good := dnatSpec(publicIP, 10501, backend("198.19.2.3:30000"))
+	h.ipt.SetRules("nat", "PREROUTING", foreign)
+	h.ipt.SetRules("nat", ChainDNAT,
+		good,
+		dnatSpec(publicIP, 10501, backend("198.19.2.3:30000")),
+		dnatSpec(publicIP, 10507, backend("198.19.2.7:30000")),
+		"-p udp -j ACCEPT",
+	)
+	h.ipt.SetRules("nat", ChainSNAT)
+
+	sync1(t, h.plane, want)
+	if n := len(h.ipt.Restores()); n != 1 {
+		t.Fatalf("drift repaired before the resync interval: %d batches", n)
+	}
+	h.clk.t = h.clk.t.Add(DefaultResyncInterval)
+	sync1(t, h.plane, want)
+
+	nat := h.nat(t)
+	wantPre := []string{`-m comment --comment "livegate media DNAT" -j LIVEGATE-DNAT`, foreign}
+	if got := specs(nat.ChainRules("PREROUTING")); !slices.Equal(got, wantPre) {
+		t.Fatalf("PREROUTING = %q, want %q", got, wantPre)
+	}
+	gotDNAT := specs(nat.ChainRules(ChainDNAT))
+	slices.Sort(gotDNAT)
+	wantDNAT := []string{dnatSpec(publicIP, 10500, backend("198.19.2.2:30000")), good}
+	if !slices.Equal(gotDNAT, wantDNAT) {
+		t.Fatalf("%s = %q, want %q", ChainDNAT, gotDNAT, wantDNAT)
+	}
+	if got := specs(nat.ChainRules(ChainSNAT)); len(got) != 1 {
+		t.Fatalf("%s = %q, want the masquerade rule back", ChainSNAT, got)
+	}
+	if got := h.ct.last(); !slices.Equal(got, []uint16{10500, 10501, 10507}) {
+		t.Fatalf("conntrack flushed %v, want [10500 10501 10507]", got)
+	}
+}
+
+func TestSyncRetriesFromTheKernelWhenABatchFails(t *testing.T) {
+	h := newHarness(t, Config{})
+	want := map[string][]Mapping{"a": {{PublicPort: 10500, Backend: backend("198.19.2.2:30000")}}}
+	sync1(t, h.plane, want)
+	h.ipt.SetRules("nat", ChainDNAT)
+
+	want["a"] = []Mapping{{PublicPort: 10500, Backend: backend("198.19.2.2:30001")}}
+	sync1(t, h.plane, want)
+	got := specs(h.nat(t).ChainRules(ChainDNAT))
+	if len(got) != 1 || got[0] != dnatSpec(publicIP, 10500, backend("198.19.2.2:30001")) {
+		t.Fatalf("%s = %q after retry", ChainDNAT, got)
+	}
+}
+
+func TestSyncReportsRestoreFailure(t *testing.T) {
+	h := newHarness(t, Config{})
+	h.ipt.FailRestore = errors.New("iptables-restore: exit status 1")
+	err := h.plane.Sync(context.Background(), map[string][]Mapping{"a": {{PublicPort: 10500, Backend: backend("198.19.2.2:30000")}}})
+	if err == nil || !strings.Contains(err.Error(), "exit status 1") {
+		t.Fatalf("Sync error = %v", err)
+	}
+	h.ipt.FailRestore = nil
+	sync1(t, h.plane, map[string][]Mapping{"a": {{PublicPort: 10500, Backend: backend("198.19.2.2:30000")}}})
+	if got := h.nat(t).ChainRules(ChainDNAT); len(got) != 1 {
+		t.Fatalf("rules after recovery: %v", specs(got))
+	}
+}
+
+func TestSyncSkipsInvalidMappings(t *testing.T) {
+	h := newHarness(t, Config{BackendPorts: portalloc.Range{First: 30000, Last: 32767},
+		BackendCIDRs: []netip.Prefix{netip.MustParsePrefix("198.19.0.0/16")}})
+	err := h.plane.Sync(context.Background(), map[string][]Mapping{
+		"ok":       {{PublicPort: 10500, Backend: backend("198.19.2.2:30000")}},
+		"range":    {{PublicPort: 9999, Backend: backend("198.19.2.2:30000")}},
+		"cidr":     {{PublicPort: 10502, Backend: backend("10.0.0.1:30000")}},
+		"port":     {{PublicPort: 10503, Backend: backend("198.19.2.2:80")}},
+		"dup-one":  {{PublicPort: 10504, Backend: backend("198.19.2.2:30000")}},
+		"dup-two":  {{PublicPort: 10504, Backend: backend("198.19.2.3:30000")}},
+		"ipv6-too": {{PublicPort: 10505, Backend: backend("[2001:db8::1]:30000")}},
+	})
+	if err == nil {
+		t.Fatal("Sync accepted invalid mappings")
+	}
+	for _, s := range []string{"9999", "10.0.0.1", ":80", "10504", "2001:db8::1"} {
+		if !strings.Contains(err.Error(), s) {
+			t.Errorf("error does not mention %s: %v", s, err)
+		}
+	}
+	got := specs(h.nat(t).ChainRules(ChainDNAT))
+	if len(got) != 1 || !strings.Contains(got[0], "--dport 10500 ") {
+		t.Fatalf("%s = %q, want only port 10500", ChainDNAT, got)
+	}
+}
+
+func TestConntrackFailureIsRetried(t *testing.T) {
+	h := newHarness(t, Config{})
+	h.ct.err = errors.New("netlink: operation not permitted")
+	want := map[string][]Mapping{"a": {{PublicPort: 10500, Backend: backend("198.19.2.2:30000")}}}
+	if err := h.plane.Sync(context.Background(), want); err == nil || !strings.Contains(err.Error(), "10500") {
+		t.Fatalf("Sync error = %v, want the conntrack failure", err)
+	}
+	h.ct.err = nil
+	sync1(t, h.plane, want)
+	if got := h.ct.last(); !slices.Equal(got, []uint16{10500}) {
+		t.Fatalf("conntrack retry flushed %v, want [10500]", got)
+	}
+	calls := len(h.ct.calls)
+	sync1(t, h.plane, want)
+	if len(h.ct.calls) != calls {
+		t.Fatal("conntrack flushed again after the retry succeeded")
+	}
+}
+
+func TestRestartKeepsTheKernelAsItIs(t *testing.T) {
+	h := newHarness(t, Config{SNAT: true, Quarantine: time.Minute})
+	backends := []netip.AddrPort{backend("198.19.2.2:30000"), backend("198.19.2.2:30001")}
+	ports, err := h.plane.Assign("a", backends, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale, err := h.plane.Assign("gone", backends[:1], nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sync1(t, h.plane, map[string][]Mapping{
+		"a":    {{PublicPort: ports[0], Backend: backends[0]}, {PublicPort: ports[1], Backend: backends[1]}},
+		"gone": {{PublicPort: stale[0], Backend: backends[0]}},
+	})
+	before := len(h.ipt.Restores())
+
+	restarted := h.newPlane(t, Config{SNAT: true, Quarantine: time.Minute})
+	if err := restarted.Recover(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	fresh, err := restarted.Assign("new", backends[:1], nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slices.Contains(ports, fresh[0]) || fresh[0] == stale[0] {
+		t.Fatalf("new route got port %d, still forwarded for another route", fresh[0])
+	}
+	again, err := restarted.Assign("a", backends, ports)
+	if err != nil || !slices.Equal(again, ports) {
+		t.Fatalf("Assign with preferred ports = %v, %v, want %v", again, err, ports)
+	}
+	want := map[string][]Mapping{"a": {{PublicPort: ports[0], Backend: backends[0]}, {PublicPort: ports[1], Backend: backends[1]}}}
+	restarted.Release("new")
+	sync1(t, restarted, map[string][]Mapping{"a": want["a"], "gone": {{PublicPort: stale[0], Backend: backends[0]}}})
+	if n := len(h.ipt.Restores()); n != before {
+		t.Fatalf("restart with the same state wrote %d batches", n-before)
+	}
+	sync1(t, restarted, want)
+	// Two ports in use, the stale route's and the released one's in quarantine.
+	if _, free := restarted.Capacity(); free != 10-2-1-1 {
+		t.Fatalf("free ports = %d, want 6", free)
+	}
+}
+
+func TestAssign(t *testing.T) {
+	h := newHarness(t, Config{Ports: portalloc.Range{First: 10500, Last: 10502},
+		BackendCIDRs: []netip.Prefix{netip.MustParsePrefix("198.19.0.0/16")}})
+	if _, err := h.plane.Assign("bad", []netip.AddrPort{backend("10.0.0.1:30000")}, nil); !errors.Is(err, ErrBackendNotAllowed) {
+		t.Fatalf("Assign to a backend outside the CIDRs: %v", err)
+	}
+	got, err := h.plane.Assign("a", []netip.AddrPort{backend("198.19.2.2:30000"), backend("198.19.2.2:30001")}, []uint16{10502})
+	if err != nil || !slices.Equal(got, []uint16{10502, 10500}) {
+		t.Fatalf("Assign = %v, %v", got, err)
+	}
+	if _, err := h.plane.Assign("b", []netip.AddrPort{backend("198.19.2.3:30000"), backend("198.19.2.3:30001")}, nil); !errors.Is(err, portalloc.ErrExhausted) {
+		t.Fatalf("Assign beyond the range: %v, want ErrExhausted", err)
+	}
+	if total, free := h.plane.Capacity(); total != 3 || free != 1 {
+		t.Fatalf("Capacity = %d, %d, want 3, 1", total, free)
+	}
+	h.plane.Release("a")
+	if _, free := h.plane.Capacity(); free != 3 {
+		t.Fatalf("free after release with no quarantine = %d, want 3", free)
+	}
+}
+
+func TestNewRejectsBadConfig(t *testing.T) {
+	ipt := iptablestest.New()
+	for name, cfg := range map[string]Config{
+		"no public ip": {},
+		"ipv6":         {PublicIP: netip.MustParseAddr("2001:db8::1")},
+		"bad range":    {PublicIP: publicIP, Ports: portalloc.Range{First: 20, Last: 10}},
+		"bad backends": {PublicIP: publicIP, BackendPorts: portalloc.Range{First: 0, Last: 10}},
+		"quarantine":   {PublicIP: publicIP, Quarantine: -time.Second},
+	} {
+		if _, err := New(cfg, WithRunner(ipt)); err == nil {
+			t.Errorf("%s: New accepted %+v", name, cfg)
+		}
+	}
+	p, err := New(Config{PublicIP: publicIP}, WithRunner(ipt))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if total, _ := p.Capacity(); total != DefaultPorts.Size() {
+		t.Fatalf("default range holds %d ports, want %d", total, DefaultPorts.Size())
+	}
+}
+
+func TestCleanupRemovesOnlyOurs(t *testing.T) {
+	h := newHarness(t, Config{SNAT: true})
+	sync1(t, h.plane, map[string][]Mapping{"a": {{PublicPort: 10500, Backend: backend("198.19.2.2:30000")}}})
+	foreign := "-p tcp -m tcp --dport 80 -j DNAT --to-destination 10.0.0.1:80"
+	h.ipt.SetRules("nat", "PREROUTING", append(specs(h.nat(t).ChainRules("PREROUTING")), foreign)...)
+
+	if err := Cleanup(context.Background(), WithRunner(h.ipt), WithConntrack(h.ct)); err != nil {
+		t.Fatal(err)
+	}
+	out, err := h.ipt.Save(context.Background(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(out), "LIVEGATE") || strings.Contains(string(out), "livegate") {
+		t.Fatalf("livegate rules left after cleanup:\n%s", out)
+	}
+	if !strings.Contains(string(out), foreign) {
+		t.Fatalf("cleanup removed a foreign rule:\n%s", out)
+	}
+	if got := h.ct.last(); !slices.Equal(got, []uint16{10500}) {
+		t.Fatalf("cleanup flushed %v, want [10500]", got)
+	}
+	if err := Cleanup(context.Background(), WithRunner(h.ipt), WithConntrack(h.ct)); err != nil {
+		t.Fatalf("second cleanup: %v", err)
+	}
+}
+
+func TestParseDNAT(t *testing.T) {
+	split := func(s string) []string {
+		args, err := iptables.Split(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return args
+	}
+	tests := []struct {
+		spec string
+		want dnatRule
+		ok   bool
+	}{
+		{spec: dnatSpec(publicIP, 10500, backend("198.19.2.2:30000")), ok: true,
+			want: dnatRule{public: publicIP, port: 10500, backend: backend("198.19.2.2:30000")}},
+		{spec: `-p udp -m udp --dport 10500 -d 198.18.1.1 -m comment --comment lg:10500 -j DNAT --to-destination 198.19.2.2:30000`, ok: true,
+			want: dnatRule{public: publicIP, port: 10500, backend: backend("198.19.2.2:30000")}},
+		{spec: `-d 198.18.1.0/24 -p udp -m udp --dport 10500 -m comment --comment "lg:10500" -j DNAT --to-destination 198.19.2.2:30000`},
+		{spec: `-d 198.18.1.1/32 -p udp -m udp --dport 10500 -m comment --comment "lg:10501" -j DNAT --to-destination 198.19.2.2:30000`},
+		{spec: `-d 198.18.1.1/32 -p tcp -m tcp --dport 10500 -m comment --comment "lg:10500" -j DNAT --to-destination 198.19.2.2:30000`},
+		{spec: `-d 198.18.1.1/32 -p udp -m udp --dport 10500 -m comment --comment "lg:10500" -j DNAT --to-destination 198.19.2.2`},
+		{spec: `-d 198.18.1.1/32 -p udp -m udp --dport 10500 -m comment --comment "lg:10500" -j DNAT --to-destination 198.19.2.2:30000 --random`},
+		{spec: `-s 10.0.0.0/8 -d 198.18.1.1/32 -p udp -m udp --dport 10500 -m comment --comment "lg:10500" -j DNAT --to-destination 198.19.2.2:30000`},
+		{spec: `-j ACCEPT`},
+	}
+	for _, tt := range tests {
+		got, ok := parseDNAT(split(tt.spec))
+		if ok != tt.ok || got != tt.want {
+			t.Errorf("parseDNAT(%q) = %+v, %v, want %+v, %v", tt.spec, got, ok, tt.want, tt.ok)
+		}
+	}
+}
+
+func TestMassRemovalRewritesTheChain(t *testing.T) {
+	h := newHarness(t, Config{Ports: portalloc.Range{First: 10500, Last: 11999}})
+	want := map[string][]Mapping{}
+	for i := range 1000 {
+		want[strconv.Itoa(i)] = []Mapping{{PublicPort: uint16(10500 + i), Backend: backend("198.19.2.2:30000")}}
+	}
+	sync1(t, h.plane, want)
+	keep := map[string][]Mapping{"7": want["7"], "8": want["8"]}
+	sync1(t, h.plane, keep)
+
+	restores := h.ipt.Restores()
+	last := string(restores[len(restores)-1])
+	if strings.Contains(last, "-D ") || !strings.Contains(last, ":LIVEGATE-DNAT - [0:0]") {
+		t.Fatalf("mass removal did not rewrite the chain:\n%.400s", last)
+	}
+	got := specs(h.nat(t).ChainRules(ChainDNAT))
+	if len(got) != 2 || !strings.Contains(got[0], "--dport 10507 ") || !strings.Contains(got[1], "--dport 10508 ") {
+		t.Fatalf("%s = %q, want ports 10507 and 10508", ChainDNAT, got)
+	}
+	flushed := h.ct.last()
+	if len(flushed) != 998 || slices.Contains(flushed, 10507) || slices.Contains(flushed, 10508) {
+		t.Fatalf("flushed %d ports (kept ones included: %v), want the 998 removed", len(flushed),
+			slices.Contains(flushed, 10507) || slices.Contains(flushed, 10508))
+	}
+}

@@ -1,0 +1,423 @@
+package mediaplane
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/livegate/livegate/edgeproxy/internal/iptables"
+	"github.com/livegate/livegate/edgeproxy/internal/portalloc"
+)
+
+// Chains livegate owns. Every rule the media plane writes lives in one of them; the built-in
+// chains only get one jump each.
+const (
+	// ChainDNAT (nat) holds one DNAT rule per public port.
+	ChainDNAT = "LIVEGATE-DNAT"
+	// ChainSNAT (nat) masquerades forwarded media so replies come back through the edge.
+	ChainSNAT = "LIVEGATE-SNAT"
+	// ChainForward (filter) accepts the DNATed media in both directions, so a DROP policy on
+	// FORWARD does not break it.
+	ChainForward = "LIVEGATE-FWD"
+)
+
+const (
+	tableNAT    = "nat"
+	tableFilter = "filter"
+)
+
+type jump struct {
+	table, from, to, comment string
+}
+
+// jumps are the only rules livegate puts in built-in chains. They go first in their chain so a
+// host firewall's trailing REJECT cannot shadow them.
+var jumps = []jump{
+	{table: tableNAT, from: "PREROUTING", to: ChainDNAT, comment: "livegate media DNAT"},
+	{table: tableNAT, from: "POSTROUTING", to: ChainSNAT, comment: "livegate media SNAT"},
+	{table: tableFilter, from: "FORWARD", to: ChainForward, comment: "livegate media forward"},
+}
+
+var ownChains = []struct{ table, chain string }{
+	{tableNAT, ChainDNAT},
+	{tableNAT, ChainSNAT},
+	{tableFilter, ChainForward},
+}
+
+func (j jump) spec() string {
+	return fmt.Sprintf("-m comment --comment %s -j %s", iptables.Quote(j.comment), j.to)
+}
+
+// dnatSpec is the rule of one public port, written exactly as iptables-save prints it so a
+// read-back compares equal.
+func dnatSpec(public netip.Addr, port uint16, backend netip.AddrPort) string {
+	return fmt.Sprintf(`-d %s/32 -p udp -m udp --dport %d -m comment --comment "lg:%d" -j DNAT --to-destination %s`,
+		public, port, port, backend)
+}
+
+// ctMatch selects the flows our DNAT rules created, in both directions: conntrack keeps the
+// original destination, so one rule covers every public port without per-port rules.
+func ctMatch(public netip.Addr, ports portalloc.Range) string {
+	portSpec := strconv.Itoa(int(ports.First))
+	if ports.Last != ports.First {
+		portSpec += ":" + strconv.Itoa(int(ports.Last))
+	}
+	return fmt.Sprintf("-p udp -m conntrack --ctstate DNAT --ctorigdst %s --ctorigdstport %s", public, portSpec)
+}
+
+func snatSpec(public netip.Addr, ports portalloc.Range) string {
+	return ctMatch(public, ports) + ` -m comment --comment "lg:snat" -j MASQUERADE`
+}
+
+func forwardSpec(public netip.Addr, ports portalloc.Range) string {
+	return ctMatch(public, ports) + ` -m comment --comment "lg:fwd" -j ACCEPT`
+}
+
+// dnatRule is one parsed rule of ChainDNAT.
+type dnatRule struct {
+	public  netip.Addr
+	port    uint16
+	backend netip.AddrPort
+}
+
+// parseDNAT reads a rule of ChainDNAT by meaning rather than by text, so a different but
+// equivalent rendering by another iptables version is not taken for drift. Anything with an
+// option we never write is not ours in that shape and does not parse.
+func parseDNAT(args []string) (dnatRule, bool) {
+	var (
+		r                dnatRule
+		comment, target  string
+		proto, dportText string
+	)
+	if len(args)%2 != 0 {
+		return dnatRule{}, false
+	}
+	for i := 0; i < len(args); i += 2 {
+		opt, val := args[i], args[i+1]
+		switch opt {
+		case "-d":
+			p, err := netip.ParsePrefix(val)
+			if err != nil {
+				a, aerr := netip.ParseAddr(val)
+				if aerr != nil {
+					return dnatRule{}, false
+				}
+				p = netip.PrefixFrom(a, a.BitLen())
+			}
+			if p.Bits() != p.Addr().BitLen() {
+				return dnatRule{}, false
+			}
+			r.public = p.Addr()
+		case "-p":
+			proto = val
+		case "-m":
+			if val != "udp" && val != "comment" {
+				return dnatRule{}, false
+			}
+		case "--dport":
+			dportText = val
+		case "--comment":
+			comment = val
+		case "-j":
+			target = val
+		case "--to-destination":
+			ap, err := netip.ParseAddrPort(val)
+			if err != nil {
+				return dnatRule{}, false
+			}
+			r.backend = ap
+		default:
+			return dnatRule{}, false
+		}
+	}
+	port, err := strconv.ParseUint(dportText, 10, 16)
+	if err != nil || port == 0 {
+		return dnatRule{}, false
+	}
+	r.port = uint16(port)
+	if proto != "udp" || target != "DNAT" || !r.public.IsValid() || !r.backend.IsValid() ||
+		comment != "lg:"+dportText {
+		return dnatRule{}, false
+	}
+	return r, true
+}
+
+// kernelState is what the kernel holds in livegate's chains and jumps.
+type kernelState struct {
+	chains map[string]bool
+	// jumps holds, per built-in chain that should jump to one of ours ("table/chain"), the
+	// specs of its rules that jump to that chain of ours.
+	jumps map[string][]string
+	// dnat holds the one well-formed rule of each public port.
+	dnat map[uint16]dnatEntry
+	// strays are ChainDNAT rules that must go: foreign shapes, another public address, or
+	// several rules for one port.
+	strays []string
+	// strayPorts are ports whose rules were strays; their conntrack entries may follow a
+	// wrong binding.
+	strayPorts []uint16
+	snat       []string
+	forward    []string
+}
+
+type dnatEntry struct {
+	backend netip.AddrPort
+	spec    string
+}
+
+func jumpKey(j jump) string { return j.table + "/" + j.from }
+
+// readState extracts livegate's part of a ruleset; rules of other chains are ignored.
+func readState(nat, filter *iptables.Table, public netip.Addr) *kernelState {
+	s := &kernelState{chains: map[string]bool{}, jumps: map[string][]string{}, dnat: map[uint16]dnatEntry{}}
+	tables := map[string]*iptables.Table{tableNAT: nat, tableFilter: filter}
+	for _, c := range ownChains {
+		s.chains[c.chain] = tables[c.table].HasChain(c.chain)
+	}
+	for _, j := range jumps {
+		for _, r := range tables[j.table].ChainRules(j.from) {
+			if jumpsTo(r.Args, j.to) {
+				s.jumps[jumpKey(j)] = append(s.jumps[jumpKey(j)], r.Spec)
+			}
+		}
+	}
+	seen := map[uint16][]iptables.Rule{}
+	var order []uint16
+	for _, r := range nat.ChainRules(ChainDNAT) {
+		d, ok := parseDNAT(r.Args)
+		if !ok || d.public != public {
+			s.strays = append(s.strays, r.Spec)
+			if ok {
+				s.strayPorts = append(s.strayPorts, d.port)
+			}
+			continue
+		}
+		if _, dup := seen[d.port]; !dup {
+			order = append(order, d.port)
+		}
+		seen[d.port] = append(seen[d.port], r)
+	}
+	for _, port := range order {
+		rules := seen[port]
+		if len(rules) > 1 {
+			for _, r := range rules {
+				s.strays = append(s.strays, r.Spec)
+			}
+			s.strayPorts = append(s.strayPorts, port)
+			continue
+		}
+		d, _ := parseDNAT(rules[0].Args)
+		s.dnat[port] = dnatEntry{backend: d.backend, spec: rules[0].Spec}
+	}
+	for _, r := range nat.ChainRules(ChainSNAT) {
+		s.snat = append(s.snat, r.Spec)
+	}
+	for _, r := range filter.ChainRules(ChainForward) {
+		s.forward = append(s.forward, r.Spec)
+	}
+	return s
+}
+
+func jumpsTo(args []string, chain string) bool {
+	for i := 0; i+1 < len(args); i++ {
+		if (args[i] == "-j" || args[i] == "-g") && args[i+1] == chain {
+			return true
+		}
+	}
+	return false
+}
+
+// settings are the parts of the configuration the rules depend on.
+type settings struct {
+	public netip.Addr
+	ports  portalloc.Range
+	snat   bool
+}
+
+// change summarises a plan.
+type change struct {
+	added, removed, updated int
+	// flush lists the ports whose conntrack entries must go once the batch is applied.
+	flush []uint16
+}
+
+// rewriteThreshold is the number of deletions from ChainDNAT above which plan rewrites the
+// chain instead of deleting rule by rule.
+const rewriteThreshold = 512
+
+// plan computes the restore batch that turns cur into want, and the state the kernel holds
+// once the batch is applied. An empty batch means the kernel is already right.
+func plan(cur *kernelState, want map[uint16]netip.AddrPort, cfg settings) (*iptables.Batch, *kernelState, change) {
+	b := iptables.NewBatch()
+	next := &kernelState{chains: map[string]bool{}, jumps: map[string][]string{}, dnat: map[uint16]dnatEntry{}}
+	var ch change
+
+	for _, c := range ownChains {
+		if !cur.chains[c.chain] {
+			b.DeclareChain(c.table, c.chain)
+		}
+		next.chains[c.chain] = true
+	}
+
+	for _, j := range jumps {
+		have := cur.jumps[jumpKey(j)]
+		canonical := j.spec()
+		if len(have) == 1 && have[0] == canonical {
+			next.jumps[jumpKey(j)] = have
+			continue
+		}
+		for _, spec := range have {
+			b.Delete(j.table, j.from, spec)
+		}
+		b.Insert(j.table, j.from, 1, canonical)
+		next.jumps[jumpKey(j)] = []string{canonical}
+	}
+
+	var wantSNAT, wantForward []string
+	if len(want) > 0 {
+		wantForward = []string{forwardSpec(cfg.public, cfg.ports)}
+		if cfg.snat {
+			wantSNAT = []string{snatSpec(cfg.public, cfg.ports)}
+		}
+	}
+	next.snat = rewriteChain(b, tableNAT, ChainSNAT, cur.chains[ChainSNAT], cur.snat, wantSNAT)
+	next.forward = rewriteChain(b, tableFilter, ChainForward, cur.chains[ChainForward], cur.forward, wantForward)
+
+	flush := map[uint16]bool{}
+	for _, p := range cur.strayPorts {
+		flush[p] = true
+	}
+	var dels []string
+	for _, port := range sortedPorts(cur.dnat) {
+		e := cur.dnat[port]
+		backend, keep := want[port]
+		if keep && backend == e.backend {
+			next.dnat[port] = e
+			continue
+		}
+		dels = append(dels, e.spec)
+		flush[port] = true
+		if keep {
+			ch.updated++
+		} else {
+			ch.removed++
+		}
+	}
+	var adds []uint16
+	for _, port := range sortedPorts(want) {
+		if _, ok := next.dnat[port]; ok {
+			continue
+		}
+		adds = append(adds, port)
+		flush[port] = true
+		if _, had := cur.dnat[port]; !had {
+			ch.added++
+		}
+	}
+	deletes := len(dels) + len(cur.strays)
+	if deletes > rewriteThreshold && deletes > len(next.dnat) {
+		// Each -D makes iptables search the chain for the rule; past a few hundred of them,
+		// emptying the chain and writing back what stays is cheaper, and as the batch is one
+		// transaction the kept rules never stop matching.
+		b.DeclareChain(tableNAT, ChainDNAT)
+		for _, port := range sortedPorts(next.dnat) {
+			e := next.dnat[port]
+			b.Append(tableNAT, ChainDNAT, dnatSpec(cfg.public, port, e.backend))
+		}
+	} else {
+		for _, spec := range cur.strays {
+			b.Delete(tableNAT, ChainDNAT, spec)
+		}
+		for _, spec := range dels {
+			b.Delete(tableNAT, ChainDNAT, spec)
+		}
+	}
+	for _, port := range adds {
+		backend := want[port]
+		spec := dnatSpec(cfg.public, port, backend)
+		b.Append(tableNAT, ChainDNAT, spec)
+		next.dnat[port] = dnatEntry{backend: backend, spec: spec}
+	}
+	for p := range flush {
+		ch.flush = append(ch.flush, p)
+	}
+	slices.Sort(ch.flush)
+	return b, next, ch
+}
+
+// rewriteChain replaces a small static chain wholesale when it differs from want: declaring
+// an existing chain under --noflush empties it, and the batch refills it in the same
+// transaction.
+func rewriteChain(b *iptables.Batch, table, chain string, exists bool, have, want []string) []string {
+	if slices.Equal(have, want) {
+		return want
+	}
+	if exists {
+		b.DeclareChain(table, chain)
+	}
+	for _, spec := range want {
+		b.Append(table, chain, spec)
+	}
+	return want
+}
+
+// cleanupBatch removes every jump to livegate's chains, then the chains themselves.
+func cleanupBatch(nat, filter *iptables.Table) *iptables.Batch {
+	b := iptables.NewBatch()
+	tables := map[string]*iptables.Table{tableNAT: nat, tableFilter: filter}
+	for _, name := range []string{tableNAT, tableFilter} {
+		t := tables[name]
+		var ours []string
+		for _, c := range ownChains {
+			if c.table == name && t.HasChain(c.chain) {
+				ours = append(ours, c.chain)
+			}
+		}
+		for _, r := range t.Rules {
+			if slices.Contains(ours, r.Chain) {
+				continue
+			}
+			for _, c := range ours {
+				if jumpsTo(r.Args, c) {
+					b.Delete(name, r.Chain, r.Spec)
+					break
+				}
+			}
+		}
+		for _, c := range ours {
+			b.DeclareChain(name, c)
+		}
+		for _, c := range ours {
+			b.DeleteChain(name, c)
+		}
+	}
+	return b
+}
+
+func sortedPorts[V any](m map[uint16]V) []uint16 {
+	out := make([]uint16, 0, len(m))
+	for p := range m {
+		out = append(out, p)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// describe renders a port list for logs, shortened when long.
+func describe(ports []uint16) string {
+	const max = 8
+	var sb strings.Builder
+	for i, p := range ports {
+		if i == max {
+			fmt.Fprintf(&sb, " …(+%d)", len(ports)-max)
+			break
+		}
+		if i > 0 {
+			sb.WriteByte(' ')
+		}
+		sb.WriteString(strconv.Itoa(int(p)))
+	}
+	return sb.String()
+}

@@ -1,0 +1,51 @@
+package reconcile
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Error kinds counted by livegate_edge_errors_total.
+const (
+	ErrKindHAProxy   = "haproxy"
+	ErrKindMedia     = "media"
+	ErrKindKV        = "kv"
+	ErrKindMapFile   = "map_file"
+	ErrKindEvents    = "events"
+	ErrKindRefused   = "route_refused"
+	ErrKindHeartbeat = "heartbeat"
+)
+
+// Metrics are the edge's Prometheus metrics.
+type Metrics struct {
+	routes  prometheus.Gauge
+	latency prometheus.Histogram
+	errors  *prometheus.CounterVec
+	drift   prometheus.Counter
+	claims  *prometheus.CounterVec
+}
+
+// NewMetrics registers the metrics with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		routes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "livegate_edge_routes_programmed", Help: "Routes this edge has programmed into HAProxy.",
+		}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "livegate_edge_programming_seconds",
+			Help:    "Time from seeing a route change in KV to having it programmed.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "livegate_edge_errors_total", Help: "Errors by kind.",
+		}, []string{"kind"}),
+		drift: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "livegate_edge_drift_repaired_total", Help: "HAProxy map entries found wrong on a resync and repaired.",
+		}),
+		claims: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "livegate_edge_claims_total", Help: "Pool route claims by result (won, lost).",
+		}, []string{"result"}),
+	}
+	for _, k := range []string{ErrKindHAProxy, ErrKindMedia, ErrKindKV, ErrKindMapFile, ErrKindEvents, ErrKindRefused, ErrKindHeartbeat} {
+		m.errors.WithLabelValues(k)
+	}
+	reg.MustRegister(m.routes, m.latency, m.errors, m.drift, m.claims)
+	return m
+}

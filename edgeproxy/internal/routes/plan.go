@@ -1,0 +1,198 @@
+package routes
+
+import (
+	"fmt"
+	"hash/fnv"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Endpoint is what this package needs of a livegate_endpoints entry.
+type Endpoint struct {
+	EdgeID   string
+	Revision uint64
+	Ports    []uint16
+}
+
+// Self identifies this edge.
+type Self struct {
+	EdgeID string
+	Pool   string
+}
+
+// Claim is a pool route no live edge serves: this edge may take it by a compare-and-set write of
+// its endpoint at Revision (0: create the key).
+type Claim struct {
+	Route    Route
+	Revision uint64
+}
+
+// Plan is who serves what, as far as this edge is concerned.
+type Plan struct {
+	// Serve are the routes this edge serves, by key.
+	Serve map[string]Route
+	// Claims are pool routes up for grabs, sorted by key.
+	Claims []Claim
+	// Refused are routes addressed to this edge that it cannot take, with the reason, by key.
+	Refused map[string]string
+}
+
+// Derive decides, from the valid routes, the endpoints in KV and the edges whose heartbeat is
+// alive, which routes this edge serves and which it may claim. A route naming an edge belongs to
+// that edge; a route naming only a pool belongs to the pool edge holding its endpoint, and is
+// claimable when none does or that edge's heartbeat has expired. Two routes with the same
+// session id cannot share the map: the older revision keeps it.
+func Derive(self Self, routes map[string]Route, endpoints map[string]Endpoint, live map[string]bool) Plan {
+	p := Plan{Serve: map[string]Route{}, Refused: map[string]string{}}
+	keys := make([]string, 0, len(routes))
+	for k := range routes {
+		keys = append(keys, k)
+	}
+	// Oldest revision first, so the older route keeps a contested session id.
+	sort.Slice(keys, func(i, j int) bool {
+		ri, rj := routes[keys[i]], routes[keys[j]]
+		if ri.Revision != rj.Revision {
+			return ri.Revision < rj.Revision
+		}
+		return keys[i] < keys[j]
+	})
+	sessions := map[string]string{}
+	for _, k := range keys {
+		r := routes[k]
+		var claim *Claim
+		switch {
+		case r.EdgeID != "":
+			if r.EdgeID != self.EdgeID {
+				continue
+			}
+		case r.Pool == self.Pool:
+			ep, ok := endpoints[k]
+			switch {
+			case ok && ep.EdgeID == self.EdgeID:
+			case ok && live[ep.EdgeID]:
+				continue
+			case ok:
+				claim = &Claim{Route: r, Revision: ep.Revision}
+			default:
+				claim = &Claim{Route: r}
+			}
+		default:
+			continue
+		}
+		if other, dup := sessions[r.SessionID]; dup {
+			p.Refused[k] = fmt.Sprintf("session_id: already used by instance %s", other)
+			continue
+		}
+		sessions[r.SessionID] = k
+		if claim != nil {
+			p.Claims = append(p.Claims, *claim)
+			continue
+		}
+		p.Serve[k] = r
+	}
+	slices.SortFunc(p.Claims, func(a, b Claim) int {
+		switch {
+		case a.Route.Key < b.Route.Key:
+			return -1
+		case a.Route.Key > b.Route.Key:
+			return 1
+		}
+		return 0
+	})
+	return p
+}
+
+// Diff returns what turns the map have into want: entries to set and keys to delete (sorted).
+func Diff(want, have map[string]string) (set map[string]string, del []string) {
+	set = map[string]string{}
+	for k, v := range want {
+		if hv, ok := have[k]; !ok || hv != v {
+			set[k] = v
+		}
+	}
+	for k := range have {
+		if _, ok := want[k]; !ok {
+			del = append(del, k)
+		}
+	}
+	sort.Strings(del)
+	return set, del
+}
+
+// ClaimDelay is how long an edge already serving load routes waits before it claims one more:
+// step per route, at most max. Busier edges wait longer, so the least-loaded edge of a pool
+// usually wins the compare-and-set.
+func ClaimDelay(load int, step, max time.Duration) time.Duration {
+	if load <= 0 || step <= 0 {
+		return 0
+	}
+	if int64(load) >= int64(max/step) {
+		return max
+	}
+	return time.Duration(load) * step
+}
+
+// ClaimOrder sorts keys in an order of this edge's own (a hash of edge id and key), so the edges
+// of a pool facing the same burst of routes start claiming different ones and rarely collide.
+func ClaimOrder(edgeID string, keys []string) {
+	h := func(k string) uint64 {
+		f := fnv.New64a()
+		f.Write([]byte(edgeID))
+		f.Write([]byte{0})
+		f.Write([]byte(k))
+		return f.Sum64()
+	}
+	slices.SortFunc(keys, func(a, b string) int {
+		ha, hb := h(a), h(b)
+		switch {
+		case ha < hb:
+			return -1
+		case ha > hb:
+			return 1
+		}
+		return strings.Compare(a, b)
+	})
+}
+
+// Scheduler remembers when each pending claim falls due. It is pure: the caller passes the time.
+type Scheduler struct {
+	due map[string]time.Time
+}
+
+// NewScheduler returns an empty scheduler.
+func NewScheduler() *Scheduler { return &Scheduler{due: map[string]time.Time{}} }
+
+// Update takes the keys claimable now, in the order the caller wants them claimed; a key seen
+// for the first time is due after delay(i), where i counts the new keys of this call, so a burst
+// of claims is spread as the load it adds grows. It forgets keys
+// no longer claimable and returns the keys due at now (sorted) and the next time one falls due
+// (zero when none is pending).
+func (s *Scheduler) Update(now time.Time, claimable []string, delay func(i int) time.Duration) (due []string, next time.Time) {
+	keep := make(map[string]bool, len(claimable))
+	fresh := 0
+	for _, k := range claimable {
+		keep[k] = true
+		if _, ok := s.due[k]; !ok {
+			s.due[k] = now.Add(delay(fresh))
+			fresh++
+		}
+	}
+	for k, at := range s.due {
+		switch {
+		case !keep[k]:
+			delete(s.due, k)
+		case !at.After(now):
+			due = append(due, k)
+			delete(s.due, k)
+		case next.IsZero() || at.Before(next):
+			next = at
+		}
+	}
+	sort.Strings(due)
+	return due, next
+}
+
+// Pending is the number of claims waiting for their time.
+func (s *Scheduler) Pending() int { return len(s.due) }

@@ -1,0 +1,152 @@
+// Package routes is the edge's pure routing logic: validating route values, deciding which routes
+// this edge serves or may claim, diffing the desired map against HAProxy's, and the load-based
+// claim delay. It does no I/O.
+package routes
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"github.com/livegate/livegate/pkg/events"
+	"github.com/livegate/livegate/pkg/sessionid"
+	"github.com/livegate/livegate/pkg/wire"
+	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
+)
+
+// PortRange is an inclusive range of ports.
+type PortRange struct{ Min, Max uint16 }
+
+// ParsePortRange reads "30000-32767" or a single port.
+func ParsePortRange(s string) (PortRange, error) {
+	lo, hi, found := strings.Cut(s, "-")
+	if !found {
+		hi = lo
+	}
+	a, err1 := strconv.ParseUint(strings.TrimSpace(lo), 10, 16)
+	b, err2 := strconv.ParseUint(strings.TrimSpace(hi), 10, 16)
+	if err1 != nil || err2 != nil || a == 0 || a > b {
+		return PortRange{}, fmt.Errorf("port range %q: want MIN-MAX with 1 <= MIN <= MAX <= 65535", s)
+	}
+	return PortRange{Min: uint16(a), Max: uint16(b)}, nil
+}
+
+// Contains reports whether p is in the range.
+func (r PortRange) Contains(p uint16) bool { return p >= r.Min && p <= r.Max }
+
+// Size is the number of ports in the range.
+func (r PortRange) Size() int { return int(r.Max) - int(r.Min) + 1 }
+
+func (r PortRange) String() string { return fmt.Sprintf("%d-%d", r.Min, r.Max) }
+
+// ParsePrefixes reads a comma-separated list of CIDRs.
+func ParsePrefixes(s string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for f := range strings.SplitSeq(s, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(f)
+		if err != nil {
+			return nil, fmt.Errorf("backend CIDR %q: %w", f, err)
+		}
+		out = append(out, p.Masked())
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no backend CIDRs")
+	}
+	return out, nil
+}
+
+// Policy says which backends a route may name.
+type Policy struct {
+	BackendCIDRs []netip.Prefix
+	BackendPorts PortRange
+}
+
+// Route is a validated route value.
+type Route struct {
+	// Key is the KV key, the instance id.
+	Key       string
+	SessionID string
+	Signaling netip.AddrPort
+	Media     []netip.AddrPort
+	EdgeID    string
+	Pool      string
+	Revision  uint64
+}
+
+// Parse decodes a livegate_routes value and validates it. The error names the field and says
+// what is wrong with it.
+func (p Policy) Parse(key string, value []byte, revision uint64) (Route, error) {
+	if err := events.ValidateToken("key (instance id)", key); err != nil {
+		return Route{}, err
+	}
+	var pb livegatev1.Route
+	if err := wire.Unmarshal(value, &pb); err != nil {
+		return Route{}, fmt.Errorf("value: %w", err)
+	}
+	r := Route{Key: key, SessionID: pb.GetSessionId(), EdgeID: pb.GetEdgeId(), Pool: pb.GetPool(), Revision: revision}
+	if pb.GetInstanceId() != "" && pb.GetInstanceId() != key {
+		return Route{}, fmt.Errorf("instance_id %q: differs from the key %q", pb.GetInstanceId(), key)
+	}
+	if err := sessionid.Validate(r.SessionID); err != nil {
+		return Route{}, fmt.Errorf("session_id: %w", err)
+	}
+	if r.EdgeID == "" && r.Pool == "" {
+		return Route{}, errors.New("edge_id and pool: a route names an edge or a pool")
+	}
+	if r.EdgeID != "" {
+		if err := events.ValidateToken("edge_id", r.EdgeID); err != nil {
+			return Route{}, err
+		}
+	}
+	if r.Pool != "" {
+		if err := events.ValidateToken("pool", r.Pool); err != nil {
+			return Route{}, err
+		}
+	}
+	var err error
+	if r.Signaling, err = p.backend(pb.GetSignalingBackend()); err != nil {
+		return Route{}, fmt.Errorf("signaling_backend: %w", err)
+	}
+	for i, m := range pb.GetMediaBackends() {
+		ap, err := p.backend(m)
+		if err != nil {
+			return Route{}, fmt.Errorf("media_backends[%d]: %w", i, err)
+		}
+		r.Media = append(r.Media, ap)
+	}
+	return r, nil
+}
+
+func (p Policy) backend(s string) (netip.AddrPort, error) {
+	if len(s) > 64 {
+		return netip.AddrPort{}, fmt.Errorf("%d characters is too long for ip:port", len(s))
+	}
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("%q is not ip:port", s)
+	}
+	if ap.Addr().Zone() != "" {
+		return netip.AddrPort{}, fmt.Errorf("%q: zoned addresses are not allowed", s)
+	}
+	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	inside := false
+	for _, c := range p.BackendCIDRs {
+		if c.Contains(ap.Addr()) {
+			inside = true
+			break
+		}
+	}
+	if !inside {
+		return netip.AddrPort{}, fmt.Errorf("address %s is outside the allowed backend CIDRs", ap.Addr())
+	}
+	if !p.BackendPorts.Contains(ap.Port()) {
+		return netip.AddrPort{}, fmt.Errorf("port %d is outside the allowed range %s", ap.Port(), p.BackendPorts)
+	}
+	return ap, nil
+}
