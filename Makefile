@@ -62,7 +62,9 @@ test: deps proto-check vet unit ## What CI runs: deps, stale-code check, vet, ev
 
 demo: deps build ## The whole path on one machine (edge, two apps with agents, a client); DEMO_SECONDS=N stops it after N s
 	@if [ "$$(id -u)" != 0 ]; then echo "make demo: run as root (it creates network namespaces and iptables rules)" >&2; exit 1; fi
-	go run ./e2e/cmd/demo
+	go build -o bin/livegate-demo ./e2e/cmd/demo
+	@# exec: the demo itself, not a wrapper, receives make's SIGTERM and cleans up.
+	exec bin/livegate-demo -bin bin
 
 fmt:
 	gofmt -w $(MODULES)

@@ -5,16 +5,28 @@ go 1.26.0
 require golang.org/x/sys v0.49.0
 
 require (
+	github.com/coder/websocket v1.8.15
 	github.com/livegate/livegate/pkg v0.0.0-00010101000000-000000000000
 	github.com/livegate/livegate/proto v0.0.0-00010101000000-000000000000
 	github.com/nats-io/nats.go v1.55.0
+	github.com/rs/zerolog v1.35.1
+	golang.org/x/net v0.60.0
 	google.golang.org/protobuf v1.36.12
 )
 
 require (
 	github.com/klauspost/compress v1.20.3 // indirect
+	github.com/mattn/go-colorable v0.1.14 // indirect
+	github.com/mattn/go-isatty v0.0.20 // indirect
 	github.com/nats-io/nkeys v0.4.16 // indirect
 	github.com/nats-io/nuid v1.0.1 // indirect
+	github.com/pion/dtls/v3 v3.1.15 // indirect
+	github.com/pion/logging v0.2.4 // indirect
+	github.com/pion/randutil v0.1.0 // indirect
+	github.com/pion/rtcp v1.2.20 // indirect
+	github.com/pion/rtp v1.10.6 // indirect
+	github.com/pion/srtp/v3 v3.1.3 // indirect
+	github.com/pion/transport/v5 v5.1.1 // indirect
 	golang.org/x/crypto v0.58.0 // indirect
 )
 

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,46 +17,60 @@ import (
 	"github.com/livegate/livegate/e2e/internal/observer"
 	"github.com/livegate/livegate/e2e/internal/stack"
 	"github.com/livegate/livegate/e2e/internal/wsclient"
+	"github.com/livegate/livegate/pkg/events"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
 )
 
-// prefix starts every namespace and veth this package creates.
-const prefix = "lge"
+// prefix starts every namespace and veth the test creates; the demo uses "lged", so neither
+// sweeps the other.
+const prefix = "lget"
 
 // The /v1/streaming/ready answers (DESIGN.md section 1).
 var (
-	readyAppNotReady     = stack.Ready{Code: 503, Message: "Status: App not ready"}
-	readyRtxNotReady     = stack.Ready{Code: 503, Message: "Status: Rtx not ready"}
-	readyWaitingClient   = stack.Ready{Code: 503, Message: "Status: Waiting for previous client to disconnect"}
-	readyEnded           = stack.Ready{Code: 503, Message: "Status: Streaming session ended (recycle instance)"}
-	readyAwaitingResume  = stack.Ready{Code: 200, Message: "Status: Awaiting session resume (keep alive)"}
-	readyActive          = stack.Ready{Code: 200, Message: "Status: Streaming session active (keep alive)"}
-	readyForConnection   = stack.Ready{Code: 200, Message: "Status: Ready for connection"}
-	resumeTimeoutSeconds = 3
+	readyAppNotReady    = stack.Ready{Code: 503, Message: "Status: App not ready"}
+	readyRtxNotReady    = stack.Ready{Code: 503, Message: "Status: Rtx not ready"}
+	readyWaitingClient  = stack.Ready{Code: 503, Message: "Status: Waiting for previous client to disconnect"}
+	readyEnded          = stack.Ready{Code: 503, Message: "Status: Streaming session ended (recycle instance)"}
+	readyAwaitingResume = stack.Ready{Code: 200, Message: "Status: Awaiting session resume (keep alive)"}
+	readyActive         = stack.Ready{Code: 200, Message: "Status: Streaming session active (keep alive)"}
+	readyForConnection  = stack.Ready{Code: 200, Message: "Status: Ready for connection"}
 )
 
 const (
 	edgeID = "edge1"
 	pool   = "e2e"
+	// Short, so the test waits little for the window and the lease to run out; long enough that
+	// the test reconnects inside the window on two busy cores.
+	resumeTimeoutSeconds = 6
+	leaseTTL             = 4 * time.Second
 )
 
 var (
 	buildOnce sync.Once
+	binDir    string
 	bins      stack.Binaries
 	buildErr  error
 )
 
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		_ = os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+// binaries builds the agent, the edge and the demo app once per test binary.
 func binaries(t *testing.T) stack.Binaries {
 	t.Helper()
 	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "livegate-e2e-bin-")
-		if err != nil {
-			buildErr = err
+		binDir, buildErr = os.MkdirTemp("", "livegate-e2e-bin-")
+		if buildErr != nil {
 			return
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
-		bins, buildErr = stack.Build(ctx, dir)
+		bins, buildErr = stack.Build(ctx, binDir)
 	})
 	if buildErr != nil {
 		t.Fatal(buildErr)
@@ -69,12 +83,16 @@ func binaries(t *testing.T) stack.Binaries {
 // namespaces and the client in a client namespace:
 //
 //	node1: quitOnSessionEnded on  — ends by resume timeout, the agent exits.
-//	node2: quitOnSessionEnded off — ends by a graceful endsession, then serves the next session.
+//	node2: quitOnSessionEnded off — ends by a graceful endsession, then serves the next session,
+//	       until its agent crashes and the route's lease runs out.
 func TestSessionLifecycle(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("e2e: needs root (network namespaces, iptables, conntrack); run `sudo make test`")
 	}
+	start := time.Now()
 	b := binaries(t)
+	t.Logf("binaries built in %s", time.Since(start).Round(time.Millisecond))
+	start = time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	d, err := stack.Start(ctx, stack.Options{
@@ -83,7 +101,7 @@ func TestSessionLifecycle(t *testing.T) {
 		Dir:      t.TempDir(),
 		EdgeID:   edgeID,
 		Pool:     pool,
-		LeaseTTL: 6 * time.Second,
+		LeaseTTL: leaseTTL,
 		Nodes: []stack.NodeOptions{
 			{QuitOnSessionEnded: true, ResumeTimeoutSeconds: resumeTimeoutSeconds},
 			{QuitOnSessionEnded: false, ResumeTimeoutSeconds: resumeTimeoutSeconds},
@@ -95,13 +113,16 @@ func TestSessionLifecycle(t *testing.T) {
 		}
 		t.Fatal(err)
 	}
+	t.Logf("edge and %d nodes started in %s", len(d.Nodes), time.Since(start).Round(time.Millisecond))
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Log(d.Logs())
 		}
+		start := time.Now()
 		if err := d.Close(); err != nil {
 			t.Errorf("cleanup: %v", err)
 		}
+		t.Logf("stopped and cleaned up in %s", time.Since(start).Round(time.Millisecond))
 		if left, _ := netns.List(context.Background(), d.Topo.ID); len(left) > 0 {
 			t.Errorf("namespaces left behind: %v", left)
 		}
@@ -114,6 +135,10 @@ func TestSessionLifecycle(t *testing.T) {
 			s := w.firstSession()
 			w.disconnectAndResume(&s)
 			w.endByResumeTimeout(s)
+			w.agentEventsInOrder(
+				"app_ready", "rtx_ready", "ready_for_connection", "endpoint_assigned", "client_connected",
+				"client_disconnected", "session_awaiting_resume", "client_connected", "session_resumed",
+				"client_disconnected", "session_awaiting_resume", "session_ended")
 		})
 		t.Run("serve_next_session", func(t *testing.T) {
 			t.Parallel()
@@ -122,9 +147,28 @@ func TestSessionLifecycle(t *testing.T) {
 			w.disconnectAndResume(&s)
 			next := w.endGracefullyThenNext(s)
 			w.connectAndProbe(&next)
-			next.ws.Close()
+			_ = next.ws.Close()
+			w.probeCommand(&next)
+			w.crashAndExpire(next)
 		})
 	})
+	if t.Failed() {
+		return
+	}
+	// An orchestrator that was not listening replays the same history from the stream.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		stored, err := d.Obs.Stored(ctx)
+		seen := d.Obs.DistinctIDs()
+		if err == nil && stored == uint64(seen) {
+			t.Logf("LIVEGATE_EVENTS keeps all %d events the observer received", seen)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("LIVEGATE_EVENTS keeps %d events (%v), the observer received %d", stored, err, seen)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // walk drives one node through its sessions.
@@ -152,6 +196,9 @@ func (w *walk) logf(format string, args ...any) {
 func (w *walk) firstSession() session {
 	t := w.t
 	t.Helper()
+	if r, err := w.n.Startup(w.ctx); err != nil || r != (stack.Ready{Code: 200, Message: "Status: Startup endpoint OK"}) {
+		t.Errorf("/v1/streaming/startup: %s, %v", r, err)
+	}
 	// Before the app reports, the agent may already answer: only the start-up answers are allowed.
 	w.waitReady(readyForConnection, readyAppNotReady, readyRtxNotReady)
 	mark := 0
@@ -187,9 +234,12 @@ func (w *walk) routed(mark int, sessionID string, readyAt time.Time) *livegatev1
 		len(route.GetMediaBackends()) != 1 || route.GetMediaBackends()[0] != wantMedia || route.GetPool() != pool {
 		t.Fatalf("route %v, want session %s, signaling %s, media [%s], pool %s", route, sessionID, wantSig, wantMedia, pool)
 	}
+	if m, err := w.d.HAProxyMap(w.ctx); err != nil || m[sessionID] != wantSig {
+		t.Fatalf("HAProxy map entry of %s: %q (%v), want %s", sessionID, m[sessionID], err, wantSig)
+	}
 	assigned := w.event(mark, livegatev1.EventType_EVENT_TYPE_ENDPOINT_ASSIGNED)
 	ep := w.endpoint(sessionID)
-	if got := assigned.Event.GetEndpointAssigned(); got.GetSessionId() != sessionID || got.GetPublicUdpPorts()[0] != ep.GetPublicUdpPorts()[0] {
+	if got := assigned.Event.GetEndpointAssigned(); got.GetSessionId() != sessionID || !slices.Equal(got.GetPublicUdpPorts(), ep.GetPublicUdpPorts()) {
 		t.Errorf("endpoint_assigned %v, KV endpoint %v", got, ep)
 	}
 	return ep
@@ -263,10 +313,9 @@ func (w *walk) refused(sessionID string) {
 	})
 }
 
-var mediaLine = regexp.MustCompile(`(?m)^.*(rtt|RTT|loss).*$`)
-
-// probeMedia runs the probe in the client namespace against the public UDP port and checks that
-// the kernel forwarded it: a DNAT rule for the port and conntrack entries for the flow.
+// probeMedia handshakes DTLS-SRTP from the client namespace through the session's public UDP
+// port and checks that the kernel forwarded it: the echoes came back, the edge holds one DNAT
+// rule for the port and conntrack entries for the flow.
 func (w *walk) probeMedia(s *session) {
 	t := w.t
 	t.Helper()
@@ -274,17 +323,41 @@ func (w *walk) probeMedia(s *session) {
 	target := fmt.Sprintf("%s:%d", netns.EdgePublic, port)
 	ctx, cancel := context.WithTimeout(w.ctx, 30*time.Second)
 	defer cancel()
-	out, err := w.d.Probe(ctx, "--media", target, "--count", "20")
+	rep, err := w.d.ProbeMedia(ctx, target, 50)
 	if err != nil {
 		t.Fatalf("media probe through %s: %v", target, err)
 	}
-	w.logf("media through %s: %s", target, strings.Join(mediaLine.FindAllString(out, -1), "; "))
+	// Loopback-like veths lose nothing, but two busy cores may drop a packet now and then.
+	if rep.Received == 0 || rep.Loss > 0.2 {
+		t.Fatalf("media through %s: %d of %d echoed", target, rep.Received, rep.Sent)
+	}
+	w.logf("media through %s: handshake %s, %d/%d echoed, rtt p50 %s", target, rep.Handshake.Round(time.Microsecond), rep.Received, rep.Sent, rep.RTTp50)
 	if n := w.dnatRules(port); n != 1 {
 		t.Errorf("DNAT rules for public port %d: %d, want 1", port, n)
 	}
 	if n := w.conntrack(port); n == 0 {
 		t.Errorf("no conntrack entry for public port %d after the probe", port)
 	}
+}
+
+// probeCommand runs `livegate-edgeproxy probe` in the client namespace, as an operator would: a
+// websocket of its own (the session resumes, then waits again) and DTLS-SRTP media.
+func (w *walk) probeCommand(s *session) {
+	t := w.t
+	t.Helper()
+	ctx, cancel := context.WithTimeout(w.ctx, 30*time.Second)
+	defer cancel()
+	out, err := w.d.Probe(ctx, "--insecure",
+		"--signaling", "wss://"+w.d.PublicSignaling()+"/sign_in", "--session-id", s.id,
+		"--media", fmt.Sprintf("udp://%s:%d", netns.EdgePublic, s.endpoint.GetPublicUdpPorts()[0]),
+		"--count", "50", "--rate", "100")
+	if err != nil {
+		t.Fatalf("livegate-edgeproxy probe: %v", err)
+	}
+	if !strings.Contains(out, "all 2 checks passed") {
+		t.Fatalf("livegate-edgeproxy probe: %s", out)
+	}
+	w.logf("livegate-edgeproxy probe: %s", strings.ReplaceAll(strings.TrimSpace(out), "\n", " | "))
 }
 
 // disconnectAndResume: the client leaves (the session waits for it), then comes back on the
@@ -379,6 +452,16 @@ func (w *walk) endGracefullyThenNext(s session) session {
 	return next
 }
 
+// crashAndExpire kills the agent with SIGKILL: nobody deletes the route, so its lease must run
+// out and the edge must remove everything by itself.
+func (w *walk) crashAndExpire(s session) {
+	w.t.Helper()
+	mark := w.d.Obs.Mark()
+	w.n.Agent.Kill()
+	w.logf("agent killed (SIGKILL); waiting for the route's %s lease to run out", leaseTTL)
+	w.gone(mark, s)
+}
+
 // gone checks that the edge removed the session: route_removed, no route or endpoint keys, no
 // HAProxy map entry (the edge answers 404), no DNAT rule, no conntrack entry.
 func (w *walk) gone(mark int, s session) {
@@ -392,6 +475,9 @@ func (w *walk) gone(mark int, s session) {
 		}
 		if ep, err := w.d.Obs.Endpoint(w.ctx, w.n.InstanceID); err != nil || (ep != nil && ep.GetSessionId() == s.id) {
 			return fmt.Errorf("endpoint still there: %v %v", ep, err)
+		}
+		if m, err := w.d.HAProxyMap(w.ctx); err != nil || m[s.id] != "" {
+			return fmt.Errorf("HAProxy map entry left: %q %v", m[s.id], err)
 		}
 		if n := w.dnatRules(port); n != 0 {
 			return fmt.Errorf("%d DNAT rules left for port %d", n, port)
@@ -429,6 +515,27 @@ func (w *walk) conntrack(port uint32) int {
 	return strings.Count(out, "udp ")
 }
 
+// agentEventsInOrder checks that the agent's events, as an orchestrator received them, contain
+// want in this order. The edge's events interleave freely, so only the agent's are compared.
+func (w *walk) agentEventsInOrder(want ...string) {
+	w.t.Helper()
+	var got []string
+	for _, r := range w.d.Obs.Events() {
+		if r.Event.GetInstanceId() == w.n.InstanceID && strings.HasPrefix(r.Event.GetSource(), "livegate-agent/") {
+			got = append(got, events.TypeToken(r.Event.GetType()))
+		}
+	}
+	i := 0
+	for _, g := range got {
+		if i < len(want) && g == want[i] {
+			i++
+		}
+	}
+	if i < len(want) {
+		w.t.Errorf("agent events %v: want %v in this order (missing from %q on)", got, want, want[i])
+	}
+}
+
 // event waits for the node's first event of type et after mark.
 func (w *walk) event(mark int, et livegatev1.EventType) observer.Received {
 	w.t.Helper()
@@ -437,6 +544,12 @@ func (w *walk) event(mark int, et livegatev1.EventType) observer.Received {
 	r, err := w.d.Obs.Wait(ctx, mark, w.n.InstanceID, et)
 	if err != nil {
 		w.t.Fatal(err)
+	}
+	if err := r.CheckEnvelope(); err != nil {
+		w.t.Errorf("%s event: %v", et, err)
+	}
+	if r.Event.GetPool() != pool {
+		w.t.Errorf("%s event pool %q, want %q", et, r.Event.GetPool(), pool)
 	}
 	return r
 }

@@ -81,18 +81,18 @@ func TestProbeCountsLoss(t *testing.T) {
 }
 
 func TestProbeServesManyClients(t *testing.T) {
-	r := startResponder(t, WithLogger(zerolog.New(zerolog.NewTestWriter(t))))
+	r := startResponder(t, WithLogger(zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)))
 	const clients = 6
 	var wg sync.WaitGroup
 	errs := make(chan error, clients)
 	for range clients {
 		wg.Go(func() {
-			rep, err := Probe(t.Context(), r.Addr().String(), WithCount(100), WithRate(1000), WithDrain(5*time.Second))
+			rep, err := Probe(t.Context(), r.Addr().String(), WithCount(60), WithRate(300), WithDrain(5*time.Second))
 			switch {
 			case err != nil:
 				errs <- err
-			case rep.Received != 100:
-				errs <- fmt.Errorf("received %d of 100", rep.Received)
+			case rep.Received != 60:
+				errs <- fmt.Errorf("received %d of 60", rep.Received)
 			}
 		})
 	}
@@ -128,6 +128,9 @@ func TestProbeOverPacketConn(t *testing.T) {
 		t.Fatal(err)
 	}
 	buf := make([]byte, 2048)
+	if err := pc.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
 	for {
 		n, from, err := pc.ReadFrom(buf)
 		if err != nil {
@@ -246,5 +249,24 @@ func TestResponderRejectsBadOptions(t *testing.T) {
 	}
 	if _, err := NewResponder(t.Context(), "not an address", nil...); err == nil {
 		t.Errorf("NewResponder accepted a bad address")
+	}
+}
+
+func TestResponderStopsWithItsContext(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	r, err := NewResponder(ctx, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := r.Addr().String()
+	if _, err := Probe(t.Context(), addr, WithCount(5), WithRate(1000)); err != nil {
+		t.Fatalf("probe while running: %v", err)
+	}
+	cancel()
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Probe(t.Context(), addr, WithTimeout(500*time.Millisecond)); err == nil {
+		t.Error("probe after the context ended succeeded")
 	}
 }

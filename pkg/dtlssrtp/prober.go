@@ -181,6 +181,7 @@ func openTransport(ctx context.Context, addr string, cfg *probeConfig) (*transpo
 	if err != nil {
 		return nil, fmt.Errorf("dial udp %s: %w", addr, err)
 	}
+	setBuffers(c)
 	return &transport{
 		local:  c.LocalAddr(),
 		remote: c.RemoteAddr(),

@@ -76,6 +76,8 @@ type Responder struct {
 	ctx      context.Context
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
+	// closeOnce guards shutdown.
+	closeOnce sync.Once
 
 	mu      sync.Mutex
 	assocs  map[string]*association
@@ -119,6 +121,7 @@ func NewResponder(ctx context.Context, addr string, opts ...ResponderOption) (*R
 	if err != nil {
 		return nil, fmt.Errorf("responder: listen on udp %s: %w", addr, err)
 	}
+	setBuffers(conn)
 	r := &Responder{
 		cfg:  cfg,
 		conn: conn,
@@ -136,7 +139,7 @@ func NewResponder(ctx context.Context, addr string, opts ...ResponderOption) (*R
 	r.wg.Add(2)
 	go r.readLoop()
 	go r.reapIdle()
-	context.AfterFunc(r.ctx, func() { _ = conn.Close() })
+	context.AfterFunc(ctx, r.shutdown)
 	cfg.log.Info().Str("listen_addr", conn.LocalAddr().String()).
 		Str("fingerprint", Fingerprint(cfg.cert.Certificate[0])).Msg("dtls-srtp responder listening")
 	return r, nil
@@ -158,19 +161,28 @@ func (r *Responder) Sessions() int {
 // Close stops the responder and closes every association, sending DTLS close_notify to peers
 // whose handshake finished.
 func (r *Responder) Close() error {
-	r.mu.Lock()
-	r.closing = true
-	open := make([]*association, 0, len(r.assocs))
-	for _, a := range r.assocs {
-		open = append(open, a)
-	}
-	r.mu.Unlock()
-	for _, a := range open {
-		a.close("responder closed")
-	}
-	r.cancel()
+	r.shutdown()
 	r.wg.Wait()
 	return nil
+}
+
+// shutdown runs once, on Close or when the constructor's ctx is done: associations first, while
+// the socket can still carry their close_notify, then the socket.
+func (r *Responder) shutdown() {
+	r.closeOnce.Do(func() {
+		r.mu.Lock()
+		r.closing = true
+		open := make([]*association, 0, len(r.assocs))
+		for _, a := range r.assocs {
+			open = append(open, a)
+		}
+		r.mu.Unlock()
+		for _, a := range open {
+			a.close("responder closed")
+		}
+		r.cancel()
+		_ = r.conn.Close()
+	})
 }
 
 func (r *Responder) readLoop() {
@@ -522,4 +534,18 @@ func ntpTime(t time.Time) uint64 {
 	secs := uint64(t.Unix() + ntpEpochOffset)
 	frac := uint64(t.Nanosecond()) << 32 / uint64(time.Second)
 	return secs<<32 | frac
+}
+
+// socketBuffer is the receive and send buffer asked for: one UDP socket carries every association,
+// and a reader starved for a moment on a busy host must not turn into loss. The kernel caps it at
+// net.core.rmem_max/wmem_max.
+const socketBuffer = 4 << 20
+
+func setBuffers(c any) {
+	if b, ok := c.(interface{ SetReadBuffer(int) error }); ok {
+		_ = b.SetReadBuffer(socketBuffer)
+	}
+	if b, ok := c.(interface{ SetWriteBuffer(int) error }); ok {
+		_ = b.SetWriteBuffer(socketBuffer)
+	}
 }

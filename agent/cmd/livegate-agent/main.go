@@ -187,5 +187,8 @@ func serve(s *settings.Settings, log zerolog.Logger) error {
 	}
 	stopPub()
 	<-pubDone
+	if runErr == nil {
+		log.Info().Msg("livegate-agent stopped")
+	}
 	return runErr
 }

@@ -49,6 +49,7 @@ type Server struct {
 func New(agent *lifecycle.Agent, m *metrics.Metrics, log zerolog.Logger) *Server {
 	s := &Server{e: echo.New(), agent: agent, log: log, done: make(chan struct{})}
 	s.e.HideBanner, s.e.HidePort = true, true
+	s.e.Server.ReadHeaderTimeout = restapi.ReadHeaderTimeout
 	s.e.HTTPErrorHandler = restapi.ErrorHandler(log)
 	s.e.Use(restapi.Recover(log), restapi.Count(m, "app"), loopbackHost)
 	s.e.POST("/v1/app/events/:name", s.event)

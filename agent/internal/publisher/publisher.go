@@ -177,12 +177,20 @@ func (p *Publisher) runOutbox(ctx context.Context) {
 		}
 		if err != nil {
 			p.metrics.PublishErrors.Inc()
-			p.log.Warn().Err(err).Str("event", events.TypeToken(ev.Type)).Str("event_id", ev.Id).Dur("retry_in", backoff).Msg("event not published yet")
+			// One warning per outage; the retries that follow are debug noise.
+			l := p.log.Debug()
+			if backoff == minBackoff {
+				l = p.log.Warn()
+			}
+			l.Err(err).Str("event", events.TypeToken(ev.Type)).Str("event_id", ev.Id).Dur("retry_in", backoff).Msg("event not published yet")
 			if !sleep(ctx, backoff) {
 				return
 			}
 			backoff = min(2*backoff, maxBackoff)
 			continue
+		}
+		if backoff != minBackoff {
+			p.log.Info().Str("event", events.TypeToken(ev.Type)).Str("event_id", ev.Id).Msg("events flowing again")
 		}
 		backoff = minBackoff
 		p.mu.Lock()
@@ -227,10 +235,15 @@ func (p *Publisher) runRoute(ctx context.Context) {
 		}
 		if err != nil {
 			p.metrics.RouteErrors.Inc()
-			p.log.Warn().Err(err).Str("session_id", want).Msg("route not written yet")
 			p.mu.Lock()
+			first := p.lastErr == ""
 			p.lastErr = err.Error()
 			p.mu.Unlock()
+			l := p.log.Debug()
+			if first {
+				l = p.log.Warn()
+			}
+			l.Err(err).Str("session_id", want).Msg("route not written yet")
 			next = now.Add(routeRetry)
 		}
 		wait := time.Hour

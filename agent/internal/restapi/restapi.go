@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/labstack/echo/v4"
 	"github.com/livegate/livegate/agent/internal/creds"
@@ -22,11 +23,11 @@ import (
 	"github.com/rs/zerolog"
 )
 
+// ReadHeaderTimeout bounds how long a client may take to send its request headers.
+const ReadHeaderTimeout = 10 * time.Second
+
 //go:embed openapi.json
 var openAPI []byte
-
-// OpenAPI is the document served at /v1/openapi.json.
-func OpenAPI() []byte { return openAPI }
 
 // Option changes a default of New.
 type Option func(*api)
@@ -52,6 +53,7 @@ func New(agent *lifecycle.Agent, m *metrics.Metrics, opts ...Option) *echo.Echo 
 	}
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
+	e.Server.ReadHeaderTimeout = ReadHeaderTimeout
 	e.HTTPErrorHandler = ErrorHandler(a.log)
 	e.Use(Recover(a.log), Count(m, "session"))
 	e.POST("/v1/streaming/creds", a.creds)

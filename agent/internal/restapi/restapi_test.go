@@ -142,7 +142,7 @@ func TestOpenAPIDescribesEveryRoute(t *testing.T) {
 		OpenAPI string                                `json:"openapi"`
 		Paths   map[string]map[string]json.RawMessage `json:"paths"`
 	}
-	if err := json.Unmarshal(OpenAPI(), &doc); err != nil {
+	if err := json.Unmarshal(openAPI, &doc); err != nil {
 		t.Fatal(err)
 	}
 	e := New(lifecycle.New(session.Config{NewID: func() string { return "x" }}), metrics.New())

@@ -249,10 +249,7 @@ func (m *Machine) EndSession(sessionID string, graceful bool) (EndStatus, []Effe
 
 func (m *Machine) endSession(id string, graceful bool) (EndStatus, error) {
 	st := &m.st
-	if st.SessionID == "" {
-		if id == st.PrevSessionID && id != "" {
-			return StatusComplete, nil
-		}
+	if st.SessionID == "" && st.Phase != PhaseWaitingForDisconnect && id != st.PrevSessionID {
 		// Nobody could have learnt a session id the agent has not published yet, so the caller's
 		// is the session's: refusing would leave an instance that can never be recycled.
 		st.SessionID = id

@@ -236,6 +236,12 @@ func TestTransitions(t *testing.T) {
 			effects: []string{}, ready: MsgEnded, phase: PhaseEnded, session: "id1"},
 		{name: "repeat for the previous session while waiting", cfg: stay, setup: seq(active1, []step{endsession("id1", true)}), do: endsession("id1", true), status: StatusComplete,
 			effects: []string{}, ready: MsgWaitingForDisconnect, phase: PhaseWaitingForDisconnect},
+		{name: "unknown id while waiting for the previous client", cfg: stay, setup: seq(active1, []step{endsession("id1", true)}), do: endsession("other", true), err: ErrUnknownSession,
+			effects: []string{}, ready: MsgWaitingForDisconnect, phase: PhaseWaitingForDisconnect},
+		{name: "repeat for the previous session before the next has an id", cfg: stayWait, setup: seq(active1, []step{in(SessionReady), endsession("id1", true), in(ClientDisconnected)}), do: endsession("id1", true), status: StatusComplete,
+			effects: []string{}, ready: MsgSessionReadyMissing, phase: PhaseIdle},
+		{name: "new id before the next session is ready: adopted", cfg: stayWait, setup: seq(active1, []step{in(SessionReady), endsession("id1", true), in(ClientDisconnected)}), do: endsession("nvcf-2", false), status: StatusComplete,
+			effects: []string{"session_ended:nvcf-2(endsession,recycle=false)", "notify-ended:nvcf-2:endsession:false"}, ready: MsgSessionReadyMissing, phase: PhaseIdle},
 		{name: "repeat for the previous session during the next", cfg: stayNoRe, setup: seq(ready1, []step{endsession("id1", false)}), do: endsession("id1", true), status: StatusComplete,
 			effects: []string{}, ready: MsgReady, phase: PhaseIdle, session: "id2"},
 

@@ -22,6 +22,8 @@ const (
 	Missed  Verdict = "MISSED"
 	Info    Verdict = "no target"
 	Skipped Verdict = "skipped"
+	// Unsure is a figure known only as a range that straddles the target.
+	Unsure Verdict = "inconclusive"
 )
 
 // Result is one benchmark's outcome.

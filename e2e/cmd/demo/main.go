@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"os/signal"
@@ -18,7 +19,12 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	o := demo.Options{Prefix: "lgd", Out: os.Stdout, Verbose: os.Getenv("DEMO_VERBOSE") != ""}
+	// Output piped into a reader that went away (`make demo | head`) must not kill the demo
+	// before it cleans up: with SIGPIPE caught, such writes just fail.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
+	o := demo.Options{Prefix: "lged", Out: os.Stdout, Verbose: os.Getenv("DEMO_VERBOSE") != ""}
+	flag.StringVar(&o.BinDir, "bin", "", "directory with livegate-agent and livegate-edgeproxy already built (default: build them)")
+	flag.Parse()
 	if v := os.Getenv("DEMO_SECONDS"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 {
@@ -28,7 +34,11 @@ func main() {
 		o.Duration = time.Duration(n) * time.Second
 	}
 	if err := demo.Run(ctx, o); err != nil {
-		fmt.Fprintln(os.Stderr, "demo failed:", err)
+		if ctx.Err() != nil {
+			fmt.Fprintln(os.Stderr, "demo interrupted before it finished:", err)
+		} else {
+			fmt.Fprintln(os.Stderr, "demo failed:", err)
+		}
 		os.Exit(1)
 	}
 }

@@ -24,6 +24,9 @@ type Options struct {
 	Prefix string
 	// Duration is how long the stack stays up after the story; 0 waits for ctx alone.
 	Duration time.Duration
+	// BinDir, when set, holds livegate-agent and livegate-edgeproxy already built (`make build`);
+	// otherwise the demo builds them.
+	BinDir string
 	// Verbose sends every process's output to Out as well.
 	Verbose bool
 	// Out receives the story.
@@ -49,8 +52,14 @@ func Run(ctx context.Context, o Options) (err error) {
 	defer os.RemoveAll(stateDir)
 
 	start := time.Now()
-	say("building livegate-agent, livegate-edgeproxy and the demo app...")
-	bins, err := stack.Build(ctx, binDir)
+	var bins stack.Binaries
+	if o.BinDir != "" {
+		say("using livegate-agent and livegate-edgeproxy from %s; building the demo app...", o.BinDir)
+		bins, err = stack.Prebuilt(ctx, o.BinDir, binDir)
+	} else {
+		say("building livegate-agent, livegate-edgeproxy and the demo app...")
+		bins, err = stack.Build(ctx, binDir)
+	}
 	if err != nil {
 		return err
 	}
@@ -70,7 +79,7 @@ func Run(ctx context.Context, o Options) (err error) {
 	d, err := stack.Start(ctx, opts)
 	if err != nil {
 		if d != nil {
-			say("%s", d.Logs())
+			say("what the processes wrote:\n%s", tail(d.Logs(), 16000))
 		}
 		return fmt.Errorf("start the stack: %w", err)
 	}
@@ -108,7 +117,11 @@ func Run(ctx context.Context, o Options) (err error) {
 		conns = append(conns, c)
 	}
 
-	say("\nthe stack is running; both sessions stay connected.")
+	say("\nthe stack is running; both sessions stay connected. Look around from another terminal:")
+	say("  ip netns exec %s iptables-save -t nat        # the DNAT rules", d.Topo.Edge.Name)
+	say("  ip netns exec %s conntrack -L -p udp         # the media flows", d.Topo.Edge.Name)
+	say("  ip netns exec %s curl -s 127.0.0.1:9470/v1/routes", d.Topo.Edge.Name)
+	say("  ip netns exec %s curl -s 127.0.0.1:%d/v1/streaming/ready", d.Nodes[0].NS.Name, stack.AgentPort)
 	if o.Duration > 0 {
 		say("stopping in %s (DEMO_SECONDS); Ctrl-C stops sooner.", o.Duration)
 	} else {
@@ -141,7 +154,7 @@ func Run(ctx context.Context, o Options) (err error) {
 func session(ctx context.Context, d *stack.Deployment, n *stack.Node, say func(string, ...any)) (*wsclient.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	say("\n%s (agent + demo app in %s):", n.InstanceID, n.NS.Name)
+	say("\n%s (agent + demo app in namespace %s):", n.InstanceID, n.NS.Name)
 	rfc, err := d.Obs.Wait(ctx, 0, n.InstanceID, livegatev1.EventType_EVENT_TYPE_READY_FOR_CONNECTION)
 	if err != nil {
 		return nil, err
@@ -151,28 +164,23 @@ func session(ctx context.Context, d *stack.Deployment, n *stack.Node, say func(s
 	if err != nil {
 		return nil, err
 	}
-	say("  app ready, renderer ready; /v1/streaming/ready: %d %q; session %s", r.Code, r.Message, sid)
+	say("  ready for connection, session %s (/v1/streaming/ready: %s)", sid, r)
 	prog, err := d.Obs.Wait(ctx, 0, n.InstanceID, livegatev1.EventType_EVENT_TYPE_ROUTE_PROGRAMMED)
 	if err != nil {
 		return nil, err
 	}
-	routed := prog.Event.GetTime().AsTime().Sub(rfc.Event.GetTime().AsTime())
-	say("  session routed in %s by %s (HAProxy map entry + DNAT rule; edge reports %s)",
-		ms(routed), prog.Event.GetRouteProgrammed().GetEdgeId(), ms(prog.Event.GetRouteProgrammed().GetLatency().AsDuration()))
-	var ep *livegatev1.Endpoint
-	for ep == nil || ep.GetSessionId() != sid {
-		if ep, err = d.Obs.Endpoint(ctx, n.InstanceID); err != nil {
-			return nil, err
-		}
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("no endpoint for session %s: %w", sid, ctx.Err())
-		case <-time.After(100 * time.Millisecond):
-		}
+	ep, err := endpoint(ctx, d, n, sid)
+	if err != nil {
+		return nil, err
+	}
+	route, err := d.Obs.Route(ctx, n.InstanceID)
+	if err != nil {
+		return nil, err
 	}
 	media := fmt.Sprintf("%s:%d", ep.GetPublicHost(), ep.GetPublicUdpPorts()[0])
-	say("  endpoint: wss://%s:%d (subprotocol x-nv-sessionid.%s), media udp %s -> %s",
-		ep.GetPublicHost(), ep.GetSignalingPort(), sid, media, strings.Join(ep.GetMediaBackends(), ","))
+	say("  session routed in %s by %s: HAProxy map entry -> %s, DNAT udp %s -> %s",
+		ms(prog.Event.GetTime().AsTime().Sub(rfc.Event.GetTime().AsTime())), prog.Event.GetRouteProgrammed().GetEdgeId(),
+		route.GetSignalingBackend(), media, strings.Join(ep.GetMediaBackends(), ","))
 
 	c, err := wsclient.Dial(ctx, d.Topo.Client.Dial, d.PublicSignaling(), sid)
 	if err != nil {
@@ -182,24 +190,42 @@ func session(ctx context.Context, d *stack.Deployment, n *stack.Node, say func(s
 		_ = c.Abort()
 		return nil, err
 	}
-	say("  client %s: signaling ok (websocket upgraded in %s, subprotocol echoed); the app saw its client connect",
-		netns.ClientAddr, ms(c.Handshake))
-	out, err := d.Probe(ctx, "--media", media)
+	say("  signaling ok: client %s -> wss://%s upgraded in %s, subprotocol %s echoed; the app saw its client",
+		netns.ClientAddr, d.PublicSignaling(), ms(c.Handshake), c.Protocol)
+	rep, err := d.ProbeMedia(ctx, media, 100)
 	if err != nil {
 		_ = c.Abort()
 		return nil, fmt.Errorf("media: %w", err)
 	}
-	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
-		say("  %s", line)
-	}
-	r, err = n.Ready(ctx)
-	if err != nil {
+	say("  media ok: DTLS-SRTP handshake %s (%s) through udp %s; %d packets, %d lost (%.2f%%); rtt p50 %s, p99 %s; jitter %s",
+		ms(rep.Handshake), rep.Profile, media, rep.Sent, rep.Sent-rep.Received, rep.Loss*100, us(rep.RTTp50), us(rep.RTTp99), us(rep.Jitter))
+	if r, err = n.Ready(ctx); err != nil {
 		_ = c.Abort()
 		return nil, err
 	}
-	say("  /v1/streaming/ready: %d %q", r.Code, r.Message)
+	say("  /v1/streaming/ready: %s", r)
 	return c, nil
 }
+
+// endpoint waits for the edge's endpoint of the session in livegate_endpoints.
+func endpoint(ctx context.Context, d *stack.Deployment, n *stack.Node, sid string) (*livegatev1.Endpoint, error) {
+	for {
+		ep, err := d.Obs.Endpoint(ctx, n.InstanceID)
+		if err != nil {
+			return nil, err
+		}
+		if ep != nil && ep.GetSessionId() == sid && len(ep.GetPublicUdpPorts()) > 0 {
+			return ep, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("no endpoint for session %s: %w", sid, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func us(d time.Duration) string { return d.Round(time.Microsecond).String() }
 
 func since(t time.Time) string { return ms(time.Since(t)) }
 

@@ -112,8 +112,16 @@ func (n *Namespace) Delete(ctx context.Context) error {
 }
 
 // Do runs f on an OS thread that has joined the namespace. Sockets f creates stay in the
-// namespace after the thread returns to its own.
+// namespace after the thread returns to its own. f runs on a goroutine of its own, so a thread
+// that cannot return is never used again: its goroutine ends still locked to it, and the runtime
+// discards it.
 func (n *Namespace) Do(f func() error) error {
+	errc := make(chan error, 1)
+	go func() { errc <- n.do(f) }()
+	return <-errc
+}
+
+func (n *Namespace) do(f func() error) error {
 	target, err := os.Open(filepath.Join(runDir, n.Name))
 	if err != nil {
 		return fmt.Errorf("open namespace %s: %w", n.Name, err)
@@ -132,8 +140,6 @@ func (n *Namespace) Do(f func() error) error {
 	}
 	ferr := f()
 	if err := unix.Setns(int(home.Fd()), unix.CLONE_NEWNET); err != nil {
-		// The thread stays locked, so the runtime discards it instead of reusing it in the
-		// wrong namespace.
 		return fmt.Errorf("leave namespace %s: %w", n.Name, err)
 	}
 	runtime.UnlockOSThread()

@@ -11,7 +11,7 @@ import (
 	"time"
 )
 
-const testPrefix = "lge"
+const testPrefix = "lgen"
 
 func needRoot(t *testing.T) {
 	t.Helper()

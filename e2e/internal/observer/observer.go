@@ -33,8 +33,30 @@ type Observer struct {
 // Received is one event with the subject it came on.
 type Received struct {
 	Subject string
+	Header  nats.Header
 	Event   *livegatev1.Event
 	At      time.Time
+}
+
+// CheckEnvelope reports what is wrong with the subject and CloudEvents headers of r.
+func (r Received) CheckEnvelope() error {
+	ev := r.Event
+	var errs []error
+	if want := events.Subject(ev.GetPool(), ev.GetInstanceId(), ev.GetType()); r.Subject != want {
+		errs = append(errs, fmt.Errorf("subject %s, want %s", r.Subject, want))
+	}
+	for h, want := range map[string]string{
+		events.HeaderSpecVersion: "1.0",
+		events.HeaderType:        events.TypePrefix + events.TypeToken(ev.GetType()),
+		events.HeaderID:          ev.GetId(),
+		events.HeaderSource:      ev.GetSource(),
+		jetstream.MsgIDHeader:    ev.GetId(),
+	} {
+		if got := r.Header.Get(h); got != want || got == "" {
+			errs = append(errs, fmt.Errorf("header %s: %q, want %q", h, got, want))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Connect connects to url (through opts, e.g. a custom dialer) and subscribes to every event.
@@ -64,7 +86,7 @@ func Connect(ctx context.Context, url string, opts ...nats.Option) (*Observer, e
 		nc.Close()
 		return nil, fmt.Errorf("observer: subscribe: %w", err)
 	}
-	if err := nc.FlushWithContext(ctx); err != nil {
+	if err := nc.FlushTimeout(5 * time.Second); err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("observer: flush: %w", err)
 	}
@@ -78,16 +100,13 @@ func (o *Observer) receive(m *nats.Msg) {
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	o.events = append(o.events, Received{Subject: m.Subject, Event: ev, At: time.Now()})
+	o.events = append(o.events, Received{Subject: m.Subject, Header: m.Header, Event: ev, At: time.Now()})
 	close(o.changed)
 	o.changed = make(chan struct{})
 }
 
 // Close disconnects.
 func (o *Observer) Close() { o.nc.Close() }
-
-// Conn is the NATS connection.
-func (o *Observer) Conn() *nats.Conn { return o.nc }
 
 // Events returns a copy of what arrived so far.
 func (o *Observer) Events() []Received {
@@ -134,6 +153,29 @@ func (o *Observer) Summary(from int) string {
 		return "none"
 	}
 	return strings.Join(parts, " ")
+}
+
+// Stored counts the messages the LIVEGATE_EVENTS stream keeps: what an orchestrator replays.
+func (o *Observer) Stored(ctx context.Context) (uint64, error) {
+	st, err := o.js.Stream(ctx, events.StreamName)
+	if err != nil {
+		return 0, fmt.Errorf("stream %s: %w", events.StreamName, err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("stream %s: %w", events.StreamName, err)
+	}
+	return info.State.Msgs, nil
+}
+
+// DistinctIDs counts the distinct event ids received: a retried publish arrives twice but is
+// stored once.
+func (o *Observer) DistinctIDs() int {
+	ids := map[string]bool{}
+	for _, r := range o.Events() {
+		ids[r.Event.GetId()] = true
+	}
+	return len(ids)
 }
 
 // Endpoint reads instance's key in livegate_endpoints; nil when absent.

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"os/exec"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -80,9 +79,6 @@ func (p *Proc) Err() error {
 // Output is everything the process wrote so far.
 func (p *Proc) Output() string { return p.out.String() }
 
-// Contains reports whether the output so far contains s.
-func (p *Proc) Contains(s string) bool { return strings.Contains(p.out.String(), s) }
-
 // Stop sends SIGTERM, waits up to grace, then SIGKILLs. It returns the exit error, if any, of a
 // process that stopped on SIGTERM.
 func (p *Proc) Stop(grace time.Duration) error {
@@ -98,6 +94,15 @@ func (p *Proc) Stop(grace time.Duration) error {
 	_ = p.cmd.Process.Kill()
 	<-p.done
 	return fmt.Errorf("%s: still running %s after SIGTERM, killed", p.Name, grace)
+}
+
+// Kill sends SIGKILL, what a crash looks like, and waits for the process to go.
+func (p *Proc) Kill() {
+	if p.Exited() {
+		return
+	}
+	_ = p.cmd.Process.Kill()
+	<-p.done
 }
 
 // Wait waits up to timeout for the process to exit by itself.

@@ -18,9 +18,13 @@ type Binaries struct {
 	Agent, Edge, DemoApp string
 }
 
-// mains are the main packages, relative to the repository root; `go build -o dir/` names each
-// binary after its directory.
-var mains = []string{"./agent/cmd/livegate-agent", "./edgeproxy/cmd/livegate-edgeproxy", "./e2e/demoapp"}
+// Main packages, relative to the repository root; `go build -o dir/` names each binary after its
+// directory.
+const (
+	agentMain   = "./agent/cmd/livegate-agent"
+	edgeMain    = "./edgeproxy/cmd/livegate-edgeproxy"
+	demoAppMain = "./e2e/demoapp"
+)
 
 // RepoRoot finds the directory holding go.work, from the working directory up.
 func RepoRoot() (string, error) {
@@ -40,21 +44,44 @@ func RepoRoot() (string, error) {
 	}
 }
 
-// Build compiles the binaries into dir with one `go build`, which builds them in parallel and
-// reuses the build cache.
+// Build compiles the three binaries into dir with one `go build`, which builds them in parallel
+// and reuses the build cache.
 func Build(ctx context.Context, dir string) (Binaries, error) {
-	root, err := RepoRoot()
-	if err != nil {
+	if err := goBuild(ctx, dir, agentMain, edgeMain, demoAppMain); err != nil {
 		return Binaries{}, err
-	}
-	cmd := exec.CommandContext(ctx, "go", append([]string{"build", "-o", dir + string(filepath.Separator)}, mains...)...)
-	cmd.Dir = root
-	if msg, err := cmd.CombinedOutput(); err != nil {
-		return Binaries{}, fmt.Errorf("go build %s: %w\n%s", strings.Join(mains, " "), err, strings.TrimSpace(string(msg)))
 	}
 	return Binaries{
 		Agent:   filepath.Join(dir, "livegate-agent"),
 		Edge:    filepath.Join(dir, "livegate-edgeproxy"),
 		DemoApp: filepath.Join(dir, "demoapp"),
 	}, nil
+}
+
+// Prebuilt takes livegate-agent and livegate-edgeproxy from binDir (what `make build` made) and
+// builds only the demo app, into dir.
+func Prebuilt(ctx context.Context, binDir, dir string) (Binaries, error) {
+	b := Binaries{Agent: filepath.Join(binDir, "livegate-agent"), Edge: filepath.Join(binDir, "livegate-edgeproxy")}
+	for _, p := range []string{b.Agent, b.Edge} {
+		if _, err := os.Stat(p); err != nil {
+			return Binaries{}, fmt.Errorf("prebuilt binary: %w (run `make build`)", err)
+		}
+	}
+	if err := goBuild(ctx, dir, demoAppMain); err != nil {
+		return Binaries{}, err
+	}
+	b.DemoApp = filepath.Join(dir, "demoapp")
+	return b, nil
+}
+
+func goBuild(ctx context.Context, dir string, mains ...string) error {
+	root, err := RepoRoot()
+	if err != nil {
+		return err
+	}
+	cmd := exec.CommandContext(ctx, "go", append([]string{"build", "-o", dir + string(filepath.Separator)}, mains...)...)
+	cmd.Dir = root
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build %s: %w\n%s", strings.Join(mains, " "), err, strings.TrimSpace(string(msg)))
+	}
+	return nil
 }

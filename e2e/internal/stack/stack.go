@@ -17,6 +17,7 @@ import (
 	"github.com/livegate/livegate/e2e/internal/netns"
 	"github.com/livegate/livegate/e2e/internal/observer"
 	"github.com/livegate/livegate/e2e/internal/proc"
+	"github.com/livegate/livegate/pkg/dtlssrtp"
 	"github.com/nats-io/nats.go"
 )
 
@@ -38,7 +39,8 @@ type Options struct {
 	// Prefix starts every namespace and interface name.
 	Prefix string
 	Bins   Binaries
-	// Dir keeps state and logs; it must exist.
+	// Dir holds the edge's state (HAProxy configuration, socket and map, certificate, NATS
+	// store); it must exist.
 	Dir    string
 	EdgeID string
 	Pool   string
@@ -77,7 +79,8 @@ type Node struct {
 }
 
 // Start sweeps the leftovers of crashed runs, builds the topology and starts the edge, then every
-// node. On error, everything started so far is stopped again.
+// node. On error, everything started so far is stopped again; a non-nil Deployment still holds
+// the processes' output for the failure report.
 func Start(ctx context.Context, o Options) (d *Deployment, err error) {
 	if _, err := netns.Sweep(ctx, o.Prefix); err != nil {
 		return nil, fmt.Errorf("sweep stale namespaces: %w", err)
@@ -90,7 +93,6 @@ func Start(ctx context.Context, o Options) (d *Deployment, err error) {
 	defer func() {
 		if err != nil {
 			_ = d.Close()
-			d = nil
 		}
 	}()
 	if err := d.startEdge(ctx); err != nil {
@@ -104,7 +106,7 @@ func Start(ctx context.Context, o Options) (d *Deployment, err error) {
 	for i, no := range o.Nodes {
 		n := &Node{Index: i + 1, InstanceID: fmt.Sprintf("node%d", i+1), NS: topo.Nodes[i], opts: no, d: d}
 		d.Nodes = append(d.Nodes, n)
-		if err := n.StartAgent(ctx); err != nil {
+		if err := n.startAgent(ctx); err != nil {
 			return d, err
 		}
 		if err := n.startApp(ctx); err != nil {
@@ -145,13 +147,15 @@ func (d *Deployment) startEdge(ctx context.Context) error {
 		"--pool", d.opts.Pool,
 		"--public-host", netns.EdgePublic.String(),
 		"--public-ip", netns.EdgePublic.String(),
-		"--nats-embedded", fmt.Sprintf("0.0.0.0:%d", NATSPort),
+		fmt.Sprintf("--nats-embedded=0.0.0.0:%d", NATSPort),
+		// The namespace goes away with the run, so HAProxy must not outlive the edge.
+		"--haproxy-stop-on-exit",
 		"--signaling-port", strconv.Itoa(SignalingPort),
 		"--tls-self-signed",
 		"--state-dir", state,
 		"--media-ports", MediaPorts,
 		"--backend-cidrs", netns.BackendCIDRs.String(),
-		"--log-format", "json",
+		"--log-format", "console",
 	)
 	if err != nil {
 		return err
@@ -180,8 +184,8 @@ func (d *Deployment) waitTCP(ctx context.Context, p *proc.Proc, ns *netns.Namesp
 	}
 }
 
-// StartAgent starts the node's agent (again, after it quit at the end of a session).
-func (n *Node) StartAgent(ctx context.Context) error {
+// startAgent starts the node's agent with the Kit-style session settings of its options.
+func (n *Node) startAgent(ctx context.Context) error {
 	d := n.d
 	name := fmt.Sprintf("agent%d", n.Index)
 	p, err := d.start(ctx, name, n.NS, d.opts.Bins.Agent,
@@ -193,7 +197,7 @@ func (n *Node) StartAgent(ctx context.Context) error {
 		"--signaling-backend", fmt.Sprintf(":%d", AppSignalingPort),
 		"--media-backend", fmt.Sprintf(":%d", AppMediaPort),
 		"--lease-ttl", d.opts.LeaseTTL.String(),
-		"--log-format", "json",
+		"--log-format", "console",
 		// Kit-style, as a Kit app's command line carries them.
 		fmt.Sprintf("--/exts/omni.services.livestream.session/quitOnSessionEnded=%t", n.opts.QuitOnSessionEnded),
 		fmt.Sprintf("--/exts/omni.services.livestream.session/resumeTimeoutSeconds=%d", n.opts.ResumeTimeoutSeconds),
@@ -209,6 +213,7 @@ func (n *Node) startApp(ctx context.Context) error {
 	p, err := n.d.start(ctx, fmt.Sprintf("app%d", n.Index), n.NS, n.d.opts.Bins.DemoApp,
 		"--signaling-addr", fmt.Sprintf(":%d", AppSignalingPort),
 		"--media-addr", fmt.Sprintf(":%d", AppMediaPort),
+		"--log-format", "console",
 	)
 	if err != nil {
 		return err
@@ -231,6 +236,15 @@ func (n *Node) Ready(ctx context.Context) (Ready, error) {
 		StatusMessage string `json:"statusMessage"`
 	}
 	code, err := n.call(ctx, http.MethodGet, "/v1/streaming/ready", nil, &body)
+	return Ready{Code: code, Message: body.StatusMessage}, err
+}
+
+// Startup asks the node's agent /v1/streaming/startup.
+func (n *Node) Startup(ctx context.Context) (Ready, error) {
+	var body struct {
+		StatusMessage string `json:"statusMessage"`
+	}
+	code, err := n.call(ctx, http.MethodGet, "/v1/streaming/startup", nil, &body)
 	return Ready{Code: code, Message: body.StatusMessage}, err
 }
 
@@ -278,6 +292,13 @@ func (n *Node) call(ctx context.Context, method, path string, in, out any) (int,
 	return resp.StatusCode, nil
 }
 
+// ProbeMedia handshakes DTLS-SRTP with the media server behind addr (the edge's public UDP port)
+// from the client namespace, sends count RTP packets and measures their echoes.
+func (d *Deployment) ProbeMedia(ctx context.Context, addr string, count int) (*dtlssrtp.Report, error) {
+	return dtlssrtp.Probe(ctx, addr, dtlssrtp.WithDialer(d.Topo.Client.Dial), dtlssrtp.WithCount(count),
+		dtlssrtp.WithRate(100), dtlssrtp.WithDrain(time.Second))
+}
+
 // Probe runs `livegate-edgeproxy probe args...` in the client namespace and returns its output.
 func (d *Deployment) Probe(ctx context.Context, args ...string) (string, error) {
 	out, err := d.Topo.Client.Command(ctx, d.opts.Bins.Edge, append([]string{"probe"}, args...)...).CombinedOutput()
@@ -287,11 +308,49 @@ func (d *Deployment) Probe(ctx context.Context, args ...string) (string, error) 
 	return string(out), nil
 }
 
-// Logs is every process's output so far, for a failure report.
+// HAProxyMap reads the session map from the supervised HAProxy's runtime API (`show map`): what
+// HAProxy routes by right now. A unix socket is reached by path, from any namespace.
+func (d *Deployment) HAProxyMap(ctx context.Context) (map[string]string, error) {
+	state := filepath.Join(d.opts.Dir, "edge")
+	var dialer net.Dialer
+	c, err := dialer.DialContext(ctx, "unix", filepath.Join(state, "haproxy.sock"))
+	if err != nil {
+		return nil, fmt.Errorf("haproxy runtime socket: %w", err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := fmt.Fprintf(c, "show map %s\n", filepath.Join(state, "sessions.map")); err != nil {
+		return nil, fmt.Errorf("haproxy show map: %w", err)
+	}
+	out, err := io.ReadAll(c)
+	if err != nil {
+		return nil, fmt.Errorf("haproxy show map: %w", err)
+	}
+	m := map[string]string{}
+	for _, line := range strings.Split(string(out), "\n") {
+		// "<entry id> <key> <value>"
+		f := strings.Fields(line)
+		if len(f) == 3 && strings.HasPrefix(f[0], "0x") {
+			m[f[1]] = f[2]
+		} else if line != "" {
+			return nil, fmt.Errorf("haproxy show map: unexpected line %q", line)
+		}
+	}
+	return m, nil
+}
+
+// logTail bounds each process's share of a failure report.
+const logTail = 24 << 10
+
+// Logs is the end of every process's output so far, for a failure report.
 func (d *Deployment) Logs() string {
 	var b strings.Builder
 	for _, p := range d.procs {
-		fmt.Fprintf(&b, "----- %s (pid %d, exited %t, code %d) -----\n%s\n", p.Name, p.Pid(), p.Exited(), p.ExitCode(), p.Output())
+		out := p.Output()
+		if len(out) > logTail {
+			out = "[...]" + out[len(out)-logTail:]
+		}
+		fmt.Fprintf(&b, "----- %s (pid %d, exited %t, code %d) -----\n%s\n", p.Name, p.Pid(), p.Exited(), p.ExitCode(), out)
 	}
 	return b.String()
 }

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -56,29 +57,29 @@ func (f *embeddedFlag) IsBoolFlag() bool { return true }
 
 // flags are the raw command-line values.
 type flags struct {
-	edgeID, pool, publicHost                  string
-	signalingPort                             int
-	signalingBind                             string
-	tlsCert, tlsKey                           string
-	tlsSelfSigned                             bool
-	stateDir                                  string
-	haproxyBinary, haproxySocket, haproxyMap  string
-	haproxyStopOnExit                         bool
-	tunnelTimeout, hardStopAfter              time.Duration
-	missLimit                                 int
-	driver                                    string
-	backendCIDRs, backendPorts                string
-	maxRoutes                                 int
-	resync, heartbeat, edgeTTL                time.Duration
-	claimDelayStep, claimDelayMax             time.Duration
-	mediaMode, mediaPorts, publicIP           string
-	portQuarantine                            time.Duration
-	snat                                      bool
-	natsURL, natsCreds, natsNKey              string
-	natsCA, natsCert, natsKey                 string
-	natsEmbedded                              embeddedFlag
-	natsStoreDir                              string
-	adminAddr, logLevel, logFormat            string
+	edgeID, pool, publicHost                 string
+	signalingPort                            int
+	signalingBind                            string
+	tlsCert, tlsKey                          string
+	tlsSelfSigned                            bool
+	stateDir                                 string
+	haproxyBinary, haproxySocket, haproxyMap string
+	haproxyStopOnExit                        bool
+	tunnelTimeout, hardStopAfter             time.Duration
+	missLimit                                int
+	driver                                   string
+	backendCIDRs, backendPorts               string
+	maxRoutes                                int
+	resync, heartbeat, edgeTTL               time.Duration
+	claimDelayStep, claimDelayMax            time.Duration
+	mediaMode, mediaPorts, publicIP          string
+	portQuarantine                           time.Duration
+	snat                                     bool
+	natsURL, natsCreds, natsNKey             string
+	natsCA, natsCert, natsKey                string
+	natsEmbedded                             embeddedFlag
+	natsStoreDir                             string
+	adminAddr, logLevel, logFormat           string
 }
 
 func hostname() string {
@@ -129,7 +130,8 @@ func newFlagSet(name string, stderr io.Writer, extra []func(*flag.FlagSet)) (*fl
 	fs.DurationVar(&f.tunnelTimeout, "tunnel-timeout", 8*time.Hour, "how long an idle websocket stays open (HAProxy timeout tunnel)")
 	fs.DurationVar(&f.hardStopAfter, "hard-stop-after", time.Hour, "how long old HAProxy workers keep their websockets after a reload")
 	fs.IntVar(&f.missLimit, "miss-limit", 20, "requests for unknown sessions one address may make per 10s before it gets 429")
-	fs.StringVar(&f.driver, "driver", "runtime", "how the HAProxy map is changed: runtime (its stats socket)")
+	fs.StringVar(&f.driver, "driver", "runtime", "how the HAProxy map is changed: runtime (its stats socket) or dataplaneapi (a Data Plane API v2 server)")
+	fs.StringVar(&f.driver, "haproxy-driver", "runtime", "the same as --driver")
 	fs.StringVar(&f.backendCIDRs, "backend-cidrs", DefaultBackendCIDRs, "comma-separated CIDRs signaling and media backends must be inside")
 	fs.StringVar(&f.backendPorts, "backend-ports", DefaultBackendPorts, "port range signaling and media backends must be inside")
 	fs.IntVar(&f.maxRoutes, "max-routes", 10000, "most routes this edge serves; it claims no more pool routes beyond")
@@ -166,7 +168,6 @@ type settings struct {
 	reconcile  reconcile.Config
 	haproxy    haproxy.Config
 	attached   bool
-	mapFile    string
 	configFile string
 	pidFile    string
 	selfCert   bool
@@ -181,34 +182,23 @@ func (f *flags) settings(drivers map[string]DriverFactory) (*settings, error) {
 	if !filepath.IsAbs(f.stateDir) {
 		errs = append(errs, fmt.Errorf("--state-dir %q: must be an absolute path", f.stateDir))
 	}
-	s.mapFile = f.haproxyMap
-	if s.mapFile == "" {
-		s.mapFile = filepath.Join(f.stateDir, "sessions.map")
-	}
 	s.configFile = filepath.Join(f.stateDir, "haproxy.cfg")
 	s.pidFile = filepath.Join(f.stateDir, "haproxy.pid")
-	socket := f.haproxySocket
-	if socket == "" {
-		socket = filepath.Join(f.stateDir, "haproxy.sock")
-	}
-	cert := filepath.Join(f.stateDir, "tls.pem")
 	switch {
+	case drivers[f.driver].New != nil && f.driver != "runtime" && (f.tlsCert == "" || f.tlsSelfSigned):
+		errs = append(errs, fmt.Errorf("--driver %s sets up the frontend on the operator's HAProxy: it needs --tls-cert, the PEM (chain and key) as that host names it", f.driver))
 	case f.tlsSelfSigned && (f.tlsCert != "" || f.tlsKey != ""):
 		errs = append(errs, errors.New("--tls-self-signed and --tls-cert/--tls-key exclude each other"))
 	case f.tlsSelfSigned:
 		s.selfCert = true
-	case f.tlsCert == "" || f.tlsKey == "":
-		if !s.attached {
-			errs = append(errs, errors.New("the signaling frontend needs --tls-cert and --tls-key, or --tls-self-signed"))
-		}
+	case (f.tlsCert == "" || f.tlsKey == "") && !s.attached && f.driver == "runtime":
+		errs = append(errs, errors.New("the signaling frontend needs --tls-cert and --tls-key, or --tls-self-signed"))
 	}
-	s.haproxy = haproxy.Config{
-		Socket: socket, MapFile: s.mapFile, CertFile: cert, BindAddr: f.signalingBind, Port: f.signalingPort,
-		TunnelTimeout: f.tunnelTimeout, HardStopAfter: f.hardStopAfter, MissLimit: f.missLimit,
-	}
-	if err := s.haproxy.Validate(); err != nil {
+	hc, err := f.haproxyConfig()
+	if err != nil {
 		errs = append(errs, err)
 	}
+	s.haproxy = hc
 	if _, ok := drivers[f.driver]; !ok && f.driver != "runtime" {
 		errs = append(errs, fmt.Errorf("--driver %q: not available (runtime%s)", f.driver, driverNames(drivers)))
 	}
@@ -247,6 +237,9 @@ func (f *flags) settings(drivers map[string]DriverFactory) (*settings, error) {
 	if err := s.reconcile.Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	if _, _, err := net.SplitHostPort(f.adminAddr); err != nil {
+		errs = append(errs, fmt.Errorf("--admin-addr %q: %w", f.adminAddr, err))
+	}
 	s.nats = natsconn.Config{
 		URLs: splitList(f.natsURL), CredsFile: f.natsCreds, NKeyFile: f.natsNKey,
 		TLSCAFile: f.natsCA, TLSCertFile: f.natsCert, TLSKeyFile: f.natsKey, Name: "livegate-edgeproxy/" + f.edgeID,
@@ -255,6 +248,30 @@ func (f *flags) settings(drivers map[string]DriverFactory) (*settings, error) {
 		errs = append(errs, err)
 	}
 	return s, errors.Join(errs...)
+}
+
+// haproxyConfig is the HAProxy configuration the flags describe. The edge joins --tls-cert and
+// --tls-key into <state-dir>/tls.pem for the HAProxy it supervises; an operator's HAProxy loads
+// --tls-cert itself (a PEM with the key, or the key beside it as <cert>.key).
+func (f *flags) haproxyConfig() (haproxy.Config, error) {
+	socket := f.haproxySocket
+	if socket == "" {
+		socket = filepath.Join(f.stateDir, "haproxy.sock")
+	}
+	socket = strings.TrimPrefix(socket, "tcp:")
+	mapFile := f.haproxyMap
+	if mapFile == "" {
+		mapFile = filepath.Join(f.stateDir, "sessions.map")
+	}
+	cert := filepath.Join(f.stateDir, "tls.pem")
+	if (f.haproxySocket != "" || f.driver != "runtime") && f.tlsCert != "" {
+		cert = f.tlsCert
+	}
+	c := haproxy.Config{
+		Socket: socket, MapFile: mapFile, CertFile: cert, BindAddr: f.signalingBind, Port: f.signalingPort,
+		TunnelTimeout: f.tunnelTimeout, HardStopAfter: f.hardStopAfter, MissLimit: f.missLimit,
+	}
+	return c, c.Validate()
 }
 
 func splitList(s string) []string {

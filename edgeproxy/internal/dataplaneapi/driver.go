@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -29,19 +30,16 @@ type Config struct {
 	URL      string
 	User     string
 	Password string
-	// Map names the session map in runtime map calls: the map file's path as HAProxy's
-	// configuration names it.
+	// Map names the session map in runtime map calls as the Data Plane API does: the map file's
+	// name without ".map", the file being in the API's maps directory (see MapName).
 	Map string
 	// Proxy, when set, is the frontend and backend the driver makes sure exist, once, before its
-	// first map change (see Setup).
+	// first Apply or List (see Setup).
 	Proxy *Proxy
 }
 
 // Option changes a Driver's defaults.
 type Option func(*Driver)
-
-// WithHTTPClient sets the HTTP client (TLS settings, proxies). Default: a client of its own.
-func WithHTTPClient(hc *http.Client) Option { return func(d *Driver) { d.c.hc = hc } }
 
 // WithLogger sets the logger. Default: no logging.
 func WithLogger(l zerolog.Logger) Option { return func(d *Driver) { d.log = l } }
@@ -59,17 +57,21 @@ func WithRetry(attempts int, backoff time.Duration) Option {
 // version conflict or a transient failure. Default 3.
 func WithTransactionAttempts(n int) Option { return func(d *Driver) { d.txAttempts = max(n, 1) } }
 
-// WithReloadPoll sets how often a reload's status is read while it is in progress. Default 250ms.
-func WithReloadPoll(every time.Duration) Option { return func(d *Driver) { d.reloadPoll = every } }
+// WithReloadPoll sets how often a reload's status is read while it is in progress, and how long
+// it may stay in progress. Default 250ms, 2m.
+func WithReloadPoll(every, timeout time.Duration) Option {
+	return func(d *Driver) { d.reloadPoll, d.reloadTimeout = every, timeout }
+}
 
 // Driver is the haproxy.Driver over the Data Plane API. It is safe for concurrent use.
 type Driver struct {
-	c          *client
-	mapName    string
-	proxy      *Proxy
-	log        zerolog.Logger
-	txAttempts int
-	reloadPoll time.Duration
+	c             *client
+	mapName       string
+	proxy         *Proxy
+	log           zerolog.Logger
+	txAttempts    int
+	reloadPoll    time.Duration
+	reloadTimeout time.Duration
 
 	setupMu   sync.Mutex
 	setupDone bool
@@ -103,16 +105,23 @@ func New(cfg Config, opts ...Option) (*Driver, error) {
 			hc: &http.Client{}, timeout: 10 * time.Second, attempts: 4, backoff: 200 * time.Millisecond,
 			sleep: sleepCtx,
 		},
-		mapName:    cfg.Map,
-		proxy:      cfg.Proxy,
-		log:        zerolog.Nop(),
-		txAttempts: 3,
-		reloadPoll: 250 * time.Millisecond,
+		mapName:       cfg.Map,
+		proxy:         cfg.Proxy,
+		log:           zerolog.Nop(),
+		txAttempts:    3,
+		reloadPoll:    250 * time.Millisecond,
+		reloadTimeout: 2 * time.Minute,
 	}
 	for _, o := range opts {
 		o(d)
 	}
 	return d, nil
+}
+
+// MapName is the Data Plane API's name of the map file at path: its base name without ".map".
+// The API resolves it to <maps_dir>/<name>.map, or to the loaded map whose file has that base name.
+func MapName(path string) string {
+	return strings.TrimSuffix(filepath.Base(path), ".map")
 }
 
 // ReadPasswordFile returns the password in path without its trailing newline.
@@ -128,7 +137,10 @@ func ReadPasswordFile(path string) (string, error) {
 	return p, nil
 }
 
-const entriesPath = "/services/haproxy/runtime/maps_entries"
+const (
+	entriesPath = "/services/haproxy/runtime/maps_entries"
+	mapsPath    = "/services/haproxy/runtime/maps"
+)
 
 func (d *Driver) mapQuery(sync bool) url.Values {
 	q := url.Values{"map": {d.mapName}}
@@ -169,12 +181,63 @@ func (d *Driver) Apply(ctx context.Context, set map[string]string, del []string)
 			return errors.Join(errs...)
 		}
 	}
-	for _, k := range slices.Sorted(maps.Keys(set)) {
+	keys := slices.Sorted(maps.Keys(set))
+	if len(keys) >= bulkMin {
+		var err error
+		if keys, err = d.addMissing(ctx, set, keys); err != nil && fail(err) {
+			return errors.Join(errs...)
+		}
+	}
+	for _, k := range keys {
 		if err := d.setEntry(ctx, k, set[k]); err != nil && fail(fmt.Errorf("set route %s: %w", k, err)) {
 			return errors.Join(errs...)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// Large sets (an edge starting with many routes) read the map once, skip what is already right
+// and add the missing keys with one payload call per bulkChunk entries instead of one call each.
+const (
+	bulkMin   = 32
+	bulkChunk = 500
+)
+
+// addMissing adds the keys of set the map lacks in bulk and returns the keys still to set one by
+// one: those with another value, and those of a chunk whose bulk add failed. A payload add is not
+// safe to repeat (it would add duplicates), so a failed chunk is never retried as a payload; its
+// keys go through the per-entry add, which answers 409 for whatever the chunk did add.
+func (d *Driver) addMissing(ctx context.Context, set map[string]string, keys []string) ([]string, error) {
+	have, err := d.list(ctx)
+	if err != nil {
+		return keys, err
+	}
+	var rest, missing []string
+	for _, k := range keys {
+		v, ok := have[k]
+		switch {
+		case !ok:
+			missing = append(missing, k)
+		case v != set[k]:
+			rest = append(rest, k)
+		}
+	}
+	for start := 0; start < len(missing); start += bulkChunk {
+		chunk := missing[start:min(start+bulkChunk, len(missing))]
+		body := make([]mapEntry, len(chunk))
+		for i, k := range chunk {
+			body[i] = mapEntry{Key: k, Value: set[k]}
+		}
+		q := url.Values{"force_sync": {"true"}}
+		if _, err := d.c.do(ctx, request{method: http.MethodPut, path: mapsPath + "/" + d.mapName, query: q, body: body}); err != nil {
+			if statusOf(err) == http.StatusUnauthorized {
+				return nil, fmt.Errorf("add %d routes: %w", len(chunk), err)
+			}
+			d.log.Warn().Err(err).Int("routes", len(chunk)).Msg("bulk add of routes failed; adding them one by one")
+			rest = append(rest, chunk...)
+		}
+	}
+	return rest, nil
 }
 
 func checkEntry(k, v string) error {
@@ -217,6 +280,10 @@ func (d *Driver) List(ctx context.Context) (map[string]string, error) {
 	if err := d.ensureSetup(ctx); err != nil {
 		return nil, err
 	}
+	return d.list(ctx)
+}
+
+func (d *Driver) list(ctx context.Context) (map[string]string, error) {
 	var entries []mapEntry
 	if _, err := d.c.do(ctx, request{method: http.MethodGet, path: entriesPath, query: d.mapQuery(false), out: &entries, retry: true}); err != nil {
 		return nil, fmt.Errorf("list routes: %w", err)

@@ -3,6 +3,8 @@ package dataplaneapi_test
 import (
 	"context"
 	"errors"
+	"flag"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -10,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/rs/zerolog"
 
 	"github.com/livegate/livegate/edgeproxy/internal/dataplaneapi"
 	"github.com/livegate/livegate/edgeproxy/internal/dataplaneapi/dpatest"
@@ -19,7 +23,8 @@ import (
 const (
 	user     = "livegate"
 	password = "s3cret-pa55"
-	mapFile  = "/etc/haproxy/livegate/sessions.map"
+	mapFile  = "/etc/haproxy/maps/livegate-sessions.map"
+	mapName  = "livegate-sessions"
 )
 
 // testConfig is the edge's HAProxy configuration the set-up tests ask for.
@@ -42,14 +47,14 @@ func testProxy(t *testing.T) *dataplaneapi.Proxy {
 func fastOpts(extra ...dataplaneapi.Option) []dataplaneapi.Option {
 	return append([]dataplaneapi.Option{
 		dataplaneapi.WithRetry(4, time.Millisecond),
-		dataplaneapi.WithReloadPoll(time.Millisecond),
+		dataplaneapi.WithReloadPoll(time.Millisecond, 10*time.Second),
 		dataplaneapi.WithRequestTimeout(5 * time.Second),
 	}, extra...)
 }
 
 func newDriver(t *testing.T, srv *dpatest.Server, proxy *dataplaneapi.Proxy, opts ...dataplaneapi.Option) *dataplaneapi.Driver {
 	t.Helper()
-	d, err := dataplaneapi.New(dataplaneapi.Config{URL: srv.URL, User: user, Password: password, Map: mapFile, Proxy: proxy}, fastOpts(opts...)...)
+	d, err := dataplaneapi.New(dataplaneapi.Config{URL: srv.URL, User: user, Password: password, Map: mapName, Proxy: proxy}, fastOpts(opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,7 +90,7 @@ func ctxT(t *testing.T) context.Context {
 }
 
 func TestApplyAndList(t *testing.T) {
-	maps := dpatest.NewMemoryMaps(mapFile)
+	maps := dpatest.NewMemoryMaps(mapName)
 	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: maps})
 	d := newDriver(t, srv, nil)
 	ctx := ctxT(t)
@@ -105,7 +110,7 @@ func TestApplyAndList(t *testing.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("List = %v, want %v", got, want)
 	}
-	entries, _ := maps.Show(ctx, mapFile)
+	entries, _ := maps.Show(ctx, mapName)
 	if len(entries) != 2 {
 		t.Fatalf("map holds %v: a replace must not add a second entry", entries)
 	}
@@ -113,11 +118,11 @@ func TestApplyAndList(t *testing.T) {
 		if r.Method != http.MethodGet && r.Query.Get("force_sync") != "true" {
 			t.Errorf("%s %s without force_sync", r.Method, r.Path)
 		}
-		if r.Query.Get("map") != mapFile {
+		if r.Query.Get("map") != mapName {
 			t.Errorf("%s %s: map=%q", r.Method, r.Path, r.Query.Get("map"))
 		}
 	}
-	if maps.Syncs(mapFile) == 0 {
+	if maps.Syncs(mapName) == 0 {
 		t.Error("map never synced to its file")
 	}
 	if count(srv, "startTransaction") != 0 {
@@ -127,7 +132,7 @@ func TestApplyAndList(t *testing.T) {
 }
 
 func TestApplyRefusesBadInputBeforeSending(t *testing.T) {
-	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.NewMemoryMaps(mapFile)})
+	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.NewMemoryMaps(mapName)})
 	d := newDriver(t, srv, nil)
 	for _, tc := range []struct {
 		set map[string]string
@@ -150,15 +155,15 @@ func TestApplyRefusesBadInputBeforeSending(t *testing.T) {
 }
 
 func TestAddOfExistingKeyReplaces(t *testing.T) {
-	maps := dpatest.NewMemoryMaps(mapFile)
+	maps := dpatest.NewMemoryMaps(mapName)
 	ctx := ctxT(t)
-	_ = maps.Add(ctx, mapFile, "a", "10.0.0.1:30000")
+	_ = maps.Add(ctx, mapName, "a", "10.0.0.1:30000")
 	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: maps})
 	d := newDriver(t, srv, nil)
 	if err := d.Apply(ctx, map[string]string{"a": "10.0.0.2:30000"}, nil); err != nil {
 		t.Fatal(err)
 	}
-	if e, _ := maps.Show(ctx, mapFile); len(e) != 1 || e[0].Value != "10.0.0.2:30000" {
+	if e, _ := maps.Show(ctx, mapName); len(e) != 1 || e[0].Value != "10.0.0.2:30000" {
 		t.Fatalf("map = %v", e)
 	}
 	if count(srv, "addMapEntry") != 1 || count(srv, "replaceRuntimeMapEntry") != 1 {
@@ -168,7 +173,7 @@ func TestAddOfExistingKeyReplaces(t *testing.T) {
 }
 
 func TestTransientFailuresAreRetried(t *testing.T) {
-	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.NewMemoryMaps(mapFile)})
+	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.NewMemoryMaps(mapName)})
 	d := newDriver(t, srv, nil, dataplaneapi.WithRequestTimeout(200*time.Millisecond))
 	ctx := ctxT(t)
 	srv.AddFault(dpatest.Fault{OperationID: "addMapEntry", Status: http.StatusServiceUnavailable, Count: 2})
@@ -191,7 +196,7 @@ func TestTransientFailuresAreRetried(t *testing.T) {
 }
 
 func TestPersistentServerErrorIsReportedWithTheAPIMessage(t *testing.T) {
-	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.NewMemoryMaps(mapFile)})
+	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.NewMemoryMaps(mapName)})
 	d := newDriver(t, srv, nil)
 	srv.AddFault(dpatest.Fault{OperationID: "addMapEntry", Status: http.StatusInternalServerError, Count: 100, Message: "runtime api: connection refused"})
 	err := d.Apply(ctxT(t), map[string]string{"a": "10.0.0.1:30000"}, nil)
@@ -202,10 +207,11 @@ func TestPersistentServerErrorIsReportedWithTheAPIMessage(t *testing.T) {
 	if n := count(srv, "addMapEntry"); n != 4 {
 		t.Fatalf("%d tries, want 4", n)
 	}
+	checkContract(t, srv)
 }
 
 func TestUnauthorizedIsFinal(t *testing.T) {
-	srv := dpatest.Start(t, dpatest.Options{User: user, Password: "other", Maps: dpatest.NewMemoryMaps(mapFile)})
+	srv := dpatest.Start(t, dpatest.Options{User: user, Password: "other", Maps: dpatest.NewMemoryMaps(mapName)})
 	d := newDriver(t, srv, testProxy(t))
 	err := d.Apply(ctxT(t), map[string]string{"a": "10.0.0.1:30000", "b": "10.0.0.1:30001"}, nil)
 	var ae *dataplaneapi.APIError
@@ -222,6 +228,7 @@ func TestUnauthorizedIsFinal(t *testing.T) {
 	if _, err := d.List(ctxT(t)); statusOf(err) != 401 {
 		t.Fatalf("List: %v", err)
 	}
+	checkContract(t, srv)
 }
 
 func statusOf(err error) int {
@@ -233,7 +240,7 @@ func statusOf(err error) int {
 }
 
 func TestSetupCreatesOnceAndOnlyWhenNeeded(t *testing.T) {
-	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.NewMemoryMaps(mapFile), ReloadPolls: 3})
+	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.NewMemoryMaps(mapName), ReloadPolls: 3})
 	ctx := ctxT(t)
 	d := newDriver(t, srv, testProxy(t))
 	if err := d.Apply(ctx, map[string]string{"a": "10.0.0.1:30000"}, nil); err != nil {
@@ -262,7 +269,7 @@ func TestSetupCreatesOnceAndOnlyWhenNeeded(t *testing.T) {
 }
 
 func TestSetupRepairsDrift(t *testing.T) {
-	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.NewMemoryMaps(mapFile)})
+	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.NewMemoryMaps(mapName)})
 	ctx := ctxT(t)
 	if err := newDriver(t, srv, testProxy(t)).Setup(ctx); err != nil {
 		t.Fatal(err)
@@ -296,7 +303,7 @@ func TestSetupRepairsDrift(t *testing.T) {
 }
 
 func TestSetupStartsOverOnVersionConflicts(t *testing.T) {
-	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.NewMemoryMaps(mapFile)})
+	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.NewMemoryMaps(mapName)})
 	// Someone else changes the configuration while our transaction is open: the commit of the
 	// outdated transaction gets 406, and the next start on the version read before gets 409.
 	bumped := 0
@@ -323,7 +330,7 @@ func TestSetupStartsOverOnVersionConflicts(t *testing.T) {
 }
 
 func TestSetupGivesUpAfterBoundedConflicts(t *testing.T) {
-	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.NewMemoryMaps(mapFile)})
+	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.NewMemoryMaps(mapName)})
 	srv.AddFault(dpatest.Fault{OperationID: "startTransaction", Status: http.StatusConflict, Count: 100, Message: "version mismatch, given: 1, found: 2"})
 	err := newDriver(t, srv, testProxy(t), dataplaneapi.WithTransactionAttempts(3)).Setup(ctxT(t))
 	if statusOf(err) != http.StatusConflict || !strings.Contains(err.Error(), "version mismatch") {
@@ -347,9 +354,9 @@ func TestFailureInsideTransactionRollsBack(t *testing.T) {
 		{"failed commit", dpatest.Fault{OperationID: "commitTransaction", Status: http.StatusBadRequest, Count: 100, Message: "haproxy -c: parsing error"}, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.NewMemoryMaps(mapFile)})
+			srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.NewMemoryMaps(mapName)})
 			srv.AddFault(tc.fault)
-			d := newDriver(t, srv, testProxy(t), dataplaneapi.WithRequestTimeout(100*time.Millisecond))
+			d := newDriver(t, srv, testProxy(t), dataplaneapi.WithRequestTimeout(300*time.Millisecond))
 			err := d.Apply(ctxT(t), map[string]string{"a": "10.0.0.1:30000"}, nil)
 			if err == nil {
 				t.Fatal("Apply succeeded")
@@ -375,7 +382,7 @@ func TestFailureInsideTransactionRollsBack(t *testing.T) {
 }
 
 func TestFailedReloadIsReported(t *testing.T) {
-	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.NewMemoryMaps(mapFile),
+	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.NewMemoryMaps(mapName),
 		OnReload: func(string) error { return errors.New("[ALERT] cannot open map file") }})
 	err := newDriver(t, srv, testProxy(t)).Setup(ctxT(t))
 	if err == nil || !strings.Contains(err.Error(), "cannot open map file") {
@@ -387,7 +394,7 @@ func TestFailedReloadIsReported(t *testing.T) {
 // TestProxyMatchesRenderedSections: the objects the transaction creates are the frontend and
 // backend the runtime driver's configuration has, line for line after normalising units.
 func TestProxyMatchesRenderedSections(t *testing.T) {
-	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.NewMemoryMaps(mapFile)})
+	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.NewMemoryMaps(mapName)})
 	if err := newDriver(t, srv, testProxy(t)).Setup(ctxT(t)); err != nil {
 		t.Fatal(err)
 	}
@@ -407,9 +414,9 @@ func TestProxyMatchesRenderedSections(t *testing.T) {
 
 func TestNewChecksConfig(t *testing.T) {
 	for _, c := range []dataplaneapi.Config{
-		{URL: "127.0.0.1:5555", User: "u", Map: mapFile},
-		{URL: "http://u:p@127.0.0.1:5555", User: "u", Map: mapFile},
-		{URL: "http://127.0.0.1:5555", Map: mapFile},
+		{URL: "127.0.0.1:5555", User: "u", Map: mapName},
+		{URL: "http://u:p@127.0.0.1:5555", User: "u", Map: mapName},
+		{URL: "http://127.0.0.1:5555", Map: mapName},
 		{URL: "http://127.0.0.1:5555", User: "u", Map: "a;b"},
 	} {
 		if _, err := dataplaneapi.New(c); err == nil {
@@ -431,5 +438,114 @@ func TestReadPasswordFile(t *testing.T) {
 	}
 	if _, err := dataplaneapi.ReadPasswordFile(p); err == nil {
 		t.Fatal("empty password accepted")
+	}
+}
+
+func TestFlagsBuildADriver(t *testing.T) {
+	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.NewMemoryMaps(mapName)})
+	pw := filepath.Join(t.TempDir(), "pw")
+	if err := os.WriteFile(pw, []byte(password+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fs := flag.NewFlagSet("test", flag.ContinueOnError)
+	var f dataplaneapi.Flags
+	f.Register(fs)
+	if err := fs.Parse([]string{"--dataplaneapi-url", srv.URL + "/v2/", "--dataplaneapi-user", user}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Driver(testConfig(), zerolog.Nop()); err == nil {
+		t.Fatal("driver built without a password file")
+	}
+	if err := fs.Parse([]string{"--dataplaneapi-password-file", pw}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := f.Driver(testConfig(), zerolog.Nop(), fastOpts()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Apply(ctxT(t), map[string]string{"a": "10.0.0.1:30000"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if count(srv, "commitTransaction") != 1 {
+		t.Fatal("no set-up transaction")
+	}
+	checkContract(t, srv)
+}
+
+func TestCancelledSetupStillRollsBack(t *testing.T) {
+	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.NewMemoryMaps(mapName)})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	srv.OnRequest(func(op string) {
+		if op == "createFrontend" {
+			cancel()
+		}
+	})
+	err := newDriver(t, srv, testProxy(t)).Setup(ctx)
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v, want context.Canceled", err)
+	}
+	if n := count(srv, "deleteTransaction"); n != 1 {
+		t.Fatalf("%d rollbacks, want 1", n)
+	}
+	checkContract(t, srv)
+}
+
+func TestSetupStartsOverWhenAnObjectMoved(t *testing.T) {
+	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.NewMemoryMaps(mapName)})
+	srv.AddFault(dpatest.Fault{OperationID: "createBind", Status: http.StatusConflict, Count: 1, Message: "bind livegate already exists"})
+	srv.AddFault(dpatest.Fault{OperationID: "commitTransaction", Status: http.StatusNotFound, Count: 1, Message: "transaction not found"})
+	if err := newDriver(t, srv, testProxy(t)).Setup(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(srv, "startTransaction"); n != 3 {
+		t.Fatalf("%d transactions, want 3", n)
+	}
+	checkContract(t, srv)
+}
+
+func TestReloadStuckInProgressTimesOut(t *testing.T) {
+	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.NewMemoryMaps(mapName), ReloadPolls: 1 << 30})
+	err := newDriver(t, srv, testProxy(t), dataplaneapi.WithReloadPoll(time.Millisecond, 50*time.Millisecond)).Setup(ctxT(t))
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "in_progress") {
+		t.Fatalf("err = %v", err)
+	}
+	checkContract(t, srv)
+}
+
+func TestLargeSetsAddMissingKeysInBulk(t *testing.T) {
+	for _, failBulk := range []bool{false, true} {
+		t.Run(fmt.Sprintf("bulk fails %v", failBulk), func(t *testing.T) {
+			maps := dpatest.NewMemoryMaps(mapName)
+			ctx := ctxT(t)
+			_ = maps.Add(ctx, mapName, "k000", "10.0.0.1:30000")
+			_ = maps.Add(ctx, mapName, "k001", "10.9.9.9:30000")
+			srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: maps})
+			if failBulk {
+				srv.AddFault(dpatest.Fault{OperationID: "addPayloadRuntimeMap", Status: http.StatusInternalServerError, Count: 1})
+			}
+			set := map[string]string{}
+			for i := range 40 {
+				set[fmt.Sprintf("k%03d", i)] = "10.0.0.1:30000"
+			}
+			if err := newDriver(t, srv, nil).Apply(ctx, set, nil); err != nil {
+				t.Fatal(err)
+			}
+			if e, _ := maps.Show(ctx, mapName); len(e) != 40 {
+				t.Fatalf("map has %d entries, want 40", len(e))
+			}
+			got, err := newDriver(t, srv, nil).List(ctx)
+			if err != nil || !reflect.DeepEqual(got, set) {
+				t.Fatalf("List = %v, %v", got, err)
+			}
+			wantSingle := 1 // k001, whose value differs
+			if failBulk {
+				wantSingle = 39
+			}
+			if n := count(srv, "addMapEntry"); n != wantSingle || count(srv, "addPayloadRuntimeMap") != 1 {
+				t.Fatalf("%d single adds and %d payloads, want %d and 1", n, count(srv, "addPayloadRuntimeMap"), wantSingle)
+			}
+			checkContract(t, srv)
+		})
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -28,15 +29,34 @@ type realEdge struct {
 	Srv    *dpatest.Server
 	Driver *dataplaneapi.Driver
 	Client *haproxy.Client
+	sup    *haproxy.Supervisor
+	ready  chan struct{}
 }
 
 func startReal(t *testing.T, missLimit int) *realEdge {
 	t.Helper()
+	e := newRealAPI(t)
+	cfg := e.ConfigFor(e.Port)
+	cfg.MissLimit = missLimit
+	proxy, err := dataplaneapi.LivegateProxy(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Driver, err = dataplaneapi.New(dataplaneapi.Config{URL: e.Srv.URL, User: user, Password: password, Map: dataplaneapi.MapName(e.MapFile), Proxy: &proxy}, fastOpts()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// newRealAPI starts the fake Data Plane API whose first reload starts HAProxy with the operator's
+// global and defaults sections plus what the transaction built; the map file exists and is empty.
+func newRealAPI(t *testing.T) *realEdge {
+	t.Helper()
 	bin := haproxytest.Binary(t)
 	f := haproxytest.NewFiles(t, haproxytest.Dir(t))
-	cfg := f.ConfigFor(haproxytest.FreePort(t))
-	cfg.MissLimit = missLimit
-	full, err := haproxy.Render(cfg)
+	e := &realEdge{Files: f, Port: haproxytest.FreePort(t), ready: make(chan struct{}, 1)}
+	full, err := haproxy.Render(f.ConfigFor(e.Port))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,8 +69,7 @@ func startReal(t *testing.T, missLimit int) *realEdge {
 	if err := haproxy.WriteMapFile(f.MapFile, nil); err != nil {
 		t.Fatal(err)
 	}
-	client := haproxy.NewClient(f.Socket, 5*time.Second)
-	ready := make(chan struct{}, 1)
+	e.Client = haproxy.NewClient(f.Socket, 5*time.Second)
 	var once sync.Once
 	onReload := func(sections string) error {
 		if err := os.WriteFile(f.Config, []byte(operator+"\n"+sections), 0o644); err != nil {
@@ -59,40 +78,36 @@ func startReal(t *testing.T, missLimit int) *realEdge {
 		started := false
 		once.Do(func() {
 			started = true
-			sup := haproxy.NewSupervisor(bin, f.Config, f.PidFile, client, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel),
+			e.sup = haproxy.NewSupervisor(bin, f.Config, f.PidFile, e.Client, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel),
 				haproxy.StopOnExit(true), haproxy.Backoff(50*time.Millisecond, time.Second),
 				haproxy.OnReady(func() {
 					select {
-					case ready <- struct{}{}:
+					case e.ready <- struct{}{}:
 					default:
 					}
 				}))
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan struct{})
-			go func() { defer close(done); _ = sup.Run(ctx) }()
+			go func() { defer close(done); _ = e.sup.Run(ctx) }()
 			t.Cleanup(func() { cancel(); <-done })
 		})
 		if !started {
 			return errors.New("this test expects one reload")
 		}
-		select {
-		case <-ready:
-			return nil
-		case <-time.After(20 * time.Second):
-			return errors.New("haproxy not ready after 20s")
-		}
+		return e.waitReady()
 	}
-	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.RuntimeMaps{Client: client}, OnReload: onReload})
-	proxy, err := dataplaneapi.LivegateProxy(cfg)
-	if err != nil {
-		t.Fatal(err)
+	e.Srv = dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.RuntimeMaps{Client: e.Client, MapsDir: f.Dir}, OnReload: onReload})
+	t.Cleanup(func() { checkContract(t, e.Srv) })
+	return e
+}
+
+func (e *realEdge) waitReady() error {
+	select {
+	case <-e.ready:
+		return nil
+	case <-time.After(20 * time.Second):
+		return errors.New("haproxy not ready after 20s")
 	}
-	d, err := dataplaneapi.New(dataplaneapi.Config{URL: srv.URL, User: user, Password: password, Map: f.MapFile, Proxy: &proxy}, fastOpts()...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { checkContract(t, srv) })
-	return &realEdge{Files: f, Port: cfg.Port, Srv: srv, Driver: d, Client: client}
 }
 
 func (e *realEdge) showMap(t *testing.T, ctx context.Context) string {
@@ -197,13 +212,13 @@ func TestMissesAreRateLimited(t *testing.T) {
 	}
 }
 
-// TestApplyAndListManyEntries is the runtime driver's test of the same name, scaled down: the
-// Data Plane API takes one HTTP call per entry.
+// TestApplyAndListManyEntries is the runtime driver's test of the same name, scaled down: a
+// replace or a delete takes one HTTP call per entry. Adding them all takes a few payload calls.
 func TestApplyAndListManyEntries(t *testing.T) {
 	e := startReal(t, 1000)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	const n = 300
+	const n = 600
 	want := map[string]string{}
 	for i := range n {
 		want[fmt.Sprintf("s%05d", i)] = fmt.Sprintf("10.%d.%d.%d:%d", i>>16&255, i>>8&255, i&255, 30000+i%2000)
@@ -215,13 +230,16 @@ func TestApplyAndListManyEntries(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != n || got["s00299"] != want["s00299"] {
-		t.Fatalf("listed %d entries (s00299=%q), want %d", len(got), got["s00299"], n)
+	if len(got) != n || got["s00599"] != want["s00599"] {
+		t.Fatalf("listed %d entries (s00599=%q), want %d", len(got), got["s00599"], n)
+	}
+	if c := count(e.Srv, "addPayloadRuntimeMap"); c != 2 || count(e.Srv, "addMapEntry") != 0 {
+		t.Fatalf("%d payload adds and %d single adds, want 2 and 0", c, count(e.Srv, "addMapEntry"))
 	}
 	set := map[string]string{}
 	var del []string
 	for k := range want {
-		if k < "s00150" {
+		if k < "s00300" {
 			set[k] = "127.0.0.1:30001"
 		} else {
 			del = append(del, k)
@@ -234,10 +252,39 @@ func TestApplyAndListManyEntries(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 150 || got["s00000"] != "127.0.0.1:30001" {
-		t.Fatalf("listed %d entries (s00000=%q), want 150 replaced", len(got), got["s00000"])
+	if len(got) != 300 || got["s00000"] != "127.0.0.1:30001" {
+		t.Fatalf("listed %d entries (s00000=%q), want 300 replaced", len(got), got["s00000"])
 	}
-	if lines := strings.Count(e.showMap(t, ctx), "\n") + 1; lines != 150 {
-		t.Fatalf("show map has %d lines, want 150 (no duplicates)", lines)
+	if lines := strings.Count(e.showMap(t, ctx), "\n") + 1; lines != 300 {
+		t.Fatalf("show map has %d lines, want 300 (no duplicates)", lines)
+	}
+}
+
+// The runtime driver's TestSupervisorRestartsHAProxy: routes set through the API survive a crash
+// of HAProxy because force_sync wrote them to the map file it loads at start.
+func TestRoutesSurviveARestart(t *testing.T) {
+	e := startReal(t, 1000)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b := haproxytest.StartBackend(t, "b", false)
+	if err := e.Driver.Apply(ctx, map[string]string{"kept": b.Addr.String()}, nil); err != nil {
+		t.Fatal(err)
+	}
+	pid := e.sup.Pid()
+	if pid == 0 {
+		t.Fatal("no haproxy pid")
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.waitReady(); err != nil {
+		t.Fatal(err)
+	}
+	if np := e.sup.Pid(); np == pid || np == 0 {
+		t.Fatalf("pid after restart %d, before %d", np, pid)
+	}
+	res, err := haproxytest.Dial(ctx, e.Port, "/", "kept")
+	if err != nil || res.Message != "b /" {
+		t.Fatalf("after restart: %v %+v", err, res)
 	}
 }

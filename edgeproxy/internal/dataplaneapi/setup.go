@@ -20,11 +20,13 @@ const (
 // reports succeeded. Once it has succeeded it does nothing more; Apply and List call it first.
 func (d *Driver) Setup(ctx context.Context) error { return d.ensureSetup(ctx) }
 
-// conflict reports a configuration version that moved under us: 409 when a transaction is
-// started on a stale version, 406 when an outdated transaction is committed.
+// conflict reports a configuration that moved under us: 409 when a transaction is started on a
+// stale version or an object to create exists, 406 when an outdated transaction is committed, 404
+// when an object to replace or the transaction itself is gone. Reading again and starting over
+// is the answer to each.
 func conflict(err error) bool {
 	s := statusOf(err)
-	return s == http.StatusConflict || s == http.StatusNotAcceptable
+	return s == http.StatusConflict || s == http.StatusNotAcceptable || s == http.StatusNotFound
 }
 
 func (d *Driver) setup(ctx context.Context) error {
@@ -34,7 +36,8 @@ func (d *Driver) setup(ctx context.Context) error {
 		if err = d.setupOnce(ctx); err == nil {
 			return nil
 		}
-		if !(conflict(err) || transient(err)) || ctx.Err() != nil || attempt == d.txAttempts {
+		var committed *committedError
+		if errors.As(err, &committed) || !(conflict(err) || transient(err)) || ctx.Err() != nil || attempt == d.txAttempts {
 			break
 		}
 		d.log.Warn().Err(err).Int("attempt", attempt).Msg("data plane api set-up transaction failed, starting over")
@@ -94,8 +97,18 @@ func (d *Driver) setupOnce(ctx context.Context) error {
 	if res.status != http.StatusAccepted {
 		return nil
 	}
-	return d.waitReload(ctx, res.header.Get("Reload-ID"))
+	if err := d.waitReload(ctx, res.header.Get("Reload-ID")); err != nil {
+		return &committedError{err}
+	}
+	return nil
 }
+
+// committedError is a failure after the commit: starting over would find nothing to change and
+// hide that the reload did not succeed.
+type committedError struct{ err error }
+
+func (e *committedError) Error() string { return e.err.Error() }
+func (e *committedError) Unwrap() error { return e.err }
 
 // rollback deletes a transaction even when ctx is already cancelled, so no half-applied
 // transaction stays open. A transaction that is already gone is fine.
@@ -113,20 +126,28 @@ func (d *Driver) waitReload(ctx context.Context, id string) error {
 	if id == "" {
 		return errors.New("commit accepted without a Reload-ID")
 	}
+	rctx, cancel := context.WithTimeout(ctx, d.reloadTimeout)
+	defer cancel()
+	status := "in_progress"
 	for {
 		var r reload
-		if _, err := d.c.do(ctx, request{method: http.MethodGet, path: "/services/haproxy/reloads/" + id, out: &r, retry: true}); err != nil {
+		_, err := d.c.do(rctx, request{method: http.MethodGet, path: "/services/haproxy/reloads/" + id, out: &r, retry: true})
+		if err == nil {
+			status = r.Status
+			switch r.Status {
+			case "succeeded":
+				d.log.Info().Str("reload_id", id).Msg("haproxy reloaded")
+				return nil
+			case "failed":
+				return fmt.Errorf("reload %s failed: %s", id, r.Response)
+			}
+			err = d.c.sleep(rctx, d.reloadPoll)
+		}
+		if err != nil {
+			if rctx.Err() != nil && ctx.Err() == nil {
+				return fmt.Errorf("reload %s still %s after %v: %w", id, status, d.reloadTimeout, rctx.Err())
+			}
 			return fmt.Errorf("reload %s: %w", id, err)
-		}
-		switch r.Status {
-		case "succeeded":
-			d.log.Info().Str("reload_id", id).Msg("haproxy reloaded")
-			return nil
-		case "failed":
-			return fmt.Errorf("reload %s failed: %s", id, r.Response)
-		}
-		if err := d.c.sleep(ctx, d.reloadPoll); err != nil {
-			return fmt.Errorf("reload %s still %s: %w", id, r.Status, err)
 		}
 	}
 }

@@ -2,7 +2,7 @@ package dataplaneapi
 
 // The few Data Plane API v2 objects livegate sends and reads, with the JSON names of the OpenAPI
 // document (definitions map_entry, transaction, reload, error, backend, server, frontend, bind,
-// http_request_rule). Unknown fields in answers are ignored, so comparing what is there with what
+// http_request_rule, http_response_rule). Unknown fields in answers are ignored, so comparing what is there with what
 // livegate needs only looks at the fields livegate sets.
 
 // mapEntry is one runtime map entry (definition map_entry).

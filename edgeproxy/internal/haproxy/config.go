@@ -83,8 +83,18 @@ const (
 	ciphersuites = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
 )
 
-// HAProxy durations in milliseconds, which every version parses.
-func ms(d time.Duration) string { return fmt.Sprintf("%dms", d.Milliseconds()) }
+// ms writes a duration in HAProxy's units, the largest that is exact.
+func ms(d time.Duration) string {
+	switch {
+	case d%time.Hour == 0:
+		return fmt.Sprintf("%dh", d/time.Hour)
+	case d%time.Minute == 0:
+		return fmt.Sprintf("%dm", d/time.Minute)
+	case d%time.Second == 0:
+		return fmt.Sprintf("%ds", d/time.Second)
+	}
+	return fmt.Sprintf("%dms", d.Milliseconds())
+}
 
 var configTemplate = template.Must(template.New("haproxy").Funcs(template.FuncMap{
 	"ms": ms, "ciphers": func() string { return ciphers }, "ciphersuites": func() string { return ciphersuites },

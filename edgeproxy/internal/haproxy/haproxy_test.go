@@ -2,8 +2,10 @@ package haproxy_test
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -68,6 +70,35 @@ func TestRoutingThroughHAProxy(t *testing.T) {
 	}
 	if res, err := haproxytest.Dial(ctx, h.Port, "/", "sess-a"); res.Status != http.StatusNotFound {
 		t.Fatalf("deleted session: got %v status %d, want 404", err, res.Status)
+	}
+}
+
+// TestKeepAliveRequestsRouteEach sends requests for two sessions on one client connection: each
+// must reach its own backend, never a server connection opened for the other.
+func TestKeepAliveRequestsRouteEach(t *testing.T) {
+	h := start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	a, b := haproxytest.StartBackend(t, "a", false), haproxytest.StartBackend(t, "b", false)
+	if err := h.Driver.Apply(ctx, map[string]string{"sa": a.Addr.String(), "sb": b.Addr.String()}, nil); err != nil {
+		t.Fatal(err)
+	}
+	hc := &http.Client{Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, MaxConnsPerHost: 1, MaxIdleConnsPerHost: 1,
+	}}
+	defer hc.CloseIdleConnections()
+	for i, id := range []string{"sa", "sb", "sa", "sb"} {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("https://127.0.0.1:%d/", h.Port), nil)
+		req.Header.Set("X-Session-Id", id)
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if got, want := resp.Header.Get("X-Backend"), id[1:]; got != want {
+			t.Fatalf("request %d for %s reached backend %q, want %q", i, id, got, want)
+		}
 	}
 }
 

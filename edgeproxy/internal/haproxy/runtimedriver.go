@@ -127,13 +127,6 @@ func (d *RuntimeDriver) List(ctx context.Context) (map[string]string, error) {
 	return m, nil
 }
 
-// Ping checks that the runtime API answers.
-func (d *RuntimeDriver) Ping(ctx context.Context) error {
-	c, _ := NewCommand("show", "info")
-	_, err := d.client.Exec(ctx, c)
-	return err
-}
-
 func sortedKeys(m map[string]string) []string {
 	keys := make([]string, 0, len(m))
 	for k := range m {

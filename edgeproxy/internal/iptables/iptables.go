@@ -44,14 +44,6 @@ func WithNetns(name string) ExecOption {
 	}
 }
 
-// WithBinaries overrides the save and restore binaries, e.g. iptables-legacy-save and
-// iptables-legacy-restore on a host that still uses the legacy backend.
-func WithBinaries(save, restore string) ExecOption {
-	return func(e *Exec) {
-		e.save, e.restore = save, restore
-	}
-}
-
 // NewExec returns a runner over iptables-save and iptables-restore from PATH.
 func NewExec(opts ...ExecOption) *Exec {
 	e := &Exec{save: "iptables-save", restore: "iptables-restore"}

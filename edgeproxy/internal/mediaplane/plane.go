@@ -11,6 +11,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -35,7 +37,7 @@ var DefaultPorts = portalloc.Range{First: 10500, Last: 20000}
 
 // DefaultResyncInterval is how old the plane's picture of the kernel may get before Sync reads
 // the chains back.
-const DefaultResyncInterval = 30 * time.Second
+const DefaultResyncInterval = 10 * time.Second
 
 // Config is what the plane forwards and how.
 type Config struct {
@@ -64,6 +66,8 @@ type options struct {
 	now     func() time.Time
 	log     zerolog.Logger
 	resync  time.Duration
+	// netns is the namespace WithNetns targets; "" is the process's own.
+	netns string
 }
 
 // WithRunner sets how iptables is run (a fake in unit tests).
@@ -81,6 +85,7 @@ func WithConntrack(c conntrack.Cleaner) Option {
 func WithNetns(name string) Option {
 	return func(o *options) {
 		o.runner = iptables.NewExec(iptables.WithNetns(name))
+		o.netns = name
 		o.cleaner = conntrack.NewNetlink(conntrack.WithNetns(name))
 	}
 }
@@ -197,7 +202,26 @@ func (p *Plane) Recover(ctx context.Context) error {
 	}
 	p.o.log.Info().Int("mappings", len(st.dnat)).Int("strays", len(st.strays)).
 		Msg("media mappings recovered from the kernel")
+	if p.o.netns == "" {
+		p.checkForwarding()
+	}
 	return nil
+}
+
+// ipForwardPath is the sysctl the kernel checks before it forwards anything; rules alone do
+// not make a host a router.
+const ipForwardPath = "/proc/sys/net/ipv4/ip_forward"
+
+func (p *Plane) checkForwarding() {
+	v, err := os.ReadFile(ipForwardPath)
+	if err != nil {
+		p.o.log.Warn().Err(err).Msg("cannot read net.ipv4.ip_forward")
+		return
+	}
+	if strings.TrimSpace(string(v)) != "1" {
+		p.o.log.Warn().Str("sysctl", "net.ipv4.ip_forward").Str("value", strings.TrimSpace(string(v))).
+			Msg("IPv4 forwarding is off: media will not reach the backends until net.ipv4.ip_forward=1")
+	}
 }
 
 // Assign returns one public port per backend, index-aligned: the ports key already holds,
@@ -215,7 +239,7 @@ func (p *Plane) Assign(key string, backends []netip.AddrPort, preferred []uint16
 	if err != nil {
 		if errors.Is(err, portalloc.ErrExhausted) {
 			total, free := p.alloc.Capacity()
-			p.o.log.Warn().Str("route", key).Int("wanted", len(backends)).Int("free_ports", free).
+			p.o.log.Warn().Str("instance_id", key).Int("wanted", len(backends)).Int("free_ports", free).
 				Int("total_ports", total).Str("port_range", p.cfg.Ports.String()).
 				Msg("media route refused: public port range exhausted")
 		}
@@ -403,7 +427,10 @@ func Cleanup(ctx context.Context, opts ...Option) error {
 		return fmt.Errorf("clean up media rules: %w", err)
 	}
 	byAddr := map[netip.Addr][]uint16{}
-	for _, r := range nat.ChainRules(ChainDNAT) {
+	for _, r := range nat.Rules {
+		if !isShardChain(r.Chain) {
+			continue
+		}
 		if d, ok := parseDNAT(r.Args); ok {
 			byAddr[d.public] = append(byAddr[d.public], d.port)
 		}

@@ -18,6 +18,9 @@ import (
 
 var publicIP = netip.MustParseAddr("198.18.1.1")
 
+// shard is the chain of the ports the tests use most (10496-10623).
+const shard = "LIVEGATE-DNAT-10496"
+
 type fakeCleaner struct {
 	mu    sync.Mutex
 	calls [][]uint16
@@ -116,11 +119,14 @@ func TestSyncProgramsRulesOnce(t *testing.T) {
 	wantPayload := `*nat
 :LIVEGATE-DNAT - [0:0]
 :LIVEGATE-SNAT - [0:0]
+:LIVEGATE-DNAT-10496 - [0:0]
 -I PREROUTING 1 -m comment --comment "livegate media DNAT" -j LIVEGATE-DNAT
+-I OUTPUT 1 -m comment --comment "livegate media DNAT (local)" -j LIVEGATE-DNAT
 -I POSTROUTING 1 -m comment --comment "livegate media SNAT" -j LIVEGATE-SNAT
 -A LIVEGATE-SNAT -p udp -m conntrack --ctstate DNAT --ctorigdst 198.18.1.1 --ctorigdstport 10500:10509 -m comment --comment "lg:snat" -j MASQUERADE
--A LIVEGATE-DNAT -d 198.18.1.1/32 -p udp -m udp --dport 10500 -m comment --comment "lg:10500" -j DNAT --to-destination 198.19.2.2:30000
--A LIVEGATE-DNAT -d 198.18.1.1/32 -p udp -m udp --dport 10501 -m comment --comment "lg:10501" -j DNAT --to-destination 198.19.2.2:30001
+-A LIVEGATE-DNAT-10496 -d 198.18.1.1/32 -p udp -m udp --dport 10500 -m comment --comment "lg:10500" -j DNAT --to-destination 198.19.2.2:30000
+-A LIVEGATE-DNAT-10496 -d 198.18.1.1/32 -p udp -m udp --dport 10501 -m comment --comment "lg:10501" -j DNAT --to-destination 198.19.2.2:30001
+-A LIVEGATE-DNAT -d 198.18.1.1/32 -p udp -m udp --dport 10496:10623 -m comment --comment "lg:shard" -j LIVEGATE-DNAT-10496
 COMMIT
 *filter
 :LIVEGATE-FWD - [0:0]
@@ -163,10 +169,10 @@ func TestSyncWritesOnlyTheDiff(t *testing.T) {
 
 	restores := h.ipt.Restores()
 	wantPayload := `*nat
--D LIVEGATE-DNAT -d 198.18.1.1/32 -p udp -m udp --dport 10500 -m comment --comment "lg:10500" -j DNAT --to-destination 198.19.2.2:30000
--D LIVEGATE-DNAT -d 198.18.1.1/32 -p udp -m udp --dport 10501 -m comment --comment "lg:10501" -j DNAT --to-destination 198.19.2.3:30000
--A LIVEGATE-DNAT -d 198.18.1.1/32 -p udp -m udp --dport 10501 -m comment --comment "lg:10501" -j DNAT --to-destination 198.19.2.9:30009
--A LIVEGATE-DNAT -d 198.18.1.1/32 -p udp -m udp --dport 10503 -m comment --comment "lg:10503" -j DNAT --to-destination 198.19.2.5:30000
+-D LIVEGATE-DNAT-10496 -d 198.18.1.1/32 -p udp -m udp --dport 10500 -m comment --comment "lg:10500" -j DNAT --to-destination 198.19.2.2:30000
+-D LIVEGATE-DNAT-10496 -d 198.18.1.1/32 -p udp -m udp --dport 10501 -m comment --comment "lg:10501" -j DNAT --to-destination 198.19.2.3:30000
+-A LIVEGATE-DNAT-10496 -d 198.18.1.1/32 -p udp -m udp --dport 10501 -m comment --comment "lg:10501" -j DNAT --to-destination 198.19.2.9:30009
+-A LIVEGATE-DNAT-10496 -d 198.18.1.1/32 -p udp -m udp --dport 10503 -m comment --comment "lg:10503" -j DNAT --to-destination 198.19.2.5:30000
 COMMIT
 `
 	if len(restores) != 2 || string(restores[1]) != wantPayload {
@@ -182,6 +188,9 @@ COMMIT
 		if rules := nat.ChainRules(chain); len(rules) != 0 {
 			t.Fatalf("%s not empty after removing every route: %v", chain, specs(rules))
 		}
+	}
+	if nat.HasChain(shard) {
+		t.Fatalf("shard chain %s left after removing every route", shard)
 	}
 	if got := specs(nat.ChainRules("PREROUTING")); len(got) != 1 {
 		t.Fatalf("PREROUTING = %v, want the one jump", got)
@@ -199,7 +208,8 @@ func TestSyncRepairsDriftAndLeavesForeignRules(t *testing.T) {
 	foreign := "-p tcp -m tcp --dport 80 -j DNAT --to-destination 10.0.0.1:80"
 	good := dnatSpec(publicIP, 10501, backend("198.19.2.3:30000"))
 	h.ipt.SetRules("nat", "PREROUTING", foreign)
-	h.ipt.SetRules("nat", ChainDNAT,
+	h.ipt.SetRules("nat", ChainDNAT, dispatchSpec(publicIP, 10496), "-p udp -j ACCEPT")
+	h.ipt.SetRules("nat", shard,
 		good,
 		dnatSpec(publicIP, 10501, backend("198.19.2.3:30000")),
 		dnatSpec(publicIP, 10507, backend("198.19.2.7:30000")),
@@ -219,11 +229,14 @@ func TestSyncRepairsDriftAndLeavesForeignRules(t *testing.T) {
 	if got := specs(nat.ChainRules("PREROUTING")); !slices.Equal(got, wantPre) {
 		t.Fatalf("PREROUTING = %q, want %q", got, wantPre)
 	}
-	gotDNAT := specs(nat.ChainRules(ChainDNAT))
+	if got := specs(nat.ChainRules(ChainDNAT)); !slices.Equal(got, []string{dispatchSpec(publicIP, 10496)}) {
+		t.Fatalf("%s = %q, want the one dispatch rule", ChainDNAT, got)
+	}
+	gotDNAT := specs(nat.ChainRules(shard))
 	slices.Sort(gotDNAT)
 	wantDNAT := []string{dnatSpec(publicIP, 10500, backend("198.19.2.2:30000")), good}
 	if !slices.Equal(gotDNAT, wantDNAT) {
-		t.Fatalf("%s = %q, want %q", ChainDNAT, gotDNAT, wantDNAT)
+		t.Fatalf("%s = %q, want %q", shard, gotDNAT, wantDNAT)
 	}
 	if got := specs(nat.ChainRules(ChainSNAT)); len(got) != 1 {
 		t.Fatalf("%s = %q, want the masquerade rule back", ChainSNAT, got)
@@ -237,13 +250,13 @@ func TestSyncRetriesFromTheKernelWhenABatchFails(t *testing.T) {
 	h := newHarness(t, Config{})
 	want := map[string][]Mapping{"a": {{PublicPort: 10500, Backend: backend("198.19.2.2:30000")}}}
 	sync1(t, h.plane, want)
-	h.ipt.SetRules("nat", ChainDNAT)
+	h.ipt.SetRules("nat", shard)
 
 	want["a"] = []Mapping{{PublicPort: 10500, Backend: backend("198.19.2.2:30001")}}
 	sync1(t, h.plane, want)
-	got := specs(h.nat(t).ChainRules(ChainDNAT))
+	got := specs(h.nat(t).ChainRules(shard))
 	if len(got) != 1 || got[0] != dnatSpec(publicIP, 10500, backend("198.19.2.2:30001")) {
-		t.Fatalf("%s = %q after retry", ChainDNAT, got)
+		t.Fatalf("%s = %q after retry", shard, got)
 	}
 }
 
@@ -256,7 +269,7 @@ func TestSyncReportsRestoreFailure(t *testing.T) {
 	}
 	h.ipt.FailRestore = nil
 	sync1(t, h.plane, map[string][]Mapping{"a": {{PublicPort: 10500, Backend: backend("198.19.2.2:30000")}}})
-	if got := h.nat(t).ChainRules(ChainDNAT); len(got) != 1 {
+	if got := h.nat(t).ChainRules(shard); len(got) != 1 {
 		t.Fatalf("rules after recovery: %v", specs(got))
 	}
 }
@@ -281,9 +294,9 @@ func TestSyncSkipsInvalidMappings(t *testing.T) {
 			t.Errorf("error does not mention %s: %v", s, err)
 		}
 	}
-	got := specs(h.nat(t).ChainRules(ChainDNAT))
+	got := specs(h.nat(t).ChainRules(shard))
 	if len(got) != 1 || !strings.Contains(got[0], "--dport 10500 ") {
-		t.Fatalf("%s = %q, want only port 10500", ChainDNAT, got)
+		t.Fatalf("%s = %q, want only port 10500", shard, got)
 	}
 }
 
@@ -455,28 +468,54 @@ func TestParseDNAT(t *testing.T) {
 	}
 }
 
-func TestMassRemovalRewritesTheChain(t *testing.T) {
+func TestEmptiedShardsAreDeleted(t *testing.T) {
 	h := newHarness(t, Config{Ports: portalloc.Range{First: 10500, Last: 11999}})
 	want := map[string][]Mapping{}
 	for i := range 1000 {
 		want[strconv.Itoa(i)] = []Mapping{{PublicPort: uint16(10500 + i), Backend: backend("198.19.2.2:30000")}}
 	}
 	sync1(t, h.plane, want)
+	if got := h.nat(t).ChainRules(ChainDNAT); len(got) != 8 {
+		t.Fatalf("%d dispatch rules for ports 10500-11499, want 8", len(got))
+	}
 	keep := map[string][]Mapping{"7": want["7"], "8": want["8"]}
 	sync1(t, h.plane, keep)
 
-	restores := h.ipt.Restores()
-	last := string(restores[len(restores)-1])
-	if strings.Contains(last, "-D ") || !strings.Contains(last, ":LIVEGATE-DNAT - [0:0]") {
-		t.Fatalf("mass removal did not rewrite the chain:\n%.400s", last)
+	nat := h.nat(t)
+	var shards []string
+	for c := range nat.Chains {
+		if strings.HasPrefix(c, ShardPrefix) {
+			shards = append(shards, c)
+		}
 	}
-	got := specs(h.nat(t).ChainRules(ChainDNAT))
+	if !slices.Equal(shards, []string{shard}) {
+		t.Fatalf("shard chains left: %v, want only %s", shards, shard)
+	}
+	if got := specs(nat.ChainRules(ChainDNAT)); !slices.Equal(got, []string{dispatchSpec(publicIP, 10496)}) {
+		t.Fatalf("dispatch rules = %q", got)
+	}
+	got := specs(nat.ChainRules(shard))
 	if len(got) != 2 || !strings.Contains(got[0], "--dport 10507 ") || !strings.Contains(got[1], "--dport 10508 ") {
-		t.Fatalf("%s = %q, want ports 10507 and 10508", ChainDNAT, got)
+		t.Fatalf("%s = %q, want ports 10507 and 10508", shard, got)
 	}
 	flushed := h.ct.last()
 	if len(flushed) != 998 || slices.Contains(flushed, 10507) || slices.Contains(flushed, 10508) {
-		t.Fatalf("flushed %d ports (kept ones included: %v), want the 998 removed", len(flushed),
-			slices.Contains(flushed, 10507) || slices.Contains(flushed, 10508))
+		t.Fatalf("flushed %d ports, want the 998 removed ones", len(flushed))
+	}
+}
+
+func TestResyncIntervalZeroReadsBackEverySync(t *testing.T) {
+	ipt := iptablestest.New()
+	p, err := New(Config{PublicIP: publicIP, Ports: portalloc.Range{First: 10500, Last: 10509}},
+		WithRunner(ipt), WithConntrack(&fakeCleaner{}), WithResyncInterval(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string][]Mapping{"a": {{PublicPort: 10500, Backend: backend("198.19.2.2:30000")}}}
+	sync1(t, p, want)
+	ipt.SetRules("nat", shard)
+	sync1(t, p, want)
+	if n := len(ipt.Restores()); n != 2 {
+		t.Fatalf("drift not repaired on the next Sync: %d batches", n)
 	}
 }

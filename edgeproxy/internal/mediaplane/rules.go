@@ -14,8 +14,16 @@ import (
 // Chains livegate owns. Every rule the media plane writes lives in one of them; the built-in
 // chains only get one jump each.
 const (
-	// ChainDNAT (nat) holds one DNAT rule per public port.
+	// ChainDNAT (nat) dispatches by port range to the shard chains, which hold one DNAT rule
+	// per public port.
 	ChainDNAT = "LIVEGATE-DNAT"
+	// ShardPrefix starts the name of each shard chain (nat): ShardPrefix + the shard's first
+	// port, e.g. LIVEGATE-DNAT-10496 for ports 10496-10623.
+	ShardPrefix = ChainDNAT + "-"
+	// ShardSize is the number of ports a shard chain covers. Shards keep each chain short:
+	// iptables-nft reads the whole chain to delete one rule from it, and a new flow's first
+	// packet walks at most the dispatch rules plus one shard instead of every mapping.
+	ShardSize = 128
 	// ChainSNAT (nat) masquerades forwarded media so replies come back through the edge.
 	ChainSNAT = "LIVEGATE-SNAT"
 	// ChainForward (filter) accepts the DNATed media in both directions, so a DROP policy on
@@ -33,9 +41,11 @@ type jump struct {
 }
 
 // jumps are the only rules livegate puts in built-in chains. They go first in their chain so a
-// host firewall's trailing REJECT cannot shadow them.
+// host firewall's trailing REJECT cannot shadow them. The nat OUTPUT jump makes the public
+// ports work from the edge host itself too (probes, health checks).
 var jumps = []jump{
 	{table: tableNAT, from: "PREROUTING", to: ChainDNAT, comment: "livegate media DNAT"},
+	{table: tableNAT, from: "OUTPUT", to: ChainDNAT, comment: "livegate media DNAT (local)"},
 	{table: tableNAT, from: "POSTROUTING", to: ChainSNAT, comment: "livegate media SNAT"},
 	{table: tableFilter, from: "FORWARD", to: ChainForward, comment: "livegate media forward"},
 }
@@ -48,6 +58,21 @@ var ownChains = []struct{ table, chain string }{
 
 func (j jump) spec() string {
 	return fmt.Sprintf("-m comment --comment %s -j %s", iptables.Quote(j.comment), j.to)
+}
+
+func shardBase(port uint16) uint16 { return port &^ (ShardSize - 1) }
+
+func shardChain(base uint16) string { return ShardPrefix + strconv.Itoa(int(base)) }
+
+func isShardChain(name string) bool {
+	n, err := strconv.ParseUint(strings.TrimPrefix(name, ShardPrefix), 10, 16)
+	return strings.HasPrefix(name, ShardPrefix) && err == nil && uint16(n) == shardBase(uint16(n))
+}
+
+// dispatchSpec sends a shard's port range to its chain.
+func dispatchSpec(public netip.Addr, base uint16) string {
+	return fmt.Sprintf(`-d %s/32 -p udp -m udp --dport %d:%d -m comment --comment "lg:shard" -j %s`,
+		public, base, int(base)+ShardSize-1, shardChain(base))
 }
 
 // dnatSpec is the rule of one public port, written exactly as iptables-save prints it so a
@@ -146,15 +171,18 @@ func parseDNAT(args []string) (dnatRule, bool) {
 
 // kernelState is what the kernel holds in livegate's chains and jumps.
 type kernelState struct {
+	// chains holds the fixed chains that exist (true) or not, and every shard chain that exists.
 	chains map[string]bool
 	// jumps holds, per built-in chain that should jump to one of ours ("table/chain"), the
 	// specs of its rules that jump to that chain of ours.
 	jumps map[string][]string
-	// dnat holds the one well-formed rule of each public port.
+	// dispatch holds the specs of ChainDNAT's rules.
+	dispatch []string
+	// dnat holds the one well-formed rule of each public port, in its shard.
 	dnat map[uint16]dnatEntry
-	// strays are ChainDNAT rules that must go: foreign shapes, another public address, or
-	// several rules for one port.
-	strays []string
+	// strays are shard rules that must go: foreign shapes, another public address, the
+	// wrong shard, or several rules for one port.
+	strays []ruleRef
 	// strayPorts are ports whose rules were strays; their conntrack entries may follow a
 	// wrong binding.
 	strayPorts []uint16
@@ -162,16 +190,24 @@ type kernelState struct {
 	forward    []string
 }
 
+type ruleRef struct {
+	chain, spec string
+}
+
 type dnatEntry struct {
 	backend netip.AddrPort
 	spec    string
+}
+
+func newState() *kernelState {
+	return &kernelState{chains: map[string]bool{}, jumps: map[string][]string{}, dnat: map[uint16]dnatEntry{}}
 }
 
 func jumpKey(j jump) string { return j.table + "/" + j.from }
 
 // readState extracts livegate's part of a ruleset; rules of other chains are ignored.
 func readState(nat, filter *iptables.Table, public netip.Addr) *kernelState {
-	s := &kernelState{chains: map[string]bool{}, jumps: map[string][]string{}, dnat: map[uint16]dnatEntry{}}
+	s := newState()
 	tables := map[string]*iptables.Table{tableNAT: nat, tableFilter: filter}
 	for _, c := range ownChains {
 		s.chains[c.chain] = tables[c.table].HasChain(c.chain)
@@ -183,27 +219,40 @@ func readState(nat, filter *iptables.Table, public netip.Addr) *kernelState {
 			}
 		}
 	}
+	for _, r := range nat.ChainRules(ChainDNAT) {
+		s.dispatch = append(s.dispatch, r.Spec)
+	}
+	var shards []string
+	for name := range nat.Chains {
+		if isShardChain(name) {
+			shards = append(shards, name)
+			s.chains[name] = true
+		}
+	}
+	slices.Sort(shards)
 	seen := map[uint16][]iptables.Rule{}
 	var order []uint16
-	for _, r := range nat.ChainRules(ChainDNAT) {
-		d, ok := parseDNAT(r.Args)
-		if !ok || d.public != public {
-			s.strays = append(s.strays, r.Spec)
-			if ok {
-				s.strayPorts = append(s.strayPorts, d.port)
+	for _, chain := range shards {
+		for _, r := range nat.ChainRules(chain) {
+			d, ok := parseDNAT(r.Args)
+			if !ok || d.public != public || shardChain(shardBase(d.port)) != chain {
+				s.strays = append(s.strays, ruleRef{chain: chain, spec: r.Spec})
+				if ok {
+					s.strayPorts = append(s.strayPorts, d.port)
+				}
+				continue
 			}
-			continue
+			if _, dup := seen[d.port]; !dup {
+				order = append(order, d.port)
+			}
+			seen[d.port] = append(seen[d.port], r)
 		}
-		if _, dup := seen[d.port]; !dup {
-			order = append(order, d.port)
-		}
-		seen[d.port] = append(seen[d.port], r)
 	}
 	for _, port := range order {
 		rules := seen[port]
 		if len(rules) > 1 {
 			for _, r := range rules {
-				s.strays = append(s.strays, r.Spec)
+				s.strays = append(s.strays, ruleRef{chain: r.Chain, spec: r.Spec})
 			}
 			s.strayPorts = append(s.strayPorts, port)
 			continue
@@ -243,22 +292,37 @@ type change struct {
 	flush []uint16
 }
 
-// rewriteThreshold is the number of deletions from ChainDNAT above which plan rewrites the
-// chain instead of deleting rule by rule.
-const rewriteThreshold = 512
-
 // plan computes the restore batch that turns cur into want, and the state the kernel holds
 // once the batch is applied. An empty batch means the kernel is already right.
+//
+// Within the nat table the batch creates missing chains, fixes jumps and the static chains,
+// deletes rules that go, appends rules that come, and last empties and deletes shard chains
+// no longer needed, so that nothing is referenced after it is gone.
 func plan(cur *kernelState, want map[uint16]netip.AddrPort, cfg settings) (*iptables.Batch, *kernelState, change) {
 	b := iptables.NewBatch()
-	next := &kernelState{chains: map[string]bool{}, jumps: map[string][]string{}, dnat: map[uint16]dnatEntry{}}
+	next := newState()
 	var ch change
 
+	needed := map[string]uint16{}
+	for port := range want {
+		needed[shardChain(shardBase(port))] = shardBase(port)
+	}
 	for _, c := range ownChains {
 		if !cur.chains[c.chain] {
 			b.DeclareChain(c.table, c.chain)
 		}
 		next.chains[c.chain] = true
+	}
+	shards := make([]string, 0, len(needed))
+	for name := range needed {
+		shards = append(shards, name)
+	}
+	slices.Sort(shards)
+	for _, name := range shards {
+		if !cur.chains[name] {
+			b.DeclareChain(tableNAT, name)
+		}
+		next.chains[name] = true
 	}
 
 	for _, j := range jumps {
@@ -285,11 +349,29 @@ func plan(cur *kernelState, want map[uint16]netip.AddrPort, cfg settings) (*ipta
 	next.snat = rewriteChain(b, tableNAT, ChainSNAT, cur.chains[ChainSNAT], cur.snat, wantSNAT)
 	next.forward = rewriteChain(b, tableFilter, ChainForward, cur.chains[ChainForward], cur.forward, wantForward)
 
+	wantDispatch := make([]string, 0, len(shards))
+	for _, name := range shards {
+		wantDispatch = append(wantDispatch, dispatchSpec(cfg.public, needed[name]))
+	}
+	haveDispatch := map[string]bool{}
+	for _, spec := range cur.dispatch {
+		if haveDispatch[spec] || !slices.Contains(wantDispatch, spec) {
+			b.Delete(tableNAT, ChainDNAT, spec)
+			continue
+		}
+		haveDispatch[spec] = true
+		next.dispatch = append(next.dispatch, spec)
+	}
+
 	flush := map[uint16]bool{}
 	for _, p := range cur.strayPorts {
 		flush[p] = true
 	}
-	var dels []string
+	for _, r := range cur.strays {
+		if _, kept := needed[r.chain]; kept {
+			b.Delete(tableNAT, r.chain, r.spec)
+		}
+	}
 	for _, port := range sortedPorts(cur.dnat) {
 		e := cur.dnat[port]
 		backend, keep := want[port]
@@ -297,49 +379,50 @@ func plan(cur *kernelState, want map[uint16]netip.AddrPort, cfg settings) (*ipta
 			next.dnat[port] = e
 			continue
 		}
-		dels = append(dels, e.spec)
 		flush[port] = true
 		if keep {
 			ch.updated++
 		} else {
 			ch.removed++
 		}
+		if _, kept := needed[shardChain(shardBase(port))]; kept {
+			b.Delete(tableNAT, shardChain(shardBase(port)), e.spec)
+		}
 	}
-	var adds []uint16
 	for _, port := range sortedPorts(want) {
 		if _, ok := next.dnat[port]; ok {
 			continue
 		}
-		adds = append(adds, port)
+		backend := want[port]
+		spec := dnatSpec(cfg.public, port, backend)
+		b.Append(tableNAT, shardChain(shardBase(port)), spec)
+		next.dnat[port] = dnatEntry{backend: backend, spec: spec}
 		flush[port] = true
 		if _, had := cur.dnat[port]; !had {
 			ch.added++
 		}
 	}
-	deletes := len(dels) + len(cur.strays)
-	if deletes > rewriteThreshold && deletes > len(next.dnat) {
-		// Each -D makes iptables search the chain for the rule; past a few hundred of them,
-		// emptying the chain and writing back what stays is cheaper, and as the batch is one
-		// transaction the kept rules never stop matching.
-		b.DeclareChain(tableNAT, ChainDNAT)
-		for _, port := range sortedPorts(next.dnat) {
-			e := next.dnat[port]
-			b.Append(tableNAT, ChainDNAT, dnatSpec(cfg.public, port, e.backend))
-		}
-	} else {
-		for _, spec := range cur.strays {
-			b.Delete(tableNAT, ChainDNAT, spec)
-		}
-		for _, spec := range dels {
-			b.Delete(tableNAT, ChainDNAT, spec)
+	for _, spec := range wantDispatch {
+		if !haveDispatch[spec] {
+			b.Append(tableNAT, ChainDNAT, spec)
+			next.dispatch = append(next.dispatch, spec)
 		}
 	}
-	for _, port := range adds {
-		backend := want[port]
-		spec := dnatSpec(cfg.public, port, backend)
-		b.Append(tableNAT, ChainDNAT, spec)
-		next.dnat[port] = dnatEntry{backend: backend, spec: spec}
+
+	var obsolete []string
+	for name := range cur.chains {
+		if _, kept := needed[name]; isShardChain(name) && !kept {
+			obsolete = append(obsolete, name)
+		}
 	}
+	slices.Sort(obsolete)
+	for _, name := range obsolete {
+		b.DeclareChain(tableNAT, name)
+	}
+	for _, name := range obsolete {
+		b.DeleteChain(tableNAT, name)
+	}
+
 	for p := range flush {
 		ch.flush = append(ch.flush, p)
 	}
@@ -375,6 +458,14 @@ func cleanupBatch(nat, filter *iptables.Table) *iptables.Batch {
 				ours = append(ours, c.chain)
 			}
 		}
+		var shards []string
+		for c := range t.Chains {
+			if isShardChain(c) {
+				shards = append(shards, c)
+			}
+		}
+		slices.Sort(shards)
+		ours = append(ours, shards...)
 		for _, r := range t.Rules {
 			if slices.Contains(ours, r.Chain) {
 				continue

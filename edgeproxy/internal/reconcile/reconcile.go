@@ -92,9 +92,6 @@ type Option func(*Reconciler)
 // WithMapFile keeps the map file HAProxy loads at start in line with the programmed map.
 func WithMapFile(path string) Option { return func(r *Reconciler) { r.mapFile = path } }
 
-// WithClock replaces time.Now.
-func WithClock(now func() time.Time) Option { return func(r *Reconciler) { r.now = now } }
-
 // RouteStatus is one programmed route, as GET /v1/routes shows it.
 type RouteStatus struct {
 	InstanceID       string    `json:"instance_id"`
@@ -156,7 +153,7 @@ func New(cfg Config, d Deps, opts ...Option) (*Reconciler, error) {
 	}
 	r := &Reconciler{
 		cfg: cfg, d: d, log: d.Log, now: time.Now,
-		kick: make(chan struct{}, 1), evq: make(chan *livegatev1.Event, 4096),
+		kick: make(chan struct{}, 1), evq: make(chan *livegatev1.Event, 1<<16),
 		routes: map[string]kvstore.Entry{}, seen: map[string]time.Time{}, endpoints: map[string]endpoint{},
 		live: map[string]bool{}, served: map[string]servedRoute{}, refused: map[string]string{},
 		sched: routes.NewScheduler(),
@@ -640,7 +637,7 @@ func (r *Reconciler) writeClaims(ctx context.Context, want map[string]servedRout
 		if res.err != nil {
 			lost = append(lost, res.key)
 			r.d.Metrics.claims.WithLabelValues("lost").Inc()
-			if !errors.Is(res.err, jetstream.ErrKeyExists) && !errors.Is(res.err, jetstream.ErrKeyRevisionMismatch) && !isWrongSequence(res.err) {
+			if ctx.Err() == nil && !errors.Is(res.err, jetstream.ErrKeyExists) && !errors.Is(res.err, jetstream.ErrKeyRevisionMismatch) && !isWrongSequence(res.err) {
 				r.d.Metrics.errors.WithLabelValues(ErrKindKV).Inc()
 				r.log.Warn().Err(res.err).Str("instance_id", res.key).Msg("claim write failed")
 			}
@@ -689,8 +686,10 @@ func (r *Reconciler) writeEndpoints(ctx context.Context, want map[string]servedR
 	}
 	for _, res := range runWrites(fns) {
 		if res.err != nil {
-			r.d.Metrics.errors.WithLabelValues(ErrKindKV).Inc()
-			r.log.Warn().Err(res.err).Str("instance_id", res.key).Msg("endpoint write failed")
+			if ctx.Err() == nil {
+				r.d.Metrics.errors.WithLabelValues(ErrKindKV).Inc()
+				r.log.Warn().Err(res.err).Str("instance_id", res.key).Msg("endpoint write failed")
+			}
 			continue
 		}
 		r.endpoints[res.key] = endpoint{Endpoint: routes.Endpoint{EdgeID: r.cfg.EdgeID, Revision: res.rev, Ports: want[res.key].ports}, pb: res.pb}
@@ -712,7 +711,7 @@ func (r *Reconciler) deleteStaleEndpoints(ctx context.Context, want map[string]s
 	}
 	for _, res := range runWrites(fns) {
 		if res.err != nil {
-			if !isWrongSequence(res.err) {
+			if ctx.Err() == nil && !isWrongSequence(res.err) {
 				r.d.Metrics.errors.WithLabelValues(ErrKindKV).Inc()
 				r.log.Warn().Err(res.err).Str("instance_id", res.key).Msg("endpoint delete failed")
 			}

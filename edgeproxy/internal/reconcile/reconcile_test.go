@@ -34,7 +34,7 @@ type env struct {
 	kv *kvstore.Buckets
 }
 
-func newEnv(t *testing.T) env {
+func newEnv(t testing.TB) env {
 	t.Helper()
 	nc, err := nats.Connect(natstest.Embedded(t))
 	if err != nil {
@@ -77,7 +77,7 @@ func config(id, pool string) reconcile.Config {
 }
 
 // startEdge runs a reconciler against h until the test ends or stop is called.
-func startEdge(t *testing.T, e env, cfg reconcile.Config, h *haproxytest.Instance, plane media.Plane) *edge {
+func startEdge(t testing.TB, e env, cfg reconcile.Config, h *haproxytest.Instance, plane media.Plane) *edge {
 	t.Helper()
 	r, err := reconcile.New(cfg, reconcile.Deps{
 		JS: e.js, Buckets: e.kv, Driver: h.Driver, Media: plane,
@@ -97,13 +97,13 @@ func startEdge(t *testing.T, e env, cfg reconcile.Config, h *haproxytest.Instanc
 
 func (e *edge) stop() { e.cancel(); <-e.done }
 
-func startHAProxy(t *testing.T) *haproxytest.Instance {
+func startHAProxy(t testing.TB) *haproxytest.Instance {
 	t.Helper()
 	f := haproxytest.NewFiles(t, haproxytest.Dir(t))
 	return haproxytest.Start(t, f.ConfigFor(haproxytest.FreePort(t)), f)
 }
 
-func putRoute(t *testing.T, e env, key string, r *livegatev1.Route) {
+func putRoute(t testing.TB, e env, key string, r *livegatev1.Route) {
 	t.Helper()
 	data, err := wire.Marshal(r)
 	if err != nil {
@@ -114,7 +114,7 @@ func putRoute(t *testing.T, e env, key string, r *livegatev1.Route) {
 	}
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for !cond() {
@@ -125,7 +125,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func endpointOf(t *testing.T, e env, key string) *livegatev1.Endpoint {
+func endpointOf(t testing.TB, e env, key string) *livegatev1.Endpoint {
 	t.Helper()
 	ent, err := e.kv.Endpoints.Get(context.Background(), key)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
@@ -158,7 +158,7 @@ func lastEvent(t *testing.T, e env, pool, instance string, typ livegatev1.EventT
 	return ev
 }
 
-func mapSize(t *testing.T, h *haproxytest.Instance) int {
+func mapSize(t testing.TB, h *haproxytest.Instance) int {
 	t.Helper()
 	m, err := h.Driver.List(context.Background())
 	if err != nil {
@@ -460,32 +460,41 @@ func TestPoolClaimsAndFailover(t *testing.T) {
 	}
 	// Another pool's route is left alone.
 	putRoute(t, e, "other", &livegatev1.Route{SessionId: "other", SignalingBackend: b.Addr.String(), Pool: "pool-b"})
-	waitFor(t, "all pool routes claimed", func() bool { return mapSize(t, h1)+mapSize(t, h2) == n })
-	m1, err := h1.Driver.List(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := range n {
-		ep := endpointOf(t, e, fmt.Sprintf("p%02d", i))
-		if ep == nil {
-			t.Fatalf("p%02d has no endpoint", i)
+	// Each route has one endpoint, and is in the map of exactly the edge that endpoint names.
+	var onEdge1 int
+	waitFor(t, "every pool route served by exactly one edge", func() bool {
+		m1, err1 := h1.Driver.List(context.Background())
+		m2, err2 := h2.Driver.List(context.Background())
+		if err1 != nil || err2 != nil || len(m1)+len(m2) != n {
+			return false
 		}
-		_, onH1 := m1[fmt.Sprintf("ps%02d", i)]
-		if onH1 != (ep.GetEdgeId() == "edge-1") {
-			t.Fatalf("p%02d: endpoint says %s, programmed on edge-1: %v", i, ep.GetEdgeId(), onH1)
+		for i := range n {
+			ep := endpointOf(t, e, fmt.Sprintf("p%02d", i))
+			if ep == nil {
+				return false
+			}
+			_, onH1 := m1[fmt.Sprintf("ps%02d", i)]
+			_, onH2 := m2[fmt.Sprintf("ps%02d", i)]
+			if onH1 != (ep.GetEdgeId() == "edge-1") || onH2 != (ep.GetEdgeId() == "edge-2") {
+				return false
+			}
 		}
-	}
+		onEdge1 = len(m1)
+		return true
+	})
 	if endpointOf(t, e, "other") != nil {
 		t.Fatal("a route of another pool was claimed")
 	}
-	t.Logf("edge-1 took %d routes, edge-2 %d", len(m1), n-len(m1))
+	t.Logf("edge-1 took %d routes, edge-2 %d", onEdge1, n-onEdge1)
 
 	// edge-1 dies: once its heartbeat expires, edge-2 takes everything.
 	e1.stop()
-	waitFor(t, "edge-2 serves all", func() bool { return mapSize(t, h2) == n })
-	for i := range n {
-		if ep := endpointOf(t, e, fmt.Sprintf("p%02d", i)); ep.GetEdgeId() != "edge-2" {
-			t.Fatalf("p%02d still on %s", i, ep.GetEdgeId())
+	waitFor(t, "edge-2 serves all", func() bool {
+		for i := range n {
+			if ep := endpointOf(t, e, fmt.Sprintf("p%02d", i)); ep.GetEdgeId() != "edge-2" {
+				return false
+			}
 		}
-	}
+		return mapSize(t, h2) == n
+	})
 }

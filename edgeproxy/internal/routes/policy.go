@@ -36,9 +36,6 @@ func ParsePortRange(s string) (PortRange, error) {
 // Contains reports whether p is in the range.
 func (r PortRange) Contains(p uint16) bool { return p >= r.Min && p <= r.Max }
 
-// Size is the number of ports in the range.
-func (r PortRange) Size() int { return int(r.Max) - int(r.Min) + 1 }
-
 func (r PortRange) String() string { return fmt.Sprintf("%d-%d", r.Min, r.Max) }
 
 // ParsePrefixes reads a comma-separated list of CIDRs.

@@ -1,23 +1,103 @@
-// Command livegate-bench runs livegate's benchmarks (make bench, make bench-quick); each prints
-// livegate's figures next to a baseline measured in the same run.
+// Command livegate-bench runs livegate's benchmarks (make bench, make bench-quick). Each prints
+// livegate's figures next to a baseline measured in the same run, and the ratio.
 package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
-	"time"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
 
-	"github.com/livegate/livegate/e2e/bench/haproxyreload"
-	"github.com/livegate/livegate/e2e/bench/stats"
+	"github.com/livegate/livegate/e2e/bench/profiling"
+	"github.com/livegate/livegate/e2e/bench/report"
+	"github.com/livegate/livegate/e2e/bench/suite"
+	"github.com/livegate/livegate/e2e/internal/netns"
+	"github.com/livegate/livegate/e2e/internal/stack"
 )
 
-func main() {
-	ctx := context.Background()
-	r, err := haproxyreload.Run(ctx, haproxyreload.Options{Held: 100, Changes: 30})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
+const prefix = "lgb"
+
+func main() { os.Exit(run()) }
+
+func run() int {
+	quick := flag.Bool("quick", false, "the pre-release subset: shorter runs of every benchmark (about two minutes)")
+	only := flag.String("only", strings.Join(suite.All, ","), "comma-separated benchmarks to run: "+strings.Join(suite.All, ", "))
+	bin := flag.String("bin", "bin", "directory holding livegate-agent and livegate-edgeproxy (make build)")
+	natsServer := flag.String("nats-server", "", "nats-server binary (default: from PATH)")
+	haproxy := flag.String("haproxy", "/usr/sbin/haproxy", "HAProxy binary for the reload baseline")
+	profileDir := flag.String("profile", "", "directory for pprof CPU and heap profiles and execution traces of the edge and the agent; builds profiling variants of both there (go build -overlay) instead of using --bin")
+	flag.Parse()
+
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "livegate-bench: run as root (it creates network namespaces and iptables rules inside them)")
+		return 2
 	}
-	fmt.Println(stats.FormatDuration(r.Latencies.Percentile(50)), stats.FormatDuration(r.Latencies.Percentile(99)), r.Failures, time.Now())
+	names := strings.Split(*only, ",")
+	for _, n := range names {
+		if !slices.Contains(suite.All, n) {
+			fmt.Fprintf(os.Stderr, "livegate-bench: unknown benchmark %q (want %s)\n", n, strings.Join(suite.All, ", "))
+			return 2
+		}
+	}
+	if *natsServer == "" {
+		p, err := exec.LookPath("nats-server")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "livegate-bench: nats-server not found on PATH (make deps installs it); or pass --nats-server")
+			return 2
+		}
+		*natsServer = p
+	}
+	c := suite.Config{
+		Quick: *quick, Agent: filepath.Join(*bin, "livegate-agent"), Edge: filepath.Join(*bin, "livegate-edgeproxy"),
+		NATSServer: *natsServer, HAProxy: *haproxy, Prefix: prefix, Out: os.Stdout,
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if *profileDir != "" {
+		dir, err := filepath.Abs(*profileDir)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "livegate-bench:", err)
+			return 2
+		}
+		root, err := stack.RepoRoot()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "livegate-bench:", err)
+			return 2
+		}
+		binDir, err := profiling.Build(ctx, root, dir)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "livegate-bench: profiling build:", err)
+			return 1
+		}
+		c.ProfileDir, c.Agent, c.Edge = dir, filepath.Join(binDir, "livegate-agent"), filepath.Join(binDir, "livegate-edgeproxy")
+	}
+	for _, p := range []string{c.Agent, c.Edge} {
+		if _, err := os.Stat(p); err != nil {
+			fmt.Fprintf(os.Stderr, "livegate-bench: %v (make build puts the binaries in bin/)\n", err)
+			return 2
+		}
+	}
+
+	// Namespaces a killed earlier run left behind.
+	_, _ = netns.Sweep(ctx, prefix)
+	mode := "full"
+	if *quick {
+		mode = "quick"
+	}
+	fmt.Printf("livegate-bench (%s): %s\n", mode, report.Machine(ctx))
+	results := suite.Run(ctx, c, names)
+	missed := 0
+	for _, r := range results {
+		if r.Verdict == report.Missed || r.Verdict == report.Skipped {
+			missed++
+		}
+	}
+	fmt.Printf("livegate-bench: %d results, %d missed or failed\n", len(results), missed)
+	return 0
 }

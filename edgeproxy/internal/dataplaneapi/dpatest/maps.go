@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"sync"
 
@@ -121,9 +122,18 @@ func (mm *MemoryMaps) Sync(_ context.Context, m string) error {
 }
 
 // RuntimeMaps is a MapStore over a real HAProxy's runtime API, as the real Data Plane API is:
-// map names are map file paths, and Sync rewrites the file from `show map`.
+// a map name is resolved to <MapsDir>/<name>.map, the API's own rule when its maps directory is
+// set, and Sync rewrites that file from `show map`.
 type RuntimeMaps struct {
-	Client *haproxy.Client
+	Client  *haproxy.Client
+	MapsDir string
+}
+
+func (r RuntimeMaps) path(name string) string {
+	if filepath.Ext(name) != ".map" {
+		name += ".map"
+	}
+	return filepath.Join(r.MapsDir, filepath.Base(name))
 }
 
 func (r RuntimeMaps) exec(ctx context.Context, words ...string) (string, error) {
@@ -145,7 +155,7 @@ func (r RuntimeMaps) exec(ctx context.Context, words ...string) (string, error) 
 }
 
 func (r RuntimeMaps) Show(ctx context.Context, m string) ([]MapEntry, error) {
-	out, err := r.exec(ctx, "show", "map", m)
+	out, err := r.exec(ctx, "show", "map", r.path(m))
 	if err != nil {
 		return nil, err
 	}
@@ -170,15 +180,15 @@ func (r RuntimeMaps) answer(out string, err error) error {
 }
 
 func (r RuntimeMaps) Add(ctx context.Context, m, key, value string) error {
-	return r.answer(r.exec(ctx, "add", "map", m, key, value))
+	return r.answer(r.exec(ctx, "add", "map", r.path(m), key, value))
 }
 
 func (r RuntimeMaps) Set(ctx context.Context, m, key, value string) error {
-	return r.answer(r.exec(ctx, "set", "map", m, key, value))
+	return r.answer(r.exec(ctx, "set", "map", r.path(m), key, value))
 }
 
 func (r RuntimeMaps) Del(ctx context.Context, m, key string) error {
-	return r.answer(r.exec(ctx, "del", "map", m, key))
+	return r.answer(r.exec(ctx, "del", "map", r.path(m), key))
 }
 
 func (r RuntimeMaps) Sync(ctx context.Context, m string) error {
@@ -192,5 +202,5 @@ func (r RuntimeMaps) Sync(ctx context.Context, m string) error {
 			entries[e.Key] = e.Value
 		}
 	}
-	return haproxy.WriteMapFile(m, entries)
+	return haproxy.WriteMapFile(r.path(m), entries)
 }

@@ -296,7 +296,7 @@ func (s *Server) fault(r *http.Request, op string) (answer, bool) {
 
 func (s *Server) dispatch(ctx context.Context, op string, params map[string]string, q url.Values, body []byte) answer {
 	switch op {
-	case "showRuntimeMap", "addMapEntry", "getRuntimeMapEntry", "replaceRuntimeMapEntry", "deleteRuntimeMapEntry":
+	case "showRuntimeMap", "addMapEntry", "getRuntimeMapEntry", "replaceRuntimeMapEntry", "deleteRuntimeMapEntry", "addPayloadRuntimeMap":
 		return s.mapEntries(ctx, op, params, q, body)
 	}
 	s.mu.Lock()
@@ -480,6 +480,10 @@ func (s *Server) object(k, verb string, params map[string]string, q url.Values, 
 		if err := json.Unmarshal(body, &in); err != nil {
 			return errAnswer(http.StatusBadRequest, "body: %v", err)
 		}
+		if v := s.spec.checkDependencies(k, in); len(v) > 0 {
+			s.violations = append(s.violations, v...)
+			return errAnswer(http.StatusBadRequest, "%s", strings.Join(v, "; "))
+		}
 	}
 	if kd.key == "" {
 		defer renumber(l)
@@ -555,6 +559,9 @@ func versionHeader(v int64) http.Header {
 // API's own (409), since HAProxy's `add map` would add a second entry.
 func (s *Server) mapEntries(ctx context.Context, op string, params map[string]string, q url.Values, body []byte) answer {
 	m, key := q.Get("map"), params["id"]
+	if op == "addPayloadRuntimeMap" {
+		m = params["name"]
+	}
 	store := s.opts.Maps
 	fail := func(err error) answer {
 		if errors.Is(err, ErrNotFound) {
@@ -607,6 +614,23 @@ func (s *Server) mapEntries(ctx context.Context, op string, params map[string]st
 			return fail(err)
 		}
 		return sync(answer{status: http.StatusCreated, body: map[string]string{"key": in.Key, "value": in.Value}})
+	case "addPayloadRuntimeMap":
+		// As HAProxy's `add map` with a payload: entries are added, existing keys or not.
+		var in []struct{ Key, Value string }
+		if err := json.Unmarshal(body, &in); err != nil {
+			return errAnswer(http.StatusBadRequest, "body: %v", err)
+		}
+		out := []map[string]string{}
+		for _, e := range in {
+			if e.Key == "" {
+				return errAnswer(http.StatusBadRequest, "map entry needs a key")
+			}
+			if err := store.Add(ctx, m, e.Key, e.Value); err != nil {
+				return fail(err)
+			}
+			out = append(out, map[string]string{"key": e.Key, "value": e.Value})
+		}
+		return sync(answer{status: http.StatusCreated, body: out})
 	case "replaceRuntimeMapEntry":
 		var in struct{ Value string }
 		if err := json.Unmarshal(body, &in); err != nil {

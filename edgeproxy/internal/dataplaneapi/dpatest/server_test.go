@@ -104,3 +104,25 @@ func TestFakeTransactions(t *testing.T) {
 		t.Fatalf("violations: %v", v)
 	}
 }
+
+func TestFakeEnforcesDependencies(t *testing.T) {
+	s := dpatest.Start(t, dpatest.Options{User: "u", Password: "p"})
+	if st, body := do(t, s, "POST", "/services/haproxy/configuration/frontends?version=1", `{"name":"f","mode":"http"}`, "u", "p"); st != 202 {
+		t.Fatalf("create frontend: %d %s", st, body)
+	}
+	for _, tc := range []struct{ name, path, body string }{
+		{"set-var without scope", "/services/haproxy/configuration/http_request_rules?parent_type=frontend&parent_name=f&version=2", `{"index":0,"type":"set-var","var_name":"x","var_expr":"src"}`},
+		{"deny_status on set-dst", "/services/haproxy/configuration/http_request_rules?parent_type=frontend&parent_name=f&version=2", `{"index":0,"type":"set-dst","expr":"src","deny_status":403}`},
+		{"cond_test without cond", "/services/haproxy/configuration/http_request_rules?parent_type=frontend&parent_name=f&version=2", `{"index":0,"type":"deny","cond_test":"{ src 10.0.0.1 }"}`},
+		{"ciphers without ssl", "/services/haproxy/configuration/binds?frontend=f&version=2", `{"name":"b","address":"0.0.0.0","port":443,"ciphers":"HIGH"}`},
+	} {
+		before := len(s.Violations())
+		if st, body := do(t, s, "POST", tc.path, tc.body, "u", "p"); st != 400 || len(s.Violations()) == before {
+			t.Errorf("%s: status %d (%s), want 400 and a violation", tc.name, st, body)
+		}
+	}
+	if st, body := do(t, s, "POST", "/services/haproxy/configuration/http_request_rules?parent_type=frontend&parent_name=f&version=2",
+		`{"index":0,"type":"set-var","var_scope":"txn","var_name":"x","var_expr":"src","cond":"if","cond_test":"{ src 10.0.0.1 }"}`, "u", "p"); st != 202 {
+		t.Fatalf("valid rule: %d %s", st, body)
+	}
+}

@@ -105,3 +105,53 @@ func flattenAllOf(s *openapi3.Schema, seen map[*openapi3.Schema]bool) {
 	// Examples of the merged parts are not validated against the merged schema.
 	s.Example = nil
 }
+
+// components maps the fake's object kinds to their definitions.
+var components = map[string]string{
+	"Frontend": "frontend", "Backend": "backend", "Bind": "bind", "Server": "server",
+	"HTTPRequestRule": "http_request_rule", "HTTPResponseRule": "http_response_rule",
+}
+
+// checkDependencies enforces the document's x-dependency extension, which JSON Schema cannot
+// express: a field with x-dependency {other: {value: [v...]}} may only be set when other is one of
+// the values (or set at all, without value), and must be set then when the dependency says
+// required.
+func (sp *Spec) checkDependencies(kind string, o map[string]any) []string {
+	ref := sp.Doc.Components.Schemas[components[kind]]
+	if ref == nil || ref.Value == nil {
+		return nil
+	}
+	var out []string
+	for name, p := range ref.Value.Properties {
+		if p.Value == nil {
+			continue
+		}
+		deps, _ := p.Value.Extensions["x-dependency"].(map[string]any)
+		_, present := o[name]
+		for other, raw := range deps {
+			spec, _ := raw.(map[string]any)
+			v, otherPresent := o[other]
+			matches := otherPresent && (spec["value"] == nil || oneOf(v, spec["value"]))
+			if present && !matches {
+				out = append(out, fmt.Sprintf("%s.%s is set but %s is %v (x-dependency %v)", components[kind], name, other, v, spec["value"]))
+			}
+			if !present && matches && spec["required"] == true {
+				out = append(out, fmt.Sprintf("%s.%s is required when %s is %v", components[kind], name, other, v))
+			}
+		}
+	}
+	return out
+}
+
+func oneOf(v any, values any) bool {
+	list, ok := values.([]any)
+	if !ok {
+		list = []any{values}
+	}
+	for _, x := range list {
+		if fmt.Sprint(x) == fmt.Sprint(v) {
+			return true
+		}
+	}
+	return false
+}

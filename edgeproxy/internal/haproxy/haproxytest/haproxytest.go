@@ -175,6 +175,8 @@ func StartBackend(t testing.TB, name string, echo bool) Backend {
 		t.Fatal(err)
 	}
 	srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Plain HTTP requests (no upgrade) learn which backend answered from this header.
+		w.Header().Set("X-Backend", name)
 		opts := &websocket.AcceptOptions{}
 		if echo {
 			opts.Subprotocols = subprotocols(r.Header)

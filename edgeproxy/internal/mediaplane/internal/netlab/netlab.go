@@ -235,31 +235,46 @@ func (l *Lab) NewClient(t *testing.T) *Client {
 	return &Client{conn: l.ListenUDP(t, l.Client, netip.AddrPortFrom(ClientAddr, 0))}
 }
 
+// NewClientIn opens a client socket in another namespace of the lab, e.g. the edge itself.
+func (l *Lab) NewClientIn(t *testing.T, ns string) *Client {
+	t.Helper()
+	return &Client{conn: l.ListenUDP(t, ns, netip.AddrPortFrom(netip.IPv4Unspecified(), 0))}
+}
+
 // Ask sends payload to the edge's public port and returns the first answer, or "" when none
 // comes within wait.
 func (c *Client) Ask(t *testing.T, port uint16, payload string, wait time.Duration) string {
 	t.Helper()
+	answer, err := c.Try(port, payload, wait)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return answer
+}
+
+// Try is Ask for goroutines other than the test's: it reports failures instead of stopping
+// the test.
+func (c *Client) Try(port uint16, payload string, wait time.Duration) (string, error) {
 	if _, err := c.conn.WriteToUDPAddrPort([]byte(payload), netip.AddrPortFrom(PublicAddr, port)); err != nil {
-		t.Fatalf("send to %d: %v", port, err)
+		return "", fmt.Errorf("send to %d: %w", port, err)
 	}
 	buf := make([]byte, 2048)
-	deadline := time.Now().Add(wait)
+	if err := c.conn.SetReadDeadline(time.Now().Add(wait)); err != nil {
+		return "", err
+	}
 	for {
-		if err := c.conn.SetReadDeadline(deadline); err != nil {
-			t.Fatal(err)
-		}
 		n, _, err := c.conn.ReadFromUDPAddrPort(buf)
 		if err != nil {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
-				return ""
+				return "", nil
 			}
-			t.Fatalf("read answer from %d: %v", port, err)
+			return "", fmt.Errorf("read answer from %d: %w", port, err)
 		}
 		answer := string(buf[:n])
 		// Late answers to earlier datagrams are skipped; each answer ends with its payload.
 		if strings.HasSuffix(answer, ":"+payload) {
-			return answer
+			return answer, nil
 		}
 	}
 }

@@ -1,0 +1,198 @@
+package appapi
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/livegate/livegate/agent/internal/creds"
+	"github.com/livegate/livegate/agent/internal/lifecycle"
+	"github.com/livegate/livegate/agent/internal/metrics"
+	"github.com/livegate/livegate/agent/internal/session"
+	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
+	"github.com/rs/zerolog"
+)
+
+func newServer(t *testing.T, cfg session.Config) (*lifecycle.Agent, *Server, string) {
+	t.Helper()
+	cfg.NewID = func() string { return "sess-1" }
+	m := metrics.New()
+	a := lifecycle.New(cfg, lifecycle.WithMetrics(m))
+	s := New(a, m, zerolog.Nop())
+	srv := httptest.NewServer(s.Handler())
+	t.Cleanup(func() {
+		_ = s.Shutdown(context.Background())
+		srv.Close()
+	})
+	return a, s, srv.URL
+}
+
+func post(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Post(url, "application/json", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestEvents(t *testing.T) {
+	a, _, url := newServer(t, session.Config{QuitOnSessionEnded: true})
+	for _, tt := range []struct {
+		name string
+		code int
+		want string
+	}{
+		{"app-ready", 200, `{"event":"app-ready","statusMessage":"Status: Rtx not ready"}`},
+		{"rtx-ready", 200, `{"event":"rtx-ready","statusMessage":"Status: Ready for connection"}`},
+		{"session-ready", 200, `{"event":"session-ready","statusMessage":"Status: Ready for connection"}`},
+		{"client-connected", 200, `{"event":"client-connected","statusMessage":"Status: Streaming session active (keep alive)"}`},
+		{"client-disconnected", 200, `{"event":"client-disconnected","statusMessage":"Status: Streaming session ended (recycle instance)"}`},
+		{"reboot", 404, `{"detail":"event \"reboot\" is unknown; want app-ready, rtx-ready, session-ready, client-connected or client-disconnected"}`},
+	} {
+		code, body := post(t, url+"/v1/app/events/"+tt.name)
+		if code != tt.code || body != tt.want {
+			t.Errorf("%s: %d %s, want %d %s", tt.name, code, body, tt.code, tt.want)
+		}
+	}
+	if v := a.View(); v.LastEndReason != session.ReasonClientLost {
+		t.Errorf("end reason %q", v.LastEndReason)
+	}
+}
+
+func TestCredsAndStream(t *testing.T) {
+	a, _, url := newServer(t, session.Config{QuitOnSessionEnded: true, SessionID: "s1"})
+	if code, body := get(t, url+"/v1/app/creds"); code != 404 || body != `{"detail":"no credentials yet"}` {
+		t.Errorf("creds before any: %d %s", code, body)
+	}
+	body := `{"stunIp":"1.2.3.4","stunPort":3478,"username":"u","password":"p","turnDetails":{"username":"tu","password":"tp","uris":["turn:x"],"relayProtocol":"UDP","transportPolicy":"ALL","relayLocation":"CSP"}}`
+	c, err := creds.Parse([]byte(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.SetCredentials(c)
+	if code, got := get(t, url+"/v1/app/creds"); code != 200 || got != body {
+		t.Errorf("creds: %d %s", code, got)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", url+"/v1/app/events", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); ct != "text/event-stream" {
+		t.Errorf("content type %q", ct)
+	}
+	events := readEvents(resp.Body)
+	next := func() [2]string {
+		select {
+		case e := <-events:
+			return e
+		case <-ctx.Done():
+			t.Fatal("no event")
+		}
+		return [2]string{}
+	}
+	if e := next(); e[0] != lifecycle.KindStunCredentials || e[1] != body {
+		t.Errorf("replayed %v", e)
+	}
+	a.Signal(session.AppReady)
+	a.Signal(session.RtxReady)
+	a.AssignEndpoint(&livegatev1.Endpoint{InstanceId: "i1", SessionId: "other", PublicHost: "stale"})
+	a.AssignEndpoint(&livegatev1.Endpoint{InstanceId: "i1", SessionId: "s1", EdgeId: "e1", PublicHost: "edge.example", SignalingPort: 48322, PublicUdpPorts: []uint32{10500}, MediaBackends: []string{"10.0.0.1:30001"}})
+	if e := next(); e[0] != lifecycle.KindEndpointAssigned || !strings.Contains(e[1], `"publicHost":"edge.example"`) || !strings.Contains(e[1], `"publicUdpPorts":[10500]`) {
+		t.Errorf("endpoint %v", e)
+	}
+	if _, err := a.EndSession("s1", true); err != nil {
+		t.Fatal(err)
+	}
+	if e := next(); e[0] != lifecycle.KindSessionEnded || e[1] != `{"sessionId":"s1","reason":"graceful","recycle":true}` {
+		t.Errorf("ended %v", e)
+	}
+}
+
+// readEvents parses a server-sent event stream into (event, data) pairs.
+func readEvents(r io.Reader) <-chan [2]string {
+	ch := make(chan [2]string, 16)
+	go func() {
+		defer close(ch)
+		sc := bufio.NewScanner(r)
+		var ev, data string
+		for sc.Scan() {
+			line := sc.Text()
+			switch {
+			case strings.HasPrefix(line, "event: "):
+				ev = strings.TrimPrefix(line, "event: ")
+			case strings.HasPrefix(line, "data: "):
+				data = strings.TrimPrefix(line, "data: ")
+			case line == "" && ev != "":
+				ch <- [2]string{ev, data}
+				ev, data = "", ""
+			}
+		}
+	}()
+	return ch
+}
+
+func TestLoopbackHostOnly(t *testing.T) {
+	_, _, url := newServer(t, session.Config{})
+	req, _ := http.NewRequest("GET", url+"/v1/app/creds", nil)
+	req.Host = "evil.example:8012"
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden {
+		t.Errorf("foreign Host answered %d", resp.StatusCode)
+	}
+}
+
+func TestProbe(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- Probe(ctx, addr, 20*time.Millisecond) }()
+	time.Sleep(100 * time.Millisecond)
+	select {
+	case err := <-done:
+		t.Fatalf("probe returned %v before the port opened", err)
+	default:
+	}
+	l, err = net.Listen("tcp", addr)
+	if err != nil {
+		t.Skipf("port taken meanwhile: %v", err)
+	}
+	defer l.Close()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}

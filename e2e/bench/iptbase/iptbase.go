@@ -1,0 +1,190 @@
+// Package iptbase measures the baseline for bulk programming: one `iptables` process per DNAT
+// rule, the way a shell script without livegate adds media ports, inside a namespace of its own.
+// The run is bounded by a rule count and a time budget; Extrapolate projects it to a larger
+// count from the measured per-rule cost, which grows with the chain (iptables-nft reads the
+// chain back on each invocation).
+package iptbase
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/netip"
+	"os/exec"
+	"strings"
+	"time"
+
+	"github.com/livegate/livegate/e2e/bench/stats"
+	"github.com/livegate/livegate/e2e/internal/netns"
+)
+
+// Options bound one run.
+type Options struct {
+	Rules  int           // at most this many rules
+	Budget time.Duration // stop adding rules after this long
+}
+
+// Result is the measured cost of each rule, in order.
+type Result struct {
+	PerRule []time.Duration
+	Total   time.Duration
+	// Restore is the time one iptables-restore took to load the same rules into a fresh chain,
+	// for reference.
+	Restore time.Duration
+}
+
+// Rule is the DNAT rule of public port i, as livegate writes it.
+func Rule(chain string, i int) []string {
+	port := 10500 + i
+	backend := netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 19, byte(1 + i/2768), 2}), uint16(30000+i%2768))
+	return []string{"-t", "nat", "-A", chain, "-d", "198.18.1.1/32", "-p", "udp", "-m", "udp", "--dport", fmt.Sprint(port),
+		"-m", "comment", "--comment", fmt.Sprintf("lg:%d", port), "-j", "DNAT", "--to-destination", backend.String()}
+}
+
+// Run adds rules one process at a time in a fresh namespace named name.
+func Run(ctx context.Context, name string, o Options) (Result, error) {
+	ns, err := netns.Add(ctx, name)
+	if err != nil {
+		return Result{}, err
+	}
+	defer func() { _ = ns.Delete(context.WithoutCancel(ctx)) }()
+	const chain = "LGB-DNAT"
+	if err := inNS(ctx, ns, "iptables", "-t", "nat", "-N", chain); err != nil {
+		return Result{}, err
+	}
+	if err := inNS(ctx, ns, "iptables", "-t", "nat", "-A", "PREROUTING", "-j", chain); err != nil {
+		return Result{}, err
+	}
+	var res Result
+	start := time.Now()
+	for i := range o.Rules {
+		if time.Since(start) > o.Budget || ctx.Err() != nil {
+			break
+		}
+		t := time.Now()
+		if err := inNS(ctx, ns, "iptables", Rule(chain, i)...); err != nil {
+			return res, fmt.Errorf("rule %d: %w", i, err)
+		}
+		res.PerRule = append(res.PerRule, time.Since(t))
+	}
+	res.Total = time.Since(start)
+
+	var batch bytes.Buffer
+	batch.WriteString("*nat\n:LGB-BATCH - [0:0]\n")
+	for i := range len(res.PerRule) {
+		batch.WriteString(strings.Join(Rule("LGB-BATCH", i)[2:], " ") + "\n")
+	}
+	batch.WriteString("COMMIT\n")
+	t := time.Now()
+	if err := ns.Do(func() error {
+		cmd := exec.CommandContext(ctx, "iptables-restore", "--noflush")
+		cmd.Stdin = &batch
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("iptables-restore: %w: %s", err, out)
+		}
+		return nil
+	}); err != nil {
+		return res, err
+	}
+	res.Restore = time.Since(t)
+
+	return res, nil
+}
+
+// Floor is the median time of an iptables-restore --noflush adding two rules to a namespace
+// (named name) that already holds held rules: the least one programming pass costs when it
+// execs iptables-restore.
+func Floor(ctx context.Context, name string, held int) (time.Duration, error) {
+	ns, err := netns.Add(ctx, name)
+	if err != nil {
+		return 0, err
+	}
+	defer func() { _ = ns.Delete(context.WithoutCancel(ctx)) }()
+	restore := func(payload string) error {
+		return ns.Do(func() error {
+			cmd := exec.CommandContext(ctx, "iptables-restore", "--noflush")
+			cmd.Stdin = strings.NewReader(payload)
+			if out, err := cmd.CombinedOutput(); err != nil {
+				return fmt.Errorf("iptables-restore: %w: %s", err, out)
+			}
+			return nil
+		})
+	}
+	var b strings.Builder
+	b.WriteString("*nat\n:LGB-HELD - [0:0]\n")
+	for i := range held {
+		b.WriteString(strings.Join(Rule("LGB-HELD", i)[2:], " ") + "\n")
+	}
+	b.WriteString("COMMIT\n")
+	if err := restore(b.String()); err != nil {
+		return 0, err
+	}
+	var small stats.Durations
+	for i := range 7 {
+		chain := fmt.Sprintf("LGB-SMALL%d", i)
+		payload := fmt.Sprintf("*nat\n:%s - [0:0]\n%s\n%s\nCOMMIT\n", chain,
+			strings.Join(Rule(chain, held+2*i)[2:], " "), strings.Join(Rule(chain, held+2*i+1)[2:], " "))
+		t := time.Now()
+		if err := restore(payload); err != nil {
+			return 0, err
+		}
+		small = append(small, time.Since(t))
+	}
+	return small.Percentile(50), nil
+}
+
+// Extrapolate projects the total time for n rules: a least-squares line through the per-rule
+// cost against the chain length, summed over 0..n-1. It returns the measured total when n is
+// not larger than what was measured.
+func Extrapolate(perRule []time.Duration, n int) time.Duration {
+	if len(perRule) == 0 {
+		return 0
+	}
+	if n <= len(perRule) {
+		var s time.Duration
+		for _, d := range perRule[:n] {
+			s += d
+		}
+		return s
+	}
+	a, b := fit(perRule)
+	// Sum of a + b*i for i in 0..n-1.
+	total := a*float64(n) + b*float64(n)*float64(n-1)/2
+	return time.Duration(total)
+}
+
+// Slope is the fitted growth of the per-rule cost per rule already in the chain.
+func Slope(perRule []time.Duration) time.Duration {
+	_, b := fit(perRule)
+	return time.Duration(b)
+}
+
+func fit(perRule []time.Duration) (a, b float64) {
+	n := float64(len(perRule))
+	var sx, sy, sxx, sxy float64
+	for i, d := range perRule {
+		x, y := float64(i), float64(d)
+		sx, sy, sxx, sxy = sx+x, sy+y, sxx+x*x, sxy+x*y
+	}
+	den := n*sxx - sx*sx
+	if den == 0 {
+		return sy / n, 0
+	}
+	b = (n*sxy - sx*sy) / den
+	// A noisy run can fit a negative slope; the cost never falls as the chain grows.
+	b = max(b, 0)
+	a = (sy - b*sx) / n
+	return a, b
+}
+
+// inNS runs a program whose process starts on a thread inside ns: no `ip netns exec` in between,
+// so the figure is iptables' own cost.
+func inNS(ctx context.Context, ns *netns.Namespace, name string, args ...string) error {
+	return ns.Do(func() error {
+		out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+		}
+		return nil
+	})
+}

@@ -1,0 +1,73 @@
+// Command livegate-edgeproxy runs on each ingress host: it watches livegate routes in NATS and
+// programs HAProxy (signaling) and the kernel (media). See docs/edgeproxy.md.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sort"
+	"strings"
+	"syscall"
+
+	"github.com/livegate/livegate/edgeproxy/internal/cli"
+	"github.com/livegate/livegate/edgeproxy/internal/dataplaneapi"
+	"github.com/livegate/livegate/edgeproxy/internal/haproxy"
+	"github.com/livegate/livegate/edgeproxy/internal/probe"
+	"github.com/rs/zerolog"
+)
+
+// dataplaneAPI holds the flags of --driver=dataplaneapi.
+var dataplaneAPI dataplaneapi.Flags
+
+// hooks plug the media plane and extra HAProxy drivers into the commands.
+var hooks = cli.Hooks{KernelMedia: kernelMedia, Drivers: map[string]cli.DriverFactory{
+	"dataplaneapi": {Flags: dataplaneAPI.Register, New: func(_ context.Context, c haproxy.Config, log zerolog.Logger) (haproxy.Driver, error) {
+		return dataplaneAPI.Driver(c, log)
+	}},
+}}
+
+// commands are the subcommands; "run" is the default.
+var commands = map[string]cli.Command{
+	"run":            cli.RunCommand(hooks),
+	"haproxy-config": cli.HAProxyConfigCommand(hooks),
+	"check-config":   cli.CheckConfigCommand(hooks),
+	"cleanup":        cleanupCommand,
+	"probe":          probe.Run,
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := dispatch(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	name := "run"
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		name, args = args[0], args[1:]
+	}
+	if name == "help" {
+		usage(stdout)
+		return 0
+	}
+	cmd, ok := commands[name]
+	if !ok {
+		fmt.Fprintf(stderr, "livegate-edgeproxy: unknown command %q\n", name)
+		usage(stderr)
+		return 2
+	}
+	return cmd(ctx, args, stdout, stderr)
+}
+
+func usage(w io.Writer) {
+	names := make([]string, 0, len(commands))
+	for n := range commands {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	fmt.Fprintf(w, "usage: livegate-edgeproxy [command] [flags]\ncommands (default run): %s\n'livegate-edgeproxy <command> -h' lists a command's flags.\n", strings.Join(names, ", "))
+}
