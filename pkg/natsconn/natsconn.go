@@ -71,7 +71,11 @@ func Connect(ctx context.Context, cfg Config, log zerolog.Logger, extra ...nats.
 		nats.ReconnectBufSize(16 << 20),
 		nats.PingInterval(10 * time.Second),
 		nats.MaxPingsOutstanding(3),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+		nats.DisconnectErrHandler(func(c *nats.Conn, err error) {
+			if err == nil && c.IsClosed() {
+				log.Debug().Msg("nats connection closed")
+				return
+			}
 			reason := "closed by server or client"
 			if err != nil {
 				reason = err.Error()

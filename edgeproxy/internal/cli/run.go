@@ -191,6 +191,11 @@ func run(ctx context.Context, s *settings, h Hooks, log zerolog.Logger) error {
 		}
 	}
 
+	supervise := client != nil && !s.attached
+	haproxyUp := make(chan struct{})
+	if supervise {
+		opts = append(opts, reconcile.WithStartGate(haproxyUp))
+	}
 	r, err := reconcile.New(s.reconcile, reconcile.Deps{
 		JS: js, Buckets: buckets, Driver: driver, Media: plane,
 		Events:  events.NewPublisher(js, "livegate-edgeproxy/"+s.reconcile.EdgeID),
@@ -201,8 +206,13 @@ func run(ctx context.Context, s *settings, h Hooks, log zerolog.Logger) error {
 	}
 	adm := admin.New(source{r}, reg, log.With().Str("component", "admin").Logger())
 	var sup *haproxy.Supervisor
-	if client != nil && !s.attached {
-		if sup, err = supervised(s, client, r.Resync, log); err != nil {
+	if supervise {
+		var once sync.Once
+		onReady := func() {
+			once.Do(func() { close(haproxyUp) })
+			r.Resync()
+		}
+		if sup, err = supervised(s, client, onReady, log); err != nil {
 			return err
 		}
 	}

@@ -2,6 +2,7 @@ package dataplaneapi_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -544,6 +545,59 @@ func TestLargeSetsAddMissingKeysInBulk(t *testing.T) {
 			}
 			if n := count(srv, "addMapEntry"); n != wantSingle || count(srv, "addPayloadRuntimeMap") != 1 {
 				t.Fatalf("%d single adds and %d payloads, want %d and 1", n, count(srv, "addPayloadRuntimeMap"), wantSingle)
+			}
+			checkContract(t, srv)
+		})
+	}
+}
+
+func TestLostStartAnswerLeavesNoTransactionOpen(t *testing.T) {
+	cases := []struct {
+		name  string
+		fault dpatest.Fault
+	}{
+		{"answer times out", dpatest.Fault{OperationID: "startTransaction", Status: 0, Count: 1, Applied: true}},
+		{"server error after opening", dpatest.Fault{OperationID: "startTransaction", Status: http.StatusBadGateway, Count: 1, Applied: true}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.NewMemoryMaps(mapName)})
+			ctx := ctxT(t)
+			// Another API user's transaction stays untouched.
+			other, err := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL+"/v2/services/haproxy/transactions?version=1", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			other.SetBasicAuth(user, password)
+			resp, err := http.DefaultClient.Do(other)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var tx struct{ ID string }
+			err = json.NewDecoder(resp.Body).Decode(&tx)
+			resp.Body.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			srv.AddFault(tc.fault)
+			if err := newDriver(t, srv, testProxy(t), dataplaneapi.WithRequestTimeout(300*time.Millisecond)).Setup(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if n := srv.OpenTransactions(); n != 1 {
+				t.Fatalf("%d transactions open after set-up, want only the other user's", n)
+			}
+			if n := count(srv, "commitTransaction"); n != 1 {
+				t.Fatalf("%d commits, want 1", n)
+			}
+			del, err := http.NewRequestWithContext(ctx, http.MethodDelete, srv.URL+"/v2/services/haproxy/transactions/"+tx.ID, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			del.SetBasicAuth(user, password)
+			if resp, err := http.DefaultClient.Do(del); err != nil {
+				t.Fatal(err)
+			} else {
+				resp.Body.Close()
 			}
 			checkContract(t, srv)
 		})

@@ -70,9 +70,17 @@ func (d *Driver) setupOnce(ctx context.Context) error {
 		d.log.Info().Int64("config_version", version).Msg("haproxy frontend and backend already set up")
 		return nil
 	}
+	before, err := d.openTransactions(ctx)
+	if err != nil {
+		return err
+	}
 	var tx transaction
 	if _, err := d.c.do(ctx, request{method: http.MethodPost, path: txPath, query: url.Values{"version": {strconv.FormatInt(version, 10)}}, out: &tx}); err != nil {
-		return fmt.Errorf("start transaction on version %d: %w", version, err)
+		err = fmt.Errorf("start transaction on version %d: %w", version, err)
+		if s := statusOf(err); s != 0 && s < 500 {
+			return err
+		}
+		return errors.Join(err, d.dropStarted(ctx, version, before))
 	}
 	if tx.ID == "" {
 		return errors.New("start transaction: the answer has no transaction id")
@@ -101,6 +109,38 @@ func (d *Driver) setupOnce(ctx context.Context) error {
 		return &committedError{err}
 	}
 	return nil
+}
+
+// openTransactions lists the transactions in progress, so that a start whose answer was lost can
+// tell the one it created from those of other API users.
+func (d *Driver) openTransactions(ctx context.Context) ([]transaction, error) {
+	var txs []transaction
+	if _, err := d.c.do(ctx, request{method: http.MethodGet, path: txPath, query: url.Values{"status": {"in_progress"}}, out: &txs, retry: true}); err != nil {
+		return nil, fmt.Errorf("list transactions: %w", err)
+	}
+	return txs, nil
+}
+
+// dropStarted deletes the transactions on version that were not open before: a start that timed
+// out or failed on the server's side may still have opened one, and nothing else would close it.
+func (d *Driver) dropStarted(ctx context.Context, version int64, before []transaction) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.c.timeout)
+	defer cancel()
+	after, err := d.openTransactions(ctx)
+	if err != nil {
+		return err
+	}
+	known := make(map[string]bool, len(before))
+	for _, t := range before {
+		known[t.ID] = true
+	}
+	var errs []error
+	for _, t := range after {
+		if t.Version == version && !known[t.ID] {
+			errs = append(errs, d.rollback(ctx, t.ID))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // committedError is a failure after the commit: starting over would find nothing to change and

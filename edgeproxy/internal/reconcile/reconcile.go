@@ -92,6 +92,10 @@ type Option func(*Reconciler)
 // WithMapFile keeps the map file HAProxy loads at start in line with the programmed map.
 func WithMapFile(path string) Option { return func(r *Reconciler) { r.mapFile = path } }
 
+// WithStartGate holds the first pass until ready is closed: a supervised HAProxy that is still
+// starting is not a failure to report. The KV snapshot is read in the meantime.
+func WithStartGate(ready <-chan struct{}) Option { return func(r *Reconciler) { r.gate = ready } }
+
 // RouteStatus is one programmed route, as GET /v1/routes shows it.
 type RouteStatus struct {
 	InstanceID       string    `json:"instance_id"`
@@ -110,6 +114,7 @@ type Reconciler struct {
 	d       Deps
 	log     zerolog.Logger
 	mapFile string
+	gate    <-chan struct{}
 	now     func() time.Time
 	kick    chan struct{}
 	evq     chan *livegatev1.Event
@@ -221,10 +226,13 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	defer wake.Stop()
 	synced := map[string]bool{}
 	full := true
+	gate := r.gate
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-gate:
+			gate = nil
 		case x := <-in:
 			r.take(x, synced)
 		drain:
@@ -245,7 +253,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			r.heartbeat(ctx)
 			continue
 		}
-		if len(synced) < 3 {
+		if len(synced) < 3 || gate != nil {
 			continue
 		}
 		next, err := r.pass(ctx, full)

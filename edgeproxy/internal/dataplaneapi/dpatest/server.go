@@ -48,13 +48,15 @@ type Request struct {
 }
 
 // Fault makes the next Count requests matching Method and OperationID fail: with Status, or,
-// when Status is 0, by not answering until the client gives up.
+// when Status is 0, by not answering until the client gives up. With Applied the server carries
+// the request out first and only the answer is lost, as when a response times out in transit.
 type Fault struct {
 	Method      string
 	OperationID string
 	Status      int
 	Count       int
 	Message     string
+	Applied     bool
 }
 
 type tx struct {
@@ -260,13 +262,17 @@ func (s *Server) serve(r *http.Request, body []byte, rec *Request) (answer, *ope
 	if hook != nil {
 		hook(rec.OperationID)
 	}
-	if a, ok := s.fault(r, rec.OperationID); ok {
-		return a, input
+	hit := s.matchFault(r, rec.OperationID)
+	if hit == nil {
+		return s.dispatch(r.Context(), rec.OperationID, params, r.URL.Query(), body), input
 	}
-	return s.dispatch(r.Context(), rec.OperationID, params, r.URL.Query(), body), input
+	if hit.Applied {
+		s.dispatch(r.Context(), rec.OperationID, params, r.URL.Query(), body)
+	}
+	return faultAnswer(r, hit), input
 }
 
-func (s *Server) fault(r *http.Request, op string) (answer, bool) {
+func (s *Server) matchFault(r *http.Request, op string) *Fault {
 	s.mu.Lock()
 	var hit *Fault
 	for _, f := range s.faults {
@@ -277,21 +283,22 @@ func (s *Server) fault(r *http.Request, op string) (answer, bool) {
 		}
 	}
 	s.mu.Unlock()
-	if hit == nil {
-		return answer{}, false
-	}
+	return hit
+}
+
+func faultAnswer(r *http.Request, hit *Fault) answer {
 	if hit.Status == 0 {
 		select {
 		case <-r.Context().Done():
 		case <-time.After(30 * time.Second):
 		}
-		return errAnswer(http.StatusGatewayTimeout, "timed out"), true
+		return errAnswer(http.StatusGatewayTimeout, "timed out")
 	}
 	msg := hit.Message
 	if msg == "" {
 		msg = http.StatusText(hit.Status)
 	}
-	return errAnswer(hit.Status, "%s", msg), true
+	return errAnswer(hit.Status, "%s", msg)
 }
 
 func (s *Server) dispatch(ctx context.Context, op string, params map[string]string, q url.Values, body []byte) answer {
@@ -322,6 +329,9 @@ func (s *Server) dispatch(ctx context.Context, op string, params map[string]stri
 	case "getTransactions":
 		out := []any{}
 		for _, t := range s.txs {
+			if st := q.Get("status"); st != "" && st != t.status {
+				continue
+			}
 			out = append(out, txBody(t))
 		}
 		return answer{status: http.StatusOK, body: out}
