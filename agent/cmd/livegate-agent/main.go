@@ -61,6 +61,17 @@ func serve(s *settings.Settings, log zerolog.Logger) error {
 	ctx, stopSignals := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stopSignals()
 	log = log.With().Str("instance_id", s.InstanceID).Logger()
+	restOpts := []restapi.Option{restapi.WithLogger(log)}
+	if s.APITokenFile != "" {
+		token, err := restapi.ReadToken(s.APITokenFile)
+		if err != nil {
+			return err
+		}
+		restOpts = append(restOpts, restapi.WithToken(token))
+	}
+	if s.AppAddrAllowNonLoopback {
+		log.Warn().Str("app_addr", s.AppAddr).Msg("app API may listen beyond loopback: whoever reaches it can read the session's credentials")
+	}
 	m := metrics.New()
 
 	quit := make(chan struct{})
@@ -113,7 +124,6 @@ func serve(s *settings.Settings, log zerolog.Logger) error {
 		NewID:                    sessionid.New,
 	}, opts...)
 
-	restOpts := []restapi.Option{restapi.WithLogger(log)}
 	if pub != nil {
 		restOpts = append(restOpts, restapi.WithNATSStatus(func() any { return pub.Status() }))
 	}

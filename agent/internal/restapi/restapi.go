@@ -43,6 +43,7 @@ type api struct {
 	metrics    *metrics.Metrics
 	natsStatus func() any
 	log        zerolog.Logger
+	tokenSum   *[32]byte
 }
 
 // New returns the REST API's handler.
@@ -55,7 +56,7 @@ func New(agent *lifecycle.Agent, m *metrics.Metrics, opts ...Option) *echo.Echo 
 	e.HideBanner, e.HidePort = true, true
 	e.Server.ReadHeaderTimeout = ReadHeaderTimeout
 	e.HTTPErrorHandler = ErrorHandler(a.log)
-	e.Use(Recover(a.log), Count(m, "session"))
+	e.Use(Recover(a.log), Count(m, "session"), a.requireToken)
 	e.POST("/v1/streaming/creds", a.creds)
 	e.POST("/v1/streaming/endsession", a.endSession)
 	e.GET("/v1/streaming/ready", a.ready)

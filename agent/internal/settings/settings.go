@@ -47,8 +47,12 @@ type Settings struct {
 	Port                     int
 	Host                     string
 
-	AppAddr        string
-	AppProbe       string
+	AppAddr  string
+	AppProbe string
+	// AppAddrAllowNonLoopback lets the app API listen beyond loopback, an operator's explicit choice.
+	AppAddrAllowNonLoopback bool
+	// APITokenFile holds the bearer token the session REST API requires (empty = none).
+	APITokenFile   string
 	OnSessionEnded string
 
 	NATSURL     string
@@ -114,6 +118,8 @@ var defs = []def{
 	{"port", "exts/" + HTTPExt + "/port", "port of the session REST API", func(s *Settings) any { return &s.Port }},
 	{"host", "", "address the session REST API listens on (empty = all)", func(s *Settings) any { return &s.Host }},
 	{"app-addr", "", "loopback host:port of the app API", func(s *Settings) any { return &s.AppAddr }},
+	{"app-addr-allow-nonloopback", "", "let --app-addr be a non-loopback address (the app API hands out credentials; a warning is logged)", func(s *Settings) any { return &s.AppAddrAllowNonLoopback }},
+	{"api-token-file", "", "file holding the bearer token every /v1/streaming/* request but startup and ready must carry (empty = no token)", func(s *Settings) any { return &s.APITokenFile }},
 	{"app-probe", "", "host:port; the app counts as ready once it accepts TCP connections", func(s *Settings) any { return &s.AppProbe }},
 	{"on-session-ended", "", "exit | signal:PIDFILE:SIGNAL | exec:COMMAND, run when a session ends and quit-on-session-ended is set", func(s *Settings) any { return &s.OnSessionEnded }},
 	{"nats-url", "", "NATS server URLs, comma-separated (empty = no NATS)", func(s *Settings) any { return &s.NATSURL }},
@@ -515,8 +521,12 @@ func (s *Settings) finish() error {
 			return bad("host", "%q is not an IP address", s.Host)
 		}
 	}
-	if err := checkLoopback(s.AppAddr); err != nil {
-		return bad("app-addr", "%v", err)
+	if s.AppAddrAllowNonLoopback {
+		if _, err := hostPort(s.AppAddr); err != nil {
+			return bad("app-addr", "%v", err)
+		}
+	} else if err := checkLoopback(s.AppAddr); err != nil {
+		return bad("app-addr", "%v (set app-addr-allow-nonloopback to allow it)", err)
 	}
 	if s.AppProbe != "" {
 		if _, err := hostPort(s.AppProbe); err != nil {

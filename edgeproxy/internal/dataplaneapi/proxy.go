@@ -279,6 +279,8 @@ func parseRule(t string) (Rule, error) {
 		}
 	case (action == "set-dst" || action == "set-dst-port") && args != "":
 		r.Type, r.Expr = action, args
+	case action == "del-header" && len(w) == 1:
+		r.Type, r.HdrName = "del-header", w[0]
 	case action == "set-header" && len(w) >= 2:
 		r.Type, r.HdrName, r.HdrFormat = "set-header", w[0], strings.TrimSpace(strings.TrimPrefix(args, w[0]))
 	default:

@@ -304,6 +304,7 @@ var ruleFields = map[string][]string{
 	"set-dst":      {"expr"},
 	"set-dst-port": {"expr"},
 	"set-header":   {"hdr_name", "hdr_format"},
+	"del-header":   {"hdr_name"},
 	"deny":         {"deny_status"},
 	"track-sc":     {"track_sc_key"},
 	"sc-inc-gpc0":  {},

@@ -1,0 +1,335 @@
+// Package natsauth proves deploy/nats/accounts.conf against the real nats-server, over TLS with
+// nkey identities: agents and edges can do their jobs through the real pkg code paths, and an
+// agent cannot speak for another instance nor write what only edges write.
+package natsauth
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/livegate/livegate/pkg/events"
+	"github.com/livegate/livegate/pkg/kvstore"
+	"github.com/livegate/livegate/pkg/natsconn"
+	"github.com/livegate/livegate/pkg/natstest"
+	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
+	"github.com/rs/zerolog"
+)
+
+// The example identities in deploy/nats/accounts.conf, replaced by keys made for the test.
+var exampleKeys = map[string]string{
+	"app-1":  "UDIWPV76LHLG32L56DBWQFWZSNPUZNFI4ZWFBTSWJQV5PM6BJE6IMJW5",
+	"app-2":  "UAXSXZ4DEOA5SGHOS5QIY4DNLTLQLHCVOP4L7TKGZDRGOH4FW4OJ5O3I",
+	"edge-1": "UBEKH3IIFMASZUUKJCNV3BEMJ4OP66PPFPFVUM5DSVTIUYZTUIQ4DBLG",
+}
+
+type rig struct {
+	dir   string
+	url   string
+	ca    string
+	seeds map[string]string
+}
+
+func startServer(t *testing.T) *rig {
+	t.Helper()
+	bin, err := natstest.Binary()
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal(err)
+		}
+		t.Skip(err)
+	}
+	dir := t.TempDir()
+	conf, err := os.ReadFile("../../deploy/nats/accounts.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(conf)
+	r := &rig{dir: dir, seeds: map[string]string{}}
+	for id, pub := range exampleKeys {
+		kp, err := nkeys.CreateUser()
+		if err != nil {
+			t.Fatal(err)
+		}
+		newPub, _ := kp.PublicKey()
+		seed, _ := kp.Seed()
+		r.seeds[id] = filepath.Join(dir, id+".nk")
+		if err := os.WriteFile(r.seeds[id], seed, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(text, pub) {
+			t.Fatalf("accounts.conf no longer holds the example key of %s", id)
+		}
+		text = strings.ReplaceAll(text, pub, newPub)
+	}
+	if !strings.Contains(text, "store_dir: /var/lib/nats/jetstream") {
+		t.Fatal("accounts.conf no longer has the store_dir the test replaces")
+	}
+	text = strings.Replace(text, "store_dir: /var/lib/nats/jetstream", "store_dir: "+filepath.Join(dir, "js"), 1)
+	confPath := filepath.Join(dir, "accounts.conf")
+	if err := os.WriteFile(confPath, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var cert, key string
+	r.ca, cert, key = makeCerts(t, dir)
+	port := natstest.FreePort(t)
+	cmd := exec.Command(bin, "-c", confPath, "-a", "127.0.0.1", "-p", fmt.Sprint(port), "-m", fmt.Sprint(natstest.FreePort(t)),
+		"--tls", "--tlscert", cert, "--tlskey", key)
+	out, _ := os.Create(filepath.Join(dir, "nats.log"))
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait(); out.Close() })
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 200*time.Millisecond)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			log, _ := os.ReadFile(filepath.Join(dir, "nats.log"))
+			t.Fatalf("nats-server not ready: %s", log)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	r.url = fmt.Sprintf("tls://127.0.0.1:%d", port)
+	return r
+}
+
+// makeCerts writes a CA and a server certificate for 127.0.0.1 signed by it.
+func makeCerts(t *testing.T, dir string) (caFile, certFile, keyFile string) {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "lgs test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, _ := x509.ParseCertificate(caDER)
+	srvKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	srvTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		KeyUsage: x509.KeyUsageDigitalSignature,
+	}
+	srvDER, err := x509.CreateCertificate(rand.Reader, srvTmpl, caCert, &srvKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, _ := x509.MarshalECPrivateKey(srvKey)
+	write := func(name, typ string, der []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	return write("ca.pem", "CERTIFICATE", caDER), write("server.pem", "CERTIFICATE", srvDER), write("server.key", "EC PRIVATE KEY", keyDER)
+}
+
+type client struct {
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	denied chan error
+}
+
+// connect goes through natsconn as both binaries do, with the identity's nkey and the test CA.
+func (r *rig) connect(t *testing.T, ctx context.Context, id string) *client {
+	t.Helper()
+	c := &client{denied: make(chan error, 16)}
+	nc, err := natsconn.Connect(ctx, natsconn.Config{
+		URLs: []string{r.url}, NKeyFile: r.seeds[id], TLSCAFile: r.ca, Name: "lgs-" + id,
+	}, zerolog.Nop(), nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+		if errors.Is(err, nats.ErrPermissionViolation) {
+			select {
+			case c.denied <- err:
+			default:
+			}
+		}
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	for !nc.IsConnected() {
+		if ctx.Err() != nil {
+			t.Fatalf("%s never connected: %v", id, nc.LastError())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, ok := nc.TLSConnectionState(); ok != nil {
+		t.Fatalf("%s: not a TLS connection: %v", id, ok)
+	}
+	c.nc = nc
+	c.js, err = jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// refused publishes to subject and waits for the server's permission violation.
+func (c *client) refused(t *testing.T, ctx context.Context, subject string) {
+	t.Helper()
+	if err := c.nc.Publish(subject, []byte("{}")); err != nil {
+		t.Fatalf("publish %s: %v", subject, err)
+	}
+	_ = c.nc.FlushWithContext(ctx)
+	select {
+	case err := <-c.denied:
+		if !strings.Contains(err.Error(), subject) {
+			t.Errorf("publish to %s: violation for another subject: %v", subject, err)
+		}
+	case <-ctx.Done():
+		t.Errorf("publish to %s was not refused", subject)
+	}
+}
+
+func TestAccountsConfPermissions(t *testing.T) {
+	r := startServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	edge := r.connect(t, ctx, "edge-1")
+	if err := events.EnsureStream(ctx, edge.js); err != nil {
+		t.Fatalf("edge: ensure stream: %v", err)
+	}
+	eb, err := kvstore.Ensure(ctx, edge.js)
+	if err != nil {
+		t.Fatalf("edge: ensure buckets: %v", err)
+	}
+	if _, err := kvstore.PutTTL(ctx, edge.js, kvstore.EdgesBucket, "edge-1", []byte(`{}`), 10*time.Second); err != nil {
+		t.Fatalf("edge: heartbeat: %v", err)
+	}
+	if _, err := eb.Endpoints.Create(ctx, "app-1", []byte(`{"edge":"edge-1"}`)); err != nil {
+		t.Fatalf("edge: claim endpoint: %v", err)
+	}
+	if err := events.NewPublisher(edge.js, "livegate-edgeproxy/edge-1").Publish(ctx, &livegatev1.Event{
+		Type: livegatev1.EventType_EVENT_TYPE_APP_READY, InstanceId: "app-2", Pool: "default",
+	}); err != nil {
+		t.Fatalf("edge: event for its pool: %v", err)
+	}
+	routes := make(chan map[string]kvstore.Entry, 4)
+	wctx, wcancel := context.WithCancel(ctx)
+	defer wcancel()
+	go func() {
+		_ = kvstore.Watch(wctx, eb.Routes, ">", kvstore.Handler{
+			Snapshot: func(m map[string]kvstore.Entry) { routes <- m },
+			Update:   func(e kvstore.Entry) { routes <- map[string]kvstore.Entry{e.Key: e} },
+			Error:    func(err error) { t.Logf("edge routes watch: %v", err) },
+		})
+	}()
+
+	agent := r.connect(t, ctx, "app-1")
+	if err := events.EnsureStream(ctx, agent.js); err != nil {
+		t.Fatalf("agent: ensure stream: %v", err)
+	}
+	ab, err := kvstore.Ensure(ctx, agent.js)
+	if err != nil {
+		t.Fatalf("agent: ensure buckets: %v", err)
+	}
+	if err := events.NewPublisher(agent.js, "livegate-agent/app-1").Publish(ctx, &livegatev1.Event{
+		Type: livegatev1.EventType_EVENT_TYPE_APP_READY, InstanceId: "app-1", Pool: "default",
+	}); err != nil {
+		t.Fatalf("agent: own event: %v", err)
+	}
+	if _, err := kvstore.PutTTL(ctx, agent.js, kvstore.RoutesBucket, "app-1", []byte(`{"r":1}`), 10*time.Second); err != nil {
+		t.Fatalf("agent: own route: %v", err)
+	}
+	endpoint := make(chan kvstore.Entry, 4)
+	go func() {
+		_ = kvstore.Watch(wctx, ab.Endpoints, "app-1", kvstore.Handler{
+			Snapshot: func(m map[string]kvstore.Entry) {
+				if e, ok := m["app-1"]; ok {
+					endpoint <- e
+				}
+			},
+			Update: func(e kvstore.Entry) { endpoint <- e },
+			Error:  func(err error) { t.Logf("agent endpoint watch: %v", err) },
+		})
+	}()
+	select {
+	case e := <-endpoint:
+		if string(e.Value) != `{"edge":"edge-1"}` {
+			t.Fatalf("agent read endpoint %q", e.Value)
+		}
+	case <-ctx.Done():
+		t.Fatal("agent never saw its endpoint")
+	}
+	for seen := false; !seen; {
+		select {
+		case m := <-routes:
+			_, seen = m["app-1"]
+		case <-ctx.Done():
+			t.Fatal("edge never saw the agent's route")
+		}
+	}
+
+	for _, subject := range []string{
+		"livegate.v1.events.default.app-2.app_ready",
+		"livegate.v1.events.other.app-1.app_ready",
+		"$KV.livegate_routes.app-2",
+		"$KV.livegate_endpoints.app-1",
+		"$KV.livegate_endpoints.app-2",
+		"$KV.livegate_edges.edge-1",
+		"$JS.API.STREAM.DELETE.KV_livegate_routes",
+		"$JS.API.STREAM.PURGE.LIVEGATE_EVENTS",
+		"$JS.API.CONSUMER.CREATE.KV_livegate_endpoints.x.$KV.livegate_endpoints.app-2",
+	} {
+		rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
+		agent.refused(t, rctx, subject)
+		rcancel()
+	}
+	for _, subject := range []string{"$KV.livegate_routes.app-1", "$KV.livegate_edges.edge-2", "livegate.v1.events.other.app-9.app_ready"} {
+		rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
+		edge.refused(t, rctx, subject)
+		rcancel()
+	}
+	if _, err := agent.nc.Subscribe("livegate.v1.events.>", func(*nats.Msg) {}); err == nil {
+		rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
+		_ = agent.nc.FlushWithContext(rctx)
+		select {
+		case <-agent.denied:
+		case <-rctx.Done():
+			t.Error("agent may subscribe to every event")
+		}
+		rcancel()
+	}
+
+	if e, err := eb.Routes.Get(ctx, "app-2"); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		t.Errorf("route of app-2 written by app-1: %v %v", e, err)
+	}
+	if e, err := eb.Endpoints.Get(ctx, "app-1"); err != nil || string(e.Value()) != `{"edge":"edge-1"}` {
+		t.Errorf("endpoint of app-1 changed: %v %v", e, err)
+	}
+	if err := ab.Routes.Delete(ctx, "app-1"); err != nil {
+		t.Errorf("agent: delete own route: %v", err)
+	}
+	if !agent.nc.IsConnected() || !edge.nc.IsConnected() {
+		t.Error("a permission violation closed a connection")
+	}
+}
