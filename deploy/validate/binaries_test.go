@@ -1,7 +1,6 @@
 package validate
 
 import (
-	"bufio"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -180,26 +179,6 @@ func TestAgentSidecarConfigStarts(t *testing.T) {
 	runAgent(t, args, env...)
 }
 
-// shellWords splits the value of NAME="..." in an environment file the way systemd splits an
-// unbraced $NAME: on whitespace, after joining backslash-continued lines.
-func shellWords(t *testing.T, file, name string) []string {
-	t.Helper()
-	b, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	text := strings.ReplaceAll(string(b), "\\\n", " ")
-	sc := bufio.NewScanner(strings.NewReader(text))
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if v, ok := strings.CutPrefix(line, name+"="); ok {
-			return strings.Fields(strings.Trim(v, `"`))
-		}
-	}
-	t.Fatalf("%s: no %s", file, name)
-	return nil
-}
-
 func checkEdgeConfig(t *testing.T, args []string) {
 	t.Helper()
 	cmd := exec.Command(binary(t, "livegate-edgeproxy"), append([]string{"check-config"}, args...)...)
@@ -209,11 +188,11 @@ func checkEdgeConfig(t *testing.T, args []string) {
 	}
 }
 
-func TestEdgeSystemdFlagsCheck(t *testing.T) {
-	opts := shellWords(t, filepath.Join(repoRoot, "deploy", "etc", "default", "livegate-edgeproxy"), "EDGEPROXY_OPTS")
+func TestEdgeSystemdConfigCheck(t *testing.T) {
 	cert, key := selfSigned(t)
-	// The example's certificate paths do not exist here; the last flag wins.
-	checkEdgeConfig(t, append(opts, "--tls-cert="+cert, "--tls-key="+key))
+	// The example's certificate paths do not exist here: flags win over the file.
+	checkEdgeConfig(t, []string{"--config", filepath.Join(repoRoot, "deploy", "etc", "livegate", "edgeproxy.toml"),
+		"--tls-cert=" + cert, "--tls-key=" + key, "--state-dir=" + t.TempDir()})
 }
 
 var k8sVar = regexp.MustCompile(`\$\(([A-Z_]+)\)`)

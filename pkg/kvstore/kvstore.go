@@ -82,6 +82,10 @@ type Entry struct {
 	Revision uint64
 	// Deleted is true for a delete, a purge or a TTL expiry.
 	Deleted bool
+	// Purged tells a purge from a delete. The marker a lapsed per-key TTL leaves reads as a purge,
+	// and livegate itself only ever deletes, so for livegate's keys it means "expired" unless an
+	// operator purged the key by hand.
+	Purged  bool
 	Created time.Time
 }
 
@@ -164,6 +168,7 @@ func watchOnce(ctx context.Context, kv jetstream.KeyValue, pattern string, h Han
 			Value:    kve.Value(),
 			Revision: kve.Revision(),
 			Deleted:  kve.Operation() != jetstream.KeyValuePut,
+			Purged:   kve.Operation() == jetstream.KeyValuePurge,
 			Created:  kve.Created(),
 		}
 		if !synced {

@@ -2,7 +2,8 @@
 //
 // A session id travels in a websocket subprotocol token, an HTTP header, a query string, an HAProxy
 // runtime API command and a NATS KV value, so it is restricted to characters that are inert in all
-// of them: the RFC 3986 unreserved set, at most 128 characters.
+// of them: the RFC 3986 unreserved set, at most 128 characters, and never "." or "..", which URL
+// resolution treats as path segments to remove (the Data Plane API driver puts the id in a path).
 package sessionid
 
 import (
@@ -26,6 +27,9 @@ func Validate(id string) error {
 		if !allowed(id[i]) {
 			return fmt.Errorf("session id has %q at offset %d; only A-Z a-z 0-9 . _ ~ - are allowed", id[i], i)
 		}
+	}
+	if id == "." || id == ".." {
+		return fmt.Errorf("session id %q is a URL dot-segment", id)
 	}
 	return nil
 }

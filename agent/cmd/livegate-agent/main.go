@@ -24,6 +24,7 @@ import (
 	"github.com/livegate/livegate/agent/internal/restapi"
 	"github.com/livegate/livegate/agent/internal/session"
 	"github.com/livegate/livegate/agent/internal/settings"
+	"github.com/livegate/livegate/pkg/buildinfo"
 	"github.com/livegate/livegate/pkg/logging"
 	"github.com/livegate/livegate/pkg/natsconn"
 	"github.com/livegate/livegate/pkg/sessionid"
@@ -39,6 +40,10 @@ func main() { os.Exit(run(os.Args[1:])) }
 func run(args []string) int {
 	s, err := settings.Load(args, os.Environ(), os.Stderr)
 	if errors.Is(err, settings.ErrHelp) {
+		return 0
+	}
+	if errors.Is(err, settings.ErrVersion) {
+		fmt.Println(buildinfo.String("livegate-agent"))
 		return 0
 	}
 	if err != nil {
@@ -106,6 +111,7 @@ func serve(s *settings.Settings, log zerolog.Logger) error {
 			return err
 		}
 		defer nc.Close()
+		m.WatchNATS(nc)
 		pub, err = publisher.New(nc, publisher.Config{
 			InstanceID: s.InstanceID, Pool: s.Pool, EdgeID: s.EdgeID,
 			SignalingBackend: s.SignalingBackend, MediaBackends: s.MediaBackends,

@@ -383,6 +383,11 @@ func TestWholeLifecycle(t *testing.T) {
 			t.Errorf("/metrics leaks %q", s)
 		}
 	}
+	for _, want := range []string{"livegate_agent_ready 1", "livegate_agent_nats_reconnects_total 0", `livegate_build_info{binary="livegate-agent"`, `livegate_agent_lease_renewals_total{result="error"} 0`} {
+		if !strings.Contains(metricsBody, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
 	if !strings.Contains(metricsBody, "livegate_agent_ready 1") {
 		t.Errorf("metrics: livegate_agent_ready is not 1")
 	}

@@ -51,7 +51,7 @@ func New(agent *lifecycle.Agent, m *metrics.Metrics, log zerolog.Logger) *Server
 	s.e.HideBanner, s.e.HidePort = true, true
 	s.e.Server.ReadHeaderTimeout = restapi.ReadHeaderTimeout
 	s.e.HTTPErrorHandler = restapi.ErrorHandler(log)
-	s.e.Use(restapi.Recover(log), restapi.Count(m, "app"), loopbackHost)
+	s.e.Use(restapi.RequestLog(log), restapi.Recover(log), restapi.Count(m, "app"), loopbackHost)
 	s.e.POST("/v1/app/events/:name", s.event)
 	s.e.GET("/v1/app/creds", s.creds)
 	s.e.GET("/v1/app/events", s.stream)

@@ -3,6 +3,8 @@
 package metrics
 
 import (
+	"github.com/livegate/livegate/pkg/buildinfo"
+	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -23,6 +25,7 @@ type Metrics struct {
 	RouteWrites     prometheus.Counter
 	RouteErrors     prometheus.Counter
 	NATSConnected   prometheus.Gauge
+	LeaseRenewals   *prometheus.CounterVec
 }
 
 // New registers every collector on a fresh registry, with the Go and process collectors.
@@ -55,8 +58,19 @@ func New() *Metrics {
 			Help: "Failed route key writes or deletes (each is retried)."}),
 		NATSConnected: prometheus.NewGauge(prometheus.GaugeOpts{Name: "livegate_agent_nats_connected",
 			Help: "1 while connected to NATS."}),
+		LeaseRenewals: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "livegate_agent_lease_renewals_total",
+			Help: "Renewals of this instance's route key (its lease), by result."}, []string{"result"}),
 	}
 	reg.MustRegister(m.Ready, m.Phase, m.Events, m.SessionsEnded, m.CredsUpdates, m.HTTPRequests,
-		m.EventsPending, m.EventsPublished, m.PublishErrors, m.RouteWrites, m.RouteErrors, m.NATSConnected)
+		m.EventsPending, m.EventsPublished, m.PublishErrors, m.RouteWrites, m.RouteErrors, m.NATSConnected, m.LeaseRenewals,
+		buildinfo.Collector("livegate-agent"))
+	m.LeaseRenewals.WithLabelValues("ok")
+	m.LeaseRenewals.WithLabelValues("error")
 	return m
+}
+
+// WatchNATS adds livegate_agent_nats_reconnects_total, read from the connection's own count.
+func (m *Metrics) WatchNATS(nc *nats.Conn) {
+	m.Registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "livegate_agent_nats_reconnects_total",
+		Help: "Reconnections to NATS since start."}, func() float64 { return float64(nc.Stats().Reconnects) }))
 }

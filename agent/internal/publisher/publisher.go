@@ -14,6 +14,7 @@ import (
 	"github.com/livegate/livegate/agent/internal/metrics"
 	"github.com/livegate/livegate/pkg/events"
 	"github.com/livegate/livegate/pkg/kvstore"
+	"github.com/livegate/livegate/pkg/natsconn"
 	"github.com/livegate/livegate/pkg/wire"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
 	"github.com/nats-io/nats.go"
@@ -235,6 +236,9 @@ func (p *Publisher) runRoute(ctx context.Context) {
 		}
 		if err != nil {
 			p.metrics.RouteErrors.Inc()
+			if want != "" && want == written {
+				p.metrics.LeaseRenewals.WithLabelValues("error").Inc()
+			}
 			p.mu.Lock()
 			first := p.lastErr == ""
 			p.lastErr = err.Error()
@@ -293,6 +297,9 @@ func (p *Publisher) putRoute(ctx context.Context, sessionID string) error {
 	p.written, p.dirty, p.lastWrite, p.lastErr = sessionID, true, time.Now(), ""
 	p.mu.Unlock()
 	p.metrics.RouteWrites.Inc()
+	if !first {
+		p.metrics.LeaseRenewals.WithLabelValues("ok").Inc()
+	}
 	if first {
 		p.log.Info().Str("session_id", sessionID).Dur("lease_ttl", p.cfg.LeaseTTL).Msg("route written")
 	}
@@ -345,7 +352,10 @@ func (p *Publisher) runEndpoints(ctx context.Context) {
 	_ = kvstore.Watch(ctx, b.Endpoints, key, kvstore.Handler{
 		Snapshot: func(m map[string]kvstore.Entry) { e, ok := m[key]; deliver(e, ok) },
 		Update:   func(e kvstore.Entry) { deliver(e, true) },
-		Error:    func(err error) { p.log.Warn().Err(err).Msg("endpoint watch restarts") },
+		// An endpoint the edge rewrote while NATS was away reaches the app at once, not when
+		// the watch's heartbeats lapse.
+		Restart: natsconn.Reconnects(p.nc),
+		Error:   func(err error) { p.log.Warn().Err(err).Msg("endpoint watch restarts") },
 	})
 }
 

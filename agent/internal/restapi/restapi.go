@@ -56,7 +56,7 @@ func New(agent *lifecycle.Agent, m *metrics.Metrics, opts ...Option) *echo.Echo 
 	e.HideBanner, e.HidePort = true, true
 	e.Server.ReadHeaderTimeout = ReadHeaderTimeout
 	e.HTTPErrorHandler = ErrorHandler(a.log)
-	e.Use(Recover(a.log), Count(m, "session"), a.requireToken)
+	e.Use(RequestLog(a.log), Recover(a.log), Count(m, "session"), a.requireToken)
 	e.POST("/v1/streaming/creds", a.creds)
 	e.POST("/v1/streaming/endsession", a.endSession)
 	e.GET("/v1/streaming/ready", a.ready)
@@ -105,7 +105,7 @@ type credsAnswer struct {
 func (a *api) creds(c echo.Context) error {
 	fail := func(code int, err error) error {
 		msg := err.Error()
-		a.log.Info().Str("error", msg).Msg("creds refused")
+		requestLogger(c, a.log).Info().Str("error", msg).Msg("creds refused")
 		return JSON(c, code, credsAnswer{Success: false, ErrorMessage: &msg})
 	}
 	body, err := jsonbody.Read(c.Request())
@@ -201,7 +201,7 @@ func ErrorHandler(log zerolog.Logger) echo.HTTPErrorHandler {
 			code = he.Code
 			msg = http.StatusText(code)
 		} else {
-			log.Error().Err(err).Str("path", c.Path()).Msg("request failed")
+			requestLogger(c, log).Error().Err(err).Str("path", c.Path()).Msg("request failed")
 		}
 		_ = JSON(c, code, Detail{msg})
 	}
@@ -213,7 +213,7 @@ func Recover(log zerolog.Logger) echo.MiddlewareFunc {
 		return func(c echo.Context) (err error) {
 			defer func() {
 				if r := recover(); r != nil {
-					log.Error().Str("panic", fmt.Sprint(r)).Str("path", c.Path()).Msg("handler panicked")
+					requestLogger(c, log).Error().Str("panic", fmt.Sprint(r)).Str("path", c.Path()).Msg("handler panicked")
 					err = echo.NewHTTPError(http.StatusInternalServerError)
 				}
 			}()

@@ -144,6 +144,9 @@ var defs = []def{
 // ErrHelp is returned when -h or --help was asked for; the usage has been written.
 var ErrHelp = flag.ErrHelp
 
+// ErrVersion is returned when --version was asked for.
+var ErrVersion = errors.New("version asked for")
+
 // Load reads every source. args are the command-line arguments without the program name; environ
 // is os.Environ(); usage receives the help text.
 func Load(args, environ []string, usage io.Writer) (*Settings, error) {
@@ -158,12 +161,15 @@ func Load(args, environ []string, usage io.Writer) (*Settings, error) {
 			nativeArgs = append(nativeArgs, a)
 		}
 	}
-	fs, flagVals, configFlag := newFlagSet(usage)
+	fs, flagVals, configFlag, versionFlag := newFlagSet(usage)
 	if err := fs.Parse(nativeArgs); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, ErrHelp
 		}
 		return nil, fmt.Errorf("command line: %w", err)
+	}
+	if *versionFlag {
+		return nil, ErrVersion
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("command line: unexpected argument %q", fs.Arg(0))
@@ -224,10 +230,10 @@ func (v *flagValue) Set(s string) error {
 }
 func (v *flagValue) IsBoolFlag() bool { return v.isBool }
 
-func newFlagSet(usage io.Writer) (*flag.FlagSet, map[string]*flagValue, *string) {
-	fs := flag.NewFlagSet("livegate-agent", flag.ContinueOnError)
+func newFlagSet(usage io.Writer) (fs *flag.FlagSet, vals map[string]*flagValue, config *string, version *bool) {
+	fs = flag.NewFlagSet("livegate-agent", flag.ContinueOnError)
 	fs.SetOutput(usage)
-	vals := map[string]*flagValue{}
+	vals = map[string]*flagValue{}
 	defaults := Defaults()
 	for _, d := range defs {
 		_, isBool := d.ptr(&defaults).(*bool)
@@ -240,14 +246,15 @@ func newFlagSet(usage io.Writer) (*flag.FlagSet, map[string]*flagValue, *string)
 		if d.kit != "" {
 			text += "; Kit: --/" + d.kit
 		}
-		fs.Var(v, d.name, text)
+		fs.Var(v, d.name, text+"; env "+envName(d.name))
 	}
-	config := fs.String("config", "", "TOML settings file; a Kit .kit file's [settings] table is read as it is")
+	config = fs.String("config", "", "TOML settings file; a Kit .kit file's [settings] table is read as it is; env "+EnvPrefix+"CONFIG")
+	version = fs.Bool("version", false, "print the version and build, then exit")
 	fs.Usage = func() {
-		fmt.Fprintf(usage, "Usage: livegate-agent [flags]\n\nEvery flag can also be set as %s<NAME> (upper case, - as _) or in the --config file.\n\n", EnvPrefix)
+		fmt.Fprintf(usage, "Usage: livegate-agent [flags]\n\nEvery flag can also be set by the environment variable after \"env\" or as a key of the --config file.\nPrecedence: Kit-style flags, flags, environment, the file, then the defaults.\n\n")
 		fs.PrintDefaults()
 	}
-	return fs, vals, config
+	return fs, vals, config, version
 }
 
 func formatValue(p any) string {

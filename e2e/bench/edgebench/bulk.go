@@ -26,7 +26,9 @@ type BulkResult struct {
 	RulesCounted time.Duration
 	EdgeMem      procstat.Memory
 	HAProxyRSS   int64
-	CPUAtRest    float64
+	// CPUAtRest is the edge's own share of a core at rest; ChildCPUAtRest that of the processes
+	// it ran meanwhile (iptables-save on a resync).
+	CPUAtRest, ChildCPUAtRest float64
 	// Go runtime figures from the edge's /metrics at rest (go_memstats_*, go_goroutines).
 	HeapInuse, HeapIdle, HeapReleased, GoSys, Goroutines float64
 }
@@ -110,7 +112,7 @@ func (e *Env) Bulk(ctx context.Context, n int, timeout, rest time.Duration) (Bul
 			res.HAProxyRSS += m.RSS
 		}
 	}
-	if res.CPUAtRest, err = procstat.CPUShare(e.EdgeP.Pid(), rest); err != nil {
+	if res.CPUAtRest, res.ChildCPUAtRest, err = procstat.CPUShare(e.EdgeP.Pid(), rest); err != nil {
 		return res, err
 	}
 	if m, err := e.Metrics(ctx); err == nil {

@@ -51,6 +51,9 @@ type Options struct {
 	Echo bool
 	// Env is added to the edge's environment.
 	Env []string
+	// LogFile, when set, runs the edge at log level info (its per-sync figures) and receives
+	// the edge's log when the Env closes.
+	LogFile string
 }
 
 // Env is a running NATS server (and, after StartEdge, an edge) in a topology.
@@ -143,7 +146,12 @@ func (e *Env) StartEdge(ctx context.Context) error {
 		"--signaling-port", strconv.Itoa(SignalingPort), "--signaling-bind", netns.EdgePublic.String(), "--tls-self-signed",
 		"--state-dir", filepath.Join(e.Dir, "state"), "--haproxy-stop-on-exit",
 		"--backend-cidrs", netns.BackendCIDRs.String(), "--public-ip", netns.EdgePublic.String(),
-		"--nats-url", "nats://" + natsAddr, "--admin-addr", adminAddr, "--log-level", "warn", "--log-format", "json"}
+		"--nats-url", "nats://" + natsAddr, "--admin-addr", adminAddr, "--log-format", "json"}
+	if e.opts.LogFile != "" {
+		args = append(args, "--log-level", "info")
+	} else {
+		args = append(args, "--log-level", "warn")
+	}
 	args = append(args, e.opts.ExtraArgs...)
 	cmd := e.Topo.Edge.Command(ctx, e.opts.Edge, args...)
 	cmd.Env = append(os.Environ(), e.opts.Env...)
@@ -187,6 +195,9 @@ func (e *Env) Close() {
 	}
 	if e.EdgeP != nil {
 		_ = e.EdgeP.Stop(5 * time.Second)
+		if e.opts.LogFile != "" {
+			_ = os.WriteFile(e.opts.LogFile, []byte(e.EdgeP.Output()), 0o644)
+		}
 	}
 	if e.NATS != nil {
 		_ = e.NATS.Stop(3 * time.Second)

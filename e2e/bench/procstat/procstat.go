@@ -63,48 +63,59 @@ func parseStatus(s string) (Memory, error) {
 	return m, nil
 }
 
-// ReadCPU is the user plus system CPU time pid has used.
-func ReadCPU(pid int) (time.Duration, error) {
+// CPU is the user plus system CPU time a process has used itself, and that its children used
+// (those it has waited for: short-lived helpers such as iptables-save, not a running HAProxy).
+type CPU struct {
+	Own, Children time.Duration
+}
+
+// ReadCPU reads pid's CPU times.
+func ReadCPU(pid int) (CPU, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, fmt.Errorf("cpu of pid %d: %w", pid, err)
+		return CPU{}, fmt.Errorf("cpu of pid %d: %w", pid, err)
 	}
 	return parseStat(string(b))
 }
 
-func parseStat(s string) (time.Duration, error) {
+func parseStat(s string) (CPU, error) {
 	// The command name may hold spaces and parentheses; fields resume after the last ')'.
 	i := strings.LastIndexByte(s, ')')
 	if i < 0 {
-		return 0, fmt.Errorf("unexpected stat %q", s)
+		return CPU{}, fmt.Errorf("unexpected stat %q", s)
 	}
 	f := strings.Fields(s[i+1:])
-	// utime and stime are fields 14 and 15 of stat; f[0] is field 3.
-	if len(f) < 13 {
-		return 0, fmt.Errorf("unexpected stat %q", s)
+	// utime, stime, cutime and cstime are fields 14 to 17 of stat; f[0] is field 3.
+	if len(f) < 15 {
+		return CPU{}, fmt.Errorf("unexpected stat %q", s)
 	}
-	var ticks int64
-	for _, v := range f[11:13] {
+	var ticks [4]int64
+	for j, v := range f[11:15] {
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil {
-			return 0, fmt.Errorf("unexpected stat %q: %w", s, err)
+			return CPU{}, fmt.Errorf("unexpected stat %q: %w", s, err)
 		}
-		ticks += n
+		ticks[j] = n
 	}
-	return time.Duration(ticks) * time.Second / clockTick, nil
+	return CPU{
+		Own:      time.Duration(ticks[0]+ticks[1]) * time.Second / clockTick,
+		Children: time.Duration(ticks[2]+ticks[3]) * time.Second / clockTick,
+	}, nil
 }
 
-// CPUShare measures the share of one core pid uses over d (1.0 = one core busy).
-func CPUShare(pid int, d time.Duration) (float64, error) {
+// CPUShare measures the share of one core pid uses over d (1.0 = one core busy), by itself and
+// in the children it waited for meanwhile.
+func CPUShare(pid int, d time.Duration) (own, children float64, err error) {
 	a, err := ReadCPU(pid)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	start := time.Now()
 	time.Sleep(d)
 	b, err := ReadCPU(pid)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	return float64(b-a) / float64(time.Since(start)), nil
+	elapsed := float64(time.Since(start))
+	return float64(b.Own-a.Own) / elapsed, float64(b.Children-a.Children) / elapsed, nil
 }

@@ -69,6 +69,15 @@ func (c Config) edgeEnv() []string {
 	return []string{profiling.EnvVar + "=" + edgePprof}
 }
 
+// edgeLog is where a profiled run keeps the edge's log (at level info, with its per-sync
+// figures); "" when not profiling.
+func (c Config) edgeLog(name string) string {
+	if c.ProfileDir == "" {
+		return ""
+	}
+	return filepath.Join(c.ProfileDir, name)
+}
+
 // profile records a pprof endpoint into ProfileDir/file and notes where it went; failures are
 // noted too, never fatal.
 func (c Config) profile(ctx context.Context, client *http.Client, base, endpoint, file string, notes *[]string, mu *sync.Mutex) {
@@ -141,7 +150,7 @@ func (c Config) routeAndSignaling(ctx context.Context, route, signaling bool) []
 		return []report.Result{failed("route-latency", err)}
 	}
 	defer func() { _ = topo.Close(context.WithoutCancel(ctx)) }()
-	env, err := edgebench.NewEnv(ctx, topo, edgebench.Options{Edge: c.Edge, NATSServer: c.NATSServer, Echo: true, Env: c.edgeEnv()})
+	env, err := edgebench.NewEnv(ctx, topo, edgebench.Options{Edge: c.Edge, NATSServer: c.NATSServer, Echo: true, Env: c.edgeEnv(), LogFile: c.edgeLog("route-edge.log")})
 	if err != nil {
 		return []report.Result{failed("route-latency", err)}
 	}
@@ -271,12 +280,14 @@ func (c Config) bulk(ctx context.Context) []report.Result {
 		return []report.Result{failed(name, err)}
 	}
 	defer func() { _ = topo.Close(context.WithoutCancel(ctx)) }()
-	env, err := edgebench.NewEnv(ctx, topo, edgebench.Options{Edge: c.Edge, NATSServer: c.NATSServer, Echo: true, Env: c.edgeEnv()})
+	env, err := edgebench.NewEnv(ctx, topo, edgebench.Options{Edge: c.Edge, NATSServer: c.NATSServer, Echo: true, Env: c.edgeEnv(), LogFile: c.edgeLog("bulk-edge.log")})
 	if err != nil {
 		return []report.Result{failed(name, err)}
 	}
 	defer env.Close()
-	lg, err := env.Bulk(ctx, routes, 60*time.Second, c.pickD(6*time.Second, 15*time.Second))
+	// The full run measures the CPU at rest over one whole --resync period (30 s by default), so
+	// the periodic full pass is in the figure in its due proportion.
+	lg, err := env.Bulk(ctx, routes, 60*time.Second, c.pickD(6*time.Second, 30*time.Second))
 	if err != nil {
 		return []report.Result{failed(name, err)}
 	}
@@ -309,12 +320,13 @@ func (c Config) bulk(ctx context.Context) []report.Result {
 	}
 	mem := report.Result{
 		Name: "edge-resources",
-		Livegate: fmt.Sprintf("%d routes held: edge RSS=%.1fMiB (anonymous %.1fMiB, file-backed %.1fMiB; peak %.1fMiB), CPU at rest %.1f%% of a core; supervised HAProxy RSS=%.1fMiB",
-			routes, stats.MiB(lg.EdgeMem.RSS), stats.MiB(lg.EdgeMem.Anon), stats.MiB(lg.EdgeMem.FileMap), stats.MiB(lg.EdgeMem.HWM), lg.CPUAtRest*100, stats.MiB(lg.HAProxyRSS)),
-		Target:  "RSS ≤ 64 MiB, ~0 CPU at rest (< 2% of a core)",
-		Verdict: report.Verdictf(lg.EdgeMem.RSS <= 64<<20 && lg.CPUAtRest < 0.02),
+		Livegate: fmt.Sprintf("%d routes held: edge RSS=%.1fMiB (anonymous %.1fMiB, file-backed %.1fMiB; peak %.1fMiB), CPU at rest %.1f%% of a core (+%.1f%% in the processes it ran); supervised HAProxy RSS=%.1fMiB",
+			routes, stats.MiB(lg.EdgeMem.RSS), stats.MiB(lg.EdgeMem.Anon), stats.MiB(lg.EdgeMem.FileMap), stats.MiB(lg.EdgeMem.HWM), lg.CPUAtRest*100, lg.ChildCPUAtRest*100, stats.MiB(lg.HAProxyRSS)),
+		Target:  "RSS ≤ 64 MiB, ~0 CPU at rest (< 2% of a core, its processes included)",
+		Verdict: report.Verdictf(lg.EdgeMem.RSS <= 64<<20 && lg.CPUAtRest+lg.ChildCPUAtRest < 0.02),
 		Notes: []string{fmt.Sprintf("Go runtime (edge /metrics): heap in use %.1fMiB, heap idle %.1fMiB of which released to the OS %.1fMiB, runtime total from the OS %.1fMiB, %d goroutines",
-			lg.HeapInuse/(1<<20), lg.HeapIdle/(1<<20), lg.HeapReleased/(1<<20), lg.GoSys/(1<<20), int(lg.Goroutines))},
+			lg.HeapInuse/(1<<20), lg.HeapIdle/(1<<20), lg.HeapReleased/(1<<20), lg.GoSys/(1<<20), int(lg.Goroutines)),
+			fmt.Sprintf("CPU at rest over %s, from 3 s after every route was routable; the edge's periodic full pass (read-back of HAProxy's map and of the iptables chains) runs every 30 s (--resync)", c.pickD(6*time.Second, 30*time.Second))},
 	}
 	if c.ProfileDir != "" {
 		var mu sync.Mutex

@@ -309,17 +309,23 @@ func (d *Deployment) Probe(ctx context.Context, args ...string) (string, error) 
 }
 
 // HAProxyMap reads the session map from the supervised HAProxy's runtime API (`show map`): what
-// HAProxy routes by right now. A unix socket is reached by path, from any namespace.
+// HAProxy routes by right now.
 func (d *Deployment) HAProxyMap(ctx context.Context) (map[string]string, error) {
 	state := filepath.Join(d.opts.Dir, "edge")
+	return ShowMap(ctx, filepath.Join(state, "haproxy.sock"), filepath.Join(state, "sessions.map"))
+}
+
+// ShowMap reads the map mapFile names from the HAProxy runtime API at socket (`show map`). A
+// unix socket is reached by path, from any namespace.
+func ShowMap(ctx context.Context, socket, mapFile string) (map[string]string, error) {
 	var dialer net.Dialer
-	c, err := dialer.DialContext(ctx, "unix", filepath.Join(state, "haproxy.sock"))
+	c, err := dialer.DialContext(ctx, "unix", socket)
 	if err != nil {
 		return nil, fmt.Errorf("haproxy runtime socket: %w", err)
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := fmt.Fprintf(c, "show map %s\n", filepath.Join(state, "sessions.map")); err != nil {
+	if _, err := fmt.Fprintf(c, "show map %s\n", mapFile); err != nil {
 		return nil, fmt.Errorf("haproxy show map: %w", err)
 	}
 	out, err := io.ReadAll(c)

@@ -16,6 +16,7 @@ import (
 	"github.com/livegate/livegate/edgeproxy/internal/dataplaneapi"
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy"
 	"github.com/livegate/livegate/edgeproxy/internal/probe"
+	"github.com/livegate/livegate/pkg/buildinfo"
 	"github.com/rs/zerolog"
 )
 
@@ -50,8 +51,16 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		name, args = args[0], args[1:]
 	}
-	if name == "help" {
+	switch name {
+	case "help":
 		usage(stdout)
+		return 0
+	case "version":
+		fmt.Fprintln(stdout, buildinfo.String("livegate-edgeproxy"))
+		return 0
+	}
+	if len(args) > 0 && (args[0] == "--version" || args[0] == "-version") {
+		fmt.Fprintln(stdout, buildinfo.String("livegate-edgeproxy"))
 		return 0
 	}
 	cmd, ok := commands[name]
@@ -69,5 +78,5 @@ func usage(w io.Writer) {
 		names = append(names, n)
 	}
 	sort.Strings(names)
-	fmt.Fprintf(w, "usage: livegate-edgeproxy [command] [flags]\ncommands (default run): %s\n'livegate-edgeproxy <command> -h' lists a command's flags.\n", strings.Join(names, ", "))
+	fmt.Fprintf(w, "usage: livegate-edgeproxy [command] [flags]\ncommands (default run): %s, version\n'livegate-edgeproxy <command> -h' lists a command's flags; --version prints the build.\n", strings.Join(names, ", "))
 }

@@ -186,11 +186,14 @@ func TestEdgeProcessSurvivesKills(t *testing.T) {
 	if err != nil || res.Subprotocol != "x-nv-sessionid.s1" {
 		t.Fatalf("subprotocol not echoed: %+v %v", res, err)
 	}
-	if code, body := get(admin + "/v1/routes"); code != http.StatusOK || !strings.Contains(body, `"session_id":"s1"`) {
-		t.Fatalf("/v1/routes: %d %s", code, body)
-	}
+	// The map entry is live before the pass that programmed it records its status.
+	waitFor(t, "/v1/routes lists s1", func() bool {
+		code, body := get(admin + "/v1/routes")
+		return code == http.StatusOK && strings.Contains(body, `"session_id":"s1"`)
+	})
 	if code, body := get(admin + "/metrics"); code != http.StatusOK || !strings.Contains(body, "livegate_edge_routes_programmed 1") ||
-		!strings.Contains(body, "livegate_edge_programming_seconds_bucket") {
+		!strings.Contains(body, "livegate_edge_programming_seconds_bucket") || !strings.Contains(body, "livegate_edge_nats_connected 1") ||
+		!strings.Contains(body, "livegate_edge_nats_reconnects_total 0") || !strings.Contains(body, `livegate_build_info{binary="livegate-edgeproxy"`) {
 		t.Fatalf("/metrics: %d, lacks the edge metrics", code)
 	}
 
@@ -243,6 +246,33 @@ func TestEdgeProcessSurvivesKills(t *testing.T) {
 		res, err := dial(t, sigPort, "s1")
 		return errors.Is(err, haproxytest.ErrNotUpgraded) && res.Status == http.StatusNotFound
 	})
+
+	// SIGTERM: the edge exits 0 and leaves the data plane serving, so a restart is invisible.
+	// (The first websocket went down with the HAProxy killed above.)
+	conn2, _, err := haproxytest.Open(wctx, sigPort, "/", []string{"x-nv-sessionid.s2"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn2.CloseNow()
+	conn = conn2
+	echo("before edge SIGTERM")
+	hpid = haproxyPid(t, dir)
+	if err := edge.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := edge.cmd.Wait(); err != nil {
+		t.Fatalf("edge exit after SIGTERM: %v\n%s", err, edge.out.String())
+	}
+	if !strings.Contains(edge.out.String(), "stay programmed") {
+		t.Errorf("edge did not log that it leaves the data plane programmed:\n%s", edge.out.String())
+	}
+	if err := syscall.Kill(hpid, 0); err != nil {
+		t.Fatalf("haproxy (pid %d, pid file now %d) stopped with the edge: %v\n%s", hpid, haproxyPid(t, dir), err, edge.out.String())
+	}
+	if !routable("s2", "two /sign_in")() {
+		t.Fatal("s2 not routable after the edge stopped")
+	}
+	echo("after edge SIGTERM")
 	if t.Failed() {
 		t.Log(edge.out.String())
 	}

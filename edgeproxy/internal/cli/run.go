@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 	"github.com/livegate/livegate/edgeproxy/internal/reconcile"
 	"github.com/livegate/livegate/edgeproxy/internal/routes"
 	"github.com/livegate/livegate/edgeproxy/internal/tlscert"
+	"github.com/livegate/livegate/pkg/buildinfo"
 	"github.com/livegate/livegate/pkg/events"
 	"github.com/livegate/livegate/pkg/kvstore"
 	"github.com/livegate/livegate/pkg/logging"
@@ -29,9 +31,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/rs/zerolog"
 )
-
-// Version is stamped at build time (-ldflags "-X github.com/livegate/livegate/edgeproxy/internal/cli.Version=...").
-var Version = "dev"
 
 // Command is a subcommand: it parses args and returns the process exit code.
 type Command func(ctx context.Context, args []string, stdout, stderr io.Writer) int
@@ -77,7 +76,7 @@ func (h Hooks) driverFlags() []func(*flag.FlagSet) {
 // parse parses args; it returns a nil settings and the exit code when the command must stop.
 func (h Hooks) parse(name string, args []string, stderr io.Writer, extra ...func(*flag.FlagSet)) (*settings, int) {
 	fs, f := newFlagSet(name, stderr, append(h.driverFlags(), extra...))
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, 0
 		}
@@ -119,6 +118,9 @@ func RunCommand(h Hooks) Command {
 func run(ctx context.Context, s *settings, h Hooks, log zerolog.Logger) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if s.f.memoryLimitMiB > 0 && os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(int64(s.f.memoryLimitMiB) << 20)
+	}
 	if err := os.MkdirAll(s.f.stateDir, 0o750); err != nil {
 		return fmt.Errorf("state dir: %w", err)
 	}
@@ -164,6 +166,7 @@ func run(ctx context.Context, s *settings, h Hooks, log zerolog.Logger) error {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	registerProcessMetrics(reg, nc, plane)
 
 	var driver haproxy.Driver
 	var opts []reconcile.Option
@@ -225,14 +228,23 @@ func run(ctx context.Context, s *settings, h Hooks, log zerolog.Logger) error {
 	wg.Go(func() { errc <- r.Run(ctx) })
 	wg.Go(func() { errc <- adm.Run(ctx, s.f.adminAddr) })
 	log.Info().Str("pool", s.reconcile.Pool).Str("public_host", s.reconcile.PublicHost).Int("signaling_port", s.f.signalingPort).
-		Bool("attached", s.attached).Str("driver", s.f.driver).Str("media", s.f.mediaMode).Str("version", Version).Msg("edge proxy running")
+		Bool("attached", s.attached).Str("driver", s.f.driver).Str("media", s.f.mediaMode).Str("version", buildinfo.Version).Msg("edge proxy running")
 	var first error
 	select {
 	case <-ctx.Done():
+		stopping := log.Info().Bool("haproxy_stops", supervise && s.f.haproxyStopOnExit)
+		if supervise && s.f.haproxyStopOnExit {
+			stopping.Msg("signal received: stopping, and HAProxy with the edge (--haproxy-stop-on-exit)")
+		} else {
+			stopping.Msg("signal received: stopping; HAProxy and the media rules stay programmed for the next edge process")
+		}
 	case first = <-errc:
 	}
 	cancel()
 	wg.Wait()
+	if first == nil {
+		log.Info().Msg("edge proxy stopped")
+	}
 	return first
 }
 
@@ -331,7 +343,7 @@ func HAProxyConfigCommand(h Hooks) Command {
 		fs, f := newFlagSet("haproxy-config", stderr, append(h.driverFlags(), func(fs *flag.FlagSet) {
 			fs.BoolVar(&full, "full", false, "print the whole configuration of a supervised HAProxy")
 		}))
-		if err := fs.Parse(args); err != nil {
+		if err := parseFlags(fs, args); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
 				return 0
 			}

@@ -40,15 +40,16 @@ func TestUDPFilter(t *testing.T) {
 }
 
 func TestDeleteNothing(t *testing.T) {
-	n, err := NewNetlink(WithNetns("lgm-does-not-exist")).DeleteUDP(context.Background(), netip.Addr{}, nil)
-	if n != 0 || err != nil {
-		t.Fatalf("DeleteUDP with no ports = %d, %v", n, err)
+	if err := NewNetlink(WithNetns("lgm-does-not-exist")).DeleteUDP(context.Background(), netip.Addr{}, nil); err != nil {
+		t.Fatalf("DeleteUDP with no ports = %v", err)
 	}
 }
 
 func TestUnknownNamespace(t *testing.T) {
-	_, err := NewNetlink(WithNetns("lgm-does-not-exist")).DeleteUDP(context.Background(), netip.Addr{}, []uint16{1})
-	if err == nil {
-		t.Fatal("DeleteUDP in a namespace that does not exist succeeded")
+	for _, max := range []int{0, DefaultFilterMax} {
+		err := NewNetlink(WithNetns("lgm-does-not-exist"), WithFilterMax(max)).DeleteUDP(context.Background(), netip.Addr{}, []uint16{1})
+		if err == nil {
+			t.Fatalf("DeleteUDP (filter max %d) in a namespace that does not exist succeeded", max)
+		}
 	}
 }

@@ -139,6 +139,15 @@ func (t *Table) ChainRules(chain string) []Rule {
 	return out
 }
 
+// RulesByChain groups the table's rules by chain, each in order.
+func (t *Table) RulesByChain() map[string][]Rule {
+	out := make(map[string][]Rule, len(t.Chains))
+	for _, r := range t.Rules {
+		out[r.Chain] = append(out[r.Chain], r)
+	}
+	return out
+}
+
 // ParseSave parses iptables-save output.
 func ParseSave(data []byte) (*Ruleset, error) {
 	rs := &Ruleset{Tables: map[string]*Table{}}
@@ -182,7 +191,8 @@ func ParseSave(data []byte) (*Ruleset, error) {
 }
 
 // Split splits a rule spec into words the way iptables-restore does: double quotes group
-// words and a backslash escapes the next character.
+// words and a backslash escapes the next character. It works on bytes, as iptables-restore
+// does, so a word that is not valid UTF-8 comes back unchanged.
 func Split(spec string) ([]string, error) {
 	var (
 		out     []string
@@ -191,10 +201,11 @@ func Split(spec string) ([]string, error) {
 		quoted  bool
 		escaped bool
 	)
-	for _, c := range spec {
+	for i := 0; i < len(spec); i++ {
+		c := spec[i]
 		switch {
 		case escaped:
-			word.WriteRune(c)
+			word.WriteByte(c)
 			escaped = false
 		case c == '\\':
 			escaped, inWord = true, true
@@ -207,7 +218,7 @@ func Split(spec string) ([]string, error) {
 				inWord = false
 			}
 		default:
-			word.WriteRune(c)
+			word.WriteByte(c)
 			inWord = true
 		}
 	}

@@ -53,6 +53,12 @@ func TestParseSave(t *testing.T) {
 	if got := rs.Table("mangle"); got.HasChain("PREROUTING") || len(got.Rules) != 0 {
 		t.Fatalf("missing table is not empty: %+v", got)
 	}
+	byChain := nat.RulesByChain()
+	for chain := range nat.Chains {
+		if got, want := byChain[chain], nat.ChainRules(chain); !slices.EqualFunc(got, want, func(a, b Rule) bool { return a.Spec == b.Spec }) {
+			t.Fatalf("RulesByChain()[%s] = %v, want %v", chain, got, want)
+		}
+	}
 }
 
 func TestParseSaveRejectsGarbage(t *testing.T) {

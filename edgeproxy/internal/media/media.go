@@ -15,7 +15,8 @@ type Mapping struct {
 }
 
 // Plane allocates public ports and holds the kernel's forwarding in line with them. Keys are route
-// keys (instance ids). The reconciler calls it from one goroutine.
+// keys (instance ids). The reconciler never calls it from two goroutines at once, though Sync may
+// run on another goroutine than the other methods.
 type Plane interface {
 	// Assign returns one public UDP port per backend, index-aligned, keeping the ports already held
 	// by key, else the preferred ones (recovered from livegate_endpoints after a restart) where
@@ -24,8 +25,10 @@ type Plane interface {
 	// Release gives back key's ports (they rest in quarantine before reuse).
 	Release(key string)
 	// Sync makes the kernel hold exactly these mappings (the full desired state, by key), and
-	// drops the conntrack entries of mappings it removes.
+	// drops the conntrack entries of mappings it removes, possibly after it returns.
 	Sync(ctx context.Context, want map[string][]Mapping) error
+	// Settle waits for the work Sync left running, and reports what of it failed.
+	Settle(ctx context.Context) error
 	// Capacity reports the size of the public port range and how many ports are free.
 	Capacity() (total, free int)
 }
@@ -41,6 +44,9 @@ func (Off) Release(string) {}
 
 // Sync does nothing.
 func (Off) Sync(context.Context, map[string][]Mapping) error { return nil }
+
+// Settle does nothing.
+func (Off) Settle(context.Context) error { return nil }
 
 // Capacity reports no ports.
 func (Off) Capacity() (total, free int) { return 0, 0 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/livegate/livegate/edgeproxy/internal/conntrack"
 	"github.com/livegate/livegate/edgeproxy/internal/iptables"
 	"github.com/livegate/livegate/edgeproxy/internal/mediaplane"
 	"github.com/livegate/livegate/edgeproxy/internal/mediaplane/internal/netlab"
@@ -98,6 +99,9 @@ func TestKernelForwardRemoveReadd(t *testing.T) {
 	if err := plane.Sync(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
+	if err := plane.Settle(ctx); err != nil {
+		t.Fatal(err)
+	}
 	if got := lab.Conntrack(t, port); len(got) != 0 {
 		t.Fatalf("conntrack entries for %d after removal = %q, want none", port, got)
 	}
@@ -110,6 +114,9 @@ func TestKernelForwardRemoveReadd(t *testing.T) {
 	// here: the allocator would keep it in quarantine from other routes for a minute.)
 	backendB := netip.AddrPortFrom(netlab.NodeB, 30000)
 	if err := plane.Sync(ctx, map[string][]mediaplane.Mapping{"inst-b": {{PublicPort: port, Backend: backendB}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := plane.Settle(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if got := client.Ask(t, port, "again", answerWait); got != "node-b:again" {
@@ -127,6 +134,10 @@ func TestKernelSwitchBackendKeepsPort(t *testing.T) {
 	const port = 10600
 	for i, b := range []netip.Addr{netlab.NodeA, netlab.NodeB, netlab.NodeA} {
 		if err := plane.Sync(ctx, map[string][]mediaplane.Mapping{"x": {{PublicPort: port, Backend: netip.AddrPortFrom(b, 30000)}}}); err != nil {
+			t.Fatal(err)
+		}
+		// The flow keeps its entry, and so its old backend, until the deletion has run.
+		if err := plane.Settle(ctx); err != nil {
 			t.Fatal(err)
 		}
 		want := map[netip.Addr]string{netlab.NodeA: "node-a", netlab.NodeB: "node-b"}[b]
@@ -360,6 +371,9 @@ func TestKernel9500Routes(t *testing.T) {
 	if err := plane.Sync(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
+	if err := plane.Settle(ctx); err != nil {
+		t.Fatal(err)
+	}
 	t.Logf("removed %d routes in %s", routes, time.Since(start))
 	rules = ourRules(t, lab)
 	for _, chain := range []string{mediaplane.ChainDNAT, mediaplane.ChainSNAT, mediaplane.ChainForward} {
@@ -405,5 +419,52 @@ func TestKernelCleanup(t *testing.T) {
 	}
 	if got := client.Ask(t, 10500, "after", 300*time.Millisecond); got != "" {
 		t.Fatalf("port still forwarded after cleanup: %q", got)
+	}
+}
+
+// TestKernelConntrackDeleteIsScoped deletes the entries of one public port, by the kernel-side
+// filter and by the dump, and checks that the entries of the other ports, and of the same port
+// on another address, are left alone.
+func TestKernelConntrackDeleteIsScoped(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		filterMax int
+	}{{"filtered", conntrack.DefaultFilterMax}, {"dumped", 0}} {
+		t.Run(tc.name, func(t *testing.T) {
+			lab := netlab.New(t)
+			client := lab.NewClient(t)
+			ctx := context.Background()
+			// One mapping makes the namespace track connections; the ports below have no rule,
+			// so each datagram leaves an unreplied entry in the edge's table.
+			plane := newPlane(t, lab, mediaplane.Config{SNAT: true})
+			if err := plane.Sync(ctx, map[string][]mediaplane.Mapping{"x": {{PublicPort: 10600, Backend: netip.AddrPortFrom(netlab.NodeA, 30000)}}}); err != nil {
+				t.Fatal(err)
+			}
+			ports := []uint16{10500, 10501, 10502}
+			for _, p := range ports {
+				client.Ask(t, p, "x", time.Millisecond)
+			}
+			for _, p := range ports {
+				if got := lab.Conntrack(t, p); len(got) != 1 {
+					t.Fatalf("entries for %d before the delete = %q, want one", p, got)
+				}
+			}
+			c := conntrack.NewNetlink(conntrack.WithNetns(lab.Edge), conntrack.WithFilterMax(tc.filterMax))
+			if err := c.DeleteUDP(ctx, netip.MustParseAddr("198.18.250.1"), []uint16{10501}); err != nil {
+				t.Fatal(err)
+			}
+			if got := lab.Conntrack(t, 10501); len(got) != 1 {
+				t.Fatalf("a delete for another address removed %q", got)
+			}
+			if err := c.DeleteUDP(ctx, netlab.PublicAddr, []uint16{10501}); err != nil {
+				t.Fatal(err)
+			}
+			want := map[uint16]int{10500: 1, 10501: 0, 10502: 1}
+			for _, p := range ports {
+				if got := lab.Conntrack(t, p); len(got) != want[p] {
+					t.Fatalf("entries for %d after deleting 10501 = %q, want %d", p, got, want[p])
+				}
+			}
+		})
 	}
 }

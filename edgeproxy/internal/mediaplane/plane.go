@@ -3,7 +3,10 @@
 // come back through the edge, filter rules so forwarding passes). Rules live in livegate's own
 // chains and change in batches through iptables-restore --noflush; the conntrack entries of a
 // port are deleted whenever its forwarding changes, so a reused port never delivers to the
-// previous backend. See docs/media-forwarding.md.
+// previous backend. Entries of ports that are forwarded after the batch are deleted before Sync
+// returns, so that no flow the new rule should carry keeps a stale entry; those of ports that
+// are no longer forwarded are deleted right after, off the caller's path, since such a port is
+// only handed out again after its quarantine. See docs/media-forwarding.md.
 package mediaplane
 
 import (
@@ -66,6 +69,8 @@ type options struct {
 	now     func() time.Time
 	log     zerolog.Logger
 	resync  time.Duration
+	// flushRetry is the pause before a failed conntrack deletion is tried again.
+	flushRetry time.Duration
 	// netns is the namespace WithNetns targets; "" is the process's own.
 	netns string
 }
@@ -107,7 +112,7 @@ func WithResyncInterval(d time.Duration) Option {
 }
 
 func buildOptions(opts []Option) (options, error) {
-	o := options{now: time.Now, log: zerolog.Nop(), resync: DefaultResyncInterval}
+	o := options{now: time.Now, log: zerolog.Nop(), resync: DefaultResyncInterval, flushRetry: flushRetry}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -136,9 +141,20 @@ type Plane struct {
 	// when it must be read back.
 	known  *kernelState
 	readAt time.Time
-	// pendingFlush holds ports whose conntrack entries could not be deleted yet.
+	// pendingFlush holds ports whose conntrack entries must still be deleted. flushDone is
+	// non-nil while a flusher goroutine works through them, and closed when it stops; flushErr
+	// is why the last one stopped with ports left.
 	pendingFlush map[uint16]bool
+	flushDone    chan struct{}
+	flushErr     error
 }
+
+// flushAttempts bounds how often one flusher tries a failing deletion before it leaves the ports
+// to the next Sync; flushRetry is the pause between tries.
+const (
+	flushAttempts = 3
+	flushRetry    = time.Second
+)
 
 // New checks cfg and returns a plane. It touches nothing in the kernel.
 func New(cfg Config, opts ...Option) (*Plane, error) {
@@ -263,13 +279,22 @@ func (p *Plane) Capacity() (total, free int) {
 	return p.alloc.Capacity()
 }
 
+// Usage reports how many public ports are in use, resting in quarantine and free.
+func (p *Plane) Usage() (inUse, quarantined, free int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.alloc.Usage()
+}
+
 // Sync makes the kernel forward exactly want (the full desired state, by route key). It
 // writes only the difference, in one iptables-restore batch, from its picture of the kernel;
 // that picture is read back from iptables-save on the first call, when it is older than the
 // resync interval, and after a failed batch, which repairs drift in livegate's chains. The
-// conntrack entries of every port whose forwarding was added, changed or removed are deleted
-// after the batch. Invalid mappings are left out and reported in the error; the rest is
-// still applied.
+// conntrack entries of every port whose forwarding was added or changed are deleted after the
+// batch, before Sync returns; those of ports whose forwarding was removed by a goroutine Sync
+// starts and does not wait for (Settle does). Ports whose deletion failed are tried
+// again in the background, then at the next Sync. Invalid mappings are left out and reported
+// in the error; the rest is still applied.
 func (p *Plane) Sync(ctx context.Context, want map[string][]Mapping) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -286,34 +311,104 @@ func (p *Plane) Sync(ctx context.Context, want map[string][]Mapping) error {
 		return errors.Join(append(invalid, fmt.Errorf("sync media mappings: %w", err))...)
 	}
 
+	// A flow may already be using an added port (the rule was lost while the edge was away, or
+	// the client sent before the rule): its entry is deleted before the port is published. An
+	// entry deleted after the flow's first datagram went through the rule would lose the reply.
+	var kept []uint16
 	for _, port := range res.change.flush {
-		p.pendingFlush[port] = true
-	}
-	var flushErr error
-	deleted := 0
-	flushStart := p.o.now()
-	if len(p.pendingFlush) > 0 {
-		ports := sortedPorts(p.pendingFlush)
-		deleted, flushErr = p.o.cleaner.DeleteUDP(ctx, p.cfg.PublicIP, ports)
-		if flushErr == nil {
-			clear(p.pendingFlush)
+		if _, ok := desired[port]; ok {
+			kept = append(kept, port)
 		} else {
-			flushErr = fmt.Errorf("sync media mappings: delete conntrack entries of ports %s: %w", describe(ports), flushErr)
+			p.pendingFlush[port] = true
 		}
 	}
-	end := p.o.now()
-
+	var flushErr error
+	flushStart := p.o.now()
+	if len(kept) > 0 {
+		if err := p.o.cleaner.DeleteUDP(ctx, p.cfg.PublicIP, kept); err != nil {
+			flushErr = fmt.Errorf("sync media mappings: delete conntrack entries of ports %s: %w", describe(kept), err)
+			for _, port := range kept {
+				p.pendingFlush[port] = true
+			}
+		}
+	}
+	flushEnd := p.o.now()
+	if len(p.pendingFlush) > 0 && p.flushDone == nil {
+		p.flushDone = make(chan struct{})
+		go p.flush(context.WithoutCancel(ctx), p.flushDone)
+	}
 	ev := p.o.log.Debug()
 	if res.lines > 0 {
 		ev = p.o.log.Info()
 	}
 	ev.Int("mappings", len(desired)).Int("added", res.change.added).Int("removed", res.change.removed).
 		Int("changed", res.change.updated).Int("batch_lines", res.lines).Bool("read_back", res.readBack).
-		Int("conntrack_deleted", deleted).
-		Dur("read_ms", res.read).Dur("restore_ms", res.restore).Dur("conntrack_ms", end.Sub(flushStart)).
-		Dur("elapsed_ms", end.Sub(start)).
+		Int("conntrack_ports", len(kept)).Int("conntrack_ports_later", len(res.change.flush)-len(kept)).
+		Dur("read_ms", res.read).Dur("restore_ms", res.restore).Dur("conntrack_ms", flushEnd.Sub(flushStart)).
+		Dur("elapsed_ms", flushEnd.Sub(start)).
 		Msg("media mappings synced")
 	return errors.Join(append(invalid, flushErr)...)
+}
+
+// flush deletes the conntrack entries of the pending ports until none is left, or until a
+// deletion has failed flushAttempts times in a row; then it closes done.
+func (p *Plane) flush(ctx context.Context, done chan struct{}) {
+	defer close(done)
+	failures := 0
+	for {
+		p.mu.Lock()
+		if len(p.pendingFlush) == 0 {
+			p.flushDone, p.flushErr = nil, nil
+			p.mu.Unlock()
+			return
+		}
+		ports := sortedPorts(p.pendingFlush)
+		clear(p.pendingFlush)
+		p.mu.Unlock()
+
+		start := p.o.now()
+		dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := p.o.cleaner.DeleteUDP(dctx, p.cfg.PublicIP, ports)
+		cancel()
+		if err == nil {
+			failures = 0
+			p.o.log.Debug().Int("ports", len(ports)).Dur("elapsed_ms", p.o.now().Sub(start)).Msg("conntrack entries deleted")
+			continue
+		}
+		err = fmt.Errorf("delete conntrack entries of udp ports %s: %w", describe(ports), err)
+		failures++
+		p.mu.Lock()
+		for _, port := range ports {
+			p.pendingFlush[port] = true
+		}
+		if failures == flushAttempts {
+			p.flushDone, p.flushErr = nil, err
+			p.mu.Unlock()
+			p.o.log.Error().Err(err).Msg("conntrack entries not deleted; trying again at the next sync")
+			return
+		}
+		p.mu.Unlock()
+		p.o.log.Warn().Err(err).Dur("retry_in", p.o.flushRetry).Msg("conntrack deletion failed; retrying")
+		time.Sleep(p.o.flushRetry)
+	}
+}
+
+// Settle waits until the conntrack deletions Sync started are over, and reports why
+// ports were left when the last one gave up.
+func (p *Plane) Settle(ctx context.Context) error {
+	for {
+		p.mu.Lock()
+		done, err := p.flushDone, p.flushErr
+		p.mu.Unlock()
+		if done == nil {
+			return err
+		}
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return fmt.Errorf("wait for conntrack deletions: %w", ctx.Err())
+		}
+	}
 }
 
 // desired flattens want into port → backend, leaving out what the plane must not program.
@@ -441,16 +536,15 @@ func Cleanup(ctx context.Context, opts ...Option) error {
 			return fmt.Errorf("clean up media rules: %w", err)
 		}
 	}
-	deleted := 0
+	flushed := 0
 	var errs []error
 	for addr, ports := range byAddr {
-		n, err := o.cleaner.DeleteUDP(ctx, addr, ports)
-		deleted += n
-		if err != nil {
+		flushed += len(ports)
+		if err := o.cleaner.DeleteUDP(ctx, addr, ports); err != nil {
 			errs = append(errs, fmt.Errorf("clean up media conntrack entries for %s: %w", addr, err))
 		}
 	}
-	o.log.Info().Int("batch_lines", batch.Len()).Int("conntrack_deleted", deleted).
+	o.log.Info().Int("batch_lines", batch.Len()).Int("conntrack_ports", flushed).
 		Msg("media rules cleaned up")
 	return errors.Join(errs...)
 }

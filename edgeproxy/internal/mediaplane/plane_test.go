@@ -27,14 +27,32 @@ type fakeCleaner struct {
 	err   error
 }
 
-func (f *fakeCleaner) DeleteUDP(_ context.Context, dst netip.Addr, ports []uint16) (int, error) {
+func (f *fakeCleaner) DeleteUDP(_ context.Context, dst netip.Addr, ports []uint16) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if dst != publicIP {
-		return 0, errors.New("unexpected address " + dst.String())
+		return errors.New("unexpected address " + dst.String())
 	}
 	f.calls = append(f.calls, slices.Clone(ports))
-	return 0, f.err
+	return f.err
+}
+
+// since is every port deleted from call n on, sorted.
+func (f *fakeCleaner) since(n int) []uint16 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []uint16
+	for _, c := range f.calls[min(n, len(f.calls)):] {
+		out = append(out, c...)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func (f *fakeCleaner) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.calls)
 }
 
 func (f *fakeCleaner) last() []uint16 {
@@ -72,7 +90,7 @@ func (h *harness) newPlane(t *testing.T, cfg Config) *Plane {
 	if cfg.Ports == (portalloc.Range{}) {
 		cfg.Ports = portalloc.Range{First: 10500, Last: 10509}
 	}
-	p, err := New(cfg, WithRunner(h.ipt), WithConntrack(h.ct), WithClock(h.clk.now))
+	p, err := New(cfg, WithRunner(h.ipt), WithConntrack(h.ct), WithClock(h.clk.now), func(o *options) { o.flushRetry = time.Millisecond })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,10 +120,14 @@ func specs(rules []iptables.Rule) []string {
 
 func backend(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
 
+// sync1 syncs and waits for the conntrack deletions the sync started.
 func sync1(t *testing.T, p *Plane, want map[string][]Mapping) {
 	t.Helper()
 	if err := p.Sync(context.Background(), want); err != nil {
 		t.Fatalf("Sync: %v", err)
+	}
+	if err := p.Settle(context.Background()); err != nil {
+		t.Fatalf("Settle: %v", err)
 	}
 }
 
@@ -165,6 +187,7 @@ func TestSyncWritesOnlyTheDiff(t *testing.T) {
 	delete(want, "a")
 	want["b"] = []Mapping{{PublicPort: 10501, Backend: backend("198.19.2.9:30009")}}
 	want["d"] = []Mapping{{PublicPort: 10503, Backend: backend("198.19.2.5:30000")}}
+	calls := h.ct.count()
 	sync1(t, h.plane, want)
 
 	restores := h.ipt.Restores()
@@ -178,8 +201,12 @@ COMMIT
 	if len(restores) != 2 || string(restores[1]) != wantPayload {
 		t.Fatalf("second batch:\n%s\nwant:\n%s", restores[len(restores)-1], wantPayload)
 	}
-	if got := h.ct.last(); !slices.Equal(got, []uint16{10500, 10501, 10503}) {
+	// The changed and the added port first, the removed one after.
+	if got := h.ct.since(calls); !slices.Equal(got, []uint16{10500, 10501, 10503}) {
 		t.Fatalf("conntrack flushed %v, want [10500 10501 10503]", got)
+	}
+	if got := h.ct.since(calls + 1); !slices.Equal(got, []uint16{10500}) {
+		t.Fatalf("conntrack flushed %v after the forwarded ports, want [10500]", got)
 	}
 
 	sync1(t, h.plane, nil)
@@ -222,6 +249,7 @@ func TestSyncRepairsDriftAndLeavesForeignRules(t *testing.T) {
 		t.Fatalf("drift repaired before the resync interval: %d batches", n)
 	}
 	h.clk.t = h.clk.t.Add(DefaultResyncInterval)
+	calls := h.ct.count()
 	sync1(t, h.plane, want)
 
 	nat := h.nat(t)
@@ -241,7 +269,7 @@ func TestSyncRepairsDriftAndLeavesForeignRules(t *testing.T) {
 	if got := specs(nat.ChainRules(ChainSNAT)); len(got) != 1 {
 		t.Fatalf("%s = %q, want the masquerade rule back", ChainSNAT, got)
 	}
-	if got := h.ct.last(); !slices.Equal(got, []uint16{10500, 10501, 10507}) {
+	if got := h.ct.since(calls); !slices.Equal(got, []uint16{10500, 10501, 10507}) {
 		t.Fatalf("conntrack flushed %v, want [10500 10501 10507]", got)
 	}
 }
@@ -302,12 +330,26 @@ func TestSyncSkipsInvalidMappings(t *testing.T) {
 
 func TestConntrackFailureIsRetried(t *testing.T) {
 	h := newHarness(t, Config{})
+	h.ct.mu.Lock()
 	h.ct.err = errors.New("netlink: operation not permitted")
+	h.ct.mu.Unlock()
 	want := map[string][]Mapping{"a": {{PublicPort: 10500, Backend: backend("198.19.2.2:30000")}}}
+	// The batch is applied and the failure reported; the deletion is tried again in the
+	// background a few times, then left to the next sync.
 	if err := h.plane.Sync(context.Background(), want); err == nil || !strings.Contains(err.Error(), "10500") {
 		t.Fatalf("Sync error = %v, want the conntrack failure", err)
 	}
+	if err := h.plane.Settle(context.Background()); err == nil || !strings.Contains(err.Error(), "10500") {
+		t.Fatalf("Settle = %v, want the conntrack failure", err)
+	}
+	h.ct.mu.Lock()
+	tries := len(h.ct.calls)
 	h.ct.err = nil
+	h.ct.mu.Unlock()
+	if tries != 1+flushAttempts {
+		t.Fatalf("deletion tried %d times, want %d", tries, 1+flushAttempts)
+	}
+	// The next sync, though it changes nothing, tries the ports left over again.
 	sync1(t, h.plane, want)
 	if got := h.ct.last(); !slices.Equal(got, []uint16{10500}) {
 		t.Fatalf("conntrack retry flushed %v, want [10500]", got)

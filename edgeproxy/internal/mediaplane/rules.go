@@ -209,17 +209,21 @@ func jumpKey(j jump) string { return j.table + "/" + j.from }
 func readState(nat, filter *iptables.Table, public netip.Addr) *kernelState {
 	s := newState()
 	tables := map[string]*iptables.Table{tableNAT: nat, tableFilter: filter}
+	// One pass over each table: asking for each of ~75 shard chains in turn would walk every
+	// rule of the table each time.
+	rules := map[string]map[string][]iptables.Rule{tableNAT: nat.RulesByChain(), tableFilter: filter.RulesByChain()}
+	natRules := rules[tableNAT]
 	for _, c := range ownChains {
 		s.chains[c.chain] = tables[c.table].HasChain(c.chain)
 	}
 	for _, j := range jumps {
-		for _, r := range tables[j.table].ChainRules(j.from) {
+		for _, r := range rules[j.table][j.from] {
 			if jumpsTo(r.Args, j.to) {
 				s.jumps[jumpKey(j)] = append(s.jumps[jumpKey(j)], r.Spec)
 			}
 		}
 	}
-	for _, r := range nat.ChainRules(ChainDNAT) {
+	for _, r := range natRules[ChainDNAT] {
 		s.dispatch = append(s.dispatch, r.Spec)
 	}
 	var shards []string
@@ -233,7 +237,7 @@ func readState(nat, filter *iptables.Table, public netip.Addr) *kernelState {
 	seen := map[uint16][]iptables.Rule{}
 	var order []uint16
 	for _, chain := range shards {
-		for _, r := range nat.ChainRules(chain) {
+		for _, r := range natRules[chain] {
 			d, ok := parseDNAT(r.Args)
 			if !ok || d.public != public || shardChain(shardBase(d.port)) != chain {
 				s.strays = append(s.strays, ruleRef{chain: chain, spec: r.Spec})
@@ -260,10 +264,10 @@ func readState(nat, filter *iptables.Table, public netip.Addr) *kernelState {
 		d, _ := parseDNAT(rules[0].Args)
 		s.dnat[port] = dnatEntry{backend: d.backend, spec: rules[0].Spec}
 	}
-	for _, r := range nat.ChainRules(ChainSNAT) {
+	for _, r := range natRules[ChainSNAT] {
 		s.snat = append(s.snat, r.Spec)
 	}
-	for _, r := range filter.ChainRules(ChainForward) {
+	for _, r := range rules[tableFilter][ChainForward] {
 		s.forward = append(s.forward, r.Spec)
 	}
 	return s

@@ -103,6 +103,10 @@ type Allocator struct {
 	queue  []quarantined
 	free   int
 	cursor int
+	// rested holds the ports each key released while they rest in quarantine: a key that comes
+	// back in the meantime (its lease lapsed while NATS was away) gets them again, so its clients'
+	// media still reaches it.
+	rested map[string][]uint16
 }
 
 // New returns an allocator over r in which released ports rest for quarantine before reuse.
@@ -122,6 +126,7 @@ func New(r Range, quarantine time.Duration, now func() time.Time) (*Allocator, e
 		now:        now,
 		slots:      make([]slot, r.Size()),
 		keys:       make(map[string][]uint16),
+		rested:     make(map[string][]uint16),
 		free:       r.Size(),
 	}, nil
 }
@@ -137,6 +142,7 @@ func (a *Allocator) Ports(key string) []uint16 {
 // Allocate returns n ports for key. Ports key already holds are kept, in order (extra ones go to
 // quarantine when n shrinks); new ones are taken from preferred[i] for index i when that port
 // is in range and neither held by another key nor quarantined after another key used it, else
+// the port key itself released at index i while it still rests in quarantine, else
 // from the range in round-robin order so that freed ports are reused as late as possible. When
 // the range cannot supply them all, key keeps what it held before and the error wraps
 // ErrExhausted.
@@ -164,6 +170,9 @@ func (a *Allocator) Allocate(key string, n int, preferred []uint16) ([]uint16, e
 	for i := len(held); i < n; i++ {
 		c, ok := a.claimPreferred(key, preferred, i)
 		if !ok {
+			c, ok = a.claimPreferred(key, a.rested[key], i)
+		}
+		if !ok {
 			c, ok = a.claimNext(key)
 		}
 		if !ok {
@@ -177,16 +186,21 @@ func (a *Allocator) Allocate(key string, n int, preferred []uint16) ([]uint16, e
 		ports = append(ports, c.port)
 	}
 	a.keys[key] = ports
+	delete(a.rested, key)
 	return append([]uint16(nil), ports...), nil
 }
 
 // Release puts every port key holds in quarantine.
 func (a *Allocator) Release(key string) {
 	a.expire()
-	for _, p := range a.keys[key] {
+	held := a.keys[key]
+	for _, p := range held {
 		a.toQuarantine(p, key)
 	}
 	delete(a.keys, key)
+	if a.quarantine > 0 && len(held) > 0 {
+		a.rested[key] = held
+	}
 }
 
 // Reserve puts a port that is in use without a known owner (found programmed in the kernel
@@ -207,6 +221,23 @@ func (a *Allocator) Reserve(port uint16) {
 func (a *Allocator) Capacity() (total, free int) {
 	a.expire()
 	return a.rng.Size(), a.free
+}
+
+// Usage counts the ports held by a key, those resting in quarantine and those free. It walks the
+// range: it is for metrics scrapes, not for the allocation path.
+func (a *Allocator) Usage() (inUse, quarantined, free int) {
+	a.expire()
+	for i := range a.slots {
+		switch a.slots[i].state {
+		case stateAllocated:
+			inUse++
+		case stateQuarantined:
+			quarantined++
+		default:
+			free++
+		}
+	}
+	return inUse, quarantined, free
 }
 
 func (a *Allocator) slot(port uint16) *slot { return &a.slots[int(port)-int(a.rng.First)] }
@@ -294,6 +325,7 @@ func (a *Allocator) expire() {
 		// A port claimed back as preferred, or quarantined again later, has a newer state
 		// than this queue entry; only the entry matching the slot frees it.
 		if s.state == stateQuarantined && s.until.Equal(q.until) {
+			delete(a.rested, s.owner)
 			*s = slot{}
 			a.free++
 		}

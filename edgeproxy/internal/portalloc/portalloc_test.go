@@ -238,3 +238,60 @@ func TestNewRejectsBadInput(t *testing.T) {
 		t.Fatal("Allocate accepted a negative count")
 	}
 }
+
+func TestUsage(t *testing.T) {
+	a, clk := newAlloc(t, Range{100, 109}, time.Minute)
+	type usage struct{ inUse, quarantined, free int }
+	get := func() usage { u, q, f := a.Usage(); return usage{u, q, f} }
+	steps := []struct {
+		name string
+		do   func()
+		want usage
+	}{
+		{"empty", func() {}, usage{0, 0, 10}},
+		{"three allocated", func() {
+			if _, err := a.Allocate("a", 2, nil); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := a.Allocate("b", 1, nil); err != nil {
+				t.Fatal(err)
+			}
+		}, usage{3, 0, 7}},
+		{"one key released", func() { a.Release("a") }, usage{1, 2, 7}},
+		{"unknown owner reserved", func() { a.Reserve(109) }, usage{1, 3, 6}},
+		{"quarantine over", func() { clk.Advance(time.Minute) }, usage{1, 0, 9}},
+	}
+	for _, s := range steps {
+		s.do()
+		if got := get(); got != s.want {
+			t.Fatalf("%s: Usage = %+v, want %+v", s.name, got, s.want)
+		}
+		if _, free := a.Capacity(); free != s.want.free {
+			t.Fatalf("%s: Capacity free = %d, Usage free = %d", s.name, free, s.want.free)
+		}
+	}
+}
+
+func TestReleasedPortsReturnToTheirKey(t *testing.T) {
+	a, clk := newAlloc(t, Range{100, 109}, time.Minute)
+	first, err := a.Allocate("a", 2, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Allocate("b", 1, nil); err != nil {
+		t.Fatal(err)
+	}
+	a.Release("a")
+	if got, err := a.Allocate("c", 2, nil); err != nil || slices.Contains(got, first[0]) || slices.Contains(got, first[1]) {
+		t.Fatalf("another key got %v (%v) while %v rest", got, err, first)
+	}
+	got, err := a.Allocate("a", 2, nil)
+	if err != nil || !slices.Equal(got, first) {
+		t.Fatalf("key back within the quarantine: %v (%v), want its own %v", got, err, first)
+	}
+	a.Release("a")
+	clk.Advance(time.Minute)
+	if _, free := a.Capacity(); free != 7 || len(a.rested) != 0 {
+		t.Fatalf("after the quarantine: %d free, rested %v; want 7 free and nothing remembered", free, a.rested)
+	}
+}

@@ -13,6 +13,14 @@ const (
 	ErrKindHeartbeat = "heartbeat"
 )
 
+// Reasons counted by livegate_edge_routes_removed_total.
+const (
+	RemovedDeleted    = "deleted"
+	RemovedExpired    = "expired"
+	RemovedRefused    = "refused"
+	RemovedReassigned = "reassigned"
+)
+
 // Metrics are the edge's Prometheus metrics.
 type Metrics struct {
 	routes  prometheus.Gauge
@@ -20,6 +28,7 @@ type Metrics struct {
 	errors  *prometheus.CounterVec
 	drift   prometheus.Counter
 	claims  *prometheus.CounterVec
+	removed *prometheus.CounterVec
 }
 
 // NewMetrics registers the metrics with reg.
@@ -42,10 +51,17 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		claims: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "livegate_edge_claims_total", Help: "Pool route claims by result (won, lost).",
 		}, []string{"result"}),
+		removed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "livegate_edge_routes_removed_total",
+			Help: "Routes this edge stopped serving, by reason (deleted, expired: its lease ran out, refused, reassigned: another edge serves it).",
+		}, []string{"reason"}),
 	}
 	for _, k := range []string{ErrKindHAProxy, ErrKindMedia, ErrKindKV, ErrKindMapFile, ErrKindEvents, ErrKindRefused, ErrKindHeartbeat} {
 		m.errors.WithLabelValues(k)
 	}
-	reg.MustRegister(m.routes, m.latency, m.errors, m.drift, m.claims)
+	for _, r := range []string{RemovedDeleted, RemovedExpired, RemovedRefused, RemovedReassigned} {
+		m.removed.WithLabelValues(r)
+	}
+	reg.MustRegister(m.routes, m.latency, m.errors, m.drift, m.claims, m.removed)
 	return m
 }

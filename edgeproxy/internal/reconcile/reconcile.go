@@ -2,7 +2,10 @@
 // livegate_edges, derives the routes this edge serves (claiming pool routes), programs HAProxy's
 // map and the media plane, publishes what it assigned to livegate_endpoints and its heartbeat to
 // livegate_edges. It is level-triggered: every pass starts from the KV state, and a periodic
-// resync reads HAProxy's live map back and repairs drift.
+// resync reads HAProxy's live map back and repairs drift. A pass runs only when something it
+// depends on changed (a route or endpoint revision, the set of live edges), when a resync or a
+// claim falls due, or to retry; the echo of the edge's own heartbeat and endpoint writes is not
+// a change. Each route value is parsed once per KV revision.
 package reconcile
 
 import (
@@ -13,6 +16,8 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -21,6 +26,7 @@ import (
 	"github.com/livegate/livegate/edgeproxy/internal/routes"
 	"github.com/livegate/livegate/pkg/events"
 	"github.com/livegate/livegate/pkg/kvstore"
+	"github.com/livegate/livegate/pkg/natsconn"
 	"github.com/livegate/livegate/pkg/sessionid"
 	"github.com/livegate/livegate/pkg/wire"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
@@ -89,8 +95,14 @@ type Deps struct {
 // Option changes a Reconciler's defaults.
 type Option func(*Reconciler)
 
-// WithMapFile keeps the map file HAProxy loads at start in line with the programmed map.
+// WithMapFile keeps the map file HAProxy loads at start in line with the programmed map. The
+// file is written off the loop, at most every MapFileInterval, and once more when the loop
+// stops: while HAProxy runs its runtime API is the truth, and the file only matters to its next
+// start, which a resync then corrects.
 func WithMapFile(path string) Option { return func(r *Reconciler) { r.mapFile = path } }
+
+// MapFileInterval is the shortest time between two writes of the map file.
+const MapFileInterval = 250 * time.Millisecond
 
 // WithStartGate holds the first pass until ready is closed: a supervised HAProxy that is still
 // starting is not a failure to report. The KV snapshot is read in the meantime.
@@ -120,7 +132,8 @@ type Reconciler struct {
 	evq     chan *livegatev1.Event
 
 	// Loop state, owned by Run's goroutine.
-	routes     map[string]kvstore.Entry
+	valid      map[string]routes.Route
+	invalid    map[string]invalidRoute
 	seen       map[string]time.Time
 	endpoints  map[string]endpoint
 	live       map[string]bool
@@ -129,17 +142,76 @@ type Reconciler struct {
 	mediaWant  map[string][]media.Mapping
 	served     map[string]servedRoute
 	refused    map[string]string
-	sched      *routes.Scheduler
+	// expired holds the route keys whose removal from KV was a lapsed lease, until the pass
+	// that reports their removal.
+	expired map[string]bool
+	sched   *routes.Scheduler
+	files   *fileWriter
 
-	mu      sync.Mutex
-	status  []RouteStatus
+	mu     sync.Mutex
+	status map[string]servedRoute
+	// lastErr and synced are what Healthy reports.
 	lastErr error
 	synced  bool
 }
 
+// invalidRoute is a route value this edge could not parse, kept by revision so that it is
+// parsed once.
+type invalidRoute struct {
+	revision      uint64
+	err           error
+	session, pool string
+	// mine is whether the route names this edge or its pool (or could not be read at all).
+	mine bool
+}
+
 type endpoint struct {
 	routes.Endpoint
-	pb *livegatev1.Endpoint
+	// pub is what the entry publishes, to compare with what this edge would write; nil when
+	// it could not be read.
+	pub *published
+}
+
+// published holds the fields of a livegate_endpoints value that this edge writes and compares.
+// What this edge wrote shares its slices with the served route.
+type published struct {
+	instance, session, edge, host string
+	signalingPort                 uint32
+	ports                         []uint16
+	media                         []netip.AddrPort
+	// unreadable marks a value whose ports or backends do not parse: it equals nothing.
+	unreadable bool
+}
+
+func publishedOf(pb *livegatev1.Endpoint) *published {
+	p := &published{
+		instance: pb.GetInstanceId(), session: pb.GetSessionId(), edge: pb.GetEdgeId(), host: pb.GetPublicHost(),
+		signalingPort: pb.GetSignalingPort(),
+	}
+	for _, port := range pb.GetPublicUdpPorts() {
+		p.unreadable = p.unreadable || port == 0 || port > 65535
+		p.ports = append(p.ports, uint16(port))
+	}
+	for _, m := range pb.GetMediaBackends() {
+		ap, err := netip.ParseAddrPort(m)
+		p.unreadable = p.unreadable || err != nil
+		p.media = append(p.media, ap)
+	}
+	return p
+}
+
+// publishedFor is what this edge publishes for w (see endpointFor).
+func (r *Reconciler) publishedFor(w servedRoute) *published {
+	return &published{
+		instance: w.route.Key, session: w.route.SessionID, edge: r.cfg.EdgeID, host: r.cfg.PublicHost,
+		signalingPort: r.cfg.SignalingPort, ports: w.ports[:min(len(w.ports), len(w.route.Media))], media: w.route.Media,
+	}
+}
+
+func (p *published) equal(o *published) bool {
+	return p != nil && o != nil && !p.unreadable && !o.unreadable && p.instance == o.instance && p.session == o.session &&
+		p.edge == o.edge && p.host == o.host && p.signalingPort == o.signalingPort &&
+		slices.Equal(p.ports, o.ports) && slices.Equal(p.media, o.media)
 }
 
 type servedRoute struct {
@@ -159,12 +231,20 @@ func New(cfg Config, d Deps, opts ...Option) (*Reconciler, error) {
 	r := &Reconciler{
 		cfg: cfg, d: d, log: d.Log, now: time.Now,
 		kick: make(chan struct{}, 1), evq: make(chan *livegatev1.Event, 1<<16),
-		routes: map[string]kvstore.Entry{}, seen: map[string]time.Time{}, endpoints: map[string]endpoint{},
+		valid: map[string]routes.Route{}, invalid: map[string]invalidRoute{}, seen: map[string]time.Time{}, expired: map[string]bool{}, endpoints: map[string]endpoint{},
 		live: map[string]bool{}, served: map[string]servedRoute{}, refused: map[string]string{},
 		sched: routes.NewScheduler(),
 	}
 	for _, o := range opts {
 		o(r)
+	}
+	if r.mapFile != "" {
+		path := r.mapFile
+		r.files = newFileWriter(func(m map[string]string) error { return haproxy.WriteMapFile(path, m) }, MapFileInterval,
+			func(err error) {
+				r.d.Metrics.errors.WithLabelValues(ErrKindMapFile).Inc()
+				r.log.Warn().Err(err).Msg("map file write failed; retrying")
+			})
 	}
 	return r, nil
 }
@@ -177,11 +257,21 @@ func (r *Reconciler) Resync() {
 	}
 }
 
-// Routes is what this edge has programmed, by instance id.
+// Routes is what this edge has programmed, sorted by instance id.
 func (r *Reconciler) Routes() []RouteStatus {
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	return slices.Clone(r.status)
+	served := r.status
+	r.mu.Unlock()
+	status := make([]RouteStatus, 0, len(served))
+	for _, k := range sortedKeys(served) {
+		w := served[k]
+		status = append(status, RouteStatus{
+			InstanceID: k, SessionID: w.route.SessionID, SignalingBackend: w.route.Signaling.String(),
+			MediaBackends: addrStrings(w.route.Media), PublicUDPPorts: slices.Clone(w.ports),
+			EdgeID: w.route.EdgeID, Pool: w.route.Pool, ProgrammedAt: w.since,
+		})
+	}
+	return status
 }
 
 // Healthy is nil once the loop has programmed the KV snapshot and its last pass succeeded.
@@ -214,6 +304,10 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		wg.Go(func() { r.watch(ctx, kv, in) })
 	}
 	wg.Go(func() { r.publishEvents(ctx) })
+	if r.files != nil {
+		wg.Go(func() { r.files.Run(ctx) })
+	}
+	defer r.settle()
 	defer wg.Wait()
 	defer cancel()
 
@@ -225,7 +319,9 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	wake := time.NewTimer(time.Hour)
 	defer wake.Stop()
 	synced := map[string]bool{}
-	full := true
+	// due holds until a pass has run for every reason it was wanted: a KV change, a claim or
+	// retry falling due, the first pass.
+	full, due := true, true
 	gate := r.gate
 	for {
 		select {
@@ -234,12 +330,12 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		case <-gate:
 			gate = nil
 		case x := <-in:
-			r.take(x, synced)
+			due = r.take(x, synced) || due
 		drain:
 			for {
 				select {
 				case x := <-in:
-					r.take(x, synced)
+					due = r.take(x, synced) || due
 				default:
 					break drain
 				}
@@ -249,13 +345,15 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		case <-r.kick:
 			full = true
 		case <-wake.C:
+			due = true
 		case <-beat.C:
 			r.heartbeat(ctx)
 			continue
 		}
-		if len(synced) < 3 || gate != nil {
+		if len(synced) < 3 || gate != nil || !(due || full) {
 			continue
 		}
+		due = false
 		next, err := r.pass(ctx, full)
 		if ctx.Err() != nil {
 			return nil
@@ -277,6 +375,19 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	}
 }
 
+// settleTimeout bounds how long a stopping loop waits for the media plane's background work.
+const settleTimeout = 5 * time.Second
+
+// settle lets the media plane finish deleting the conntrack entries of removed ports: a
+// process that exits first leaves them to time out, and the next process does not know them.
+func (r *Reconciler) settle() {
+	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+	defer cancel()
+	if err := r.d.Media.Settle(ctx); err != nil {
+		r.log.Warn().Err(err).Msg("media plane not settled on stop")
+	}
+}
+
 func (r *Reconciler) watch(ctx context.Context, kv jetstream.KeyValue, in chan<- input) {
 	bucket := kv.Bucket()
 	send := func(x input) {
@@ -289,6 +400,9 @@ func (r *Reconciler) watch(ctx context.Context, kv jetstream.KeyValue, in chan<-
 	_ = kvstore.Watch(ctx, kv, ">", kvstore.Handler{
 		Snapshot: func(m map[string]kvstore.Entry) { send(input{snapshot: m}) },
 		Update:   func(e kvstore.Entry) { send(input{entry: e}) },
+		// Without it a watch resumes only when its consumer's heartbeats lapse, 10-15 s after
+		// NATS is back: that long, route changes made meanwhile would wait.
+		Restart: natsconn.Reconnects(r.d.JS.Conn()),
 		Error: func(err error) {
 			r.d.Metrics.errors.WithLabelValues(ErrKindKV).Inc()
 			r.log.Warn().Err(err).Str("bucket", bucket).Msg("kv watch broke; watching again")
@@ -296,14 +410,35 @@ func (r *Reconciler) watch(ctx context.Context, kv jetstream.KeyValue, in chan<-
 	})
 }
 
-// take folds one watch input into the loop state.
-func (r *Reconciler) take(x input, synced map[string]bool) {
+// take folds one watch input into the loop state and reports whether a pass must see it: the
+// echo of what this edge wrote itself (its endpoints, its heartbeat) changes nothing.
+func (r *Reconciler) take(x input, synced map[string]bool) bool {
 	entries := x.snapshot
+	changed := entries != nil
 	if entries != nil {
 		synced[x.bucket] = true
 		switch x.bucket {
 		case kvstore.RoutesBucket:
-			clear(r.routes)
+			// Parsed routes of unchanged revisions are kept across a new snapshot.
+			oldValid, oldInvalid := r.valid, r.invalid
+			r.valid, r.invalid = make(map[string]routes.Route, len(entries)), map[string]invalidRoute{}
+			for k, e := range entries {
+				switch rt, inv := oldValid[k], oldInvalid[k]; {
+				case e.Deleted:
+				case rt.Key != "" && rt.Revision == e.Revision:
+					r.valid[k] = rt
+				case inv.err != nil && inv.revision == e.Revision:
+					r.invalid[k] = inv
+				default:
+					r.takeRoute(e, x.at)
+				}
+			}
+			for k := range r.seen {
+				if _, ok := entries[k]; !ok {
+					delete(r.seen, k)
+				}
+			}
+			return true
 		case kvstore.EndpointsBucket:
 			clear(r.endpoints)
 		case kvstore.EdgesBucket:
@@ -316,35 +451,74 @@ func (r *Reconciler) take(x input, synced map[string]bool) {
 		switch x.bucket {
 		case kvstore.RoutesBucket:
 			if e.Deleted {
-				delete(r.routes, k)
+				_, had := r.valid[k]
+				_, hadInvalid := r.invalid[k]
+				delete(r.valid, k)
+				delete(r.invalid, k)
 				delete(r.seen, k)
+				if e.Purged && (had || hadInvalid) {
+					r.expired[k] = true
+				}
+				changed = changed || had || hadInvalid
 				continue
 			}
-			if old, ok := r.routes[k]; !ok || old.Revision != e.Revision {
-				r.seen[k] = x.at
-			}
-			r.routes[k] = e
+			changed = r.takeRoute(e, x.at) || changed
 		case kvstore.EndpointsBucket:
 			if e.Deleted {
+				_, had := r.endpoints[k]
 				delete(r.endpoints, k)
+				changed = changed || had
+				continue
+			}
+			if old, ok := r.endpoints[k]; ok && old.Revision == e.Revision {
 				continue
 			}
 			r.endpoints[k] = decodeEndpoint(e)
+			changed = true
 		case kvstore.EdgesBucket:
 			if e.Deleted {
+				changed = changed || r.live[k]
 				delete(r.live, k)
 				continue
 			}
+			changed = changed || !r.live[k]
 			r.live[k] = true
 		}
 	}
-	if x.snapshot != nil && x.bucket == kvstore.RoutesBucket {
-		for k := range r.seen {
-			if _, ok := r.routes[k]; !ok {
-				delete(r.seen, k)
-			}
-		}
+	return changed
+}
+
+func (r *Reconciler) revisionOf(key string) (uint64, bool) {
+	if rt, ok := r.valid[key]; ok {
+		return rt.Revision, true
 	}
+	inv, ok := r.invalid[key]
+	return inv.revision, ok
+}
+
+// takeRoute parses a route value unless its revision is already known; it reports whether the
+// route changed.
+func (r *Reconciler) takeRoute(e kvstore.Entry, at time.Time) bool {
+	if rev, ok := r.revisionOf(e.Key); ok && rev == e.Revision {
+		return false
+	}
+	r.seen[e.Key] = at
+	delete(r.expired, e.Key)
+	rt, err := r.cfg.Policy.Parse(e.Key, e.Value, e.Revision)
+	if err == nil {
+		delete(r.invalid, e.Key)
+		r.valid[e.Key] = rt
+		return true
+	}
+	delete(r.valid, e.Key)
+	inv := invalidRoute{revision: e.Revision, err: err, mine: true}
+	var pb livegatev1.Route
+	if wire.Unmarshal(e.Value, &pb) == nil {
+		inv.session, inv.pool = pb.GetSessionId(), pb.GetPool()
+		inv.mine = pb.GetEdgeId() == r.cfg.EdgeID || (pb.GetEdgeId() == "" && (pb.GetPool() == r.cfg.Pool || pb.GetPool() == ""))
+	}
+	r.invalid[e.Key] = inv
+	return true
 }
 
 func decodeEndpoint(e kvstore.Entry) endpoint {
@@ -359,13 +533,14 @@ func decodeEndpoint(e kvstore.Entry) endpoint {
 			ports = append(ports, uint16(p))
 		}
 	}
-	return endpoint{Endpoint: routes.Endpoint{EdgeID: pb.GetEdgeId(), Revision: e.Revision, Ports: ports}, pb: &pb}
+	return endpoint{Endpoint: routes.Endpoint{EdgeID: pb.GetEdgeId(), Revision: e.Revision, Ports: ports}, pub: publishedOf(&pb)}
 }
 
 // pass reconciles once. It returns when it wants to run again (a claim falling due), or zero.
 func (r *Reconciler) pass(ctx context.Context, full bool) (time.Time, error) {
 	now := r.now()
-	valid := r.validRoutes()
+	valid := r.valid
+	r.refuseInvalid()
 	eps := make(map[string]routes.Endpoint, len(r.endpoints))
 	for k, e := range r.endpoints {
 		eps[k] = e.Endpoint
@@ -380,8 +555,18 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (time.Time, error) {
 	_, freePorts := r.d.Media.Capacity()
 	var claimable []string
 	claimByKey := map[string]routes.Claim{}
+	// starved is set when ports were short: ports come out of quarantine with time, not with a
+	// KV change, so the loop must look again by itself.
+	starved := false
 	for _, c := range plan.Claims {
-		if load+len(claimable) >= r.cfg.MaxRoutes || (len(c.Route.Media) > 0 && freePorts < len(c.Route.Media) && r.mediaOn()) {
+		if load+len(claimable) >= r.cfg.MaxRoutes {
+			continue
+		}
+		if len(c.Route.Media) > 0 && freePorts < len(c.Route.Media) && r.mediaOn() {
+			starved = true
+			// Said once per revision: otherwise a pool route no edge has ports for waits unseen.
+			r.refuse(c.Route.Key, c.Route.Revision, c.Route.SessionID, c.Route.Pool,
+				fmt.Sprintf("media ports: public port range exhausted (%d free, %d wanted); left to the pool's other edges", freePorts, len(c.Route.Media)))
 			continue
 		}
 		claimable = append(claimable, c.Route.Key)
@@ -401,7 +586,9 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (time.Time, error) {
 		claims[k] = claimByKey[k]
 		want[k] = servedRoute{route: claimByKey[k].Route}
 	}
-	r.assignPorts(want, claims)
+	if r.assignPorts(want, claims) > 0 {
+		starved = true
+	}
 	r.releaseGone(want)
 
 	if err := r.program(ctx, want, full); err != nil {
@@ -417,10 +604,23 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (time.Time, error) {
 			return time.Time{}, err
 		}
 	}
-	r.writeEndpoints(ctx, want, claims)
-	r.deleteStaleEndpoints(ctx, want)
+	failed := r.publishEndpoints(ctx, want, claims)
 	r.finish(want, now)
+	if starved {
+		next = earliest(next, now.Add(r.cfg.Heartbeat))
+	}
+	if failed > 0 {
+		next = earliest(next, now.Add(retryDelay))
+	}
 	return next, nil
+}
+
+// earliest is the earlier of two times, zero meaning none.
+func earliest(a, b time.Time) time.Time {
+	if a.IsZero() || b.Before(a) {
+		return b
+	}
+	return a
 }
 
 func (r *Reconciler) mediaOn() bool {
@@ -428,30 +628,19 @@ func (r *Reconciler) mediaOn() bool {
 	return total > 0
 }
 
-// validRoutes parses every route; it reports the refused ones that concern this edge.
-func (r *Reconciler) validRoutes() map[string]routes.Route {
-	valid := make(map[string]routes.Route, len(r.routes))
-	for k, e := range r.routes {
-		rt, err := r.cfg.Policy.Parse(k, e.Value, e.Revision)
-		if err == nil {
-			valid[k] = rt
-			continue
+// refuseInvalid reports the unparsable routes that concern this edge, and forgets refusals of
+// routes that are gone.
+func (r *Reconciler) refuseInvalid() {
+	for k, inv := range r.invalid {
+		if inv.mine {
+			r.refuse(k, inv.revision, inv.session, inv.pool, inv.err.Error())
 		}
-		var pb livegatev1.Route
-		if wire.Unmarshal(e.Value, &pb) == nil {
-			mine := pb.GetEdgeId() == r.cfg.EdgeID || (pb.GetEdgeId() == "" && (pb.GetPool() == r.cfg.Pool || pb.GetPool() == ""))
-			if !mine {
-				continue
-			}
-		}
-		r.refuse(k, e.Revision, pb.GetSessionId(), pb.GetPool(), err.Error())
 	}
 	for k := range r.refused {
-		if _, ok := r.routes[k]; !ok {
+		if _, ok := r.revisionOf(k); !ok {
 			delete(r.refused, k)
 		}
 	}
-	return valid
 }
 
 // refuse logs and reports a route this edge will not program, once per key and revision.
@@ -467,13 +656,19 @@ func (r *Reconciler) refuse(key string, revision uint64, session, pool, reason s
 	if sessionid.Validate(session) != nil {
 		session = ""
 	}
+	// A hostile pool cannot name the event's subject; the event goes out under this edge's pool.
+	if events.ValidateToken("pool", pool) != nil {
+		pool = ""
+	}
 	r.emit(&livegatev1.Event{Type: livegatev1.EventType_EVENT_TYPE_ROUTE_REFUSED, InstanceId: key, SessionId: session, Pool: pool,
 		Details: &livegatev1.Event_RouteRefused{RouteRefused: &livegatev1.RouteRefused{EdgeId: r.cfg.EdgeID, Reason: reason}}})
 }
 
 // assignPorts gives each wanted route its public media ports, keeping those it holds, else those
-// its endpoint recorded (a restarted edge). A route that gets none is refused and dropped.
-func (r *Reconciler) assignPorts(want map[string]servedRoute, claims map[string]routes.Claim) {
+// its endpoint recorded (a restarted edge). A route that gets none is refused and dropped; it
+// returns how many were.
+func (r *Reconciler) assignPorts(want map[string]servedRoute, claims map[string]routes.Claim) int {
+	refused := 0
 	for _, k := range sortedKeys(want) {
 		w := want[k]
 		if cur, ok := r.served[k]; ok && slices.Equal(cur.route.Media, w.route.Media) {
@@ -491,6 +686,7 @@ func (r *Reconciler) assignPorts(want map[string]servedRoute, claims map[string]
 			r.refuse(k, w.route.Revision, w.route.SessionID, w.route.Pool, fmt.Sprintf("media ports: %v", err))
 			delete(want, k)
 			delete(claims, k)
+			refused++
 			continue
 		}
 		if cur, ok := r.served[k]; ok {
@@ -499,6 +695,7 @@ func (r *Reconciler) assignPorts(want map[string]servedRoute, claims map[string]
 		w.ports = ports
 		want[k] = w
 	}
+	return refused
 }
 
 // releaseGone gives back the media ports of routes no longer served.
@@ -510,8 +707,8 @@ func (r *Reconciler) releaseGone(want map[string]servedRoute) {
 	}
 }
 
-// program makes HAProxy's map, the map file and the media plane hold want. With full, it first
-// reads HAProxy's live map back instead of trusting what it last wrote.
+// program makes HAProxy's map and the media plane hold want, and hands the map to the map file
+// writer. With full, it reads HAProxy's live map and the kernel's rules back first.
 func (r *Reconciler) program(ctx context.Context, want map[string]servedRoute, full bool) error {
 	entries := make(map[string]string, len(want))
 	mediaWant := make(map[string][]media.Mapping, len(want))
@@ -525,6 +722,32 @@ func (r *Reconciler) program(ctx context.Context, want map[string]servedRoute, f
 			mediaWant[k] = ms
 		}
 	}
+	// HAProxy and the kernel are independent: program both at once, publish after both.
+	var mediaErr error
+	var wg sync.WaitGroup
+	if full || !maps.EqualFunc(mediaWant, r.mediaWant, slices.Equal) {
+		r.mediaWant = nil
+		wg.Go(func() {
+			if mediaErr = r.d.Media.Sync(ctx, mediaWant); mediaErr != nil {
+				r.d.Metrics.errors.WithLabelValues(ErrKindMedia).Inc()
+				mediaErr = fmt.Errorf("program media plane: %w", mediaErr)
+				return
+			}
+			r.mediaWant = mediaWant
+		})
+	}
+	haproxyErr := r.programHAProxy(ctx, entries, full)
+	wg.Wait()
+	if haproxyErr == nil && r.files != nil && (full || !maps.Equal(entries, r.mapWritten)) {
+		r.files.Offer(entries)
+		r.mapWritten = entries
+	}
+	return errors.Join(haproxyErr, mediaErr)
+}
+
+// programHAProxy makes HAProxy's map hold entries. With full, or after a failure, it first reads
+// the live map back instead of trusting what it last wrote.
+func (r *Reconciler) programHAProxy(ctx context.Context, entries map[string]string, full bool) error {
 	if full || r.programmed == nil {
 		live, err := r.d.Driver.List(ctx)
 		if err != nil {
@@ -552,23 +775,6 @@ func (r *Reconciler) program(ctx context.Context, want map[string]servedRoute, f
 		r.programmed = entries
 		r.log.Debug().Int("set", len(set)).Int("deleted", len(del)).Dur("took", r.now().Sub(began)).Msg("haproxy map programmed")
 	}
-	if full || !maps.Equal(entries, r.mapWritten) {
-		if r.mapFile != "" {
-			if err := haproxy.WriteMapFile(r.mapFile, entries); err != nil {
-				r.d.Metrics.errors.WithLabelValues(ErrKindMapFile).Inc()
-				return err
-			}
-		}
-		r.mapWritten = entries
-	}
-	if full || !maps.EqualFunc(mediaWant, r.mediaWant, slices.Equal) {
-		if err := r.d.Media.Sync(ctx, mediaWant); err != nil {
-			r.d.Metrics.errors.WithLabelValues(ErrKindMedia).Inc()
-			r.mediaWant = nil
-			return fmt.Errorf("program media plane: %w", err)
-		}
-		r.mediaWant = mediaWant
-	}
 	return nil
 }
 
@@ -576,10 +782,11 @@ func (r *Reconciler) program(ctx context.Context, want map[string]servedRoute, f
 const parallelism = 32
 
 type writeResult struct {
-	key string
-	rev uint64
-	pb  *livegatev1.Endpoint
-	err error
+	key     string
+	rev     uint64
+	pub     *published
+	deleted bool
+	err     error
 }
 
 // runWrites runs fns with bounded concurrency and collects their results.
@@ -612,12 +819,6 @@ func (r *Reconciler) endpointFor(w servedRoute) *livegatev1.Endpoint {
 	return ep
 }
 
-func sameEndpoint(a, b *livegatev1.Endpoint) bool {
-	return a != nil && b != nil && a.GetInstanceId() == b.GetInstanceId() && a.GetSessionId() == b.GetSessionId() &&
-		a.GetEdgeId() == b.GetEdgeId() && a.GetPublicHost() == b.GetPublicHost() && a.GetSignalingPort() == b.GetSignalingPort() &&
-		slices.Equal(a.GetPublicUdpPorts(), b.GetPublicUdpPorts()) && slices.Equal(a.GetMediaBackends(), b.GetMediaBackends())
-}
-
 // writeClaims takes pool routes with a compare-and-set write of their endpoint: a create where no
 // endpoint exists, an update at the dead owner's revision otherwise. Exactly one edge wins each.
 // It returns the keys this edge lost.
@@ -637,7 +838,7 @@ func (r *Reconciler) writeClaims(ctx context.Context, want map[string]servedRout
 			} else {
 				rev, err = r.d.Buckets.Endpoints.Update(ctx, k, data, c.Revision)
 			}
-			return writeResult{key: k, rev: rev, pb: pb, err: err}
+			return writeResult{key: k, rev: rev, pub: r.publishedFor(w), err: err}
 		})
 	}
 	var lost []string
@@ -652,7 +853,7 @@ func (r *Reconciler) writeClaims(ctx context.Context, want map[string]servedRout
 			continue
 		}
 		r.d.Metrics.claims.WithLabelValues("won").Inc()
-		r.endpoints[res.key] = endpoint{Endpoint: routes.Endpoint{EdgeID: r.cfg.EdgeID, Revision: res.rev, Ports: want[res.key].ports}, pb: res.pb}
+		r.endpoints[res.key] = endpoint{Endpoint: routes.Endpoint{EdgeID: r.cfg.EdgeID, Revision: res.rev, Ports: want[res.key].ports}, pub: res.pub}
 		r.log.Info().Str("instance_id", res.key).Msg("pool route claimed")
 	}
 	return lost
@@ -663,19 +864,23 @@ func isWrongSequence(err error) bool {
 	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
 }
 
-// writeEndpoints publishes the endpoint of each served route whose KV entry is missing or stale.
-func (r *Reconciler) writeEndpoints(ctx context.Context, want map[string]servedRoute, claims map[string]routes.Claim) {
+// publishEndpoints writes the endpoint of each served route whose KV entry is missing or stale,
+// and removes this edge's endpoints of routes it no longer serves, all at once. A removal is at
+// the entry's revision, so an endpoint another edge has just written is never removed. It
+// returns how many writes failed for a reason other than that.
+func (r *Reconciler) publishEndpoints(ctx context.Context, want map[string]servedRoute, claims map[string]routes.Claim) int {
 	var fns []func() writeResult
 	for _, k := range sortedKeys(want) {
 		if _, claimed := claims[k]; claimed {
 			continue
 		}
 		w := want[k]
-		pb := r.endpointFor(w)
+		pub := r.publishedFor(w)
 		cur, ok := r.endpoints[k]
-		if ok && sameEndpoint(cur.pb, pb) {
+		if ok && cur.pub.equal(pub) {
 			continue
 		}
+		pb := r.endpointFor(w)
 		pooled := w.route.EdgeID == ""
 		fns = append(fns, func() writeResult {
 			data, err := wire.Marshal(pb)
@@ -689,44 +894,35 @@ func (r *Reconciler) writeEndpoints(ctx context.Context, want map[string]servedR
 			} else {
 				rev, err = r.d.Buckets.Endpoints.Put(ctx, k, data)
 			}
-			return writeResult{key: k, rev: rev, pb: pb, err: err}
+			return writeResult{key: k, rev: rev, pub: pub, err: err}
 		})
 	}
-	for _, res := range runWrites(fns) {
-		if res.err != nil {
-			if ctx.Err() == nil {
-				r.d.Metrics.errors.WithLabelValues(ErrKindKV).Inc()
-				r.log.Warn().Err(res.err).Str("instance_id", res.key).Msg("endpoint write failed")
-			}
-			continue
-		}
-		r.endpoints[res.key] = endpoint{Endpoint: routes.Endpoint{EdgeID: r.cfg.EdgeID, Revision: res.rev, Ports: want[res.key].ports}, pb: res.pb}
-	}
-}
-
-// deleteStaleEndpoints removes this edge's endpoints of routes it no longer serves, at their
-// revision, so an endpoint another edge has just written is never removed.
-func (r *Reconciler) deleteStaleEndpoints(ctx context.Context, want map[string]servedRoute) {
-	var fns []func() writeResult
 	for k, ep := range r.endpoints {
 		if _, ok := want[k]; ok || ep.EdgeID != r.cfg.EdgeID {
 			continue
 		}
 		rev := ep.Revision
 		fns = append(fns, func() writeResult {
-			return writeResult{key: k, err: r.d.Buckets.Endpoints.Delete(ctx, k, jetstream.LastRevision(rev))}
+			return writeResult{key: k, deleted: true, err: r.d.Buckets.Endpoints.Delete(ctx, k, jetstream.LastRevision(rev))}
 		})
 	}
+	failed := 0
 	for _, res := range runWrites(fns) {
-		if res.err != nil {
-			if ctx.Err() == nil && !isWrongSequence(res.err) {
+		switch {
+		case res.err != nil && res.deleted && isWrongSequence(res.err):
+		case res.err != nil:
+			failed++
+			if ctx.Err() == nil {
 				r.d.Metrics.errors.WithLabelValues(ErrKindKV).Inc()
-				r.log.Warn().Err(res.err).Str("instance_id", res.key).Msg("endpoint delete failed")
+				r.log.Warn().Err(res.err).Str("instance_id", res.key).Bool("delete", res.deleted).Msg("endpoint write failed")
 			}
-			continue
+		case res.deleted:
+			delete(r.endpoints, res.key)
+		default:
+			r.endpoints[res.key] = endpoint{Endpoint: routes.Endpoint{EdgeID: r.cfg.EdgeID, Revision: res.rev, Ports: want[res.key].ports}, pub: res.pub}
 		}
-		delete(r.endpoints, res.key)
 	}
+	return failed
 }
 
 // finish records what is served, reports programmed and removed routes and refreshes the status.
@@ -735,45 +931,69 @@ func (r *Reconciler) finish(want map[string]servedRoute, now time.Time) {
 		if _, ok := want[k]; ok {
 			continue
 		}
-		reason := "route deleted"
-		if _, ok := r.routes[k]; ok {
-			reason = "route no longer served by this edge"
-		}
+		kind, reason := r.removal(k)
+		r.d.Metrics.removed.WithLabelValues(kind).Inc()
 		r.log.Info().Str("instance_id", k).Str("session_id", old.route.SessionID).Str("reason", reason).Msg("route removed")
 		r.emit(&livegatev1.Event{Type: livegatev1.EventType_EVENT_TYPE_ROUTE_REMOVED, InstanceId: k, SessionId: old.route.SessionID, Pool: old.route.Pool,
 			Details: &livegatev1.Event_RouteRemoved{RouteRemoved: &livegatev1.RouteRemoved{EdgeId: r.cfg.EdgeID, Reason: reason}}})
 	}
 	served := make(map[string]servedRoute, len(want))
-	status := make([]RouteStatus, 0, len(want))
-	for _, k := range sortedKeys(want) {
-		w := want[k]
-		old, had := r.served[k]
-		if !had || old.route.Revision != w.route.Revision {
-			if w.since.IsZero() {
-				w.since = now
-			}
-			latency := time.Duration(0)
-			if seen, ok := r.seen[k]; ok {
-				latency = max(r.now().Sub(seen), 0)
-				r.d.Metrics.latency.Observe(latency.Seconds())
-			}
-			r.log.Info().Str("instance_id", k).Str("session_id", w.route.SessionID).Str("backend", w.route.Signaling.String()).
-				Any("public_udp_ports", w.ports).Dur("latency", latency).Msg("route programmed")
-			r.emit(&livegatev1.Event{Type: livegatev1.EventType_EVENT_TYPE_ROUTE_PROGRAMMED, InstanceId: k, SessionId: w.route.SessionID, Pool: w.route.Pool,
-				Details: &livegatev1.Event_RouteProgrammed{RouteProgrammed: &livegatev1.RouteProgrammed{EdgeId: r.cfg.EdgeID, Latency: durationpb.New(latency)}}})
+	var fresh []string
+	for k, w := range want {
+		if old, had := r.served[k]; !had || !sameProgramming(old, w) {
+			fresh = append(fresh, k)
 		}
 		served[k] = w
-		status = append(status, RouteStatus{
-			InstanceID: k, SessionID: w.route.SessionID, SignalingBackend: w.route.Signaling.String(),
-			MediaBackends: addrStrings(w.route.Media), PublicUDPPorts: slices.Clone(w.ports),
-			EdgeID: w.route.EdgeID, Pool: w.route.Pool, ProgrammedAt: w.since,
-		})
+	}
+	slices.Sort(fresh)
+	for _, k := range fresh {
+		w := served[k]
+		if w.since.IsZero() {
+			w.since = now
+			served[k] = w
+		}
+		latency := time.Duration(0)
+		if seen, ok := r.seen[k]; ok {
+			latency = max(r.now().Sub(seen), 0)
+			r.d.Metrics.latency.Observe(latency.Seconds())
+		}
+		r.log.Info().Str("instance_id", k).Str("session_id", w.route.SessionID).Str("backend", w.route.Signaling.String()).
+			Any("public_udp_ports", w.ports).Dur("latency", latency).Msg("route programmed")
+		r.emit(&livegatev1.Event{Type: livegatev1.EventType_EVENT_TYPE_ROUTE_PROGRAMMED, InstanceId: k, SessionId: w.route.SessionID, Pool: w.route.Pool,
+			Details: &livegatev1.Event_RouteProgrammed{RouteProgrammed: &livegatev1.RouteProgrammed{EdgeId: r.cfg.EdgeID, Latency: durationpb.New(latency)}}})
 	}
 	r.served = served
+	clear(r.expired)
 	r.d.Metrics.routes.Set(float64(len(served)))
+	// served is never changed once built, so Routes can read it while the loop goes on.
 	r.mu.Lock()
-	r.status = status
+	r.status = served
 	r.mu.Unlock()
+}
+
+// removal says why a route this edge served is no longer served: the metric's reason and the
+// event's words. A route that vanished while this edge was away from NATS counts as deleted: the
+// snapshot after the reconnect no longer says how it went.
+func (r *Reconciler) removal(key string) (kind, reason string) {
+	rev, known := r.revisionOf(key)
+	switch {
+	case r.expired[key]:
+		return RemovedExpired, "route lease expired"
+	case !known:
+		return RemovedDeleted, "route deleted"
+	case strings.HasPrefix(r.refused[key], strconv.FormatUint(rev, 10)+" "):
+		return RemovedRefused, "route refused"
+	default:
+		return RemovedReassigned, "route no longer served by this edge"
+	}
+}
+
+// sameProgramming tells a lease renewal (a new revision of an unchanged route) from a change that
+// programs the route anew: only the latter is reported, or every route would be reported again
+// every third of its lease.
+func sameProgramming(a, b servedRoute) bool {
+	return a.route.SessionID == b.route.SessionID && a.route.Signaling == b.route.Signaling &&
+		slices.Equal(a.route.Media, b.route.Media) && slices.Equal(a.ports, b.ports)
 }
 
 func addrStrings(as []netip.AddrPort) []string {

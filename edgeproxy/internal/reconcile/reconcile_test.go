@@ -27,6 +27,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 type env struct {
@@ -79,9 +80,14 @@ func config(id, pool string) reconcile.Config {
 // startEdge runs a reconciler against h until the test ends or stop is called.
 func startEdge(t testing.TB, e env, cfg reconcile.Config, h *haproxytest.Instance, plane media.Plane) *edge {
 	t.Helper()
+	return startEdgeWithMetrics(t, e, cfg, h, plane, prometheus.NewRegistry())
+}
+
+func startEdgeWithMetrics(t testing.TB, e env, cfg reconcile.Config, h *haproxytest.Instance, plane media.Plane, reg prometheus.Registerer) *edge {
+	t.Helper()
 	r, err := reconcile.New(cfg, reconcile.Deps{
 		JS: e.js, Buckets: e.kv, Driver: h.Driver, Media: plane,
-		Events: events.NewPublisher(e.js, "test/"+cfg.EdgeID), Metrics: reconcile.NewMetrics(prometheus.NewRegistry()),
+		Events: events.NewPublisher(e.js, "test/"+cfg.EdgeID), Metrics: reconcile.NewMetrics(reg),
 		Log: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel).With().Str("edge", cfg.EdgeID).Logger(),
 	}, reconcile.WithMapFile(h.MapFile))
 	if err != nil {
@@ -199,10 +205,11 @@ func TestRouteProgrammedAndRemoved(t *testing.T) {
 		ev := lastEvent(t, e, "default", "inst-1", livegatev1.EventType_EVENT_TYPE_ROUTE_PROGRAMMED)
 		return ev != nil && ev.GetRouteProgrammed().GetEdgeId() == "edge-a"
 	})
-	mapFile, err := os.ReadFile(h.MapFile)
-	if err != nil || !strings.Contains(string(mapFile), "sess-1 "+b.Addr.String()) {
-		t.Fatalf("map file %q (%v) lacks the route", mapFile, err)
-	}
+	// The map file follows the runtime map off the loop's path.
+	waitFor(t, "route in the map file", func() bool {
+		mapFile, err := os.ReadFile(h.MapFile)
+		return err == nil && strings.Contains(string(mapFile), "sess-1 "+b.Addr.String())
+	})
 
 	if err := e.kv.Routes.Delete(context.Background(), "inst-1"); err != nil {
 		t.Fatal(err)
@@ -211,6 +218,106 @@ func TestRouteProgrammedAndRemoved(t *testing.T) {
 	waitFor(t, "endpoint removed", func() bool { return endpointOf(t, e, "inst-1") == nil })
 	waitFor(t, "route_removed event", func() bool {
 		return lastEvent(t, e, "default", "inst-1", livegatev1.EventType_EVENT_TYPE_ROUTE_REMOVED) != nil
+	})
+}
+
+// TestRemovalReasons: each way a served route can go is told apart, in the route_removed event
+// and in livegate_edge_routes_removed_total.
+func TestRemovalReasons(t *testing.T) {
+	e := newEnv(t)
+	h := startHAProxy(t)
+	reg := prometheus.NewRegistry()
+	startEdgeWithMetrics(t, e, config("edge-a", "default"), h, media.Off{}, reg)
+	b := haproxytest.StartBackend(t, "app-1", false)
+	route := func(key, edge, backend string) *livegatev1.Route {
+		return &livegatev1.Route{SessionId: "s-" + key, InstanceId: key, SignalingBackend: backend, EdgeId: edge}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, k := range []string{"deleted", "refused", "reassigned"} {
+		putRoute(t, e, k, route(k, "edge-a", b.Addr.String()))
+	}
+	data, err := wire.Marshal(route("expired", "edge-a", b.Addr.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A lease nobody renews: what an agent killed with SIGKILL leaves.
+	if _, err := e.kv.Routes.Create(ctx, "expired", data, jetstream.KeyTTL(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"deleted", "refused", "reassigned"} {
+		waitFor(t, k+" programmed", func() bool {
+			return lastEvent(t, e, "default", k, livegatev1.EventType_EVENT_TYPE_ROUTE_PROGRAMMED) != nil
+		})
+	}
+	if err := e.kv.Routes.Delete(ctx, "deleted"); err != nil {
+		t.Fatal(err)
+	}
+	putRoute(t, e, "refused", route("refused", "edge-a", "192.0.2.1:31000"))
+	putRoute(t, e, "reassigned", route("reassigned", "edge-b", b.Addr.String()))
+	want := map[string]string{
+		"deleted":    "route deleted",
+		"expired":    "route lease expired",
+		"refused":    "route refused",
+		"reassigned": "route no longer served by this edge",
+	}
+	for k, reason := range want {
+		waitFor(t, k+" removed", func() bool {
+			return lastEvent(t, e, "default", k, livegatev1.EventType_EVENT_TYPE_ROUTE_REMOVED) != nil
+		})
+		if got := lastEvent(t, e, "default", k, livegatev1.EventType_EVENT_TYPE_ROUTE_REMOVED).GetRouteRemoved().GetReason(); got != reason {
+			t.Errorf("route %s removed with reason %q, want %q", k, got, reason)
+		}
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, f := range families {
+		if f.GetName() != "livegate_edge_routes_removed_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			got[m.GetLabel()[0].GetValue()] = m.GetCounter().GetValue()
+		}
+	}
+	for k := range want {
+		if got[k] != 1 {
+			t.Errorf("livegate_edge_routes_removed_total{reason=%q} = %v, want 1 (all: %v)", k, got[k], got)
+		}
+	}
+}
+
+func TestLeaseRenewalIsNotReported(t *testing.T) {
+	e := newEnv(t)
+	h := startHAProxy(t)
+	startEdge(t, e, config("edge-a", "default"), h, media.Off{})
+	b := haproxytest.StartBackend(t, "app-1", false)
+	route := &livegatev1.Route{SessionId: "sess-1", InstanceId: "inst-1", SignalingBackend: b.Addr.String(), EdgeId: "edge-a"}
+	putRoute(t, e, "inst-1", route)
+	var first *livegatev1.Event
+	waitFor(t, "route_programmed", func() bool {
+		first = lastEvent(t, e, "default", "inst-1", livegatev1.EventType_EVENT_TYPE_ROUTE_PROGRAMMED)
+		return first != nil
+	})
+	for range 3 {
+		route.RenewedAt = timestamppb.Now()
+		putRoute(t, e, "inst-1", route)
+	}
+	// The loop takes changes and publishes events in order: once a later route is reported, the
+	// renewals have been through.
+	putRoute(t, e, "inst-2", &livegatev1.Route{SessionId: "sess-2", InstanceId: "inst-2", SignalingBackend: b.Addr.String(), EdgeId: "edge-a"})
+	waitFor(t, "route_programmed of inst-2", func() bool {
+		return lastEvent(t, e, "default", "inst-2", livegatev1.EventType_EVENT_TYPE_ROUTE_PROGRAMMED) != nil
+	})
+	if ev := lastEvent(t, e, "default", "inst-1", livegatev1.EventType_EVENT_TYPE_ROUTE_PROGRAMMED); ev.GetId() != first.GetId() {
+		t.Fatalf("a lease renewal was reported as route_programmed: %v after %v", ev, first)
+	}
+	route.SessionId = "sess-1b"
+	putRoute(t, e, "inst-1", route)
+	waitFor(t, "route_programmed of the next session", func() bool {
+		return lastEvent(t, e, "default", "inst-1", livegatev1.EventType_EVENT_TYPE_ROUTE_PROGRAMMED).GetSessionId() == "sess-1b"
 	})
 }
 
@@ -393,6 +500,8 @@ func (p *portPlane) Release(key string) {
 }
 
 func (p *portPlane) Sync(context.Context, map[string][]media.Mapping) error { return nil }
+
+func (p *portPlane) Settle(context.Context) error { return nil }
 
 func (p *portPlane) Capacity() (int, int) { return 100, 100 - len(p.held) }
 

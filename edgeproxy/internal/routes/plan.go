@@ -1,6 +1,7 @@
 package routes
 
 import (
+	"cmp"
 	"fmt"
 	"hash/fnv"
 	"slices"
@@ -45,21 +46,25 @@ type Plan struct {
 // claimable when none does or that edge's heartbeat has expired. Two routes with the same
 // session id cannot share the map: the older revision keeps it.
 func Derive(self Self, routes map[string]Route, endpoints map[string]Endpoint, live map[string]bool) Plan {
-	p := Plan{Serve: map[string]Route{}, Refused: map[string]string{}}
-	keys := make([]string, 0, len(routes))
-	for k := range routes {
-		keys = append(keys, k)
+	p := Plan{Serve: make(map[string]Route, len(routes)), Refused: map[string]string{}}
+	type ordered struct {
+		key string
+		rev uint64
+	}
+	keys := make([]ordered, 0, len(routes))
+	for k, r := range routes {
+		keys = append(keys, ordered{key: k, rev: r.Revision})
 	}
 	// Oldest revision first, so the older route keeps a contested session id.
-	sort.Slice(keys, func(i, j int) bool {
-		ri, rj := routes[keys[i]], routes[keys[j]]
-		if ri.Revision != rj.Revision {
-			return ri.Revision < rj.Revision
+	slices.SortFunc(keys, func(a, b ordered) int {
+		if a.rev != b.rev {
+			return cmp.Compare(a.rev, b.rev)
 		}
-		return keys[i] < keys[j]
+		return strings.Compare(a.key, b.key)
 	})
-	sessions := map[string]string{}
-	for _, k := range keys {
+	sessions := make(map[string]string, len(routes))
+	for _, o := range keys {
+		k := o.key
 		r := routes[k]
 		var claim *Claim
 		switch {

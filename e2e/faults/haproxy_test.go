@@ -1,0 +1,157 @@
+package faults
+
+import (
+	"fmt"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestHAProxySupervised: the HAProxy the edge supervises is reloaded, then killed. After the
+// reload the new worker has the whole map and an established websocket carries on; after the
+// kill the edge starts HAProxy again, the map is back, and a route written while HAProxy was
+// down is in it.
+func TestHAProxySupervised(t *testing.T) {
+	haproxyFaults(t, false)
+}
+
+// TestHAProxyAttached: the same with the operator's HAProxy (attached mode, --haproxy-socket),
+// which the test runs and restarts itself as the operator's supervisor would.
+func TestHAProxyAttached(t *testing.T) {
+	haproxyFaults(t, true)
+}
+
+func haproxyFaults(t *testing.T, attached bool) {
+	e := newEnv(t, config{nodes: []nodeConfig{{}}, attached: attached})
+	g := e.edges[0]
+	mode := "supervised"
+	if attached {
+		mode = "attached"
+	}
+	want := map[string]string{}
+	for i := 1; i <= 5; i++ {
+		key := fmt.Sprintf("h%d", i)
+		if err := e.kv.putRoute(e.ctx, key, "sess-"+key, nodeLAN(1)); err != nil {
+			t.Fatal(err)
+		}
+		want["sess-"+key] = fmt.Sprintf("%s:%d", nodeLAN(1), appSignalingPort)
+	}
+	for k := range want {
+		e.routed(k[len("sess-"):], k)
+	}
+	w := e.mustDial(g, "sess-h1")
+	defer w.close()
+
+	// Reload: SIGUSR2 to the master, as `systemctl reload` or an operator would.
+	oldWorker, err := g.workerPid(e.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	master, err := g.haproxyMaster()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(master, syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	took := e.eventually(20*time.Second, "new worker with the whole map after reload", func() error {
+		return g.hasMap(oldWorker, want)
+	})
+	t.Logf("figure (%s): HAProxy reloaded; the new worker answered with the whole map (%d entries) %s after SIGUSR2", mode, len(want), round(took))
+	if err := w.echo(e.ctx); err != nil {
+		t.Errorf("established websocket after the reload: %v", err)
+	} else {
+		t.Logf("%s: the websocket opened before the reload still echoes (the old worker keeps it)", mode)
+	}
+	w2 := e.mustDial(g, "sess-h2")
+	if err := w2.echo(e.ctx); err != nil {
+		t.Error(err)
+	}
+	w2.close()
+
+	// Kill: master and worker die at once, as in a crash; a route is written while HAProxy is
+	// down.
+	worker, err := g.workerPid(e.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if master, err = g.haproxyMaster(); err != nil {
+		t.Fatal(err)
+	}
+	_ = syscall.Kill(master, syscall.SIGKILL)
+	_ = syscall.Kill(worker, syscall.SIGKILL)
+	killed := time.Now()
+	if err := e.kv.putRoute(e.ctx, "h6", "sess-h6", nodeLAN(1)); err != nil {
+		t.Fatal(err)
+	}
+	restarted := killed
+	if attached {
+		if err := g.haproxy.Wait(10 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+		restarted = time.Now()
+		if err := g.startHAProxy(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var back time.Duration
+	took = e.eventually(20*time.Second, "map back after the kill", func() error {
+		err := g.hasMap(worker, want)
+		if err == nil && back == 0 {
+			back = time.Since(restarted)
+		}
+		if err != nil {
+			return err
+		}
+		m, err := g.showMap(e.ctx)
+		if err != nil || m["sess-h6"] == "" {
+			return fmt.Errorf("route written while HAProxy was down not in the map (%v)", err)
+		}
+		return nil
+	})
+	from := "the kill (the edge restarts it after its back-off)"
+	if attached {
+		from = "the operator restarted it"
+	}
+	t.Logf("figure (%s): HAProxy killed (SIGKILL, master and worker); its map was back %s and the route written meanwhile in it %s after %s",
+		mode, round(back), round(took+killed.Sub(restarted)), from)
+	if err := w.echo(e.ctx); err == nil {
+		t.Errorf("%s: a websocket of the killed HAProxy still echoes", mode)
+	}
+	w3 := e.mustDial(g, "sess-h6")
+	if err := w3.echo(e.ctx); err != nil {
+		t.Error(err)
+	}
+	w3.close()
+	if err := e.probe(g, e.routed("h6", "sess-h6").port); err != nil {
+		t.Error(err)
+	}
+	for i := 1; i <= 6; i++ {
+		if err := e.kv.deleteRoute(e.ctx, fmt.Sprintf("h%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.clean()
+}
+
+// hasMap reports why HAProxy does not (yet) answer with a new worker (not old) holding every
+// entry of want.
+func (g *edge) hasMap(old int, want map[string]string) error {
+	pid, err := g.workerPid(g.e.ctx)
+	if err != nil {
+		return err
+	}
+	if pid == old {
+		return fmt.Errorf("worker %d still answers", pid)
+	}
+	m, err := g.showMap(g.e.ctx)
+	if err != nil {
+		return err
+	}
+	for k, v := range want {
+		if m[k] != v {
+			return fmt.Errorf("map entry %s = %q, want %q", k, m[k], v)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,1189 @@
+package faults
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/livegate/livegate/e2e/internal/netns"
+	"github.com/livegate/livegate/e2e/internal/observer"
+	"github.com/livegate/livegate/e2e/internal/proc"
+	"github.com/livegate/livegate/e2e/internal/stack"
+	"github.com/livegate/livegate/pkg/dtlssrtp"
+	"github.com/livegate/livegate/pkg/kvstore"
+	"github.com/livegate/livegate/pkg/wire"
+	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// prefix starts every namespace and interface this package creates; the lifecycle test uses
+// "lget" and the demo "lged", so none sweeps another's.
+const prefix = "lgf"
+
+const (
+	pool             = "faults"
+	natsPort         = 4222
+	signalingPort    = 48322
+	agentPort        = 8011
+	appSignalingPort = 31000
+	appMediaPort     = 31001
+	// mediaFirst..mediaLast is the edges' public UDP range: small, so a leak shows quickly.
+	mediaFirst = 10500
+	mediaLast  = 10599
+	// Short timings keep the cases fast; every wait on them is a generous poll, never an assert.
+	resync     = 2 * time.Second
+	heartbeat  = time.Second
+	edgeTTL    = 3 * time.Second
+	quarantine = 30 * time.Second
+	leaseTTL   = 4 * time.Second
+)
+
+// The faults topology, all in 198.18.0.0/15: a hub namespace holds three bridges and the NATS
+// server; every other namespace hangs off the bridges with veths.
+//
+//	public 198.18.1.0/24  client .2, edge k .10+k                       (browsers → edges)
+//	ctl    198.18.2.0/24  hub .254 (NATS), edge k .10+k                 (edges → NATS; the partition)
+//	lan    198.19.0.0/24  hub .254 (NATS), edge k .10+k, node i .100+i  (edges → apps, agents → NATS)
+var (
+	clientAddr = netip.MustParseAddr("198.18.1.2")
+	hubCtl     = netip.MustParseAddr("198.18.2.254")
+	hubLAN     = netip.MustParseAddr("198.19.0.254")
+)
+
+func edgePublic(k int) netip.Addr { return netip.AddrFrom4([4]byte{198, 18, 1, byte(10 + k)}) }
+func edgeCtl(k int) netip.Addr    { return netip.AddrFrom4([4]byte{198, 18, 2, byte(10 + k)}) }
+func edgeLAN(k int) netip.Addr    { return netip.AddrFrom4([4]byte{198, 19, 0, byte(10 + k)}) }
+func nodeLAN(i int) netip.Addr    { return netip.AddrFrom4([4]byte{198, 19, 0, byte(100 + i)}) }
+
+var (
+	buildOnce sync.Once
+	binDir    string
+	bins      stack.Binaries
+	natsBin   string
+	buildErr  error
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		_ = os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+// binaries builds the agent, the edge and the demo app once per test binary and finds
+// nats-server (`make deps` installs it in $(go env GOPATH)/bin).
+func binaries(t *testing.T) stack.Binaries {
+	t.Helper()
+	buildOnce.Do(func() {
+		if natsBin, buildErr = findNATSServer(); buildErr != nil {
+			return
+		}
+		if binDir, buildErr = os.MkdirTemp("", "livegate-faults-bin-"); buildErr != nil {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		bins, buildErr = stack.Build(ctx, binDir)
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return bins
+}
+
+func findNATSServer() (string, error) {
+	if p, err := exec.LookPath("nats-server"); err == nil {
+		return p, nil
+	}
+	out, err := exec.Command("go", "env", "GOPATH").Output()
+	if err == nil {
+		for _, dir := range filepath.SplitList(strings.TrimSpace(string(out))) {
+			p := filepath.Join(dir, "bin", "nats-server")
+			if _, err := os.Stat(p); err == nil {
+				return p, nil
+			}
+		}
+	}
+	return "", errors.New("nats-server not found on PATH nor in $(go env GOPATH)/bin: run `make deps`")
+}
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("faults: needs root (network namespaces, iptables, conntrack); run `sudo go test ./e2e/faults/`")
+	}
+}
+
+// config describes one case's deployment.
+type config struct {
+	edges int
+	// attached runs edge 1 against an HAProxy the test runs itself (--haproxy-socket).
+	attached bool
+	// nodes: an agent beside the demo app when agent is set, else the app alone (a backend for
+	// routes the test writes to KV itself).
+	nodes []nodeConfig
+	// mediaPorts and portQuarantine override the edges' defaults when set.
+	mediaPorts     string
+	portQuarantine time.Duration
+}
+
+type nodeConfig struct {
+	agent bool
+	// resume is the agent's resume window; zero ends a session as soon as its client leaves.
+	resume time.Duration
+}
+
+// env is one case's running deployment.
+type env struct {
+	t      *testing.T
+	ctx    context.Context
+	id     string
+	dir    string
+	bins   stack.Binaries
+	hub    *netns.Namespace
+	client *netns.Namespace
+	nss    []*netns.Namespace
+	edges  []*edge
+	nodes  []*node
+	nats   *proc.Proc
+	obs    *observer.Observer
+	kv     *kvClient
+	mu     sync.Mutex
+	procs  []*proc.Proc
+	cfg    config
+}
+
+type edge struct {
+	k       int
+	id      string
+	ns      *netns.Namespace
+	dir     string
+	args    []string
+	p       *proc.Proc
+	haproxy *proc.Proc // attached mode: the HAProxy the test runs
+	e       *env
+}
+
+type node struct {
+	resume   time.Duration
+	i        int
+	instance string
+	ns       *netns.Namespace
+	agent    *proc.Proc
+	app      *proc.Proc
+	e        *env
+}
+
+var seq atomic.Int64
+
+// newEnv builds the topology and starts NATS, the edges and the nodes. Everything is torn down
+// by t.Cleanup, on failure too; the leftovers of a run killed before it could clean up are swept
+// first.
+func newEnv(t *testing.T, cfg config) *env {
+	t.Helper()
+	requireRoot(t)
+	b := binaries(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	t.Cleanup(cancel)
+	if swept, err := netns.Sweep(ctx, prefix); err != nil {
+		t.Fatalf("sweep stale namespaces: %v", err)
+	} else if len(swept) > 0 {
+		t.Logf("swept namespaces of a killed run: %v", swept)
+	}
+	id := prefix + strconv.FormatInt(int64(os.Getpid()), 36) + "-" + strconv.FormatInt(seq.Add(1), 36)
+	if len(id)+3 > 15 {
+		t.Fatalf("namespace id %s too long for interface names", id)
+	}
+	e := &env{t: t, ctx: ctx, id: id, dir: t.TempDir(), bins: b, cfg: cfg}
+	start := time.Now()
+	t.Cleanup(e.close)
+	if err := e.build(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("deployment %s (%d edges, %d nodes) up in %s", id, len(e.edges), len(e.nodes), since(start))
+	return e
+}
+
+func (e *env) build() error {
+	ctx := e.ctx
+	var err error
+	if e.hub, err = e.addNS("h"); err != nil {
+		return err
+	}
+	for _, br := range []struct {
+		name string
+		addr netip.Addr
+	}{{"bp", netip.Addr{}}, {"bc", hubCtl}, {"bl", hubLAN}} {
+		if err := e.hub.Run(ctx, "ip", "link", "add", br.name, "type", "bridge"); err != nil {
+			return err
+		}
+		if br.addr.IsValid() {
+			if err := e.hub.Run(ctx, "ip", "addr", "add", netip.PrefixFrom(br.addr, 24).String(), "dev", br.name); err != nil {
+				return err
+			}
+		}
+		if err := e.hub.Run(ctx, "ip", "link", "set", br.name, "up"); err != nil {
+			return err
+		}
+	}
+	if e.client, err = e.addNS("c"); err != nil {
+		return err
+	}
+	if err := e.link(e.client, "c", "p", "bp", clientAddr); err != nil {
+		return err
+	}
+	if err := e.startNATS(); err != nil {
+		return err
+	}
+	if e.obs, err = observer.Connect(ctx, e.natsURL(), e.natsOpts()...); err != nil {
+		return err
+	}
+	for k := 1; k <= max(e.cfg.edges, 1); k++ {
+		g, err := e.addEdge(k)
+		if err != nil {
+			return err
+		}
+		if err := g.start(); err != nil {
+			return err
+		}
+	}
+	if e.kv, err = dialKV(ctx, e); err != nil {
+		return err
+	}
+	for i, nc := range e.cfg.nodes {
+		if err := e.addNode(i+1, nc); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// addNS creates the namespace id+role.
+func (e *env) addNS(role string) (*netns.Namespace, error) {
+	ns, err := netns.Add(e.ctx, e.id+role)
+	if err != nil {
+		return nil, err
+	}
+	e.nss = append(e.nss, ns)
+	return ns, nil
+}
+
+// link joins ns to a hub bridge with a veth: id+role+net inside ns (with addr), the same in
+// upper case on the hub's side.
+func (e *env) link(ns *netns.Namespace, role, net, bridge string, addr netip.Addr) error {
+	ctx := e.ctx
+	in, out := e.id+role+net, e.id+role+strings.ToUpper(net)
+	if err := host(ctx, "ip", "link", "add", in, "netns", ns.Name, "type", "veth", "peer", "name", out, "netns", e.hub.Name); err != nil {
+		return err
+	}
+	if err := ns.Run(ctx, "ip", "addr", "add", netip.PrefixFrom(addr, 24).String(), "dev", in); err != nil {
+		return err
+	}
+	if err := ns.Run(ctx, "ip", "link", "set", in, "up"); err != nil {
+		return err
+	}
+	if err := e.hub.Run(ctx, "ip", "link", "set", out, "master", bridge); err != nil {
+		return err
+	}
+	return e.hub.Run(ctx, "ip", "link", "set", out, "up")
+}
+
+func host(ctx context.Context, name string, args ...string) error {
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+func (e *env) start(name string, ns *netns.Namespace, bin string, args ...string) (*proc.Proc, error) {
+	p, err := proc.Start(name, ns.Command(context.WithoutCancel(e.ctx), bin, args...), nil)
+	if err != nil {
+		return nil, err
+	}
+	e.mu.Lock()
+	e.procs = append(e.procs, p)
+	e.mu.Unlock()
+	return p, nil
+}
+
+// NATS ---------------------------------------------------------------------------------------
+
+func (e *env) natsURL() string { return fmt.Sprintf("nats://127.0.0.1:%d", natsPort) }
+
+// natsOpts are the test's own connections' options: from inside the hub, reconnecting at once
+// and forever, so a restart of the server costs the observer nothing.
+func (e *env) natsOpts() []nats.Option {
+	return []nats.Option{
+		nats.SetCustomDialer(e.hub.Dialer(2 * time.Second)),
+		nats.MaxReconnects(-1), nats.ReconnectWait(100 * time.Millisecond), nats.ReconnectJitter(0, 0),
+	}
+}
+
+// startNATS starts nats-server with JetStream in the hub, on a store that survives restarts.
+// The server pings clients every second and drops those that miss three: a partitioned edge
+// is noticed in seconds, as a production server (2 min by default) would after a longer cut.
+func (e *env) startNATS() error {
+	conf := filepath.Join(e.dir, "nats.conf")
+	text := fmt.Sprintf(`server_name: %s
+listen: "0.0.0.0:%d"
+ping_interval: "1s"
+ping_max: 3
+jetstream {
+  store_dir: %q
+}
+`, e.id, natsPort, filepath.Join(e.dir, "jetstream"))
+	if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
+		return fmt.Errorf("nats config: %w", err)
+	}
+	p, err := e.start("nats-server", e.hub, natsBin, "-c", conf)
+	if err != nil {
+		return err
+	}
+	e.nats = p
+	return waitTCP(e.ctx, p, e.hub, fmt.Sprintf("127.0.0.1:%d", natsPort))
+}
+
+// stopNATS stops the server: SIGKILL when crash is set, else SIGTERM (an orderly restart).
+func (e *env) stopNATS(crash bool) {
+	if crash {
+		e.nats.Kill()
+		return
+	}
+	_ = e.nats.Stop(10 * time.Second)
+}
+
+// blockAgents makes NATS refuse (or accept again) connections on the agents' side (the lan
+// bridge): the edge's side (ctl) is untouched.
+func (e *env) blockAgents(block bool) {
+	op := "-D"
+	if block {
+		op = "-I"
+	}
+	if err := e.hub.Run(e.ctx, "iptables", op, "INPUT", "-d", hubLAN.String(), "-p", "tcp", "--dport", strconv.Itoa(natsPort),
+		"-j", "REJECT", "--reject-with", "tcp-reset"); err != nil {
+		e.t.Errorf("block agents %t: %v", block, err)
+	}
+}
+
+// kvClient is the test's own handle on the buckets: it writes routes as an agent would.
+type kvClient struct {
+	nc        *nats.Conn
+	js        jetstream.JetStream
+	routes    jetstream.KeyValue
+	endpoints jetstream.KeyValue
+	edges     jetstream.KeyValue
+}
+
+func dialKV(ctx context.Context, e *env) (*kvClient, error) {
+	nc, err := nats.Connect(e.natsURL(), append(e.natsOpts(), nats.Name("livegate-faults-kv"))...)
+	if err != nil {
+		return nil, fmt.Errorf("kv client: %w", err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("kv client: %w", err)
+	}
+	b, err := kvstore.Ensure(ctx, js)
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("kv client: %w", err)
+	}
+	return &kvClient{nc: nc, js: js, routes: b.Routes, endpoints: b.Endpoints, edges: b.Edges}, nil
+}
+
+// putRoute writes a pool route for key to node's app, as its agent would.
+func (c *kvClient) putRoute(ctx context.Context, key, session string, backend netip.Addr) error {
+	data, err := wire.Marshal(&livegatev1.Route{
+		SessionId: session, InstanceId: key, Pool: pool,
+		SignalingBackend: netip.AddrPortFrom(backend, appSignalingPort).String(),
+		MediaBackends:    []string{netip.AddrPortFrom(backend, appMediaPort).String()},
+		LeaseTtl:         durationpb.New(time.Hour), RenewedAt: timestamppb.Now(),
+	})
+	if err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := c.routes.Put(cctx, key, data); err != nil {
+		return fmt.Errorf("put route %s: %w", key, err)
+	}
+	return nil
+}
+
+func (c *kvClient) deleteRoute(ctx context.Context, key string) error {
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := c.routes.Delete(cctx, key); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fmt.Errorf("delete route %s: %w", key, err)
+	}
+	return nil
+}
+
+func keys(ctx context.Context, kv jetstream.KeyValue) ([]string, error) {
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	ks, err := kv.Keys(cctx)
+	if errors.Is(err, jetstream.ErrNoKeysFound) {
+		return nil, nil
+	}
+	return ks, err
+}
+
+// endpoint reads instance's endpoint; nil when absent.
+func (c *kvClient) endpoint(ctx context.Context, instance string) (*livegatev1.Endpoint, error) {
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	en, err := c.endpoints.Get(cctx, instance)
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	ep := &livegatev1.Endpoint{}
+	return ep, wire.Unmarshal(en.Value(), ep)
+}
+
+// route reads instance's route; nil when absent.
+func (c *kvClient) route(ctx context.Context, instance string) (*livegatev1.Route, error) {
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	en, err := c.routes.Get(cctx, instance)
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	r := &livegatev1.Route{}
+	return r, wire.Unmarshal(en.Value(), r)
+}
+
+// Edges -----------------------------------------------------------------------------------------
+
+func (e *env) addEdge(k int) (*edge, error) {
+	role := fmt.Sprintf("e%d", k)
+	ns, err := e.addNS(role)
+	if err != nil {
+		return nil, err
+	}
+	if err := ns.Sysctl("net.ipv4.ip_forward", "1"); err != nil {
+		return nil, err
+	}
+	for _, l := range []struct {
+		net, bridge string
+		addr        netip.Addr
+	}{{"p", "bp", edgePublic(k)}, {"c", "bc", edgeCtl(k)}, {"l", "bl", edgeLAN(k)}} {
+		if err := e.link(ns, role, l.net, l.bridge, l.addr); err != nil {
+			return nil, err
+		}
+	}
+	g := &edge{k: k, id: fmt.Sprintf("edge%d", k), ns: ns, dir: filepath.Join(e.dir, role), e: e}
+	if err := os.MkdirAll(g.dir, 0o700); err != nil {
+		return nil, err
+	}
+	mediaPorts := fmt.Sprintf("%d-%d", mediaFirst, mediaLast)
+	if e.cfg.mediaPorts != "" {
+		mediaPorts = e.cfg.mediaPorts
+	}
+	q := quarantine
+	if e.cfg.portQuarantine > 0 {
+		q = e.cfg.portQuarantine
+	}
+	g.args = []string{
+		"--edge-id", g.id, "--pool", pool,
+		"--public-host", edgePublic(k).String(), "--public-ip", edgePublic(k).String(),
+		"--nats-url", fmt.Sprintf("nats://%s:%d", hubCtl, natsPort),
+		"--signaling-port", strconv.Itoa(signalingPort),
+		"--state-dir", g.dir,
+		"--media-ports", mediaPorts, "--port-quarantine", q.String(),
+		"--backend-cidrs", "198.19.0.0/16",
+		"--resync", resync.String(), "--heartbeat", heartbeat.String(), "--edge-ttl", edgeTTL.String(),
+		"--log-format", "console",
+	}
+	if e.cfg.attached && k == 1 {
+		if err := g.prepareAttached(); err != nil {
+			return nil, err
+		}
+		g.args = append(g.args, "--haproxy-socket", g.socket())
+	} else {
+		// The namespace goes away with the case, so HAProxy must not outlive a stopped edge; a
+		// SIGKILLed edge leaves it running, which is what the edge-kill case is about.
+		g.args = append(g.args, "--tls-self-signed", "--haproxy-stop-on-exit")
+	}
+	e.edges = append(e.edges, g)
+	return g, nil
+}
+
+func (g *edge) socket() string  { return filepath.Join(g.dir, "haproxy.sock") }
+func (g *edge) mapFile() string { return filepath.Join(g.dir, "sessions.map") }
+func (g *edge) public() string {
+	return net.JoinHostPort(edgePublic(g.k).String(), strconv.Itoa(signalingPort))
+}
+
+// start starts the edge process (again) and waits until it reports healthy: synced with KV and
+// HAProxy.
+func (g *edge) start() error {
+	if g.haproxy != nil && g.haproxy.Exited() {
+		if err := g.startHAProxy(); err != nil {
+			return err
+		}
+	}
+	p, err := g.e.start(g.id, g.ns, g.e.bins.Edge, g.args...)
+	if err != nil {
+		return err
+	}
+	g.p = p
+	return g.waitHealthy(30 * time.Second)
+}
+
+func (g *edge) waitHealthy(timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(g.e.ctx, timeout)
+	defer cancel()
+	hc := g.ns.HTTPClient(2 * time.Second)
+	var last string
+	for {
+		resp, err := hc.Get("http://127.0.0.1:9470/healthz")
+		if err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			_ = resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			last = string(body)
+		} else {
+			last = err.Error()
+		}
+		select {
+		case <-g.p.Done():
+			return fmt.Errorf("%s exited (%v) before it was healthy", g.id, g.p.Err())
+		case <-ctx.Done():
+			return fmt.Errorf("%s not healthy: %s", g.id, last)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// prepareAttached writes what an operator's HAProxy needs: a global section with the runtime
+// socket, the sections `livegate-edgeproxy haproxy-config` prints, an empty map file and a
+// certificate, then starts it.
+func (g *edge) prepareAttached() error {
+	out, err := exec.CommandContext(g.e.ctx, g.e.bins.Edge, "haproxy-config", "--state-dir", g.dir,
+		"--signaling-port", strconv.Itoa(signalingPort), "--haproxy-socket", g.socket()).Output()
+	if err != nil {
+		return fmt.Errorf("livegate-edgeproxy haproxy-config: %w", err)
+	}
+	global := fmt.Sprintf(`global
+    master-worker
+    stats socket %s mode 600 level admin expose-fd listeners
+    stats timeout 2m
+    hard-stop-after 1m
+
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+
+`, g.socket())
+	if err := os.WriteFile(filepath.Join(g.dir, "operator.cfg"), []byte(global+string(out)), 0o600); err != nil {
+		return err
+	}
+	if err := os.WriteFile(g.mapFile(), nil, 0o600); err != nil {
+		return err
+	}
+	if err := writeSelfSigned(filepath.Join(g.dir, "tls.pem"), edgePublic(g.k).String()); err != nil {
+		return err
+	}
+	return g.startHAProxy()
+}
+
+// startHAProxy starts the operator's HAProxy of attached mode, as its own supervisor would.
+func (g *edge) startHAProxy() error {
+	p, err := g.e.start("haproxy-"+g.id, g.ns, "/usr/sbin/haproxy", "-W", "-db", "-f", filepath.Join(g.dir, "operator.cfg"))
+	if err != nil {
+		return err
+	}
+	g.haproxy = p
+	return waitTCP(g.e.ctx, p, g.ns, g.public())
+}
+
+func writeSelfSigned(path, host string) error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: host},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IPAddresses: []net.IP{net.ParseIP(host)}, DNSNames: []string{"livegate"},
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return err
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return err
+	}
+	pemText := append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})...)
+	return os.WriteFile(path, pemText, 0o600)
+}
+
+// showMap is HAProxy's session map right now.
+func (g *edge) showMap(ctx context.Context) (map[string]string, error) {
+	return stack.ShowMap(ctx, g.socket(), g.mapFile())
+}
+
+// workerPid asks the runtime API which process answers it (`show info`): it changes when a
+// reload or a restart has brought a new worker up.
+func (g *edge) workerPid(ctx context.Context) (int, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", g.socket())
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, "show info\n"); err != nil {
+		return 0, err
+	}
+	out, err := io.ReadAll(c)
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if v, ok := strings.CutPrefix(line, "Pid: "); ok {
+			return strconv.Atoi(strings.TrimSpace(v))
+		}
+	}
+	return 0, fmt.Errorf("show info: no Pid line in %q", out)
+}
+
+// haproxyMaster is the pid of the HAProxy master: the one the test runs in attached mode, else
+// the one the edge recorded.
+func (g *edge) haproxyMaster() (int, error) {
+	if g.haproxy != nil {
+		return g.haproxy.Pid(), nil
+	}
+	b, err := os.ReadFile(filepath.Join(g.dir, "haproxy.pid"))
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
+}
+
+// dnatPorts lists the public ports the edge's DNAT rules forward.
+func (g *edge) dnatPorts(ctx context.Context) (map[int]bool, error) {
+	out, err := g.ns.Output(ctx, "iptables-save", "-t", "nat")
+	if err != nil {
+		return nil, err
+	}
+	ports := map[int]bool{}
+	for _, line := range strings.Split(out, "\n") {
+		if !strings.HasPrefix(line, "-A LIVEGATE-") || !strings.Contains(line, "-j DNAT") {
+			continue
+		}
+		f := strings.Fields(line)
+		for i := 0; i+1 < len(f); i++ {
+			if f[i] == "--dport" {
+				if p, err := strconv.Atoi(f[i+1]); err == nil {
+					ports[p] = true
+				}
+			}
+		}
+	}
+	return ports, nil
+}
+
+// conntrackPorts counts the edge's forwarded UDP conntrack entries per public media port: those
+// the kernel translates to a backend. A packet sent to a port without a rule leaves an entry of
+// its own that is not translated and leads nowhere; it is not counted.
+func (g *edge) conntrackPorts(ctx context.Context) (map[int]int, error) {
+	out, err := g.ns.Output(ctx, "conntrack", "-L", "-p", "udp")
+	if err != nil {
+		return nil, err
+	}
+	ports := map[int]int{}
+	for _, line := range strings.Split(out, "\n") {
+		// Original direction first, then the reply: "dst=PUBLIC ... dport=PORT ... src=BACKEND".
+		var dsts, srcs []string
+		var dport string
+		for _, f := range strings.Fields(line) {
+			switch k, v, _ := strings.Cut(f, "="); k {
+			case "dst":
+				dsts = append(dsts, v)
+			case "src":
+				srcs = append(srcs, v)
+			case "dport":
+				if dport == "" {
+					dport = v
+				}
+			}
+		}
+		p, err := strconv.Atoi(dport)
+		if err != nil || p < mediaFirst || p > mediaLast || len(dsts) < 1 || len(srcs) < 2 || srcs[1] == dsts[0] {
+			continue
+		}
+		ports[p]++
+	}
+	return ports, nil
+}
+
+// kill is what a crashed host looks like: the edge and everything else in its namespace
+// (HAProxy) get SIGKILL.
+func (g *edge) killAll(ctx context.Context) error {
+	g.p.Kill()
+	pids, err := g.ns.Pids(ctx)
+	if err != nil {
+		return err
+	}
+	for _, pid := range pids {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	return nil
+}
+
+// Nodes ------------------------------------------------------------------------------------------
+
+func (e *env) addNode(i int, nc nodeConfig) error {
+	role := fmt.Sprintf("n%d", i)
+	ns, err := e.addNS(role)
+	if err != nil {
+		return err
+	}
+	if err := e.link(ns, role, "l", "bl", nodeLAN(i)); err != nil {
+		return err
+	}
+	n := &node{i: i, instance: fmt.Sprintf("node%d", i), ns: ns, e: e, resume: nc.resume}
+	e.nodes = append(e.nodes, n)
+	appArgs := []string{
+		"--signaling-addr", fmt.Sprintf(":%d", appSignalingPort), "--media-addr", fmt.Sprintf(":%d", appMediaPort),
+		"--log-format", "console",
+	}
+	if nc.agent {
+		if n.agent, err = e.start("agent"+strconv.Itoa(i), ns, e.bins.Agent, n.agentArgs()...); err != nil {
+			return err
+		}
+		if err := waitTCP(e.ctx, n.agent, ns, fmt.Sprintf("127.0.0.1:%d", agentPort)); err != nil {
+			return err
+		}
+	} else {
+		appArgs = append(appArgs, "--agent-app-addr", "")
+	}
+	if n.app, err = e.start("app"+strconv.Itoa(i), ns, e.bins.DemoApp, appArgs...); err != nil {
+		return err
+	}
+	return waitTCP(e.ctx, n.app, ns, fmt.Sprintf("127.0.0.1:%d", appSignalingPort))
+}
+
+// agentArgs: the agent serves the next session instead of quitting; without a resume window a
+// session ends as soon as its client leaves.
+func (n *node) agentArgs() []string {
+	return []string{
+		"--instance-id", n.instance, "--pool", pool,
+		"--nats-url", fmt.Sprintf("nats://%s:%d", hubLAN, natsPort),
+		"--port", strconv.Itoa(agentPort),
+		"--backend-ip", nodeLAN(n.i).String(),
+		"--signaling-backend", fmt.Sprintf(":%d", appSignalingPort),
+		"--media-backend", fmt.Sprintf(":%d", appMediaPort),
+		"--lease-ttl", leaseTTL.String(),
+		"--log-format", "console",
+		"--/exts/omni.services.livestream.session/quitOnSessionEnded=false",
+		fmt.Sprintf("--/exts/omni.services.livestream.session/resumeTimeoutSeconds=%d", int(n.resume.Seconds())),
+	}
+}
+
+// endSession calls the agent's /v1/streaming/endsession.
+func (n *node) endSession(ctx context.Context, sessionID string, graceful bool) (string, error) {
+	body, _ := json.Marshal(map[string]any{"sessionId": sessionID, "gracefulShutdown": graceful})
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, fmt.Sprintf("http://127.0.0.1:%d/v1/streaming/endsession", agentPort), strings.NewReader(string(body)))
+	if err != nil {
+		return "", err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := n.ns.HTTPClient(5 * time.Second).Do(req)
+	if err != nil {
+		return "", fmt.Errorf("endsession on %s: %w", n.instance, err)
+	}
+	defer resp.Body.Close()
+	var out struct {
+		SessionStatus string `json:"sessionStatus"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		return "", fmt.Errorf("endsession on %s: HTTP %d: %w", n.instance, resp.StatusCode, err)
+	}
+	return out.SessionStatus, nil
+}
+
+func waitTCP(ctx context.Context, p *proc.Proc, ns *netns.Namespace, addr string) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		c, err := ns.Dial(ctx, "tcp", addr)
+		if err == nil {
+			_ = c.Close()
+			return nil
+		}
+		select {
+		case <-p.Done():
+			return fmt.Errorf("%s exited (%v) before %s accepted connections", p.Name, p.Err(), addr)
+		case <-ctx.Done():
+			return fmt.Errorf("%s: %s not accepting connections: %w", p.Name, addr, err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// Teardown -----------------------------------------------------------------------------------------
+
+const logTail = 16 << 10
+
+func (e *env) close() {
+	t := e.t
+	if t.Failed() || os.Getenv("LIVEGATE_FAULTS_LOGS") != "" {
+		e.mu.Lock()
+		procs := append([]*proc.Proc(nil), e.procs...)
+		e.mu.Unlock()
+		for _, p := range procs {
+			out := p.Output()
+			if len(out) > logTail {
+				out = "[...]" + out[len(out)-logTail:]
+			}
+			t.Logf("----- %s (pid %d, exited %t, code %d) -----\n%s", p.Name, p.Pid(), p.Exited(), p.ExitCode(), out)
+		}
+	}
+	start := time.Now()
+	if e.obs != nil {
+		e.obs.Close()
+	}
+	if e.kv != nil {
+		e.kv.nc.Close()
+	}
+	// Agents and apps first (their goodbyes need NATS), then the edges, then NATS; what does
+	// not stop in time dies with its namespace.
+	var wg sync.WaitGroup
+	stop := func(ps ...*proc.Proc) {
+		for _, p := range ps {
+			if p != nil {
+				wg.Go(func() { _ = p.Stop(3 * time.Second) })
+			}
+		}
+		wg.Wait()
+	}
+	for _, n := range e.nodes {
+		stop(n.agent, n.app)
+	}
+	for _, g := range e.edges {
+		stop(g.p)
+		stop(g.haproxy)
+	}
+	stop(e.nats)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for i := len(e.nss) - 1; i >= 0; i-- {
+		if err := e.nss[i].Delete(ctx); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	}
+	if left, _ := netns.List(ctx, e.id); len(left) > 0 {
+		t.Errorf("namespaces left behind: %v", left)
+	}
+	t.Logf("deployment %s stopped and removed in %s", e.id, since(start))
+}
+
+// Sessions, clients, media -----------------------------------------------------------------------
+
+// session is a routed session as a client sees it.
+type session struct {
+	instance string
+	id       string
+	edge     *edge
+	port     int
+}
+
+func (s session) String() string {
+	return fmt.Sprintf("%s/%s on %s udp %d", s.instance, s.id, s.edge.id, s.port)
+}
+
+// routed waits until instance's route is programmed: an endpoint for the route's session (or
+// for want, when set) that names one of the edges and one public port.
+func (e *env) routed(instance, want string) session {
+	e.t.Helper()
+	var s session
+	e.eventually(20*time.Second, "route of "+instance+" programmed", func() error {
+		r, err := e.kv.route(e.ctx, instance)
+		if err != nil || r == nil {
+			return fmt.Errorf("route %v: %v", r, err)
+		}
+		if want != "" && r.GetSessionId() != want {
+			return fmt.Errorf("route carries session %s, want %s", r.GetSessionId(), want)
+		}
+		ep, err := e.kv.endpoint(e.ctx, instance)
+		if err != nil || ep == nil || ep.GetSessionId() != r.GetSessionId() {
+			return fmt.Errorf("endpoint %v (%v) for session %s", ep, err, r.GetSessionId())
+		}
+		g := e.edgeByID(ep.GetEdgeId())
+		if g == nil || len(ep.GetPublicUdpPorts()) != 1 {
+			return fmt.Errorf("endpoint %v: unknown edge or not one public port", ep)
+		}
+		m, err := g.showMap(e.ctx)
+		if err != nil || m[r.GetSessionId()] == "" {
+			return fmt.Errorf("%s map has no %s (%v)", g.id, r.GetSessionId(), err)
+		}
+		s = session{instance: instance, id: r.GetSessionId(), edge: g, port: int(ep.GetPublicUdpPorts()[0])}
+		return nil
+	})
+	return s
+}
+
+func (e *env) edgeByID(id string) *edge {
+	for _, g := range e.edges {
+		if g.id == id {
+			return g
+		}
+	}
+	return nil
+}
+
+// ws is a browser's signaling websocket through an edge; the demo app echoes what it gets.
+type ws struct {
+	c *websocket.Conn
+	n int
+}
+
+// dial opens a websocket for sessionID through edge g from the client namespace. A refused
+// handshake returns the HTTP status.
+func (e *env) dial(ctx context.Context, g *edge, sessionID string) (*ws, int, error) {
+	tr := &http.Transport{
+		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			raw, err := e.client.Dial(ctx, "tcp", addr)
+			if err != nil {
+				return nil, err
+			}
+			// Self-signed in tests: what is under test is the routing behind TLS.
+			tc := tls.Client(raw, &tls.Config{InsecureSkipVerify: true, ServerName: "livegate"})
+			if err := tc.HandshakeContext(ctx); err != nil {
+				_ = raw.Close()
+				return nil, err
+			}
+			return tc, nil
+		},
+		DisableKeepAlives: true,
+	}
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	c, resp, err := websocket.Dial(dctx, "wss://"+g.public()+"/sign_in?peer_id=faults&version=2", &websocket.DialOptions{
+		HTTPClient:   &http.Client{Transport: tr},
+		Subprotocols: []string{"x-nv-sessionid." + sessionID},
+	})
+	if err != nil {
+		code := 0
+		if resp != nil {
+			code = resp.StatusCode
+		}
+		return nil, code, fmt.Errorf("websocket for %s through %s: %w", sessionID, g.id, err)
+	}
+	return &ws{c: c}, http.StatusSwitchingProtocols, nil
+}
+
+// mustDial opens a websocket or fails the test.
+func (e *env) mustDial(g *edge, sessionID string) *ws {
+	e.t.Helper()
+	w, _, err := e.dial(e.ctx, g, sessionID)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return w
+}
+
+// echo sends a message and waits for the app's echo.
+func (w *ws) echo(ctx context.Context) error {
+	w.n++
+	msg := fmt.Sprintf("faults-echo-%d", w.n)
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := w.c.Write(ctx, websocket.MessageText, []byte(msg)); err != nil {
+		return fmt.Errorf("websocket write: %w", err)
+	}
+	_, got, err := w.c.Read(ctx)
+	if err != nil {
+		return fmt.Errorf("websocket read: %w", err)
+	}
+	if string(got) != msg {
+		return fmt.Errorf("websocket echo %q, want %q", got, msg)
+	}
+	return nil
+}
+
+func (w *ws) close() { _ = w.c.Close(websocket.StatusNormalClosure, "") }
+
+// refused checks that edge g answers 404 for sessionID (eventually).
+func (e *env) refused(g *edge, sessionID string) {
+	e.t.Helper()
+	e.eventually(10*time.Second, g.id+" refuses "+sessionID, func() error {
+		w, code, err := e.dial(e.ctx, g, sessionID)
+		if err == nil {
+			w.close()
+			return errors.New("websocket still upgraded")
+		}
+		if code != http.StatusNotFound {
+			return fmt.Errorf("want HTTP 404: %w", err)
+		}
+		return nil
+	})
+}
+
+// flow is DTLS-SRTP media through a public port, running in the background.
+type flow struct {
+	done chan struct{}
+	rep  *dtlssrtp.Report
+	err  error
+}
+
+// startFlow sends media from the client through edge g's public port for about d, 50 packets
+// a second, each echoed by the app.
+func (e *env) startFlow(g *edge, port int, d time.Duration) *flow {
+	f := &flow{done: make(chan struct{})}
+	addr := net.JoinHostPort(edgePublic(g.k).String(), strconv.Itoa(port))
+	go func() {
+		defer close(f.done)
+		ctx, cancel := context.WithTimeout(e.ctx, d+30*time.Second)
+		defer cancel()
+		f.rep, f.err = dtlssrtp.Probe(ctx, addr, dtlssrtp.WithDialer(e.client.Dial),
+			dtlssrtp.WithCount(int(d.Seconds()*50)), dtlssrtp.WithRate(50), dtlssrtp.WithDrain(500*time.Millisecond))
+	}()
+	return f
+}
+
+// wait returns the flow's report once it ended; maxLoss bounds the share of echoes lost.
+func (f *flow) wait(t *testing.T, what string, maxLoss float64) *dtlssrtp.Report {
+	t.Helper()
+	<-f.done
+	if f.err != nil {
+		t.Fatalf("%s: media: %v", what, f.err)
+	}
+	t.Logf("%s: media %s: %d/%d echoed (loss %.1f%%), rtt p50 %s max %s", what, f.rep.Addr, f.rep.Received, f.rep.Sent,
+		100*f.rep.Loss, f.rep.RTTp50, f.rep.RTTMax)
+	if f.rep.Loss > maxLoss {
+		t.Errorf("%s: media loss %.1f%% over %.0f%%", what, 100*f.rep.Loss, 100*maxLoss)
+	}
+	return f.rep
+}
+
+// probe checks media through a public port once (a short flow).
+func (e *env) probe(g *edge, port int) error {
+	f := e.startFlow(g, port, time.Second)
+	<-f.done
+	if f.err != nil {
+		return f.err
+	}
+	if f.rep.Received == 0 {
+		return fmt.Errorf("media through %s udp %d: nothing echoed", g.id, port)
+	}
+	return nil
+}
+
+// Checks --------------------------------------------------------------------------------------------
+
+// eventually retries check every 50 ms until it passes or timeout (generous) runs out.
+func (e *env) eventually(timeout time.Duration, what string, check func() error) time.Duration {
+	e.t.Helper()
+	start := time.Now()
+	deadline := start.Add(timeout)
+	var err error
+	for {
+		if err = check(); err == nil {
+			return time.Since(start)
+		}
+		if time.Now().After(deadline) || e.ctx.Err() != nil {
+			e.t.Fatalf("%s: not after %s: %v", what, timeout, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// clean checks that nothing leaked once every session is gone: no route or endpoint key, and on
+// every running edge an empty HAProxy map, no DNAT rule and no conntrack entry of a public
+// port.
+func (e *env) clean(edges ...*edge) {
+	e.t.Helper()
+	if edges == nil {
+		edges = e.edges
+	}
+	took := e.eventually(30*time.Second, "no leak", func() error {
+		for _, b := range []struct {
+			name string
+			kv   jetstream.KeyValue
+		}{{kvstore.RoutesBucket, e.kv.routes}, {kvstore.EndpointsBucket, e.kv.endpoints}} {
+			ks, err := keys(e.ctx, b.kv)
+			if err != nil || len(ks) > 0 {
+				return fmt.Errorf("%s keys left: %v %v", b.name, ks, err)
+			}
+		}
+		for _, g := range edges {
+			if m, err := g.showMap(e.ctx); err != nil || len(m) > 0 {
+				return fmt.Errorf("%s HAProxy map entries left: %v %v", g.id, m, err)
+			}
+			if ports, err := g.dnatPorts(e.ctx); err != nil || len(ports) > 0 {
+				return fmt.Errorf("%s DNAT rules left for ports %v %v", g.id, ports, err)
+			}
+			if ports, err := g.conntrackPorts(e.ctx); err != nil || len(ports) > 0 {
+				return fmt.Errorf("%s conntrack entries left for ports %v %v", g.id, ports, err)
+			}
+		}
+		return nil
+	})
+	e.t.Logf("no leak: routes, endpoints, HAProxy map, DNAT rules and conntrack entries all empty (%s after the last session ended)", round(took))
+}
+
+// observerEvent is one event as the observer received it.
+type observerEvent = observer.Received
+
+// waitEvent waits up to 20 s for instance's first event of type et after mark.
+func (e *env) waitEvent(mark int, instance string, et livegatev1.EventType) observer.Received {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(e.ctx, 20*time.Second)
+	defer cancel()
+	r, err := e.obs.Wait(ctx, mark, instance, et)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return r
+}
+
+func since(t time.Time) time.Duration { return round(time.Since(t)) }
+
+func round(d time.Duration) time.Duration { return d.Round(time.Millisecond) }

@@ -1,0 +1,84 @@
+package faults
+
+import (
+	"fmt"
+	"testing"
+	"time"
+)
+
+// TestEdgePartitionedFromNATS: the edge's link to NATS goes down (the agents still reach NATS)
+// for longer than the edge's heartbeat TTL, then comes back. Meanwhile the data plane goes on:
+// the established websocket and the media flow are untouched, and a session that ends and the
+// next that starts on node 2 wait in KV. Once healed, the edge reconnects, applies them, and
+// its heartbeat is back.
+func TestEdgePartitionedFromNATS(t *testing.T) {
+	e := newEnv(t, config{nodes: []nodeConfig{{agent: true}, {agent: true}}})
+	g := e.edges[0]
+	s1, s2 := e.routed("node1", ""), e.routed("node2", "")
+	w1 := e.mustDial(g, s1.id)
+	defer w1.close()
+	const partition = 8 * time.Second
+	media := e.startFlow(g, s1.port, partition+6*time.Second)
+	time.Sleep(500 * time.Millisecond)
+
+	link := e.id + "e1c"
+	if err := g.ns.Run(e.ctx, "ip", "link", "set", link, "down"); err != nil {
+		t.Fatal(err)
+	}
+	cut := time.Now()
+	if status, err := e.nodes[1].endSession(e.ctx, s2.id, true); err != nil || status != "COMPLETE" {
+		t.Fatalf("endsession during the partition: %q %v", status, err)
+	}
+	lost := e.eventually(20*time.Second, "edge heartbeat expired during the partition", func() error {
+		if _, err := e.kv.edges.Get(e.ctx, g.id); err == nil {
+			return fmt.Errorf("heartbeat of %s still there", g.id)
+		}
+		return nil
+	})
+	t.Logf("partition: %s's heartbeat expired %s after its NATS link went down (edge TTL %s)", g.id, round(lost), edgeTTL)
+	next := ""
+	e.eventually(20*time.Second, "node2's next route written during the partition", func() error {
+		r, err := e.kv.route(e.ctx, "node2")
+		if err != nil || r == nil || r.GetSessionId() == s2.id {
+			return fmt.Errorf("node2's route %v %v", r, err)
+		}
+		next = r.GetSessionId()
+		return nil
+	})
+	if err := w1.echo(e.ctx); err != nil {
+		t.Errorf("websocket during the partition: %v", err)
+	}
+	if m, err := g.showMap(e.ctx); err != nil || m[s1.id] == "" {
+		t.Errorf("the partitioned edge dropped a live session from its map: %v %v", m, err)
+	}
+	time.Sleep(max(0, partition-time.Since(cut)))
+	if err := g.ns.Run(e.ctx, "ip", "link", "set", link, "up"); err != nil {
+		t.Fatal(err)
+	}
+	healed := time.Now()
+	t.Logf("partition healed after %s", round(healed.Sub(cut)))
+	s2next := e.routed("node2", next)
+	took := time.Since(healed)
+	e.eventually(20*time.Second, "heartbeat back", func() error {
+		_, err := e.kv.edges.Get(e.ctx, g.id)
+		return err
+	})
+	t.Logf("figure: healed; node2's session that started during the partition routed %s later, heartbeat back %s after healing",
+		round(took), since(healed))
+	e.refused(g, s2.id)
+	w2 := e.mustDial(g, s2next.id)
+	if err := w2.echo(e.ctx); err != nil {
+		t.Error(err)
+	}
+	w2.close()
+	if err := w1.echo(e.ctx); err != nil {
+		t.Errorf("websocket across the partition: %v", err)
+	}
+	media.wait(t, "edge partitioned from NATS", 0.05)
+	if ep, err := e.kv.endpoint(e.ctx, "node1"); err != nil || int(ep.GetPublicUdpPorts()[0]) != s1.port || ep.GetSessionId() != s1.id {
+		t.Errorf("node1's endpoint after the partition: %v %v (was udp %d)", ep, err, s1.port)
+	}
+	w1.close()
+	stopAgents(t, e)
+	e.clean()
+}

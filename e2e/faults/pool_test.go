@@ -1,0 +1,169 @@
+package faults
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
+)
+
+// TestTwoEdgesOnePool: two edges serve one pool. Each session is claimed (a compare-and-set of
+// its endpoint) and served by exactly one of them. When the edge serving the agent's session
+// dies (the whole host: edge and HAProxy), its heartbeat expires and the other edge claims its
+// sessions, publishing new public ports; the agent learns its new endpoint and the session is
+// reachable through the survivor. The dead edge, restarted, takes nothing back and removes what
+// it had left programmed.
+func TestTwoEdgesOnePool(t *testing.T) {
+	// The client of node 1 loses its websocket with the dead edge and comes back through the
+	// survivor within the resume window.
+	e := newEnv(t, config{edges: 2, nodes: []nodeConfig{{agent: true, resume: 30 * time.Second}, {}}})
+	const routes = 8
+	for i := 1; i <= routes; i++ {
+		key := fmt.Sprintf("p%d", i)
+		if err := e.kv.putRoute(e.ctx, key, "sess-"+key, nodeLAN(2)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	all := map[string]session{}
+	all["node1"] = e.routed("node1", "")
+	for i := 1; i <= routes; i++ {
+		key := fmt.Sprintf("p%d", i)
+		all[key] = e.routed(key, "sess-"+key)
+	}
+	served := e.exactlyOnce(all)
+	t.Logf("figure: %d sessions split between the edges: edge1 %d, edge2 %d", len(all), served["edge1"], served["edge2"])
+	s := all["node1"]
+	dead, survivor := s.edge, e.edges[0]
+	if dead == survivor {
+		survivor = e.edges[1]
+	}
+	w, code, err := e.dial(e.ctx, survivor, s.id)
+	if err == nil {
+		w.close()
+		t.Fatalf("%s upgraded a websocket for %s, which %s serves", survivor.id, s.id, dead.id)
+	} else if code != 404 {
+		t.Fatalf("%s for a session it does not serve: %v", survivor.id, err)
+	}
+	w = e.mustDial(dead, s.id)
+	if err := w.echo(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	w.close()
+
+	mark := e.obs.Mark()
+	if err := dead.killAll(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	took := e.eventually(30*time.Second, "survivor claimed every session", func() error {
+		for k, was := range all {
+			ep, err := e.kv.endpoint(e.ctx, k)
+			if err != nil || ep == nil || ep.GetEdgeId() != survivor.id || ep.GetSessionId() != was.id {
+				return fmt.Errorf("endpoint of %s: %v %v", k, ep, err)
+			}
+		}
+		m, err := survivor.showMap(e.ctx)
+		if err != nil || len(m) != len(all) {
+			return fmt.Errorf("%s map has %d entries (%v), want %d", survivor.id, len(m), err, len(all))
+		}
+		return nil
+	})
+	t.Logf("figure: %s died (SIGKILL, edge and HAProxy); %s served all %d sessions %s later (edge TTL %s, heartbeat %s)",
+		dead.id, survivor.id, len(all), round(took), edgeTTL, heartbeat)
+	moved := e.routed("node1", s.id)
+	if moved.edge != survivor {
+		t.Fatalf("node1 routed on %s after the takeover", moved.edge.id)
+	}
+	assigned := e.waitEvent(mark, "node1", livegatev1.EventType_EVENT_TYPE_ENDPOINT_ASSIGNED)
+	t.Logf("node1's agent learnt its new endpoint (%s udp %d) %s after the kill",
+		survivor.id, moved.port, round(assigned.At.Sub(killed)))
+	if got := assigned.Event.GetEndpointAssigned(); got.GetEdgeId() != survivor.id {
+		t.Errorf("endpoint_assigned %v, want edge %s", got, survivor.id)
+	}
+	w = e.mustDial(survivor, s.id)
+	if err := w.echo(e.ctx); err != nil {
+		t.Error(err)
+	}
+	resumed := e.waitEvent(mark, "node1", livegatev1.EventType_EVENT_TYPE_SESSION_RESUMED)
+	t.Logf("node1's client came back through %s; session %s resumed", survivor.id, resumed.Event.GetSessionId())
+	w.close()
+	if err := e.probe(survivor, moved.port); err != nil {
+		t.Error(err)
+	}
+	if served := e.exactlyOnce(all); served[survivor.id] != len(all) {
+		t.Errorf("after the takeover: %v", served)
+	}
+
+	// The dead edge comes back: the sessions stay where they are, and it clears what it left.
+	restart := time.Now()
+	if err := dead.start(); err != nil {
+		t.Fatal(err)
+	}
+	took = e.eventually(20*time.Second, "restarted edge cleared its leftovers", func() error {
+		m, err := dead.showMap(e.ctx)
+		if err != nil || len(m) > 0 {
+			return fmt.Errorf("%s map %v %v", dead.id, m, err)
+		}
+		ports, err := dead.dnatPorts(e.ctx)
+		if err != nil || len(ports) > 0 {
+			return fmt.Errorf("%s DNAT ports %v %v", dead.id, ports, err)
+		}
+		return nil
+	})
+	t.Logf("figure: %s restarted; its stale map entries and DNAT rules were gone %s later, no session taken back", dead.id, since(restart))
+	if served := e.exactlyOnce(all); served[survivor.id] != len(all) {
+		t.Errorf("after the restart of %s: %v", dead.id, served)
+	}
+	for i := 1; i <= routes; i++ {
+		if err := e.kv.deleteRoute(e.ctx, fmt.Sprintf("p%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stopAgents(t, e)
+	e.clean()
+}
+
+// exactlyOnce checks that each session is in the map of exactly the edge its endpoint names,
+// with a DNAT rule for its public port there and nowhere else; it returns how many each edge
+// serves.
+func (e *env) exactlyOnce(all map[string]session) map[string]int {
+	e.t.Helper()
+	served := map[string]int{}
+	ctx, cancel := context.WithTimeout(e.ctx, 20*time.Second)
+	defer cancel()
+	maps := map[string]map[string]string{}
+	dnat := map[string]map[int]bool{}
+	for _, g := range e.edges {
+		if g.p.Exited() {
+			continue
+		}
+		m, err := g.showMap(ctx)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		maps[g.id] = m
+		if dnat[g.id], err = g.dnatPorts(ctx); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+	for k, s := range all {
+		ep, err := e.kv.endpoint(ctx, k)
+		if err != nil || ep == nil {
+			e.t.Fatalf("endpoint of %s: %v %v", k, ep, err)
+		}
+		owner := ep.GetEdgeId()
+		served[owner]++
+		port := int(ep.GetPublicUdpPorts()[0])
+		for id, m := range maps {
+			if in := m[s.id] != ""; in != (id == owner) {
+				e.t.Errorf("session %s of %s: in %s's map %t, endpoint names %s", s.id, k, id, in, owner)
+			}
+			if id == owner && !dnat[id][port] {
+				e.t.Errorf("session %s of %s: no DNAT rule for udp %d on %s", s.id, k, port, id)
+			}
+		}
+	}
+	return served
+}

@@ -1,0 +1,153 @@
+package reconcile
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/livegate/livegate/edgeproxy/internal/routes"
+	"github.com/livegate/livegate/pkg/kvstore"
+	"github.com/livegate/livegate/pkg/wire"
+	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
+)
+
+func loopState() *Reconciler {
+	return &Reconciler{
+		cfg: Config{EdgeID: "edge-a", Pool: "default", Policy: routes.Policy{
+			BackendCIDRs: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, BackendPorts: routes.PortRange{Min: 1024, Max: 65535},
+		}},
+		valid: map[string]routes.Route{}, invalid: map[string]invalidRoute{}, seen: map[string]time.Time{},
+		endpoints: map[string]endpoint{}, live: map[string]bool{}, refused: map[string]string{},
+	}
+}
+
+func routeEntry(t *testing.T, key, session, backend string, rev uint64) kvstore.Entry {
+	t.Helper()
+	v, err := wire.Marshal(&livegatev1.Route{SessionId: session, SignalingBackend: backend, EdgeId: "edge-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kvstore.Entry{Key: key, Value: v, Revision: rev}
+}
+
+func endpointEntry(t *testing.T, key, edge string, rev uint64) kvstore.Entry {
+	t.Helper()
+	v, err := wire.Marshal(&livegatev1.Endpoint{InstanceId: key, EdgeId: edge, PublicUdpPorts: []uint32{10500}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kvstore.Entry{Key: key, Value: v, Revision: rev}
+}
+
+// TestTakeParsesOncePerRevisionAndIgnoresEchoes feeds the loop state watch inputs in order and
+// checks which of them call for a pass. A value that changes under an unchanged revision (which
+// KV never does) shows whether a route was parsed again.
+func TestTakeParsesOncePerRevisionAndIgnoresEchoes(t *testing.T) {
+	r := loopState()
+	synced := map[string]bool{}
+	at := time.Unix(100, 0)
+	routesIn := func(e kvstore.Entry) input { return input{bucket: kvstore.RoutesBucket, entry: e, at: at} }
+	steps := []struct {
+		name string
+		in   input
+		want bool
+		// check runs after the step.
+		check func(t *testing.T)
+	}{
+		{name: "routes snapshot", want: true, in: input{bucket: kvstore.RoutesBucket, at: at, snapshot: map[string]kvstore.Entry{
+			"i1": routeEntry(t, "i1", "s1", "127.0.0.1:30001", 1),
+			"i2": routeEntry(t, "i2", "s2", "10.0.0.1:30001", 2),
+		}}, check: func(t *testing.T) {
+			if len(r.valid) != 1 || len(r.invalid) != 1 || !r.invalid["i2"].mine {
+				t.Fatalf("valid %v invalid %v", r.valid, r.invalid)
+			}
+		}},
+		{name: "same revision again", in: routesIn(routeEntry(t, "i1", "s1", "127.0.0.1:39999", 1)), check: func(t *testing.T) {
+			if got := r.valid["i1"].Signaling.Port(); got != 30001 {
+				t.Fatalf("route parsed again: backend port %d", got)
+			}
+		}},
+		{name: "new revision", want: true, in: routesIn(routeEntry(t, "i1", "s1", "127.0.0.1:30002", 3)), check: func(t *testing.T) {
+			if got := r.valid["i1"]; got.Signaling.Port() != 30002 || got.Revision != 3 {
+				t.Fatalf("route after update %+v", got)
+			}
+		}},
+		{name: "snapshot after a reconnect keeps parsed routes", want: true, in: input{bucket: kvstore.RoutesBucket, at: at, snapshot: map[string]kvstore.Entry{
+			"i1": routeEntry(t, "i1", "s1", "127.0.0.1:39999", 3),
+		}}, check: func(t *testing.T) {
+			if got := r.valid["i1"].Signaling.Port(); got != 30002 || len(r.invalid) != 0 {
+				t.Fatalf("after the snapshot: port %d, invalid %v", got, r.invalid)
+			}
+		}},
+		{name: "endpoints snapshot", want: true, in: input{bucket: kvstore.EndpointsBucket, snapshot: map[string]kvstore.Entry{
+			"i1": endpointEntry(t, "i1", "edge-a", 7),
+		}}},
+		{name: "echo of our own endpoint write", in: input{bucket: kvstore.EndpointsBucket, entry: endpointEntry(t, "i1", "edge-a", 7)}},
+		{name: "endpoint rewritten", want: true, in: input{bucket: kvstore.EndpointsBucket, entry: endpointEntry(t, "i1", "edge-b", 8)}, check: func(t *testing.T) {
+			if r.endpoints["i1"].EdgeID != "edge-b" || r.endpoints["i1"].pub == nil {
+				t.Fatalf("endpoint %+v", r.endpoints["i1"])
+			}
+		}},
+		{name: "delete of an unknown endpoint", in: input{bucket: kvstore.EndpointsBucket, entry: kvstore.Entry{Key: "nope", Deleted: true}}},
+		{name: "edges snapshot", want: true, in: input{bucket: kvstore.EdgesBucket, snapshot: map[string]kvstore.Entry{"edge-a": {Key: "edge-a", Revision: 1}}}},
+		{name: "our own heartbeat", in: input{bucket: kvstore.EdgesBucket, entry: kvstore.Entry{Key: "edge-a", Revision: 2}}},
+		{name: "another edge appears", want: true, in: input{bucket: kvstore.EdgesBucket, entry: kvstore.Entry{Key: "edge-b", Revision: 3}}},
+		{name: "its heartbeat", in: input{bucket: kvstore.EdgesBucket, entry: kvstore.Entry{Key: "edge-b", Revision: 4}}},
+		{name: "it expires", want: true, in: input{bucket: kvstore.EdgesBucket, entry: kvstore.Entry{Key: "edge-b", Deleted: true}}},
+		{name: "route deleted", want: true, in: routesIn(kvstore.Entry{Key: "i1", Deleted: true}), check: func(t *testing.T) {
+			if len(r.valid) != 0 || len(r.seen) != 0 {
+				t.Fatalf("valid %v seen %v after the delete", r.valid, r.seen)
+			}
+		}},
+		{name: "delete of an unknown route", in: routesIn(kvstore.Entry{Key: "i9", Deleted: true})},
+	}
+	for _, st := range steps {
+		if got := r.take(st.in, synced); got != st.want {
+			t.Fatalf("%s: take = %v, want %v", st.name, got, st.want)
+		}
+		if st.check != nil {
+			st.check(t)
+		}
+	}
+	if len(synced) != 3 {
+		t.Fatalf("synced %v", synced)
+	}
+}
+
+// TestPublishedMatchesWhatIsWritten checks that an endpoint this edge writes, read back from
+// KV, compares equal to what it would write again, and that any change makes it differ.
+func TestPublishedMatchesWhatIsWritten(t *testing.T) {
+	r := loopState()
+	r.now = time.Now
+	r.cfg.PublicHost, r.cfg.SignalingPort = "edge-a.example.test", 48322
+	w := servedRoute{route: routes.Route{
+		Key: "i1", SessionID: "s1", Signaling: netip.MustParseAddrPort("127.0.0.1:30000"),
+		Media: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:30001"), netip.MustParseAddrPort("127.0.0.1:30002")},
+	}, ports: []uint16{10500, 10501}}
+	data, err := wire.Marshal(r.endpointFor(w))
+	if err != nil {
+		t.Fatal(err)
+	}
+	read := decodeEndpoint(kvstore.Entry{Key: "i1", Value: data, Revision: 5})
+	if !read.pub.equal(r.publishedFor(w)) {
+		t.Fatalf("endpoint read back %+v differs from %+v", read.pub, r.publishedFor(w))
+	}
+	moved := w
+	moved.ports = []uint16{10500, 10509}
+	otherBackend := w
+	otherBackend.route.Media = []netip.AddrPort{w.route.Media[0], netip.MustParseAddrPort("127.0.0.1:30009")}
+	noMedia := w
+	noMedia.route.Media, noMedia.ports = nil, nil
+	for name, x := range map[string]servedRoute{"port": moved, "backend": otherBackend, "no media": noMedia} {
+		if read.pub.equal(r.publishedFor(x)) {
+			t.Fatalf("%s changed, yet the endpoint compares equal", name)
+		}
+	}
+	bad, err := wire.Marshal(&livegatev1.Endpoint{InstanceId: "i1", PublicUdpPorts: []uint32{70000}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := decodeEndpoint(kvstore.Entry{Key: "i1", Value: bad}).pub; p.equal(p) {
+		t.Fatal("an endpoint with an impossible port compares equal")
+	}
+}
