@@ -23,42 +23,34 @@ var (
 	promParser = parser.NewParser(parser.Options{})
 )
 
-// documented reads docs/metrics.md: the metrics under "Exported" headings and those under
-// "Proposed".
-func documented(t *testing.T) (exported, proposed map[string]bool) {
+// documented reads docs/metrics.md: the metrics under its "Exported" headings.
+func documented(t *testing.T) map[string]bool {
 	t.Helper()
 	f, err := os.Open(filepath.Join(repoRoot, "docs", "metrics.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	exported, proposed = map[string]bool{}, map[string]bool{}
-	var section map[string]bool
+	exported := map[string]bool{}
+	in := false
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		line := sc.Text()
 		if h, ok := strings.CutPrefix(line, "## "); ok {
-			switch {
-			case strings.HasPrefix(h, "Exported"):
-				section = exported
-			case strings.HasPrefix(h, "Proposed"):
-				section = proposed
-			default:
-				section = nil
-			}
+			in = strings.HasPrefix(h, "Exported")
 			continue
 		}
-		if m := docRow.FindStringSubmatch(line); m != nil && section != nil {
-			if exported[m[1]] || proposed[m[1]] {
+		if m := docRow.FindStringSubmatch(line); m != nil && in {
+			if exported[m[1]] {
 				t.Errorf("docs/metrics.md lists %s twice", m[1])
 			}
-			section[m[1]] = true
+			exported[m[1]] = true
 		}
 	}
 	if len(exported) == 0 {
 		t.Fatal("docs/metrics.md: no exported metrics found")
 	}
-	return exported, proposed
+	return exported
 }
 
 // inCode finds the metric names the binaries register.
@@ -91,13 +83,10 @@ func inCode(t *testing.T) map[string]string {
 }
 
 func TestMetricsDocMatchesTheCode(t *testing.T) {
-	exported, proposed := documented(t)
+	exported := documented(t)
 	code := inCode(t)
 	for name, file := range code {
-		switch {
-		case proposed[name]:
-			t.Errorf("%s (%s) is exported now: move it from \"Proposed\" to \"Exported\" in docs/metrics.md", name, file)
-		case !exported[name]:
+		if !exported[name] {
 			t.Errorf("%s (%s) is not in docs/metrics.md", name, file)
 		}
 	}
@@ -181,17 +170,9 @@ func checkRules(t *testing.T, file string, allowed map[string]bool) []string {
 }
 
 func TestAlertRules(t *testing.T) {
-	exported, proposed := documented(t)
+	exported := documented(t)
 	rules := filepath.Join(repoRoot, "deploy", "prometheus")
 	alerts := checkRules(t, filepath.Join(rules, "livegate-alerts.yaml"), exported)
-	all := map[string]bool{}
-	for n := range exported {
-		all[n] = true
-	}
-	for n := range proposed {
-		all[n] = true
-	}
-	alerts = append(alerts, checkRules(t, filepath.Join(rules, "livegate-alerts-pending.yaml"), all)...)
 
 	// Every alert has its section in the runbook.
 	runbook, err := os.ReadFile(filepath.Join(repoRoot, "docs", "runbook.md"))
@@ -211,7 +192,7 @@ func TestAlertRulesRejectMistakes(t *testing.T) {
 	if _, errs := rulefmt.Parse([]byte(bad), false, model.UTF8Validation, promParser, slog.New(slog.DiscardHandler)); len(errs) == 0 {
 		t.Error("a broken expression was accepted")
 	}
-	exported, _ := documented(t)
+	exported := documented(t)
 	if names, _ := metricNames(`livegate_edge_ports_free < 10`); len(names) != 1 || known(names[0], exported) {
 		t.Errorf("an unknown metric was accepted: %v", names)
 	}
@@ -297,7 +278,7 @@ func TestGrafanaDashboard(t *testing.T) {
 	if len(exprs) == 0 {
 		t.Fatal("livegate.json: no queries")
 	}
-	exported, _ := documented(t)
+	exported := documented(t)
 	used := map[string]bool{}
 	for _, e := range exprs {
 		names, err := metricNames(templateVar.ReplaceAllString(grafanaVars.Replace(e), "x"))
