@@ -35,6 +35,7 @@ import (
 	"github.com/livegate/livegate/e2e/internal/stack"
 	"github.com/livegate/livegate/pkg/dtlssrtp"
 	"github.com/livegate/livegate/pkg/kvstore"
+	"github.com/livegate/livegate/pkg/natstest"
 	"github.com/livegate/livegate/pkg/wire"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
 	"github.com/nats-io/nats.go"
@@ -103,7 +104,7 @@ func TestMain(m *testing.M) {
 func binaries(t *testing.T) stack.Binaries {
 	t.Helper()
 	buildOnce.Do(func() {
-		if natsBin, buildErr = findNATSServer(); buildErr != nil {
+		if natsBin, buildErr = natstest.Binary(); buildErr != nil {
 			return
 		}
 		if binDir, buildErr = os.MkdirTemp("", "livegate-faults-bin-"); buildErr != nil {
@@ -117,22 +118,6 @@ func binaries(t *testing.T) stack.Binaries {
 		t.Fatal(buildErr)
 	}
 	return bins
-}
-
-func findNATSServer() (string, error) {
-	if p, err := exec.LookPath("nats-server"); err == nil {
-		return p, nil
-	}
-	out, err := exec.Command("go", "env", "GOPATH").Output()
-	if err == nil {
-		for _, dir := range filepath.SplitList(strings.TrimSpace(string(out))) {
-			p := filepath.Join(dir, "bin", "nats-server")
-			if _, err := os.Stat(p); err == nil {
-				return p, nil
-			}
-		}
-	}
-	return "", errors.New("nats-server not found on PATH nor in $(go env GOPATH)/bin: run `make deps`")
 }
 
 func requireRoot(t *testing.T) {
@@ -369,7 +354,7 @@ jetstream {
 		return err
 	}
 	e.nats = p
-	return waitTCP(e.ctx, p, e.hub, fmt.Sprintf("127.0.0.1:%d", natsPort))
+	return stack.WaitTCP(e.ctx, p, e.hub, fmt.Sprintf("127.0.0.1:%d", natsPort))
 }
 
 // stopNATS stops the server: SIGKILL when crash is set, else SIGTERM (an orderly restart).
@@ -635,7 +620,7 @@ func (g *edge) startHAProxy() error {
 		return err
 	}
 	g.haproxy = p
-	return waitTCP(g.e.ctx, p, g.ns, g.public())
+	return stack.WaitTCP(g.e.ctx, p, g.ns, g.public())
 }
 
 func writeSelfSigned(path, host string) error {
@@ -797,7 +782,7 @@ func (e *env) addNode(i int, nc nodeConfig) error {
 		if n.agent, err = e.start("agent"+strconv.Itoa(i), ns, e.bins.Agent, n.agentArgs()...); err != nil {
 			return err
 		}
-		if err := waitTCP(e.ctx, n.agent, ns, fmt.Sprintf("127.0.0.1:%d", agentPort)); err != nil {
+		if err := stack.WaitTCP(e.ctx, n.agent, ns, fmt.Sprintf("127.0.0.1:%d", agentPort)); err != nil {
 			return err
 		}
 	} else {
@@ -806,7 +791,7 @@ func (e *env) addNode(i int, nc nodeConfig) error {
 	if n.app, err = e.start("app"+strconv.Itoa(i), ns, e.bins.DemoApp, appArgs...); err != nil {
 		return err
 	}
-	return waitTCP(e.ctx, n.app, ns, fmt.Sprintf("127.0.0.1:%d", appSignalingPort))
+	return stack.WaitTCP(e.ctx, n.app, ns, fmt.Sprintf("127.0.0.1:%d", appSignalingPort))
 }
 
 // agentArgs: the agent serves the next session instead of quitting; without a resume window a
@@ -846,25 +831,6 @@ func (n *node) endSession(ctx context.Context, sessionID string, graceful bool) 
 		return "", fmt.Errorf("endsession on %s: HTTP %d: %w", n.instance, resp.StatusCode, err)
 	}
 	return out.SessionStatus, nil
-}
-
-func waitTCP(ctx context.Context, p *proc.Proc, ns *netns.Namespace, addr string) error {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	for {
-		c, err := ns.Dial(ctx, "tcp", addr)
-		if err == nil {
-			_ = c.Close()
-			return nil
-		}
-		select {
-		case <-p.Done():
-			return fmt.Errorf("%s exited (%v) before %s accepted connections", p.Name, p.Err(), addr)
-		case <-ctx.Done():
-			return fmt.Errorf("%s: %s not accepting connections: %w", p.Name, addr, err)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
 }
 
 // Teardown -----------------------------------------------------------------------------------------

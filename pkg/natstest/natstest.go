@@ -25,7 +25,8 @@ func Embedded(t testing.TB) string {
 	return s.ClientURL()
 }
 
-// Binary finds the nats-server binary: $NATS_SERVER, then PATH, then $HOME/go/bin.
+// Binary finds the nats-server binary: $NATS_SERVER, then PATH, then $HOME/go/bin (where `make
+// deps` installs it).
 func Binary() (string, error) {
 	if p := os.Getenv("NATS_SERVER"); p != "" {
 		return p, nil

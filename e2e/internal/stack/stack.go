@@ -161,11 +161,11 @@ func (d *Deployment) startEdge(ctx context.Context) error {
 		return err
 	}
 	d.Edge = p
-	return d.waitTCP(ctx, p, d.Topo.Edge, d.PublicSignaling())
+	return WaitTCP(ctx, p, d.Topo.Edge, d.PublicSignaling())
 }
 
-// waitTCP waits until addr accepts connections from inside ns, failing early when p exits.
-func (d *Deployment) waitTCP(ctx context.Context, p *proc.Proc, ns *netns.Namespace, addr string) error {
+// WaitTCP waits until addr accepts connections from inside ns, failing early when p exits.
+func WaitTCP(ctx context.Context, p *proc.Proc, ns *netns.Namespace, addr string) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	for {
@@ -179,7 +179,7 @@ func (d *Deployment) waitTCP(ctx context.Context, p *proc.Proc, ns *netns.Namesp
 			return fmt.Errorf("%s exited (%v) before %s accepted connections", p.Name, p.Err(), addr)
 		case <-ctx.Done():
 			return fmt.Errorf("%s: %s not accepting connections: %w", p.Name, addr, err)
-		case <-time.After(100 * time.Millisecond):
+		case <-time.After(50 * time.Millisecond):
 		}
 	}
 }
@@ -206,7 +206,7 @@ func (n *Node) startAgent(ctx context.Context) error {
 		return err
 	}
 	n.Agent = p
-	return d.waitTCP(ctx, p, n.NS, fmt.Sprintf("127.0.0.1:%d", AgentPort))
+	return WaitTCP(ctx, p, n.NS, fmt.Sprintf("127.0.0.1:%d", AgentPort))
 }
 
 func (n *Node) startApp(ctx context.Context) error {
@@ -219,7 +219,7 @@ func (n *Node) startApp(ctx context.Context) error {
 		return err
 	}
 	n.App = p
-	return n.d.waitTCP(ctx, p, n.NS, fmt.Sprintf("127.0.0.1:%d", AppSignalingPort))
+	return WaitTCP(ctx, p, n.NS, fmt.Sprintf("127.0.0.1:%d", AppSignalingPort))
 }
 
 // Ready is an answer of /v1/streaming/ready.
