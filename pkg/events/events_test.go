@@ -150,14 +150,3 @@ func TestPublishHeadersAndDedup(t *testing.T) {
 		})
 	}
 }
-
-func FuzzDecode(f *testing.F) {
-	f.Add([]byte(`{"type":"EVENT_TYPE_SESSION_ENDED","pool":"p","instanceId":"i"}`))
-	f.Add([]byte(`{}`))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		ev, err := events.Decode(b)
-		if err == nil && ev.GetType() == livegatev1.EventType_EVENT_TYPE_UNSPECIFIED {
-			t.Fatal("decoded an event without a type")
-		}
-	})
-}

@@ -61,14 +61,3 @@ func TestUnknownFieldsDropped(t *testing.T) {
 		t.Fatalf("got %q", r.GetSessionId())
 	}
 }
-
-func FuzzUnmarshal(f *testing.F) {
-	f.Add([]byte(`{"sessionId":"a","mediaBackends":["198.18.0.2:30000"],"leaseTtl":"15s"}`))
-	f.Add([]byte(`{"type":"EVENT_TYPE_SESSION_ENDED","sessionEnded":{"reason":"graceful"}}`))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		_ = Unmarshal(b, &livegatev1.Route{})
-		_ = Unmarshal(b, &livegatev1.Event{})
-		_ = Unmarshal(b, &livegatev1.Endpoint{})
-		_ = Unmarshal(b, &livegatev1.EdgeStatus{})
-	})
-}

@@ -255,6 +255,9 @@ func (f *flags) settings(drivers map[string]DriverFactory) (*settings, error) {
 	if err := events.ValidateToken("--edge-id", f.edgeID); err != nil {
 		errs = append(errs, err)
 	}
+	if err := checkHost(f.publicHost); err != nil {
+		errs = append(errs, fmt.Errorf("--public-host %q: %w", f.publicHost, err))
+	}
 	s.reconcile = reconcile.Config{
 		EdgeID: f.edgeID, Pool: f.pool, PublicHost: f.publicHost, SignalingPort: uint32(max(f.signalingPort, 0)),
 		Policy:    routes.Policy{BackendCIDRs: cidrs, BackendPorts: ports},
@@ -299,6 +302,32 @@ func (f *flags) haproxyConfig() (haproxy.Config, error) {
 		TunnelTimeout: f.tunnelTimeout, HardStopAfter: f.hardStopAfter, MissLimit: f.missLimit,
 	}
 	return c, c.Validate()
+}
+
+// checkHost accepts an IP address or a DNS name: the public host goes as it is into the wss://
+// URL browsers are given and into the self-signed certificate, so a space, slash or line break
+// in it would break or redirect every client.
+func checkHost(h string) error {
+	if ip, err := netip.ParseAddr(h); err == nil {
+		if ip.Zone() != "" {
+			return errors.New("an address with a zone is not reachable from the internet")
+		}
+		return nil
+	}
+	if h == "" || len(h) > 253 {
+		return errors.New("want an IP address or a DNS name of 1 to 253 characters")
+	}
+	for label := range strings.SplitSeq(h, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return fmt.Errorf("DNS label %q: want 1 to 63 letters, digits or inner hyphens", label)
+		}
+		for i := 0; i < len(label); i++ {
+			if c := label[i]; !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+				return fmt.Errorf("DNS label %q: character %q is not a letter, digit or hyphen", label, c)
+			}
+		}
+	}
+	return nil
 }
 
 func splitList(s string) []string {
