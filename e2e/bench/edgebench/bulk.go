@@ -26,8 +26,12 @@ type BulkResult struct {
 	RulesCounted time.Duration
 	EdgeMem      procstat.Memory
 	HAProxyRSS   int64
-	// CPUAtRest is the edge's own share of a core at rest; ChildCPUAtRest that of the processes
-	// it ran meanwhile (iptables-save on a resync).
+	// HelperRSS is that of the edge's other running children (the long-lived iptables-restore
+	// until it idles out), HelperPids how many there were.
+	HelperRSS  int64
+	HelperPids int
+	// CPUAtRest is the edge's own share of a core at rest; ChildCPUAtRest that of its
+	// descendants meanwhile: the supervised HAProxy, iptables-save on a resync, iptables-restore.
 	CPUAtRest, ChildCPUAtRest float64
 	// Go runtime figures from the edge's /metrics at rest (go_memstats_*, go_goroutines).
 	HeapInuse, HeapIdle, HeapReleased, GoSys, Goroutines float64
@@ -107,9 +111,20 @@ func (e *Env) Bulk(ctx context.Context, n int, timeout, rest time.Duration) (Bul
 	if res.EdgeMem, err = procstat.ReadMemory(e.EdgeP.Pid()); err != nil {
 		return res, err
 	}
+	haproxy := map[int]bool{}
 	for _, pid := range e.HAProxyPids() {
+		haproxy[pid] = true
 		if m, err := procstat.ReadMemory(pid); err == nil {
 			res.HAProxyRSS += m.RSS
+		}
+	}
+	for _, pid := range procstat.Children(e.EdgeP.Pid()) {
+		if haproxy[pid] {
+			continue
+		}
+		if m, err := procstat.ReadMemory(pid); err == nil {
+			res.HelperRSS += m.RSS
+			res.HelperPids++
 		}
 	}
 	if res.CPUAtRest, res.ChildCPUAtRest, err = procstat.CPUShare(e.EdgeP.Pid(), rest); err != nil {

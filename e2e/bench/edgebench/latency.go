@@ -101,6 +101,10 @@ func (e *Env) Churn(ctx context.Context, o ChurnOptions) (ChurnResult, error) {
 
 const programmingSeconds = "livegate_edge_programming_seconds"
 
+// mapPollInterval is how often a route waiting to be routable asks HAProxy for it: the figures
+// are at most this much late.
+const mapPollInterval = time.Millisecond
+
 // waitRoutable polls HAProxy's map for the session and, once the endpoint names the public
 // port, probes the DNAT; the route is routable when both hold.
 func (e *Env) waitRoutable(ctx context.Context, eps *Endpoints, i int, start time.Time, timeout time.Duration) (routable, endpoint time.Duration, err error) {
@@ -120,7 +124,9 @@ func (e *Env) waitRoutable(ctx context.Context, eps *Endpoints, i int, start tim
 				mapDone <- fmt.Errorf("route %s: not in HAProxy's map within %s (last error %v)", key, timeout, err)
 				return
 			}
-			time.Sleep(200 * time.Microsecond)
+			// Every in-flight route polls the same runtime socket the edge programs through:
+			// polling faster would mostly measure the bench's own load on HAProxy and the cores.
+			time.Sleep(mapPollInterval)
 		}
 	}()
 	port, epAt, err := eps.Wait(ctx, key, time.Until(deadline))

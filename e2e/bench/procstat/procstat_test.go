@@ -21,14 +21,14 @@ func TestParseStatus(t *testing.T) {
 
 func TestParseStat(t *testing.T) {
 	// utime=150 stime=50 ticks: 2 s; cutime=30 cstime=20: 0.5 s.
-	d, err := parseStat("42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 150 50 30 20 20 0 1 0")
+	d, ppid, err := parseStat("42 (a (b) c) S 7 42 42 0 -1 4194560 100 0 0 0 150 50 30 20 20 0 1 0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d.Own != 2*time.Second || d.Children != 500*time.Millisecond {
-		t.Fatalf("got %+v", d)
+	if d.Own != 2*time.Second || d.Children != 500*time.Millisecond || ppid != 7 {
+		t.Fatalf("got %+v, ppid %d", d, ppid)
 	}
-	if _, err := parseStat("garbage"); err == nil {
+	if _, _, err := parseStat("garbage"); err == nil {
 		t.Fatal("garbage accepted")
 	}
 }
@@ -39,6 +39,9 @@ func TestReadsOwnProcess(t *testing.T) {
 		t.Fatalf("ReadMemory: %+v, %v", m, err)
 	}
 	if _, err := ReadCPU(os.Getpid()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ReadTreeCPU(os.Getpid()); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -34,7 +34,9 @@ const (
 	DefaultEmbeddedNATS  = "127.0.0.1:4222"
 	// DefaultMemoryLimitMiB is the Go runtime's soft memory limit: with 9,500 routes the live
 	// heap is about 20 MiB, and without a limit the heap grows to twice that between collections.
-	DefaultMemoryLimitMiB = 48
+	// At 40 the edge holds 9,500 routes in about 54 MiB RSS (62 at 48) with the same cold start
+	// (docs/benchmarks.md).
+	DefaultMemoryLimitMiB = 40
 )
 
 // embeddedFlag is --nats-embedded[=ADDR]: a boolean flag that also takes an address.

@@ -16,3 +16,13 @@ type Driver interface {
 	// List reads back the live map.
 	List(ctx context.Context) (map[string]string, error)
 }
+
+// KnownApplier is a Driver that can use what the caller believes the map holds to save a round
+// trip: a key it believes absent is added at once instead of after a failed replace.
+type KnownApplier interface {
+	Driver
+	// ApplyKnown is Apply, told that current is what the map held after the caller's last
+	// successful Apply or List. Keys of set missing from current are added without first trying
+	// to replace them; one that is in the map after all is replaced, never duplicated.
+	ApplyKnown(ctx context.Context, set map[string]string, del []string, current map[string]string) error
+}

@@ -235,3 +235,43 @@ func TestRenderedConfigIsValid(t *testing.T) {
 		t.Fatal("Render accepted a map path with a space")
 	}
 }
+
+// TestApplyKnownTrustsNoBelief: a key believed absent that is there is replaced, not duplicated,
+// and a key believed present that is not there is added.
+func TestApplyKnownTrustsNoBelief(t *testing.T) {
+	h := start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var d haproxy.KnownApplier = h.Driver
+	if err := d.Apply(ctx, map[string]string{"there": "127.0.0.1:30001", "gone": "127.0.0.1:30002"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	belief := map[string]string{"missing": "127.0.0.1:30003", "gone": "127.0.0.1:30002"}
+	set := map[string]string{"there": "127.0.0.1:30011", "missing": "127.0.0.1:30013", "fresh": "127.0.0.1:30014"}
+	if err := d.ApplyKnown(ctx, set, []string{"gone"}, belief); err != nil {
+		t.Fatal(err)
+	}
+	got, err := d.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(got) != fmt.Sprint(set) {
+		t.Fatalf("map = %v, want %v", got, set)
+	}
+	out, err := haproxy.NewClient(h.Socket, 5*time.Second).Exec(ctx, mustCommand(t, "show", "map", h.MapFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(out, " there "); n != 1 {
+		t.Fatalf("key believed absent but present appears %d times:\n%s", n, out)
+	}
+}
+
+func mustCommand(t *testing.T, words ...string) haproxy.Command {
+	t.Helper()
+	c, err := haproxy.NewCommand(words...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}

@@ -30,20 +30,47 @@ func NewRuntimeDriver(client *Client, mapID string) (*RuntimeDriver, error) {
 	return &RuntimeDriver{client: client, mapID: mapID}, nil
 }
 
-var _ Driver = (*RuntimeDriver)(nil)
+var _ KnownApplier = (*RuntimeDriver)(nil)
 
 // Apply replaces existing keys with `set map` and deletes with `del map`, all on one connection,
 // then adds the keys that were missing with `add map` payloads. A replaced key never disappears
 // from the map, so its requests never see a 404 in between.
 func (d *RuntimeDriver) Apply(ctx context.Context, set map[string]string, del []string) error {
+	return d.ApplyKnown(ctx, set, del, nil)
+}
+
+// ApplyKnown implements KnownApplier. A few keys believed absent get `del map` then `add map` in
+// the same pipeline as the replacements and deletions, so a route that is new to the map costs
+// one connection: the deletion only matters when the belief was wrong, and then stands in for
+// the replace (that key alone may miss for the instant between the two commands). Past
+// payloadChunk new keys, Apply's path is faster: one `add map` payload per chunk.
+func (d *RuntimeDriver) ApplyKnown(ctx context.Context, set map[string]string, del []string, current map[string]string) error {
 	setKeys := sortedKeys(set)
+	fresh := 0
+	if current != nil {
+		for _, k := range setKeys {
+			if _, known := current[k]; !known {
+				fresh++
+			}
+		}
+	}
+	// Many new keys go faster as payloads (a cold start): they take the replace-then-add path.
+	addNow := fresh > 0 && fresh <= payloadChunk
 	var cmds []Command
 	for _, k := range setKeys {
-		c, err := NewCommand("set", "map", d.mapID, k, set[k])
-		if err != nil {
-			return err
+		var words [][]string
+		if _, known := current[k]; known || !addNow {
+			words = [][]string{{"set", "map", d.mapID, k, set[k]}}
+		} else {
+			words = [][]string{{"del", "map", d.mapID, k}, {"add", "map", d.mapID, k, set[k]}}
 		}
-		cmds = append(cmds, c)
+		for _, w := range words {
+			c, err := NewCommand(w...)
+			if err != nil {
+				return err
+			}
+			cmds = append(cmds, c)
+		}
 	}
 	for _, k := range del {
 		if _, ok := set[k]; ok {

@@ -1,8 +1,9 @@
 // Package iptables reads and writes IPv4 iptables rules in batches: iptables-save output is
 // parsed into tables, chains and rules, and changes are applied through one
-// `iptables-restore --noflush` per batch, never one process per rule. Parsing and rendering
-// are pure; Exec is the thin adapter that runs the commands (optionally inside a network
-// namespace, through a command prefix).
+// `iptables-restore --noflush` per batch, never one process per rule; Exec feeds the batches to
+// one long-lived iptables-restore while they keep coming. Parsing and rendering are pure; Exec
+// is the thin adapter that runs the commands (optionally inside a network namespace, through a
+// command prefix).
 package iptables
 
 import (
@@ -13,6 +14,8 @@ import (
 	"fmt"
 	"os/exec"
 	"strings"
+	"sync"
+	"time"
 )
 
 // Runner reads the ruleset and applies restore batches.
@@ -25,12 +28,24 @@ type Runner interface {
 	Restore(ctx context.Context, payload []byte) error
 }
 
-// Exec runs the iptables binaries.
+// Exec runs the iptables binaries. It is safe for concurrent use; restores are serialised.
 type Exec struct {
 	prefix  []string
 	save    string
 	restore string
+	idle    time.Duration
+
+	mu sync.Mutex
+	// r is the long-lived iptables-restore, nil while none runs; lastUse is when it last
+	// committed a batch.
+	r       *restorer
+	lastUse time.Time
+	timer   *time.Timer
 }
+
+// DefaultIdleTimeout is how long the long-lived iptables-restore waits for the next batch
+// before it is stopped: under churn it is fed many batches a second, at rest nothing runs.
+const DefaultIdleTimeout = 10 * time.Second
 
 // ExecOption configures Exec.
 type ExecOption func(*Exec)
@@ -44,9 +59,15 @@ func WithNetns(name string) ExecOption {
 	}
 }
 
+// WithIdleTimeout sets how long the long-lived iptables-restore waits for the next batch before
+// it is stopped; zero or less runs one iptables-restore per batch.
+func WithIdleTimeout(d time.Duration) ExecOption {
+	return func(e *Exec) { e.idle = d }
+}
+
 // NewExec returns a runner over iptables-save and iptables-restore from PATH.
 func NewExec(opts ...ExecOption) *Exec {
-	e := &Exec{save: "iptables-save", restore: "iptables-restore"}
+	e := &Exec{save: "iptables-save", restore: "iptables-restore", idle: DefaultIdleTimeout}
 	for _, o := range opts {
 		o(e)
 	}
@@ -66,13 +87,69 @@ func (e *Exec) Save(ctx context.Context, table string) ([]byte, error) {
 	return stdout.Bytes(), nil
 }
 
-// Restore runs iptables-restore --noflush with payload on stdin. The wait flag makes it queue
-// behind other writers holding the xtables lock (legacy backend) instead of failing.
+// LongLivedMaxLines is the longest payload fed to the long-lived iptables-restore. A larger one
+// (a cold start, a large repair) gets a process of its own: its start costs little next to the
+// batch, and the long-lived process would keep the memory it took for as long as it runs.
+const LongLivedMaxLines = 1000
+
+// Restore feeds payload to iptables-restore --noflush and returns once it is committed. The
+// wait flag makes it queue behind other writers holding the xtables lock (legacy backend)
+// instead of failing. A payload of at most LongLivedMaxLines lines whose last line is a COMMIT
+// goes to the long-lived process (started when none runs); anything else, or with the idle
+// timeout off, gets a process of its own.
 func (e *Exec) Restore(ctx context.Context, payload []byte) error {
-	var stderr bytes.Buffer
 	args := []string{e.restore, "--noflush", "--wait", "10"}
-	if err := e.run(ctx, args, bytes.NewReader(payload), nil, &stderr); err != nil {
-		return fmt.Errorf("%s: %w: %s", e.restore, err, strings.TrimSpace(stderr.String()))
+	if e.idle <= 0 || !bytes.HasSuffix(payload, []byte("\nCOMMIT\n")) || bytes.Count(payload, []byte{'\n'}) > LongLivedMaxLines {
+		var stderr bytes.Buffer
+		if err := e.run(ctx, args, bytes.NewReader(payload), nil, &stderr); err != nil {
+			return fmt.Errorf("%s: %w: %s", e.restore, err, strings.TrimSpace(stderr.String()))
+		}
+		return nil
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.r == nil {
+		argv := append(append(append([]string(nil), e.prefix...), args...), "--verbose")
+		r, err := startRestorer(argv)
+		if err != nil {
+			return fmt.Errorf("start %s: %w", e.restore, err)
+		}
+		e.r = r
+	}
+	if err := e.r.apply(ctx, e.restore, payload); err != nil {
+		e.r.stop()
+		e.r = nil
+		return err
+	}
+	e.lastUse = time.Now()
+	if e.timer == nil {
+		e.timer = time.AfterFunc(e.idle, e.stopIdle)
+	} else {
+		e.timer.Reset(e.idle)
+	}
+	return nil
+}
+
+// stopIdle stops the long-lived process unless a batch came in since the timer was set.
+func (e *Exec) stopIdle() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.r != nil && time.Since(e.lastUse) >= e.idle {
+		e.r.stop()
+		e.r = nil
+	}
+}
+
+// Close stops the long-lived iptables-restore, if one runs; a later Restore starts another.
+func (e *Exec) Close() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.timer != nil {
+		e.timer.Stop()
+	}
+	if e.r != nil {
+		e.r.stop()
+		e.r = nil
 	}
 	return nil
 }

@@ -147,6 +147,14 @@ type Plane struct {
 	pendingFlush map[uint16]bool
 	flushDone    chan struct{}
 	flushErr     error
+	// lastWant is what the last Sync asked for, for the repair after a read-back behind.
+	lastWant map[uint16]netip.AddrPort
+	// readDone is non-nil while a read-back runs behind the batches, and closed when it is
+	// over. Meanwhile touched collects the ports the batches changed, and reshaped is set
+	// when one changed anything but per-port rules (chains, jumps, dispatch, static rules).
+	readDone chan struct{}
+	touched  map[uint16]bool
+	reshaped bool
 }
 
 // flushAttempts bounds how often one flusher tries a failing deletion before it leaves the ports
@@ -287,28 +295,41 @@ func (p *Plane) Usage() (inUse, quarantined, free int) {
 }
 
 // Sync makes the kernel forward exactly want (the full desired state, by route key). It
-// writes only the difference, in one iptables-restore batch, from its picture of the kernel;
-// that picture is read back from iptables-save on the first call, when it is older than the
-// resync interval, and after a failed batch, which repairs drift in livegate's chains. The
-// conntrack entries of every port whose forwarding was added or changed are deleted after the
-// batch, before Sync returns; those of ports whose forwarding was removed by a goroutine Sync
-// starts and does not wait for (Settle does). Ports whose deletion failed are tried
-// again in the background, then at the next Sync. Invalid mappings are left out and reported
-// in the error; the rest is still applied.
+// writes only the difference, in one iptables-restore batch, from its picture of the kernel.
+// That picture is read back from iptables-save on the first call and after a failed batch,
+// before the batch; once it is older than the resync interval, the read-back runs behind the
+// batches instead (see readBehind), so that a large ruleset's iptables-save never delays a
+// route, and the drift it finds is repaired as soon as it is read. The conntrack entries of
+// every port whose forwarding was added or changed are deleted after the batch, before Sync
+// returns; those of ports whose forwarding was removed by a goroutine Sync starts and does not
+// wait for (Settle does). Ports whose deletion failed are tried again in the background, then
+// at the next Sync. Invalid mappings are left out and reported in the error; the rest is
+// still applied.
 func (p *Plane) Sync(ctx context.Context, want map[string][]Mapping) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	start := p.o.now()
 	desired, invalid := p.desired(want)
+	p.lastWant = desired
+	due := p.known == nil || p.o.now().Sub(p.readAt) >= p.o.resync
+	behind := due && p.known != nil && p.o.resync > 0
+	err := p.syncLocked(ctx, desired, due && !behind)
+	if behind && p.readDone == nil && p.known != nil {
+		p.readBehind(ctx)
+	}
+	return errors.Join(append(invalid, err)...)
+}
 
-	readBack := p.known == nil || start.Sub(p.readAt) >= p.o.resync
+// syncLocked brings the kernel to desired, reading it back first when told to or when a batch
+// on the remembered picture fails. p.mu is held.
+func (p *Plane) syncLocked(ctx context.Context, desired map[uint16]netip.AddrPort, readBack bool) error {
+	start := p.o.now()
 	res, err := p.apply(ctx, desired, readBack)
 	if err != nil && !readBack {
 		p.o.log.Warn().Err(err).Msg("media batch failed on the remembered state, reading the kernel back")
 		res, err = p.apply(ctx, desired, true)
 	}
 	if err != nil {
-		return errors.Join(append(invalid, fmt.Errorf("sync media mappings: %w", err))...)
+		return fmt.Errorf("sync media mappings: %w", err)
 	}
 
 	// A flow may already be using an added port (the rule was lost while the edge was away, or
@@ -347,7 +368,59 @@ func (p *Plane) Sync(ctx context.Context, want map[string][]Mapping) error {
 		Dur("read_ms", res.read).Dur("restore_ms", res.restore).Dur("conntrack_ms", flushEnd.Sub(flushStart)).
 		Dur("elapsed_ms", flushEnd.Sub(start)).
 		Msg("media mappings synced")
-	return errors.Join(append(invalid, flushErr)...)
+	return flushErr
+}
+
+// readBehindTimeout bounds one read-back behind the batches.
+const readBehindTimeout = time.Minute
+
+// readBehind reads the chains back in a goroutine while batches go on, then, under p.mu, takes
+// what it read as the plane's picture and repairs the drift against the last desired state.
+// iptables-save prints each table as of one moment, but batches may have changed some ports
+// since, or before the table was read: for those ports the picture keeps what the batches
+// wrote; a port that drifted while a batch also changed it is seen at the next read-back. When
+// a batch changed the chains themselves meanwhile, what was read is dropped and the next Sync
+// starts another. p.mu is held.
+func (p *Plane) readBehind(ctx context.Context) {
+	done := make(chan struct{})
+	p.readDone, p.touched, p.reshaped = done, map[uint16]bool{}, false
+	began := p.o.now()
+	go func() {
+		defer close(done)
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), readBehindTimeout)
+		defer cancel()
+		nat, filter, err := save(rctx, p.o.runner)
+		read := p.o.now().Sub(began)
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		touched, reshaped := p.touched, p.reshaped
+		p.readDone, p.touched = nil, nil
+		switch {
+		case err != nil:
+			// Tried again one resync interval later; a failed batch reads back on its own.
+			p.readAt = p.o.now()
+			p.o.log.Warn().Err(err).Msg("media read-back failed")
+			return
+		case p.known == nil:
+			return
+		case reshaped:
+			p.o.log.Debug().Dur("read_ms", read).Msg("media read-back overlapped a change of chains; reading again")
+			return
+		}
+		st := readState(nat, filter, p.cfg.PublicIP)
+		for port := range touched {
+			if e, ok := p.known.dnat[port]; ok {
+				st.dnat[port] = e
+			} else {
+				delete(st.dnat, port)
+			}
+		}
+		p.known, p.readAt = st, began
+		p.o.log.Debug().Dur("read_ms", read).Int("ports_changed_meanwhile", len(touched)).Msg("media chains read back")
+		if err := p.syncLocked(rctx, p.lastWant, false); err != nil {
+			p.o.log.Warn().Err(err).Msg("media drift repair failed; retrying at the next sync")
+		}
+	}()
 }
 
 // flush deletes the conntrack entries of the pending ports until none is left, or until a
@@ -393,12 +466,15 @@ func (p *Plane) flush(ctx context.Context, done chan struct{}) {
 	}
 }
 
-// Settle waits until the conntrack deletions Sync started are over, and reports why
-// ports were left when the last one gave up.
+// Settle waits until the read-back and the conntrack deletions Sync started are over, and
+// reports why ports were left when the last deletion gave up.
 func (p *Plane) Settle(ctx context.Context) error {
 	for {
 		p.mu.Lock()
 		done, err := p.flushDone, p.flushErr
+		if p.readDone != nil {
+			done = p.readDone
+		}
 		p.mu.Unlock()
 		if done == nil {
 			return err
@@ -413,8 +489,8 @@ func (p *Plane) Settle(ctx context.Context) error {
 
 // desired flattens want into port → backend, leaving out what the plane must not program.
 func (p *Plane) desired(want map[string][]Mapping) (map[uint16]netip.AddrPort, []error) {
-	out := make(map[uint16]netip.AddrPort)
-	owner := make(map[uint16]string)
+	out := make(map[uint16]netip.AddrPort, len(want))
+	owner := make(map[uint16]string, len(want))
 	var invalid []error
 	for key, ms := range want {
 		for _, m := range ms {
@@ -477,6 +553,12 @@ func (p *Plane) apply(ctx context.Context, desired map[uint16]netip.AddrPort, re
 	}
 	res.restore = p.o.now().Sub(t)
 	res.lines = batch.Len()
+	if p.touched != nil {
+		for _, port := range ch.flush {
+			p.touched[port] = true
+		}
+		p.reshaped = p.reshaped || reshapes(p.known, next)
+	}
 	p.known = next
 	return res, nil
 }

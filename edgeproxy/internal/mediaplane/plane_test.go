@@ -561,3 +561,132 @@ func TestResyncIntervalZeroReadsBackEverySync(t *testing.T) {
 		t.Fatalf("drift not repaired on the next Sync: %d batches", n)
 	}
 }
+
+// heldSave lets a test hold a read-back after iptables-save has printed the nat table, so that
+// batches can run between the read and its use.
+type heldSave struct {
+	*iptablestest.Fake
+	mu    sync.Mutex
+	hold  chan struct{}
+	saved chan struct{}
+}
+
+func (h *heldSave) holdNext() (saved, release chan struct{}) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.hold, h.saved = make(chan struct{}), make(chan struct{})
+	return h.saved, h.hold
+}
+
+func (h *heldSave) Save(ctx context.Context, table string) ([]byte, error) {
+	out, err := h.Fake.Save(ctx, table)
+	h.mu.Lock()
+	hold, saved := h.hold, h.saved
+	if table == "nat" {
+		h.hold, h.saved = nil, nil
+	}
+	h.mu.Unlock()
+	if table == "nat" && hold != nil {
+		close(saved)
+		<-hold
+	}
+	return out, err
+}
+
+func newHeldHarness(t *testing.T, ports portalloc.Range) (*harness, *heldSave) {
+	t.Helper()
+	h := &harness{ipt: iptablestest.New(), ct: &fakeCleaner{}, clk: &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}}
+	held := &heldSave{Fake: h.ipt}
+	p, err := New(Config{PublicIP: publicIP, Ports: ports}, WithRunner(held), WithConntrack(h.ct), WithClock(h.clk.now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.plane = p
+	return h, held
+}
+
+func countRules(t *testing.T, h *harness, chain string, port uint16) int {
+	t.Helper()
+	n := 0
+	for _, r := range h.nat(t).ChainRules(chain) {
+		if strings.Contains(r.Spec, "--dport "+strconv.Itoa(int(port))+" ") {
+			n++
+		}
+	}
+	return n
+}
+
+// TestReadBackRunsBehindBatches: a due read-back does not hold up the batches that follow it;
+// it repairs the drift it finds, and keeps what batches wrote meanwhile instead of taking the
+// older read for drift (which would add those rules a second time).
+func TestReadBackRunsBehindBatches(t *testing.T) {
+	h, held := newHeldHarness(t, portalloc.Range{First: 10500, Last: 10509})
+	ctx := context.Background()
+	a := []Mapping{{PublicPort: 10500, Backend: backend("198.19.2.2:30000")}}
+	sync1(t, h.plane, map[string][]Mapping{"a": a})
+	h.ipt.SetRules("nat", shard) // drift: the rule of 10500 is gone
+
+	h.clk.t = h.clk.t.Add(DefaultResyncInterval)
+	saved, release := held.holdNext()
+	if err := h.plane.Sync(ctx, map[string][]Mapping{"a": a}); err != nil {
+		t.Fatal(err)
+	}
+	<-saved
+	b := []Mapping{{PublicPort: 10501, Backend: backend("198.19.2.3:30000")}}
+	if err := h.plane.Sync(ctx, map[string][]Mapping{"a": a, "b": b}); err != nil {
+		t.Fatal(err)
+	}
+	if n := countRules(t, h, shard, 10501); n != 1 {
+		t.Fatalf("port 10501 has %d rules while the read-back is held, want 1", n)
+	}
+	close(release)
+	if err := h.plane.Settle(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := countRules(t, h, shard, 10500); n != 1 {
+		t.Fatalf("drifted port 10500 has %d rules after the read-back, want 1", n)
+	}
+	if n := countRules(t, h, shard, 10501); n != 1 {
+		t.Fatalf("port 10501, added during the read-back, has %d rules, want 1", n)
+	}
+	if n := len(h.ipt.Restores()); n != 3 {
+		t.Fatalf("%d batches, want 3 (first, 10501, the repair)", n)
+	}
+}
+
+// TestReadBackDroppedWhenChainsChanged: a read-back overlapping a batch that changed the chains
+// is not used; the next Sync reads again, and that one repairs.
+func TestReadBackDroppedWhenChainsChanged(t *testing.T) {
+	h, held := newHeldHarness(t, portalloc.Range{First: 10500, Last: 10700})
+	ctx := context.Background()
+	a := []Mapping{{PublicPort: 10500, Backend: backend("198.19.2.2:30000")}}
+	sync1(t, h.plane, map[string][]Mapping{"a": a})
+	h.ipt.SetRules("nat", shard)
+
+	h.clk.t = h.clk.t.Add(DefaultResyncInterval)
+	saved, release := held.holdNext()
+	if err := h.plane.Sync(ctx, map[string][]Mapping{"a": a}); err != nil {
+		t.Fatal(err)
+	}
+	<-saved
+	// A port in another shard: the batch creates a chain and a dispatch rule.
+	c := []Mapping{{PublicPort: 10650, Backend: backend("198.19.2.4:30000")}}
+	want := map[string][]Mapping{"a": a, "c": c}
+	if err := h.plane.Sync(ctx, want); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	if err := h.plane.Settle(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := countRules(t, h, shard, 10500); n != 0 {
+		t.Fatalf("the overlapped read-back was used: port 10500 has %d rules", n)
+	}
+	sync1(t, h.plane, want)
+	if n := countRules(t, h, shard, 10500); n != 1 {
+		t.Fatalf("port 10500 has %d rules after the next read-back, want 1", n)
+	}
+	if n := countRules(t, h, ShardPrefix+"10624", 10650); n != 1 {
+		t.Fatalf("port 10650 has %d rules, want 1", n)
+	}
+}

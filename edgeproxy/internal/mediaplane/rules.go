@@ -2,6 +2,7 @@ package mediaplane
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -305,6 +306,7 @@ type change struct {
 func plan(cur *kernelState, want map[uint16]netip.AddrPort, cfg settings) (*iptables.Batch, *kernelState, change) {
 	b := iptables.NewBatch()
 	next := newState()
+	next.dnat = make(map[uint16]dnatEntry, len(want))
 	var ch change
 
 	needed := map[string]uint16{}
@@ -432,6 +434,14 @@ func plan(cur *kernelState, want map[uint16]netip.AddrPort, cfg settings) (*ipta
 	}
 	slices.Sort(ch.flush)
 	return b, next, ch
+}
+
+// reshapes reports whether going from cur to next changes anything but per-port DNAT rules: the
+// chains, the jumps, the dispatch, the static rules, or strays removed.
+func reshapes(cur, next *kernelState) bool {
+	return !maps.Equal(cur.chains, next.chains) || !maps.EqualFunc(cur.jumps, next.jumps, slices.Equal) ||
+		!slices.Equal(cur.dispatch, next.dispatch) || !slices.Equal(cur.snat, next.snat) ||
+		!slices.Equal(cur.forward, next.forward) || len(cur.strays) != len(next.strays)
 }
 
 // rewriteChain replaces a small static chain wholesale when it differs from want: declaring

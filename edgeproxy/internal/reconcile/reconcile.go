@@ -577,7 +577,7 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (time.Time, error) {
 		return routes.ClaimDelay(load+i, r.cfg.ClaimDelayStep, r.cfg.MaxClaimDelay)
 	})
 
-	want := map[string]servedRoute{}
+	want := make(map[string]servedRoute, len(plan.Serve)+len(due))
 	for k, rt := range plan.Serve {
 		want[k] = servedRoute{route: rt}
 	}
@@ -591,9 +591,11 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (time.Time, error) {
 	}
 	r.releaseGone(want)
 
+	tPlan := r.now()
 	if err := r.program(ctx, want, full); err != nil {
 		return time.Time{}, err
 	}
+	tProg := r.now()
 	lost := r.writeClaims(ctx, want, claims)
 	if len(lost) > 0 {
 		for _, k := range lost {
@@ -604,8 +606,12 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (time.Time, error) {
 			return time.Time{}, err
 		}
 	}
+	tClaim := r.now()
 	failed := r.publishEndpoints(ctx, want, claims)
+	tPub := r.now()
 	r.finish(want, now)
+	r.log.Debug().Bool("full", full).Int("routes", len(want)).Dur("plan_ms", tPlan.Sub(now)).Dur("program_ms", tProg.Sub(tPlan)).
+		Dur("claims_ms", tClaim.Sub(tProg)).Dur("publish_ms", tPub.Sub(tClaim)).Dur("finish_ms", r.now().Sub(tPub)).Msg("reconcile pass")
 	if starved {
 		next = earliest(next, now.Add(r.cfg.Heartbeat))
 	}
@@ -767,7 +773,14 @@ func (r *Reconciler) programHAProxy(ctx context.Context, entries map[string]stri
 	set, del := routes.Diff(entries, r.programmed)
 	if len(set)+len(del) > 0 {
 		began := r.now()
-		if err := r.d.Driver.Apply(ctx, set, del); err != nil {
+		apply := r.d.Driver.Apply
+		if d, ok := r.d.Driver.(haproxy.KnownApplier); ok {
+			known := r.programmed
+			apply = func(ctx context.Context, set map[string]string, del []string) error {
+				return d.ApplyKnown(ctx, set, del, known)
+			}
+		}
+		if err := apply(ctx, set, del); err != nil {
 			r.programmed = nil
 			r.d.Metrics.errors.WithLabelValues(ErrKindHAProxy).Inc()
 			return fmt.Errorf("program haproxy map (%d set, %d deleted): %w", len(set), len(del), err)
