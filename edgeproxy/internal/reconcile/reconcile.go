@@ -145,8 +145,13 @@ type Reconciler struct {
 	// expired holds the route keys whose removal from KV was a lapsed lease, until the pass
 	// that reports their removal.
 	expired map[string]bool
-	sched   *routes.Scheduler
-	files   *fileWriter
+	// rewatched is when livegate_routes was last watched anew (after a NATS reconnect), and
+	// held the served routes whose key went away since then, with how long they are kept: see
+	// hold.
+	rewatched time.Time
+	held      map[string]time.Time
+	sched     *routes.Scheduler
+	files     *fileWriter
 
 	mu     sync.Mutex
 	status map[string]servedRoute
@@ -231,7 +236,7 @@ func New(cfg Config, d Deps, opts ...Option) (*Reconciler, error) {
 	r := &Reconciler{
 		cfg: cfg, d: d, log: d.Log, now: time.Now,
 		kick: make(chan struct{}, 1), evq: make(chan *livegatev1.Event, 1<<16),
-		valid: map[string]routes.Route{}, invalid: map[string]invalidRoute{}, seen: map[string]time.Time{}, expired: map[string]bool{}, endpoints: map[string]endpoint{},
+		valid: map[string]routes.Route{}, invalid: map[string]invalidRoute{}, seen: map[string]time.Time{}, expired: map[string]bool{}, held: map[string]time.Time{}, endpoints: map[string]endpoint{},
 		live: map[string]bool{}, served: map[string]servedRoute{}, refused: map[string]string{},
 		sched: routes.NewScheduler(),
 	}
@@ -416,9 +421,13 @@ func (r *Reconciler) take(x input, synced map[string]bool) bool {
 	entries := x.snapshot
 	changed := entries != nil
 	if entries != nil {
+		again := synced[x.bucket]
 		synced[x.bucket] = true
 		switch x.bucket {
 		case kvstore.RoutesBucket:
+			if again {
+				r.rewatched = x.at
+			}
 			// Parsed routes of unchanged revisions are kept across a new snapshot.
 			oldValid, oldInvalid := r.valid, r.invalid
 			r.valid, r.invalid = make(map[string]routes.Route, len(entries)), map[string]invalidRoute{}
@@ -431,6 +440,16 @@ func (r *Reconciler) take(x input, synced map[string]bool) bool {
 					r.invalid[k] = inv
 				default:
 					r.takeRoute(e, x.at)
+				}
+			}
+			for k, rt := range oldValid {
+				if _, ok := entries[k]; !ok && r.hold(k, rt, x.at) {
+					r.valid[k] = rt
+				}
+			}
+			for k := range r.held {
+				if _, ok := r.valid[k]; !ok {
+					delete(r.held, k)
 				}
 			}
 			for k := range r.seen {
@@ -451,6 +470,10 @@ func (r *Reconciler) take(x input, synced map[string]bool) bool {
 		switch x.bucket {
 		case kvstore.RoutesBucket:
 			if e.Deleted {
+				if rt, ok := r.valid[k]; ok && e.Purged && r.hold(k, rt, x.at) {
+					continue
+				}
+				delete(r.held, k)
 				_, had := r.valid[k]
 				_, hadInvalid := r.invalid[k]
 				delete(r.valid, k)
@@ -496,6 +519,54 @@ func (r *Reconciler) revisionOf(key string) (uint64, bool) {
 	return inv.revision, ok
 }
 
+// maxHold bounds how long a lapsed route is held, whatever lease its value claims.
+const maxHold = 2 * time.Minute
+
+// hold decides whether a served route whose key went away (gone from a new snapshot, or expired
+// by its TTL) is kept for now. Leases cannot be renewed while NATS is away: after an outage
+// longer than a lease the store expires every route at once, and an edge that reconnects
+// before the agents would unroute live sessions until each agent renews. So for two leases after
+// the routes bucket is watched anew (agents reconnect later than the edge, by their own back-off,
+// and then renew), such a route stays programmed; its agent's renewal takes it over, and the end
+// of the hold removes it as expired. Routes deleted outright (a session that ended) are not held,
+// and neither is any route before the first re-watch.
+func (r *Reconciler) hold(key string, rt routes.Route, now time.Time) bool {
+	if _, served := r.served[key]; !served || r.rewatched.IsZero() || rt.LeaseTTL <= 0 {
+		return false
+	}
+	until, ok := r.held[key]
+	if !ok {
+		until = r.rewatched.Add(min(2*rt.LeaseTTL, maxHold))
+	}
+	if !now.Before(until) {
+		delete(r.held, key)
+		return false
+	}
+	if !ok {
+		r.held[key] = until
+		r.log.Info().Str("instance_id", key).Str("session_id", rt.SessionID).Time("until", until).
+			Msg("route gone from KV after a NATS reconnect; kept for its lease so that its agent can renew it")
+	}
+	return true
+}
+
+// releaseHeld drops the held routes whose time is up, as expired, and reports when the next one
+// is due (zero: none held).
+func (r *Reconciler) releaseHeld(now time.Time) time.Time {
+	var next time.Time
+	for k, until := range r.held {
+		if now.Before(until) {
+			next = earliest(next, until)
+			continue
+		}
+		delete(r.held, k)
+		delete(r.valid, k)
+		delete(r.seen, k)
+		r.expired[k] = true
+	}
+	return next
+}
+
 // takeRoute parses a route value unless its revision is already known; it reports whether the
 // route changed.
 func (r *Reconciler) takeRoute(e kvstore.Entry, at time.Time) bool {
@@ -504,6 +575,7 @@ func (r *Reconciler) takeRoute(e kvstore.Entry, at time.Time) bool {
 	}
 	r.seen[e.Key] = at
 	delete(r.expired, e.Key)
+	delete(r.held, e.Key)
 	rt, err := r.cfg.Policy.Parse(e.Key, e.Value, e.Revision)
 	if err == nil {
 		delete(r.invalid, e.Key)
@@ -539,6 +611,7 @@ func decodeEndpoint(e kvstore.Entry) endpoint {
 // pass reconciles once. It returns when it wants to run again (a claim falling due), or zero.
 func (r *Reconciler) pass(ctx context.Context, full bool) (time.Time, error) {
 	now := r.now()
+	heldUntil := r.releaseHeld(now)
 	valid := r.valid
 	r.refuseInvalid()
 	eps := make(map[string]routes.Endpoint, len(r.endpoints))
@@ -612,6 +685,9 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (time.Time, error) {
 	r.finish(want, now)
 	r.log.Debug().Bool("full", full).Int("routes", len(want)).Dur("plan_ms", tPlan.Sub(now)).Dur("program_ms", tProg.Sub(tPlan)).
 		Dur("claims_ms", tClaim.Sub(tProg)).Dur("publish_ms", tPub.Sub(tClaim)).Dur("finish_ms", r.now().Sub(tPub)).Msg("reconcile pass")
+	if !heldUntil.IsZero() {
+		next = earliest(next, heldUntil)
+	}
 	if starved {
 		next = earliest(next, now.Add(r.cfg.Heartbeat))
 	}
@@ -985,8 +1061,8 @@ func (r *Reconciler) finish(want map[string]servedRoute, now time.Time) {
 }
 
 // removal says why a route this edge served is no longer served: the metric's reason and the
-// event's words. A route that vanished while this edge was away from NATS counts as deleted: the
-// snapshot after the reconnect no longer says how it went.
+// event's words. A route that vanished while this edge was away from NATS is held first (see
+// hold) and counts as expired when the hold ends.
 func (r *Reconciler) removal(key string) (kind, reason string) {
 	rev, known := r.revisionOf(key)
 	switch {

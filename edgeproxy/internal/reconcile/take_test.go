@@ -9,6 +9,8 @@ import (
 	"github.com/livegate/livegate/pkg/kvstore"
 	"github.com/livegate/livegate/pkg/wire"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
+	"github.com/rs/zerolog"
+	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 func loopState() *Reconciler {
@@ -149,5 +151,102 @@ func TestPublishedMatchesWhatIsWritten(t *testing.T) {
 	}
 	if p := decodeEndpoint(kvstore.Entry{Key: "i1", Value: bad}).pub; p.equal(p) {
 		t.Fatal("an endpoint with an impossible port compares equal")
+	}
+}
+
+func leasedEntry(t *testing.T, key string, rev uint64, lease time.Duration) kvstore.Entry {
+	t.Helper()
+	v, err := wire.Marshal(&livegatev1.Route{SessionId: "s-" + key, SignalingBackend: "127.0.0.1:30001", EdgeId: "edge-a", LeaseTtl: durationpb.New(lease)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kvstore.Entry{Key: key, Value: v, Revision: rev}
+}
+
+// TestLapsedRoutesHeldAfterRewatch: after NATS comes back, a served route whose lease lapsed
+// while agents could not renew it stays programmed for two leases, so that its agent can renew
+// it; a route deleted outright goes at once, and so does any lapse outside that window.
+func TestLapsedRoutesHeldAfterRewatch(t *testing.T) {
+	const lease = 4 * time.Second
+	t0 := time.Unix(1000, 0)
+	at := func(d time.Duration) time.Time { return t0.Add(d) }
+	r := loopState()
+	r.log = zerolog.Nop()
+	r.held, r.expired = map[string]time.Time{}, map[string]bool{}
+	synced := map[string]bool{}
+	routesIn := func(when time.Duration, e kvstore.Entry) input {
+		return input{bucket: kvstore.RoutesBucket, entry: e, at: at(when)}
+	}
+	snapshot := func(when time.Duration, es ...kvstore.Entry) input {
+		m := map[string]kvstore.Entry{}
+		for _, e := range es {
+			m[e.Key] = e
+		}
+		return input{bucket: kvstore.RoutesBucket, snapshot: m, at: at(when)}
+	}
+	purge := func(key string, rev uint64) kvstore.Entry {
+		return kvstore.Entry{Key: key, Revision: rev, Deleted: true, Purged: true}
+	}
+	keys := func() []string {
+		var out []string
+		for _, k := range []string{"i1", "i2", "i3", "i4", "i5"} {
+			if _, ok := r.valid[k]; ok {
+				out = append(out, k)
+			}
+		}
+		return out
+	}
+
+	// Before any re-watch, a lapse removes the route at once (an agent that died).
+	r.take(snapshot(0, leasedEntry(t, "i1", 1, lease), leasedEntry(t, "i2", 2, lease), leasedEntry(t, "i3", 3, lease),
+		leasedEntry(t, "i4", 4, lease), leasedEntry(t, "i5", 5, lease)), synced)
+	r.served = map[string]servedRoute{"i1": {}, "i2": {}, "i4": {}, "i5": {}}
+	r.take(routesIn(time.Second, purge("i5", 6)), synced)
+	if r.valid["i5"].Key != "" || !r.expired["i5"] {
+		t.Fatalf("i5 lapsed before any re-watch: want it removed as expired, valid %v", keys())
+	}
+	clear(r.expired)
+
+	// NATS was away; the store expired i1-i4 meanwhile. i3 is not served here.
+	r.take(snapshot(10*time.Second), synced)
+	if got := keys(); len(got) != 3 || got[0] != "i1" || got[1] != "i2" || got[2] != "i4" {
+		t.Fatalf("after the re-watch: valid %v, want i1 i2 i4 held", got)
+	}
+	steps := []struct {
+		name  string
+		in    input
+		check func(t *testing.T)
+	}{
+		{name: "renewal takes the held route over", in: routesIn(11*time.Second, leasedEntry(t, "i2", 7, lease)), check: func(t *testing.T) {
+			if _, held := r.held["i2"]; held || r.valid["i2"].Revision != 7 {
+				t.Fatalf("i2 after its renewal: held %v, %+v", held, r.valid["i2"])
+			}
+		}},
+		{name: "a delete is not held", in: routesIn(11*time.Second, kvstore.Entry{Key: "i4", Revision: 8, Deleted: true}), check: func(t *testing.T) {
+			if _, ok := r.valid["i4"]; ok || r.expired["i4"] {
+				t.Fatalf("i4 deleted: valid %v, expired %v", keys(), r.expired)
+			}
+		}},
+		{name: "a purge of a held route keeps it", in: routesIn(12*time.Second, purge("i1", 9)), check: func(t *testing.T) {
+			if _, ok := r.valid["i1"]; !ok {
+				t.Fatalf("i1 purged while held: valid %v", keys())
+			}
+		}},
+	}
+	for _, s := range steps {
+		r.take(s.in, synced)
+		t.Run(s.name, s.check)
+	}
+
+	if next := r.releaseHeld(at(17 * time.Second)); !next.Equal(at(18*time.Second)) || r.valid["i1"].Key == "" {
+		t.Fatalf("two leases after the re-watch not over: next %v, valid %v", next, keys())
+	}
+	if next := r.releaseHeld(at(18 * time.Second)); !next.IsZero() || r.valid["i1"].Key != "" || !r.expired["i1"] {
+		t.Fatalf("two leases after the re-watch: next %v, valid %v, expired %v", next, keys(), r.expired)
+	}
+	// Past the window a lapse is an agent that stopped renewing: removed at once.
+	r.take(routesIn(20*time.Second, purge("i2", 10)), synced)
+	if _, ok := r.valid["i2"]; ok || !r.expired["i2"] {
+		t.Fatalf("i2 lapsed after the window: valid %v, expired %v", keys(), r.expired)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/livegate/livegate/pkg/events"
 	"github.com/livegate/livegate/pkg/sessionid"
@@ -74,6 +75,8 @@ type Route struct {
 	EdgeID    string
 	Pool      string
 	Revision  uint64
+	// LeaseTTL is how long the key lives without renewal (zero: no lease).
+	LeaseTTL time.Duration
 }
 
 // Parse decodes a livegate_routes value and validates it. The error names the field and says
@@ -86,7 +89,8 @@ func (p Policy) Parse(key string, value []byte, revision uint64) (Route, error) 
 	if err := wire.Unmarshal(value, &pb); err != nil {
 		return Route{}, fmt.Errorf("value: %w", err)
 	}
-	r := Route{Key: key, SessionID: pb.GetSessionId(), EdgeID: pb.GetEdgeId(), Pool: pb.GetPool(), Revision: revision}
+	r := Route{Key: key, SessionID: pb.GetSessionId(), EdgeID: pb.GetEdgeId(), Pool: pb.GetPool(), Revision: revision,
+		LeaseTTL: max(pb.GetLeaseTtl().AsDuration(), 0)}
 	if pb.GetInstanceId() != "" && pb.GetInstanceId() != key {
 		return Route{}, fmt.Errorf("instance_id %q: differs from the key %q", pb.GetInstanceId(), key)
 	}
