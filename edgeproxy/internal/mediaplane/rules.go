@@ -378,13 +378,19 @@ func plan(cur *kernelState, want map[uint16]netip.AddrPort, cfg settings) (*ipta
 			b.Delete(tableNAT, r.chain, r.spec)
 		}
 	}
-	for _, port := range sortedPorts(cur.dnat) {
-		e := cur.dnat[port]
-		backend, keep := want[port]
-		if keep && backend == e.backend {
+	// Most ports keep their rule: only those that change are put in order, for a stable batch.
+	var gone []uint16
+	for port, e := range cur.dnat {
+		if backend, keep := want[port]; keep && backend == e.backend {
 			next.dnat[port] = e
 			continue
 		}
+		gone = append(gone, port)
+	}
+	slices.Sort(gone)
+	for _, port := range gone {
+		e := cur.dnat[port]
+		_, keep := want[port]
 		flush[port] = true
 		if keep {
 			ch.updated++
@@ -395,10 +401,14 @@ func plan(cur *kernelState, want map[uint16]netip.AddrPort, cfg settings) (*ipta
 			b.Delete(tableNAT, shardChain(shardBase(port)), e.spec)
 		}
 	}
-	for _, port := range sortedPorts(want) {
-		if _, ok := next.dnat[port]; ok {
-			continue
+	var come []uint16
+	for port := range want {
+		if _, ok := next.dnat[port]; !ok {
+			come = append(come, port)
 		}
+	}
+	slices.Sort(come)
+	for _, port := range come {
 		backend := want[port]
 		spec := dnatSpec(cfg.public, port, backend)
 		b.Append(tableNAT, shardChain(shardBase(port)), spec)

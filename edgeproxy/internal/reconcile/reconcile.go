@@ -152,6 +152,12 @@ type Reconciler struct {
 	held      map[string]time.Time
 	sched     *routes.Scheduler
 	files     *fileWriter
+	// publishing delivers the results of the endpoint writes under way (nil: none), writing
+	// holds what they write by key (nil: a removal), and writes runs them (see
+	// publishEndpoints).
+	publishing chan publishBatch
+	writing    map[string]*published
+	writes     sync.WaitGroup
 
 	mu     sync.Mutex
 	status map[string]servedRoute
@@ -211,6 +217,14 @@ func (r *Reconciler) publishedFor(w servedRoute) *published {
 		instance: w.route.Key, session: w.route.SessionID, edge: r.cfg.EdgeID, host: r.cfg.PublicHost,
 		signalingPort: r.cfg.SignalingPort, ports: w.ports[:min(len(w.ports), len(w.route.Media))], media: w.route.Media,
 	}
+}
+
+// publishes reports whether p is what this edge publishes for w: p.equal(r.publishedFor(w)),
+// without building the latter for every served route on every pass.
+func (p *published) publishes(r *Reconciler, w servedRoute) bool {
+	return p != nil && !p.unreadable && p.instance == w.route.Key && p.session == w.route.SessionID &&
+		p.edge == r.cfg.EdgeID && p.host == r.cfg.PublicHost && p.signalingPort == r.cfg.SignalingPort &&
+		slices.Equal(p.ports, w.ports[:min(len(w.ports), len(w.route.Media))]) && slices.Equal(p.media, w.route.Media)
 }
 
 func (p *published) equal(o *published) bool {
@@ -314,6 +328,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	}
 	defer r.settle()
 	defer wg.Wait()
+	defer r.writes.Wait()
 	defer cancel()
 
 	r.heartbeat(ctx)
@@ -328,6 +343,15 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	// retry falling due, the first pass.
 	full, due := true, true
 	gate := r.gate
+	// wakeAt is when wake fires (zero: not set).
+	var wakeAt time.Time
+	setWake := func(at time.Time) {
+		wakeAt = at
+		wake.Stop()
+		if !at.IsZero() {
+			wake.Reset(max(at.Sub(r.now()), time.Millisecond))
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -350,7 +374,12 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		case <-r.kick:
 			full = true
 		case <-wake.C:
-			due = true
+			wakeAt, due = time.Time{}, true
+		case res := <-r.publishing:
+			if r.published(res) > 0 {
+				setWake(earliest(wakeAt, r.now().Add(retryDelay)))
+			}
+			continue
 		case <-beat.C:
 			r.heartbeat(ctx)
 			continue
@@ -373,10 +402,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		} else {
 			full = false
 		}
-		wake.Stop()
-		if !next.IsZero() {
-			wake.Reset(max(next.Sub(r.now()), time.Millisecond))
-		}
+		setWake(next)
 	}
 }
 
@@ -459,6 +485,7 @@ func (r *Reconciler) take(x input, synced map[string]bool) bool {
 			}
 			return true
 		case kvstore.EndpointsBucket:
+			r.awaitPublished()
 			clear(r.endpoints)
 		case kvstore.EdgesBucket:
 			clear(r.live)
@@ -487,13 +514,21 @@ func (r *Reconciler) take(x input, synced map[string]bool) bool {
 			}
 			changed = r.takeRoute(e, x.at) || changed
 		case kvstore.EndpointsBucket:
+			if _, ours := r.writing[k]; ours {
+				// The results of this edge's writes are taken in before what the watch says
+				// of their keys, so that the echo of a write finds it recorded, and a later
+				// value is never overwritten by an earlier result.
+				r.awaitPublished()
+			}
+			// Revisions only grow: an echo older than what a write of this edge recorded
+			// says nothing new, and must not undo it.
+			if old, ok := r.endpoints[k]; ok && old.Revision >= e.Revision {
+				continue
+			}
 			if e.Deleted {
 				_, had := r.endpoints[k]
 				delete(r.endpoints, k)
 				changed = changed || had
-				continue
-			}
-			if old, ok := r.endpoints[k]; ok && old.Revision == e.Revision {
 				continue
 			}
 			r.endpoints[k] = decodeEndpoint(e)
@@ -612,13 +647,13 @@ func decodeEndpoint(e kvstore.Entry) endpoint {
 func (r *Reconciler) pass(ctx context.Context, full bool) (time.Time, error) {
 	now := r.now()
 	heldUntil := r.releaseHeld(now)
+	r.awaitRemovals()
 	valid := r.valid
 	r.refuseInvalid()
-	eps := make(map[string]routes.Endpoint, len(r.endpoints))
-	for k, e := range r.endpoints {
-		eps[k] = e.Endpoint
-	}
-	plan := routes.Derive(routes.Self{EdgeID: r.cfg.EdgeID, Pool: r.cfg.Pool}, valid, eps, r.live)
+	plan := routes.DeriveFunc(routes.Self{EdgeID: r.cfg.EdgeID, Pool: r.cfg.Pool}, valid, func(k string) (routes.Endpoint, bool) {
+		e, ok := r.endpoints[k]
+		return e.Endpoint, ok
+	}, r.live)
 	for k, reason := range plan.Refused {
 		r.refuse(k, valid[k].Revision, valid[k].SessionID, valid[k].Pool, reason)
 	}
@@ -680,7 +715,7 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (time.Time, error) {
 		}
 	}
 	tClaim := r.now()
-	failed := r.publishEndpoints(ctx, want, claims)
+	r.publishEndpoints(ctx, want, claims)
 	tPub := r.now()
 	r.finish(want, now)
 	r.log.Debug().Bool("full", full).Int("routes", len(want)).Dur("plan_ms", tPlan.Sub(now)).Dur("program_ms", tProg.Sub(tPlan)).
@@ -690,9 +725,6 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (time.Time, error) {
 	}
 	if starved {
 		next = earliest(next, now.Add(r.cfg.Heartbeat))
-	}
-	if failed > 0 {
-		next = earliest(next, now.Add(retryDelay))
 	}
 	return next, nil
 }
@@ -751,13 +783,20 @@ func (r *Reconciler) refuse(key string, revision uint64, session, pool, reason s
 // returns how many were.
 func (r *Reconciler) assignPorts(want map[string]servedRoute, claims map[string]routes.Claim) int {
 	refused := 0
-	for _, k := range sortedKeys(want) {
-		w := want[k]
+	// Routes keeping their ports are most of a pass and need no order; the others are assigned
+	// in key order, so that which route gets which port does not depend on map order.
+	var assign []string
+	for k, w := range want {
 		if cur, ok := r.served[k]; ok && slices.Equal(cur.route.Media, w.route.Media) {
 			w.ports, w.since = cur.ports, cur.since
 			want[k] = w
 			continue
 		}
+		assign = append(assign, k)
+	}
+	slices.Sort(assign)
+	for _, k := range assign {
+		w := want[k]
 		var preferred []uint16
 		if ep, ok := r.endpoints[k]; ok && ep.EdgeID == r.cfg.EdgeID {
 			preferred = ep.Ports
@@ -797,6 +836,12 @@ func (r *Reconciler) program(ctx context.Context, want map[string]servedRoute, f
 	for k, w := range want {
 		entries[w.route.SessionID] = w.route.Signaling.String()
 		if len(w.ports) == len(w.route.Media) && len(w.ports) > 0 {
+			// The mappings last handed to the plane are never changed: an unchanged route
+			// shares them rather than building its own on every pass.
+			if old, ok := r.mediaWant[k]; ok && sameMappings(old, w) {
+				mediaWant[k] = old
+				continue
+			}
 			ms := make([]media.Mapping, len(w.ports))
 			for i, p := range w.ports {
 				ms[i] = media.Mapping{PublicPort: p, Backend: w.route.Media[i]}
@@ -825,6 +870,19 @@ func (r *Reconciler) program(ctx context.Context, want map[string]servedRoute, f
 		r.mapWritten = entries
 	}
 	return errors.Join(haproxyErr, mediaErr)
+}
+
+// sameMappings reports whether ms maps w's public ports to its media backends.
+func sameMappings(ms []media.Mapping, w servedRoute) bool {
+	if len(ms) != len(w.ports) {
+		return false
+	}
+	for i, m := range ms {
+		if m.PublicPort != w.ports[i] || m.Backend != w.route.Media[i] {
+			return false
+		}
+	}
+	return true
 }
 
 // programHAProxy makes HAProxy's map hold entries. With full, or after a failure, it first reads
@@ -874,8 +932,16 @@ type writeResult struct {
 	key     string
 	rev     uint64
 	pub     *published
+	ports   []uint16
 	deleted bool
 	err     error
+}
+
+// publishBatch is the outcome of the endpoint writes of one pass; stopping says the loop was
+// stopping, so that failures are not reported.
+type publishBatch struct {
+	results  []writeResult
+	stopping bool
 }
 
 // runWrites runs fns with bounded concurrency and collects their results.
@@ -953,22 +1019,31 @@ func isWrongSequence(err error) bool {
 	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
 }
 
-// publishEndpoints writes the endpoint of each served route whose KV entry is missing or stale,
-// and removes this edge's endpoints of routes it no longer serves, all at once. A removal is at
-// the entry's revision, so an endpoint another edge has just written is never removed. It
-// returns how many writes failed for a reason other than that.
-func (r *Reconciler) publishEndpoints(ctx context.Context, want map[string]servedRoute, claims map[string]routes.Claim) int {
-	var fns []func() writeResult
-	for _, k := range sortedKeys(want) {
+// publishEndpoints starts writing the endpoint of each served route whose KV entry is missing
+// or stale, and removing this edge's endpoints of routes it no longer serves, all at once. A
+// removal is at the entry's revision, so an endpoint another edge has just written is never
+// removed. The writes run while the loop goes on to its next pass, whose programming does not
+// depend on them: the next publishEndpoints, and a pass that must know whether an endpoint is
+// gone (see awaitRemovals), first take their results in (see published).
+func (r *Reconciler) publishEndpoints(ctx context.Context, want map[string]servedRoute, claims map[string]routes.Claim) {
+	r.awaitPublished()
+	var stale []string
+	for k, w := range want {
 		if _, claimed := claims[k]; claimed {
 			continue
 		}
+		if cur, ok := r.endpoints[k]; ok && cur.pub.publishes(r, w) {
+			continue
+		}
+		stale = append(stale, k)
+	}
+	slices.Sort(stale)
+	var fns []func() writeResult
+	writing := map[string]*published{}
+	for _, k := range stale {
 		w := want[k]
 		pub := r.publishedFor(w)
 		cur, ok := r.endpoints[k]
-		if ok && cur.pub.equal(pub) {
-			continue
-		}
 		pb := r.endpointFor(w)
 		pooled := w.route.EdgeID == ""
 		fns = append(fns, func() writeResult {
@@ -983,32 +1058,70 @@ func (r *Reconciler) publishEndpoints(ctx context.Context, want map[string]serve
 			} else {
 				rev, err = r.d.Buckets.Endpoints.Put(ctx, k, data)
 			}
-			return writeResult{key: k, rev: rev, pub: pub, err: err}
+			return writeResult{key: k, rev: rev, pub: pub, ports: w.ports, err: err}
 		})
+		writing[k] = pub
 	}
 	for k, ep := range r.endpoints {
 		if _, ok := want[k]; ok || ep.EdgeID != r.cfg.EdgeID {
 			continue
 		}
 		rev := ep.Revision
+		writing[k] = nil
 		fns = append(fns, func() writeResult {
 			return writeResult{key: k, deleted: true, err: r.d.Buckets.Endpoints.Delete(ctx, k, jetstream.LastRevision(rev))}
 		})
 	}
+	if len(fns) == 0 {
+		return
+	}
+	done := make(chan publishBatch, 1)
+	r.publishing, r.writing = done, writing
+	r.writes.Go(func() {
+		results := runWrites(fns)
+		done <- publishBatch{results: results, stopping: ctx.Err() != nil}
+	})
+}
+
+// awaitPublished takes in the results of the endpoint writes under way, if any. Those that
+// failed are still stale, so the pass that waits writes them again.
+func (r *Reconciler) awaitPublished() {
+	if r.publishing != nil {
+		r.published(<-r.publishing)
+	}
+}
+
+// awaitRemovals waits for the endpoint writes under way when they remove the endpoint of a
+// route still in KV: whether that endpoint is gone decides whether the route is served or
+// claimed, and a claim must see the entry it races for. Removals of deleted routes, the usual
+// case, do not hold the next pass.
+func (r *Reconciler) awaitRemovals() {
+	for k, pub := range r.writing {
+		if _, ok := r.valid[k]; ok && pub == nil {
+			r.awaitPublished()
+			return
+		}
+	}
+}
+
+// published records the results of the endpoint writes publishEndpoints started, and returns
+// how many failed for a reason other than a removal losing to another edge's write.
+func (r *Reconciler) published(b publishBatch) int {
+	r.publishing, r.writing = nil, nil
 	failed := 0
-	for _, res := range runWrites(fns) {
+	for _, res := range b.results {
 		switch {
 		case res.err != nil && res.deleted && isWrongSequence(res.err):
 		case res.err != nil:
 			failed++
-			if ctx.Err() == nil {
+			if !b.stopping {
 				r.d.Metrics.errors.WithLabelValues(ErrKindKV).Inc()
 				r.log.Warn().Err(res.err).Str("instance_id", res.key).Bool("delete", res.deleted).Msg("endpoint write failed")
 			}
 		case res.deleted:
 			delete(r.endpoints, res.key)
 		default:
-			r.endpoints[res.key] = endpoint{Endpoint: routes.Endpoint{EdgeID: r.cfg.EdgeID, Revision: res.rev, Ports: want[res.key].ports}, pub: res.pub}
+			r.endpoints[res.key] = endpoint{Endpoint: routes.Endpoint{EdgeID: r.cfg.EdgeID, Revision: res.rev, Ports: res.ports}, pub: res.pub}
 		}
 	}
 	return failed
@@ -1026,13 +1139,13 @@ func (r *Reconciler) finish(want map[string]servedRoute, now time.Time) {
 		r.emit(&livegatev1.Event{Type: livegatev1.EventType_EVENT_TYPE_ROUTE_REMOVED, InstanceId: k, SessionId: old.route.SessionID, Pool: old.route.Pool,
 			Details: &livegatev1.Event_RouteRemoved{RouteRemoved: &livegatev1.RouteRemoved{EdgeId: r.cfg.EdgeID, Reason: reason}}})
 	}
-	served := make(map[string]servedRoute, len(want))
+	// want is the pass's own map: it becomes what is served rather than being copied.
+	served := want
 	var fresh []string
 	for k, w := range want {
 		if old, had := r.served[k]; !had || !sameProgramming(old, w) {
 			fresh = append(fresh, k)
 		}
-		served[k] = w
 	}
 	slices.Sort(fresh)
 	for _, k := range fresh {

@@ -90,6 +90,16 @@ func TestTakeParsesOncePerRevisionAndIgnoresEchoes(t *testing.T) {
 				t.Fatalf("endpoint %+v", r.endpoints["i1"])
 			}
 		}},
+		{name: "a late, older echo", in: input{bucket: kvstore.EndpointsBucket, entry: endpointEntry(t, "i1", "edge-a", 6)}, check: func(t *testing.T) {
+			if r.endpoints["i1"].EdgeID != "edge-b" {
+				t.Fatalf("an older revision overwrote the endpoint: %+v", r.endpoints["i1"])
+			}
+		}},
+		{name: "a late, older delete", in: input{bucket: kvstore.EndpointsBucket, entry: kvstore.Entry{Key: "i1", Revision: 5, Deleted: true}}, check: func(t *testing.T) {
+			if _, ok := r.endpoints["i1"]; !ok {
+				t.Fatal("an older delete removed the endpoint")
+			}
+		}},
 		{name: "delete of an unknown endpoint", in: input{bucket: kvstore.EndpointsBucket, entry: kvstore.Entry{Key: "nope", Deleted: true}}},
 		{name: "edges snapshot", want: true, in: input{bucket: kvstore.EdgesBucket, snapshot: map[string]kvstore.Entry{"edge-a": {Key: "edge-a", Revision: 1}}}},
 		{name: "our own heartbeat", in: input{bucket: kvstore.EdgesBucket, entry: kvstore.Entry{Key: "edge-a", Revision: 2}}},
@@ -116,6 +126,53 @@ func TestTakeParsesOncePerRevisionAndIgnoresEchoes(t *testing.T) {
 	}
 }
 
+// TestEchoWaitsForItsWrite checks that the watch's news of a key whose endpoint write is under
+// way waits for the write's result: the echo then finds the write recorded and calls for no
+// pass, and a later value of the key is not overwritten by the earlier result.
+func TestEchoWaitsForItsWrite(t *testing.T) {
+	r := loopState()
+	r.now = time.Now
+	r.cfg.PublicHost = "edge-a.example.test"
+	w := servedRoute{route: routes.Route{Key: "i1", SessionID: "s1", Signaling: netip.MustParseAddrPort("127.0.0.1:30000")}}
+	pub := r.publishedFor(w)
+	inFlight := func(results ...writeResult) {
+		done := make(chan publishBatch, 1)
+		done <- publishBatch{results: results}
+		r.publishing, r.writing = done, map[string]*published{}
+		for _, res := range results {
+			r.writing[res.key] = res.pub
+		}
+	}
+	data, err := wire.Marshal(r.endpointFor(w))
+	if err != nil {
+		t.Fatal(err)
+	}
+	synced := map[string]bool{}
+	inFlight(writeResult{key: "i1", rev: 7, pub: pub})
+	if r.take(input{bucket: kvstore.EndpointsBucket, entry: kvstore.Entry{Key: "i1", Value: data, Revision: 7}}, synced) {
+		t.Fatal("the echo of a write under way calls for a pass")
+	}
+	if r.publishing != nil || r.endpoints["i1"].Revision != 7 || r.endpoints["i1"].EdgeID != "edge-a" {
+		t.Fatalf("after the echo: publishing %v, endpoint %+v", r.publishing, r.endpoints["i1"])
+	}
+
+	inFlight(writeResult{key: "i1", rev: 9, pub: pub})
+	if !r.take(input{bucket: kvstore.EndpointsBucket, entry: endpointEntry(t, "i1", "edge-b", 10)}, synced) {
+		t.Fatal("another edge's later write calls for no pass")
+	}
+	if got := r.endpoints["i1"]; r.publishing != nil || got.Revision != 10 || got.EdgeID != "edge-b" {
+		t.Fatalf("a later value was overwritten by an earlier result: %+v", got)
+	}
+
+	inFlight(writeResult{key: "i1", deleted: true})
+	if r.take(input{bucket: kvstore.EndpointsBucket, entry: kvstore.Entry{Key: "i1", Deleted: true, Revision: 11}}, synced) {
+		t.Fatal("the echo of a removal under way calls for a pass")
+	}
+	if _, ok := r.endpoints["i1"]; ok || r.publishing != nil {
+		t.Fatalf("after the removal: endpoint %+v, publishing %v", r.endpoints["i1"], r.publishing)
+	}
+}
+
 // TestPublishedMatchesWhatIsWritten checks that an endpoint this edge writes, read back from
 // KV, compares equal to what it would write again, and that any change makes it differ.
 func TestPublishedMatchesWhatIsWritten(t *testing.T) {
@@ -131,7 +188,7 @@ func TestPublishedMatchesWhatIsWritten(t *testing.T) {
 		t.Fatal(err)
 	}
 	read := decodeEndpoint(kvstore.Entry{Key: "i1", Value: data, Revision: 5})
-	if !read.pub.equal(r.publishedFor(w)) {
+	if !read.pub.equal(r.publishedFor(w)) || !read.pub.publishes(r, w) {
 		t.Fatalf("endpoint read back %+v differs from %+v", read.pub, r.publishedFor(w))
 	}
 	moved := w
@@ -141,7 +198,7 @@ func TestPublishedMatchesWhatIsWritten(t *testing.T) {
 	noMedia := w
 	noMedia.route.Media, noMedia.ports = nil, nil
 	for name, x := range map[string]servedRoute{"port": moved, "backend": otherBackend, "no media": noMedia} {
-		if read.pub.equal(r.publishedFor(x)) {
+		if read.pub.equal(r.publishedFor(x)) || read.pub.publishes(r, x) {
 			t.Fatalf("%s changed, yet the endpoint compares equal", name)
 		}
 	}
@@ -149,7 +206,7 @@ func TestPublishedMatchesWhatIsWritten(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p := decodeEndpoint(kvstore.Entry{Key: "i1", Value: bad}).pub; p.equal(p) {
+	if p := decodeEndpoint(kvstore.Entry{Key: "i1", Value: bad}).pub; p.equal(p) || p.publishes(r, w) {
 		t.Fatal("an endpoint with an impossible port compares equal")
 	}
 }

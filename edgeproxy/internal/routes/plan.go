@@ -46,6 +46,15 @@ type Plan struct {
 // claimable when none does or that edge's heartbeat has expired. Two routes with the same
 // session id cannot share the map: the older revision keeps it.
 func Derive(self Self, routes map[string]Route, endpoints map[string]Endpoint, live map[string]bool) Plan {
+	return DeriveFunc(self, routes, func(k string) (Endpoint, bool) {
+		ep, ok := endpoints[k]
+		return ep, ok
+	}, live)
+}
+
+// DeriveFunc is Derive with the endpoints looked up by key, so that a caller keeping them in
+// another shape does not copy them all on every pass.
+func DeriveFunc(self Self, routes map[string]Route, endpoint func(key string) (Endpoint, bool), live map[string]bool) Plan {
 	p := Plan{Serve: make(map[string]Route, len(routes)), Refused: map[string]string{}}
 	type ordered struct {
 		key string
@@ -73,7 +82,7 @@ func Derive(self Self, routes map[string]Route, endpoints map[string]Endpoint, l
 				continue
 			}
 		case r.Pool == self.Pool:
-			ep, ok := endpoints[k]
+			ep, ok := endpoint(k)
 			switch {
 			case ok && ep.EdgeID == self.EdgeID:
 			case ok && live[ep.EdgeID]:
@@ -97,15 +106,7 @@ func Derive(self Self, routes map[string]Route, endpoints map[string]Endpoint, l
 		}
 		p.Serve[k] = r
 	}
-	slices.SortFunc(p.Claims, func(a, b Claim) int {
-		switch {
-		case a.Route.Key < b.Route.Key:
-			return -1
-		case a.Route.Key > b.Route.Key:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(p.Claims, func(a, b Claim) int { return strings.Compare(a.Route.Key, b.Route.Key) })
 	return p
 }
 
