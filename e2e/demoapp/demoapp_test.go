@@ -13,6 +13,7 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/livegate/livegate/pkg/dtlssrtp"
+	"github.com/livegate/livegate/pkg/logbuf"
 	"github.com/rs/zerolog"
 )
 
@@ -199,7 +200,7 @@ func TestRunServesSignalingAndMedia(t *testing.T) {
 	defer agent.Close()
 	sigAddr, mediaAddr := freeAddr(t, "tcp"), freeAddr(t, "udp")
 	ctx, cancel := context.WithCancel(t.Context())
-	var stderr syncBuffer
+	var stderr logbuf.Buffer
 	exited := make(chan int, 1)
 	go func() {
 		exited <- run(ctx, []string{"--signaling-addr", sigAddr, "--media-addr", mediaAddr,
@@ -237,22 +238,4 @@ func TestRunUsageErrors(t *testing.T) {
 			t.Errorf("run %v = %d, want 2 (stderr %q)", args, code, stderr.String())
 		}
 	}
-}
-
-// syncBuffer is a bytes.Buffer the app's goroutines can log into at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

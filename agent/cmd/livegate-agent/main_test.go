@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,13 +12,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/livegate/livegate/pkg/events"
 	"github.com/livegate/livegate/pkg/kvstore"
+	"github.com/livegate/livegate/pkg/logbuf"
 	"github.com/livegate/livegate/pkg/natstest"
 	"github.com/livegate/livegate/pkg/wire"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
@@ -47,28 +46,10 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// lockedBuffer collects the agent's log.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 type agentProc struct {
 	t    *testing.T
 	cmd  *exec.Cmd
-	log  *lockedBuffer
+	log  *logbuf.Buffer
 	rest string
 	app  string
 	done chan error
@@ -77,7 +58,7 @@ type agentProc struct {
 func startAgent(t *testing.T, env []string, args ...string) *agentProc {
 	t.Helper()
 	restPort, appPort := natstest.FreePort(t), natstest.FreePort(t)
-	a := &agentProc{t: t, log: &lockedBuffer{}, done: make(chan error, 1),
+	a := &agentProc{t: t, log: &logbuf.Buffer{}, done: make(chan error, 1),
 		rest: fmt.Sprintf("http://127.0.0.1:%d", restPort), app: fmt.Sprintf("http://127.0.0.1:%d", appPort)}
 	all := append([]string{"--host=127.0.0.1", fmt.Sprintf("--port=%d", restPort), fmt.Sprintf("--app-addr=127.0.0.1:%d", appPort), "--log-format=json"}, args...)
 	a.cmd = exec.Command(agentBin, all...)

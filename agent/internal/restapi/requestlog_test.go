@@ -1,45 +1,25 @@
 package restapi
 
 import (
-	"bufio"
-	"bytes"
-	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/livegate/livegate/agent/internal/lifecycle"
 	"github.com/livegate/livegate/agent/internal/metrics"
 	"github.com/livegate/livegate/agent/internal/session"
+	"github.com/livegate/livegate/pkg/logbuf"
 	"github.com/rs/zerolog"
 )
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) lines(t *testing.T) []map[string]any {
+// lines is every line logged to buf, decoded.
+func lines(t *testing.T, buf *logbuf.Buffer) []map[string]any {
 	t.Helper()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []map[string]any
-	sc := bufio.NewScanner(bytes.NewReader(s.b.Bytes()))
-	for sc.Scan() {
-		var m map[string]any
-		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
-			t.Fatalf("log line is not JSON: %q", sc.Text())
-		}
-		out = append(out, m)
+	out, err := buf.Lines()
+	if err != nil {
+		t.Fatal(err)
 	}
 	return out
 }
@@ -47,7 +27,7 @@ func (s *syncBuffer) lines(t *testing.T) []map[string]any {
 var generatedID = regexp.MustCompile(`^[0-9a-f]{16}$`)
 
 func TestRequestIDs(t *testing.T) {
-	var buf syncBuffer
+	var buf logbuf.Buffer
 	log := zerolog.New(&buf).Level(zerolog.DebugLevel)
 	m := metrics.New()
 	a := lifecycle.New(session.Config{NewID: func() string { return "sess-1" }}, lifecycle.WithMetrics(m), lifecycle.WithIdentity("i1", "p1"))
@@ -91,7 +71,7 @@ func TestRequestIDs(t *testing.T) {
 			}
 			var access map[string]any
 			var tagged int
-			for _, l := range buf.lines(t) {
+			for _, l := range lines(t, &buf) {
 				if l["request_id"] != got {
 					continue
 				}

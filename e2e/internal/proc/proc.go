@@ -3,21 +3,21 @@
 package proc
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"os/exec"
-	"sync"
 	"syscall"
 	"time"
+
+	"github.com/livegate/livegate/pkg/logbuf"
 )
 
 // Proc is one started process.
 type Proc struct {
 	Name string
 	cmd  *exec.Cmd
-	out  *buffer
+	out  *logbuf.Buffer
 	done chan struct{}
 	err  error
 }
@@ -25,7 +25,7 @@ type Proc struct {
 // Start starts cmd, sending its standard output and error to an internal buffer and, when tee is
 // not nil, to tee as well.
 func Start(name string, cmd *exec.Cmd, tee io.Writer) (*Proc, error) {
-	p := &Proc{Name: name, cmd: cmd, out: &buffer{}, done: make(chan struct{})}
+	p := &Proc{Name: name, cmd: cmd, out: &logbuf.Buffer{}, done: make(chan struct{})}
 	var w io.Writer = p.out
 	if tee != nil {
 		w = io.MultiWriter(p.out, tee)
@@ -113,21 +113,4 @@ func (p *Proc) Wait(timeout time.Duration) error {
 	case <-time.After(timeout):
 		return errors.New(p.Name + ": still running after " + timeout.String())
 	}
-}
-
-type buffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *buffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *buffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }

@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -22,6 +21,7 @@ import (
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy/haproxytest"
 	"github.com/livegate/livegate/edgeproxy/internal/tlscert"
 	"github.com/livegate/livegate/pkg/kvstore"
+	"github.com/livegate/livegate/pkg/logbuf"
 	"github.com/livegate/livegate/pkg/natstest"
 	"github.com/livegate/livegate/pkg/wire"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
@@ -348,7 +348,7 @@ func TestEmbeddedNATSInProcess(t *testing.T) {
 	natsPort, sigPort, adminPort := haproxytest.FreePort(t), haproxytest.FreePort(t), haproxytest.FreePort(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int, 1)
-	var logs lockedBuffer
+	var logs logbuf.Buffer
 	go func() {
 		done <- RunCommand(Hooks{})(ctx, []string{
 			fmt.Sprintf("--nats-embedded=127.0.0.1:%d", natsPort), "--state-dir", dir, "--haproxy-binary", bin, "--tls-self-signed",
@@ -413,24 +413,6 @@ func exited(pid int) bool {
 	return i < 0 || i+2 >= len(b) || b[i+2] == 'Z'
 }
 
-// lockedBuffer is a log destination several goroutines write to.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestAttachedMode runs an operator's HAProxy configured with the haproxy-config output, and the
 // edge attached to it through --haproxy-socket.
 func TestAttachedMode(t *testing.T) {
@@ -457,7 +439,7 @@ func TestAttachedMode(t *testing.T) {
 		t.Fatal(err)
 	}
 	hap := exec.Command(bin, "-W", "-db", "-f", cfg)
-	var hapOut lockedBuffer
+	var hapOut logbuf.Buffer
 	hap.Stdout, hap.Stderr = &hapOut, &hapOut
 	if err := hap.Start(); err != nil {
 		t.Fatal(err)
@@ -466,7 +448,7 @@ func TestAttachedMode(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int, 1)
-	var logs lockedBuffer
+	var logs logbuf.Buffer
 	go func() {
 		done <- RunCommand(Hooks{})(ctx, append([]string{
 			"--nats-url", natsURL, "--state-dir", dir, "--admin-addr", fmt.Sprintf("127.0.0.1:%d", adminPort),

@@ -1,17 +1,16 @@
 package dataplaneapi_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/livegate/livegate/pkg/logbuf"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
@@ -24,23 +23,6 @@ import (
 	"github.com/livegate/livegate/pkg/wire"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
 )
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestEdgeWithDataplaneAPIDriver runs the edge in-process with --driver dataplaneapi, wired as
 // main.go wires it, against the fake Data Plane API in front of a real HAProxy: the edge sets up
@@ -61,7 +43,7 @@ func TestEdgeWithDataplaneAPIDriver(t *testing.T) {
 	}}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int, 1)
-	var logs syncBuffer
+	var logs logbuf.Buffer
 	go func() {
 		done <- cli.RunCommand(hooks)(ctx, []string{
 			"--driver", "dataplaneapi", "--dataplaneapi-url", e.Srv.URL, "--dataplaneapi-user", user, "--dataplaneapi-password-file", pw,
@@ -121,7 +103,7 @@ func TestEdgeWithDataplaneAPIDriver(t *testing.T) {
 	}
 }
 
-func waitFor(t *testing.T, logs *syncBuffer, what string, ok func() bool) {
+func waitFor(t *testing.T, logs *logbuf.Buffer, what string, ok func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for !ok() {

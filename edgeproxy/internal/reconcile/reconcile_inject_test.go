@@ -1,7 +1,6 @@
 package reconcile_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"net/netip"
@@ -15,6 +14,7 @@ import (
 	"github.com/livegate/livegate/edgeproxy/internal/reconcile"
 	"github.com/livegate/livegate/edgeproxy/internal/routes"
 	"github.com/livegate/livegate/pkg/events"
+	"github.com/livegate/livegate/pkg/logbuf"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
@@ -56,24 +56,10 @@ type nopCleaner struct{}
 
 func (nopCleaner) DeleteUDP(context.Context, netip.Addr, []uint16) error { return nil }
 
-// syncBuffer is a log sink the reconciler writes from its own goroutine.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
 // refusals returns the reason of every "route refused" log line, by instance id.
-func (s *syncBuffer) refusals() map[string]string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+func refusals(logs *logbuf.Buffer) map[string]string {
 	out := map[string]string{}
-	for _, line := range strings.Split(s.b.String(), "\n") {
+	for _, line := range strings.Split(logs.String(), "\n") {
 		var l struct {
 			Message    string `json:"message"`
 			InstanceID string `json:"instance_id"`
@@ -107,7 +93,7 @@ func TestInjectionRoutesNeverReachHAProxyOrIptables(t *testing.T) {
 		t.Fatal(err)
 	}
 	drv := &recordingDriver{m: map[string]string{}}
-	logs := &syncBuffer{}
+	logs := &logbuf.Buffer{}
 	r, err := reconcile.New(cfg, reconcile.Deps{
 		JS: e.js, Buckets: e.kv, Driver: drv, Media: plane,
 		Events: events.NewPublisher(e.js, "test/edge-a"), Metrics: reconcile.NewMetrics(prometheus.NewRegistry()),
@@ -178,7 +164,7 @@ func TestInjectionRoutesNeverReachHAProxyOrIptables(t *testing.T) {
 		return m["s-good"] == sig
 	})
 	waitFor(t, "every refusal in the log", func() bool {
-		got := logs.refusals()
+		got := refusals(logs)
 		for _, h := range hostile {
 			if _, ok := got[h.key]; !ok {
 				t.Logf("no refusal yet for %s", h.key)
@@ -187,9 +173,9 @@ func TestInjectionRoutesNeverReachHAProxyOrIptables(t *testing.T) {
 		}
 		return true
 	})
-	refusals := logs.refusals()
+	reasons := refusals(logs)
 	for _, h := range hostile {
-		reason, ok := refusals[h.key]
+		reason, ok := reasons[h.key]
 		if !ok || !strings.Contains(reason, h.reason) {
 			t.Errorf("%s: refusal %q, want one naming %q", h.key, reason, h.reason)
 		}
