@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -45,37 +44,22 @@ const (
 	leaseTTL             = 4 * time.Second
 )
 
-var (
-	buildOnce sync.Once
-	binDir    string
-	bins      stack.Binaries
-	buildErr  error
-)
+var built stack.Built
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if binDir != "" {
-		_ = os.RemoveAll(binDir)
-	}
+	built.Remove()
 	os.Exit(code)
 }
 
 // binaries builds the agent, the edge and the demo app once per test binary.
 func binaries(t *testing.T) stack.Binaries {
 	t.Helper()
-	buildOnce.Do(func() {
-		binDir, buildErr = os.MkdirTemp("", "livegate-e2e-bin-")
-		if buildErr != nil {
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		bins, buildErr = stack.Build(ctx, binDir)
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
+	b, err := built.Binaries()
+	if err != nil {
+		t.Fatal(err)
 	}
-	return bins
+	return b
 }
 
 // TestSessionLifecycle walks whole sessions through a real edge (embedded NATS, supervised

@@ -83,41 +83,22 @@ func edgeCtl(k int) netip.Addr    { return netip.AddrFrom4([4]byte{198, 18, 2, b
 func edgeLAN(k int) netip.Addr    { return netip.AddrFrom4([4]byte{198, 19, 0, byte(10 + k)}) }
 func nodeLAN(i int) netip.Addr    { return netip.AddrFrom4([4]byte{198, 19, 0, byte(100 + i)}) }
 
-var (
-	buildOnce sync.Once
-	binDir    string
-	bins      stack.Binaries
-	natsBin   string
-	buildErr  error
-)
+var built stack.Built
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if binDir != "" {
-		_ = os.RemoveAll(binDir)
-	}
+	built.Remove()
 	os.Exit(code)
 }
 
-// binaries builds the agent, the edge and the demo app once per test binary and finds
-// nats-server (`make deps` installs it in $(go env GOPATH)/bin).
+// binaries builds the agent, the edge and the demo app once per test binary.
 func binaries(t *testing.T) stack.Binaries {
 	t.Helper()
-	buildOnce.Do(func() {
-		if natsBin, buildErr = natstest.Binary(); buildErr != nil {
-			return
-		}
-		if binDir, buildErr = os.MkdirTemp("", "livegate-faults-bin-"); buildErr != nil {
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		bins, buildErr = stack.Build(ctx, binDir)
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
+	b, err := built.Binaries()
+	if err != nil {
+		t.Fatal(err)
 	}
-	return bins
+	return b
 }
 
 func requireRoot(t *testing.T) {
@@ -349,7 +330,11 @@ jetstream {
 	if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
 		return fmt.Errorf("nats config: %w", err)
 	}
-	p, err := e.start("nats-server", e.hub, natsBin, "-c", conf)
+	bin, err := natstest.Binary()
+	if err != nil {
+		return err
+	}
+	p, err := e.start("nats-server", e.hub, bin, "-c", conf)
 	if err != nil {
 		return err
 	}

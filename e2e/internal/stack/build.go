@@ -11,6 +11,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
+	"time"
 )
 
 // Binaries are the built programs.
@@ -84,4 +86,36 @@ func goBuild(ctx context.Context, dir string, mains ...string) error {
 		return fmt.Errorf("go build %s: %w\n%s", strings.Join(mains, " "), err, strings.TrimSpace(string(msg)))
 	}
 	return nil
+}
+
+// Built builds the three binaries at most once per test process, into a temporary directory
+// that Remove deletes (from TestMain, after every test has run). The zero value is ready to use.
+type Built struct {
+	once sync.Once
+	dir  string
+	bins Binaries
+	err  error
+}
+
+// buildTimeout bounds the one build of a test process.
+const buildTimeout = 5 * time.Minute
+
+// Binaries builds on the first call and returns what that call built or why it failed.
+func (b *Built) Binaries() (Binaries, error) {
+	b.once.Do(func() {
+		if b.dir, b.err = os.MkdirTemp("", "livegate-e2e-bin-"); b.err != nil {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
+		defer cancel()
+		b.bins, b.err = Build(ctx, b.dir)
+	})
+	return b.bins, b.err
+}
+
+// Remove deletes what Binaries built.
+func (b *Built) Remove() {
+	if b.dir != "" {
+		_ = os.RemoveAll(b.dir)
+	}
 }
