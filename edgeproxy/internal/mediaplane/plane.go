@@ -334,14 +334,19 @@ func (p *Plane) syncLocked(ctx context.Context, desired map[uint16]netip.AddrPor
 
 	// A flow may already be using an added port (the rule was lost while the edge was away, or
 	// the client sent before the rule): its entry is deleted before the port is published. An
-	// entry deleted after the flow's first datagram went through the rule would lose the reply.
+	// entry deleted after the flow's first datagram went through the rule would lose the reply,
+	// so a port forwarded again leaves the background deletions of removed ports.
 	var kept []uint16
 	for _, port := range res.change.flush {
 		if _, ok := desired[port]; ok {
 			kept = append(kept, port)
+			delete(p.pendingFlush, port)
 		} else {
 			p.pendingFlush[port] = true
 		}
+	}
+	if len(p.pendingFlush) == 0 {
+		p.flushErr = nil
 	}
 	var flushErr error
 	flushStart := p.o.now()
@@ -401,7 +406,8 @@ func (p *Plane) readBehind(ctx context.Context) {
 			p.readAt = p.o.now()
 			p.o.log.Warn().Err(err).Msg("media read-back failed")
 			return
-		case p.known == nil:
+		case p.known == nil, p.readAt.After(began):
+			// A failed batch meanwhile read the kernel back in front of it: that is newer.
 			return
 		case reshaped:
 			p.o.log.Debug().Dur("read_ms", read).Msg("media read-back overlapped a change of chains; reading again")

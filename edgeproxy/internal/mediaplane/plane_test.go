@@ -361,6 +361,32 @@ func TestConntrackFailureIsRetried(t *testing.T) {
 	}
 }
 
+// TestReaddedPortLeavesBackgroundDeletions: a removed port whose background deletion is still
+// pending, forwarded again, is deleted once, before Sync returns, and never after: a deletion
+// after its new flow's first datagram would lose that flow's reply.
+func TestReaddedPortLeavesBackgroundDeletions(t *testing.T) {
+	h := newHarness(t, Config{})
+	want := map[string][]Mapping{"a": {{PublicPort: 10500, Backend: backend("198.19.2.2:30000")}}}
+	sync1(t, h.plane, want)
+	h.ct.mu.Lock()
+	h.ct.err = errors.New("netlink: operation not permitted")
+	h.ct.mu.Unlock()
+	if err := h.plane.Sync(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.plane.Settle(context.Background()); err == nil {
+		t.Fatal("Settle hid the failed deletions")
+	}
+	h.ct.mu.Lock()
+	h.ct.err = nil
+	h.ct.mu.Unlock()
+	calls := h.ct.count()
+	sync1(t, h.plane, want)
+	if got := h.ct.since(calls); !slices.Equal(got, []uint16{10500}) {
+		t.Fatalf("deleted %v around the re-adding sync, want 10500 once", got)
+	}
+}
+
 func TestRestartKeepsTheKernelAsItIs(t *testing.T) {
 	h := newHarness(t, Config{SNAT: true, Quarantine: time.Minute})
 	backends := []netip.AddrPort{backend("198.19.2.2:30000"), backend("198.19.2.2:30001")}

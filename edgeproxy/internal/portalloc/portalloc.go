@@ -7,6 +7,7 @@ package portalloc
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -325,7 +326,10 @@ func (a *Allocator) expire() {
 		// A port claimed back as preferred, or quarantined again later, has a newer state
 		// than this queue entry; only the entry matching the slot frees it.
 		if s.state == stateQuarantined && s.until.Equal(q.until) {
-			delete(a.rested, s.owner)
+			// The owner may have released other ports since, which still rest.
+			if slices.Contains(a.rested[s.owner], q.port) {
+				delete(a.rested, s.owner)
+			}
 			*s = slot{}
 			a.free++
 		}

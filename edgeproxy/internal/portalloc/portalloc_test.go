@@ -295,3 +295,22 @@ func TestReleasedPortsReturnToTheirKey(t *testing.T) {
 		t.Fatalf("after the quarantine: %d free, rested %v; want 7 free and nothing remembered", free, a.rested)
 	}
 }
+
+// TestOlderQuarantineKeepsNewerRest: a key's ports leaving quarantine do not make it forget
+// other ports it released later, which still rest.
+func TestOlderQuarantineKeepsNewerRest(t *testing.T) {
+	a, clk := newAlloc(t, Range{100, 109}, time.Minute)
+	if _, err := a.Allocate("a", 1, []uint16{100}); err != nil {
+		t.Fatal(err)
+	}
+	a.Release("a")
+	clk.Advance(30 * time.Second)
+	if got, err := a.Allocate("a", 1, []uint16{105}); err != nil || got[0] != 105 {
+		t.Fatalf("preferred port: %v (%v)", got, err)
+	}
+	a.Release("a")
+	clk.Advance(30 * time.Second) // port 100 leaves quarantine; 105 still rests
+	if got, err := a.Allocate("a", 1, nil); err != nil || got[0] != 105 {
+		t.Fatalf("key back: %v (%v), want the port it released last, 105", got, err)
+	}
+}

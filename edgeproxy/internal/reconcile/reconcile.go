@@ -158,6 +158,8 @@ type Reconciler struct {
 	publishing chan publishBatch
 	writing    map[string]*published
 	writes     sync.WaitGroup
+	// republish asks the loop for a pass after retryDelay: an endpoint write failed.
+	republish bool
 
 	mu     sync.Mutex
 	status map[string]servedRoute
@@ -353,6 +355,10 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		}
 	}
 	for {
+		if r.republish {
+			r.republish = false
+			setWake(earliest(wakeAt, r.now().Add(retryDelay)))
+		}
 		select {
 		case <-ctx.Done():
 			return nil
@@ -376,9 +382,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		case <-wake.C:
 			wakeAt, due = time.Time{}, true
 		case res := <-r.publishing:
-			if r.published(res) > 0 {
-				setWake(earliest(wakeAt, r.now().Add(retryDelay)))
-			}
+			r.published(res)
 			continue
 		case <-beat.C:
 			r.heartbeat(ctx)
@@ -1104,16 +1108,17 @@ func (r *Reconciler) awaitRemovals() {
 	}
 }
 
-// published records the results of the endpoint writes publishEndpoints started, and returns
-// how many failed for a reason other than a removal losing to another edge's write.
-func (r *Reconciler) published(b publishBatch) int {
+// published records the results of the endpoint writes publishEndpoints started. When one failed
+// for a reason other than a removal losing to another edge's write, it asks the loop for a pass
+// after retryDelay, whichever of the loop's waits took the results in: the failed endpoints are
+// still stale, so that pass writes them again.
+func (r *Reconciler) published(b publishBatch) {
 	r.publishing, r.writing = nil, nil
-	failed := 0
 	for _, res := range b.results {
 		switch {
 		case res.err != nil && res.deleted && isWrongSequence(res.err):
 		case res.err != nil:
-			failed++
+			r.republish = true
 			if !b.stopping {
 				r.d.Metrics.errors.WithLabelValues(ErrKindKV).Inc()
 				r.log.Warn().Err(res.err).Str("instance_id", res.key).Bool("delete", res.deleted).Msg("endpoint write failed")
@@ -1124,7 +1129,6 @@ func (r *Reconciler) published(b publishBatch) int {
 			r.endpoints[res.key] = endpoint{Endpoint: routes.Endpoint{EdgeID: r.cfg.EdgeID, Revision: res.rev, Ports: res.ports}, pub: res.pub}
 		}
 	}
-	return failed
 }
 
 // finish records what is served, reports programmed and removed routes and refreshes the status.

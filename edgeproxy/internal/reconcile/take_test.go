@@ -1,6 +1,7 @@
 package reconcile
 
 import (
+	"errors"
 	"net/netip"
 	"testing"
 	"time"
@@ -9,6 +10,7 @@ import (
 	"github.com/livegate/livegate/pkg/kvstore"
 	"github.com/livegate/livegate/pkg/wire"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
@@ -170,6 +172,16 @@ func TestEchoWaitsForItsWrite(t *testing.T) {
 	}
 	if _, ok := r.endpoints["i1"]; ok || r.publishing != nil {
 		t.Fatalf("after the removal: endpoint %+v, publishing %v", r.endpoints["i1"], r.publishing)
+	}
+
+	// A failed write whose batch an echo took in still gets its retry.
+	r.d.Metrics = NewMetrics(prometheus.NewRegistry())
+	inFlight(writeResult{key: "i1", rev: 12, pub: pub}, writeResult{key: "i2", pub: pub, err: errors.New("nats: timeout")})
+	if r.take(input{bucket: kvstore.EndpointsBucket, entry: kvstore.Entry{Key: "i1", Value: data, Revision: 12}}, synced) {
+		t.Fatal("the echo of a write under way calls for a pass")
+	}
+	if !r.republish {
+		t.Fatal("a write that failed in a batch taken in by an echo is not retried")
 	}
 }
 
