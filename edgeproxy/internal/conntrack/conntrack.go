@@ -105,7 +105,7 @@ func (n *Netlink) deleteFiltered(ctx context.Context, dst netip.Addr, ports []ui
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("delete conntrack entries: %w", err)
 		}
-		req := FilteredDelete(dst, port)
+		req := filteredDelete(dst, port)
 		req.Sockets = sockets
 		_, err := req.Execute(unix.NETLINK_NETFILTER, 0)
 		switch {
@@ -136,9 +136,9 @@ const (
 	filterProtoDstPort = 1 << 5
 )
 
-// FilteredDelete is the ctnetlink request that deletes every IPv4 UDP entry whose original
+// filteredDelete is the ctnetlink request that deletes every IPv4 UDP entry whose original
 // tuple is addressed to dst (any address when dst is not valid) and port.
-func FilteredDelete(dst netip.Addr, port uint16) *nl.NetlinkRequest {
+func filteredDelete(dst netip.Addr, port uint16) *nl.NetlinkRequest {
 	req := nl.NewNetlinkRequest((int(netlink.ConntrackTable)<<8)|nl.IPCTNL_MSG_CT_DELETE, unix.NLM_F_ACK)
 	req.AddData(&nl.Nfgenmsg{NfgenFamily: unix.AF_INET, Version: nl.NFNETLINK_V0})
 	flags := uint32(filterProtoNum | filterProtoDstPort)

@@ -17,10 +17,11 @@ import (
 // restorer is one long-lived `iptables-restore --noflush --verbose`. Starting the program costs
 // more than the batches the edge writes under churn (5-20 ms against well under 1 ms on a busy
 // two-core host), so batches are fed to one process instead, each table still committed
-// atomically or not at all. The process answers nothing per batch; with --verbose it echoes
+// atomically or not at all (one after the other: a batch's nat table may be committed when its
+// filter table fails, which the caller's read-back after a failure sees). The process answers nothing per batch; with --verbose it echoes
 // comment lines, and since it reads its input in order, the echo of a comment written after a
 // batch means the batch was committed. A batch that fails ends the process (it prints
-// "line N failed" and exits), so a failure costs a restart, never a half-applied batch. Both
+// "line N failed" and exits), so a failure costs a restart. Both
 // backends re-read the kernel's rules for every commit and take the xtables lock (legacy) only
 // from a table's first line to its COMMIT, so rules changed by others are seen, and nobody else
 // waits on an idle restorer.
@@ -104,7 +105,7 @@ func (r *restorer) apply(ctx context.Context, name string, payload []byte) error
 			}
 		case <-ctx.Done():
 			r.stop()
-			return fmt.Errorf("%s: batch not committed: %w", name, ctx.Err())
+			return fmt.Errorf("%s: stopped before the batch was confirmed (committed or not): %w", name, ctx.Err())
 		}
 	}
 }
@@ -121,7 +122,7 @@ func (r *restorer) failure(ctx context.Context, name string, first int) error {
 		r.stop()
 	case <-ctx.Done():
 		r.stop()
-		return fmt.Errorf("%s: batch not committed: %w", name, ctx.Err())
+		return fmt.Errorf("%s: stopped before the batch was confirmed (committed or not): %w", name, ctx.Err())
 	}
 	status := "output ended"
 	if st := r.cmd.ProcessState; st != nil {

@@ -81,7 +81,7 @@ func dnat(port int) string {
 }
 
 // TestLongLivedRestore feeds batches to one iptables-restore: each is committed when Restore
-// returns, a failing batch changes nothing and names its own line, the next batch starts a new
+// returns, a failing batch (one table) changes nothing and names its own line, the next batch starts a new
 // process, and rules changed by someone else meanwhile are seen.
 func TestLongLivedRestore(t *testing.T) {
 	ns := testNetns(t)

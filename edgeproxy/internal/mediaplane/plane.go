@@ -301,8 +301,8 @@ func (p *Plane) Usage() (inUse, quarantined, free int) {
 // batches instead (see readBehind), so that a large ruleset's iptables-save never delays a
 // route, and the drift it finds is repaired as soon as it is read. The conntrack entries of
 // every port whose forwarding was added or changed are deleted after the batch, before Sync
-// returns; those of ports whose forwarding was removed by a goroutine Sync starts and does not
-// wait for (Settle does). Ports whose deletion failed are tried again in the background, then
+// returns; those of ports whose forwarding was removed are deleted by a goroutine Sync starts
+// and does not wait for (Settle does). Ports whose deletion failed are tried again in the background, then
 // at the next Sync. Invalid mappings are left out and reported in the error; the rest is
 // still applied.
 func (p *Plane) Sync(ctx context.Context, want map[string][]Mapping) error {
@@ -451,7 +451,7 @@ func (p *Plane) flush(ctx context.Context, done chan struct{}) {
 		cancel()
 		if err == nil {
 			failures = 0
-			p.o.log.Debug().Int("ports", len(ports)).Dur("elapsed_ms", p.o.now().Sub(start)).Msg("conntrack entries deleted")
+			p.o.log.Debug().Int("conntrack_ports", len(ports)).Dur("elapsed_ms", p.o.now().Sub(start)).Msg("conntrack entries deleted")
 			continue
 		}
 		err = fmt.Errorf("delete conntrack entries of udp ports %s: %w", describe(ports), err)
@@ -488,7 +488,7 @@ func (p *Plane) Settle(ctx context.Context) error {
 		select {
 		case <-done:
 		case <-ctx.Done():
-			return fmt.Errorf("wait for conntrack deletions: %w", ctx.Err())
+			return fmt.Errorf("wait for the media plane's read-back and conntrack deletions: %w", ctx.Err())
 		}
 	}
 }

@@ -6,7 +6,7 @@ import (
 )
 
 // fileWriter writes the latest of a stream of snapshots off the caller's path: a snapshot
-// offered while the previous write is less than every old waits for it, and a newer one
+// offered less than one period after the previous write waits for the period to end, and a newer one
 // replaces it meanwhile, so a burst of changes costs one write per period whatever its size.
 // A failed write is tried again a period later, and the pending snapshot is written when Run's
 // context ends.

@@ -229,12 +229,6 @@ func (p *published) publishes(r *Reconciler, w servedRoute) bool {
 		slices.Equal(p.ports, w.ports[:min(len(w.ports), len(w.route.Media))]) && slices.Equal(p.media, w.route.Media)
 }
 
-func (p *published) equal(o *published) bool {
-	return p != nil && o != nil && !p.unreadable && !o.unreadable && p.instance == o.instance && p.session == o.session &&
-		p.edge == o.edge && p.host == o.host && p.signalingPort == o.signalingPort &&
-		slices.Equal(p.ports, o.ports) && slices.Equal(p.media, o.media)
-}
-
 type servedRoute struct {
 	route routes.Route
 	ports []uint16
@@ -318,7 +312,6 @@ const retryDelay = time.Second
 // Run runs the loop until ctx ends.
 func (r *Reconciler) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	in := make(chan input, 1024)
 	var wg sync.WaitGroup
 	for _, kv := range []jetstream.KeyValue{r.d.Buckets.Routes, r.d.Buckets.Endpoints, r.d.Buckets.Edges} {
@@ -652,14 +645,14 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (time.Time, error) {
 	now := r.now()
 	heldUntil := r.releaseHeld(now)
 	r.awaitRemovals()
-	valid := r.valid
 	r.refuseInvalid()
-	plan := routes.DeriveFunc(routes.Self{EdgeID: r.cfg.EdgeID, Pool: r.cfg.Pool}, valid, func(k string) (routes.Endpoint, bool) {
+	plan := routes.Derive(routes.Self{EdgeID: r.cfg.EdgeID, Pool: r.cfg.Pool}, r.valid, func(k string) (routes.Endpoint, bool) {
 		e, ok := r.endpoints[k]
 		return e.Endpoint, ok
 	}, r.live)
 	for k, reason := range plan.Refused {
-		r.refuse(k, valid[k].Revision, valid[k].SessionID, valid[k].Pool, reason)
+		rt := r.valid[k]
+		r.refuse(k, rt.Revision, rt.SessionID, rt.Pool, reason)
 	}
 
 	// Pool claims: only with room left, and the busier this edge, the later.
@@ -833,7 +826,8 @@ func (r *Reconciler) releaseGone(want map[string]servedRoute) {
 }
 
 // program makes HAProxy's map and the media plane hold want, and hands the map to the map file
-// writer. With full, it reads HAProxy's live map and the kernel's rules back first.
+// writer. With full, it reads HAProxy's live map back first and syncs the media plane even when
+// its mappings did not change (the plane decides itself when to read the kernel back).
 func (r *Reconciler) program(ctx context.Context, want map[string]servedRoute, full bool) error {
 	entries := make(map[string]string, len(want))
 	mediaWant := make(map[string][]media.Mapping, len(want))

@@ -3,6 +3,7 @@ package reconcile
 import (
 	"errors"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -14,6 +15,13 @@ import (
 	"github.com/rs/zerolog"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
+
+// equal compares two published endpoints field by field; an unreadable one equals nothing.
+func (p *published) equal(o *published) bool {
+	return p != nil && o != nil && !p.unreadable && !o.unreadable && p.instance == o.instance && p.session == o.session &&
+		p.edge == o.edge && p.host == o.host && p.signalingPort == o.signalingPort &&
+		slices.Equal(p.ports, o.ports) && slices.Equal(p.media, o.media)
+}
 
 func loopState() *Reconciler {
 	return &Reconciler{

@@ -45,16 +45,9 @@ type Plan struct {
 // that edge; a route naming only a pool belongs to the pool edge holding its endpoint, and is
 // claimable when none does or that edge's heartbeat has expired. Two routes with the same
 // session id cannot share the map: the older revision keeps it.
-func Derive(self Self, routes map[string]Route, endpoints map[string]Endpoint, live map[string]bool) Plan {
-	return DeriveFunc(self, routes, func(k string) (Endpoint, bool) {
-		ep, ok := endpoints[k]
-		return ep, ok
-	}, live)
-}
-
-// DeriveFunc is Derive with the endpoints looked up by key, so that a caller keeping them in
-// another shape does not copy them all on every pass.
-func DeriveFunc(self Self, routes map[string]Route, endpoint func(key string) (Endpoint, bool), live map[string]bool) Plan {
+// The endpoints are looked up by key, so that a caller keeping them in another shape does not
+// copy them all on every pass.
+func Derive(self Self, routes map[string]Route, endpoint func(key string) (Endpoint, bool), live map[string]bool) Plan {
 	p := Plan{Serve: make(map[string]Route, len(routes)), Refused: map[string]string{}}
 	type ordered struct {
 		key string

@@ -157,7 +157,10 @@ func TestDerive(t *testing.T) {
 			for _, e := range tt.live {
 				live[e] = true
 			}
-			p := Derive(self, rs, tt.endpoints, live)
+			p := Derive(self, rs, func(k string) (Endpoint, bool) {
+				ep, ok := tt.endpoints[k]
+				return ep, ok
+			}, live)
 			if got := slices.Sorted(maps.Keys(p.Serve)); !slices.Equal(got, tt.wantServe) {
 				t.Errorf("serve %v, want %v", got, tt.wantServe)
 			}
