@@ -42,7 +42,10 @@ FUZZ_JOBS_SHORT ?= 2
 # replaying all of it first would leave a short run no time to fuzz. A target that fails with
 # nothing but go test's own "context deadline exceeded" as -fuzztime runs out, and writes no
 # input, hit go.dev/issue/75804 (a race in the fuzzing coordinator under CPU load, fixed in Go
-# 1.27): that is said, not counted as a failure.
+# 1.27): that is said, not counted as a failure. The test for it: no new file in the target's
+# corpus (a real finding always writes one) and no failing seed (`--- FAIL: Name/seed`).
+# `-args -test.fuzzcachedir` works because the test binary takes the last copy of a flag, and
+# go test passes its own cache directory before -args.
 define fuzz_run
 	@targets=$$(printf '%s\n' $(FUZZ_TARGETS) | grep -E -- '$(FUZZ)' || true); \
 	if [ -z "$$targets" ]; then echo "fuzz: no target matches FUZZ='$(FUZZ)'" >&2; exit 1; fi; \
