@@ -217,7 +217,7 @@ func publishedOf(pb *livegatev1.Endpoint) *published {
 func (r *Reconciler) publishedFor(w servedRoute) *published {
 	return &published{
 		instance: w.route.Key, session: w.route.SessionID, edge: r.cfg.EdgeID, host: r.cfg.PublicHost,
-		signalingPort: r.cfg.SignalingPort, ports: w.ports[:min(len(w.ports), len(w.route.Media))], media: w.route.Media,
+		signalingPort: r.cfg.SignalingPort, ports: w.publicPorts(), media: w.route.Media,
 	}
 }
 
@@ -226,13 +226,18 @@ func (r *Reconciler) publishedFor(w servedRoute) *published {
 func (p *published) publishes(r *Reconciler, w servedRoute) bool {
 	return p != nil && !p.unreadable && p.instance == w.route.Key && p.session == w.route.SessionID &&
 		p.edge == r.cfg.EdgeID && p.host == r.cfg.PublicHost && p.signalingPort == r.cfg.SignalingPort &&
-		slices.Equal(p.ports, w.ports[:min(len(w.ports), len(w.route.Media))]) && slices.Equal(p.media, w.route.Media)
+		slices.Equal(p.ports, w.publicPorts()) && slices.Equal(p.media, w.route.Media)
 }
 
 type servedRoute struct {
 	route routes.Route
 	ports []uint16
 	since time.Time
+}
+
+// publicPorts is what the endpoint publishes of w's ports: one per media backend, never more.
+func (w servedRoute) publicPorts() []uint16 {
+	return w.ports[:min(len(w.ports), len(w.route.Media))]
 }
 
 // New returns a loop for cfg.
@@ -963,11 +968,11 @@ func (r *Reconciler) endpointFor(w servedRoute) *livegatev1.Endpoint {
 		InstanceId: w.route.Key, SessionId: w.route.SessionID, EdgeId: r.cfg.EdgeID,
 		PublicHost: r.cfg.PublicHost, SignalingPort: r.cfg.SignalingPort, AssignedAt: timestamppb.New(r.now()),
 	}
-	for i, m := range w.route.Media {
+	for _, m := range w.route.Media {
 		ep.MediaBackends = append(ep.MediaBackends, m.String())
-		if i < len(w.ports) {
-			ep.PublicUdpPorts = append(ep.PublicUdpPorts, uint32(w.ports[i]))
-		}
+	}
+	for _, p := range w.publicPorts() {
+		ep.PublicUdpPorts = append(ep.PublicUdpPorts, uint32(p))
 	}
 	return ep
 }
