@@ -64,6 +64,9 @@ const (
 	edgeTTL    = 3 * time.Second
 	quarantine = 30 * time.Second
 	leaseTTL   = 4 * time.Second
+	// kvTimeout bounds each KV call of the test's own, so a wait around one keeps its own bound
+	// while NATS is away.
+	kvTimeout = 5 * time.Second
 )
 
 // The faults topology, all in 198.18.0.0/15: a hub namespace holds three bridges and the NATS
@@ -165,7 +168,6 @@ type node struct {
 	ns       *netns.Namespace
 	agent    *proc.Proc
 	app      *proc.Proc
-	e        *env
 }
 
 var seq atomic.Int64
@@ -367,7 +369,6 @@ func (e *env) blockAgents(block bool) {
 // kvClient is the test's own handle on the buckets: it writes routes as an agent would.
 type kvClient struct {
 	nc        *nats.Conn
-	js        jetstream.JetStream
 	routes    jetstream.KeyValue
 	endpoints jetstream.KeyValue
 	edges     jetstream.KeyValue
@@ -388,7 +389,7 @@ func dialKV(ctx context.Context, e *env) (*kvClient, error) {
 		nc.Close()
 		return nil, fmt.Errorf("kv client: %w", err)
 	}
-	return &kvClient{nc: nc, js: js, routes: b.Routes, endpoints: b.Endpoints, edges: b.Edges}, nil
+	return &kvClient{nc: nc, routes: b.Routes, endpoints: b.Endpoints, edges: b.Edges}, nil
 }
 
 // putRoute writes a pool route for key to node's app, as its agent would.
@@ -402,7 +403,7 @@ func (c *kvClient) putRoute(ctx context.Context, key, session string, backend ne
 	if err != nil {
 		return err
 	}
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	cctx, cancel := context.WithTimeout(ctx, kvTimeout)
 	defer cancel()
 	if _, err := c.routes.Put(cctx, key, data); err != nil {
 		return fmt.Errorf("put route %s: %w", key, err)
@@ -411,7 +412,7 @@ func (c *kvClient) putRoute(ctx context.Context, key, session string, backend ne
 }
 
 func (c *kvClient) deleteRoute(ctx context.Context, key string) error {
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	cctx, cancel := context.WithTimeout(ctx, kvTimeout)
 	defer cancel()
 	if err := c.routes.Delete(cctx, key); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
 		return fmt.Errorf("delete route %s: %w", key, err)
@@ -420,7 +421,7 @@ func (c *kvClient) deleteRoute(ctx context.Context, key string) error {
 }
 
 func keys(ctx context.Context, kv jetstream.KeyValue) ([]string, error) {
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	cctx, cancel := context.WithTimeout(ctx, kvTimeout)
 	defer cancel()
 	ks, err := kv.Keys(cctx)
 	if errors.Is(err, jetstream.ErrNoKeysFound) {
@@ -429,34 +430,46 @@ func keys(ctx context.Context, kv jetstream.KeyValue) ([]string, error) {
 	return ks, err
 }
 
-// endpoint reads instance's endpoint; nil when absent.
-func (c *kvClient) endpoint(ctx context.Context, instance string) (*livegatev1.Endpoint, error) {
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+// heartbeat reports whether edge g's heartbeat key is in KV.
+func (e *env) heartbeat(g *edge) (bool, error) {
+	ctx, cancel := context.WithTimeout(e.ctx, kvTimeout)
 	defer cancel()
-	en, err := c.endpoints.Get(cctx, instance)
+	_, err := e.kv.edges.Get(ctx, g.id)
 	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
-		return nil, nil
+		return false, nil
 	}
-	if err != nil {
-		return nil, err
-	}
-	ep := &livegatev1.Endpoint{}
-	return ep, wire.Unmarshal(en.Value(), ep)
+	return err == nil, err
 }
 
 // route reads instance's route; nil when absent.
-func (c *kvClient) route(ctx context.Context, instance string) (*livegatev1.Route, error) {
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+func (e *env) route(instance string) (*livegatev1.Route, error) {
+	ctx, cancel := context.WithTimeout(e.ctx, kvTimeout)
 	defer cancel()
-	en, err := c.routes.Get(cctx, instance)
-	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
-		return nil, nil
-	}
+	return e.obs.Route(ctx, instance)
+}
+
+// errNoEndpoint is endpoint's answer for an instance without one.
+var errNoEndpoint = errors.New("no endpoint")
+
+// endpoint reads what instance's endpoint publishes: its session, edge and public port. Anything
+// a caller could not use as it stands is an error: no endpoint (errNoEndpoint), an edge not of
+// this deployment, or other than one port.
+func (e *env) endpoint(instance string) (session, error) {
+	ctx, cancel := context.WithTimeout(e.ctx, kvTimeout)
+	defer cancel()
+	ep, err := e.obs.Endpoint(ctx, instance)
 	if err != nil {
-		return nil, err
+		return session{}, err
 	}
-	r := &livegatev1.Route{}
-	return r, wire.Unmarshal(en.Value(), r)
+	if ep == nil {
+		return session{}, fmt.Errorf("%s: %w", instance, errNoEndpoint)
+	}
+	g := e.edgeByID(ep.GetEdgeId())
+	if g == nil || len(ep.GetPublicUdpPorts()) != 1 {
+		return session{}, fmt.Errorf("endpoint of %s names edge %q and ports %v: want an edge of the deployment and one port",
+			instance, ep.GetEdgeId(), ep.GetPublicUdpPorts())
+	}
+	return session{instance: instance, id: ep.GetSessionId(), edge: g, port: int(ep.GetPublicUdpPorts()[0])}, nil
 }
 
 // Edges -----------------------------------------------------------------------------------------
@@ -732,7 +745,7 @@ func (g *edge) conntrackPorts(ctx context.Context) (map[int]int, error) {
 	return ports, nil
 }
 
-// kill is what a crashed host looks like: the edge and everything else in its namespace
+// killAll is what a crashed host looks like: the edge and everything else in its namespace
 // (HAProxy) get SIGKILL.
 func (g *edge) killAll(ctx context.Context) error {
 	g.p.Kill()
@@ -757,7 +770,7 @@ func (e *env) addNode(i int, nc nodeConfig) error {
 	if err := e.link(ns, role, "l", "bl", nodeLAN(i)); err != nil {
 		return err
 	}
-	n := &node{i: i, instance: fmt.Sprintf("node%d", i), ns: ns, e: e, resume: nc.resume}
+	n := &node{i: i, instance: fmt.Sprintf("node%d", i), ns: ns, resume: nc.resume}
 	e.nodes = append(e.nodes, n)
 	appArgs := []string{
 		"--signaling-addr", fmt.Sprintf(":%d", appSignalingPort), "--media-addr", fmt.Sprintf(":%d", appMediaPort),
@@ -895,26 +908,25 @@ func (e *env) routed(instance, want string) session {
 	e.t.Helper()
 	var s session
 	e.eventually(20*time.Second, "route of "+instance+" programmed", func() error {
-		r, err := e.kv.route(e.ctx, instance)
+		r, err := e.route(instance)
 		if err != nil || r == nil {
 			return fmt.Errorf("route %v: %v", r, err)
 		}
 		if want != "" && r.GetSessionId() != want {
 			return fmt.Errorf("route carries session %s, want %s", r.GetSessionId(), want)
 		}
-		ep, err := e.kv.endpoint(e.ctx, instance)
-		if err != nil || ep == nil || ep.GetSessionId() != r.GetSessionId() {
-			return fmt.Errorf("endpoint %v (%v) for session %s", ep, err, r.GetSessionId())
+		got, err := e.endpoint(instance)
+		if err != nil {
+			return err
 		}
-		g := e.edgeByID(ep.GetEdgeId())
-		if g == nil || len(ep.GetPublicUdpPorts()) != 1 {
-			return fmt.Errorf("endpoint %v: unknown edge or not one public port", ep)
+		if got.id != r.GetSessionId() {
+			return fmt.Errorf("endpoint names session %s, want %s", got.id, r.GetSessionId())
 		}
-		m, err := g.showMap(e.ctx)
-		if err != nil || m[r.GetSessionId()] == "" {
-			return fmt.Errorf("%s map has no %s (%v)", g.id, r.GetSessionId(), err)
+		m, err := got.edge.showMap(e.ctx)
+		if err != nil || m[got.id] == "" {
+			return fmt.Errorf("%s map has no %s (%v)", got.edge.id, got.id, err)
 		}
-		s = session{instance: instance, id: r.GetSessionId(), edge: g, port: int(ep.GetPublicUdpPorts()[0])}
+		s = got
 		return nil
 	})
 	return s
@@ -1020,8 +1032,10 @@ func (e *env) refused(g *edge, sessionID string) {
 // flow is DTLS-SRTP media through a public port, running in the background.
 type flow struct {
 	done chan struct{}
-	rep  *dtlssrtp.Report
-	err  error
+	// echoed counts the echoes so far: the report comes only once the flow ends.
+	echoed atomic.Int64
+	rep    *dtlssrtp.Report
+	err    error
 }
 
 // startFlow sends media from the client through edge g's public port for about d, 50 packets
@@ -1029,14 +1043,59 @@ type flow struct {
 func (e *env) startFlow(g *edge, port int, d time.Duration) *flow {
 	f := &flow{done: make(chan struct{})}
 	addr := net.JoinHostPort(edgePublic(g.k).String(), strconv.Itoa(port))
+	dial := func(ctx context.Context, network, address string) (net.Conn, error) {
+		c, err := e.client.Dial(ctx, network, address)
+		if err != nil {
+			return nil, err
+		}
+		uc, ok := c.(*net.UDPConn)
+		if !ok {
+			_ = c.Close()
+			return nil, fmt.Errorf("media socket to %s is a %T, want a UDP socket", address, c)
+		}
+		return countingConn{UDPConn: uc, rtp: &f.echoed}, nil
+	}
 	go func() {
 		defer close(f.done)
 		ctx, cancel := context.WithTimeout(e.ctx, d+30*time.Second)
 		defer cancel()
-		f.rep, f.err = dtlssrtp.Probe(ctx, addr, dtlssrtp.WithDialer(e.client.Dial),
+		f.rep, f.err = dtlssrtp.Probe(ctx, addr, dtlssrtp.WithDialer(dial),
 			dtlssrtp.WithCount(int(d.Seconds()*50)), dtlssrtp.WithRate(50), dtlssrtp.WithDrain(500*time.Millisecond))
 	}()
 	return f
+}
+
+// countingConn counts the RTP datagrams the probe reads, told from DTLS and RTCP as the probe
+// tells them (RFC 7983, RFC 5761). The UDP socket stays embedded so the probe can still size its
+// buffers.
+type countingConn struct {
+	*net.UDPConn
+	rtp *atomic.Int64
+}
+
+func (c countingConn) Read(b []byte) (int, error) {
+	n, err := c.UDPConn.Read(b)
+	if n >= 2 && b[0] >= 128 && b[0] <= 191 && (b[1] < 192 || b[1] > 223) {
+		c.rtp.Add(1)
+	}
+	return n, err
+}
+
+// flowing waits until the app echoes f's media: a fault injected sooner could hit the DTLS
+// handshake instead of the flow it is about.
+func (e *env) flowing(f *flow) {
+	e.t.Helper()
+	e.eventually(10*time.Second, "media echoed", func() error {
+		if f.echoed.Load() > 0 {
+			return nil
+		}
+		select {
+		case <-f.done:
+			return fmt.Errorf("the flow ended before any echo: %v", f.err)
+		default:
+			return errors.New("no echo yet")
+		}
+	})
 }
 
 // wait returns the flow's report once it ended; maxLoss bounds the share of echoes lost.
@@ -1052,6 +1111,31 @@ func (f *flow) wait(t *testing.T, what string, maxLoss float64) *dtlssrtp.Report
 		t.Errorf("%s: media loss %.1f%% over %.0f%%", what, 100*f.rep.Loss, 100*maxLoss)
 	}
 	return f.rep
+}
+
+// carriedOn checks that session s came through fault intact: its websocket w still echoes, its
+// media flow lost at most 5%, and its endpoint is unchanged.
+func (e *env) carriedOn(fault string, s session, w *ws, media *flow) {
+	e.t.Helper()
+	if err := w.echo(e.ctx); err != nil {
+		e.t.Errorf("%s's websocket across %s: %v", s.instance, fault, err)
+	}
+	media.wait(e.t, fault, 0.05)
+	if err := e.unchanged(s); err != nil {
+		e.t.Errorf("after %s: %v", fault, err)
+	}
+}
+
+// unchanged reports how the endpoint of s's instance differs from s: session, edge or port.
+func (e *env) unchanged(s session) error {
+	got, err := e.endpoint(s.instance)
+	if err != nil {
+		return err
+	}
+	if got != s {
+		return fmt.Errorf("endpoint of %s is %s, was %s", s.instance, got, s)
+	}
+	return nil
 }
 
 // probe checks media through a public port once (a short flow).
@@ -1119,9 +1203,6 @@ func (e *env) clean(edges ...*edge) {
 	})
 	e.t.Logf("no leak: routes, endpoints, HAProxy map, DNAT rules and conntrack entries all empty (%s after the last session ended)", round(took))
 }
-
-// observerEvent is one event as the observer received it.
-type observerEvent = observer.Received
 
 // waitEvent waits up to 20 s for instance's first event of type et after mark.
 func (e *env) waitEvent(mark int, instance string, et livegatev1.EventType) observer.Received {

@@ -59,9 +59,12 @@ func TestTwoEdgesOnePool(t *testing.T) {
 	killed := time.Now()
 	took := e.eventually(30*time.Second, "survivor claimed every session", func() error {
 		for k, was := range all {
-			ep, err := e.kv.endpoint(e.ctx, k)
-			if err != nil || ep == nil || ep.GetEdgeId() != survivor.id || ep.GetSessionId() != was.id {
-				return fmt.Errorf("endpoint of %s: %v %v", k, ep, err)
+			got, err := e.endpoint(k)
+			if err != nil {
+				return err
+			}
+			if got.edge != survivor || got.id != was.id {
+				return fmt.Errorf("endpoint of %s is %s, want session %s on %s", k, got, was.id, survivor.id)
 			}
 		}
 		m, err := survivor.showMap(e.ctx)
@@ -149,13 +152,12 @@ func (e *env) exactlyOnce(all map[string]session) map[string]int {
 		}
 	}
 	for k, s := range all {
-		ep, err := e.kv.endpoint(ctx, k)
-		if err != nil || ep == nil {
-			e.t.Fatalf("endpoint of %s: %v %v", k, ep, err)
+		got, err := e.endpoint(k)
+		if err != nil {
+			e.t.Fatal(err)
 		}
-		owner := ep.GetEdgeId()
+		owner, port := got.edge.id, got.port
 		served[owner]++
-		port := int(ep.GetPublicUdpPorts()[0])
 		for id, m := range maps {
 			if in := m[s.id] != ""; in != (id == owner) {
 				e.t.Errorf("session %s of %s: in %s's map %t, endpoint names %s", s.id, k, id, in, owner)

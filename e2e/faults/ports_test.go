@@ -1,6 +1,7 @@
 package faults
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -36,8 +37,10 @@ func TestPortRangeExhausted(t *testing.T) {
 		t.Errorf("route_refused %v: want edge1, session sess-x4 and a reason naming the exhausted range", ev.Event)
 	}
 	g := e.edges[0]
-	if ep, err := e.kv.endpoint(e.ctx, "x4"); err != nil || ep != nil {
-		t.Errorf("refused route has an endpoint: %v %v", ep, err)
+	if got, err := e.endpoint("x4"); err == nil {
+		t.Errorf("refused route has an endpoint: %s", got)
+	} else if !errors.Is(err, errNoEndpoint) {
+		t.Error(err)
 	}
 	if m, err := g.showMap(e.ctx); err != nil || m["sess-x4"] != "" || len(m) != 3 {
 		t.Errorf("HAProxy map with a refused route: %v %v", m, err)
