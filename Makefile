@@ -13,7 +13,9 @@ NATS_SERVER_VERSION := v2.15.2
 BUF_VERSION := v1.50.0
 PROTOC_GEN_GO_VERSION := v1.36.12
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS := -X github.com/livegate/livegate/pkg/buildinfo.Version=$(VERSION)
+# GOFLAGS turns the toolchain's VCS stamping off, so the revision is linked in (empty outside git: "unknown").
+REVISION ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null)
+LDFLAGS := -X github.com/livegate/livegate/pkg/buildinfo.Version=$(VERSION) -X github.com/livegate/livegate/pkg/buildinfo.Revision=$(REVISION)
 TEST_FLAGS ?= -count=1 -timeout 10m
 
 .PHONY: build deps test vet unit proto proto-check demo fmt tools clean

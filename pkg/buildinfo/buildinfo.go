@@ -13,19 +13,33 @@ import (
 // Version is set at link time: -X github.com/livegate/livegate/pkg/buildinfo.Version=v1.2.3.
 var Version = "dev"
 
+// Revision is set at link time (-X github.com/livegate/livegate/pkg/buildinfo.Revision=<commit>)
+// by builds without the toolchain's VCS data: make build turns that off (-buildvcs=false), which
+// would otherwise leave every binary at revision "unknown".
+var Revision = ""
+
 // String is the one line both binaries print for --version.
 func String(binary string) string {
 	return fmt.Sprintf("%s %s (revision %s, %s, %s/%s)", binary, Version, revision(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 }
 
-// revision is the VCS revision the toolchain recorded, or "unknown" (a build with -buildvcs=false).
+// revision is the VCS revision the toolchain recorded, else Revision, else "unknown".
 func revision() string {
+	var settings []debug.BuildSetting
 	if bi, ok := debug.ReadBuildInfo(); ok {
-		for _, s := range bi.Settings {
-			if s.Key == "vcs.revision" {
-				return s.Value
-			}
+		settings = bi.Settings
+	}
+	return revisionOf(settings, Revision)
+}
+
+func revisionOf(settings []debug.BuildSetting, linked string) string {
+	for _, s := range settings {
+		if s.Key == "vcs.revision" && s.Value != "" {
+			return s.Value
 		}
+	}
+	if linked != "" {
+		return linked
 	}
 	return "unknown"
 }

@@ -16,7 +16,7 @@ import (
 
 // settingRefusal is how each line of a refused edge configuration starts: the flag, the
 // variable or the file the value came from, or the HAProxy, NATS or reconcile setting it makes.
-var settingRefusal = regexp.MustCompile(`^(--[a-z-]+[ :]|environment LIVEGATE_EDGEPROXY_[A-Z0-9_]+: |config file |haproxy (socket|map file|certificate file|bind address|port|tunnel timeout|miss limit)|nats: |edge id |pool |public host |max routes |resync |claim delays |the signaling frontend needs )`)
+var settingRefusal = regexp.MustCompile(`^(--[a-z-]+[ :]|environment LIVEGATE_EDGEPROXY_[A-Z0-9_]+: |environment: |config file |haproxy (socket|map file|certificate file|bind address|port|tunnel timeout|miss limit)|nats: |edge id |pool |public host |max routes |resync |claim delays |the signaling frontend needs )`)
 
 // parseRefusal is how the flag package names the flag at fault.
 var parseRefusal = regexp.MustCompile(`flag|for -[a-z-]+: `)
@@ -68,11 +68,9 @@ func FuzzEdgeSettings(f *testing.F) {
 				args = append(args, a)
 			}
 		}
-		lookup := func(k string) (string, bool) {
-			if envName != "" && envName != "CONFIG" && k == EnvPrefix+envName {
-				return envValue, true
-			}
-			return "", false
+		var environ []string
+		if envName != "" && envName != "CONFIG" {
+			environ = []string{EnvPrefix + envName + "=" + envValue}
 		}
 		fs, fl := newFlagSet("run", &bytes.Buffer{}, nil)
 		if err := fs.Parse(args); err != nil {
@@ -84,7 +82,7 @@ func FuzzEdgeSettings(f *testing.F) {
 		if fs.NArg() > 0 {
 			return // run refuses a stray argument itself
 		}
-		err := applySources(fs, lookup)
+		err := applySources(fs, environ)
 		if err == nil {
 			var s *settings
 			if s, err = fl.settings(nil); err == nil {

@@ -42,14 +42,14 @@ func TestInjectionEdgeSettingsRefused(t *testing.T) {
 		for _, v := range tt.values {
 			quoted, _ := json.Marshal(v) // a JSON string is a TOML basic string
 			file := filepath.Join(dir, "edge.toml")
-			sources := map[string]func() ([]string, map[string]string){
-				"flag": func() ([]string, map[string]string) {
+			sources := map[string]func() ([]string, []string){
+				"flag": func() ([]string, []string) {
 					return append(append([]string{}, tt.args...), "--"+tt.name+"="+v), nil
 				},
-				"environment": func() ([]string, map[string]string) {
-					return tt.args, map[string]string{EnvName(tt.name): v}
+				"environment": func() ([]string, []string) {
+					return tt.args, []string{EnvName(tt.name) + "=" + v}
 				},
-				"file": func() ([]string, map[string]string) {
+				"file": func() ([]string, []string) {
 					if err := os.WriteFile(file, []byte(tt.name+" = "+string(quoted)+"\n"), 0o600); err != nil {
 						t.Fatal(err)
 					}
@@ -65,7 +65,7 @@ func TestInjectionEdgeSettingsRefused(t *testing.T) {
 				fs, f := newFlagSet("run", &bytes.Buffer{}, nil)
 				err := fs.Parse(args)
 				if err == nil {
-					err = applySources(fs, func(k string) (string, bool) { s, ok := env[k]; return s, ok })
+					err = applySources(fs, env)
 				}
 				if err == nil {
 					_, err = f.settings(nil)

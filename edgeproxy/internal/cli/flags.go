@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 	"github.com/livegate/livegate/edgeproxy/internal/routes"
 	"github.com/livegate/livegate/pkg/buildinfo"
 	"github.com/livegate/livegate/pkg/events"
+	"github.com/livegate/livegate/pkg/logging"
 	"github.com/livegate/livegate/pkg/natsconn"
 )
 
@@ -35,7 +37,7 @@ const (
 	// DefaultMemoryLimitMiB is the Go runtime's soft memory limit: with 9,500 routes the live
 	// heap is about 20 MiB, and without a limit the heap grows to twice that between collections.
 	// At 40 the edge holds 9,500 routes in about 54 MiB RSS (62 at 48) with the same cold start
-	// (docs/benchmarks.md).
+	// (docs/benchmarks.md). It is not applied with --nats-embedded, whose server shares the heap.
 	DefaultMemoryLimitMiB = 40
 )
 
@@ -60,6 +62,24 @@ func (f *embeddedFlag) Set(s string) error {
 }
 
 func (f *embeddedFlag) IsBoolFlag() bool { return true }
+
+// limitFlag is --memory-limit-mib. It records whether any source set it, because the default
+// is measured for the edge alone and is left off when an embedded NATS server shares the heap.
+type limitFlag struct {
+	mib int
+	set bool
+}
+
+func (f *limitFlag) String() string { return strconv.Itoa(f.mib) }
+
+func (f *limitFlag) Set(s string) error {
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		return errors.New("want a whole number of MiB")
+	}
+	f.mib, f.set = n, true
+	return nil
+}
 
 // flags are the raw command-line values.
 type flags struct {
@@ -86,7 +106,7 @@ type flags struct {
 	natsEmbedded                             embeddedFlag
 	natsStoreDir                             string
 	adminAddr, logLevel, logFormat           string
-	memoryLimitMiB                           int
+	memoryLimit                              limitFlag
 }
 
 func hostname() string {
@@ -137,8 +157,8 @@ func newFlagSet(name string, stderr io.Writer, extra []func(*flag.FlagSet)) (*fl
 	fs.DurationVar(&f.tunnelTimeout, "tunnel-timeout", 8*time.Hour, "how long an idle websocket stays open (HAProxy timeout tunnel)")
 	fs.DurationVar(&f.hardStopAfter, "hard-stop-after", time.Hour, "how long old HAProxy workers keep their websockets after a reload")
 	fs.IntVar(&f.missLimit, "miss-limit", 20, "requests for unknown sessions one address may make per 10s before it gets 429")
-	fs.StringVar(&f.driver, "driver", "runtime", "how the HAProxy map is changed: runtime (its stats socket) or dataplaneapi (a Data Plane API v2 server)")
-	fs.StringVar(&f.driver, "haproxy-driver", "runtime", "the same as --driver")
+	fs.StringVar(&f.driver, "driver", "runtime", "how the HAProxy map is changed: runtime (its stats socket) or dataplaneapi (a Data Plane API v2 server); --haproxy-driver is another name for it")
+	fs.StringVar(&f.driver, "haproxy-driver", "runtime", "another name for --driver; set one of the two")
 	fs.StringVar(&f.backendCIDRs, "backend-cidrs", DefaultBackendCIDRs, "comma-separated CIDRs signaling and media backends must be inside")
 	fs.StringVar(&f.backendPorts, "backend-ports", DefaultBackendPorts, "port range signaling and media backends must be inside")
 	fs.IntVar(&f.maxRoutes, "max-routes", 10000, "most routes this edge serves; it claims no more pool routes beyond")
@@ -163,7 +183,8 @@ func newFlagSet(name string, stderr io.Writer, extra []func(*flag.FlagSet)) (*fl
 	fs.StringVar(&f.adminAddr, "admin-addr", DefaultAdminAddr, "address of GET /healthz, /metrics and /v1/routes")
 	fs.StringVar(&f.logLevel, "log-level", "info", "trace, debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "auto", "auto, json or console")
-	fs.IntVar(&f.memoryLimitMiB, "memory-limit-mib", DefaultMemoryLimitMiB, "soft limit of the Go runtime's memory in MiB: near it the garbage collector runs more often instead of the heap growing; 0 keeps the runtime's default; GOMEMLIMIT, when set, wins")
+	f.memoryLimit.mib = DefaultMemoryLimitMiB
+	fs.Var(&f.memoryLimit, "memory-limit-mib", "soft limit of the Go runtime's memory in `MiB`: near it the garbage collector runs more often instead of the heap growing; 0 keeps the runtime's default; with --nats-embedded the default is left off (the server shares the heap) and only a value from a flag, variable or file applies; GOMEMLIMIT, when set, wins")
 	fs.String(configFlag, "", "TOML file of settings, keyed by flag name (nats-url = \"nats://...\"); flags and environment variables override it")
 	for _, x := range extra {
 		x(fs)
@@ -181,7 +202,7 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if err := applySources(fs, os.LookupEnv); err != nil {
+	if err := applySources(fs, os.Environ()); err != nil {
 		fmt.Fprintf(fs.Output(), "%s: %v\n", fs.Name(), err)
 		return err
 	}
@@ -200,6 +221,8 @@ type settings struct {
 	mediaPorts routes.PortRange
 	publicIP   netip.Addr
 	nats       natsconn.Config
+	// memoryLimitMiB is the soft memory limit to set; 0 sets none.
+	memoryLimitMiB int
 }
 
 func (f *flags) settings(drivers map[string]DriverFactory) (*settings, error) {
@@ -251,8 +274,20 @@ func (f *flags) settings(drivers map[string]DriverFactory) (*settings, error) {
 	if f.portQuarantine < 0 {
 		errs = append(errs, errors.New("--port-quarantine must not be negative"))
 	}
-	if f.memoryLimitMiB < 0 {
+	switch {
+	case f.memoryLimit.mib < 0:
 		errs = append(errs, errors.New("--memory-limit-mib must not be negative"))
+	case f.natsEmbedded.addr != "" && !f.memoryLimit.set:
+		// The default is sized for the edge's own heap: with the NATS server's on top the
+		// collector would run all the time. An explicit value is the operator's choice.
+	default:
+		s.memoryLimitMiB = f.memoryLimit.mib
+	}
+	if _, err := logging.New(logging.Options{Level: f.logLevel, Out: io.Discard}); err != nil {
+		errs = append(errs, fmt.Errorf("--log-level: %w", err))
+	}
+	if _, err := logging.New(logging.Options{Format: f.logFormat, Out: io.Discard}); err != nil {
+		errs = append(errs, fmt.Errorf("--log-format: %w", err))
 	}
 	if err := events.ValidateToken("--edge-id", f.edgeID); err != nil {
 		errs = append(errs, err)

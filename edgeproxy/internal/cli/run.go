@@ -49,7 +49,8 @@ type MediaOptions struct {
 type MediaFactory func(ctx context.Context, o MediaOptions, log zerolog.Logger) (media.Plane, error)
 
 // DriverFactory adds a HAProxy driver selected with --driver=<name>: Flags declares its own flags,
-// New builds it once they are parsed, for the HAProxy configuration the flags describe. With such
+// New builds it once they are parsed, for the HAProxy configuration the flags describe. New must
+// check its settings and contact nothing: check-config calls it to fail where run would. With such
 // a driver the edge neither supervises HAProxy nor writes the map file: whatever the driver talks
 // to owns them.
 type DriverFactory struct {
@@ -118,8 +119,8 @@ func RunCommand(h Hooks) Command {
 func run(ctx context.Context, s *settings, h Hooks, log zerolog.Logger) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	if s.f.memoryLimitMiB > 0 && os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(int64(s.f.memoryLimitMiB) << 20)
+	if s.memoryLimitMiB > 0 && os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(int64(s.memoryLimitMiB) << 20)
 	}
 	if err := os.MkdirAll(s.f.stateDir, 0o750); err != nil {
 		return fmt.Errorf("state dir: %w", err)
@@ -369,14 +370,15 @@ func HAProxyConfigCommand(h Hooks) Command {
 }
 
 // CheckConfigCommand is `livegate-edgeproxy check-config`: it validates the flags, the TLS files
-// and, for a supervised HAProxy, has HAProxy check the rendered configuration.
+// and, for a supervised HAProxy, has HAProxy check the rendered configuration; for another
+// --driver it builds the driver, which checks its own settings and files.
 func CheckConfigCommand(h Hooks) Command {
 	return func(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		s, code := h.parse("check-config", args, stderr)
 		if s == nil {
 			return code
 		}
-		if err := checkConfig(ctx, s); err != nil {
+		if err := checkConfig(ctx, s, h); err != nil {
 			fmt.Fprintf(stderr, "livegate-edgeproxy check-config: %v\n", err)
 			return 1
 		}
@@ -385,8 +387,12 @@ func CheckConfigCommand(h Hooks) Command {
 	}
 }
 
-func checkConfig(ctx context.Context, s *settings) error {
-	if s.attached || s.f.driver != "runtime" {
+func checkConfig(ctx context.Context, s *settings, h Hooks) error {
+	if d, ok := h.Drivers[s.f.driver]; ok && s.f.driver != "runtime" {
+		_, err := d.New(ctx, s.haproxy, zerolog.Nop())
+		return err
+	}
+	if s.attached {
 		return nil
 	}
 	dir, err := os.MkdirTemp("", "livegate-check-")

@@ -83,7 +83,7 @@ var _ haproxy.Driver = (*Driver)(nil)
 func New(cfg Config, opts ...Option) (*Driver, error) {
 	u, err := url.Parse(cfg.URL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("data plane api url %q: want http(s)://host:port", cfg.URL)
+		return nil, fmt.Errorf("data plane api url %q: want http(s)://host:port", redactUserinfo(cfg.URL))
 	}
 	if u.User != nil {
 		return nil, errors.New("data plane api url: put the user in --dataplaneapi-user and the password in --dataplaneapi-password-file, not in the url")
@@ -116,6 +116,23 @@ func New(cfg Config, opts ...Option) (*Driver, error) {
 		o(d)
 	}
 	return d, nil
+}
+
+// redactUserinfo hides everything before the last '@' of a URL that failed to parse, but an
+// http:// or https:// scheme: "u:pw@host:5555" parses as scheme "u" with no user, so
+// url.URL.Redacted cannot be relied on to keep a password out of the error and the logs.
+func redactUserinfo(raw string) string {
+	at := strings.LastIndex(raw, "@")
+	if at < 0 {
+		return raw
+	}
+	scheme := ""
+	for _, s := range []string{"http://", "https://"} {
+		if len(s) <= at && strings.EqualFold(raw[:len(s)], s) {
+			scheme = raw[:len(s)]
+		}
+	}
+	return scheme + "xxxxx" + raw[at:]
 }
 
 // MapName is the Data Plane API's name of the map file at path: its base name without ".map".
