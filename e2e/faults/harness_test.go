@@ -50,11 +50,11 @@ const prefix = "lgf"
 
 const (
 	pool             = "faults"
-	natsPort         = 4222
-	signalingPort    = 48322
-	agentPort        = 8011
-	appSignalingPort = 31000
-	appMediaPort     = 31001
+	natsPort         = stack.NATSPort
+	signalingPort    = stack.SignalingPort
+	agentPort        = stack.AgentPort
+	appSignalingPort = stack.AppSignalingPort
+	appMediaPort     = stack.AppMediaPort
 	// mediaFirst..mediaLast is the edges' public UDP range: small, so a leak shows quickly.
 	mediaFirst = 10500
 	mediaLast  = 10599
@@ -795,18 +795,10 @@ func (e *env) addNode(i int, nc nodeConfig) error {
 // agentArgs: the agent serves the next session instead of quitting; without a resume window a
 // session ends as soon as its client leaves.
 func (n *node) agentArgs() []string {
-	return []string{
-		"--instance-id", n.instance, "--pool", pool,
-		"--nats-url", fmt.Sprintf("nats://%s:%d", hubLAN, natsPort),
-		"--port", strconv.Itoa(agentPort),
-		"--backend-ip", nodeLAN(n.i).String(),
-		"--signaling-backend", fmt.Sprintf(":%d", appSignalingPort),
-		"--media-backend", fmt.Sprintf(":%d", appMediaPort),
-		"--lease-ttl", leaseTTL.String(),
-		"--log-format", "console",
-		"--/exts/omni.services.livestream.session/quitOnSessionEnded=false",
-		fmt.Sprintf("--/exts/omni.services.livestream.session/resumeTimeoutSeconds=%d", int(n.resume.Seconds())),
-	}
+	return stack.AgentArgs(stack.AgentConfig{
+		InstanceID: n.instance, Pool: pool, NATSHost: hubLAN, BackendIP: nodeLAN(n.i),
+		LeaseTTL: leaseTTL, ResumeTimeoutSeconds: int(n.resume.Seconds()),
+	})
 }
 
 // endSession calls the agent's /v1/streaming/endsession.

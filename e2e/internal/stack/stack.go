@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -184,24 +185,42 @@ func WaitTCP(ctx context.Context, p *proc.Proc, ns *netns.Namespace, addr string
 	}
 }
 
+// AgentConfig is what differs between the agents of end-to-end deployments.
+type AgentConfig struct {
+	InstanceID, Pool     string
+	NATSHost, BackendIP  netip.Addr
+	LeaseTTL             time.Duration
+	QuitOnSessionEnded   bool
+	ResumeTimeoutSeconds int
+}
+
+// AgentArgs is the command line of an agent beside the demo app on the ports above, so that
+// every end-to-end test starts agents the same way.
+func AgentArgs(c AgentConfig) []string {
+	return []string{
+		"--instance-id", c.InstanceID,
+		"--pool", c.Pool,
+		"--nats-url", fmt.Sprintf("nats://%s:%d", c.NATSHost, NATSPort),
+		"--port", strconv.Itoa(AgentPort),
+		"--backend-ip", c.BackendIP.String(),
+		"--signaling-backend", fmt.Sprintf(":%d", AppSignalingPort),
+		"--media-backend", fmt.Sprintf(":%d", AppMediaPort),
+		"--lease-ttl", c.LeaseTTL.String(),
+		"--log-format", "console",
+		// Kit-style, as a Kit app's command line carries them.
+		fmt.Sprintf("--/exts/omni.services.livestream.session/quitOnSessionEnded=%t", c.QuitOnSessionEnded),
+		fmt.Sprintf("--/exts/omni.services.livestream.session/resumeTimeoutSeconds=%d", c.ResumeTimeoutSeconds),
+	}
+}
+
 // startAgent starts the node's agent with the Kit-style session settings of its options.
 func (n *Node) startAgent(ctx context.Context) error {
 	d := n.d
 	name := fmt.Sprintf("agent%d", n.Index)
-	p, err := d.start(ctx, name, n.NS, d.opts.Bins.Agent,
-		"--instance-id", n.InstanceID,
-		"--pool", d.opts.Pool,
-		"--nats-url", fmt.Sprintf("nats://%s:%d", netns.EdgeNodeSide(n.Index), NATSPort),
-		"--port", strconv.Itoa(AgentPort),
-		"--backend-ip", netns.NodeAddr(n.Index).String(),
-		"--signaling-backend", fmt.Sprintf(":%d", AppSignalingPort),
-		"--media-backend", fmt.Sprintf(":%d", AppMediaPort),
-		"--lease-ttl", d.opts.LeaseTTL.String(),
-		"--log-format", "console",
-		// Kit-style, as a Kit app's command line carries them.
-		fmt.Sprintf("--/exts/omni.services.livestream.session/quitOnSessionEnded=%t", n.opts.QuitOnSessionEnded),
-		fmt.Sprintf("--/exts/omni.services.livestream.session/resumeTimeoutSeconds=%d", n.opts.ResumeTimeoutSeconds),
-	)
+	p, err := d.start(ctx, name, n.NS, d.opts.Bins.Agent, AgentArgs(AgentConfig{
+		InstanceID: n.InstanceID, Pool: d.opts.Pool, NATSHost: netns.EdgeNodeSide(n.Index), BackendIP: netns.NodeAddr(n.Index),
+		LeaseTTL: d.opts.LeaseTTL, QuitOnSessionEnded: n.opts.QuitOnSessionEnded, ResumeTimeoutSeconds: n.opts.ResumeTimeoutSeconds,
+	})...)
 	if err != nil {
 		return err
 	}
