@@ -35,6 +35,6 @@ func (f *Flags) Driver(c haproxy.Config, log zerolog.Logger, opts ...Option) (*D
 	if err != nil {
 		return nil, err
 	}
-	return New(Config{URL: f.URL, User: f.User, Password: password, Map: MapName(c.MapFile), Proxy: &proxy},
+	return New(Config{URL: f.URL, User: f.User, Password: password, PasswordFile: f.PasswordFile, Map: MapName(c.MapFile), Proxy: &proxy},
 		append([]Option{WithLogger(log)}, opts...)...)
 }

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy"
 )
@@ -23,6 +25,8 @@ type MapStore interface {
 	Add(ctx context.Context, m, key, value string) error
 	Set(ctx context.Context, m, key, value string) error
 	Del(ctx context.Context, m, key string) error
+	// Replace makes the map hold entries only, in one step (prepare, add @ver, commit).
+	Replace(ctx context.Context, m string, entries []MapEntry) error
 	// Sync writes the map to its file (force_sync).
 	Sync(ctx context.Context, m string) error
 }
@@ -32,6 +36,8 @@ type MemoryMaps struct {
 	mu    sync.Mutex
 	maps  map[string][]MapEntry
 	syncs map[string]int
+	down  bool
+	dir   string
 }
 
 // NewMemoryMaps holds the named, empty maps.
@@ -41,6 +47,33 @@ func NewMemoryMaps(names ...string) *MemoryMaps {
 		m.maps[n] = nil
 	}
 	return m
+}
+
+// SetDown makes every call fail as HAProxy's runtime socket does when HAProxy is stopped.
+func (mm *MemoryMaps) SetDown(down bool) {
+	mm.mu.Lock()
+	defer mm.mu.Unlock()
+	mm.down = down
+}
+
+// WriteFiles makes Sync write each synced map to <dir>/<name>.map in full, in place, as the real
+// server's force_sync does: the cost of a change then grows with the map.
+func (mm *MemoryMaps) WriteFiles(dir string) {
+	mm.mu.Lock()
+	defer mm.mu.Unlock()
+	mm.dir = dir
+}
+
+// get returns map m; mm.mu is held.
+func (mm *MemoryMaps) get(m string) ([]MapEntry, error) {
+	if mm.down {
+		return nil, fmt.Errorf("dial unix /run/haproxy/admin.sock: connect: %w", syscall.ECONNREFUSED)
+	}
+	l, ok := mm.maps[m]
+	if !ok {
+		return nil, fmt.Errorf("map %s: %w", m, ErrNotFound)
+	}
+	return l, nil
 }
 
 // Syncs is how many times map m was synced to its file.
@@ -53,9 +86,9 @@ func (mm *MemoryMaps) Syncs(m string) int {
 func (mm *MemoryMaps) Show(_ context.Context, m string) ([]MapEntry, error) {
 	mm.mu.Lock()
 	defer mm.mu.Unlock()
-	l, ok := mm.maps[m]
-	if !ok {
-		return nil, fmt.Errorf("map %s: %w", m, ErrNotFound)
+	l, err := mm.get(m)
+	if err != nil {
+		return nil, err
 	}
 	return append([]MapEntry(nil), l...), nil
 }
@@ -64,9 +97,9 @@ func (mm *MemoryMaps) Show(_ context.Context, m string) ([]MapEntry, error) {
 func (mm *MemoryMaps) Add(_ context.Context, m, key, value string) error {
 	mm.mu.Lock()
 	defer mm.mu.Unlock()
-	l, ok := mm.maps[m]
-	if !ok {
-		return fmt.Errorf("map %s: %w", m, ErrNotFound)
+	l, err := mm.get(m)
+	if err != nil {
+		return err
 	}
 	mm.maps[m] = append(l, MapEntry{key, value})
 	return nil
@@ -75,9 +108,9 @@ func (mm *MemoryMaps) Add(_ context.Context, m, key, value string) error {
 func (mm *MemoryMaps) Set(_ context.Context, m, key, value string) error {
 	mm.mu.Lock()
 	defer mm.mu.Unlock()
-	l, ok := mm.maps[m]
-	if !ok {
-		return fmt.Errorf("map %s: %w", m, ErrNotFound)
+	l, err := mm.get(m)
+	if err != nil {
+		return err
 	}
 	found := false
 	for i := range l {
@@ -94,9 +127,9 @@ func (mm *MemoryMaps) Set(_ context.Context, m, key, value string) error {
 func (mm *MemoryMaps) Del(_ context.Context, m, key string) error {
 	mm.mu.Lock()
 	defer mm.mu.Unlock()
-	l, ok := mm.maps[m]
-	if !ok {
-		return fmt.Errorf("map %s: %w", m, ErrNotFound)
+	l, err := mm.get(m)
+	if err != nil {
+		return err
 	}
 	out := l[:0]
 	for _, e := range l {
@@ -111,14 +144,32 @@ func (mm *MemoryMaps) Del(_ context.Context, m, key string) error {
 	return nil
 }
 
+func (mm *MemoryMaps) Replace(_ context.Context, m string, entries []MapEntry) error {
+	mm.mu.Lock()
+	defer mm.mu.Unlock()
+	if _, err := mm.get(m); err != nil {
+		return err
+	}
+	mm.maps[m] = append([]MapEntry(nil), entries...)
+	return nil
+}
+
 func (mm *MemoryMaps) Sync(_ context.Context, m string) error {
 	mm.mu.Lock()
 	defer mm.mu.Unlock()
-	if _, ok := mm.maps[m]; !ok {
-		return fmt.Errorf("map %s: %w", m, ErrNotFound)
+	l, err := mm.get(m)
+	if err != nil {
+		return err
 	}
 	mm.syncs[m]++
-	return nil
+	if mm.dir == "" {
+		return nil
+	}
+	var b strings.Builder
+	for _, e := range l {
+		b.WriteString(e.Key + " " + e.Value + "\n")
+	}
+	return os.WriteFile(filepath.Join(mm.dir, m+".map"), []byte(b.String()), 0o644)
 }
 
 // RuntimeMaps is a MapStore over a real HAProxy's runtime API, as the real Data Plane API is:
@@ -189,6 +240,25 @@ func (r RuntimeMaps) Set(ctx context.Context, m, key, value string) error {
 
 func (r RuntimeMaps) Del(ctx context.Context, m, key string) error {
 	return r.answer(r.exec(ctx, "del", "map", r.path(m), key))
+}
+
+// Replace is the real server's way with a large payload: a new version of the map, filled,
+// then committed.
+func (r RuntimeMaps) Replace(ctx context.Context, m string, entries []MapEntry) error {
+	out, err := r.exec(ctx, "prepare", "map", r.path(m))
+	if err != nil {
+		return err
+	}
+	ver, ok := strings.CutPrefix(strings.TrimSpace(out), "New version created: ")
+	if !ok {
+		return fmt.Errorf("prepare map: %s", out)
+	}
+	for _, e := range entries {
+		if err := r.answer(r.exec(ctx, "add", "map", "@"+ver, r.path(m), e.Key, e.Value)); err != nil {
+			return err
+		}
+	}
+	return r.answer(r.exec(ctx, "commit", "map", "@"+ver, r.path(m)))
 }
 
 func (r RuntimeMaps) Sync(ctx context.Context, m string) error {
