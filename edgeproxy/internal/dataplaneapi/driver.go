@@ -244,7 +244,7 @@ func (d *Driver) Apply(ctx context.Context, set map[string]string, del []string)
 
 // Large batches (an edge starting with many routes, a resync after an outage) read the map once,
 // skip what is already right and are checked against a read of the map afterwards.
-const bulkMin = 32
+const bulkMin = 256
 
 // batch is one Apply's calls: which one carries force_sync, which deletes await confirmation.
 type batch struct {

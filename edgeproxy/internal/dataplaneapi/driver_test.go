@@ -53,7 +53,7 @@ func fastOpts(extra ...dataplaneapi.Option) []dataplaneapi.Option {
 	}, extra...)
 }
 
-func newDriver(t *testing.T, srv *dpatest.Server, proxy *dataplaneapi.Proxy, opts ...dataplaneapi.Option) *dataplaneapi.Driver {
+func newDriver(t testing.TB, srv *dpatest.Server, proxy *dataplaneapi.Proxy, opts ...dataplaneapi.Option) *dataplaneapi.Driver {
 	t.Helper()
 	d, err := dataplaneapi.New(dataplaneapi.Config{URL: srv.URL, User: user, Password: password, Map: mapName, Proxy: proxy}, fastOpts(opts...)...)
 	if err != nil {
@@ -525,9 +525,9 @@ func TestLargeSetsSkipWhatIsThere(t *testing.T) {
 		preset, failBulk     bool
 		wantSingle, wantBulk int
 	}{
-		{"map holds entries", true, false, 39, 0}, // 38 missing, and k001 (409, then replaced)
+		{"map holds entries", true, false, 299, 0}, // 298 missing, and k001 (409, then replaced)
 		{"empty map", false, false, 0, 1},
-		{"empty map, payload fails", false, true, 40, 1},
+		{"empty map, payload fails", false, true, 300, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			maps := dpatest.NewMemoryMaps(mapName)
@@ -541,14 +541,14 @@ func TestLargeSetsSkipWhatIsThere(t *testing.T) {
 				srv.AddFault(dpatest.Fault{OperationID: "addPayloadRuntimeMap", Status: http.StatusInternalServerError, Count: 1})
 			}
 			set := map[string]string{}
-			for i := range 40 {
+			for i := range 300 {
 				set[fmt.Sprintf("k%03d", i)] = "10.0.0.1:30000"
 			}
 			if err := newDriver(t, srv, nil).Apply(ctx, set, nil); err != nil {
 				t.Fatal(err)
 			}
-			if e, _ := maps.Show(ctx, mapName); len(e) != 40 {
-				t.Fatalf("map has %d entries, want 40", len(e))
+			if e, _ := maps.Show(ctx, mapName); len(e) != 300 {
+				t.Fatalf("map has %d entries, want 300", len(e))
 			}
 			got, err := newDriver(t, srv, nil).List(ctx)
 			if err != nil || !reflect.DeepEqual(got, set) {

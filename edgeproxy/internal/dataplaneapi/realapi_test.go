@@ -110,7 +110,7 @@ func TestLargeSetIsCheckedAgainstTheMap(t *testing.T) {
 			_ = maps.Add(ctx, mapName, "k00000", "10.9.9.9:1")
 		}
 	})
-	set := routes("k", 40)
+	set := routes("k", 300) // a payload under 8 KiB
 	d := newDriver(t, srv, nil)
 	err := d.Apply(ctx, set, nil)
 	if err == nil || !strings.Contains(err.Error(), "k00000") {

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -56,8 +58,10 @@ func (mm *MemoryMaps) SetDown(down bool) {
 	mm.down = down
 }
 
-// WriteFiles makes Sync write each synced map to <dir>/<name>.map in full, in place, as the real
-// server's force_sync does: the cost of a change then grows with the map.
+// WriteFiles makes Sync keep <dir>/<name>.map as the real server's force_sync does (v2.9,
+// configuration/map_sync.go): read and parse the file, sort it and the runtime entries, and when
+// they differ truncate the file and write it again one line per write call, in place. The cost of
+// a change then grows with the map as it does there.
 func (mm *MemoryMaps) WriteFiles(dir string) {
 	mm.mu.Lock()
 	defer mm.mu.Unlock()
@@ -165,11 +169,44 @@ func (mm *MemoryMaps) Sync(_ context.Context, m string) error {
 	if mm.dir == "" {
 		return nil
 	}
-	var b strings.Builder
-	for _, e := range l {
-		b.WriteString(e.Key + " " + e.Value + "\n")
+	return syncFile(filepath.Join(mm.dir, m+".map"), l)
+}
+
+func syncFile(path string, runtime []MapEntry) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return err
 	}
-	return os.WriteFile(filepath.Join(mm.dir, m+".map"), []byte(b.String()), 0o644)
+	defer f.Close()
+	data, err := io.ReadAll(f)
+	if err != nil {
+		return err
+	}
+	var file []MapEntry
+	for line := range strings.SplitSeq(string(data), "\n") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(line), " "); ok {
+			file = append(file, MapEntry{k, v})
+		}
+	}
+	byKey := func(a, b MapEntry) int { return strings.Compare(a.Key, b.Key) }
+	runtime = slices.Clone(runtime)
+	slices.SortFunc(file, byKey)
+	slices.SortFunc(runtime, byKey)
+	if slices.Equal(file, runtime) {
+		return nil
+	}
+	if err := f.Truncate(0); err != nil {
+		return err
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	for _, e := range runtime {
+		if _, err := f.WriteString(e.Key + " " + e.Value + "\n"); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // RuntimeMaps is a MapStore over a real HAProxy's runtime API, as the real Data Plane API is:
