@@ -41,12 +41,16 @@ func (e *APIError) Error() string {
 	return fmt.Sprintf("data plane api %s %s: %d: %s", e.Method, e.Path, e.Status, msg)
 }
 
-// HAProxyUnreachable reports an answer that says the API could not reach HAProxy's runtime
-// socket. The real server gives it no status of its own (v2.9: 404 to a delete or a replace, 400
-// to an add, 500 to a read), so only its message tells it from a missing entry or a bad request.
+// HAProxyUnreachable reports an answer to a runtime call that says the API could not reach
+// HAProxy's runtime socket. The real server gives it no status of its own (v2.9: 404 to a delete
+// or a replace, 400 to an add, 500 to a read), so only its message tells it from a missing entry
+// or a bad request. Configuration calls are left out: there a missing file is the operator's.
 func (e *APIError) HAProxyUnreachable() bool {
+	if !strings.HasPrefix(e.Path, runtimePath) {
+		return false
+	}
 	m := strings.ToLower(e.Message)
-	return strings.Contains(m, "connection refused") || strings.Contains(m, "no such file or directory") || strings.Contains(m, "connection reset")
+	return strings.Contains(m, "connection refused") || strings.Contains(m, "connect: no such file or directory") || strings.Contains(m, "connection reset")
 }
 
 // statusOf returns the HTTP status of an APIError in err's chain, or 0.

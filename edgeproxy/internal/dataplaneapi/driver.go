@@ -164,8 +164,9 @@ func ReadPasswordFile(path string) (string, error) {
 }
 
 const (
-	entriesPath = "/services/haproxy/runtime/maps_entries"
-	mapsPath    = "/services/haproxy/runtime/maps"
+	runtimePath = "/services/haproxy/runtime/"
+	entriesPath = runtimePath + "maps_entries"
+	mapsPath    = runtimePath + "maps"
 )
 
 func (d *Driver) mapQuery(sync bool) url.Values {

@@ -18,7 +18,7 @@ type Flags struct {
 func (f *Flags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.URL, "dataplaneapi-url", "http://127.0.0.1:5555", "Data Plane API v2 address of the dataplaneapi driver; /v2 is added")
 	fs.StringVar(&f.User, "dataplaneapi-user", "", "Data Plane API user (basic auth)")
-	fs.StringVar(&f.PasswordFile, "dataplaneapi-password-file", "", "file holding the Data Plane API user's password")
+	fs.StringVar(&f.PasswordFile, "dataplaneapi-password-file", "", "file holding the Data Plane API user's password; read again when the API answers 401")
 }
 
 // Driver builds the driver for the HAProxy configuration c: its map file names the map, and its

@@ -268,13 +268,8 @@ func TestDeleteAnswered404IsConfirmed(t *testing.T) {
 
 // A batch writes the map file once, with its last call.
 func TestOneForceSyncPerBatch(t *testing.T) {
-	maps := dpatest.NewMemoryMaps(mapName)
-	dir := t.TempDir()
-	maps.WriteFiles(dir)
+	maps, dir := fileMaps(t, routes("old", 5))
 	ctx := ctxT(t)
-	for k, v := range routes("old", 5) {
-		_ = maps.Add(ctx, mapName, k, v)
-	}
 	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: maps})
 	d := newDriver(t, srv, nil)
 	set := routes("new", 10)
@@ -316,9 +311,7 @@ func TestOneForceSyncPerBatch(t *testing.T) {
 
 // A force_sync owed when the API could not be reached is made by the next read of the map.
 func TestOwedForceSyncIsMadeByList(t *testing.T) {
-	maps := dpatest.NewMemoryMaps(mapName)
-	dir := t.TempDir()
-	maps.WriteFiles(dir)
+	maps, dir := fileMaps(t, nil)
 	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: maps})
 	d := newDriver(t, srv, nil)
 	ctx := ctxT(t)
@@ -347,6 +340,17 @@ func TestOwedForceSyncIsMadeByList(t *testing.T) {
 		t.Fatalf("map file after List: %v", file)
 	}
 	checkContract(t, srv)
+}
+
+// fileMaps is a map holding entries whose force_sync writes its file in a directory of the test.
+func fileMaps(t *testing.T, entries map[string]string) (*dpatest.MemoryMaps, string) {
+	maps := dpatest.NewMemoryMaps(mapName)
+	dir := t.TempDir()
+	maps.WriteFiles(dir)
+	for k, v := range entries {
+		_ = maps.Add(context.Background(), mapName, k, v)
+	}
+	return maps, dir
 }
 
 func readMapFile(t *testing.T, path string) map[string]string {
@@ -398,6 +402,39 @@ func TestRuntimeSocketGoneIsUnreachable(t *testing.T) {
 	}
 	if err := d.Apply(ctx, map[string]string{"a": "10.0.0.1:1"}, nil); !unreachable(err) || statusOf(err) != http.StatusBadRequest {
 		t.Fatalf("add: %v", err)
+	}
+	checkContract(t, srv)
+}
+
+// An owed force_sync on a map that is now empty is made by clearing it.
+func TestOwedForceSyncOnAnEmptyMap(t *testing.T) {
+	maps, dir := fileMaps(t, map[string]string{"a": "10.0.0.1:1", "b": "10.0.0.1:2"})
+	ctx := ctxT(t)
+	_ = maps.Sync(ctx, mapName)
+	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: maps})
+	d := newDriver(t, srv, nil)
+	dels := 0
+	srv.OnRequest(func(op string) {
+		if op == "deleteRuntimeMapEntry" {
+			if dels++; dels == 2 {
+				maps.SetDown(true)
+			}
+		}
+	})
+	if err := d.Apply(ctx, nil, []string{"a", "b"}); !unreachable(err) {
+		t.Fatalf("Apply = %v, want haproxy unreachable", err)
+	}
+	srv.OnRequest(nil)
+	maps.SetDown(false)
+	_ = maps.Del(ctx, mapName, "b")
+	if got, err := d.List(ctx); err != nil || len(got) != 0 {
+		t.Fatalf("List = %v, %v", got, err)
+	}
+	if file := readMapFile(t, filepath.Join(dir, mapName+".map")); len(file) != 0 {
+		t.Fatalf("map file after List: %v", file)
+	}
+	if n := count(srv, "clearRuntimeMap"); n != 1 {
+		t.Fatalf("%d clears, want 1", n)
 	}
 	checkContract(t, srv)
 }

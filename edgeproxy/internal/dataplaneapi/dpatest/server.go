@@ -320,7 +320,7 @@ func faultAnswer(r *http.Request, hit *Fault) answer {
 
 func (s *Server) dispatch(ctx context.Context, op string, params map[string]string, q url.Values, body []byte) answer {
 	switch op {
-	case "showRuntimeMap", "addMapEntry", "getRuntimeMapEntry", "replaceRuntimeMapEntry", "deleteRuntimeMapEntry", "addPayloadRuntimeMap":
+	case "showRuntimeMap", "addMapEntry", "getRuntimeMapEntry", "replaceRuntimeMapEntry", "deleteRuntimeMapEntry", "addPayloadRuntimeMap", "clearRuntimeMap":
 		return s.mapEntries(ctx, op, params, q, body)
 	}
 	s.mu.Lock()
@@ -610,7 +610,7 @@ func unreachable(err error) bool {
 // command and ends in "not found"), 400 to an add, 500 to a read.
 func (s *Server) mapEntries(ctx context.Context, op string, params map[string]string, q url.Values, body []byte) answer {
 	m, key := q.Get("map"), params["id"]
-	if op == "addPayloadRuntimeMap" {
+	if op == "addPayloadRuntimeMap" || op == "clearRuntimeMap" {
 		m = params["name"]
 	}
 	store := s.opts.Maps
@@ -697,6 +697,11 @@ func (s *Server) mapEntries(ctx context.Context, op string, params map[string]st
 			}
 		}
 		return sync(answer{status: http.StatusCreated, body: out})
+	case "clearRuntimeMap":
+		if err := store.Replace(ctx, m, nil); err != nil {
+			return fail(err)
+		}
+		return sync(answer{status: http.StatusNoContent})
 	case "replaceRuntimeMapEntry":
 		var in struct{ Value string }
 		if err := json.Unmarshal(body, &in); err != nil {
