@@ -42,9 +42,8 @@ func (e *APIError) Error() string {
 }
 
 // HAProxyUnreachable reports an answer to a runtime call that says the API could not reach
-// HAProxy's runtime socket. The real server gives it no status of its own (v2.9: 404 to a delete
-// or a replace, 400 to an add, 500 to a read), so only its message tells it from a missing entry
-// or a bad request. Configuration calls are left out: there a missing file is the operator's.
+// HAProxy's runtime socket. The real server gives it no status of its own (v2.9: 404 to a delete,
+// 400 to an add), so only its message tells it from a missing entry or a bad request. Configuration calls are left out: there a missing file is the operator's.
 func (e *APIError) HAProxyUnreachable() bool {
 	if !strings.HasPrefix(e.Path, runtimePath) {
 		return false

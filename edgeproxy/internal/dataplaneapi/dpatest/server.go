@@ -606,8 +606,9 @@ func unreachable(err error) bool {
 
 // mapEntries handles the runtime map entry operations. The existence check before an add is the
 // API's own (409), since HAProxy's `add map` would add a second entry. When HAProxy cannot be
-// reached the answers are the real server's: 404 to a delete or a replace (its error names the
-// command and ends in "not found"), 400 to an add, 500 to a read.
+// reached the answers are the real server's (v2.9.25): 404 to a delete (its error names the
+// command and ends in "not found"), 400 to an add; the fake answers a replace as a delete and a
+// read with 500.
 func (s *Server) mapEntries(ctx context.Context, op string, params map[string]string, q url.Values, body []byte) answer {
 	m, key := q.Get("map"), params["id"]
 	if op == "addPayloadRuntimeMap" || op == "clearRuntimeMap" {
