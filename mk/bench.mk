@@ -11,7 +11,7 @@ BENCH_TOOLS = command -v wrk >/dev/null && command -v turnserver >/dev/null || {
 
 .PHONY: bench bench-quick
 
-bench: deps build ## Every benchmark at the issue's durations (about 3-4 minutes)
+bench: deps build ## Every benchmark at the issue's durations (about 4-5 minutes)
 	@if [ "$$(id -u)" != 0 ]; then echo "make bench: run as root (network namespaces, iptables inside them)" >&2; exit 1; fi
 	@$(BENCH_TOOLS)
 	cd e2e && go run ./bench/cmd/livegate-bench --bin ../bin $(BENCH_FLAGS)

@@ -39,10 +39,11 @@ const (
 	Bulk      = "bulk"
 	Media     = "media"
 	REST      = "rest"
+	DPA       = "dpa"
 )
 
 // All lists every benchmark.
-var All = []string{Route, Signaling, Bulk, Media, REST}
+var All = []string{Route, Signaling, Bulk, Media, REST, DPA}
 
 // Config says what to run and with which programs.
 type Config struct {
@@ -116,6 +117,9 @@ func Run(ctx context.Context, c Config, names []string) []report.Result {
 	}
 	if want[REST] {
 		emit(c.rest(ctx)...)
+	}
+	if want[DPA] {
+		emit(c.dataplaneAPI(ctx)...)
 	}
 	return all
 }

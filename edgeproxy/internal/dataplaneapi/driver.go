@@ -30,6 +30,9 @@ type Config struct {
 	URL      string
 	User     string
 	Password string
+	// PasswordFile, when set, is where Password came from: it is read again when the API answers
+	// 401, so that correcting the file needs no restart.
+	PasswordFile string
 	// Map names the session map in runtime map calls as the Data Plane API does: the map file's
 	// name without ".map", the file being in the API's maps directory (see MapName).
 	Map string
@@ -75,6 +78,11 @@ type Driver struct {
 
 	setupMu   sync.Mutex
 	setupDone bool
+
+	// mapMu serialises map changes and reads; syncPending says runtime changes were made that no
+	// force_sync has written to the map file yet.
+	mapMu       sync.Mutex
+	syncPending bool
 }
 
 var _ haproxy.Driver = (*Driver)(nil)
@@ -101,7 +109,7 @@ func New(cfg Config, opts ...Option) (*Driver, error) {
 	}
 	d := &Driver{
 		c: &client{
-			base: u, user: cfg.User, password: cfg.Password,
+			base: u, user: cfg.User, password: cfg.Password, passwordFile: cfg.PasswordFile,
 			hc: &http.Client{}, timeout: 10 * time.Second, attempts: 4, backoff: 200 * time.Millisecond,
 			sleep: sleepCtx,
 		},
@@ -115,6 +123,7 @@ func New(cfg Config, opts ...Option) (*Driver, error) {
 	for _, o := range opts {
 		o(d)
 	}
+	d.c.log = d.log
 	return d, nil
 }
 
@@ -155,8 +164,9 @@ func ReadPasswordFile(path string) (string, error) {
 }
 
 const (
-	entriesPath = "/services/haproxy/runtime/maps_entries"
-	mapsPath    = "/services/haproxy/runtime/maps"
+	runtimePath = "/services/haproxy/runtime/"
+	entriesPath = runtimePath + "maps_entries"
+	mapsPath    = runtimePath + "maps"
 )
 
 func (d *Driver) mapQuery(sync bool) url.Values {
@@ -167,10 +177,13 @@ func (d *Driver) mapQuery(sync bool) url.Values {
 	return q
 }
 
-// Apply sets and deletes map entries one call each, every call with force_sync so the map file
-// follows. A set is an add, or a replace when the key exists (409); a delete of a missing key
-// (404) is done. Every call is safe to repeat, so transient failures are retried. Entries that
-// fail do not stop the others; a 401 stops everything.
+// Apply sets and deletes map entries one call each. A set is an add, or a replace when the key
+// exists (409). Only the last call of a batch carries force_sync: the API rewrites the whole map
+// file on each force_sync, so one per batch keeps the cost of a change from growing with the map,
+// and the file still holds the batch when Apply returns. A delete answered 404 is done only once
+// a read of the map confirms the key is gone: the API answers 404 too when HAProxy is unreachable.
+// An answer saying HAProxy is unreachable, whatever its status, is retried and then stops the
+// batch, as a 401 does. Every call is safe to repeat; other failures do not stop the others.
 func (d *Driver) Apply(ctx context.Context, set map[string]string, del []string) error {
 	for k, v := range set {
 		if err := checkEntry(k, v); err != nil {
@@ -185,76 +198,196 @@ func (d *Driver) Apply(ctx context.Context, set map[string]string, del []string)
 	if err := d.ensureSetup(ctx); err != nil {
 		return err
 	}
-	var errs []error
-	fail := func(err error) bool {
-		errs = append(errs, err)
-		return statusOf(err) == http.StatusUnauthorized || ctx.Err() != nil
-	}
+	d.mapMu.Lock()
+	defer d.mapMu.Unlock()
+	var dels []string
 	for _, k := range del {
-		if _, ok := set[k]; ok {
-			continue
-		}
-		if err := d.deleteEntry(ctx, k); err != nil && fail(fmt.Errorf("delete route %s: %w", k, err)) {
-			return errors.Join(errs...)
+		if _, ok := set[k]; !ok {
+			dels = append(dels, k)
 		}
 	}
 	keys := slices.Sorted(maps.Keys(set))
-	if len(keys) >= bulkMin {
-		var err error
-		if keys, err = d.addMissing(ctx, set, keys); err != nil && fail(err) {
-			return errors.Join(errs...)
+	b := &batch{d: d, ctx: ctx}
+	bulk := len(keys)+len(dels) >= bulkMin
+	if bulk {
+		have, err := d.list(ctx)
+		if err != nil {
+			return err
 		}
+		keys, dels = b.plan(have, set, keys, dels)
+	}
+	b.total = len(dels) + len(keys)
+	if len(keys) > 0 && bulk && b.payload {
+		keys = b.addAll(set, keys)
+	}
+	for _, k := range dels {
+		if b.stop {
+			break
+		}
+		b.run(fmt.Sprintf("delete route %s", k), func(sync bool) error { return b.deleteEntry(k, sync) })
 	}
 	for _, k := range keys {
-		if err := d.setEntry(ctx, k, set[k]); err != nil && fail(fmt.Errorf("set route %s: %w", k, err)) {
-			return errors.Join(errs...)
+		if b.stop {
+			break
 		}
+		b.run(fmt.Sprintf("set route %s", k), func(sync bool) error { return d.setEntry(ctx, k, set[k], sync) })
 	}
-	return errors.Join(errs...)
+	if b.stop {
+		return errors.Join(b.errs...)
+	}
+	var want map[string]string
+	if bulk && b.wrote {
+		want = set
+	}
+	b.confirm(want)
+	return errors.Join(b.errs...)
 }
 
-// Large sets (an edge starting with many routes) read the map once, skip what is already right
-// and add the missing keys with one payload call per bulkChunk entries instead of one call each.
-const (
-	bulkMin   = 32
-	bulkChunk = 500
-)
+// Large batches (an edge starting with many routes, a resync after an outage) read the map once,
+// skip what is already right and are checked against a read of the map afterwards.
+const bulkMin = 256
 
-// addMissing adds the keys of set the map lacks in bulk and returns the keys still to set one by
-// one: those with another value, and those of a chunk whose bulk add failed. A payload add is not
-// safe to repeat (it would add duplicates), so a failed chunk is never retried as a payload; its
-// keys go through the per-entry add, which answers 409 for whatever the chunk did add.
-func (d *Driver) addMissing(ctx context.Context, set map[string]string, keys []string) ([]string, error) {
-	have, err := d.list(ctx)
-	if err != nil {
-		return keys, err
-	}
-	var rest, missing []string
+// batch is one Apply's calls: which one carries force_sync, which deletes await confirmation.
+type batch struct {
+	d           *Driver
+	ctx         context.Context
+	total, done int
+	wrote       bool
+	// payload: the map was empty, so every key may go in one payload call.
+	payload     bool
+	unconfirmed []string
+	errs        []error
+	stop        bool
+}
+
+// plan drops from keys and dels what the map have already agrees with.
+func (b *batch) plan(have, set map[string]string, keys, dels []string) ([]string, []string) {
+	b.payload = len(have) == 0
+	var ks, ds []string
 	for _, k := range keys {
-		v, ok := have[k]
-		switch {
-		case !ok:
-			missing = append(missing, k)
-		case v != set[k]:
-			rest = append(rest, k)
+		if v, ok := have[k]; !ok || v != set[k] {
+			ks = append(ks, k)
 		}
 	}
-	for start := 0; start < len(missing); start += bulkChunk {
-		chunk := missing[start:min(start+bulkChunk, len(missing))]
-		body := make([]mapEntry, len(chunk))
-		for i, k := range chunk {
-			body[i] = mapEntry{Key: k, Value: set[k]}
-		}
-		q := url.Values{"force_sync": {"true"}}
-		if _, err := d.c.do(ctx, request{method: http.MethodPut, path: mapsPath + "/" + d.mapName, query: q, body: body}); err != nil {
-			if statusOf(err) == http.StatusUnauthorized {
-				return nil, fmt.Errorf("add %d routes: %w", len(chunk), err)
-			}
-			d.log.Warn().Err(err).Int("routes", len(chunk)).Msg("bulk add of routes failed; adding them one by one")
-			rest = append(rest, chunk...)
+	for _, k := range dels {
+		if _, ok := have[k]; ok {
+			ds = append(ds, k)
 		}
 	}
-	return rest, nil
+	return ks, ds
+}
+
+// run makes one call, the last of the batch with force_sync, and records its failure. A call that
+// failed may have changed the map, so it leaves a force_sync owed, as one that succeeded without
+// force_sync does.
+func (b *batch) run(what string, call func(sync bool) error) {
+	b.done++
+	b.wrote = true
+	last := b.done == b.total
+	err := call(last)
+	switch {
+	case errors.Is(err, errNoChange):
+	case err == nil:
+		b.d.syncPending = !last
+	default:
+		b.d.syncPending = true
+		b.fail(fmt.Errorf("%s: %w", what, err))
+	}
+}
+
+func (b *batch) fail(err error) {
+	b.errs = append(b.errs, err)
+	b.stop = b.stop || statusOf(err) == http.StatusUnauthorized || haproxyDown(err) || b.ctx.Err() != nil
+}
+
+// addAll adds every key of an empty map in one payload call and returns the keys still to set one
+// by one: none, or all of them when the payload failed. The map being empty matters: the real
+// server adds a small payload to the map but makes a large one (over 8 KiB) the whole map, so only
+// a payload of the whole desired map is right both ways. A failed payload is not repeated (it
+// could add duplicates); the per-entry add answers 409 for whatever it did add.
+func (b *batch) addAll(set map[string]string, keys []string) []string {
+	body := make([]mapEntry, len(keys))
+	for i, k := range keys {
+		body[i] = mapEntry{Key: k, Value: set[k]}
+	}
+	q := url.Values{"force_sync": {"true"}}
+	b.wrote = true
+	_, err := b.d.c.do(b.ctx, request{method: http.MethodPut, path: mapsPath + "/" + b.d.mapName, query: q, body: body})
+	if err == nil {
+		b.total -= len(keys)
+		b.d.syncPending = false
+		return nil
+	}
+	if statusOf(err) == http.StatusUnauthorized || haproxyDown(err) {
+		b.fail(fmt.Errorf("add %d routes: %w", len(keys), err))
+		return nil
+	}
+	b.d.log.Warn().Err(err).Int("routes", len(keys)).Msg("bulk add of routes failed; adding them one by one")
+	return keys
+}
+
+// deleteEntry deletes k; a 404 that does not say HAProxy is unreachable leaves k to confirm.
+func (b *batch) deleteEntry(k string, sync bool) error {
+	_, err := b.d.c.do(b.ctx, request{method: http.MethodDelete, path: entriesPath + "/" + k, query: b.d.mapQuery(sync), retry: true})
+	if statusOf(err) == http.StatusNotFound && !haproxyDown(err) {
+		b.unconfirmed = append(b.unconfirmed, k)
+		return errNoChange
+	}
+	return err
+}
+
+// errNoChange is a call that changed nothing, so its force_sync, if it had one, did not happen.
+var errNoChange = errors.New("no change")
+
+// confirm reads the map when the batch needs it (deletes answered 404, a large batch: want is
+// then the keys set) and fails for every key the map disagrees on. It also writes the map file
+// when a force_sync is still owed.
+func (b *batch) confirm(want map[string]string) {
+	if want == nil && len(b.unconfirmed) == 0 && !b.d.syncPending {
+		return
+	}
+	have, err := b.d.list(b.ctx)
+	if err != nil {
+		b.errs = append(b.errs, fmt.Errorf("confirm %d route changes: %w", len(want)+len(b.unconfirmed), err))
+		return
+	}
+	for _, k := range b.unconfirmed {
+		if _, ok := have[k]; ok {
+			b.errs = append(b.errs, fmt.Errorf("delete route %s: the api answered 404 but the map still holds it", k))
+		}
+	}
+	var wrong []string
+	for k, v := range want {
+		if have[k] != v {
+			wrong = append(wrong, k)
+		}
+	}
+	if len(wrong) > 0 {
+		slices.Sort(wrong)
+		b.errs = append(b.errs, fmt.Errorf("%d of %d routes set are not in the map as set (first: %s); the api answered success", len(wrong), len(want), wrong[0]))
+	}
+	if b.d.syncPending {
+		if err := b.d.syncFile(b.ctx, have); err != nil {
+			b.errs = append(b.errs, err)
+		}
+	}
+}
+
+// syncFile makes the API write the map file from the runtime map have, with a call that changes
+// nothing: a replace of one entry by its own value, or the clearing of a map that is empty.
+func (d *Driver) syncFile(ctx context.Context, have map[string]string) error {
+	var err error
+	if len(have) == 0 {
+		_, err = d.c.do(ctx, request{method: http.MethodDelete, path: mapsPath + "/" + d.mapName, query: url.Values{"force_sync": {"true"}}, retry: true})
+	} else {
+		k := slices.Min(slices.Collect(maps.Keys(have)))
+		_, err = d.c.do(ctx, request{method: http.MethodPut, path: entriesPath + "/" + k, query: d.mapQuery(true), body: mapValue{Value: have[k]}, retry: true})
+	}
+	if err != nil {
+		return fmt.Errorf("write the map file (force_sync): %w", err)
+	}
+	d.syncPending = false
+	return nil
 }
 
 func checkEntry(k, v string) error {
@@ -267,37 +400,39 @@ func checkEntry(k, v string) error {
 	return nil
 }
 
-func (d *Driver) setEntry(ctx context.Context, k, v string) error {
+func (d *Driver) setEntry(ctx context.Context, k, v string, sync bool) error {
 	// Two rounds cover an entry deleted by someone else between our add's 409 and our replace.
 	var err error
 	for range 2 {
-		_, err = d.c.do(ctx, request{method: http.MethodPost, path: entriesPath, query: d.mapQuery(true), body: mapEntry{Key: k, Value: v}, retry: true})
+		_, err = d.c.do(ctx, request{method: http.MethodPost, path: entriesPath, query: d.mapQuery(sync), body: mapEntry{Key: k, Value: v}, retry: true})
 		if statusOf(err) != http.StatusConflict {
 			return err
 		}
-		_, err = d.c.do(ctx, request{method: http.MethodPut, path: entriesPath + "/" + k, query: d.mapQuery(true), body: mapValue{Value: v}, retry: true})
-		if statusOf(err) != http.StatusNotFound {
+		_, err = d.c.do(ctx, request{method: http.MethodPut, path: entriesPath + "/" + k, query: d.mapQuery(sync), body: mapValue{Value: v}, retry: true})
+		if statusOf(err) != http.StatusNotFound || haproxyDown(err) {
 			return err
 		}
-	}
-	return err
-}
-
-func (d *Driver) deleteEntry(ctx context.Context, k string) error {
-	_, err := d.c.do(ctx, request{method: http.MethodDelete, path: entriesPath + "/" + k, query: d.mapQuery(true), retry: true})
-	if statusOf(err) == http.StatusNotFound {
-		return nil
 	}
 	return err
 }
 
 // List reads the runtime map. When a key appears twice, the first entry is the one HAProxy
-// matches, so it wins.
+// matches, so it wins. A force_sync an earlier Apply could not make is made here, so that the
+// map file catches up even when the map needs no change.
 func (d *Driver) List(ctx context.Context) (map[string]string, error) {
 	if err := d.ensureSetup(ctx); err != nil {
 		return nil, err
 	}
-	return d.list(ctx)
+	d.mapMu.Lock()
+	defer d.mapMu.Unlock()
+	m, err := d.list(ctx)
+	if err != nil || !d.syncPending {
+		return m, err
+	}
+	if err := d.syncFile(ctx, m); err != nil {
+		return nil, err
+	}
+	return m, nil
 }
 
 func (d *Driver) list(ctx context.Context) (map[string]string, error) {

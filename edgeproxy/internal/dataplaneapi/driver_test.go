@@ -53,7 +53,7 @@ func fastOpts(extra ...dataplaneapi.Option) []dataplaneapi.Option {
 	}, extra...)
 }
 
-func newDriver(t *testing.T, srv *dpatest.Server, proxy *dataplaneapi.Proxy, opts ...dataplaneapi.Option) *dataplaneapi.Driver {
+func newDriver(t testing.TB, srv *dpatest.Server, proxy *dataplaneapi.Proxy, opts ...dataplaneapi.Option) *dataplaneapi.Driver {
 	t.Helper()
 	d, err := dataplaneapi.New(dataplaneapi.Config{URL: srv.URL, User: user, Password: password, Map: mapName, Proxy: proxy}, fastOpts(opts...)...)
 	if err != nil {
@@ -115,16 +115,18 @@ func TestApplyAndList(t *testing.T) {
 	if len(entries) != 2 {
 		t.Fatalf("map holds %v: a replace must not add a second entry", entries)
 	}
+	// Each Apply's last change carries force_sync, and only that one.
+	synced := 0
 	for _, r := range srv.Requests() {
-		if r.Method != http.MethodGet && r.Query.Get("force_sync") != "true" {
-			t.Errorf("%s %s without force_sync", r.Method, r.Path)
+		if r.Query.Get("force_sync") == "true" && r.Status < 300 {
+			synced++
 		}
 		if r.Query.Get("map") != mapName {
 			t.Errorf("%s %s: map=%q", r.Method, r.Path, r.Query.Get("map"))
 		}
 	}
-	if maps.Syncs(mapName) == 0 {
-		t.Error("map never synced to its file")
+	if synced != 2 || maps.Syncs(mapName) != 2 {
+		t.Errorf("%d calls with force_sync and %d syncs for two batches, want 2 and 2", synced, maps.Syncs(mapName))
 	}
 	if count(srv, "startTransaction") != 0 {
 		t.Error("a driver without a proxy started a transaction")
@@ -514,37 +516,46 @@ func TestReloadStuckInProgressTimesOut(t *testing.T) {
 	checkContract(t, srv)
 }
 
-func TestLargeSetsAddMissingKeysInBulk(t *testing.T) {
-	for _, failBulk := range []bool{false, true} {
-		t.Run(fmt.Sprintf("bulk fails %v", failBulk), func(t *testing.T) {
+// A large set onto a map that holds entries adds the missing keys one by one (a payload might
+// replace the map); onto an empty map it is one payload, and a failed payload falls back to
+// per-entry adds.
+func TestLargeSetsSkipWhatIsThere(t *testing.T) {
+	for _, tc := range []struct {
+		name                 string
+		preset, failBulk     bool
+		wantSingle, wantBulk int
+	}{
+		{"map holds entries", true, false, 299, 0}, // 298 missing, and k001 (409, then replaced)
+		{"empty map", false, false, 0, 1},
+		{"empty map, payload fails", false, true, 300, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
 			maps := dpatest.NewMemoryMaps(mapName)
 			ctx := ctxT(t)
-			_ = maps.Add(ctx, mapName, "k000", "10.0.0.1:30000")
-			_ = maps.Add(ctx, mapName, "k001", "10.9.9.9:30000")
+			if tc.preset {
+				_ = maps.Add(ctx, mapName, "k000", "10.0.0.1:30000")
+				_ = maps.Add(ctx, mapName, "k001", "10.9.9.9:30000")
+			}
 			srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: maps})
-			if failBulk {
+			if tc.failBulk {
 				srv.AddFault(dpatest.Fault{OperationID: "addPayloadRuntimeMap", Status: http.StatusInternalServerError, Count: 1})
 			}
 			set := map[string]string{}
-			for i := range 40 {
+			for i := range 300 {
 				set[fmt.Sprintf("k%03d", i)] = "10.0.0.1:30000"
 			}
 			if err := newDriver(t, srv, nil).Apply(ctx, set, nil); err != nil {
 				t.Fatal(err)
 			}
-			if e, _ := maps.Show(ctx, mapName); len(e) != 40 {
-				t.Fatalf("map has %d entries, want 40", len(e))
+			if e, _ := maps.Show(ctx, mapName); len(e) != 300 {
+				t.Fatalf("map has %d entries, want 300", len(e))
 			}
 			got, err := newDriver(t, srv, nil).List(ctx)
 			if err != nil || !reflect.DeepEqual(got, set) {
 				t.Fatalf("List = %v, %v", got, err)
 			}
-			wantSingle := 1 // k001, whose value differs
-			if failBulk {
-				wantSingle = 39
-			}
-			if n := count(srv, "addMapEntry"); n != wantSingle || count(srv, "addPayloadRuntimeMap") != 1 {
-				t.Fatalf("%d single adds and %d payloads, want %d and 1", n, count(srv, "addPayloadRuntimeMap"), wantSingle)
+			if n, m := count(srv, "addMapEntry"), count(srv, "addPayloadRuntimeMap"); n != tc.wantSingle || m != tc.wantBulk {
+				t.Fatalf("%d single adds and %d payloads, want %d and %d", n, m, tc.wantSingle, tc.wantBulk)
 			}
 			checkContract(t, srv)
 		})

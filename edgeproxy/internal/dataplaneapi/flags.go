@@ -18,7 +18,7 @@ type Flags struct {
 func (f *Flags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.URL, "dataplaneapi-url", "http://127.0.0.1:5555", "Data Plane API v2 address of the dataplaneapi driver; /v2 is added")
 	fs.StringVar(&f.User, "dataplaneapi-user", "", "Data Plane API user (basic auth)")
-	fs.StringVar(&f.PasswordFile, "dataplaneapi-password-file", "", "file holding the Data Plane API user's password")
+	fs.StringVar(&f.PasswordFile, "dataplaneapi-password-file", "", "file holding the Data Plane API user's password; read again when the API answers 401")
 }
 
 // Driver builds the driver for the HAProxy configuration c: its map file names the map, and its
@@ -35,6 +35,6 @@ func (f *Flags) Driver(c haproxy.Config, log zerolog.Logger, opts ...Option) (*D
 	if err != nil {
 		return nil, err
 	}
-	return New(Config{URL: f.URL, User: f.User, Password: password, Map: MapName(c.MapFile), Proxy: &proxy},
+	return New(Config{URL: f.URL, User: f.User, Password: password, PasswordFile: f.PasswordFile, Map: MapName(c.MapFile), Proxy: &proxy},
 		append([]Option{WithLogger(log)}, opts...)...)
 }

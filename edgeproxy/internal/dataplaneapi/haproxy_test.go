@@ -213,7 +213,9 @@ func TestMissesAreRateLimited(t *testing.T) {
 }
 
 // TestApplyAndListManyEntries is the runtime driver's test of the same name, scaled down: a
-// replace or a delete takes one HTTP call per entry. Adding them all takes a few payload calls.
+// replace or a delete takes one HTTP call per entry. Adding them all to the empty map takes one
+// payload call, which the API makes a new version of the map (prepare, add @ver, commit); adding
+// more to a map that holds entries goes entry by entry and keeps what is there.
 func TestApplyAndListManyEntries(t *testing.T) {
 	e := startReal(t, 1000)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -233,8 +235,15 @@ func TestApplyAndListManyEntries(t *testing.T) {
 	if len(got) != n || got["s00599"] != want["s00599"] {
 		t.Fatalf("listed %d entries (s00599=%q), want %d", len(got), got["s00599"], n)
 	}
-	if c := count(e.Srv, "addPayloadRuntimeMap"); c != 2 || count(e.Srv, "addMapEntry") != 0 {
-		t.Fatalf("%d payload adds and %d single adds, want 2 and 0", c, count(e.Srv, "addMapEntry"))
+	if c := count(e.Srv, "addPayloadRuntimeMap"); c != 1 || count(e.Srv, "addMapEntry") != 0 {
+		t.Fatalf("%d payload adds and %d single adds, want 1 and 0", c, count(e.Srv, "addMapEntry"))
+	}
+	more := routes("t", 400)
+	if err := e.Driver.Apply(ctx, more, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got, err = e.Driver.List(ctx); err != nil || len(got) != n+len(more) {
+		t.Fatalf("listed %d entries after adding %d, want %d: %v", len(got), len(more), n+len(more), err)
 	}
 	set := map[string]string{}
 	var del []string
@@ -252,11 +261,11 @@ func TestApplyAndListManyEntries(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 300 || got["s00000"] != "127.0.0.1:30001" {
-		t.Fatalf("listed %d entries (s00000=%q), want 300 replaced", len(got), got["s00000"])
+	if len(got) != 700 || got["s00000"] != "127.0.0.1:30001" {
+		t.Fatalf("listed %d entries (s00000=%q), want 300 replaced and 400 kept", len(got), got["s00000"])
 	}
-	if lines := strings.Count(e.showMap(t, ctx), "\n") + 1; lines != 300 {
-		t.Fatalf("show map has %d lines, want 300 (no duplicates)", lines)
+	if lines := strings.Count(e.showMap(t, ctx), "\n") + 1; lines != 700 {
+		t.Fatalf("show map has %d lines, want 700 (no duplicates)", lines)
 	}
 }
 

@@ -2,6 +2,7 @@ package dataplaneapi
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -228,7 +229,7 @@ func (d *Driver) plan(ctx context.Context) ([]op, error) {
 	case !found:
 		ops = append(ops, op{http.MethodPost, cfgPath + "/backends", nil, p.Backend})
 	default:
-		if !reflect.DeepEqual(be, p.Backend) {
+		if !same(be, p.Backend) {
 			ops = append(ops, op{http.MethodPut, cfgPath + "/backends/" + p.Backend.Name, nil, p.Backend})
 		}
 		if _, err := d.get(ctx, "/servers", beQ, &servers); err != nil {
@@ -260,7 +261,7 @@ func (d *Driver) plan(ctx context.Context) ([]op, error) {
 	case !found:
 		ops = append(ops, op{http.MethodPost, cfgPath + "/frontends", nil, p.Frontend})
 	default:
-		if !reflect.DeepEqual(fe, p.Frontend) {
+		if !same(fe, p.Frontend) {
 			ops = append(ops, op{http.MethodPut, cfgPath + "/frontends/" + p.Frontend.Name, nil, p.Frontend})
 		}
 		if _, err := d.get(ctx, "/binds", feQ, &binds); err != nil {
@@ -273,6 +274,56 @@ func (d *Driver) plan(ctx context.Context) ([]op, error) {
 	ops = append(ops, named(cfgPath+"/binds", feQ, binds, p.Binds, func(b Bind) string { return b.Name })...)
 	ops = append(ops, indexed(cfgPath+"/http_request_rules", feParent, feRules, p.Rules)...)
 	return ops, nil
+}
+
+// same compares an object read from the API with the one livegate wants after normalising the
+// API's defaults: a field at its zero value (0, "", false) is the same as an absent one, since the
+// real server omits some when they are zero (v2.9 drops sc_id 0 of sc-inc-gpc0(0)). A rule's index
+// is compared as it is: 0 is a real position.
+func same(have, want any) bool {
+	return reflect.DeepEqual(canonical(have), canonical(want))
+}
+
+func canonical(v any) map[string]any {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil
+	}
+	var m map[string]any
+	if json.Unmarshal(b, &m) != nil {
+		return nil
+	}
+	dropZero(m)
+	return m
+}
+
+func dropZero(m map[string]any) {
+	for k, v := range m {
+		if k == "index" {
+			continue
+		}
+		switch x := v.(type) {
+		case nil:
+			delete(m, k)
+		case float64:
+			if x == 0 {
+				delete(m, k)
+			}
+		case string:
+			if x == "" {
+				delete(m, k)
+			}
+		case bool:
+			if !x {
+				delete(m, k)
+			}
+		case map[string]any:
+			dropZero(x)
+			if len(x) == 0 {
+				delete(m, k)
+			}
+		}
+	}
 }
 
 // named turns the objects of a list keyed by name (servers, binds) into have = want.
@@ -289,7 +340,7 @@ func named[T any](path string, q url.Values, have, want []T, name func(T) string
 		switch {
 		case !ok:
 			ops = append(ops, op{http.MethodPost, path, q, w})
-		case !reflect.DeepEqual(h, w):
+		case !same(h, w):
 			ops = append(ops, op{http.MethodPut, path + "/" + name(w), q, w})
 		}
 	}
@@ -309,7 +360,7 @@ func indexed(path string, q url.Values, have, want []Rule) []op {
 		switch {
 		case i >= len(have):
 			ops = append(ops, op{http.MethodPost, path, q, w})
-		case !reflect.DeepEqual(have[i], w):
+		case !same(have[i], w):
 			ops = append(ops, op{http.MethodPut, path + "/" + strconv.Itoa(i), q, w})
 		}
 	}

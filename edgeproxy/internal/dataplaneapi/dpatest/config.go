@@ -338,7 +338,11 @@ func ruleLine(r obj) (string, error) {
 		action = "track-sc" + str(r["track_sc_stick_counter"])
 		used["track_sc_stick_counter"] = true
 	case "sc-inc-gpc0":
-		action = "sc-inc-gpc0(" + str(r["sc_id"]) + ")"
+		id := "0"
+		if v, ok := r["sc_id"]; ok {
+			id = str(v)
+		}
+		action = "sc-inc-gpc0(" + id + ")"
 		used["sc_id"] = true
 	}
 	parts := []string{action}

@@ -4,9 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy"
 )
@@ -23,6 +27,8 @@ type MapStore interface {
 	Add(ctx context.Context, m, key, value string) error
 	Set(ctx context.Context, m, key, value string) error
 	Del(ctx context.Context, m, key string) error
+	// Replace makes the map hold entries only, in one step (prepare, add @ver, commit).
+	Replace(ctx context.Context, m string, entries []MapEntry) error
 	// Sync writes the map to its file (force_sync).
 	Sync(ctx context.Context, m string) error
 }
@@ -32,6 +38,8 @@ type MemoryMaps struct {
 	mu    sync.Mutex
 	maps  map[string][]MapEntry
 	syncs map[string]int
+	down  bool
+	dir   string
 }
 
 // NewMemoryMaps holds the named, empty maps.
@@ -41,6 +49,35 @@ func NewMemoryMaps(names ...string) *MemoryMaps {
 		m.maps[n] = nil
 	}
 	return m
+}
+
+// SetDown makes every call fail as HAProxy's runtime socket does when HAProxy is stopped.
+func (mm *MemoryMaps) SetDown(down bool) {
+	mm.mu.Lock()
+	defer mm.mu.Unlock()
+	mm.down = down
+}
+
+// WriteFiles makes Sync keep <dir>/<name>.map as the real server's force_sync does (v2.9,
+// configuration/map_sync.go): read and parse the file, sort it and the runtime entries, and when
+// they differ truncate the file and write it again one line per write call, in place. The cost of
+// a change then grows with the map as it does there.
+func (mm *MemoryMaps) WriteFiles(dir string) {
+	mm.mu.Lock()
+	defer mm.mu.Unlock()
+	mm.dir = dir
+}
+
+// get returns map m; mm.mu is held.
+func (mm *MemoryMaps) get(m string) ([]MapEntry, error) {
+	if mm.down {
+		return nil, fmt.Errorf("dial unix /run/haproxy/admin.sock: connect: %w", syscall.ECONNREFUSED)
+	}
+	l, ok := mm.maps[m]
+	if !ok {
+		return nil, fmt.Errorf("map %s: %w", m, ErrNotFound)
+	}
+	return l, nil
 }
 
 // Syncs is how many times map m was synced to its file.
@@ -53,9 +90,9 @@ func (mm *MemoryMaps) Syncs(m string) int {
 func (mm *MemoryMaps) Show(_ context.Context, m string) ([]MapEntry, error) {
 	mm.mu.Lock()
 	defer mm.mu.Unlock()
-	l, ok := mm.maps[m]
-	if !ok {
-		return nil, fmt.Errorf("map %s: %w", m, ErrNotFound)
+	l, err := mm.get(m)
+	if err != nil {
+		return nil, err
 	}
 	return append([]MapEntry(nil), l...), nil
 }
@@ -64,9 +101,9 @@ func (mm *MemoryMaps) Show(_ context.Context, m string) ([]MapEntry, error) {
 func (mm *MemoryMaps) Add(_ context.Context, m, key, value string) error {
 	mm.mu.Lock()
 	defer mm.mu.Unlock()
-	l, ok := mm.maps[m]
-	if !ok {
-		return fmt.Errorf("map %s: %w", m, ErrNotFound)
+	l, err := mm.get(m)
+	if err != nil {
+		return err
 	}
 	mm.maps[m] = append(l, MapEntry{key, value})
 	return nil
@@ -75,9 +112,9 @@ func (mm *MemoryMaps) Add(_ context.Context, m, key, value string) error {
 func (mm *MemoryMaps) Set(_ context.Context, m, key, value string) error {
 	mm.mu.Lock()
 	defer mm.mu.Unlock()
-	l, ok := mm.maps[m]
-	if !ok {
-		return fmt.Errorf("map %s: %w", m, ErrNotFound)
+	l, err := mm.get(m)
+	if err != nil {
+		return err
 	}
 	found := false
 	for i := range l {
@@ -94,9 +131,9 @@ func (mm *MemoryMaps) Set(_ context.Context, m, key, value string) error {
 func (mm *MemoryMaps) Del(_ context.Context, m, key string) error {
 	mm.mu.Lock()
 	defer mm.mu.Unlock()
-	l, ok := mm.maps[m]
-	if !ok {
-		return fmt.Errorf("map %s: %w", m, ErrNotFound)
+	l, err := mm.get(m)
+	if err != nil {
+		return err
 	}
 	out := l[:0]
 	for _, e := range l {
@@ -111,13 +148,64 @@ func (mm *MemoryMaps) Del(_ context.Context, m, key string) error {
 	return nil
 }
 
+func (mm *MemoryMaps) Replace(_ context.Context, m string, entries []MapEntry) error {
+	mm.mu.Lock()
+	defer mm.mu.Unlock()
+	if _, err := mm.get(m); err != nil {
+		return err
+	}
+	mm.maps[m] = append([]MapEntry(nil), entries...)
+	return nil
+}
+
 func (mm *MemoryMaps) Sync(_ context.Context, m string) error {
 	mm.mu.Lock()
 	defer mm.mu.Unlock()
-	if _, ok := mm.maps[m]; !ok {
-		return fmt.Errorf("map %s: %w", m, ErrNotFound)
+	l, err := mm.get(m)
+	if err != nil {
+		return err
 	}
 	mm.syncs[m]++
+	if mm.dir == "" {
+		return nil
+	}
+	return syncFile(filepath.Join(mm.dir, m+".map"), l)
+}
+
+func syncFile(path string, runtime []MapEntry) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(f)
+	if err != nil {
+		return err
+	}
+	var file []MapEntry
+	for line := range strings.SplitSeq(string(data), "\n") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(line), " "); ok {
+			file = append(file, MapEntry{k, v})
+		}
+	}
+	byKey := func(a, b MapEntry) int { return strings.Compare(a.Key, b.Key) }
+	runtime = slices.Clone(runtime)
+	slices.SortFunc(file, byKey)
+	slices.SortFunc(runtime, byKey)
+	if slices.Equal(file, runtime) {
+		return nil
+	}
+	if err := f.Truncate(0); err != nil {
+		return err
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	for _, e := range runtime {
+		if _, err := f.WriteString(e.Key + " " + e.Value + "\n"); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -189,6 +277,25 @@ func (r RuntimeMaps) Set(ctx context.Context, m, key, value string) error {
 
 func (r RuntimeMaps) Del(ctx context.Context, m, key string) error {
 	return r.answer(r.exec(ctx, "del", "map", r.path(m), key))
+}
+
+// Replace is the real server's way with a large payload: a new version of the map, filled,
+// then committed.
+func (r RuntimeMaps) Replace(ctx context.Context, m string, entries []MapEntry) error {
+	out, err := r.exec(ctx, "prepare", "map", r.path(m))
+	if err != nil {
+		return err
+	}
+	ver, ok := strings.CutPrefix(strings.TrimSpace(out), "New version created: ")
+	if !ok {
+		return fmt.Errorf("prepare map: %s", out)
+	}
+	for _, e := range entries {
+		if err := r.answer(r.exec(ctx, "add", "map", "@"+ver, r.path(m), e.Key, e.Value)); err != nil {
+			return err
+		}
+	}
+	return r.answer(r.exec(ctx, "commit", "map", "@"+ver, r.path(m)))
 }
 
 func (r RuntimeMaps) Sync(ctx context.Context, m string) error {

@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -109,6 +110,19 @@ func Start(t testing.TB, o Options) *Server {
 	t.Cleanup(hs.Close)
 	s.URL = hs.URL
 	return s
+}
+
+// SetPassword changes the user's password, as an operator rotating it would.
+func (s *Server) SetPassword(p string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.opts.Password = p
+}
+
+func (s *Server) password() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.opts.Password
 }
 
 // Version is the configuration version.
@@ -238,8 +252,11 @@ func (s *Server) violate(v string) {
 }
 
 func (s *Server) serve(r *http.Request, body []byte, rec *Request) (answer, *openapi3filter.RequestValidationInput) {
-	if u, p, ok := r.BasicAuth(); !ok || u != s.opts.User || p != s.opts.Password {
-		return errAnswer(http.StatusUnauthorized, "invalid credentials"), nil
+	// As the real server (v2.9) does, a wrong password is echoed in the answer's message.
+	if u, p, ok := r.BasicAuth(); !ok || u != s.opts.User {
+		return errAnswer(http.StatusUnauthorized, "invalid username"), nil
+	} else if p != s.password() {
+		return errAnswer(http.StatusUnauthorized, "invalid password: %s", p), nil
 	}
 	route, params, err := s.spec.Router.FindRoute(r)
 	if err != nil {
@@ -303,7 +320,7 @@ func faultAnswer(r *http.Request, hit *Fault) answer {
 
 func (s *Server) dispatch(ctx context.Context, op string, params map[string]string, q url.Values, body []byte) answer {
 	switch op {
-	case "showRuntimeMap", "addMapEntry", "getRuntimeMapEntry", "replaceRuntimeMapEntry", "deleteRuntimeMapEntry", "addPayloadRuntimeMap":
+	case "showRuntimeMap", "addMapEntry", "getRuntimeMapEntry", "replaceRuntimeMapEntry", "deleteRuntimeMapEntry", "addPayloadRuntimeMap", "clearRuntimeMap":
 		return s.mapEntries(ctx, op, params, q, body)
 	}
 	s.mu.Lock()
@@ -494,6 +511,11 @@ func (s *Server) object(k, verb string, params map[string]string, q url.Values, 
 			s.violations = append(s.violations, v...)
 			return errAnswer(http.StatusBadRequest, "%s", strings.Join(v, "; "))
 		}
+		for _, f := range omittedWhenZero[k] {
+			if n, ok := in[f].(float64); ok && n == 0 {
+				delete(in, f)
+			}
+		}
 	}
 	if kd.key == "" {
 		defer renumber(l)
@@ -554,6 +576,13 @@ func (s *Server) object(k, verb string, params map[string]string, q url.Values, 
 	return answer{status: http.StatusAccepted, header: http.Header{"Reload-Id": {s.newReload()}}, body: in}
 }
 
+// omittedWhenZero are the fields the real server keeps as plain integers with omitempty
+// (client-native's models), so that a 0 sent is absent when read back.
+var omittedWhenZero = map[string][]string{
+	"HTTPRequestRule":  {"sc_id", "sc_idx"},
+	"HTTPResponseRule": {"sc_id", "sc_idx"},
+}
+
 // renumber keeps each rule's index equal to its position after inserts and deletes.
 func renumber(l list) {
 	for i, o := range l.get() {
@@ -565,16 +594,35 @@ func versionHeader(v int64) http.Header {
 	return http.Header{"Configuration-Version": {strconv.FormatInt(v, 10)}}
 }
 
+// payloadReplaceBytes is the size above which the real server (v2.9, client-native v5) sends a
+// map payload as `prepare map`, `add map @ver`, `commit map`: the map then holds that payload's
+// entries only. A smaller payload is one `add map` with a payload, added to what is there.
+const payloadReplaceBytes = 8192
+
+// unreachable is a store error that says HAProxy's runtime socket cannot be reached.
+func unreachable(err error) bool {
+	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT)
+}
+
 // mapEntries handles the runtime map entry operations. The existence check before an add is the
-// API's own (409), since HAProxy's `add map` would add a second entry.
+// API's own (409), since HAProxy's `add map` would add a second entry. When HAProxy cannot be
+// reached the answers are the real server's (v2.9.25): 404 to a delete (its error names the
+// command and ends in "not found"), 400 to an add; the fake answers a replace as a delete and a
+// read with 500.
 func (s *Server) mapEntries(ctx context.Context, op string, params map[string]string, q url.Values, body []byte) answer {
 	m, key := q.Get("map"), params["id"]
-	if op == "addPayloadRuntimeMap" {
+	if op == "addPayloadRuntimeMap" || op == "clearRuntimeMap" {
 		m = params["name"]
 	}
 	store := s.opts.Maps
 	fail := func(err error) answer {
-		if errors.Is(err, ErrNotFound) {
+		switch {
+		case unreachable(err) && (op == "deleteRuntimeMapEntry" || op == "replaceRuntimeMapEntry"):
+			verb := map[string]string{"deleteRuntimeMapEntry": "del", "replaceRuntimeMapEntry": "set"}[op]
+			return errAnswer(http.StatusNotFound, "%v [%s map %s %s] not found", err, verb, m, key)
+		case unreachable(err) && (op == "addMapEntry" || op == "addPayloadRuntimeMap"):
+			return errAnswer(http.StatusBadRequest, "%v", err)
+		case errors.Is(err, ErrNotFound):
 			return errAnswer(http.StatusNotFound, "%v", err)
 		}
 		return errAnswer(http.StatusInternalServerError, "%v", err)
@@ -625,22 +673,36 @@ func (s *Server) mapEntries(ctx context.Context, op string, params map[string]st
 		}
 		return sync(answer{status: http.StatusCreated, body: map[string]string{"key": in.Key, "value": in.Value}})
 	case "addPayloadRuntimeMap":
-		// As HAProxy's `add map` with a payload: entries are added, existing keys or not.
-		var in []struct{ Key, Value string }
+		var in []MapEntry
 		if err := json.Unmarshal(body, &in); err != nil {
 			return errAnswer(http.StatusBadRequest, "body: %v", err)
 		}
 		out := []map[string]string{}
+		size := 0
 		for _, e := range in {
 			if e.Key == "" {
 				return errAnswer(http.StatusBadRequest, "map entry needs a key")
 			}
+			size += len(e.Key) + len(e.Value) + 2
+			out = append(out, map[string]string{"key": e.Key, "value": e.Value})
+		}
+		if size > payloadReplaceBytes {
+			if err := store.Replace(ctx, m, in); err != nil {
+				return fail(err)
+			}
+			return sync(answer{status: http.StatusCreated, body: out})
+		}
+		for _, e := range in {
 			if err := store.Add(ctx, m, e.Key, e.Value); err != nil {
 				return fail(err)
 			}
-			out = append(out, map[string]string{"key": e.Key, "value": e.Value})
 		}
 		return sync(answer{status: http.StatusCreated, body: out})
+	case "clearRuntimeMap":
+		if err := store.Replace(ctx, m, nil); err != nil {
+			return fail(err)
+		}
+		return sync(answer{status: http.StatusNoContent})
 	case "replaceRuntimeMapEntry":
 		var in struct{ Value string }
 		if err := json.Unmarshal(body, &in); err != nil {
