@@ -142,11 +142,18 @@ func TestImages(t *testing.T) {
 		return
 	}
 	t.Run("livegate-edgeproxy/tools", func(t *testing.T) {
-		for _, argv := range [][]string{{"haproxy", "-v"}, {"iptables-save", "--version"}, {"iptables-restore", "--version"}, {"conntrack", "--version"}, {"sh", "-c", "true"}} {
-			name, args := edge.command(nil, argv...)
+		// The last is the DaemonSet's map-file init step.
+		state := t.TempDir()
+		mapFile := filepath.Join(state, "sessions.map")
+		for _, argv := range [][]string{{"haproxy", "-v"}, {"iptables-save", "--version"}, {"iptables-restore", "--version"},
+			{"conntrack", "--version"}, {"/bin/sh", "-c", ": >> " + mapFile}} {
+			name, args := edge.command([]string{state}, argv...)
 			if out, err := exec.CommandContext(ctx, name, args...).CombinedOutput(); err != nil {
 				t.Errorf("%s from the image: %v: %s", strings.Join(argv, " "), err, out)
 			}
+		}
+		if _, err := os.Stat(mapFile); err != nil {
+			t.Errorf("the map-file step made no map file: %v", err)
 		}
 	})
 

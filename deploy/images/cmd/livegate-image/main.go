@@ -4,14 +4,16 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
 	"runtime"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -27,8 +29,15 @@ import (
 // tagPattern is what a registry accepts as a tag.
 var tagPattern = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
 
+// errUsage is a command line the flag package has already explained.
+var errUsage = errors.New("usage")
+
 func main() {
-	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
+	err := run(os.Args[1:], os.Stdout, os.Stderr)
+	switch {
+	case errors.Is(err, errUsage):
+		os.Exit(2)
+	case err != nil:
 		fmt.Fprintf(os.Stderr, "livegate-image: %v\n", err)
 		os.Exit(1)
 	}
@@ -37,11 +46,7 @@ func main() {
 func run(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("livegate-image", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	names := make([]string, 0, len(assemble.Specs))
-	for n := range assemble.Specs {
-		names = append(names, n)
-	}
-	sort.Strings(names)
+	names := slices.Sorted(maps.Keys(assemble.Specs))
 	name := fs.String("image", "", "image to build: "+strings.Join(names, ", "))
 	binary := fs.String("binary", "", "the image's linux binary (built with CGO_ENABLED=0 -trimpath)")
 	version := fs.String("version", "", "version the binary links in: the archive's tag and org.opencontainers.image.version")
@@ -52,8 +57,12 @@ func run(args []string, stdout, stderr io.Writer) error {
 	cache := fs.String("deb-cache", "", "directory of downloaded Debian packages, kept between builds")
 	out := fs.String("out", "", "archive to write")
 	if err := fs.Parse(args); err != nil {
-		return err
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return errUsage
 	}
+	note := func(msg string) { fmt.Fprintln(stderr, "livegate-image: note:", msg) }
 	spec, ok := assemble.Specs[*name]
 	if !ok {
 		return fmt.Errorf("--image %q: want one of %s", *name, strings.Join(names, ", "))
@@ -72,7 +81,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("--binary: %w", err)
 	}
-	certs, err := caCertificates(*cache)
+	certs, err := caCertificates(*cache, note)
 	if err != nil {
 		return fmt.Errorf("CA certificates: %w", err)
 	}
@@ -80,7 +89,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		Binary: bin, Version: *version, Revision: *revision, Source: *source,
 		Created: time.Unix(secs, 0), Arch: *arch, CACertificates: certs,
 		Packages: func(tree *layer.Tree, roots []string) ([]debian.Package, error) {
-			return unpack(tree, roots, *cache)
+			return unpack(tree, roots, *cache, note)
 		},
 	})
 	if err != nil {
@@ -103,7 +112,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 }
 
 // unpack adds roots and their dependencies, as the host has them installed, to tree.
-func unpack(tree *layer.Tree, roots []string, cache string) ([]debian.Package, error) {
+func unpack(tree *layer.Tree, roots []string, cache string, note func(string)) ([]debian.Package, error) {
 	pkgs, err := debian.Closure(roots, assemble.SkipPackages, debian.Installed)
 	if err != nil {
 		return nil, err
@@ -122,7 +131,7 @@ func unpack(tree *layer.Tree, roots []string, cache string) ([]debian.Package, e
 }
 
 // caCertificates is the bundle of the host's version of ca-certificates.
-func caCertificates(cache string) ([]byte, error) {
+func caCertificates(cache string, note func(string)) ([]byte, error) {
 	p, ok, err := debian.Installed("ca-certificates")
 	if err != nil {
 		return nil, err
@@ -199,8 +208,5 @@ func sizes(img v1.Image) (compressed, unpacked int64, err error) {
 	}
 	return compressed, unpacked, nil
 }
-
-// note tells the operator about a substitution the build made.
-func note(msg string) { fmt.Fprintln(os.Stderr, "livegate-image: note:", msg) }
 
 func mib(n int64) float64 { return float64(n) / (1 << 20) }

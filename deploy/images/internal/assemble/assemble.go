@@ -6,7 +6,8 @@ import (
 	"compress/gzip"
 	"fmt"
 	"io"
-	"sort"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -158,24 +159,15 @@ func packageLayer(s Spec, in Inputs) (*layer.Tree, []debian.Package, error) {
 			return nil, nil, err
 		}
 	}
-	for _, link := range sortedKeys(s.Symlinks) {
+	for _, link := range slices.Sorted(maps.Keys(s.Symlinks)) {
 		if err := tree.Add(layer.Entry{Path: link, Type: tar.TypeSymlink, Mode: 0o777, Linkname: s.Symlinks[link]}); err != nil {
 			return nil, nil, err
 		}
 	}
-	for _, dir := range sortedKeys(s.Dirs) {
+	for _, dir := range slices.Sorted(maps.Keys(s.Dirs)) {
 		if err := tree.Add(layer.Entry{Path: dir, Type: tar.TypeDir, Mode: s.Dirs[dir]}); err != nil {
 			return nil, nil, err
 		}
 	}
 	return tree, pkgs, nil
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
