@@ -160,16 +160,16 @@ func TestImages(t *testing.T) {
 	sweep(t, ctx)
 	t.Run("startup", func(t *testing.T) {
 		for _, img := range []*image{agent, edge} {
-			var image, direct []time.Duration
+			var fromImage, onHost []time.Duration
 			// In turns, so that a burst of load on the machine hits both alike.
 			for i := range 3 {
-				image = append(image, img.timeToReady(t, ctx, i, false))
-				direct = append(direct, img.timeToReady(t, ctx, i, true))
+				fromImage = append(fromImage, img.timeToReady(t, ctx, i, false))
+				onHost = append(onHost, img.timeToReady(t, ctx, i, true))
 			}
-			slices.Sort(image)
-			slices.Sort(direct)
+			slices.Sort(fromImage)
+			slices.Sort(onHost)
 			t.Logf("%s: %.1f MiB compressed; exec to %s 200: from the image %v (median %v), the binary on the host %v (median %v)",
-				img.name, float64(img.size)/(1<<20), img.readyPath(), image, image[1], direct, direct[1])
+				img.name, float64(img.size)/(1<<20), img.readyPath(), fromImage, fromImage[1], onHost, onHost[1])
 		}
 	})
 	t.Run("session", func(t *testing.T) { session(t, ctx, agent, edge) })
