@@ -60,7 +60,7 @@ vet: ## gofmt and go vet over every module
 unit: ## The tests of every module (root-only tests skip when not root)
 	@for m in $(MODULES); do echo "test: $$m"; (cd $$m && go test $(TEST_FLAGS) ./...); done
 
-test: deps proto-check vet unit deploy-check fuzz-short ## What CI runs: deps, stale-code check, vet, every test, deploy/ checks
+test: deps proto-check vet unit deploy-check images-test fuzz-short ## What CI runs: deps, stale-code check, vet, every test, deploy/ checks
 
 demo: deps build ## The whole path on one machine (edge, two apps with agents, a client); DEMO_SECONDS=N stops it after N s
 	@if [ "$$(id -u)" != 0 ]; then echo "make demo: run as root (it creates network namespaces and iptables rules)" >&2; exit 1; fi
@@ -74,4 +74,4 @@ fmt:
 clean:
 	rm -rf bin
 
-include mk/bench.mk mk/deploy.mk mk/fuzz.mk
+include mk/bench.mk mk/deploy.mk mk/fuzz.mk mk/images.mk

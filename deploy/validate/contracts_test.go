@@ -96,8 +96,55 @@ func TestEdgeDaemonSetOwnsTheHostNetwork(t *testing.T) {
 		at(edge, "securityContext", "privileged") == true {
 		t.Errorf("edge capabilities %v: want ALL dropped, NET_ADMIN added, not privileged", caps)
 	}
-	if cmd := texts(container(t, spec, "haproxy")["command"]); len(cmd) == 0 || cmd[0] != "haproxy" {
-		t.Errorf("haproxy container command %q", cmd)
+	if cmd := texts(container(t, spec, "haproxy")["command"]); len(cmd) == 0 || cmd[0] != "/usr/sbin/haproxy" {
+		t.Errorf("haproxy container command %q, want the edge image's /usr/sbin/haproxy", cmd)
+	}
+}
+
+// livegateImages are the repositories `make images` tags (deploy/images/internal/assemble), by
+// the manifest whose livegate containers run them.
+var livegateImages = map[string]string{
+	"edgeproxy/daemonset.yaml":      "livegate/livegate-edgeproxy",
+	"agent-sidecar/deployment.yaml": "livegate/livegate-agent",
+}
+
+// TestManifestsRunTheBuiltImages: every container of the edge's pod (HAProxy and the init step
+// included) runs the edge image, the agent sidecar the agent image, and the kustomization maps
+// both names.
+func TestManifestsRunTheBuiltImages(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(kubeDir, "kustomization.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var k struct {
+		Images []struct {
+			Name string `json:"name"`
+		} `json:"images"`
+	}
+	if err := yaml.Unmarshal(b, &k); err != nil {
+		t.Fatalf("kustomization.yaml: %v", err)
+	}
+	var mapped []string
+	for _, i := range k.Images {
+		mapped = append(mapped, i.Name)
+	}
+	for rel, image := range livegateImages {
+		if !slices.Contains(mapped, image) {
+			t.Errorf("kustomization.yaml maps no image %s (it maps %v)", image, mapped)
+		}
+		spec := podSpec(decode(t, rel))
+		for _, list := range []string{"initContainers", "containers"} {
+			cs, _ := spec[list].([]any)
+			for _, c := range cs {
+				m, _ := c.(obj)
+				if rel == "agent-sidecar/deployment.yaml" && m["name"] != "livegate-agent" {
+					continue
+				}
+				if m["image"] != image {
+					t.Errorf("%s: %s %v runs %v, want %s", rel, list, m["name"], m["image"], image)
+				}
+			}
+		}
 	}
 }
 

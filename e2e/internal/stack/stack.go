@@ -50,6 +50,9 @@ type Options struct {
 	LeaseTTL time.Duration
 	// Output, when set, returns where a process's output goes besides its buffer.
 	Output func(name string) io.Writer
+	// Wrap, when set, turns the command line of each process Start starts (named edge, agentN,
+	// appN) into the one to run, for example from an image's root file system.
+	Wrap func(name, bin string, args []string) (string, []string)
 }
 
 // NodeOptions describe one node: an agent and the demo app.
@@ -129,6 +132,9 @@ func (d *Deployment) start(ctx context.Context, name string, ns *netns.Namespace
 	var tee io.Writer
 	if d.opts.Output != nil {
 		tee = d.opts.Output(name)
+	}
+	if d.opts.Wrap != nil {
+		bin, args = d.opts.Wrap(name, bin, args)
 	}
 	p, err := proc.Start(name, ns.Command(context.WithoutCancel(ctx), bin, args...), tee)
 	if err != nil {
