@@ -279,7 +279,7 @@ func supervised(s *settings, client *haproxy.Client, onReady func(), log zerolog
 		}
 	}
 	return haproxy.NewSupervisor(s.f.haproxyBinary, s.configFile, s.pidFile, client,
-		log.With().Str("component", "supervisor").Logger(),
+		log.With().Str("component", "supervisor").Logger(), haproxy.OutputLog(log.With().Str("component", "haproxy").Logger()),
 		haproxy.StopOnExit(s.f.haproxyStopOnExit), haproxy.ReloadAdopted(changed), haproxy.OnReady(onReady)), nil
 }
 

@@ -10,12 +10,14 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy"
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy/haproxytest"
+	"github.com/rs/zerolog"
 )
 
 func start(t *testing.T) *haproxytest.Instance {
@@ -274,4 +276,109 @@ func mustCommand(t *testing.T, words ...string) haproxy.Command {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// TestSupervisorStoppedWhileStartingLeavesHAProxy stops the supervisor while the HAProxy it has
+// just started is not yet answering (its client reaches no socket, so it never does): without
+// StopOnExit HAProxy keeps running for the next edge process, as a ready one does.
+func TestSupervisorStoppedWhileStartingLeavesHAProxy(t *testing.T) {
+	bin := haproxytest.Binary(t)
+	f := haproxytest.NewFiles(t, haproxytest.Dir(t))
+	text, err := haproxy.Render(f.ConfigFor(haproxytest.FreePort(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(f.Config, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := haproxy.WriteMapFile(f.MapFile, nil); err != nil {
+		t.Fatal(err)
+	}
+	sup := haproxy.NewSupervisor(bin, f.Config, f.PidFile, haproxy.NewClient(f.Socket+".absent", time.Second),
+		zerolog.New(zerolog.NewTestWriter(t)), haproxy.StopOnExit(false))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- sup.Run(ctx) }()
+	deadline := time.Now().Add(20 * time.Second)
+	for sup.Pid() == 0 {
+		if time.Now().After(deadline) {
+			cancel()
+			t.Fatal("haproxy not started after 20s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	pid := sup.Pid()
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if err := syscall.Kill(pid, 0); err != nil || sup.Pid() != pid {
+		t.Fatalf("haproxy %d stopped with its supervisor (pid file names %d): %v", pid, sup.Pid(), err)
+	}
+}
+
+// TestSupervisorOutputLogOneComponent checks that HAProxy's own lines carry the component key
+// once, whatever the supervisor's logger already carries.
+func TestSupervisorOutputLogOneComponent(t *testing.T) {
+	bin := haproxytest.Binary(t)
+	f := haproxytest.NewFiles(t, haproxytest.Dir(t))
+	text, err := haproxy.Render(f.ConfigFor(haproxytest.FreePort(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(f.Config, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := haproxy.WriteMapFile(f.MapFile, nil); err != nil {
+		t.Fatal(err)
+	}
+	var out lockedWriter
+	base := zerolog.New(&out)
+	ready := make(chan struct{}, 1)
+	sup := haproxy.NewSupervisor(bin, f.Config, f.PidFile, haproxy.NewClient(f.Socket, time.Second),
+		base.With().Str("component", "supervisor").Logger(), haproxy.StopOnExit(true),
+		haproxy.OutputLog(base.With().Str("component", "haproxy").Logger()),
+		haproxy.OnReady(func() { ready <- struct{}{} }))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- sup.Run(ctx) }()
+	select {
+	case <-ready:
+	case <-time.After(20 * time.Second):
+		t.Fatal("haproxy not ready after 20s")
+	}
+	cancel()
+	<-done
+	var lines int
+	for _, line := range strings.Split(out.String(), "\n") {
+		if !strings.Contains(line, `"component":"haproxy"`) {
+			continue
+		}
+		lines++
+		if strings.Count(line, `"component"`) != 1 {
+			t.Errorf("line carries component more than once: %s", line)
+		}
+	}
+	if lines == 0 {
+		t.Fatalf("no haproxy output logged:\n%s", out.String())
+	}
+}
+
+// lockedWriter collects log output written from several goroutines.
+type lockedWriter struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (w *lockedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+
+func (w *lockedWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.String()
 }
