@@ -235,6 +235,11 @@ type servedRoute struct {
 	since time.Time
 }
 
+// mediaKey names a route's public ports in the media plane: its instance and its session. A new
+// session on an instance is a new key, so it never inherits the ports (or the quarantined ports
+// handed back to a returning key) of the session before it, whose client may still be sending.
+func mediaKey(rt routes.Route) string { return rt.Key + "/" + rt.SessionID }
+
 // publicPorts is what the endpoint publishes of w's ports: one per media backend, never more.
 func (w servedRoute) publicPorts() []uint16 {
 	return w.ports[:min(len(w.ports), len(w.route.Media))]
@@ -709,8 +714,8 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (time.Time, error) {
 	lost := r.writeClaims(ctx, want, claims)
 	if len(lost) > 0 {
 		for _, k := range lost {
+			r.d.Media.Release(mediaKey(want[k].route))
 			delete(want, k)
-			r.d.Media.Release(k)
 		}
 		if err := r.program(ctx, want, false); err != nil {
 			return time.Time{}, err
@@ -789,7 +794,7 @@ func (r *Reconciler) assignPorts(want map[string]servedRoute, claims map[string]
 	// in key order, so that which route gets which port does not depend on map order.
 	var assign []string
 	for k, w := range want {
-		if cur, ok := r.served[k]; ok && slices.Equal(cur.route.Media, w.route.Media) {
+		if cur, ok := r.served[k]; ok && cur.route.SessionID == w.route.SessionID && slices.Equal(cur.route.Media, w.route.Media) {
 			w.ports, w.since = cur.ports, cur.since
 			want[k] = w
 			continue
@@ -799,11 +804,16 @@ func (r *Reconciler) assignPorts(want map[string]servedRoute, claims map[string]
 	slices.Sort(assign)
 	for _, k := range assign {
 		w := want[k]
+		if cur, ok := r.served[k]; ok && cur.route.SessionID != w.route.SessionID {
+			// The previous session's ports go to quarantine now (and their conntrack entries
+			// with the next sync), before the new session takes fresh ones.
+			r.d.Media.Release(mediaKey(cur.route))
+		}
 		var preferred []uint16
-		if ep, ok := r.endpoints[k]; ok && ep.EdgeID == r.cfg.EdgeID {
+		if ep, ok := r.endpoints[k]; ok && ep.EdgeID == r.cfg.EdgeID && ep.pub != nil && ep.pub.session == w.route.SessionID {
 			preferred = ep.Ports
 		}
-		ports, err := r.d.Media.Assign(k, w.route.Media, preferred)
+		ports, err := r.d.Media.Assign(mediaKey(w.route), w.route.Media, preferred)
 		if err != nil {
 			r.d.Metrics.errors.WithLabelValues(ErrKindMedia).Inc()
 			r.refuse(k, w.route.Revision, w.route.SessionID, w.route.Pool, fmt.Sprintf("media ports: %v", err))
@@ -812,7 +822,7 @@ func (r *Reconciler) assignPorts(want map[string]servedRoute, claims map[string]
 			refused++
 			continue
 		}
-		if cur, ok := r.served[k]; ok {
+		if cur, ok := r.served[k]; ok && cur.route.SessionID == w.route.SessionID {
 			w.since = cur.since
 		}
 		w.ports = ports
@@ -823,9 +833,9 @@ func (r *Reconciler) assignPorts(want map[string]servedRoute, claims map[string]
 
 // releaseGone gives back the media ports of routes no longer served.
 func (r *Reconciler) releaseGone(want map[string]servedRoute) {
-	for k := range r.served {
+	for k, w := range r.served {
 		if _, ok := want[k]; !ok {
-			r.d.Media.Release(k)
+			r.d.Media.Release(mediaKey(w.route))
 		}
 	}
 }
