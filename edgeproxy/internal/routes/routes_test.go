@@ -59,6 +59,18 @@ func TestParse(t *testing.T) {
 		{name: "backend port outside range", key: "inst-1", mutate: func(r *livegatev1.Route) { r.SignalingBackend = "10.0.0.1:22" }, wantErr: "outside the allowed range"},
 		{name: "zoned backend", key: "inst-1", mutate: func(r *livegatev1.Route) { r.SignalingBackend = "[fd00::1%eth0]:30000" }, wantErr: "zoned"},
 		{name: "bad media backend", key: "inst-1", mutate: func(r *livegatev1.Route) { r.MediaBackends = append(r.MediaBackends, "10.0.0.1:80") }, wantErr: "media_backends[1]"},
+		{name: "as many media backends as the cap", key: "inst-1", mutate: func(r *livegatev1.Route) {
+			r.MediaBackends = []string{"10.1.2.3:31000", "10.1.2.3:31001", "10.1.2.3:31002", "10.1.2.3:31003"}
+		}},
+		{name: "more media backends than the cap", key: "inst-1", mutate: func(r *livegatev1.Route) {
+			r.MediaBackends = []string{"10.1.2.3:31000", "10.1.2.3:31001", "10.1.2.3:31002", "10.1.2.3:31003", "10.1.2.3:31004"}
+		}, wantErr: "media_backends: 5 backends, more than the 4"},
+		{name: "duplicate media backend", key: "inst-1", mutate: func(r *livegatev1.Route) {
+			r.MediaBackends = []string{"10.1.2.3:31000", "10.1.2.3:31001", "10.1.2.3:31000"}
+		}, wantErr: "media_backends[2]: 10.1.2.3:31000 repeats media_backends[0]"},
+		{name: "duplicate media backend, mapped spelling", key: "inst-1", mutate: func(r *livegatev1.Route) {
+			r.MediaBackends = []string{"10.1.2.3:31000", "[::ffff:10.1.2.3]:31000"}
+		}, wantErr: "repeats media_backends[0]"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
