@@ -10,6 +10,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
+	"unicode/utf8"
 )
 
 // MaxLen is the longest session id accepted.
@@ -25,7 +26,13 @@ func Validate(id string) error {
 	}
 	for i := 0; i < len(id); i++ {
 		if !allowed(id[i]) {
-			return fmt.Errorf("session id has %q at offset %d; only A-Z a-z 0-9 . _ ~ - are allowed", id[i], i)
+			// The character, not its first byte: a byte of a multi-byte character quoted alone
+			// reads as another character (mojibake).
+			c, size := utf8.DecodeRuneInString(id[i:])
+			if c == utf8.RuneError && size <= 1 {
+				return fmt.Errorf("session id has the byte 0x%02x (not UTF-8) at offset %d; only A-Z a-z 0-9 . _ ~ - are allowed", id[i], i)
+			}
+			return fmt.Errorf("session id has %q (%U) at offset %d; only A-Z a-z 0-9 . _ ~ - are allowed", c, c, i)
 		}
 	}
 	if id == "." || id == ".." {

@@ -26,6 +26,7 @@ import (
 	"github.com/livegate/livegate/edgeproxy/internal/routes"
 	"github.com/livegate/livegate/pkg/events"
 	"github.com/livegate/livegate/pkg/kvstore"
+	"github.com/livegate/livegate/pkg/logging"
 	"github.com/livegate/livegate/pkg/natsconn"
 	"github.com/livegate/livegate/pkg/sessionid"
 	"github.com/livegate/livegate/pkg/wire"
@@ -150,8 +151,11 @@ type Reconciler struct {
 	// hold.
 	rewatched time.Time
 	held      map[string]time.Time
-	sched     *routes.Scheduler
-	files     *fileWriter
+	// owners holds, by session id, the instance that first held it on this edge (see
+	// trackOwners).
+	owners map[string]owner
+	sched  *routes.Scheduler
+	files  *fileWriter
 	// publishing delivers the results of the endpoint writes under way (nil: none), writing
 	// holds what they write by key (nil: a removal), and writes runs them (see
 	// publishEndpoints).
@@ -176,6 +180,14 @@ type invalidRoute struct {
 	session, pool string
 	// mine is whether the route names this edge or its pool (or could not be read at all).
 	mine bool
+}
+
+// owner is the instance holding a session id, with its route's lease; until, when set, is when an
+// owner whose route lapsed lets the id go.
+type owner struct {
+	key   string
+	lease time.Duration
+	until time.Time
 }
 
 type endpoint struct {
@@ -257,7 +269,7 @@ func New(cfg Config, d Deps, opts ...Option) (*Reconciler, error) {
 		cfg: cfg, d: d, log: d.Log, now: time.Now,
 		kick: make(chan struct{}, 1), evq: make(chan *livegatev1.Event, 1<<16),
 		valid: map[string]routes.Route{}, invalid: map[string]invalidRoute{}, seen: map[string]time.Time{}, expired: map[string]bool{}, held: map[string]time.Time{}, endpoints: map[string]endpoint{},
-		live: map[string]bool{}, served: map[string]servedRoute{}, refused: map[string]string{},
+		live: map[string]bool{}, served: map[string]servedRoute{}, refused: map[string]string{}, owners: map[string]owner{},
 		sched: routes.NewScheduler(),
 	}
 	for _, o := range opts {
@@ -656,13 +668,21 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (time.Time, error) {
 	heldUntil := r.releaseHeld(now)
 	r.awaitRemovals()
 	r.refuseInvalid()
+	owners, ownersUntil := r.trackOwners(now)
 	plan := routes.Derive(routes.Self{EdgeID: r.cfg.EdgeID, Pool: r.cfg.Pool}, r.valid, func(k string) (routes.Endpoint, bool) {
 		e, ok := r.endpoints[k]
 		return e.Endpoint, ok
-	}, r.live)
+	}, r.live, owners)
 	for k, reason := range plan.Refused {
 		rt := r.valid[k]
-		r.refuse(k, rt.Revision, rt.SessionID, rt.Pool, reason)
+		if r.refuse(k, rt.Revision, rt.SessionID, rt.Pool, reason) && plan.Taken[k] != "" {
+			r.d.Metrics.conflicts.Inc()
+		}
+	}
+	for s, k := range plan.Holders {
+		if _, ok := r.owners[s]; !ok {
+			r.owners[s] = owner{key: k, lease: r.valid[k].LeaseTTL}
+		}
 	}
 
 	// Pool claims: only with room left, and the busier this edge, the later.
@@ -727,8 +747,10 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (time.Time, error) {
 	r.finish(want, now)
 	r.log.Debug().Bool("full", full).Int("routes", len(want)).Dur("plan_ms", tPlan.Sub(now)).Dur("program_ms", tProg.Sub(tPlan)).
 		Dur("claims_ms", tClaim.Sub(tProg)).Dur("publish_ms", tPub.Sub(tClaim)).Dur("finish_ms", r.now().Sub(tPub)).Msg("reconcile pass")
-	if !heldUntil.IsZero() {
-		next = earliest(next, heldUntil)
+	for _, at := range []time.Time{heldUntil, ownersUntil} {
+		if !at.IsZero() {
+			next = earliest(next, at)
+		}
 	}
 	if starved {
 		next = earliest(next, now.Add(r.cfg.Heartbeat))
@@ -764,16 +786,50 @@ func (r *Reconciler) refuseInvalid() {
 	}
 }
 
-// refuse logs and reports a route this edge will not program, once per key and revision.
-func (r *Reconciler) refuse(key string, revision uint64, session, pool, reason string) {
+// trackOwners keeps who holds each session id on this edge, and returns the holders (session id
+// → key) the plan must keep them for and when the next hold ends (zero: none pending). A session
+// id belongs to the instance that first held it until that instance's lease really ends: while
+// its route is there, and for one lease (at most maxHold) after its key lapsed, as it does while
+// its agent restarts. A route deleted outright (its session ended) lets the id go at once.
+func (r *Reconciler) trackOwners(now time.Time) (map[string]string, time.Time) {
+	holders := make(map[string]string, len(r.owners))
+	var next time.Time
+	for s, o := range r.owners {
+		rt, present := r.valid[o.key]
+		switch {
+		case present && rt.SessionID == s:
+			o.lease, o.until = rt.LeaseTTL, time.Time{}
+		case present, !o.until.IsZero() && !now.Before(o.until):
+			delete(r.owners, s)
+			continue
+		case o.until.IsZero() && r.expired[o.key] && o.lease > 0:
+			o.until = now.Add(min(o.lease, maxHold))
+			r.log.Info().Str("instance_id", o.key).Str("session_id", s).Time("until", o.until).
+				Msg("route lease lapsed; its session id stays reserved for it for one lease")
+		case o.until.IsZero():
+			delete(r.owners, s)
+			continue
+		}
+		r.owners[s] = o
+		holders[s] = o.key
+		if !o.until.IsZero() {
+			next = earliest(next, o.until)
+		}
+	}
+	return holders, next
+}
+
+// refuse logs and reports a route this edge will not program, once per key and revision; it
+// reports whether it did now.
+func (r *Reconciler) refuse(key string, revision uint64, session, pool, reason string) bool {
 	mark := fmt.Sprintf("%d %s", revision, reason)
 	if r.refused[key] == mark {
-		return
+		return false
 	}
 	r.refused[key] = mark
 	r.d.Metrics.errors.WithLabelValues(ErrKindRefused).Inc()
 	// The key and session id may be hostile: zerolog quotes them, and they go no further.
-	r.log.Warn().Str("instance_id", key).Uint64("revision", revision).Str("reason", reason).Msg("route refused")
+	r.log.Warn().Str("instance_id", logging.Clip(key)).Uint64("revision", revision).Str("reason", reason).Msg("route refused")
 	if sessionid.Validate(session) != nil {
 		session = ""
 	}
@@ -783,6 +839,7 @@ func (r *Reconciler) refuse(key string, revision uint64, session, pool, reason s
 	}
 	r.emit(&livegatev1.Event{Type: livegatev1.EventType_EVENT_TYPE_ROUTE_REFUSED, InstanceId: key, SessionId: session, Pool: pool,
 		Details: &livegatev1.Event_RouteRefused{RouteRefused: &livegatev1.RouteRefused{EdgeId: r.cfg.EdgeID, Reason: reason}}})
+	return true
 }
 
 // assignPorts gives each wanted route its public media ports, keeping those it holds, else those

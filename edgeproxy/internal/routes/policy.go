@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/livegate/livegate/pkg/events"
+	"github.com/livegate/livegate/pkg/logging"
 	"github.com/livegate/livegate/pkg/sessionid"
 	"github.com/livegate/livegate/pkg/wire"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
@@ -100,7 +101,7 @@ func (p Policy) Parse(key string, value []byte, revision uint64) (Route, error) 
 	r := Route{Key: key, SessionID: pb.GetSessionId(), EdgeID: pb.GetEdgeId(), Pool: pb.GetPool(), Revision: revision,
 		LeaseTTL: max(pb.GetLeaseTtl().AsDuration(), 0)}
 	if pb.GetInstanceId() != "" && pb.GetInstanceId() != key {
-		return Route{}, fmt.Errorf("instance_id %q: differs from the key %q", pb.GetInstanceId(), key)
+		return Route{}, fmt.Errorf("instance_id %q: differs from the key %q", logging.Clip(pb.GetInstanceId()), key)
 	}
 	if err := sessionid.Validate(r.SessionID); err != nil {
 		return Route{}, fmt.Errorf("session_id: %w", err)

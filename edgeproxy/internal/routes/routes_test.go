@@ -133,6 +133,7 @@ func TestDerive(t *testing.T) {
 		wantServe   []string
 		wantClaims  map[string]uint64
 		wantRefused []string
+		owners      map[string]string
 	}{
 		{name: "direct route to me", routes: []Route{rt("a", "s", "me", "", 1)}, wantServe: []string{"a"}},
 		{name: "direct route to another edge", routes: []Route{rt("a", "s", "other", "p", 1)}},
@@ -155,6 +156,14 @@ func TestDerive(t *testing.T) {
 			wantServe: []string{"old"}, wantRefused: []string{"new"},
 		},
 		{
+			name: "duplicate session id: its holder keeps it though its revision is newer", routes: []Route{rt("owner", "s", "me", "", 9), rt("squatter", "s", "me", "", 2)},
+			owners: map[string]string{"s": "owner"}, wantServe: []string{"owner"}, wantRefused: []string{"squatter"},
+		},
+		{
+			name: "duplicate session id: refused while its holder's route is away", routes: []Route{rt("squatter", "s", "me", "", 2)},
+			owners: map[string]string{"s": "owner"}, wantRefused: []string{"squatter"},
+		},
+		{
 			name: "duplicate session id between a claim and a served route", routes: []Route{rt("a", "s", "me", "", 1), rt("b", "s", "", "p", 5)},
 			wantServe: []string{"a"}, wantRefused: []string{"b"},
 		},
@@ -172,7 +181,7 @@ func TestDerive(t *testing.T) {
 			p := Derive(self, rs, func(k string) (Endpoint, bool) {
 				ep, ok := tt.endpoints[k]
 				return ep, ok
-			}, live)
+			}, live, tt.owners)
 			if got := slices.Sorted(maps.Keys(p.Serve)); !slices.Equal(got, tt.wantServe) {
 				t.Errorf("serve %v, want %v", got, tt.wantServe)
 			}
