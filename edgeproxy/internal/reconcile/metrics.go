@@ -59,7 +59,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"reason"}),
 		conflicts: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "livegate_edge_session_conflicts_total",
-			Help: "Routes refused because another instance holds their session id (once per route revision).",
+			Help: "Routes refused because another instance holds their session id (once per change of the route).",
 		}),
 	}
 	for _, k := range []string{ErrKindHAProxy, ErrKindMedia, ErrKindKV, ErrKindMapFile, ErrKindEvents, ErrKindRefused, ErrKindHeartbeat} {

@@ -16,13 +16,12 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy"
 	"github.com/livegate/livegate/edgeproxy/internal/media"
+	"github.com/livegate/livegate/edgeproxy/internal/portalloc"
 	"github.com/livegate/livegate/edgeproxy/internal/routes"
 	"github.com/livegate/livegate/pkg/events"
 	"github.com/livegate/livegate/pkg/kvstore"
@@ -142,7 +141,7 @@ type Reconciler struct {
 	mapWritten map[string]string
 	mediaWant  map[string][]media.Mapping
 	served     map[string]servedRoute
-	refused    map[string]string
+	refused    map[string]refusal
 	// expired holds the route keys whose removal from KV was a lapsed lease, until the pass
 	// that reports their removal.
 	expired map[string]bool
@@ -180,6 +179,13 @@ type invalidRoute struct {
 	session, pool string
 	// mine is whether the route names this edge or its pool (or could not be read at all).
 	mine bool
+}
+
+// refusal is the last refusal of a route key reported: at which revision, and what was refused
+// why (see refuse).
+type refusal struct {
+	revision uint64
+	mark     string
 }
 
 // owner is the instance holding a session id, with its route's lease; until, when set, is when an
@@ -269,7 +275,7 @@ func New(cfg Config, d Deps, opts ...Option) (*Reconciler, error) {
 		cfg: cfg, d: d, log: d.Log, now: time.Now,
 		kick: make(chan struct{}, 1), evq: make(chan *livegatev1.Event, 1<<16),
 		valid: map[string]routes.Route{}, invalid: map[string]invalidRoute{}, seen: map[string]time.Time{}, expired: map[string]bool{}, held: map[string]time.Time{}, endpoints: map[string]endpoint{},
-		live: map[string]bool{}, served: map[string]servedRoute{}, refused: map[string]string{}, owners: map[string]owner{},
+		live: map[string]bool{}, served: map[string]servedRoute{}, refused: map[string]refusal{}, owners: map[string]owner{},
 		sched: routes.NewScheduler(),
 	}
 	for _, o := range opts {
@@ -675,7 +681,7 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (time.Time, error) {
 	}, r.live, owners)
 	for k, reason := range plan.Refused {
 		rt := r.valid[k]
-		if r.refuse(k, rt.Revision, rt.SessionID, rt.Pool, reason) && plan.Taken[k] != "" {
+		if r.refuse(k, rt.Revision, routeChange(rt), rt.SessionID, rt.Pool, reason) && plan.Taken[k] != "" {
 			r.d.Metrics.conflicts.Inc()
 		}
 	}
@@ -699,9 +705,10 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (time.Time, error) {
 		}
 		if len(c.Route.Media) > 0 && freePorts < len(c.Route.Media) && r.mediaOn() {
 			starved = true
-			// Said once per revision: otherwise a pool route no edge has ports for waits unseen.
-			r.refuse(c.Route.Key, c.Route.Revision, c.Route.SessionID, c.Route.Pool,
-				fmt.Sprintf("media ports: public port range exhausted (%d free, %d wanted); left to the pool's other edges", freePorts, len(c.Route.Media)))
+			// Said once per change of the route: otherwise a pool route no edge has ports for
+			// waits unseen.
+			r.refuse(c.Route.Key, c.Route.Revision, routeChange(c.Route), c.Route.SessionID, c.Route.Pool,
+				fmt.Sprintf("media ports: public port range exhausted (%d wanted); left to the pool's other edges", len(c.Route.Media)))
 			continue
 		}
 		claimable = append(claimable, c.Route.Key)
@@ -776,7 +783,7 @@ func (r *Reconciler) mediaOn() bool {
 func (r *Reconciler) refuseInvalid() {
 	for k, inv := range r.invalid {
 		if inv.mine {
-			r.refuse(k, inv.revision, inv.session, inv.pool, inv.err.Error())
+			r.refuse(k, inv.revision, "", inv.session, inv.pool, inv.err.Error())
 		}
 	}
 	for k := range r.refused {
@@ -819,14 +826,17 @@ func (r *Reconciler) trackOwners(now time.Time) (map[string]string, time.Time) {
 	return holders, next
 }
 
-// refuse logs and reports a route this edge will not program, once per key and revision; it
-// reports whether it did now.
-func (r *Reconciler) refuse(key string, revision uint64, session, pool, reason string) bool {
-	mark := fmt.Sprintf("%d %s", revision, reason)
-	if r.refused[key] == mark {
+// refuse logs and reports a route this edge will not program, once per key, change (what the
+// route asks for, see routeChange; empty for a value that does not parse) and reason: a lease
+// renewal, or another pass finding the same refusal, says nothing new. It reports whether it
+// reported now.
+func (r *Reconciler) refuse(key string, revision uint64, change, session, pool, reason string) bool {
+	mark := change + "\x00" + reason
+	old := r.refused[key]
+	r.refused[key] = refusal{revision: revision, mark: mark}
+	if old.mark == mark {
 		return false
 	}
-	r.refused[key] = mark
 	r.d.Metrics.errors.WithLabelValues(ErrKindRefused).Inc()
 	// The key and session id may be hostile: zerolog quotes them, and they go no further.
 	r.log.Warn().Str("instance_id", logging.Clip(key)).Uint64("revision", revision).Str("reason", reason).Msg("route refused")
@@ -873,7 +883,12 @@ func (r *Reconciler) assignPorts(want map[string]servedRoute, claims map[string]
 		ports, err := r.d.Media.Assign(mediaKey(w.route), w.route.Media, preferred)
 		if err != nil {
 			r.d.Metrics.errors.WithLabelValues(ErrKindMedia).Inc()
-			r.refuse(k, w.route.Revision, w.route.SessionID, w.route.Pool, fmt.Sprintf("media ports: %v", err))
+			reason := fmt.Sprintf("media ports: %v", err)
+			if errors.Is(err, portalloc.ErrExhausted) {
+				// Without the free count, which changes from pass to pass: see refuse.
+				reason = fmt.Sprintf("media ports: public port range exhausted (%d wanted)", len(w.route.Media))
+			}
+			r.refuse(k, w.route.Revision, routeChange(w.route), w.route.SessionID, w.route.Pool, reason)
 			delete(want, k)
 			delete(claims, k)
 			refused++
@@ -1253,11 +1268,16 @@ func (r *Reconciler) removal(key string) (kind, reason string) {
 		return RemovedExpired, "route lease expired"
 	case !known:
 		return RemovedDeleted, "route deleted"
-	case strings.HasPrefix(r.refused[key], strconv.FormatUint(rev, 10)+" "):
+	case r.refused[key].mark != "" && r.refused[key].revision == rev:
 		return RemovedRefused, "route refused"
 	default:
 		return RemovedReassigned, "route no longer served by this edge"
 	}
+}
+
+// routeChange is what a route asks for, whatever its revision: a lease renewal leaves it alone.
+func routeChange(rt routes.Route) string {
+	return fmt.Sprint(rt.SessionID, " ", rt.Signaling, " ", rt.Media, " ", rt.EdgeID, " ", rt.Pool)
 }
 
 // sameProgramming tells a lease renewal (a new revision of an unchanged route) from a change that
