@@ -54,14 +54,16 @@ func TestNextSessionFreshPort(t *testing.T) {
 	// What the previous client sent after the change went nowhere; its flow's loss is expected.
 	<-media.done
 	e.refused(g, s1.id)
+	// The client stays connected while its media is probed: without a resume window its
+	// leaving ends the session.
 	w := e.mustDial(g, next.id)
 	if err := w.echo(e.ctx); err != nil {
 		t.Error(err)
 	}
-	w.close()
 	if err := e.probe(g, next.port); err != nil {
 		t.Errorf("the next session's media: %v", err)
 	}
+	w.close()
 	stopAgents(t, e)
 	e.clean()
 }
