@@ -10,13 +10,13 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy"
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy/haproxytest"
+	"github.com/livegate/livegate/pkg/logbuf"
 	"github.com/rs/zerolog"
 )
 
@@ -104,6 +104,10 @@ func TestKeepAliveRequestsRouteEach(t *testing.T) {
 	}
 }
 
+// TestMissesAreRateLimited asks for a session more often than the miss limit allows before its
+// route exists, as a client's reconnect loop does: the misses get 404, then 429; once the route
+// is live the same address reaches it at once (a known session is never refused), while its
+// further misses are still refused.
 func TestMissesAreRateLimited(t *testing.T) {
 	f := haproxytest.NewFiles(t, haproxytest.Dir(t))
 	cfg := f.ConfigFor(haproxytest.FreePort(t))
@@ -113,11 +117,23 @@ func TestMissesAreRateLimited(t *testing.T) {
 	defer cancel()
 	var statuses []int
 	for range 6 {
-		res, _ := haproxytest.Dial(ctx, h.Port, "/", "nope")
+		res, _ := haproxytest.Dial(ctx, h.Port, "/", "soon")
 		statuses = append(statuses, res.Status)
 	}
 	if statuses[0] != http.StatusNotFound || statuses[5] != http.StatusTooManyRequests {
 		t.Fatalf("statuses %v: want 404 first and 429 at the end", statuses)
+	}
+	b := haproxytest.StartBackend(t, "app", false)
+	if err := h.Driver.Apply(ctx, map[string]string{"soon": b.Addr.String()}, nil); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		if res, err := haproxytest.Dial(ctx, h.Port, "/", "soon"); err != nil || res.Message != "app /" {
+			t.Fatalf("request %d for the now known session: %+v %v", i, res, err)
+		}
+	}
+	if res, _ := haproxytest.Dial(ctx, h.Port, "/", "still-unknown"); res.Status != http.StatusTooManyRequests {
+		t.Fatalf("a further miss got %d, want 429", res.Status)
 	}
 }
 
@@ -283,17 +299,7 @@ func mustCommand(t *testing.T, words ...string) haproxy.Command {
 // StopOnExit HAProxy keeps running for the next edge process, as a ready one does.
 func TestSupervisorStoppedWhileStartingLeavesHAProxy(t *testing.T) {
 	bin := haproxytest.Binary(t)
-	f := haproxytest.NewFiles(t, haproxytest.Dir(t))
-	text, err := haproxy.Render(f.ConfigFor(haproxytest.FreePort(t)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(f.Config, []byte(text), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := haproxy.WriteMapFile(f.MapFile, nil); err != nil {
-		t.Fatal(err)
-	}
+	f := configured(t)
 	sup := haproxy.NewSupervisor(bin, f.Config, f.PidFile, haproxy.NewClient(f.Socket+".absent", time.Second),
 		zerolog.New(zerolog.NewTestWriter(t)), haproxy.StopOnExit(false))
 	ctx, cancel := context.WithCancel(context.Background())
@@ -322,18 +328,8 @@ func TestSupervisorStoppedWhileStartingLeavesHAProxy(t *testing.T) {
 // once, whatever the supervisor's logger already carries.
 func TestSupervisorOutputLogOneComponent(t *testing.T) {
 	bin := haproxytest.Binary(t)
-	f := haproxytest.NewFiles(t, haproxytest.Dir(t))
-	text, err := haproxy.Render(f.ConfigFor(haproxytest.FreePort(t)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(f.Config, []byte(text), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := haproxy.WriteMapFile(f.MapFile, nil); err != nil {
-		t.Fatal(err)
-	}
-	var out lockedWriter
+	f := configured(t)
+	var out logbuf.Buffer
 	base := zerolog.New(&out)
 	ready := make(chan struct{}, 1)
 	sup := haproxy.NewSupervisor(bin, f.Config, f.PidFile, haproxy.NewClient(f.Socket, time.Second),
@@ -365,20 +361,19 @@ func TestSupervisorOutputLogOneComponent(t *testing.T) {
 	}
 }
 
-// lockedWriter collects log output written from several goroutines.
-type lockedWriter struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (w *lockedWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-
-func (w *lockedWriter) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.String()
+// configured lays out the files of an HAProxy the test supervises itself: configuration and map.
+func configured(t *testing.T) haproxytest.Files {
+	t.Helper()
+	f := haproxytest.NewFiles(t, haproxytest.Dir(t))
+	text, err := haproxy.Render(f.ConfigFor(haproxytest.FreePort(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(f.Config, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := haproxy.WriteMapFile(f.MapFile, nil); err != nil {
+		t.Fatal(err)
+	}
+	return f
 }

@@ -115,38 +115,6 @@ func TestFrontendLimitsAndDisclosure(t *testing.T) {
 	}
 }
 
-// TestKnownSessionNeverRefusedByMissLimit asks for a session more often than the miss limit
-// allows before its route exists, as a client's reconnect loop does: once the route is live the
-// same address reaches it at once, while its misses are still refused.
-func TestKnownSessionNeverRefusedByMissLimit(t *testing.T) {
-	f := haproxytest.NewFiles(t, haproxytest.Dir(t))
-	cfg := f.ConfigFor(haproxytest.FreePort(t))
-	cfg.MissLimit = 3
-	h := haproxytest.Start(t, cfg, f)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	var statuses []int
-	for range 6 {
-		res, _ := haproxytest.Dial(ctx, h.Port, "/", "soon")
-		statuses = append(statuses, res.Status)
-	}
-	if statuses[5] != http.StatusTooManyRequests {
-		t.Fatalf("statuses before the route %v: want 429 at the end", statuses)
-	}
-	b := haproxytest.StartBackend(t, "app", false)
-	if err := h.Driver.Apply(ctx, map[string]string{"soon": b.Addr.String()}, nil); err != nil {
-		t.Fatal(err)
-	}
-	for i := range 5 {
-		if res, err := haproxytest.Dial(ctx, h.Port, "/", "soon"); err != nil || res.Message != "app /" {
-			t.Fatalf("request %d for the now known session: %+v %v", i, res, err)
-		}
-	}
-	if res, _ := haproxytest.Dial(ctx, h.Port, "/", "still-unknown"); res.Status != http.StatusTooManyRequests {
-		t.Fatalf("a further miss got %d, want 429", res.Status)
-	}
-}
-
 // TestRequestTimeoutSparesWebsockets checks that a connection that never starts its TLS
 // handshake, and one that never sends its request, are closed after the request timeout, while
 // an established websocket idle for longer stays open.

@@ -94,18 +94,11 @@ func TestInjectionRoutesNeverReachHAProxyOrIptables(t *testing.T) {
 	}
 	drv := &recordingDriver{m: map[string]string{}}
 	logs := &logbuf.Buffer{}
-	r, err := reconcile.New(cfg, reconcile.Deps{
-		JS: e.js, Buckets: e.kv, Driver: drv, Media: plane,
+	runLoop(t, e, cfg, reconcile.Deps{
+		Driver: drv, Media: plane,
 		Events: events.NewPublisher(e.js, "test/edge-a"), Metrics: reconcile.NewMetrics(prometheus.NewRegistry()),
 		Log: zerolog.New(logs).Level(zerolog.WarnLevel),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = r.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
 
 	const sig, med = "198.19.0.10:30000", "198.19.0.10:31000"
 	route := func(session, signaling string, media ...string) *livegatev1.Route {

@@ -1,7 +1,6 @@
 package reconcile_test
 
 import (
-	"context"
 	"encoding/json"
 	"net/netip"
 	"strings"
@@ -33,17 +32,10 @@ func TestRefusalLoggedOncePerChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	logs := &logbuf.Buffer{}
-	r, err := reconcile.New(cfg, reconcile.Deps{
-		JS: e.js, Buckets: e.kv, Driver: &recordingDriver{m: map[string]string{}}, Media: plane,
+	runLoop(t, e, cfg, reconcile.Deps{
+		Driver: &recordingDriver{m: map[string]string{}}, Media: plane,
 		Metrics: reconcile.NewMetrics(prometheus.NewRegistry()), Log: zerolog.New(logs).Level(zerolog.DebugLevel),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = r.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
 
 	count := func(message, instance string) (n int) {
 		for _, line := range strings.Split(logs.String(), "\n") {

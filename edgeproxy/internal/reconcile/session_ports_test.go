@@ -39,6 +39,20 @@ func (c *recordingCleaner) flushed(p uint16) bool {
 	return c.ports[p]
 }
 
+// runLoop runs a reconciler over e's buckets with the rest of d until the test ends.
+func runLoop(t *testing.T, e env, cfg reconcile.Config, d reconcile.Deps) {
+	t.Helper()
+	d.JS, d.Buckets = e.js, e.kv
+	r, err := reconcile.New(cfg, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = r.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
 // TestNewSessionGetsFreshPorts changes the session id of a live route (an agent that stays up
 // and becomes ready under a new id), then deletes the route and writes it again under a third
 // id (an agent restarted on the same instance): each new session gets public ports no earlier
@@ -55,18 +69,11 @@ func TestNewSessionGetsFreshPorts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := reconcile.New(cfg, reconcile.Deps{
-		JS: e.js, Buckets: e.kv, Driver: &recordingDriver{m: map[string]string{}}, Media: plane,
+	runLoop(t, e, cfg, reconcile.Deps{
+		Driver: &recordingDriver{m: map[string]string{}}, Media: plane,
 		Events: events.NewPublisher(e.js, "test/edge-a"), Metrics: reconcile.NewMetrics(prometheus.NewRegistry()),
 		Log: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = r.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
 
 	route := func(session string) *livegatev1.Route {
 		return &livegatev1.Route{SessionId: session, SignalingBackend: "127.0.0.1:30000", MediaBackends: []string{"127.0.0.1:31000"}, EdgeId: "edge-a"}

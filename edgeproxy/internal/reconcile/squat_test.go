@@ -26,18 +26,11 @@ func TestSessionSquatterRefused(t *testing.T) {
 	e := newEnv(t)
 	drv := &recordingDriver{m: map[string]string{}}
 	reg := prometheus.NewRegistry()
-	r, err := reconcile.New(config("edge-a", "default"), reconcile.Deps{
-		JS: e.js, Buckets: e.kv, Driver: drv, Media: media.Off{},
+	runLoop(t, e, config("edge-a", "default"), reconcile.Deps{
+		Driver: drv, Media: media.Off{},
 		Events: events.NewPublisher(e.js, "test/edge-a"), Metrics: reconcile.NewMetrics(reg),
 		Log: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = r.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
 
 	const owner, squatter = "127.0.0.1:30001", "127.0.0.1:30002"
 	// The owner's key lives 1 s unless renewed; its lease, as its agent declares it, is 3 s.
