@@ -28,11 +28,14 @@ func Validate(id string) error {
 		if !allowed(id[i]) {
 			// The character, not its first byte: a byte of a multi-byte character quoted alone
 			// reads as another character (mojibake).
-			c, size := utf8.DecodeRuneInString(id[i:])
-			if c == utf8.RuneError && size <= 1 {
-				return fmt.Errorf("session id has the byte 0x%02x (not UTF-8) at offset %d; only A-Z a-z 0-9 . _ ~ - are allowed", id[i], i)
+			what := fmt.Sprintf("%q", id[i])
+			switch c, size := utf8.DecodeRuneInString(id[i:]); {
+			case c == utf8.RuneError && size <= 1:
+				what = fmt.Sprintf("the byte 0x%02x (not UTF-8)", id[i])
+			case size > 1:
+				what = fmt.Sprintf("%q (%U)", c, c)
 			}
-			return fmt.Errorf("session id has %q (%U) at offset %d; only A-Z a-z 0-9 . _ ~ - are allowed", c, c, i)
+			return fmt.Errorf("session id has %s at offset %d; only A-Z a-z 0-9 . _ ~ - are allowed", what, i)
 		}
 	}
 	if id == "." || id == ".." {

@@ -53,13 +53,14 @@ func TestNew(t *testing.T) {
 	}
 }
 
-// TestValidateNamesTheCharacter checks that a refused non-ASCII id's error names the character
+// TestValidateNamesTheCharacter checks that a refused id's error names the character
 // the client wrote, not a byte of it read as another character.
 func TestValidateNamesTheCharacter(t *testing.T) {
 	for id, want := range map[string]string{
 		"sessión":   `'ó' (U+00F3) at offset 5`,
 		"\u0441ess": `'с' (U+0441) at offset 0`,
 		"a\xffb":    "the byte 0xff (not UTF-8) at offset 1",
+		"a b":       `' ' at offset 1;`,
 	} {
 		err := Validate(id)
 		if err == nil || !strings.Contains(err.Error(), want) || !utf8.ValidString(err.Error()) {
