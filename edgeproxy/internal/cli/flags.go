@@ -341,7 +341,6 @@ func (f *flags) haproxyConfig() (haproxy.Config, error) {
 	c := haproxy.Config{
 		Socket: socket, MapFile: mapFile, CertFile: cert, BindAddr: f.signalingBind, Port: f.signalingPort,
 		TunnelTimeout: f.tunnelTimeout, HardStopAfter: f.hardStopAfter, MissLimit: f.missLimit,
-		RequestTimeout: haproxy.DefaultRequestTimeout,
 	}
 	return c, c.Validate()
 }

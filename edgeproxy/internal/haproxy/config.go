@@ -28,7 +28,8 @@ type Config struct {
 	// TunnelTimeout is how long an idle websocket stays open.
 	TunnelTimeout time.Duration
 	// RequestTimeout bounds how long a client may take over its TLS handshake and its request,
-	// and idle between requests; an established websocket is under TunnelTimeout instead.
+	// and idle between requests; an established websocket is under TunnelTimeout instead. Zero
+	// means DefaultRequestTimeout.
 	RequestTimeout time.Duration
 	// HardStopAfter bounds how long old workers keep their websockets after a reload.
 	HardStopAfter time.Duration
@@ -48,7 +49,7 @@ func (c Config) Validate() error {
 	if c.Port < 1 || c.Port > 65535 {
 		errs = append(errs, fmt.Errorf("haproxy port %d: out of range", c.Port))
 	}
-	if c.TunnelTimeout < time.Second || c.HardStopAfter < time.Second || c.RequestTimeout < time.Second {
+	if c.TunnelTimeout < time.Second || c.HardStopAfter < time.Second || (c.RequestTimeout != 0 && c.RequestTimeout < time.Second) {
 		errs = append(errs, errors.New("haproxy tunnel timeout, request timeout and hard-stop-after must be at least 1s"))
 	}
 	if c.MissLimit < 1 {
@@ -67,6 +68,9 @@ func RenderSections(c Config) (string, error) { return render(c, false) }
 func render(c Config, full bool) (string, error) {
 	if err := c.Validate(); err != nil {
 		return "", err
+	}
+	if c.RequestTimeout == 0 {
+		c.RequestTimeout = DefaultRequestTimeout
 	}
 	var b bytes.Buffer
 	err := configTemplate.Execute(&b, struct {

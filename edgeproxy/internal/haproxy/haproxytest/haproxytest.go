@@ -89,7 +89,7 @@ func NewFiles(t testing.TB, dir string) Files {
 func (f Files) ConfigFor(port int) haproxy.Config {
 	return haproxy.Config{
 		Socket: f.Socket, MapFile: f.MapFile, CertFile: f.Cert, BindAddr: "127.0.0.1", Port: port,
-		TunnelTimeout: time.Hour, HardStopAfter: 10 * time.Second, MissLimit: 1000, RequestTimeout: haproxy.DefaultRequestTimeout,
+		TunnelTimeout: time.Hour, HardStopAfter: 10 * time.Second, MissLimit: 1000,
 	}
 }
 
