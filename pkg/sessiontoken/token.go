@@ -167,8 +167,9 @@ func ReasonOf(err error) Reason {
 	return ""
 }
 
-// Shape is the compact JWS form the edge accepts, as a regular expression HAProxy uses too.
-const Shape = `^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$`
+// Shape is the compact JWS form the edge accepts, as a regular expression HAProxy uses too
+// (written without backslashes, which HAProxy's quoting would take).
+const Shape = `^[A-Za-z0-9_-]+[.][A-Za-z0-9_-]+[.][A-Za-z0-9_-]+$`
 
 var shape = regexp.MustCompile(Shape)
 
