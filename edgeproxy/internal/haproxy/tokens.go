@@ -63,41 +63,41 @@ func (t SessionTokens) validate() error {
 		return nil
 	case TokensOptional, TokensRequired:
 	default:
-		return fmt.Errorf("session token mode %q: want off, optional or required", t.Mode)
+		return fmt.Errorf("haproxy session token mode %q: want off, optional or required", t.Mode)
 	}
 	var errs []error
 	if len(t.Keys) == 0 {
-		errs = append(errs, errors.New("session tokens: no verification key"))
+		errs = append(errs, errors.New("haproxy session tokens: no verification key"))
 	}
 	seen := map[string]bool{}
 	for _, k := range t.Keys {
 		if err := sessiontoken.ValidateKeyID(k.ID); err != nil {
-			errs = append(errs, fmt.Errorf("session token %w", err))
+			errs = append(errs, fmt.Errorf("haproxy session token %w", err))
 		}
 		if seen[k.ID] {
-			errs = append(errs, fmt.Errorf("session token key id %q: used twice", k.ID))
+			errs = append(errs, fmt.Errorf("haproxy session token key id %q: used twice", k.ID))
 		}
 		seen[k.ID] = true
 		switch {
 		case k.Alg == sessiontoken.ES256 && k.Secret == "":
 			if err := checkWord(k.File); err != nil {
-				errs = append(errs, fmt.Errorf("session token key %s file: %w", k.ID, err))
+				errs = append(errs, fmt.Errorf("haproxy session token key %s file: %w", k.ID, err))
 			}
 		case k.Alg == sessiontoken.HS256 && k.File == "":
 			if _, err := sessiontoken.ParseKey(k.ID+sessiontoken.SecretExt, []byte(k.Secret)); err != nil {
-				errs = append(errs, fmt.Errorf("session token key %s: HS256 secret refused", k.ID))
+				errs = append(errs, fmt.Errorf("haproxy session token key %s: HS256 secret refused", k.ID))
 			}
 		default:
-			errs = append(errs, fmt.Errorf("session token key %s: want an ES256 key with a file or an HS256 key with a secret", k.ID))
+			errs = append(errs, fmt.Errorf("haproxy session token key %s: want an ES256 key with a file or an HS256 key with a secret", k.ID))
 		}
 	}
 	for _, a := range t.Audiences {
 		if err := sessiontoken.ValidateAudience(a); err != nil || a == "" {
-			errs = append(errs, fmt.Errorf("session token audience %q: want pool:<name> or edge:<id>", a))
+			errs = append(errs, fmt.Errorf("haproxy session token audience %q: want pool:<name> or edge:<id>", a))
 		}
 	}
 	if t.Leeway < 0 || t.Leeway%time.Second != 0 {
-		errs = append(errs, fmt.Errorf("session token leeway %s: want whole seconds, not negative", t.Leeway))
+		errs = append(errs, fmt.Errorf("haproxy session token leeway %s: want whole seconds, not negative", t.Leeway))
 	}
 	return errors.Join(errs...)
 }
@@ -194,7 +194,7 @@ func ParseTokenTable(out string) (map[string]uint64, error) {
 		}
 		n, err := strconv.ParseUint(cnt, 10, 64)
 		if key == "" || err != nil {
-			return nil, fmt.Errorf("session token table: unexpected line %q", line)
+			return nil, fmt.Errorf("haproxy session token table: unexpected line %q", line)
 		}
 		counts[key] = n
 	}
