@@ -209,18 +209,18 @@ func run(ctx context.Context, s *settings, h Hooks, log zerolog.Logger) error {
 		return err
 	}
 	adm := admin.New(source{r}, reg, log.With().Str("component", "admin").Logger())
-	tokenCounts := func() {}
+	tokenRestarted, tokenPoll := func() {}, func(context.Context) {}
 	if client != nil && s.haproxy.Tokens.On() {
 		c := newTokenCounter(client.TokenCounts)
 		reg.MustRegister(c)
-		tokenCounts = c.Restarted
+		tokenRestarted, tokenPoll = c.Restarted, c.Poll
 	}
 	var sup *haproxy.Supervisor
 	if supervise {
 		var once sync.Once
 		onReady := func() {
 			once.Do(func() { close(haproxyUp) })
-			tokenCounts()
+			tokenRestarted()
 			r.Resync()
 		}
 		if sup, err = supervised(s, client, onReady, log); err != nil {
@@ -233,7 +233,7 @@ func run(ctx context.Context, s *settings, h Hooks, log zerolog.Logger) error {
 	if sup != nil {
 		wg.Go(func() { errc <- sup.Run(ctx) })
 		if s.haproxy.Tokens.On() {
-			w := newKeyWatcher(s, sup, reg, log.With().Str("component", "session_tokens").Logger())
+			w := newKeyWatcher(s, sup, tokenPoll, reg, log.With().Str("component", "session_tokens").Logger())
 			wg.Go(func() { errc <- w.Run(ctx) })
 		}
 	}

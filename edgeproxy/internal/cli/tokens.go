@@ -150,18 +150,20 @@ func fingerprint(keys []haproxy.TokenKey) [32]byte {
 
 // keyWatcher reloads the supervised HAProxy when the verification keys change.
 type keyWatcher struct {
-	s       *settings
-	sup     *haproxy.Supervisor
-	log     zerolog.Logger
-	keys    prometheus.Gauge
-	reloads *prometheus.CounterVec
-	current [32]byte
-	lastErr string
+	s   *settings
+	sup *haproxy.Supervisor
+	// beforeReload takes in the old worker's token counts, which its successor starts without.
+	beforeReload func(context.Context)
+	log          zerolog.Logger
+	keys         prometheus.Gauge
+	reloads      *prometheus.CounterVec
+	current      [32]byte
+	lastErr      string
 }
 
-func newKeyWatcher(s *settings, sup *haproxy.Supervisor, reg prometheus.Registerer, log zerolog.Logger) *keyWatcher {
+func newKeyWatcher(s *settings, sup *haproxy.Supervisor, beforeReload func(context.Context), reg prometheus.Registerer, log zerolog.Logger) *keyWatcher {
 	w := &keyWatcher{
-		s: s, sup: sup, log: log, current: fingerprint(s.haproxy.Tokens.Keys),
+		s: s, sup: sup, beforeReload: beforeReload, log: log, current: fingerprint(s.haproxy.Tokens.Keys),
 		keys: prometheus.NewGauge(prometheus.GaugeOpts{Name: "livegate_edge_session_token_keys", Help: "Session token verification keys in the running HAProxy configuration."}),
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "livegate_edge_session_token_reloads_total", Help: "HAProxy reloads for changed session token keys, by result (ok, error)."},
 			[]string{"result"}),
@@ -223,6 +225,7 @@ func (w *keyWatcher) reload(ctx context.Context, tokens haproxy.SessionTokens) e
 	if _, err := writeSupervisedConfig(w.s, c); err != nil {
 		return err
 	}
+	w.beforeReload(ctx)
 	return w.sup.Reload(ctx)
 }
 
@@ -300,12 +303,17 @@ func (c *tokenCounter) add(counts map[string]uint64) {
 
 func (c *tokenCounter) Describe(ch chan<- *prometheus.Desc) { c.vec.Describe(ch) }
 
-// Collect reads HAProxy's counts first; a failed read leaves the counter as it was.
-func (c *tokenCounter) Collect(ch chan<- prometheus.Metric) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+// Poll takes in HAProxy's counts now; a failed read leaves the counter as it was.
+func (c *tokenCounter) Poll(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	if counts, err := c.read(ctx); err == nil {
 		c.add(counts)
 	}
+}
+
+// Collect polls first, so a scrape sees the counts of the moment.
+func (c *tokenCounter) Collect(ch chan<- prometheus.Metric) {
+	c.Poll(context.Background())
 	c.vec.Collect(ch)
 }

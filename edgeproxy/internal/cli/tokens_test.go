@@ -1,0 +1,290 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/livegate/livegate/edgeproxy/internal/haproxy/haproxytest"
+	"github.com/livegate/livegate/pkg/kvstore"
+	"github.com/livegate/livegate/pkg/logbuf"
+	"github.com/livegate/livegate/pkg/sessiontoken"
+	"github.com/livegate/livegate/pkg/wire"
+	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// writeKey writes what an edge gets of k into dir: the public key or the secret.
+func writeKey(t *testing.T, dir string, k sessiontoken.Key) {
+	t.Helper()
+	files, err := k.Files()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, b := range files {
+		if filepath.Ext(name) != sessiontoken.PrivateExt {
+			if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+func newKey(t *testing.T, gen func(string) (sessiontoken.Key, error), kid string) sessiontoken.Key {
+	t.Helper()
+	k, err := gen(kid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func TestTokenFlags(t *testing.T) {
+	keys := t.TempDir()
+	writeKey(t, keys, newKey(t, sessiontoken.NewES256, "es-1"))
+	writeKey(t, keys, newKey(t, sessiontoken.NewHS256, "hs-1"))
+	withPrivate := t.TempDir()
+	k := newKey(t, sessiontoken.NewES256, "es-1")
+	files, _ := k.Files()
+	if err := os.WriteFile(filepath.Join(withPrivate, "es-1.key"), files["es-1.key"], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"mode", []string{"--session-token", "sometimes"}, `--session-token "sometimes": want off, optional or required`},
+		{"no keys", []string{"--session-token", "required"}, `--session-token-keys "": --session-token=required needs`},
+		{"relative", []string{"--session-token", "optional", "--session-token-keys", "keys"}, `--session-token-keys "keys"`},
+		{"missing dir", []string{"--session-token", "optional", "--session-token-keys", "/nonexistent"}, `--session-token-keys: session token keys: open /nonexistent`},
+		{"private key", []string{"--session-token", "required", "--session-token-keys", withPrivate}, `--session-token-keys: key file ` + withPrivate + `/es-1.key: a private key does not belong`},
+		{"leeway", []string{"--session-token", "required", "--session-token-keys", keys, "--session-token-leeway", "1500ms"}, `--session-token-leeway 1.5s: want whole seconds`},
+		{"driver", []string{"--session-token", "required", "--session-token-keys", keys, "--driver", "other"}, `--session-token=required: only with --driver runtime`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fs, f := newFlagSet("run", io.Discard, nil)
+			if err := fs.Parse(tc.args); err != nil {
+				t.Fatal(err)
+			}
+			_, err := f.haproxyConfig()
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("haproxyConfig: %v, want %q", err, tc.want)
+			}
+		})
+	}
+	fs, f := newFlagSet("run", io.Discard, nil)
+	if err := fs.Parse([]string{"--session-token", "required", "--session-token-keys", keys, "--pool", "p1", "--edge-id", "e1"}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := f.haproxyConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tk := c.Tokens
+	if len(tk.Keys) != 2 || tk.Keys[0].File != filepath.Join(keys, "es-1.pem") || tk.Keys[1].Secret == "" || fmt.Sprint(tk.Audiences) != "[pool:p1 edge:e1]" || tk.Leeway != 30*time.Second {
+		t.Fatalf("tokens %+v", tk)
+	}
+}
+
+func TestTokenCounter(t *testing.T) {
+	c := newTokenCounter(nil)
+	value := func(r string) float64 { return testutil.ToFloat64(c.vec.WithLabelValues(r)) }
+	for i, step := range []struct {
+		restart bool
+		counts  map[string]uint64
+		valid   float64
+		expired float64
+	}{
+		{false, map[string]uint64{"valid": 3}, 3, 0},
+		{false, map[string]uint64{"valid": 5, "expired": 1}, 5, 1},
+		{true, map[string]uint64{"valid": 7}, 12, 1},                // a reload the edge made: all 7 are new
+		{false, map[string]uint64{"valid": 2, "expired": 1}, 14, 2}, // a reload behind the edge's back
+	} {
+		if step.restart {
+			c.Restarted()
+		}
+		c.add(step.counts)
+		if value("valid") != step.valid || value("expired") != step.expired {
+			t.Fatalf("step %d: valid %v expired %v, want %v %v", i, value("valid"), value("expired"), step.valid, step.expired)
+		}
+	}
+}
+
+func TestTokenCommand(t *testing.T) {
+	dir := t.TempDir()
+	run := func(stdin string, args ...string) (int, string, string) {
+		var out, errOut bytes.Buffer
+		code := TokenCommand(strings.NewReader(stdin))(context.Background(), args, &out, &errOut)
+		return code, out.String(), errOut.String()
+	}
+	if code, out, errOut := run("", "keygen", "--kid", "k1", "--out", dir); code != 0 || !strings.Contains(out, "k1.key") || !strings.Contains(out, "k1.pem") {
+		t.Fatalf("keygen: %d %q %q", code, out, errOut)
+	}
+	if code, _, errOut := run("", "keygen", "--kid", "k1", "--out", dir); code != 1 || !strings.Contains(errOut, "exists") {
+		t.Fatalf("keygen over an existing key: %d %q", code, errOut)
+	}
+	if code, _, _ := run("", "keygen", "--alg", "HS256", "--kid", "h1", "--out", dir); code != 0 {
+		t.Fatal("keygen HS256")
+	}
+	edge := t.TempDir()
+	for _, name := range []string{"k1.pem", "h1.hs256"} {
+		b, _ := os.ReadFile(filepath.Join(dir, name))
+		if err := os.WriteFile(filepath.Join(edge, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, key := range []string{"k1.key", "h1.hs256"} {
+		code, token, errOut := run("", "mint", "--key", filepath.Join(dir, key), "--session", "s1", "--audience", "pool:p1", "--subprotocol")
+		if code != 0 || !strings.HasPrefix(token, sessiontoken.SubprotocolPrefix) {
+			t.Fatalf("mint with %s: %d %q %q", key, code, token, errOut)
+		}
+		if code, out, errOut := run(token, "verify", "--keys", edge, "--session", "s1", "--audience", "pool:p1"); code != 0 || !strings.HasPrefix(out, "valid: session s1, audience pool:p1") {
+			t.Fatalf("verify from stdin: %d %q %q", code, out, errOut)
+		}
+		if code, _, errOut := run("", "verify", "--keys", edge, "--session", "s2", "--audience", "pool:p1", strings.TrimSpace(token)); code != 1 || !strings.Contains(errOut, "wrong_session") {
+			t.Fatalf("verify for another session: %d %q", code, errOut)
+		}
+	}
+	for _, args := range [][]string{{}, {"sign"}, {"mint", "--session", "s1"}, {"keygen", "--alg", "RS256", "--kid", "x"}, {"verify", "--keys", edge}} {
+		if code, _, _ := run("", args...); code != 2 {
+			t.Errorf("token %q: exit %d, want 2", args, code)
+		}
+	}
+}
+
+// TestSessionTokensInRun runs the edge with --session-token=required and embedded NATS: a
+// tokenless handshake is refused, a valid one routed; adding a key and retiring the old one in
+// --session-token-keys reloads HAProxy while a websocket opened with the old key stays open; the
+// checks and reloads are counted on /metrics.
+func TestSessionTokensInRun(t *testing.T) {
+	bin := haproxytest.Binary(t)
+	dir := haproxytest.Dir(t)
+	keys := filepath.Join(dir, "keys")
+	if err := os.Mkdir(keys, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	old, next := newKey(t, sessiontoken.NewES256, "old"), newKey(t, sessiontoken.NewHS256, "next")
+	writeKey(t, keys, old)
+	natsPort, sigPort, adminPort := haproxytest.FreePort(t), haproxytest.FreePort(t), haproxytest.FreePort(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan int, 1)
+	var logs logbuf.Buffer
+	go func() {
+		done <- RunCommand(Hooks{})(ctx, []string{
+			fmt.Sprintf("--nats-embedded=127.0.0.1:%d", natsPort), "--state-dir", dir, "--haproxy-binary", bin, "--tls-self-signed",
+			"--signaling-bind", "127.0.0.1", "--signaling-port", strconv.Itoa(sigPort), "--admin-addr", fmt.Sprintf("127.0.0.1:%d", adminPort),
+			"--media=off", "--edge-id", "tok", "--backend-cidrs", "127.0.0.0/8", "--backend-ports", "1024-65535",
+			"--haproxy-stop-on-exit", "--log-format", "json", "--hard-stop-after", "1m",
+			"--session-token", "required", "--session-token-keys", keys,
+		}, io.Discard, &logs)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if code := <-done; code != 0 {
+			t.Errorf("edge exited %d: %s", code, logs.String())
+		}
+	})
+	admin := fmt.Sprintf("http://127.0.0.1:%d", adminPort)
+	waitFor(t, "healthz", func() bool { code, _ := get(admin + "/healthz"); return code == http.StatusOK })
+	nc, err := nats.Connect(fmt.Sprintf("nats://127.0.0.1:%d", natsPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(ctx, kvstore.RoutesBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := haproxytest.StartBackend(t, "app", false)
+	data, err := wire.Marshal(&livegatev1.Route{SessionId: "s1", SignalingBackend: b.Addr.String(), Pool: "default"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, "i-tok", data); err != nil {
+		t.Fatal(err)
+	}
+	dctx, dcancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer dcancel()
+	open := func(k *sessiontoken.Key) (*websocket.Conn, haproxytest.Result, error) {
+		protos := []string{"x-nv-sessionid.s1"}
+		if k != nil {
+			token, err := sessiontoken.Mint(*k, sessiontoken.Claims{SessionID: "s1", NotBefore: time.Now(), Expiry: time.Now().Add(time.Minute), Audience: "pool:default"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			protos = append(protos, sessiontoken.Subprotocol(token))
+		}
+		return haproxytest.Open(dctx, sigPort, "/", protos, nil)
+	}
+	accepted := func(k *sessiontoken.Key) bool {
+		c, _, err := open(k)
+		if err == nil {
+			c.CloseNow()
+		}
+		return err == nil
+	}
+	waitFor(t, "route with a valid token", func() bool { return accepted(&old) })
+	if _, res, err := open(nil); err == nil || res.Status != http.StatusUnauthorized {
+		t.Fatalf("tokenless handshake: %+v, %v; want 401", res, err)
+	}
+	held, _, err := open(&old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.CloseNow()
+	writeKey(t, keys, next)
+	waitFor(t, "the new key accepted", func() bool { return accepted(&next) })
+	if err := os.Remove(filepath.Join(keys, "old.pem")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the old key retired", func() bool { return !accepted(&old) })
+	if err := held.Write(dctx, websocket.MessageText, []byte("still here")); err != nil {
+		t.Fatalf("websocket opened before the rotation: %v", err)
+	}
+	if _, msg, err := held.Read(dctx); err != nil || string(msg) != "still here" {
+		t.Fatalf("websocket opened before the rotation: %q, %v", msg, err)
+	}
+	// The watcher counts a reload once the new worker answers, just after it serves.
+	var body string
+	waitFor(t, "the second reload counted", func() bool {
+		_, body = get(admin + "/metrics")
+		return strings.Contains(body, `livegate_edge_session_token_reloads_total{result="ok"} 2`)
+	})
+	for _, want := range []string{`livegate_edge_session_token_keys 1`, `livegate_edge_session_tokens_total{result="unknown_key"}`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	if !strings.Contains(body, `livegate_edge_session_tokens_total{result="valid"}`) || strings.Contains(body, `livegate_edge_session_tokens_total{result="missing"} 0`) {
+		t.Errorf("/metrics token counts: %s", grepLines(body, "session_tokens_total"))
+	}
+	if strings.Contains(logs.String(), string(next.Secret)) {
+		t.Error("the HS256 secret is in the edge's log")
+	}
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for l := range strings.SplitSeq(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
