@@ -282,6 +282,7 @@ func supervised(s *settings, client *haproxy.Client, onReady func(), log zerolog
 	if err != nil {
 		return nil, err
 	}
+	pruneKeyCopies(s.f.stateDir, s.haproxy.Tokens)
 	return haproxy.NewSupervisor(s.f.haproxyBinary, s.configFile, s.pidFile, client,
 		log.With().Str("component", "supervisor").Logger(),
 		haproxy.StopOnExit(s.f.haproxyStopOnExit), haproxy.ReloadAdopted(changed), haproxy.OnReady(onReady)), nil

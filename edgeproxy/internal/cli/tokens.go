@@ -45,7 +45,7 @@ func (f *flags) tokens() (haproxy.SessionTokens, error) {
 		return t, fmt.Errorf("--session-token %q: want off, optional or required", t.Mode)
 	}
 	if f.driver != "runtime" {
-		return t, fmt.Errorf("--session-token=%s: only with --driver runtime; with another driver, add the rules `haproxy-config --session-token=%s` prints to your HAProxy", t.Mode, t.Mode)
+		return t, fmt.Errorf("--session-token %s: only with --driver runtime; with another driver, add the rules `haproxy-config --session-token=%s` prints to your HAProxy", t.Mode, t.Mode)
 	}
 	if f.token.leeway < 0 || f.token.leeway%time.Second != 0 {
 		return t, fmt.Errorf("--session-token-leeway %s: want whole seconds, not negative", f.token.leeway)
@@ -91,19 +91,20 @@ func flagLines(flagName string, err error) error {
 	return errors.New(strings.Join(lines, "\n"))
 }
 
-// snapshotKeys copies the ES256 public keys the configuration names into <state-dir>/
-// session-token-keys and points the configuration at the copies: a supervised HAProxy reads
-// them at every reload, and the operator's directory may change at any moment. Copies of keys
-// no longer used are removed.
-func snapshotKeys(stateDir string, t haproxy.SessionTokens) (haproxy.SessionTokens, error) {
+// keyCopies is where a supervised HAProxy reads the ES256 public keys from.
+func keyCopies(stateDir string) string { return filepath.Join(stateDir, "session-token-keys") }
+
+// copyKeys copies the ES256 public keys the configuration names into keyCopies and points the
+// configuration at the copies: a supervised HAProxy reads them at every reload, and the
+// operator's directory may change at any moment.
+func copyKeys(stateDir string, t haproxy.SessionTokens) (haproxy.SessionTokens, error) {
 	if !t.On() {
 		return t, nil
 	}
-	dir := filepath.Join(stateDir, "session-token-keys")
+	dir := keyCopies(stateDir)
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return t, fmt.Errorf("session token key copies: %w", err)
 	}
-	keep := map[string]bool{}
 	keys := make([]haproxy.TokenKey, len(t.Keys))
 	for i, k := range t.Keys {
 		if k.File != "" {
@@ -115,21 +116,25 @@ func snapshotKeys(stateDir string, t haproxy.SessionTokens) (haproxy.SessionToke
 			if err := haproxy.WriteFileAtomic(k.File, b, 0o640); err != nil {
 				return t, err
 			}
-			keep[filepath.Base(k.File)] = true
 		}
 		keys[i] = k
 	}
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return t, fmt.Errorf("session token key copies: %w", err)
-	}
-	for _, e := range entries {
-		if !keep[e.Name()] {
-			_ = os.Remove(filepath.Join(dir, e.Name()))
-		}
-	}
 	t.Keys = keys
 	return t, nil
+}
+
+// pruneKeyCopies removes the copies of keys t no longer has, once HAProxy runs without them.
+func pruneKeyCopies(stateDir string, t haproxy.SessionTokens) {
+	keep := map[string]bool{}
+	for _, k := range t.Keys {
+		keep[k.ID+sessiontoken.PublicExt] = true
+	}
+	entries, _ := os.ReadDir(keyCopies(stateDir))
+	for _, e := range entries {
+		if !keep[e.Name()] {
+			_ = os.Remove(filepath.Join(keyCopies(stateDir), e.Name()))
+		}
+	}
 }
 
 // fingerprint identifies a key set, to notice a change.
@@ -219,19 +224,29 @@ func (w *keyWatcher) check(ctx context.Context) {
 	w.log.Info().Strs("kids", ids).Msg("session token keys changed; HAProxy reloaded, established websockets stay with the old worker")
 }
 
+// reload writes the configuration with tokens and reloads HAProxy; when HAProxy refuses it,
+// the previous configuration is put back, so a later restart still starts.
 func (w *keyWatcher) reload(ctx context.Context, tokens haproxy.SessionTokens) error {
 	c := w.s.haproxy
 	c.Tokens = tokens
+	previous, err := os.ReadFile(w.s.configFile)
+	if err != nil {
+		return fmt.Errorf("read haproxy configuration: %w", err)
+	}
 	if _, err := writeSupervisedConfig(w.s, c); err != nil {
 		return err
 	}
 	w.beforeReload(ctx)
-	return w.sup.Reload(ctx)
+	if err := w.sup.Reload(ctx); err != nil {
+		return errors.Join(err, haproxy.WriteFileAtomic(w.s.configFile, previous, configMode(w.s.haproxy.Tokens)))
+	}
+	pruneKeyCopies(w.s.f.stateDir, tokens)
+	return nil
 }
 
 // writeSupervisedConfig copies the keys, renders c and writes it when it changed.
 func writeSupervisedConfig(s *settings, c haproxy.Config) (bool, error) {
-	tokens, err := snapshotKeys(s.f.stateDir, c.Tokens)
+	tokens, err := copyKeys(s.f.stateDir, c.Tokens)
 	if err != nil {
 		return false, err
 	}
@@ -244,13 +259,17 @@ func writeSupervisedConfig(s *settings, c haproxy.Config) (bool, error) {
 	if string(old) == text {
 		return false, nil
 	}
-	mode := os.FileMode(0o640)
-	for _, k := range c.Tokens.Keys {
+	return true, haproxy.WriteFileAtomic(s.configFile, []byte(text), configMode(tokens))
+}
+
+// configMode is 0600 when the configuration holds HS256 secrets.
+func configMode(t haproxy.SessionTokens) os.FileMode {
+	for _, k := range t.Keys {
 		if k.Secret != "" {
-			mode = 0o600 // HS256 secrets are in it
+			return 0o600
 		}
 	}
-	return true, haproxy.WriteFileAtomic(s.configFile, []byte(text), mode)
+	return 0o640
 }
 
 // tokenCounter exports the frontend's token checks by result. HAProxy counts in a stick table

@@ -22,7 +22,9 @@ import (
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/rs/zerolog"
 )
 
 // writeKey writes what an edge gets of k into dir: the public key or the secret.
@@ -71,7 +73,7 @@ func TestTokenFlags(t *testing.T) {
 		{"missing dir", []string{"--session-token", "optional", "--session-token-keys", "/nonexistent"}, `--session-token-keys: session token keys: open /nonexistent`},
 		{"private key", []string{"--session-token", "required", "--session-token-keys", withPrivate}, `--session-token-keys: key file ` + withPrivate + `/es-1.key: a private key does not belong`},
 		{"leeway", []string{"--session-token", "required", "--session-token-keys", keys, "--session-token-leeway", "1500ms"}, `--session-token-leeway 1.5s: want whole seconds`},
-		{"driver", []string{"--session-token", "required", "--session-token-keys", keys, "--driver", "other"}, `--session-token=required: only with --driver runtime`},
+		{"driver", []string{"--session-token", "required", "--session-token-keys", keys, "--driver", "other"}, `--session-token required: only with --driver runtime`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			fs, f := newFlagSet("run", io.Discard, nil)
@@ -287,4 +289,39 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// TestKeyWatcherKeepsKeysOnABadDirectory: a key directory that does not load changes nothing
+// (no reload is tried) and is logged once, however often it is looked at.
+func TestKeyWatcherKeepsKeysOnABadDirectory(t *testing.T) {
+	keys := t.TempDir()
+	k := newKey(t, sessiontoken.NewES256, "k1")
+	writeKey(t, keys, k)
+	fs, f := newFlagSet("run", io.Discard, nil)
+	if err := fs.Parse([]string{"--session-token", "required", "--session-token-keys", keys, "--state-dir", t.TempDir(), "--tls-self-signed", "--media=off"}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := f.settings(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs logbuf.Buffer
+	reg := prometheus.NewRegistry()
+	w := newKeyWatcher(s, nil, func(context.Context) { t.Error("counts polled for a reload") }, reg, zerolog.New(&logs))
+	files, _ := k.Files()
+	if err := os.WriteFile(filepath.Join(keys, "k1.key"), files["k1.key"], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		w.check(context.Background())
+	}
+	if n := strings.Count(logs.String(), "session token keys not loaded"); n != 1 {
+		t.Fatalf("logged %d times, want once: %s", n, logs.String())
+	}
+	if v := testutil.ToFloat64(w.reloads.WithLabelValues("error")) + testutil.ToFloat64(w.reloads.WithLabelValues("ok")); v != 0 {
+		t.Fatalf("%v reloads counted", v)
+	}
+	if strings.Contains(logs.String(), "PRIVATE KEY") {
+		t.Fatal("the private key is in the log")
+	}
 }

@@ -77,6 +77,10 @@ func TestSessionTokenRefusals(t *testing.T) {
 	f := haproxytest.NewFiles(t, haproxytest.Dir(t))
 	signers, keys := tokenKeys(t, f.Dir, "es-1", "hs-1")
 	es, hs := signers[0], signers[1]
+	// A secret with every character besides letters and digits an HS256 secret may hold.
+	odd := sessiontoken.Key{ID: "hs-2", Alg: sessiontoken.HS256, Secret: []byte("+/=-_.~" + strings.Repeat("s", 30))}
+	signers = append(signers, odd)
+	keys = append(keys, haproxy.TokenKey{ID: odd.ID, Alg: odd.Alg, Secret: string(odd.Secret)})
 	h := haproxytest.Start(t, tokenConfig(f, haproxytest.FreePort(t), haproxy.TokensRequired, keys), f)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -121,7 +125,7 @@ func TestSessionTokenRefusals(t *testing.T) {
 				t.Fatalf("got %s %q, want %s %q", status, body, want, "session token refused: "+string(tc.want))
 			}
 			// The Go verifier agrees with the frontend.
-			v := sessiontoken.Verifier{Keys: []sessiontoken.Key{es, hs}, Audiences: []string{"pool:p1", "edge:e1"}, Leeway: sessiontoken.DefaultLeeway}
+			v := sessiontoken.Verifier{Keys: signers, Audiences: []string{"pool:p1", "edge:e1"}, Leeway: sessiontoken.DefaultLeeway}
 			if _, err := v.Verify(tc.token, "s1"); sessiontoken.ReasonOf(err) != tc.want {
 				t.Fatalf("sessiontoken.Verify: %v, want %s", err, tc.want)
 			}
@@ -143,7 +147,7 @@ func TestSessionTokenRefusals(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]uint64{"valid": 4, "missing": 2, "malformed": 2, "unknown_key": 1, "bad_signature": 2, "expired": 1, "not_yet_valid": 1, "wrong_audience": 1, "wrong_session": 1}
+	want := map[string]uint64{"valid": 6, "missing": 2, "malformed": 2, "unknown_key": 1, "bad_signature": 2, "expired": 1, "not_yet_valid": 1, "wrong_audience": 1, "wrong_session": 1}
 	if fmt.Sprint(counts) != fmt.Sprint(want) {
 		t.Errorf("token counts %v, want %v", counts, want)
 	}
