@@ -8,20 +8,14 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy/haproxytest"
-	"github.com/livegate/livegate/pkg/kvstore"
 	"github.com/livegate/livegate/pkg/logbuf"
 	"github.com/livegate/livegate/pkg/sessiontoken"
-	"github.com/livegate/livegate/pkg/wire"
-	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
@@ -171,57 +165,15 @@ func TestTokenCommand(t *testing.T) {
 // --session-token-keys reloads HAProxy while a websocket opened with the old key stays open; the
 // checks and reloads are counted on /metrics.
 func TestSessionTokensInRun(t *testing.T) {
-	bin := haproxytest.Binary(t)
-	dir := haproxytest.Dir(t)
-	keys := filepath.Join(dir, "keys")
+	keys := filepath.Join(haproxytest.Dir(t), "keys")
 	if err := os.Mkdir(keys, 0o700); err != nil {
 		t.Fatal(err)
 	}
 	old, next := newKey(t, sessiontoken.NewES256, "old"), newKey(t, sessiontoken.NewHS256, "next")
 	writeKey(t, keys, old)
-	natsPort, sigPort, adminPort := haproxytest.FreePort(t), haproxytest.FreePort(t), haproxytest.FreePort(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan int, 1)
-	var logs logbuf.Buffer
-	go func() {
-		done <- RunCommand(Hooks{})(ctx, []string{
-			fmt.Sprintf("--nats-embedded=127.0.0.1:%d", natsPort), "--state-dir", dir, "--haproxy-binary", bin, "--tls-self-signed",
-			"--signaling-bind", "127.0.0.1", "--signaling-port", strconv.Itoa(sigPort), "--admin-addr", fmt.Sprintf("127.0.0.1:%d", adminPort),
-			"--media=off", "--edge-id", "tok", "--backend-cidrs", "127.0.0.0/8", "--backend-ports", "1024-65535",
-			"--haproxy-stop-on-exit", "--log-format", "json", "--hard-stop-after", "1m",
-			"--session-token", "required", "--session-token-keys", keys,
-		}, io.Discard, &logs)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		if code := <-done; code != 0 {
-			t.Errorf("edge exited %d: %s", code, logs.String())
-		}
-	})
-	admin := fmt.Sprintf("http://127.0.0.1:%d", adminPort)
-	waitFor(t, "healthz", func() bool { code, _ := get(admin + "/healthz"); return code == http.StatusOK })
-	nc, err := nats.Connect(fmt.Sprintf("nats://127.0.0.1:%d", natsPort))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kv, err := js.KeyValue(ctx, kvstore.RoutesBucket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := haproxytest.StartBackend(t, "app", false)
-	data, err := wire.Marshal(&livegatev1.Route{SessionId: "s1", SignalingBackend: b.Addr.String(), Pool: "default"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := kv.Put(ctx, "i-tok", data); err != nil {
-		t.Fatal(err)
-	}
-	dctx, dcancel := context.WithTimeout(ctx, 2*time.Minute)
+	e := startInProcessEdge(t, "tok", "--hard-stop-after", "1m", "--session-token", "required", "--session-token-keys", keys)
+	e.putPoolRoute(t, "i-tok", "s1", haproxytest.StartBackend(t, "app", false))
+	dctx, dcancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer dcancel()
 	open := func(k *sessiontoken.Key) (*websocket.Conn, haproxytest.Result, error) {
 		protos := []string{"x-nv-sessionid.s1"}
@@ -232,7 +184,7 @@ func TestSessionTokensInRun(t *testing.T) {
 			}
 			protos = append(protos, sessiontoken.Subprotocol(token))
 		}
-		return haproxytest.Open(dctx, sigPort, "/", protos, nil)
+		return haproxytest.Open(dctx, e.sigPort, "/", protos, nil)
 	}
 	accepted := func(k *sessiontoken.Key) bool {
 		c, _, err := open(k)
@@ -265,7 +217,7 @@ func TestSessionTokensInRun(t *testing.T) {
 	// The watcher counts a reload once the new worker answers, just after it serves.
 	var body string
 	waitFor(t, "the second reload counted", func() bool {
-		_, body = get(admin + "/metrics")
+		_, body = get(e.admin + "/metrics")
 		return strings.Contains(body, `livegate_edge_session_token_reloads_total{result="ok"} 2`)
 	})
 	for _, want := range []string{`livegate_edge_session_token_keys 1`, `livegate_edge_session_tokens_total{result="unknown_key"}`} {
@@ -276,7 +228,7 @@ func TestSessionTokensInRun(t *testing.T) {
 	if !strings.Contains(body, `livegate_edge_session_tokens_total{result="valid"}`) || strings.Contains(body, `livegate_edge_session_tokens_total{result="missing"} 0`) {
 		t.Errorf("/metrics token counts: %s", grepLines(body, "session_tokens_total"))
 	}
-	if strings.Contains(logs.String(), string(next.Secret)) {
+	if strings.Contains(e.logs.String(), string(next.Secret)) {
 		t.Error("the HS256 secret is in the edge's log")
 	}
 }
