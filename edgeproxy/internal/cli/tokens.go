@@ -230,7 +230,8 @@ func (w *keyWatcher) reload(ctx context.Context, tokens haproxy.SessionTokens) e
 	c := w.s.haproxy
 	c.Tokens = tokens
 	previous, err := os.ReadFile(w.s.configFile)
-	if err != nil {
+	info, serr := os.Stat(w.s.configFile)
+	if err = errors.Join(err, serr); err != nil {
 		return fmt.Errorf("read haproxy configuration: %w", err)
 	}
 	if _, err := writeSupervisedConfig(w.s, c); err != nil {
@@ -238,7 +239,7 @@ func (w *keyWatcher) reload(ctx context.Context, tokens haproxy.SessionTokens) e
 	}
 	w.beforeReload(ctx)
 	if err := w.sup.Reload(ctx); err != nil {
-		return errors.Join(err, haproxy.WriteFileAtomic(w.s.configFile, previous, configMode(w.s.haproxy.Tokens)))
+		return errors.Join(err, haproxy.WriteFileAtomic(w.s.configFile, previous, info.Mode().Perm()))
 	}
 	pruneKeyCopies(w.s.f.stateDir, tokens)
 	return nil
