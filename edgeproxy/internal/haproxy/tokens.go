@@ -135,7 +135,8 @@ var _ = template.Must(configTemplate.New("tokens").Funcs(template.FuncMap{
     http-request set-var(txn.tok_result) str(unknown_key) if !{ var(txn.tok_kid) -m str{{range .Keys}} {{.ID}}{{end}} }
     http-request set-var(txn.tok_result) str(malformed) if !{ var(txn.tok) -m reg {{shape}} } || !{ var(txn.tok_kid),length gt 0 } || !{ var(txn.tok_sid),length gt 0 } || !{ var(txn.tok_ttl) -m found } || !{ var(txn.tok_slack) -m found }
     http-request set-var(txn.tok_result) str({{if eq .Mode "required"}}missing{{else}}tokenless{{end}}) if !{ var(txn.tok) -m found }
-    http-request track-sc1 var(txn.tok_result) table {{table}}
+    # sc2: sc0 is the address of --miss-limit, sc1 is left for other per-client counters.
+    http-request track-sc2 var(txn.tok_result) table {{table}}
 {{- with refusals .Mode 401}}
     http-request return status 401 content-type text/plain hdr WWW-Authenticate Bearer lf-string "session token refused: %[var(txn.tok_result)]" if { var(txn.tok_result) -m str {{join . " "}} }
 {{- end}}
