@@ -84,7 +84,8 @@ func (t SessionTokens) validate() error {
 				errs = append(errs, fmt.Errorf("haproxy session token key %s file: %w", k.ID, err))
 			}
 		case k.Alg == sessiontoken.HS256 && k.File == "":
-			if _, err := sessiontoken.ParseKey(k.ID+sessiontoken.SecretExt, []byte(k.Secret)); err != nil {
+			// The secret goes into a quoted string of the configuration exactly as it is.
+			if pk, err := sessiontoken.ParseKey("k"+sessiontoken.SecretExt, []byte(k.Secret)); err != nil || string(pk.Secret) != k.Secret {
 				errs = append(errs, fmt.Errorf("haproxy session token key %s: HS256 secret refused", k.ID))
 			}
 		default:

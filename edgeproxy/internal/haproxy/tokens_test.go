@@ -281,15 +281,16 @@ func TestSessionTokensValidate(t *testing.T) {
 		tokens haproxy.SessionTokens
 		want   string
 	}{
-		"mode":       {haproxy.SessionTokens{Mode: "maybe"}, "want off, optional or required"},
-		"no key":     {haproxy.SessionTokens{Mode: "required"}, "no verification key"},
-		"bad kid":    {haproxy.SessionTokens{Mode: "required", Keys: []haproxy.TokenKey{{ID: "a b", Alg: "ES256", File: "/k"}}}, "key id"},
-		"twice":      {haproxy.SessionTokens{Mode: "required", Keys: []haproxy.TokenKey{{ID: "a", Alg: "ES256", File: "/k"}, {ID: "a", Alg: "ES256", File: "/j"}}}, "used twice"},
-		"file quote": {haproxy.SessionTokens{Mode: "required", Keys: []haproxy.TokenKey{{ID: "a", Alg: "ES256", File: `/k"`}}}, "forbidden character"},
-		"secret":     {haproxy.SessionTokens{Mode: "required", Keys: []haproxy.TokenKey{{ID: "a", Alg: "HS256", Secret: strings.Repeat("x", 40) + `"`}}}, "secret refused"},
-		"alg":        {haproxy.SessionTokens{Mode: "required", Keys: []haproxy.TokenKey{{ID: "a", Alg: "RS256", File: "/k"}}}, "want an ES256 key"},
-		"audience":   {haproxy.SessionTokens{Mode: "optional", Keys: []haproxy.TokenKey{{ID: "a", Alg: "ES256", File: "/k"}}, Audiences: []string{"p1"}}, "audience"},
-		"leeway":     {haproxy.SessionTokens{Mode: "optional", Keys: []haproxy.TokenKey{{ID: "a", Alg: "ES256", File: "/k"}}, Leeway: 1500 * time.Millisecond}, "whole seconds"},
+		"mode":           {haproxy.SessionTokens{Mode: "maybe"}, "want off, optional or required"},
+		"no key":         {haproxy.SessionTokens{Mode: "required"}, "no verification key"},
+		"bad kid":        {haproxy.SessionTokens{Mode: "required", Keys: []haproxy.TokenKey{{ID: "a b", Alg: "ES256", File: "/k"}}}, "key id"},
+		"twice":          {haproxy.SessionTokens{Mode: "required", Keys: []haproxy.TokenKey{{ID: "a", Alg: "ES256", File: "/k"}, {ID: "a", Alg: "ES256", File: "/j"}}}, "used twice"},
+		"file quote":     {haproxy.SessionTokens{Mode: "required", Keys: []haproxy.TokenKey{{ID: "a", Alg: "ES256", File: `/k"`}}}, "forbidden character"},
+		"secret":         {haproxy.SessionTokens{Mode: "required", Keys: []haproxy.TokenKey{{ID: "a", Alg: "HS256", Secret: strings.Repeat("x", 40) + `"`}}}, "secret refused"},
+		"secret newline": {haproxy.SessionTokens{Mode: "required", Keys: []haproxy.TokenKey{{ID: "a", Alg: "HS256", Secret: strings.Repeat("x", 40) + "\n"}}}, "secret refused"},
+		"alg":            {haproxy.SessionTokens{Mode: "required", Keys: []haproxy.TokenKey{{ID: "a", Alg: "RS256", File: "/k"}}}, "want an ES256 key"},
+		"audience":       {haproxy.SessionTokens{Mode: "optional", Keys: []haproxy.TokenKey{{ID: "a", Alg: "ES256", File: "/k"}}, Audiences: []string{"p1"}}, "audience"},
+		"leeway":         {haproxy.SessionTokens{Mode: "optional", Keys: []haproxy.TokenKey{{ID: "a", Alg: "ES256", File: "/k"}}, Leeway: 1500 * time.Millisecond}, "whole seconds"},
 	} {
 		c := base
 		c.Tokens = tc.tokens
