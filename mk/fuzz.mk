@@ -4,6 +4,7 @@
 # testdata/fuzz/<Target>/ and the loop stops; commit it once fixed, it then runs in every `make unit`.
 FUZZ_TARGETS := \
 	pkg/sessionid:FuzzValidateSinks \
+	pkg/sessiontoken:FuzzVerify \
 	pkg/wire:FuzzWireRoundTrip \
 	pkg/events:FuzzEventMessage \
 	agent/internal/creds:FuzzCredsParse \

@@ -37,6 +37,7 @@ var commands = map[string]cli.Command{
 	"check-config":   cli.CheckConfigCommand(hooks),
 	"cleanup":        cleanupCommand,
 	"probe":          probe.Run,
+	"token":          cli.TokenCommand(os.Stdin),
 }
 
 func main() {

@@ -16,7 +16,7 @@ import (
 
 // settingRefusal is how each line of a refused edge configuration starts: the flag, the
 // variable or the file the value came from, or the HAProxy, NATS or reconcile setting it makes.
-var settingRefusal = regexp.MustCompile(`^(--[a-z-]+[ :]|environment LIVEGATE_EDGEPROXY_[A-Z0-9_]+: |environment: |config file |haproxy (socket|map file|certificate file|bind address|port|tunnel timeout|miss limit)|nats: |edge id |pool |public host |max routes |resync |claim delays |the signaling frontend needs )`)
+var settingRefusal = regexp.MustCompile(`^(--[a-z-]+[ :]|environment LIVEGATE_EDGEPROXY_[A-Z0-9_]+: |environment: |config file |haproxy (socket|map file|certificate file|bind address|port|tunnel timeout|miss limit|session token)|nats: |edge id |pool |public host |max routes |resync |claim delays |the signaling frontend needs )`)
 
 // parseRefusal is how the flag package names the flag at fault.
 var parseRefusal = regexp.MustCompile(`flag|for -[a-z-]+: `)

@@ -343,61 +343,15 @@ func TestFlagHelpers(t *testing.T) {
 // TestEmbeddedNATSInProcess runs the edge in-process with --nats-embedded and
 // --haproxy-stop-on-exit: a single host needs no broker, and HAProxy goes when the edge does.
 func TestEmbeddedNATSInProcess(t *testing.T) {
-	bin := haproxytest.Binary(t)
-	dir := haproxytest.Dir(t)
-	natsPort, sigPort, adminPort := haproxytest.FreePort(t), haproxytest.FreePort(t), haproxytest.FreePort(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan int, 1)
-	var logs logbuf.Buffer
-	go func() {
-		done <- RunCommand(Hooks{})(ctx, []string{
-			fmt.Sprintf("--nats-embedded=127.0.0.1:%d", natsPort), "--state-dir", dir, "--haproxy-binary", bin, "--tls-self-signed",
-			"--signaling-bind", "127.0.0.1", "--signaling-port", strconv.Itoa(sigPort), "--admin-addr", fmt.Sprintf("127.0.0.1:%d", adminPort),
-			"--media=off", "--edge-id", "solo", "--backend-cidrs", "127.0.0.0/8", "--backend-ports", "1024-65535",
-			"--haproxy-stop-on-exit", "--log-format", "json",
-		}, io.Discard, &logs)
-	}()
-	stopped := false
-	stop := func() {
-		if !stopped {
-			stopped = true
-			cancel()
-			if code := <-done; code != 0 {
-				t.Errorf("edge exited %d: %s", code, logs.String())
-			}
-		}
-	}
-	t.Cleanup(stop)
-	admin := fmt.Sprintf("http://127.0.0.1:%d", adminPort)
-	waitFor(t, "healthz", func() bool { code, _ := get(admin + "/healthz"); return code == http.StatusOK })
-
-	nc, err := nats.Connect(fmt.Sprintf("nats://127.0.0.1:%d", natsPort))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kv, err := js.KeyValue(ctx, kvstore.RoutesBucket)
-	if err != nil {
-		t.Fatal(err)
-	}
+	e := startInProcessEdge(t, "solo")
 	b := haproxytest.StartBackend(t, "solo", true)
-	data, err := wire.Marshal(&livegatev1.Route{SessionId: "solo-1", SignalingBackend: b.Addr.String(), Pool: "default"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := kv.Put(ctx, "i-solo", data); err != nil {
-		t.Fatal(err)
-	}
+	e.putPoolRoute(t, "i-solo", "solo-1", b)
 	waitFor(t, "pool route claimed and routable", func() bool {
-		res, err := dial(t, sigPort, "solo-1")
+		res, err := dial(t, e.sigPort, "solo-1")
 		return err == nil && res.Message == "solo /sign_in" && res.Subprotocol == "x-nv-sessionid.solo-1"
 	})
-	pid := haproxyPid(t, dir)
-	stop()
+	pid := haproxyPid(t, e.dir)
+	e.stop()
 	if pid == 0 || syscall.Kill(pid, 0) == nil && !exited(pid) {
 		t.Fatalf("haproxy %d still running after the edge stopped with --haproxy-stop-on-exit", pid)
 	}

@@ -107,6 +107,7 @@ type flags struct {
 	natsStoreDir                             string
 	adminAddr, logLevel, logFormat           string
 	memoryLimit                              limitFlag
+	token                                    tokenFlags
 }
 
 func hostname() string {
@@ -186,6 +187,7 @@ func newFlagSet(name string, stderr io.Writer, extra []func(*flag.FlagSet)) (*fl
 	fs.StringVar(&f.logFormat, "log-format", "auto", "auto, json or console")
 	f.memoryLimit.mib = DefaultMemoryLimitMiB
 	fs.Var(&f.memoryLimit, "memory-limit-mib", "soft limit of the Go runtime's memory in `MiB`: near it the garbage collector runs more often instead of the heap growing; 0 keeps the runtime's default; with --nats-embedded the default is left off (the server shares the heap) and only a value from a flag, variable or file applies; GOMEMLIMIT, when set, wins")
+	f.token.register(fs)
 	fs.String(configFlag, "", "TOML file of settings, keyed by flag name (nats-url = \"nats://...\"); flags and environment variables override it")
 	for _, x := range extra {
 		x(fs)
@@ -342,7 +344,9 @@ func (f *flags) haproxyConfig() (haproxy.Config, error) {
 		Socket: socket, MapFile: mapFile, CertFile: cert, BindAddr: f.signalingBind, Port: f.signalingPort,
 		TunnelTimeout: f.tunnelTimeout, HardStopAfter: f.hardStopAfter, MissLimit: f.missLimit,
 	}
-	return c, c.Validate()
+	tokens, err := f.tokens()
+	c.Tokens = tokens
+	return c, errors.Join(err, c.Validate())
 }
 
 // checkHost accepts an IP address or a DNS name: the public host goes as it is into the wss://

@@ -212,11 +212,18 @@ func run(ctx context.Context, s *settings, h Hooks, log zerolog.Logger) error {
 		return err
 	}
 	adm := admin.New(source{r}, reg, log.With().Str("component", "admin").Logger())
+	tokenRestarted, tokenPoll := func() {}, func(context.Context) {}
+	if client != nil && s.haproxy.Tokens.On() {
+		c := newTokenCounter(client.TokenCounts)
+		reg.MustRegister(c)
+		tokenRestarted, tokenPoll = c.Restarted, c.Poll
+	}
 	var sup *haproxy.Supervisor
 	if supervise {
 		var once sync.Once
 		onReady := func() {
 			once.Do(func() { close(haproxyUp) })
+			tokenRestarted()
 			r.Resync()
 		}
 		if sup, err = supervised(s, client, onReady, log); err != nil {
@@ -224,15 +231,19 @@ func run(ctx context.Context, s *settings, h Hooks, log zerolog.Logger) error {
 		}
 	}
 
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
 	var wg sync.WaitGroup
 	if sup != nil {
 		wg.Go(func() { errc <- sup.Run(ctx) })
+		if s.haproxy.Tokens.On() {
+			w := newKeyWatcher(s, sup, tokenPoll, reg, log.With().Str("component", "session_tokens").Logger())
+			wg.Go(func() { errc <- w.Run(ctx) })
+		}
 	}
 	wg.Go(func() { errc <- r.Run(ctx) })
 	wg.Go(func() { errc <- adm.Run(ctx, s.f.adminAddr) })
 	log.Info().Str("pool", s.reconcile.Pool).Str("public_host", s.reconcile.PublicHost).Int("signaling_port", s.f.signalingPort).
-		Bool("attached", s.attached).Str("driver", s.f.driver).Str("media", s.f.mediaMode).Str("version", buildinfo.Version).Msg("edge proxy running")
+		Bool("attached", s.attached).Str("driver", s.f.driver).Str("media", s.f.mediaMode).Str("session_token", s.f.token.mode).Str("version", buildinfo.Version).Msg("edge proxy running")
 	var first error
 	select {
 	case <-ctx.Done():
@@ -270,17 +281,11 @@ func supervised(s *settings, client *haproxy.Client, onReady func(), log zerolog
 			return nil, err
 		}
 	}
-	text, err := haproxy.Render(s.haproxy)
+	changed, err := writeSupervisedConfig(s, s.haproxy)
 	if err != nil {
 		return nil, err
 	}
-	old, _ := os.ReadFile(s.configFile)
-	changed := string(old) != text
-	if changed {
-		if err := haproxy.WriteFileAtomic(s.configFile, []byte(text), 0o640); err != nil {
-			return nil, err
-		}
-	}
+	pruneKeyCopies(s.f.stateDir, s.haproxy.Tokens)
 	return haproxy.NewSupervisor(s.f.haproxyBinary, s.configFile, s.pidFile, client,
 		log.With().Str("component", "supervisor").Logger(), haproxy.OutputLog(log.With().Str("component", "haproxy").Logger()),
 		haproxy.StopOnExit(s.f.haproxyStopOnExit), haproxy.ReloadAdopted(changed), haproxy.OnReady(onReady)), nil

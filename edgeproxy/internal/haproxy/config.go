@@ -36,6 +36,8 @@ type Config struct {
 	// MissLimit is how many requests for unknown sessions one address may make in 10 s before
 	// it gets 429.
 	MissLimit int
+	// Tokens is the session token check of the frontend.
+	Tokens SessionTokens
 }
 
 // Validate reports a configuration that cannot be rendered safely.
@@ -54,6 +56,9 @@ func (c Config) Validate() error {
 	}
 	if c.MissLimit < 1 {
 		errs = append(errs, fmt.Errorf("haproxy miss limit %d: must be at least 1", c.MissLimit))
+	}
+	if err := c.Tokens.validate(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
@@ -164,6 +169,7 @@ frontend {{.Frontend}}
     http-request set-var(txn.proto) str(x-nv-sessionid.),concat(,txn.sid,) if { var(txn.sid) -m found }
     http-request set-var(txn.sid) req.hdr(x-session-id) if !{ var(txn.sid) -m found } { req.hdr(x-session-id) -m found }
     http-request set-var(txn.sid) urlp(sessionId) if !{ var(txn.sid) -m found } { urlp(sessionId) -m found }
+{{- template "tokens" .}}
     http-request set-var(txn.dst) var(txn.sid),map({{.MapFile}}) if { var(txn.sid) -m reg "^[A-Za-z0-9._~-]{1,128}\$" }
     # Addresses that keep asking for unknown sessions are refused for a while; a request for a
     # known session is never refused, nor counted.
@@ -186,4 +192,5 @@ backend {{.Backend}}
     # Browsers close a websocket whose 101 answer lacks the subprotocol they offered.
     http-response set-header Sec-WebSocket-Protocol %[var(txn.proto)] if { status 101 } { var(txn.proto) -m found } !{ res.hdr(sec-websocket-protocol) -m found }
     server session 0.0.0.0:0
+{{- template "token_table" .}}
 `))
