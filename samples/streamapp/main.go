@@ -19,6 +19,8 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path"
+	"strings"
 	"syscall"
 	"time"
 
@@ -33,6 +35,7 @@ type config struct {
 	mediaAddr     string
 	agentAddr     string
 	video         string
+	origins       []string
 	agentRetry    time.Duration
 	logLevel      string
 	logFormat     string
@@ -50,11 +53,20 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.mediaAddr, "media-addr", ":47998", "UDP address of the WebRTC media (the agent's --media-backend); its port is the one every session uses")
 	fs.StringVar(&c.agentAddr, "agent-app-addr", "127.0.0.1:8012", "the agent's loopback app API (host:port)")
 	fs.StringVar(&c.video, "video", "", "VP8 IVF file to loop (make one with `streamapp gen-video`); required")
+	origins := fs.String("allowed-origins", "*", "comma-separated origin host patterns (path.Match) a browser page may open the websocket from; * takes any, the session id being the credential")
 	fs.DurationVar(&c.agentRetry, "agent-retry", 10*time.Second, "how long to retry each event while the agent is unreachable")
 	fs.StringVar(&c.logLevel, "log-level", "info", "trace, debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "auto", "auto, json or console")
 	if err := fs.Parse(args); err != nil {
 		return c, err
+	}
+	for _, o := range strings.Split(*origins, ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			if _, err := path.Match(o, ""); err != nil {
+				return c, fmt.Errorf("--allowed-origins %q: %w", o, err)
+			}
+			c.origins = append(c.origins, o)
+		}
 	}
 	switch {
 	case fs.NArg() > 0:
@@ -122,7 +134,7 @@ func serve(ctx context.Context, cfg config, log zerolog.Logger) error {
 	defer media.close()
 	go media.play(ctx)
 
-	app := newApp(media, rep.Notify, log.With().Str("component", "signaling").Logger())
+	app := newApp(media, cfg.origins, rep.Notify, log.With().Str("component", "signaling").Logger())
 	defer app.closeAll()
 	go appclient.Follow(ctx, cfg.agentAddr, log.With().Str("component", "agent_events").Logger(), app.agentNotification)
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -64,9 +65,10 @@ func (e endpoint) candidateFor(mediaPort int) (candidate, error) {
 
 // app serves /sign_in: one client (browser) at a time, for the session the agent assigned.
 type app struct {
-	media  *mediaServer
-	notify func(event string)
-	log    zerolog.Logger
+	media   *mediaServer
+	origins []string
+	notify  func(event string)
+	log     zerolog.Logger
 
 	mu     sync.Mutex
 	ep     *endpoint
@@ -75,8 +77,8 @@ type app struct {
 	wg     sync.WaitGroup
 }
 
-func newApp(m *mediaServer, notify func(string), log zerolog.Logger) *app {
-	return &app{media: m, notify: notify, log: log}
+func newApp(m *mediaServer, origins []string, notify func(string), log zerolog.Logger) *app {
+	return &app{media: m, origins: origins, notify: notify, log: log}
 }
 
 // agentNotification follows the agent: an endpoint names the current session and its candidate;
@@ -154,7 +156,9 @@ func (a *app) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "invalid session id", http.StatusBadRequest)
 		return
 	}
-	opts := &websocket.AcceptOptions{}
+	// The page that opens the websocket is served from anywhere (a portal, a file, the demo),
+	// never from the edge's host, so the origin is checked against --allowed-origins only.
+	opts := &websocket.AcceptOptions{OriginPatterns: a.origins, InsecureSkipVerify: slices.Contains(a.origins, "*")}
 	if token != "" {
 		opts.Subprotocols = []string{token}
 	}
@@ -346,8 +350,10 @@ func (c *client) handle(pc *webrtc.PeerConnection, m message) error {
 		if m.Candidate.Candidate == "" {
 			return nil
 		}
+		// Browsers hide their host address behind an mDNS name this app does not resolve; a
+		// candidate it cannot use is no error for an ICE-lite peer.
 		if err := pc.AddICECandidate(*m.Candidate); err != nil {
-			return fmt.Errorf("candidate: %w", err)
+			c.log.Debug().Err(err).Str("candidate", m.Candidate.Candidate).Msg("browser candidate not used")
 		}
 	default:
 		return fmt.Errorf("unknown message type %q (want answer or candidate)", m.Type)
@@ -360,12 +366,12 @@ func (c *client) reply(ctx context.Context, text string) {
 	_ = wsjson.Write(ctx, c.ws, message{Type: "error", Message: text})
 }
 
-// echo answers an input event with itself, as a Kit app would act on it; the browser times the
-// round trip.
+// echo answers an input event with itself and the session it reached, as a Kit app would act on
+// it; the browser times the round trip and can tell whose app answered.
 func (c *client) echo(dc *webrtc.DataChannel, m webrtc.DataChannelMessage) {
 	var reply []byte
 	if json.Valid(m.Data) {
-		reply = fmt.Appendf(nil, `{"type":"echo","input":%s}`, m.Data)
+		reply = fmt.Appendf(nil, `{"type":"echo","session":%q,"input":%s}`, c.sessionID, m.Data)
 	} else {
 		reply = []byte(`{"type":"error","message":"input events are JSON"}`)
 	}

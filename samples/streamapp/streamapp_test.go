@@ -231,7 +231,7 @@ func TestStreamsVideoAndEchoesInput(t *testing.T) {
 	}
 	select {
 	case e := <-b.echoes:
-		if e != `{"type":"echo","input":{"kind":"keydown","key":"a","seq":1}}` {
+		if e != `{"type":"echo","session":"sess-1","input":{"kind":"keydown","key":"a","seq":1}}` {
 			t.Errorf("echo %s", e)
 		}
 	case <-time.After(10 * time.Second):
@@ -269,7 +269,7 @@ func TestRefusesOtherSessionsAndBadMessages(t *testing.T) {
 		{`{"type":"answer"}`, "answer: empty sdp"},
 		{`not json`, "malformed message"},
 		{`{"type":"bogus"}`, `unknown message type "bogus"`},
-		{`{"type":"candidate","candidate":{"candidate":"candidate:x"}}`, "candidate: "},
+		{`{"type":"candidate"}`, "candidate: missing candidate"},
 	} {
 		if err := c.Write(t.Context(), websocket.MessageText, []byte(tc.send)); err != nil {
 			t.Fatal(err)
@@ -283,7 +283,7 @@ func TestRefusesOtherSessionsAndBadMessages(t *testing.T) {
 
 func TestUsageErrors(t *testing.T) {
 	for _, args := range [][]string{{}, {"--video", "x.ivf", "--media-addr", "nope"}, {"--video", "x.ivf", "stray"},
-		{"--video", "x.ivf", "--agent-app-addr", ""}, {"gen-video"}, {"gen-video", "-seconds", "0", "x.ivf"}} {
+		{"--video", "x.ivf", "--agent-app-addr", ""}, {"--video", "x.ivf", "--allowed-origins", "a["}, {"gen-video"}, {"gen-video", "-seconds", "0", "x.ivf"}} {
 		var stderr bytes.Buffer
 		if code := run(t.Context(), args, &stderr); code != 2 {
 			t.Errorf("run %v = %d, want 2 (stderr %q)", args, code, stderr.String())
