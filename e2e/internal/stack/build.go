@@ -25,8 +25,8 @@ type Binaries struct {
 // Main packages, relative to the repository root; `go build -o dir/` names each binary after its
 // directory.
 const (
-	agentMain   = "./agent/cmd/livegate-agent"
-	edgeMain    = "./edgeproxy/cmd/livegate-edgeproxy"
+	agentMain     = "./agent/cmd/livegate-agent"
+	edgeMain      = "./edgeproxy/cmd/livegate-edgeproxy"
 	demoAppMain   = "./e2e/demoapp"
 	streamAppMain = "./samples/streamapp"
 )
