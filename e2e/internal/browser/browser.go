@@ -61,7 +61,7 @@ func Launch(ctx context.Context, ns *netns.Namespace) (*Browser, error) {
 		chromedp.IgnoreCertErrors, // the edge's self-signed certificate
 		chromedp.Flag("disable-component-update", true),
 		chromedp.Flag("autoplay-policy", "no-user-gesture-required"),
-		chromedp.WindowSize(720, 640),
+		chromedp.WindowSize(720, 900),
 		chromedp.ModifyCmdFunc(func(cmd *exec.Cmd) {
 			cmd.Args = append([]string{"ip", "netns", "exec", ns.Name, chromium}, cmd.Args[1:]...)
 			cmd.Path = ip
