@@ -19,8 +19,6 @@ import (
 	"github.com/rs/zerolog"
 )
 
-const subprotocolPrefix = "x-nv-sessionid."
-
 // Close codes of the signaling websocket besides the standard ones; browsers show them to the
 // page (a refused HTTP upgrade they do not).
 const (
@@ -131,25 +129,11 @@ func (a *app) closeAll() {
 	a.wg.Wait()
 }
 
-// requestSessionID finds the session id where the edge looks for it: a subprotocol token (what
-// browsers send), then the sessionId query parameter. token is the subprotocol to echo.
-func requestSessionID(r *http.Request) (id, token string) {
-	for _, h := range r.Header.Values("Sec-WebSocket-Protocol") {
-		for _, p := range strings.Split(h, ",") {
-			p = strings.TrimSpace(p)
-			if rest, ok := strings.CutPrefix(p, subprotocolPrefix); ok {
-				return rest, p
-			}
-		}
-	}
-	return r.URL.Query().Get("sessionId"), ""
-}
-
 func (a *app) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	log := a.log.With().Str("remote_addr", r.RemoteAddr).Logger()
-	id, token := requestSessionID(r)
+	id, token := sessionid.FromRequest(r)
 	if id == "" {
-		http.Error(w, "session id required (subprotocol "+subprotocolPrefix+"<id>)", http.StatusForbidden)
+		http.Error(w, "session id required (subprotocol "+sessionid.SubprotocolPrefix+"<id>)", http.StatusForbidden)
 		return
 	}
 	if err := sessionid.Validate(id); err != nil {
