@@ -92,7 +92,7 @@ func (w *walk) playInBrowser(page string) {
 		t.Fatalf("endpoint public ip %q, want the edge's %s", got, netns.EdgePublic)
 	}
 	mark := w.d.Obs.Mark()
-	if err := br.Open(w.ctx, page, netns.EdgePublic.String(), s.id); err != nil {
+	if err := br.Open(w.ctx, page, netns.EdgePublic.String(), s.id, nil); err != nil {
 		t.Fatal(err)
 	}
 
@@ -175,15 +175,11 @@ func (w *walk) translated(port int) int {
 // pageState polls the page until ok holds, for up to 30 s.
 func (w *walk) pageState(br *browser.Browser, what string, ok func(browser.State) bool) browser.State {
 	w.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	var st browser.State
-	var err error
-	for time.Now().Before(deadline) {
-		if st, err = br.State(w.ctx); err == nil && ok(st) {
-			return st
-		}
-		time.Sleep(100 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(w.ctx, 30*time.Second)
+	defer cancel()
+	st, err := br.WaitState(ctx, ok)
+	if err != nil {
+		w.t.Fatalf("waiting for %s: page state %+v (%v)", what, st, err)
 	}
-	w.t.Fatalf("waiting for %s: page state %+v (%v)", what, st, err)
 	return st
 }

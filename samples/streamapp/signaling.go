@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -45,8 +46,17 @@ type endpoint struct {
 }
 
 // candidateFor picks the public port whose media backend is on mediaPort (the ports and backends
-// are index-aligned), or the only one.
-func (e endpoint) candidateFor(mediaPort int) (candidate, error) {
+// are index-aligned), or the only one. direct picks the media backend itself instead, for a
+// browser that reaches the app without the edge (a baseline to measure the edge against).
+func (e endpoint) candidateFor(mediaPort int, direct bool) (candidate, error) {
+	if direct {
+		for _, b := range e.MediaBackends {
+			if ap, err := netip.ParseAddrPort(b); err == nil && int(ap.Port()) == mediaPort {
+				return candidate{ip: ap.Addr().String(), port: mediaPort}, nil
+			}
+		}
+		return candidate{}, fmt.Errorf("no media backend on port %d in the endpoint", mediaPort)
+	}
 	if e.PublicIP == "" {
 		return candidate{}, errors.New("the edge published no public IP for this session (is its media plane on?)")
 	}
@@ -166,7 +176,7 @@ func (a *app) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		_ = ws.Close(closeNotCurrent, fmt.Sprintf("session %s is not this app's current session", id))
 		return
 	default:
-		if cand, err = ep.candidateFor(a.media.port); err != nil {
+		if cand, err = ep.candidateFor(a.media.port, r.URL.Query().Get("direct") == "1"); err != nil {
 			log.Warn().Err(err).Msg("no public candidate")
 			_ = ws.Close(websocket.StatusInternalError, err.Error())
 			return

@@ -331,3 +331,29 @@ func TestAllowedOrigins(t *testing.T) {
 		t.Errorf("no current session: %v, want close %d", err, closeNotCurrent)
 	}
 }
+
+func TestCandidateFor(t *testing.T) {
+	ep := endpoint{SessionID: "s", PublicIP: "203.0.113.7", PublicUDPPorts: []uint32{10500, 10501},
+		MediaBackends: []string{"10.0.0.2:31001", "10.0.0.2:31002"}}
+	tests := []struct {
+		name   string
+		ep     endpoint
+		port   int
+		direct bool
+		want   candidate
+		ok     bool
+	}{
+		{"port of the backend", ep, 31002, false, candidate{"203.0.113.7", 10501}, true},
+		{"direct", ep, 31001, true, candidate{"10.0.0.2", 31001}, true},
+		{"no backend on the port", ep, 31009, false, candidate{}, false},
+		{"direct, no backend on the port", ep, 31009, true, candidate{}, false},
+		{"the only port", endpoint{PublicIP: "203.0.113.7", PublicUDPPorts: []uint32{10500}}, 31001, false, candidate{"203.0.113.7", 10500}, true},
+		{"no public ip", endpoint{PublicUDPPorts: []uint32{10500}}, 31001, false, candidate{}, false},
+	}
+	for _, tt := range tests {
+		got, err := tt.ep.candidateFor(tt.port, tt.direct)
+		if (err == nil) != tt.ok || got != tt.want {
+			t.Errorf("%s: %+v, %v; want %+v (ok %t)", tt.name, got, err, tt.want, tt.ok)
+		}
+	}
+}

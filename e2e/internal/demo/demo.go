@@ -217,23 +217,23 @@ func session(ctx context.Context, d *stack.Deployment, n *stack.Node, page, shot
 		return nil, sid, err
 	}
 	say("  headless Chromium started in %s in namespace %s", since(start), d.Topo.Client.Name)
-	if err := b.Open(ctx, page, netns.EdgePublic.String(), sid); err != nil {
+	if err := b.Open(ctx, page, netns.EdgePublic.String(), sid, nil); err != nil {
 		return b, sid, err
 	}
-	st, err := pageState(ctx, b, func(st browser.State) bool { return st.FirstFrameAt > 0 })
+	st, err := b.WaitState(ctx, func(st browser.State) bool { return st.FirstFrameAt > 0 })
 	if err != nil {
 		return b, sid, fmt.Errorf("no video: %w (page %+v)", err, st)
 	}
 	say("  playing: first frame decoded %s after the page opened (wss://%s, subprotocol x-nv-sessionid.%s)",
 		ms(time.UnixMilli(st.FirstFrameAt).Sub(time.UnixMilli(st.StartedAt))), d.PublicSignaling(), sid)
-	if _, err := pageState(ctx, b, func(browser.State) bool {
+	if _, err := b.WaitState(ctx, func(browser.State) bool {
 		sent, err := b.SendInput(ctx)
 		return err == nil && sent
 	}); err != nil {
 		return b, sid, fmt.Errorf("data channel: %w", err)
 	}
 	time.Sleep(3 * time.Second)
-	st, err = pageState(ctx, b, func(st browser.State) bool { return st.Echoes > 0 })
+	st, err = b.WaitState(ctx, func(st browser.State) bool { return st.Echoes > 0 })
 	if err != nil {
 		return b, sid, fmt.Errorf("no input echo: %w", err)
 	}
@@ -257,21 +257,6 @@ func session(ctx context.Context, d *stack.Deployment, n *stack.Node, page, shot
 	}
 	say("  /v1/streaming/ready: %s", r)
 	return b, sid, nil
-}
-
-// pageState polls the page until ok holds or ctx ends.
-func pageState(ctx context.Context, b *browser.Browser, ok func(browser.State) bool) (browser.State, error) {
-	for {
-		st, err := b.State(ctx)
-		if err == nil && ok(st) {
-			return st, nil
-		}
-		select {
-		case <-ctx.Done():
-			return st, ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
 }
 
 // endpoint waits for the edge's endpoint of the session in livegate_endpoints.
