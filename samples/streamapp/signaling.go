@@ -164,13 +164,10 @@ func (a *app) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	log = log.With().Str("session_id", id).Str("peer_id", r.URL.Query().Get("peer_id")).Logger()
 
 	a.mu.Lock()
-	ep, closed := a.ep, a.closed
+	ep := a.ep
 	a.mu.Unlock()
 	var cand candidate
 	switch {
-	case closed:
-		_ = ws.Close(websocket.StatusGoingAway, "app shutting down")
-		return
 	case ep == nil || ep.SessionID != id:
 		log.Warn().Msg("refused a client of another session")
 		_ = ws.Close(closeNotCurrent, fmt.Sprintf("session %s is not this app's current session", id))
@@ -185,6 +182,12 @@ func (a *app) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	c := &client{app: a, sessionID: id, ws: ws, log: log}
 	a.mu.Lock()
+	// Checked with the Add under one lock, so closeAll's Wait never misses a client.
+	if a.closed {
+		a.mu.Unlock()
+		_ = ws.Close(websocket.StatusGoingAway, "app shutting down")
+		return
+	}
 	prev := a.active
 	a.active = c
 	a.wg.Add(1)
@@ -336,16 +339,15 @@ func (c *client) handle(pc *webrtc.PeerConnection, m message) error {
 		}
 		c.log.Info().Msg("answer applied")
 	case "candidate":
-		// The app is ICE-lite: it learns the browser's address from its connectivity checks, so
-		// the browser's candidates only need to be valid.
+		// The app is ICE-lite: it learns the browser's address from its connectivity checks.
+		// Browsers hide their host address behind an mDNS name this app does not resolve, so a
+		// candidate it cannot use is no error.
 		if m.Candidate == nil {
 			return errors.New("candidate: missing candidate")
 		}
 		if m.Candidate.Candidate == "" {
 			return nil
 		}
-		// Browsers hide their host address behind an mDNS name this app does not resolve; a
-		// candidate it cannot use is no error for an ICE-lite peer.
 		if err := pc.AddICECandidate(*m.Candidate); err != nil {
 			c.log.Debug().Err(err).Str("candidate", m.Candidate.Candidate).Msg("browser candidate not used")
 		}

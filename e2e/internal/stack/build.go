@@ -1,6 +1,7 @@
 // Package stack starts livegate's processes inside a netns.Topology: the edge (with its embedded
 // NATS and supervised HAProxy) in the edge namespace, an agent and the demo app (or the WebRTC
-// sample app) in each node namespace, and the probe in the client namespace. The end-to-end test and `make demo` share it.
+// sample app) in each node namespace, and the probe in the client namespace. The end-to-end
+// tests, the benchmarks and `make demo` share it.
 package stack
 
 import (
