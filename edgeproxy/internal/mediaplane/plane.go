@@ -574,7 +574,7 @@ func (p *Plane) apply(ctx context.Context, desired map[uint16]netip.AddrPort, re
 		}
 		res.read = p.o.now().Sub(t)
 	}
-	batch, drop, next, ch := plan(p.known, desired, p.settings())
+	batch, next, ch := plan(p.known, desired, p.settings())
 	for _, port := range ch.flush {
 		if _, kept := desired[port]; !kept {
 			// A port that leaves the kernel without having been released (its route vanished
@@ -583,21 +583,16 @@ func (p *Plane) apply(ctx context.Context, desired map[uint16]netip.AddrPort, re
 		}
 	}
 	res.change = ch
-	if batch.Len()+drop.Len() == 0 {
+	if batch.Len() == 0 {
 		return res, nil
 	}
 	t := p.o.now()
-	for _, b := range []*iptables.Batch{batch, drop} {
-		if b.Len() == 0 {
-			continue
-		}
-		if err := p.o.runner.Restore(ctx, b.Bytes()); err != nil {
-			p.known = nil
-			return res, fmt.Errorf("apply %d rule changes: %w", b.Len(), err)
-		}
-		res.lines += b.Len()
+	if err := p.o.runner.Restore(ctx, batch.Bytes()); err != nil {
+		p.known = nil
+		return res, fmt.Errorf("apply %d rule changes: %w", batch.Len(), err)
 	}
 	res.restore = p.o.now().Sub(t)
+	res.lines = batch.Len()
 	if p.touched != nil {
 		for _, port := range ch.flush {
 			p.touched[port] = true
