@@ -4,9 +4,10 @@
 // chains and change in batches through iptables-restore --noflush; the conntrack entries of a
 // port are deleted whenever its forwarding changes, so a reused port never delivers to the
 // previous backend. Entries of ports that are forwarded after the batch are deleted before Sync
-// returns, so that no flow the new rule should carry keeps a stale entry; those of ports that
-// are no longer forwarded are deleted right after, off the caller's path, since such a port is
-// only handed out again after its quarantine. See docs/media-forwarding.md.
+// returns, so that no flow the new rule should carry keeps a stale entry, except for a clean
+// port new to a route that took it from the round-robin, where no such entry can exist; those
+// of ports that are no longer forwarded are deleted right after, off the caller's path, since
+// such a port is only handed out again after its quarantine. See docs/media-forwarding.md.
 package mediaplane
 
 import (
@@ -307,7 +308,7 @@ func (p *Plane) Usage() (inUse, quarantined, free int) {
 // batches instead (see readBehind), so that a large ruleset's iptables-save never delays a
 // route, and the drift it finds is repaired as soon as it is read. The conntrack entries of
 // every port whose forwarding was added or changed are deleted after the batch, before Sync
-// returns; those of ports whose forwarding was removed are deleted by a goroutine Sync starts
+// returns (not those of a clean port fresh to its route, see syncLocked); those of ports whose forwarding was removed are deleted by a goroutine Sync starts
 // and does not wait for (Settle does). Ports whose deletion failed are tried again in the background, then
 // at the next Sync. Invalid mappings are left out and reported in the error; the rest is
 // still applied.
