@@ -2,6 +2,7 @@ package faults
 
 import (
 	"fmt"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -126,6 +127,9 @@ func haproxyFaults(t *testing.T, attached bool) {
 	if err := e.probe(g, e.routed("h6", "sess-h6").port); err != nil {
 		t.Error(err)
 	}
+	if !attached {
+		stopWhileHAProxyStarts(e, g, want)
+	}
 	for i := 1; i <= 6; i++ {
 		if err := e.kv.deleteRoute(e.ctx, fmt.Sprintf("h%d", i)); err != nil {
 			t.Fatal(err)
@@ -154,4 +158,58 @@ func (g *edge) hasMap(old int, want map[string]string) error {
 		}
 	}
 	return nil
+}
+
+// stopWhileHAProxyStarts kills HAProxy once more and stops the edge (SIGTERM, as an upgrade or a
+// restart does) as soon as it has started the next one, while the edge is still waiting for it
+// to answer: that HAProxy stays and serves the whole map with no edge at all, and the next edge
+// process adopts it.
+func stopWhileHAProxyStarts(e *env, g *edge, want map[string]string) {
+	t := e.t
+	t.Helper()
+	// The case's edges stop HAProxy with them (the namespace goes with the case); this step
+	// needs the default, so an edge killed outright hands HAProxy to one run without the flag.
+	args := g.args
+	defer func() { g.args = args }()
+	g.p.Kill()
+	g.args = append(slices.Clone(args), "--haproxy-stop-on-exit=false")
+	if err := g.start(); err != nil {
+		t.Fatal(err)
+	}
+	worker, err := g.workerPid(e.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	master, err := g.haproxyMaster()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = syscall.Kill(master, syscall.SIGKILL)
+	_ = syscall.Kill(worker, syscall.SIGKILL)
+	var fresh int
+	e.eventually(20*time.Second, "the edge starting a new HAProxy", func() error {
+		p, err := g.haproxyMaster()
+		if err != nil || p == master {
+			return fmt.Errorf("haproxy master %d (%v)", p, err)
+		}
+		fresh = p
+		return nil
+	})
+	if err := g.p.Stop(10 * time.Second); err != nil {
+		t.Errorf("edge stop while HAProxy started: %v", err)
+	}
+	if err := syscall.Kill(fresh, 0); err != nil {
+		t.Fatalf("the HAProxy the edge had just started (%d) went down with the edge: %v", fresh, err)
+	}
+	took := e.eventually(20*time.Second, "the new HAProxy serving the whole map with no edge", func() error {
+		return g.hasMap(worker, want)
+	})
+	t.Logf("figure: edge stopped while the HAProxy it had just started came up; HAProxy %d stayed and served the whole map %s later", fresh, round(took))
+	g.args = args
+	if err := g.start(); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := g.haproxyMaster(); err != nil || p != fresh {
+		t.Errorf("the next edge runs HAProxy %d (%v), want the adopted %d", p, err, fresh)
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/livegate/livegate/pkg/logging"
 	"github.com/livegate/livegate/pkg/sessionid"
 	"github.com/livegate/livegate/pkg/wire"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
@@ -67,7 +68,7 @@ func ValidateToken(what, s string) error {
 		return fmt.Errorf("%s is empty", what)
 	}
 	if strings.ContainsAny(s, ".~") || sessionid.Validate(s) != nil {
-		return fmt.Errorf("%s %q: only A-Z a-z 0-9 _ - are allowed, at most %d characters", what, s, sessionid.MaxLen)
+		return fmt.Errorf("%s %q: only A-Z a-z 0-9 _ - are allowed, at most %d characters", what, logging.Clip(s), sessionid.MaxLen)
 	}
 	return nil
 }

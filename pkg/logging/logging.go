@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/mattn/go-isatty"
@@ -48,4 +49,16 @@ func New(o Options) (zerolog.Logger, error) {
 		return zerolog.Nop(), fmt.Errorf("log format %q: want auto, json or console", o.Format)
 	}
 	return zerolog.New(out).Level(level).With().Timestamp().Logger(), nil
+}
+
+// MaxValue is the most bytes of an untrusted value (a KV key, an id from a request) Clip keeps.
+const MaxValue = 128
+
+// Clip shortens an untrusted value for a log line or an error: a hostile one may be kilobytes
+// long. What is cut is said with the whole length.
+func Clip(s string) string {
+	if len(s) <= MaxValue {
+		return s
+	}
+	return fmt.Sprintf("%s…(%d bytes)", strings.ToValidUTF8(s[:MaxValue], ""), len(s))
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 func TestNew(t *testing.T) {
@@ -52,5 +53,19 @@ func TestNew(t *testing.T) {
 				t.Fatalf("output %q", buf.String())
 			}
 		})
+	}
+}
+
+func TestClip(t *testing.T) {
+	long := strings.Repeat("k", 10<<10)
+	if got := Clip(long); len(got) > MaxValue+32 || !strings.HasSuffix(got, "…(10240 bytes)") {
+		t.Errorf("Clip of 10 KB = %q", got)
+	}
+	if got := Clip("inst-1"); got != "inst-1" {
+		t.Errorf("Clip of a short value = %q", got)
+	}
+	// A multi-byte character cut in the middle is dropped, not left as a broken byte.
+	if got := Clip(strings.Repeat("a", MaxValue-1) + "é" + long); !utf8.ValidString(got) {
+		t.Errorf("Clip left invalid UTF-8: %q", got)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
+	"unicode/utf8"
 )
 
 // MaxLen is the longest session id accepted.
@@ -25,7 +26,16 @@ func Validate(id string) error {
 	}
 	for i := 0; i < len(id); i++ {
 		if !allowed(id[i]) {
-			return fmt.Errorf("session id has %q at offset %d; only A-Z a-z 0-9 . _ ~ - are allowed", id[i], i)
+			// The character, not its first byte: a byte of a multi-byte character quoted alone
+			// reads as another character (mojibake).
+			what := fmt.Sprintf("%q", id[i])
+			switch c, size := utf8.DecodeRuneInString(id[i:]); {
+			case c == utf8.RuneError && size <= 1:
+				what = fmt.Sprintf("the byte 0x%02x (not UTF-8)", id[i])
+			case size > 1:
+				what = fmt.Sprintf("%q (%U)", c, c)
+			}
+			return fmt.Errorf("session id has %s at offset %d; only A-Z a-z 0-9 . _ ~ - are allowed", what, i)
 		}
 	}
 	if id == "." || id == ".." {

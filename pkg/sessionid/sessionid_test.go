@@ -3,6 +3,7 @@ package sessionid
 import (
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 func TestValidate(t *testing.T) {
@@ -49,5 +50,21 @@ func TestNew(t *testing.T) {
 			t.Fatalf("New() repeated %q", id)
 		}
 		seen[id] = true
+	}
+}
+
+// TestValidateNamesTheCharacter checks that a refused id's error names the character
+// the client wrote, not a byte of it read as another character.
+func TestValidateNamesTheCharacter(t *testing.T) {
+	for id, want := range map[string]string{
+		"sessión":   `'ó' (U+00F3) at offset 5`,
+		"\u0441ess": `'с' (U+0441) at offset 0`,
+		"a\xffb":    "the byte 0xff (not UTF-8) at offset 1",
+		"a b":       `' ' at offset 1;`,
+	} {
+		err := Validate(id)
+		if err == nil || !strings.Contains(err.Error(), want) || !utf8.ValidString(err.Error()) {
+			t.Errorf("Validate(%q) = %v, want it to say %s", id, err, want)
+		}
 	}
 }

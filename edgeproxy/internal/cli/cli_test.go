@@ -495,3 +495,27 @@ func TestAttachedMode(t *testing.T) {
 		t.Log(logs.String(), hapOut.String())
 	}
 }
+
+// TestReadableSecretWarned checks that check-config (and run, which shares the check) warns
+// about a secret file every user may read, and not about one only its owner reads.
+func TestReadableSecretWarned(t *testing.T) {
+	bin := haproxytest.Binary(t)
+	dir := t.TempDir()
+	for mode, warned := range map[os.FileMode]bool{0o644: true, 0o600: false, 0o640: false} {
+		seed := filepath.Join(dir, fmt.Sprintf("seed-%o.nk", mode))
+		if err := os.WriteFile(seed, []byte("SUAEXAMPLE\n"), mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(seed, mode); err != nil {
+			t.Fatal(err)
+		}
+		var out, errOut bytes.Buffer
+		args := []string{"--state-dir", t.TempDir(), "--haproxy-binary", bin, "--tls-self-signed", "--media=off", "--public-host", "edge.example.test", "--nats-nkey", seed}
+		if code := CheckConfigCommand(Hooks{})(context.Background(), args, &out, &errOut); code != 0 {
+			t.Fatalf("mode %o: exit %d: %s", mode, code, errOut.String())
+		}
+		if got := strings.Contains(errOut.String(), "--nats-nkey "+seed+" is readable by every user"); got != warned {
+			t.Errorf("mode %o: warned %v, want %v: %q", mode, got, warned, errOut.String())
+		}
+	}
+}

@@ -95,7 +95,7 @@ type flags struct {
 	missLimit                                int
 	driver                                   string
 	backendCIDRs, backendPorts               string
-	maxRoutes                                int
+	maxRoutes, maxMedia                      int
 	resync, heartbeat, edgeTTL               time.Duration
 	claimDelayStep, claimDelayMax            time.Duration
 	mediaMode, mediaPorts, publicIP          string
@@ -162,6 +162,7 @@ func newFlagSet(name string, stderr io.Writer, extra []func(*flag.FlagSet)) (*fl
 	fs.StringVar(&f.backendCIDRs, "backend-cidrs", DefaultBackendCIDRs, "comma-separated CIDRs signaling and media backends must be inside")
 	fs.StringVar(&f.backendPorts, "backend-ports", DefaultBackendPorts, "port range signaling and media backends must be inside")
 	fs.IntVar(&f.maxRoutes, "max-routes", 10000, "most routes this edge serves; it claims no more pool routes beyond")
+	fs.IntVar(&f.maxMedia, "max-media-backends", routes.DefaultMaxMedia, "most media backends (public UDP ports) one route may name; a route with more, or with a backend twice, is refused")
 	fs.DurationVar(&f.resync, "resync", 30*time.Second, "period of the full read-back of HAProxy's map and repair of drift")
 	fs.DurationVar(&f.heartbeat, "heartbeat", 5*time.Second, "period of this edge's heartbeat in livegate_edges")
 	fs.DurationVar(&f.edgeTTL, "edge-ttl", 15*time.Second, "lifetime of a heartbeat: an edge silent this long loses its pool routes")
@@ -271,6 +272,9 @@ func (f *flags) settings(drivers map[string]DriverFactory) (*settings, error) {
 	default:
 		errs = append(errs, fmt.Errorf("--media %q: want on or off", f.mediaMode))
 	}
+	if f.maxMedia < 1 {
+		errs = append(errs, fmt.Errorf("--max-media-backends %d: must be at least 1", f.maxMedia))
+	}
 	if f.portQuarantine < 0 {
 		errs = append(errs, errors.New("--port-quarantine must not be negative"))
 	}
@@ -297,7 +301,7 @@ func (f *flags) settings(drivers map[string]DriverFactory) (*settings, error) {
 	}
 	s.reconcile = reconcile.Config{
 		EdgeID: f.edgeID, Pool: f.pool, PublicHost: f.publicHost, SignalingPort: uint32(max(f.signalingPort, 0)),
-		Policy:    routes.Policy{BackendCIDRs: cidrs, BackendPorts: ports},
+		Policy:    routes.Policy{BackendCIDRs: cidrs, BackendPorts: ports, MaxMedia: f.maxMedia},
 		MaxRoutes: f.maxRoutes, Resync: f.resync, Heartbeat: f.heartbeat, EdgeTTL: f.edgeTTL,
 		ClaimDelayStep: f.claimDelayStep, MaxClaimDelay: f.claimDelayMax, Version: buildinfo.Version,
 	}

@@ -108,6 +108,9 @@ func RunCommand(h Hooks) Command {
 			return 2
 		}
 		log = log.With().Str("edge_id", s.reconcile.EdgeID).Logger()
+		for _, w := range readableSecrets(s) {
+			log.Warn().Msg(w)
+		}
 		if err := run(ctx, s, h, log); err != nil {
 			log.Error().Err(err).Msg("edge proxy stopped")
 			return 1
@@ -279,7 +282,7 @@ func supervised(s *settings, client *haproxy.Client, onReady func(), log zerolog
 		}
 	}
 	return haproxy.NewSupervisor(s.f.haproxyBinary, s.configFile, s.pidFile, client,
-		log.With().Str("component", "supervisor").Logger(),
+		log.With().Str("component", "supervisor").Logger(), haproxy.OutputLog(log.With().Str("component", "haproxy").Logger()),
 		haproxy.StopOnExit(s.f.haproxyStopOnExit), haproxy.ReloadAdopted(changed), haproxy.OnReady(onReady)), nil
 }
 
@@ -381,6 +384,9 @@ func CheckConfigCommand(h Hooks) Command {
 		if err := checkConfig(ctx, s, h); err != nil {
 			fmt.Fprintf(stderr, "livegate-edgeproxy check-config: %v\n", err)
 			return 1
+		}
+		for _, w := range readableSecrets(s) {
+			fmt.Fprintf(stderr, "livegate-edgeproxy check-config: warning: %s\n", w)
 		}
 		fmt.Fprintln(stdout, "configuration OK")
 		return 0

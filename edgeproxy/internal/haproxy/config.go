@@ -27,6 +27,10 @@ type Config struct {
 	Port     int
 	// TunnelTimeout is how long an idle websocket stays open.
 	TunnelTimeout time.Duration
+	// RequestTimeout bounds how long a client may take over its TLS handshake and its request,
+	// and idle between requests; an established websocket is under TunnelTimeout instead. Zero
+	// means DefaultRequestTimeout.
+	RequestTimeout time.Duration
 	// HardStopAfter bounds how long old workers keep their websockets after a reload.
 	HardStopAfter time.Duration
 	// MissLimit is how many requests for unknown sessions one address may make in 10 s before
@@ -45,8 +49,8 @@ func (c Config) Validate() error {
 	if c.Port < 1 || c.Port > 65535 {
 		errs = append(errs, fmt.Errorf("haproxy port %d: out of range", c.Port))
 	}
-	if c.TunnelTimeout < time.Second || c.HardStopAfter < time.Second {
-		errs = append(errs, errors.New("haproxy tunnel timeout and hard-stop-after must be at least 1s"))
+	if c.TunnelTimeout < time.Second || c.HardStopAfter < time.Second || (c.RequestTimeout != 0 && c.RequestTimeout < time.Second) {
+		errs = append(errs, errors.New("haproxy tunnel timeout, request timeout and hard-stop-after must be at least 1s"))
 	}
 	if c.MissLimit < 1 {
 		errs = append(errs, fmt.Errorf("haproxy miss limit %d: must be at least 1", c.MissLimit))
@@ -65,6 +69,9 @@ func render(c Config, full bool) (string, error) {
 	if err := c.Validate(); err != nil {
 		return "", err
 	}
+	if c.RequestTimeout == 0 {
+		c.RequestTimeout = DefaultRequestTimeout
+	}
 	var b bytes.Buffer
 	err := configTemplate.Execute(&b, struct {
 		Config
@@ -82,6 +89,9 @@ const (
 	ciphers      = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
 	ciphersuites = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
 )
+
+// DefaultRequestTimeout is the time a client has for its TLS handshake and its request.
+const DefaultRequestTimeout = 10 * time.Second
 
 // Request limits of the frontend; a websocket handshake needs a fraction of each.
 const (
@@ -136,25 +146,29 @@ frontend {{.Frontend}}
     mode http
     bind {{.BindAddr}}:{{.Port}} ssl crt {{.CertFile}} alpn http/1.1 ssl-min-ver TLSv1.2 ciphers {{ciphers}} ciphersuites {{ciphersuites}}
     option httplog
-    timeout client 60s
-    # A client that trickles its request (slowloris) or idles between requests (no
-    # timeout http-keep-alive: this one applies) is cut off.
-    timeout http-request 10s
-    # A websocket handshake is small: refuse oversized requests before they reach the map or an app.
-    http-request return status 431 content-type text/plain string "request headers too large" if { req.hdrs,length gt {{maxHeaderBytes}} } || { req.hdr_cnt gt {{maxHeaders}} }
+    # A client that never finishes its TLS handshake (timeout client covers it), trickles its
+    # request (slowloris) or idles between requests (no timeout http-keep-alive: http-request
+    # applies) is cut off. An established websocket is a tunnel: timeout tunnel applies instead.
+    timeout client {{ms .RequestTimeout}}
+    timeout http-request {{ms .RequestTimeout}}
+    # A websocket handshake is small: refuse oversized requests before they reach the map or an
+    # app. Header lines are counted (fhdr_cnt), not the comma-separated values in them.
+    http-request return status 431 content-type text/plain string "request headers too large" if { req.hdrs,length gt {{maxHeaderBytes}} } || { req.fhdr_cnt gt {{maxHeaders}} }
     http-request return status 414 content-type text/plain string "request line too long" if { url,length gt {{maxURLBytes}} }
     http-request return status 413 content-type text/plain string "request body too large" if { req.hdr_val(content-length) gt {{maxBodyBytes}} }
-    # Addresses that keep asking for unknown sessions are refused for a while.
     stick-table type ipv6 size 100k expire 60s store gpc0,gpc0_rate(10s)
     http-request track-sc0 src
-    http-request deny deny_status 429 if { sc0_gpc0_rate gt {{.MissLimit}} }
-    # The session id, first match wins: websocket subprotocol x-nv-sessionid.<id>, X-Session-Id, ?sessionId=.
-    http-request set-var(txn.sid) "req.fhdr(sec-websocket-protocol),regsub('^(.*[,[:space:]])?x-nv-sessionid[.]([A-Za-z0-9._~-]+)([,[:space:]].*)?\$','\\2')" if { req.fhdr(sec-websocket-protocol) -m reg "^(.*[,[:space:]])?x-nv-sessionid[.]([A-Za-z0-9._~-]+)([,[:space:]].*)?\$" }
+    # The session id, first match wins: websocket subprotocol x-nv-sessionid.<id> (the first such
+    # token of the first Sec-WebSocket-Protocol line, the one an app echoes), X-Session-Id, ?sessionId=.
+    http-request set-var(txn.sid) "req.fhdr(sec-websocket-protocol,1),regsub('^(.*?[,[:space:]])??x-nv-sessionid[.]([A-Za-z0-9._~-]+)([,[:space:]].*)?\$','\\2')" if { req.fhdr(sec-websocket-protocol,1) -m reg "^(.*?[,[:space:]])??x-nv-sessionid[.]([A-Za-z0-9._~-]+)([,[:space:]].*)?\$" }
     http-request set-var(txn.proto) str(x-nv-sessionid.),concat(,txn.sid,) if { var(txn.sid) -m found }
     http-request set-var(txn.sid) req.hdr(x-session-id) if !{ var(txn.sid) -m found } { req.hdr(x-session-id) -m found }
     http-request set-var(txn.sid) urlp(sessionId) if !{ var(txn.sid) -m found } { urlp(sessionId) -m found }
     http-request set-var(txn.dst) var(txn.sid),map({{.MapFile}}) if { var(txn.sid) -m reg "^[A-Za-z0-9._~-]{1,128}\$" }
+    # Addresses that keep asking for unknown sessions are refused for a while; a request for a
+    # known session is never refused, nor counted.
     http-request sc-inc-gpc0(0) if !{ var(txn.dst) -m found }
+    http-request deny deny_status 429 if !{ var(txn.dst) -m found } { sc0_gpc0_rate gt {{.MissLimit}} }
     http-request return status 404 content-type text/plain string "unknown session" if !{ var(txn.dst) -m found }
     default_backend {{.Backend}}
 

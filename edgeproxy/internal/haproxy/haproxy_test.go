@@ -16,6 +16,8 @@ import (
 
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy"
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy/haproxytest"
+	"github.com/livegate/livegate/pkg/logbuf"
+	"github.com/rs/zerolog"
 )
 
 func start(t *testing.T) *haproxytest.Instance {
@@ -102,6 +104,10 @@ func TestKeepAliveRequestsRouteEach(t *testing.T) {
 	}
 }
 
+// TestMissesAreRateLimited asks for a session more often than the miss limit allows before its
+// route exists, as a client's reconnect loop does: the misses get 404, then 429; once the route
+// is live the same address reaches it at once (a known session is never refused), while its
+// further misses are still refused.
 func TestMissesAreRateLimited(t *testing.T) {
 	f := haproxytest.NewFiles(t, haproxytest.Dir(t))
 	cfg := f.ConfigFor(haproxytest.FreePort(t))
@@ -111,11 +117,23 @@ func TestMissesAreRateLimited(t *testing.T) {
 	defer cancel()
 	var statuses []int
 	for range 6 {
-		res, _ := haproxytest.Dial(ctx, h.Port, "/", "nope")
+		res, _ := haproxytest.Dial(ctx, h.Port, "/", "soon")
 		statuses = append(statuses, res.Status)
 	}
 	if statuses[0] != http.StatusNotFound || statuses[5] != http.StatusTooManyRequests {
 		t.Fatalf("statuses %v: want 404 first and 429 at the end", statuses)
+	}
+	b := haproxytest.StartBackend(t, "app", false)
+	if err := h.Driver.Apply(ctx, map[string]string{"soon": b.Addr.String()}, nil); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		if res, err := haproxytest.Dial(ctx, h.Port, "/", "soon"); err != nil || res.Message != "app /" {
+			t.Fatalf("request %d for the now known session: %+v %v", i, res, err)
+		}
+	}
+	if res, _ := haproxytest.Dial(ctx, h.Port, "/", "still-unknown"); res.Status != http.StatusTooManyRequests {
+		t.Fatalf("a further miss got %d, want 429", res.Status)
 	}
 }
 
@@ -274,4 +292,88 @@ func mustCommand(t *testing.T, words ...string) haproxy.Command {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// TestSupervisorStoppedWhileStartingLeavesHAProxy stops the supervisor while the HAProxy it has
+// just started is not yet answering (its client reaches no socket, so it never does): without
+// StopOnExit HAProxy keeps running for the next edge process, as a ready one does.
+func TestSupervisorStoppedWhileStartingLeavesHAProxy(t *testing.T) {
+	bin := haproxytest.Binary(t)
+	f := configured(t)
+	sup := haproxy.NewSupervisor(bin, f.Config, f.PidFile, haproxy.NewClient(f.Socket+".absent", time.Second),
+		zerolog.New(zerolog.NewTestWriter(t)), haproxy.StopOnExit(false))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- sup.Run(ctx) }()
+	deadline := time.Now().Add(20 * time.Second)
+	for sup.Pid() == 0 {
+		if time.Now().After(deadline) {
+			cancel()
+			t.Fatal("haproxy not started after 20s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	pid := sup.Pid()
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if err := syscall.Kill(pid, 0); err != nil || sup.Pid() != pid {
+		t.Fatalf("haproxy %d stopped with its supervisor (pid file names %d): %v", pid, sup.Pid(), err)
+	}
+}
+
+// TestSupervisorOutputLogOneComponent checks that HAProxy's own lines carry the component key
+// once, whatever the supervisor's logger already carries.
+func TestSupervisorOutputLogOneComponent(t *testing.T) {
+	bin := haproxytest.Binary(t)
+	f := configured(t)
+	var out logbuf.Buffer
+	base := zerolog.New(&out)
+	ready := make(chan struct{}, 1)
+	sup := haproxy.NewSupervisor(bin, f.Config, f.PidFile, haproxy.NewClient(f.Socket, time.Second),
+		base.With().Str("component", "supervisor").Logger(), haproxy.StopOnExit(true),
+		haproxy.OutputLog(base.With().Str("component", "haproxy").Logger()),
+		haproxy.OnReady(func() { ready <- struct{}{} }))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- sup.Run(ctx) }()
+	select {
+	case <-ready:
+	case <-time.After(20 * time.Second):
+		t.Fatal("haproxy not ready after 20s")
+	}
+	cancel()
+	<-done
+	var lines int
+	for _, line := range strings.Split(out.String(), "\n") {
+		if !strings.Contains(line, `"component":"haproxy"`) {
+			continue
+		}
+		lines++
+		if strings.Count(line, `"component"`) != 1 {
+			t.Errorf("line carries component more than once: %s", line)
+		}
+	}
+	if lines == 0 {
+		t.Fatalf("no haproxy output logged:\n%s", out.String())
+	}
+}
+
+// configured lays out the files of an HAProxy the test supervises itself: configuration and map.
+func configured(t *testing.T) haproxytest.Files {
+	t.Helper()
+	f := haproxytest.NewFiles(t, haproxytest.Dir(t))
+	text, err := haproxy.Render(f.ConfigFor(haproxytest.FreePort(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(f.Config, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := haproxy.WriteMapFile(f.MapFile, nil); err != nil {
+		t.Fatal(err)
+	}
+	return f
 }

@@ -12,6 +12,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/coder/websocket"
+	"github.com/livegate/livegate/edgeproxy/internal/haproxy/haproxytest"
 )
 
 // TestFrontendRefusesOldTLS checks against the real HAProxy that TLS 1.0 and 1.1 handshakes fail
@@ -109,5 +112,93 @@ func TestFrontendLimitsAndDisclosure(t *testing.T) {
 				t.Errorf("body names the proxy: %q", body)
 			}
 		})
+	}
+}
+
+// TestRequestTimeoutSparesWebsockets checks that a connection that never starts its TLS
+// handshake, and one that never sends its request, are closed after the request timeout, while
+// an established websocket idle for longer stays open.
+func TestRequestTimeoutSparesWebsockets(t *testing.T) {
+	f := haproxytest.NewFiles(t, haproxytest.Dir(t))
+	cfg := f.ConfigFor(haproxytest.FreePort(t))
+	cfg.RequestTimeout = time.Second
+	h := haproxytest.Start(t, cfg, f)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b := haproxytest.StartBackend(t, "app", false)
+	if err := h.Driver.Apply(ctx, map[string]string{"s": b.Addr.String()}, nil); err != nil {
+		t.Fatal(err)
+	}
+	conn, _, err := haproxytest.Open(ctx, h.Port, "/", []string{"x-nv-sessionid.s"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.CloseNow()
+
+	addr := fmt.Sprintf("127.0.0.1:%d", h.Port)
+	// Closed well before the 60 s of timeout client that applied to handshakes before.
+	closedWithin := func(what string, c net.Conn) {
+		t.Helper()
+		_ = c.SetReadDeadline(time.Now().Add(15 * time.Second))
+		if _, err := io.Copy(io.Discard, c); err != nil {
+			t.Errorf("%s: not closed by haproxy: %v", what, err)
+		}
+	}
+	raw, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	closedWithin("no TLS handshake", raw)
+	tc, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	_, _ = io.WriteString(tc, "GET / HTTP/1.1\r\nHost: edge\r\n")
+	closedWithin("request never finished", tc)
+
+	// By now the websocket has idled for more than twice the request timeout.
+	if err := conn.Write(ctx, websocket.MessageText, []byte("still open")); err != nil {
+		t.Fatal(err)
+	}
+	if _, msg, err := conn.Read(ctx); err != nil || string(msg) != "still open" {
+		t.Fatalf("websocket after idling: %q %v", msg, err)
+	}
+}
+
+// TestHeaderLinesAndFirstSessionID checks that the header-count limit counts header lines, so
+// that long subprotocol lists pass, and that the first x-nv-sessionid token routes, the one an
+// app echoes.
+func TestHeaderLinesAndFirstSessionID(t *testing.T) {
+	h := start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	a, b := haproxytest.StartBackend(t, "a", true), haproxytest.StartBackend(t, "b", true)
+	if err := h.Driver.Apply(ctx, map[string]string{"sa": a.Addr.String(), "sb": b.Addr.String()}, nil); err != nil {
+		t.Fatal(err)
+	}
+	protos := []string{"x-nv-sessionid.sa"}
+	for i := range 59 {
+		protos = append(protos, fmt.Sprintf("p%d", i))
+	}
+	if res, err := haproxytest.DialWith(ctx, h.Port, "/", protos, nil); err != nil || res.Message != "a /" {
+		t.Fatalf("60 subprotocols in one header: %+v %v", res, err)
+	}
+	res, err := haproxytest.DialWith(ctx, h.Port, "/", []string{"x-nv-sessionid.sa", "x-nv-sessionid.sb"}, nil)
+	if err != nil || res.Message != "a /" || res.Subprotocol != "x-nv-sessionid.sa" {
+		t.Fatalf("two session ids: %+v %v, want the first routed and echoed", res, err)
+	}
+	req := func(lines ...string) string {
+		return "GET / HTTP/1.1\r\nHost: edge\r\n" + strings.Join(lines, "\r\n") + "\r\nConnection: close\r\n\r\n"
+	}
+	var thirty []string
+	for i := range 29 {
+		thirty = append(thirty, fmt.Sprintf("p%d", i))
+	}
+	list := strings.Join(thirty, ", ")
+	_, hdr, _ := rawRequest(t, h.Port, req("Sec-WebSocket-Protocol: x-nv-sessionid.sb, "+list, "Sec-WebSocket-Protocol: x-nv-sessionid.sa, "+list))
+	if got := hdr.Get("X-Backend"); got != "b" {
+		t.Fatalf("two header lines of 30 values reached %q, want b (the first line's id)", got)
 	}
 }

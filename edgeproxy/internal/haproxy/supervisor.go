@@ -22,7 +22,7 @@ import (
 type Supervisor struct {
 	binary, config, pidFile string
 	client                  *Client
-	log                     zerolog.Logger
+	log, outputLog          zerolog.Logger
 	onReady                 func()
 	stopOnExit              bool
 	reload                  bool
@@ -45,6 +45,10 @@ func StopOnExit(stop bool) SupervisorOption { return func(s *Supervisor) { s.sto
 // edge was away). Old workers keep their connections until hard-stop-after.
 func ReloadAdopted(reload bool) SupervisorOption { return func(s *Supervisor) { s.reload = reload } }
 
+// OutputLog is where HAProxy's own output goes, one entry a line; by default the supervisor's log.
+// It is a logger of its own so that the lines carry their own component, once.
+func OutputLog(log zerolog.Logger) SupervisorOption { return func(s *Supervisor) { s.outputLog = log } }
+
 // Backoff bounds the pause before a dead HAProxy is started again.
 func Backoff(minimum, maximum time.Duration) SupervisorOption {
 	return func(s *Supervisor) { s.minBackoff, s.maxBackoff = minimum, maximum }
@@ -54,7 +58,7 @@ func Backoff(minimum, maximum time.Duration) SupervisorOption {
 // and client reaches the runtime socket the configuration declares.
 func NewSupervisor(binary, config, pidFile string, client *Client, log zerolog.Logger, opts ...SupervisorOption) *Supervisor {
 	s := &Supervisor{
-		binary: binary, config: config, pidFile: pidFile, client: client, log: log,
+		binary: binary, config: config, pidFile: pidFile, client: client, log: log, outputLog: log,
 		onReady:    func() {},
 		minBackoff: 500 * time.Millisecond, maxBackoff: 10 * time.Second,
 		readyTimeout: 15 * time.Second,
@@ -143,6 +147,9 @@ func (s *Supervisor) adopt(ctx context.Context, pid int) error {
 		}
 	}
 	if err := s.waitReady(ctx); err != nil {
+		if ctx.Err() != nil && s.stopOnExit {
+			stopPid(pid, nil)
+		}
 		return err
 	}
 	log.Info().Msg("adopted running haproxy")
@@ -198,6 +205,11 @@ func (s *Supervisor) start(ctx context.Context) error {
 	err = s.waitReady(readyCtx)
 	cancel()
 	if err != nil {
+		// The edge stopping (or restarting) while HAProxy comes up is no failure of HAProxy: it
+		// keeps running for the next edge process to adopt, as a ready one does.
+		if ctx.Err() != nil && !s.stopOnExit {
+			return nil
+		}
 		stopPid(pid, done)
 		return err
 	}
@@ -268,6 +280,6 @@ func (s *Supervisor) pipeLog(r io.Reader) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
-		s.log.Info().Str("component", "haproxy").Msg(sc.Text())
+		s.outputLog.Info().Msg(sc.Text())
 	}
 }

@@ -268,12 +268,8 @@ func (p *Plane) Assign(key string, backends []netip.AddrPort, preferred []uint16
 	defer p.mu.Unlock()
 	ports, err := p.alloc.Allocate(key, len(backends), preferred)
 	if err != nil {
-		if errors.Is(err, portalloc.ErrExhausted) {
-			total, free := p.alloc.Capacity()
-			p.o.log.Warn().Str("instance_id", key).Int("wanted", len(backends)).Int("free_ports", free).
-				Int("total_ports", total).Str("port_range", p.cfg.Ports.String()).
-				Msg("media route refused: public port range exhausted")
-		}
+		// Not logged here: a refused route is asked for again on every pass, and the reconciler
+		// reports it once per change of the route.
 		return nil, fmt.Errorf("assign media ports for %s: %w", key, err)
 	}
 	return ports, nil

@@ -29,6 +29,8 @@ type Metrics struct {
 	drift   prometheus.Counter
 	claims  *prometheus.CounterVec
 	removed *prometheus.CounterVec
+	// conflicts counts routes refused because another instance holds their session id.
+	conflicts prometheus.Counter
 }
 
 // NewMetrics registers the metrics with reg.
@@ -55,6 +57,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "livegate_edge_routes_removed_total",
 			Help: "Routes this edge stopped serving, by reason (deleted, expired: its lease ran out, refused, reassigned: another edge serves it).",
 		}, []string{"reason"}),
+		conflicts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "livegate_edge_session_conflicts_total",
+			Help: "Routes refused because another instance holds their session id (once per change of the route).",
+		}),
 	}
 	for _, k := range []string{ErrKindHAProxy, ErrKindMedia, ErrKindKV, ErrKindMapFile, ErrKindEvents, ErrKindRefused, ErrKindHeartbeat} {
 		m.errors.WithLabelValues(k)
@@ -62,6 +68,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, r := range []string{RemovedDeleted, RemovedExpired, RemovedRefused, RemovedReassigned} {
 		m.removed.WithLabelValues(r)
 	}
-	reg.MustRegister(m.routes, m.latency, m.errors, m.drift, m.claims, m.removed)
+	reg.MustRegister(m.routes, m.latency, m.errors, m.drift, m.claims, m.removed, m.conflicts)
 	return m
 }

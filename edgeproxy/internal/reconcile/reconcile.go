@@ -16,16 +16,16 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy"
 	"github.com/livegate/livegate/edgeproxy/internal/media"
+	"github.com/livegate/livegate/edgeproxy/internal/portalloc"
 	"github.com/livegate/livegate/edgeproxy/internal/routes"
 	"github.com/livegate/livegate/pkg/events"
 	"github.com/livegate/livegate/pkg/kvstore"
+	"github.com/livegate/livegate/pkg/logging"
 	"github.com/livegate/livegate/pkg/natsconn"
 	"github.com/livegate/livegate/pkg/sessionid"
 	"github.com/livegate/livegate/pkg/wire"
@@ -141,7 +141,7 @@ type Reconciler struct {
 	mapWritten map[string]string
 	mediaWant  map[string][]media.Mapping
 	served     map[string]servedRoute
-	refused    map[string]string
+	refused    map[string]refusal
 	// expired holds the route keys whose removal from KV was a lapsed lease, until the pass
 	// that reports their removal.
 	expired map[string]bool
@@ -150,8 +150,11 @@ type Reconciler struct {
 	// hold.
 	rewatched time.Time
 	held      map[string]time.Time
-	sched     *routes.Scheduler
-	files     *fileWriter
+	// owners holds, by session id, the instance that first held it on this edge (see
+	// trackOwners).
+	owners map[string]owner
+	sched  *routes.Scheduler
+	files  *fileWriter
 	// publishing delivers the results of the endpoint writes under way (nil: none), writing
 	// holds what they write by key (nil: a removal), and writes runs them (see
 	// publishEndpoints).
@@ -176,6 +179,21 @@ type invalidRoute struct {
 	session, pool string
 	// mine is whether the route names this edge or its pool (or could not be read at all).
 	mine bool
+}
+
+// refusal is the last refusal of a route key reported: at which revision, and what was refused
+// why (see refuse).
+type refusal struct {
+	revision uint64
+	mark     string
+}
+
+// owner is the instance holding a session id, with its route's lease; until, when set, is when an
+// owner whose route lapsed lets the id go.
+type owner struct {
+	key   string
+	lease time.Duration
+	until time.Time
 }
 
 type endpoint struct {
@@ -235,6 +253,11 @@ type servedRoute struct {
 	since time.Time
 }
 
+// mediaKey names a route's public ports in the media plane: its instance and its session. A new
+// session on an instance is a new key, so it never inherits the ports (or the quarantined ports
+// handed back to a returning key) of the session before it, whose client may still be sending.
+func mediaKey(rt routes.Route) string { return rt.Key + "/" + rt.SessionID }
+
 // publicPorts is what the endpoint publishes of w's ports: one per media backend, never more.
 func (w servedRoute) publicPorts() []uint16 {
 	return w.ports[:min(len(w.ports), len(w.route.Media))]
@@ -252,7 +275,7 @@ func New(cfg Config, d Deps, opts ...Option) (*Reconciler, error) {
 		cfg: cfg, d: d, log: d.Log, now: time.Now,
 		kick: make(chan struct{}, 1), evq: make(chan *livegatev1.Event, 1<<16),
 		valid: map[string]routes.Route{}, invalid: map[string]invalidRoute{}, seen: map[string]time.Time{}, expired: map[string]bool{}, held: map[string]time.Time{}, endpoints: map[string]endpoint{},
-		live: map[string]bool{}, served: map[string]servedRoute{}, refused: map[string]string{},
+		live: map[string]bool{}, served: map[string]servedRoute{}, refused: map[string]refusal{}, owners: map[string]owner{},
 		sched: routes.NewScheduler(),
 	}
 	for _, o := range opts {
@@ -651,13 +674,21 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (time.Time, error) {
 	heldUntil := r.releaseHeld(now)
 	r.awaitRemovals()
 	r.refuseInvalid()
+	owners, ownersUntil := r.trackOwners(now)
 	plan := routes.Derive(routes.Self{EdgeID: r.cfg.EdgeID, Pool: r.cfg.Pool}, r.valid, func(k string) (routes.Endpoint, bool) {
 		e, ok := r.endpoints[k]
 		return e.Endpoint, ok
-	}, r.live)
+	}, r.live, owners)
 	for k, reason := range plan.Refused {
 		rt := r.valid[k]
-		r.refuse(k, rt.Revision, rt.SessionID, rt.Pool, reason)
+		if r.refuse(k, rt.Revision, routeChange(rt), rt.SessionID, rt.Pool, reason) && plan.Taken[k] != "" {
+			r.d.Metrics.conflicts.Inc()
+		}
+	}
+	for s, k := range plan.Holders {
+		if _, ok := r.owners[s]; !ok {
+			r.owners[s] = owner{key: k, lease: r.valid[k].LeaseTTL}
+		}
 	}
 
 	// Pool claims: only with room left, and the busier this edge, the later.
@@ -674,9 +705,10 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (time.Time, error) {
 		}
 		if len(c.Route.Media) > 0 && freePorts < len(c.Route.Media) && r.mediaOn() {
 			starved = true
-			// Said once per revision: otherwise a pool route no edge has ports for waits unseen.
-			r.refuse(c.Route.Key, c.Route.Revision, c.Route.SessionID, c.Route.Pool,
-				fmt.Sprintf("media ports: public port range exhausted (%d free, %d wanted); left to the pool's other edges", freePorts, len(c.Route.Media)))
+			// Said once per change of the route: otherwise a pool route no edge has ports for
+			// waits unseen.
+			r.refuse(c.Route.Key, c.Route.Revision, routeChange(c.Route), c.Route.SessionID, c.Route.Pool,
+				fmt.Sprintf("media ports: public port range exhausted (%d wanted); left to the pool's other edges", len(c.Route.Media)))
 			continue
 		}
 		claimable = append(claimable, c.Route.Key)
@@ -709,8 +741,8 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (time.Time, error) {
 	lost := r.writeClaims(ctx, want, claims)
 	if len(lost) > 0 {
 		for _, k := range lost {
+			r.d.Media.Release(mediaKey(want[k].route))
 			delete(want, k)
-			r.d.Media.Release(k)
 		}
 		if err := r.program(ctx, want, false); err != nil {
 			return time.Time{}, err
@@ -722,8 +754,10 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (time.Time, error) {
 	r.finish(want, now)
 	r.log.Debug().Bool("full", full).Int("routes", len(want)).Dur("plan_ms", tPlan.Sub(now)).Dur("program_ms", tProg.Sub(tPlan)).
 		Dur("claims_ms", tClaim.Sub(tProg)).Dur("publish_ms", tPub.Sub(tClaim)).Dur("finish_ms", r.now().Sub(tPub)).Msg("reconcile pass")
-	if !heldUntil.IsZero() {
-		next = earliest(next, heldUntil)
+	for _, at := range []time.Time{heldUntil, ownersUntil} {
+		if !at.IsZero() {
+			next = earliest(next, at)
+		}
 	}
 	if starved {
 		next = earliest(next, now.Add(r.cfg.Heartbeat))
@@ -749,7 +783,7 @@ func (r *Reconciler) mediaOn() bool {
 func (r *Reconciler) refuseInvalid() {
 	for k, inv := range r.invalid {
 		if inv.mine {
-			r.refuse(k, inv.revision, inv.session, inv.pool, inv.err.Error())
+			r.refuse(k, inv.revision, "", inv.session, inv.pool, inv.err.Error())
 		}
 	}
 	for k := range r.refused {
@@ -759,16 +793,53 @@ func (r *Reconciler) refuseInvalid() {
 	}
 }
 
-// refuse logs and reports a route this edge will not program, once per key and revision.
-func (r *Reconciler) refuse(key string, revision uint64, session, pool, reason string) {
-	mark := fmt.Sprintf("%d %s", revision, reason)
-	if r.refused[key] == mark {
-		return
+// trackOwners keeps who holds each session id on this edge, and returns the holders (session id
+// → key) the plan must keep them for and when the next hold ends (zero: none pending). A session
+// id belongs to the instance that first held it until that instance's lease really ends: while
+// its route is there, and for one lease (at most maxHold) after its key lapsed, as it does while
+// its agent restarts. A route deleted outright (its session ended) lets the id go at once.
+func (r *Reconciler) trackOwners(now time.Time) (map[string]string, time.Time) {
+	holders := make(map[string]string, len(r.owners))
+	var next time.Time
+	for s, o := range r.owners {
+		rt, present := r.valid[o.key]
+		switch {
+		case present && rt.SessionID == s:
+			o.lease, o.until = rt.LeaseTTL, time.Time{}
+		case present, !o.until.IsZero() && !now.Before(o.until):
+			delete(r.owners, s)
+			continue
+		case o.until.IsZero() && r.expired[o.key] && o.lease > 0:
+			o.until = now.Add(min(o.lease, maxHold))
+			r.log.Info().Str("instance_id", o.key).Str("session_id", s).Time("until", o.until).
+				Msg("route lease lapsed; its session id stays reserved for it for one lease")
+		case o.until.IsZero():
+			delete(r.owners, s)
+			continue
+		}
+		r.owners[s] = o
+		holders[s] = o.key
+		if !o.until.IsZero() {
+			next = earliest(next, o.until)
+		}
 	}
-	r.refused[key] = mark
+	return holders, next
+}
+
+// refuse logs and reports a route this edge will not program, once per key, change (what the
+// route asks for, see routeChange; empty for a value that does not parse) and reason: a lease
+// renewal, or another pass finding the same refusal, says nothing new. It reports whether it
+// reported now.
+func (r *Reconciler) refuse(key string, revision uint64, change, session, pool, reason string) bool {
+	mark := change + "\x00" + reason
+	old := r.refused[key]
+	r.refused[key] = refusal{revision: revision, mark: mark}
+	if old.mark == mark {
+		return false
+	}
 	r.d.Metrics.errors.WithLabelValues(ErrKindRefused).Inc()
 	// The key and session id may be hostile: zerolog quotes them, and they go no further.
-	r.log.Warn().Str("instance_id", key).Uint64("revision", revision).Str("reason", reason).Msg("route refused")
+	r.log.Warn().Str("instance_id", logging.Clip(key)).Uint64("revision", revision).Str("reason", reason).Msg("route refused")
 	if sessionid.Validate(session) != nil {
 		session = ""
 	}
@@ -778,6 +849,7 @@ func (r *Reconciler) refuse(key string, revision uint64, session, pool, reason s
 	}
 	r.emit(&livegatev1.Event{Type: livegatev1.EventType_EVENT_TYPE_ROUTE_REFUSED, InstanceId: key, SessionId: session, Pool: pool,
 		Details: &livegatev1.Event_RouteRefused{RouteRefused: &livegatev1.RouteRefused{EdgeId: r.cfg.EdgeID, Reason: reason}}})
+	return true
 }
 
 // assignPorts gives each wanted route its public media ports, keeping those it holds, else those
@@ -789,7 +861,7 @@ func (r *Reconciler) assignPorts(want map[string]servedRoute, claims map[string]
 	// in key order, so that which route gets which port does not depend on map order.
 	var assign []string
 	for k, w := range want {
-		if cur, ok := r.served[k]; ok && slices.Equal(cur.route.Media, w.route.Media) {
+		if cur, ok := r.served[k]; ok && cur.route.SessionID == w.route.SessionID && slices.Equal(cur.route.Media, w.route.Media) {
 			w.ports, w.since = cur.ports, cur.since
 			want[k] = w
 			continue
@@ -799,20 +871,30 @@ func (r *Reconciler) assignPorts(want map[string]servedRoute, claims map[string]
 	slices.Sort(assign)
 	for _, k := range assign {
 		w := want[k]
+		if cur, ok := r.served[k]; ok && cur.route.SessionID != w.route.SessionID {
+			// The previous session's ports go to quarantine now (and their conntrack entries
+			// with the next sync), before the new session takes fresh ones.
+			r.d.Media.Release(mediaKey(cur.route))
+		}
 		var preferred []uint16
-		if ep, ok := r.endpoints[k]; ok && ep.EdgeID == r.cfg.EdgeID {
+		if ep, ok := r.endpoints[k]; ok && ep.EdgeID == r.cfg.EdgeID && ep.pub != nil && ep.pub.session == w.route.SessionID {
 			preferred = ep.Ports
 		}
-		ports, err := r.d.Media.Assign(k, w.route.Media, preferred)
+		ports, err := r.d.Media.Assign(mediaKey(w.route), w.route.Media, preferred)
 		if err != nil {
 			r.d.Metrics.errors.WithLabelValues(ErrKindMedia).Inc()
-			r.refuse(k, w.route.Revision, w.route.SessionID, w.route.Pool, fmt.Sprintf("media ports: %v", err))
+			reason := fmt.Sprintf("media ports: %v", err)
+			if errors.Is(err, portalloc.ErrExhausted) {
+				// Without the free count, which changes from pass to pass: see refuse.
+				reason = fmt.Sprintf("media ports: public port range exhausted (%d wanted)", len(w.route.Media))
+			}
+			r.refuse(k, w.route.Revision, routeChange(w.route), w.route.SessionID, w.route.Pool, reason)
 			delete(want, k)
 			delete(claims, k)
 			refused++
 			continue
 		}
-		if cur, ok := r.served[k]; ok {
+		if cur, ok := r.served[k]; ok && cur.route.SessionID == w.route.SessionID {
 			w.since = cur.since
 		}
 		w.ports = ports
@@ -823,9 +905,9 @@ func (r *Reconciler) assignPorts(want map[string]servedRoute, claims map[string]
 
 // releaseGone gives back the media ports of routes no longer served.
 func (r *Reconciler) releaseGone(want map[string]servedRoute) {
-	for k := range r.served {
+	for k, w := range r.served {
 		if _, ok := want[k]; !ok {
-			r.d.Media.Release(k)
+			r.d.Media.Release(mediaKey(w.route))
 		}
 	}
 }
@@ -1186,11 +1268,16 @@ func (r *Reconciler) removal(key string) (kind, reason string) {
 		return RemovedExpired, "route lease expired"
 	case !known:
 		return RemovedDeleted, "route deleted"
-	case strings.HasPrefix(r.refused[key], strconv.FormatUint(rev, 10)+" "):
+	case r.refused[key].mark != "" && r.refused[key].revision == rev:
 		return RemovedRefused, "route refused"
 	default:
 		return RemovedReassigned, "route no longer served by this edge"
 	}
+}
+
+// routeChange is what a route asks for, whatever its revision: a lease renewal leaves it alone.
+func routeChange(rt routes.Route) string {
+	return fmt.Sprint(rt.SessionID, " ", rt.Signaling, " ", rt.Media, " ", rt.EdgeID, " ", rt.Pool)
 }
 
 // sameProgramming tells a lease renewal (a new revision of an unchanged route) from a change that

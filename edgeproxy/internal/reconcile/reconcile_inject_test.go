@@ -94,18 +94,11 @@ func TestInjectionRoutesNeverReachHAProxyOrIptables(t *testing.T) {
 	}
 	drv := &recordingDriver{m: map[string]string{}}
 	logs := &logbuf.Buffer{}
-	r, err := reconcile.New(cfg, reconcile.Deps{
-		JS: e.js, Buckets: e.kv, Driver: drv, Media: plane,
+	runLoop(t, e, cfg, reconcile.Deps{
+		Driver: drv, Media: plane,
 		Events: events.NewPublisher(e.js, "test/edge-a"), Metrics: reconcile.NewMetrics(prometheus.NewRegistry()),
 		Log: zerolog.New(logs).Level(zerolog.WarnLevel),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = r.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
 
 	const sig, med = "198.19.0.10:30000", "198.19.0.10:31000"
 	route := func(session, signaling string, media ...string) *livegatev1.Route {
@@ -150,6 +143,8 @@ func TestInjectionRoutesNeverReachHAProxyOrIptables(t *testing.T) {
 		{"med-todest", route("s-med-todest", sig, "--to-destination 1.2.3.4:30000"), "media_backends[0]"},
 		{"med-newline", route("s-med-nl", sig, med+"\nCOMMIT"), "media_backends[0]"},
 		{"med-ipv6", route("s-med-v6", sig, "[fd00::1]:30000"), "media ports"},
+		{"med-too-many", route("s-med-many", sig, "198.19.0.11:31000", "198.19.0.11:31001", "198.19.0.11:31002", "198.19.0.11:31003", "198.19.0.11:31004"), "media_backends: 5 backends, more than the 4"},
+		{"med-duplicate", route("s-med-dup", sig, "198.19.0.11:31000", "198.19.0.11:31000"), "media_backends[1]: 198.19.0.11:31000 repeats media_backends[0]"},
 		{"pool-star", &livegatev1.Route{SessionId: "s-pool", SignalingBackend: sig, EdgeId: "edge-a", Pool: "p*"}, "pool"},
 		{"instance-differs", &livegatev1.Route{SessionId: "s-inst", InstanceId: "other", SignalingBackend: sig, EdgeId: "edge-a"}, "instance_id"},
 		{"inst.dot", route("s-key", sig), "key (instance id)"},

@@ -533,10 +533,10 @@ func TestRestartedEdgeKeepsPortsAndConnections(t *testing.T) {
 	waitFor(t, "second edge synced", func() bool {
 		plane.mu.Lock()
 		defer plane.mu.Unlock()
-		return len(plane.held["i1"]) == 2
+		return len(plane.held["i1/s1"]) == 2
 	})
 	plane.mu.Lock()
-	got := plane.preferred["i1"]
+	got := plane.preferred["i1/s1"]
 	plane.mu.Unlock()
 	if len(got) != 2 || uint32(got[0]) != before[0] || uint32(got[1]) != before[1] {
 		t.Fatalf("preferred ports %v, want %v", got, before)

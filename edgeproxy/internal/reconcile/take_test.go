@@ -29,7 +29,7 @@ func loopState() *Reconciler {
 			BackendCIDRs: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, BackendPorts: routes.PortRange{Min: 1024, Max: 65535},
 		}},
 		valid: map[string]routes.Route{}, invalid: map[string]invalidRoute{}, seen: map[string]time.Time{},
-		endpoints: map[string]endpoint{}, live: map[string]bool{}, refused: map[string]string{},
+		endpoints: map[string]endpoint{}, live: map[string]bool{}, refused: map[string]refusal{},
 	}
 }
 

@@ -38,17 +38,23 @@ type Plan struct {
 	Claims []Claim
 	// Refused are routes addressed to this edge that it cannot take, with the reason, by key.
 	Refused map[string]string
+	// Taken are the refused routes whose session id another instance holds: key → holder.
+	Taken map[string]string
+	// Holders are the session ids this edge serves or may claim: session id → key.
+	Holders map[string]string
 }
 
 // Derive decides, from the valid routes, the endpoints in KV and the edges whose heartbeat is
 // alive, which routes this edge serves and which it may claim. A route naming an edge belongs to
 // that edge; a route naming only a pool belongs to the pool edge holding its endpoint, and is
 // claimable when none does or that edge's heartbeat has expired. Two routes with the same
-// session id cannot share the map: the older revision keeps it.
+// session id cannot share the map: the instance that holds it in owners (session id → key, the
+// caller's memory of earlier plans) keeps it, even while its own route is away; else the older
+// revision does.
 // The endpoints are looked up by key, so that a caller keeping them in another shape does not
 // copy them all on every pass.
-func Derive(self Self, routes map[string]Route, endpoint func(key string) (Endpoint, bool), live map[string]bool) Plan {
-	p := Plan{Serve: make(map[string]Route, len(routes)), Refused: map[string]string{}}
+func Derive(self Self, routes map[string]Route, endpoint func(key string) (Endpoint, bool), live map[string]bool, owners map[string]string) Plan {
+	p := Plan{Serve: make(map[string]Route, len(routes)), Refused: map[string]string{}, Taken: map[string]string{}, Holders: map[string]string{}}
 	type ordered struct {
 		key string
 		rev uint64
@@ -88,8 +94,14 @@ func Derive(self Self, routes map[string]Route, endpoint func(key string) (Endpo
 		default:
 			continue
 		}
+		if owner, held := owners[r.SessionID]; held && owner != k {
+			p.Refused[k] = fmt.Sprintf("session_id: held by instance %s, which had it first and whose lease has not ended", owner)
+			p.Taken[k] = owner
+			continue
+		}
 		if other, dup := sessions[r.SessionID]; dup {
 			p.Refused[k] = fmt.Sprintf("session_id: already used by instance %s", other)
+			p.Taken[k] = other
 			continue
 		}
 		sessions[r.SessionID] = k
@@ -100,6 +112,7 @@ func Derive(self Self, routes map[string]Route, endpoint func(key string) (Endpo
 		p.Serve[k] = r
 	}
 	slices.SortFunc(p.Claims, func(a, b Claim) int { return strings.Compare(a.Route.Key, b.Route.Key) })
+	p.Holders = sessions
 	return p
 }
 

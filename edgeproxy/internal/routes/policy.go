@@ -7,11 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/livegate/livegate/pkg/events"
+	"github.com/livegate/livegate/pkg/logging"
 	"github.com/livegate/livegate/pkg/sessionid"
 	"github.com/livegate/livegate/pkg/wire"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
@@ -63,7 +65,14 @@ func ParsePrefixes(s string) ([]netip.Prefix, error) {
 type Policy struct {
 	BackendCIDRs []netip.Prefix
 	BackendPorts PortRange
+	// MaxMedia is the most media backends one route (one instance: its route is one key) may
+	// name, each of which takes a public UDP port; zero means DefaultMaxMedia.
+	MaxMedia int
 }
+
+// DefaultMaxMedia is the default cap of media backends per route: a WebRTC session needs one or
+// two, and a cap keeps one route (or one compromised container) from taking the edge's ports.
+const DefaultMaxMedia = 4
 
 // Route is a validated route value.
 type Route struct {
@@ -92,7 +101,7 @@ func (p Policy) Parse(key string, value []byte, revision uint64) (Route, error) 
 	r := Route{Key: key, SessionID: pb.GetSessionId(), EdgeID: pb.GetEdgeId(), Pool: pb.GetPool(), Revision: revision,
 		LeaseTTL: max(pb.GetLeaseTtl().AsDuration(), 0)}
 	if pb.GetInstanceId() != "" && pb.GetInstanceId() != key {
-		return Route{}, fmt.Errorf("instance_id %q: differs from the key %q", pb.GetInstanceId(), key)
+		return Route{}, fmt.Errorf("instance_id %q: differs from the key %q", logging.Clip(pb.GetInstanceId()), key)
 	}
 	if err := sessionid.Validate(r.SessionID); err != nil {
 		return Route{}, fmt.Errorf("session_id: %w", err)
@@ -114,10 +123,21 @@ func (p Policy) Parse(key string, value []byte, revision uint64) (Route, error) 
 	if r.Signaling, err = p.backend(pb.GetSignalingBackend()); err != nil {
 		return Route{}, fmt.Errorf("signaling_backend: %w", err)
 	}
+	maxMedia := p.MaxMedia
+	if maxMedia <= 0 {
+		maxMedia = DefaultMaxMedia
+	}
+	if n := len(pb.GetMediaBackends()); n > maxMedia {
+		return Route{}, fmt.Errorf("media_backends: %d backends, more than the %d a route may name", n, maxMedia)
+	}
 	for i, m := range pb.GetMediaBackends() {
 		ap, err := p.backend(m)
 		if err != nil {
 			return Route{}, fmt.Errorf("media_backends[%d]: %w", i, err)
+		}
+		if j := slices.Index(r.Media, ap); j >= 0 {
+			// Each would take a public port of its own for the same backend.
+			return Route{}, fmt.Errorf("media_backends[%d]: %s repeats media_backends[%d]", i, ap, j)
 		}
 		r.Media = append(r.Media, ap)
 	}

@@ -59,6 +59,18 @@ func TestParse(t *testing.T) {
 		{name: "backend port outside range", key: "inst-1", mutate: func(r *livegatev1.Route) { r.SignalingBackend = "10.0.0.1:22" }, wantErr: "outside the allowed range"},
 		{name: "zoned backend", key: "inst-1", mutate: func(r *livegatev1.Route) { r.SignalingBackend = "[fd00::1%eth0]:30000" }, wantErr: "zoned"},
 		{name: "bad media backend", key: "inst-1", mutate: func(r *livegatev1.Route) { r.MediaBackends = append(r.MediaBackends, "10.0.0.1:80") }, wantErr: "media_backends[1]"},
+		{name: "as many media backends as the cap", key: "inst-1", mutate: func(r *livegatev1.Route) {
+			r.MediaBackends = []string{"10.1.2.3:31000", "10.1.2.3:31001", "10.1.2.3:31002", "10.1.2.3:31003"}
+		}},
+		{name: "more media backends than the cap", key: "inst-1", mutate: func(r *livegatev1.Route) {
+			r.MediaBackends = []string{"10.1.2.3:31000", "10.1.2.3:31001", "10.1.2.3:31002", "10.1.2.3:31003", "10.1.2.3:31004"}
+		}, wantErr: "media_backends: 5 backends, more than the 4"},
+		{name: "duplicate media backend", key: "inst-1", mutate: func(r *livegatev1.Route) {
+			r.MediaBackends = []string{"10.1.2.3:31000", "10.1.2.3:31001", "10.1.2.3:31000"}
+		}, wantErr: "media_backends[2]: 10.1.2.3:31000 repeats media_backends[0]"},
+		{name: "duplicate media backend, mapped spelling", key: "inst-1", mutate: func(r *livegatev1.Route) {
+			r.MediaBackends = []string{"10.1.2.3:31000", "[::ffff:10.1.2.3]:31000"}
+		}, wantErr: "repeats media_backends[0]"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -121,6 +133,7 @@ func TestDerive(t *testing.T) {
 		wantServe   []string
 		wantClaims  map[string]uint64
 		wantRefused []string
+		owners      map[string]string
 	}{
 		{name: "direct route to me", routes: []Route{rt("a", "s", "me", "", 1)}, wantServe: []string{"a"}},
 		{name: "direct route to another edge", routes: []Route{rt("a", "s", "other", "p", 1)}},
@@ -143,6 +156,14 @@ func TestDerive(t *testing.T) {
 			wantServe: []string{"old"}, wantRefused: []string{"new"},
 		},
 		{
+			name: "duplicate session id: its holder keeps it though its revision is newer", routes: []Route{rt("owner", "s", "me", "", 9), rt("squatter", "s", "me", "", 2)},
+			owners: map[string]string{"s": "owner"}, wantServe: []string{"owner"}, wantRefused: []string{"squatter"},
+		},
+		{
+			name: "duplicate session id: refused while its holder's route is away", routes: []Route{rt("squatter", "s", "me", "", 2)},
+			owners: map[string]string{"s": "owner"}, wantRefused: []string{"squatter"},
+		},
+		{
 			name: "duplicate session id between a claim and a served route", routes: []Route{rt("a", "s", "me", "", 1), rt("b", "s", "", "p", 5)},
 			wantServe: []string{"a"}, wantRefused: []string{"b"},
 		},
@@ -160,7 +181,7 @@ func TestDerive(t *testing.T) {
 			p := Derive(self, rs, func(k string) (Endpoint, bool) {
 				ep, ok := tt.endpoints[k]
 				return ep, ok
-			}, live)
+			}, live, tt.owners)
 			if got := slices.Sorted(maps.Keys(p.Serve)); !slices.Equal(got, tt.wantServe) {
 				t.Errorf("serve %v, want %v", got, tt.wantServe)
 			}
