@@ -54,6 +54,8 @@ type Options struct {
 	// LogFile, when set, runs the edge at log level info (its per-sync figures) and receives
 	// the edge's log when the Env closes.
 	LogFile string
+	// LogLevel overrides the edge's log level (debug: per-pass phases, which Churn reads).
+	LogLevel string
 }
 
 // Env is a running NATS server (and, after StartEdge, an edge) in a topology.
@@ -147,9 +149,12 @@ func (e *Env) StartEdge(ctx context.Context) error {
 		"--state-dir", filepath.Join(e.Dir, "state"), "--haproxy-stop-on-exit",
 		"--backend-cidrs", netns.BackendCIDRs.String(), "--public-ip", netns.EdgePublic.String(),
 		"--nats-url", "nats://" + natsAddr, "--admin-addr", adminAddr, "--log-format", "json"}
-	if e.opts.LogFile != "" {
+	switch {
+	case e.opts.LogLevel != "":
+		args = append(args, "--log-level", e.opts.LogLevel)
+	case e.opts.LogFile != "":
 		args = append(args, "--log-level", "info")
-	} else {
+	default:
 		args = append(args, "--log-level", "warn")
 	}
 	args = append(args, e.opts.ExtraArgs...)

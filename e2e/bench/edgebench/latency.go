@@ -5,11 +5,13 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/livegate/livegate/e2e/bench/stats"
 	"github.com/livegate/livegate/e2e/internal/netns"
+	"github.com/livegate/livegate/pkg/kvstore"
 )
 
 // ChurnOptions shape the route latency run.
@@ -30,6 +32,8 @@ type ChurnResult struct {
 	// EdgeP50 and EdgeP99 are the edge's own livegate_edge_programming_seconds over the churn
 	// (bucket upper bounds, seconds; NaN when unavailable).
 	EdgeP50, EdgeP99 float64
+	// Breakdown is where the routes' time went; it needs the edge at log level debug.
+	Breakdown Breakdown
 }
 
 // Churn keeps Held routes live while adding and ending Rate routes per second.
@@ -53,9 +57,14 @@ func (e *Env) Churn(ctx context.Context, o ChurnOptions) (ChurnResult, error) {
 	before, _ := e.Metrics(ctx)
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	record := func(routable, endpoint time.Duration, err error) {
+	seen := map[string]routeTimes{}
+	kv := e.watchRoutes(ctx)
+	record := func(i int, start time.Time, routable, endpoint time.Duration, err error) {
 		mu.Lock()
 		defer mu.Unlock()
+		if at, ok := kv.at(RouteKey(i)); ok && err == nil {
+			seen[RouteKey(i)] = routeTimes{kvSeen: at.Sub(start), endpoint: endpoint, routable: routable}
+		}
 		if err != nil {
 			res.Failures++
 			if res.FirstErr == nil {
@@ -76,13 +85,13 @@ func (e *Env) Churn(ctx context.Context, o ChurnOptions) (ChurnResult, error) {
 		next++
 		start := time.Now()
 		if err := e.PutRoute(ctx, i, ttl); err != nil {
-			record(0, 0, err)
+			record(i, start, 0, 0, err)
 			continue
 		}
 		res.Added++
 		wg.Go(func() {
 			r, ep, err := e.waitRoutable(ctx, eps, i, start, o.Timeout)
-			record(r, ep, err)
+			record(i, start, r, ep, err)
 		})
 		if err := e.DeleteRoute(ctx, oldest); err == nil {
 			res.Ended++
@@ -96,7 +105,46 @@ func (e *Env) Churn(ctx context.Context, o ChurnOptions) (ChurnResult, error) {
 		res.EdgeP50 = HistogramQuantile(programmingSeconds, before, after, 0.5)
 		res.EdgeP99 = HistogramQuantile(programmingSeconds, before, after, 0.99)
 	}
+	if passes, err := parsePasses(strings.NewReader(e.EdgeP.Output())); err == nil {
+		res.Breakdown = breakdown(seen, passes)
+	}
 	return res, nil
+}
+
+// routeWatch remembers when the bench's own watch of the routes bucket first saw each key.
+type routeWatch struct {
+	mu   sync.Mutex
+	seen map[string]time.Time
+}
+
+func (e *Env) watchRoutes(ctx context.Context) *routeWatch {
+	w := &routeWatch{seen: map[string]time.Time{}}
+	take := func(en kvstore.Entry) {
+		now := time.Now()
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if _, ok := w.seen[en.Key]; !ok && !en.Deleted {
+			w.seen[en.Key] = now
+		}
+	}
+	go func() {
+		_ = kvstore.Watch(ctx, e.Buckets.Routes, ">", kvstore.Handler{
+			Snapshot: func(m map[string]kvstore.Entry) {
+				for _, en := range m {
+					take(en)
+				}
+			},
+			Update: take,
+		})
+	}()
+	return w
+}
+
+func (w *routeWatch) at(key string) (time.Time, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	t, ok := w.seen[key]
+	return t, ok
 }
 
 const programmingSeconds = "livegate_edge_programming_seconds"

@@ -161,7 +161,10 @@ func (c Config) routeAndSignaling(ctx context.Context, route, signaling bool) []
 		return []report.Result{failed("route-latency", err)}
 	}
 	defer func() { _ = topo.Close(context.WithoutCancel(ctx)) }()
-	env, err := edgebench.NewEnv(ctx, topo, edgebench.Options{Edge: c.Edge, NATSServer: c.NATSServer, Echo: true, Env: c.edgeEnv(), LogFile: c.edgeLog("route-edge.log")})
+	// At debug the edge logs each pass's phases, from which the route benchmark tells where the
+	// time went.
+	env, err := edgebench.NewEnv(ctx, topo, edgebench.Options{Edge: c.Edge, NATSServer: c.NATSServer, Echo: true, Env: c.edgeEnv(),
+		LogFile: c.edgeLog("route-edge.log"), LogLevel: "debug"})
 	if err != nil {
 		return []report.Result{failed("route-latency", err)}
 	}
@@ -224,6 +227,7 @@ func (c Config) routeLatency(ctx context.Context, env *edgebench.Env) report.Res
 		Verdict: report.Verdictf(len(lg.Routable) > 0 && lg.Failures == 0 && p99 <= 10*time.Millisecond),
 		Notes: []string{
 			fmt.Sprintf("the edge's own livegate_edge_programming_seconds over the churn: p50 ≤ %s, p99 ≤ %s (histogram bucket bounds)", seconds(lg.EdgeP50), seconds(lg.EdgeP99)),
+			"where the time went, " + lg.Breakdown.String(),
 			fmt.Sprintf("kernel floor of one pass, same run: %s (median of 7 two-rule batches each, into a namespace holding %d rules)", floorText, o.Held),
 			fmt.Sprintf("churn: %d held, %d new and %d ended per second for %s (%d added, %d ended); routable = HAProxy `get map` finds the session AND a UDP probe echoes back through the public port's DNAT",
 				o.Held, o.Rate, o.Rate, o.Duration, lg.Added, lg.Ended),

@@ -440,6 +440,11 @@ func TestKernelConntrackDeleteIsScoped(t *testing.T) {
 			if err := plane.Sync(ctx, map[string][]mediaplane.Mapping{"x": {{PublicPort: 10600, Backend: netip.AddrPortFrom(netlab.NodeA, 30000)}}}); err != nil {
 				t.Fatal(err)
 			}
+			// The plane's first deletion of every unforwarded port, which would take the
+			// entries below with it.
+			if err := plane.Settle(ctx); err != nil {
+				t.Fatal(err)
+			}
 			ports := []uint16{10500, 10501, 10502}
 			for _, p := range ports {
 				client.Ask(t, p, "x", time.Millisecond)

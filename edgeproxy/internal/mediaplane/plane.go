@@ -4,9 +4,10 @@
 // chains and change in batches through iptables-restore --noflush; the conntrack entries of a
 // port are deleted whenever its forwarding changes, so a reused port never delivers to the
 // previous backend. Entries of ports that are forwarded after the batch are deleted before Sync
-// returns, so that no flow the new rule should carry keeps a stale entry; those of ports that
-// are no longer forwarded are deleted right after, off the caller's path, since such a port is
-// only handed out again after its quarantine. See docs/media-forwarding.md.
+// returns, so that no flow the new rule should carry keeps a stale entry, except for a clean
+// port new to a route that took it from the round-robin, where no such entry can exist; those
+// of ports that are no longer forwarded are deleted right after, off the caller's path, since
+// such a port is only handed out again after its quarantine. See docs/media-forwarding.md.
 package mediaplane
 
 import (
@@ -147,6 +148,12 @@ type Plane struct {
 	pendingFlush map[uint16]bool
 	flushDone    chan struct{}
 	flushErr     error
+	// clean holds the ports that have had no rule since their conntrack entries were last
+	// deleted: no entry of theirs can follow a NAT binding, only the un-NATed entries of
+	// datagrams sent to an unforwarded port. swept is set once every port the first read-back
+	// found unforwarded was queued for deletion, which is how ports become clean after a start.
+	clean map[uint16]bool
+	swept bool
 	// lastWant is what the last Sync asked for, for the repair after a read-back behind.
 	lastWant map[uint16]netip.AddrPort
 	// readDone is non-nil while a read-back runs behind the batches, and closed when it is
@@ -185,7 +192,7 @@ func New(cfg Config, opts ...Option) (*Plane, error) {
 	if err != nil {
 		return nil, fmt.Errorf("media plane: %w", err)
 	}
-	return &Plane{cfg: cfg, o: o, alloc: alloc, pendingFlush: map[uint16]bool{}}, nil
+	return &Plane{cfg: cfg, o: o, alloc: alloc, pendingFlush: map[uint16]bool{}, clean: map[uint16]bool{}}, nil
 }
 
 func (p *Plane) settings() settings {
@@ -297,7 +304,7 @@ func (p *Plane) Usage() (inUse, quarantined, free int) {
 // batches instead (see readBehind), so that a large ruleset's iptables-save never delays a
 // route, and the drift it finds is repaired as soon as it is read. The conntrack entries of
 // every port whose forwarding was added or changed are deleted after the batch, before Sync
-// returns; those of ports whose forwarding was removed are deleted by a goroutine Sync starts
+// returns (not those of a clean port fresh to its route, see syncLocked); those of ports whose forwarding was removed are deleted by a goroutine Sync starts
 // and does not wait for (Settle does). Ports whose deletion failed are tried again in the background, then
 // at the next Sync. Invalid mappings are left out and reported in the error; the rest is
 // still applied.
@@ -331,15 +338,24 @@ func (p *Plane) syncLocked(ctx context.Context, desired map[uint16]netip.AddrPor
 	// A flow may already be using an added port (the rule was lost while the edge was away, or
 	// the client sent before the rule): its entry is deleted before the port is published. An
 	// entry deleted after the flow's first datagram went through the rule would lose the reply,
-	// so a port forwarded again leaves the background deletions of removed ports.
+	// so a port forwarded again leaves the background deletions of removed ports. A port that
+	// is clean and new to a key that took it from the round-robin needs no deletion: no entry
+	// of it follows a NAT binding, and the key's clients, not told the port yet, have none.
 	var kept []uint16
+	skipped := 0
 	for _, port := range res.change.flush {
-		if _, ok := desired[port]; ok {
-			kept = append(kept, port)
-			delete(p.pendingFlush, port)
-		} else {
+		if _, ok := desired[port]; !ok {
 			p.pendingFlush[port] = true
+			continue
 		}
+		fresh := p.clean[port] && res.change.created[port] && p.alloc.Fresh(port)
+		delete(p.clean, port)
+		delete(p.pendingFlush, port)
+		if fresh {
+			skipped++
+			continue
+		}
+		kept = append(kept, port)
 	}
 	if len(p.pendingFlush) == 0 {
 		p.flushErr = nil
@@ -365,7 +381,8 @@ func (p *Plane) syncLocked(ctx context.Context, desired map[uint16]netip.AddrPor
 	}
 	ev.Int("mappings", len(desired)).Int("added", res.change.added).Int("removed", res.change.removed).
 		Int("changed", res.change.updated).Int("batch_lines", res.lines).Bool("read_back", res.readBack).
-		Int("conntrack_ports", len(kept)).Int("conntrack_ports_later", len(res.change.flush)-len(kept)).
+		Int("conntrack_ports", len(kept)).Int("conntrack_ports_clean", skipped).
+		Int("conntrack_ports_later", len(res.change.flush)-len(kept)-skipped).
 		Dur("read_ms", res.read).Dur("restore_ms", res.restore).Dur("conntrack_ms", flushEnd.Sub(flushStart)).
 		Dur("elapsed_ms", flushEnd.Sub(start)).
 		Msg("media mappings synced")
@@ -447,6 +464,7 @@ func (p *Plane) flush(ctx context.Context, done chan struct{}) {
 		cancel()
 		if err == nil {
 			failures = 0
+			p.markClean(ports)
 			p.o.log.Debug().Int("conntrack_ports", len(ports)).Dur("elapsed_ms", p.o.now().Sub(start)).Msg("conntrack entries deleted")
 			continue
 		}
@@ -465,6 +483,23 @@ func (p *Plane) flush(ctx context.Context, done chan struct{}) {
 		p.mu.Unlock()
 		p.o.log.Warn().Err(err).Dur("retry_in", p.o.flushRetry).Msg("conntrack deletion failed; retrying")
 		time.Sleep(p.o.flushRetry)
+	}
+}
+
+// markClean records ports whose entries were deleted as clean, unless they are forwarded, or
+// about to be, or left again since.
+func (p *Plane) markClean(ports []uint16) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.known == nil {
+		return
+	}
+	for _, port := range ports {
+		_, wanted := p.lastWant[port]
+		_, forwarded := p.known.dnat[port]
+		if !wanted && !forwarded && !p.pendingFlush[port] {
+			p.clean[port] = true
+		}
 	}
 }
 
@@ -573,6 +608,16 @@ func (p *Plane) readBack(ctx context.Context) (*kernelState, error) {
 	}
 	p.known = readState(nat, filter, p.cfg.PublicIP)
 	p.readAt = p.o.now()
+	if !p.swept {
+		// What the kernel holds for the ports no rule forwards is unknown after a start: one
+		// deletion of them all, in the background, makes them clean.
+		p.swept = true
+		for port := int(p.cfg.Ports.First); port <= int(p.cfg.Ports.Last); port++ {
+			if _, ok := p.known.dnat[uint16(port)]; !ok {
+				p.pendingFlush[uint16(port)] = true
+			}
+		}
+	}
 	return p.known, nil
 }
 

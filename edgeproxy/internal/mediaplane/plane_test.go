@@ -64,6 +64,15 @@ func (f *fakeCleaner) last() []uint16 {
 	return f.calls[len(f.calls)-1]
 }
 
+// portsFrom is first..last.
+func portsFrom(first, last uint16) []uint16 {
+	var out []uint16
+	for p := first; p <= last; p++ {
+		out = append(out, p)
+	}
+	return out
+}
+
 type clock struct{ t time.Time }
 
 func (c *clock) now() time.Time { return c.t }
@@ -160,8 +169,10 @@ COMMIT
 	if len(restores) != 1 || string(restores[0]) != wantPayload {
 		t.Fatalf("restores = %d, first:\n%s\nwant:\n%s", len(restores), restores[0], wantPayload)
 	}
-	if got := h.ct.last(); !slices.Equal(got, []uint16{10500, 10501}) {
-		t.Fatalf("conntrack flushed %v, want [10500 10501]", got)
+	// The added ports before the sync returned; then, once, every port the first read-back
+	// found unforwarded.
+	if h.ct.count() != 2 || !slices.Equal(h.ct.calls[0], []uint16{10500, 10501}) || !slices.Equal(h.ct.last(), portsFrom(10502, 10509)) {
+		t.Fatalf("conntrack flushed %v, want [10500 10501] then 10502-10509", h.ct.calls)
 	}
 
 	sync1(t, h.plane, want)
@@ -170,8 +181,8 @@ COMMIT
 	if n := len(h.ipt.Restores()); n != 1 {
 		t.Fatalf("unchanged state wrote %d batches, want 1 in total", n)
 	}
-	if n := len(h.ct.calls); n != 1 {
-		t.Fatalf("unchanged state flushed conntrack %d times, want 1 in total", n)
+	if n := len(h.ct.calls); n != 2 {
+		t.Fatalf("unchanged state flushed conntrack %d times, want 2 in total", n)
 	}
 }
 
@@ -351,8 +362,9 @@ func TestConntrackFailureIsRetried(t *testing.T) {
 	}
 	// The next sync, though it changes nothing, tries the ports left over again.
 	sync1(t, h.plane, want)
-	if got := h.ct.last(); !slices.Equal(got, []uint16{10500}) {
-		t.Fatalf("conntrack retry flushed %v, want [10500]", got)
+	// The ports of the sweep after the start failed with it.
+	if got := h.ct.last(); !slices.Equal(got, portsFrom(10500, 10509)) {
+		t.Fatalf("conntrack retry flushed %v, want 10500-10509", got)
 	}
 	calls := len(h.ct.calls)
 	sync1(t, h.plane, want)
@@ -715,4 +727,77 @@ func TestReadBackDroppedWhenChainsChanged(t *testing.T) {
 	if n := countRules(t, h, ShardPrefix+"10624", 10650); n != 1 {
 		t.Fatalf("port 10650 has %d rules, want 1", n)
 	}
+}
+
+// An added port's conntrack entries are deleted before Sync returns unless the port is clean
+// (no rule since its entries were last deleted) and new to a key that took it from the
+// round-robin.
+func TestAddedPortFlushedOnlyWhenAnEntryCanMatter(t *testing.T) {
+	h := newHarness(t, Config{Quarantine: time.Minute})
+	b := backend("198.19.2.2:30000")
+	sync1(t, h.plane, nil) // the start's sweep of every unforwarded port
+	assign := func(key string, preferred []uint16) uint16 {
+		t.Helper()
+		ports, err := h.plane.Assign(key, []netip.AddrPort{b}, preferred)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ports[0]
+	}
+	want := map[string][]Mapping{}
+	step := func(name string, wantFlushed []uint16) {
+		t.Helper()
+		calls := h.ct.count()
+		sync1(t, h.plane, want)
+		if got := h.ct.since(calls); !slices.Equal(got, wantFlushed) {
+			t.Fatalf("%s: conntrack flushed %v, want %v", name, got, wantFlushed)
+		}
+	}
+
+	fresh := assign("a", nil)
+	want["a"] = []Mapping{{PublicPort: fresh, Backend: b}}
+	step("fresh port", nil)
+
+	preferred := assign("b", []uint16{10505})
+	want["b"] = []Mapping{{PublicPort: preferred, Backend: b}}
+	step("preferred port, its clients may be sending", []uint16{10505})
+
+	want["a"] = []Mapping{{PublicPort: fresh, Backend: backend("198.19.2.2:30001")}}
+	step("changed backend", []uint16{fresh})
+
+	h.plane.Release("a")
+	delete(want, "a")
+	step("removed, deleted behind", []uint16{fresh})
+
+	want["c"] = []Mapping{{PublicPort: fresh, Backend: b}}
+	step("re-added without the allocator", []uint16{fresh})
+	delete(want, "c")
+	step("removed again", []uint16{fresh})
+
+	// A port still waiting for its deletion when it is added again is not clean.
+	next := assign("d", nil)
+	want["d"] = []Mapping{{PublicPort: next, Backend: b}}
+	step("fresh port", nil)
+	h.ct.mu.Lock()
+	h.ct.err = errors.New("netlink: operation not permitted")
+	h.ct.mu.Unlock()
+	h.plane.Release("d")
+	delete(want, "d")
+	if err := h.plane.Sync(context.Background(), want); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.plane.Settle(context.Background()); err == nil {
+		t.Fatal("Settle: want the conntrack failure")
+	}
+	h.ct.mu.Lock()
+	h.ct.err = nil
+	h.ct.mu.Unlock()
+	h.clk.t = h.clk.t.Add(time.Minute)
+	for i := 0; ; i++ {
+		if assign("e"+strconv.Itoa(i), nil) == next {
+			want["e"] = []Mapping{{PublicPort: next, Backend: b}}
+			break
+		}
+	}
+	step("fresh port whose deletion failed", []uint16{next})
 }

@@ -295,6 +295,9 @@ type change struct {
 	added, removed, updated int
 	// flush lists the ports whose conntrack entries must go once the batch is applied.
 	flush []uint16
+	// created lists the ports of flush that had no rule of any kind before the batch: neither
+	// a DNAT rule nor a stray one.
+	created map[uint16]bool
 }
 
 // plan computes the restore batch that turns cur into want, and the state the kernel holds
@@ -416,6 +419,12 @@ func plan(cur *kernelState, want map[uint16]netip.AddrPort, cfg settings) (*ipta
 		flush[port] = true
 		if _, had := cur.dnat[port]; !had {
 			ch.added++
+			if !slices.Contains(cur.strayPorts, port) {
+				if ch.created == nil {
+					ch.created = map[uint16]bool{}
+				}
+				ch.created[port] = true
+			}
 		}
 	}
 	for _, spec := range wantDispatch {

@@ -84,6 +84,10 @@ type slot struct {
 	// quarantine ("" when the port was found in the kernel with no known owner).
 	owner string
 	until time.Time
+	// fresh is set while the port is held by a key that got it from the round-robin: neither
+	// as a preferred port nor back from its own quarantine, so the key's clients have not been
+	// told the port before.
+	fresh bool
 }
 
 type quarantined struct {
@@ -241,6 +245,17 @@ func (a *Allocator) Usage() (inUse, quarantined, free int) {
 	return inUse, quarantined, free
 }
 
+// Fresh reports whether port is held by a key that took it from the round-robin rather than as
+// a preferred port or back from its own quarantine: nobody has been told the port for that key
+// before it was handed out.
+func (a *Allocator) Fresh(port uint16) bool {
+	if !a.rng.Contains(port) {
+		return false
+	}
+	s := a.slot(port)
+	return s.state == stateAllocated && s.fresh
+}
+
 func (a *Allocator) slot(port uint16) *slot { return &a.slots[int(port)-int(a.rng.First)] }
 
 // claimed remembers what a port was before Allocate claimed it, so a failed Allocate can
@@ -277,7 +292,9 @@ func (a *Allocator) claimNext(key string) (claimed, bool) {
 		idx := (a.cursor + i) % size
 		if a.slots[idx].state == stateFree {
 			a.cursor = (idx + 1) % size
-			return a.claim(uint16(int(a.rng.First)+idx), key), true
+			c := a.claim(uint16(int(a.rng.First)+idx), key)
+			a.slots[idx].fresh = true
+			return c, true
 		}
 	}
 	return claimed{}, false

@@ -314,3 +314,43 @@ func TestOlderQuarantineKeepsNewerRest(t *testing.T) {
 		t.Fatalf("key back: %v (%v), want the port it released last, 105", got, err)
 	}
 }
+
+func TestFresh(t *testing.T) {
+	a, clk := newAlloc(t, Range{100, 103}, time.Minute)
+	got, err := a.Allocate("a", 2, []uint16{102})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got, []uint16{102, 100}) {
+		t.Fatalf("Allocate = %v, want [102 100]", got)
+	}
+	tests := []struct {
+		port uint16
+		want bool
+	}{
+		{102, false}, // preferred: the key's clients may know it
+		{100, true},  // round-robin
+		{101, false}, // free
+		{99, false},  // out of range
+	}
+	for _, tt := range tests {
+		if got := a.Fresh(tt.port); got != tt.want {
+			t.Errorf("Fresh(%d) = %v, want %v", tt.port, got, tt.want)
+		}
+	}
+	if _, err := a.Allocate("a", 2, nil); err != nil || !a.Fresh(100) {
+		t.Fatalf("a held port stays fresh: err %v, Fresh(100) = %v", err, a.Fresh(100))
+	}
+	a.Release("a")
+	if a.Fresh(100) {
+		t.Fatal("a quarantined port is not fresh")
+	}
+	if got, err := a.Allocate("a", 2, nil); err != nil || !slices.Equal(got, []uint16{102, 100}) || a.Fresh(100) {
+		t.Fatalf("back from its own quarantine: Allocate = %v, %v; Fresh(100) = %v, want [102 100] not fresh", got, err, a.Fresh(100))
+	}
+	a.Release("a")
+	clk.Advance(time.Minute)
+	if got, err := a.Allocate("b", 1, nil); err != nil || !a.Fresh(got[0]) {
+		t.Fatalf("another key after the quarantine: Allocate = %v, %v; want a fresh port", got, err)
+	}
+}
