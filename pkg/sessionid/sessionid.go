@@ -10,6 +10,8 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
+	"strconv"
+	"unicode/utf8"
 )
 
 // MaxLen is the longest session id accepted.
@@ -25,13 +27,23 @@ func Validate(id string) error {
 	}
 	for i := 0; i < len(id); i++ {
 		if !allowed(id[i]) {
-			return fmt.Errorf("session id has %q at offset %d; only A-Z a-z 0-9 . _ ~ - are allowed", id[i], i)
+			return fmt.Errorf("session id has %s at offset %d; only A-Z a-z 0-9 . _ ~ - are allowed", quoteAt(id, i), i)
 		}
 	}
 	if id == "." || id == ".." {
 		return fmt.Errorf("session id %q is a URL dot-segment", id)
 	}
 	return nil
+}
+
+// quoteAt quotes the character that starts at byte i of id: a whole UTF-8 character, never one of
+// its bytes read as Latin-1, and an invalid byte as \xNN.
+func quoteAt(id string, i int) string {
+	r, size := utf8.DecodeRuneInString(id[i:])
+	if r == utf8.RuneError && size <= 1 {
+		return fmt.Sprintf(`'\x%02x'`, id[i])
+	}
+	return strconv.QuoteRune(r)
 }
 
 func allowed(c byte) bool {

@@ -35,6 +35,20 @@ func TestValidate(t *testing.T) {
 	}
 }
 
+// TestValidateNamesWholeCharacter: the error quotes a non-ASCII character as itself, not its first
+// byte read as Latin-1 ("Ã" for "ó").
+func TestValidateNamesWholeCharacter(t *testing.T) {
+	for id, want := range map[string]string{
+		"sessión":  `session id has 'ó' at offset 5`,
+		"s\xffx":   `session id has '\xff' at offset 1`,
+		"a\u00a0b": `session id has '\u00a0' at offset 1`,
+	} {
+		if err := Validate(id); err == nil || !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("Validate(%q) = %v, want it to start with %s", id, err, want)
+		}
+	}
+}
+
 func TestNew(t *testing.T) {
 	seen := map[string]bool{}
 	for i := 0; i < 100; i++ {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/livegate/livegate/agent/internal/appapi"
+	"github.com/livegate/livegate/agent/internal/httpserver"
 	"github.com/livegate/livegate/agent/internal/lifecycle"
 	"github.com/livegate/livegate/agent/internal/metrics"
 	"github.com/livegate/livegate/agent/internal/publisher"
@@ -71,6 +72,9 @@ func serve(s *settings.Settings, log zerolog.Logger) error {
 		token, err := restapi.ReadToken(s.APITokenFile)
 		if err != nil {
 			return err
+		}
+		if err := restapi.CheckTokenFileMode(s.APITokenFile); err != nil {
+			log.Warn().Err(err).Msg("api token file readable by others")
 		}
 		restOpts = append(restOpts, restapi.WithToken(token))
 	}
@@ -144,6 +148,7 @@ func serve(s *settings.Settings, log zerolog.Logger) error {
 		_ = restL.Close()
 		return fmt.Errorf("app API: %w", err)
 	}
+	restL, appL = httpserver.Limit(restL, httpserver.MaxConns), httpserver.Limit(appL, httpserver.MaxConns)
 
 	failed := make(chan error, 2)
 	go func() {
@@ -190,7 +195,7 @@ func serve(s *settings.Settings, log zerolog.Logger) error {
 	agent.Stop()
 	sctx, cancel := context.WithTimeout(context.Background(), s.ShutdownTimeout)
 	defer cancel()
-	if err := rest.Shutdown(sctx); err != nil {
+	if err := httpserver.Stop(sctx, rest.Server); err != nil {
 		log.Warn().Err(err).Msg("session API shutdown")
 	}
 	if err := app.Shutdown(sctx); err != nil {

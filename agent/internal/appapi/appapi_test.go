@@ -196,3 +196,18 @@ func TestProbe(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestOptionsIsMethodNotAllowed: the app API serves no CORS preflight either.
+func TestOptionsIsMethodNotAllowed(t *testing.T) {
+	_, _, url := newServer(t, session.Config{})
+	req, _ := http.NewRequest("OPTIONS", url+"/v1/app/events/app-ready", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMethodNotAllowed || string(b) != `{"detail":"Method Not Allowed"}` {
+		t.Errorf("OPTIONS: %d %s", resp.StatusCode, b)
+	}
+}
