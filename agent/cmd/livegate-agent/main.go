@@ -120,7 +120,13 @@ func serve(s *settings.Settings, log zerolog.Logger) error {
 			InstanceID: s.InstanceID, Pool: s.Pool, EdgeID: s.EdgeID,
 			SignalingBackend: s.SignalingBackend, MediaBackends: s.MediaBackends,
 			LeaseTTL: s.LeaseTTL, Source: "livegate-agent/" + s.InstanceID,
-		}, log, m, func(ep *livegatev1.Endpoint) { agent.AssignEndpoint(ep) })
+		}, log, m, func(ep *livegatev1.Endpoint) { agent.AssignEndpoint(ep) }, func(ev *livegatev1.Event) {
+			at := time.Now()
+			if ev.Time != nil {
+				at = ev.Time.AsTime()
+			}
+			agent.RouteRefused(ev.GetRouteRefused().GetEdgeId(), ev.SessionId, ev.GetRouteRefused().GetReason(), at)
+		})
 		if err != nil {
 			return err
 		}
