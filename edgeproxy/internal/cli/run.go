@@ -378,6 +378,10 @@ func CheckConfigCommand(h Hooks) Command {
 		if s == nil {
 			return code
 		}
+		if err := unreadableFiles(s); err != nil {
+			fmt.Fprintf(stderr, "livegate-edgeproxy check-config: files missing or unreadable:\n%v\n", err)
+			return 1
+		}
 		if err := checkConfig(ctx, s, h); err != nil {
 			fmt.Fprintf(stderr, "livegate-edgeproxy check-config: %v\n", err)
 			return 1
