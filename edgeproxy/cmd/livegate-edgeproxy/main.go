@@ -16,6 +16,7 @@ import (
 	"github.com/livegate/livegate/edgeproxy/internal/dataplaneapi"
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy"
 	"github.com/livegate/livegate/edgeproxy/internal/probe"
+	"github.com/livegate/livegate/edgeproxy/internal/status"
 	"github.com/livegate/livegate/pkg/buildinfo"
 	"github.com/rs/zerolog"
 )
@@ -37,6 +38,7 @@ var commands = map[string]cli.Command{
 	"check-config":   cli.CheckConfigCommand(hooks),
 	"cleanup":        cleanupCommand,
 	"probe":          probe.Run,
+	"status":         status.Command,
 }
 
 func main() {
