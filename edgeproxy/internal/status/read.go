@@ -109,4 +109,3 @@ func readBucket(ctx context.Context, js jetstream.JetStream, bucket string, take
 	}
 	return nil
 }
-
