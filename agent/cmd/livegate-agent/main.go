@@ -177,7 +177,11 @@ func serve(s *settings.Settings, log zerolog.Logger) error {
 	}()
 	if s.AppProbe != "" {
 		go func() {
-			if err := appapi.Probe(ctx, s.AppProbe, probeInterval); err == nil {
+			waiting := func(waited time.Duration, err error) {
+				log.Info().Str("app_probe", s.AppProbe).Float64("waited_seconds", waited.Round(time.Second).Seconds()).Str("error", err.Error()).
+					Msg("waiting for the app to accept connections (--app-probe): /v1/streaming/ready answers 503 until it does")
+			}
+			if err := appapi.Probe(ctx, s.AppProbe, probeInterval, waiting); err == nil {
 				log.Info().Str("app_probe", s.AppProbe).Msg("app accepts connections")
 				agent.Signal(session.AppReady)
 			}

@@ -166,15 +166,25 @@ func (s *Server) stream(c echo.Context) error {
 	}
 }
 
+// ProbeReport is how often Probe tells its caller it is still waiting.
+const ProbeReport = 10 * time.Second
+
 // Probe dials addr every interval until a TCP connection succeeds, then returns nil; it returns
-// ctx's error if ctx ends first.
-func Probe(ctx context.Context, addr string, interval time.Duration) error {
+// ctx's error if ctx ends first. waiting, when set, hears of the failed dials (the first, then one
+// every ProbeReport) with how long Probe has waited, so a log says what the agent waits for.
+func Probe(ctx context.Context, addr string, interval time.Duration, waiting func(waited time.Duration, err error)) error {
 	d := net.Dialer{Timeout: interval}
+	start := time.Now()
+	var reported time.Time
 	for {
 		conn, err := d.DialContext(ctx, "tcp", addr)
 		if err == nil {
 			_ = conn.Close()
 			return nil
+		}
+		if waiting != nil && ctx.Err() == nil && (reported.IsZero() || time.Since(reported) >= ProbeReport) {
+			reported = time.Now()
+			waiting(time.Since(start), err)
 		}
 		t := time.NewTimer(interval)
 		select {

@@ -180,8 +180,14 @@ func TestProbe(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- Probe(ctx, addr, 20*time.Millisecond) }()
-	time.Sleep(100 * time.Millisecond)
+	waited := make(chan error, 100)
+	go func() {
+		done <- Probe(ctx, addr, 20*time.Millisecond, func(_ time.Duration, err error) { waited <- err })
+	}()
+	// The first failed dial is reported at once, so the log says what the agent waits for.
+	if err := <-waited; err == nil {
+		t.Fatal("waiting reported without an error")
+	}
 	select {
 	case err := <-done:
 		t.Fatalf("probe returned %v before the port opened", err)

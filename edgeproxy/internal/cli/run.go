@@ -20,7 +20,6 @@ import (
 	"github.com/livegate/livegate/edgeproxy/internal/reconcile"
 	"github.com/livegate/livegate/edgeproxy/internal/routes"
 	"github.com/livegate/livegate/edgeproxy/internal/tlscert"
-	"github.com/livegate/livegate/pkg/buildinfo"
 	"github.com/livegate/livegate/pkg/events"
 	"github.com/livegate/livegate/pkg/kvstore"
 	"github.com/livegate/livegate/pkg/logging"
@@ -228,8 +227,7 @@ func run(ctx context.Context, s *settings, h Hooks, log zerolog.Logger) error {
 	}
 	wg.Go(func() { errc <- r.Run(ctx) })
 	wg.Go(func() { errc <- adm.Run(ctx, s.f.adminAddr) })
-	log.Info().Str("pool", s.reconcile.Pool).Str("public_host", s.reconcile.PublicHost).Int("signaling_port", s.f.signalingPort).
-		Bool("attached", s.attached).Str("driver", s.f.driver).Str("media", s.f.mediaMode).Str("version", buildinfo.Version).Msg("edge proxy running")
+	banner(log, s, natsCfg.URLs).Msg("edge proxy running")
 	var first error
 	select {
 	case <-ctx.Done():

@@ -3,11 +3,15 @@ package cli
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"fmt"
+	"io"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy/haproxytest"
+	"github.com/rs/zerolog"
 )
 
 // TestBadFlagValueIsOneLine: a value a flag refuses is reported as the environment reports it,
@@ -81,5 +85,31 @@ func TestCheckConfigNamesEveryMissingFile(t *testing.T) {
 	errOut.Reset()
 	if code := CheckConfigCommand(Hooks{})(context.Background(), []string{"--state-dir", dir, "--media=off", "--public-host", "edge.example.test", "--tls-self-signed", "--haproxy-binary", bin}, &out, &errOut); code != 0 {
 		t.Errorf("valid settings: exit %d, %s", code, errOut.String())
+	}
+}
+
+// TestBannerSaysWhereTheEdgeServes: the start-up line names the URL browsers use, the certificate,
+// the media range and the admin API, and never a NATS password.
+func TestBannerSaysWhereTheEdgeServes(t *testing.T) {
+	fs, f := newFlagSet("run", io.Discard, nil)
+	if err := parseFlags(fs, []string{"--state-dir", t.TempDir(), "--tls-self-signed", "--public-host", "edge.example.test", "--public-ip", "198.18.0.1", "--media-ports", "10500-10600"}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := f.settings(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	banner(zerolog.New(&buf), s, []string{"nats://user:secret@127.0.0.1:4222"}).Msg("edge proxy running")
+	var line map[string]any
+	if err := json.Unmarshal(buf.Bytes(), &line); err != nil {
+		t.Fatal(err)
+	}
+	if line["signaling_url"] != "wss://edge.example.test:48322/sign_in" || line["media_ports"] != "10500-10600/udp" ||
+		!strings.HasPrefix(fmt.Sprint(line["certificate"]), "self-signed for edge.example.test and localhost") || line["admin_url"] != "http://127.0.0.1:9470" {
+		t.Errorf("banner %s", buf.String())
+	}
+	if strings.Contains(buf.String(), "secret") {
+		t.Errorf("banner shows the NATS password: %s", buf.String())
 	}
 }
