@@ -163,4 +163,14 @@ func TestExamplesWorkTogether(t *testing.T) {
 	if endpoint["edgeId"] != "edge-examples" || endpoint["publicHost"] != "edge-1.example.com" {
 		t.Errorf("endpoint %v", endpoint)
 	}
+	// The edge's own view names itself for a pool route, and empty lists as [] with media off.
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/v1/routes", adminPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if want := `"public_udp_ports":[],"edge_id":"edge-examples","pool":"default"`; !strings.Contains(string(b), want) {
+		t.Errorf("/v1/routes %s: want %s", b, want)
+	}
 }
