@@ -8,7 +8,7 @@ export PATH := /usr/local/go/bin:$(GOBIN_DIR):$(PATH)
 export GOFLAGS := -buildvcs=false
 
 MODULES := pkg proto agent edgeproxy e2e
-APT_PACKAGES := haproxy iptables conntrack iproute2 ca-certificates
+APT_PACKAGES := haproxy iptables conntrack iproute2 ca-certificates curl jq
 NATS_SERVER_VERSION := v2.15.2
 NATS_CLI_VERSION := v0.5.1
 BUF_VERSION := v1.50.0
@@ -21,10 +21,11 @@ TEST_FLAGS ?= -count=1 -timeout 10m
 
 .PHONY: build deps test vet unit proto proto-check demo fmt tools clean nats-cli
 
-build: ## Build livegate-agent and livegate-edgeproxy into bin/
+build: ## Build livegate-agent, livegate-edgeproxy and the sample app livegate-demoapp into bin/
 	@mkdir -p bin
 	go build -ldflags '$(LDFLAGS)' -o bin/livegate-agent ./agent/cmd/livegate-agent
 	go build -ldflags '$(LDFLAGS)' -o bin/livegate-edgeproxy ./edgeproxy/cmd/livegate-edgeproxy
+	go build -o bin/livegate-demoapp ./e2e/demoapp
 
 deps: ## Install what the tests need: Debian packages and a pinned nats-server
 	@command -v go >/dev/null || { echo "Go 1.26+ is required (https://go.dev/dl); not found on PATH" >&2; exit 1; }
