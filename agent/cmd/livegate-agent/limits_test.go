@@ -24,7 +24,7 @@ func TestSlowClientDoesNotHoldSIGTERM(t *testing.T) {
 	}
 	defer conn.Close()
 	fmt.Fprintf(conn, "POST /v1/streaming/creds HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"stunIp\":")
-	// The request is being read once the agent answers another one on a connection opened later.
+	// An answer on a connection opened later shows the agent serves; the slow one was accepted first.
 	if code, _ := a.call("GET", a.rest+"/v1/streaming/startup", ""); code != 200 {
 		t.Fatalf("startup: %d", code)
 	}

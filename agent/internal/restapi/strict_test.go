@@ -18,24 +18,6 @@ import (
 	"github.com/rs/zerolog"
 )
 
-func (r *rig) doType(contentType, path, body string) (int, string) {
-	r.t.Helper()
-	req, err := http.NewRequest("POST", r.srv.URL+path, strings.NewReader(body))
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	if contentType != "" {
-		req.Header.Set("Content-Type", contentType)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
-}
-
 // TestBodyMustBeJSON: a cross-site "simple" request (text/plain, a form) cannot set credentials or
 // end the session; only a JSON body is read, as the reference's FastAPI does.
 func TestBodyMustBeJSON(t *testing.T) {
@@ -43,10 +25,10 @@ func TestBodyMustBeJSON(t *testing.T) {
 	end := `{"sessionId":"s1","gracefulShutdown":true}`
 	for _, ct := range []string{"", "text/plain", "text/plain; charset=utf-8", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/jsonx", "text/json", "application/json; charset="} {
 		r := newRig(t, session.Config{QuitOnSessionEnded: true, SessionID: "s1"})
-		if code, body := r.doType(ct, "/v1/streaming/creds", creds); code != 415 || body != `{"success":false,"errorMessage":"Content-Type: must be application/json"}` {
+		if code, body := r.doType("POST", ct, "/v1/streaming/creds", creds); code != 415 || body != `{"success":false,"errorMessage":"Content-Type: must be application/json"}` {
 			t.Errorf("creds with Content-Type %q: %d %s", ct, code, body)
 		}
-		if code, body := r.doType(ct, "/v1/streaming/endsession", end); code != 415 || body != `{"detail":"Content-Type: must be application/json"}` {
+		if code, body := r.doType("POST", ct, "/v1/streaming/endsession", end); code != 415 || body != `{"detail":"Content-Type: must be application/json"}` {
 			t.Errorf("endsession with Content-Type %q: %d %s", ct, code, body)
 		}
 		if _, ok := r.agent.Credentials(); ok {
@@ -58,7 +40,7 @@ func TestBodyMustBeJSON(t *testing.T) {
 	}
 	for _, ct := range []string{"application/json", "application/json; charset=utf-8", "Application/JSON", "application/merge-patch+json"} {
 		r := newRig(t, session.Config{QuitOnSessionEnded: true, SessionID: "s1"})
-		if code, body := r.doType(ct, "/v1/streaming/creds", creds); code != 200 {
+		if code, body := r.doType("POST", ct, "/v1/streaming/creds", creds); code != 200 {
 			t.Errorf("creds with Content-Type %q: %d %s", ct, code, body)
 		}
 	}
