@@ -78,9 +78,10 @@ func TestQuickstartOneHost(t *testing.T) {
 		t.Fatal(err)
 	}
 	// `ip netns exec` runs in a mount namespace of its own whose mounts do not reach the host.
+	// The working directory is taken first: it stays valid under a tmpfs mounted over /tmp.
 	prologue := "set -euo pipefail\n" +
-		"for d in /usr/local/bin /var/lib /tmp; do mount -t tmpfs tmpfs \"$d\"; done\n" +
-		"cd " + root + "\n"
+		"cd " + root + "\n" +
+		"for d in /usr/local/bin /var/lib /tmp; do mount -t tmpfs tmpfs \"$d\"; done\n"
 	cmd := host.Command(ctx, "bash", "-c", prologue+script)
 	cmd.Env = append(os.Environ(), "PATH=/usr/local/bin:/usr/local/go/bin:"+os.Getenv("PATH"))
 	out, err := cmd.CombinedOutput()
