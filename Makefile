@@ -9,8 +9,9 @@ export GOFLAGS := -buildvcs=false
 
 MODULES := pkg proto agent edgeproxy e2e samples/streamapp
 # chromium, ffmpeg and the font: the browser end-to-end test and the sample app's test pattern.
-APT_PACKAGES := haproxy iptables conntrack iproute2 ca-certificates chromium ffmpeg fonts-dejavu-core
+APT_PACKAGES := haproxy iptables conntrack iproute2 ca-certificates chromium ffmpeg fonts-dejavu-core curl jq
 NATS_SERVER_VERSION := v2.15.2
+NATS_CLI_VERSION := v0.5.1
 BUF_VERSION := v1.50.0
 PROTOC_GEN_GO_VERSION := v1.36.12
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
@@ -19,13 +20,14 @@ REVISION ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null)
 LDFLAGS := -X github.com/livegate/livegate/pkg/buildinfo.Version=$(VERSION) -X github.com/livegate/livegate/pkg/buildinfo.Revision=$(REVISION)
 TEST_FLAGS ?= -count=1 -timeout 10m
 
-.PHONY: build deps test vet unit proto proto-check demo fmt tools clean
+.PHONY: build deps test vet unit proto proto-check demo fmt tools clean nats-cli
 
-build: ## Build livegate-agent, livegate-edgeproxy and the sample WebRTC app (streamapp) into bin/
+build: ## Build livegate-agent, livegate-edgeproxy and the sample WebRTC app (streamapp) and the demo app (livegate-demoapp) into bin/
 	@mkdir -p bin
 	go build -ldflags '$(LDFLAGS)' -o bin/livegate-agent ./agent/cmd/livegate-agent
 	go build -ldflags '$(LDFLAGS)' -o bin/livegate-edgeproxy ./edgeproxy/cmd/livegate-edgeproxy
 	go build -o bin/streamapp ./samples/streamapp
+	go build -o bin/livegate-demoapp ./e2e/demoapp
 
 bin/testsrc.ivf: ## The sample app's test pattern, made with ffmpeg (make deps installs it)
 	@mkdir -p bin
@@ -42,6 +44,11 @@ deps: ## Install what the tests need: Debian packages and a pinned nats-server
 	  echo "deps: go install nats-server@$(NATS_SERVER_VERSION)"; \
 	  GOBIN=$(GOBIN_DIR) GOFLAGS= go install github.com/nats-io/nats-server/v2@$(NATS_SERVER_VERSION); \
 	else echo "deps: nats-server $(NATS_SERVER_VERSION) present"; fi
+
+nats-cli: ## Install the pinned nats CLI (optional: livegate-edgeproxy status covers what the docs need)
+	@if [ "$$($(GOBIN_DIR)/nats --version 2>/dev/null)" != "$(NATS_CLI_VERSION)" ] && [ "$$($(GOBIN_DIR)/nats --version 2>/dev/null)" != "$(NATS_CLI_VERSION:v%=%)" ]; then \
+	  echo "nats-cli: go install natscli@$(NATS_CLI_VERSION)"; GOBIN=$(GOBIN_DIR) GOFLAGS= go install github.com/nats-io/natscli/nats@$(NATS_CLI_VERSION); \
+	else echo "nats-cli: nats $(NATS_CLI_VERSION) present"; fi
 
 tools: ## Install the pinned protobuf generators
 	@if [ "$$($(GOBIN_DIR)/buf --version 2>/dev/null)" != "$(BUF_VERSION:v%=%)" ]; then \

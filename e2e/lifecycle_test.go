@@ -329,7 +329,8 @@ func (w *walk) probeMedia(s *session) {
 }
 
 // probeCommand runs `livegate-edgeproxy probe` in the client namespace, as an operator would: a
-// websocket of its own (the session resumes, then waits again) and DTLS-SRTP media.
+// websocket of its own, marked as the probe's so the app does not take it for the client, and
+// DTLS-SRTP media.
 func (w *walk) probeCommand(s *session) {
 	t := w.t
 	t.Helper()

@@ -88,7 +88,7 @@ endef
 fuzz: fuzz-check ## Fuzz every target for FUZZTIME each (default 1m; FUZZ=regexp picks targets)
 	$(call fuzz_run,$(FUZZTIME),1,0,1,)
 
-fuzz-short: fuzz-check ## A few seconds of fuzzing per target, part of make test (under a minute)
+fuzz-short: fuzz-check ## A few seconds of fuzzing per target, part of make test (about 2.5 minutes with its builds)
 	$(call fuzz_run,$(FUZZTIME_SHORT),0,1,$(FUZZ_JOBS_SHORT),1)
 
 # A target missing from FUZZ_TARGETS would only run its seeds, never be fuzzed; one listed but

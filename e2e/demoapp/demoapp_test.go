@@ -83,6 +83,33 @@ func TestSignalingEchoesSubprotocolAndMessages(t *testing.T) {
 	ev.waitFor(t, "client-connected", "client-disconnected")
 }
 
+// TestProbeIsNotTheClient: a websocket marked as livegate-edgeproxy probe's is answered, but
+// reported neither as a client's arrival nor its departure, so a health check never opens the
+// session's resume window.
+func TestProbeIsNotTheClient(t *testing.T) {
+	ev := newEvents()
+	srv := httptest.NewServer(&signaling{notify: ev.add, log: zerolog.Nop()})
+	defer srv.Close()
+	probe, _, err := websocket.Dial(t.Context(), wsURL(srv, "/sign_in?peer_id=livegate-probe-1&version=2"),
+		&websocket.DialOptions{Subprotocols: []string{"x-nv-sessionid.sess-1"}, HTTPHeader: http.Header{probeHeader: {"1"}}})
+	if err != nil {
+		t.Fatalf("probe dial: %v", err)
+	}
+	if got := probe.Subprotocol(); got != "x-nv-sessionid.sess-1" {
+		t.Errorf("probe subprotocol = %q", got)
+	}
+	_ = probe.Close(websocket.StatusNormalClosure, "probe done")
+	// A real client afterwards: its events are the first and only ones recorded.
+	c, _, err := websocket.Dial(t.Context(), wsURL(srv, "/sign_in?peer_id=p&version=2"),
+		&websocket.DialOptions{Subprotocols: []string{"x-nv-sessionid.sess-1"}})
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	ev.waitFor(t, "client-connected")
+	_ = c.Close(websocket.StatusNormalClosure, "")
+	ev.waitFor(t, "client-connected", "client-disconnected")
+}
+
 func TestSignalingChecksSessionID(t *testing.T) {
 	ev := newEvents()
 	srv := httptest.NewServer(&signaling{sessionID: "mine", notify: ev.add, log: zerolog.Nop()})

@@ -1,8 +1,9 @@
 // Command demoapp is a stand-in streaming app for livegate's end-to-end tests and `make demo`: a
 // websocket signaling server on /sign_in that accepts the x-nv-sessionid.<id> subprotocol and
 // echoes messages, a DTLS-SRTP responder on the media port, and the app events (app-ready,
-// rtx-ready, client-connected, client-disconnected) posted to its agent's loopback app API. It is
-// a test fixture, not a product binary.
+// rtx-ready, client-connected, client-disconnected) posted to its agent's loopback app API. The
+// end-to-end tests use it, and `make build` ships it as bin/livegate-demoapp, the app of the
+// one-host quickstart.
 package main
 
 import (

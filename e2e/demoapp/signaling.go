@@ -10,6 +10,10 @@ import (
 	"github.com/rs/zerolog"
 )
 
+// probeHeader marks a health check's websocket (livegate-edgeproxy probe): it is answered like a
+// client's but never reported as the session's client, so a probe does not end the session.
+const probeHeader = "X-Livegate-Probe"
+
 // signaling is the app's /sign_in websocket endpoint. It stands in for a streaming app's
 // signaling server: it accepts the session the edge routed here, tells the agent when a client
 // comes and goes, and echoes messages so a test can see the path carries data both ways.
@@ -50,13 +54,18 @@ func (s *signaling) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		log.Warn().Err(err).Msg("websocket handshake failed")
 		return
 	}
-	log = log.With().Str("session_id", id).Str("peer_id", r.URL.Query().Get("peer_id")).Logger()
+	probe := r.Header.Get(probeHeader) != ""
+	log = log.With().Str("session_id", id).Str("peer_id", r.URL.Query().Get("peer_id")).Bool("probe", probe).Logger()
 	log.Info().Str("subprotocol", c.Subprotocol()).Msg("client connected")
-	s.notify("client-connected")
+	if !probe {
+		s.notify("client-connected")
+	}
 	err = echo(r.Context(), c)
 	status := websocket.CloseStatus(err)
 	log.Info().Int("close_status", int(status)).Msg("client disconnected")
-	s.notify("client-disconnected")
+	if !probe {
+		s.notify("client-disconnected")
+	}
 	if status == -1 {
 		_ = c.CloseNow()
 		return

@@ -309,6 +309,25 @@ func TestAccountsConfPermissions(t *testing.T) {
 		edge.refused(t, rctx, subject)
 		rcancel()
 	}
+	// The agent follows the edges' refusals of its own route, and only those.
+	refusals := make(chan *nats.Msg, 4)
+	if _, err := agent.nc.ChanSubscribe("livegate.v1.events.*.app-1.route_refused", refusals); err != nil {
+		t.Fatalf("agent: follow its refusals: %v", err)
+	}
+	_ = agent.nc.FlushWithContext(ctx)
+	if err := events.NewPublisher(edge.js, "livegate-edgeproxy/edge-1").Publish(ctx, &livegatev1.Event{
+		Type: livegatev1.EventType_EVENT_TYPE_ROUTE_REFUSED, InstanceId: "app-1", Pool: "default",
+		Details: &livegatev1.Event_RouteRefused{RouteRefused: &livegatev1.RouteRefused{EdgeId: "edge-1", Reason: "test"}},
+	}); err != nil {
+		t.Fatalf("edge: refusal event: %v", err)
+	}
+	select {
+	case <-refusals:
+	case err := <-agent.denied:
+		t.Errorf("agent may not follow its refusals: %v", err)
+	case <-ctx.Done():
+		t.Error("agent got no refusal of its route")
+	}
 	if _, err := agent.nc.Subscribe("livegate.v1.events.>", func(*nats.Msg) {}); err == nil {
 		rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
 		_ = agent.nc.FlushWithContext(rctx)

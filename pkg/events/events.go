@@ -67,6 +67,9 @@ func ValidateToken(what, s string) error {
 	if s == "" {
 		return fmt.Errorf("%s is empty", what)
 	}
+	if len(s) > sessionid.MaxLen {
+		return fmt.Errorf("%s is %d bytes long: at most %d characters of A-Z a-z 0-9 _ - are allowed", what, len(s), sessionid.MaxLen)
+	}
 	if strings.ContainsAny(s, ".~") || sessionid.Validate(s) != nil {
 		return fmt.Errorf("%s %q: only A-Z a-z 0-9 _ - are allowed, at most %d characters", what, logging.Clip(s), sessionid.MaxLen)
 	}

@@ -36,6 +36,15 @@ func TestTypeTokens(t *testing.T) {
 	}
 }
 
+// TestValidateTokenLongValueNotRepeated: a 10 KB instance id is refused by its length, not quoted
+// whole into the error and every log line that carries it.
+func TestValidateTokenLongValueNotRepeated(t *testing.T) {
+	err := events.ValidateToken("instance id", strings.Repeat("x", 10<<10))
+	if err == nil || len(err.Error()) > 200 || !strings.Contains(err.Error(), "10240 bytes") {
+		t.Fatalf("ValidateToken(10 KB) = %v: want a short error that gives the length", err)
+	}
+}
+
 func TestValidateToken(t *testing.T) {
 	for _, tt := range []struct {
 		in string

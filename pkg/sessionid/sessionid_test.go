@@ -36,6 +36,8 @@ func TestValidate(t *testing.T) {
 	}
 }
 
+// TestValidateNamesWholeCharacter: the error quotes a non-ASCII character as itself, not its first
+// byte read as Latin-1 ("Ã" for "ó").
 func TestNew(t *testing.T) {
 	seen := map[string]bool{}
 	for i := 0; i < 100; i++ {

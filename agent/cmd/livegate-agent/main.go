@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/livegate/livegate/agent/internal/appapi"
+	"github.com/livegate/livegate/agent/internal/httpserver"
 	"github.com/livegate/livegate/agent/internal/lifecycle"
 	"github.com/livegate/livegate/agent/internal/metrics"
 	"github.com/livegate/livegate/agent/internal/publisher"
@@ -72,6 +73,9 @@ func serve(s *settings.Settings, log zerolog.Logger) error {
 		if err != nil {
 			return err
 		}
+		if err := restapi.CheckTokenFileMode(s.APITokenFile); err != nil {
+			log.Warn().Err(err).Msg("api token file readable by others")
+		}
 		restOpts = append(restOpts, restapi.WithToken(token))
 	}
 	if s.AppAddrAllowNonLoopback {
@@ -116,7 +120,13 @@ func serve(s *settings.Settings, log zerolog.Logger) error {
 			InstanceID: s.InstanceID, Pool: s.Pool, EdgeID: s.EdgeID,
 			SignalingBackend: s.SignalingBackend, MediaBackends: s.MediaBackends,
 			LeaseTTL: s.LeaseTTL, Source: "livegate-agent/" + s.InstanceID,
-		}, log, m, func(ep *livegatev1.Endpoint) { agent.AssignEndpoint(ep) })
+		}, log, m, func(ep *livegatev1.Endpoint) { agent.AssignEndpoint(ep) }, func(ev *livegatev1.Event) {
+			at := time.Now()
+			if ev.Time != nil {
+				at = ev.Time.AsTime()
+			}
+			agent.RouteRefused(ev.GetRouteRefused().GetEdgeId(), ev.SessionId, ev.GetRouteRefused().GetReason(), at)
+		})
 		if err != nil {
 			return err
 		}
@@ -144,6 +154,7 @@ func serve(s *settings.Settings, log zerolog.Logger) error {
 		_ = restL.Close()
 		return fmt.Errorf("app API: %w", err)
 	}
+	restL, appL = httpserver.Limit(restL, httpserver.MaxConns), httpserver.Limit(appL, httpserver.MaxConns)
 
 	failed := make(chan error, 2)
 	go func() {
@@ -166,7 +177,11 @@ func serve(s *settings.Settings, log zerolog.Logger) error {
 	}()
 	if s.AppProbe != "" {
 		go func() {
-			if err := appapi.Probe(ctx, s.AppProbe, probeInterval); err == nil {
+			waiting := func(waited time.Duration, err error) {
+				log.Info().Str("app_probe", s.AppProbe).Float64("waited_seconds", waited.Round(time.Second).Seconds()).Str("error", err.Error()).
+					Msg("waiting for the app to accept connections (--app-probe): /v1/streaming/ready answers 503 until it does")
+			}
+			if err := appapi.Probe(ctx, s.AppProbe, probeInterval, waiting); err == nil {
 				log.Info().Str("app_probe", s.AppProbe).Msg("app accepts connections")
 				agent.Signal(session.AppReady)
 			}
@@ -190,7 +205,7 @@ func serve(s *settings.Settings, log zerolog.Logger) error {
 	agent.Stop()
 	sctx, cancel := context.WithTimeout(context.Background(), s.ShutdownTimeout)
 	defer cancel()
-	if err := rest.Shutdown(sctx); err != nil {
+	if err := httpserver.Stop(sctx, rest.Server); err != nil {
 		log.Warn().Err(err).Msg("session API shutdown")
 	}
 	if err := app.Shutdown(sctx); err != nil {

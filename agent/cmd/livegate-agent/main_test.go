@@ -87,6 +87,9 @@ func (a *agentProc) call(method, url, body string) (int, string) {
 	if err != nil {
 		a.t.Fatal(err)
 	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return 0, err.Error()

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/livegate/livegate/pkg/natstest"
 )
 
 func TestVersion(t *testing.T) {
@@ -80,4 +82,15 @@ func TestSIGTERMAnswersTheRequestInFlight(t *testing.T) {
 	if err := a.waitExit(10 * time.Second); err != nil {
 		t.Fatalf("agent exited with %v", err)
 	}
+}
+
+// TestAppProbeSaysItWaits: while --app-probe finds nothing listening, the log says what the agent
+// waits for, not only once the app is up.
+func TestAppProbeSaysItWaits(t *testing.T) {
+	port := natstest.FreePort(t)
+	a := startAgent(t, nil, "--instance-id=lgo-probe", fmt.Sprintf("--app-probe=127.0.0.1:%d", port))
+	eventually(t, 10*time.Second, "the wait is logged", func() bool {
+		return strings.Contains(a.log.String(), "waiting for the app to accept connections") &&
+			strings.Contains(a.log.String(), fmt.Sprintf(`"app_probe":"127.0.0.1:%d"`, port))
+	})
 }

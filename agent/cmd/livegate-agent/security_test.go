@@ -69,3 +69,31 @@ func TestNonLoopbackAppAddrWarns(t *testing.T) {
 			strings.Contains(l, fmt.Sprintf(`"app_api":"[::]:%d"`, port))
 	})
 }
+
+// TestWorldReadableTokenFileWarns: a token any user can read still works, with a warning that
+// names the file and says how to fix it; a private one logs no warning.
+func TestWorldReadableTokenFileWarns(t *testing.T) {
+	for mode, warn := range map[os.FileMode]bool{0o644: true, 0o600: false, 0o640: false} {
+		file := filepath.Join(t.TempDir(), "token")
+		if err := os.WriteFile(file, []byte("lgs-mode-token-0123456789\n"), mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(file, mode); err != nil {
+			t.Fatal(err)
+		}
+		a := startAgent(t, nil, "--instance-id=lgs-mode", "--api-token-file="+file)
+		lines, err := a.log.Lines()
+		if err != nil {
+			t.Fatal(err)
+		}
+		warned := false
+		for _, l := range lines {
+			if l["level"] == "warn" && strings.Contains(fmt.Sprint(l["error"]), file) && strings.Contains(fmt.Sprint(l["error"]), "chmod o-rwx") {
+				warned = true
+			}
+		}
+		if warned != warn {
+			t.Errorf("mode %04o: warned %v, want %v; log:\n%s", mode, warned, warn, a.log.String())
+		}
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
+	"github.com/livegate/livegate/agent/internal/httpserver"
 	"github.com/livegate/livegate/agent/internal/lifecycle"
 	"github.com/livegate/livegate/agent/internal/metrics"
 	"github.com/livegate/livegate/agent/internal/restapi"
@@ -49,9 +50,9 @@ type Server struct {
 func New(agent *lifecycle.Agent, m *metrics.Metrics, log zerolog.Logger) *Server {
 	s := &Server{e: echo.New(), agent: agent, log: log, done: make(chan struct{})}
 	s.e.HideBanner, s.e.HidePort = true, true
-	s.e.Server.ReadHeaderTimeout = restapi.ReadHeaderTimeout
+	httpserver.Configure(s.e.Server, log)
 	s.e.HTTPErrorHandler = restapi.ErrorHandler(log)
-	s.e.Use(restapi.RequestLog(log), restapi.Recover(log), restapi.Count(m, "app"), loopbackHost)
+	s.e.Use(restapi.RequestLog(log), restapi.Recover(log), restapi.Count(m, "app"), restapi.NoOptions, loopbackHost)
 	s.e.POST("/v1/app/events/:name", s.event)
 	s.e.GET("/v1/app/creds", s.creds)
 	s.e.GET("/v1/app/events", s.stream)
@@ -70,10 +71,11 @@ func (s *Server) Serve(l net.Listener) error {
 	return err
 }
 
-// Shutdown ends the event streams and waits for the other requests to finish.
+// Shutdown ends the event streams, lets the other requests finish (at most httpserver.DrainTimeout)
+// and closes every connection.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.doneOnce.Do(func() { close(s.done) })
-	return s.e.Shutdown(ctx)
+	return httpserver.Stop(ctx, s.e.Server)
 }
 
 // loopbackHost refuses a Host header that is not a loopback address or localhost, so a web page
@@ -122,6 +124,9 @@ func (s *Server) stream(c echo.Context) error {
 	ch, cancel := s.agent.Subscribe()
 	defer cancel()
 	w := c.Response()
+	if err := httpserver.Unbounded(w); err != nil {
+		return fmt.Errorf("event stream: %w", err)
+	}
 	w.Header().Set(echo.HeaderContentType, "text/event-stream")
 	w.Header().Set(echo.HeaderCacheControl, "no-cache")
 	w.Header().Set(echo.HeaderConnection, "keep-alive")
@@ -161,15 +166,25 @@ func (s *Server) stream(c echo.Context) error {
 	}
 }
 
+// ProbeReport is how often Probe tells its caller it is still waiting.
+const ProbeReport = 10 * time.Second
+
 // Probe dials addr every interval until a TCP connection succeeds, then returns nil; it returns
-// ctx's error if ctx ends first.
-func Probe(ctx context.Context, addr string, interval time.Duration) error {
+// ctx's error if ctx ends first. waiting, when set, hears of the failed dials (the first, then one
+// every ProbeReport) with how long Probe has waited, so a log says what the agent waits for.
+func Probe(ctx context.Context, addr string, interval time.Duration, waiting func(waited time.Duration, err error)) error {
 	d := net.Dialer{Timeout: interval}
+	start := time.Now()
+	var reported time.Time
 	for {
 		conn, err := d.DialContext(ctx, "tcp", addr)
 		if err == nil {
 			_ = conn.Close()
 			return nil
+		}
+		if waiting != nil && ctx.Err() == nil && (reported.IsZero() || time.Since(reported) >= ProbeReport) {
+			reported = time.Now()
+			waiting(time.Since(start), err)
 		}
 		t := time.NewTimer(interval)
 		select {

@@ -180,8 +180,14 @@ func TestProbe(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- Probe(ctx, addr, 20*time.Millisecond) }()
-	time.Sleep(100 * time.Millisecond)
+	waited := make(chan error, 100)
+	go func() {
+		done <- Probe(ctx, addr, 20*time.Millisecond, func(_ time.Duration, err error) { waited <- err })
+	}()
+	// The first failed dial is reported at once, so the log says what the agent waits for.
+	if err := <-waited; err == nil {
+		t.Fatal("waiting reported without an error")
+	}
 	select {
 	case err := <-done:
 		t.Fatalf("probe returned %v before the port opened", err)
@@ -194,5 +200,20 @@ func TestProbe(t *testing.T) {
 	defer l.Close()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestOptionsIsMethodNotAllowed: the app API serves no CORS preflight either.
+func TestOptionsIsMethodNotAllowed(t *testing.T) {
+	_, _, url := newServer(t, session.Config{})
+	req, _ := http.NewRequest("OPTIONS", url+"/v1/app/events/app-ready", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMethodNotAllowed || string(b) != `{"detail":"Method Not Allowed"}` {
+		t.Errorf("OPTIONS: %d %s", resp.StatusCode, b)
 	}
 }

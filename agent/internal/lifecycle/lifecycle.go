@@ -59,6 +59,14 @@ type Endpoint struct {
 	AssignedAt     time.Time `json:"assignedAt"`
 }
 
+// Refusal is an edge's refusal of the current session's route, in the session view.
+type Refusal struct {
+	EdgeID    string    `json:"edgeId"`
+	SessionID string    `json:"sessionId"`
+	Reason    string    `json:"reason"`
+	RefusedAt time.Time `json:"refusedAt"`
+}
+
 // Option changes a default of New.
 type Option func(*Agent)
 
@@ -97,6 +105,7 @@ type Agent struct {
 	timer    *time.Timer
 	creds    *creds.Credentials
 	endpoint *livegatev1.Endpoint
+	refusal  *Refusal
 	subs     map[chan Notification]struct{}
 	stopped  bool
 }
@@ -210,6 +219,7 @@ func (a *Agent) AssignEndpoint(ep *livegatev1.Endpoint) {
 		return
 	}
 	a.endpoint = proto.Clone(ep).(*livegatev1.Endpoint)
+	a.setRefusal(nil)
 	a.log.Info().Str("session_id", ep.SessionId).Str("edge_id", ep.EdgeId).Str("public_host", ep.PublicHost).
 		Uint32("signaling_port", ep.SignalingPort).Msg("endpoint assigned")
 	a.notify(Notification{Kind: KindEndpointAssigned, Data: endpointView(a.endpoint)})
@@ -219,6 +229,40 @@ func (a *Agent) AssignEndpoint(ep *livegatev1.Endpoint) {
 		Time:      timestamppb.New(a.now()),
 		Details:   &livegatev1.Event_EndpointAssigned{EndpointAssigned: proto.Clone(ep).(*livegatev1.Endpoint)},
 	})
+}
+
+// RouteRefused takes an edge's refusal of this instance's route. One about another session is
+// stale and ignored; the same edge and reason again changes nothing. It stands until an endpoint
+// is assigned or the route changes.
+func (a *Agent) RouteRefused(edgeID, sessionID, reason string, at time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	current := a.m.State().SessionID
+	if sessionID != current || a.endpoint != nil {
+		a.log.Debug().Str("refused_session_id", sessionID).Str("session_id", current).Msg("route refusal for another session or a served route ignored")
+		return
+	}
+	if a.refusal != nil && a.refusal.EdgeID == edgeID && a.refusal.Reason == reason {
+		return
+	}
+	a.log.Warn().Str("session_id", sessionID).Str("edge_id", edgeID).Str("reason", reason).
+		Msg("route refused by the edge: the session cannot be reached until the route is fixed")
+	if a.metrics != nil {
+		a.metrics.RouteRefusals.Inc()
+	}
+	a.setRefusal(&Refusal{EdgeID: edgeID, SessionID: sessionID, Reason: reason, RefusedAt: at.UTC()})
+}
+
+// setRefusal keeps r and its gauge; the caller holds the lock.
+func (a *Agent) setRefusal(r *Refusal) {
+	a.refusal = r
+	if a.metrics != nil {
+		v := 0.0
+		if r != nil {
+			v = 1
+		}
+		a.metrics.RouteRefused.Set(v)
+	}
 }
 
 // Subscribe returns a stream of notifications for the app. It starts with what a late subscriber
@@ -278,12 +322,16 @@ func (a *Agent) apply(effects []session.Effect) {
 			if a.endpoint != nil && a.endpoint.SessionId != e.SessionID {
 				a.endpoint = nil
 			}
+			if a.refusal != nil && a.refusal.SessionID != e.SessionID {
+				a.setRefusal(nil)
+			}
 			if a.pub != nil {
 				a.pub.SetRoute(e.SessionID)
 			}
 		case session.DropRoute:
 			a.log.Info().Msg("route dropped")
 			a.endpoint = nil
+			a.setRefusal(nil)
 			if a.pub != nil {
 				a.pub.SetRoute("")
 			}
@@ -381,6 +429,7 @@ type View struct {
 	Settings          ViewSettings   `json:"settings"`
 	Credentials       *creds.Summary `json:"credentials"`
 	Endpoint          *Endpoint      `json:"endpoint"`
+	RouteRefusal      *Refusal       `json:"routeRefusal"`
 }
 
 // ViewSettings are the lifecycle settings in the view.
@@ -419,6 +468,10 @@ func (a *Agent) View() View {
 	if a.endpoint != nil {
 		e := endpointView(a.endpoint)
 		v.Endpoint = &e
+	}
+	if a.refusal != nil {
+		r := *a.refusal
+		v.RouteRefusal = &r
 	}
 	return v
 }

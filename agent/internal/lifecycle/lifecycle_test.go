@@ -5,9 +5,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/livegate/livegate/agent/internal/metrics"
 	"github.com/livegate/livegate/agent/internal/session"
 	"github.com/livegate/livegate/pkg/events"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // recorder is a Publisher that remembers what it was asked.
@@ -110,5 +112,33 @@ func TestStopEndsTheSession(t *testing.T) {
 	}
 	if v := a.View(); v.ClientConnected || v.LastEndReason != session.ReasonAgentStopped {
 		t.Errorf("view after stop %+v", v)
+	}
+}
+
+// TestRouteRefusal: an edge's refusal of the current session's route shows in the view and the
+// gauge until an endpoint is assigned; one about another session is ignored.
+func TestRouteRefusal(t *testing.T) {
+	m := metrics.New()
+	a := New(session.Config{SessionID: "s1"}, WithMetrics(m))
+	at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	a.RouteRefused("e1", "old", "stale", at)
+	if v := a.View(); v.RouteRefusal != nil {
+		t.Fatalf("refusal of another session kept: %+v", v.RouteRefusal)
+	}
+	a.RouteRefused("e1", "s1", "signaling_backend: port 49100 is outside 30000-32767", at)
+	a.RouteRefused("e1", "s1", "signaling_backend: port 49100 is outside 30000-32767", at.Add(time.Second))
+	want := Refusal{EdgeID: "e1", SessionID: "s1", Reason: "signaling_backend: port 49100 is outside 30000-32767", RefusedAt: at}
+	if v := a.View(); v.RouteRefusal == nil || *v.RouteRefusal != want {
+		t.Fatalf("refusal %+v, want %+v", v.RouteRefusal, want)
+	}
+	if got := testutil.ToFloat64(m.RouteRefused); got != 1 {
+		t.Errorf("route_refused gauge %v", got)
+	}
+	if got := testutil.ToFloat64(m.RouteRefusals); got != 1 {
+		t.Errorf("route_refusals_total %v, want the repeat counted once", got)
+	}
+	a.AssignEndpoint(&livegatev1.Endpoint{InstanceId: "i1", SessionId: "s1", EdgeId: "e2", PublicHost: "edge-2"})
+	if v := a.View(); v.RouteRefusal != nil || testutil.ToFloat64(m.RouteRefused) != 0 {
+		t.Errorf("refusal kept after an endpoint was assigned: %+v", v.RouteRefusal)
 	}
 }

@@ -26,6 +26,8 @@ type Metrics struct {
 	RouteErrors     prometheus.Counter
 	NATSConnected   prometheus.Gauge
 	LeaseRenewals   *prometheus.CounterVec
+	RouteRefused    prometheus.Gauge
+	RouteRefusals   prometheus.Counter
 }
 
 // New registers every collector on a fresh registry, with the Go and process collectors.
@@ -60,9 +62,14 @@ func New() *Metrics {
 			Help: "1 while connected to NATS."}),
 		LeaseRenewals: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "livegate_agent_lease_renewals_total",
 			Help: "Renewals of this instance's route key (its lease), by result."}, []string{"result"}),
+		RouteRefused: prometheus.NewGauge(prometheus.GaugeOpts{Name: "livegate_agent_route_refused",
+			Help: "1 while an edge refuses the current session's route (the reason is in GET /v1/streaming/session and the log)."}),
+		RouteRefusals: prometheus.NewCounter(prometheus.CounterOpts{Name: "livegate_agent_route_refusals_total",
+			Help: "Refusals of this instance's route reported by edges, each edge and reason counted once per session."}),
 	}
 	reg.MustRegister(m.Ready, m.Phase, m.Events, m.SessionsEnded, m.CredsUpdates, m.HTTPRequests,
 		m.EventsPending, m.EventsPublished, m.PublishErrors, m.RouteWrites, m.RouteErrors, m.NATSConnected, m.LeaseRenewals,
+		m.RouteRefused, m.RouteRefusals,
 		buildinfo.Collector("livegate-agent"))
 	m.LeaseRenewals.WithLabelValues("ok")
 	m.LeaseRenewals.WithLabelValues("error")

@@ -53,6 +53,7 @@ type Publisher struct {
 	metrics    *metrics.Metrics
 	events     *events.Publisher
 	onEndpoint func(*livegatev1.Endpoint)
+	onRefused  func(*livegatev1.Event)
 
 	mu        sync.Mutex
 	queue     []*livegatev1.Event
@@ -68,13 +69,14 @@ type Publisher struct {
 
 // New prepares a publisher on nc; onEndpoint gets each endpoint assigned to this instance (nil when
 // it is removed). Nothing is sent before Run.
-func New(nc *nats.Conn, cfg Config, log zerolog.Logger, m *metrics.Metrics, onEndpoint func(*livegatev1.Endpoint)) (*Publisher, error) {
+// onRefused gets each route_refused event an edge publishes about this instance.
+func New(nc *nats.Conn, cfg Config, log zerolog.Logger, m *metrics.Metrics, onEndpoint func(*livegatev1.Endpoint), onRefused func(*livegatev1.Event)) (*Publisher, error) {
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
 	return &Publisher{
-		nc: nc, js: js, cfg: cfg, log: log, metrics: m, onEndpoint: onEndpoint,
+		nc: nc, js: js, cfg: cfg, log: log, metrics: m, onEndpoint: onEndpoint, onRefused: onRefused,
 		events: events.NewPublisher(js, cfg.Source),
 		wake:   make(chan struct{}, 1), routeWake: make(chan struct{}, 1),
 		// A key left by an earlier run of this instance goes at once, not when its lease runs out.
@@ -111,7 +113,7 @@ func poke(ch chan struct{}) {
 // Run works until ctx is done.
 func (p *Publisher) Run(ctx context.Context) {
 	var wg sync.WaitGroup
-	for _, f := range []func(context.Context){p.runOutbox, p.runRoute, p.runEndpoints, p.runConnGauge} {
+	for _, f := range []func(context.Context){p.runOutbox, p.runRoute, p.runEndpoints, p.runRefusals, p.runConnGauge} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -357,6 +359,32 @@ func (p *Publisher) runEndpoints(ctx context.Context) {
 		Restart: natsconn.Reconnects(p.nc),
 		Error:   func(err error) { p.log.Warn().Err(err).Msg("endpoint watch restarts") },
 	})
+}
+
+// RefusalSubject is where edges publish the refusals of instance's route, in any pool: a route
+// whose pool is unusable is reported under the edge's own pool.
+func RefusalSubject(instance string) string {
+	return events.SubjectPrefix + ".*." + instance + "." + events.TypeToken(livegatev1.EventType_EVENT_TYPE_ROUTE_REFUSED)
+}
+
+// runRefusals follows the edges' route_refused events about this instance, so the agent can say
+// why its route is not served. A plain subscription is enough: an edge says a refusal again with
+// each revision of the route, so one missed while NATS was away comes back with the next renewal.
+func (p *Publisher) runRefusals(ctx context.Context) {
+	sub, err := p.nc.Subscribe(RefusalSubject(p.cfg.InstanceID), func(m *nats.Msg) {
+		ev, err := events.Decode(m.Data)
+		if err != nil || ev.GetRouteRefused() == nil || ev.InstanceId != p.cfg.InstanceID {
+			p.log.Debug().Err(err).Str("subject", m.Subject).Msg("route_refused event ignored")
+			return
+		}
+		p.onRefused(ev)
+	})
+	if err != nil {
+		p.log.Warn().Err(err).Msg("route refusals not followed")
+		return
+	}
+	<-ctx.Done()
+	_ = sub.Unsubscribe()
 }
 
 func (p *Publisher) runConnGauge(ctx context.Context) {

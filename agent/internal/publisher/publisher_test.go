@@ -50,8 +50,10 @@ func TestOutboxRouteAndEndpoint(t *testing.T) {
 	}
 
 	endpoints := make(chan *livegatev1.Endpoint, 8)
+	refusals := make(chan *livegatev1.Event, 8)
 	p, err := New(nc, Config{InstanceID: "i1", Pool: "p1", SignalingBackend: "10.0.0.1:30000", MediaBackends: []string{"10.0.0.1:30001"},
-		LeaseTTL: 3 * time.Second, Source: "livegate-agent/i1"}, zerolog.Nop(), metrics.New(), func(ep *livegatev1.Endpoint) { endpoints <- ep })
+		LeaseTTL: 3 * time.Second, Source: "livegate-agent/i1"}, zerolog.Nop(), metrics.New(),
+		func(ep *livegatev1.Endpoint) { endpoints <- ep }, func(ev *livegatev1.Event) { refusals <- ev })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,6 +122,23 @@ func TestOutboxRouteAndEndpoint(t *testing.T) {
 	}
 	if got := <-endpoints; got != nil {
 		t.Errorf("endpoint after delete %v", got)
+	}
+
+	// An edge's refusal of this route, published under another pool (the edge's own), reaches the
+	// agent; a refusal of another instance does not.
+	edgeEvents := events.NewPublisher(js, "livegate-edgeproxy/e1")
+	for _, ev := range []*livegatev1.Event{
+		{Type: livegatev1.EventType_EVENT_TYPE_ROUTE_REFUSED, InstanceId: "i2", Pool: "p1", SessionId: "s9",
+			Details: &livegatev1.Event_RouteRefused{RouteRefused: &livegatev1.RouteRefused{EdgeId: "e1", Reason: "other"}}},
+		{Type: livegatev1.EventType_EVENT_TYPE_ROUTE_REFUSED, InstanceId: "i1", Pool: "edgepool", SessionId: "s1",
+			Details: &livegatev1.Event_RouteRefused{RouteRefused: &livegatev1.RouteRefused{EdgeId: "e1", Reason: "signaling_backend: port outside 30000-32767"}}},
+	} {
+		if err := edgeEvents.Publish(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := <-refusals; got.InstanceId != "i1" || got.GetRouteRefused().GetReason() != "signaling_backend: port outside 30000-32767" {
+		t.Errorf("refusal %v", got)
 	}
 
 	p.SetRoute("")

@@ -37,6 +37,19 @@ func ReadToken(path string) (string, error) {
 	return tok, nil
 }
 
+// CheckTokenFileMode reports a token file that any user may read, or nil: such a
+// token is no secret on a shared host.
+func CheckTokenFileMode(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("api token file %s: %w", path, err)
+	}
+	if perm := fi.Mode().Perm(); perm&0o004 != 0 {
+		return fmt.Errorf("api token file %s has mode %04o: want no access for others (chmod o-rwx %s)", path, perm, path)
+	}
+	return nil
+}
+
 // WithToken requires "Authorization: Bearer <token>" on every route but the open ones.
 func WithToken(token string) Option {
 	return func(a *api) {

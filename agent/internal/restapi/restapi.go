@@ -10,10 +10,10 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
-	"time"
 
 	"github.com/labstack/echo/v4"
 	"github.com/livegate/livegate/agent/internal/creds"
+	"github.com/livegate/livegate/agent/internal/httpserver"
 	"github.com/livegate/livegate/agent/internal/jsonbody"
 	"github.com/livegate/livegate/agent/internal/lifecycle"
 	"github.com/livegate/livegate/agent/internal/metrics"
@@ -22,9 +22,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
 )
-
-// ReadHeaderTimeout bounds how long a client may take to send its request headers.
-const ReadHeaderTimeout = 10 * time.Second
 
 //go:embed openapi.json
 var openAPI []byte
@@ -54,9 +51,9 @@ func New(agent *lifecycle.Agent, m *metrics.Metrics, opts ...Option) *echo.Echo 
 	}
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
-	e.Server.ReadHeaderTimeout = ReadHeaderTimeout
+	httpserver.Configure(e.Server, a.log)
 	e.HTTPErrorHandler = ErrorHandler(a.log)
-	e.Use(RequestLog(a.log), Recover(a.log), Count(m, "session"), a.requireToken)
+	e.Use(RequestLog(a.log), Recover(a.log), Count(m, "session"), NoOptions, a.requireToken)
 	e.POST("/v1/streaming/creds", a.creds)
 	e.POST("/v1/streaming/endsession", a.endSession)
 	e.GET("/v1/streaming/ready", a.ready)
@@ -108,12 +105,9 @@ func (a *api) creds(c echo.Context) error {
 		requestLogger(c, a.log).Info().Str("error", msg).Msg("creds refused")
 		return JSON(c, code, credsAnswer{Success: false, ErrorMessage: &msg})
 	}
-	body, err := jsonbody.Read(c.Request())
-	if errors.Is(err, jsonbody.ErrTooLarge) {
-		return fail(http.StatusRequestEntityTooLarge, err)
-	}
+	body, err := readBody(c)
 	if err != nil {
-		return fail(http.StatusBadRequest, err)
+		return fail(bodyErrorCode(err), err)
 	}
 	cr, err := creds.Parse(body)
 	if err != nil {
@@ -121,6 +115,27 @@ func (a *api) creds(c echo.Context) error {
 	}
 	a.agent.SetCredentials(cr)
 	return JSON(c, http.StatusOK, credsAnswer{Success: true})
+}
+
+// readBody reads a JSON request body. A body too large is answered on a connection that then
+// closes: what the client has not sent yet is never read, so the connection cannot carry another
+// request.
+func readBody(c echo.Context) ([]byte, error) {
+	body, err := jsonbody.Read(c.Request())
+	if errors.Is(err, jsonbody.ErrTooLarge) {
+		c.Response().Header().Set(echo.HeaderConnection, "close")
+	}
+	return body, err
+}
+
+func bodyErrorCode(err error) int {
+	switch {
+	case errors.Is(err, jsonbody.ErrTooLarge):
+		return http.StatusRequestEntityTooLarge
+	case errors.Is(err, jsonbody.ErrNotJSON):
+		return http.StatusUnsupportedMediaType
+	}
+	return http.StatusBadRequest
 }
 
 type endSessionBody struct {
@@ -133,12 +148,9 @@ type endSessionAnswer struct {
 }
 
 func (a *api) endSession(c echo.Context) error {
-	body, err := jsonbody.Read(c.Request())
-	if errors.Is(err, jsonbody.ErrTooLarge) {
-		return JSON(c, http.StatusRequestEntityTooLarge, Detail{err.Error()})
-	}
+	body, err := readBody(c)
 	if err != nil {
-		return JSON(c, http.StatusBadRequest, Detail{err.Error()})
+		return JSON(c, bodyErrorCode(err), Detail{err.Error()})
 	}
 	var req endSessionBody
 	if err := jsonbody.Decode(body, &req); err != nil {
@@ -204,6 +216,19 @@ func ErrorHandler(log zerolog.Logger) echo.HTTPErrorHandler {
 			requestLogger(c, log).Error().Err(err).Str("path", c.Path()).Msg("request failed")
 		}
 		_ = JSON(c, code, Detail{msg})
+	}
+}
+
+// NoOptions answers OPTIONS on a known path 405, as for any other method the path does not serve:
+// the API serves no CORS preflight, and a 204 would suggest it does.
+func NoOptions(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		if c.Request().Method == http.MethodOptions {
+			if _, known := c.Get(echo.ContextKeyHeaderAllow).(string); known {
+				return echo.MethodNotAllowedHandler(c)
+			}
+		}
+		return next(c)
 	}
 }
 

@@ -34,11 +34,19 @@ func newRig(t *testing.T, cfg session.Config) *rig {
 
 func (r *rig) do(method, path, body string) (int, string) {
 	r.t.Helper()
+	return r.doType(method, "application/json", path, body)
+}
+
+// doType sends body as contentType; "" sends no Content-Type.
+func (r *rig) doType(method, contentType, path, body string) (int, string) {
+	r.t.Helper()
 	req, err := http.NewRequest(method, r.srv.URL+path, strings.NewReader(body))
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	req.Header.Set("Content-Type", "application/json")
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		r.t.Fatal(err)

@@ -16,6 +16,7 @@ import (
 	"github.com/livegate/livegate/edgeproxy/internal/dataplaneapi"
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy"
 	"github.com/livegate/livegate/edgeproxy/internal/probe"
+	"github.com/livegate/livegate/edgeproxy/internal/status"
 	"github.com/livegate/livegate/pkg/buildinfo"
 	"github.com/rs/zerolog"
 )
@@ -37,6 +38,7 @@ var commands = map[string]cli.Command{
 	"check-config":   cli.CheckConfigCommand(hooks),
 	"cleanup":        cleanupCommand,
 	"probe":          probe.Run,
+	"status":         status.Command,
 	"token":          cli.TokenCommand(os.Stdin),
 }
 
@@ -51,6 +53,8 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	name := "run"
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		name, args = args[0], args[1:]
+	} else if len(args) > 0 && isHelp(args[0]) {
+		name = "help"
 	}
 	switch name {
 	case "help":
@@ -73,11 +77,34 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	return cmd(ctx, args, stdout, stderr)
 }
 
+// isHelp is a help flag given in place of a command: the command list, not run's flags.
+func isHelp(arg string) bool {
+	switch arg {
+	case "-h", "-help", "--help":
+		return true
+	}
+	return false
+}
+
+// summaries say what each command does, for the command list.
+var summaries = map[string]string{
+	"run":            "the edge: watch routes in NATS, program HAProxy and the kernel (the default)",
+	"check-config":   "check settings, files and the HAProxy configuration without starting",
+	"haproxy-config": "print the HAProxy configuration the settings give",
+	"cleanup":        "remove the media plane's iptables chains and their conntrack entries (HAProxy stays)",
+	"probe":          "check one session through an edge as a client would",
+	"status":         "show edges, routes, endpoints, refusals and port use, read from NATS",
+}
+
 func usage(w io.Writer) {
 	names := make([]string, 0, len(commands))
 	for n := range commands {
 		names = append(names, n)
 	}
 	sort.Strings(names)
-	fmt.Fprintf(w, "usage: livegate-edgeproxy [command] [flags]\ncommands (default run): %s, version\n'livegate-edgeproxy <command> -h' lists a command's flags; --version prints the build.\n", strings.Join(names, ", "))
+	fmt.Fprint(w, "usage: livegate-edgeproxy [command] [flags]\n\ncommands:\n")
+	for _, n := range names {
+		fmt.Fprintf(w, "  %-15s %s\n", n, summaries[n])
+	}
+	fmt.Fprintf(w, "  %-15s %s\n\n'livegate-edgeproxy <command> -h' lists a command's flags.\n", "version", "print the build (also --version)")
 }

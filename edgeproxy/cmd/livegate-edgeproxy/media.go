@@ -41,7 +41,7 @@ func kernelMedia(ctx context.Context, o cli.MediaOptions, log zerolog.Logger) (m
 func cleanupCommand(ctx context.Context, args []string, _, stderr io.Writer) int {
 	fs := flag.NewFlagSet("cleanup", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	logLevel := fs.String("log-level", "info", "log level: trace, debug, info, warn or error")
 	logFormat := fs.String("log-format", "auto", "log format: auto, json or console")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: livegate-edgeproxy cleanup [flags]\nRemoves livegate's media iptables chains, their jumps and their conntrack entries.")

@@ -46,18 +46,24 @@ type embeddedFlag struct{ addr string }
 
 func (f *embeddedFlag) String() string { return f.addr }
 
+// Set reads a boolean as every other boolean flag does (1, t, true, 0, f, false ...), else an
+// address.
 func (f *embeddedFlag) Set(s string) error {
-	switch s {
-	case "true":
-		f.addr = DefaultEmbeddedNATS
-	case "false", "":
+	if s == "" {
 		f.addr = ""
-	default:
-		if _, err := netip.ParseAddrPort(s); err != nil {
-			return fmt.Errorf("want ADDR:PORT, e.g. %s", DefaultEmbeddedNATS)
-		}
-		f.addr = s
+		return nil
 	}
+	if on, err := strconv.ParseBool(s); err == nil {
+		f.addr = ""
+		if on {
+			f.addr = DefaultEmbeddedNATS
+		}
+		return nil
+	}
+	if _, err := netip.ParseAddrPort(s); err != nil {
+		return fmt.Errorf("want true, false or ADDR:PORT, e.g. %s", DefaultEmbeddedNATS)
+	}
+	f.addr = s
 	return nil
 }
 
@@ -141,15 +147,14 @@ func newFlagSet(name string, stderr io.Writer, extra []func(*flag.FlagSet)) (*fl
 	fs := flag.NewFlagSet("livegate-edgeproxy "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	f := &flags{}
-	host := hostname()
-	fs.StringVar(&f.edgeID, "edge-id", tokenFrom(host), "this edge's id in livegate_routes, livegate_endpoints and livegate_edges (default: the host name, dots as '-')")
+	fs.StringVar(&f.edgeID, "edge-id", "", "this edge's id in livegate_routes, livegate_endpoints and livegate_edges (default: the host name, dots as '-')")
 	fs.StringVar(&f.pool, "pool", "default", "the pool this edge serves routes of")
-	fs.StringVar(&f.publicHost, "public-host", host, "host name browsers reach this edge by, published in livegate_endpoints")
+	fs.StringVar(&f.publicHost, "public-host", "", "host name browsers reach this edge by, published in livegate_endpoints (default: the host name)")
 	fs.IntVar(&f.signalingPort, "signaling-port", DefaultSignalingPort, "TLS port of the signaling frontend")
 	fs.StringVar(&f.signalingBind, "signaling-bind", "0.0.0.0", "address the signaling frontend binds (\"::\" for IPv6 and IPv4)")
 	fs.StringVar(&f.tlsCert, "tls-cert", "", "PEM certificate chain of the signaling frontend")
 	fs.StringVar(&f.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
-	fs.BoolVar(&f.tlsSelfSigned, "tls-self-signed", false, "generate a self-signed certificate for --public-host in --state-dir (demos)")
+	fs.BoolVar(&f.tlsSelfSigned, "tls-self-signed", false, "generate a self-signed certificate for --public-host and localhost in --state-dir (demos)")
 	fs.StringVar(&f.stateDir, "state-dir", DefaultStateDir, "directory for the map file, HAProxy configuration, runtime socket, certificate and embedded NATS data")
 	fs.StringVar(&f.haproxyBinary, "haproxy-binary", DefaultHAProxy, "HAProxy binary the edge supervises (ignored with --haproxy-socket)")
 	fs.StringVar(&f.haproxySocket, "haproxy-socket", "", "runtime API socket of an HAProxy the operator runs (attached mode); unix path or tcp:HOST:PORT")
@@ -201,15 +206,45 @@ func newFlagSet(name string, stderr io.Writer, extra []func(*flag.FlagSet)) (*fl
 }
 
 // parseFlags parses args, then fills what they left unset from the environment and the --config file.
+// A bad flag gets one line that names it and the form it wants, not the whole usage; -h gets the
+// usage.
 func parseFlags(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
+	out, usage := fs.Output(), fs.Usage
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	err := fs.Parse(args)
+	fs.SetOutput(out)
+	fs.Usage = usage
+	if errors.Is(err, flag.ErrHelp) {
+		usage()
+		return err
+	}
+	if err != nil {
+		fmt.Fprintf(out, "%s: %v\n(`%s -h` lists the flags)\n", fs.Name(), explainParseError(fs, err), fs.Name())
 		return err
 	}
 	if err := applySources(fs, os.Environ()); err != nil {
 		fmt.Fprintf(fs.Output(), "%s: %v\n", fs.Name(), err)
 		return err
 	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	for name, def := range hostDefaults {
+		if !set[name] && fs.Lookup(name) != nil {
+			if err := fs.Set(name, def(hostname())); err != nil {
+				return fmt.Errorf("--%s: %w", name, err)
+			}
+		}
+	}
 	return nil
+}
+
+// hostDefaults are the flags whose default is this host's name. They are filled in once no
+// source set them, so that -h describes the default instead of printing one machine's name
+// beside the description; a value set empty on purpose stays empty (and is refused).
+var hostDefaults = map[string]func(host string) string{
+	"edge-id":     tokenFrom,
+	"public-host": func(host string) string { return host },
 }
 
 // settings are the validated flags.

@@ -20,7 +20,6 @@ import (
 	"github.com/livegate/livegate/edgeproxy/internal/reconcile"
 	"github.com/livegate/livegate/edgeproxy/internal/routes"
 	"github.com/livegate/livegate/edgeproxy/internal/tlscert"
-	"github.com/livegate/livegate/pkg/buildinfo"
 	"github.com/livegate/livegate/pkg/events"
 	"github.com/livegate/livegate/pkg/kvstore"
 	"github.com/livegate/livegate/pkg/logging"
@@ -242,8 +241,7 @@ func run(ctx context.Context, s *settings, h Hooks, log zerolog.Logger) error {
 	}
 	wg.Go(func() { errc <- r.Run(ctx) })
 	wg.Go(func() { errc <- adm.Run(ctx, s.f.adminAddr) })
-	log.Info().Str("pool", s.reconcile.Pool).Str("public_host", s.reconcile.PublicHost).Int("signaling_port", s.f.signalingPort).
-		Bool("attached", s.attached).Str("driver", s.f.driver).Str("media", s.f.mediaMode).Str("session_token", s.f.token.mode).Str("version", buildinfo.Version).Msg("edge proxy running")
+	banner(log, s, natsCfg.URLs).Msg("edge proxy running")
 	var first error
 	select {
 	case <-ctx.Done():
@@ -385,6 +383,10 @@ func CheckConfigCommand(h Hooks) Command {
 		s, code := h.parse("check-config", args, stderr)
 		if s == nil {
 			return code
+		}
+		if err := unreadableFiles(s); err != nil {
+			fmt.Fprintf(stderr, "livegate-edgeproxy check-config: files missing or unreadable:\n%v\n", err)
+			return 1
 		}
 		if err := checkConfig(ctx, s, h); err != nil {
 			fmt.Fprintf(stderr, "livegate-edgeproxy check-config: %v\n", err)

@@ -24,6 +24,7 @@ type signalingServer struct {
 	mu       sync.Mutex
 	queries  []string
 	offered  []string
+	marked   []string
 	accepted int
 }
 
@@ -35,6 +36,7 @@ func (s *signalingServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	s.queries = append(s.queries, r.URL.RawQuery)
 	s.offered = append(s.offered, r.Header.Get("Sec-WebSocket-Protocol"))
+	s.marked = append(s.marked, r.Header.Get(ProbeHeader))
 	s.mu.Unlock()
 	opts := &websocket.AcceptOptions{}
 	if s.echo {
@@ -103,6 +105,10 @@ func TestSignalingChecksSubprotocolAndQuery(t *testing.T) {
 	}
 	if q := s.queries[0]; !strings.Contains(q, "peer_id=livegate-probe-") || !strings.Contains(q, "version=2") {
 		t.Errorf("query %q lacks peer_id or version=2", q)
+	}
+	// The app must be able to tell the probe from the session's client.
+	if s.marked[0] != "1" {
+		t.Errorf("%s = %q, want 1", ProbeHeader, s.marked[0])
 	}
 }
 

@@ -75,6 +75,10 @@ Checks a live session through an edge: the signaling websocket (101 with the x-n
 subprotocol echoed) and, for each --media, a DTLS-SRTP handshake and an RTP echo through the public
 UDP port (round trip, loss, jitter). Exits 0 when every check passes, 1 when one fails, 2 on bad usage.
 
+The websocket carries the header X-Livegate-Probe: 1. An app that follows the app contract does not
+count such a connection as the session's client; one that does not sees a client connect and leave,
+which starts the session's resume window (and, once it runs out, ends the session).
+
 `)
 		fs.PrintDefaults()
 	}

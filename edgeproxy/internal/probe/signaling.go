@@ -23,6 +23,11 @@ import (
 // SubprotocolPrefix is the prefix of the websocket subprotocol that carries the session id.
 const SubprotocolPrefix = "x-nv-sessionid."
 
+// ProbeHeader marks the probe's websocket upgrade, so an app following the app contract does not
+// take the probe for the session's client: it does not report client-connected and
+// client-disconnected for it, and the probe's close does not start the session's resume window.
+const ProbeHeader = "X-Livegate-Probe"
+
 // ErrSubprotocolNotEchoed means the 101 answer did not select the session subprotocol, which
 // browsers treat as a protocol error (close code 1002).
 var ErrSubprotocolNotEchoed = errors.New("101 answer did not echo the session subprotocol (browsers would close with 1002)")
@@ -81,6 +86,7 @@ func Signaling(ctx context.Context, rawURL, sessionID string, insecure bool) (ti
 	conn, resp, err := websocket.Dial(ctx, u.String(), &websocket.DialOptions{
 		HTTPClient:   client,
 		Subprotocols: []string{want},
+		HTTPHeader:   http.Header{ProbeHeader: {"1"}},
 	})
 	elapsed := time.Since(start)
 	if err != nil {

@@ -111,14 +111,15 @@ const MapFileInterval = 250 * time.Millisecond
 // starting is not a failure to report. The KV snapshot is read in the meantime.
 func WithStartGate(ready <-chan struct{}) Option { return func(r *Reconciler) { r.gate = ready } }
 
-// RouteStatus is one programmed route, as GET /v1/routes shows it.
+// RouteStatus is one programmed route, as GET /v1/routes shows it. EdgeID is the edge serving it
+// (this one), also for a route that named only a pool.
 type RouteStatus struct {
 	InstanceID       string    `json:"instance_id"`
 	SessionID        string    `json:"session_id"`
 	SignalingBackend string    `json:"signaling_backend"`
 	MediaBackends    []string  `json:"media_backends"`
 	PublicUDPPorts   []uint16  `json:"public_udp_ports"`
-	EdgeID           string    `json:"edge_id,omitempty"`
+	EdgeID           string    `json:"edge_id"`
 	Pool             string    `json:"pool,omitempty"`
 	ProgrammedAt     time.Time `json:"programmed_at"`
 }
@@ -313,8 +314,8 @@ func (r *Reconciler) Routes() []RouteStatus {
 		w := served[k]
 		status = append(status, RouteStatus{
 			InstanceID: k, SessionID: w.route.SessionID, SignalingBackend: w.route.Signaling.String(),
-			MediaBackends: addrStrings(w.route.Media), PublicUDPPorts: slices.Clone(w.ports),
-			EdgeID: w.route.EdgeID, Pool: w.route.Pool, ProgrammedAt: w.since,
+			MediaBackends: addrStrings(w.route.Media), PublicUDPPorts: append([]uint16{}, w.ports...),
+			EdgeID: r.cfg.EdgeID, Pool: w.route.Pool, ProgrammedAt: w.since,
 		})
 	}
 	return status

@@ -1,0 +1,45 @@
+package cli
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+
+	"github.com/livegate/livegate/pkg/buildinfo"
+	"github.com/rs/zerolog"
+)
+
+// banner says where the edge serves, so the first lines of its log answer "what do I point a
+// browser at": the signaling URL, the certificate in use, the media range, the admin API, NATS.
+func banner(log zerolog.Logger, s *settings, natsURLs []string) *zerolog.Event {
+	cert := s.f.tlsCert
+	switch {
+	case s.selfCert:
+		cert = "self-signed for " + s.reconcile.PublicHost + " and localhost, " + s.haproxy.CertFile
+	case s.attached || s.f.driver != "runtime":
+		cert = "the operator's HAProxy's (" + cert + ")"
+	}
+	ev := log.Info().Str("pool", s.reconcile.Pool).Str("public_host", s.reconcile.PublicHost).Int("signaling_port", s.f.signalingPort).
+		Str("signaling_url", fmt.Sprintf("wss://%s/sign_in", net.JoinHostPort(s.reconcile.PublicHost, strconv.Itoa(s.f.signalingPort)))).
+		Str("certificate", cert).Bool("attached", s.attached).Str("driver", s.f.driver).Str("media", s.f.mediaMode).
+		Str("session_token", s.f.token.mode).Str("admin_url", "http://"+s.f.adminAddr).Strs("nats", redactURLs(natsURLs)).Str("version", buildinfo.Version)
+	if s.f.mediaMode == "on" {
+		ev = ev.Str("media_ports", s.mediaPorts.String()+"/udp").Str("public_ip", s.publicIP.String())
+	}
+	return ev
+}
+
+// redactURLs drops the user and password a NATS URL may carry.
+func redactURLs(urls []string) []string {
+	out := make([]string, len(urls))
+	for i, u := range urls {
+		if scheme, rest, ok := strings.Cut(u, "://"); ok {
+			if at := strings.LastIndex(rest, "@"); at >= 0 {
+				u = scheme + "://" + rest[at+1:]
+			}
+		}
+		out[i] = u
+	}
+	return out
+}

@@ -1,0 +1,146 @@
+package status
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/livegate/livegate/pkg/events"
+	"github.com/livegate/livegate/pkg/kvstore"
+	"github.com/livegate/livegate/pkg/natstest"
+	"github.com/livegate/livegate/pkg/wire"
+	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+var t0 = time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+
+func refusal(instance, session, edge, reason string) *livegatev1.Event {
+	return &livegatev1.Event{Type: livegatev1.EventType_EVENT_TYPE_ROUTE_REFUSED, InstanceId: instance, SessionId: session, Pool: "default",
+		Time:    timestamppb.New(t0),
+		Details: &livegatev1.Event_RouteRefused{RouteRefused: &livegatev1.RouteRefused{EdgeId: edge, Reason: reason}}}
+}
+
+func TestBuild(t *testing.T) {
+	s := Snapshot{
+		At: t0,
+		Edges: map[string]*livegatev1.EdgeStatus{
+			"edge-b": {Pool: "default", Capacity: 100, FreePorts: 97, Routes: 3, Heartbeat: timestamppb.New(t0.Add(-2 * time.Second))},
+			"edge-a": {Pool: "default", Capacity: 100, FreePorts: 100, Heartbeat: timestamppb.New(t0.Add(-time.Minute))},
+		},
+		Routes: map[string]*livegatev1.Route{
+			"app-1": {SessionId: "s1", Pool: "default", SignalingBackend: "10.0.0.1:31000"},
+			"app-2": {SessionId: "s2", Pool: "default", SignalingBackend: "10.0.0.2:49100"},
+			"app-3": {SessionId: "s3-new", Pool: "default", SignalingBackend: "10.0.0.3:31000"},
+		},
+		Endpoints: map[string]*livegatev1.Endpoint{
+			"app-1": {SessionId: "s1", EdgeId: "edge-b", PublicHost: "edge-b.example", SignalingPort: 48322, PublicUdpPorts: []uint32{10500}},
+			"app-3": {SessionId: "s3-old", EdgeId: "edge-b"},
+		},
+		Refusals: map[string]*livegatev1.Event{
+			"app-2": refusal("app-2", "s2", "edge-b", "signaling_backend: port 49100 is outside the allowed range 30000-32767"),
+			"app-3": refusal("app-3", "s3-old", "edge-b", "stale"),
+		},
+		Invalid: map[string]string{"app-0": "decode Route: bad"},
+	}
+	r := Build(s, 15*time.Second)
+	if len(r.Edges) != 2 || r.Edges[0].EdgeID != "edge-a" || r.Edges[0].Healthy || !r.Edges[1].Healthy || r.Edges[1].Ports.InUse != 3 {
+		t.Errorf("edges %+v", r.Edges)
+	}
+	var states []string
+	for _, rt := range r.Routes {
+		states = append(states, rt.InstanceID+"="+rt.State)
+	}
+	if got := strings.Join(states, " "); got != "app-0=invalid app-1=served app-2=refused app-3=waiting" {
+		t.Errorf("states %s", got)
+	}
+	if ep := r.Routes[1].Endpoint; ep == nil || ep.PublicUDPPorts[0] != 10500 {
+		t.Errorf("served route's endpoint %+v", ep)
+	}
+	if rf := r.Routes[2].Refusal; rf == nil || rf.EdgeID != "edge-b" || !strings.Contains(rf.Reason, "49100") {
+		t.Errorf("refused route's refusal %+v", rf)
+	}
+	var text bytes.Buffer
+	if err := WriteText(&text, r); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"EDGES (2)", "stale", "3/100", "ROUTES (4)", "edge-b.example:48322 udp 10500", "port 49100 is outside"} {
+		if !strings.Contains(text.String(), want) {
+			t.Errorf("text lacks %q:\n%s", want, text.String())
+		}
+	}
+}
+
+// TestCommandReadsNATS: the command reads a real NATS server as the edges and agents left it.
+func TestCommandReadsNATS(t *testing.T) {
+	srv := natstest.External(t)
+	nc, err := nats.Connect(srv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var out, errOut bytes.Buffer
+	// Nothing there yet: an empty report, not an error.
+	if code := Command(ctx, []string{"--nats-url", srv.URL(), "-o", "json"}, &out, &errOut); code != 0 || !strings.Contains(out.String(), `"edges":[]`) {
+		t.Fatalf("empty NATS: exit %d, %s %s", code, out.String(), errOut.String())
+	}
+	if err := events.EnsureStream(ctx, js); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kvstore.Ensure(ctx, js); err != nil {
+		t.Fatal(err)
+	}
+	edge, _ := wire.Marshal(&livegatev1.EdgeStatus{EdgeId: "edge-1", Pool: "default", Capacity: 10, FreePorts: 9, Routes: 1, Heartbeat: timestamppb.Now()})
+	if _, err := kvstore.PutTTL(ctx, js, kvstore.EdgesBucket, "edge-1", edge, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	for key, sess := range map[string]string{"app-1": "s1", "app-2": "s2"} {
+		route, _ := wire.Marshal(&livegatev1.Route{InstanceId: key, SessionId: sess, Pool: "default", SignalingBackend: "10.0.0.1:49100"})
+		if _, err := kvstore.PutTTL(ctx, js, kvstore.RoutesBucket, key, route, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kv, err := js.KeyValue(ctx, kvstore.EndpointsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep, _ := wire.Marshal(&livegatev1.Endpoint{InstanceId: "app-1", SessionId: "s1", EdgeId: "edge-1", PublicHost: "edge-1.example", SignalingPort: 48322, PublicUdpPorts: []uint32{10500}})
+	if _, err := kv.Put(ctx, "app-1", ep); err != nil {
+		t.Fatal(err)
+	}
+	if err := events.NewPublisher(js, "livegate-edgeproxy/edge-1").Publish(ctx, refusal("app-2", "s2", "edge-1", "signaling_backend: port 49100 is outside the allowed range 30000-32767")); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	if code := Command(ctx, []string{"--nats-url", srv.URL(), "-o", "json"}, &out, &errOut); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	var r Report
+	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
+		t.Fatalf("%v: %s", err, out.String())
+	}
+	if len(r.Edges) != 1 || !r.Edges[0].Healthy || r.Edges[0].Ports.InUse != 1 || len(r.Routes) != 2 ||
+		r.Routes[0].State != StateServed || r.Routes[1].State != StateRefused || r.Routes[1].Refusal.EdgeID != "edge-1" {
+		t.Errorf("report %s", out.String())
+	}
+	out.Reset()
+	if code := Command(ctx, []string{"--nats-url", srv.URL()}, &out, &errOut); code != 0 || !strings.Contains(out.String(), "refused") {
+		t.Errorf("text: exit %d\n%s", code, out.String())
+	}
+	// No NATS there: a clear error, exit 1.
+	errOut.Reset()
+	if code := Command(ctx, []string{"--nats-url", "nats://127.0.0.1:9", "--timeout", "2s"}, &out, &errOut); code != 1 || !strings.Contains(errOut.String(), "is NATS up?") {
+		t.Errorf("no NATS: exit %d, %s", code, errOut.String())
+	}
+}
