@@ -18,6 +18,7 @@ import (
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy"
 	"github.com/livegate/livegate/edgeproxy/internal/reconcile"
 	"github.com/livegate/livegate/edgeproxy/internal/routes"
+	"github.com/livegate/livegate/edgeproxy/internal/turnrelay"
 	"github.com/livegate/livegate/pkg/buildinfo"
 	"github.com/livegate/livegate/pkg/events"
 	"github.com/livegate/livegate/pkg/logging"
@@ -107,6 +108,7 @@ type flags struct {
 	natsStoreDir                             string
 	adminAddr, logLevel, logFormat           string
 	memoryLimit                              limitFlag
+	turn                                     turnrelay.Flags
 }
 
 func hostname() string {
@@ -185,6 +187,7 @@ func newFlagSet(name string, stderr io.Writer, extra []func(*flag.FlagSet)) (*fl
 	fs.StringVar(&f.logFormat, "log-format", "auto", "auto, json or console")
 	f.memoryLimit.mib = DefaultMemoryLimitMiB
 	fs.Var(&f.memoryLimit, "memory-limit-mib", "soft limit of the Go runtime's memory in `MiB`: near it the garbage collector runs more often instead of the heap growing; 0 keeps the runtime's default; with --nats-embedded the default is left off (the server shares the heap) and only a value from a flag, variable or file applies; GOMEMLIMIT, when set, wins")
+	f.turn.Register(fs)
 	fs.String(configFlag, "", "TOML file of settings, keyed by flag name (nats-url = \"nats://...\"); flags and environment variables override it")
 	for _, x := range extra {
 		x(fs)
@@ -223,6 +226,8 @@ type settings struct {
 	nats       natsconn.Config
 	// memoryLimitMiB is the soft memory limit to set; 0 sets none.
 	memoryLimitMiB int
+	// turn is the TURN relay's configuration; nil without --turn.
+	turn *turnrelay.Config
 }
 
 func (f *flags) settings(drivers map[string]DriverFactory) (*settings, error) {
@@ -270,6 +275,9 @@ func (f *flags) settings(drivers map[string]DriverFactory) (*settings, error) {
 		}
 	default:
 		errs = append(errs, fmt.Errorf("--media %q: want on or off", f.mediaMode))
+	}
+	if s.turn, err = turnConfig(f, s); err != nil {
+		errs = append(errs, err)
 	}
 	if f.portQuarantine < 0 {
 		errs = append(errs, errors.New("--port-quarantine must not be negative"))

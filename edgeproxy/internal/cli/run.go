@@ -200,12 +200,20 @@ func run(ctx context.Context, s *settings, h Hooks, log zerolog.Logger) error {
 	if supervise {
 		opts = append(opts, reconcile.WithStartGate(haproxyUp))
 	}
-	r, err := reconcile.New(s.reconcile, reconcile.Deps{
+	var r *reconcile.Reconciler
+	relay, err := turnRelay(s, reg, func() { r.Resync() }, log)
+	if err != nil {
+		return err
+	}
+	deps := reconcile.Deps{
 		JS: js, Buckets: buckets, Driver: driver, Media: plane,
 		Events:  events.NewPublisher(js, "livegate-edgeproxy/"+s.reconcile.EdgeID),
 		Metrics: reconcile.NewMetrics(reg), Log: log.With().Str("component", "reconcile").Logger(),
-	}, opts...)
-	if err != nil {
+	}
+	if relay != nil {
+		deps.Relay = relay
+	}
+	if r, err = reconcile.New(s.reconcile, deps, opts...); err != nil {
 		return err
 	}
 	adm := admin.New(source{r}, reg, log.With().Str("component", "admin").Logger())
@@ -221,13 +229,16 @@ func run(ctx context.Context, s *settings, h Hooks, log zerolog.Logger) error {
 		}
 	}
 
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
 	var wg sync.WaitGroup
 	if sup != nil {
 		wg.Go(func() { errc <- sup.Run(ctx) })
 	}
 	wg.Go(func() { errc <- r.Run(ctx) })
 	wg.Go(func() { errc <- adm.Run(ctx, s.f.adminAddr) })
+	if relay != nil {
+		wg.Go(func() { errc <- relay.Run(ctx) })
+	}
 	log.Info().Str("pool", s.reconcile.Pool).Str("public_host", s.reconcile.PublicHost).Int("signaling_port", s.f.signalingPort).
 		Bool("attached", s.attached).Str("driver", s.f.driver).Str("media", s.f.mediaMode).Str("version", buildinfo.Version).Msg("edge proxy running")
 	var first error

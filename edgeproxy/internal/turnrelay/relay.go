@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -91,6 +92,11 @@ func (c Config) Validate() error {
 	}
 	if len(c.URIs) == 0 {
 		errs = append(errs, errors.New("no TURN URI to publish"))
+	}
+	for _, u := range c.URIs {
+		if !strings.HasPrefix(u, "turn:") && !strings.HasPrefix(u, "turns:") {
+			errs = append(errs, fmt.Errorf("TURN URI %q: want turn:HOST:PORT or turns:HOST:PORT", u))
+		}
 	}
 	if c.SecretPoll <= 0 {
 		errs = append(errs, errors.New("secret poll period must be positive"))
@@ -171,14 +177,23 @@ func New(cfg Config, reg prometheus.Registerer, log zerolog.Logger, onChange fun
 }
 
 func (r *Relay) listen() error {
-	var err error
 	addr := func(port int) string { return netip.AddrPortFrom(r.cfg.Listen, uint16(port)).String() }
-	if r.udp, err = net.ListenPacket("udp4", addr(r.cfg.Port)); err != nil {
-		return fmt.Errorf("turn udp listener: %w", err)
-	}
-	// With port 0 TCP takes the port UDP got, so that one port serves both.
-	if r.tcp, err = net.Listen("tcp4", addr(r.udp.LocalAddr().(*net.UDPAddr).Port)); err != nil {
-		return fmt.Errorf("turn tcp listener: %w", err)
+	// With port 0 TCP takes the port UDP got, so that one port serves both; that port may be
+	// taken for TCP, so a few are tried.
+	for try := 0; ; try++ {
+		udp, err := net.ListenPacket("udp4", addr(r.cfg.Port))
+		if err != nil {
+			return fmt.Errorf("turn udp listener: %w", err)
+		}
+		tcp, err := net.Listen("tcp4", addr(udp.LocalAddr().(*net.UDPAddr).Port))
+		if err == nil {
+			r.udp, r.tcp = udp, tcp
+			break
+		}
+		_ = udp.Close()
+		if r.cfg.Port != 0 || try == 10 {
+			return fmt.Errorf("turn tcp listener: %w", err)
+		}
 	}
 	if r.cfg.tls() {
 		ln, err := net.Listen("tcp4", addr(r.cfg.TLSPort))
