@@ -5,6 +5,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // The password of the TURN REST API draft's scheme as coturn computes it:
@@ -86,5 +90,44 @@ func TestParseSecrets(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestCurrent(t *testing.T) {
+	r := &Relay{cfg: Config{CredentialTTL: time.Hour, URIs: []string{"turn:h:3478"}}}
+	list := [][]byte{[]byte(secretB), []byte(secretA)}
+	r.sec.p.Store(&list)
+	now := time.Unix(1700000000, 0)
+	issued := r.Credentials("s1", now)
+	renewAt := now.Add(30 * time.Minute)
+	withOld := Issue([]byte(secretA), "s1", now.Add(time.Hour))
+	for _, tc := range []struct {
+		name    string
+		session string
+		change  func(*livegatev1.TurnRelay)
+		at      time.Time
+		want    bool
+	}{
+		{"just issued", "s1", nil, now, true},
+		{"before renewal", "s1", nil, renewAt.Add(-time.Second), true},
+		{"renewal due", "s1", nil, renewAt, false},
+		{"another session", "s2", nil, now, false},
+		{"other uris", "s1", func(p *livegatev1.TurnRelay) { p.Uris = []string{"turn:old:3478"} }, now, false},
+		{"issued under the old secret", "s1", func(p *livegatev1.TurnRelay) { p.Credential = withOld.Password }, now, false},
+		{"expiry disagrees with the username", "s1", func(p *livegatev1.TurnRelay) { p.ExpiresAt = timestamppb.New(now.Add(2 * time.Hour)) }, now, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := proto.Clone(issued).(*livegatev1.TurnRelay)
+			if tc.change != nil {
+				tc.change(p)
+			}
+			ok, at := r.Current(tc.session, p, tc.at)
+			if ok != tc.want || (ok && !at.Equal(renewAt)) {
+				t.Fatalf("Current = %v, %v; want %v, %v", ok, at, tc.want, renewAt)
+			}
+		})
+	}
+	if ok, _ := r.Current("s1", nil, now); ok {
+		t.Fatal("no credential is current")
 	}
 }

@@ -306,16 +306,24 @@ func TestEndedSessionTornDown(t *testing.T) {
 	if n := l.r.allocationCount(); n != 2 {
 		t.Fatalf("allocations %v, want 2", n)
 	}
+	ended := time.Now()
 	l.r.Serve(map[string]Media{})
-	// Closing the relay sockets is synchronous; pion/turn deletes the allocations as its read
-	// loops see the sockets closed.
-	deadline := time.Now().Add(time.Second)
+	// The relay sockets are closed before Serve returns; pion/turn deletes the allocations as
+	// its read loops see them closed.
+	l.r.mu.Lock()
+	open := len(l.r.allocs)
+	l.r.mu.Unlock()
+	if open != 0 {
+		t.Fatalf("%d relay sockets open after the session ended", open)
+	}
+	deadline := time.Now().Add(10 * time.Second)
 	for l.r.allocationCount() != 0 {
 		if time.Now().After(deadline) {
-			t.Fatalf("allocations %v a second after the session ended", l.r.allocationCount())
+			t.Fatalf("allocations %v after the session ended", l.r.allocationCount())
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(5 * time.Millisecond)
 	}
+	t.Logf("allocations deleted %v after the session ended", time.Since(ended))
 	cl := l.client("udp", l.cred("sess-a"))
 	if relay, err := cl.Allocate(); err == nil {
 		relay.Close()
