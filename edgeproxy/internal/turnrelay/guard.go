@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"net"
 	"net/netip"
+	"time"
 
 	"github.com/pion/stun/v3"
 	"github.com/pion/turn/v4"
@@ -141,9 +142,16 @@ type guardedConn struct {
 	pending []byte
 }
 
+// tcpIdle closes a TCP or TLS connection silent this long, a handshake included: a live client
+// refreshes its permissions every 5 minutes and its allocation before 10 minutes pass.
+const tcpIdle = 11 * time.Minute
+
 // Read returns the frames inspect passes, whole when p holds them.
 func (c *guardedConn) Read(p []byte) (int, error) {
 	for len(c.pending) == 0 {
+		if err := c.Conn.SetReadDeadline(time.Now().Add(tcpIdle)); err != nil {
+			return 0, err
+		}
 		n, _, err := c.frames.ReadFrom(c.buf)
 		if err != nil {
 			return 0, err
