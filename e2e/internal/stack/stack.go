@@ -50,6 +50,8 @@ type Options struct {
 	LeaseTTL time.Duration
 	// Output, when set, returns where a process's output goes besides its buffer.
 	Output func(name string) io.Writer
+	// EdgeArgs are more flags for the edge.
+	EdgeArgs []string
 }
 
 // NodeOptions describe one node: an agent and the demo app.
@@ -143,7 +145,7 @@ func (d *Deployment) startEdge(ctx context.Context) error {
 	if err := os.MkdirAll(state, 0o700); err != nil {
 		return fmt.Errorf("edge state dir: %w", err)
 	}
-	p, err := d.start(ctx, "edge", d.Topo.Edge, d.opts.Bins.Edge,
+	p, err := d.start(ctx, "edge", d.Topo.Edge, d.opts.Bins.Edge, append([]string{
 		"--edge-id", d.opts.EdgeID,
 		"--pool", d.opts.Pool,
 		"--public-host", netns.EdgePublic.String(),
@@ -157,7 +159,7 @@ func (d *Deployment) startEdge(ctx context.Context) error {
 		"--media-ports", MediaPorts,
 		"--backend-cidrs", netns.BackendCIDRs.String(),
 		"--log-format", "console",
-	)
+	}, d.opts.EdgeArgs...)...)
 	if err != nil {
 		return err
 	}
