@@ -126,10 +126,9 @@ type Relay struct {
 	sessions atomic.Pointer[map[string]map[netip.AddrPort]struct{}]
 	onChange func()
 
-	udp     net.PacketConn
-	tcp     net.Listener
-	tlsLn   net.Listener
-	started chan struct{}
+	udp   net.PacketConn
+	tcp   net.Listener
+	tlsLn net.Listener
 
 	mu sync.Mutex
 	// allocs are the relay sockets by local port; clients the allocations by their client's
@@ -154,7 +153,7 @@ func New(cfg Config, reg prometheus.Registerer, log zerolog.Logger, onChange fun
 		return nil, fmt.Errorf("turn: %w", err)
 	}
 	r := &Relay{
-		cfg: cfg, log: log, now: time.Now, onChange: onChange, started: make(chan struct{}),
+		cfg: cfg, log: log, now: time.Now, onChange: onChange,
 		refLog: log.Sample(&zerolog.BurstSampler{Burst: 20, Period: time.Second}),
 		allocs: map[int]*relayConn{}, clients: map[string]*relayConn{}, oldKeys: map[string]oldKey{},
 	}
@@ -263,7 +262,6 @@ func (r *Relay) Run(ctx context.Context) error {
 		r.closeListeners()
 		return fmt.Errorf("turn server: %w", err)
 	}
-	close(r.started)
 	udp, tcp, tlsAddr := r.Addrs()
 	ev := r.log.Info().Str("udp", udp.String()).Str("tcp", tcp.String()).Str("relay_ports", r.cfg.RelayPorts.String()).
 		Int("secrets", len(r.sec.all())).Strs("uris", r.cfg.URIs)

@@ -59,7 +59,6 @@ func newLab(t *testing.T, secrets ...string) *lab {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
-	<-r.started
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
