@@ -104,6 +104,14 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
+// listenerBuffer and relayBuffer are the socket receive buffers asked for (the kernel caps them
+// at net.core.rmem_max): the UDP listener carries every client's media, a relay socket one
+// session's media towards its client, keyframes in bursts.
+const (
+	listenerBuffer = 4 << 20
+	relayBuffer    = 1 << 20
+)
+
 func (c Config) tls() bool { return c.CertFile != "" }
 
 // Media is what a served session may relay to: its public UDP ports on this edge and its media
@@ -186,6 +194,9 @@ func (r *Relay) listen() error {
 		}
 		tcp, err := net.Listen("tcp4", addr(udp.LocalAddr().(*net.UDPAddr).Port))
 		if err == nil {
+			// Every UDP client's media arrives on this one socket, read by one goroutine: a
+			// default-sized buffer overflows whenever that goroutine waits for a core.
+			_ = udp.(*net.UDPConn).SetReadBuffer(listenerBuffer)
 			r.udp, r.tcp = udp, tcp
 			break
 		}

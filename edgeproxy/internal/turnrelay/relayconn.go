@@ -46,6 +46,7 @@ func (g *generator) bind(network string, port uint16) (net.PacketConn, net.Addr,
 	if err != nil {
 		return nil, nil, err
 	}
+	_ = pc.(*net.UDPConn).SetReadBuffer(relayBuffer)
 	c := &relayConn{PacketConn: pc, r: g.r, port: int(port)}
 	g.r.mu.Lock()
 	g.r.allocs[c.port] = c
