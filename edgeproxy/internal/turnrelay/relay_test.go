@@ -28,14 +28,14 @@ const (
 )
 
 type lab struct {
-	t      *testing.T
+	t      testing.TB
 	r      *Relay
 	reg    *prometheus.Registry
 	secret string
 }
 
 // newLab runs a relay on loopback whose secret file holds secrets.
-func newLab(t *testing.T, secrets ...string) *lab {
+func newLab(t testing.TB, secrets ...string) *lab {
 	t.Helper()
 	dir := t.TempDir()
 	secretFile := filepath.Join(dir, "secret")
@@ -69,7 +69,7 @@ func newLab(t *testing.T, secrets ...string) *lab {
 }
 
 // peer is a session's media backend on loopback: it echoes what it gets.
-func peer(t *testing.T) *net.UDPAddr {
+func peer(t testing.TB) *net.UDPAddr {
 	t.Helper()
 	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
 	if err != nil {
