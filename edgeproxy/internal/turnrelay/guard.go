@@ -8,6 +8,7 @@ import (
 
 	"github.com/pion/stun/v3"
 	"github.com/pion/turn/v4"
+	"golang.org/x/net/ipv4"
 )
 
 // inspect looks at a frame from a client before pion/turn does. It passes everything but a
@@ -97,27 +98,65 @@ func forbidden(m *stun.Message, key []byte) []byte {
 	return res.Raw
 }
 
+// batchSize is how many datagrams one system call reads from the listener or sends on a relay
+// socket.
+const batchSize = 64
+
 // guardedPacketConn is the UDP listener as pion/turn reads it: frames inspect refuses are
-// answered here and never reach pion/turn.
+// answered here and never reach pion/turn. pion/turn reads and writes one datagram per call, two
+// system calls per relayed datagram, which is most of what relaying costs; so this reads
+// datagrams in batches (recvmmsg) and hands them out one at a time, and the relay sockets of
+// its clients, which only this goroutine writes to, queue what they send until it has handed
+// out the batch, then send it in one call each (sendmmsg). A datagram waits for at most the
+// rest of the batch it came in.
 type guardedPacketConn struct {
 	net.PacketConn
-	r *Relay
+	r       *Relay
+	pc      *ipv4.PacketConn
+	msgs    []ipv4.Message
+	n, next int
+	// dirty are the relay sockets with datagrams queued.
+	dirty []*relayConn
 }
 
-func (g guardedPacketConn) ReadFrom(p []byte) (int, net.Addr, error) {
+func newGuardedPacketConn(c net.PacketConn, r *Relay) *guardedPacketConn {
+	g := &guardedPacketConn{PacketConn: c, r: r, pc: ipv4.NewPacketConn(c), msgs: make([]ipv4.Message, batchSize)}
+	for i := range g.msgs {
+		g.msgs[i].Buffers = [][]byte{make([]byte, 2048)}
+	}
+	return g
+}
+
+func (g *guardedPacketConn) ReadFrom(p []byte) (int, net.Addr, error) {
 	for {
-		n, addr, err := g.PacketConn.ReadFrom(p)
-		if err != nil {
-			return n, addr, err
+		if g.next >= g.n {
+			g.flush()
+			n, err := g.pc.ReadBatch(g.msgs, 0)
+			if err != nil {
+				return 0, nil, err
+			}
+			g.n, g.next = n, 0
 		}
-		reply, pass := g.r.inspect(p[:n], addr, g.LocalAddr())
+		m := &g.msgs[g.next]
+		g.next++
+		frame := m.Buffers[0][:m.N]
+		reply, pass := g.r.inspect(frame, m.Addr, g.LocalAddr())
 		if pass {
-			return n, addr, nil
+			return copy(p, frame), m.Addr, nil
 		}
 		if reply != nil {
-			_, _ = g.PacketConn.WriteTo(reply, addr)
+			_, _ = g.PacketConn.WriteTo(reply, m.Addr)
 		}
 	}
+}
+
+// flush sends what the relay sockets queued.
+func (g *guardedPacketConn) flush() {
+	for _, c := range g.dirty {
+		c.flush()
+	}
+	clear(g.dirty)
+	g.dirty = g.dirty[:0]
 }
 
 // guardedListener does the same for TCP and TLS: each connection is read frame by frame.

@@ -137,6 +137,8 @@ type Relay struct {
 	udp   net.PacketConn
 	tcp   net.Listener
 	tlsLn net.Listener
+	// udpGuard reads the UDP listener for pion/turn (see guardedPacketConn).
+	udpGuard *guardedPacketConn
 
 	mu sync.Mutex
 	// allocs are the relay sockets by local port; clients the allocations by their client's
@@ -253,6 +255,7 @@ func (r *Relay) Addrs() (udp, tcp, tlsAddr netip.AddrPort) {
 // also reloads the certificate.
 func (r *Relay) Run(ctx context.Context) error {
 	gen := &generator{r: r}
+	r.udpGuard = newGuardedPacketConn(r.udp, r)
 	listeners := []turn.ListenerConfig{{Listener: guardedListener{Listener: r.tcp, r: r}, RelayAddressGenerator: gen}}
 	if r.tlsLn != nil {
 		listeners = append(listeners, turn.ListenerConfig{Listener: guardedListener{Listener: r.tlsLn, r: r}, RelayAddressGenerator: gen})
@@ -261,7 +264,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		Realm:             r.cfg.Realm,
 		AuthHandler:       r.auth,
 		LoggerFactory:     pionLogs{log: r.log},
-		PacketConnConfigs: []turn.PacketConnConfig{{PacketConn: guardedPacketConn{PacketConn: r.udp, r: r}, RelayAddressGenerator: gen}},
+		PacketConnConfigs: []turn.PacketConnConfig{{PacketConn: r.udpGuard, RelayAddressGenerator: gen}},
 		ListenerConfigs:   listeners,
 		EventHandler: turn.EventHandler{
 			OnAuth:              r.onAuth,
@@ -455,6 +458,11 @@ func (r *Relay) onAllocationCreated(src, dst net.Addr, _, username, _ string, re
 	if c != nil {
 		c.session.Store(&session)
 		r.clients[tuple(src, dst)] = c
+		// pion/turn makes a UDP client's allocation on the listener's goroutine, the one that
+		// will write to it.
+		if src.Network() == "udp" {
+			c.batch = r.udpGuard
+		}
 	}
 	r.mu.Unlock()
 	if c == nil {

@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/netip"
 	"sync/atomic"
+
+	"golang.org/x/net/ipv4"
 )
 
 // generator hands out allocations' relay sockets from the configured port range.
@@ -47,7 +49,7 @@ func (g *generator) bind(network string, port uint16) (net.PacketConn, net.Addr,
 		return nil, nil, err
 	}
 	_ = pc.(*net.UDPConn).SetReadBuffer(relayBuffer)
-	c := &relayConn{PacketConn: pc, r: g.r, port: int(port)}
+	c := &relayConn{PacketConn: pc, r: g.r, port: int(port), pc: ipv4.NewPacketConn(pc)}
 	g.r.mu.Lock()
 	g.r.allocs[c.port] = c
 	g.r.mu.Unlock()
@@ -68,6 +70,13 @@ type relayConn struct {
 	// session is set once the allocation is made; until then nothing passes.
 	session atomic.Pointer[string]
 	closed  atomic.Bool
+	// batch, set when the allocation is a UDP client's, is the listener whose goroutine alone
+	// writes to this socket: what it writes is queued (queue[:queued]) until that goroutine
+	// flushes it (see guardedPacketConn).
+	batch  *guardedPacketConn
+	pc     *ipv4.PacketConn
+	queue  []ipv4.Message
+	queued int
 }
 
 func (c *relayConn) allowed(addr net.Addr) bool {
@@ -80,12 +89,52 @@ func (c *relayConn) WriteTo(p []byte, addr net.Addr) (int, error) {
 		c.r.m.refusals.WithLabelValues(RefusedPeerTraffic).Inc()
 		return len(p), nil
 	}
+	if c.batch != nil {
+		c.enqueue(p, addr)
+		return len(p), nil
+	}
 	n, err := c.PacketConn.WriteTo(p, addr)
 	if err == nil {
 		c.r.m.toPeer.packets.Inc()
 		c.r.m.toPeer.bytes.Add(float64(n))
 	}
 	return n, err
+}
+
+// enqueue copies p into the queue: the caller reuses its buffer.
+func (c *relayConn) enqueue(p []byte, addr net.Addr) {
+	if c.queued == 0 {
+		c.batch.dirty = append(c.batch.dirty, c)
+	}
+	if c.queued == len(c.queue) {
+		c.queue = append(c.queue, ipv4.Message{Buffers: [][]byte{make([]byte, 0, 1600)}})
+	}
+	m := &c.queue[c.queued]
+	m.Buffers[0] = append(m.Buffers[0][:0], p...)
+	m.Addr = addr
+	c.queued++
+	if c.queued == batchSize {
+		c.flush()
+	}
+}
+
+// flush sends the queue; a datagram the socket refuses is lost, as UDP may lose it anyway.
+func (c *relayConn) flush() {
+	msgs := c.queue[:c.queued]
+	c.queued = 0
+	for len(msgs) > 0 {
+		n, err := c.pc.WriteBatch(msgs, 0)
+		if err != nil || n == 0 {
+			return
+		}
+		bytes := 0
+		for _, m := range msgs[:n] {
+			bytes += len(m.Buffers[0])
+		}
+		c.r.m.toPeer.packets.Add(float64(n))
+		c.r.m.toPeer.bytes.Add(float64(bytes))
+		msgs = msgs[n:]
+	}
 }
 
 func (c *relayConn) ReadFrom(p []byte) (int, net.Addr, error) {
