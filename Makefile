@@ -7,8 +7,9 @@ GOBIN_DIR := $(shell go env GOPATH 2>/dev/null || echo $(HOME)/go)/bin
 export PATH := /usr/local/go/bin:$(GOBIN_DIR):$(PATH)
 export GOFLAGS := -buildvcs=false
 
-MODULES := pkg proto agent edgeproxy e2e
-APT_PACKAGES := haproxy iptables conntrack iproute2 ca-certificates
+MODULES := pkg proto agent edgeproxy e2e samples/streamapp
+# chromium, ffmpeg and the font: the browser end-to-end test and the sample app's test pattern.
+APT_PACKAGES := haproxy iptables conntrack iproute2 ca-certificates chromium ffmpeg fonts-dejavu-core
 NATS_SERVER_VERSION := v2.15.2
 BUF_VERSION := v1.50.0
 PROTOC_GEN_GO_VERSION := v1.36.12
@@ -20,10 +21,15 @@ TEST_FLAGS ?= -count=1 -timeout 10m
 
 .PHONY: build deps test vet unit proto proto-check demo fmt tools clean
 
-build: ## Build livegate-agent and livegate-edgeproxy into bin/
+build: ## Build livegate-agent, livegate-edgeproxy and the sample WebRTC app (streamapp) into bin/
 	@mkdir -p bin
 	go build -ldflags '$(LDFLAGS)' -o bin/livegate-agent ./agent/cmd/livegate-agent
 	go build -ldflags '$(LDFLAGS)' -o bin/livegate-edgeproxy ./edgeproxy/cmd/livegate-edgeproxy
+	go build -o bin/streamapp ./samples/streamapp
+
+bin/testsrc.ivf: ## The sample app's test pattern, made with ffmpeg (make deps installs it)
+	@mkdir -p bin
+	go run ./samples/streamapp gen-video $@
 
 deps: ## Install what the tests need: Debian packages and a pinned nats-server
 	@command -v go >/dev/null || { echo "Go 1.26+ is required (https://go.dev/dl); not found on PATH" >&2; exit 1; }

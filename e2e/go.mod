@@ -5,11 +5,15 @@ go 1.26.0
 require golang.org/x/sys v0.49.0
 
 require (
+	github.com/chromedp/chromedp v0.23.1
 	github.com/coder/websocket v1.8.15
 	github.com/livegate/livegate/pkg v0.0.0-00010101000000-000000000000
 	github.com/livegate/livegate/proto v0.0.0-00010101000000-000000000000
+	github.com/livegate/livegate/samples/streamapp v0.0.0-00010101000000-000000000000
 	github.com/nats-io/nats.go v1.55.0
 	github.com/nats-io/nkeys v0.4.16
+	github.com/pion/stun/v3 v3.0.1
+	github.com/pion/turn/v4 v4.1.4
 	github.com/rs/zerolog v1.35.1
 	golang.org/x/net v0.60.0
 	google.golang.org/protobuf v1.36.12
@@ -17,6 +21,8 @@ require (
 
 require (
 	github.com/antithesishq/antithesis-sdk-go v0.8.0-default-no-op // indirect
+	github.com/chromedp/cdproto v0.160.1 // indirect
+	github.com/go-json-experiment/json v0.0.0-20260213210345-44df1a37e875 // indirect
 	github.com/google/go-tpm v0.9.8 // indirect
 	github.com/klauspost/compress v1.20.3 // indirect
 	github.com/mattn/go-colorable v0.1.14 // indirect
@@ -31,11 +37,9 @@ require (
 	github.com/pion/rtcp v1.2.20 // indirect
 	github.com/pion/rtp v1.10.6 // indirect
 	github.com/pion/srtp/v3 v3.1.3 // indirect
-	github.com/pion/stun/v3 v3.0.1 // indirect
 	github.com/pion/transport/v3 v3.0.8 // indirect
 	github.com/pion/transport/v4 v4.0.1 // indirect
-	github.com/pion/transport/v5 v5.1.1 // indirect
-	github.com/pion/turn/v4 v4.1.4 // indirect
+	github.com/pion/transport/v5 v5.1.4 // indirect
 	github.com/wlynxg/anet v0.0.5 // indirect
 	golang.org/x/crypto v0.58.0 // indirect
 	golang.org/x/time v0.16.0 // indirect
@@ -44,3 +48,5 @@ require (
 replace github.com/livegate/livegate/pkg => ../pkg
 
 replace github.com/livegate/livegate/proto => ../proto
+
+replace github.com/livegate/livegate/samples/streamapp => ../samples/streamapp

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/livegate/livegate/pkg/appclient/appclienttest"
 	"github.com/livegate/livegate/pkg/dtlssrtp"
 	"github.com/livegate/livegate/pkg/logbuf"
 	"github.com/rs/zerolog"
@@ -115,67 +116,6 @@ func TestSignalingChecksSessionID(t *testing.T) {
 	}
 }
 
-// agentStub is the agent's app API as the demo app sees it; it fails the first failures posts.
-type agentStub struct {
-	failures int
-	status   int
-	ev       *events
-
-	mu    sync.Mutex
-	calls int
-}
-
-func (a *agentStub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	a.mu.Lock()
-	a.calls++
-	fail := a.calls <= a.failures
-	a.mu.Unlock()
-	event, ok := strings.CutPrefix(r.URL.Path, "/v1/app/events/")
-	switch {
-	case r.Method != http.MethodPost || !ok:
-		http.NotFound(w, r)
-	case fail:
-		w.WriteHeader(http.StatusServiceUnavailable)
-	case a.status != 0:
-		w.WriteHeader(a.status)
-	default:
-		a.ev.add(event)
-		w.WriteHeader(http.StatusNoContent)
-	}
-}
-
-func TestReporterRetriesInOrder(t *testing.T) {
-	ev := newEvents()
-	stub := &agentStub{failures: 2, ev: ev}
-	srv := httptest.NewServer(stub)
-	defer srv.Close()
-	r := newReporter(strings.TrimPrefix(srv.URL, "http://"), 10*time.Second, zerolog.Nop())
-	ctx, cancel := context.WithCancel(t.Context())
-	go r.run(ctx)
-	r.notify("app-ready")
-	r.notify("rtx-ready")
-	ev.waitFor(t, "app-ready", "rtx-ready")
-	cancel()
-	<-r.done
-}
-
-func TestReporterDoesNotRetryRefusals(t *testing.T) {
-	stub := &agentStub{status: http.StatusConflict}
-	srv := httptest.NewServer(stub)
-	defer srv.Close()
-	r := newReporter(strings.TrimPrefix(srv.URL, "http://"), 10*time.Second, zerolog.Nop())
-	ctx, cancel := context.WithCancel(t.Context())
-	go r.run(ctx)
-	r.notify("client-connected")
-	cancel()
-	<-r.done
-	stub.mu.Lock()
-	defer stub.mu.Unlock()
-	if stub.calls != 1 {
-		t.Errorf("agent called %d times, want 1 (409 is final)", stub.calls)
-	}
-}
-
 func freeAddr(t *testing.T, network string) string {
 	t.Helper()
 	if network == "udp" {
@@ -195,8 +135,8 @@ func freeAddr(t *testing.T, network string) string {
 }
 
 func TestRunServesSignalingAndMedia(t *testing.T) {
-	ev := newEvents()
-	agent := httptest.NewServer(&agentStub{ev: ev})
+	ev := &appclienttest.Agent{}
+	agent := httptest.NewServer(ev)
 	defer agent.Close()
 	sigAddr, mediaAddr := freeAddr(t, "tcp"), freeAddr(t, "udp")
 	ctx, cancel := context.WithCancel(t.Context())
@@ -207,14 +147,14 @@ func TestRunServesSignalingAndMedia(t *testing.T) {
 			"--agent-app-addr", strings.TrimPrefix(agent.URL, "http://"), "--session-id", "s1",
 			"--log-format", "json"}, &stderr)
 	}()
-	ev.waitFor(t, "app-ready", "rtx-ready")
+	ev.WaitFor(t, "app-ready", "rtx-ready")
 
 	c, _, err := websocket.Dial(t.Context(), "ws://"+sigAddr+"/sign_in?peer_id=x&version=2",
 		&websocket.DialOptions{Subprotocols: []string{"x-nv-sessionid.s1"}})
 	if err != nil {
 		t.Fatalf("dial signaling: %v", err)
 	}
-	ev.waitFor(t, "app-ready", "rtx-ready", "client-connected")
+	ev.WaitFor(t, "app-ready", "rtx-ready", "client-connected")
 	rep, err := dtlssrtp.Probe(t.Context(), mediaAddr, dtlssrtp.WithCount(30), dtlssrtp.WithRate(300))
 	if err != nil {
 		t.Fatalf("probe media: %v", err)
@@ -223,7 +163,7 @@ func TestRunServesSignalingAndMedia(t *testing.T) {
 		t.Errorf("media echoed %d of 30", rep.Received)
 	}
 	_ = c.Close(websocket.StatusNormalClosure, "")
-	ev.waitFor(t, "app-ready", "rtx-ready", "client-connected", "client-disconnected")
+	ev.WaitFor(t, "app-ready", "rtx-ready", "client-connected", "client-disconnected")
 
 	cancel()
 	if code := <-exited; code != 0 {

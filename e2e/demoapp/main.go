@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/livegate/livegate/pkg/appclient"
 	"github.com/livegate/livegate/pkg/dtlssrtp"
 	"github.com/livegate/livegate/pkg/logging"
 	"github.com/livegate/livegate/pkg/sessionid"
@@ -94,15 +95,14 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 
 func serve(ctx context.Context, cfg config, log zerolog.Logger) error {
 	notify := func(event string) { log.Info().Str("event", event).Msg("app event (no agent configured)") }
-	var rep *reporter
 	if cfg.agentAddr != "" {
-		rep = newReporter(cfg.agentAddr, cfg.agentRetry, log.With().Str("component", "agent_events").Logger())
-		notify = rep.notify
+		rep := appclient.NewReporter(cfg.agentAddr, cfg.agentRetry, log.With().Str("component", "agent_events").Logger())
+		notify = rep.Notify
 		repCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-		go rep.run(repCtx)
+		go rep.Run(repCtx)
 		defer func() {
 			cancel()
-			<-rep.done
+			<-rep.Done()
 		}()
 	}
 

@@ -330,7 +330,7 @@ func TestWholeLifecycle(t *testing.T) {
 		`{"success":false,"errorMessage":"stunPort: must be from 1 to 65535"}`)
 
 	ep := &livegatev1.Endpoint{InstanceId: instance, SessionId: "s-1", EdgeId: "edge-1", PublicHost: "edge-1.example.net",
-		SignalingPort: 48322, PublicUdpPorts: []uint32{10500, 10501}, MediaBackends: []string{"127.0.0.1:30002", "127.0.0.1:30003"}}
+		PublicIp: "198.18.1.1", SignalingPort: 48322, PublicUdpPorts: []uint32{10500, 10501}, MediaBackends: []string{"127.0.0.1:30002", "127.0.0.1:30003"}}
 	val, err := wire.Marshal(ep)
 	if err != nil {
 		t.Fatal(err)
@@ -338,7 +338,8 @@ func TestWholeLifecycle(t *testing.T) {
 	if _, err := n.b.Endpoints.Put(context.Background(), instance, val); err != nil {
 		t.Fatal(err)
 	}
-	if got := next(t, appEvents, "endpoint-assigned"); !strings.Contains(got, `"publicHost":"edge-1.example.net"`) || !strings.Contains(got, `"publicUdpPorts":[10500,10501]`) {
+	if got := next(t, appEvents, "endpoint-assigned"); !strings.Contains(got, `"publicHost":"edge-1.example.net"`) || !strings.Contains(got, `"publicUdpPorts":[10500,10501]`) ||
+		!strings.Contains(got, `"publicIp":"198.18.1.1"`) {
 		t.Errorf("app got endpoint %s", got)
 	}
 	eventually(t, 5*time.Second, "endpoint in /session", func() bool { return a.session()["endpoint"] != nil })

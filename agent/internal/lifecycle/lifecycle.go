@@ -52,6 +52,7 @@ type Endpoint struct {
 	SessionID      string    `json:"sessionId"`
 	EdgeID         string    `json:"edgeId"`
 	PublicHost     string    `json:"publicHost"`
+	PublicIP       string    `json:"publicIp"`
 	SignalingPort  uint32    `json:"signalingPort"`
 	PublicUDPPorts []uint32  `json:"publicUdpPorts"`
 	MediaBackends  []string  `json:"mediaBackends"`
@@ -380,7 +381,7 @@ func (a *Agent) Endpoint() (Endpoint, bool) {
 func endpointView(ep *livegatev1.Endpoint, withSecret bool) Endpoint {
 	v := Endpoint{
 		InstanceID: ep.InstanceId, SessionID: ep.SessionId, EdgeID: ep.EdgeId, PublicHost: ep.PublicHost,
-		SignalingPort: ep.SignalingPort, PublicUDPPorts: ep.PublicUdpPorts, MediaBackends: ep.MediaBackends,
+		PublicIP: ep.PublicIp, SignalingPort: ep.SignalingPort, PublicUDPPorts: ep.PublicUdpPorts, MediaBackends: ep.MediaBackends,
 	}
 	if ep.AssignedAt != nil {
 		v.AssignedAt = ep.AssignedAt.AsTime()

@@ -1,6 +1,6 @@
 // Package stack starts livegate's processes inside a netns.Topology: the edge (with its embedded
-// NATS and supervised HAProxy) in the edge namespace, an agent and the demo app in each node
-// namespace, and the probe in the client namespace. The end-to-end test and `make demo` share it.
+// NATS and supervised HAProxy) in the edge namespace, an agent and the demo app (or the WebRTC
+// sample app) in each node namespace, and the probe in the client namespace. The end-to-end test and `make demo` share it.
 package stack
 
 import (
@@ -18,14 +18,17 @@ import (
 // Binaries are the built programs.
 type Binaries struct {
 	Agent, Edge, DemoApp string
+	// StreamApp is the WebRTC sample app (samples/streamapp).
+	StreamApp string
 }
 
 // Main packages, relative to the repository root; `go build -o dir/` names each binary after its
 // directory.
 const (
-	agentMain   = "./agent/cmd/livegate-agent"
-	edgeMain    = "./edgeproxy/cmd/livegate-edgeproxy"
-	demoAppMain = "./e2e/demoapp"
+	agentMain     = "./agent/cmd/livegate-agent"
+	edgeMain      = "./edgeproxy/cmd/livegate-edgeproxy"
+	demoAppMain   = "./e2e/demoapp"
+	streamAppMain = "./samples/streamapp"
 )
 
 // RepoRoot finds the directory holding go.work, from the working directory up.
@@ -46,24 +49,26 @@ func RepoRoot() (string, error) {
 	}
 }
 
-// Build compiles the three binaries into dir with one `go build`, which builds them in parallel
+// Build compiles the four binaries into dir with one `go build`, which builds them in parallel
 // and reuses the build cache.
 func Build(ctx context.Context, dir string) (Binaries, error) {
-	if err := goBuild(ctx, dir, agentMain, edgeMain, demoAppMain); err != nil {
+	if err := goBuild(ctx, dir, agentMain, edgeMain, demoAppMain, streamAppMain); err != nil {
 		return Binaries{}, err
 	}
 	return Binaries{
-		Agent:   filepath.Join(dir, "livegate-agent"),
-		Edge:    filepath.Join(dir, "livegate-edgeproxy"),
-		DemoApp: filepath.Join(dir, "demoapp"),
+		Agent:     filepath.Join(dir, "livegate-agent"),
+		Edge:      filepath.Join(dir, "livegate-edgeproxy"),
+		DemoApp:   filepath.Join(dir, "demoapp"),
+		StreamApp: filepath.Join(dir, "streamapp"),
 	}, nil
 }
 
-// Prebuilt takes livegate-agent and livegate-edgeproxy from binDir (what `make build` made) and
-// builds only the demo app, into dir.
+// Prebuilt takes livegate-agent, livegate-edgeproxy and streamapp from binDir (what `make build`
+// made) and builds only the demo app, into dir.
 func Prebuilt(ctx context.Context, binDir, dir string) (Binaries, error) {
-	b := Binaries{Agent: filepath.Join(binDir, "livegate-agent"), Edge: filepath.Join(binDir, "livegate-edgeproxy")}
-	for _, p := range []string{b.Agent, b.Edge} {
+	b := Binaries{Agent: filepath.Join(binDir, "livegate-agent"), Edge: filepath.Join(binDir, "livegate-edgeproxy"),
+		StreamApp: filepath.Join(binDir, "streamapp")}
+	for _, p := range []string{b.Agent, b.Edge, b.StreamApp} {
 		if _, err := os.Stat(p); err != nil {
 			return Binaries{}, fmt.Errorf("prebuilt binary: %w (run `make build`)", err)
 		}
@@ -88,7 +93,7 @@ func goBuild(ctx context.Context, dir string, mains ...string) error {
 	return nil
 }
 
-// Built builds the three binaries at most once per test process, into a temporary directory
+// Built builds the four binaries at most once per test process, into a temporary directory
 // that Remove deletes (from TestMain, after every test has run). The zero value is ready to use.
 type Built struct {
 	once sync.Once

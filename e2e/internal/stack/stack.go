@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -54,15 +55,18 @@ type Options struct {
 	EdgeArgs []string
 }
 
-// NodeOptions describe one node: an agent and the demo app.
+// NodeOptions describe one node: an agent and an app.
 type NodeOptions struct {
 	QuitOnSessionEnded   bool
 	ResumeTimeoutSeconds int
+	// StreamApp runs the WebRTC sample app (a browser can play it) instead of the demo app.
+	StreamApp bool
 }
 
 // Deployment is a running stack.
 type Deployment struct {
 	opts  Options
+	video string
 	Topo  *netns.Topology
 	Edge  *proc.Proc
 	Nodes []*Node
@@ -231,16 +235,41 @@ func (n *Node) startAgent(ctx context.Context) error {
 }
 
 func (n *Node) startApp(ctx context.Context) error {
-	p, err := n.d.start(ctx, fmt.Sprintf("app%d", n.Index), n.NS, n.d.opts.Bins.DemoApp,
+	bin, args := n.d.opts.Bins.DemoApp, []string{
 		"--signaling-addr", fmt.Sprintf(":%d", AppSignalingPort),
 		"--media-addr", fmt.Sprintf(":%d", AppMediaPort),
 		"--log-format", "console",
-	)
+	}
+	if n.opts.StreamApp {
+		video, err := n.d.testVideo(ctx)
+		if err != nil {
+			return err
+		}
+		bin, args = n.d.opts.Bins.StreamApp, append(args, "--video", video)
+	}
+	p, err := n.d.start(ctx, fmt.Sprintf("app%d", n.Index), n.NS, bin, args...)
 	if err != nil {
 		return err
 	}
 	n.App = p
 	return WaitTCP(ctx, p, n.NS, fmt.Sprintf("127.0.0.1:%d", AppSignalingPort))
+}
+
+// testVideoSeconds is the length of the stream apps' loop: short, to make quickly.
+const testVideoSeconds = 4
+
+// testVideo makes the stream apps' test pattern in the deployment's directory, once.
+func (d *Deployment) testVideo(ctx context.Context) (string, error) {
+	if d.video != "" {
+		return d.video, nil
+	}
+	path := filepath.Join(d.opts.Dir, "testsrc.ivf")
+	out, err := exec.CommandContext(ctx, d.opts.Bins.StreamApp, "gen-video", "-seconds", strconv.Itoa(testVideoSeconds), path).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("test video: %w: %s", err, strings.TrimSpace(string(out)))
+	}
+	d.video = path
+	return path, nil
 }
 
 // Ready is an answer of /v1/streaming/ready.

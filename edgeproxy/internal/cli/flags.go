@@ -171,7 +171,7 @@ func newFlagSet(name string, stderr io.Writer, extra []func(*flag.FlagSet)) (*fl
 	fs.DurationVar(&f.claimDelayMax, "claim-delay-max", time.Second, "cap of the pool claim delay")
 	fs.StringVar(&f.mediaMode, "media", "on", "media plane: on (kernel DNAT of public UDP ports) or off (signaling only)")
 	fs.StringVar(&f.mediaPorts, "media-ports", DefaultMediaPorts, "public UDP port range for media")
-	fs.StringVar(&f.publicIP, "public-ip", "", "IPv4 address media arrives at on this host (the DNAT match)")
+	fs.StringVar(&f.publicIP, "public-ip", "", "IPv4 address media arrives at on this host (the DNAT match; published in each endpoint for ICE candidates)")
 	fs.DurationVar(&f.portQuarantine, "port-quarantine", 60*time.Second, "how long a released public port rests before reuse")
 	fs.BoolVar(&f.snat, "snat", true, "SNAT forwarded media so replies come back through the edge")
 	fs.StringVar(&f.natsURL, "nats-url", "nats://127.0.0.1:4222", "comma-separated NATS server URLs")
@@ -308,6 +308,9 @@ func (f *flags) settings(drivers map[string]DriverFactory) (*settings, error) {
 		Policy:    routes.Policy{BackendCIDRs: cidrs, BackendPorts: ports},
 		MaxRoutes: f.maxRoutes, Resync: f.resync, Heartbeat: f.heartbeat, EdgeTTL: f.edgeTTL,
 		ClaimDelayStep: f.claimDelayStep, MaxClaimDelay: f.claimDelayMax, Version: buildinfo.Version,
+	}
+	if s.publicIP.IsValid() {
+		s.reconcile.PublicIP = s.publicIP.String()
 	}
 	if err := s.reconcile.Validate(); err != nil {
 		errs = append(errs, err)

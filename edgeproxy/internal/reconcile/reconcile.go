@@ -55,6 +55,9 @@ type Config struct {
 	ClaimDelayStep time.Duration
 	MaxClaimDelay  time.Duration
 	Version        string
+	// PublicIP is the address of the public UDP ports, published beside the host name because an
+	// ICE candidate needs an address; empty without a media plane.
+	PublicIP string
 }
 
 // Validate reports a configuration the loop cannot run with.
@@ -204,11 +207,11 @@ type endpoint struct {
 // published holds the fields of a livegate_endpoints value that this edge writes and compares.
 // What this edge wrote shares its slices with the served route.
 type published struct {
-	instance, session, edge, host string
-	signalingPort                 uint32
-	ports                         []uint16
-	media                         []netip.AddrPort
-	turn                          *livegatev1.TurnRelay
+	instance, session, edge, host, ip string
+	signalingPort                     uint32
+	ports                             []uint16
+	media                             []netip.AddrPort
+	turn                              *livegatev1.TurnRelay
 	// unreadable marks a value whose ports or backends do not parse: it equals nothing.
 	unreadable bool
 }
@@ -216,7 +219,7 @@ type published struct {
 func publishedOf(pb *livegatev1.Endpoint) *published {
 	p := &published{
 		instance: pb.GetInstanceId(), session: pb.GetSessionId(), edge: pb.GetEdgeId(), host: pb.GetPublicHost(),
-		signalingPort: pb.GetSignalingPort(), turn: pb.GetTurn(),
+		ip: pb.GetPublicIp(), signalingPort: pb.GetSignalingPort(), turn: pb.GetTurn(),
 	}
 	for _, port := range pb.GetPublicUdpPorts() {
 		p.unreadable = p.unreadable || port == 0 || port > 65535
@@ -234,7 +237,7 @@ func publishedOf(pb *livegatev1.Endpoint) *published {
 func (r *Reconciler) publishedFor(w servedRoute, turn *livegatev1.TurnRelay) *published {
 	return &published{
 		instance: w.route.Key, session: w.route.SessionID, edge: r.cfg.EdgeID, host: r.cfg.PublicHost,
-		signalingPort: r.cfg.SignalingPort, ports: w.publicPorts(), media: w.route.Media, turn: turn,
+		ip: r.cfg.PublicIP, signalingPort: r.cfg.SignalingPort, ports: w.publicPorts(), media: w.route.Media, turn: turn,
 	}
 }
 
@@ -242,7 +245,7 @@ func (r *Reconciler) publishedFor(w servedRoute, turn *livegatev1.TurnRelay) *pu
 // without building the latter for every served route on every pass.
 func (p *published) publishes(r *Reconciler, w servedRoute) bool {
 	return p != nil && !p.unreadable && p.instance == w.route.Key && p.session == w.route.SessionID &&
-		p.edge == r.cfg.EdgeID && p.host == r.cfg.PublicHost && p.signalingPort == r.cfg.SignalingPort &&
+		p.edge == r.cfg.EdgeID && p.host == r.cfg.PublicHost && p.ip == r.cfg.PublicIP && p.signalingPort == r.cfg.SignalingPort &&
 		slices.Equal(p.ports, w.publicPorts()) && slices.Equal(p.media, w.route.Media) && r.turnCurrent(w.route.SessionID, p.turn)
 }
 
@@ -1000,7 +1003,8 @@ func runWrites(fns []func() writeResult) []writeResult {
 func (r *Reconciler) endpointFor(w servedRoute) *livegatev1.Endpoint {
 	ep := &livegatev1.Endpoint{
 		InstanceId: w.route.Key, SessionId: w.route.SessionID, EdgeId: r.cfg.EdgeID,
-		PublicHost: r.cfg.PublicHost, SignalingPort: r.cfg.SignalingPort, AssignedAt: timestamppb.New(r.now()),
+		PublicHost: r.cfg.PublicHost, PublicIp: r.cfg.PublicIP, SignalingPort: r.cfg.SignalingPort,
+		AssignedAt: timestamppb.New(r.now()),
 	}
 	for _, m := range w.route.Media {
 		ep.MediaBackends = append(ep.MediaBackends, m.String())

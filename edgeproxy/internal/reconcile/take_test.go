@@ -19,7 +19,7 @@ import (
 // equal compares two published endpoints field by field; an unreadable one equals nothing.
 func (p *published) equal(o *published) bool {
 	return p != nil && o != nil && !p.unreadable && !o.unreadable && p.instance == o.instance && p.session == o.session &&
-		p.edge == o.edge && p.host == o.host && p.signalingPort == o.signalingPort &&
+		p.edge == o.edge && p.host == o.host && p.ip == o.ip && p.signalingPort == o.signalingPort &&
 		slices.Equal(p.ports, o.ports) && slices.Equal(p.media, o.media)
 }
 
@@ -198,7 +198,7 @@ func TestEchoWaitsForItsWrite(t *testing.T) {
 func TestPublishedMatchesWhatIsWritten(t *testing.T) {
 	r := loopState()
 	r.now = time.Now
-	r.cfg.PublicHost, r.cfg.SignalingPort = "edge-a.example.test", 48322
+	r.cfg.PublicHost, r.cfg.PublicIP, r.cfg.SignalingPort = "edge-a.example.test", "198.18.1.1", 48322
 	w := servedRoute{route: routes.Route{
 		Key: "i1", SessionID: "s1", Signaling: netip.MustParseAddrPort("127.0.0.1:30000"),
 		Media: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:30001"), netip.MustParseAddrPort("127.0.0.1:30002")},
@@ -222,6 +222,14 @@ func TestPublishedMatchesWhatIsWritten(t *testing.T) {
 			t.Fatalf("%s changed, yet the endpoint compares equal", name)
 		}
 	}
+	if read.pub.ip != "198.18.1.1" {
+		t.Errorf("endpoint public ip %q, want the configured 198.18.1.1", read.pub.ip)
+	}
+	r.cfg.PublicIP = "198.18.1.9"
+	if read.pub.publishes(r, w) {
+		t.Fatal("the public ip changed, yet the endpoint compares equal")
+	}
+	r.cfg.PublicIP = "198.18.1.1"
 	bad, err := wire.Marshal(&livegatev1.Endpoint{InstanceId: "i1", PublicUdpPorts: []uint32{70000}})
 	if err != nil {
 		t.Fatal(err)

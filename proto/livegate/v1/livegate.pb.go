@@ -792,6 +792,9 @@ type Endpoint struct {
 	PublicUdpPorts []uint32               `protobuf:"varint,6,rep,packed,name=public_udp_ports,json=publicUdpPorts,proto3" json:"public_udp_ports,omitempty"`
 	MediaBackends  []string               `protobuf:"bytes,7,rep,name=media_backends,json=mediaBackends,proto3" json:"media_backends,omitempty"`
 	AssignedAt     *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=assigned_at,json=assignedAt,proto3" json:"assigned_at,omitempty"`
+	// The IPv4 address the public UDP ports are on (the edge's --public-ip), for apps that must put
+	// an address, not a host name, into their ICE candidate. Empty when the edge forwards no media.
+	PublicIp string `protobuf:"bytes,9,opt,name=public_ip,json=publicIp,proto3" json:"public_ip,omitempty"`
 	// The edge's own TURN relay and this session's credential for it; unset when the edge runs none.
 	Turn          *TurnRelay `protobuf:"bytes,10,opt,name=turn,proto3" json:"turn,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -882,6 +885,13 @@ func (x *Endpoint) GetAssignedAt() *timestamppb.Timestamp {
 		return x.AssignedAt
 	}
 	return nil
+}
+
+func (x *Endpoint) GetPublicIp() string {
+	if x != nil {
+		return x.PublicIp
+	}
+	return ""
 }
 
 func (x *Endpoint) GetTurn() *TurnRelay {
@@ -1117,7 +1127,7 @@ const file_livegate_v1_livegate_proto_rawDesc = "" +
 	"\x04pool\x18\x06 \x01(\tR\x04pool\x126\n" +
 	"\tlease_ttl\x18\a \x01(\v2\x19.google.protobuf.DurationR\bleaseTtl\x129\n" +
 	"\n" +
-	"renewed_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\trenewedAt\"\xe5\x02\n" +
+	"renewed_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\trenewedAt\"\x82\x03\n" +
 	"\bEndpoint\x12\x1f\n" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
 	"instanceId\x12\x1d\n" +
@@ -1130,7 +1140,8 @@ const file_livegate_v1_livegate_proto_rawDesc = "" +
 	"\x10public_udp_ports\x18\x06 \x03(\rR\x0epublicUdpPorts\x12%\n" +
 	"\x0emedia_backends\x18\a \x03(\tR\rmediaBackends\x12;\n" +
 	"\vassigned_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"assignedAt\x12*\n" +
+	"assignedAt\x12\x1b\n" +
+	"\tpublic_ip\x18\t \x01(\tR\bpublicIp\x12*\n" +
 	"\x04turn\x18\n" +
 	" \x01(\v2\x16.livegate.v1.TurnRelayR\x04turn\"\x96\x01\n" +
 	"\tTurnRelay\x12\x12\n" +

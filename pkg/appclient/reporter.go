@@ -1,4 +1,6 @@
-package main
+// Package appclient is the app's side of the agent's loopback app API: Reporter posts the app's
+// lifecycle events, Follow reads the agent's notification stream.
+package appclient
 
 import (
 	"context"
@@ -10,9 +12,9 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// reporter posts the app's events to its agent's loopback app API, one at a time and in order (a
+// Reporter posts the app's events to its agent's loopback app API, one at a time and in order (a
 // disconnect must never overtake its connect), retrying while the agent is not up yet.
-type reporter struct {
+type Reporter struct {
 	base   string
 	client *http.Client
 	retry  time.Duration
@@ -21,10 +23,10 @@ type reporter struct {
 	done   chan struct{}
 }
 
-// newReporter posts to http://agentAddr/v1/app/events/<event>; each event is retried for up to
+// NewReporter posts to http://agentAddr/v1/app/events/<event>; each event is retried for up to
 // retry. Run must be running for events to leave.
-func newReporter(agentAddr string, retry time.Duration, log zerolog.Logger) *reporter {
-	return &reporter{
+func NewReporter(agentAddr string, retry time.Duration, log zerolog.Logger) *Reporter {
+	return &Reporter{
 		base:   "http://" + agentAddr + "/v1/app/events/",
 		client: &http.Client{Timeout: 2 * time.Second},
 		retry:  retry,
@@ -34,9 +36,9 @@ func newReporter(agentAddr string, retry time.Duration, log zerolog.Logger) *rep
 	}
 }
 
-// notify queues an event; when the queue is full the event is dropped with a warning rather than
-// blocking a websocket handler.
-func (r *reporter) notify(event string) {
+// Notify queues an event; when the queue is full the event is dropped with a warning rather than
+// blocking a connection handler.
+func (r *Reporter) Notify(event string) {
 	select {
 	case r.queue <- event:
 	default:
@@ -48,8 +50,9 @@ func (r *reporter) notify(event string) {
 // disconnect is reported without holding the exit up for long.
 const shutdownGrace = 2 * time.Second
 
-// run posts queued events until ctx is done, then posts what is still queued.
-func (r *reporter) run(ctx context.Context) {
+// Run posts queued events until ctx is done, then posts what is still queued; Done is closed when
+// it returns.
+func (r *Reporter) Run(ctx context.Context) {
 	defer close(r.done)
 	for {
 		select {
@@ -70,7 +73,7 @@ func (r *reporter) run(ctx context.Context) {
 
 // post delivers one event, retrying for up to r.retry; once shutdown is done only shutdownGrace
 // remains.
-func (r *reporter) post(shutdown context.Context, event string) {
+func (r *Reporter) post(shutdown context.Context, event string) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(shutdown), r.retry)
 	defer cancel()
 	stop := context.AfterFunc(shutdown, func() { time.AfterFunc(shutdownGrace, cancel) })
@@ -97,10 +100,13 @@ func (r *reporter) post(shutdown context.Context, event string) {
 	}
 }
 
+// Done is closed once Run has returned.
+func (r *Reporter) Done() <-chan struct{} { return r.done }
+
 // permanentError is an answer that a retry would not change.
 type permanentError struct{ error }
 
-func (r *reporter) postOnce(ctx context.Context, event string) error {
+func (r *Reporter) postOnce(ctx context.Context, event string) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.base+event, nil)
 	if err != nil {
 		return permanentError{fmt.Errorf("build request: %w", err)}

@@ -1,0 +1,189 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/livegate/livegate/e2e/internal/browser"
+	"github.com/livegate/livegate/e2e/internal/netns"
+	"github.com/livegate/livegate/e2e/internal/stack"
+	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
+)
+
+// browserPrefix names the browser test's namespaces, apart from the lifecycle test's.
+const browserPrefix = "lgeb"
+
+// TestBrowserStreams plays two sessions in two headless Chromiums at once, in the client
+// namespace, through the real edge (HAProxy TLS on 48322, kernel DNAT, NATS) from two WebRTC
+// sample apps with their agents: the video plays, the data channel echoes, the selected
+// candidate pair is the edge's public address and the session's port, each browser sees its own
+// app, and endsession takes the peer connection, the route, the DNAT rule and the translated
+// conntrack entries away.
+func TestBrowserStreams(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("e2e: needs root (network namespaces, iptables, conntrack); run `sudo make test`")
+	}
+	if _, err := browser.Find(); err != nil {
+		t.Fatal(err)
+	}
+	b := binaries(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	d, err := stack.Start(ctx, stack.Options{
+		Prefix: browserPrefix, Bins: b, Dir: t.TempDir(), EdgeID: edgeID, Pool: pool, LeaseTTL: leaseTTL,
+		Nodes: []stack.NodeOptions{
+			{StreamApp: true, QuitOnSessionEnded: true, ResumeTimeoutSeconds: resumeTimeoutSeconds},
+			{StreamApp: true, QuitOnSessionEnded: true, ResumeTimeoutSeconds: resumeTimeoutSeconds},
+		},
+	})
+	if err != nil {
+		if d != nil {
+			t.Log(d.Logs())
+		}
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(d.Logs())
+		}
+		if err := d.Close(); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+		if left, _ := netns.List(context.Background(), d.Topo.ID); len(left) > 0 {
+			t.Errorf("namespaces left behind: %v", left)
+		}
+	})
+	page, stopPage, err := browser.ServePage(d.Topo.Client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stopPage)
+
+	t.Run("group", func(t *testing.T) {
+		for _, n := range d.Nodes {
+			t.Run(n.InstanceID, func(t *testing.T) {
+				t.Parallel()
+				w := &walk{t: t, ctx: ctx, d: d, n: n}
+				w.playInBrowser(page)
+			})
+		}
+	})
+}
+
+// playInBrowser plays the node's first session in a browser of its own, checks it, and ends it.
+func (w *walk) playInBrowser(page string) {
+	t := w.t
+	br, err := browser.Launch(w.ctx, w.d.Topo.Client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer br.Close()
+
+	rfc := w.event(0, livegatev1.EventType_EVENT_TYPE_READY_FOR_CONNECTION)
+	s := session{id: rfc.Event.GetSessionId()}
+	s.endpoint = w.routed(0, s.id, rfc.At)
+	port := int(s.endpoint.GetPublicUdpPorts()[0])
+	if got := s.endpoint.GetPublicIp(); got != netns.EdgePublic.String() {
+		t.Fatalf("endpoint public ip %q, want the edge's %s", got, netns.EdgePublic)
+	}
+	mark := w.d.Obs.Mark()
+	if err := br.Open(w.ctx, page, netns.EdgePublic.String(), s.id); err != nil {
+		t.Fatal(err)
+	}
+
+	st := w.pageState(br, "the first decoded frame", func(st browser.State) bool { return st.FirstFrameAt > 0 })
+	firstFrame := time.UnixMilli(st.FirstFrameAt)
+	// The browser starts after the session is ready, so the time from ready_for_connection
+	// includes Chromium's start; the time from opening the page is the session's own.
+	w.logf("time to first frame: %s from opening the page (%s from ready_for_connection)",
+		firstFrame.Sub(time.UnixMilli(st.StartedAt)).Round(time.Millisecond),
+		firstFrame.Sub(rfc.Event.GetTime().AsTime()).Round(time.Millisecond))
+	w.event(mark, livegatev1.EventType_EVENT_TYPE_CLIENT_CONNECTED)
+	w.waitReady(readyActive)
+
+	before := st.FramesDecoded
+	time.Sleep(3 * time.Second)
+	st = w.pageState(br, "figures", func(browser.State) bool { return true })
+	if got := st.FramesDecoded - before; got < 30 {
+		t.Errorf("%d frames decoded in 3 s, want at least 30 (state %+v)", got, st)
+	}
+	if rc := st.RemoteCandidate; rc == nil || rc.Address != netns.EdgePublic.String() || rc.Port != port || rc.Protocol != "udp" {
+		t.Errorf("selected pair's remote candidate %s, want %s:%d udp", rc, netns.EdgePublic, port)
+	}
+
+	sent := w.pageState(br, "the data channel", func(browser.State) bool {
+		ok, err := br.SendInput(w.ctx)
+		return err == nil && ok
+	}).Echoes
+	st = w.pageState(br, "the input echo", func(st browser.State) bool { return st.Echoes > sent })
+	if st.EchoSession != s.id {
+		t.Errorf("input echoed by session %q's app, want %s's", st.EchoSession, s.id)
+	}
+	rtt := "-"
+	if st.RTTMs != nil {
+		rtt = fmt.Sprintf("%.1f ms", *st.RTTMs)
+	}
+	w.logf("browser: %d frames decoded, %.0f kbit/s, RTT %s, echo %.1f ms, pair %s -> %s, errors %q",
+		st.FramesDecoded, st.BitrateKbps, rtt, *st.LastEchoMs, st.LocalCandidate, st.RemoteCandidate, st.Errors)
+
+	mark = w.d.Obs.Mark()
+	if status, err := w.n.EndSession(w.ctx, s.id, true); err != nil {
+		t.Fatalf("endsession: %v (%s)", err, status)
+	}
+	st = w.pageState(br, "the page to see the session end", func(st browser.State) bool {
+		return st.WSState == "closed" && st.PCState == "closed"
+	})
+	if !strings.HasPrefix(st.WSCloseReason, "session ended") {
+		t.Errorf("signaling closed with %d %q, want the app's session ended", st.WSCloseCode, st.WSCloseReason)
+	}
+	w.event(mark, livegatev1.EventType_EVENT_TYPE_ROUTE_REMOVED)
+	w.eventually("session "+s.id+" removed everywhere", func() error {
+		if r, err := w.d.Obs.Route(w.ctx, w.n.InstanceID); err != nil || (r != nil && r.GetSessionId() == s.id) {
+			return fmt.Errorf("route still there: %v %v", r, err)
+		}
+		if m, err := w.d.HAProxyMap(w.ctx); err != nil || m[s.id] != "" {
+			return fmt.Errorf("HAProxy map entry left: %q %v", m[s.id], err)
+		}
+		if n := w.dnatRules(uint32(port)); n != 0 {
+			return fmt.Errorf("%d DNAT rules left for port %d", n, port)
+		}
+		if n := w.translated(port); n != 0 {
+			return fmt.Errorf("%d translated conntrack entries left for port %d", n, port)
+		}
+		return nil
+	})
+	w.refused(s.id)
+	w.logf("session %s ended: peer connection closed, route, map entry, DNAT rule and translated conntrack entries of udp %d gone", s.id, port)
+}
+
+// translated counts the edge's conntrack entries for a public port that are DNATed to an app. A
+// browser's last packets after the rule went may leave an untranslated entry, which reaches no
+// app and expires by itself.
+func (w *walk) translated(port int) int {
+	out, err := w.d.Topo.Edge.Output(w.ctx, "conntrack", "-L", "-p", "udp", "--orig-port-dst", strconv.Itoa(port), "--dst-nat")
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	return strings.Count(out, "udp ")
+}
+
+// pageState polls the page until ok holds, for up to 30 s.
+func (w *walk) pageState(br *browser.Browser, what string, ok func(browser.State) bool) browser.State {
+	w.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	var st browser.State
+	var err error
+	for time.Now().Before(deadline) {
+		if st, err = br.State(w.ctx); err == nil && ok(st) {
+			return st
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	w.t.Fatalf("waiting for %s: page state %+v (%v)", what, st, err)
+	return st
+}
