@@ -96,8 +96,16 @@ func (b *Browser) do(ctx context.Context, actions ...chromedp.Action[chromedp.Vo
 
 // Open loads the web client page for session through edge (host or IP).
 func (b *Browser) Open(ctx context.Context, page, edge, session string) error {
-	u := page + "?" + url.Values{"edge": {edge}, "session": {session}}.Encode()
-	return b.do(ctx, chromedp.Navigate(u))
+	return b.OpenWith(ctx, page, edge, session, nil)
+}
+
+// OpenWith is Open with more query parameters for the page (relay=tcp: TURN/TCP only, ...).
+func (b *Browser) OpenWith(ctx context.Context, page, edge, session string, extra url.Values) error {
+	q := url.Values{"edge": {edge}, "session": {session}}
+	for k, v := range extra {
+		q[k] = v
+	}
+	return b.do(ctx, chromedp.Navigate(page+"?"+q.Encode()))
 }
 
 // State is the page's window.livegate.state.
@@ -125,6 +133,8 @@ type Candidate struct {
 	Port     int    `json:"port"`
 	Protocol string `json:"protocol"`
 	Type     string `json:"type"`
+	// RelayProtocol is how a relay candidate reaches its TURN server: udp, tcp or tls.
+	RelayProtocol string `json:"relayProtocol"`
 }
 
 func (c *Candidate) String() string {
