@@ -4,7 +4,6 @@ import (
 	"context"
 	"net/url"
 	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -28,33 +27,9 @@ func TestBrowserTURN(t *testing.T) {
 	if _, err := browser.Find(); err != nil {
 		t.Fatal(err)
 	}
-	b := binaries(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	dir := t.TempDir()
-	secret := filepath.Join(dir, "turn-secret")
-	if err := os.WriteFile(secret, []byte("e2e-browser-turn-secret-0123\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	d, err := stack.Start(ctx, stack.Options{
-		Prefix: browserTURNPrefix, Bins: b, Dir: dir, EdgeID: edgeID, Pool: pool, LeaseTTL: leaseTTL,
-		Nodes:    []stack.NodeOptions{{StreamApp: true, ResumeTimeoutSeconds: 30}},
-		EdgeArgs: []string{"--turn", "--turn-secret-file", secret, "--turn-relay-ports", "40000-40099"},
-	})
-	if err != nil {
-		if d != nil {
-			t.Log(d.Logs())
-		}
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Log(d.Logs())
-		}
-		if err := d.Close(); err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
-	})
+	d := startTURNStack(ctx, t, browserTURNPrefix, []stack.NodeOptions{{StreamApp: true, ResumeTimeoutSeconds: 30}})
 	page, stopPage, err := browser.ServePage(d.Topo.Client)
 	if err != nil {
 		t.Fatal(err)

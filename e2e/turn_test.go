@@ -31,33 +31,9 @@ func TestTURNRelay(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("e2e: needs root (network namespaces, iptables, conntrack); run `sudo make test`")
 	}
-	b := binaries(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	dir := t.TempDir()
-	secret := filepath.Join(dir, "turn-secret")
-	if err := os.WriteFile(secret, []byte("e2e-turn-secret-0123456789\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	d, err := stack.Start(ctx, stack.Options{
-		Prefix: turnPrefix, Bins: b, Dir: dir, EdgeID: edgeID, Pool: pool, LeaseTTL: leaseTTL,
-		Nodes:    []stack.NodeOptions{{ResumeTimeoutSeconds: 30}, {ResumeTimeoutSeconds: 30}},
-		EdgeArgs: []string{"--turn", "--turn-secret-file", secret, "--turn-relay-ports", "40000-40099"},
-	})
-	if err != nil {
-		if d != nil {
-			t.Log(d.Logs())
-		}
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Log(d.Logs())
-		}
-		if err := d.Close(); err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
-	})
+	d := startTURNStack(ctx, t, turnPrefix, []stack.NodeOptions{{ResumeTimeoutSeconds: 30}, {ResumeTimeoutSeconds: 30}})
 
 	eps := make([]*livegatev1.Endpoint, len(d.Nodes))
 	for i, n := range d.Nodes {
@@ -152,10 +128,43 @@ func TestTURNRelay(t *testing.T) {
 			t.Error("a TURN credential is in the logs")
 		}
 	}
-	if strings.Contains(d.Logs(), "e2e-turn-secret") {
+	if strings.Contains(d.Logs(), turnSecret) {
 		t.Error("the TURN secret is in the logs")
 	}
 }
+
+// startTURNStack starts a deployment of nodes whose edge runs its TURN relay (relay ports
+// 40000-40099) with a secret of its own, and stops it when the test ends.
+func startTURNStack(ctx context.Context, t *testing.T, prefix string, nodes []stack.NodeOptions) *stack.Deployment {
+	t.Helper()
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "turn-secret")
+	if err := os.WriteFile(secret, []byte(turnSecret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d, err := stack.Start(ctx, stack.Options{
+		Prefix: prefix, Bins: binaries(t), Dir: dir, EdgeID: edgeID, Pool: pool, LeaseTTL: leaseTTL, Nodes: nodes,
+		EdgeArgs: []string{"--turn", "--turn-secret-file", secret, "--turn-relay-ports", "40000-40099"},
+	})
+	if err != nil {
+		if d != nil {
+			t.Log(d.Logs())
+		}
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(d.Logs())
+		}
+		if err := d.Close(); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	return d
+}
+
+// turnSecret is the relay's shared secret in these tests.
+const turnSecret = "e2e-turn-secret-0123456789"
 
 // waitEndpointWithTURN waits for instance's endpoint with a public port and a TURN credential.
 func waitEndpointWithTURN(ctx context.Context, t *testing.T, d *stack.Deployment, instance string) *livegatev1.Endpoint {
