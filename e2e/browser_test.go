@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -68,7 +67,7 @@ func TestBrowserStreams(t *testing.T) {
 		for _, n := range d.Nodes {
 			t.Run(n.InstanceID, func(t *testing.T) {
 				t.Parallel()
-				w := &walk{t: t, ctx: ctx, d: d, n: n}
+				w := &walk{t: t, ctx: ctx, d: d, n: n, translatedOnly: true}
 				w.playInBrowser(page)
 			})
 		}
@@ -92,7 +91,7 @@ func (w *walk) playInBrowser(page string) {
 		t.Fatalf("endpoint public ip %q, want the edge's %s", got, netns.EdgePublic)
 	}
 	mark := w.d.Obs.Mark()
-	if err := br.Open(w.ctx, page, netns.EdgePublic.String(), s.id); err != nil {
+	if err := br.Open(w.ctx, page, netns.EdgePublic.String(), s.id, nil); err != nil {
 		t.Fatal(err)
 	}
 
@@ -141,49 +140,18 @@ func (w *walk) playInBrowser(page string) {
 	if !strings.HasPrefix(st.WSCloseReason, "session ended") {
 		t.Errorf("signaling closed with %d %q, want the app's session ended", st.WSCloseCode, st.WSCloseReason)
 	}
-	w.event(mark, livegatev1.EventType_EVENT_TYPE_ROUTE_REMOVED)
-	w.eventually("session "+s.id+" removed everywhere", func() error {
-		if r, err := w.d.Obs.Route(w.ctx, w.n.InstanceID); err != nil || (r != nil && r.GetSessionId() == s.id) {
-			return fmt.Errorf("route still there: %v %v", r, err)
-		}
-		if m, err := w.d.HAProxyMap(w.ctx); err != nil || m[s.id] != "" {
-			return fmt.Errorf("HAProxy map entry left: %q %v", m[s.id], err)
-		}
-		if n := w.dnatRules(uint32(port)); n != 0 {
-			return fmt.Errorf("%d DNAT rules left for port %d", n, port)
-		}
-		if n := w.translated(port); n != 0 {
-			return fmt.Errorf("%d translated conntrack entries left for port %d", n, port)
-		}
-		return nil
-	})
-	w.refused(s.id)
-	w.logf("session %s ended: peer connection closed, route, map entry, DNAT rule and translated conntrack entries of udp %d gone", s.id, port)
-}
-
-// translated counts the edge's conntrack entries for a public port that are DNATed to an app. A
-// browser's last packets after the rule went may leave an untranslated entry, which reaches no
-// app and expires by itself.
-func (w *walk) translated(port int) int {
-	out, err := w.d.Topo.Edge.Output(w.ctx, "conntrack", "-L", "-p", "udp", "--orig-port-dst", strconv.Itoa(port), "--dst-nat")
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	return strings.Count(out, "udp ")
+	w.logf("session %s ended: the page's websocket and peer connection closed", s.id)
+	w.gone(mark, s)
 }
 
 // pageState polls the page until ok holds, for up to 30 s.
 func (w *walk) pageState(br *browser.Browser, what string, ok func(browser.State) bool) browser.State {
 	w.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	var st browser.State
-	var err error
-	for time.Now().Before(deadline) {
-		if st, err = br.State(w.ctx); err == nil && ok(st) {
-			return st
-		}
-		time.Sleep(100 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(w.ctx, 30*time.Second)
+	defer cancel()
+	st, err := br.WaitState(ctx, ok)
+	if err != nil {
+		w.t.Fatalf("waiting for %s: page state %+v (%v)", what, st, err)
 	}
-	w.t.Fatalf("waiting for %s: page state %+v (%v)", what, st, err)
 	return st
 }

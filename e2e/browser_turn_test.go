@@ -60,7 +60,7 @@ func TestBrowserTURN(t *testing.T) {
 			if tc.relay != "" {
 				extra.Set("relay", tc.relay)
 			}
-			if err := br.OpenWith(ctx, page, netns.EdgePublic.String(), s.id, extra); err != nil {
+			if err := br.Open(ctx, page, netns.EdgePublic.String(), s.id, extra); err != nil {
 				t.Fatal(err)
 			}
 			tw := &walk{t: t, ctx: ctx, d: d, n: d.Nodes[0]}

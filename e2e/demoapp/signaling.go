@@ -3,15 +3,12 @@ package main
 import (
 	"context"
 	"net/http"
-	"strings"
 	"sync"
 
 	"github.com/coder/websocket"
 	"github.com/livegate/livegate/pkg/sessionid"
 	"github.com/rs/zerolog"
 )
-
-const subprotocolPrefix = "x-nv-sessionid."
 
 // signaling is the app's /sign_in websocket endpoint. It stands in for a streaming app's
 // signaling server: it accepts the session the edge routed here, tells the agent when a client
@@ -25,26 +22,9 @@ type signaling struct {
 	active sync.WaitGroup
 }
 
-// requestSessionID finds the session id where the edge looks for it: a subprotocol token, then the
-// X-Session-Id header, then the sessionId query parameter. token is the subprotocol to echo.
-func requestSessionID(r *http.Request) (id, token string) {
-	for _, h := range r.Header.Values("Sec-WebSocket-Protocol") {
-		for _, p := range strings.Split(h, ",") {
-			p = strings.TrimSpace(p)
-			if rest, ok := strings.CutPrefix(p, subprotocolPrefix); ok {
-				return rest, p
-			}
-		}
-	}
-	if id := r.Header.Get("X-Session-Id"); id != "" {
-		return id, ""
-	}
-	return r.URL.Query().Get("sessionId"), ""
-}
-
 func (s *signaling) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	log := s.log.With().Str("remote_addr", r.RemoteAddr).Logger()
-	id, token := requestSessionID(r)
+	id, token := sessionid.FromRequest(r)
 	switch {
 	case id == "" && s.sessionID != "":
 		log.Warn().Msg("refused websocket without a session id")

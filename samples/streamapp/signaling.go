@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -18,8 +19,6 @@ import (
 	"github.com/pion/webrtc/v4"
 	"github.com/rs/zerolog"
 )
-
-const subprotocolPrefix = "x-nv-sessionid."
 
 // Close codes of the signaling websocket besides the standard ones; browsers show them to the
 // page (a refused HTTP upgrade they do not).
@@ -71,8 +70,17 @@ func (e endpoint) iceServers() []iceServer {
 }
 
 // candidateFor picks the public port whose media backend is on mediaPort (the ports and backends
-// are index-aligned), or the only one.
-func (e endpoint) candidateFor(mediaPort int) (candidate, error) {
+// are index-aligned), or the only one. direct picks the media backend itself instead, for a
+// browser that reaches the app without the edge (a baseline to measure the edge against).
+func (e endpoint) candidateFor(mediaPort int, direct bool) (candidate, error) {
+	if direct {
+		for _, b := range e.MediaBackends {
+			if ap, err := netip.ParseAddrPort(b); err == nil && int(ap.Port()) == mediaPort {
+				return candidate{ip: ap.Addr().String(), port: mediaPort}, nil
+			}
+		}
+		return candidate{}, fmt.Errorf("no media backend on port %d in the endpoint", mediaPort)
+	}
 	if e.PublicIP == "" {
 		return candidate{}, errors.New("the edge published no public IP for this session (is its media plane on?)")
 	}
@@ -165,25 +173,11 @@ func (a *app) closeAll() {
 	a.wg.Wait()
 }
 
-// requestSessionID finds the session id where the edge looks for it: a subprotocol token (what
-// browsers send), then the sessionId query parameter. token is the subprotocol to echo.
-func requestSessionID(r *http.Request) (id, token string) {
-	for _, h := range r.Header.Values("Sec-WebSocket-Protocol") {
-		for _, p := range strings.Split(h, ",") {
-			p = strings.TrimSpace(p)
-			if rest, ok := strings.CutPrefix(p, subprotocolPrefix); ok {
-				return rest, p
-			}
-		}
-	}
-	return r.URL.Query().Get("sessionId"), ""
-}
-
 func (a *app) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	log := a.log.With().Str("remote_addr", r.RemoteAddr).Logger()
-	id, token := requestSessionID(r)
+	id, token := sessionid.FromRequest(r)
 	if id == "" {
-		http.Error(w, "session id required (subprotocol "+subprotocolPrefix+"<id>)", http.StatusForbidden)
+		http.Error(w, "session id required (subprotocol "+sessionid.SubprotocolPrefix+"<id>)", http.StatusForbidden)
 		return
 	}
 	if err := sessionid.Validate(id); err != nil {
@@ -204,19 +198,16 @@ func (a *app) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	log = log.With().Str("session_id", id).Str("peer_id", r.URL.Query().Get("peer_id")).Logger()
 
 	a.mu.Lock()
-	ep, closed := a.ep, a.closed
+	ep := a.ep
 	a.mu.Unlock()
 	var cand candidate
 	switch {
-	case closed:
-		_ = ws.Close(websocket.StatusGoingAway, "app shutting down")
-		return
 	case ep == nil || ep.SessionID != id:
 		log.Warn().Msg("refused a client of another session")
 		_ = ws.Close(closeNotCurrent, fmt.Sprintf("session %s is not this app's current session", id))
 		return
 	default:
-		if cand, err = ep.candidateFor(a.media.port); err != nil {
+		if cand, err = ep.candidateFor(a.media.port, r.URL.Query().Get("direct") == "1"); err != nil {
 			log.Warn().Err(err).Msg("no public candidate")
 			_ = ws.Close(websocket.StatusInternalError, err.Error())
 			return
@@ -225,6 +216,12 @@ func (a *app) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	c := &client{app: a, sessionID: id, ws: ws, log: log}
 	a.mu.Lock()
+	// Checked with the Add under one lock, so closeAll's Wait never misses a client.
+	if a.closed {
+		a.mu.Unlock()
+		_ = ws.Close(websocket.StatusGoingAway, "app shutting down")
+		return
+	}
 	prev := a.active
 	a.active = c
 	a.wg.Add(1)
@@ -376,16 +373,15 @@ func (c *client) handle(pc *webrtc.PeerConnection, m message) error {
 		}
 		c.log.Info().Msg("answer applied")
 	case "candidate":
-		// The app is ICE-lite: it learns the browser's address from its connectivity checks, so
-		// the browser's candidates only need to be valid.
+		// The app is ICE-lite: it learns the browser's address from its connectivity checks.
+		// Browsers hide their host address behind an mDNS name this app does not resolve, so a
+		// candidate it cannot use is no error.
 		if m.Candidate == nil {
 			return errors.New("candidate: missing candidate")
 		}
 		if m.Candidate.Candidate == "" {
 			return nil
 		}
-		// Browsers hide their host address behind an mDNS name this app does not resolve; a
-		// candidate it cannot use is no error for an ICE-lite peer.
 		if err := pc.AddICECandidate(*m.Candidate); err != nil {
 			c.log.Debug().Err(err).Str("candidate", m.Candidate.Candidate).Msg("browser candidate not used")
 		}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/http/httptest"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +20,7 @@ import (
 	"github.com/livegate/livegate/pkg/appclient/appclienttest"
 	"github.com/livegate/livegate/pkg/logbuf"
 	"github.com/pion/webrtc/v4"
+	"github.com/rs/zerolog"
 )
 
 func freePort(t *testing.T, network string) int {
@@ -304,6 +306,54 @@ func TestParseIVFRefusesBadFiles(t *testing.T) {
 	} {
 		if _, err := parseIVF(raw); err == nil {
 			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+func TestAllowedOrigins(t *testing.T) {
+	a := newApp(nil, []string{"portal.example"}, func(string) {}, zerolog.Nop())
+	srv := httptest.NewServer(a)
+	defer srv.Close()
+	dial := func(origin string) (*websocket.Conn, *http.Response, error) {
+		return websocket.Dial(t.Context(), "ws"+strings.TrimPrefix(srv.URL, "http")+"/sign_in",
+			&websocket.DialOptions{Subprotocols: []string{"x-nv-sessionid.s1"}, HTTPHeader: http.Header{"Origin": {origin}}})
+	}
+	if _, resp, err := dial("https://evil.example"); err == nil || resp == nil || resp.StatusCode != http.StatusForbidden {
+		t.Errorf("other origin: %v, want HTTP 403", err)
+	}
+	c, _, err := dial("https://portal.example")
+	if err != nil {
+		t.Fatalf("allowed origin: %v", err)
+	}
+	// Accepted, then refused: the app has no session yet.
+	_, err = readMessage(t, c)
+	if websocket.CloseStatus(err) != closeNotCurrent {
+		t.Errorf("no current session: %v, want close %d", err, closeNotCurrent)
+	}
+}
+
+func TestCandidateFor(t *testing.T) {
+	ep := endpoint{SessionID: "s", PublicIP: "203.0.113.7", PublicUDPPorts: []uint32{10500, 10501},
+		MediaBackends: []string{"10.0.0.2:31001", "10.0.0.2:31002"}}
+	tests := []struct {
+		name   string
+		ep     endpoint
+		port   int
+		direct bool
+		want   candidate
+		ok     bool
+	}{
+		{"port of the backend", ep, 31002, false, candidate{"203.0.113.7", 10501}, true},
+		{"direct", ep, 31001, true, candidate{"10.0.0.2", 31001}, true},
+		{"no backend on the port", ep, 31009, false, candidate{}, false},
+		{"direct, no backend on the port", ep, 31009, true, candidate{}, false},
+		{"the only port", endpoint{PublicIP: "203.0.113.7", PublicUDPPorts: []uint32{10500}}, 31001, false, candidate{"203.0.113.7", 10500}, true},
+		{"no public ip", endpoint{PublicUDPPorts: []uint32{10500}}, 31001, false, candidate{}, false},
+	}
+	for _, tt := range tests {
+		got, err := tt.ep.candidateFor(tt.port, tt.direct)
+		if (err == nil) != tt.ok || got != tt.want {
+			t.Errorf("%s: %+v, %v; want %+v (ok %t)", tt.name, got, err, tt.want, tt.ok)
 		}
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/livegate/livegate/e2e/bench/browserbench"
 	"github.com/livegate/livegate/e2e/bench/edgebench"
 	"github.com/livegate/livegate/e2e/bench/haproxyreload"
 	"github.com/livegate/livegate/e2e/bench/httpbench"
@@ -31,6 +32,7 @@ import (
 	"github.com/livegate/livegate/e2e/bench/udpflow"
 	"github.com/livegate/livegate/e2e/bench/wsbench"
 	"github.com/livegate/livegate/e2e/internal/netns"
+	"github.com/livegate/livegate/e2e/internal/stack"
 )
 
 // Names of the benchmarks, in the order they run.
@@ -40,16 +42,18 @@ const (
 	Bulk      = "bulk"
 	Media     = "media"
 	REST      = "rest"
+	Browser   = "browser"
 )
 
 // All lists every benchmark.
-var All = []string{Route, Signaling, Bulk, Media, REST}
+var All = []string{Route, Signaling, Bulk, Media, REST, Browser}
 
 // Config says what to run and with which programs.
 type Config struct {
 	Quick      bool
 	Agent      string // livegate-agent
 	Edge       string // livegate-edgeproxy
+	StreamApp  string // the WebRTC sample app
 	NATSServer string
 	HAProxy    string
 	// Prefix starts every namespace name.
@@ -117,6 +121,9 @@ func Run(ctx context.Context, c Config, names []string) []report.Result {
 	}
 	if want[REST] {
 		emit(c.rest(ctx)...)
+	}
+	if want[Browser] {
+		emit(c.browser(ctx))
 	}
 	return all
 }
@@ -606,4 +613,33 @@ func (c Config) rest(ctx context.Context) []report.Result {
 		Verdict:  report.Verdictf(res.Idle.RSS <= 20<<20),
 	}
 	return []report.Result{rest, mem}
+}
+
+// browser: a headless Chromium's time to first frame and input echo round trip through the edge,
+// against the same browser and app without the edge's proxy and NAT.
+func (c Config) browser(ctx context.Context) report.Result {
+	const name = "browser-first-frame"
+	bins := stack.Binaries{Agent: c.Agent, Edge: c.Edge, StreamApp: c.StreamApp}
+	f, err := browserbench.Run(ctx, bins, c.Prefix, c.pick(2, 5))
+	if err != nil {
+		return failed(name, err)
+	}
+	edgeEcho, directEcho := f.Edge.Echo.Percentile(50), f.Direct.Echo.Percentile(50)
+	share := "-"
+	if edgeEcho > 0 {
+		share = fmt.Sprintf("%.0f%%", 100*float64(edgeEcho-directEcho)/float64(edgeEcho))
+	}
+	return report.Result{
+		Name: name,
+		Livegate: fmt.Sprintf("first frame p50 %s (max %s), echo RTT p50 %s p99 %s through the edge",
+			stats.FormatDuration(f.Edge.FirstFrame.Percentile(50)), stats.FormatDuration(f.Edge.FirstFrame.Max()),
+			stats.FormatDuration(edgeEcho), stats.FormatDuration(f.Edge.Echo.Percentile(99))),
+		Baseline: fmt.Sprintf("direct: first frame p50 %s (max %s), echo RTT p50 %s p99 %s",
+			stats.FormatDuration(f.Direct.FirstFrame.Percentile(50)), stats.FormatDuration(f.Direct.FirstFrame.Max()),
+			stats.FormatDuration(directEcho), stats.FormatDuration(f.Direct.Echo.Percentile(99))),
+		Ratio:   "edge's share of the echo round trip (p50) = " + share,
+		Verdict: report.Info,
+		Notes: []string{fmt.Sprintf("%d page loads per path, %d echoes; direct = ws:// to the app and its own address as the candidate, still routed by the edge's namespace",
+			len(f.Edge.FirstFrame), len(f.Edge.Echo))},
+	}
 }

@@ -1,6 +1,7 @@
-// Command demo runs livegate's whole path on one machine (`make demo`): an edge, two apps with
-// their agents and a client, each in its own network namespace. It runs until Ctrl-C, SIGTERM or
-// DEMO_SECONDS, then removes every namespace, process and rule it created.
+// Command demo runs livegate's whole path on one machine (`make demo`): an edge, two WebRTC apps
+// with their agents and a headless Chromium per session, each in its own network namespace. It
+// runs until Ctrl-C, SIGTERM or DEMO_SECONDS, then removes every namespace, process and rule it
+// created.
 package main
 
 import (
@@ -23,7 +24,8 @@ func main() {
 	// before it cleans up: with SIGPIPE caught, such writes just fail.
 	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
 	o := demo.Options{Prefix: "lged", Out: os.Stdout, Verbose: os.Getenv("DEMO_VERBOSE") != ""}
-	flag.StringVar(&o.BinDir, "bin", "", "directory with livegate-agent and livegate-edgeproxy already built (default: build them)")
+	flag.StringVar(&o.BinDir, "bin", "", "directory with livegate-agent, livegate-edgeproxy and streamapp already built (default: build them)")
+	flag.StringVar(&o.ShotDir, "screenshots", "", "directory for the screenshots of the playing pages (default: the -bin directory, else the temporary directory)")
 	flag.Parse()
 	if v := os.Getenv("DEMO_SECONDS"); v != "" {
 		n, err := strconv.Atoi(v)

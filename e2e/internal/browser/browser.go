@@ -61,7 +61,7 @@ func Launch(ctx context.Context, ns *netns.Namespace) (*Browser, error) {
 		chromedp.IgnoreCertErrors, // the edge's self-signed certificate
 		chromedp.Flag("disable-component-update", true),
 		chromedp.Flag("autoplay-policy", "no-user-gesture-required"),
-		chromedp.WindowSize(720, 640),
+		chromedp.WindowSize(720, 900),
 		chromedp.ModifyCmdFunc(func(cmd *exec.Cmd) {
 			cmd.Args = append([]string{"ip", "netns", "exec", ns.Name, chromium}, cmd.Args[1:]...)
 			cmd.Path = ip
@@ -94,13 +94,9 @@ func (b *Browser) do(ctx context.Context, actions ...chromedp.Action[chromedp.Vo
 	return chromedp.Do(tab, actions...)
 }
 
-// Open loads the web client page for session through edge (host or IP).
-func (b *Browser) Open(ctx context.Context, page, edge, session string) error {
-	return b.OpenWith(ctx, page, edge, session, nil)
-}
-
-// OpenWith is Open with more query parameters for the page (relay=tcp: TURN/TCP only, ...).
-func (b *Browser) OpenWith(ctx context.Context, page, edge, session string, extra url.Values) error {
+// Open loads the web client page for session through edge (host or IP), with the page's other
+// query parameters in extra (may be nil).
+func (b *Browser) Open(ctx context.Context, page, edge, session string, extra url.Values) error {
 	q := url.Values{"edge": {edge}, "session": {session}}
 	for k, v := range extra {
 		q[k] = v
@@ -121,6 +117,7 @@ type State struct {
 	RemoteCandidate *Candidate `json:"remoteCandidate"`
 	Echoes          int        `json:"echoes"`
 	LastEchoMs      *float64   `json:"lastEchoMs"`
+	EchoMs          []float64  `json:"echoMs"`
 	EchoSession     string     `json:"echoSession"`
 	StartedAt       int64      `json:"startedAt"`
 	FirstFrameAt    int64      `json:"firstFrameAt"`
@@ -153,6 +150,21 @@ func (b *Browser) State(ctx context.Context) (State, error) {
 		return chromedp.Void{}, err
 	})
 	return s, err
+}
+
+// WaitState polls the page until ok holds or ctx ends; it returns the last state read.
+func (b *Browser) WaitState(ctx context.Context, ok func(State) bool) (State, error) {
+	for {
+		st, err := b.State(ctx)
+		if err == nil && ok(st) {
+			return st, nil
+		}
+		select {
+		case <-ctx.Done():
+			return st, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // SendInput sends one input event over the page's data channel; false when it is not open yet.

@@ -1,6 +1,7 @@
 // Package demo runs livegate's whole path on one machine and tells what happened: an edge
-// (embedded NATS, supervised HAProxy, kernel media forwarding) in its namespace, two apps with
-// their agents in theirs, and a client that connects to both through the edge.
+// (embedded NATS, supervised HAProxy, kernel media forwarding) in its namespace, two WebRTC
+// sample apps with their agents in theirs, and a headless Chromium per session in the client
+// namespace that plays both through the edge.
 package demo
 
 import (
@@ -9,12 +10,13 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/livegate/livegate/e2e/internal/browser"
 	"github.com/livegate/livegate/e2e/internal/netns"
 	"github.com/livegate/livegate/e2e/internal/stack"
-	"github.com/livegate/livegate/e2e/internal/wsclient"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
 )
 
@@ -24,11 +26,14 @@ type Options struct {
 	Prefix string
 	// Duration is how long the stack stays up after the story; 0 waits for ctx alone.
 	Duration time.Duration
-	// BinDir, when set, holds livegate-agent and livegate-edgeproxy already built (`make build`);
-	// otherwise the demo builds them.
+	// BinDir, when set, holds livegate-agent, livegate-edgeproxy and streamapp already built
+	// (`make build`); otherwise the demo builds them.
 	BinDir string
 	// Verbose sends every process's output to Out as well.
 	Verbose bool
+	// ShotDir receives a screenshot of each playing page; empty is BinDir, or the temporary
+	// directory without one.
+	ShotDir string
 	// Out receives the story.
 	Out io.Writer
 }
@@ -54,10 +59,10 @@ func Run(ctx context.Context, o Options) (err error) {
 	start := time.Now()
 	var bins stack.Binaries
 	if o.BinDir != "" {
-		say("using livegate-agent and livegate-edgeproxy from %s; building the demo app...", o.BinDir)
-		bins, err = stack.Prebuilt(ctx, o.BinDir, binDir)
+		say("using livegate-agent, livegate-edgeproxy and streamapp from %s", o.BinDir)
+		bins, err = stack.Prebuilt(o.BinDir)
 	} else {
-		say("building livegate-agent, livegate-edgeproxy and the demo app...")
+		say("building livegate-agent, livegate-edgeproxy and streamapp...")
 		bins, err = stack.Build(ctx, binDir)
 	}
 	if err != nil {
@@ -68,8 +73,8 @@ func Run(ctx context.Context, o Options) (err error) {
 	opts := stack.Options{
 		Prefix: o.Prefix, Bins: bins, Dir: stateDir, EdgeID: "edge1", Pool: "demo", LeaseTTL: 15 * time.Second,
 		Nodes: []stack.NodeOptions{
-			{QuitOnSessionEnded: false, ResumeTimeoutSeconds: 30},
-			{QuitOnSessionEnded: false, ResumeTimeoutSeconds: 30},
+			{QuitOnSessionEnded: false, ResumeTimeoutSeconds: 30, StreamApp: true},
+			{QuitOnSessionEnded: false, ResumeTimeoutSeconds: 30, StreamApp: true},
 		},
 	}
 	if o.Verbose {
@@ -103,21 +108,44 @@ func Run(ctx context.Context, o Options) (err error) {
 	say("edge edge1 up in %s: embedded NATS, HAProxy on wss://%s, media UDP %s:%s",
 		since(start), d.PublicSignaling(), netns.EdgePublic, stack.MediaPorts)
 
-	var conns []*wsclient.Conn
+	page, stopPage, err := browser.ServePage(d.Topo.Client)
+	if err != nil {
+		return err
+	}
+	defer stopPage()
+	shots := o.ShotDir
+	if shots == "" {
+		shots = o.BinDir
+	}
+	if shots == "" {
+		shots = os.TempDir()
+	}
+	if shots, err = filepath.Abs(shots); err != nil {
+		return err
+	}
+	var browsers []*browser.Browser
 	defer func() {
-		for _, c := range conns {
-			_ = c.Close()
+		for _, b := range browsers {
+			b.Close()
 		}
 	}()
+	var sessions []string
 	for _, n := range d.Nodes {
-		c, err := session(ctx, d, n, say)
+		b, sid, err := session(ctx, d, n, page, shots, say)
+		if b != nil {
+			browsers = append(browsers, b)
+		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", n.InstanceID, err)
 		}
-		conns = append(conns, c)
+		sessions = append(sessions, sid)
 	}
 
-	say("\nthe stack is running; both sessions stay connected. Look around from another terminal:")
+	say("\nthe stack is running; both sessions keep playing. To watch one in your own browser (it takes")
+	say("the session over from the headless one), run a browser in the client namespace, e.g. as root:")
+	say("  ip netns exec %s chromium --no-sandbox --user-data-dir=$(mktemp -d) --ignore-certificate-errors \\", d.Topo.Client.Name)
+	say("      '%s?edge=%s&session=%s'", page, netns.EdgePublic, sessions[0])
+	say("Look around from another terminal:")
 	say("  ip netns exec %s iptables-save -t nat        # the DNAT rules", d.Topo.Edge.Name)
 	say("  ip netns exec %s conntrack -L -p udp         # the media flows", d.Topo.Edge.Name)
 	say("  ip netns exec %s curl -s 127.0.0.1:9470/v1/routes", d.Topo.Edge.Name)
@@ -150,61 +178,85 @@ func Run(ctx context.Context, o Options) (err error) {
 	}
 }
 
-// session follows one node from start to a connected client with media, telling each step.
-func session(ctx context.Context, d *stack.Deployment, n *stack.Node, say func(string, ...any)) (*wsclient.Conn, error) {
-	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+// session follows one node from start to a browser playing its stream, telling each step; the
+// browser keeps playing when it returns.
+func session(ctx context.Context, d *stack.Deployment, n *stack.Node, page, shots string, say func(string, ...any)) (*browser.Browser, string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
 	defer cancel()
-	say("\n%s (agent + demo app in namespace %s):", n.InstanceID, n.NS.Name)
+	say("\n%s (agent + WebRTC sample app in namespace %s):", n.InstanceID, n.NS.Name)
 	rfc, err := d.Obs.Wait(ctx, 0, n.InstanceID, livegatev1.EventType_EVENT_TYPE_READY_FOR_CONNECTION)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	sid := rfc.Event.GetSessionId()
 	r, err := n.Ready(ctx)
 	if err != nil {
-		return nil, err
+		return nil, sid, err
 	}
 	say("  ready for connection, session %s (/v1/streaming/ready: %s)", sid, r)
 	prog, err := d.Obs.Wait(ctx, 0, n.InstanceID, livegatev1.EventType_EVENT_TYPE_ROUTE_PROGRAMMED)
 	if err != nil {
-		return nil, err
+		return nil, sid, err
 	}
 	ep, err := endpoint(ctx, d, n, sid)
 	if err != nil {
-		return nil, err
+		return nil, sid, err
 	}
 	route, err := d.Obs.Route(ctx, n.InstanceID)
 	if err != nil {
-		return nil, err
+		return nil, sid, err
 	}
-	media := fmt.Sprintf("%s:%d", ep.GetPublicHost(), ep.GetPublicUdpPorts()[0])
+	media := fmt.Sprintf("%s:%d", ep.GetPublicIp(), ep.GetPublicUdpPorts()[0])
 	say("  session routed in %s by %s: HAProxy map entry -> %s, DNAT udp %s -> %s",
 		ms(prog.Event.GetTime().AsTime().Sub(rfc.Event.GetTime().AsTime())), prog.Event.GetRouteProgrammed().GetEdgeId(),
 		route.GetSignalingBackend(), media, strings.Join(ep.GetMediaBackends(), ","))
 
-	c, err := wsclient.Dial(ctx, d.Topo.Client.Dial, d.PublicSignaling(), sid)
+	start := time.Now()
+	b, err := browser.Launch(ctx, d.Topo.Client)
 	if err != nil {
-		return nil, fmt.Errorf("signaling: %w", err)
+		return nil, sid, err
 	}
-	if _, err := d.Obs.Wait(ctx, 0, n.InstanceID, livegatev1.EventType_EVENT_TYPE_CLIENT_CONNECTED); err != nil {
-		_ = c.Abort()
-		return nil, err
+	say("  headless Chromium started in %s in namespace %s", since(start), d.Topo.Client.Name)
+	if err := b.Open(ctx, page, netns.EdgePublic.String(), sid, nil); err != nil {
+		return b, sid, err
 	}
-	say("  signaling ok: client %s -> wss://%s upgraded in %s, subprotocol %s echoed; the app saw its client",
-		netns.ClientAddr, d.PublicSignaling(), ms(c.Handshake), c.Protocol)
-	rep, err := d.ProbeMedia(ctx, media, 100)
+	st, err := b.WaitState(ctx, func(st browser.State) bool { return st.FirstFrameAt > 0 })
 	if err != nil {
-		_ = c.Abort()
-		return nil, fmt.Errorf("media: %w", err)
+		return b, sid, fmt.Errorf("no video: %w (page %+v)", err, st)
 	}
-	say("  media ok: DTLS-SRTP handshake %s (%s) through udp %s; %d packets, %d lost (%.2f%%); rtt p50 %s, p99 %s; jitter %s",
-		ms(rep.Handshake), rep.Profile, media, rep.Sent, rep.Sent-rep.Received, rep.Loss*100, us(rep.RTTp50), us(rep.RTTp99), us(rep.Jitter))
+	say("  playing: first frame decoded %s after the page opened (wss://%s, subprotocol x-nv-sessionid.%s)",
+		ms(time.UnixMilli(st.FirstFrameAt).Sub(time.UnixMilli(st.StartedAt))), d.PublicSignaling(), sid)
+	if _, err := b.WaitState(ctx, func(browser.State) bool {
+		sent, err := b.SendInput(ctx)
+		return err == nil && sent
+	}); err != nil {
+		return b, sid, fmt.Errorf("data channel: %w", err)
+	}
+	time.Sleep(3 * time.Second)
+	st, err = b.WaitState(ctx, func(st browser.State) bool { return st.Echoes > 0 })
+	if err != nil {
+		return b, sid, fmt.Errorf("no input echo: %w", err)
+	}
+	rtt := "-"
+	if st.RTTMs != nil {
+		rtt = fmt.Sprintf("%.1f ms", *st.RTTMs)
+	}
+	say("  figures: %d frames decoded, %.0f kbit/s, RTT %s, input echo %.1f ms; selected pair %s -> %s",
+		st.FramesDecoded, st.BitrateKbps, rtt, *st.LastEchoMs, st.LocalCandidate, st.RemoteCandidate)
+	png, err := b.Screenshot(ctx)
+	if err != nil {
+		return b, sid, err
+	}
+	shot := filepath.Join(shots, "livegate-demo-"+n.InstanceID+".png")
+	if err := os.WriteFile(shot, png, 0o644); err != nil {
+		return b, sid, err
+	}
+	say("  screenshot of the playing page: %s", shot)
 	if r, err = n.Ready(ctx); err != nil {
-		_ = c.Abort()
-		return nil, err
+		return b, sid, err
 	}
 	say("  /v1/streaming/ready: %s", r)
-	return c, nil
+	return b, sid, nil
 }
 
 // endpoint waits for the edge's endpoint of the session in livegate_endpoints.
@@ -224,8 +276,6 @@ func endpoint(ctx context.Context, d *stack.Deployment, n *stack.Node, sid strin
 		}
 	}
 }
-
-func us(d time.Duration) string { return d.Round(time.Microsecond).String() }
 
 func since(t time.Time) string { return ms(time.Since(t)) }
 

@@ -1,6 +1,7 @@
 // Package stack starts livegate's processes inside a netns.Topology: the edge (with its embedded
 // NATS and supervised HAProxy) in the edge namespace, an agent and the demo app (or the WebRTC
-// sample app) in each node namespace, and the probe in the client namespace. The end-to-end test and `make demo` share it.
+// sample app) in each node namespace, and the probe in the client namespace. The end-to-end
+// tests, the benchmarks and `make demo` share it.
 package stack
 
 import (
@@ -64,8 +65,8 @@ func Build(ctx context.Context, dir string) (Binaries, error) {
 }
 
 // Prebuilt takes livegate-agent, livegate-edgeproxy and streamapp from binDir (what `make build`
-// made) and builds only the demo app, into dir.
-func Prebuilt(ctx context.Context, binDir, dir string) (Binaries, error) {
+// made); it has no demo app, so its nodes must run the stream app.
+func Prebuilt(binDir string) (Binaries, error) {
 	b := Binaries{Agent: filepath.Join(binDir, "livegate-agent"), Edge: filepath.Join(binDir, "livegate-edgeproxy"),
 		StreamApp: filepath.Join(binDir, "streamapp")}
 	for _, p := range []string{b.Agent, b.Edge, b.StreamApp} {
@@ -73,10 +74,6 @@ func Prebuilt(ctx context.Context, binDir, dir string) (Binaries, error) {
 			return Binaries{}, fmt.Errorf("prebuilt binary: %w (run `make build`)", err)
 		}
 	}
-	if err := goBuild(ctx, dir, demoAppMain); err != nil {
-		return Binaries{}, err
-	}
-	b.DemoApp = filepath.Join(dir, "demoapp")
 	return b, nil
 }
 

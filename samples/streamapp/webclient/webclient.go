@@ -12,9 +12,6 @@ import (
 //go:embed index.html
 var page []byte
 
-// Page is the HTML of the web client.
-func Page() []byte { return page }
-
 // Handler serves the page on / and /index.html.
 func Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

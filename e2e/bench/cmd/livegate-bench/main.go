@@ -28,7 +28,7 @@ func main() { os.Exit(run()) }
 func run() int {
 	quick := flag.Bool("quick", false, "the pre-release subset: shorter runs of every benchmark (about two minutes)")
 	only := flag.String("only", strings.Join(suite.All, ","), "comma-separated benchmarks to run: "+strings.Join(suite.All, ", "))
-	bin := flag.String("bin", "bin", "directory holding livegate-agent and livegate-edgeproxy (make build)")
+	bin := flag.String("bin", "bin", "directory holding livegate-agent, livegate-edgeproxy and streamapp (make build)")
 	natsServer := flag.String("nats-server", "", "nats-server binary (default: from PATH)")
 	haproxy := flag.String("haproxy", "/usr/sbin/haproxy", "HAProxy binary for the reload baseline")
 	profileDir := flag.String("profile", "", "directory for pprof CPU and heap profiles and execution traces of the edge and the agent; builds profiling variants of both there (go build -overlay) instead of using --bin")
@@ -55,6 +55,7 @@ func run() int {
 	}
 	c := suite.Config{
 		Quick: *quick, Agent: filepath.Join(*bin, "livegate-agent"), Edge: filepath.Join(*bin, "livegate-edgeproxy"),
+		StreamApp:  filepath.Join(*bin, "streamapp"),
 		NATSServer: *natsServer, HAProxy: *haproxy, Prefix: prefix, Out: os.Stdout,
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -77,7 +78,11 @@ func run() int {
 		}
 		c.ProfileDir, c.Agent, c.Edge = dir, filepath.Join(binDir, "livegate-agent"), filepath.Join(binDir, "livegate-edgeproxy")
 	}
-	for _, p := range []string{c.Agent, c.Edge} {
+	need := []string{c.Agent, c.Edge}
+	if slices.Contains(names, suite.Browser) {
+		need = append(need, c.StreamApp)
+	}
+	for _, p := range need {
 		if _, err := os.Stat(p); err != nil {
 			fmt.Fprintf(os.Stderr, "livegate-bench: %v (make build puts the binaries in bin/)\n", err)
 			return 2
