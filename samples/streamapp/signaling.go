@@ -35,6 +35,16 @@ type message struct {
 	SDP       string                   `json:"sdp,omitempty"`
 	Candidate *webrtc.ICECandidateInit `json:"candidate,omitempty"`
 	Message   string                   `json:"message,omitempty"`
+	// ICEServers, in an offer, are the TURN relays the browser may use: the edge's own, with
+	// this session's credential, as an RTCIceServer list.
+	ICEServers []iceServer `json:"iceServers,omitempty"`
+}
+
+// iceServer is an RTCIceServer.
+type iceServer struct {
+	URLs       []string `json:"urls"`
+	Username   string   `json:"username"`
+	Credential string   `json:"credential"`
 }
 
 // endpoint is what the app keeps of the agent's endpoint-assigned notification.
@@ -43,6 +53,20 @@ type endpoint struct {
 	PublicIP       string   `json:"publicIp"`
 	PublicUDPPorts []uint32 `json:"publicUdpPorts"`
 	MediaBackends  []string `json:"mediaBackends"`
+	// Turn is the edge's TURN relay and this session's credential, when the edge runs one.
+	Turn *struct {
+		URIs       []string `json:"uris"`
+		Username   string   `json:"username"`
+		Credential string   `json:"credential"`
+	} `json:"turn"`
+}
+
+// iceServers are the relays the browser is offered.
+func (e endpoint) iceServers() []iceServer {
+	if e.Turn == nil || len(e.Turn.URIs) == 0 {
+		return nil
+	}
+	return []iceServer{{URLs: e.Turn.URIs, Username: e.Turn.Username, Credential: e.Turn.Credential}}
 }
 
 // candidateFor picks the public port whose media backend is on mediaPort (the ports and backends
@@ -124,6 +148,16 @@ func (a *app) agentNotification(n appclient.Notification) {
 			c.end(websocket.StatusNormalClosure, "session ended: "+ended.Reason)
 		}
 	}
+}
+
+// relays are the TURN relays of the current endpoint.
+func (a *app) relays() []iceServer {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.ep == nil {
+		return nil
+	}
+	return a.ep.iceServers()
 }
 
 // closeAll ends the client and refuses new ones, then waits for the client's disconnect to be
@@ -306,7 +340,7 @@ func (c *client) negotiate(ctx context.Context, cand candidate) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	if err := wsjson.Write(ctx, c.ws, message{Type: "offer", SDP: pc.LocalDescription().SDP}); err != nil {
+	if err := wsjson.Write(ctx, c.ws, message{Type: "offer", SDP: pc.LocalDescription().SDP, ICEServers: c.app.relays()}); err != nil {
 		return err
 	}
 	c.log.Info().Str("candidate", fmt.Sprintf("%s:%d", cand.ip, cand.port)).Msg("offer sent")

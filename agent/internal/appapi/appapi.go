@@ -1,5 +1,6 @@
 // Package appapi is how the app and the agent talk, on a loopback listener: the app posts what
-// happens to it (POST /v1/app/events/{name}), reads the full credentials (GET /v1/app/creds) and
+// happens to it (POST /v1/app/events/{name}), reads the full credentials (GET /v1/app/creds) and its
+// endpoint with the edge's TURN credential (GET /v1/app/endpoint), and
 // follows what the agent dispatches as server-sent events (GET /v1/app/events). Probe marks the
 // app ready once a TCP port accepts connections.
 package appapi
@@ -55,6 +56,7 @@ func New(agent *lifecycle.Agent, m *metrics.Metrics, log zerolog.Logger) *Server
 	s.e.Use(restapi.RequestLog(log), restapi.Recover(log), restapi.Count(m, "app"), restapi.NoOptions, loopbackHost)
 	s.e.POST("/v1/app/events/:name", s.event)
 	s.e.GET("/v1/app/creds", s.creds)
+	s.e.GET("/v1/app/endpoint", s.endpoint)
 	s.e.GET("/v1/app/events", s.stream)
 	return s
 }
@@ -117,6 +119,15 @@ func (s *Server) creds(c echo.Context) error {
 		return restapi.JSON(c, http.StatusNotFound, restapi.Detail{Detail: "no credentials yet"})
 	}
 	return restapi.JSON(c, http.StatusOK, cr)
+}
+
+// endpoint is the edge's endpoint of the current session, with the edge's TURN credential.
+func (s *Server) endpoint(c echo.Context) error {
+	ep, ok := s.agent.Endpoint()
+	if !ok {
+		return restapi.JSON(c, http.StatusNotFound, restapi.Detail{Detail: "no endpoint assigned yet"})
+	}
+	return restapi.JSON(c, http.StatusOK, ep)
 }
 
 // stream writes notifications as server-sent events: "event: <kind>", "data: <json>".

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"github.com/livegate/livegate/agent/internal/session"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
 	"github.com/rs/zerolog"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 func newServer(t *testing.T, cfg session.Config) (*lifecycle.Agent, *Server, string) {
@@ -215,5 +217,58 @@ func TestOptionsIsMethodNotAllowed(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusMethodNotAllowed || string(b) != `{"detail":"Method Not Allowed"}` {
 		t.Errorf("OPTIONS: %d %s", resp.StatusCode, b)
+	}
+}
+
+type eventLog struct {
+	mu     sync.Mutex
+	events []*livegatev1.Event
+}
+
+func (l *eventLog) Publish(ev *livegatev1.Event) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.events = append(l.events, ev)
+}
+
+func (l *eventLog) SetRoute(string) {}
+
+// The edge's TURN credential reaches the app (GET /v1/app/endpoint and the event stream), and
+// neither the session view nor the NATS event.
+func TestEndpointTURN(t *testing.T) {
+	log := &eventLog{}
+	a := lifecycle.New(session.Config{SessionID: "s1", NewID: func() string { return "sess-1" }}, lifecycle.WithPublisher(log))
+	s := New(a, metrics.New(), zerolog.Nop())
+	srv := httptest.NewServer(s.Handler())
+	t.Cleanup(func() {
+		_ = s.Shutdown(context.Background())
+		srv.Close()
+	})
+	if code, body := get(t, srv.URL+"/v1/app/endpoint"); code != 404 || body != `{"detail":"no endpoint assigned yet"}` {
+		t.Errorf("endpoint before any: %d %s", code, body)
+	}
+	exp := time.Unix(1700003600, 0).UTC()
+	a.AssignEndpoint(&livegatev1.Endpoint{InstanceId: "i1", SessionId: "s1", EdgeId: "e1", PublicHost: "edge.example",
+		Turn: &livegatev1.TurnRelay{Uris: []string{"turn:edge.example:3478?transport=udp"}, Username: "1700003600:s1", Credential: "c3VwZXJzZWNyZXQ=", ExpiresAt: timestamppb.New(exp)}})
+	code, body := get(t, srv.URL+"/v1/app/endpoint")
+	if want := `"turn":{"uris":["turn:edge.example:3478?transport=udp"],"username":"1700003600:s1","credential":"c3VwZXJzZWNyZXQ=","expiresAt":"2023-11-14T23:13:20Z"}`; code != 200 || !strings.Contains(body, want) {
+		t.Errorf("endpoint: %d %s, want %s", code, body, want)
+	}
+	if v := a.View(); v.Endpoint == nil || v.Endpoint.Turn == nil || v.Endpoint.Turn.Credential != "" || v.Endpoint.Turn.Username != "1700003600:s1" {
+		t.Errorf("session view endpoint %+v", v.Endpoint)
+	}
+	log.mu.Lock()
+	defer log.mu.Unlock()
+	var seen bool
+	for _, ev := range log.events {
+		if ep := ev.GetEndpointAssigned(); ep != nil {
+			seen = true
+			if ep.GetTurn().GetCredential() != "" || ep.GetTurn().GetUsername() != "1700003600:s1" {
+				t.Errorf("event carries %v", ep.GetTurn())
+			}
+		}
+	}
+	if !seen {
+		t.Error("no endpoint-assigned event")
 	}
 }

@@ -57,6 +57,8 @@ type Endpoint struct {
 	PublicUDPPorts []uint32  `json:"publicUdpPorts"`
 	MediaBackends  []string  `json:"mediaBackends"`
 	AssignedAt     time.Time `json:"assignedAt"`
+	// Turn is the edge's own TURN relay with this session's credential, when the edge runs one.
+	Turn *TurnRelay `json:"turn,omitempty"`
 }
 
 // Refusal is an edge's refusal of the current session's route, in the session view.
@@ -66,6 +68,21 @@ type Refusal struct {
 	Reason    string    `json:"reason"`
 	RefusedAt time.Time `json:"refusedAt"`
 }
+
+// TurnRelay is the edge's TURN relay as the app hands it to the browser (an RTCIceServer:
+// urls, username, credential). Credential is left out of everything but the app's loopback API.
+type TurnRelay struct {
+	URIs       []string  `json:"uris"`
+	Username   string    `json:"username"`
+	Credential string    `json:"credential,omitempty"`
+	ExpiresAt  time.Time `json:"expiresAt"`
+}
+
+// String keeps the credential out of any %v that slips into a log.
+func (TurnRelay) String() string { return "[turn relay]" }
+
+// GoString does the same for %#v.
+func (TurnRelay) GoString() string { return "[turn relay]" }
 
 // Option changes a default of New.
 type Option func(*Agent)
@@ -222,12 +239,17 @@ func (a *Agent) AssignEndpoint(ep *livegatev1.Endpoint) {
 	a.setRefusal(nil)
 	a.log.Info().Str("session_id", ep.SessionId).Str("edge_id", ep.EdgeId).Str("public_host", ep.PublicHost).
 		Uint32("signaling_port", ep.SignalingPort).Msg("endpoint assigned")
-	a.notify(Notification{Kind: KindEndpointAssigned, Data: endpointView(a.endpoint)})
+	a.notify(Notification{Kind: KindEndpointAssigned, Data: endpointView(a.endpoint, true)})
+	published := proto.Clone(ep).(*livegatev1.Endpoint)
+	if published.Turn != nil {
+		// The event stream is read beyond this instance: the credential stays with the app.
+		published.Turn.Credential = ""
+	}
 	a.emit(&livegatev1.Event{
 		Type:      livegatev1.EventType_EVENT_TYPE_ENDPOINT_ASSIGNED,
 		SessionId: current,
 		Time:      timestamppb.New(a.now()),
-		Details:   &livegatev1.Event_EndpointAssigned{EndpointAssigned: proto.Clone(ep).(*livegatev1.Endpoint)},
+		Details:   &livegatev1.Event_EndpointAssigned{EndpointAssigned: published},
 	})
 }
 
@@ -276,7 +298,7 @@ func (a *Agent) Subscribe() (<-chan Notification, func()) {
 		ch <- Notification{Kind: KindStunCredentials, Data: *a.creds}
 	}
 	if a.endpoint != nil {
-		ch <- Notification{Kind: KindEndpointAssigned, Data: endpointView(a.endpoint)}
+		ch <- Notification{Kind: KindEndpointAssigned, Data: endpointView(a.endpoint, true)}
 	}
 	st := a.m.State()
 	if st.Phase == session.PhaseEnded || st.Phase == session.PhaseWaitingForDisconnect {
@@ -393,7 +415,18 @@ func (a *Agent) record() {
 	}
 }
 
-func endpointView(ep *livegatev1.Endpoint) Endpoint {
+// Endpoint is the current session's endpoint with its TURN credential, for the app's loopback API.
+func (a *Agent) Endpoint() (Endpoint, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.endpoint == nil {
+		return Endpoint{}, false
+	}
+	return endpointView(a.endpoint, true), true
+}
+
+// endpointView is ep as the app and the session view show it; the TURN credential only withSecret.
+func endpointView(ep *livegatev1.Endpoint, withSecret bool) Endpoint {
 	v := Endpoint{
 		InstanceID: ep.InstanceId, SessionID: ep.SessionId, EdgeID: ep.EdgeId, PublicHost: ep.PublicHost,
 		PublicIP: ep.PublicIp, SignalingPort: ep.SignalingPort, PublicUDPPorts: ep.PublicUdpPorts, MediaBackends: ep.MediaBackends,
@@ -406,6 +439,12 @@ func endpointView(ep *livegatev1.Endpoint) Endpoint {
 	}
 	if v.MediaBackends == nil {
 		v.MediaBackends = []string{}
+	}
+	if t := ep.GetTurn(); t != nil {
+		v.Turn = &TurnRelay{URIs: t.GetUris(), Username: t.GetUsername(), ExpiresAt: t.GetExpiresAt().AsTime()}
+		if withSecret {
+			v.Turn.Credential = t.GetCredential()
+		}
 	}
 	return v
 }
@@ -466,7 +505,7 @@ func (a *Agent) View() View {
 		v.Credentials = &s
 	}
 	if a.endpoint != nil {
-		e := endpointView(a.endpoint)
+		e := endpointView(a.endpoint, false)
 		v.Endpoint = &e
 	}
 	if a.refusal != nil {

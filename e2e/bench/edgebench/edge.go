@@ -282,6 +282,23 @@ func (e *Env) DeleteRoute(ctx context.Context, i int) error {
 	return e.Buckets.Routes.Delete(ctx, RouteKey(i))
 }
 
+// TURNCredential is the TURN credential the edge published in route i's endpoint (with --turn),
+// as an orchestrator reads it.
+func (e *Env) TURNCredential(ctx context.Context, i int) (*livegatev1.TurnRelay, error) {
+	en, err := e.Buckets.Endpoints.Get(ctx, RouteKey(i))
+	if err != nil {
+		return nil, fmt.Errorf("endpoint of route %d: %w", i, err)
+	}
+	var ep livegatev1.Endpoint
+	if err := wire.Unmarshal(en.Value(), &ep); err != nil {
+		return nil, fmt.Errorf("endpoint of route %d: %w", i, err)
+	}
+	if ep.GetTurn() == nil {
+		return nil, fmt.Errorf("endpoint of route %d has no TURN credential (edge without --turn?)", i)
+	}
+	return ep.GetTurn(), nil
+}
+
 // MapHas asks HAProxy's runtime API whether the session is in the map.
 func (e *Env) MapHas(ctx context.Context, sessionID string) (bool, error) {
 	out, err := e.haproxy(ctx, "get map "+e.StateFile("sessions.map")+" "+sessionID)

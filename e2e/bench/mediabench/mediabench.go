@@ -26,15 +26,20 @@ const BackendPort = 31000
 // route) and returns the public address a client sends to.
 type DNAT func(ctx context.Context, backend netip.AddrPort) (netip.AddrPort, error)
 
+// EdgeTURN is the edge's own TURN relay: its server address and a credential of the session
+// whose media backend is backend.
+type EdgeTURN func(ctx context.Context, backend netip.AddrPort) (server *net.UDPAddr, username, password string, err error)
+
 // Paths are the results of each path.
 type Paths struct {
-	Direct, Edge, Relay []udpflow.Step
-	RelayErr            error
+	Direct, Edge, Relay, EdgeTURN []udpflow.Step
+	RelayErr, EdgeTURNErr         error
 }
 
-// Run measures the three paths in topo, interleaved rate by rate (udpflow.Ladder). coturn runs in the edge namespace when turnserver is
-// installed; otherwise RelayErr says why it did not.
-func Run(ctx context.Context, topo *netns.Topology, dnat DNAT, o udpflow.Options) (Paths, error) {
+// Run measures the paths in topo, interleaved rate by rate (udpflow.Ladder). coturn runs in the
+// edge namespace when turnserver is installed; otherwise RelayErr says why it did not. With
+// edgeTURN, the same flow also goes through the edge's own relay (EdgeTURNErr says why not).
+func Run(ctx context.Context, topo *netns.Topology, dnat DNAT, edgeTURN EdgeTURN, o udpflow.Options) (Paths, error) {
 	var res Paths
 	backend := netip.AddrPortFrom(netns.NodeAddr(1), BackendPort)
 	var sinkConn *net.UDPConn
@@ -76,22 +81,60 @@ func Run(ctx context.Context, topo *netns.Topology, dnat DNAT, o udpflow.Options
 	defer viaEdge.Close()
 	paths = append(paths, udpflow.Path{Name: "edge-dnat", Conn: viaEdge, Dst: net.UDPAddrFromAddrPort(public), Sink: sink})
 
+	relayAt, turnAt := -1, -1
 	relay, stop, err := startRelay(ctx, topo, backend, sink, sender)
 	if err != nil {
 		res.RelayErr = err
 	} else {
 		defer stop()
+		relayAt = len(paths)
 		paths = append(paths, relay)
+	}
+	if edgeTURN != nil {
+		p, err := edgeRelay(ctx, edgeTURN, backend, sink, sender)
+		if err != nil {
+			res.EdgeTURNErr = err
+		} else {
+			defer p.Conn.Close()
+			turnAt = len(paths)
+			paths = append(paths, p)
+		}
 	}
 	steps, err := udpflow.Ladder(ctx, paths, o)
 	if err != nil {
 		return res, err
 	}
 	res.Direct, res.Edge = steps[0], steps[1]
-	if len(steps) > 2 {
-		res.Relay = steps[2]
+	if relayAt >= 0 {
+		res.Relay = steps[relayAt]
+	}
+	if turnAt >= 0 {
+		res.EdgeTURN = steps[turnAt]
 	}
 	return res, nil
+}
+
+// edgeRelay allocates on the edge's relay with the session's credential and binds a channel to
+// backend through it.
+func edgeRelay(ctx context.Context, edgeTURN EdgeTURN, backend netip.AddrPort, sink *udpflow.Sink,
+	sender func() (*net.UDPConn, error)) (udpflow.Path, error) {
+	server, username, password, err := edgeTURN(ctx, backend)
+	if err != nil {
+		return udpflow.Path{}, err
+	}
+	conn, err := sender()
+	if err != nil {
+		return udpflow.Path{}, err
+	}
+	s, err := udpflow.TURNAllocate(ctx, conn, server, username, password)
+	if err == nil {
+		err = s.BindChannel(ctx, backend)
+	}
+	if err != nil {
+		_ = conn.Close()
+		return udpflow.Path{}, err
+	}
+	return udpflow.Path{Name: "edge-turn", Conn: conn, Dst: server, Header: udpflow.ChannelHeader, Sink: sink}, nil
 }
 
 // startRelay starts coturn in the edge namespace and binds a channel to backend through it.

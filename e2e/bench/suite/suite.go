@@ -24,6 +24,7 @@ import (
 	"github.com/livegate/livegate/e2e/bench/httpbench"
 	"github.com/livegate/livegate/e2e/bench/iptbase"
 	"github.com/livegate/livegate/e2e/bench/mediabench"
+	"github.com/livegate/livegate/e2e/bench/procstat"
 	"github.com/livegate/livegate/e2e/bench/profiling"
 	"github.com/livegate/livegate/e2e/bench/report"
 	"github.com/livegate/livegate/e2e/bench/restbench"
@@ -117,7 +118,7 @@ func Run(ctx context.Context, c Config, names []string) []report.Result {
 		emit(c.bulk(ctx)...)
 	}
 	if want[Media] {
-		emit(c.media(ctx))
+		emit(c.media(ctx)...)
 	}
 	if want[REST] {
 		emit(c.rest(ctx)...)
@@ -353,23 +354,36 @@ func (c Config) bulk(ctx context.Context) []report.Result {
 	return []report.Result{bulk, mem}
 }
 
-func (c Config) media(ctx context.Context) report.Result {
-	const name = "media-forwarding"
+// media measures the media paths in one run: the edge's DNAT against the direct path and coturn
+// (media-forwarding), and the edge's own TURN relay against coturn (turn-relay).
+func (c Config) media(ctx context.Context) []report.Result {
+	const name, turnName = "media-forwarding", "turn-relay"
+	fail := func(err error) []report.Result { return []report.Result{failed(name, err), failed(turnName, err)} }
 	topo, err := c.topology(ctx)
 	if err != nil {
-		return failed(name, err)
+		return fail(err)
 	}
 	defer func() { _ = topo.Close(context.WithoutCancel(ctx)) }()
-	env, err := edgebench.NewEnv(ctx, topo, edgebench.Options{Edge: c.Edge, NATSServer: c.NATSServer})
+	secretDir, err := os.MkdirTemp("", "lgb-turn-")
 	if err != nil {
-		return failed(name, err)
+		return fail(err)
+	}
+	defer os.RemoveAll(secretDir)
+	secret := filepath.Join(secretDir, "secret")
+	if err := os.WriteFile(secret, []byte("bench-turn-secret-0123456789\n"), 0o600); err != nil {
+		return fail(err)
+	}
+	env, err := edgebench.NewEnv(ctx, topo, edgebench.Options{Edge: c.Edge, NATSServer: c.NATSServer,
+		ExtraArgs: []string{"--turn", "--turn-secret-file", secret, "--turn-port", strconv.Itoa(turnServer.Port), "--turn-tls-port", "0"}})
+	if err != nil {
+		return fail(err)
 	}
 	defer env.Close()
 	if err := env.StartEdge(ctx); err != nil {
-		return failed(name, err)
+		return fail(err)
 	}
 	if err := env.WaitEdgeHealthy(ctx, 30*time.Second); err != nil {
-		return failed(name, err)
+		return fail(err)
 	}
 	// Route i's media backend is 30000+i+1: route 999 forwards to the sink's port.
 	const idx = mediabench.BackendPort - 30000 - 1
@@ -389,9 +403,13 @@ func (c Config) media(ctx context.Context) report.Result {
 	if !c.Quick {
 		o.Factor, o.Steps, o.StepTime = 1.25, 16, time.Second
 	}
-	res, err := mediabench.Run(ctx, topo, dnat, o)
+	edgeTURN := func(ctx context.Context, _ netip.AddrPort) (*net.UDPAddr, string, string, error) {
+		t, err := env.TURNCredential(ctx, idx)
+		return turnServer, t.GetUsername(), t.GetCredential(), err
+	}
+	res, err := mediabench.Run(ctx, topo, dnat, edgeTURN, o)
 	if err != nil {
-		return failed(name, err)
+		return fail(err)
 	}
 	edge, okE := udpflow.Best(res.Edge, maxLoss)
 	direct, okD := udpflow.Best(res.Direct, maxLoss)
@@ -437,7 +455,80 @@ func (c Config) media(ctx context.Context) report.Result {
 		"coturn (Debian turnserver, --no-auth) in the edge namespace, the same sender framing ChannelData on a bound channel",
 		"steps (offered→delivered, loss): "+steps("edge", res.Edge, maxLoss)+"; "+steps("direct", res.Direct, maxLoss)+"; "+steps("coturn", res.Relay, maxLoss),
 		"a path that stopped with every sender saturated carried everything the generator could send at that cost per packet (the veth forwarding, NAT included, runs on the sending core): the path itself may carry more")
+	return []report.Result{r, c.turnRelay(ctx, env, res, maxLoss)}
+}
+
+// turnServer is the edge's TURN relay in the media benchmark's topology; coturn has 3478 and
+// 3479 there.
+var turnServer = &net.UDPAddr{IP: netns.EdgePublic.AsSlice(), Port: 3578}
+
+// heldAllocations is how many allocations turnRelay holds to measure their memory.
+const heldAllocations = 1000
+
+// turnRelay reports the edge's TURN relay against coturn, from the same ladder, and the edge's
+// memory per allocation held.
+func (c Config) turnRelay(ctx context.Context, env *edgebench.Env, res mediabench.Paths, maxLoss float64) report.Result {
+	r := report.Result{Name: "turn-relay", Target: "≥ 1× coturn at equal loss"}
+	if res.EdgeTURNErr != nil {
+		return failed(r.Name, res.EdgeTURNErr)
+	}
+	if res.RelayErr != nil {
+		return failed(r.Name, fmt.Errorf("coturn not measured: %w", res.RelayErr))
+	}
+	edge, okE := udpflow.Best(res.EdgeTURN, maxLoss)
+	relay, okR := udpflow.Best(res.Relay, maxLoss)
+	r.Livegate = fmt.Sprintf("edge TURN %s pps at loss %.2f%%", stats.FormatRate(edge.Rate()), edge.Loss()*100)
+	r.Baseline = fmt.Sprintf("coturn %s pps at loss %.2f%%", stats.FormatRate(relay.Rate()), relay.Loss()*100)
+	ratio := stats.Ratio(edge.Rate(), relay.Rate())
+	r.Ratio = "ratio vs coturn " + stats.FormatRatio(ratio)
+	r.Verdict = report.Verdictf(okE && okR && ratio >= 1)
+	r.Notes = append(r.Notes,
+		"the same ladder, sender and sink as media-forwarding: ChannelData on a bound channel to the session's media backend; the edge's relay with the session's published credential (TURN REST API), coturn with --no-auth",
+		"steps (offered→delivered, loss): "+steps("edge-turn", res.EdgeTURN, maxLoss)+"; "+steps("coturn", res.Relay, maxLoss))
+	if per, err := c.turnMemory(ctx, env); err != nil {
+		r.Notes = append(r.Notes, "memory per allocation not measured: "+err.Error())
+	} else {
+		r.Livegate += fmt.Sprintf("; %.1f KiB RSS per allocation held (%d held)", per/1024, heldAllocations)
+	}
 	return r
+}
+
+// turnMemory holds heldAllocations allocations of one session from the client namespace and
+// returns the edge's resident memory per allocation.
+func (c Config) turnMemory(ctx context.Context, env *edgebench.Env) (float64, error) {
+	const idx = mediabench.BackendPort - 30000 - 1
+	cred, err := env.TURNCredential(ctx, idx)
+	if err != nil {
+		return 0, err
+	}
+	before, err := procstat.ReadMemory(env.EdgeP.Pid())
+	if err != nil {
+		return 0, err
+	}
+	conns := make([]*net.UDPConn, 0, heldAllocations)
+	defer func() {
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	}()
+	for range heldAllocations {
+		var conn *net.UDPConn
+		if err := env.Topo.Client.Do(func() (err error) {
+			conn, err = net.ListenUDP("udp4", &net.UDPAddr{IP: netns.ClientAddr.AsSlice()})
+			return err
+		}); err != nil {
+			return 0, err
+		}
+		conns = append(conns, conn)
+		if _, err := udpflow.TURNAllocate(ctx, conn, turnServer, cred.GetUsername(), cred.GetCredential()); err != nil {
+			return 0, fmt.Errorf("allocation %d: %w", len(conns), err)
+		}
+	}
+	after, err := procstat.ReadMemory(env.EdgeP.Pid())
+	if err != nil {
+		return 0, err
+	}
+	return float64(after.RSS-before.RSS) / heldAllocations, nil
 }
 
 func freePort() (int, error) {

@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/netip"
 	"time"
+
+	"github.com/pion/stun/v3"
 )
 
 // TURN (RFC 8656) message and attribute types the bench needs. The relay runs without
@@ -106,5 +108,94 @@ func turnRequest(ctx context.Context, conn *net.UDPConn, server *net.UDPAddr, me
 		}
 	}
 	_ = conn.SetReadDeadline(time.Time{})
+	return nil, fmt.Errorf("no answer from %s", server)
+}
+
+// TURNSession is an allocation on a relay that asks for long-term credentials (RFC 8489
+// section 9.2): the realm and nonce it gave, and the key its requests are signed with.
+type TURNSession struct {
+	conn     *net.UDPConn
+	server   *net.UDPAddr
+	username string
+	realm    stun.Realm
+	nonce    stun.Nonce
+	key      stun.MessageIntegrity
+}
+
+// TURNAllocate allocates a relay on server through conn with username and password.
+func TURNAllocate(ctx context.Context, conn *net.UDPConn, server *net.UDPAddr, username, password string) (*TURNSession, error) {
+	transport := stun.RawAttribute{Type: stun.AttrRequestedTransport, Value: []byte{17, 0, 0, 0}}
+	res, err := stunRequest(ctx, conn, server, stun.MethodAllocate, transport)
+	if err != nil {
+		return nil, fmt.Errorf("turn allocate on %s: %w", server, err)
+	}
+	s := &TURNSession{conn: conn, server: server, username: username}
+	if err := s.realm.GetFrom(res); err != nil {
+		return nil, fmt.Errorf("turn allocate on %s: no realm in the challenge: %w", server, err)
+	}
+	if err := s.nonce.GetFrom(res); err != nil {
+		return nil, fmt.Errorf("turn allocate on %s: no nonce in the challenge: %w", server, err)
+	}
+	s.key = stun.NewLongTermIntegrity(username, s.realm.String(), password)
+	lifetime := stun.RawAttribute{Type: stun.AttrLifetime, Value: binary.BigEndian.AppendUint32(nil, 600)}
+	if _, err := s.request(ctx, stun.MethodAllocate, transport, lifetime); err != nil {
+		return nil, fmt.Errorf("turn allocate on %s: %w", server, err)
+	}
+	return s, nil
+}
+
+// BindChannel binds Channel to peer, so the sender can write ChannelData frames (ChannelHeader).
+func (s *TURNSession) BindChannel(ctx context.Context, peer netip.AddrPort) error {
+	ch := stun.RawAttribute{Type: stun.AttrChannelNumber, Value: []byte{Channel >> 8, Channel & 0xff, 0, 0}}
+	addr := stun.RawAttribute{Type: stun.AttrXORPeerAddress, Value: xorAddr(peer)}
+	if _, err := s.request(ctx, stun.MethodChannelBind, ch, addr); err != nil {
+		return fmt.Errorf("turn channel bind to %s: %w", peer, err)
+	}
+	return nil
+}
+
+func (s *TURNSession) request(ctx context.Context, method stun.Method, attrs ...stun.Setter) (*stun.Message, error) {
+	res, err := stunRequest(ctx, s.conn, s.server, method, append(attrs, stun.NewUsername(s.username), s.realm, s.nonce, s.key)...)
+	if err != nil {
+		return nil, err
+	}
+	if res.Type.Class != stun.ClassSuccessResponse {
+		var code stun.ErrorCodeAttribute
+		_ = code.GetFrom(res)
+		return nil, fmt.Errorf("error response %d %s", code.Code, code.Reason)
+	}
+	return res, nil
+}
+
+// stunRequest sends a request and returns its answer, success or error, retrying a lost one a
+// few times.
+func stunRequest(ctx context.Context, conn *net.UDPConn, server *net.UDPAddr, method stun.Method, attrs ...stun.Setter) (*stun.Message, error) {
+	setters := append([]stun.Setter{stun.TransactionID, stun.NewType(method, stun.ClassRequest)}, attrs...)
+	req, err := stun.Build(append(setters, stun.Fingerprint)...)
+	if err != nil {
+		return nil, err
+	}
+	buf := make([]byte, 1500)
+	defer func() { _ = conn.SetReadDeadline(time.Time{}) }()
+	for range 5 {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if _, err := conn.WriteToUDP(req.Raw, server); err != nil {
+			return nil, err
+		}
+		_ = conn.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		for {
+			n, _, err := conn.ReadFromUDP(buf)
+			if err != nil {
+				break
+			}
+			res := &stun.Message{Raw: append([]byte(nil), buf[:n]...)}
+			if res.Decode() != nil || res.TransactionID != req.TransactionID {
+				continue
+			}
+			return res, nil
+		}
+	}
 	return nil, fmt.Errorf("no answer from %s", server)
 }

@@ -130,6 +130,8 @@ type Candidate struct {
 	Port     int    `json:"port"`
 	Protocol string `json:"protocol"`
 	Type     string `json:"type"`
+	// RelayProtocol is how a relay candidate reaches its TURN server: udp, tcp or tls.
+	RelayProtocol string `json:"relayProtocol"`
 }
 
 func (c *Candidate) String() string {

@@ -54,6 +54,8 @@ type Options struct {
 	// Wrap, when set, turns the command line of each process Start starts (named edge, agentN,
 	// appN) into the one to run, for example from an image's root file system.
 	Wrap func(name, bin string, args []string) (string, []string)
+	// EdgeArgs are more flags for the edge.
+	EdgeArgs []string
 }
 
 // NodeOptions describe one node: an agent and an app.
@@ -153,7 +155,7 @@ func (d *Deployment) startEdge(ctx context.Context) error {
 	if err := os.MkdirAll(state, 0o700); err != nil {
 		return fmt.Errorf("edge state dir: %w", err)
 	}
-	p, err := d.start(ctx, "edge", d.Topo.Edge, d.opts.Bins.Edge,
+	p, err := d.start(ctx, "edge", d.Topo.Edge, d.opts.Bins.Edge, append([]string{
 		"--edge-id", d.opts.EdgeID,
 		"--pool", d.opts.Pool,
 		"--public-host", netns.EdgePublic.String(),
@@ -167,7 +169,7 @@ func (d *Deployment) startEdge(ctx context.Context) error {
 		"--media-ports", MediaPorts,
 		"--backend-cidrs", netns.BackendCIDRs.String(),
 		"--log-format", "console",
-	)
+	}, d.opts.EdgeArgs...)...)
 	if err != nil {
 		return err
 	}

@@ -27,6 +27,9 @@ func banner(log zerolog.Logger, s *settings, natsURLs []string) *zerolog.Event {
 	if s.f.mediaMode == "on" {
 		ev = ev.Str("media_ports", s.mediaPorts.String()+"/udp").Str("public_ip", s.publicIP.String())
 	}
+	if s.turn != nil {
+		ev = ev.Strs("turn_uris", s.turn.URIs)
+	}
 	return ev
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy"
 	"github.com/livegate/livegate/edgeproxy/internal/reconcile"
 	"github.com/livegate/livegate/edgeproxy/internal/routes"
+	"github.com/livegate/livegate/edgeproxy/internal/turnrelay"
 	"github.com/livegate/livegate/pkg/buildinfo"
 	"github.com/livegate/livegate/pkg/events"
 	"github.com/livegate/livegate/pkg/logging"
@@ -114,6 +115,7 @@ type flags struct {
 	adminAddr, logLevel, logFormat           string
 	memoryLimit                              limitFlag
 	token                                    tokenFlags
+	turn                                     turnrelay.Flags
 }
 
 func hostname() string {
@@ -193,6 +195,7 @@ func newFlagSet(name string, stderr io.Writer, extra []func(*flag.FlagSet)) (*fl
 	f.memoryLimit.mib = DefaultMemoryLimitMiB
 	fs.Var(&f.memoryLimit, "memory-limit-mib", "soft limit of the Go runtime's memory in `MiB`: near it the garbage collector runs more often instead of the heap growing; 0 keeps the runtime's default; with --nats-embedded the default is left off (the server shares the heap) and only a value from a flag, variable or file applies; GOMEMLIMIT, when set, wins")
 	f.token.register(fs)
+	f.turn.Register(fs)
 	fs.String(configFlag, "", "TOML file of settings, keyed by flag name (nats-url = \"nats://...\"); flags and environment variables override it")
 	for _, x := range extra {
 		x(fs)
@@ -261,6 +264,8 @@ type settings struct {
 	nats       natsconn.Config
 	// memoryLimitMiB is the soft memory limit to set; 0 sets none.
 	memoryLimitMiB int
+	// turn is the TURN relay's configuration; nil without --turn.
+	turn *turnrelay.Config
 }
 
 func (f *flags) settings(drivers map[string]DriverFactory) (*settings, error) {
@@ -311,6 +316,9 @@ func (f *flags) settings(drivers map[string]DriverFactory) (*settings, error) {
 	}
 	if f.maxMedia < 1 {
 		errs = append(errs, fmt.Errorf("--max-media-backends %d: must be at least 1", f.maxMedia))
+	}
+	if s.turn, err = turnConfig(f, s); err != nil {
+		errs = append(errs, err)
 	}
 	if f.portQuarantine < 0 {
 		errs = append(errs, errors.New("--port-quarantine must not be negative"))

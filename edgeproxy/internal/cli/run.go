@@ -202,12 +202,20 @@ func run(ctx context.Context, s *settings, h Hooks, log zerolog.Logger) error {
 	if supervise {
 		opts = append(opts, reconcile.WithStartGate(haproxyUp))
 	}
-	r, err := reconcile.New(s.reconcile, reconcile.Deps{
+	var r *reconcile.Reconciler
+	relay, err := turnRelay(s, reg, func() { r.Resync() }, log)
+	if err != nil {
+		return err
+	}
+	deps := reconcile.Deps{
 		JS: js, Buckets: buckets, Driver: driver, Media: plane,
 		Events:  events.NewPublisher(js, "livegate-edgeproxy/"+s.reconcile.EdgeID),
 		Metrics: reconcile.NewMetrics(reg), Log: log.With().Str("component", "reconcile").Logger(),
-	}, opts...)
-	if err != nil {
+	}
+	if relay != nil {
+		deps.Relay = relay
+	}
+	if r, err = reconcile.New(s.reconcile, deps, opts...); err != nil {
 		return err
 	}
 	adm := admin.New(source{r}, reg, log.With().Str("component", "admin").Logger())
@@ -241,6 +249,9 @@ func run(ctx context.Context, s *settings, h Hooks, log zerolog.Logger) error {
 	}
 	wg.Go(func() { errc <- r.Run(ctx) })
 	wg.Go(func() { errc <- adm.Run(ctx, s.f.adminAddr) })
+	if relay != nil {
+		wg.Go(func() { errc <- relay.Run(ctx) })
+	}
 	banner(log, s, natsCfg.URLs).Msg("edge proxy running")
 	var first error
 	select {

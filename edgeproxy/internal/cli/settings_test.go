@@ -24,6 +24,10 @@ func TestCheckConfigRefusesWhatRunRefuses(t *testing.T) {
 	}{
 		{"log level", []string{"--log-level", "loud"}, `--log-level: log level "loud"`},
 		{"log format", []string{"--log-format", "xml"}, `--log-format: log format "xml"`},
+		{"turn relay ports overlap media", []string{"--turn", "--turn-secret-file", "/s", "--public-ip", "198.18.0.1", "--turn-relay-ports", "19000-21000"}, "relay ports 19000-21000 overlap the media ports 10500-20000"},
+		{"turn without secret", []string{"--turn", "--public-ip", "198.18.0.1"}, "--turn-secret-file"},
+		{"turn without public ip", []string{"--turn", "--turn-secret-file", "/s"}, "public IPv4 address (--public-ip)"},
+		{"turn bad uri", []string{"--turn", "--turn-secret-file", "/s", "--public-ip", "198.18.0.1", "--turn-uris", "stun:x:3478"}, `TURN URI "stun:x:3478"`},
 	}
 	for _, tt := range tests {
 		for name, cmd := range map[string]Command{"run": RunCommand(Hooks{}), "check-config": CheckConfigCommand(Hooks{})} {

@@ -23,6 +23,7 @@ import (
 	"github.com/livegate/livegate/edgeproxy/internal/media"
 	"github.com/livegate/livegate/edgeproxy/internal/portalloc"
 	"github.com/livegate/livegate/edgeproxy/internal/routes"
+	"github.com/livegate/livegate/edgeproxy/internal/turnrelay"
 	"github.com/livegate/livegate/pkg/events"
 	"github.com/livegate/livegate/pkg/kvstore"
 	"github.com/livegate/livegate/pkg/logging"
@@ -93,6 +94,19 @@ type Deps struct {
 	Events  *events.Publisher
 	Metrics *Metrics
 	Log     zerolog.Logger
+	// Relay, when set, is the edge's TURN relay: endpoints carry its credentials and it is told
+	// which sessions are served.
+	Relay Relay
+}
+
+// Relay is what the loop needs of the edge's TURN relay (turnrelay.Relay).
+type Relay interface {
+	// Credentials is what session's endpoint publishes of the relay at now.
+	Credentials(session string, now time.Time) *livegatev1.TurnRelay
+	// Current reports whether published still stands at now, and when it is due for renewal.
+	Current(session string, published *livegatev1.TurnRelay, now time.Time) (bool, time.Time)
+	// Serve sets the sessions served and the media each may relay to.
+	Serve(sessions map[string]turnrelay.Media)
 }
 
 // Option changes a Reconciler's defaults.
@@ -167,6 +181,8 @@ type Reconciler struct {
 	writes     sync.WaitGroup
 	// republish asks the loop for a pass after retryDelay: an endpoint write failed.
 	republish bool
+	// turnRenew is when the earliest published TURN credential is due for renewal (zero: none).
+	turnRenew time.Time
 
 	mu     sync.Mutex
 	status map[string]servedRoute
@@ -214,6 +230,7 @@ type published struct {
 	signalingPort                     uint32
 	ports                             []uint16
 	media                             []netip.AddrPort
+	turn                              *livegatev1.TurnRelay
 	// unreadable marks a value whose ports or backends do not parse: it equals nothing.
 	unreadable bool
 }
@@ -221,7 +238,7 @@ type published struct {
 func publishedOf(pb *livegatev1.Endpoint) *published {
 	p := &published{
 		instance: pb.GetInstanceId(), session: pb.GetSessionId(), edge: pb.GetEdgeId(), host: pb.GetPublicHost(),
-		ip: pb.GetPublicIp(), signalingPort: pb.GetSignalingPort(),
+		ip: pb.GetPublicIp(), signalingPort: pb.GetSignalingPort(), turn: pb.GetTurn(),
 	}
 	for _, port := range pb.GetPublicUdpPorts() {
 		p.unreadable = p.unreadable || port == 0 || port > 65535
@@ -235,11 +252,11 @@ func publishedOf(pb *livegatev1.Endpoint) *published {
 	return p
 }
 
-// publishedFor is what this edge publishes for w (see endpointFor).
-func (r *Reconciler) publishedFor(w servedRoute) *published {
+// publishedFor is what this edge publishes for w (see endpointFor), with its TURN credential.
+func (r *Reconciler) publishedFor(w servedRoute, turn *livegatev1.TurnRelay) *published {
 	return &published{
 		instance: w.route.Key, session: w.route.SessionID, edge: r.cfg.EdgeID, host: r.cfg.PublicHost,
-		ip: r.cfg.PublicIP, signalingPort: r.cfg.SignalingPort, ports: w.publicPorts(), media: w.route.Media,
+		ip: r.cfg.PublicIP, signalingPort: r.cfg.SignalingPort, ports: w.publicPorts(), media: w.route.Media, turn: turn,
 	}
 }
 
@@ -248,7 +265,20 @@ func (r *Reconciler) publishedFor(w servedRoute) *published {
 func (p *published) publishes(r *Reconciler, w servedRoute) bool {
 	return p != nil && !p.unreadable && p.instance == w.route.Key && p.session == w.route.SessionID &&
 		p.edge == r.cfg.EdgeID && p.host == r.cfg.PublicHost && p.ip == r.cfg.PublicIP && p.signalingPort == r.cfg.SignalingPort &&
-		slices.Equal(p.ports, w.publicPorts()) && slices.Equal(p.media, w.route.Media)
+		slices.Equal(p.ports, w.publicPorts()) && slices.Equal(p.media, w.route.Media) && r.turnCurrent(w.route.SessionID, p.turn)
+}
+
+// turnCurrent reports whether a published TURN credential still stands, and notes when it is due
+// for renewal.
+func (r *Reconciler) turnCurrent(session string, t *livegatev1.TurnRelay) bool {
+	if r.d.Relay == nil {
+		return t == nil
+	}
+	ok, renew := r.d.Relay.Current(session, t, r.now())
+	if ok {
+		r.turnRenew = earliest(r.turnRenew, renew)
+	}
+	return ok
 }
 
 type servedRoute struct {
@@ -675,6 +705,7 @@ func decodeEndpoint(e kvstore.Entry) endpoint {
 // pass reconciles once. It returns when it wants to run again (a claim falling due), or zero.
 func (r *Reconciler) pass(ctx context.Context, full bool) (time.Time, error) {
 	now := r.now()
+	r.turnRenew = time.Time{}
 	heldUntil := r.releaseHeld(now)
 	r.awaitRemovals()
 	r.refuseInvalid()
@@ -754,6 +785,9 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (time.Time, error) {
 	}
 	tClaim := r.now()
 	r.publishEndpoints(ctx, want, claims)
+	if !r.turnRenew.IsZero() {
+		next = earliest(next, r.turnRenew)
+	}
 	tPub := r.now()
 	r.finish(want, now)
 	r.log.Debug().Bool("full", full).Int("routes", len(want)).Dur("plan_ms", tPlan.Sub(now)).Dur("program_ms", tProg.Sub(tPlan)).
@@ -1061,6 +1095,10 @@ func (r *Reconciler) endpointFor(w servedRoute) *livegatev1.Endpoint {
 	for _, p := range w.publicPorts() {
 		ep.PublicUdpPorts = append(ep.PublicUdpPorts, uint32(p))
 	}
+	if r.d.Relay != nil {
+		ep.Turn = r.d.Relay.Credentials(w.route.SessionID, r.now())
+		r.turnCurrent(w.route.SessionID, ep.Turn)
+	}
 	return ep
 }
 
@@ -1083,7 +1121,7 @@ func (r *Reconciler) writeClaims(ctx context.Context, want map[string]servedRout
 			} else {
 				rev, err = r.d.Buckets.Endpoints.Update(ctx, k, data, c.Revision)
 			}
-			return writeResult{key: k, rev: rev, pub: r.publishedFor(w), err: err}
+			return writeResult{key: k, rev: rev, pub: r.publishedFor(w, pb.Turn), err: err}
 		})
 	}
 	var lost []string
@@ -1132,9 +1170,9 @@ func (r *Reconciler) publishEndpoints(ctx context.Context, want map[string]serve
 	writing := map[string]*published{}
 	for _, k := range stale {
 		w := want[k]
-		pub := r.publishedFor(w)
 		cur, ok := r.endpoints[k]
 		pb := r.endpointFor(w)
+		pub := r.publishedFor(w, pb.Turn)
 		pooled := w.route.EdgeID == ""
 		fns = append(fns, func() writeResult {
 			data, err := wire.Marshal(pb)
@@ -1254,6 +1292,9 @@ func (r *Reconciler) finish(want map[string]servedRoute, now time.Time) {
 		r.emit(&livegatev1.Event{Type: livegatev1.EventType_EVENT_TYPE_ROUTE_PROGRAMMED, InstanceId: k, SessionId: w.route.SessionID, Pool: w.route.Pool,
 			Details: &livegatev1.Event_RouteProgrammed{RouteProgrammed: &livegatev1.RouteProgrammed{EdgeId: r.cfg.EdgeID, Latency: durationpb.New(latency)}}})
 	}
+	if r.d.Relay != nil && (len(fresh) > 0 || len(r.served) != len(served) || r.status == nil) {
+		r.serveRelay(served)
+	}
 	r.served = served
 	clear(r.expired)
 	r.d.Metrics.routes.Set(float64(len(served)))
@@ -1261,6 +1302,18 @@ func (r *Reconciler) finish(want map[string]servedRoute, now time.Time) {
 	r.mu.Lock()
 	r.status = served
 	r.mu.Unlock()
+}
+
+// serveRelay tells the relay the sessions served now and their media.
+func (r *Reconciler) serveRelay(served map[string]servedRoute) {
+	sessions := make(map[string]turnrelay.Media, len(served))
+	for _, w := range served {
+		m := sessions[w.route.SessionID]
+		m.Ports = append(m.Ports, w.publicPorts()...)
+		m.Backends = append(m.Backends, w.route.Media...)
+		sessions[w.route.SessionID] = m
+	}
+	r.d.Relay.Serve(sessions)
 }
 
 // removal says why a route this edge served is no longer served: the metric's reason and the

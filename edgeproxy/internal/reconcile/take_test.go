@@ -144,7 +144,7 @@ func TestEchoWaitsForItsWrite(t *testing.T) {
 	r.now = time.Now
 	r.cfg.PublicHost = "edge-a.example.test"
 	w := servedRoute{route: routes.Route{Key: "i1", SessionID: "s1", Signaling: netip.MustParseAddrPort("127.0.0.1:30000")}}
-	pub := r.publishedFor(w)
+	pub := r.publishedFor(w, nil)
 	inFlight := func(results ...writeResult) {
 		done := make(chan publishBatch, 1)
 		done <- publishBatch{results: results}
@@ -208,8 +208,8 @@ func TestPublishedMatchesWhatIsWritten(t *testing.T) {
 		t.Fatal(err)
 	}
 	read := decodeEndpoint(kvstore.Entry{Key: "i1", Value: data, Revision: 5})
-	if !read.pub.equal(r.publishedFor(w)) || !read.pub.publishes(r, w) {
-		t.Fatalf("endpoint read back %+v differs from %+v", read.pub, r.publishedFor(w))
+	if !read.pub.equal(r.publishedFor(w, nil)) || !read.pub.publishes(r, w) {
+		t.Fatalf("endpoint read back %+v differs from %+v", read.pub, r.publishedFor(w, nil))
 	}
 	moved := w
 	moved.ports = []uint16{10500, 10509}
@@ -218,7 +218,7 @@ func TestPublishedMatchesWhatIsWritten(t *testing.T) {
 	noMedia := w
 	noMedia.route.Media, noMedia.ports = nil, nil
 	for name, x := range map[string]servedRoute{"port": moved, "backend": otherBackend, "no media": noMedia} {
-		if read.pub.equal(r.publishedFor(x)) || read.pub.publishes(r, x) {
+		if read.pub.equal(r.publishedFor(x, nil)) || read.pub.publishes(r, x) {
 			t.Fatalf("%s changed, yet the endpoint compares equal", name)
 		}
 	}

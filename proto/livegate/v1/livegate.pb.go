@@ -794,7 +794,9 @@ type Endpoint struct {
 	AssignedAt     *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=assigned_at,json=assignedAt,proto3" json:"assigned_at,omitempty"`
 	// The IPv4 address the public UDP ports are on (the edge's --public-ip), for apps that must put
 	// an address, not a host name, into their ICE candidate. Empty when the edge forwards no media.
-	PublicIp      string `protobuf:"bytes,9,opt,name=public_ip,json=publicIp,proto3" json:"public_ip,omitempty"`
+	PublicIp string `protobuf:"bytes,9,opt,name=public_ip,json=publicIp,proto3" json:"public_ip,omitempty"`
+	// The edge's own TURN relay and this session's credential for it; unset when the edge runs none.
+	Turn          *TurnRelay `protobuf:"bytes,10,opt,name=turn,proto3" json:"turn,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -892,6 +894,83 @@ func (x *Endpoint) GetPublicIp() string {
 	return ""
 }
 
+func (x *Endpoint) GetTurn() *TurnRelay {
+	if x != nil {
+		return x.Turn
+	}
+	return nil
+}
+
+// TurnRelay is a TURN relay a session's client may use: the TURN REST API scheme (username
+// "<unix expiry>:<session id>", credential base64(HMAC-SHA1(secret, username))).
+type TurnRelay struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Uris          []string               `protobuf:"bytes,1,rep,name=uris,proto3" json:"uris,omitempty"`
+	Username      string                 `protobuf:"bytes,2,opt,name=username,proto3" json:"username,omitempty"`
+	Credential    string                 `protobuf:"bytes,3,opt,name=credential,proto3" json:"credential,omitempty"`
+	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TurnRelay) Reset() {
+	*x = TurnRelay{}
+	mi := &file_livegate_v1_livegate_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TurnRelay) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TurnRelay) ProtoMessage() {}
+
+func (x *TurnRelay) ProtoReflect() protoreflect.Message {
+	mi := &file_livegate_v1_livegate_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TurnRelay.ProtoReflect.Descriptor instead.
+func (*TurnRelay) Descriptor() ([]byte, []int) {
+	return file_livegate_v1_livegate_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *TurnRelay) GetUris() []string {
+	if x != nil {
+		return x.Uris
+	}
+	return nil
+}
+
+func (x *TurnRelay) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
+func (x *TurnRelay) GetCredential() string {
+	if x != nil {
+		return x.Credential
+	}
+	return ""
+}
+
+func (x *TurnRelay) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
 // EdgeStatus is an edge's heartbeat: KV livegate_edges, key = edge id, per-key TTL.
 type EdgeStatus struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
@@ -910,7 +989,7 @@ type EdgeStatus struct {
 
 func (x *EdgeStatus) Reset() {
 	*x = EdgeStatus{}
-	mi := &file_livegate_v1_livegate_proto_msgTypes[9]
+	mi := &file_livegate_v1_livegate_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -922,7 +1001,7 @@ func (x *EdgeStatus) String() string {
 func (*EdgeStatus) ProtoMessage() {}
 
 func (x *EdgeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_livegate_v1_livegate_proto_msgTypes[9]
+	mi := &file_livegate_v1_livegate_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -935,7 +1014,7 @@ func (x *EdgeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EdgeStatus.ProtoReflect.Descriptor instead.
 func (*EdgeStatus) Descriptor() ([]byte, []int) {
-	return file_livegate_v1_livegate_proto_rawDescGZIP(), []int{9}
+	return file_livegate_v1_livegate_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *EdgeStatus) GetEdgeId() string {
@@ -1048,7 +1127,7 @@ const file_livegate_v1_livegate_proto_rawDesc = "" +
 	"\x04pool\x18\x06 \x01(\tR\x04pool\x126\n" +
 	"\tlease_ttl\x18\a \x01(\v2\x19.google.protobuf.DurationR\bleaseTtl\x129\n" +
 	"\n" +
-	"renewed_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\trenewedAt\"\xd6\x02\n" +
+	"renewed_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\trenewedAt\"\x82\x03\n" +
 	"\bEndpoint\x12\x1f\n" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
 	"instanceId\x12\x1d\n" +
@@ -1062,7 +1141,17 @@ const file_livegate_v1_livegate_proto_rawDesc = "" +
 	"\x0emedia_backends\x18\a \x03(\tR\rmediaBackends\x12;\n" +
 	"\vassigned_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"assignedAt\x12\x1b\n" +
-	"\tpublic_ip\x18\t \x01(\tR\bpublicIp\"\x81\x02\n" +
+	"\tpublic_ip\x18\t \x01(\tR\bpublicIp\x12*\n" +
+	"\x04turn\x18\n" +
+	" \x01(\v2\x16.livegate.v1.TurnRelayR\x04turn\"\x96\x01\n" +
+	"\tTurnRelay\x12\x12\n" +
+	"\x04uris\x18\x01 \x03(\tR\x04uris\x12\x1a\n" +
+	"\busername\x18\x02 \x01(\tR\busername\x12\x1e\n" +
+	"\n" +
+	"credential\x18\x03 \x01(\tR\n" +
+	"credential\x129\n" +
+	"\n" +
+	"expires_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"\x81\x02\n" +
 	"\n" +
 	"EdgeStatus\x12\x17\n" +
 	"\aedge_id\x18\x01 \x01(\tR\x06edgeId\x12\x12\n" +
@@ -1106,7 +1195,7 @@ func file_livegate_v1_livegate_proto_rawDescGZIP() []byte {
 }
 
 var file_livegate_v1_livegate_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_livegate_v1_livegate_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_livegate_v1_livegate_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_livegate_v1_livegate_proto_goTypes = []any{
 	(EventType)(0),                // 0: livegate.v1.EventType
 	(*Event)(nil),                 // 1: livegate.v1.Event
@@ -1118,13 +1207,14 @@ var file_livegate_v1_livegate_proto_goTypes = []any{
 	(*RouteRemoved)(nil),          // 7: livegate.v1.RouteRemoved
 	(*Route)(nil),                 // 8: livegate.v1.Route
 	(*Endpoint)(nil),              // 9: livegate.v1.Endpoint
-	(*EdgeStatus)(nil),            // 10: livegate.v1.EdgeStatus
-	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 12: google.protobuf.Duration
+	(*TurnRelay)(nil),             // 10: livegate.v1.TurnRelay
+	(*EdgeStatus)(nil),            // 11: livegate.v1.EdgeStatus
+	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 13: google.protobuf.Duration
 }
 var file_livegate_v1_livegate_proto_depIdxs = []int32{
 	0,  // 0: livegate.v1.Event.type:type_name -> livegate.v1.EventType
-	11, // 1: livegate.v1.Event.time:type_name -> google.protobuf.Timestamp
+	12, // 1: livegate.v1.Event.time:type_name -> google.protobuf.Timestamp
 	2,  // 2: livegate.v1.Event.session_ended:type_name -> livegate.v1.SessionEnded
 	3,  // 3: livegate.v1.Event.awaiting_resume:type_name -> livegate.v1.AwaitingResume
 	4,  // 4: livegate.v1.Event.credentials_changed:type_name -> livegate.v1.CredentialsChanged
@@ -1132,18 +1222,20 @@ var file_livegate_v1_livegate_proto_depIdxs = []int32{
 	5,  // 6: livegate.v1.Event.route_refused:type_name -> livegate.v1.RouteRefused
 	6,  // 7: livegate.v1.Event.route_programmed:type_name -> livegate.v1.RouteProgrammed
 	7,  // 8: livegate.v1.Event.route_removed:type_name -> livegate.v1.RouteRemoved
-	12, // 9: livegate.v1.AwaitingResume.resume_timeout:type_name -> google.protobuf.Duration
-	11, // 10: livegate.v1.AwaitingResume.deadline:type_name -> google.protobuf.Timestamp
-	12, // 11: livegate.v1.RouteProgrammed.latency:type_name -> google.protobuf.Duration
-	12, // 12: livegate.v1.Route.lease_ttl:type_name -> google.protobuf.Duration
-	11, // 13: livegate.v1.Route.renewed_at:type_name -> google.protobuf.Timestamp
-	11, // 14: livegate.v1.Endpoint.assigned_at:type_name -> google.protobuf.Timestamp
-	11, // 15: livegate.v1.EdgeStatus.heartbeat:type_name -> google.protobuf.Timestamp
-	16, // [16:16] is the sub-list for method output_type
-	16, // [16:16] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	13, // 9: livegate.v1.AwaitingResume.resume_timeout:type_name -> google.protobuf.Duration
+	12, // 10: livegate.v1.AwaitingResume.deadline:type_name -> google.protobuf.Timestamp
+	13, // 11: livegate.v1.RouteProgrammed.latency:type_name -> google.protobuf.Duration
+	13, // 12: livegate.v1.Route.lease_ttl:type_name -> google.protobuf.Duration
+	12, // 13: livegate.v1.Route.renewed_at:type_name -> google.protobuf.Timestamp
+	12, // 14: livegate.v1.Endpoint.assigned_at:type_name -> google.protobuf.Timestamp
+	10, // 15: livegate.v1.Endpoint.turn:type_name -> livegate.v1.TurnRelay
+	12, // 16: livegate.v1.TurnRelay.expires_at:type_name -> google.protobuf.Timestamp
+	12, // 17: livegate.v1.EdgeStatus.heartbeat:type_name -> google.protobuf.Timestamp
+	18, // [18:18] is the sub-list for method output_type
+	18, // [18:18] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_livegate_v1_livegate_proto_init() }
@@ -1166,7 +1258,7 @@ func file_livegate_v1_livegate_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_livegate_v1_livegate_proto_rawDesc), len(file_livegate_v1_livegate_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   10,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
