@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/livegate/livegate/edgeproxy/internal/admin"
-	"github.com/livegate/livegate/edgeproxy/internal/atomicfile"
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy"
 	"github.com/livegate/livegate/edgeproxy/internal/media"
 	"github.com/livegate/livegate/edgeproxy/internal/reconcile"
@@ -278,7 +277,7 @@ func supervised(s *settings, client *haproxy.Client, onReady func(), log zerolog
 	old, _ := os.ReadFile(s.configFile)
 	changed := string(old) != text
 	if changed {
-		if err := atomicfile.Write(s.configFile, []byte(text), 0o640); err != nil {
+		if err := haproxy.WriteFileAtomic(s.configFile, []byte(text), 0o640); err != nil {
 			return nil, err
 		}
 	}
