@@ -24,7 +24,7 @@ import (
 // sweeps the other.
 const prefix = "lget"
 
-// The /v1/streaming/ready answers (DESIGN.md section 1).
+// The /v1/streaming/ready answers (docs/agent.md, GET /v1/streaming/ready).
 var (
 	readyAppNotReady    = stack.Ready{Code: 503, Message: "Status: App not ready"}
 	readyRtxNotReady    = stack.Ready{Code: 503, Message: "Status: Rtx not ready"}

@@ -13,7 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// Bucket names (DESIGN.md section 2).
+// Bucket names (docs/architecture.md, "Contracts").
 const (
 	RoutesBucket    = "livegate_routes"
 	EndpointsBucket = "livegate_endpoints"

@@ -17,21 +17,10 @@ import (
 
 func connect(t *testing.T, url string) (jetstream.JetStream, *kvstore.Buckets) {
 	t.Helper()
-	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := natstest.Connect(t, url, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+	b := natstest.Buckets(t, js)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	b, err := kvstore.Ensure(ctx, js)
-	if err != nil {
-		t.Fatal(err)
-	}
 	if _, err := kvstore.Ensure(ctx, js); err != nil {
 		t.Fatalf("second Ensure: %v", err)
 	}

@@ -1,8 +1,10 @@
 // Package natstest starts real NATS servers for tests: the embedded one, or the nats-server binary
-// that `make deps` installs, each with JetStream and a fresh store.
+// that `make deps` installs, each with JetStream and a fresh store; and connects a test to one,
+// with the livegate buckets in place.
 package natstest
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os"
@@ -11,6 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/livegate/livegate/pkg/kvstore"
 	"github.com/livegate/livegate/pkg/natsembed"
 )
 
@@ -109,4 +115,31 @@ func FreePort(t testing.TB) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Connect connects to the server at url until the end of the test.
+func Connect(t testing.TB, url string, opts ...nats.Option) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nc, js
+}
+
+// Buckets creates (or opens) the livegate KV buckets.
+func Buckets(t testing.TB, js jetstream.JetStream) *kvstore.Buckets {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	b, err := kvstore.Ensure(ctx, js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -13,7 +13,6 @@ import (
 	"github.com/livegate/livegate/pkg/natstest"
 	"github.com/livegate/livegate/pkg/wire"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 )
@@ -32,18 +31,10 @@ func eventually(t *testing.T, what string, ok func() bool) {
 // TestOutboxRouteAndEndpoint runs the publisher against an embedded NATS server.
 func TestOutboxRouteAndEndpoint(t *testing.T) {
 	url := natstest.Embedded(t)
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, _ := jetstream.New(nc)
+	nc, js := natstest.Connect(t, url)
+	b := natstest.Buckets(t, js)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	b, err := kvstore.Ensure(ctx, js)
-	if err != nil {
-		t.Fatal(err)
-	}
 	// A key left behind by an earlier run of the same instance.
 	if _, err := kvstore.PutTTL(ctx, js, kvstore.RoutesBucket, "i1", []byte(`{"sessionId":"old"}`), time.Hour); err != nil {
 		t.Fatal(err)

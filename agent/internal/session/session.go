@@ -239,7 +239,7 @@ func (m *Machine) Handle(in Input) []Effect {
 	return m.step(func() { m.apply(in) })
 }
 
-// EndSession applies an endsession call, in the order DESIGN.md section 1 gives.
+// EndSession applies an endsession call, in the order docs/agent.md (POST /v1/streaming/endsession) gives.
 func (m *Machine) EndSession(sessionID string, graceful bool) (EndStatus, []Effect, error) {
 	var status EndStatus
 	var err error

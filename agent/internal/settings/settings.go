@@ -33,7 +33,7 @@ const (
 	HTTPExt    = "omni.services.transport.server.http"
 )
 
-// The reference app's default ports (DESIGN.md section 1).
+// The reference app's default ports (docs/agent.md, --signaling-backend and --media-backend).
 const (
 	DefaultSignalingPort = 49100
 	DefaultMediaPort     = 47998

@@ -153,20 +153,9 @@ func TestEdgeProcessSurvivesKills(t *testing.T) {
 	admin := fmt.Sprintf("http://127.0.0.1:%d", adminPort)
 	waitFor(t, "healthz", func() bool { code, _ := get(admin + "/healthz"); return code == http.StatusOK })
 
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := natstest.Connect(t, url)
+	kv := natstest.Buckets(t, js)
 	ctx := context.Background()
-	kv, err := kvstore.Ensure(ctx, js)
-	if err != nil {
-		t.Fatal(err)
-	}
 	put := func(key, session string, b haproxytest.Backend) {
 		data, err := wire.Marshal(&livegatev1.Route{SessionId: session, SignalingBackend: b.Addr.String(), EdgeId: "edge-t"})
 		if err != nil {

@@ -11,8 +11,7 @@ import (
 	"time"
 
 	"github.com/livegate/livegate/pkg/logbuf"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
+	"github.com/livegate/livegate/pkg/natstest"
 	"github.com/rs/zerolog"
 
 	"github.com/livegate/livegate/edgeproxy/internal/cli"
@@ -69,15 +68,7 @@ func TestEdgeWithDataplaneAPIDriver(t *testing.T) {
 		return res.StatusCode == http.StatusOK
 	})
 
-	nc, err := nats.Connect(fmt.Sprintf("nats://127.0.0.1:%d", natsPort))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := natstest.Connect(t, fmt.Sprintf("nats://127.0.0.1:%d", natsPort))
 	kv, err := js.KeyValue(ctx, kvstore.RoutesBucket)
 	if err != nil {
 		t.Fatal(err)

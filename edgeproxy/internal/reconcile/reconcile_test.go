@@ -23,7 +23,6 @@ import (
 	"github.com/livegate/livegate/pkg/natstest"
 	"github.com/livegate/livegate/pkg/wire"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
@@ -37,21 +36,10 @@ type env struct {
 
 func newEnv(t testing.TB) env {
 	t.Helper()
-	nc, err := nats.Connect(natstest.Embedded(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := natstest.Connect(t, natstest.Embedded(t))
+	kv := natstest.Buckets(t, js)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	kv, err := kvstore.Ensure(ctx, js)
-	if err != nil {
-		t.Fatal(err)
-	}
 	if err := events.EnsureStream(ctx, js); err != nil {
 		t.Fatal(err)
 	}

@@ -96,7 +96,9 @@ func (f Files) ConfigFor(port int) haproxy.Config {
 // Instance is a supervised HAProxy.
 type Instance struct {
 	Files
-	Port       int
+	Port   int
+	Client *haproxy.Client
+	// Driver is the runtime driver of an Instance from Start.
 	Driver     *haproxy.RuntimeDriver
 	Supervisor *haproxy.Supervisor
 	ready      chan struct{}
@@ -107,10 +109,9 @@ type Instance struct {
 func (i *Instance) OnReady(f func()) { i.onReady.Store(&f) }
 
 // Start renders a configuration, writes an empty map file when none exists and supervises
-// HAProxy until the end of the test.
+// HAProxy until the end of the test, with a runtime driver on its map.
 func Start(t testing.TB, cfg haproxy.Config, f Files) *Instance {
 	t.Helper()
-	bin := Binary(t)
 	text, err := haproxy.Render(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -123,14 +124,23 @@ func Start(t testing.TB, cfg haproxy.Config, f Files) *Instance {
 			t.Fatal(err)
 		}
 	}
-	client := haproxy.NewClient(f.Socket, 5*time.Second)
-	drv, err := haproxy.NewRuntimeDriver(client, f.MapFile)
+	inst := Supervise(t, f, cfg.Port)
+	drv, err := haproxy.NewRuntimeDriver(inst.Client, f.MapFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	inst := &Instance{Files: f, Port: cfg.Port, Driver: drv, ready: make(chan struct{}, 16)}
+	inst.Driver = drv
+	inst.WaitReady(t)
+	return inst
+}
+
+// Supervise runs HAProxy on the configuration and map already in f until the end of the test,
+// without waiting for it to answer. It may be called from a goroutine other than the test's.
+func Supervise(t testing.TB, f Files, port int) *Instance {
+	bin := Binary(t)
+	inst := &Instance{Files: f, Port: port, Client: haproxy.NewClient(f.Socket, 5*time.Second), ready: make(chan struct{}, 16)}
 	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
-	inst.Supervisor = haproxy.NewSupervisor(bin, f.Config, f.PidFile, client, log,
+	inst.Supervisor = haproxy.NewSupervisor(bin, f.Config, f.PidFile, inst.Client, log,
 		haproxy.StopOnExit(true), haproxy.Backoff(50*time.Millisecond, time.Second),
 		haproxy.OnReady(func() {
 			if f := inst.onReady.Load(); f != nil {
@@ -145,18 +155,39 @@ func Start(t testing.TB, cfg haproxy.Config, f Files) *Instance {
 	done := make(chan struct{})
 	go func() { defer close(done); _ = inst.Supervisor.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
-	inst.WaitReady(t)
 	return inst
 }
 
-// WaitReady waits for HAProxy to answer after a (re)start.
-func (i *Instance) WaitReady(t testing.TB) {
-	t.Helper()
+// Ready waits for HAProxy to answer after a (re)start.
+func (i *Instance) Ready() error {
 	select {
 	case <-i.ready:
+		return nil
 	case <-time.After(20 * time.Second):
-		t.Fatal("haproxy not ready after 20s")
+		return errors.New("haproxy not ready after 20s")
 	}
+}
+
+// WaitReady is Ready that fails the test.
+func (i *Instance) WaitReady(t testing.TB) {
+	t.Helper()
+	if err := i.Ready(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// ShowMap is HAProxy's own listing of its session map, one "<id> <key> <value>" line an entry.
+func (i *Instance) ShowMap(t testing.TB, ctx context.Context) string {
+	t.Helper()
+	c, err := haproxy.NewCommand("show", "map", i.MapFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := i.Client.Exec(ctx, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
 
 // Backend is a websocket server standing in for an app's signaling port.
