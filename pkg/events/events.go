@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/livegate/livegate/pkg/kvstore"
 	"github.com/livegate/livegate/pkg/sessionid"
 	"github.com/livegate/livegate/pkg/wire"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
@@ -72,9 +73,14 @@ func ValidateToken(what, s string) error {
 	return nil
 }
 
-// EnsureStream creates LIVEGATE_EVENTS or updates it to the configuration livegate needs.
-func EnsureStream(ctx context.Context, js jetstream.JetStream) error {
-	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+// EnsureStream creates LIVEGATE_EVENTS or updates it to the configuration livegate needs, with
+// the replica count kvstore.Replicas settles on.
+func EnsureStream(ctx context.Context, js jetstream.JetStream, opts ...kvstore.EnsureOption) error {
+	n, err := kvstore.Replicas(ctx, js, StreamName, opts...)
+	if err != nil {
+		return fmt.Errorf("ensure stream %s: %w", StreamName, err)
+	}
+	_, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:        StreamName,
 		Description: "livegate lifecycle events",
 		Subjects:    []string{SubjectPrefix + ".>"},
@@ -84,9 +90,10 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream) error {
 		MaxBytes:    MaxBytes,
 		Discard:     jetstream.DiscardOld,
 		Duplicates:  2 * time.Minute,
+		Replicas:    n,
 	})
 	if err != nil {
-		return fmt.Errorf("ensure stream %s: %w", StreamName, err)
+		return fmt.Errorf("ensure stream %s with %d replicas: %w", StreamName, n, err)
 	}
 	return nil
 }
