@@ -187,8 +187,10 @@ func WaitTCP(ctx context.Context, p *proc.Proc, ns *netns.Namespace, addr string
 
 // AgentConfig is what differs between the agents of end-to-end deployments.
 type AgentConfig struct {
-	InstanceID, Pool     string
-	NATSHost, BackendIP  netip.Addr
+	InstanceID, Pool    string
+	NATSHost, BackendIP netip.Addr
+	// NATSURL, when set, is the --nats-url instead of NATSHost's (a cluster's servers).
+	NATSURL              string
 	LeaseTTL             time.Duration
 	QuitOnSessionEnded   bool
 	ResumeTimeoutSeconds int
@@ -197,10 +199,14 @@ type AgentConfig struct {
 // AgentArgs is the command line of an agent beside the demo app on the ports above, so that
 // every end-to-end test starts agents the same way.
 func AgentArgs(c AgentConfig) []string {
+	url := c.NATSURL
+	if url == "" {
+		url = fmt.Sprintf("nats://%s:%d", c.NATSHost, NATSPort)
+	}
 	return []string{
 		"--instance-id", c.InstanceID,
 		"--pool", c.Pool,
-		"--nats-url", fmt.Sprintf("nats://%s:%d", c.NATSHost, NATSPort),
+		"--nats-url", url,
 		"--port", strconv.Itoa(AgentPort),
 		"--backend-ip", c.BackendIP.String(),
 		"--signaling-backend", fmt.Sprintf(":%d", AppSignalingPort),
