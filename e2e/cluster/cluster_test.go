@@ -31,8 +31,9 @@ import (
 // live session (the agents', leased, and the churned ones) is missing from every edge's HAProxy
 // map for as long as a lease, no agent's lease runs out, and each agent's session keeps its edge
 // and public port (no heartbeat lapsed, nothing was taken over). Afterwards every session is
-// served by exactly the edge its endpoint names, the event stream holds each event once and every
-// route's programmed and removed events, and once everything ended nothing is left on any edge.
+// served by exactly the edge its endpoint names, the event stream holds each event once and the
+// programmed and removed events of every route an edge served, and once everything ended nothing
+// is left on any edge.
 func TestClusterNodeLossAndPartition(t *testing.T) {
 	e := newEnv(t, 3)
 	on := e.clients()
@@ -40,7 +41,7 @@ func TestClusterNodeLossAndPartition(t *testing.T) {
 		where, _ := e.placement()
 		t.Fatalf("want the edges on two different servers: %s", where)
 	}
-	for _, stream := range []string{"KV_" + kvstore.RoutesBucket, "KV_" + kvstore.EndpointsBucket, "KV_" + kvstore.EdgesBucket, events.StreamName} {
+	for _, stream := range streams {
 		if _, err := e.leader(stream); err != nil {
 			t.Fatal(err)
 		}
@@ -70,9 +71,9 @@ func TestClusterNodeLossAndPartition(t *testing.T) {
 	hold(dead.name+" down", leaseTTL+2*time.Second)
 	e.restart(dead)
 	t.Logf("%s started again", dead.name)
-	e.eventually(20*time.Second, "routes bucket led again with all three peers current", func() error {
-		return e.current("KV_" + kvstore.RoutesBucket)
-	})
+	// One fault at a time, as an operator restarts one node at a time: every stream is led and
+	// its copies current again before the next.
+	e.eventually(30*time.Second, "every stream led again with all three copies current", e.allCurrent)
 	hold("healed churn", 2*time.Second)
 
 	// The server most of the edges and agents are connected to drops off the network: its peers
@@ -85,7 +86,7 @@ func TestClusterNodeLossAndPartition(t *testing.T) {
 	t.Logf("healed the partition of %s", cut.name)
 	hold("healed churn", 3*time.Second)
 	stopChurn()
-	e.eventually(20*time.Second, "all three peers current again", func() error { return e.current("KV_" + kvstore.RoutesBucket) })
+	e.eventually(30*time.Second, "every stream's copies current again", e.allCurrent)
 	rep := stopMonitor()
 	where, _ = e.placement()
 	t.Logf("clients after the faults: %s", where)
@@ -138,6 +139,19 @@ func (e *env) endpoint(key string) (*livegatev1.Endpoint, error) {
 	return ep, nil
 }
 
+// streams are the JetStream streams livegate keeps.
+var streams = []string{"KV_" + kvstore.RoutesBucket, "KV_" + kvstore.EndpointsBucket, "KV_" + kvstore.EdgesBucket, events.StreamName}
+
+// allCurrent reports a stream without a leader or with a copy that is not current.
+func (e *env) allCurrent() error {
+	for _, s := range streams {
+		if err := e.current(s); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // current reports a replica of stream that is not current.
 func (e *env) current(stream string) error {
 	ctx, cancel := context.WithTimeout(e.ctx, kvTimeout)
@@ -174,6 +188,8 @@ type watch struct {
 	worst                 time.Duration
 	worstID               string
 	sessions              map[string]bool
+	// programmed holds the sessions seen in an edge's map.
+	programmed map[string]bool
 	// agents holds each agent's endpoint (session, edge, ports) as first programmed.
 	agents map[string]string
 	// lapsed lists the agents' route keys that were deleted (a lease that ran out) while watched.
@@ -190,7 +206,7 @@ type tracked struct {
 }
 
 func newWatch(e *env) *watch {
-	return &watch{e: e, live: map[string]*tracked{}, ended: map[string]string{}, sessions: map[string]bool{}, agents: map[string]string{}}
+	return &watch{e: e, live: map[string]*tracked{}, ended: map[string]string{}, sessions: map[string]bool{}, agents: map[string]string{}, programmed: map[string]bool{}}
 }
 
 // agentSession waits until instance's agent has its route written and programmed, and watches it.
@@ -223,6 +239,7 @@ func (w *watch) agentSession(instance string) {
 	w.agents[instance] = held
 	w.live[instance] = &tracked{session: sess, since: now, seen: now}
 	w.sessions[sess] = true
+	w.programmed[sess] = true
 	w.mu.Unlock()
 }
 
@@ -276,13 +293,17 @@ func (w *watch) churn() func() {
 			for len(order) > 12 {
 				old := order[0]
 				w.mu.Lock()
-				if tr := w.live[old]; tr != nil {
-					w.ended[old] = tr.session
-				}
+				tr := w.live[old]
 				delete(w.live, old)
 				w.mu.Unlock()
 				if deleteRoute(ctx, e.kv.Routes, old) != nil {
+					// Perhaps deleted all the same: no event is expected of it.
 					break
+				}
+				if tr != nil {
+					w.mu.Lock()
+					w.ended[old] = tr.session
+					w.mu.Unlock()
 				}
 				order = order[1:]
 			}
@@ -339,6 +360,7 @@ func (w *watch) monitor() func() report {
 			for _, tr := range w.live {
 				if routed[tr.session] {
 					tr.seen = now
+					w.programmed[tr.session] = true
 					continue
 				}
 				from := tr.since
@@ -404,31 +426,36 @@ func (w *watch) exactlyOnce() {
 }
 
 // checkEvents reads the whole event stream: no event id twice (the stream's Nats-Msg-Id
-// deduplication held across leader changes and retries), and for every churned route the
-// cluster acknowledged a route_programmed event, and for every one deleted a route_removed.
+// deduplication held across leader changes and retries), a route_programmed event for every
+// session an edge's map was seen to hold, and a route_removed for every one of those deleted. A
+// churned route written and deleted while the edges' watches were re-established after a fault is
+// never programmed (nor owed an event): it is counted.
 func (w *watch) checkEvents() {
 	e := w.e
 	w.mu.Lock()
-	ended := map[string]string{}
-	for k, s := range w.ended {
-		ended[k] = s
+	ended := map[string]bool{}
+	for _, s := range w.ended {
+		if w.programmed[s] {
+			ended[s] = true
+		}
 	}
-	sessions := map[string]bool{}
-	for s := range w.sessions {
-		sessions[s] = true
+	programmed := map[string]bool{}
+	for s := range w.programmed {
+		programmed[s] = true
 	}
+	unseen := len(w.sessions) - len(w.programmed)
 	w.mu.Unlock()
 	var missing []string
 	var dups []string
 	total := 0
-	e.eventually(30*time.Second, "every route's events in the stream", func() error {
+	e.eventually(30*time.Second, "every programmed route's events in the stream", func() error {
 		got, err := e.readEvents()
 		if err != nil {
 			return err
 		}
 		total = len(got)
 		ids := map[string]int{}
-		programmed, removed := map[string]bool{}, map[string]bool{}
+		added, removed := map[string]bool{}, map[string]bool{}
 		dups = dups[:0]
 		for _, ev := range got {
 			if ids[ev.GetId()]++; ids[ev.GetId()] == 2 {
@@ -436,18 +463,18 @@ func (w *watch) checkEvents() {
 			}
 			switch ev.GetType() {
 			case livegatev1.EventType_EVENT_TYPE_ROUTE_PROGRAMMED:
-				programmed[ev.GetSessionId()] = true
+				added[ev.GetSessionId()] = true
 			case livegatev1.EventType_EVENT_TYPE_ROUTE_REMOVED:
 				removed[ev.GetSessionId()] = true
 			}
 		}
 		missing = missing[:0]
-		for s := range sessions {
-			if !programmed[s] {
+		for s := range programmed {
+			if !added[s] {
 				missing = append(missing, s+" route_programmed")
 			}
 		}
-		for _, s := range ended {
+		for s := range ended {
 			if !removed[s] {
 				missing = append(missing, s+" route_removed")
 			}
@@ -461,8 +488,8 @@ func (w *watch) checkEvents() {
 	if len(dups) > 0 {
 		e.t.Errorf("event ids stored twice: %v", dups)
 	}
-	e.t.Logf("figure: the event stream holds %d events, none twice; every one of %d sessions programmed and all %d ended ones removed",
-		total, len(sessions), len(ended))
+	e.t.Logf("figure: the event stream holds %d events, none twice; every one of %d programmed sessions has its route_programmed and all %d ended ones their route_removed; %d churned routes came and went while the edges re-watched",
+		total, len(programmed), len(ended), unseen)
 }
 
 // readEvents reads every message LIVEGATE_EVENTS holds, in order.

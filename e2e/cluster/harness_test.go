@@ -6,10 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -208,25 +206,19 @@ func (e *env) addNS(role string) (*netns.Namespace, error) {
 // link joins ns to a hub bridge: interface id+role+net inside ns, the same in upper case on the
 // hub's side.
 func (e *env) link(ns *netns.Namespace, role, net, bridge string, addr netip.Addr) error {
-	ctx := e.ctx
-	in, out := e.id+role+net, e.id+role+strings.ToUpper(net)
-	if b, err := exec.CommandContext(ctx, "ip", "link", "add", in, "netns", ns.Name, "type", "veth", "peer", "name", out, "netns", e.hub.Name).CombinedOutput(); err != nil {
-		return fmt.Errorf("veth %s: %w: %s", in, err, strings.TrimSpace(string(b)))
-	}
-	if err := ns.Run(ctx, "ip", "addr", "add", netip.PrefixFrom(addr, 24).String(), "dev", in); err != nil {
-		return err
-	}
-	if err := ns.Run(ctx, "ip", "link", "set", in, "up"); err != nil {
-		return err
-	}
-	if err := e.hub.Run(ctx, "ip", "link", "set", out, "master", bridge); err != nil {
-		return err
-	}
-	return e.hub.Run(ctx, "ip", "link", "set", out, "up")
+	return netns.Bridged(e.ctx, e.hub, bridge, ns, e.id+role+net, e.id+role+strings.ToUpper(net), netip.PrefixFrom(addr, 24))
 }
 
 func (e *env) start(name string, ns *netns.Namespace, bin string, args ...string) (*proc.Proc, error) {
-	p, err := proc.Start(name, ns.Command(context.WithoutCancel(e.ctx), bin, args...), nil)
+	var tee io.Writer
+	if dir := os.Getenv("LIVEGATE_CLUSTER_LOGDIR"); dir != "" {
+		f, err := os.Create(filepath.Join(dir, name+"-"+strconv.FormatInt(time.Now().UnixNano(), 36)+".log"))
+		if err != nil {
+			return nil, err
+		}
+		tee = f
+	}
+	p, err := proc.Start(name, ns.Command(context.WithoutCancel(e.ctx), bin, args...), tee)
 	if err != nil {
 		return nil, err
 	}
@@ -463,34 +455,7 @@ func (e *env) addEdge(k int) error {
 		return err
 	}
 	e.edges = append(e.edges, g)
-	return g.waitHealthy(e.ctx, 30*time.Second)
-}
-
-func (g *edge) waitHealthy(ctx context.Context, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	hc := g.ns.HTTPClient(2 * time.Second)
-	var last string
-	for {
-		resp, err := hc.Get("http://127.0.0.1:9470/healthz")
-		if err == nil {
-			body, _ := io.ReadAll(resp.Body)
-			_ = resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-			last = string(body)
-		} else {
-			last = err.Error()
-		}
-		select {
-		case <-g.p.Done():
-			return fmt.Errorf("%s exited (%v) before it was healthy", g.id, g.p.Err())
-		case <-ctx.Done():
-			return fmt.Errorf("%s not healthy: %s", g.id, last)
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
+	return stack.WaitHealthy(e.ctx, g.p, ns, 30*time.Second)
 }
 
 func (g *edge) showMap(ctx context.Context) (map[string]string, error) {

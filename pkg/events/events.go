@@ -150,8 +150,8 @@ func (p *Publisher) send(ctx context.Context, ev *livegatev1.Event, msg *nats.Ms
 const DeliverWindow = 30 * time.Second
 
 // Deliver publishes ev, retrying with the same id until the stream acknowledges it, ctx ends or
-// DeliverWindow passes (an event that cannot be built is not retried): a leader election in a cluster or a reconnect to another server costs no
-// event and duplicates none.
+// DeliverWindow passes (an event that cannot be built is not retried): a leader election in a
+// cluster or a reconnect to another server costs no event and duplicates none.
 func (p *Publisher) Deliver(ctx context.Context, ev *livegatev1.Event) error {
 	msg, err := p.message(ev)
 	if err != nil {

@@ -409,3 +409,32 @@ func isSignalExit(err error) bool {
 	var ee interface{ ExitCode() int }
 	return errors.As(err, &ee) && ee.ExitCode() == -1
 }
+
+// WaitHealthy waits until the edge p in ns answers 200 on its admin /healthz (the default
+// --admin-addr, 127.0.0.1:9470): synced with KV and HAProxy. It fails early when p exits.
+func WaitHealthy(ctx context.Context, p *proc.Proc, ns *netns.Namespace, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	hc := ns.HTTPClient(2 * time.Second)
+	var last string
+	for {
+		resp, err := hc.Get("http://127.0.0.1:9470/healthz")
+		if err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			_ = resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			last = string(body)
+		} else {
+			last = err.Error()
+		}
+		select {
+		case <-p.Done():
+			return fmt.Errorf("%s exited (%v) before it was healthy", p.Name, p.Err())
+		case <-ctx.Done():
+			return fmt.Errorf("%s not healthy: %s", p.Name, last)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
