@@ -267,29 +267,7 @@ func (e *env) addNS(role string) (*netns.Namespace, error) {
 // link joins ns to a hub bridge with a veth: id+role+net inside ns (with addr), the same in
 // upper case on the hub's side.
 func (e *env) link(ns *netns.Namespace, role, net, bridge string, addr netip.Addr) error {
-	ctx := e.ctx
-	in, out := e.id+role+net, e.id+role+strings.ToUpper(net)
-	if err := host(ctx, "ip", "link", "add", in, "netns", ns.Name, "type", "veth", "peer", "name", out, "netns", e.hub.Name); err != nil {
-		return err
-	}
-	if err := ns.Run(ctx, "ip", "addr", "add", netip.PrefixFrom(addr, 24).String(), "dev", in); err != nil {
-		return err
-	}
-	if err := ns.Run(ctx, "ip", "link", "set", in, "up"); err != nil {
-		return err
-	}
-	if err := e.hub.Run(ctx, "ip", "link", "set", out, "master", bridge); err != nil {
-		return err
-	}
-	return e.hub.Run(ctx, "ip", "link", "set", out, "up")
-}
-
-func host(ctx context.Context, name string, args ...string) error {
-	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
-	}
-	return nil
+	return netns.Bridged(e.ctx, e.hub, bridge, ns, e.id+role+net, e.id+role+strings.ToUpper(net), netip.PrefixFrom(addr, 24))
 }
 
 func (e *env) start(name string, ns *netns.Namespace, bin string, args ...string) (*proc.Proc, error) {
@@ -551,30 +529,7 @@ func (g *edge) start() error {
 }
 
 func (g *edge) waitHealthy(timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(g.e.ctx, timeout)
-	defer cancel()
-	hc := g.ns.HTTPClient(2 * time.Second)
-	var last string
-	for {
-		resp, err := hc.Get("http://127.0.0.1:9470/healthz")
-		if err == nil {
-			body, _ := io.ReadAll(resp.Body)
-			_ = resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-			last = string(body)
-		} else {
-			last = err.Error()
-		}
-		select {
-		case <-g.p.Done():
-			return fmt.Errorf("%s exited (%v) before it was healthy", g.id, g.p.Err())
-		case <-ctx.Done():
-			return fmt.Errorf("%s not healthy: %s", g.id, last)
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
+	return stack.WaitHealthy(g.e.ctx, g.p, g.ns, timeout)
 }
 
 // prepareAttached writes what an operator's HAProxy needs: a global section with the runtime

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/livegate/livegate/pkg/kvstore"
 	"github.com/livegate/livegate/pkg/logging"
 	"github.com/livegate/livegate/pkg/sessionid"
 	"github.com/livegate/livegate/pkg/wire"
@@ -76,9 +77,14 @@ func ValidateToken(what, s string) error {
 	return nil
 }
 
-// EnsureStream creates LIVEGATE_EVENTS or updates it to the configuration livegate needs.
-func EnsureStream(ctx context.Context, js jetstream.JetStream) error {
-	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+// EnsureStream creates LIVEGATE_EVENTS or updates it to the configuration livegate needs, with
+// the replica count kvstore.Replicas settles on.
+func EnsureStream(ctx context.Context, js jetstream.JetStream, opts ...kvstore.EnsureOption) error {
+	n, err := kvstore.Replicas(ctx, js, StreamName, opts...)
+	if err != nil {
+		return fmt.Errorf("ensure stream %s: %w", StreamName, err)
+	}
+	_, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:        StreamName,
 		Description: "livegate lifecycle events",
 		Subjects:    []string{SubjectPrefix + ".>"},
@@ -88,9 +94,10 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream) error {
 		MaxBytes:    MaxBytes,
 		Discard:     jetstream.DiscardOld,
 		Duplicates:  2 * time.Minute,
+		Replicas:    n,
 	})
 	if err != nil {
-		return fmt.Errorf("ensure stream %s: %w", StreamName, err)
+		return fmt.Errorf("ensure stream %s with %d replicas: %w", StreamName, n, err)
 	}
 	return nil
 }
@@ -123,15 +130,56 @@ func (p *Publisher) Prepare(ev *livegatev1.Event) {
 
 // Publish sends ev and waits for the stream's acknowledgement.
 func (p *Publisher) Publish(ctx context.Context, ev *livegatev1.Event) error {
-	p.Prepare(ev)
-	msg, err := Message(ev)
+	msg, err := p.message(ev)
 	if err != nil {
 		return err
 	}
+	return p.send(ctx, ev, msg)
+}
+
+func (p *Publisher) message(ev *livegatev1.Event) (*nats.Msg, error) {
+	p.Prepare(ev)
+	return Message(ev)
+}
+
+func (p *Publisher) send(ctx context.Context, ev *livegatev1.Event, msg *nats.Msg) error {
 	if _, err := p.js.PublishMsg(ctx, msg, jetstream.WithMsgID(ev.Id)); err != nil {
 		return fmt.Errorf("publish %s event %s: %w", TypeToken(ev.Type), ev.Id, err)
 	}
 	return nil
+}
+
+// DeliverWindow bounds Deliver: well inside the stream's duplicate window, so a retry of an event
+// that did reach the stream is always dropped as a duplicate.
+const DeliverWindow = 30 * time.Second
+
+// Deliver publishes ev, retrying with the same id until the stream acknowledges it, ctx ends or
+// DeliverWindow passes (an event that cannot be built is not retried): a leader election in a
+// cluster or a reconnect to another server costs no event and duplicates none.
+func (p *Publisher) Deliver(ctx context.Context, ev *livegatev1.Event) error {
+	msg, err := p.message(ev)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, DeliverWindow)
+	defer cancel()
+	wait := 250 * time.Millisecond
+	for {
+		actx, acancel := context.WithTimeout(ctx, 5*time.Second)
+		err := p.send(actx, ev, msg)
+		acancel()
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		wait = min(2*wait, 2*time.Second)
+	}
 }
 
 // Message builds the NATS message for a prepared event.

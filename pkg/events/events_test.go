@@ -159,3 +159,54 @@ func TestPublishHeadersAndDedup(t *testing.T) {
 		})
 	}
 }
+
+// TestDeliverRetries: an event published while the stream cannot take it (here: not created yet,
+// as during a leader election) is retried under its id until the stream has it, once.
+func TestDeliverRetries(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	nc, err := nats.Connect(natstest.Embedded(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := events.NewPublisher(js, "livegate-edgeproxy/e1")
+	if err := pub.Deliver(ctx, &livegatev1.Event{Type: livegatev1.EventType_EVENT_TYPE_ROUTE_PROGRAMMED, Pool: "p"}); err == nil || !strings.Contains(err.Error(), "instance id") {
+		t.Fatalf("Deliver of an event without an instance = %v, want the build error", err)
+	}
+	// A plain subscriber sees the first attempt, which then waits in vain for an acknowledgement.
+	sub, err := nc.SubscribeSync(events.SubjectPrefix + ".>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := &livegatev1.Event{Type: livegatev1.EventType_EVENT_TYPE_ROUTE_PROGRAMMED, Pool: "p", InstanceId: "i1", SessionId: "s1"}
+	done := make(chan error, 1)
+	go func() { done <- pub.Deliver(ctx, ev) }()
+	if _, err := sub.NextMsg(10 * time.Second); err != nil {
+		t.Fatalf("first attempt: %v", err)
+	}
+	if err := sub.Unsubscribe(); err != nil {
+		t.Fatal(err)
+	}
+	if err := events.EnsureStream(ctx, js); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Deliver: %v", err)
+	}
+	st, err := js.Stream(ctx, events.StreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 1 {
+		t.Fatalf("stream holds %d messages, want 1", info.State.Msgs)
+	}
+}

@@ -31,8 +31,36 @@ type Buckets struct {
 	Edges     jetstream.KeyValue
 }
 
+// EnsureOption changes how Ensure (and events.EnsureStream) set up their streams.
+type EnsureOption func(*ensureOptions)
+
+type ensureOptions struct{ replicas int }
+
+// WithReplicas asks for n copies of each stream (1 on a single server, 3 on a three-node cluster).
+func WithReplicas(n int) EnsureOption { return func(o *ensureOptions) { o.replicas = n } }
+
+// Replicas is the copy count a stream is set up with: the one asked for (at least 1), or more if
+// the stream already has more. A client never lowers it: agents and edges started with different
+// settings would otherwise scale the stream up and down against each other, and a stream that
+// shrinks throws copies away. Lowering is an operator's `nats stream edit`.
+func Replicas(ctx context.Context, js jetstream.JetStream, stream string, opts ...EnsureOption) (int, error) {
+	o := ensureOptions{replicas: 1}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	want := max(o.replicas, 1)
+	st, err := js.Stream(ctx, stream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return want, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("stream %s: %w", stream, err)
+	}
+	return max(want, st.CachedInfo().Config.Replicas), nil
+}
+
 // Ensure creates the buckets or updates them to the configuration livegate needs.
-func Ensure(ctx context.Context, js jetstream.JetStream) (*Buckets, error) {
+func Ensure(ctx context.Context, js jetstream.JetStream, opts ...EnsureOption) (*Buckets, error) {
 	cfgs := []jetstream.KeyValueConfig{
 		{Bucket: RoutesBucket, Description: "livegate desired routes, key = instance id", History: 1, Storage: jetstream.FileStorage, LimitMarkerTTL: markerTTL},
 		{Bucket: EndpointsBucket, Description: "livegate assigned endpoints, key = instance id", History: 1, Storage: jetstream.FileStorage},
@@ -40,9 +68,14 @@ func Ensure(ctx context.Context, js jetstream.JetStream) (*Buckets, error) {
 	}
 	kvs := make([]jetstream.KeyValue, len(cfgs))
 	for i, cfg := range cfgs {
-		kv, err := js.CreateOrUpdateKeyValue(ctx, cfg)
+		n, err := Replicas(ctx, js, "KV_"+cfg.Bucket, opts...)
 		if err != nil {
 			return nil, fmt.Errorf("ensure bucket %s: %w", cfg.Bucket, err)
+		}
+		cfg.Replicas = n
+		kv, err := js.CreateOrUpdateKeyValue(ctx, cfg)
+		if err != nil {
+			return nil, fmt.Errorf("ensure bucket %s with %d replicas: %w", cfg.Bucket, n, err)
 		}
 		kvs[i] = kv
 	}

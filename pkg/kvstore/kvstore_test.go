@@ -3,6 +3,7 @@ package kvstore_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -221,5 +222,26 @@ func TestWatchResnapshotsAfterServerRestart(t *testing.T) {
 		case <-deadline:
 			t.Fatalf("watch did not recover after restart: %v", calls)
 		}
+	}
+}
+
+// TestReplicas: a single server holds one copy; asking it for three is a clear error, not a
+// bucket quietly made with one.
+func TestReplicas(t *testing.T) {
+	js, _ := connect(t, natstest.Embedded(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, b := range []string{kvstore.RoutesBucket, kvstore.EndpointsBucket, kvstore.EdgesBucket} {
+		n, err := kvstore.Replicas(ctx, js, "KV_"+b, kvstore.WithReplicas(0))
+		if err != nil || n != 1 {
+			t.Errorf("Replicas of %s = %d, %v; want 1", b, n, err)
+		}
+	}
+	if n, err := kvstore.Replicas(ctx, js, "KV_none", kvstore.WithReplicas(3)); err != nil || n != 3 {
+		t.Errorf("Replicas of a new stream = %d, %v; want 3", n, err)
+	}
+	_, err := kvstore.Ensure(ctx, js, kvstore.WithReplicas(3))
+	if err == nil || !strings.Contains(err.Error(), "with 3 replicas") {
+		t.Fatalf("Ensure with 3 replicas on one server = %v, want an error naming the count", err)
 	}
 }

@@ -17,7 +17,9 @@ import (
 
 // Config says where and how to connect. Secrets stay in files; their contents are never logged.
 type Config struct {
-	// URLs are tried in order, e.g. nats://10.0.0.1:4222. Empty means nats://127.0.0.1:4222.
+	// URLs are the servers, e.g. nats://10.0.0.1:4222, tried in random order so that clients spread
+	// over a cluster; the servers of a cluster the client learns from the one it reaches are tried
+	// too. Empty means nats://127.0.0.1:4222.
 	URLs []string
 	// CredsFile is a NATS .creds file (user JWT and nkey seed).
 	CredsFile string
@@ -29,6 +31,10 @@ type Config struct {
 	TLSKeyFile  string
 	// Name is the connection name the server shows in its monitoring.
 	Name string
+	// StaleAfter bounds how long a server that stopped answering (a host gone, a network cut) goes
+	// unnoticed before the client moves to another: set it below the lifetime of the keys the
+	// client keeps alive. Zero means 30 s.
+	StaleAfter time.Duration
 }
 
 // Validate reports a configuration that can never connect.
@@ -69,8 +75,8 @@ func Connect(ctx context.Context, cfg Config, log zerolog.Logger, extra ...nats.
 		nats.ReconnectJitter(250*time.Millisecond, time.Second),
 		nats.CustomReconnectDelay(backoff),
 		nats.ReconnectBufSize(16 << 20),
-		nats.PingInterval(10 * time.Second),
-		nats.MaxPingsOutstanding(3),
+		nats.PingInterval(pingInterval(cfg.StaleAfter)),
+		nats.MaxPingsOutstanding(pingsOutstanding),
 		nats.DisconnectErrHandler(func(c *nats.Conn, err error) {
 			if err == nil && c.IsClosed() {
 				log.Debug().Msg("nats connection closed")
@@ -120,6 +126,17 @@ func Connect(ctx context.Context, cfg Config, log zerolog.Logger, extra ...nats.
 		return nil, fmt.Errorf("nats: connect %s: %w", redact(urls), err)
 	}
 	return nc, nil
+}
+
+// pingsOutstanding unanswered pings make a connection stale: the client pings every StaleAfter /
+// (pingsOutstanding+1), and one slow answer alone does not cost a reconnect.
+const pingsOutstanding = 2
+
+func pingInterval(staleAfter time.Duration) time.Duration {
+	if staleAfter <= 0 {
+		staleAfter = 30 * time.Second
+	}
+	return max(staleAfter/(pingsOutstanding+1), 100*time.Millisecond)
 }
 
 // backoff grows the wait between rounds over the whole server list, up to 5 s.

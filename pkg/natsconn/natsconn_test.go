@@ -33,6 +33,22 @@ func TestValidate(t *testing.T) {
 	}
 }
 
+func TestPingInterval(t *testing.T) {
+	tests := []struct {
+		staleAfter, want time.Duration
+	}{
+		{0, 10 * time.Second},
+		{5 * time.Second, 5 * time.Second / 3},
+		{time.Second, time.Second / 3},
+		{10 * time.Millisecond, 100 * time.Millisecond},
+	}
+	for _, tt := range tests {
+		if got := pingInterval(tt.staleAfter); got != tt.want {
+			t.Errorf("pingInterval(%s) = %s, want %s", tt.staleAfter, got, tt.want)
+		}
+	}
+}
+
 func TestRedact(t *testing.T) {
 	got := redact([]string{"nats://user:secret@10.0.0.1:4222", "nats://127.0.0.1:4222"})
 	if strings.Contains(got, "secret") || !strings.Contains(got, "[redacted]@10.0.0.1:4222") {

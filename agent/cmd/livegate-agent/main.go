@@ -110,6 +110,8 @@ func serve(s *settings.Settings, log zerolog.Logger) error {
 			URLs: strings.Split(s.NATSURL, ","), CredsFile: s.NATSCreds, NKeyFile: s.NATSNKey,
 			TLSCAFile: s.NATSTLSCA, TLSCertFile: s.NATSTLSCert, TLSKeyFile: s.NATSTLSKey,
 			Name: "livegate-agent/" + s.InstanceID,
+			// A dead server is left in time for the route to be renewed through another.
+			StaleAfter: s.LeaseTTL / 3,
 		}, log)
 		if err != nil {
 			return err
@@ -119,7 +121,7 @@ func serve(s *settings.Settings, log zerolog.Logger) error {
 		pub, err = publisher.New(nc, publisher.Config{
 			InstanceID: s.InstanceID, Pool: s.Pool, EdgeID: s.EdgeID,
 			SignalingBackend: s.SignalingBackend, MediaBackends: s.MediaBackends,
-			LeaseTTL: s.LeaseTTL, Source: "livegate-agent/" + s.InstanceID,
+			LeaseTTL: s.LeaseTTL, Source: "livegate-agent/" + s.InstanceID, Replicas: s.NATSReplicas,
 		}, log, m, func(ep *livegatev1.Endpoint) { agent.AssignEndpoint(ep) }, func(ev *livegatev1.Event) {
 			at := time.Now()
 			if ev.Time != nil {

@@ -34,6 +34,8 @@ type Config struct {
 	LeaseTTL         time.Duration
 	// Source is the events' ce-source, e.g. "livegate-agent/<instance>".
 	Source string
+	// Replicas is the copy count of the buckets and the stream when this publisher creates them.
+	Replicas int
 }
 
 // Timings bound each NATS call and the pause after a failure.
@@ -133,10 +135,11 @@ func (p *Publisher) ensure(ctx context.Context) (*kvstore.Buckets, error) {
 	}
 	cctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
-	if err := events.EnsureStream(cctx, p.js); err != nil {
+	replicas := kvstore.WithReplicas(p.cfg.Replicas)
+	if err := events.EnsureStream(cctx, p.js, replicas); err != nil {
 		return nil, err
 	}
-	b, err := kvstore.Ensure(cctx, p.js)
+	b, err := kvstore.Ensure(cctx, p.js, replicas)
 	if err != nil {
 		return nil, err
 	}

@@ -61,6 +61,8 @@ type Settings struct {
 	NATSTLSCA   string
 	NATSTLSCert string
 	NATSTLSKey  string
+	// NATSReplicas is the copy count of the buckets and the event stream this agent creates.
+	NATSReplicas int
 
 	InstanceID       string
 	Pool             string
@@ -95,6 +97,7 @@ func Defaults() Settings {
 		SignalingBackend:     fmt.Sprintf(":%d", DefaultSignalingPort),
 		MediaBackends:        []string{fmt.Sprintf(":%d", DefaultMediaPort)},
 		LeaseTTL:             15 * time.Second,
+		NATSReplicas:         1,
 		ShutdownTimeout:      5 * time.Second,
 		LogLevel:             "info",
 		LogFormat:            "auto",
@@ -128,6 +131,7 @@ var defs = []def{
 	{"nats-tls-ca", "", "CA file that verifies the NATS server", func(s *Settings) any { return &s.NATSTLSCA }},
 	{"nats-tls-cert", "", "client certificate file for NATS", func(s *Settings) any { return &s.NATSTLSCert }},
 	{"nats-tls-key", "", "client key file for NATS", func(s *Settings) any { return &s.NATSTLSKey }},
+	{"nats-replicas", "", "copies of the KV buckets and the event stream when this agent creates them: 1 on a single server, 3 on a three-node cluster; never lowers an existing count", func(s *Settings) any { return &s.NATSReplicas }},
 	{"instance-id", "", "this instance's id: route key and event subject token (default: the host name up to its first dot)", func(s *Settings) any { return &s.InstanceID }},
 	{"pool", "", "pool of edges that serve this instance", func(s *Settings) any { return &s.Pool }},
 	{"session-id", "", "the first session's id (default: a fresh random id per session)", func(s *Settings) any { return &s.SessionID }},
@@ -576,6 +580,9 @@ func (s *Settings) finish() error {
 	}
 	if s.NATSURL == "" {
 		return nil
+	}
+	if s.NATSReplicas < 1 || s.NATSReplicas > 5 {
+		return bad("nats-replicas", "%d is not from 1 to 5", s.NATSReplicas)
 	}
 	if s.BackendIP != "" {
 		if _, err := netip.ParseAddr(s.BackendIP); err != nil {

@@ -234,3 +234,21 @@ func run(ctx context.Context, name string, args ...string) error {
 	}
 	return nil
 }
+
+// Bridged links ns to a bridge in hub with a veth: inIf inside ns (with addr, up), outIf on the
+// hub's side, enslaved to bridge. Interface names are at most 15 bytes.
+func Bridged(ctx context.Context, hub *Namespace, bridge string, ns *Namespace, inIf, outIf string, addr netip.Prefix) error {
+	if err := run(ctx, "ip", "link", "add", inIf, "netns", ns.Name, "type", "veth", "peer", "name", outIf, "netns", hub.Name); err != nil {
+		return fmt.Errorf("veth %s/%s: %w", inIf, outIf, err)
+	}
+	if err := ns.Run(ctx, "ip", "addr", "add", addr.String(), "dev", inIf); err != nil {
+		return err
+	}
+	if err := ns.Run(ctx, "ip", "link", "set", inIf, "up"); err != nil {
+		return err
+	}
+	if err := hub.Run(ctx, "ip", "link", "set", outIf, "master", bridge); err != nil {
+		return err
+	}
+	return hub.Run(ctx, "ip", "link", "set", outIf, "up")
+}

@@ -199,8 +199,10 @@ func WaitTCP(ctx context.Context, p *proc.Proc, ns *netns.Namespace, addr string
 
 // AgentConfig is what differs between the agents of end-to-end deployments.
 type AgentConfig struct {
-	InstanceID, Pool     string
-	NATSHost, BackendIP  netip.Addr
+	InstanceID, Pool    string
+	NATSHost, BackendIP netip.Addr
+	// NATSURL, when set, is the --nats-url instead of NATSHost's (a cluster's servers).
+	NATSURL              string
 	LeaseTTL             time.Duration
 	QuitOnSessionEnded   bool
 	ResumeTimeoutSeconds int
@@ -209,10 +211,14 @@ type AgentConfig struct {
 // AgentArgs is the command line of an agent beside the demo app on the ports above, so that
 // every end-to-end test starts agents the same way.
 func AgentArgs(c AgentConfig) []string {
+	url := c.NATSURL
+	if url == "" {
+		url = fmt.Sprintf("nats://%s:%d", c.NATSHost, NATSPort)
+	}
 	return []string{
 		"--instance-id", c.InstanceID,
 		"--pool", c.Pool,
-		"--nats-url", fmt.Sprintf("nats://%s:%d", c.NATSHost, NATSPort),
+		"--nats-url", url,
 		"--port", strconv.Itoa(AgentPort),
 		"--backend-ip", c.BackendIP.String(),
 		"--signaling-backend", fmt.Sprintf(":%d", AppSignalingPort),
@@ -439,4 +445,33 @@ func (d *Deployment) Close() error {
 func isSignalExit(err error) bool {
 	var ee interface{ ExitCode() int }
 	return errors.As(err, &ee) && ee.ExitCode() == -1
+}
+
+// WaitHealthy waits until the edge p in ns answers 200 on its admin /healthz (the default
+// --admin-addr, 127.0.0.1:9470): synced with KV and HAProxy. It fails early when p exits.
+func WaitHealthy(ctx context.Context, p *proc.Proc, ns *netns.Namespace, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	hc := ns.HTTPClient(2 * time.Second)
+	var last string
+	for {
+		resp, err := hc.Get("http://127.0.0.1:9470/healthz")
+		if err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			_ = resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			last = string(body)
+		} else {
+			last = err.Error()
+		}
+		select {
+		case <-p.Done():
+			return fmt.Errorf("%s exited (%v) before it was healthy", p.Name, p.Err())
+		case <-ctx.Done():
+			return fmt.Errorf("%s not healthy: %s", p.Name, last)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }

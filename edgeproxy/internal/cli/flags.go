@@ -112,6 +112,7 @@ type flags struct {
 	natsCA, natsCert, natsKey                string
 	natsEmbedded                             embeddedFlag
 	natsStoreDir                             string
+	natsReplicas                             int
 	adminAddr, logLevel, logFormat           string
 	memoryLimit                              limitFlag
 	token                                    tokenFlags
@@ -188,6 +189,7 @@ func newFlagSet(name string, stderr io.Writer, extra []func(*flag.FlagSet)) (*fl
 	fs.StringVar(&f.natsCert, "nats-tls-cert", "", "client certificate for NATS")
 	fs.StringVar(&f.natsKey, "nats-tls-key", "", "client key for NATS")
 	fs.Var(&f.natsEmbedded, "nats-embedded", "run NATS with JetStream in-process on ADDR (default "+DefaultEmbeddedNATS+"); --nats-url is then ignored")
+	fs.IntVar(&f.natsReplicas, "nats-replicas", 1, "copies of the KV buckets and the event stream when this edge creates them: 1 on a single server, 3 on a three-node cluster; never lowers an existing count")
 	fs.StringVar(&f.natsStoreDir, "nats-store-dir", "", "JetStream directory of the embedded NATS (default <state-dir>/nats)")
 	fs.StringVar(&f.adminAddr, "admin-addr", DefaultAdminAddr, "address of GET /healthz, /metrics and /v1/routes")
 	fs.StringVar(&f.logLevel, "log-level", "info", "trace, debug, info, warn or error")
@@ -362,6 +364,11 @@ func (f *flags) settings(drivers map[string]DriverFactory) (*settings, error) {
 	s.nats = natsconn.Config{
 		URLs: splitList(f.natsURL), CredsFile: f.natsCreds, NKeyFile: f.natsNKey,
 		TLSCAFile: f.natsCA, TLSCertFile: f.natsCert, TLSKeyFile: f.natsKey, Name: "livegate-edgeproxy/" + f.edgeID,
+		// A dead server is left in time for the heartbeat to go on through another.
+		StaleAfter: f.edgeTTL / 3,
+	}
+	if f.natsReplicas < 1 || f.natsReplicas > 5 {
+		errs = append(errs, fmt.Errorf("--nats-replicas %d: want 1 to 5", f.natsReplicas))
 	}
 	if err := s.nats.Validate(); err != nil {
 		errs = append(errs, err)

@@ -153,12 +153,13 @@ func run(ctx context.Context, s *settings, h Hooks, log zerolog.Logger) error {
 	}
 	var buckets *kvstore.Buckets
 	if err := retry(ctx, log, "create kv buckets and event stream", func(ctx context.Context) error {
-		b, err := kvstore.Ensure(ctx, js)
+		replicas := kvstore.WithReplicas(s.f.natsReplicas)
+		b, err := kvstore.Ensure(ctx, js, replicas)
 		if err != nil {
 			return err
 		}
 		buckets = b
-		return events.EnsureStream(ctx, js)
+		return events.EnsureStream(ctx, js, replicas)
 	}); err != nil {
 		return err
 	}

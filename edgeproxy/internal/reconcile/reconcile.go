@@ -1396,9 +1396,7 @@ func (r *Reconciler) publishEvents(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case ev := <-r.evq:
-			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			err := r.d.Events.Publish(pctx, ev)
-			cancel()
+			err := r.d.Events.Deliver(ctx, ev)
 			if err != nil && ctx.Err() == nil {
 				r.d.Metrics.errors.WithLabelValues(ErrKindEvents).Inc()
 				r.log.Warn().Err(err).Str("instance_id", ev.InstanceId).Msg("event publish failed")
