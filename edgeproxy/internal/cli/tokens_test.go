@@ -250,7 +250,7 @@ func TestKeyWatcherKeepsKeysOnABadDirectory(t *testing.T) {
 	k := newKey(t, sessiontoken.NewES256, "k1")
 	writeKey(t, keys, k)
 	fs, f := newFlagSet("run", io.Discard, nil)
-	if err := fs.Parse([]string{"--session-token", "required", "--session-token-keys", keys, "--state-dir", t.TempDir(), "--tls-self-signed", "--media=off"}); err != nil {
+	if err := fs.Parse([]string{"--session-token", "required", "--session-token-keys", keys, "--state-dir", t.TempDir(), "--tls-self-signed", "--media=off", "--edge-id", "e1", "--public-host", "edge.example.test"}); err != nil {
 		t.Fatal(err)
 	}
 	s, err := f.settings(nil)
