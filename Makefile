@@ -22,7 +22,7 @@ TEST_FLAGS ?= -count=1 -timeout 10m
 
 .PHONY: build deps test vet unit proto proto-check demo fmt tools clean nats-cli
 
-build: ## Build livegate-agent, livegate-edgeproxy and the sample WebRTC app (streamapp) and the demo app (livegate-demoapp) into bin/
+build: ## Build livegate-agent, livegate-edgeproxy, the sample WebRTC app (streamapp) and the e2e stand-in app (livegate-demoapp) into bin/
 	@mkdir -p bin
 	go build -ldflags '$(LDFLAGS)' -o bin/livegate-agent ./agent/cmd/livegate-agent
 	go build -ldflags '$(LDFLAGS)' -o bin/livegate-edgeproxy ./edgeproxy/cmd/livegate-edgeproxy
