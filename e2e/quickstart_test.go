@@ -139,10 +139,19 @@ func TestQuickstartOneHost(t *testing.T) {
 		t.Fatal(err)
 	}
 	// `ip netns exec` runs in a mount namespace of its own whose mounts do not reach the host.
-	// The working directory is taken first: it stays valid under a tmpfs mounted over /tmp.
+	// The checkout may itself lie under one of the private directories (CI clones into /tmp):
+	// it is held by a bind mount outside them and mounted back at its own path, so that the
+	// quickstart's commands, and go's look-up of go.work by path, find it where it was.
+	holder, err := os.MkdirTemp("/run", quickstartPrefix+"-src-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.Remove(holder) })
 	prologue := "set -euo pipefail\n" +
-		"cd " + root + "\n" +
-		"for d in /usr/local/bin /var/lib /tmp; do mount -t tmpfs tmpfs \"$d\"; done\n"
+		"mount --bind " + root + " " + holder + "\n" +
+		"for d in /usr/local/bin /var/lib /tmp; do mount -t tmpfs tmpfs \"$d\"; done\n" +
+		"mkdir -p " + root + " && mount --bind " + holder + " " + root + "\n" +
+		"cd " + root + "\n"
 	resumeR, resumeW, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
