@@ -33,29 +33,12 @@ func TestBrowserStreams(t *testing.T) {
 	b := binaries(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	d, err := stack.Start(ctx, stack.Options{
+	d := startDeployment(ctx, t, stack.Options{
 		Prefix: browserPrefix, Bins: b, Dir: t.TempDir(), EdgeID: edgeID, Pool: pool, LeaseTTL: leaseTTL,
 		Nodes: []stack.NodeOptions{
 			{StreamApp: true, QuitOnSessionEnded: true, ResumeTimeoutSeconds: resumeTimeoutSeconds},
 			{StreamApp: true, QuitOnSessionEnded: true, ResumeTimeoutSeconds: resumeTimeoutSeconds},
 		},
-	})
-	if err != nil {
-		if d != nil {
-			t.Log(d.Logs())
-		}
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Log(d.Logs())
-		}
-		if err := d.Close(); err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
-		if left, _ := netns.List(context.Background(), d.Topo.ID); len(left) > 0 {
-			t.Errorf("namespaces left behind: %v", left)
-		}
 	})
 	page, stopPage, err := browser.ServePage(d.Topo.Client)
 	if err != nil {

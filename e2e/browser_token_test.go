@@ -48,24 +48,10 @@ func TestBrowserSessionTokenRequired(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(keys, "e2e1"+sessiontoken.PublicExt), files["e2e1"+sessiontoken.PublicExt], 0o644); err != nil {
 		t.Fatal(err)
 	}
-	d, err := stack.Start(ctx, stack.Options{
+	d := startDeployment(ctx, t, stack.Options{
 		Prefix: browserTokenPrefix, Bins: binaries(t), Dir: dir, EdgeID: edgeID, Pool: pool, LeaseTTL: leaseTTL,
 		Nodes:    []stack.NodeOptions{{StreamApp: true, ResumeTimeoutSeconds: 30}},
 		EdgeArgs: []string{"--session-token", "required", "--session-token-keys", keys},
-	})
-	if err != nil {
-		if d != nil {
-			t.Log(d.Logs())
-		}
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Log(d.Logs())
-		}
-		if err := d.Close(); err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
 	})
 	page, stopPage, err := browser.ServePage(d.Topo.Client)
 	if err != nil {

@@ -76,10 +76,9 @@ func TestSessionLifecycle(t *testing.T) {
 	start := time.Now()
 	b := binaries(t)
 	t.Logf("binaries built in %s", time.Since(start).Round(time.Millisecond))
-	start = time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	d, err := stack.Start(ctx, stack.Options{
+	d := startDeployment(ctx, t, stack.Options{
 		Prefix:   prefix,
 		Bins:     b,
 		Dir:      t.TempDir(),
@@ -90,26 +89,6 @@ func TestSessionLifecycle(t *testing.T) {
 			{QuitOnSessionEnded: true, ResumeTimeoutSeconds: resumeTimeoutSeconds},
 			{QuitOnSessionEnded: false, ResumeTimeoutSeconds: resumeTimeoutSeconds},
 		},
-	})
-	if err != nil {
-		if d != nil {
-			t.Log(d.Logs())
-		}
-		t.Fatal(err)
-	}
-	t.Logf("edge and %d nodes started in %s", len(d.Nodes), time.Since(start).Round(time.Millisecond))
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Log(d.Logs())
-		}
-		start := time.Now()
-		if err := d.Close(); err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
-		t.Logf("stopped and cleaned up in %s", time.Since(start).Round(time.Millisecond))
-		if left, _ := netns.List(context.Background(), d.Topo.ID); len(left) > 0 {
-			t.Errorf("namespaces left behind: %v", left)
-		}
 	})
 
 	t.Run("group", func(t *testing.T) {

@@ -142,23 +142,9 @@ func startTURNStack(ctx context.Context, t *testing.T, prefix string, nodes []st
 	if err := os.WriteFile(secret, []byte(turnSecret+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	d, err := stack.Start(ctx, stack.Options{
+	d := startDeployment(ctx, t, stack.Options{
 		Prefix: prefix, Bins: binaries(t), Dir: dir, EdgeID: edgeID, Pool: pool, LeaseTTL: leaseTTL, Nodes: nodes,
 		EdgeArgs: []string{"--turn", "--turn-secret-file", secret, "--turn-relay-ports", "40000-40099"},
-	})
-	if err != nil {
-		if d != nil {
-			t.Log(d.Logs())
-		}
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Log(d.Logs())
-		}
-		if err := d.Close(); err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
 	})
 	return d
 }
