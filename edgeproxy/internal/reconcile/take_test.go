@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/livegate/livegate/edgeproxy/internal/portalloc"
 	"github.com/livegate/livegate/edgeproxy/internal/routes"
 	"github.com/livegate/livegate/pkg/kvstore"
 	"github.com/livegate/livegate/pkg/wire"
@@ -26,7 +27,7 @@ func (p *published) equal(o *published) bool {
 func loopState() *Reconciler {
 	return &Reconciler{
 		cfg: Config{EdgeID: "edge-a", Pool: "default", Policy: routes.Policy{
-			BackendCIDRs: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, BackendPorts: routes.PortRange{Min: 1024, Max: 65535},
+			BackendCIDRs: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, BackendPorts: portalloc.Range{First: 1024, Last: 65535},
 		}},
 		valid: map[string]routes.Route{}, invalid: map[string]invalidRoute{}, seen: map[string]time.Time{},
 		endpoints: map[string]endpoint{}, live: map[string]bool{}, refused: map[string]refusal{},
