@@ -348,7 +348,7 @@ func (f *flags) settings(drivers map[string]DriverFactory) (*settings, error) {
 		errs = append(errs, fmt.Errorf("--public-host %q: %w", f.publicHost, err))
 	}
 	s.reconcile = reconcile.Config{
-		EdgeID: f.edgeID, Pool: f.pool, PublicHost: f.publicHost, SignalingPort: uint32(max(f.signalingPort, 0)),
+		EdgeID: f.edgeID, Pool: f.pool, PublicHost: f.publicHost, SignalingPort: uint16(min(max(f.signalingPort, 0), 65535)),
 		Policy:    routes.Policy{BackendCIDRs: cidrs, BackendPorts: ports, MaxMedia: f.maxMedia},
 		MaxRoutes: f.maxRoutes, Resync: f.resync, Heartbeat: f.heartbeat, EdgeTTL: f.edgeTTL,
 		ClaimDelayStep: f.claimDelayStep, MaxClaimDelay: f.claimDelayMax, Version: buildinfo.Version,
