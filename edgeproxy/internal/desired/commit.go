@@ -109,19 +109,23 @@ func (s *State) Claimed(p *Plan, results []WriteResult) (lost []string) {
 	return lost
 }
 
+// Ready reports whether the media plane holds the mappings of p's route key, so that the route
+// is routable; nil means every route is.
+type Ready func(key string) bool
+
 // Publish returns the endpoint writes p calls for: the endpoint of each route served whose KV
-// entry is missing or stale, and the removal of this edge's endpoints of routes it no longer
-// serves. A removal is at the entry's revision, so an endpoint another edge has just written is
-// never removed. Their results go to Written; until then they are under way (see NeedsWritten).
-// Call it once the map and the media plane hold p: the endpoint says the route is routable.
-func (s *State) Publish(p *Plan) []Write {
+// entry is missing or stale, once ready says the route is routable (its map entry is assumed
+// programmed), and the removal of this edge's endpoints of routes it no longer serves. A removal
+// is at the entry's revision, so an endpoint another edge has just written is never removed.
+// Their results go to Written; until then they are under way (see NeedsWritten).
+func (s *State) Publish(p *Plan, ready Ready) []Write {
 	claimed := make(map[string]bool, len(p.Claims))
 	for _, c := range p.Claims {
 		claimed[c.Key] = true
 	}
 	var stale []string
 	for k, w := range p.Routes {
-		if claimed[k] {
+		if claimed[k] || ready != nil && !ready(k) {
 			continue
 		}
 		if cur, ok := s.endpoints[k]; ok && s.publishes(cur.pub, w) {
@@ -202,8 +206,10 @@ type RelayMedia struct {
 	Backends []netip.AddrPort
 }
 
-// Commit records p as served, once its map and mappings are programmed and its writes started.
-func (s *State) Commit(p *Plan) Commit {
+// Commit records p as served, once its map is programmed and its writes started, at the time at.
+// A route new or changed is reported programmed once ready says it is routable: by this commit
+// or a later one.
+func (s *State) Commit(p *Plan, at time.Time, ready Ready) Commit {
 	var c Commit
 	var removed []string
 	for k := range s.served {
@@ -223,18 +229,30 @@ func (s *State) Commit(p *Plan) Commit {
 	for k, w := range served {
 		if old, had := s.served[k]; !had || !sameProgramming(old, w) {
 			fresh = append(fresh, k)
+			if w.Since.IsZero() {
+				w.Since = p.now
+				served[k] = w
+			}
+			s.unreported[k] = true
 		}
 	}
-	slices.Sort(fresh)
-	for _, k := range fresh {
-		w := served[k]
-		if w.Since.IsZero() {
-			w.Since = p.now
-			served[k] = w
+	var report []string
+	for k := range s.unreported {
+		if _, ok := served[k]; !ok {
+			delete(s.unreported, k)
+			continue
 		}
+		if ready == nil || ready(k) {
+			report = append(report, k)
+			delete(s.unreported, k)
+		}
+	}
+	slices.Sort(report)
+	for _, k := range report {
+		w := served[k]
 		ev := Event{Kind: Programmed, Key: k, Session: w.Route.SessionID, Pool: w.Route.Pool, Backend: w.Route.Signaling.String(), Ports: w.Ports}
 		if seen, ok := s.seen[k]; ok {
-			ev.Latency, ev.HasLatency = max(p.now.Sub(seen), 0), true
+			ev.Latency, ev.HasLatency = max(at.Sub(seen), 0), true
 		}
 		c.Events = append(c.Events, ev)
 	}

@@ -155,7 +155,7 @@ func (e *edge) finish(p *Plan) passResult {
 		claims = append(claims, e.kv.apply(e.t, w))
 	}
 	r := passResult{plan: p, lost: e.s.Claimed(p, claims)}
-	r.writes = e.s.Publish(p)
+	r.writes = e.s.Publish(p, nil)
 	var results []WriteResult
 	for _, w := range r.writes {
 		if e.fail {
@@ -164,7 +164,7 @@ func (e *edge) finish(p *Plan) passResult {
 		}
 		results = append(results, e.kv.apply(e.t, w))
 	}
-	r.commit = e.s.Commit(p)
+	r.commit = e.s.Commit(p, p.now, nil)
 	e.s.Written(results)
 	return r
 }

@@ -508,3 +508,56 @@ func TestMediaPlanShared(t *testing.T) {
 		t.Fatalf("plans: %v / %v", r1.plan.Media, r2.plan.Map)
 	}
 }
+
+// TestPublishedOnceRoutable: a route whose media mappings the plane does not hold yet is in the
+// map at once, but its endpoint is written and its programmed event reported only by the first
+// commit that finds it routable; a signaling-only route needs no media batch.
+func TestPublishedOnceRoutable(t *testing.T) {
+	now := time.Unix(1000, 0)
+	kv := newStore()
+	a := newEdge(t, kv, edgeConfig("edge-a"), mediaPorts, nil, &now)
+	kv.set(RoutesBucket, "i1", encode(t, edgeRoute("edge-a", "s1", "127.0.0.1:31000")))
+	kv.set(RoutesBucket, "i2", encode(t, edgeRoute("edge-a", "s2")))
+	held := map[string]bool{}
+	pass := func(at time.Time) passResult {
+		a.watch(at)
+		p := a.s.Plan(at)
+		ready := func(k string) bool { _, media := p.Media[k]; return !media || held[k] }
+		r := passResult{plan: p, writes: a.s.Publish(p, ready)}
+		var results []WriteResult
+		for _, w := range r.writes {
+			results = append(results, kv.apply(t, w))
+		}
+		r.commit = a.s.Commit(p, at.Add(time.Millisecond), ready)
+		a.s.Written(results)
+		return r
+	}
+	r := pass(now)
+	if len(r.plan.Map) != 2 || len(r.writes) != 1 || r.writes[0].Key != "i2" {
+		t.Fatalf("before the batch: map %v, writes %+v", r.plan.Map, r.writes)
+	}
+	if ev := r.events(Programmed); len(ev) != 1 || ev["i2"].Latency != time.Millisecond {
+		t.Fatalf("before the batch: programmed %v", ev)
+	}
+	r = pass(now.Add(time.Second))
+	if len(r.writes) != 0 || len(r.commit.Events) != 0 {
+		t.Fatalf("still no batch: writes %v, events %v", r.writes, r.commit.Events)
+	}
+	held["i1"] = true
+	r = pass(now.Add(2 * time.Second))
+	if len(r.writes) != 1 || r.writes[0].Key != "i1" || r.events(Programmed)["i1"].Latency != 2*time.Second+time.Millisecond {
+		t.Fatalf("after the batch: writes %+v, events %+v", r.writes, r.commit.Events)
+	}
+	if r = pass(now.Add(3 * time.Second)); len(r.writes) != 0 || len(r.commit.Events) != 0 {
+		t.Fatalf("after that: writes %v, events %v", r.writes, r.commit.Events)
+	}
+	// A route removed before it was routable is reported removed, never programmed.
+	kv.set(RoutesBucket, "i3", encode(t, edgeRoute("edge-a", "s3", "127.0.0.1:31003")))
+	pass(now.Add(4 * time.Second))
+	kv.remove(RoutesBucket, "i3", false)
+	held["i3"] = true
+	r = pass(now.Add(5 * time.Second))
+	if ev := r.commit.Events; len(ev) != 1 || ev[0].Kind != Removed || ev[0].Key != "i3" {
+		t.Fatalf("events %+v", ev)
+	}
+}

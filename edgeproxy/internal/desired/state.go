@@ -171,6 +171,9 @@ type State struct {
 	turnRenew time.Time
 	// committed is whether a plan has been committed yet.
 	committed bool
+	// unreported holds the routes served, new or changed, not yet reported programmed because
+	// the media plane did not hold them yet (see Commit).
+	unreported map[string]bool
 }
 
 // New returns an empty core for cfg. relay may be nil (no TURN relay).
@@ -180,6 +183,7 @@ func New(cfg Config, ports Ports, relay Relay, log zerolog.Logger) *State {
 		synced: map[Bucket]bool{}, valid: map[string]routes.Route{}, invalid: map[string]invalidRoute{}, seen: map[string]time.Time{},
 		endpoints: map[string]endpoint{}, live: map[string]bool{}, served: map[string]Served{}, refused: map[string]refusal{},
 		expired: map[string]bool{}, held: map[string]time.Time{}, owners: map[string]owner{}, sched: routes.NewScheduler(),
+		unreported: map[string]bool{},
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -152,12 +153,24 @@ type Reconciler struct {
 	// back); mapWritten is what was last handed to the map file writer.
 	programmed map[string]string
 	mapWritten map[string]string
-	// mediaSynced is whether the media plane holds the mappings of the last plan.
-	mediaSynced bool
+	// The media plane's batches run off the loop (see syncMedia): mediaBusy is whether one runs,
+	// mediaQueued the mappings wanted next (nil: none), mediaHeld what the plane holds (after
+	// the last batch that succeeded), mediaErr the last batch's failure, and mediaRetry asks the
+	// loop for a full pass after retryDelay.
+	mediaBusy   bool
+	mediaQueued map[string][]media.Mapping
+	mediaHeld   map[string][]media.Mapping
+	mediaErr    error
+	mediaRetry  bool
+	mediaDone   chan mediaBatch
+	mediaSyncs  sync.WaitGroup
 	// written delivers the results of the endpoint writes under way (nil: none), and writes runs
 	// them (see publish).
 	written chan writeBatch
 	writes  sync.WaitGroup
+
+	// passErr is the last pass's failure.
+	passErr error
 
 	mu     sync.Mutex
 	status map[string]desired.Served
@@ -176,7 +189,7 @@ func New(cfg Config, d Deps, opts ...Option) (*Reconciler, error) {
 	}
 	r := &Reconciler{
 		cfg: cfg, d: d, log: d.Log, now: time.Now,
-		kick: make(chan struct{}, 1), evq: make(chan *livegatev1.Event, 1<<16),
+		kick: make(chan struct{}, 1), evq: make(chan *livegatev1.Event, 1<<16), mediaDone: make(chan mediaBatch, 1),
 	}
 	var relay desired.Relay
 	if d.Relay != nil {
@@ -260,6 +273,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	}
 	defer r.settle()
 	defer wg.Wait()
+	defer r.mediaSyncs.Wait()
 	defer r.writes.Wait()
 	defer cancel()
 
@@ -287,6 +301,10 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		if r.core.Retry() {
 			setWake(earliest(wakeAt, r.now().Add(retryDelay)))
 		}
+		if r.mediaRetry {
+			r.mediaRetry, full = false, true
+			setWake(earliest(wakeAt, r.now().Add(retryDelay)))
+		}
 		select {
 		case <-ctx.Done():
 			return nil
@@ -312,6 +330,12 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		case b := <-r.written:
 			r.takeWritten(b)
 			continue
+		case b := <-r.mediaDone:
+			// Routes the batch made routable get their endpoints and events from a pass.
+			due = r.mediaSynced(ctx, b) || due
+			if r.mediaRetry {
+				continue
+			}
 		case <-beat.C:
 			r.heartbeat(ctx)
 			continue
@@ -324,9 +348,8 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		r.mu.Lock()
-		r.synced, r.lastErr = r.synced || err == nil, err
-		r.mu.Unlock()
+		r.passErr = err
+		r.health()
 		if err != nil {
 			r.log.Error().Err(err).Msg("reconcile pass failed; retrying")
 			full = true
@@ -398,9 +421,10 @@ func (r *Reconciler) take(x input) bool {
 	return r.core.Observe(in)
 }
 
-// pass plans once and applies the plan: HAProxy's map and the media plane first, then the claims
-// (a lost claim programs again without its route), then the endpoints, which say a route is
-// routable. It returns when it wants to run again, or zero.
+// pass plans once and applies the plan: HAProxy's map at once and the media plane's batch started,
+// then the claims (a lost claim programs again without its route), then the endpoints of the
+// routes the media plane holds, which say a route is routable. It returns when it wants to run
+// again, or zero.
 func (r *Reconciler) pass(ctx context.Context, full bool) (time.Time, error) {
 	now := r.now()
 	if r.core.AwaitRemovals() {
@@ -415,15 +439,23 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (time.Time, error) {
 		return time.Time{}, err
 	}
 	tProg := r.now()
+	if len(p.Claims) > 0 && !r.claimsRoutable(p) {
+		// A claim writes the route's endpoint: it waits for the media plane to hold the route.
+		r.awaitMedia(ctx)
+		if r.mediaErr != nil {
+			return time.Time{}, r.mediaErr
+		}
+	}
 	if lost := r.claim(ctx, p); len(lost) > 0 {
 		if err := r.program(ctx, p, false); err != nil {
 			return time.Time{}, err
 		}
 	}
 	tClaim := r.now()
-	r.publish(ctx, p)
+	ready := r.routable(p)
+	r.publish(ctx, p, ready)
 	tPub := r.now()
-	c := r.core.Commit(p)
+	c := r.core.Commit(p, r.now(), ready)
 	r.report(c.Events)
 	if c.Relay != nil {
 		sessions := make(map[string]turnrelay.Media, len(c.Relay))
@@ -481,31 +513,105 @@ func (r *Reconciler) report(evs []desired.Event) {
 	}
 }
 
-// program makes HAProxy's map and the media plane hold p, and hands the map to the map file
-// writer. With full, it reads HAProxy's live map back first and syncs the media plane even when
-// its mappings did not change (the plane decides itself when to read the kernel back).
+// program makes HAProxy's map hold p at once, hands p's media mappings to the media plane (see
+// syncMedia), and hands the map to the map file writer. With full, it reads HAProxy's live map
+// back first and syncs the media plane even when its mappings did not change (the plane decides
+// itself when to read the kernel back).
 func (r *Reconciler) program(ctx context.Context, p *desired.Plan, full bool) error {
-	// HAProxy and the kernel are independent: program both at once.
-	var mediaErr error
-	var wg sync.WaitGroup
-	if full || p.MediaChanged || !r.mediaSynced {
-		r.mediaSynced = false
-		wg.Go(func() {
-			if err := r.d.Media.Sync(ctx, p.Media); err != nil {
-				r.d.Metrics.errors.WithLabelValues(ErrKindMedia).Inc()
-				mediaErr = fmt.Errorf("program media plane: %w", err)
-				return
-			}
-			r.mediaSynced = true
-		})
+	if full || p.MediaChanged || r.mediaErr != nil || r.mediaHeld == nil {
+		r.syncMedia(ctx, p.Media)
 	}
-	haproxyErr := r.programHAProxy(ctx, p.Map, full)
-	wg.Wait()
-	if haproxyErr == nil && r.files != nil && (full || !maps.Equal(p.Map, r.mapWritten)) {
+	if err := r.programHAProxy(ctx, p.Map, full); err != nil {
+		return err
+	}
+	if r.files != nil && (full || !maps.Equal(p.Map, r.mapWritten)) {
 		r.files.Offer(p.Map)
 		r.mapWritten = p.Map
 	}
-	return errors.Join(haproxyErr, mediaErr)
+	return nil
+}
+
+// mediaBatch is the outcome of one media plane sync.
+type mediaBatch struct {
+	want map[string][]media.Mapping
+	err  error
+}
+
+// syncMedia has the media plane hold want. Its batches (kernel rules, conntrack) take far longer
+// than a map change, so they run off the loop, one at a time: the loop goes on programming
+// HAProxy for the routes that arrive meanwhile, and the mappings wanted while a batch runs wait
+// for it and go as one, the latest replacing the others. A route is published (and reported)
+// once a batch holding its mappings is done: see routable.
+func (r *Reconciler) syncMedia(ctx context.Context, want map[string][]media.Mapping) {
+	if r.mediaBusy {
+		r.mediaQueued = want
+		return
+	}
+	r.mediaBusy = true
+	r.mediaSyncs.Go(func() { r.mediaDone <- mediaBatch{want: want, err: r.d.Media.Sync(ctx, want)} })
+}
+
+// mediaSynced takes in a finished media batch, starts the one queued, and reports whether a pass
+// should follow (routes may have become routable).
+func (r *Reconciler) mediaSynced(ctx context.Context, b mediaBatch) bool {
+	r.mediaBusy = false
+	if b.err != nil {
+		r.mediaErr = fmt.Errorf("program media plane: %w", b.err)
+		if ctx.Err() == nil {
+			r.d.Metrics.errors.WithLabelValues(ErrKindMedia).Inc()
+			r.log.Error().Err(r.mediaErr).Msg("media plane sync failed; retrying")
+			r.mediaRetry = true
+		}
+	} else {
+		r.mediaErr, r.mediaHeld = nil, b.want
+	}
+	if q := r.mediaQueued; q != nil {
+		r.mediaQueued = nil
+		r.syncMedia(ctx, q)
+	}
+	r.health()
+	return b.err == nil
+}
+
+// awaitMedia waits until no media batch runs or is queued.
+func (r *Reconciler) awaitMedia(ctx context.Context) {
+	for r.mediaBusy {
+		r.mediaSynced(ctx, <-r.mediaDone)
+	}
+}
+
+// routable says which routes of p the media plane holds: those without media mappings, and those
+// whose mappings the last successful batch held.
+func (r *Reconciler) routable(p *desired.Plan) desired.Ready {
+	return func(key string) bool {
+		want, ok := p.Media[key]
+		if !ok {
+			return true
+		}
+		held, ok := r.mediaHeld[key]
+		return ok && slices.Equal(held, want)
+	}
+}
+
+// claimsRoutable reports whether the media plane already holds every route p claims.
+func (r *Reconciler) claimsRoutable(p *desired.Plan) bool {
+	ready := r.routable(p)
+	for _, c := range p.Claims {
+		if !ready(c.Key) {
+			return false
+		}
+	}
+	return true
+}
+
+// health publishes what Healthy reports: synced once a pass succeeded with the media plane
+// holding its mappings, and the last failure of either.
+func (r *Reconciler) health() {
+	err := errors.Join(r.passErr, r.mediaErr)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.synced = r.synced || (err == nil && r.mediaHeld != nil && !r.mediaBusy)
+	r.lastErr = err
 }
 
 // programHAProxy makes HAProxy's map hold entries. With full, or after a failure, it first reads
@@ -644,9 +750,9 @@ func (r *Reconciler) claim(ctx context.Context, p *desired.Plan) []string {
 // publish starts the endpoint writes of p. They run while the loop goes on to its next pass,
 // whose programming does not depend on them: the next publish, and a pass that must know whether
 // an endpoint is gone (see desired.State.AwaitRemovals), first take their results in.
-func (r *Reconciler) publish(ctx context.Context, p *desired.Plan) {
+func (r *Reconciler) publish(ctx context.Context, p *desired.Plan, ready desired.Ready) {
 	r.awaitWritten()
-	ws := r.core.Publish(p)
+	ws := r.core.Publish(p, ready)
 	if len(ws) == 0 {
 		return
 	}
