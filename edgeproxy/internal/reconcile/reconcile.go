@@ -311,16 +311,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		case <-gate:
 			gate = nil
 		case x := <-in:
-			due = r.take(x) || due
-		drain:
-			for {
-				select {
-				case x := <-in:
-					due = r.take(x) || due
-				default:
-					break drain
-				}
-			}
+			due = r.takeAll(x, in) || due
 		case <-resync.C:
 			full = true
 		case <-r.kick:
@@ -348,14 +339,8 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		r.passErr = err
-		r.health()
-		if err != nil {
-			r.log.Error().Err(err).Msg("reconcile pass failed; retrying")
-			full = true
+		if full = r.passed(err); full {
 			next = r.now().Add(retryDelay)
-		} else {
-			full = false
 		}
 		setWake(next)
 	}
@@ -402,6 +387,31 @@ var buckets = map[string]desired.Bucket{
 
 func entryOf(e kvstore.Entry) desired.Entry {
 	return desired.Entry{Key: e.Key, Value: e.Value, Revision: e.Revision, Deleted: e.Deleted, Purged: e.Purged}
+}
+
+// passed records a pass's outcome, and reports whether the next pass must be a full one, after
+// retryDelay.
+func (r *Reconciler) passed(err error) bool {
+	r.passErr = err
+	r.health()
+	if err != nil {
+		r.log.Error().Err(err).Msg("reconcile pass failed; retrying")
+	}
+	return err != nil
+}
+
+// takeAll hands x and the inputs queued behind it to the core, so that one pass sees them all,
+// and reports whether a pass must see them.
+func (r *Reconciler) takeAll(x input, in <-chan input) bool {
+	changed := r.take(x)
+	for {
+		select {
+		case x := <-in:
+			changed = r.take(x) || changed
+		default:
+			return changed
+		}
+	}
 }
 
 // take hands one watch input to the core and reports whether a pass must see it.
