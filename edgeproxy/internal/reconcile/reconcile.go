@@ -12,9 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"net/netip"
-	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -26,14 +24,10 @@ import (
 	"github.com/livegate/livegate/edgeproxy/internal/turnrelay"
 	"github.com/livegate/livegate/pkg/events"
 	"github.com/livegate/livegate/pkg/kvstore"
-	"github.com/livegate/livegate/pkg/logging"
 	"github.com/livegate/livegate/pkg/natsconn"
-	"github.com/livegate/livegate/pkg/wire"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
-	"google.golang.org/protobuf/types/known/durationpb"
-	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // Config is what the loop needs to know about this edge.
@@ -496,124 +490,6 @@ func earliest(a, b time.Time) time.Time {
 	return a
 }
 
-// report logs, counts and emits the core's events.
-func (r *Reconciler) report(evs []desired.Event) {
-	for _, ev := range evs {
-		switch ev.Kind {
-		case desired.Refused:
-			r.d.Metrics.errors.WithLabelValues(ErrKindRefused).Inc()
-			// The key may be hostile: zerolog quotes it, and it goes no further.
-			r.log.Warn().Str("instance_id", logging.Clip(ev.Key)).Uint64("revision", ev.Revision).Str("reason", ev.Reason).Msg("route refused")
-			r.emit(&livegatev1.Event{Type: livegatev1.EventType_EVENT_TYPE_ROUTE_REFUSED, InstanceId: ev.Key, SessionId: ev.Session, Pool: ev.Pool,
-				Details: &livegatev1.Event_RouteRefused{RouteRefused: &livegatev1.RouteRefused{EdgeId: r.cfg.EdgeID, Reason: ev.Reason}}})
-		case desired.Removed:
-			r.d.Metrics.removed.WithLabelValues(ev.RemovedAs).Inc()
-			r.log.Info().Str("instance_id", ev.Key).Str("session_id", ev.Session).Str("reason", ev.Reason).Msg("route removed")
-			r.emit(&livegatev1.Event{Type: livegatev1.EventType_EVENT_TYPE_ROUTE_REMOVED, InstanceId: ev.Key, SessionId: ev.Session, Pool: ev.Pool,
-				Details: &livegatev1.Event_RouteRemoved{RouteRemoved: &livegatev1.RouteRemoved{EdgeId: r.cfg.EdgeID, Reason: ev.Reason}}})
-		case desired.Programmed:
-			if ev.HasLatency {
-				r.d.Metrics.latency.Observe(ev.Latency.Seconds())
-			}
-			r.log.Info().Str("instance_id", ev.Key).Str("session_id", ev.Session).Str("backend", ev.Backend).
-				Any("public_udp_ports", ev.Ports).Dur("latency", ev.Latency).Msg("route programmed")
-			r.emit(&livegatev1.Event{Type: livegatev1.EventType_EVENT_TYPE_ROUTE_PROGRAMMED, InstanceId: ev.Key, SessionId: ev.Session, Pool: ev.Pool,
-				Details: &livegatev1.Event_RouteProgrammed{RouteProgrammed: &livegatev1.RouteProgrammed{EdgeId: r.cfg.EdgeID, Latency: durationpb.New(ev.Latency)}}})
-		}
-	}
-}
-
-// program makes HAProxy's map hold p at once, hands p's media mappings to the media plane (see
-// syncMedia), and hands the map to the map file writer. With full, it reads HAProxy's live map
-// back first and syncs the media plane even when its mappings did not change (the plane decides
-// itself when to read the kernel back).
-func (r *Reconciler) program(ctx context.Context, p *desired.Plan, full bool) error {
-	if full || p.MediaChanged || r.mediaErr != nil || r.mediaHeld == nil {
-		r.syncMedia(ctx, p.Media)
-	}
-	if err := r.programHAProxy(ctx, p.Map, full); err != nil {
-		return err
-	}
-	if r.files != nil && (full || !maps.Equal(p.Map, r.mapWritten)) {
-		r.files.Offer(p.Map)
-		r.mapWritten = p.Map
-	}
-	return nil
-}
-
-// mediaBatch is the outcome of one media plane sync.
-type mediaBatch struct {
-	want map[string][]media.Mapping
-	err  error
-}
-
-// syncMedia has the media plane hold want. Its batches (kernel rules, conntrack) take far longer
-// than a map change, so they run off the loop, one at a time: the loop goes on programming
-// HAProxy for the routes that arrive meanwhile, and the mappings wanted while a batch runs wait
-// for it and go as one, the latest replacing the others. A route is published (and reported)
-// once a batch holding its mappings is done: see routable.
-func (r *Reconciler) syncMedia(ctx context.Context, want map[string][]media.Mapping) {
-	if r.mediaBusy {
-		r.mediaQueued = want
-		return
-	}
-	r.mediaBusy = true
-	r.mediaSyncs.Go(func() { r.mediaDone <- mediaBatch{want: want, err: r.d.Media.Sync(ctx, want)} })
-}
-
-// mediaSynced takes in a finished media batch, starts the one queued, and reports whether a pass
-// should follow (routes may have become routable).
-func (r *Reconciler) mediaSynced(ctx context.Context, b mediaBatch) bool {
-	r.mediaBusy = false
-	if b.err != nil {
-		r.mediaErr = fmt.Errorf("program media plane: %w", b.err)
-		if ctx.Err() == nil {
-			r.d.Metrics.errors.WithLabelValues(ErrKindMedia).Inc()
-			r.log.Error().Err(r.mediaErr).Msg("media plane sync failed; retrying")
-			r.mediaRetry = true
-		}
-	} else {
-		r.mediaErr, r.mediaHeld = nil, b.want
-	}
-	if q := r.mediaQueued; q != nil {
-		r.mediaQueued = nil
-		r.syncMedia(ctx, q)
-	}
-	r.health()
-	return b.err == nil
-}
-
-// awaitMedia waits until no media batch runs or is queued.
-func (r *Reconciler) awaitMedia(ctx context.Context) {
-	for r.mediaBusy {
-		r.mediaSynced(ctx, <-r.mediaDone)
-	}
-}
-
-// routable says which routes of p the media plane holds: those without media mappings, and those
-// whose mappings the last successful batch held.
-func (r *Reconciler) routable(p *desired.Plan) desired.Ready {
-	return func(key string) bool {
-		want, ok := p.Media[key]
-		if !ok {
-			return true
-		}
-		held, ok := r.mediaHeld[key]
-		return ok && slices.Equal(held, want)
-	}
-}
-
-// claimsRoutable reports whether the media plane already holds every route p claims.
-func (r *Reconciler) claimsRoutable(p *desired.Plan) bool {
-	ready := r.routable(p)
-	for _, c := range p.Claims {
-		if !ready(c.Key) {
-			return false
-		}
-	}
-	return true
-}
-
 // health publishes what Healthy reports: synced once a pass succeeded with the media plane
 // holding its mappings, and the last failure of either.
 func (r *Reconciler) health() {
@@ -624,239 +500,12 @@ func (r *Reconciler) health() {
 	r.lastErr = err
 }
 
-// programHAProxy makes HAProxy's map hold entries. With full, or after a failure, it first reads
-// the live map back instead of trusting what it last wrote.
-func (r *Reconciler) programHAProxy(ctx context.Context, entries map[string]string, full bool) error {
-	if full || r.programmed == nil {
-		live, err := r.d.Driver.List(ctx)
-		if err != nil {
-			r.programmed = nil
-			r.d.Metrics.errors.WithLabelValues(ErrKindHAProxy).Inc()
-			return fmt.Errorf("read haproxy map: %w", err)
-		}
-		if r.programmed != nil {
-			set, del := routes.Diff(r.programmed, live)
-			if drift := len(set) + len(del); drift > 0 {
-				r.d.Metrics.drift.Add(float64(drift))
-				r.log.Warn().Int("entries", drift).Msg("haproxy map drifted; repairing")
-			}
-		}
-		r.programmed = live
-	}
-	set, del := routes.Diff(entries, r.programmed)
-	if len(set)+len(del) > 0 {
-		began := r.now()
-		apply := r.d.Driver.Apply
-		if d, ok := r.d.Driver.(haproxy.KnownApplier); ok {
-			known := r.programmed
-			apply = func(ctx context.Context, set map[string]string, del []string) error {
-				return d.ApplyKnown(ctx, set, del, known)
-			}
-		}
-		if err := apply(ctx, set, del); err != nil {
-			r.programmed = nil
-			r.d.Metrics.errors.WithLabelValues(ErrKindHAProxy).Inc()
-			return fmt.Errorf("program haproxy map (%d set, %d deleted): %w", len(set), len(del), err)
-		}
-		r.programmed = entries
-		r.log.Debug().Int("set", len(set)).Int("deleted", len(del)).Dur("took", r.now().Sub(began)).Msg("haproxy map programmed")
-	}
-	return nil
-}
-
-// parallelism bounds concurrent KV writes.
-const parallelism = 32
-
-// writeOutcome is a write's result for the core, with the error for the log.
-type writeOutcome struct {
-	desired.WriteResult
-	err error
-}
-
-// writeBatch is the outcome of the endpoint writes of one pass; stopping says the loop was
-// stopping, so that failures are not reported.
-type writeBatch struct {
-	outcomes []writeOutcome
-	stopping bool
-}
-
-// runWrites applies ws to livegate_endpoints with bounded concurrency.
-func (r *Reconciler) runWrites(ctx context.Context, ws []desired.Write) []writeOutcome {
-	out := make([]writeOutcome, len(ws))
-	sem := make(chan struct{}, parallelism)
-	at := r.now()
-	var wg sync.WaitGroup
-	for i, w := range ws {
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			out[i] = r.write(ctx, w, at)
-		})
-	}
-	wg.Wait()
-	return out
-}
-
-// write applies one write; the endpoint says it was assigned at.
-func (r *Reconciler) write(ctx context.Context, w desired.Write, at time.Time) writeOutcome {
-	kv := r.d.Buckets.Endpoints
-	var rev uint64
-	var err error
-	if w.Op == desired.OpDelete {
-		err = kv.Delete(ctx, w.Key, jetstream.LastRevision(w.Revision))
-	} else {
-		var data []byte
-		if data, err = wire.Marshal(w.Endpoint.Proto(at)); err == nil {
-			switch w.Op {
-			case desired.OpCreate:
-				rev, err = kv.Create(ctx, w.Key, data)
-			case desired.OpUpdate:
-				rev, err = kv.Update(ctx, w.Key, data, w.Revision)
-			default:
-				rev, err = kv.Put(ctx, w.Key, data)
-			}
-		}
-	}
-	res := desired.WriteResult{Write: w, Result: desired.Applied, Revision: rev}
-	switch {
-	case err == nil:
-	case errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) || isWrongSequence(err):
-		res.Result = desired.Conflict
-	default:
-		res.Result = desired.Failed
-	}
-	return writeOutcome{WriteResult: res, err: err}
-}
-
-func isWrongSequence(err error) bool {
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
-}
-
-// claim takes p's pool routes with their compare-and-set writes: exactly one edge wins each. It
-// returns the keys this edge lost, which the core has taken out of p.
-func (r *Reconciler) claim(ctx context.Context, p *desired.Plan) []string {
-	if len(p.Claims) == 0 {
-		return nil
-	}
-	outcomes := r.runWrites(ctx, p.Claims)
-	results := make([]desired.WriteResult, len(outcomes))
-	for i, o := range outcomes {
-		results[i] = o.WriteResult
-		if o.Result != desired.Applied {
-			r.d.Metrics.claims.WithLabelValues("lost").Inc()
-			if ctx.Err() == nil && o.Result == desired.Failed {
-				r.d.Metrics.errors.WithLabelValues(ErrKindKV).Inc()
-				r.log.Warn().Err(o.err).Str("instance_id", o.Write.Key).Msg("claim write failed")
-			}
-			continue
-		}
-		r.d.Metrics.claims.WithLabelValues("won").Inc()
-		r.log.Info().Str("instance_id", o.Write.Key).Msg("pool route claimed")
-	}
-	return r.core.Claimed(p, results)
-}
-
-// publish starts the endpoint writes of p. They run while the loop goes on to its next pass,
-// whose programming does not depend on them: the next publish, and a pass that must know whether
-// an endpoint is gone (see desired.State.AwaitRemovals), first take their results in.
-func (r *Reconciler) publish(ctx context.Context, p *desired.Plan, ready desired.Ready) {
-	r.awaitWritten()
-	ws := r.core.Publish(p, ready)
-	if len(ws) == 0 {
-		return
-	}
-	done := make(chan writeBatch, 1)
-	r.written = done
-	r.writes.Go(func() {
-		outcomes := r.runWrites(ctx, ws)
-		done <- writeBatch{outcomes: outcomes, stopping: ctx.Err() != nil}
-	})
-}
-
-// awaitWritten takes in the results of the endpoint writes under way, if any.
-func (r *Reconciler) awaitWritten() {
-	if r.written != nil {
-		r.takeWritten(<-r.written)
-	}
-}
-
-// takeWritten hands the results of the endpoint writes to the core, and reports the failures other
-// than a removal losing to another edge's write: the core writes those again after retryDelay.
-func (r *Reconciler) takeWritten(b writeBatch) {
-	r.written = nil
-	results := make([]desired.WriteResult, len(b.outcomes))
-	for i, o := range b.outcomes {
-		results[i] = o.WriteResult
-		deleted := o.Write.Op == desired.OpDelete
-		if o.err != nil && !(deleted && isWrongSequence(o.err)) && !b.stopping {
-			r.d.Metrics.errors.WithLabelValues(ErrKindKV).Inc()
-			r.log.Warn().Err(o.err).Str("instance_id", o.Write.Key).Bool("delete", deleted).Msg("endpoint write failed")
-		}
-		if deleted && o.Result == desired.Conflict && !isWrongSequence(o.err) {
-			results[i].Result = desired.Failed
-		}
-	}
-	r.core.Written(results)
-}
-
 func addrStrings(as []netip.AddrPort) []string {
 	out := make([]string, len(as))
 	for i, a := range as {
 		out[i] = a.String()
 	}
 	return out
-}
-
-// heartbeat writes this edge's status with a TTL: when the edge stops, the key expires and the
-// pool takes its routes over.
-func (r *Reconciler) heartbeat(ctx context.Context) {
-	_, free := r.d.Media.Capacity()
-	st := &livegatev1.EdgeStatus{
-		EdgeId: r.cfg.EdgeID, Pool: r.cfg.Pool, PublicHost: r.cfg.PublicHost,
-		Capacity: uint32(r.cfg.MaxRoutes), FreePorts: uint32(max(free, 0)), Routes: uint32(len(r.core.Served())),
-		Heartbeat: timestamppb.New(r.now()), Version: r.cfg.Version,
-	}
-	data, err := wire.Marshal(st)
-	if err == nil {
-		_, err = kvstore.PutTTL(ctx, r.d.JS, kvstore.EdgesBucket, r.cfg.EdgeID, data, r.cfg.EdgeTTL)
-	}
-	if err != nil && ctx.Err() == nil {
-		r.d.Metrics.errors.WithLabelValues(ErrKindHeartbeat).Inc()
-		r.log.Warn().Err(err).Msg("heartbeat write failed")
-	}
-}
-
-// emit queues ev; pool defaults to this edge's. Events about keys that cannot name a subject
-// (hostile ones) are only logged.
-func (r *Reconciler) emit(ev *livegatev1.Event) {
-	if r.d.Events == nil || events.ValidateToken("instance id", ev.InstanceId) != nil {
-		return
-	}
-	if ev.Pool == "" {
-		ev.Pool = r.cfg.Pool
-	}
-	select {
-	case r.evq <- ev:
-	default:
-		r.d.Metrics.errors.WithLabelValues(ErrKindEvents).Inc()
-	}
-}
-
-// publishEvents sends events off the loop's goroutine, so a slow stream never delays routing.
-func (r *Reconciler) publishEvents(ctx context.Context) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case ev := <-r.evq:
-			err := r.d.Events.Deliver(ctx, ev)
-			if err != nil && ctx.Err() == nil {
-				r.d.Metrics.errors.WithLabelValues(ErrKindEvents).Inc()
-				r.log.Warn().Err(err).Str("instance_id", ev.InstanceId).Msg("event publish failed")
-			}
-		}
-	}
 }
 
 func sortedKeys[V any](m map[string]V) []string {
