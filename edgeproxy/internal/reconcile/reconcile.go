@@ -490,13 +490,13 @@ func earliest(a, b time.Time) time.Time {
 	return a
 }
 
-// health publishes what Healthy reports: synced once a pass succeeded with the media plane
-// holding its mappings, and the last failure of either.
+// health publishes what Healthy reports: synced once a pass succeeded and a media batch did, and
+// the last failure of either.
 func (r *Reconciler) health() {
 	err := errors.Join(r.passErr, r.mediaErr)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.synced = r.synced || (err == nil && r.mediaHeld != nil && !r.mediaBusy)
+	r.synced = r.synced || (err == nil && r.mediaHeld != nil)
 	r.lastErr = err
 }
 
