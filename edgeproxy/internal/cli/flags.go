@@ -347,6 +347,7 @@ func (f *flags) settings(drivers map[string]DriverFactory) (*settings, error) {
 	if err := checkHost(f.publicHost); err != nil {
 		errs = append(errs, fmt.Errorf("--public-host %q: %w", f.publicHost, err))
 	}
+	// A --signaling-port outside 1-65535 is refused with the HAProxy configuration above.
 	s.reconcile = reconcile.Config{
 		EdgeID: f.edgeID, Pool: f.pool, PublicHost: f.publicHost, SignalingPort: uint16(min(max(f.signalingPort, 0), 65535)),
 		Policy:    routes.Policy{BackendCIDRs: cidrs, BackendPorts: ports, MaxMedia: f.maxMedia},
