@@ -172,7 +172,7 @@ func TestEchoWaitsForItsWrite(t *testing.T) {
 	if observe(Input{Bucket: EndpointsBucket, Entry: Entry{Key: "i1", Value: data, Revision: 7}}) {
 		t.Fatal("the echo of a write under way calls for a pass")
 	}
-	if r.Writing() || r.endpoints["i1"].Revision != 7 || r.endpoints["i1"].EdgeID != "edge-a" {
+	if r.writing != nil || r.endpoints["i1"].Revision != 7 || r.endpoints["i1"].EdgeID != "edge-a" {
 		t.Fatalf("after the echo: writing %v, endpoint %+v", r.writing, r.endpoints["i1"])
 	}
 
@@ -180,7 +180,7 @@ func TestEchoWaitsForItsWrite(t *testing.T) {
 	if !observe(Input{Bucket: EndpointsBucket, Entry: endpointEntry(t, "i1", "edge-b", 10)}) {
 		t.Fatal("another edge's later write calls for no pass")
 	}
-	if got := r.endpoints["i1"]; r.Writing() || got.Revision != 10 || got.EdgeID != "edge-b" {
+	if got := r.endpoints["i1"]; r.writing != nil || got.Revision != 10 || got.EdgeID != "edge-b" {
 		t.Fatalf("a later value was overwritten by an earlier result: %+v", got)
 	}
 
@@ -188,7 +188,7 @@ func TestEchoWaitsForItsWrite(t *testing.T) {
 	if observe(Input{Bucket: EndpointsBucket, Entry: Entry{Key: "i1", Deleted: true, Revision: 11}}) {
 		t.Fatal("the echo of a removal under way calls for a pass")
 	}
-	if _, ok := r.endpoints["i1"]; ok || r.Writing() {
+	if _, ok := r.endpoints["i1"]; ok || r.writing != nil {
 		t.Fatalf("after the removal: endpoint %+v, writing %v", r.endpoints["i1"], r.writing)
 	}
 

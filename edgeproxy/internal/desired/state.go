@@ -194,9 +194,6 @@ func (s *State) Synced() bool { return len(s.synced) == 3 }
 // reader may keep it while the core goes on.
 func (s *State) Served() map[string]Served { return s.served }
 
-// Writing reports whether endpoint writes are under way (between Publish and Written).
-func (s *State) Writing() bool { return s.writing != nil }
-
 // NeedsWritten reports whether in must wait for the results of the endpoint writes under way:
 // they are taken in before what the watch says of their keys, so that the echo of a write finds
 // it recorded, and a later value is never overwritten by an earlier result.
