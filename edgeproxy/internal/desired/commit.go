@@ -225,10 +225,10 @@ func (s *State) Commit(p *Plan, at time.Time, ready Ready) Commit {
 	}
 	// The plan's own map becomes what is served rather than being copied.
 	served := p.Routes
-	var fresh []string
+	fresh := 0
 	for k, w := range served {
 		if old, had := s.served[k]; !had || !sameProgramming(old, w) {
-			fresh = append(fresh, k)
+			fresh++
 			if w.Since.IsZero() {
 				w.Since = p.now
 				served[k] = w
@@ -236,6 +236,18 @@ func (s *State) Commit(p *Plan, at time.Time, ready Ready) Commit {
 			s.unreported[k] = true
 		}
 	}
+	c.Events = append(c.Events, s.programmed(served, at, ready)...)
+	if s.relay != nil && (fresh > 0 || len(s.served) != len(served) || !s.committed) {
+		c.Relay = relaySessions(served)
+	}
+	s.served, s.committed = served, true
+	clear(s.expired)
+	c.Next = s.turnRenew
+	return c
+}
+
+// programmed reports the routes served and not yet reported that ready says are routable.
+func (s *State) programmed(served map[string]Served, at time.Time, ready Ready) []Event {
 	var report []string
 	for k := range s.unreported {
 		if _, ok := served[k]; !ok {
@@ -248,21 +260,16 @@ func (s *State) Commit(p *Plan, at time.Time, ready Ready) Commit {
 		}
 	}
 	slices.Sort(report)
+	evs := make([]Event, 0, len(report))
 	for _, k := range report {
 		w := served[k]
 		ev := Event{Kind: Programmed, Key: k, Session: w.Route.SessionID, Pool: w.Route.Pool, Backend: w.Route.Signaling.String(), Ports: w.Ports}
 		if seen, ok := s.seen[k]; ok {
 			ev.Latency, ev.HasLatency = max(at.Sub(seen), 0), true
 		}
-		c.Events = append(c.Events, ev)
+		evs = append(evs, ev)
 	}
-	if s.relay != nil && (len(fresh) > 0 || len(s.served) != len(served) || !s.committed) {
-		c.Relay = relaySessions(served)
-	}
-	s.served, s.committed = served, true
-	clear(s.expired)
-	c.Next = s.turnRenew
-	return c
+	return evs
 }
 
 func relaySessions(served map[string]Served) map[string]RelayMedia {

@@ -51,50 +51,18 @@ func (s *State) Plan(now time.Time) *Plan {
 		e, ok := s.endpoints[k]
 		return e.Endpoint, ok
 	}, s.live, holders)
-	for k, reason := range derived.Refused {
-		rt := s.valid[k]
-		if s.refuse(p, k, rt.Revision, routeChange(rt), rt.SessionID, rt.Pool, reason) && derived.Taken[k] != "" {
-			p.Conflicts++
-		}
-	}
-	for sid, k := range derived.Holders {
-		if _, ok := s.owners[sid]; !ok {
-			s.owners[sid] = owner{key: k, lease: s.valid[k].LeaseTTL}
-		}
-	}
-
-	total, free := s.ports.Capacity()
-	decision := DecideClaims(ClaimInput{
-		EdgeID: s.cfg.EdgeID, Load: len(derived.Serve), MaxRoutes: s.cfg.MaxRoutes, FreePorts: free, MediaOn: total > 0,
-		Live: s.live, Candidates: derived.Claims,
-	})
-	for _, c := range decision.Starved {
-		// Said once per change of the route: otherwise a pool route no edge has ports for waits
-		// unseen.
-		s.refuse(p, c.Route.Key, c.Route.Revision, routeChange(c.Route), c.Route.SessionID, c.Route.Pool,
-			fmt.Sprintf("media ports: public port range exhausted (%d wanted); left to the pool's other edges", len(c.Route.Media)))
-	}
-	byKey := make(map[string]routes.Claim, len(decision.Claim))
-	order := make([]string, 0, len(decision.Claim))
-	for _, c := range decision.Claim {
-		byKey[c.Route.Key] = c
-		order = append(order, c.Route.Key)
-	}
-	load := len(derived.Serve)
-	due, next := s.sched.Update(now, order, func(i int) time.Duration {
-		return routes.ClaimDelay(load+i, s.cfg.ClaimDelayStep, s.cfg.MaxClaimDelay)
-	})
+	s.refuseDerived(p, derived)
+	due, next, starved := s.dueClaims(p, derived, now)
 
 	p.Routes = make(map[string]Served, len(derived.Serve)+len(due))
 	for k, rt := range derived.Serve {
 		p.Routes[k] = Served{Route: rt}
 	}
-	claims := map[string]routes.Claim{}
-	for _, k := range due {
-		claims[k] = byKey[k]
-		p.Routes[k] = Served{Route: byKey[k].Route}
+	claims := make(map[string]routes.Claim, len(due))
+	for _, c := range due {
+		claims[c.Route.Key] = c
+		p.Routes[c.Route.Key] = Served{Route: c.Route}
 	}
-	starved := len(decision.Starved) > 0
 	if s.assignPorts(p, claims) > 0 {
 		starved = true
 	}
@@ -123,6 +91,53 @@ func (s *State) Plan(now time.Time) *Plan {
 	}
 	p.Next = next
 	return p
+}
+
+// refuseDerived reports the routes the derivation refused (a session id held by another
+// instance), and records the holders of the session ids it handed out.
+func (s *State) refuseDerived(p *Plan, derived routes.Plan) {
+	for k, reason := range derived.Refused {
+		rt := s.valid[k]
+		if s.refuse(p, k, rt.Revision, routeChange(rt), rt.SessionID, rt.Pool, reason) && derived.Taken[k] != "" {
+			p.Conflicts++
+		}
+	}
+	for sid, k := range derived.Holders {
+		if _, ok := s.owners[sid]; !ok {
+			s.owners[sid] = owner{key: k, lease: s.valid[k].LeaseTTL}
+		}
+	}
+}
+
+// dueClaims decides the claims (DecideClaims), refuses the pool routes this edge has no ports
+// for, and returns the claims due at now, when the next falls due, and whether ports were short.
+func (s *State) dueClaims(p *Plan, derived routes.Plan, now time.Time) ([]routes.Claim, time.Time, bool) {
+	total, free := s.ports.Capacity()
+	decision := DecideClaims(ClaimInput{
+		EdgeID: s.cfg.EdgeID, Load: len(derived.Serve), MaxRoutes: s.cfg.MaxRoutes, FreePorts: free, MediaOn: total > 0,
+		Live: s.live, Candidates: derived.Claims,
+	})
+	for _, c := range decision.Starved {
+		// Said once per change of the route: otherwise a pool route no edge has ports for waits
+		// unseen.
+		s.refuse(p, c.Route.Key, c.Route.Revision, routeChange(c.Route), c.Route.SessionID, c.Route.Pool,
+			fmt.Sprintf("media ports: public port range exhausted (%d wanted); left to the pool's other edges", len(c.Route.Media)))
+	}
+	byKey := make(map[string]routes.Claim, len(decision.Claim))
+	order := make([]string, 0, len(decision.Claim))
+	for _, c := range decision.Claim {
+		byKey[c.Route.Key] = c
+		order = append(order, c.Route.Key)
+	}
+	load := len(derived.Serve)
+	keys, next := s.sched.Update(now, order, func(i int) time.Duration {
+		return routes.ClaimDelay(load+i, s.cfg.ClaimDelayStep, s.cfg.MaxClaimDelay)
+	})
+	due := make([]routes.Claim, len(keys))
+	for i, k := range keys {
+		due[i] = byKey[k]
+	}
+	return due, next, len(decision.Starved) > 0
 }
 
 // ClaimInput is what the claim decision weighs: this edge, its load and free ports, the edges
