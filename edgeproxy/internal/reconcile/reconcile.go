@@ -261,7 +261,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	for _, kv := range []jetstream.KeyValue{r.d.Buckets.Routes, r.d.Buckets.Endpoints, r.d.Buckets.Edges} {
 		wg.Go(func() { r.watch(ctx, kv, in) })
 	}
-	wg.Go(func() { r.publishEvents(ctx) })
+	wg.Go(func() { r.deliverEvents(ctx) })
 	if r.files != nil {
 		wg.Go(func() { r.files.Run(ctx) })
 	}

@@ -75,8 +75,8 @@ func (r *Reconciler) emit(ev *livegatev1.Event) {
 	}
 }
 
-// publishEvents sends events off the loop's goroutine, so a slow stream never delays routing.
-func (r *Reconciler) publishEvents(ctx context.Context) {
+// deliverEvents sends events off the loop's goroutine, so a slow stream never delays routing.
+func (r *Reconciler) deliverEvents(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
