@@ -112,7 +112,11 @@ func (s *State) refuseDerived(p *Plan, derived routes.Plan) {
 // dueClaims decides the claims (DecideClaims), refuses the pool routes this edge has no ports
 // for, and returns the claims due at now, when the next falls due, and whether ports were short.
 func (s *State) dueClaims(p *Plan, derived routes.Plan, now time.Time) ([]routes.Claim, time.Time, bool) {
-	total, free := s.ports.Capacity()
+	var total, free int
+	if len(derived.Claims) > 0 {
+		// Only claims need it; the media plane may be busy with a batch.
+		total, free = s.ports.Capacity()
+	}
 	decision := DecideClaims(ClaimInput{
 		EdgeID: s.cfg.EdgeID, Load: len(derived.Serve), MaxRoutes: s.cfg.MaxRoutes, FreePorts: free, MediaOn: total > 0,
 		Live: s.live, Candidates: derived.Claims,
