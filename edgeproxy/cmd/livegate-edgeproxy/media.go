@@ -12,7 +12,6 @@ import (
 	"github.com/livegate/livegate/edgeproxy/internal/cli"
 	"github.com/livegate/livegate/edgeproxy/internal/media"
 	"github.com/livegate/livegate/edgeproxy/internal/mediaplane"
-	"github.com/livegate/livegate/edgeproxy/internal/portalloc"
 	"github.com/livegate/livegate/pkg/logging"
 )
 
@@ -21,10 +20,10 @@ import (
 func kernelMedia(ctx context.Context, o cli.MediaOptions, log zerolog.Logger) (media.Plane, error) {
 	p, err := mediaplane.New(mediaplane.Config{
 		PublicIP:     o.PublicIP,
-		Ports:        portalloc.Range{First: o.Ports.Min, Last: o.Ports.Max},
+		Ports:        o.Ports,
 		Quarantine:   o.Quarantine,
 		SNAT:         o.SNAT,
-		BackendPorts: portalloc.Range{First: o.BackendPorts.Min, Last: o.BackendPorts.Max},
+		BackendPorts: o.BackendPorts,
 		BackendCIDRs: o.BackendCIDRs,
 	}, mediaplane.WithLogger(log))
 	if err != nil {

@@ -111,7 +111,7 @@ func checkEdgeSettings(t *testing.T, s *settings) {
 	if s.f.mediaMode == "on" && !s.publicIP.Is4() {
 		t.Fatalf("accepted media with public ip %v", s.publicIP)
 	}
-	if len(rc.Policy.BackendCIDRs) == 0 || rc.Policy.BackendPorts.Min < 1 || rc.Policy.BackendPorts.Min > rc.Policy.BackendPorts.Max {
+	if len(rc.Policy.BackendCIDRs) == 0 || rc.Policy.BackendPorts.First < 1 || rc.Policy.BackendPorts.First > rc.Policy.BackendPorts.Last {
 		t.Fatalf("accepted backend policy %v %v", rc.Policy.BackendCIDRs, rc.Policy.BackendPorts)
 	}
 	for _, p := range rc.Policy.BackendCIDRs {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy"
+	"github.com/livegate/livegate/edgeproxy/internal/portalloc"
 	"github.com/livegate/livegate/edgeproxy/internal/reconcile"
 	"github.com/livegate/livegate/edgeproxy/internal/routes"
 	"github.com/livegate/livegate/edgeproxy/internal/turnrelay"
@@ -261,7 +262,7 @@ type settings struct {
 	configFile string
 	pidFile    string
 	selfCert   bool
-	mediaPorts routes.PortRange
+	mediaPorts portalloc.Range
 	publicIP   netip.Addr
 	nats       natsconn.Config
 	// memoryLimitMiB is the soft memory limit to set; 0 sets none.
@@ -300,11 +301,11 @@ func (f *flags) settings(drivers map[string]DriverFactory) (*settings, error) {
 	if err != nil {
 		errs = append(errs, fmt.Errorf("--backend-cidrs: %w", err))
 	}
-	ports, err := routes.ParsePortRange(f.backendPorts)
+	ports, err := portalloc.ParseRange(f.backendPorts)
 	if err != nil {
 		errs = append(errs, fmt.Errorf("--backend-ports: %w", err))
 	}
-	if s.mediaPorts, err = routes.ParsePortRange(f.mediaPorts); err != nil {
+	if s.mediaPorts, err = portalloc.ParseRange(f.mediaPorts); err != nil {
 		errs = append(errs, fmt.Errorf("--media-ports: %w", err))
 	}
 	switch f.mediaMode {
@@ -346,8 +347,9 @@ func (f *flags) settings(drivers map[string]DriverFactory) (*settings, error) {
 	if err := checkHost(f.publicHost); err != nil {
 		errs = append(errs, fmt.Errorf("--public-host %q: %w", f.publicHost, err))
 	}
+	// A --signaling-port outside 1-65535 is refused with the HAProxy configuration above.
 	s.reconcile = reconcile.Config{
-		EdgeID: f.edgeID, Pool: f.pool, PublicHost: f.publicHost, SignalingPort: uint32(max(f.signalingPort, 0)),
+		EdgeID: f.edgeID, Pool: f.pool, PublicHost: f.publicHost, SignalingPort: uint16(min(max(f.signalingPort, 0), 65535)),
 		Policy:    routes.Policy{BackendCIDRs: cidrs, BackendPorts: ports, MaxMedia: f.maxMedia},
 		MaxRoutes: f.maxRoutes, Resync: f.resync, Heartbeat: f.heartbeat, EdgeTTL: f.edgeTTL,
 		ClaimDelayStep: f.claimDelayStep, MaxClaimDelay: f.claimDelayMax, Version: buildinfo.Version,

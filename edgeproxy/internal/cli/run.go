@@ -17,8 +17,8 @@ import (
 	"github.com/livegate/livegate/edgeproxy/internal/admin"
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy"
 	"github.com/livegate/livegate/edgeproxy/internal/media"
+	"github.com/livegate/livegate/edgeproxy/internal/portalloc"
 	"github.com/livegate/livegate/edgeproxy/internal/reconcile"
-	"github.com/livegate/livegate/edgeproxy/internal/routes"
 	"github.com/livegate/livegate/edgeproxy/internal/tlscert"
 	"github.com/livegate/livegate/pkg/events"
 	"github.com/livegate/livegate/pkg/kvstore"
@@ -36,12 +36,12 @@ type Command func(ctx context.Context, args []string, stdout, stderr io.Writer) 
 
 // MediaOptions are the media flags.
 type MediaOptions struct {
-	Ports        routes.PortRange
+	Ports        portalloc.Range
 	PublicIP     netip.Addr
 	Quarantine   time.Duration
 	SNAT         bool
 	BackendCIDRs []netip.Prefix
-	BackendPorts routes.PortRange
+	BackendPorts portalloc.Range
 }
 
 // MediaFactory builds the kernel media plane of --media=on.

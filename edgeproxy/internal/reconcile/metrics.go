@@ -1,6 +1,9 @@
 package reconcile
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/livegate/livegate/edgeproxy/internal/desired"
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // Error kinds counted by livegate_edge_errors_total.
 const (
@@ -15,10 +18,10 @@ const (
 
 // Reasons counted by livegate_edge_routes_removed_total.
 const (
-	RemovedDeleted    = "deleted"
-	RemovedExpired    = "expired"
-	RemovedRefused    = "refused"
-	RemovedReassigned = "reassigned"
+	RemovedDeleted    = desired.RemovedDeleted
+	RemovedExpired    = desired.RemovedExpired
+	RemovedRefused    = desired.RemovedRefused
+	RemovedReassigned = desired.RemovedReassigned
 )
 
 // Metrics are the edge's Prometheus metrics.

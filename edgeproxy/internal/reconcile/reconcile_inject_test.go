@@ -82,7 +82,7 @@ func TestInjectionRoutesNeverReachHAProxyOrIptables(t *testing.T) {
 	cfg := config("edge-a", "default")
 	cfg.Policy = routes.Policy{
 		BackendCIDRs: []netip.Prefix{netip.MustParsePrefix("198.19.0.0/16"), netip.MustParsePrefix("fd00::/8")},
-		BackendPorts: routes.PortRange{Min: 30000, Max: 32767},
+		BackendPorts: portalloc.Range{First: 30000, Last: 32767},
 	}
 	ipt := iptablestest.New()
 	plane, err := mediaplane.New(mediaplane.Config{

@@ -16,6 +16,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy/haproxytest"
 	"github.com/livegate/livegate/edgeproxy/internal/media"
+	"github.com/livegate/livegate/edgeproxy/internal/portalloc"
 	"github.com/livegate/livegate/edgeproxy/internal/reconcile"
 	"github.com/livegate/livegate/edgeproxy/internal/routes"
 	"github.com/livegate/livegate/pkg/events"
@@ -54,7 +55,7 @@ type edge struct {
 }
 
 func policy() routes.Policy {
-	return routes.Policy{BackendCIDRs: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, BackendPorts: routes.PortRange{Min: 1024, Max: 65535}}
+	return routes.Policy{BackendCIDRs: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, BackendPorts: portalloc.Range{First: 1024, Last: 65535}}
 }
 
 func config(id, pool string) reconcile.Config {

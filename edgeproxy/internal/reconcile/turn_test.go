@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/livegate/livegate/edgeproxy/internal/media"
+	"github.com/livegate/livegate/edgeproxy/internal/portalloc"
 	"github.com/livegate/livegate/edgeproxy/internal/reconcile"
-	"github.com/livegate/livegate/edgeproxy/internal/routes"
 	"github.com/livegate/livegate/edgeproxy/internal/turnrelay"
 	"github.com/livegate/livegate/pkg/events"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
@@ -35,7 +35,7 @@ func TestEndpointCarriesTURN(t *testing.T) {
 	var r *reconcile.Reconciler
 	relay, err := turnrelay.New(turnrelay.Config{
 		Listen: lo, PublicIP: lo, Realm: "livegate", SecretFile: secretFile, SecretPoll: 20 * time.Millisecond,
-		RelayPorts: routes.PortRange{Min: 43000, Max: 43999}, MediaPorts: routes.PortRange{Min: 10500, Max: 20000},
+		RelayPorts: portalloc.Range{First: 43000, Last: 43999}, MediaPorts: portalloc.Range{First: 10500, Last: 20000},
 		CredentialTTL: time.Hour, URIs: []string{"turn:edge-a.example.test:3478?transport=udp"},
 	}, reg, zerolog.Nop(), func() { r.Resync() })
 	if err != nil {

@@ -8,38 +8,16 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
+	"github.com/livegate/livegate/edgeproxy/internal/portalloc"
 	"github.com/livegate/livegate/pkg/events"
 	"github.com/livegate/livegate/pkg/logging"
 	"github.com/livegate/livegate/pkg/sessionid"
 	"github.com/livegate/livegate/pkg/wire"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
 )
-
-// PortRange is an inclusive range of ports.
-type PortRange struct{ Min, Max uint16 }
-
-// ParsePortRange reads "30000-32767" or a single port.
-func ParsePortRange(s string) (PortRange, error) {
-	lo, hi, found := strings.Cut(s, "-")
-	if !found {
-		hi = lo
-	}
-	a, err1 := strconv.ParseUint(strings.TrimSpace(lo), 10, 16)
-	b, err2 := strconv.ParseUint(strings.TrimSpace(hi), 10, 16)
-	if err1 != nil || err2 != nil || a == 0 || a > b {
-		return PortRange{}, fmt.Errorf("port range %q: want MIN-MAX with 1 <= MIN <= MAX <= 65535", s)
-	}
-	return PortRange{Min: uint16(a), Max: uint16(b)}, nil
-}
-
-// Contains reports whether p is in the range.
-func (r PortRange) Contains(p uint16) bool { return p >= r.Min && p <= r.Max }
-
-func (r PortRange) String() string { return fmt.Sprintf("%d-%d", r.Min, r.Max) }
 
 // ParsePrefixes reads a comma-separated list of CIDRs.
 func ParsePrefixes(s string) ([]netip.Prefix, error) {
@@ -64,7 +42,7 @@ func ParsePrefixes(s string) ([]netip.Prefix, error) {
 // Policy says which backends a route may name.
 type Policy struct {
 	BackendCIDRs []netip.Prefix
-	BackendPorts PortRange
+	BackendPorts portalloc.Range
 	// MaxMedia is the most media backends one route (one instance: its route is one key) may
 	// name, each of which takes a public UDP port; zero means DefaultMaxMedia.
 	MaxMedia int

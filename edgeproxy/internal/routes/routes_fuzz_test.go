@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy"
+	"github.com/livegate/livegate/edgeproxy/internal/portalloc"
 	"github.com/livegate/livegate/pkg/events"
 	"github.com/livegate/livegate/pkg/sessionid"
 	"github.com/livegate/livegate/pkg/wire"
@@ -46,15 +47,15 @@ func FuzzRouteParse(f *testing.F) {
 		f.Add(s.cidrs, s.ports, s.key, []byte(s.value))
 	}
 	f.Fuzz(func(t *testing.T, cidrs, ports, key string, value []byte) {
-		pr, err := ParsePortRange(ports)
+		pr, err := portalloc.ParseRange(ports)
 		if err != nil {
 			if !strings.HasPrefix(err.Error(), "port range ") {
-				t.Fatalf("ParsePortRange(%q) refusal %q does not say what", ports, err)
+				t.Fatalf("portalloc.ParseRange(%q) refusal %q does not say what", ports, err)
 			}
 			return
 		}
-		if pr.Min < 1 || pr.Min > pr.Max {
-			t.Fatalf("ParsePortRange(%q) = %v", ports, pr)
+		if pr.First < 1 || pr.First > pr.Last {
+			t.Fatalf("portalloc.ParseRange(%q) = %v", ports, pr)
 		}
 		pfx, err := ParsePrefixes(cidrs)
 		if err != nil {

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/livegate/livegate/edgeproxy/internal/routes"
+	"github.com/livegate/livegate/edgeproxy/internal/portalloc"
 )
 
 // Defaults that documentation and tests refer to.
@@ -46,7 +46,7 @@ func (f *Flags) Register(fs *flag.FlagSet) {
 
 // Config is the relay configuration the flags describe for an edge reached at publicHost and
 // publicIP, with the media port range and the TLS certificate; nil without --turn.
-func (f *Flags) Config(publicHost string, publicIP netip.Addr, media routes.PortRange, certFile, keyFile string) (*Config, error) {
+func (f *Flags) Config(publicHost string, publicIP netip.Addr, media portalloc.Range, certFile, keyFile string) (*Config, error) {
 	if !f.on {
 		return nil, nil
 	}
@@ -55,7 +55,7 @@ func (f *Flags) Config(publicHost string, publicIP netip.Addr, media routes.Port
 	if err != nil {
 		errs = append(errs, fmt.Errorf("--turn-listen %q: want an IPv4 address", f.listen))
 	}
-	relay, err := routes.ParsePortRange(f.relayPorts)
+	relay, err := portalloc.ParseRange(f.relayPorts)
 	if err != nil {
 		errs = append(errs, fmt.Errorf("--turn-relay-ports: %w", err))
 	}

@@ -25,7 +25,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/livegate/livegate/edgeproxy/internal/routes"
+	"github.com/livegate/livegate/edgeproxy/internal/portalloc"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
 	"github.com/pion/turn/v4"
 	"github.com/prometheus/client_golang/prometheus"
@@ -46,7 +46,7 @@ type Config struct {
 	CertFile, KeyFile string
 	Realm             string
 	// RelayPorts are the UDP ports allocations get; they must not overlap MediaPorts.
-	RelayPorts, MediaPorts routes.PortRange
+	RelayPorts, MediaPorts portalloc.Range
 	SecretFile             string
 	// CredentialTTL is how long a published credential is valid; it is renewed at half of it.
 	CredentialTTL time.Duration
@@ -71,9 +71,9 @@ func (c Config) Validate() error {
 	if (c.CertFile == "") != (c.KeyFile == "") {
 		errs = append(errs, errors.New("TURN over TLS needs both the certificate and its key"))
 	}
-	if c.RelayPorts.Min == 0 || c.RelayPorts.Max < c.RelayPorts.Min {
+	if c.RelayPorts.Validate() != nil {
 		errs = append(errs, errors.New("relay port range is empty"))
-	} else if c.RelayPorts.Min <= c.MediaPorts.Max && c.MediaPorts.Min <= c.RelayPorts.Max {
+	} else if c.RelayPorts.First <= c.MediaPorts.Last && c.MediaPorts.First <= c.RelayPorts.Last {
 		errs = append(errs, fmt.Errorf("relay ports %s overlap the media ports %s", c.RelayPorts, c.MediaPorts))
 	}
 	for _, p := range []int{c.Port, c.TLSPort} {

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/livegate/livegate/edgeproxy/internal/routes"
+	"github.com/livegate/livegate/edgeproxy/internal/portalloc"
 	"github.com/livegate/livegate/edgeproxy/internal/tlscert"
 	"github.com/pion/stun/v3"
 	"github.com/pion/turn/v4"
@@ -50,7 +50,7 @@ func newLab(t testing.TB, secrets ...string) *lab {
 	reg := prometheus.NewRegistry()
 	r, err := New(Config{
 		Listen: lo, PublicIP: lo, CertFile: pem, KeyFile: pem, Realm: "livegate",
-		RelayPorts: routes.PortRange{Min: 42000, Max: 42999}, MediaPorts: routes.PortRange{Min: 10500, Max: 20000},
+		RelayPorts: portalloc.Range{First: 42000, Last: 42999}, MediaPorts: portalloc.Range{First: 10500, Last: 20000},
 		SecretFile: secretFile, CredentialTTL: time.Hour, URIs: []string{"turn:localhost:3478"}, SecretPoll: time.Hour,
 	}, reg, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel), nil)
 	if err != nil {
@@ -372,7 +372,7 @@ func TestSecretRotation(t *testing.T) {
 func TestConfigValidate(t *testing.T) {
 	lo := netip.MustParseAddr("127.0.0.1")
 	good := Config{Listen: lo, PublicIP: lo, Port: 3478, TLSPort: 5349, Realm: "r", SecretFile: "/s",
-		RelayPorts: routes.PortRange{Min: 40000, Max: 49999}, MediaPorts: routes.PortRange{Min: 10500, Max: 20000},
+		RelayPorts: portalloc.Range{First: 40000, Last: 49999}, MediaPorts: portalloc.Range{First: 10500, Last: 20000},
 		CredentialTTL: time.Hour, URIs: []string{"turn:h"}, SecretPoll: time.Second}
 	if err := good.Validate(); err != nil {
 		t.Fatal(err)
@@ -382,8 +382,8 @@ func TestConfigValidate(t *testing.T) {
 		change func(*Config)
 		want   string
 	}{
-		{"overlap", func(c *Config) { c.RelayPorts = routes.PortRange{Min: 19000, Max: 21000} }, "overlap the media ports"},
-		{"inside", func(c *Config) { c.RelayPorts = routes.PortRange{Min: 10000, Max: 30000} }, "overlap"},
+		{"overlap", func(c *Config) { c.RelayPorts = portalloc.Range{First: 19000, Last: 21000} }, "overlap the media ports"},
+		{"inside", func(c *Config) { c.RelayPorts = portalloc.Range{First: 10000, Last: 30000} }, "overlap"},
 		{"listener in range", func(c *Config) { c.Port = 45000 }, "inside the relay or media port range"},
 		{"same ports", func(c *Config) { c.TLSPort = 3478 }, "two different ports"},
 		{"no public ip", func(c *Config) { c.PublicIP = netip.Addr{} }, "public IPv4"},

@@ -29,10 +29,10 @@ func (g *generator) AllocatePacketConn(network string, requestedPort int) (net.P
 		}
 		return g.bind(network, uint16(requestedPort))
 	}
-	span := int(rp.Max) - int(rp.Min) + 1
+	span := rp.Size()
 	start := rand.IntN(span)
 	for i := range min(span, 64) {
-		port := uint16(int(rp.Min) + (start+i)%span)
+		port := uint16(int(rp.First) + (start+i)%span)
 		if c, a, err := g.bind(network, port); err == nil {
 			return c, a, nil
 		}

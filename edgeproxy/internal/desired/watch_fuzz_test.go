@@ -1,4 +1,4 @@
-package reconcile
+package desired
 
 import (
 	"context"
@@ -9,7 +9,6 @@ import (
 	"github.com/livegate/livegate/edgeproxy/internal/iptables/iptablestest"
 	"github.com/livegate/livegate/edgeproxy/internal/mediaplane"
 	"github.com/livegate/livegate/edgeproxy/internal/portalloc"
-	"github.com/livegate/livegate/pkg/kvstore"
 	"github.com/livegate/livegate/pkg/wire"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
 )
@@ -39,13 +38,12 @@ func FuzzEdgeWatchValues(f *testing.F) {
 	public := portalloc.Range{First: 10500, Last: 10509}
 	f.Fuzz(func(t *testing.T, value []byte) {
 		r := loopState()
-		synced := map[string]bool{}
-		r.take(input{bucket: kvstore.EdgesBucket, entry: kvstore.Entry{Key: "edge-b", Value: value, Revision: 3}}, synced)
+		r.Observe(Input{Bucket: EdgesBucket, Entry: Entry{Key: "edge-b", Value: value, Revision: 3}})
 		if len(r.live) != 1 || !r.live["edge-b"] {
 			t.Fatalf("heartbeat %q: live edges %v", value, r.live)
 		}
 		for _, k := range []string{"inst-1", "inst-2"} {
-			r.take(input{bucket: kvstore.EndpointsBucket, entry: kvstore.Entry{Key: k, Value: value, Revision: 7}}, synced)
+			r.Observe(Input{Bucket: EndpointsBucket, Entry: Entry{Key: k, Value: value, Revision: 7}})
 		}
 		ep, ok := r.endpoints["inst-1"]
 		if !ok || ep.Revision != 7 {
@@ -62,7 +60,7 @@ func FuzzEdgeWatchValues(f *testing.F) {
 		if slices.Contains(ep.Ports, 0) {
 			t.Fatalf("endpoint %q kept port 0: %v", value, ep.Ports)
 		}
-		if ep.pub != nil && ep.pub.equal(publishedOf(&pb)) == ep.pub.unreadable {
+		if ep.pub != nil && ep.pub.equal(endpointOf(&pb)) == ep.pub.unreadable {
 			t.Fatalf("endpoint %q: equal to itself %v, unreadable %v", value, !ep.pub.unreadable, ep.pub.unreadable)
 		}
 

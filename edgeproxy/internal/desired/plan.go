@@ -1,0 +1,361 @@
+package desired
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/livegate/livegate/edgeproxy/internal/media"
+	"github.com/livegate/livegate/edgeproxy/internal/portalloc"
+	"github.com/livegate/livegate/edgeproxy/internal/routes"
+	"github.com/livegate/livegate/pkg/events"
+	"github.com/livegate/livegate/pkg/sessionid"
+)
+
+// Plan is what this edge should have programmed now, and the writes that claim pool routes.
+type Plan struct {
+	// Routes are the routes to serve, by key, with their ports.
+	Routes map[string]Served
+	// Map is HAProxy's map: session id → signaling backend.
+	Map map[string]string
+	// Media are the media plane's mappings, by the route's media key. An unchanged route keeps
+	// the slice of the plan before, so that comparing plans is cheap.
+	Media map[string][]media.Mapping
+	// MediaChanged is whether Media differs from the previous plan's.
+	MediaChanged bool
+	// Claims are the compare-and-set writes that take pool routes (already in Routes); their
+	// results go to Claimed before the map is trusted.
+	Claims []Write
+	// Events are the refusals this plan found (each reported once per change of its route).
+	Events []Event
+	// Conflicts counts the refusals reported now because another instance holds the session id.
+	Conflicts int
+	// MediaErrors counts the routes refused because the media plane had no ports for them.
+	MediaErrors int
+	// Next is when the core wants another plan (zero: only on a change).
+	Next time.Time
+	now  time.Time
+}
+
+// Plan works out what this edge serves at now, assigns the public ports of routes new to it,
+// and releases those of routes it no longer serves.
+func (s *State) Plan(now time.Time) *Plan {
+	s.now, s.turnRenew = now, time.Time{}
+	p := &Plan{now: now}
+	heldUntil := s.releaseHeld(now)
+	s.refuseInvalid(p)
+	holders, ownersUntil := s.trackOwners(now)
+	derived := routes.Derive(routes.Self{EdgeID: s.cfg.EdgeID, Pool: s.cfg.Pool}, s.valid, func(k string) (routes.Endpoint, bool) {
+		e, ok := s.endpoints[k]
+		return e.Endpoint, ok
+	}, s.live, holders)
+	s.refuseDerived(p, derived)
+	due, next, starved := s.dueClaims(p, derived, now)
+
+	p.Routes = make(map[string]Served, len(derived.Serve)+len(due))
+	for k, rt := range derived.Serve {
+		p.Routes[k] = Served{Route: rt}
+	}
+	claims := make(map[string]routes.Claim, len(due))
+	for _, c := range due {
+		claims[c.Route.Key] = c
+		p.Routes[c.Route.Key] = Served{Route: c.Route}
+	}
+	if s.assignPorts(p, claims) > 0 {
+		starved = true
+	}
+	for k, w := range s.served {
+		if _, ok := p.Routes[k]; !ok {
+			s.ports.Release(mediaKey(w.Route))
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(claims)) {
+		w := p.Routes[k]
+		pub := s.endpointFor(w, s.credentials(w, now))
+		op := OpCreate
+		if claims[k].Revision != 0 {
+			op = OpUpdate
+		}
+		p.Claims = append(p.Claims, Write{Key: k, Op: op, Revision: claims[k].Revision, Endpoint: pub, ports: w.Ports})
+	}
+	s.program(p)
+	for _, at := range []time.Time{heldUntil, ownersUntil} {
+		if !at.IsZero() {
+			next = earliest(next, at)
+		}
+	}
+	if starved {
+		next = earliest(next, now.Add(s.cfg.Recheck))
+	}
+	p.Next = next
+	return p
+}
+
+// refuseDerived reports the routes the derivation refused (a session id held by another
+// instance), and records the holders of the session ids it handed out.
+func (s *State) refuseDerived(p *Plan, derived routes.Plan) {
+	for k, reason := range derived.Refused {
+		rt := s.valid[k]
+		if s.refuse(p, k, rt.Revision, routeChange(rt), rt.SessionID, rt.Pool, reason) && derived.Taken[k] != "" {
+			p.Conflicts++
+		}
+	}
+	for sid, k := range derived.Holders {
+		if _, ok := s.owners[sid]; !ok {
+			s.owners[sid] = owner{key: k, lease: s.valid[k].LeaseTTL}
+		}
+	}
+}
+
+// dueClaims decides the claims (DecideClaims), refuses the pool routes this edge has no ports
+// for, and returns the claims due at now, when the next falls due, and whether ports were short.
+func (s *State) dueClaims(p *Plan, derived routes.Plan, now time.Time) ([]routes.Claim, time.Time, bool) {
+	var total, free int
+	if len(derived.Claims) > 0 {
+		// Only claims need it; the media plane may be busy with a batch.
+		total, free = s.ports.Capacity()
+	}
+	decision := DecideClaims(ClaimInput{
+		EdgeID: s.cfg.EdgeID, Load: len(derived.Serve), MaxRoutes: s.cfg.MaxRoutes, FreePorts: free, MediaOn: total > 0,
+		Live: s.live, Candidates: derived.Claims,
+	})
+	for _, c := range decision.Starved {
+		// Said once per change of the route: otherwise a pool route no edge has ports for waits
+		// unseen.
+		s.refuse(p, c.Route.Key, c.Route.Revision, routeChange(c.Route), c.Route.SessionID, c.Route.Pool,
+			fmt.Sprintf("media ports: public port range exhausted (%d wanted); left to the pool's other edges", len(c.Route.Media)))
+	}
+	byKey := make(map[string]routes.Claim, len(decision.Claim))
+	order := make([]string, 0, len(decision.Claim))
+	for _, c := range decision.Claim {
+		byKey[c.Route.Key] = c
+		order = append(order, c.Route.Key)
+	}
+	load := len(derived.Serve)
+	keys, next := s.sched.Update(now, order, func(i int) time.Duration {
+		return routes.ClaimDelay(load+i, s.cfg.ClaimDelayStep, s.cfg.MaxClaimDelay)
+	})
+	due := make([]routes.Claim, len(keys))
+	for i, k := range keys {
+		due[i] = byKey[k]
+	}
+	return due, next, len(decision.Starved) > 0
+}
+
+// ClaimInput is what the claim decision weighs: this edge, its load and free ports, the edges
+// whose heartbeat is alive, and the pool routes no live edge serves.
+type ClaimInput struct {
+	EdgeID string
+	// Load is the number of routes this edge serves before claiming; MaxRoutes caps it.
+	Load, MaxRoutes int
+	// FreePorts is the number of public ports free; MediaOn is whether the edge has a media
+	// plane at all (without one, routes with media backends take no ports).
+	FreePorts int
+	MediaOn   bool
+	// Live are the edges whose heartbeat is alive, by edge id.
+	Live map[string]bool
+	// Candidates are the pool routes up for grabs, sorted by key (routes.Plan.Claims).
+	Candidates []routes.Claim
+}
+
+// ClaimDecision is which candidates this edge claims, in the order it claims them, and which it
+// leaves to the pool's other edges for want of public ports.
+type ClaimDecision struct {
+	Claim   []routes.Claim
+	Starved []routes.Claim
+}
+
+// DecideClaims decides which pool routes this edge claims: only with room left (MaxRoutes) and
+// public ports for their media, in an order of this edge's own (routes.ClaimOrder) so that the
+// edges of a pool facing the same burst start with different routes. When each claim falls due
+// (the busier the edge, the later) is the scheduler's.
+func DecideClaims(in ClaimInput) ClaimDecision {
+	var d ClaimDecision
+	for _, c := range in.Candidates {
+		if in.Load+len(d.Claim) >= in.MaxRoutes {
+			continue
+		}
+		if len(c.Route.Media) > 0 && in.FreePorts < len(c.Route.Media) && in.MediaOn {
+			d.Starved = append(d.Starved, c)
+			continue
+		}
+		d.Claim = append(d.Claim, c)
+	}
+	keys := make([]string, len(d.Claim))
+	byKey := make(map[string]routes.Claim, len(d.Claim))
+	for i, c := range d.Claim {
+		keys[i] = c.Route.Key
+		byKey[c.Route.Key] = c
+	}
+	routes.ClaimOrder(in.EdgeID, keys)
+	for i, k := range keys {
+		d.Claim[i] = byKey[k]
+	}
+	return d
+}
+
+// assignPorts gives each route of p its public media ports, keeping those it holds, else those
+// its endpoint recorded (a restarted edge). A route that gets none is refused and dropped; it
+// returns how many were.
+func (s *State) assignPorts(p *Plan, claims map[string]routes.Claim) int {
+	refused := 0
+	// Routes keeping their ports are most of a plan and need no order; the others are assigned
+	// in key order, so that which route gets which port does not depend on map order.
+	var assign []string
+	for k, w := range p.Routes {
+		if cur, ok := s.served[k]; ok && cur.Route.SessionID == w.Route.SessionID && slices.Equal(cur.Route.Media, w.Route.Media) {
+			w.Ports, w.Since = cur.Ports, cur.Since
+			p.Routes[k] = w
+			continue
+		}
+		assign = append(assign, k)
+	}
+	slices.Sort(assign)
+	for _, k := range assign {
+		w := p.Routes[k]
+		if cur, ok := s.served[k]; ok && cur.Route.SessionID != w.Route.SessionID {
+			// The previous session's ports go to quarantine now (and their conntrack entries
+			// with the next sync), before the new session takes fresh ones.
+			s.ports.Release(mediaKey(cur.Route))
+		}
+		var preferred []uint16
+		if ep, ok := s.endpoints[k]; ok && ep.EdgeID == s.cfg.EdgeID && ep.pub != nil && ep.pub.Session == w.Route.SessionID {
+			preferred = ep.Ports
+		}
+		ports, err := s.ports.Assign(mediaKey(w.Route), w.Route.Media, preferred)
+		if err != nil {
+			p.MediaErrors++
+			reason := fmt.Sprintf("media ports: %v", err)
+			if errors.Is(err, portalloc.ErrExhausted) {
+				// Without the free count, which changes from plan to plan: see refuse.
+				reason = fmt.Sprintf("media ports: public port range exhausted (%d wanted)", len(w.Route.Media))
+			}
+			s.refuse(p, k, w.Route.Revision, routeChange(w.Route), w.Route.SessionID, w.Route.Pool, reason)
+			delete(p.Routes, k)
+			delete(claims, k)
+			refused++
+			continue
+		}
+		if cur, ok := s.served[k]; ok && cur.Route.SessionID == w.Route.SessionID {
+			w.Since = cur.Since
+		}
+		w.Ports = ports
+		p.Routes[k] = w
+	}
+	return refused
+}
+
+// program derives the HAProxy map and the media mappings from p.Routes.
+func (s *State) program(p *Plan) {
+	p.Map = make(map[string]string, len(p.Routes))
+	p.Media = make(map[string][]media.Mapping, len(p.Routes))
+	for k, w := range p.Routes {
+		p.Map[w.Route.SessionID] = w.Route.Signaling.String()
+		if len(w.Ports) != len(w.Route.Media) || len(w.Ports) == 0 {
+			continue
+		}
+		// The mappings of the plan before are never changed: an unchanged route shares them
+		// rather than building its own on every plan.
+		if old, ok := s.media[k]; ok && sameMappings(old, w) {
+			p.Media[k] = old
+			continue
+		}
+		ms := make([]media.Mapping, len(w.Ports))
+		for i, port := range w.Ports {
+			ms[i] = media.Mapping{PublicPort: port, Backend: w.Route.Media[i]}
+		}
+		p.Media[k] = ms
+	}
+	p.MediaChanged = !maps.EqualFunc(p.Media, s.media, slices.Equal)
+	s.media = p.Media
+}
+
+// sameMappings reports whether ms maps w's public ports to its media backends.
+func sameMappings(ms []media.Mapping, w Served) bool {
+	if len(ms) != len(w.Ports) {
+		return false
+	}
+	for i, m := range ms {
+		if m.PublicPort != w.Ports[i] || m.Backend != w.Route.Media[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// refuseInvalid reports the unparsable routes that concern this edge, and forgets refusals of
+// routes that are gone.
+func (s *State) refuseInvalid(p *Plan) {
+	for k, inv := range s.invalid {
+		if inv.mine {
+			s.refuse(p, k, inv.revision, "", inv.session, inv.pool, inv.err.Error())
+		}
+	}
+	for k := range s.refused {
+		if _, ok := s.revisionOf(k); !ok {
+			delete(s.refused, k)
+		}
+	}
+}
+
+// trackOwners keeps who holds each session id on this edge, and returns the holders (session id
+// → key) the plan must keep them for and when the next hold ends (zero: none pending). A session
+// id belongs to the instance that first held it until that instance's lease really ends: while
+// its route is there, and for one lease (at most maxHold) after its key lapsed, as it does while
+// its agent restarts. A route deleted outright (its session ended) lets the id go at once.
+func (s *State) trackOwners(now time.Time) (map[string]string, time.Time) {
+	holders := make(map[string]string, len(s.owners))
+	var next time.Time
+	for sid, o := range s.owners {
+		rt, present := s.valid[o.key]
+		switch {
+		case present && rt.SessionID == sid:
+			o.lease, o.until = rt.LeaseTTL, time.Time{}
+		case present, !o.until.IsZero() && !now.Before(o.until):
+			delete(s.owners, sid)
+			continue
+		case o.until.IsZero() && s.expired[o.key] && o.lease > 0:
+			o.until = now.Add(min(o.lease, maxHold))
+			s.log.Info().Str("instance_id", o.key).Str("session_id", sid).Time("until", o.until).
+				Msg("route lease lapsed; its session id stays reserved for it for one lease")
+		case o.until.IsZero():
+			delete(s.owners, sid)
+			continue
+		}
+		s.owners[sid] = o
+		holders[sid] = o.key
+		if !o.until.IsZero() {
+			next = earliest(next, o.until)
+		}
+	}
+	return holders, next
+}
+
+// refuse reports a route this edge will not program, once per key, change (what the route asks
+// for, see routeChange; empty for a value that does not parse) and reason: a lease renewal, or
+// another plan finding the same refusal, says nothing new. It reports whether it reported now.
+func (s *State) refuse(p *Plan, key string, revision uint64, change, session, pool, reason string) bool {
+	mark := change + "\x00" + reason
+	old := s.refused[key]
+	s.refused[key] = refusal{revision: revision, mark: mark}
+	if old.mark == mark {
+		return false
+	}
+	// The session id and pool may be hostile: such an event goes out without them (under this
+	// edge's pool).
+	if sessionid.Validate(session) != nil {
+		session = ""
+	}
+	if events.ValidateToken("pool", pool) != nil {
+		pool = ""
+	}
+	p.Events = append(p.Events, Event{Kind: Refused, Key: key, Session: session, Pool: pool, Revision: revision, Reason: reason})
+	return true
+}
+
+// routeChange is what a route asks for, whatever its revision: a lease renewal leaves it alone.
+func routeChange(rt routes.Route) string {
+	return fmt.Sprint(rt.SessionID, " ", rt.Signaling, " ", rt.Media, " ", rt.EdgeID, " ", rt.Pool)
+}
