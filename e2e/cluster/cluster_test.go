@@ -7,8 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"regexp"
+	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -425,12 +428,15 @@ func (w *watch) exactlyOnce() {
 		len(live), served, took.Round(time.Millisecond))
 }
 
-// checkEvents reads the whole event stream: no event id twice (the stream's Nats-Msg-Id
-// deduplication held across leader changes and retries), a route_programmed event for every
-// agent's session, and a route_removed for every churned route deleted after its route_programmed.
-// An edge reports a route programmed once its endpoint is published: a churned route that lived
-// through a leaderless moment of the endpoints bucket, or came and went while the edges re-watched
-// after a fault, is owed no event; those are counted.
+// checkEvents holds the publishers to what they were told and the stream to what it acknowledged:
+// every route_programmed and route_removed an edge reported is acknowledged (none dropped in the
+// edge's queue or given up on), every event acknowledged to an edge or an agent is stored exactly
+// once, at the sequence its acknowledgement named (a leader change lost no acknowledged write and
+// Nats-Msg-Id deduplication held across retries), and a fresh consumer reading the stream from the
+// start delivers each. On top of that, every agent's session has its route_programmed and every
+// ended route with a route_programmed its route_removed. A churned route seen in an edge's map but
+// never reported programmed (its claim was still being written, or failed, when it ended) is owed
+// no event: those are counted, and none of them may have an event an edge reported.
 func (w *watch) checkEvents() {
 	e := w.e
 	w.mu.Lock()
@@ -450,56 +456,215 @@ func (w *watch) checkEvents() {
 		agents[w.live[n.instance].session] = true
 	}
 	w.mu.Unlock()
-	var missing []string
-	silent := 0
-	var dups []string
-	total := 0
-	e.eventually(30*time.Second, "every programmed route's events in the stream", func() error {
-		got, err := e.readEvents()
-		if err != nil {
-			return err
-		}
-		total = len(got)
-		ids := map[string]int{}
-		added, removed := map[string]bool{}, map[string]bool{}
-		dups = dups[:0]
-		for _, ev := range got {
-			if ids[ev.GetId()]++; ids[ev.GetId()] == 2 {
-				dups = append(dups, ev.GetId()+" "+events.TypeToken(ev.GetType())+" "+ev.GetSessionId())
-			}
-			switch ev.GetType() {
-			case livegatev1.EventType_EVENT_TYPE_ROUTE_PROGRAMMED:
-				added[ev.GetSessionId()] = true
-			case livegatev1.EventType_EVENT_TYPE_ROUTE_REMOVED:
-				removed[ev.GetSessionId()] = true
-			}
-		}
-		missing = missing[:0]
-		silent = 0
-		for s := range programmed {
-			if !added[s] {
-				if agents[s] {
-					missing = append(missing, s+" route_programmed")
-				}
-				silent++
-			}
-		}
-		for s := range ended {
-			if added[s] && !removed[s] {
-				missing = append(missing, s+" route_removed")
-			}
-		}
-		if len(missing) > 0 {
-			sort.Strings(missing)
-			return fmt.Errorf("%d events missing: %v", len(missing), missing)
-		}
-		return nil
+
+	var acks map[string][]ack
+	e.eventually(40*time.Second, "every event the edges reported acknowledged", func() error {
+		acks = e.acked()
+		return e.reportedAcked(acks)
 	})
+	ids, bySeq, read := e.storedEvents()
+	var lost, moved, unread []string
+	retries := 0
+	for id, as := range acks {
+		a := as[0]
+		what := fmt.Sprintf("%s %s of %s (acked to %s at seq %d)", id, a.event, a.session, a.by, a.seq)
+		for _, b := range as[1:] {
+			if b.duplicate {
+				retries++
+			}
+		}
+		switch seqs := ids[id]; {
+		case len(seqs) == 0:
+			lost = append(lost, fmt.Sprintf("%s: seq %d now holds %q", what, a.seq, bySeq[a.seq]))
+		case len(seqs) > 1 || (!a.duplicate && seqs[0] != a.seq):
+			moved = append(moved, fmt.Sprintf("%s: stored at %v", what, seqs))
+		}
+		if !slices.ContainsFunc(read, func(ev *livegatev1.Event) bool { return ev.GetId() == id }) {
+			unread = append(unread, what)
+		}
+	}
+	for _, bad := range []struct {
+		what string
+		list []string
+	}{{"acknowledged events not in the stream", lost}, {"acknowledged events stored elsewhere or twice", moved}, {"acknowledged events a fresh consumer did not deliver", unread}} {
+		if len(bad.list) > 0 {
+			sort.Strings(bad.list)
+			e.t.Errorf("%d %s: %v", len(bad.list), bad.what, bad.list)
+		}
+	}
+	var dups []string
+	for id, seqs := range ids {
+		if len(seqs) > 1 {
+			dups = append(dups, fmt.Sprintf("%s at %v", id, seqs))
+		}
+	}
 	if len(dups) > 0 {
 		e.t.Errorf("event ids stored twice: %v", dups)
 	}
-	e.t.Logf("figure: the event stream holds %d events, none twice; of %d sessions seen in a map, %d have no route_programmed (their endpoint was never published before they ended); every ended one with a route_programmed has its route_removed; %d churned routes came and went while the edges re-watched",
-		total, len(programmed), silent, unseen)
+
+	added, removed := map[string]bool{}, map[string]bool{}
+	for _, ev := range read {
+		switch ev.GetType() {
+		case livegatev1.EventType_EVENT_TYPE_ROUTE_PROGRAMMED:
+			added[ev.GetSessionId()] = true
+		case livegatev1.EventType_EVENT_TYPE_ROUTE_REMOVED:
+			removed[ev.GetSessionId()] = true
+		}
+	}
+	var missing, silent []string
+	for s := range programmed {
+		if added[s] {
+			continue
+		}
+		if agents[s] {
+			missing = append(missing, s+" route_programmed")
+		}
+		silent = append(silent, s)
+	}
+	for s := range ended {
+		if added[s] && !removed[s] {
+			missing = append(missing, s+" route_removed")
+		}
+	}
+	if len(missing) > 0 {
+		sort.Strings(missing)
+		e.t.Errorf("%d events missing: %v", len(missing), missing)
+	}
+	sort.Strings(silent)
+	e.t.Logf("figure: %d events acknowledged to the edges and agents (%d retries answered as duplicates), every one an edge reported among them, each stored once at its acknowledged sequence and delivered to a fresh consumer; the stream holds %d",
+		len(acks), retries, len(bySeq))
+	e.t.Logf("figure: of %d sessions seen in a map, %d were never reported programmed (claim unsettled when they ended): %v; every ended one with a route_programmed has its route_removed; %d churned routes came and went unseen",
+		len(programmed), len(silent), silent, unseen)
+}
+
+// ack is what the stream told a publisher about one event.
+type ack struct {
+	by, event, instance, session string
+	seq                          uint64
+	duplicate                    bool
+}
+
+// logFields picks the fields of a publisher's "event acknowledged" debug line and of an edge's
+// "route programmed" and "route removed" lines (zerolog console).
+var logFields = regexp.MustCompile(`(?:^| )(event|event_id|instance_id|session_id|stream_seq|duplicate)=(\S+)`)
+
+func fields(line string) map[string]string {
+	f := map[string]string{}
+	for _, m := range logFields.FindAllStringSubmatch(line, -1) {
+		f[m[1]] = m[2]
+	}
+	return f
+}
+
+// logs is each edge's and agent's output so far, by edge id or instance.
+func (e *env) logs() map[string]string {
+	out := map[string]string{}
+	for _, g := range e.edges {
+		out[g.id] = g.p.Output()
+	}
+	for _, n := range e.nodes {
+		out[n.instance] = n.agent.Output()
+	}
+	return out
+}
+
+// acked collects, from every edge's and agent's log, each event the stream acknowledged, by id.
+func (e *env) acked() map[string][]ack {
+	out := map[string][]ack{}
+	for by, log := range e.logs() {
+		for _, line := range strings.Split(log, "\n") {
+			if !strings.Contains(line, " event acknowledged ") {
+				continue
+			}
+			f := fields(line)
+			seq, err := strconv.ParseUint(f["stream_seq"], 10, 64)
+			if err != nil || f["event_id"] == "" {
+				e.t.Fatalf("%s: unreadable acknowledgement %q", by, line)
+			}
+			out[f["event_id"]] = append(out[f["event_id"]], ack{by: by, event: f["event"], instance: f["instance_id"], session: f["session_id"], seq: seq, duplicate: f["duplicate"] == "true"})
+		}
+	}
+	return out
+}
+
+// reportedAcked reports each route programmed or removed that an edge logged more often than the
+// stream acknowledged an event of it to that edge.
+func (e *env) reportedAcked(acks map[string][]ack) error {
+	got := map[string]int{}
+	for _, as := range acks {
+		a := as[0]
+		got[a.by+" "+a.event+" "+a.instance+" "+a.session]++
+	}
+	want := map[string]int{}
+	for _, g := range e.edges {
+		for _, line := range strings.Split(g.p.Output(), "\n") {
+			for _, kind := range []livegatev1.EventType{livegatev1.EventType_EVENT_TYPE_ROUTE_PROGRAMMED, livegatev1.EventType_EVENT_TYPE_ROUTE_REMOVED} {
+				if strings.Contains(line, " "+strings.ReplaceAll(events.TypeToken(kind), "_", " ")+" ") {
+					f := fields(line)
+					want[g.id+" "+events.TypeToken(kind)+" "+f["instance_id"]+" "+f["session_id"]]++
+				}
+			}
+		}
+	}
+	var short []string
+	for k, n := range want {
+		if got[k] < n {
+			short = append(short, fmt.Sprintf("%s: reported %d, acknowledged %d", k, n, got[k]))
+		}
+	}
+	if len(short) > 0 {
+		sort.Strings(short)
+		return fmt.Errorf("%d events an edge reported not acknowledged: %v", len(short), short)
+	}
+	return nil
+}
+
+// storedEvents reads LIVEGATE_EVENTS twice: sequence by sequence (no consumer involved), giving
+// each event id's sequences and each sequence's event id, and through a fresh ordered consumer.
+func (e *env) storedEvents() (map[string][]uint64, map[uint64]string, []*livegatev1.Event) {
+	var ids map[string][]uint64
+	var bySeq map[uint64]string
+	var read []*livegatev1.Event
+	e.eventually(30*time.Second, "the event stream read", func() error {
+		var err error
+		if ids, bySeq, err = e.stored(); err != nil {
+			return err
+		}
+		read, err = e.readEvents()
+		return err
+	})
+	return ids, bySeq, read
+}
+
+// stored reads LIVEGATE_EVENTS sequence by sequence.
+func (e *env) stored() (map[string][]uint64, map[uint64]string, error) {
+	ctx, cancel := context.WithTimeout(e.ctx, 30*time.Second)
+	defer cancel()
+	st, err := e.js.Stream(ctx, events.StreamName)
+	if err != nil {
+		return nil, nil, err
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	ids, bySeq := map[string][]uint64{}, map[uint64]string{}
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && seq > 0; seq++ {
+		m, err := st.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("stream seq %d: %w", seq, err)
+		}
+		ev, err := events.Decode(m.Data)
+		if err != nil {
+			return nil, nil, fmt.Errorf("stream seq %d: %w", seq, err)
+		}
+		ids[ev.GetId()] = append(ids[ev.GetId()], seq)
+		bySeq[seq] = ev.GetId()
+	}
+	return ids, bySeq, nil
 }
 
 // readEvents reads every message LIVEGATE_EVENTS holds, in order.
