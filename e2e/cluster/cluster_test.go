@@ -6,9 +6,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"regexp"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -34,9 +34,9 @@ import (
 // live session (the agents', leased, and the churned ones) is missing from every edge's HAProxy
 // map for as long as a lease, no agent's lease runs out, and each agent's session keeps its edge
 // and public port (no heartbeat lapsed, nothing was taken over). Afterwards every session is
-// served by exactly the edge its endpoint names, the event stream holds each event once and a
-// removed event for every programmed one of a route that ended, and once everything ended nothing
-// is left on any edge.
+// served by exactly the edge its endpoint names, no acknowledged event is lost or stored twice and
+// every event owed is there (see checkEvents), and once everything ended nothing is left on any
+// edge.
 func TestClusterNodeLossAndPartition(t *testing.T) {
 	e := newEnv(t, 3)
 	on := e.clients()
@@ -191,6 +191,7 @@ type watch struct {
 	worst                 time.Duration
 	worstID               string
 	sessions              map[string]bool
+	keyOf                 map[string]string // session → its route key
 	// programmed holds the sessions seen in an edge's map.
 	programmed map[string]bool
 	// agents holds each agent's endpoint (session, edge, ports) as first programmed.
@@ -209,7 +210,7 @@ type tracked struct {
 }
 
 func newWatch(e *env) *watch {
-	return &watch{e: e, live: map[string]*tracked{}, ended: map[string]string{}, sessions: map[string]bool{}, agents: map[string]string{}, programmed: map[string]bool{}}
+	return &watch{e: e, live: map[string]*tracked{}, ended: map[string]string{}, sessions: map[string]bool{}, keyOf: map[string]string{}, agents: map[string]string{}, programmed: map[string]bool{}}
 }
 
 // agentSession waits until instance's agent has its route written and programmed, and watches it.
@@ -242,6 +243,7 @@ func (w *watch) agentSession(instance string) {
 	w.agents[instance] = held
 	w.live[instance] = &tracked{session: sess, since: now, seen: now}
 	w.sessions[sess] = true
+	w.keyOf[sess] = instance
 	w.programmed[sess] = true
 	w.mu.Unlock()
 }
@@ -285,6 +287,7 @@ func (w *watch) churn() func() {
 				now := time.Now()
 				w.live[key] = &tracked{session: sess, since: now}
 				w.sessions[sess] = true
+				w.keyOf[sess] = key
 				w.written++
 				order = append(order, key)
 			} else {
@@ -434,9 +437,11 @@ func (w *watch) exactlyOnce() {
 // once, at the sequence its acknowledgement named (a leader change lost no acknowledged write and
 // Nats-Msg-Id deduplication held across retries), and a fresh consumer reading the stream from the
 // start delivers each. On top of that, every agent's session has its route_programmed and every
-// ended route with a route_programmed its route_removed. A churned route seen in an edge's map but
-// never reported programmed (its claim was still being written, or failed, when it ended) is owed
-// no event: those are counted, and none of them may have an event an edge reported.
+// ended route with a route_programmed its route_removed (an edge that lost its watch keeps a
+// route for its lease, so that can take a lease after the faults). A churned route seen in an
+// edge's map but never reported programmed is owed no event only when an edge's claim write for
+// it failed (the edge maps a pool route while its claim is written and unmaps it when the write
+// does not land, and the route ended before a claim did): those are counted.
 func (w *watch) checkEvents() {
 	e := w.e
 	w.mu.Lock()
@@ -455,86 +460,97 @@ func (w *watch) checkEvents() {
 	for _, n := range e.nodes {
 		agents[w.live[n.instance].session] = true
 	}
+	keyOf := maps.Clone(w.keyOf)
 	w.mu.Unlock()
 
-	var acks map[string][]ack
-	e.eventually(40*time.Second, "every event the edges reported acknowledged", func() error {
-		acks = e.acked()
-		return e.reportedAcked(acks)
-	})
-	ids, bySeq, read := e.storedEvents()
-	var lost, moved, unread []string
-	retries := 0
-	for id, as := range acks {
-		a := as[0]
-		what := fmt.Sprintf("%s %s of %s (acked to %s at seq %d)", id, a.event, a.session, a.by, a.seq)
-		for _, b := range as[1:] {
-			if b.duplicate {
-				retries++
+	// A session in a map without its route_programmed is owed none only if an edge's claim of
+	// it failed: the edge put it in its map while the claim was being written and took it out
+	// when the write did not land.
+	var f eventFigures
+	e.eventually(45*time.Second, "every event reported acknowledged, every acknowledged one stored once and read, every owed one there", func() error {
+		acks := e.acked()
+		if err := e.reportedAcked(acks); err != nil {
+			return err
+		}
+		ids, bySeq, err := e.stored()
+		if err != nil {
+			return err
+		}
+		read, err := e.readEvents()
+		if err != nil {
+			return err
+		}
+		f = eventFigures{acked: len(acks), stored: len(bySeq)}
+		delivered := map[string]bool{}
+		for _, ev := range read {
+			delivered[ev.GetId()] = true
+		}
+		var bad []string
+		for id, as := range acks {
+			a := as[0]
+			what := fmt.Sprintf("%s %s of %s (acked to %s at seq %d)", id, a.event, a.session, a.by, a.seq)
+			for _, b := range as[1:] {
+				if b.duplicate {
+					f.retries++
+				}
+			}
+			switch seqs := ids[id]; {
+			case len(seqs) == 0:
+				bad = append(bad, fmt.Sprintf("%s not in the stream: seq %d holds %q", what, a.seq, bySeq[a.seq]))
+			case len(seqs) > 1 || (!a.duplicate && seqs[0] != a.seq):
+				bad = append(bad, fmt.Sprintf("%s stored at %v", what, seqs))
+			}
+			if !delivered[id] {
+				bad = append(bad, what+" not delivered to a fresh consumer")
 			}
 		}
-		switch seqs := ids[id]; {
-		case len(seqs) == 0:
-			lost = append(lost, fmt.Sprintf("%s: seq %d now holds %q", what, a.seq, bySeq[a.seq]))
-		case len(seqs) > 1 || (!a.duplicate && seqs[0] != a.seq):
-			moved = append(moved, fmt.Sprintf("%s: stored at %v", what, seqs))
+		for id, seqs := range ids {
+			if len(seqs) > 1 {
+				bad = append(bad, fmt.Sprintf("%s stored twice, at %v", id, seqs))
+			}
 		}
-		if !slices.ContainsFunc(read, func(ev *livegatev1.Event) bool { return ev.GetId() == id }) {
-			unread = append(unread, what)
+		added, removed := map[string]bool{}, map[string]bool{}
+		for _, ev := range read {
+			switch ev.GetType() {
+			case livegatev1.EventType_EVENT_TYPE_ROUTE_PROGRAMMED:
+				added[ev.GetSessionId()] = true
+			case livegatev1.EventType_EVENT_TYPE_ROUTE_REMOVED:
+				removed[ev.GetSessionId()] = true
+			}
 		}
-	}
-	for _, bad := range []struct {
-		what string
-		list []string
-	}{{"acknowledged events not in the stream", lost}, {"acknowledged events stored elsewhere or twice", moved}, {"acknowledged events a fresh consumer did not deliver", unread}} {
-		if len(bad.list) > 0 {
-			sort.Strings(bad.list)
-			e.t.Errorf("%d %s: %v", len(bad.list), bad.what, bad.list)
+		failed := e.failedClaims()
+		f.silent = f.silent[:0]
+		for s := range programmed {
+			if added[s] {
+				continue
+			}
+			if agents[s] || !failed[keyOf[s]] {
+				bad = append(bad, s+" has no route_programmed")
+			}
+			f.silent = append(f.silent, s)
 		}
-	}
-	var dups []string
-	for id, seqs := range ids {
-		if len(seqs) > 1 {
-			dups = append(dups, fmt.Sprintf("%s at %v", id, seqs))
+		for s := range ended {
+			if added[s] && !removed[s] {
+				bad = append(bad, s+" has no route_removed")
+			}
 		}
-	}
-	if len(dups) > 0 {
-		e.t.Errorf("event ids stored twice: %v", dups)
-	}
-
-	added, removed := map[string]bool{}, map[string]bool{}
-	for _, ev := range read {
-		switch ev.GetType() {
-		case livegatev1.EventType_EVENT_TYPE_ROUTE_PROGRAMMED:
-			added[ev.GetSessionId()] = true
-		case livegatev1.EventType_EVENT_TYPE_ROUTE_REMOVED:
-			removed[ev.GetSessionId()] = true
+		if len(bad) > 0 {
+			sort.Strings(bad)
+			return fmt.Errorf("%d wrong: %v", len(bad), bad)
 		}
-	}
-	var missing, silent []string
-	for s := range programmed {
-		if added[s] {
-			continue
-		}
-		if agents[s] {
-			missing = append(missing, s+" route_programmed")
-		}
-		silent = append(silent, s)
-	}
-	for s := range ended {
-		if added[s] && !removed[s] {
-			missing = append(missing, s+" route_removed")
-		}
-	}
-	if len(missing) > 0 {
-		sort.Strings(missing)
-		e.t.Errorf("%d events missing: %v", len(missing), missing)
-	}
-	sort.Strings(silent)
+		return nil
+	})
+	sort.Strings(f.silent)
 	e.t.Logf("figure: %d events acknowledged to the edges and agents (%d retries answered as duplicates), every one an edge reported among them, each stored once at its acknowledged sequence and delivered to a fresh consumer; the stream holds %d",
-		len(acks), retries, len(bySeq))
-	e.t.Logf("figure: of %d sessions seen in a map, %d were never reported programmed (claim unsettled when they ended): %v; every ended one with a route_programmed has its route_removed; %d churned routes came and went unseen",
-		len(programmed), len(silent), silent, unseen)
+		f.acked, f.retries, f.stored)
+	e.t.Logf("figure: of %d sessions seen in a map, %d were never reported programmed, each ended while an edge's claim of it had failed: %v; every ended one with a route_programmed has its route_removed; %d churned routes came and went unseen",
+		len(programmed), len(f.silent), f.silent, unseen)
+}
+
+// eventFigures are checkEvents' counts.
+type eventFigures struct {
+	acked, retries, stored int
+	silent                 []string
 }
 
 // ack is what the stream told a publisher about one event.
@@ -554,6 +570,19 @@ func fields(line string) map[string]string {
 		f[m[1]] = m[2]
 	}
 	return f
+}
+
+// failedClaims is the route keys for which an edge logged a claim write that failed.
+func (e *env) failedClaims() map[string]bool {
+	out := map[string]bool{}
+	for _, g := range e.edges {
+		for _, line := range strings.Split(g.p.Output(), "\n") {
+			if strings.Contains(line, " claim write failed ") {
+				out[fields(line)["instance_id"]] = true
+			}
+		}
+	}
+	return out
 }
 
 // logs is each edge's and agent's output so far, by edge id or instance.
@@ -617,23 +646,6 @@ func (e *env) reportedAcked(acks map[string][]ack) error {
 		return fmt.Errorf("%d events an edge reported not acknowledged: %v", len(short), short)
 	}
 	return nil
-}
-
-// storedEvents reads LIVEGATE_EVENTS twice: sequence by sequence (no consumer involved), giving
-// each event id's sequences and each sequence's event id, and through a fresh ordered consumer.
-func (e *env) storedEvents() (map[string][]uint64, map[uint64]string, []*livegatev1.Event) {
-	var ids map[string][]uint64
-	var bySeq map[uint64]string
-	var read []*livegatev1.Event
-	e.eventually(30*time.Second, "the event stream read", func() error {
-		var err error
-		if ids, bySeq, err = e.stored(); err != nil {
-			return err
-		}
-		read, err = e.readEvents()
-		return err
-	})
-	return ids, bySeq, read
 }
 
 // stored reads LIVEGATE_EVENTS sequence by sequence.
