@@ -463,9 +463,6 @@ func (w *watch) checkEvents() {
 	keyOf := maps.Clone(w.keyOf)
 	w.mu.Unlock()
 
-	// A session in a map without its route_programmed is owed none only if an edge's claim of
-	// it failed: the edge put it in its map while the claim was being written and took it out
-	// when the write did not land.
 	var f eventFigures
 	e.eventually(45*time.Second, "every event reported acknowledged, every acknowledged one stored once and read, every owed one there", func() error {
 		acks := e.acked()

@@ -256,6 +256,7 @@ ping_interval: "1s"
 ping_max: 3
 jetstream {
   store_dir: %q
+  sync_interval: always
 }
 cluster {
   name: livegate
