@@ -559,7 +559,7 @@ type ack struct {
 
 // logFields picks the fields of a publisher's "event acknowledged" debug line and of an edge's
 // "route programmed" and "route removed" lines (zerolog console).
-var logFields = regexp.MustCompile(`(?:^| )(event|event_id|instance_id|session_id|stream_seq|duplicate)=(\S+)`)
+var logFields = regexp.MustCompile(`(?:^| )(event|event_id|instance_id|subject|session_id|stream_seq|duplicate)=(\S+)`)
 
 func fields(line string) map[string]string {
 	f := map[string]string{}
@@ -607,7 +607,12 @@ func (e *env) acked() map[string][]ack {
 			if err != nil || f["event_id"] == "" {
 				e.t.Fatalf("%s: unreadable acknowledgement %q", by, line)
 			}
-			out[f["event_id"]] = append(out[f["event_id"]], ack{by: by, event: f["event"], instance: f["instance_id"], session: f["session_id"], seq: seq, duplicate: f["duplicate"] == "true"})
+			// The subject is livegate.v1.events.<pool>.<instance>.<type>.
+			subject := strings.Split(f["subject"], ".")
+			if len(subject) != 6 {
+				e.t.Fatalf("%s: acknowledgement without an event subject %q", by, line)
+			}
+			out[f["event_id"]] = append(out[f["event_id"]], ack{by: by, event: f["event"], instance: subject[4], session: f["session_id"], seq: seq, duplicate: f["duplicate"] == "true"})
 		}
 	}
 	return out

@@ -118,7 +118,8 @@ func NewPublisher(js jetstream.JetStream, source string) *Publisher {
 
 // WithLog logs every attempt at debug level: each acknowledgement with the stream sequence it
 // got (or that it was a duplicate of a stored one), so what a publisher was told can be compared
-// with what the stream holds.
+// with what the stream holds. The subject names the instance: the agent's logger already carries
+// an instance_id.
 func (p *Publisher) WithLog(log zerolog.Logger) *Publisher {
 	p.log = log
 	return p
@@ -156,10 +157,10 @@ func (p *Publisher) send(ctx context.Context, ev *livegatev1.Event, msg *nats.Ms
 	ack, err := p.js.PublishMsg(ctx, msg, jetstream.WithMsgID(ev.Id))
 	if err != nil {
 		p.log.Debug().Err(err).Str("event", TypeToken(ev.Type)).Str("event_id", ev.Id).
-			Str("instance_id", ev.InstanceId).Str("session_id", ev.SessionId).Msg("event publish attempt failed")
+			Str("subject", msg.Subject).Str("session_id", ev.SessionId).Msg("event publish attempt failed")
 		return fmt.Errorf("publish %s event %s: %w", TypeToken(ev.Type), ev.Id, err)
 	}
-	p.log.Debug().Str("event", TypeToken(ev.Type)).Str("event_id", ev.Id).Str("instance_id", ev.InstanceId).
+	p.log.Debug().Str("event", TypeToken(ev.Type)).Str("event_id", ev.Id).Str("subject", msg.Subject).
 		Str("session_id", ev.SessionId).Str("stream", ack.Stream).Uint64("stream_seq", ack.Sequence).
 		Bool("duplicate", ack.Duplicate).Msg("event acknowledged")
 	return nil

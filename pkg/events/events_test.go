@@ -139,17 +139,21 @@ func TestPublishHeadersAndDedup(t *testing.T) {
 				t.Fatal(err)
 			}
 			wantAcks := []struct {
-				id        string
-				seq       float64
-				duplicate bool
-			}{{ev.Id, 1, false}, {ev.Id, 1, true}, {other.Id, 2, false}}
+				id, subject string
+				seq         float64
+				duplicate   bool
+			}{
+				{ev.Id, "livegate.v1.events.default.node-1.session_ended", 1, false},
+				{ev.Id, "livegate.v1.events.default.node-1.session_ended", 1, true},
+				{other.Id, "livegate.v1.events.default.node-1.app_ready", 2, false},
+			}
 			if len(lines) != len(wantAcks) {
 				t.Fatalf("logged %v, want %d acknowledgements", lines, len(wantAcks))
 			}
 			for i, w := range wantAcks {
 				l := lines[i]
-				if l["message"] != "event acknowledged" || l["event_id"] != w.id || l["stream_seq"] != w.seq || l["duplicate"] != w.duplicate || l["stream"] != events.StreamName {
-					t.Errorf("acknowledgement %d logged %v, want event %s at seq %v duplicate %t", i, l, w.id, w.seq, w.duplicate)
+				if l["message"] != "event acknowledged" || l["event_id"] != w.id || l["subject"] != w.subject || l["stream_seq"] != w.seq || l["duplicate"] != w.duplicate || l["stream"] != events.StreamName {
+					t.Errorf("acknowledgement %d logged %v, want event %s on %s at seq %v duplicate %t", i, l, w.id, w.subject, w.seq, w.duplicate)
 				}
 			}
 			msg, err := stream.GetLastMsgForSubject(ctx, "livegate.v1.events.default.node-1.session_ended")
