@@ -6,9 +6,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
+	"regexp"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -31,9 +34,9 @@ import (
 // live session (the agents', leased, and the churned ones) is missing from every edge's HAProxy
 // map for as long as a lease, no agent's lease runs out, and each agent's session keeps its edge
 // and public port (no heartbeat lapsed, nothing was taken over). Afterwards every session is
-// served by exactly the edge its endpoint names, the event stream holds each event once and a
-// removed event for every programmed one of a route that ended, and once everything ended nothing
-// is left on any edge.
+// served by exactly the edge its endpoint names, no acknowledged event is lost or stored twice and
+// every event owed is there (see checkEvents), and once everything ended nothing is left on any
+// edge.
 func TestClusterNodeLossAndPartition(t *testing.T) {
 	e := newEnv(t, 3)
 	on := e.clients()
@@ -188,6 +191,7 @@ type watch struct {
 	worst                 time.Duration
 	worstID               string
 	sessions              map[string]bool
+	keyOf                 map[string]string // session → its route key
 	// programmed holds the sessions seen in an edge's map.
 	programmed map[string]bool
 	// agents holds each agent's endpoint (session, edge, ports) as first programmed.
@@ -206,7 +210,7 @@ type tracked struct {
 }
 
 func newWatch(e *env) *watch {
-	return &watch{e: e, live: map[string]*tracked{}, ended: map[string]string{}, sessions: map[string]bool{}, agents: map[string]string{}, programmed: map[string]bool{}}
+	return &watch{e: e, live: map[string]*tracked{}, ended: map[string]string{}, sessions: map[string]bool{}, keyOf: map[string]string{}, agents: map[string]string{}, programmed: map[string]bool{}}
 }
 
 // agentSession waits until instance's agent has its route written and programmed, and watches it.
@@ -239,6 +243,7 @@ func (w *watch) agentSession(instance string) {
 	w.agents[instance] = held
 	w.live[instance] = &tracked{session: sess, since: now, seen: now}
 	w.sessions[sess] = true
+	w.keyOf[sess] = instance
 	w.programmed[sess] = true
 	w.mu.Unlock()
 }
@@ -282,6 +287,7 @@ func (w *watch) churn() func() {
 				now := time.Now()
 				w.live[key] = &tracked{session: sess, since: now}
 				w.sessions[sess] = true
+				w.keyOf[sess] = key
 				w.written++
 				order = append(order, key)
 			} else {
@@ -425,12 +431,17 @@ func (w *watch) exactlyOnce() {
 		len(live), served, took.Round(time.Millisecond))
 }
 
-// checkEvents reads the whole event stream: no event id twice (the stream's Nats-Msg-Id
-// deduplication held across leader changes and retries), a route_programmed event for every
-// agent's session, and a route_removed for every churned route deleted after its route_programmed.
-// An edge reports a route programmed once its endpoint is published: a churned route that lived
-// through a leaderless moment of the endpoints bucket, or came and went while the edges re-watched
-// after a fault, is owed no event; those are counted.
+// checkEvents holds the publishers to what they were told and the stream to what it acknowledged:
+// every route_programmed and route_removed an edge reported is acknowledged (none dropped in the
+// edge's queue or given up on), every event acknowledged to an edge or an agent is stored exactly
+// once, at the sequence its acknowledgement named (a leader change lost no acknowledged write and
+// Nats-Msg-Id deduplication held across retries), and a fresh consumer reading the stream from the
+// start delivers each. On top of that, every agent's session has its route_programmed and every
+// ended route with a route_programmed its route_removed (an edge that lost its watch keeps a
+// route for its lease, so that can take a lease after the faults). A churned route seen in an
+// edge's map but never reported programmed is owed no event only when an edge's claim write for
+// it failed (the edge maps a pool route while its claim is written and unmaps it when the write
+// does not land, and the route ended before a claim did): those are counted.
 func (w *watch) checkEvents() {
 	e := w.e
 	w.mu.Lock()
@@ -449,24 +460,54 @@ func (w *watch) checkEvents() {
 	for _, n := range e.nodes {
 		agents[w.live[n.instance].session] = true
 	}
+	keyOf := maps.Clone(w.keyOf)
 	w.mu.Unlock()
-	var missing []string
-	silent := 0
-	var dups []string
-	total := 0
-	e.eventually(30*time.Second, "every programmed route's events in the stream", func() error {
-		got, err := e.readEvents()
+
+	var f eventFigures
+	e.eventually(45*time.Second, "every event reported acknowledged, every acknowledged one stored once and read, every owed one there", func() error {
+		acks := e.acked()
+		if err := e.reportedAcked(acks); err != nil {
+			return err
+		}
+		ids, bySeq, err := e.stored()
 		if err != nil {
 			return err
 		}
-		total = len(got)
-		ids := map[string]int{}
-		added, removed := map[string]bool{}, map[string]bool{}
-		dups = dups[:0]
-		for _, ev := range got {
-			if ids[ev.GetId()]++; ids[ev.GetId()] == 2 {
-				dups = append(dups, ev.GetId()+" "+events.TypeToken(ev.GetType())+" "+ev.GetSessionId())
+		read, err := e.readEvents()
+		if err != nil {
+			return err
+		}
+		f = eventFigures{acked: len(acks), stored: len(bySeq)}
+		delivered := map[string]bool{}
+		for _, ev := range read {
+			delivered[ev.GetId()] = true
+		}
+		var bad []string
+		for id, as := range acks {
+			a := as[0]
+			what := fmt.Sprintf("%s %s of %s (acked to %s at seq %d)", id, a.event, a.session, a.by, a.seq)
+			for _, b := range as[1:] {
+				if b.duplicate {
+					f.retries++
+				}
 			}
+			switch seqs := ids[id]; {
+			case len(seqs) == 0:
+				bad = append(bad, fmt.Sprintf("%s not in the stream: seq %d holds %q", what, a.seq, bySeq[a.seq]))
+			case len(seqs) > 1 || (!a.duplicate && seqs[0] != a.seq):
+				bad = append(bad, fmt.Sprintf("%s stored at %v", what, seqs))
+			}
+			if !delivered[id] {
+				bad = append(bad, what+" not delivered to a fresh consumer")
+			}
+		}
+		for id, seqs := range ids {
+			if len(seqs) > 1 {
+				bad = append(bad, fmt.Sprintf("%s stored twice, at %v", id, seqs))
+			}
+		}
+		added, removed := map[string]bool{}, map[string]bool{}
+		for _, ev := range read {
 			switch ev.GetType() {
 			case livegatev1.EventType_EVENT_TYPE_ROUTE_PROGRAMMED:
 				added[ev.GetSessionId()] = true
@@ -474,32 +515,170 @@ func (w *watch) checkEvents() {
 				removed[ev.GetSessionId()] = true
 			}
 		}
-		missing = missing[:0]
-		silent = 0
+		failed := e.failedClaims()
+		f.silent = f.silent[:0]
 		for s := range programmed {
-			if !added[s] {
-				if agents[s] {
-					missing = append(missing, s+" route_programmed")
-				}
-				silent++
+			if added[s] {
+				continue
 			}
+			if agents[s] || !failed[keyOf[s]] {
+				bad = append(bad, s+" has no route_programmed")
+			}
+			f.silent = append(f.silent, s)
 		}
 		for s := range ended {
 			if added[s] && !removed[s] {
-				missing = append(missing, s+" route_removed")
+				bad = append(bad, s+" has no route_removed")
 			}
 		}
-		if len(missing) > 0 {
-			sort.Strings(missing)
-			return fmt.Errorf("%d events missing: %v", len(missing), missing)
+		if len(bad) > 0 {
+			sort.Strings(bad)
+			return fmt.Errorf("%d wrong: %v", len(bad), bad)
 		}
 		return nil
 	})
-	if len(dups) > 0 {
-		e.t.Errorf("event ids stored twice: %v", dups)
+	sort.Strings(f.silent)
+	e.t.Logf("figure: %d events acknowledged to the edges and agents (%d retries answered as duplicates), every one an edge reported among them, each stored once at its acknowledged sequence and delivered to a fresh consumer; the stream holds %d",
+		f.acked, f.retries, f.stored)
+	e.t.Logf("figure: of %d sessions seen in a map, %d were never reported programmed, each ended while an edge's claim of it had failed: %v; every ended one with a route_programmed has its route_removed; %d churned routes came and went unseen",
+		len(programmed), len(f.silent), f.silent, unseen)
+}
+
+// eventFigures are checkEvents' counts.
+type eventFigures struct {
+	acked, retries, stored int
+	silent                 []string
+}
+
+// ack is what the stream told a publisher about one event.
+type ack struct {
+	by, event, instance, session string
+	seq                          uint64
+	duplicate                    bool
+}
+
+// logFields picks the fields of a publisher's "event acknowledged" debug line and of an edge's
+// "route programmed" and "route removed" lines (zerolog console).
+var logFields = regexp.MustCompile(`(?:^| )(event|event_id|instance_id|subject|session_id|stream_seq|duplicate)=(\S+)`)
+
+func fields(line string) map[string]string {
+	f := map[string]string{}
+	for _, m := range logFields.FindAllStringSubmatch(line, -1) {
+		f[m[1]] = m[2]
 	}
-	e.t.Logf("figure: the event stream holds %d events, none twice; of %d sessions seen in a map, %d have no route_programmed (their endpoint was never published before they ended); every ended one with a route_programmed has its route_removed; %d churned routes came and went while the edges re-watched",
-		total, len(programmed), silent, unseen)
+	return f
+}
+
+// failedClaims is the route keys for which an edge logged a claim write that failed.
+func (e *env) failedClaims() map[string]bool {
+	out := map[string]bool{}
+	for _, g := range e.edges {
+		for _, line := range strings.Split(g.p.Output(), "\n") {
+			if strings.Contains(line, " claim write failed ") {
+				out[fields(line)["instance_id"]] = true
+			}
+		}
+	}
+	return out
+}
+
+// logs is each edge's and agent's output so far, by edge id or instance.
+func (e *env) logs() map[string]string {
+	out := map[string]string{}
+	for _, g := range e.edges {
+		out[g.id] = g.p.Output()
+	}
+	for _, n := range e.nodes {
+		out[n.instance] = n.agent.Output()
+	}
+	return out
+}
+
+// acked collects, from every edge's and agent's log, each event the stream acknowledged, by id.
+func (e *env) acked() map[string][]ack {
+	out := map[string][]ack{}
+	for by, log := range e.logs() {
+		for _, line := range strings.Split(log, "\n") {
+			if !strings.Contains(line, " event acknowledged ") {
+				continue
+			}
+			f := fields(line)
+			seq, err := strconv.ParseUint(f["stream_seq"], 10, 64)
+			if err != nil || f["event_id"] == "" {
+				e.t.Fatalf("%s: unreadable acknowledgement %q", by, line)
+			}
+			// The subject is livegate.v1.events.<pool>.<instance>.<type>.
+			subject := strings.Split(f["subject"], ".")
+			if len(subject) != 6 {
+				e.t.Fatalf("%s: acknowledgement without an event subject %q", by, line)
+			}
+			out[f["event_id"]] = append(out[f["event_id"]], ack{by: by, event: f["event"], instance: subject[4], session: f["session_id"], seq: seq, duplicate: f["duplicate"] == "true"})
+		}
+	}
+	return out
+}
+
+// reportedAcked reports each route programmed or removed that an edge logged more often than the
+// stream acknowledged an event of it to that edge.
+func (e *env) reportedAcked(acks map[string][]ack) error {
+	got := map[string]int{}
+	for _, as := range acks {
+		a := as[0]
+		got[a.by+" "+a.event+" "+a.instance+" "+a.session]++
+	}
+	want := map[string]int{}
+	for _, g := range e.edges {
+		for _, line := range strings.Split(g.p.Output(), "\n") {
+			for _, kind := range []livegatev1.EventType{livegatev1.EventType_EVENT_TYPE_ROUTE_PROGRAMMED, livegatev1.EventType_EVENT_TYPE_ROUTE_REMOVED} {
+				if strings.Contains(line, " "+strings.ReplaceAll(events.TypeToken(kind), "_", " ")+" ") {
+					f := fields(line)
+					want[g.id+" "+events.TypeToken(kind)+" "+f["instance_id"]+" "+f["session_id"]]++
+				}
+			}
+		}
+	}
+	var short []string
+	for k, n := range want {
+		if got[k] < n {
+			short = append(short, fmt.Sprintf("%s: reported %d, acknowledged %d", k, n, got[k]))
+		}
+	}
+	if len(short) > 0 {
+		sort.Strings(short)
+		return fmt.Errorf("%d events an edge reported not acknowledged: %v", len(short), short)
+	}
+	return nil
+}
+
+// stored reads LIVEGATE_EVENTS sequence by sequence.
+func (e *env) stored() (map[string][]uint64, map[uint64]string, error) {
+	ctx, cancel := context.WithTimeout(e.ctx, 30*time.Second)
+	defer cancel()
+	st, err := e.js.Stream(ctx, events.StreamName)
+	if err != nil {
+		return nil, nil, err
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	ids, bySeq := map[string][]uint64{}, map[uint64]string{}
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && seq > 0; seq++ {
+		m, err := st.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("stream seq %d: %w", seq, err)
+		}
+		ev, err := events.Decode(m.Data)
+		if err != nil {
+			return nil, nil, fmt.Errorf("stream seq %d: %w", seq, err)
+		}
+		ids[ev.GetId()] = append(ids[ev.GetId()], seq)
+		bySeq[seq] = ev.GetId()
+	}
+	return ids, bySeq, nil
 }
 
 // readEvents reads every message LIVEGATE_EVENTS holds, in order.

@@ -256,6 +256,7 @@ ping_interval: "1s"
 ping_max: 3
 jetstream {
   store_dir: %q
+  sync_interval: always
 }
 cluster {
   name: livegate
@@ -449,7 +450,7 @@ func (e *env) addEdge(k int) error {
 		"--state-dir", g.dir, "--tls-self-signed", "--haproxy-stop-on-exit",
 		"--media-ports", stack.MediaPorts, "--backend-cidrs", "198.19.0.0/16",
 		"--resync", resync.String(), "--heartbeat", heartbeat.String(), "--edge-ttl", edgeTTL.String(),
-		"--log-format", "console",
+		"--log-format", "console", "--log-level", "debug",
 	)
 	if err != nil {
 		return err
@@ -490,7 +491,7 @@ func (e *env) addNode(i int) error {
 	n := &node{i: i, instance: fmt.Sprintf("node%d", i), ns: ns}
 	args := append(stack.AgentArgs(stack.AgentConfig{
 		InstanceID: n.instance, Pool: pool, NATSURL: allURLs(), BackendIP: nodeLAN(i), LeaseTTL: leaseTTL,
-	}), "--nats-replicas", "3")
+	}), "--nats-replicas", "3", "--log-level", "debug")
 	if n.agent, err = e.start("agent"+strconv.Itoa(i), ns, e.bins.Agent, args...); err != nil {
 		return err
 	}

@@ -17,6 +17,7 @@ import (
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -107,11 +108,21 @@ type Publisher struct {
 	js     jetstream.JetStream
 	source string
 	now    func() time.Time
+	log    zerolog.Logger
 }
 
 // NewPublisher publishes as source, e.g. "livegate-agent/node-1".
 func NewPublisher(js jetstream.JetStream, source string) *Publisher {
-	return &Publisher{js: js, source: source, now: time.Now}
+	return &Publisher{js: js, source: source, now: time.Now, log: zerolog.Nop()}
+}
+
+// WithLog logs every attempt at debug level: each acknowledgement with the stream sequence it
+// got (or that it was a duplicate of a stored one), so what a publisher was told can be compared
+// with what the stream holds. The subject names the instance: the agent's logger already carries
+// an instance_id.
+func (p *Publisher) WithLog(log zerolog.Logger) *Publisher {
+	p.log = log
+	return p
 }
 
 // Prepare fills the id, time and source of ev where empty, so a caller can keep the event and
@@ -143,9 +154,15 @@ func (p *Publisher) message(ev *livegatev1.Event) (*nats.Msg, error) {
 }
 
 func (p *Publisher) send(ctx context.Context, ev *livegatev1.Event, msg *nats.Msg) error {
-	if _, err := p.js.PublishMsg(ctx, msg, jetstream.WithMsgID(ev.Id)); err != nil {
+	ack, err := p.js.PublishMsg(ctx, msg, jetstream.WithMsgID(ev.Id))
+	if err != nil {
+		p.log.Debug().Err(err).Str("event", TypeToken(ev.Type)).Str("event_id", ev.Id).
+			Str("subject", msg.Subject).Str("session_id", ev.SessionId).Msg("event publish attempt failed")
 		return fmt.Errorf("publish %s event %s: %w", TypeToken(ev.Type), ev.Id, err)
 	}
+	p.log.Debug().Str("event", TypeToken(ev.Type)).Str("event_id", ev.Id).Str("subject", msg.Subject).
+		Str("session_id", ev.SessionId).Str("stream", ack.Stream).Uint64("stream_seq", ack.Sequence).
+		Bool("duplicate", ack.Duplicate).Msg("event acknowledged")
 	return nil
 }
 

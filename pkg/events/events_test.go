@@ -7,10 +7,12 @@ import (
 	"time"
 
 	"github.com/livegate/livegate/pkg/events"
+	"github.com/livegate/livegate/pkg/logbuf"
 	"github.com/livegate/livegate/pkg/natstest"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
 )
 
 func TestTypeTokens(t *testing.T) {
@@ -99,7 +101,8 @@ func TestPublishHeadersAndDedup(t *testing.T) {
 			if err := events.EnsureStream(ctx, js); err != nil {
 				t.Fatal(err)
 			}
-			pub := events.NewPublisher(js, "livegate-agent/node-1")
+			var log logbuf.Buffer
+			pub := events.NewPublisher(js, "livegate-agent/node-1").WithLog(zerolog.New(&log).Level(zerolog.DebugLevel))
 			ev := &livegatev1.Event{
 				Type:       livegatev1.EventType_EVENT_TYPE_SESSION_ENDED,
 				SessionId:  "s1",
@@ -128,6 +131,30 @@ func TestPublishHeadersAndDedup(t *testing.T) {
 			}
 			if info.State.Msgs != 2 {
 				t.Fatalf("stream holds %d messages, want 2 (duplicate not dropped?)", info.State.Msgs)
+			}
+			// Each acknowledgement is logged with the sequence the stream gave: what a
+			// publisher was told can be held against what the stream keeps.
+			lines, err := log.Lines()
+			if err != nil {
+				t.Fatal(err)
+			}
+			wantAcks := []struct {
+				id, subject string
+				seq         float64
+				duplicate   bool
+			}{
+				{ev.Id, "livegate.v1.events.default.node-1.session_ended", 1, false},
+				{ev.Id, "livegate.v1.events.default.node-1.session_ended", 1, true},
+				{other.Id, "livegate.v1.events.default.node-1.app_ready", 2, false},
+			}
+			if len(lines) != len(wantAcks) {
+				t.Fatalf("logged %v, want %d acknowledgements", lines, len(wantAcks))
+			}
+			for i, w := range wantAcks {
+				l := lines[i]
+				if l["message"] != "event acknowledged" || l["event_id"] != w.id || l["subject"] != w.subject || l["stream_seq"] != w.seq || l["duplicate"] != w.duplicate || l["stream"] != events.StreamName {
+					t.Errorf("acknowledgement %d logged %v, want event %s on %s at seq %v duplicate %t", i, l, w.id, w.subject, w.seq, w.duplicate)
+				}
 			}
 			msg, err := stream.GetLastMsgForSubject(ctx, "livegate.v1.events.default.node-1.session_ended")
 			if err != nil {

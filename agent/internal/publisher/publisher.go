@@ -79,7 +79,7 @@ func New(nc *nats.Conn, cfg Config, log zerolog.Logger, m *metrics.Metrics, onEn
 	}
 	return &Publisher{
 		nc: nc, js: js, cfg: cfg, log: log, metrics: m, onEndpoint: onEndpoint, onRefused: onRefused,
-		events: events.NewPublisher(js, cfg.Source),
+		events: events.NewPublisher(js, cfg.Source).WithLog(log),
 		wake:   make(chan struct{}, 1), routeWake: make(chan struct{}, 1),
 		// A key left by an earlier run of this instance goes at once, not when its lease runs out.
 		dirty: true,

@@ -210,7 +210,7 @@ func run(ctx context.Context, s *settings, h Hooks, log zerolog.Logger) error {
 	}
 	deps := reconcile.Deps{
 		JS: js, Buckets: buckets, Driver: driver, Media: plane,
-		Events:  events.NewPublisher(js, "livegate-edgeproxy/"+s.reconcile.EdgeID),
+		Events:  events.NewPublisher(js, "livegate-edgeproxy/"+s.reconcile.EdgeID).WithLog(log.With().Str("component", "events").Logger()),
 		Metrics: reconcile.NewMetrics(reg), Log: log.With().Str("component", "reconcile").Logger(),
 	}
 	if relay != nil {
