@@ -21,6 +21,7 @@ import (
 
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy"
 	"github.com/livegate/livegate/edgeproxy/internal/media"
+	"github.com/livegate/livegate/edgeproxy/internal/placement"
 	"github.com/livegate/livegate/edgeproxy/internal/portalloc"
 	"github.com/livegate/livegate/edgeproxy/internal/routes"
 	"github.com/livegate/livegate/edgeproxy/internal/turnrelay"
@@ -58,6 +59,11 @@ type Config struct {
 	// PublicIP is the address of the public UDP ports, published beside the host name because an
 	// ICE candidate needs an address; empty without a media plane.
 	PublicIP string
+	// PortReserve is the share of the public port range kept free: at or below it this edge
+	// claims no new pool route. ClaimFallback is how long an edge waits per edge the placement
+	// policy ranks before it for a route (see package placement).
+	PortReserve   float64
+	ClaimFallback time.Duration
 }
 
 // Validate reports a configuration the loop cannot run with.
@@ -78,8 +84,11 @@ func (c Config) Validate() error {
 	if c.Resync <= 0 || c.Heartbeat <= 0 || c.EdgeTTL < time.Second || c.EdgeTTL <= c.Heartbeat {
 		errs = append(errs, errors.New("resync and heartbeat must be positive, and the edge TTL (at least 1s) longer than the heartbeat"))
 	}
-	if c.MaxClaimDelay < 0 || c.ClaimDelayStep < 0 {
+	if c.MaxClaimDelay < 0 || c.ClaimDelayStep < 0 || c.ClaimFallback < 0 {
 		errs = append(errs, errors.New("claim delays must not be negative"))
+	}
+	if c.PortReserve < 0 || c.PortReserve >= 1 {
+		errs = append(errs, errors.New("port reserve must be a share from 0 to below 1"))
 	}
 	return errors.Join(errs...)
 }
@@ -97,6 +106,8 @@ type Deps struct {
 	// Relay, when set, is the edge's TURN relay: endpoints carry its credentials and it is told
 	// which sessions are served.
 	Relay Relay
+	// Drain, when set, is this edge's drain state, read at each pass (see package drainstate).
+	Drain func() placement.Drain
 }
 
 // Relay is what the loop needs of the edge's TURN relay (turnrelay.Relay).
@@ -183,6 +194,13 @@ type Reconciler struct {
 	republish bool
 	// turnRenew is when the earliest published TURN credential is due for renewal (zero: none).
 	turnRenew time.Time
+	// edgeState is the pool's edges as livegate_edges shows them; claiming and beatDrain are
+	// what this edge's last pass decided and its heartbeat last said; releasing is set by a pass
+	// that hands a drained edge's routes over (see package placement).
+	edgeState map[string]edgeEntry
+	claiming  bool
+	beatDrain placement.Drain
+	releasing bool
 
 	mu     sync.Mutex
 	status map[string]servedRoute
@@ -310,7 +328,7 @@ func New(cfg Config, d Deps, opts ...Option) (*Reconciler, error) {
 		kick: make(chan struct{}, 1), evq: make(chan *livegatev1.Event, 1<<16),
 		valid: map[string]routes.Route{}, invalid: map[string]invalidRoute{}, seen: map[string]time.Time{}, expired: map[string]bool{}, held: map[string]time.Time{}, endpoints: map[string]endpoint{},
 		live: map[string]bool{}, served: map[string]servedRoute{}, refused: map[string]refusal{}, owners: map[string]owner{},
-		sched: routes.NewScheduler(),
+		sched: routes.NewScheduler(), edgeState: map[string]edgeEntry{},
 	}
 	for _, o := range opts {
 		o(r)
@@ -548,6 +566,7 @@ func (r *Reconciler) take(x input, synced map[string]bool) bool {
 			clear(r.endpoints)
 		case kvstore.EdgesBucket:
 			clear(r.live)
+			clear(r.edgeState)
 		}
 	} else {
 		entries = map[string]kvstore.Entry{x.entry.Key: x.entry}
@@ -593,6 +612,7 @@ func (r *Reconciler) take(x input, synced map[string]bool) bool {
 			r.endpoints[k] = decodeEndpoint(e)
 			changed = true
 		case kvstore.EdgesBucket:
+			r.trackEdge(e)
 			if e.Deleted {
 				changed = changed || r.live[k]
 				delete(r.live, k)
@@ -725,6 +745,8 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (time.Time, error) {
 			r.owners[s] = owner{key: k, lease: r.valid[k].LeaseTTL}
 		}
 	}
+	drain := r.drainState()
+	r.releasing = releaseDrained(plan.Serve, drain, now)
 
 	// Pool claims: only with room left, and the busier this edge, the later.
 	load := len(plan.Serve)
@@ -734,8 +756,10 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (time.Time, error) {
 	// starved is set when ports were short: ports come out of quarantine with time, not with a
 	// KV change, so the loop must look again by itself.
 	starved := false
+	reserve := placement.Reserve(r.portTotal(), r.cfg.PortReserve)
+	r.claiming = !drain.Draining && (reserve == 0 || freePorts > reserve)
 	for _, c := range plan.Claims {
-		if load+len(claimable) >= r.cfg.MaxRoutes {
+		if load+len(claimable) >= r.cfg.MaxRoutes || drain.Draining {
 			continue
 		}
 		if len(c.Route.Media) > 0 && freePorts < len(c.Route.Media) && r.mediaOn() {
@@ -746,13 +770,28 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (time.Time, error) {
 				fmt.Sprintf("media ports: public port range exhausted (%d wanted); left to the pool's other edges", len(c.Route.Media)))
 			continue
 		}
+		if !r.claiming {
+			// Near the end of its port range: left to the pool's other edges, looked at again
+			// as ports come back.
+			starved = true
+			continue
+		}
 		claimable = append(claimable, c.Route.Key)
 		claimByKey[c.Route.Key] = c
 	}
+	delays, unassigned := r.claimDelays(drain, claimable)
+	claimable = slices.DeleteFunc(claimable, func(k string) bool { _, mine := delays[k]; return !mine })
+	starved = starved || unassigned
 	routes.ClaimOrder(r.cfg.EdgeID, claimable)
-	due, next := r.sched.Update(now, claimable, func(i int) time.Duration {
-		return routes.ClaimDelay(load+i, r.cfg.ClaimDelayStep, r.cfg.MaxClaimDelay)
+	due, next := r.sched.UpdateKeyed(now, claimable, func(k string, i int) time.Duration {
+		return delays[k] + routes.ClaimDelay(load+i, r.cfg.ClaimDelayStep, r.cfg.MaxClaimDelay)
 	})
+	if drain != r.beatDrain {
+		r.heartbeat(ctx)
+	}
+	if at := drain.Next(now); !at.IsZero() {
+		next = earliest(next, at)
+	}
 
 	want := make(map[string]servedRoute, len(plan.Serve)+len(due))
 	for k, rt := range plan.Serve {
@@ -1328,6 +1367,8 @@ func (r *Reconciler) removal(key string) (kind, reason string) {
 		return RemovedDeleted, "route deleted"
 	case r.refused[key].mark != "" && r.refused[key].revision == rev:
 		return RemovedRefused, "route refused"
+	case r.releasing && r.valid[key].EdgeID == "":
+		return RemovedDrained, "edge drained: deadline passed; handed to the pool's other edges"
 	default:
 		return RemovedReassigned, "route no longer served by this edge"
 	}
@@ -1357,12 +1398,19 @@ func addrStrings(as []netip.AddrPort) []string {
 // heartbeat writes this edge's status with a TTL: when the edge stops, the key expires and the
 // pool takes its routes over.
 func (r *Reconciler) heartbeat(ctx context.Context) {
-	_, free := r.d.Media.Capacity()
+	total, free := r.d.Media.Capacity()
+	drain := r.drainState()
 	st := &livegatev1.EdgeStatus{
 		EdgeId: r.cfg.EdgeID, Pool: r.cfg.Pool, PublicHost: r.cfg.PublicHost,
-		Capacity: uint32(r.cfg.MaxRoutes), FreePorts: uint32(max(free, 0)), Routes: uint32(len(r.served)),
+		Capacity: uint32(max(total, 0)), FreePorts: uint32(max(free, 0)), Routes: uint32(len(r.served)),
 		Heartbeat: timestamppb.New(r.now()), Version: r.cfg.Version,
+		MaxRoutes: uint32(r.cfg.MaxRoutes), Draining: drain.Draining, Claiming: r.claiming && !drain.Draining,
 	}
+	if !drain.Deadline.IsZero() {
+		st.DrainDeadline = timestamppb.New(drain.Deadline)
+	}
+	r.beatDrain = drain
+	r.d.Metrics.observeDrain(drain, st.Claiming)
 	data, err := wire.Marshal(st)
 	if err == nil {
 		_, err = kvstore.PutTTL(ctx, r.d.JS, kvstore.EdgesBucket, r.cfg.EdgeID, data, r.cfg.EdgeTTL)

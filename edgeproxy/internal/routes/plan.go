@@ -182,12 +182,18 @@ func NewScheduler() *Scheduler { return &Scheduler{due: map[string]time.Time{}} 
 // no longer claimable and returns the keys due at now (sorted) and the next time one falls due
 // (zero when none is pending).
 func (s *Scheduler) Update(now time.Time, claimable []string, delay func(i int) time.Duration) (due []string, next time.Time) {
+	return s.UpdateKeyed(now, claimable, func(_ string, i int) time.Duration { return delay(i) })
+}
+
+// UpdateKeyed is Update with a delay that also depends on the key (its edge's rank for it, see
+// package placement).
+func (s *Scheduler) UpdateKeyed(now time.Time, claimable []string, delay func(key string, i int) time.Duration) (due []string, next time.Time) {
 	keep := make(map[string]bool, len(claimable))
 	fresh := 0
 	for _, k := range claimable {
 		keep[k] = true
 		if _, ok := s.due[k]; !ok {
-			s.due[k] = now.Add(delay(fresh))
+			s.due[k] = now.Add(delay(k, fresh))
 			fresh++
 		}
 	}
