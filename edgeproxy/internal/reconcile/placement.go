@@ -102,6 +102,9 @@ func releaseDrained(serve map[string]routes.Route, drain placement.Drain, now ti
 // returns this edge's wait for each one it may claim; a route it must leave to others is absent.
 // unassigned reports routes no edge takes by the shared state, which a later heartbeat may change.
 func (r *Reconciler) claimDelays(drain placement.Drain, keys []string) (delays map[string]time.Duration, unassigned bool) {
+	if len(keys) == 0 {
+		return nil, false
+	}
 	ranks := placement.Assign(r.poolEdges(drain), keys, r.cfg.PortReserve)
 	delays = make(map[string]time.Duration, len(keys))
 	for _, k := range keys {
