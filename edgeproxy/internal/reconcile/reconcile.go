@@ -783,7 +783,7 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (time.Time, error) {
 	claimable = slices.DeleteFunc(claimable, func(k string) bool { _, mine := delays[k]; return !mine })
 	starved = starved || unassigned
 	routes.ClaimOrder(r.cfg.EdgeID, claimable)
-	due, next := r.sched.UpdateKeyed(now, claimable, func(k string, i int) time.Duration {
+	due, next := r.sched.Update(now, claimable, func(k string, i int) time.Duration {
 		return delays[k] + routes.ClaimDelay(load+i, r.cfg.ClaimDelayStep, r.cfg.MaxClaimDelay)
 	})
 	if drain != r.beatDrain {
