@@ -1,7 +1,6 @@
 package reconcile
 
 import (
-	"math"
 	"time"
 
 	"github.com/livegate/livegate/edgeproxy/internal/placement"
@@ -32,13 +31,10 @@ func (r *Reconciler) trackEdge(e kvstore.Entry) {
 		r.edgeState[e.Key] = edgeEntry{Edge: placement.Edge{ID: e.Key, Draining: true}}
 		return
 	}
-	maxRoutes := int(st.GetMaxRoutes())
-	if maxRoutes == 0 {
-		// An edge older than max_routes: bound by its ports alone.
-		maxRoutes = math.MaxInt32
-	}
+	// An edge older than max_routes publishes 0 and so has no room by the policy: it is left out
+	// of the ranking and claims by its own rule, first come, as before.
 	r.edgeState[e.Key] = edgeEntry{pool: st.GetPool(), Edge: placement.Edge{
-		ID: e.Key, MaxRoutes: maxRoutes, PortCapacity: int(st.GetCapacity()), FreePorts: int(st.GetFreePorts()),
+		ID: e.Key, MaxRoutes: int(st.GetMaxRoutes()), PortCapacity: int(st.GetCapacity()), FreePorts: int(st.GetFreePorts()),
 		BeatRoutes: int(st.GetRoutes()), Draining: st.GetDraining(),
 	}}
 }
