@@ -1,6 +1,7 @@
 // Package admin serves the edge's local operations endpoints: GET /healthz, GET /readyz (healthy
 // and not draining: what a load balancer asks), GET /metrics (Prometheus), GET /v1/routes (the
-// routes this edge has programmed, JSON) and the drain control, GET, POST and DELETE /v1/drain.
+// routes this edge has programmed, JSON) and the drain control, GET, POST and DELETE /v1/drain;
+// and `livegate-edgeproxy drain`, the client of the latter.
 package admin
 
 import (
