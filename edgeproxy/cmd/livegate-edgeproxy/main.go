@@ -12,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/livegate/livegate/edgeproxy/internal/admin"
 	"github.com/livegate/livegate/edgeproxy/internal/cli"
 	"github.com/livegate/livegate/edgeproxy/internal/dataplaneapi"
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy"
@@ -37,6 +38,7 @@ var commands = map[string]cli.Command{
 	"haproxy-config": cli.HAProxyConfigCommand(hooks),
 	"check-config":   cli.CheckConfigCommand(hooks),
 	"cleanup":        cleanupCommand,
+	"drain":          admin.DrainCommand,
 	"probe":          probe.Run,
 	"status":         status.Command,
 	"token":          cli.TokenCommand(os.Stdin),
@@ -92,6 +94,7 @@ var summaries = map[string]string{
 	"check-config":   "check settings, files and the HAProxy configuration without starting",
 	"haproxy-config": "print the HAProxy configuration the settings give",
 	"cleanup":        "remove the media plane's iptables chains and their conntrack entries (HAProxy stays)",
+	"drain":          "drain the edge running here: no new sessions, the others handed to its pool at a deadline (--cancel ends it)",
 	"probe":          "check one session through an edge as a client would",
 	"status":         "show edges, routes, endpoints, refusals and port use, read from NATS",
 }

@@ -1,5 +1,7 @@
-// Package admin serves the edge's local operations endpoints: GET /healthz, GET /metrics
-// (Prometheus) and GET /v1/routes (the routes this edge has programmed, JSON).
+// Package admin serves the edge's local operations endpoints: GET /healthz, GET /readyz (healthy
+// and not draining: what a load balancer asks), GET /metrics (Prometheus), GET /v1/routes (the
+// routes this edge has programmed, JSON) and the drain control, GET, POST and DELETE /v1/drain;
+// and `livegate-edgeproxy drain`, the client of the latter.
 package admin
 
 import (
@@ -11,6 +13,7 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
+	"github.com/livegate/livegate/edgeproxy/internal/placement"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
@@ -24,14 +27,23 @@ type Source interface {
 	Routes() any
 }
 
+// Drainer is the edge's drain state (drainstate.Store).
+type Drainer interface {
+	Get() placement.Drain
+	// Drain starts a drain, or moves its deadline: deadline from now, 0 for none.
+	Drain(deadline time.Duration) (placement.Drain, error)
+	Cancel() (placement.Drain, error)
+}
+
 // Server is the admin HTTP server.
 type Server struct {
 	e   *echo.Echo
 	log zerolog.Logger
 }
 
-// New returns a server reporting on src, with metrics gathered from g.
-func New(src Source, g prometheus.Gatherer, log zerolog.Logger) *Server {
+// New returns a server reporting on src, with metrics gathered from g; drain, when set, is the
+// edge's drain control.
+func New(src Source, g prometheus.Gatherer, log zerolog.Logger, drain Drainer) *Server {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = func(err error, c echo.Context) {
@@ -48,6 +60,46 @@ func New(src Source, g prometheus.Gatherer, log zerolog.Logger) *Server {
 		}
 		return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
 	})
+	e.GET("/readyz", func(c echo.Context) error {
+		if drain != nil {
+			if d := drain.Get(); d.Draining {
+				return c.JSON(http.StatusServiceUnavailable, map[string]string{"status": "draining", "reason": d.Reason(time.Now())})
+			}
+		}
+		if err := src.Healthy(); err != nil {
+			return c.JSON(http.StatusServiceUnavailable, map[string]string{"status": "unhealthy", "reason": err.Error()})
+		}
+		return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
+	})
+	if drain != nil {
+		e.GET("/v1/drain", func(c echo.Context) error { return c.JSON(http.StatusOK, drain.Get()) })
+		e.POST("/v1/drain", func(c echo.Context) error {
+			var deadline time.Duration
+			if v := c.QueryParam("deadline"); v != "" {
+				d, err := time.ParseDuration(v)
+				if err != nil || d < 0 {
+					return c.JSON(http.StatusBadRequest, map[string]string{"error": fmt.Sprintf("deadline %q: want a duration such as 10m, or 0 for none", v)})
+				}
+				deadline = d
+			}
+			d, err := drain.Drain(deadline)
+			if err != nil {
+				log.Error().Err(err).Msg("drain failed")
+				return c.JSON(http.StatusInternalServerError, map[string]string{"error": err.Error()})
+			}
+			log.Info().Time("deadline", d.Deadline).Msg("draining: no new sessions")
+			return c.JSON(http.StatusOK, d)
+		})
+		e.DELETE("/v1/drain", func(c echo.Context) error {
+			d, err := drain.Cancel()
+			if err != nil {
+				log.Error().Err(err).Msg("drain cancel failed")
+				return c.JSON(http.StatusInternalServerError, map[string]string{"error": err.Error()})
+			}
+			log.Info().Msg("drain cancelled: taking new sessions again")
+			return c.JSON(http.StatusOK, d)
+		})
+	}
 	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(g, promhttp.HandlerOpts{})))
 	e.GET("/v1/routes", func(c echo.Context) error {
 		return c.JSON(http.StatusOK, map[string]any{"routes": src.Routes()})

@@ -7,7 +7,9 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/livegate/livegate/edgeproxy/internal/placement"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 )
@@ -30,13 +32,15 @@ func TestEndpoints(t *testing.T) {
 	}{
 		{"healthy", "/healthz", fakeSource{}, http.StatusOK, `"status":"ok"`},
 		{"unhealthy", "/healthz", fakeSource{err: errors.New("haproxy socket not answering")}, http.StatusServiceUnavailable, "haproxy socket not answering"},
+		{"ready", "/readyz", fakeSource{}, http.StatusOK, `"status":"ok"`},
+		{"not ready", "/readyz", fakeSource{err: errors.New("not yet synced")}, http.StatusServiceUnavailable, "not yet synced"},
 		{"metrics", "/metrics", fakeSource{}, http.StatusOK, "livegate_test_total 1"},
 		{"routes", "/v1/routes", fakeSource{}, http.StatusOK, `{"routes":[{"session_id":"s1"}]}`},
 		{"unknown path", "/nope", fakeSource{}, http.StatusNotFound, `"error":"Not Found"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			srv := httptest.NewServer(New(tt.src, reg, zerolog.Nop()).Handler())
+			srv := httptest.NewServer(New(tt.src, reg, zerolog.Nop(), nil).Handler())
 			defer srv.Close()
 			resp, err := http.Get(srv.URL + tt.path)
 			if err != nil {
@@ -48,5 +52,86 @@ func TestEndpoints(t *testing.T) {
 				t.Fatalf("GET %s = %d %q, want %d with %q", tt.path, resp.StatusCode, b, tt.code, tt.body)
 			}
 		})
+	}
+}
+
+type fakeDrain struct{ d placement.Drain }
+
+func (f *fakeDrain) Get() placement.Drain { return f.d }
+func (f *fakeDrain) Drain(deadline time.Duration) (placement.Drain, error) {
+	f.d = placement.Drain{Draining: true, Since: time.Now()}
+	if deadline > 0 {
+		f.d.Deadline = f.d.Since.Add(deadline)
+	}
+	return f.d, nil
+}
+func (f *fakeDrain) Cancel() (placement.Drain, error) { f.d = placement.Drain{}; return f.d, nil }
+
+func TestDrain(t *testing.T) {
+	d := &fakeDrain{}
+	srv := httptest.NewServer(New(fakeSource{}, prometheus.NewRegistry(), zerolog.Nop(), d).Handler())
+	defer srv.Close()
+	do := func(method, path string) (int, string) {
+		t.Helper()
+		req, err := http.NewRequest(method, srv.URL+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	steps := []struct {
+		method, path string
+		code         int
+		body         string
+	}{
+		{http.MethodGet, "/readyz", http.StatusOK, `"status":"ok"`},
+		{http.MethodPost, "/v1/drain?deadline=soon", http.StatusBadRequest, "want a duration"},
+		{http.MethodPost, "/v1/drain?deadline=10m", http.StatusOK, `"draining":true`},
+		{http.MethodGet, "/readyz", http.StatusServiceUnavailable, `"status":"draining"`},
+		{http.MethodGet, "/healthz", http.StatusOK, `"status":"ok"`},
+		{http.MethodGet, "/v1/drain", http.StatusOK, `"deadline"`},
+		{http.MethodDelete, "/v1/drain", http.StatusOK, `"draining":false`},
+		{http.MethodGet, "/readyz", http.StatusOK, `"status":"ok"`},
+	}
+	for _, s := range steps {
+		if code, body := do(s.method, s.path); code != s.code || !strings.Contains(body, s.body) {
+			t.Fatalf("%s %s = %d %q, want %d with %q", s.method, s.path, code, body, s.code, s.body)
+		}
+	}
+}
+
+func TestDrainCommand(t *testing.T) {
+	d := &fakeDrain{}
+	srv := httptest.NewServer(New(fakeSource{}, prometheus.NewRegistry(), zerolog.Nop(), d).Handler())
+	defer srv.Close()
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	steps := []struct {
+		args []string
+		code int
+		out  string
+	}{
+		{[]string{"--deadline", "10m"}, 0, "draining since"},
+		{[]string{"--show"}, 0, "pool sessions still served at"},
+		{[]string{"--deadline", "0"}, 0, "sessions served until they end"},
+		{[]string{"--cancel"}, 0, "not draining"},
+		{[]string{"--cancel", "--show"}, 2, ""},
+		{[]string{"extra"}, 2, ""},
+	}
+	for _, s := range steps {
+		var out, errb strings.Builder
+		code := DrainCommand(t.Context(), append([]string{"--admin-addr", addr}, s.args...), &out, &errb)
+		if code != s.code || !strings.Contains(out.String(), s.out) {
+			t.Fatalf("drain %v = %d %q %q, want %d with %q", s.args, code, out.String(), errb.String(), s.code, s.out)
+		}
+	}
+	var errb strings.Builder
+	if code := DrainCommand(t.Context(), []string{"--admin-addr", "127.0.0.1:1"}, io.Discard, &errb); code != 1 || !strings.Contains(errb.String(), "is the edge running") {
+		t.Fatalf("drain of no edge = %d %q", code, errb.String())
 	}
 }

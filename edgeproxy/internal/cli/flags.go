@@ -106,6 +106,8 @@ type flags struct {
 	maxRoutes, maxMedia                      int
 	resync, heartbeat, edgeTTL               time.Duration
 	claimDelayStep, claimDelayMax            time.Duration
+	claimFallback                            time.Duration
+	portReservePercent                       int
 	mediaMode, mediaPorts, publicIP          string
 	portQuarantine                           time.Duration
 	snat                                     bool
@@ -178,6 +180,8 @@ func newFlagSet(name string, stderr io.Writer, extra []func(*flag.FlagSet)) (*fl
 	fs.DurationVar(&f.edgeTTL, "edge-ttl", 15*time.Second, "lifetime of a heartbeat: an edge silent this long loses its pool routes")
 	fs.DurationVar(&f.claimDelayStep, "claim-delay-step", 5*time.Millisecond, "pool claim delay per route this edge serves (least-loaded edge wins)")
 	fs.DurationVar(&f.claimDelayMax, "claim-delay-max", time.Second, "cap of the pool claim delay")
+	fs.DurationVar(&f.claimFallback, "claim-fallback", time.Second, "how long an edge waits, per edge of its pool with more room, before it claims a new pool route the other has not")
+	fs.IntVar(&f.portReservePercent, "port-reserve-percent", 2, "share of the public UDP port range kept free: with this many free ports or fewer the edge claims no new pool route (0: claim to the last port)")
 	fs.StringVar(&f.mediaMode, "media", "on", "media plane: on (kernel DNAT of public UDP ports) or off (signaling only)")
 	fs.StringVar(&f.mediaPorts, "media-ports", DefaultMediaPorts, "public UDP port range for media")
 	fs.StringVar(&f.publicIP, "public-ip", "", "IPv4 address media arrives at on this host (the DNAT match; published in each endpoint for ICE candidates)")
@@ -192,7 +196,7 @@ func newFlagSet(name string, stderr io.Writer, extra []func(*flag.FlagSet)) (*fl
 	fs.Var(&f.natsEmbedded, "nats-embedded", "run NATS with JetStream in-process on ADDR (default "+DefaultEmbeddedNATS+"); --nats-url is then ignored")
 	fs.IntVar(&f.natsReplicas, "nats-replicas", 1, "copies of the KV buckets and the event stream when this edge creates them: 1 on a single server, 3 on a three-node cluster; never lowers an existing count")
 	fs.StringVar(&f.natsStoreDir, "nats-store-dir", "", "JetStream directory of the embedded NATS (default <state-dir>/nats)")
-	fs.StringVar(&f.adminAddr, "admin-addr", DefaultAdminAddr, "address of GET /healthz, /metrics and /v1/routes")
+	fs.StringVar(&f.adminAddr, "admin-addr", DefaultAdminAddr, "address of GET /healthz, /readyz, /metrics, /v1/routes and POST/DELETE /v1/drain (keep it on loopback or a protected network)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "trace, debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "auto", "auto, json or console")
 	f.memoryLimit.mib = DefaultMemoryLimitMiB
@@ -353,6 +357,10 @@ func (f *flags) settings(drivers map[string]DriverFactory) (*settings, error) {
 		Policy:    routes.Policy{BackendCIDRs: cidrs, BackendPorts: ports, MaxMedia: f.maxMedia},
 		MaxRoutes: f.maxRoutes, Resync: f.resync, Heartbeat: f.heartbeat, EdgeTTL: f.edgeTTL,
 		ClaimDelayStep: f.claimDelayStep, MaxClaimDelay: f.claimDelayMax, Version: buildinfo.Version,
+		ClaimFallback: f.claimFallback, PortReserve: float64(f.portReservePercent) / 100,
+	}
+	if f.portReservePercent < 0 || f.portReservePercent > 50 {
+		errs = append(errs, fmt.Errorf("--port-reserve-percent %d: want 0 to 50", f.portReservePercent))
 	}
 	if s.publicIP.IsValid() {
 		s.reconcile.PublicIP = s.publicIP.String()

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/livegate/livegate/edgeproxy/internal/admin"
+	"github.com/livegate/livegate/edgeproxy/internal/drainstate"
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy"
 	"github.com/livegate/livegate/edgeproxy/internal/media"
 	"github.com/livegate/livegate/edgeproxy/internal/portalloc"
@@ -208,8 +209,15 @@ func run(ctx context.Context, s *settings, h Hooks, log zerolog.Logger) error {
 	if err != nil {
 		return err
 	}
+	drain, err := drainstate.Open(filepath.Join(s.f.stateDir, drainstate.FileName), time.Now)
+	if err != nil {
+		return err
+	}
+	if d := drain.Get(); d.Draining {
+		log.Warn().Time("since", d.Since).Time("deadline", d.Deadline).Msg("draining, as before the restart: no new sessions (livegate-edgeproxy drain --cancel ends it)")
+	}
 	deps := reconcile.Deps{
-		JS: js, Buckets: buckets, Driver: driver, Media: plane,
+		JS: js, Buckets: buckets, Driver: driver, Media: plane, Drain: drain.Get,
 		Events:  events.NewPublisher(js, "livegate-edgeproxy/"+s.reconcile.EdgeID).WithLog(log.With().Str("component", "events").Logger()),
 		Metrics: reconcile.NewMetrics(reg), Log: log.With().Str("component", "reconcile").Logger(),
 	}
@@ -219,7 +227,8 @@ func run(ctx context.Context, s *settings, h Hooks, log zerolog.Logger) error {
 	if r, err = reconcile.New(s.reconcile, deps, opts...); err != nil {
 		return err
 	}
-	adm := admin.New(source{r}, reg, log.With().Str("component", "admin").Logger())
+	drain.OnChange(r.Resync)
+	adm := admin.New(source{r}, reg, log.With().Str("component", "admin").Logger(), drain)
 	tokenRestarted, tokenPoll := func() {}, func(context.Context) {}
 	if client != nil && s.haproxy.Tokens.On() {
 		c := newTokenCounter(client.TokenCounts)

@@ -68,6 +68,7 @@ const (
 	RemovedExpired    = "expired"
 	RemovedRefused    = "refused"
 	RemovedReassigned = "reassigned"
+	RemovedDrained    = "drained"
 )
 
 // Event is a route programmed, removed or refused. Session and Pool may be empty (a refused value
@@ -220,7 +221,7 @@ func (s *State) Commit(p *Plan, at time.Time, ready Ready) Commit {
 	slices.Sort(removed)
 	for _, k := range removed {
 		old := s.served[k]
-		kind, reason := s.removal(k)
+		kind, reason := s.removal(p, k)
 		c.Events = append(c.Events, Event{Kind: Removed, Key: k, Session: old.Route.SessionID, Pool: old.Route.Pool, Reason: reason, RemovedAs: kind})
 	}
 	// The plan's own map becomes what is served rather than being copied.
@@ -286,7 +287,7 @@ func relaySessions(served map[string]Served) map[string]RelayMedia {
 // removal says why a route this edge served is no longer served: the metric's reason and the
 // event's words. A route that vanished while this edge was away from NATS is held first (see
 // hold) and counts as expired when the hold ends.
-func (s *State) removal(key string) (kind, reason string) {
+func (s *State) removal(p *Plan, key string) (kind, reason string) {
 	rev, known := s.revisionOf(key)
 	switch {
 	case s.expired[key]:
@@ -295,6 +296,8 @@ func (s *State) removal(key string) (kind, reason string) {
 		return RemovedDeleted, "route deleted"
 	case s.refused[key].mark != "" && s.refused[key].revision == rev:
 		return RemovedRefused, "route refused"
+	case p.releasing && s.valid[key].EdgeID == "":
+		return RemovedDrained, "edge drained: deadline passed; handed to the pool's other edges"
 	default:
 		return RemovedReassigned, "route no longer served by this edge"
 	}

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/livegate/livegate/edgeproxy/internal/placement"
 	"github.com/livegate/livegate/edgeproxy/internal/portalloc"
 	"github.com/livegate/livegate/pkg/wire"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
@@ -91,6 +92,8 @@ type edge struct {
 	read  int
 	// fail makes the endpoint writes (not the claims) of the next passes fail.
 	fail bool
+	// drain is the edge's drain state, as the executor reads it at each pass.
+	drain placement.Drain
 }
 
 func newEdge(t *testing.T, kv *store, cfg Config, ports portalloc.Range, relay Relay, now *time.Time) *edge {
@@ -145,7 +148,7 @@ func (r passResult) events(k EventKind) map[string]Event {
 // endpoints and the endpoint writes' results handed back at once.
 func (e *edge) pass(now time.Time) passResult {
 	e.watch(now)
-	p := e.s.Plan(now)
+	p := e.s.Plan(now, e.drain)
 	return e.finish(p)
 }
 

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/livegate/livegate/edgeproxy/internal/media"
+	"github.com/livegate/livegate/edgeproxy/internal/placement"
 	"github.com/livegate/livegate/edgeproxy/internal/portalloc"
 	"github.com/livegate/livegate/edgeproxy/internal/routes"
 	"github.com/livegate/livegate/pkg/events"
@@ -37,11 +38,13 @@ type Plan struct {
 	// Next is when the core wants another plan (zero: only on a change).
 	Next time.Time
 	now  time.Time
+	// releasing is set when the plan hands a drained edge's pool routes over (see release).
+	releasing bool
 }
 
-// Plan works out what this edge serves at now, assigns the public ports of routes new to it,
-// and releases those of routes it no longer serves.
-func (s *State) Plan(now time.Time) *Plan {
+// Plan works out what this edge serves at now, in the drain state drain, assigns the public
+// ports of routes new to it, and releases those of routes it no longer serves.
+func (s *State) Plan(now time.Time, drain placement.Drain) *Plan {
 	s.now, s.turnRenew = now, time.Time{}
 	p := &Plan{now: now}
 	heldUntil := s.releaseHeld(now)
@@ -52,7 +55,8 @@ func (s *State) Plan(now time.Time) *Plan {
 		return e.Endpoint, ok
 	}, s.live, holders)
 	s.refuseDerived(p, derived)
-	due, next, starved := s.dueClaims(p, derived, now)
+	p.releasing = release(derived.Serve, drain, now)
+	due, next, starved := s.dueClaims(p, derived, drain, now)
 
 	p.Routes = make(map[string]Served, len(derived.Serve)+len(due))
 	for k, rt := range derived.Serve {
@@ -81,7 +85,7 @@ func (s *State) Plan(now time.Time) *Plan {
 		p.Claims = append(p.Claims, Write{Key: k, Op: op, Revision: claims[k].Revision, Endpoint: pub, ports: w.Ports})
 	}
 	s.program(p)
-	for _, at := range []time.Time{heldUntil, ownersUntil} {
+	for _, at := range []time.Time{heldUntil, ownersUntil, drain.Next(now)} {
 		if !at.IsZero() {
 			next = earliest(next, at)
 		}
@@ -109,16 +113,35 @@ func (s *State) refuseDerived(p *Plan, derived routes.Plan) {
 	}
 }
 
+// release drops from serve the pool routes of an edge whose drain deadline has passed, so that
+// their endpoints are removed and the pool's other edges claim them; routes that name this edge
+// have nowhere else to go and stay. It reports whether it released.
+func release(serve map[string]routes.Route, drain placement.Drain, now time.Time) bool {
+	if !drain.Release(now) {
+		return false
+	}
+	for k, rt := range serve {
+		if rt.EdgeID == "" {
+			delete(serve, k)
+		}
+	}
+	return true
+}
+
 // dueClaims decides the claims (DecideClaims), refuses the pool routes this edge has no ports
-// for, and returns the claims due at now, when the next falls due, and whether ports were short.
-func (s *State) dueClaims(p *Plan, derived routes.Plan, now time.Time) ([]routes.Claim, time.Time, bool) {
+// for, and returns the claims due at now, when the next falls due, and whether the plan must be
+// made again by itself (ports short, or a route no edge takes by the shared state yet).
+func (s *State) dueClaims(p *Plan, derived routes.Plan, drain placement.Drain, now time.Time) ([]routes.Claim, time.Time, bool) {
 	var total, free int
+	var edges []placement.Edge
 	if len(derived.Claims) > 0 {
 		// Only claims need it; the media plane may be busy with a batch.
 		total, free = s.ports.Capacity()
+		edges = s.poolEdges(drain, total, free)
 	}
 	decision := DecideClaims(ClaimInput{
 		EdgeID: s.cfg.EdgeID, Load: len(derived.Serve), MaxRoutes: s.cfg.MaxRoutes, FreePorts: free, MediaOn: total > 0,
+		PortTotal: total, PortReserve: s.cfg.PortReserve, Draining: drain.Draining, Edges: edges, ClaimFallback: s.cfg.ClaimFallback,
 		Live: s.live, Candidates: derived.Claims,
 	})
 	for _, c := range decision.Starved {
@@ -134,18 +157,61 @@ func (s *State) dueClaims(p *Plan, derived routes.Plan, now time.Time) ([]routes
 		order = append(order, c.Route.Key)
 	}
 	load := len(derived.Serve)
-	keys, next := s.sched.Update(now, order, func(i int) time.Duration {
-		return routes.ClaimDelay(load+i, s.cfg.ClaimDelayStep, s.cfg.MaxClaimDelay)
+	keys, next := s.sched.Update(now, order, func(k string, i int) time.Duration {
+		return decision.Delays[k] + routes.ClaimDelay(load+i, s.cfg.ClaimDelayStep, s.cfg.MaxClaimDelay)
 	})
 	due := make([]routes.Claim, len(keys))
 	for i, k := range keys {
 		due[i] = byKey[k]
 	}
-	return due, next, len(decision.Starved) > 0
+	return due, next, len(decision.Starved) > 0 || decision.Recheck
 }
 
-// ClaimInput is what the claim decision weighs: this edge, its load and free ports, the edges
-// whose heartbeat is alive, and the pool routes no live edge serves.
+// poolEdges are the live edges of this edge's pool as their heartbeats show them, each with the
+// count of endpoints naming it now. This edge is added from its own numbers (total and free
+// public ports) while its heartbeat is not yet in the watch.
+func (s *State) poolEdges(drain placement.Drain, total, free int) []placement.Edge {
+	counts := map[string]int{}
+	for _, ep := range s.endpoints {
+		counts[ep.EdgeID]++
+	}
+	var out []placement.Edge
+	self := false
+	for id, b := range s.beats {
+		if b.pool != s.cfg.Pool {
+			continue
+		}
+		b.Routes = counts[id]
+		if id == s.cfg.EdgeID {
+			// Its own drain is known here before its heartbeat says so.
+			b.Draining = b.Draining || drain.Draining
+			self = true
+		}
+		out = append(out, b.Edge)
+	}
+	if !self {
+		out = append(out, placement.Edge{
+			ID: s.cfg.EdgeID, MaxRoutes: s.cfg.MaxRoutes, PortCapacity: total, FreePorts: free,
+			Routes: counts[s.cfg.EdgeID], BeatRoutes: counts[s.cfg.EdgeID], Draining: drain.Draining,
+		})
+	}
+	return out
+}
+
+// Claiming reports whether this edge takes new pool routes in the drain state drain with free of
+// its total public ports: not draining, and more ports free than its reserve. Its heartbeat says
+// so to the pool.
+func (s *State) Claiming(drain placement.Drain, total, free int) bool {
+	return claiming(drain.Draining, total, free, s.cfg.PortReserve)
+}
+
+func claiming(draining bool, total, free int, share float64) bool {
+	reserve := placement.Reserve(total, share)
+	return !draining && (reserve == 0 || free > reserve)
+}
+
+// ClaimInput is what the claim decision weighs: this edge, its load, free ports and drain state,
+// the edges whose heartbeat is alive, and the pool routes no live edge serves.
 type ClaimInput struct {
 	EdgeID string
 	// Load is the number of routes this edge serves before claiming; MaxRoutes caps it.
@@ -154,44 +220,79 @@ type ClaimInput struct {
 	// plane at all (without one, routes with media backends take no ports).
 	FreePorts int
 	MediaOn   bool
+	// PortTotal is the size of the public port range; PortReserve the share of it kept free (at
+	// or below it this edge claims nothing, see placement.Reserve).
+	PortTotal   int
+	PortReserve float64
+	// Draining is whether this edge drains: it claims nothing.
+	Draining bool
+	// Edges are the pool's live edges as the placement policy ranks them, this edge included;
+	// ClaimFallback is the wait per edge ranked before this one (see placement.Delay).
+	Edges         []placement.Edge
+	ClaimFallback time.Duration
 	// Live are the edges whose heartbeat is alive, by edge id.
 	Live map[string]bool
 	// Candidates are the pool routes up for grabs, sorted by key (routes.Plan.Claims).
 	Candidates []routes.Claim
 }
 
-// ClaimDecision is which candidates this edge claims, in the order it claims them, and which it
-// leaves to the pool's other edges for want of public ports.
+// ClaimDecision is which candidates this edge claims, in the order it claims them, with how long
+// it waits for each (Delays, by key: its rank in the placement policy), and which it leaves to the
+// pool's other edges for want of public ports. Recheck is set when this edge left routes it may
+// take later without a KV change: it is at its port reserve, or no edge takes a route by the
+// heartbeats so far.
 type ClaimDecision struct {
 	Claim   []routes.Claim
 	Starved []routes.Claim
+	Delays  map[string]time.Duration
+	Recheck bool
 }
 
-// DecideClaims decides which pool routes this edge claims: only with room left (MaxRoutes) and
-// public ports for their media, in an order of this edge's own (routes.ClaimOrder) so that the
-// edges of a pool facing the same burst start with different routes. When each claim falls due
-// (the busier the edge, the later) is the scheduler's.
+// DecideClaims decides which pool routes this edge claims: none while it drains, only with room
+// left (MaxRoutes), public ports for their media and more free than its reserve, and only those
+// the placement policy ranks it for (placement.Assign: the edge with most room first; the others
+// wait their rank). They come in an order of this edge's own (routes.ClaimOrder) so that the edges
+// of a pool facing the same burst start with different routes. When each claim falls due (its
+// rank's delay, and the busier the edge, the later) is the scheduler's.
 func DecideClaims(in ClaimInput) ClaimDecision {
 	var d ClaimDecision
+	open := claiming(in.Draining, in.PortTotal, in.FreePorts, in.PortReserve)
+	var keys []string
+	byKey := map[string]routes.Claim{}
 	for _, c := range in.Candidates {
-		if in.Load+len(d.Claim) >= in.MaxRoutes {
+		if in.Draining || in.Load+len(keys) >= in.MaxRoutes {
 			continue
 		}
 		if len(c.Route.Media) > 0 && in.FreePorts < len(c.Route.Media) && in.MediaOn {
 			d.Starved = append(d.Starved, c)
 			continue
 		}
-		d.Claim = append(d.Claim, c)
-	}
-	keys := make([]string, len(d.Claim))
-	byKey := make(map[string]routes.Claim, len(d.Claim))
-	for i, c := range d.Claim {
-		keys[i] = c.Route.Key
+		if !open {
+			// Near the end of its port range: left to the pool's other edges, looked at again as
+			// ports come back.
+			d.Recheck = true
+			continue
+		}
+		keys = append(keys, c.Route.Key)
 		byKey[c.Route.Key] = c
 	}
+	if len(keys) == 0 {
+		return d
+	}
+	ranks := placement.Assign(in.Edges, keys, in.PortReserve)
+	d.Delays = make(map[string]time.Duration, len(keys))
+	keys = slices.DeleteFunc(keys, func(k string) bool {
+		ranked, ok := ranks[k]
+		d.Recheck = d.Recheck || !ok
+		delay, mine := placement.Delay(in.EdgeID, ranked, in.ClaimFallback)
+		if mine {
+			d.Delays[k] = delay
+		}
+		return !mine
+	})
 	routes.ClaimOrder(in.EdgeID, keys)
-	for i, k := range keys {
-		d.Claim[i] = byKey[k]
+	for _, k := range keys {
+		d.Claim = append(d.Claim, byKey[k])
 	}
 	return d
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/livegate/livegate/edgeproxy/internal/placement"
 	"github.com/livegate/livegate/edgeproxy/internal/portalloc"
 	"github.com/livegate/livegate/edgeproxy/internal/routes"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
@@ -84,7 +85,7 @@ func TestClaimsExactlyOnceBetweenTwoEdges(t *testing.T) {
 	}
 	a := newEdge(t, kv, edgeConfig("edge-a"), portalloc.Range{First: 10500, Last: 10599}, nil, &now)
 	b := newEdge(t, kv, edgeConfig("edge-b"), portalloc.Range{First: 10500, Last: 10599}, nil, &now)
-	pa, pb := a.s.Plan(now), b.s.Plan(now)
+	pa, pb := a.s.Plan(now, a.drain), b.s.Plan(now, b.drain)
 	if len(pa.Claims) != 20 || len(pb.Claims) != 20 {
 		t.Fatalf("claims: edge-a %d, edge-b %d, want 20 each", len(pa.Claims), len(pb.Claims))
 	}
@@ -231,7 +232,7 @@ func TestDecideClaims(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			d := DecideClaims(tt.in)
+			d := DecideClaims(alone(tt.in))
 			if got := keys(d.Claim); !slices.Equal(got, tt.claim) {
 				t.Fatalf("claim %v, want %v", got, tt.claim)
 			}
@@ -245,11 +246,20 @@ func TestDecideClaims(t *testing.T) {
 	for i := range 8 {
 		cs = append(cs, claim(fmt.Sprintf("k%d", i), 0))
 	}
-	da := DecideClaims(ClaimInput{EdgeID: "edge-a", MaxRoutes: 100, Candidates: cs})
-	db := DecideClaims(ClaimInput{EdgeID: "edge-b", MaxRoutes: 100, Candidates: cs})
+	da := DecideClaims(alone(ClaimInput{EdgeID: "edge-a", MaxRoutes: 100, Candidates: cs}))
+	db := DecideClaims(alone(ClaimInput{EdgeID: "edge-b", MaxRoutes: 100, Candidates: cs}))
 	if slices.EqualFunc(da.Claim, db.Claim, func(x, y routes.Claim) bool { return x.Route.Key == y.Route.Key }) {
 		t.Fatal("two edges claim a burst in the same order")
 	}
+}
+
+// alone is in with this edge the only one of its pool, as its own numbers describe it.
+func alone(in ClaimInput) ClaimInput {
+	in.Edges = []placement.Edge{{
+		ID: in.EdgeID, MaxRoutes: in.MaxRoutes, PortCapacity: in.PortTotal, FreePorts: in.FreePorts,
+		Routes: in.Load, BeatRoutes: in.Load, Draining: in.Draining,
+	}}
+	return in
 }
 
 // TestRefusedOncePerChange: a route refused for want of ports is reported once across passes and
@@ -521,7 +531,7 @@ func TestPublishedOnceRoutable(t *testing.T) {
 	held := map[string]bool{}
 	pass := func(at time.Time) passResult {
 		a.watch(at)
-		p := a.s.Plan(at)
+		p := a.s.Plan(at, a.drain)
 		ready := func(k string) bool { _, media := p.Media[k]; return !media || held[k] }
 		r := passResult{plan: p, writes: a.s.Publish(p, ready)}
 		var results []WriteResult

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/livegate/livegate/edgeproxy/internal/media"
+	"github.com/livegate/livegate/edgeproxy/internal/placement"
 	"github.com/livegate/livegate/edgeproxy/internal/routes"
 	"github.com/livegate/livegate/pkg/wire"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
@@ -32,6 +33,11 @@ type Config struct {
 	// Recheck is how soon a plan short of public ports asks to be made again: ports come out of
 	// quarantine with time, not with a KV change.
 	Recheck time.Duration
+	// PortReserve is the share of the public port range kept free: at or below it this edge
+	// claims no new pool route. ClaimFallback is how long an edge waits per edge the placement
+	// policy ranks before it for a route (see package placement).
+	PortReserve   float64
+	ClaimFallback time.Duration
 }
 
 // Ports hands out the public media ports (the media plane's allocator; it does no I/O).
@@ -132,6 +138,12 @@ type endpoint struct {
 	pub *Endpoint
 }
 
+// edgeBeat is what the placement policy needs of a livegate_edges entry, and the edge's pool.
+type edgeBeat struct {
+	placement.Edge
+	pool string
+}
+
 // State is the core's memory of KV and of what it planned.
 type State struct {
 	cfg   Config
@@ -145,9 +157,11 @@ type State struct {
 	seen      map[string]time.Time
 	endpoints map[string]endpoint
 	live      map[string]bool
-	served    map[string]Served
-	media     map[string][]media.Mapping
-	refused   map[string]refusal
+	// beats are the edges' heartbeats as the placement policy reads them, by edge id.
+	beats   map[string]edgeBeat
+	served  map[string]Served
+	media   map[string][]media.Mapping
+	refused map[string]refusal
 	// expired holds the route keys whose removal from KV was a lapsed lease, until the commit
 	// that reports their removal.
 	expired map[string]bool
@@ -181,7 +195,7 @@ func New(cfg Config, ports Ports, relay Relay, log zerolog.Logger) *State {
 	return &State{
 		cfg: cfg, ports: ports, relay: relay, log: log,
 		synced: map[Bucket]bool{}, valid: map[string]routes.Route{}, invalid: map[string]invalidRoute{}, seen: map[string]time.Time{},
-		endpoints: map[string]endpoint{}, live: map[string]bool{}, served: map[string]Served{}, refused: map[string]refusal{},
+		endpoints: map[string]endpoint{}, live: map[string]bool{}, beats: map[string]edgeBeat{}, served: map[string]Served{}, refused: map[string]refusal{},
 		expired: map[string]bool{}, held: map[string]time.Time{}, owners: map[string]owner{}, sched: routes.NewScheduler(),
 		unreported: map[string]bool{},
 	}
@@ -236,6 +250,7 @@ func (s *State) Observe(in Input) bool {
 			clear(s.endpoints)
 		case EdgesBucket:
 			clear(s.live)
+			clear(s.beats)
 		}
 		for _, e := range in.Snapshot {
 			s.observe(in.Bucket, e, in.At)
@@ -252,6 +267,7 @@ func (s *State) observe(b Bucket, e Entry, at time.Time) bool {
 	case EndpointsBucket:
 		return s.observeEndpoint(e)
 	case EdgesBucket:
+		s.observeBeat(e)
 		if e.Deleted {
 			had := s.live[e.Key]
 			delete(s.live, e.Key)
@@ -262,6 +278,27 @@ func (s *State) observe(b Bucket, e Entry, at time.Time) bool {
 		return !had
 	}
 	return false
+}
+
+// observeBeat keeps what the placement policy needs of a livegate_edges change. An unreadable
+// entry is an edge that takes nothing. A heartbeat's numbers alone do not call for a plan: a plan
+// that found a route no edge takes looks again by itself (see Plan's recheck).
+func (s *State) observeBeat(e Entry) {
+	if e.Deleted {
+		delete(s.beats, e.Key)
+		return
+	}
+	var st livegatev1.EdgeStatus
+	if wire.Unmarshal(e.Value, &st) != nil {
+		s.beats[e.Key] = edgeBeat{Edge: placement.Edge{ID: e.Key, Draining: true}}
+		return
+	}
+	// An edge older than max_routes publishes 0 and so has no room by the policy: it is left out
+	// of the ranking and claims by its own rule, first come, as before.
+	s.beats[e.Key] = edgeBeat{pool: st.GetPool(), Edge: placement.Edge{
+		ID: e.Key, MaxRoutes: int(st.GetMaxRoutes()), PortCapacity: int(st.GetCapacity()), FreePorts: int(st.GetFreePorts()),
+		BeatRoutes: int(st.GetRoutes()), Draining: st.GetDraining(),
+	}}
 }
 
 // routesSnapshot replaces the routes by a new snapshot. Parsed routes of unchanged revisions are

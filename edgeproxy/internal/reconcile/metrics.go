@@ -2,6 +2,7 @@ package reconcile
 
 import (
 	"github.com/livegate/livegate/edgeproxy/internal/desired"
+	"github.com/livegate/livegate/edgeproxy/internal/placement"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -22,6 +23,7 @@ const (
 	RemovedExpired    = desired.RemovedExpired
 	RemovedRefused    = desired.RemovedRefused
 	RemovedReassigned = desired.RemovedReassigned
+	RemovedDrained    = desired.RemovedDrained
 )
 
 // Metrics are the edge's Prometheus metrics.
@@ -34,6 +36,9 @@ type Metrics struct {
 	removed *prometheus.CounterVec
 	// conflicts counts routes refused because another instance holds their session id.
 	conflicts prometheus.Counter
+	// draining, drainDeadline and claiming are this edge's drain state and whether it takes new
+	// pool routes, as its last heartbeat said.
+	draining, drainDeadline, claiming prometheus.Gauge
 }
 
 // NewMetrics registers the metrics with reg.
@@ -58,19 +63,45 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"result"}),
 		removed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "livegate_edge_routes_removed_total",
-			Help: "Routes this edge stopped serving, by reason (deleted, expired: its lease ran out, refused, reassigned: another edge serves it).",
+			Help: "Routes this edge stopped serving, by reason (deleted, expired: its lease ran out, refused, reassigned: another edge serves it, drained: handed to the pool at the drain deadline).",
 		}, []string{"reason"}),
 		conflicts: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "livegate_edge_session_conflicts_total",
 			Help: "Routes refused because another instance holds their session id (once per change of the route).",
 		}),
+		draining: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "livegate_edge_draining", Help: "1 while this edge drains: it takes no new session.",
+		}),
+		drainDeadline: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "livegate_edge_drain_deadline_seconds", Help: "Unix time at which a draining edge hands its pool routes to the pool's other edges; 0 when none.",
+		}),
+		claiming: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "livegate_edge_claiming", Help: "1 while this edge takes new pool routes: not draining, and more free media ports than its reserve.",
+		}),
 	}
 	for _, k := range []string{ErrKindHAProxy, ErrKindMedia, ErrKindKV, ErrKindMapFile, ErrKindEvents, ErrKindRefused, ErrKindHeartbeat} {
 		m.errors.WithLabelValues(k)
 	}
-	for _, r := range []string{RemovedDeleted, RemovedExpired, RemovedRefused, RemovedReassigned} {
+	for _, r := range []string{RemovedDeleted, RemovedExpired, RemovedRefused, RemovedReassigned, RemovedDrained} {
 		m.removed.WithLabelValues(r)
 	}
-	reg.MustRegister(m.routes, m.latency, m.errors, m.drift, m.claims, m.removed, m.conflicts)
+	reg.MustRegister(m.routes, m.latency, m.errors, m.drift, m.claims, m.removed, m.conflicts, m.draining, m.drainDeadline, m.claiming)
 	return m
+}
+
+func (m *Metrics) observeDrain(d placement.Drain, claiming bool) {
+	m.draining.Set(bool01(d.Draining))
+	m.claiming.Set(bool01(claiming))
+	deadline := 0.0
+	if !d.Deadline.IsZero() {
+		deadline = float64(d.Deadline.Unix())
+	}
+	m.drainDeadline.Set(deadline)
+}
+
+func bool01(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }

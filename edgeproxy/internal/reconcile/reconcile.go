@@ -20,6 +20,7 @@ import (
 	"github.com/livegate/livegate/edgeproxy/internal/desired"
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy"
 	"github.com/livegate/livegate/edgeproxy/internal/media"
+	"github.com/livegate/livegate/edgeproxy/internal/placement"
 	"github.com/livegate/livegate/edgeproxy/internal/routes"
 	"github.com/livegate/livegate/edgeproxy/internal/turnrelay"
 	"github.com/livegate/livegate/pkg/events"
@@ -51,6 +52,11 @@ type Config struct {
 	// PublicIP is the address of the public UDP ports, published beside the host name because an
 	// ICE candidate needs an address; empty without a media plane.
 	PublicIP string
+	// PortReserve is the share of the public port range kept free: at or below it this edge
+	// claims no new pool route. ClaimFallback is how long an edge waits per edge the placement
+	// policy ranks before it for a route (see package placement).
+	PortReserve   float64
+	ClaimFallback time.Duration
 }
 
 // Validate reports a configuration the loop cannot run with.
@@ -71,8 +77,11 @@ func (c Config) Validate() error {
 	if c.Resync <= 0 || c.Heartbeat <= 0 || c.EdgeTTL < time.Second || c.EdgeTTL <= c.Heartbeat {
 		errs = append(errs, errors.New("resync and heartbeat must be positive, and the edge TTL (at least 1s) longer than the heartbeat"))
 	}
-	if c.MaxClaimDelay < 0 || c.ClaimDelayStep < 0 {
+	if c.MaxClaimDelay < 0 || c.ClaimDelayStep < 0 || c.ClaimFallback < 0 {
 		errs = append(errs, errors.New("claim delays must not be negative"))
+	}
+	if c.PortReserve < 0 || c.PortReserve >= 1 {
+		errs = append(errs, errors.New("port reserve must be a share from 0 to below 1"))
 	}
 	return errors.Join(errs...)
 }
@@ -90,6 +99,8 @@ type Deps struct {
 	// Relay, when set, is the edge's TURN relay: endpoints carry its credentials and it is told
 	// which sessions are served.
 	Relay Relay
+	// Drain, when set, is this edge's drain state, read at each pass (see package drainstate).
+	Drain func() placement.Drain
 }
 
 // Relay is what the loop needs of the edge's TURN relay (turnrelay.Relay): the credentials its
@@ -165,6 +176,8 @@ type Reconciler struct {
 
 	// passErr is the last pass's failure.
 	passErr error
+	// beatDrain is the drain state the last heartbeat published.
+	beatDrain placement.Drain
 
 	mu     sync.Mutex
 	status map[string]desired.Served
@@ -192,7 +205,7 @@ func New(cfg Config, d Deps, opts ...Option) (*Reconciler, error) {
 	r.core = desired.New(desired.Config{
 		EdgeID: cfg.EdgeID, Pool: cfg.Pool, PublicHost: cfg.PublicHost, PublicIP: cfg.PublicIP, SignalingPort: cfg.SignalingPort,
 		Policy: cfg.Policy, MaxRoutes: cfg.MaxRoutes, ClaimDelayStep: cfg.ClaimDelayStep, MaxClaimDelay: cfg.MaxClaimDelay,
-		Recheck: cfg.Heartbeat,
+		Recheck: cfg.Heartbeat, PortReserve: cfg.PortReserve, ClaimFallback: cfg.ClaimFallback,
 	}, d.Media, relay, d.Log)
 	for _, o := range opts {
 		o(r)
@@ -434,7 +447,12 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (time.Time, error) {
 	if r.core.AwaitRemovals() {
 		r.awaitWritten()
 	}
-	p := r.core.Plan(now)
+	drain := r.drainState()
+	p := r.core.Plan(now, drain)
+	if drain != r.beatDrain {
+		// The pool learns of a drain (or its end) at once, not at the next heartbeat.
+		r.heartbeat(ctx)
+	}
 	r.d.Metrics.conflicts.Add(float64(p.Conflicts))
 	r.d.Metrics.errors.WithLabelValues(ErrKindMedia).Add(float64(p.MediaErrors))
 	r.report(p.Events)
@@ -480,6 +498,14 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (time.Time, error) {
 		next = earliest(next, c.Next)
 	}
 	return next, nil
+}
+
+// drainState is this edge's drain state (never draining without Deps.Drain).
+func (r *Reconciler) drainState() placement.Drain {
+	if r.d.Drain == nil {
+		return placement.Drain{}
+	}
+	return r.d.Drain()
 }
 
 // earliest is the earlier of two times, zero meaning none.

@@ -43,12 +43,19 @@ func (r *Reconciler) report(evs []desired.Event) {
 // heartbeat writes this edge's status with a TTL: when the edge stops, the key expires and the
 // pool takes its routes over.
 func (r *Reconciler) heartbeat(ctx context.Context) {
-	_, free := r.d.Media.Capacity()
+	total, free := r.d.Media.Capacity()
+	drain := r.drainState()
 	st := &livegatev1.EdgeStatus{
 		EdgeId: r.cfg.EdgeID, Pool: r.cfg.Pool, PublicHost: r.cfg.PublicHost,
-		Capacity: uint32(r.cfg.MaxRoutes), FreePorts: uint32(max(free, 0)), Routes: uint32(len(r.core.Served())),
+		Capacity: uint32(max(total, 0)), FreePorts: uint32(max(free, 0)), Routes: uint32(len(r.core.Served())),
 		Heartbeat: timestamppb.New(r.now()), Version: r.cfg.Version,
+		MaxRoutes: uint32(r.cfg.MaxRoutes), Draining: drain.Draining, Claiming: r.core.Claiming(drain, total, free),
 	}
+	if !drain.Deadline.IsZero() {
+		st.DrainDeadline = timestamppb.New(drain.Deadline)
+	}
+	r.beatDrain = drain
+	r.d.Metrics.observeDrain(drain, st.Claiming)
 	data, err := wire.Marshal(st)
 	if err == nil {
 		_, err = kvstore.PutTTL(ctx, r.d.JS, kvstore.EdgesBucket, r.cfg.EdgeID, data, r.cfg.EdgeTTL)

@@ -177,17 +177,18 @@ type Scheduler struct {
 func NewScheduler() *Scheduler { return &Scheduler{due: map[string]time.Time{}} }
 
 // Update takes the keys claimable now, in the order the caller wants them claimed; a key seen
-// for the first time is due after delay(i), where i counts the new keys of this call, so a burst
-// of claims is spread as the load it adds grows. It forgets keys
+// for the first time is due after delay(key, i), where i counts the new keys of this call, so a
+// burst of claims is spread as the load it adds grows (and key may weigh in: its edge's rank for
+// it, see package placement). It forgets keys
 // no longer claimable and returns the keys due at now (sorted) and the next time one falls due
 // (zero when none is pending).
-func (s *Scheduler) Update(now time.Time, claimable []string, delay func(i int) time.Duration) (due []string, next time.Time) {
+func (s *Scheduler) Update(now time.Time, claimable []string, delay func(key string, i int) time.Duration) (due []string, next time.Time) {
 	keep := make(map[string]bool, len(claimable))
 	fresh := 0
 	for _, k := range claimable {
 		keep[k] = true
 		if _, ok := s.due[k]; !ok {
-			s.due[k] = now.Add(delay(fresh))
+			s.due[k] = now.Add(delay(k, fresh))
 			fresh++
 		}
 	}

@@ -248,7 +248,7 @@ func TestClaimOrderDiffersByEdge(t *testing.T) {
 
 func TestScheduler(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	delay := func(i int) time.Duration { return time.Duration(i) * time.Second }
+	delay := func(_ string, i int) time.Duration { return time.Duration(i) * time.Second }
 	s := NewScheduler()
 
 	due, next := s.Update(t0, []string{"a", "b", "c"}, delay)

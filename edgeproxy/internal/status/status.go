@@ -47,6 +47,12 @@ type EdgeReport struct {
 	HeartbeatAgeSecs float64   `json:"heartbeatAgeSeconds"`
 	Routes           uint32    `json:"routes"`
 	Ports            PortUse   `json:"ports"`
+	// Draining: the edge takes no new session; at DrainDeadline (when set) it hands its pool
+	// routes to the pool's other edges. Claiming: it takes new pool routes (not draining, and
+	// more free ports than its reserve).
+	Draining      bool       `json:"draining"`
+	DrainDeadline *time.Time `json:"drainDeadline,omitempty"`
+	Claiming      bool       `json:"claiming"`
 }
 
 // PortUse is an edge's public UDP port pool.
@@ -110,7 +116,12 @@ func Build(s Snapshot, stale time.Duration) Report {
 			EdgeID: id, Pool: e.GetPool(), PublicHost: e.GetPublicHost(), Version: e.GetVersion(),
 			Healthy: e.GetHeartbeat() != nil && age <= stale, Heartbeat: hb.UTC(), HeartbeatAgeSecs: age.Round(time.Second).Seconds(),
 			Routes: e.GetRoutes(), Ports: PortUse{Capacity: e.GetCapacity(), Free: e.GetFreePorts(), InUse: used},
+			Draining: e.GetDraining(), Claiming: e.GetClaiming(),
 		})
+		if e.GetDrainDeadline() != nil {
+			at := e.GetDrainDeadline().AsTime().UTC()
+			r.Edges[len(r.Edges)-1].DrainDeadline = &at
+		}
 	}
 	slices.SortFunc(r.Edges, func(a, b EdgeReport) int { return strings.Compare(a.EdgeID, b.EdgeID) })
 	for key, problem := range s.Invalid {
@@ -148,8 +159,13 @@ func WriteText(w io.Writer, r Report) error {
 	}
 	for _, e := range r.Edges {
 		health := "ok"
-		if !e.Healthy {
+		switch {
+		case !e.Healthy:
 			health = "stale"
+		case e.Draining && e.DrainDeadline != nil:
+			health = "draining until " + e.DrainDeadline.Format(time.RFC3339)
+		case e.Draining:
+			health = "draining"
 		}
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s ago\t%d\t%d/%d\t%s\n", e.EdgeID, e.Pool, e.PublicHost, health,
 			time.Duration(e.HeartbeatAgeSecs)*time.Second, e.Routes, e.Ports.InUse, e.Ports.Capacity, e.Version)

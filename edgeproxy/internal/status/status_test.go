@@ -144,3 +144,22 @@ func TestCommandReadsNATS(t *testing.T) {
 		t.Errorf("no NATS: exit %d, %s", code, errOut.String())
 	}
 }
+
+func TestDrainingEdge(t *testing.T) {
+	deadline := t0.Add(10 * time.Minute)
+	r := Build(Snapshot{At: t0, Edges: map[string]*livegatev1.EdgeStatus{
+		"edge-a": {Pool: "default", Heartbeat: timestamppb.New(t0), Draining: true, DrainDeadline: timestamppb.New(deadline)},
+		"edge-b": {Pool: "default", Heartbeat: timestamppb.New(t0), Claiming: true},
+	}}, 15*time.Second)
+	a, b := r.Edges[0], r.Edges[1]
+	if !a.Draining || a.DrainDeadline == nil || !a.DrainDeadline.Equal(deadline) || a.Claiming || b.Draining || !b.Claiming {
+		t.Fatalf("edges %+v %+v", a, b)
+	}
+	var out bytes.Buffer
+	if err := WriteText(&out, r); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "draining until 2026-12-01T12:10:00Z") {
+		t.Errorf("text report:\n%s", out.String())
+	}
+}

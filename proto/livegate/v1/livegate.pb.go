@@ -978,11 +978,20 @@ type EdgeStatus struct {
 	Pool       string                 `protobuf:"bytes,2,opt,name=pool,proto3" json:"pool,omitempty"`
 	PublicHost string                 `protobuf:"bytes,3,opt,name=public_host,json=publicHost,proto3" json:"public_host,omitempty"`
 	// Public UDP ports in the edge's range, and how many are free (not assigned, not quarantined).
-	Capacity      uint32                 `protobuf:"varint,4,opt,name=capacity,proto3" json:"capacity,omitempty"`
-	FreePorts     uint32                 `protobuf:"varint,5,opt,name=free_ports,json=freePorts,proto3" json:"free_ports,omitempty"`
-	Routes        uint32                 `protobuf:"varint,6,opt,name=routes,proto3" json:"routes,omitempty"`
-	Heartbeat     *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=heartbeat,proto3" json:"heartbeat,omitempty"`
-	Version       string                 `protobuf:"bytes,8,opt,name=version,proto3" json:"version,omitempty"`
+	Capacity  uint32                 `protobuf:"varint,4,opt,name=capacity,proto3" json:"capacity,omitempty"`
+	FreePorts uint32                 `protobuf:"varint,5,opt,name=free_ports,json=freePorts,proto3" json:"free_ports,omitempty"`
+	Routes    uint32                 `protobuf:"varint,6,opt,name=routes,proto3" json:"routes,omitempty"`
+	Heartbeat *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=heartbeat,proto3" json:"heartbeat,omitempty"`
+	Version   string                 `protobuf:"bytes,8,opt,name=version,proto3" json:"version,omitempty"`
+	// The most routes the edge takes (--max-routes); 0 from an edge older than this field.
+	MaxRoutes uint32 `protobuf:"varint,9,opt,name=max_routes,json=maxRoutes,proto3" json:"max_routes,omitempty"`
+	// A draining edge takes no new session; at drain_deadline (unset: none) it hands the pool
+	// routes it still serves to the pool's other edges.
+	Draining      bool                   `protobuf:"varint,10,opt,name=draining,proto3" json:"draining,omitempty"`
+	DrainDeadline *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=drain_deadline,json=drainDeadline,proto3" json:"drain_deadline,omitempty"`
+	// Whether the edge takes new pool routes now: not draining, and more free ports than its
+	// reserve (--claim-port-reserve).
+	Claiming      bool `protobuf:"varint,12,opt,name=claiming,proto3" json:"claiming,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1073,6 +1082,34 @@ func (x *EdgeStatus) GetVersion() string {
 	return ""
 }
 
+func (x *EdgeStatus) GetMaxRoutes() uint32 {
+	if x != nil {
+		return x.MaxRoutes
+	}
+	return 0
+}
+
+func (x *EdgeStatus) GetDraining() bool {
+	if x != nil {
+		return x.Draining
+	}
+	return false
+}
+
+func (x *EdgeStatus) GetDrainDeadline() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DrainDeadline
+	}
+	return nil
+}
+
+func (x *EdgeStatus) GetClaiming() bool {
+	if x != nil {
+		return x.Claiming
+	}
+	return false
+}
+
 var File_livegate_v1_livegate_proto protoreflect.FileDescriptor
 
 const file_livegate_v1_livegate_proto_rawDesc = "" +
@@ -1151,7 +1188,7 @@ const file_livegate_v1_livegate_proto_rawDesc = "" +
 	"credential\x18\x03 \x01(\tR\n" +
 	"credential\x129\n" +
 	"\n" +
-	"expires_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"\x81\x02\n" +
+	"expires_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"\x9b\x03\n" +
 	"\n" +
 	"EdgeStatus\x12\x17\n" +
 	"\aedge_id\x18\x01 \x01(\tR\x06edgeId\x12\x12\n" +
@@ -1163,7 +1200,13 @@ const file_livegate_v1_livegate_proto_rawDesc = "" +
 	"free_ports\x18\x05 \x01(\rR\tfreePorts\x12\x16\n" +
 	"\x06routes\x18\x06 \x01(\rR\x06routes\x128\n" +
 	"\theartbeat\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\theartbeat\x12\x18\n" +
-	"\aversion\x18\b \x01(\tR\aversion*\xec\x03\n" +
+	"\aversion\x18\b \x01(\tR\aversion\x12\x1d\n" +
+	"\n" +
+	"max_routes\x18\t \x01(\rR\tmaxRoutes\x12\x1a\n" +
+	"\bdraining\x18\n" +
+	" \x01(\bR\bdraining\x12A\n" +
+	"\x0edrain_deadline\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\rdrainDeadline\x12\x1a\n" +
+	"\bclaiming\x18\f \x01(\bR\bclaiming*\xec\x03\n" +
 	"\tEventType\x12\x1a\n" +
 	"\x16EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14EVENT_TYPE_APP_READY\x10\x01\x12\x18\n" +
@@ -1231,11 +1274,12 @@ var file_livegate_v1_livegate_proto_depIdxs = []int32{
 	10, // 15: livegate.v1.Endpoint.turn:type_name -> livegate.v1.TurnRelay
 	12, // 16: livegate.v1.TurnRelay.expires_at:type_name -> google.protobuf.Timestamp
 	12, // 17: livegate.v1.EdgeStatus.heartbeat:type_name -> google.protobuf.Timestamp
-	18, // [18:18] is the sub-list for method output_type
-	18, // [18:18] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	12, // 18: livegate.v1.EdgeStatus.drain_deadline:type_name -> google.protobuf.Timestamp
+	19, // [19:19] is the sub-list for method output_type
+	19, // [19:19] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_livegate_v1_livegate_proto_init() }
