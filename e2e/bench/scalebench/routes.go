@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -148,10 +149,26 @@ type endpoints struct {
 	// moved counts endpoints of a live route that changed edge: a route served twice in turn.
 	moved   int
 	waiters map[string][]chan endpoint
+	// lapsed counts, per edge, its heartbeat key expiring or deleted in livegate_edges: the pool's
+	// other edges then take it for gone and may claim its routes over.
+	lapsed map[string]int
 }
 
 func (d *deployment) watchEndpoints(ctx context.Context) *endpoints {
-	w := &endpoints{kv: d.kv.Endpoints, seen: map[string]endpoint{}, perEdge: map[string]int{}, last: map[string]time.Time{}, waiters: map[string][]chan endpoint{}}
+	w := &endpoints{kv: d.kv.Endpoints, seen: map[string]endpoint{}, perEdge: map[string]int{}, last: map[string]time.Time{}, waiters: map[string][]chan endpoint{}, lapsed: map[string]int{}}
+	go func() {
+		_ = kvstore.Watch(ctx, d.kv.Edges, ">", kvstore.Handler{
+			Snapshot: func(map[string]kvstore.Entry) {},
+			Update: func(en kvstore.Entry) {
+				if en.Deleted {
+					w.mu.Lock()
+					w.lapsed[en.Key]++
+					w.mu.Unlock()
+				}
+			},
+			Restart: natsconn.Reconnects(d.nc),
+		})
+	}()
 	go func() {
 		_ = kvstore.Watch(ctx, d.kv.Endpoints, ">", kvstore.Handler{
 			Snapshot: func(m map[string]kvstore.Entry) {
@@ -207,18 +224,12 @@ func (w *endpoints) count() int {
 	return len(w.seen)
 }
 
-// snapshot copies the per-edge counts and the time of each edge's latest new endpoint.
-func (w *endpoints) snapshot() (map[string]int, map[string]time.Time, int) {
+// snapshot copies the per-edge counts, the time of each edge's latest new endpoint and the
+// lapses of each edge's heartbeat.
+func (w *endpoints) snapshot() (per map[string]int, last map[string]time.Time, lapsed map[string]int, moved int) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	per, last := map[string]int{}, map[string]time.Time{}
-	for k, v := range w.perEdge {
-		per[k] = v
-	}
-	for k, v := range w.last {
-		last[k] = v
-	}
-	return per, last, w.moved
+	return maps.Clone(w.perEdge), maps.Clone(w.last), maps.Clone(w.lapsed), w.moved
 }
 
 // fallbackPoll is how often a route still waiting reads its endpoint directly: the bench's own

@@ -8,11 +8,15 @@
 package scalebench
 
 import (
+	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -122,7 +126,12 @@ type edgeFill struct {
 	last time.Duration
 	won  float64
 	lost float64
-	dnat int
+	// reassigned counts routes the edge stopped serving because another edge took them;
+	// lapsed, its heartbeat key expiring; warnings, the edge's log lines at warn or above.
+	reassigned float64
+	lapsed     int
+	warnings   string
+	dnat       int
 }
 
 type routeAllResult struct {
@@ -147,7 +156,8 @@ func (d *deployment) routeAll(ctx context.Context, ag *agents, eps *endpoints, n
 	if err != nil {
 		return res, err
 	}
-	const idleFor = 2 * time.Second
+	// As long as the edges' heartbeat period (5 s), so that the idle rate includes them.
+	const idleFor = 5 * time.Second
 	time.Sleep(idleFor)
 	v1, err := d.traffic()
 	if err != nil {
@@ -183,7 +193,7 @@ func (d *deployment) routeAll(ctx context.Context, ag *agents, eps *endpoints, n
 		time.Sleep(10 * time.Millisecond)
 	}
 	res.endpoints = time.Since(start)
-	per, last, moved := eps.snapshot()
+	per, last, lapsed, moved := eps.snapshot()
 	var maps []map[string]string
 	for {
 		maps = maps[:0]
@@ -223,12 +233,13 @@ func (d *deployment) routeAll(ctx context.Context, ag *agents, eps *endpoints, n
 		}
 	}
 	for _, g := range d.edges {
-		f := edgeFill{id: g.id, routes: per[g.id]}
+		f := edgeFill{id: g.id, routes: per[g.id], lapsed: lapsed[g.id], warnings: warnings(g.p.Output())}
 		if at, ok := last[g.id]; ok {
 			f.last = at.Sub(start)
 		}
 		if m, err := g.metrics(ctx); err == nil {
 			f.won, f.lost = m[`livegate_edge_claims_total{result="won"}`], m[`livegate_edge_claims_total{result="lost"}`]
+			f.reassigned = m[`livegate_edge_routes_removed_total{reason="reassigned"}`]
 		}
 		f.dnat, _ = g.dnatRules(ctx)
 		res.edges = append(res.edges, f)
@@ -474,17 +485,50 @@ func claimsReport(single, cluster phaseResult) report.Result {
 		Baseline: "single server: " + claimsText(s),
 		Target:   "every route served by exactly one edge",
 		Verdict:  report.Verdictf(c.twice == 0 && c.moved == 0 && s.twice == 0 && s.moved == 0),
-		Notes: []string{
+		Notes: append([]string{
 			"claim writes from the edges' livegate_edge_claims_total{result=won|lost} after the route-all; a lost claim is a compare-and-set create of the endpoint that another edge's won (the edge releases the port and drops the route)",
-			"per edge (won/lost): " + claimsPerEdge(c) + " | single: " + claimsPerEdge(s),
-		},
+			"per edge, cluster (won/lost): " + claimsPerEdge(c),
+			"per edge, single server (won/lost): " + claimsPerEdge(s),
+		}, append(edgeWarnings("cluster", c), edgeWarnings("single server", s)...)...),
 	}
 }
 
 func claimsPerEdge(r routeAllResult) string {
 	var parts []string
 	for _, e := range r.edges {
-		parts = append(parts, fmt.Sprintf("%s %.0f/%.0f", e.id, e.won, e.lost))
+		parts = append(parts, fmt.Sprintf("%s %.0f/%.0f (%.0f taken over by another edge, heartbeat lapsed %d×)", e.id, e.won, e.lost, e.reassigned, e.lapsed))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// edgeWarnings lists what the edges logged at warn or above, when any.
+func edgeWarnings(name string, r routeAllResult) []string {
+	var out []string
+	for _, e := range r.edges {
+		if e.warnings != "" {
+			out = append(out, fmt.Sprintf("%s %s logged: %s", name, e.id, e.warnings))
+		}
+	}
+	return out
+}
+
+// warnings summarises an edge's JSON log (it runs at level warn): each message with its count,
+// most frequent first.
+func warnings(log string) string {
+	count := map[string]int{}
+	for line := range strings.SplitSeq(log, "\n") {
+		var l struct {
+			Level, Message string
+		}
+		if json.Unmarshal([]byte(line), &l) == nil && l.Message != "" {
+			count[l.Level+" "+strconv.Quote(l.Message)]++
+		}
+	}
+	keys := slices.Collect(maps.Keys(count))
+	slices.SortFunc(keys, func(a, b string) int { return cmp.Or(count[b]-count[a], strings.Compare(a, b)) })
+	var parts []string
+	for _, k := range keys[:min(len(keys), 4)] {
+		parts = append(parts, fmt.Sprintf("%s ×%d", k, count[k]))
 	}
 	return strings.Join(parts, ", ")
 }
