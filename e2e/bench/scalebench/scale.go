@@ -350,16 +350,16 @@ func (d *deployment) churn(ctx context.Context, ag *agents, eps *endpoints, held
 		now := time.Now()
 		if !killed && !now.Before(killAt) {
 			killed = true
-			v1, err := d.traffic()
-			if err != nil {
+			if err := d.endOfBaseline(ctx, &res, v0, o.kill); err != nil {
+				wg.Wait()
 				return res, err
 			}
-			res.traffic, res.changes = v1.sub(v0), res.added+res.ended
 			if o.kill {
+				var err error
 				if victim, err = d.leader(ctx, "KV_livegate_routes"); err != nil {
+					wg.Wait()
 					return res, err
 				}
-				res.leaders = d.leaders(ctx)
 				victim.p.Kill()
 				res.killed = victim.name
 				progress("killed %s, the leader of KV_livegate_routes (%s)", victim.name, res.leaders)
@@ -401,14 +401,14 @@ func (d *deployment) churn(ctx context.Context, ag *agents, eps *endpoints, held
 			}
 		})
 	}
+	var baseErr error
 	if !killed {
-		v1, err := d.traffic()
-		if err != nil {
-			return res, err
-		}
-		res.traffic, res.changes = v1.sub(v0), res.added+res.ended
+		baseErr = d.endOfBaseline(ctx, &res, v0, false)
 	}
 	wg.Wait()
+	if baseErr != nil {
+		return res, baseErr
+	}
 	if restarted {
 		if err := <-restartErr; err != nil {
 			return res, fmt.Errorf("restart %s: %w", victim.name, err)
@@ -416,6 +416,19 @@ func (d *deployment) churn(ctx context.Context, ag *agents, eps *endpoints, held
 		res.leaders += "; after: " + d.leaders(ctx)
 	}
 	return res, ctx.Err()
+}
+
+// endOfBaseline closes the churn's first window: its traffic, and with kill who leads what.
+func (d *deployment) endOfBaseline(ctx context.Context, res *churnResult, v0 varz, kill bool) error {
+	v1, err := d.traffic()
+	if err != nil {
+		return err
+	}
+	res.traffic, res.changes = v1.sub(v0), res.added+res.ended
+	if kill {
+		res.leaders = d.leaders(ctx)
+	}
+	return nil
 }
 
 // leaders names the leader of each livegate stream.
