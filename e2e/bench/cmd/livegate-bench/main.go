@@ -1,4 +1,4 @@
-// Command livegate-bench runs livegate's benchmarks (make bench, make bench-quick). Each prints
+// Command livegate-bench runs livegate's benchmarks (make bench, make bench-quick, make bench-scale). Each prints
 // livegate's figures next to a baseline measured in the same run, and the ratio.
 package main
 
@@ -32,7 +32,7 @@ func main() { os.Exit(run()) }
 func run() int {
 	quick := flag.Bool("quick", false, "the pre-release subset: shorter runs of every benchmark (about two minutes)")
 	only := flag.String("only", strings.Join(suite.All, ","), "comma-separated benchmarks to run: "+strings.Join(suite.All, ", ")+
-		"; and "+scaleName+" (not run unless named: three edges on a three-node NATS cluster, about four minutes)")
+		"; and "+scaleName+" (not run unless named: three edges on a three-node NATS cluster, about three minutes)")
 	scaleSessions := flag.Int("scale-sessions", 9500, "sessions per edge in the "+scaleName+" benchmark")
 	bin := flag.String("bin", "bin", "directory holding livegate-agent, livegate-edgeproxy and streamapp (make build)")
 	natsServer := flag.String("nats-server", "", "nats-server binary (default: from PATH)")
