@@ -379,7 +379,7 @@ func (d *deployment) routable(ctx context.Context, eps *endpoints, i int, deadli
 		if err == nil && ok {
 			break
 		}
-		if time.Now().After(deadline) {
+		if time.Now().After(deadline) || ctx.Err() != nil {
 			return ep, at, fmt.Errorf("route %s: not in %s's map (last error %v)", routeKey(i), g.id, err)
 		}
 		time.Sleep(time.Millisecond)
