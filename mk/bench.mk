@@ -9,7 +9,7 @@ BENCH_TOOLS = command -v wrk >/dev/null && command -v turnserver >/dev/null || {
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk coturn >/dev/null; \
 	if [ -d /run/systemd/system ]; then systemctl disable --now coturn >/dev/null 2>&1 || true; fi; }
 
-.PHONY: bench bench-quick
+.PHONY: bench bench-quick bench-scale
 
 bench: deps build ## Every benchmark at the issue's durations (about 4-5 minutes)
 	@if [ "$$(id -u)" != 0 ]; then echo "make bench: run as root (network namespaces, iptables inside them)" >&2; exit 1; fi
@@ -20,3 +20,7 @@ bench-quick: deps build ## The pre-release subset of the benchmarks (under 2 min
 	@if [ "$$(id -u)" != 0 ]; then echo "make bench-quick: run as root (network namespaces, iptables inside them)" >&2; exit 1; fi
 	@$(BENCH_TOOLS)
 	cd e2e && go run ./bench/cmd/livegate-bench --quick --bin ../bin $(BENCH_FLAGS)
+
+bench-scale: deps build ## Optional: 3 edges on a 3-node NATS cluster, 3x9,500 sessions, node loss (about 3 minutes)
+	@if [ "$$(id -u)" != 0 ]; then echo "make bench-scale: run as root (network namespaces, iptables inside them)" >&2; exit 1; fi
+	cd e2e && go run ./bench/cmd/livegate-bench --only scale --bin ../bin $(BENCH_FLAGS)

@@ -1,4 +1,4 @@
-// Command livegate-bench runs livegate's benchmarks (make bench, make bench-quick). Each prints
+// Command livegate-bench runs livegate's benchmarks (make bench, make bench-quick, make bench-scale). Each prints
 // livegate's figures next to a baseline measured in the same run, and the ratio.
 package main
 
@@ -16,6 +16,7 @@ import (
 
 	"github.com/livegate/livegate/e2e/bench/profiling"
 	"github.com/livegate/livegate/e2e/bench/report"
+	"github.com/livegate/livegate/e2e/bench/scalebench"
 	"github.com/livegate/livegate/e2e/bench/suite"
 	"github.com/livegate/livegate/e2e/internal/netns"
 	"github.com/livegate/livegate/e2e/internal/stack"
@@ -23,11 +24,16 @@ import (
 
 const prefix = "lgb"
 
+// scaleName is the optional scale benchmark, kept out of the default list (package scalebench).
+const scaleName = "scale"
+
 func main() { os.Exit(run()) }
 
 func run() int {
 	quick := flag.Bool("quick", false, "the pre-release subset: shorter runs of every benchmark (about two minutes)")
-	only := flag.String("only", strings.Join(suite.All, ","), "comma-separated benchmarks to run: "+strings.Join(suite.All, ", "))
+	only := flag.String("only", strings.Join(suite.All, ","), "comma-separated benchmarks to run: "+strings.Join(suite.All, ", ")+
+		"; and "+scaleName+" (not run unless named: three edges on a three-node NATS cluster, about three minutes)")
+	scaleSessions := flag.Int("scale-sessions", 9500, "sessions per edge in the "+scaleName+" benchmark")
 	bin := flag.String("bin", "bin", "directory holding livegate-agent, livegate-edgeproxy and streamapp (make build)")
 	natsServer := flag.String("nats-server", "", "nats-server binary (default: from PATH)")
 	haproxy := flag.String("haproxy", "/usr/sbin/haproxy", "HAProxy binary for the reload baseline")
@@ -40,10 +46,14 @@ func run() int {
 	}
 	names := strings.Split(*only, ",")
 	for _, n := range names {
-		if !slices.Contains(suite.All, n) {
-			fmt.Fprintf(os.Stderr, "livegate-bench: unknown benchmark %q (want %s)\n", n, strings.Join(suite.All, ", "))
+		if !slices.Contains(suite.All, n) && n != scaleName {
+			fmt.Fprintf(os.Stderr, "livegate-bench: unknown benchmark %q (want %s, %s)\n", n, strings.Join(suite.All, ", "), scaleName)
 			return 2
 		}
+	}
+	if *scaleSessions < 30 || *scaleSessions > 10000 {
+		fmt.Fprintf(os.Stderr, "livegate-bench: --scale-sessions %d: want 30 to 10000 (an edge's --max-routes)\n", *scaleSessions)
+		return 2
 	}
 	if *natsServer == "" {
 		p, err := exec.LookPath("nats-server")
@@ -96,7 +106,18 @@ func run() int {
 		mode = "quick"
 	}
 	fmt.Printf("livegate-bench (%s): %s\n", mode, report.Machine(ctx))
-	results := suite.Run(ctx, c, names)
+	scale := slices.Contains(names, scaleName)
+	names = slices.DeleteFunc(names, func(n string) bool { return n == scaleName })
+	var results []report.Result
+	if len(names) > 0 {
+		results = suite.Run(ctx, c, names)
+	}
+	if scale {
+		for _, r := range scalebench.Run(ctx, scalebench.Config{Edge: c.Edge, NATSServer: c.NATSServer, Prefix: prefix, PerEdge: *scaleSessions, Out: os.Stdout}) {
+			r.Print(os.Stdout)
+			results = append(results, r)
+		}
+	}
 	missed := 0
 	for _, r := range results {
 		if r.Verdict == report.Missed || r.Verdict == report.Skipped {
