@@ -33,7 +33,7 @@ func TestBrowserStreams(t *testing.T) {
 	b := binaries(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	d := startDeployment(ctx, t, stack.Options{
+	d := stack.StartFor(ctx, t, stack.Options{
 		Prefix: browserPrefix, Bins: b, Dir: t.TempDir(), EdgeID: edgeID, Pool: pool, LeaseTTL: leaseTTL,
 		Nodes: []stack.NodeOptions{
 			{StreamApp: true, QuitOnSessionEnded: true, ResumeTimeoutSeconds: resumeTimeoutSeconds},

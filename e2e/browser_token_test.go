@@ -48,7 +48,7 @@ func TestBrowserSessionTokenRequired(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(keys, "e2e1"+sessiontoken.PublicExt), files["e2e1"+sessiontoken.PublicExt], 0o644); err != nil {
 		t.Fatal(err)
 	}
-	d := startDeployment(ctx, t, stack.Options{
+	d := stack.StartFor(ctx, t, stack.Options{
 		Prefix: browserTokenPrefix, Bins: binaries(t), Dir: dir, EdgeID: edgeID, Pool: pool, LeaseTTL: leaseTTL,
 		Nodes:    []stack.NodeOptions{{StreamApp: true, ResumeTimeoutSeconds: 30}},
 		EdgeArgs: []string{"--session-token", "required", "--session-token-keys", keys},

@@ -142,7 +142,7 @@ func startTURNStack(ctx context.Context, t *testing.T, prefix string, nodes []st
 	if err := os.WriteFile(secret, []byte(turnSecret+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	d := startDeployment(ctx, t, stack.Options{
+	d := stack.StartFor(ctx, t, stack.Options{
 		Prefix: prefix, Bins: binaries(t), Dir: dir, EdgeID: edgeID, Pool: pool, LeaseTTL: leaseTTL, Nodes: nodes,
 		EdgeArgs: []string{"--turn", "--turn-secret-file", secret, "--turn-relay-ports", "40000-40099"},
 	})
