@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -59,9 +58,7 @@ func binaries(t *testing.T) stack.Binaries { return built.For(t) }
 //	node2: quitOnSessionEnded off — ends by a graceful endsession, then serves the next session,
 //	       until its agent crashes and the route's lease runs out.
 func TestSessionLifecycle(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("e2e: needs root (network namespaces, iptables, conntrack); run `sudo make test`")
-	}
+	stack.RequireRoot(t, "sudo make test")
 	start := time.Now()
 	b := binaries(t)
 	t.Logf("binaries built in %s", time.Since(start).Round(time.Millisecond))

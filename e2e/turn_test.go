@@ -28,9 +28,7 @@ const turnPrefix = "lgtn"
 // credential the edge published in the session's endpoint; session 1's credential cannot reach
 // session 2's public port (403); ending session 1 closes its allocations.
 func TestTURNRelay(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("e2e: needs root (network namespaces, iptables, conntrack); run `sudo make test`")
-	}
+	stack.RequireRoot(t, "sudo make test")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	d := startTURNStack(ctx, t, turnPrefix, []stack.NodeOptions{{ResumeTimeoutSeconds: 30}, {ResumeTimeoutSeconds: 30}})

@@ -40,20 +40,15 @@ const (
 	kvTimeout = 3 * time.Second
 )
 
-// The topology, all in 198.18.0.0/15: a hub namespace bridges a public and a node network.
-//
-//	public 198.18.1.0/24  edge k .10+k
-//	lan    198.19.0.0/24  edge k .10+k, node i .100+i, NATS server k .200+k, hub .254
+// The topology is a stack.Lab's public and lan networks: the edges on both, the nodes, the NATS
+// servers and the hub (the test's own client) on the lan.
 var (
-	hubLAN    = netip.MustParseAddr("198.19.0.254")
-	natsAddrs = []netip.Addr{netip.MustParseAddr("198.19.0.201"), netip.MustParseAddr("198.19.0.202"), netip.MustParseAddr("198.19.0.203")}
+	hubLAN     = stack.LabHubLAN
+	natsAddrs  = []netip.Addr{stack.LabNATSLAN(1), stack.LabNATSLAN(2), stack.LabNATSLAN(3)}
+	edgePublic = stack.LabEdgePublic
+	edgeLAN    = stack.LabEdgeLAN
+	nodeLAN    = stack.LabNodeLAN
 )
-
-func edgePublic(k int) netip.Addr { return netip.AddrFrom4([4]byte{198, 18, 1, byte(10 + k)}) }
-func edgeLAN(k int) netip.Addr    { return netip.AddrFrom4([4]byte{198, 19, 0, byte(10 + k)}) }
-func nodeLAN(i int) netip.Addr    { return netip.AddrFrom4([4]byte{198, 19, 0, byte(100 + i)}) }
-
-func p24(a netip.Addr) netip.Prefix { return netip.PrefixFrom(a, 24) }
 
 func natsURL(k int) string { return fmt.Sprintf("nats://%s:%d", natsAddrs[k], natsPort) }
 
@@ -73,11 +68,9 @@ func TestMain(m *testing.M) { built.Main(m) }
 type env struct {
 	t     *testing.T
 	ctx   context.Context
-	id    string
 	dir   string
 	bins  stack.Binaries
 	lab   *stack.Lab
-	hub   *netns.Namespace
 	nats  []*natsNode
 	edges []*edge
 	nodes []*node
@@ -132,7 +125,7 @@ func newEnv(t *testing.T, nodes int) *env {
 			return f
 		}
 	}
-	e := &env{t: t, ctx: ctx, id: lab.ID, dir: t.TempDir(), bins: bins, lab: lab, hub: lab.Hub}
+	e := &env{t: t, ctx: ctx, dir: t.TempDir(), bins: bins, lab: lab}
 	t.Cleanup(func() {
 		if e.nc != nil {
 			e.nc.Close()
@@ -142,17 +135,17 @@ func newEnv(t *testing.T, nodes int) *env {
 	if err := e.build(nodes); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("deployment %s (3 NATS servers, %d edges, %d nodes) up in %s", e.id, len(e.edges), len(e.nodes), since(start))
+	t.Logf("deployment %s (3 NATS servers, %d edges, %d nodes) up in %s", e.lab.ID, len(e.edges), len(e.nodes), since(start))
 	return e
 }
 
 func (e *env) build(nodes int) error {
 	ctx := e.ctx
-	if err := e.lab.Bridge(ctx, "bp", netip.Prefix{}); err != nil {
+	if err := e.lab.Bridge(ctx, "bp", netip.Addr{}); err != nil {
 		return err
 	}
 	// The test's own client reaches the cluster from the hub.
-	if err := e.lab.Bridge(ctx, "bl", p24(hubLAN)); err != nil {
+	if err := e.lab.Bridge(ctx, "bl", hubLAN); err != nil {
 		return err
 	}
 	for k := range natsAddrs {
@@ -191,7 +184,7 @@ func (e *env) addNATS(k int) error {
 	if err != nil {
 		return err
 	}
-	if err := e.lab.Link(e.ctx, ns, role, "l", "bl", p24(natsAddrs[k])); err != nil {
+	if err := e.lab.Link(e.ctx, ns, role, "l", "bl", natsAddrs[k]); err != nil {
 		return err
 	}
 	var peers []netip.Addr
@@ -240,7 +233,7 @@ func (e *env) partition(s *natsNode, cut bool) {
 // edges and agents, started with --nats-replicas 3, find them so).
 func (e *env) dialCluster() error {
 	kv, err := stack.DialKV(e.ctx, allURLs(), 30*time.Second, []kvstore.EnsureOption{kvstore.WithReplicas(3)},
-		nats.SetCustomDialer(e.hub.Dialer(2*time.Second)), nats.Name("livegate-cluster-test"),
+		nats.SetCustomDialer(e.lab.Hub.Dialer(2*time.Second)), nats.Name("livegate-cluster-test"),
 		nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond), nats.PingInterval(time.Second), nats.MaxPingsOutstanding(2),
 		nats.RetryOnFailedConnect(true))
 	if err != nil {
@@ -343,10 +336,10 @@ func (e *env) addEdge(k int) error {
 	if err := ns.Sysctl("net.ipv4.ip_forward", "1"); err != nil {
 		return err
 	}
-	if err := e.lab.Link(e.ctx, ns, role, "p", "bp", p24(edgePublic(k))); err != nil {
+	if err := e.lab.Link(e.ctx, ns, role, "p", "bp", edgePublic(k)); err != nil {
 		return err
 	}
-	if err := e.lab.Link(e.ctx, ns, role, "l", "bl", p24(edgeLAN(k))); err != nil {
+	if err := e.lab.Link(e.ctx, ns, role, "l", "bl", edgeLAN(k)); err != nil {
 		return err
 	}
 	g := &edge{k: k, id: fmt.Sprintf("edge%d", k), ns: ns, dir: filepath.Join(e.dir, role)}
@@ -381,7 +374,7 @@ func (e *env) addNode(i int) error {
 	if err != nil {
 		return err
 	}
-	if err := e.lab.Link(e.ctx, ns, role, "l", "bl", p24(nodeLAN(i))); err != nil {
+	if err := e.lab.Link(e.ctx, ns, role, "l", "bl", nodeLAN(i)); err != nil {
 		return err
 	}
 	n := &node{i: i, instance: fmt.Sprintf("node%d", i), ns: ns}

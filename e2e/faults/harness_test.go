@@ -54,24 +54,10 @@ const (
 	kvTimeout = 5 * time.Second
 )
 
-// The faults topology, all in 198.18.0.0/15: a hub namespace holds three bridges and the NATS
-// server; every other namespace hangs off the bridges with veths.
-//
-//	public 198.18.1.0/24  client .2, edge k .10+k                       (browsers → edges)
-//	ctl    198.18.2.0/24  hub .254 (NATS), edge k .10+k                 (edges → NATS; the partition)
-//	lan    198.19.0.0/24  hub .254 (NATS), edge k .10+k, node i .100+i  (edges → apps, agents → NATS)
-var (
-	clientAddr = netip.MustParseAddr("198.18.1.2")
-	hubCtl     = netip.MustParseAddr("198.18.2.254")
-	hubLAN     = netip.MustParseAddr("198.19.0.254")
-)
-
-func edgePublic(k int) netip.Addr { return netip.AddrFrom4([4]byte{198, 18, 1, byte(10 + k)}) }
-func edgeCtl(k int) netip.Addr    { return netip.AddrFrom4([4]byte{198, 18, 2, byte(10 + k)}) }
-func edgeLAN(k int) netip.Addr    { return netip.AddrFrom4([4]byte{198, 19, 0, byte(10 + k)}) }
-func nodeLAN(i int) netip.Addr    { return netip.AddrFrom4([4]byte{198, 19, 0, byte(100 + i)}) }
-
-func p24(a netip.Addr) netip.Prefix { return netip.PrefixFrom(a, 24) }
+// nodeLAN is node i's address, where its app listens. The faults topology is a stack.Lab's: the
+// hub holds the public, ctl and lan bridges and the NATS server (on ctl for the edges, on lan for
+// the agents, so the two can be cut apart).
+func nodeLAN(i int) netip.Addr { return stack.LabNodeLAN(i) }
 
 var built stack.Built
 
@@ -165,8 +151,8 @@ func (e *env) build() error {
 	ctx := e.ctx
 	for _, br := range []struct {
 		name string
-		addr netip.Prefix
-	}{{"bp", netip.Prefix{}}, {"bc", p24(hubCtl)}, {"bl", p24(hubLAN)}} {
+		addr netip.Addr
+	}{{"bp", netip.Addr{}}, {"bc", stack.LabHubCtl}, {"bl", stack.LabHubLAN}} {
 		if err := e.lab.Bridge(ctx, br.name, br.addr); err != nil {
 			return err
 		}
@@ -175,7 +161,7 @@ func (e *env) build() error {
 	if e.client, err = e.lab.AddNS(ctx, "c"); err != nil {
 		return err
 	}
-	if err := e.lab.Link(ctx, e.client, "c", "p", "bp", p24(clientAddr)); err != nil {
+	if err := e.lab.Link(ctx, e.client, "c", "p", "bp", stack.LabClient); err != nil {
 		return err
 	}
 	if err := e.startNATS(); err != nil {
@@ -242,7 +228,7 @@ func (e *env) blockAgents(block bool) {
 	if block {
 		op = "-I"
 	}
-	if err := e.hub.Run(e.ctx, "iptables", op, "INPUT", "-d", hubLAN.String(), "-p", "tcp", "--dport", strconv.Itoa(natsPort),
+	if err := e.hub.Run(e.ctx, "iptables", op, "INPUT", "-d", stack.LabHubLAN.String(), "-p", "tcp", "--dport", strconv.Itoa(natsPort),
 		"-j", "REJECT", "--reject-with", "tcp-reset"); err != nil {
 		e.t.Errorf("block agents %t: %v", block, err)
 	}
@@ -344,8 +330,8 @@ func (e *env) addEdge(k int) (*edge, error) {
 	for _, l := range []struct {
 		net, bridge string
 		addr        netip.Addr
-	}{{"p", "bp", edgePublic(k)}, {"c", "bc", edgeCtl(k)}, {"l", "bl", edgeLAN(k)}} {
-		if err := e.lab.Link(ctx, ns, role, l.net, l.bridge, p24(l.addr)); err != nil {
+	}{{"p", "bp", stack.LabEdgePublic(k)}, {"c", "bc", stack.LabEdgeCtl(k)}, {"l", "bl", stack.LabEdgeLAN(k)}} {
+		if err := e.lab.Link(ctx, ns, role, l.net, l.bridge, l.addr); err != nil {
 			return nil, err
 		}
 	}
@@ -354,7 +340,7 @@ func (e *env) addEdge(k int) (*edge, error) {
 		return nil, err
 	}
 	c := stack.EdgeConfig{
-		ID: g.id, Pool: pool, Public: edgePublic(k), NATSURL: fmt.Sprintf("nats://%s:%d", hubCtl, natsPort), StateDir: g.dir,
+		ID: g.id, Pool: pool, Public: stack.LabEdgePublic(k), NATSURL: fmt.Sprintf("nats://%s:%d", stack.LabHubCtl, natsPort), StateDir: g.dir,
 		MediaPorts: fmt.Sprintf("%d-%d", mediaFirst, mediaLast), PortQuarantine: quarantine,
 		Resync: resync, Heartbeat: heartbeat, TTL: edgeTTL,
 	}
@@ -367,7 +353,7 @@ func (e *env) addEdge(k int) (*edge, error) {
 	// Otherwise the namespace goes away with the case, so HAProxy must not outlive a stopped
 	// edge; a SIGKILLed edge leaves it running, which is what the edge-kill case is about.
 	if e.cfg.attached && k == 1 {
-		if err := stack.PrepareAttached(ctx, e.bins.Edge, g.dir, edgePublic(k)); err != nil {
+		if err := stack.PrepareAttached(ctx, e.bins.Edge, g.dir, stack.LabEdgePublic(k)); err != nil {
 			return nil, err
 		}
 		if err := g.startHAProxy(); err != nil {
@@ -383,7 +369,7 @@ func (e *env) addEdge(k int) (*edge, error) {
 func (g *edge) haproxyAPI() stack.HAProxy { return stack.EdgeHAProxy(g.dir) }
 
 func (g *edge) public() string {
-	return net.JoinHostPort(edgePublic(g.k).String(), strconv.Itoa(stack.SignalingPort))
+	return net.JoinHostPort(stack.LabEdgePublic(g.k).String(), strconv.Itoa(stack.SignalingPort))
 }
 
 // start starts the edge process (again) and waits until it reports healthy: synced with KV and
@@ -408,7 +394,7 @@ func (g *edge) waitHealthy(timeout time.Duration) error {
 
 // startHAProxy starts the operator's HAProxy of attached mode, as its own supervisor would.
 func (g *edge) startHAProxy() error {
-	p, err := g.e.lab.Procs.StartAttached(g.e.ctx, "haproxy-"+g.id, g.ns, g.dir, edgePublic(g.k))
+	p, err := g.e.lab.Procs.StartAttached(g.e.ctx, "haproxy-"+g.id, g.ns, g.dir, stack.LabEdgePublic(g.k))
 	if p != nil {
 		g.haproxy = p
 	}
@@ -473,7 +459,7 @@ func (e *env) addNode(i int, nc nodeConfig) error {
 	if err != nil {
 		return err
 	}
-	if err := e.lab.Link(ctx, ns, role, "l", "bl", p24(nodeLAN(i))); err != nil {
+	if err := e.lab.Link(ctx, ns, role, "l", "bl", nodeLAN(i)); err != nil {
 		return err
 	}
 	n := &node{i: i, instance: fmt.Sprintf("node%d", i), ns: ns}
@@ -482,7 +468,7 @@ func (e *env) addNode(i int, nc nodeConfig) error {
 		// The agent serves the next session instead of quitting; without a resume window a
 		// session ends as soon as its client leaves.
 		if n.agent, err = e.lab.Procs.StartAgent(ctx, "agent"+strconv.Itoa(i), ns, e.bins.Agent, stack.AgentConfig{
-			InstanceID: n.instance, Pool: pool, NATSHost: hubLAN, BackendIP: nodeLAN(i),
+			InstanceID: n.instance, Pool: pool, NATSHost: stack.LabHubLAN, BackendIP: nodeLAN(i),
 			LeaseTTL: leaseTTL, ResumeTimeoutSeconds: int(nc.resume.Seconds()),
 		}); err != nil {
 			return err
@@ -651,7 +637,7 @@ type flow struct {
 // a second, each echoed by the app.
 func (e *env) startFlow(g *edge, port int, d time.Duration) *flow {
 	f := &flow{done: make(chan struct{})}
-	addr := net.JoinHostPort(edgePublic(g.k).String(), strconv.Itoa(port))
+	addr := net.JoinHostPort(stack.LabEdgePublic(g.k).String(), strconv.Itoa(port))
 	dial := func(ctx context.Context, network, address string) (net.Conn, error) {
 		c, err := e.client.Dial(ctx, network, address)
 		if err != nil {

@@ -27,6 +27,32 @@ type Lab struct {
 	nss   []*netns.Namespace
 }
 
+// A Lab's networks, all in 198.18.0.0/15, each a /24 on a bridge in the hub:
+//
+//	public 198.18.1.0/24  client .2, edge k .10+k                                      (clients → edges)
+//	ctl    198.18.2.0/24  hub .254, edge k .10+k                                       (edges → NATS)
+//	lan    198.19.0.0/24  hub .254, edge k .10+k, node i .100+i, NATS server k .200+k  (edges → apps, agents → NATS)
+var (
+	LabClient = netip.MustParseAddr("198.18.1.2")
+	LabHubCtl = netip.MustParseAddr("198.18.2.254")
+	LabHubLAN = netip.MustParseAddr("198.19.0.254")
+)
+
+// LabEdgePublic is edge k's address on the public network.
+func LabEdgePublic(k int) netip.Addr { return netip.AddrFrom4([4]byte{198, 18, 1, byte(10 + k)}) }
+
+// LabEdgeCtl is edge k's address on the ctl network.
+func LabEdgeCtl(k int) netip.Addr { return netip.AddrFrom4([4]byte{198, 18, 2, byte(10 + k)}) }
+
+// LabEdgeLAN is edge k's address on the lan.
+func LabEdgeLAN(k int) netip.Addr { return netip.AddrFrom4([4]byte{198, 19, 0, byte(10 + k)}) }
+
+// LabNodeLAN is node i's address on the lan.
+func LabNodeLAN(i int) netip.Addr { return netip.AddrFrom4([4]byte{198, 19, 0, byte(100 + i)}) }
+
+// LabNATSLAN is NATS server k's address on the lan.
+func LabNATSLAN(k int) netip.Addr { return netip.AddrFrom4([4]byte{198, 19, 0, byte(200 + k)}) }
+
 var labSeq atomic.Int64
 
 // NewLab sweeps the leftovers of killed runs of prefix and creates the hub namespace. The
@@ -58,24 +84,24 @@ func (l *Lab) AddNS(ctx context.Context, role string) (*netns.Namespace, error) 
 	return ns, nil
 }
 
-// Bridge adds a bridge to the hub, with the hub's own address on it when addr is valid.
-func (l *Lab) Bridge(ctx context.Context, name string, addr netip.Prefix) error {
+// Bridge adds a bridge to the hub, with the hub's own address (a /24) on it when addr is valid.
+func (l *Lab) Bridge(ctx context.Context, name string, addr netip.Addr) error {
 	if err := l.Hub.Run(ctx, "ip", "link", "add", name, "type", "bridge"); err != nil {
 		return err
 	}
 	if addr.IsValid() {
-		if err := l.Hub.Run(ctx, "ip", "addr", "add", addr.String(), "dev", name); err != nil {
+		if err := l.Hub.Run(ctx, "ip", "addr", "add", netip.PrefixFrom(addr, 24).String(), "dev", name); err != nil {
 			return err
 		}
 	}
 	return l.Hub.Run(ctx, "ip", "link", "set", name, "up")
 }
 
-// Link joins ns to a hub bridge with a veth: LinkName(role, net) inside ns (with addr), the same
+// Link joins ns to a hub bridge with a veth: LinkName(role, net) inside ns (with addr, a /24), the same
 // in upper case on the hub's side.
-func (l *Lab) Link(ctx context.Context, ns *netns.Namespace, role, net, bridge string, addr netip.Prefix) error {
+func (l *Lab) Link(ctx context.Context, ns *netns.Namespace, role, net, bridge string, addr netip.Addr) error {
 	in := l.LinkName(role, net)
-	return netns.Bridged(ctx, l.Hub, bridge, ns, in, l.ID+role+strings.ToUpper(net), addr)
+	return netns.Bridged(ctx, l.Hub, bridge, ns, in, l.ID+role+strings.ToUpper(net), netip.PrefixFrom(addr, 24))
 }
 
 // LinkName is the interface Link made for role and net inside its namespace.
