@@ -121,7 +121,6 @@ func newEnv(t *testing.T, nodes int) *env {
 				t.Errorf("process log: %v", err)
 				return nil
 			}
-			t.Cleanup(func() { _ = f.Close() })
 			return f
 		}
 	}

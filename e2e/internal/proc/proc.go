@@ -67,7 +67,6 @@ type launch struct {
 // would kill a process forked from it in the middle of a run.
 func startOnLauncher(cmd *exec.Cmd) error {
 	launchOnce.Do(func() {
-		closeInheritedOnExec()
 		launches = make(chan launch)
 		go func() {
 			runtime.LockOSThread()
@@ -81,10 +80,11 @@ func startOnLauncher(cmd *exec.Cmd) error {
 	return <-l.err
 }
 
-// closeInheritedOnExec marks close-on-exec every descriptor the runner inherited beyond the
-// standard three (Go opens its own so): a lock file `flock` passes down would otherwise be held
-// by every process the run starts, and by anything that outlives it.
-func closeInheritedOnExec() {
+// init marks close-on-exec every descriptor the runner inherited beyond the standard three (Go
+// opens its own so), before anything is started (this package's processes, a browser, a
+// command): a lock file `flock` passes down would otherwise be held by every process the run
+// starts, and by anything that outlives it.
+func init() {
 	entries, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
 		return
