@@ -3,7 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"os"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -24,27 +24,18 @@ const browserPrefix = "lgeb"
 // app, and endsession takes the peer connection, the route, the DNAT rule and the translated
 // conntrack entries away.
 func TestBrowserStreams(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("e2e: needs root (network namespaces, iptables, conntrack); run `sudo make test`")
-	}
-	if _, err := browser.Find(); err != nil {
-		t.Fatal(err)
-	}
+	requireBrowser(t)
 	b := binaries(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	d := startDeployment(ctx, t, stack.Options{
+	d := stack.StartFor(ctx, t, stack.Options{
 		Prefix: browserPrefix, Bins: b, Dir: t.TempDir(), EdgeID: edgeID, Pool: pool, LeaseTTL: leaseTTL,
 		Nodes: []stack.NodeOptions{
 			{StreamApp: true, QuitOnSessionEnded: true, ResumeTimeoutSeconds: resumeTimeoutSeconds},
 			{StreamApp: true, QuitOnSessionEnded: true, ResumeTimeoutSeconds: resumeTimeoutSeconds},
 		},
 	})
-	page, stopPage, err := browser.ServePage(d.Topo.Client)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(stopPage)
+	page := servePage(t, d)
 
 	t.Run("group", func(t *testing.T) {
 		for _, n := range d.Nodes {
@@ -60,12 +51,6 @@ func TestBrowserStreams(t *testing.T) {
 // playInBrowser plays the node's first session in a browser of its own, checks it, and ends it.
 func (w *walk) playInBrowser(page string) {
 	t := w.t
-	br, err := browser.Launch(w.ctx, w.d.Topo.Client)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer br.Close()
-
 	rfc := w.event(0, livegatev1.EventType_EVENT_TYPE_READY_FOR_CONNECTION)
 	s := session{id: rfc.Event.GetSessionId()}
 	s.endpoint = w.routed(0, s.id, rfc.At)
@@ -74,9 +59,7 @@ func (w *walk) playInBrowser(page string) {
 		t.Fatalf("endpoint public ip %q, want the edge's %s", got, netns.EdgePublic)
 	}
 	mark := w.d.Obs.Mark()
-	if err := br.Open(w.ctx, page, netns.EdgePublic.String(), s.id, nil); err != nil {
-		t.Fatal(err)
-	}
+	br := w.openPage(page, s.id, nil)
 
 	st := w.pageState(br, "the first decoded frame", func(st browser.State) bool { return st.FirstFrameAt > 0 })
 	firstFrame := time.UnixMilli(st.FirstFrameAt)
@@ -88,12 +71,7 @@ func (w *walk) playInBrowser(page string) {
 	w.event(mark, livegatev1.EventType_EVENT_TYPE_CLIENT_CONNECTED)
 	w.waitReady(readyActive)
 
-	before := st.FramesDecoded
-	time.Sleep(3 * time.Second)
-	st = w.pageState(br, "figures", func(browser.State) bool { return true })
-	if got := st.FramesDecoded - before; got < 30 {
-		t.Errorf("%d frames decoded in 3 s, want at least 30 (state %+v)", got, st)
-	}
+	st = w.playsOn(br, st, "")
 	if rc := st.RemoteCandidate; rc == nil || rc.Address != netns.EdgePublic.String() || rc.Port != port || rc.Protocol != "udp" {
 		t.Errorf("selected pair's remote candidate %s, want %s:%d udp", rc, netns.EdgePublic, port)
 	}
@@ -125,6 +103,54 @@ func (w *walk) playInBrowser(page string) {
 	}
 	w.logf("session %s ended: the page's websocket and peer connection closed", s.id)
 	w.gone(mark, s)
+}
+
+// requireBrowser skips t without root and fails it without Chromium.
+func requireBrowser(t *testing.T) {
+	t.Helper()
+	stack.RequireRoot(t, "sudo make test")
+	if _, err := browser.Find(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// servePage serves the web client's page in d's client namespace until t ends.
+func servePage(t *testing.T, d *stack.Deployment) string {
+	t.Helper()
+	page, stop, err := browser.ServePage(d.Topo.Client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop)
+	return page
+}
+
+// openPage launches a browser of w's own in the client namespace, closed when w's test ends, and
+// opens page on session through the edge with the extra parameters.
+func (w *walk) openPage(page, session string, extra url.Values) *browser.Browser {
+	w.t.Helper()
+	br, err := browser.Launch(w.ctx, w.d.Topo.Client)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	w.t.Cleanup(br.Close)
+	if err := br.Open(w.ctx, page, netns.EdgePublic.String(), session, extra); err != nil {
+		w.t.Fatal(err)
+	}
+	return br
+}
+
+// playsOn checks that the page, in state st, decodes at least 30 more frames in the next 3 s
+// (how: " over TURN/tcp", say) and returns its state then.
+func (w *walk) playsOn(br *browser.Browser, st browser.State, how string) browser.State {
+	w.t.Helper()
+	before := st.FramesDecoded
+	time.Sleep(3 * time.Second)
+	st = w.pageState(br, "figures", func(browser.State) bool { return true })
+	if got := st.FramesDecoded - before; got < 30 {
+		w.t.Errorf("%d frames decoded in 3 s%s, want at least 30 (state %+v)", got, how, st)
+	}
+	return st
 }
 
 // pageState polls the page until ok holds, for up to 30 s.

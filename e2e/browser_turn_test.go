@@ -3,12 +3,10 @@ package e2e
 import (
 	"context"
 	"net/url"
-	"os"
 	"testing"
 	"time"
 
 	"github.com/livegate/livegate/e2e/internal/browser"
-	"github.com/livegate/livegate/e2e/internal/netns"
 	"github.com/livegate/livegate/e2e/internal/stack"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
 )
@@ -21,20 +19,11 @@ const browserTURNPrefix = "lgtb"
 // in its offer, and the stream plays over TURN/TCP, then over TURN/TLS with iceTransportPolicy
 // "relay"; the selected pair's local candidate is the relay's each time.
 func TestBrowserTURN(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("e2e: needs root (network namespaces, iptables, conntrack); run `sudo make test`")
-	}
-	if _, err := browser.Find(); err != nil {
-		t.Fatal(err)
-	}
+	requireBrowser(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	d := startTURNStack(ctx, t, browserTURNPrefix, []stack.NodeOptions{{StreamApp: true, ResumeTimeoutSeconds: 30}})
-	page, stopPage, err := browser.ServePage(d.Topo.Client)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(stopPage)
+	page := servePage(t, d)
 	w := &walk{t: t, ctx: ctx, d: d, n: d.Nodes[0]}
 	rfc := w.event(0, livegatev1.EventType_EVENT_TYPE_READY_FOR_CONNECTION)
 	s := session{id: rfc.Event.GetSessionId()}
@@ -51,28 +40,16 @@ func TestBrowserTURN(t *testing.T) {
 		{"turn_tls_relay_only", "tls", "tls"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			br, err := browser.Launch(ctx, d.Topo.Client)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer br.Close()
 			extra := url.Values{}
 			if tc.relay != "" {
 				extra.Set("relay", tc.relay)
 			}
-			if err := br.Open(ctx, page, netns.EdgePublic.String(), s.id, extra); err != nil {
-				t.Fatal(err)
-			}
 			tw := &walk{t: t, ctx: ctx, d: d, n: d.Nodes[0]}
+			br := tw.openPage(page, s.id, extra)
 			st := tw.pageState(br, "the first decoded frame", func(st browser.State) bool { return st.FirstFrameAt > 0 })
 			t.Logf("time to first frame over TURN/%s: %s from opening the page", tc.protocol,
 				time.UnixMilli(st.FirstFrameAt).Sub(time.UnixMilli(st.StartedAt)).Round(time.Millisecond))
-			before := st.FramesDecoded
-			time.Sleep(3 * time.Second)
-			st = tw.pageState(br, "figures", func(browser.State) bool { return true })
-			if got := st.FramesDecoded - before; got < 30 {
-				t.Errorf("%d frames decoded in 3 s over TURN/%s, want at least 30 (state %+v)", got, tc.protocol, st)
-			}
+			st = tw.playsOn(br, st, " over TURN/"+tc.protocol)
 			// The app sees the relay's datagrams from the edge's node-side address (SNAT), so the
 			// browser may learn its relayed address as peer-reflexive: the port, in the relay
 			// range, and the relay candidate on it say the pair is relayed.

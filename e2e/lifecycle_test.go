@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -46,21 +45,10 @@ const (
 
 var built stack.Built
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	built.Remove()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { built.Main(m) }
 
 // binaries builds the agent, the edge and the demo app once per test binary.
-func binaries(t *testing.T) stack.Binaries {
-	t.Helper()
-	b, err := built.Binaries()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
+func binaries(t *testing.T) stack.Binaries { return built.For(t) }
 
 // TestSessionLifecycle walks whole sessions through a real edge (embedded NATS, supervised
 // HAProxy, iptables and conntrack in its own namespace), with agents and demo apps in node
@@ -70,15 +58,13 @@ func binaries(t *testing.T) stack.Binaries {
 //	node2: quitOnSessionEnded off — ends by a graceful endsession, then serves the next session,
 //	       until its agent crashes and the route's lease runs out.
 func TestSessionLifecycle(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("e2e: needs root (network namespaces, iptables, conntrack); run `sudo make test`")
-	}
+	stack.RequireRoot(t, "sudo make test")
 	start := time.Now()
 	b := binaries(t)
 	t.Logf("binaries built in %s", time.Since(start).Round(time.Millisecond))
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	d := startDeployment(ctx, t, stack.Options{
+	d := stack.StartFor(ctx, t, stack.Options{
 		Prefix:   prefix,
 		Bins:     b,
 		Dir:      t.TempDir(),
@@ -461,31 +447,21 @@ func (w *walk) gone(mark int, s session) {
 
 // dnatRules counts the edge's DNAT rules for a public port.
 func (w *walk) dnatRules(port uint32) int {
-	out, err := w.d.Topo.Edge.Output(w.ctx, "iptables-save", "-t", "nat")
+	rules, err := stack.DNATRules(w.ctx, w.d.Topo.Edge)
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	n := 0
-	for _, line := range strings.Split(out, "\n") {
-		if strings.Contains(line, "-j DNAT") && strings.Contains(line, fmt.Sprintf("--dport %d ", port)) {
-			n++
-		}
-	}
-	return n
+	return rules[int(port)]
 }
 
 // conntrack counts the edge's UDP conntrack entries addressed to a public port, only those DNATed
 // to an app when translated.
 func (w *walk) conntrack(port uint32, translated bool) int {
-	args := []string{"-L", "-p", "udp", "--orig-port-dst", strconv.Itoa(int(port))}
-	if translated {
-		args = append(args, "--dst-nat")
-	}
-	out, err := w.d.Topo.Edge.Output(w.ctx, "conntrack", args...)
+	n, err := stack.Conntrack(w.ctx, w.d.Topo.Edge, int(port), translated)
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	return strings.Count(out, "udp ")
+	return n
 }
 
 // agentEventsInOrder checks that the agent's events, as an orchestrator received them, contain

@@ -28,9 +28,7 @@ const turnPrefix = "lgtn"
 // credential the edge published in the session's endpoint; session 1's credential cannot reach
 // session 2's public port (403); ending session 1 closes its allocations.
 func TestTURNRelay(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("e2e: needs root (network namespaces, iptables, conntrack); run `sudo make test`")
-	}
+	stack.RequireRoot(t, "sudo make test")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	d := startTURNStack(ctx, t, turnPrefix, []stack.NodeOptions{{ResumeTimeoutSeconds: 30}, {ResumeTimeoutSeconds: 30}})
@@ -142,7 +140,7 @@ func startTURNStack(ctx context.Context, t *testing.T, prefix string, nodes []st
 	if err := os.WriteFile(secret, []byte(turnSecret+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	d := startDeployment(ctx, t, stack.Options{
+	d := stack.StartFor(ctx, t, stack.Options{
 		Prefix: prefix, Bins: binaries(t), Dir: dir, EdgeID: edgeID, Pool: pool, LeaseTTL: leaseTTL, Nodes: nodes,
 		EdgeArgs: []string{"--turn", "--turn-secret-file", secret, "--turn-relay-ports", "40000-40099"},
 	})

@@ -3,7 +3,6 @@ package cluster
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/netip"
@@ -11,7 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -31,8 +29,7 @@ const prefix = "lgk"
 const (
 	pool        = "cluster"
 	natsPort    = stack.NATSPort
-	clusterPort = 6222
-	monitorPort = 8222
+	monitorPort = stack.NATSMonitorPort
 	// The agents' default lease and the edges' default TTL: a stream whose leader died has none
 	// for up to the election timeout of JetStream's Raft groups (4 to 9 s), and a lease must
 	// outlast that. The lease is what "unrouted too long" is measured by.
@@ -43,18 +40,15 @@ const (
 	kvTimeout = 3 * time.Second
 )
 
-// The topology, all in 198.18.0.0/15: a hub namespace bridges a public and a node network.
-//
-//	public 198.18.1.0/24  edge k .10+k
-//	lan    198.19.0.0/24  edge k .10+k, node i .100+i, NATS server k .200+k, hub .254
+// The topology is a stack.Lab's public and lan networks: the edges on both, the nodes, the NATS
+// servers and the hub (the test's own client) on the lan.
 var (
-	hubLAN    = netip.MustParseAddr("198.19.0.254")
-	natsAddrs = []netip.Addr{netip.MustParseAddr("198.19.0.201"), netip.MustParseAddr("198.19.0.202"), netip.MustParseAddr("198.19.0.203")}
+	hubLAN     = stack.LabHubLAN
+	natsAddrs  = []netip.Addr{stack.LabNATSLAN(1), stack.LabNATSLAN(2), stack.LabNATSLAN(3)}
+	edgePublic = stack.LabEdgePublic
+	edgeLAN    = stack.LabEdgeLAN
+	nodeLAN    = stack.LabNodeLAN
 )
-
-func edgePublic(k int) netip.Addr { return netip.AddrFrom4([4]byte{198, 18, 1, byte(10 + k)}) }
-func edgeLAN(k int) netip.Addr    { return netip.AddrFrom4([4]byte{198, 19, 0, byte(10 + k)}) }
-func nodeLAN(i int) netip.Addr    { return netip.AddrFrom4([4]byte{198, 19, 0, byte(100 + i)}) }
 
 func natsURL(k int) string { return fmt.Sprintf("nats://%s:%d", natsAddrs[k], natsPort) }
 
@@ -69,20 +63,14 @@ func allURLs() string {
 
 var built stack.Built
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	built.Remove()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { built.Main(m) }
 
 type env struct {
 	t     *testing.T
 	ctx   context.Context
-	id    string
 	dir   string
 	bins  stack.Binaries
-	hub   *netns.Namespace
-	nss   []*netns.Namespace
+	lab   *stack.Lab
 	nats  []*natsNode
 	edges []*edge
 	nodes []*node
@@ -90,17 +78,14 @@ type env struct {
 	nc *nats.Conn
 	js jetstream.JetStream
 	kv *kvstore.Buckets
-
-	mu    sync.Mutex
-	procs []*proc.Proc
 }
 
 type natsNode struct {
 	k    int
 	name string
 	ns   *netns.Namespace
-	conf string
 	p    *proc.Proc
+	srv  *stack.NATSServer
 }
 
 type edge struct {
@@ -121,60 +106,54 @@ type node struct {
 
 func newEnv(t *testing.T, nodes int) *env {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("cluster: needs root (network namespaces, iptables); run `sudo go test ./e2e/cluster/`")
-	}
-	nsrv, err := natstest.Binary()
-	if err != nil {
+	stack.RequireRoot(t, "sudo go test ./e2e/cluster/")
+	if _, err := natstest.Binary(); err != nil {
 		t.Skipf("cluster: %v (make deps installs nats-server)", err)
 	}
-	bins, err := built.Binaries()
-	if err != nil {
-		t.Fatal(err)
-	}
+	bins := built.For(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	t.Cleanup(cancel)
-	if swept, err := netns.Sweep(ctx, prefix); err != nil {
-		t.Fatalf("sweep stale namespaces: %v", err)
-	} else if len(swept) > 0 {
-		t.Logf("swept namespaces of a killed run: %v", swept)
+	lab := stack.LabFor(ctx, t, prefix, "LIVEGATE_CLUSTER_LOGS")
+	if dir := os.Getenv("LIVEGATE_CLUSTER_LOGDIR"); dir != "" {
+		lab.Procs.Output = func(name string) io.Writer {
+			f, err := os.Create(filepath.Join(dir, name+"-"+strconv.FormatInt(time.Now().UnixNano(), 36)+".log"))
+			if err != nil {
+				t.Errorf("process log: %v", err)
+				return nil
+			}
+			return f
+		}
 	}
-	id := prefix + strconv.FormatInt(int64(os.Getpid()), 36) + "-" + strconv.FormatInt(time.Now().UnixNano()%1296, 36)
-	e := &env{t: t, ctx: ctx, id: id, dir: t.TempDir(), bins: bins}
-	t.Cleanup(e.close)
+	e := &env{t: t, ctx: ctx, dir: t.TempDir(), bins: bins, lab: lab}
+	t.Cleanup(func() {
+		if e.nc != nil {
+			e.nc.Close()
+		}
+	})
 	start := time.Now()
-	if err := e.build(nsrv, nodes); err != nil {
+	if err := e.build(nodes); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("deployment %s (3 NATS servers, %d edges, %d nodes) up in %s", id, len(e.edges), len(e.nodes), since(start))
+	t.Logf("deployment %s (3 NATS servers, %d edges, %d nodes) up in %s", e.lab.ID, len(e.edges), len(e.nodes), since(start))
 	return e
 }
 
-func (e *env) build(natsBin string, nodes int) error {
+func (e *env) build(nodes int) error {
 	ctx := e.ctx
-	var err error
-	if e.hub, err = e.addNS("h"); err != nil {
+	if err := e.lab.Bridge(ctx, "bp", netip.Addr{}); err != nil {
 		return err
 	}
-	for _, br := range []string{"bp", "bl"} {
-		if err := e.hub.Run(ctx, "ip", "link", "add", br, "type", "bridge"); err != nil {
-			return err
-		}
-		if err := e.hub.Run(ctx, "ip", "link", "set", br, "up"); err != nil {
-			return err
-		}
-	}
 	// The test's own client reaches the cluster from the hub.
-	if err := e.hub.Run(ctx, "ip", "addr", "add", netip.PrefixFrom(hubLAN, 24).String(), "dev", "bl"); err != nil {
+	if err := e.lab.Bridge(ctx, "bl", hubLAN); err != nil {
 		return err
 	}
 	for k := range natsAddrs {
-		if err := e.addNATS(k, natsBin); err != nil {
+		if err := e.addNATS(k); err != nil {
 			return err
 		}
 	}
 	for _, s := range e.nats {
-		if err := stack.WaitTCP(ctx, s.p, s.ns, fmt.Sprintf("127.0.0.1:%d", natsPort)); err != nil {
+		if err := s.srv.Ready(ctx); err != nil {
 			return err
 		}
 	}
@@ -194,103 +173,44 @@ func (e *env) build(natsBin string, nodes int) error {
 	return nil
 }
 
-func (e *env) addNS(role string) (*netns.Namespace, error) {
-	ns, err := netns.Add(e.ctx, e.id+role)
-	if err != nil {
-		return nil, err
-	}
-	e.nss = append(e.nss, ns)
-	return ns, nil
-}
-
-// link joins ns to a hub bridge: interface id+role+net inside ns, the same in upper case on the
-// hub's side.
-func (e *env) link(ns *netns.Namespace, role, net, bridge string, addr netip.Addr) error {
-	return netns.Bridged(e.ctx, e.hub, bridge, ns, e.id+role+net, e.id+role+strings.ToUpper(net), netip.PrefixFrom(addr, 24))
-}
-
-func (e *env) start(name string, ns *netns.Namespace, bin string, args ...string) (*proc.Proc, error) {
-	var tee io.Writer
-	if dir := os.Getenv("LIVEGATE_CLUSTER_LOGDIR"); dir != "" {
-		f, err := os.Create(filepath.Join(dir, name+"-"+strconv.FormatInt(time.Now().UnixNano(), 36)+".log"))
-		if err != nil {
-			return nil, err
-		}
-		tee = f
-	}
-	p, err := proc.Start(name, ns.Command(context.WithoutCancel(e.ctx), bin, args...), tee)
-	if err != nil {
-		return nil, err
-	}
-	e.mu.Lock()
-	e.procs = append(e.procs, p)
-	e.mu.Unlock()
-	return p, nil
-}
-
 // NATS ------------------------------------------------------------------------------------------
 
-// addNATS writes server k's configuration (a cluster of three, as deploy/nats documents it, with
-// short pings so a cut is noticed in seconds) and starts it.
-func (e *env) addNATS(k int, bin string) error {
+// addNATS starts server k of a cluster of three, as deploy/nats documents it, with short pings
+// so a cut is noticed in seconds.
+func (e *env) addNATS(k int) error {
 	role := fmt.Sprintf("s%d", k+1)
-	ns, err := e.addNS(role)
+	ns, err := e.lab.AddNS(e.ctx, role)
 	if err != nil {
 		return err
 	}
-	if err := e.link(ns, role, "l", "bl", natsAddrs[k]); err != nil {
+	if err := e.lab.Link(e.ctx, ns, role, "l", "bl", natsAddrs[k]); err != nil {
 		return err
 	}
-	var routes []string
+	var peers []netip.Addr
 	for j, a := range natsAddrs {
 		if j != k {
-			routes = append(routes, fmt.Sprintf("nats-route://%s:%d", a, clusterPort))
+			peers = append(peers, a)
 		}
 	}
-	s := &natsNode{k: k, name: fmt.Sprintf("nats-%d", k+1), ns: ns, conf: filepath.Join(e.dir, role+".conf")}
-	text := fmt.Sprintf(`server_name: %s
-listen: "0.0.0.0:%d"
-http: "0.0.0.0:%d"
-client_advertise: "%s:%d"
-ping_interval: "1s"
-ping_max: 3
-jetstream {
-  store_dir: %q
-  sync_interval: always
-}
-cluster {
-  name: livegate
-  listen: "0.0.0.0:%d"
-  routes: [%s]
-}
-`, s.name, natsPort, monitorPort, natsAddrs[k], natsPort, filepath.Join(e.dir, role+"-js"), clusterPort, strings.Join(routes, ", "))
-	if err := os.WriteFile(s.conf, []byte(text), 0o600); err != nil {
-		return fmt.Errorf("nats config: %w", err)
-	}
-	e.nats = append(e.nats, s)
-	return s.start(e, bin)
-}
-
-func (s *natsNode) start(e *env, bin string) error {
-	p, err := e.start(s.name, s.ns, bin, "-c", s.conf)
+	srv, err := e.lab.Procs.StartNATS(e.ctx, ns, stack.NATSConfig{
+		Name: fmt.Sprintf("nats-%d", k+1), Dir: filepath.Join(e.dir, role), FastPings: true, Monitor: true,
+		Advertise: natsAddrs[k], Peers: peers,
+	})
 	if err != nil {
 		return err
 	}
-	s.p = p
+	e.nats = append(e.nats, &natsNode{k: k, name: srv.Name, ns: ns, p: srv.P, srv: srv})
 	return nil
 }
 
 // restart starts a killed server again on its store.
 func (e *env) restart(s *natsNode) {
 	e.t.Helper()
-	bin, err := natstest.Binary()
-	if err != nil {
+	if err := s.srv.Start(e.ctx); err != nil {
 		e.t.Fatal(err)
 	}
-	if err := s.start(e, bin); err != nil {
-		e.t.Fatal(err)
-	}
-	if err := stack.WaitTCP(e.ctx, s.p, s.ns, fmt.Sprintf("127.0.0.1:%d", natsPort)); err != nil {
+	s.p = s.srv.P
+	if err := s.srv.Ready(e.ctx); err != nil {
 		e.t.Fatal(err)
 	}
 }
@@ -303,7 +223,7 @@ func (e *env) partition(s *natsNode, cut bool) {
 	if cut {
 		state = "down"
 	}
-	if err := s.ns.Run(e.ctx, "ip", "link", "set", e.id+fmt.Sprintf("s%dl", s.k+1), state); err != nil {
+	if err := s.ns.Run(e.ctx, "ip", "link", "set", e.lab.LinkName(fmt.Sprintf("s%d", s.k+1), "l"), state); err != nil {
 		e.t.Fatal(err)
 	}
 }
@@ -311,32 +231,15 @@ func (e *env) partition(s *natsNode, cut bool) {
 // dialCluster connects the test's own client and creates the buckets and the stream R3 (the
 // edges and agents, started with --nats-replicas 3, find them so).
 func (e *env) dialCluster() error {
-	var err error
-	e.nc, err = nats.Connect(allURLs(), nats.SetCustomDialer(e.hub.Dialer(2*time.Second)), nats.Name("livegate-cluster-test"),
+	kv, err := stack.DialKV(e.ctx, allURLs(), 30*time.Second, []kvstore.EnsureOption{kvstore.WithReplicas(3)},
+		nats.SetCustomDialer(e.lab.Hub.Dialer(2*time.Second)), nats.Name("livegate-cluster-test"),
 		nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond), nats.PingInterval(time.Second), nats.MaxPingsOutstanding(2),
 		nats.RetryOnFailedConnect(true))
 	if err != nil {
-		return fmt.Errorf("test client: %w", err)
+		return fmt.Errorf("create R3 buckets: %w", err)
 	}
-	if e.js, err = jetstream.New(e.nc); err != nil {
-		return err
-	}
-	// JetStream needs its meta leader elected first: retry until the cluster takes the buckets.
-	ctx, cancel := context.WithTimeout(e.ctx, 30*time.Second)
-	defer cancel()
-	for {
-		cctx, ccancel := context.WithTimeout(ctx, kvTimeout)
-		e.kv, err = kvstore.Ensure(cctx, e.js, kvstore.WithReplicas(3))
-		ccancel()
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("create R3 buckets: %w", err)
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
+	e.nc, e.js, e.kv = kv.NC, kv.JS, kv.Buckets
+	return nil
 }
 
 // leader names the server that leads stream.
@@ -425,33 +328,28 @@ func (e *env) placement() (string, *natsNode) {
 // different servers and learn the others from the cluster.
 func (e *env) addEdge(k int) error {
 	role := fmt.Sprintf("e%d", k)
-	ns, err := e.addNS(role)
+	ns, err := e.lab.AddNS(e.ctx, role)
 	if err != nil {
 		return err
 	}
 	if err := ns.Sysctl("net.ipv4.ip_forward", "1"); err != nil {
 		return err
 	}
-	if err := e.link(ns, role, "p", "bp", edgePublic(k)); err != nil {
+	if err := e.lab.Link(e.ctx, ns, role, "p", "bp", edgePublic(k)); err != nil {
 		return err
 	}
-	if err := e.link(ns, role, "l", "bl", edgeLAN(k)); err != nil {
+	if err := e.lab.Link(e.ctx, ns, role, "l", "bl", edgeLAN(k)); err != nil {
 		return err
 	}
 	g := &edge{k: k, id: fmt.Sprintf("edge%d", k), ns: ns, dir: filepath.Join(e.dir, role)}
 	if err := os.MkdirAll(g.dir, 0o700); err != nil {
 		return err
 	}
-	g.p, err = e.start(g.id, ns, e.bins.Edge,
-		"--edge-id", g.id, "--pool", pool,
-		"--public-host", edgePublic(k).String(), "--public-ip", edgePublic(k).String(),
-		"--nats-url", natsURL(k-1), "--nats-replicas", "3",
-		"--signaling-port", strconv.Itoa(stack.SignalingPort),
-		"--state-dir", g.dir, "--tls-self-signed", "--haproxy-stop-on-exit",
-		"--media-ports", stack.MediaPorts, "--backend-cidrs", "198.19.0.0/16",
-		"--resync", resync.String(), "--heartbeat", heartbeat.String(), "--edge-ttl", edgeTTL.String(),
-		"--log-format", "console", "--log-level", "debug",
-	)
+	g.p, err = e.lab.Procs.Start(e.ctx, g.id, ns, e.bins.Edge, stack.EdgeArgs(stack.EdgeConfig{
+		ID: g.id, Pool: pool, Public: edgePublic(k), NATSURL: natsURL(k - 1), NATSReplicas: 3, StateDir: g.dir,
+		MediaPorts: stack.MediaPorts, Resync: resync, Heartbeat: heartbeat, TTL: edgeTTL,
+		LogLevel: "debug",
+	})...)
 	if err != nil {
 		return err
 	}
@@ -460,92 +358,37 @@ func (e *env) addEdge(k int) error {
 }
 
 func (g *edge) showMap(ctx context.Context) (map[string]string, error) {
-	return stack.ShowMap(ctx, filepath.Join(g.dir, "haproxy.sock"), filepath.Join(g.dir, "sessions.map"))
+	return stack.EdgeHAProxy(g.dir).ShowMap(ctx)
 }
 
 // dnatRules counts the edge's DNAT rules.
 func (g *edge) dnatRules(ctx context.Context) (int, error) {
-	out, err := g.ns.Output(ctx, "iptables-save", "-t", "nat")
-	if err != nil {
-		return 0, err
-	}
-	n := 0
-	for _, line := range strings.Split(out, "\n") {
-		if strings.HasPrefix(line, "-A LIVEGATE-") && strings.Contains(line, "-j DNAT") {
-			n++
-		}
-	}
-	return n, nil
+	rules, err := stack.DNATRules(ctx, g.ns)
+	return stack.Total(rules), err
 }
 
 // addNode starts node i's demo app and an agent that knows all three servers.
 func (e *env) addNode(i int) error {
 	role := fmt.Sprintf("n%d", i)
-	ns, err := e.addNS(role)
+	ns, err := e.lab.AddNS(e.ctx, role)
 	if err != nil {
 		return err
 	}
-	if err := e.link(ns, role, "l", "bl", nodeLAN(i)); err != nil {
+	if err := e.lab.Link(e.ctx, ns, role, "l", "bl", nodeLAN(i)); err != nil {
 		return err
 	}
 	n := &node{i: i, instance: fmt.Sprintf("node%d", i), ns: ns}
-	args := append(stack.AgentArgs(stack.AgentConfig{
-		InstanceID: n.instance, Pool: pool, NATSURL: allURLs(), BackendIP: nodeLAN(i), LeaseTTL: leaseTTL,
-	}), "--nats-replicas", "3", "--log-level", "debug")
-	if n.agent, err = e.start("agent"+strconv.Itoa(i), ns, e.bins.Agent, args...); err != nil {
+	if n.agent, err = e.lab.Procs.StartAgent(e.ctx, "agent"+strconv.Itoa(i), ns, e.bins.Agent, stack.AgentConfig{
+		InstanceID: n.instance, Pool: pool, NATSURL: allURLs(), BackendIP: nodeLAN(i), LeaseTTL: leaseTTL, NATSReplicas: 3,
+		LogLevel: "debug",
+	}); err != nil {
 		return err
 	}
-	if err := stack.WaitTCP(e.ctx, n.agent, ns, fmt.Sprintf("127.0.0.1:%d", stack.AgentPort)); err != nil {
-		return err
-	}
-	app, err := e.start("app"+strconv.Itoa(i), ns, e.bins.DemoApp,
-		"--signaling-addr", fmt.Sprintf(":%d", stack.AppSignalingPort), "--media-addr", fmt.Sprintf(":%d", stack.AppMediaPort),
-		"--log-format", "console")
-	if err != nil {
+	if _, err := e.lab.Procs.StartApp(e.ctx, "app"+strconv.Itoa(i), ns, e.bins.DemoApp, stack.DemoAppArgs(false)...); err != nil {
 		return err
 	}
 	e.nodes = append(e.nodes, n)
-	return stack.WaitTCP(e.ctx, app, ns, fmt.Sprintf("127.0.0.1:%d", stack.AppSignalingPort))
-}
-
-// Teardown ----------------------------------------------------------------------------------------
-
-const logTail = 16 << 10
-
-func (e *env) close() {
-	t := e.t
-	e.mu.Lock()
-	procs := append([]*proc.Proc(nil), e.procs...)
-	e.mu.Unlock()
-	if t.Failed() || os.Getenv("LIVEGATE_CLUSTER_LOGS") != "" {
-		for _, p := range procs {
-			out := p.Output()
-			if len(out) > logTail {
-				out = "[...]" + out[len(out)-logTail:]
-			}
-			t.Logf("----- %s (pid %d, exited %t, code %d) -----\n%s", p.Name, p.Pid(), p.Exited(), p.ExitCode(), out)
-		}
-	}
-	if e.nc != nil {
-		e.nc.Close()
-	}
-	// Agents first (their goodbyes need NATS), then the edges, then NATS; what does not stop in
-	// time dies with its namespace.
-	var wg sync.WaitGroup
-	for i := len(procs) - 1; i >= 0; i-- {
-		wg.Go(func() { _ = procs[i].Stop(3 * time.Second) })
-	}
-	wg.Wait()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	for i := len(e.nss) - 1; i >= 0; i-- {
-		if err := e.nss[i].Delete(ctx); err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
-	}
-	if left, _ := netns.List(ctx, e.id); len(left) > 0 {
-		t.Errorf("namespaces left behind: %v", left)
-	}
+	return nil
 }
 
 // Checks ------------------------------------------------------------------------------------------
@@ -553,28 +396,11 @@ func (e *env) close() {
 // eventually retries check every 100 ms until it passes or timeout (generous) runs out.
 func (e *env) eventually(timeout time.Duration, what string, check func() error) time.Duration {
 	e.t.Helper()
-	start := time.Now()
-	deadline := start.Add(timeout)
-	for {
-		err := check()
-		if err == nil {
-			return time.Since(start)
-		}
-		if time.Now().After(deadline) || e.ctx.Err() != nil {
-			e.t.Fatalf("%s: not after %s: %v", what, timeout, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	return stack.Eventually(e.ctx, e.t, timeout, 100*time.Millisecond, what, check)
 }
 
 func keys(ctx context.Context, kv jetstream.KeyValue) ([]string, error) {
-	cctx, cancel := context.WithTimeout(ctx, kvTimeout)
-	defer cancel()
-	ks, err := kv.Keys(cctx)
-	if errors.Is(err, jetstream.ErrNoKeysFound) {
-		return nil, nil
-	}
-	return ks, err
+	return stack.Keys(ctx, kv, kvTimeout)
 }
 
 func since(t time.Time) time.Duration { return time.Since(t).Round(time.Millisecond) }

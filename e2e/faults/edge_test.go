@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/livegate/livegate/e2e/internal/observer"
+	"github.com/livegate/livegate/e2e/internal/stack"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
 )
 
@@ -173,7 +174,7 @@ func (e *env) converged(g *edge, final map[string]string, s session) error {
 		}
 		ports[got.port] = true
 	}
-	eps, err := keys(e.ctx, e.kv.endpoints)
+	eps, err := stack.Keys(e.ctx, e.kv.Endpoints, kvTimeout)
 	if err != nil || len(eps) != len(want) {
 		return fmt.Errorf("%d endpoints (%v), want %d", len(eps), err, len(want))
 	}

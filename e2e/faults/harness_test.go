@@ -2,27 +2,15 @@ package faults
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -35,7 +23,6 @@ import (
 	"github.com/livegate/livegate/e2e/internal/stack"
 	"github.com/livegate/livegate/pkg/dtlssrtp"
 	"github.com/livegate/livegate/pkg/kvstore"
-	"github.com/livegate/livegate/pkg/natstest"
 	"github.com/livegate/livegate/pkg/wire"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
 	"github.com/nats-io/nats.go"
@@ -51,8 +38,6 @@ const prefix = "lgf"
 const (
 	pool             = "faults"
 	natsPort         = stack.NATSPort
-	signalingPort    = stack.SignalingPort
-	agentPort        = stack.AgentPort
 	appSignalingPort = stack.AppSignalingPort
 	appMediaPort     = stack.AppMediaPort
 	// mediaFirst..mediaLast is the edges' public UDP range: small, so a leak shows quickly.
@@ -69,47 +54,14 @@ const (
 	kvTimeout = 5 * time.Second
 )
 
-// The faults topology, all in 198.18.0.0/15: a hub namespace holds three bridges and the NATS
-// server; every other namespace hangs off the bridges with veths.
-//
-//	public 198.18.1.0/24  client .2, edge k .10+k                       (browsers → edges)
-//	ctl    198.18.2.0/24  hub .254 (NATS), edge k .10+k                 (edges → NATS; the partition)
-//	lan    198.19.0.0/24  hub .254 (NATS), edge k .10+k, node i .100+i  (edges → apps, agents → NATS)
-var (
-	clientAddr = netip.MustParseAddr("198.18.1.2")
-	hubCtl     = netip.MustParseAddr("198.18.2.254")
-	hubLAN     = netip.MustParseAddr("198.19.0.254")
-)
-
-func edgePublic(k int) netip.Addr { return netip.AddrFrom4([4]byte{198, 18, 1, byte(10 + k)}) }
-func edgeCtl(k int) netip.Addr    { return netip.AddrFrom4([4]byte{198, 18, 2, byte(10 + k)}) }
-func edgeLAN(k int) netip.Addr    { return netip.AddrFrom4([4]byte{198, 19, 0, byte(10 + k)}) }
-func nodeLAN(i int) netip.Addr    { return netip.AddrFrom4([4]byte{198, 19, 0, byte(100 + i)}) }
+// nodeLAN is node i's address, where its app listens. The faults topology is a stack.Lab's: the
+// hub holds the public, ctl and lan bridges and the NATS server (on ctl for the edges, on lan for
+// the agents, so the two can be cut apart).
+func nodeLAN(i int) netip.Addr { return stack.LabNodeLAN(i) }
 
 var built stack.Built
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	built.Remove()
-	os.Exit(code)
-}
-
-// binaries builds the agent, the edge and the demo app once per test binary.
-func binaries(t *testing.T) stack.Binaries {
-	t.Helper()
-	b, err := built.Binaries()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("faults: needs root (network namespaces, iptables, conntrack); run `sudo go test ./e2e/faults/`")
-	}
-}
+func TestMain(m *testing.M) { built.Main(m) }
 
 // config describes one case's deployment.
 type config struct {
@@ -137,16 +89,14 @@ type env struct {
 	id     string
 	dir    string
 	bins   stack.Binaries
+	lab    *stack.Lab
 	hub    *netns.Namespace
 	client *netns.Namespace
-	nss    []*netns.Namespace
 	edges  []*edge
 	nodes  []*node
-	nats   *proc.Proc
+	nats   *stack.NATSServer
 	obs    *observer.Observer
 	kv     *kvClient
-	mu     sync.Mutex
-	procs  []*proc.Proc
 	cfg    config
 }
 
@@ -162,7 +112,6 @@ type edge struct {
 }
 
 type node struct {
-	resume   time.Duration
 	i        int
 	instance string
 	ns       *netns.Namespace
@@ -170,62 +119,49 @@ type node struct {
 	app      *proc.Proc
 }
 
-var seq atomic.Int64
-
 // newEnv builds the topology and starts NATS, the edges and the nodes. Everything is torn down
 // by t.Cleanup, on failure too; the leftovers of a run killed before it could clean up are swept
 // first.
 func newEnv(t *testing.T, cfg config) *env {
 	t.Helper()
-	requireRoot(t)
-	b := binaries(t)
+	stack.RequireRoot(t, "sudo go test ./e2e/faults/")
+	b := built.For(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	t.Cleanup(cancel)
-	if swept, err := netns.Sweep(ctx, prefix); err != nil {
-		t.Fatalf("sweep stale namespaces: %v", err)
-	} else if len(swept) > 0 {
-		t.Logf("swept namespaces of a killed run: %v", swept)
-	}
-	id := prefix + strconv.FormatInt(int64(os.Getpid()), 36) + "-" + strconv.FormatInt(seq.Add(1), 36)
-	if len(id)+3 > 15 {
-		t.Fatalf("namespace id %s too long for interface names", id)
-	}
-	e := &env{t: t, ctx: ctx, id: id, dir: t.TempDir(), bins: b, cfg: cfg}
+	lab := stack.LabFor(ctx, t, prefix, "LIVEGATE_FAULTS_LOGS")
+	e := &env{t: t, ctx: ctx, id: lab.ID, dir: t.TempDir(), bins: b, lab: lab, hub: lab.Hub, cfg: cfg}
 	start := time.Now()
-	t.Cleanup(e.close)
+	t.Cleanup(func() {
+		// The test's own connections go first: the processes stop after them.
+		if e.obs != nil {
+			e.obs.Close()
+		}
+		if e.kv != nil {
+			e.kv.Close()
+		}
+	})
 	if err := e.build(); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("deployment %s (%d edges, %d nodes) up in %s", id, len(e.edges), len(e.nodes), since(start))
+	t.Logf("deployment %s (%d edges, %d nodes) up in %s", e.id, len(e.edges), len(e.nodes), since(start))
 	return e
 }
 
 func (e *env) build() error {
 	ctx := e.ctx
-	var err error
-	if e.hub, err = e.addNS("h"); err != nil {
-		return err
-	}
 	for _, br := range []struct {
 		name string
 		addr netip.Addr
-	}{{"bp", netip.Addr{}}, {"bc", hubCtl}, {"bl", hubLAN}} {
-		if err := e.hub.Run(ctx, "ip", "link", "add", br.name, "type", "bridge"); err != nil {
-			return err
-		}
-		if br.addr.IsValid() {
-			if err := e.hub.Run(ctx, "ip", "addr", "add", netip.PrefixFrom(br.addr, 24).String(), "dev", br.name); err != nil {
-				return err
-			}
-		}
-		if err := e.hub.Run(ctx, "ip", "link", "set", br.name, "up"); err != nil {
+	}{{"bp", netip.Addr{}}, {"bc", stack.LabHubCtl}, {"bl", stack.LabHubLAN}} {
+		if err := e.lab.Bridge(ctx, br.name, br.addr); err != nil {
 			return err
 		}
 	}
-	if e.client, err = e.addNS("c"); err != nil {
+	var err error
+	if e.client, err = e.lab.AddNS(ctx, "c"); err != nil {
 		return err
 	}
-	if err := e.link(e.client, "c", "p", "bp", clientAddr); err != nil {
+	if err := e.lab.Link(ctx, e.client, "c", "p", "bp", stack.LabClient); err != nil {
 		return err
 	}
 	if err := e.startNATS(); err != nil {
@@ -243,7 +179,7 @@ func (e *env) build() error {
 			return err
 		}
 	}
-	if e.kv, err = dialKV(ctx, e); err != nil {
+	if e.kv, err = e.dialKV(); err != nil {
 		return err
 	}
 	for i, nc := range e.cfg.nodes {
@@ -252,33 +188,6 @@ func (e *env) build() error {
 		}
 	}
 	return nil
-}
-
-// addNS creates the namespace id+role.
-func (e *env) addNS(role string) (*netns.Namespace, error) {
-	ns, err := netns.Add(e.ctx, e.id+role)
-	if err != nil {
-		return nil, err
-	}
-	e.nss = append(e.nss, ns)
-	return ns, nil
-}
-
-// link joins ns to a hub bridge with a veth: id+role+net inside ns (with addr), the same in
-// upper case on the hub's side.
-func (e *env) link(ns *netns.Namespace, role, net, bridge string, addr netip.Addr) error {
-	return netns.Bridged(e.ctx, e.hub, bridge, ns, e.id+role+net, e.id+role+strings.ToUpper(net), netip.PrefixFrom(addr, 24))
-}
-
-func (e *env) start(name string, ns *netns.Namespace, bin string, args ...string) (*proc.Proc, error) {
-	p, err := proc.Start(name, ns.Command(context.WithoutCancel(e.ctx), bin, args...), nil)
-	if err != nil {
-		return nil, err
-	}
-	e.mu.Lock()
-	e.procs = append(e.procs, p)
-	e.mu.Unlock()
-	return p, nil
 }
 
 // NATS ---------------------------------------------------------------------------------------
@@ -294,42 +203,23 @@ func (e *env) natsOpts() []nats.Option {
 	}
 }
 
-// startNATS starts nats-server with JetStream in the hub, on a store that survives restarts.
-// The server pings clients every second and drops those that miss three: a partitioned edge
-// is noticed in seconds, as a production server (2 min by default) would after a longer cut.
+// startNATS starts nats-server with JetStream in the hub (again, after stopNATS), on a store
+// that survives restarts, pinging clients every second: a partitioned edge is noticed in seconds.
 func (e *env) startNATS() error {
-	conf := filepath.Join(e.dir, "nats.conf")
-	text := fmt.Sprintf(`server_name: %s
-listen: "0.0.0.0:%d"
-ping_interval: "1s"
-ping_max: 3
-jetstream {
-  store_dir: %q
-}
-`, e.id, natsPort, filepath.Join(e.dir, "jetstream"))
-	if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
-		return fmt.Errorf("nats config: %w", err)
+	var err error
+	if e.nats == nil {
+		e.nats, err = e.lab.Procs.StartNATS(e.ctx, e.hub, stack.NATSConfig{Name: e.id, Dir: filepath.Join(e.dir, "nats"), FastPings: true})
+	} else {
+		err = e.nats.Start(e.ctx)
 	}
-	bin, err := natstest.Binary()
 	if err != nil {
 		return err
 	}
-	p, err := e.start("nats-server", e.hub, bin, "-c", conf)
-	if err != nil {
-		return err
-	}
-	e.nats = p
-	return stack.WaitTCP(e.ctx, p, e.hub, fmt.Sprintf("127.0.0.1:%d", natsPort))
+	return e.nats.Ready(e.ctx)
 }
 
 // stopNATS stops the server: SIGKILL when crash is set, else SIGTERM (an orderly restart).
-func (e *env) stopNATS(crash bool) {
-	if crash {
-		e.nats.Kill()
-		return
-	}
-	_ = e.nats.Stop(10 * time.Second)
-}
+func (e *env) stopNATS(crash bool) { e.nats.Stop(crash) }
 
 // blockAgents makes NATS refuse (or accept again) connections on the agents' side (the lan
 // bridge): the edge's side (ctl) is untouched.
@@ -338,36 +228,21 @@ func (e *env) blockAgents(block bool) {
 	if block {
 		op = "-I"
 	}
-	if err := e.hub.Run(e.ctx, "iptables", op, "INPUT", "-d", hubLAN.String(), "-p", "tcp", "--dport", strconv.Itoa(natsPort),
+	if err := e.hub.Run(e.ctx, "iptables", op, "INPUT", "-d", stack.LabHubLAN.String(), "-p", "tcp", "--dport", strconv.Itoa(natsPort),
 		"-j", "REJECT", "--reject-with", "tcp-reset"); err != nil {
 		e.t.Errorf("block agents %t: %v", block, err)
 	}
 }
 
 // kvClient is the test's own handle on the buckets: it writes routes as an agent would.
-type kvClient struct {
-	nc        *nats.Conn
-	routes    jetstream.KeyValue
-	endpoints jetstream.KeyValue
-	edges     jetstream.KeyValue
-}
+type kvClient struct{ *stack.KV }
 
-func dialKV(ctx context.Context, e *env) (*kvClient, error) {
-	nc, err := nats.Connect(e.natsURL(), append(e.natsOpts(), nats.Name("livegate-faults-kv"))...)
+func (e *env) dialKV() (*kvClient, error) {
+	kv, err := stack.DialKV(e.ctx, e.natsURL(), kvTimeout, nil, append(e.natsOpts(), nats.Name("livegate-faults-kv"))...)
 	if err != nil {
-		return nil, fmt.Errorf("kv client: %w", err)
+		return nil, err
 	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		nc.Close()
-		return nil, fmt.Errorf("kv client: %w", err)
-	}
-	b, err := kvstore.Ensure(ctx, js)
-	if err != nil {
-		nc.Close()
-		return nil, fmt.Errorf("kv client: %w", err)
-	}
-	return &kvClient{nc: nc, routes: b.Routes, endpoints: b.Endpoints, edges: b.Edges}, nil
+	return &kvClient{kv}, nil
 }
 
 // putRoute writes a pool route for key to node's app, as its agent would.
@@ -383,7 +258,7 @@ func (c *kvClient) putRoute(ctx context.Context, key, session string, backend ne
 	}
 	cctx, cancel := context.WithTimeout(ctx, kvTimeout)
 	defer cancel()
-	if _, err := c.routes.Put(cctx, key, data); err != nil {
+	if _, err := c.Routes.Put(cctx, key, data); err != nil {
 		return fmt.Errorf("put route %s: %w", key, err)
 	}
 	return nil
@@ -392,27 +267,17 @@ func (c *kvClient) putRoute(ctx context.Context, key, session string, backend ne
 func (c *kvClient) deleteRoute(ctx context.Context, key string) error {
 	cctx, cancel := context.WithTimeout(ctx, kvTimeout)
 	defer cancel()
-	if err := c.routes.Delete(cctx, key); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+	if err := c.Routes.Delete(cctx, key); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
 		return fmt.Errorf("delete route %s: %w", key, err)
 	}
 	return nil
-}
-
-func keys(ctx context.Context, kv jetstream.KeyValue) ([]string, error) {
-	cctx, cancel := context.WithTimeout(ctx, kvTimeout)
-	defer cancel()
-	ks, err := kv.Keys(cctx)
-	if errors.Is(err, jetstream.ErrNoKeysFound) {
-		return nil, nil
-	}
-	return ks, err
 }
 
 // heartbeat reports whether edge g's heartbeat key is in KV.
 func (e *env) heartbeat(g *edge) (bool, error) {
 	ctx, cancel := context.WithTimeout(e.ctx, kvTimeout)
 	defer cancel()
-	_, err := e.kv.edges.Get(ctx, g.id)
+	_, err := e.kv.Edges.Get(ctx, g.id)
 	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
 		return false, nil
 	}
@@ -453,8 +318,9 @@ func (e *env) endpoint(instance string) (session, error) {
 // Edges -----------------------------------------------------------------------------------------
 
 func (e *env) addEdge(k int) (*edge, error) {
+	ctx := e.ctx
 	role := fmt.Sprintf("e%d", k)
-	ns, err := e.addNS(role)
+	ns, err := e.lab.AddNS(ctx, role)
 	if err != nil {
 		return nil, err
 	}
@@ -464,8 +330,8 @@ func (e *env) addEdge(k int) (*edge, error) {
 	for _, l := range []struct {
 		net, bridge string
 		addr        netip.Addr
-	}{{"p", "bp", edgePublic(k)}, {"c", "bc", edgeCtl(k)}, {"l", "bl", edgeLAN(k)}} {
-		if err := e.link(ns, role, l.net, l.bridge, l.addr); err != nil {
+	}{{"p", "bp", stack.LabEdgePublic(k)}, {"c", "bc", stack.LabEdgeCtl(k)}, {"l", "bl", stack.LabEdgeLAN(k)}} {
+		if err := e.lab.Link(ctx, ns, role, l.net, l.bridge, l.addr); err != nil {
 			return nil, err
 		}
 	}
@@ -473,43 +339,37 @@ func (e *env) addEdge(k int) (*edge, error) {
 	if err := os.MkdirAll(g.dir, 0o700); err != nil {
 		return nil, err
 	}
-	mediaPorts := fmt.Sprintf("%d-%d", mediaFirst, mediaLast)
+	c := stack.EdgeConfig{
+		ID: g.id, Pool: pool, Public: stack.LabEdgePublic(k), NATSURL: fmt.Sprintf("nats://%s:%d", stack.LabHubCtl, natsPort), StateDir: g.dir,
+		MediaPorts: fmt.Sprintf("%d-%d", mediaFirst, mediaLast), PortQuarantine: quarantine,
+		Resync: resync, Heartbeat: heartbeat, TTL: edgeTTL,
+	}
 	if e.cfg.mediaPorts != "" {
-		mediaPorts = e.cfg.mediaPorts
+		c.MediaPorts = e.cfg.mediaPorts
 	}
-	q := quarantine
 	if e.cfg.portQuarantine > 0 {
-		q = e.cfg.portQuarantine
+		c.PortQuarantine = e.cfg.portQuarantine
 	}
-	g.args = []string{
-		"--edge-id", g.id, "--pool", pool,
-		"--public-host", edgePublic(k).String(), "--public-ip", edgePublic(k).String(),
-		"--nats-url", fmt.Sprintf("nats://%s:%d", hubCtl, natsPort),
-		"--signaling-port", strconv.Itoa(signalingPort),
-		"--state-dir", g.dir,
-		"--media-ports", mediaPorts, "--port-quarantine", q.String(),
-		"--backend-cidrs", "198.19.0.0/16",
-		"--resync", resync.String(), "--heartbeat", heartbeat.String(), "--edge-ttl", edgeTTL.String(),
-		"--log-format", "console",
-	}
+	// Otherwise the namespace goes away with the case, so HAProxy must not outlive a stopped
+	// edge; a SIGKILLed edge leaves it running, which is what the edge-kill case is about.
 	if e.cfg.attached && k == 1 {
-		if err := g.prepareAttached(); err != nil {
+		if err := stack.PrepareAttached(ctx, e.bins.Edge, g.dir, stack.LabEdgePublic(k)); err != nil {
 			return nil, err
 		}
-		g.args = append(g.args, "--haproxy-socket", g.socket())
-	} else {
-		// The namespace goes away with the case, so HAProxy must not outlive a stopped edge; a
-		// SIGKILLed edge leaves it running, which is what the edge-kill case is about.
-		g.args = append(g.args, "--tls-self-signed", "--haproxy-stop-on-exit")
+		if err := g.startHAProxy(); err != nil {
+			return nil, err
+		}
+		c.HAProxySocket = g.haproxyAPI().Socket
 	}
+	g.args = stack.EdgeArgs(c)
 	e.edges = append(e.edges, g)
 	return g, nil
 }
 
-func (g *edge) socket() string  { return filepath.Join(g.dir, "haproxy.sock") }
-func (g *edge) mapFile() string { return filepath.Join(g.dir, "sessions.map") }
+func (g *edge) haproxyAPI() stack.HAProxy { return stack.EdgeHAProxy(g.dir) }
+
 func (g *edge) public() string {
-	return net.JoinHostPort(edgePublic(g.k).String(), strconv.Itoa(signalingPort))
+	return net.JoinHostPort(stack.LabEdgePublic(g.k).String(), strconv.Itoa(stack.SignalingPort))
 }
 
 // start starts the edge process (again) and waits until it reports healthy: synced with KV and
@@ -520,7 +380,7 @@ func (g *edge) start() error {
 			return err
 		}
 	}
-	p, err := g.e.start(g.id, g.ns, g.e.bins.Edge, g.args...)
+	p, err := g.e.lab.Procs.Start(g.e.ctx, g.id, g.ns, g.e.bins.Edge, g.args...)
 	if err != nil {
 		return err
 	}
@@ -532,103 +392,22 @@ func (g *edge) waitHealthy(timeout time.Duration) error {
 	return stack.WaitHealthy(g.e.ctx, g.p, g.ns, timeout)
 }
 
-// prepareAttached writes what an operator's HAProxy needs: a global section with the runtime
-// socket, the sections `livegate-edgeproxy haproxy-config` prints, an empty map file and a
-// certificate, then starts it.
-func (g *edge) prepareAttached() error {
-	out, err := exec.CommandContext(g.e.ctx, g.e.bins.Edge, "haproxy-config", "--state-dir", g.dir,
-		"--signaling-port", strconv.Itoa(signalingPort), "--haproxy-socket", g.socket()).Output()
-	if err != nil {
-		return fmt.Errorf("livegate-edgeproxy haproxy-config: %w", err)
-	}
-	global := fmt.Sprintf(`global
-    master-worker
-    stats socket %s mode 600 level admin expose-fd listeners
-    stats timeout 2m
-    hard-stop-after 1m
-
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-
-`, g.socket())
-	if err := os.WriteFile(filepath.Join(g.dir, "operator.cfg"), []byte(global+string(out)), 0o600); err != nil {
-		return err
-	}
-	if err := os.WriteFile(g.mapFile(), nil, 0o600); err != nil {
-		return err
-	}
-	if err := writeSelfSigned(filepath.Join(g.dir, "tls.pem"), edgePublic(g.k).String()); err != nil {
-		return err
-	}
-	return g.startHAProxy()
-}
-
 // startHAProxy starts the operator's HAProxy of attached mode, as its own supervisor would.
 func (g *edge) startHAProxy() error {
-	p, err := g.e.start("haproxy-"+g.id, g.ns, "/usr/sbin/haproxy", "-W", "-db", "-f", filepath.Join(g.dir, "operator.cfg"))
-	if err != nil {
-		return err
+	p, err := g.e.lab.Procs.StartAttached(g.e.ctx, "haproxy-"+g.id, g.ns, g.dir, stack.LabEdgePublic(g.k))
+	if p != nil {
+		g.haproxy = p
 	}
-	g.haproxy = p
-	return stack.WaitTCP(g.e.ctx, p, g.ns, g.public())
-}
-
-func writeSelfSigned(path, host string) error {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: host},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IPAddresses: []net.IP{net.ParseIP(host)}, DNSNames: []string{"livegate"},
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return err
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		return err
-	}
-	pemText := append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})...)
-	return os.WriteFile(path, pemText, 0o600)
+	return err
 }
 
 // showMap is HAProxy's session map right now.
 func (g *edge) showMap(ctx context.Context) (map[string]string, error) {
-	return stack.ShowMap(ctx, g.socket(), g.mapFile())
+	return g.haproxyAPI().ShowMap(ctx)
 }
 
-// workerPid asks the runtime API which process answers it (`show info`): it changes when a
-// reload or a restart has brought a new worker up.
-func (g *edge) workerPid(ctx context.Context) (int, error) {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "unix", g.socket())
-	if err != nil {
-		return 0, err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.WriteString(c, "show info\n"); err != nil {
-		return 0, err
-	}
-	out, err := io.ReadAll(c)
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(string(out), "\n") {
-		if v, ok := strings.CutPrefix(line, "Pid: "); ok {
-			return strconv.Atoi(strings.TrimSpace(v))
-		}
-	}
-	return 0, fmt.Errorf("show info: no Pid line in %q", out)
-}
+// workerPid is the HAProxy worker that answers the runtime API.
+func (g *edge) workerPid(ctx context.Context) (int, error) { return g.haproxyAPI().WorkerPid(ctx) }
 
 // haproxyMaster is the pid of the HAProxy master: the one the test runs in attached mode, else
 // the one the edge recorded.
@@ -636,68 +415,25 @@ func (g *edge) haproxyMaster() (int, error) {
 	if g.haproxy != nil {
 		return g.haproxy.Pid(), nil
 	}
-	b, err := os.ReadFile(filepath.Join(g.dir, "haproxy.pid"))
-	if err != nil {
-		return 0, err
-	}
-	return strconv.Atoi(strings.TrimSpace(string(b)))
+	return stack.SupervisedMaster(g.dir)
 }
 
 // dnatPorts lists the public ports the edge's DNAT rules forward.
 func (g *edge) dnatPorts(ctx context.Context) (map[int]bool, error) {
-	out, err := g.ns.Output(ctx, "iptables-save", "-t", "nat")
+	rules, err := stack.DNATRules(ctx, g.ns)
 	if err != nil {
 		return nil, err
 	}
 	ports := map[int]bool{}
-	for _, line := range strings.Split(out, "\n") {
-		if !strings.HasPrefix(line, "-A LIVEGATE-") || !strings.Contains(line, "-j DNAT") {
-			continue
-		}
-		f := strings.Fields(line)
-		for i := 0; i+1 < len(f); i++ {
-			if f[i] == "--dport" {
-				if p, err := strconv.Atoi(f[i+1]); err == nil {
-					ports[p] = true
-				}
-			}
-		}
+	for p := range rules {
+		ports[p] = true
 	}
 	return ports, nil
 }
 
-// conntrackPorts counts the edge's forwarded UDP conntrack entries per public media port: those
-// the kernel translates to a backend. A packet sent to a port without a rule leaves an entry of
-// its own that is not translated and leads nowhere; it is not counted.
+// conntrackPorts counts the edge's forwarded UDP conntrack entries per public media port.
 func (g *edge) conntrackPorts(ctx context.Context) (map[int]int, error) {
-	out, err := g.ns.Output(ctx, "conntrack", "-L", "-p", "udp")
-	if err != nil {
-		return nil, err
-	}
-	ports := map[int]int{}
-	for _, line := range strings.Split(out, "\n") {
-		// Original direction first, then the reply: "dst=PUBLIC ... dport=PORT ... src=BACKEND".
-		var dsts, srcs []string
-		var dport string
-		for _, f := range strings.Fields(line) {
-			switch k, v, _ := strings.Cut(f, "="); k {
-			case "dst":
-				dsts = append(dsts, v)
-			case "src":
-				srcs = append(srcs, v)
-			case "dport":
-				if dport == "" {
-					dport = v
-				}
-			}
-		}
-		p, err := strconv.Atoi(dport)
-		if err != nil || p < mediaFirst || p > mediaLast || len(dsts) < 1 || len(srcs) < 2 || srcs[1] == dsts[0] {
-			continue
-		}
-		ports[p]++
-	}
-	return ports, nil
+	return stack.ForwardedConntrack(ctx, g.ns, mediaFirst, mediaLast)
 }
 
 // killAll is what a crashed host looks like: the edge and everything else in its namespace
@@ -717,122 +453,34 @@ func (g *edge) killAll(ctx context.Context) error {
 // Nodes ------------------------------------------------------------------------------------------
 
 func (e *env) addNode(i int, nc nodeConfig) error {
+	ctx := e.ctx
 	role := fmt.Sprintf("n%d", i)
-	ns, err := e.addNS(role)
+	ns, err := e.lab.AddNS(ctx, role)
 	if err != nil {
 		return err
 	}
-	if err := e.link(ns, role, "l", "bl", nodeLAN(i)); err != nil {
+	if err := e.lab.Link(ctx, ns, role, "l", "bl", nodeLAN(i)); err != nil {
 		return err
 	}
-	n := &node{i: i, instance: fmt.Sprintf("node%d", i), ns: ns, resume: nc.resume}
+	n := &node{i: i, instance: fmt.Sprintf("node%d", i), ns: ns}
 	e.nodes = append(e.nodes, n)
-	appArgs := []string{
-		"--signaling-addr", fmt.Sprintf(":%d", appSignalingPort), "--media-addr", fmt.Sprintf(":%d", appMediaPort),
-		"--log-format", "console",
-	}
 	if nc.agent {
-		if n.agent, err = e.start("agent"+strconv.Itoa(i), ns, e.bins.Agent, n.agentArgs()...); err != nil {
+		// The agent serves the next session instead of quitting; without a resume window a
+		// session ends as soon as its client leaves.
+		if n.agent, err = e.lab.Procs.StartAgent(ctx, "agent"+strconv.Itoa(i), ns, e.bins.Agent, stack.AgentConfig{
+			InstanceID: n.instance, Pool: pool, NATSHost: stack.LabHubLAN, BackendIP: nodeLAN(i),
+			LeaseTTL: leaseTTL, ResumeTimeoutSeconds: int(nc.resume.Seconds()),
+		}); err != nil {
 			return err
 		}
-		if err := stack.WaitTCP(e.ctx, n.agent, ns, fmt.Sprintf("127.0.0.1:%d", agentPort)); err != nil {
-			return err
-		}
-	} else {
-		appArgs = append(appArgs, "--agent-app-addr", "")
 	}
-	if n.app, err = e.start("app"+strconv.Itoa(i), ns, e.bins.DemoApp, appArgs...); err != nil {
-		return err
-	}
-	return stack.WaitTCP(e.ctx, n.app, ns, fmt.Sprintf("127.0.0.1:%d", appSignalingPort))
-}
-
-// agentArgs: the agent serves the next session instead of quitting; without a resume window a
-// session ends as soon as its client leaves.
-func (n *node) agentArgs() []string {
-	return stack.AgentArgs(stack.AgentConfig{
-		InstanceID: n.instance, Pool: pool, NATSHost: hubLAN, BackendIP: nodeLAN(n.i),
-		LeaseTTL: leaseTTL, ResumeTimeoutSeconds: int(n.resume.Seconds()),
-	})
+	n.app, err = e.lab.Procs.StartApp(ctx, "app"+strconv.Itoa(i), ns, e.bins.DemoApp, stack.DemoAppArgs(!nc.agent)...)
+	return err
 }
 
 // endSession calls the agent's /v1/streaming/endsession.
 func (n *node) endSession(ctx context.Context, sessionID string, graceful bool) (string, error) {
-	body, _ := json.Marshal(map[string]any{"sessionId": sessionID, "gracefulShutdown": graceful})
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, fmt.Sprintf("http://127.0.0.1:%d/v1/streaming/endsession", agentPort), strings.NewReader(string(body)))
-	if err != nil {
-		return "", err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := n.ns.HTTPClient(5 * time.Second).Do(req)
-	if err != nil {
-		return "", fmt.Errorf("endsession on %s: %w", n.instance, err)
-	}
-	defer resp.Body.Close()
-	var out struct {
-		SessionStatus string `json:"sessionStatus"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
-		return "", fmt.Errorf("endsession on %s: HTTP %d: %w", n.instance, resp.StatusCode, err)
-	}
-	return out.SessionStatus, nil
-}
-
-// Teardown -----------------------------------------------------------------------------------------
-
-const logTail = 16 << 10
-
-func (e *env) close() {
-	t := e.t
-	if t.Failed() || os.Getenv("LIVEGATE_FAULTS_LOGS") != "" {
-		e.mu.Lock()
-		procs := append([]*proc.Proc(nil), e.procs...)
-		e.mu.Unlock()
-		for _, p := range procs {
-			out := p.Output()
-			if len(out) > logTail {
-				out = "[...]" + out[len(out)-logTail:]
-			}
-			t.Logf("----- %s (pid %d, exited %t, code %d) -----\n%s", p.Name, p.Pid(), p.Exited(), p.ExitCode(), out)
-		}
-	}
-	start := time.Now()
-	if e.obs != nil {
-		e.obs.Close()
-	}
-	if e.kv != nil {
-		e.kv.nc.Close()
-	}
-	// Agents and apps first (their goodbyes need NATS), then the edges, then NATS; what does
-	// not stop in time dies with its namespace.
-	var wg sync.WaitGroup
-	stop := func(ps ...*proc.Proc) {
-		for _, p := range ps {
-			if p != nil {
-				wg.Go(func() { _ = p.Stop(3 * time.Second) })
-			}
-		}
-		wg.Wait()
-	}
-	for _, n := range e.nodes {
-		stop(n.agent, n.app)
-	}
-	for _, g := range e.edges {
-		stop(g.p)
-		stop(g.haproxy)
-	}
-	stop(e.nats)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	for i := len(e.nss) - 1; i >= 0; i-- {
-		if err := e.nss[i].Delete(ctx); err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
-	}
-	if left, _ := netns.List(ctx, e.id); len(left) > 0 {
-		t.Errorf("namespaces left behind: %v", left)
-	}
-	t.Logf("deployment %s stopped and removed in %s", e.id, since(start))
+	return stack.EndSession(ctx, n.ns, n.instance, sessionID, graceful)
 }
 
 // Sessions, clients, media -----------------------------------------------------------------------
@@ -989,7 +637,7 @@ type flow struct {
 // a second, each echoed by the app.
 func (e *env) startFlow(g *edge, port int, d time.Duration) *flow {
 	f := &flow{done: make(chan struct{})}
-	addr := net.JoinHostPort(edgePublic(g.k).String(), strconv.Itoa(port))
+	addr := net.JoinHostPort(stack.LabEdgePublic(g.k).String(), strconv.Itoa(port))
 	dial := func(ctx context.Context, network, address string) (net.Conn, error) {
 		c, err := e.client.Dial(ctx, network, address)
 		if err != nil {
@@ -1103,18 +751,7 @@ func (e *env) probe(g *edge, port int) error {
 // eventually retries check every 50 ms until it passes or timeout (generous) runs out.
 func (e *env) eventually(timeout time.Duration, what string, check func() error) time.Duration {
 	e.t.Helper()
-	start := time.Now()
-	deadline := start.Add(timeout)
-	var err error
-	for {
-		if err = check(); err == nil {
-			return time.Since(start)
-		}
-		if time.Now().After(deadline) || e.ctx.Err() != nil {
-			e.t.Fatalf("%s: not after %s: %v", what, timeout, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	return stack.Eventually(e.ctx, e.t, timeout, 50*time.Millisecond, what, check)
 }
 
 // clean checks that nothing leaked once every session is gone: no route or endpoint key, and on
@@ -1129,8 +766,8 @@ func (e *env) clean(edges ...*edge) {
 		for _, b := range []struct {
 			name string
 			kv   jetstream.KeyValue
-		}{{kvstore.RoutesBucket, e.kv.routes}, {kvstore.EndpointsBucket, e.kv.endpoints}} {
-			ks, err := keys(e.ctx, b.kv)
+		}{{kvstore.RoutesBucket, e.kv.Routes}, {kvstore.EndpointsBucket, e.kv.Endpoints}} {
+			ks, err := stack.Keys(e.ctx, b.kv, kvTimeout)
 			if err != nil || len(ks) > 0 {
 				return fmt.Errorf("%s keys left: %v %v", b.name, ks, err)
 			}

@@ -24,7 +24,7 @@ import (
 func TestSessionSquatted(t *testing.T) {
 	e := newEnv(t, config{nodes: []nodeConfig{{}, {}}})
 	g := e.edges[0]
-	js, err := jetstream.New(e.kv.nc)
+	js, err := jetstream.New(e.kv.NC)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -33,11 +33,7 @@ const prefix = "lgim"
 
 var built stack.Built
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	built.Remove()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { built.Main(m) }
 
 // agentFiles is everything the agent's image holds: the binary, users, CA certificates, /tmp.
 var agentFiles = []string{
@@ -329,12 +325,9 @@ func sweep(t *testing.T, ctx context.Context) {
 // and the client from the host): a session is routed through the image's HAProxy and its UDP
 // forwarded by the rules the image's iptables programmed.
 func session(t *testing.T, ctx context.Context, agent, edge *image) {
-	bins, err := built.Binaries()
-	if err != nil {
-		t.Fatal(err)
-	}
+	bins := built.For(t)
 	dir := t.TempDir()
-	d, err := stack.Start(ctx, stack.Options{
+	d := stack.StartFor(ctx, t, stack.Options{
 		Prefix: prefix,
 		Bins:   stack.Binaries{Agent: agent.config.Config.Entrypoint[0], Edge: edge.config.Config.Entrypoint[0], DemoApp: bins.DemoApp},
 		Dir:    dir, EdgeID: "edge-img", Pool: "img", LeaseTTL: 4 * time.Second,
@@ -348,20 +341,6 @@ func session(t *testing.T, ctx context.Context, agent, edge *image) {
 			}
 			return bin, args
 		},
-	})
-	if err != nil {
-		if d != nil {
-			t.Log(d.Logs())
-		}
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Log(d.Logs())
-		}
-		if err := d.Close(); err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
 	})
 	n := d.Nodes[0]
 	if r, err := n.Startup(ctx); err != nil || r.Code != http.StatusOK {

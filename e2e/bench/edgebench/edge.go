@@ -14,12 +14,12 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/livegate/livegate/e2e/internal/netns"
 	"github.com/livegate/livegate/e2e/internal/proc"
+	"github.com/livegate/livegate/e2e/internal/stack"
 	"github.com/livegate/livegate/pkg/kvstore"
 	"github.com/livegate/livegate/pkg/wire"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
@@ -31,15 +31,19 @@ import (
 
 // Fixed addresses inside the topology's own namespaces, where nothing else listens.
 const (
-	natsAddr      = "127.0.0.1:4222"
-	adminAddr     = "127.0.0.1:9470"
-	SignalingPort = 48322
+	SignalingPort = stack.SignalingPort
 	// EchoPort is where the node's UDP echo listens; every backend port is redirected to it.
 	EchoPort = 29999
 	// EdgeID is the edge's id; the bench's routes name it.
 	EdgeID = "lgbedge"
 	pool   = "bench"
 )
+
+// adminAddr is the edge's admin API, inside the edge namespace.
+const adminAddr = stack.AdminAddr
+
+// natsURL is the NATS server's, inside the edge namespace.
+var natsURL = fmt.Sprintf("nats://127.0.0.1:%d", stack.NATSPort)
 
 // Options locate the programs.
 type Options struct {
@@ -68,6 +72,8 @@ type Env struct {
 	JS      jetstream.JetStream
 	Buckets *kvstore.Buckets
 	opts    Options
+	procs   stack.Group
+	kv      *stack.KV
 	echo    *net.UDPConn
 }
 
@@ -78,33 +84,17 @@ func NewEnv(ctx context.Context, topo *netns.Topology, o Options) (*Env, error) 
 		return nil, err
 	}
 	e := &Env{Topo: topo, Dir: dir, opts: o}
-	host, port, _ := net.SplitHostPort(natsAddr)
-	e.NATS, err = proc.Start("nats-server", topo.Edge.Command(ctx, o.NATSServer, "-js", "-a", host, "-p", port,
-		"-sd", filepath.Join(dir, "nats")), nil)
+	srv, err := e.procs.StartNATS(ctx, topo.Edge, stack.NATSConfig{Dir: filepath.Join(dir, "nats"), Listen: netip.MustParseAddr("127.0.0.1"), Bin: o.NATSServer})
 	if err != nil {
 		e.Close()
 		return nil, err
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		e.NC, err = nats.Connect("nats://"+natsAddr, nats.SetCustomDialer(topo.Edge.Dialer(2*time.Second)), nats.Name("livegate-bench"))
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) || e.NATS.Exited() {
-			e.Close()
-			return nil, fmt.Errorf("connect to nats-server in %s: %w (output: %.300s)", topo.Edge.Name, err, e.NATS.Output())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if e.JS, err = jetstream.New(e.NC); err != nil {
+	e.NATS = srv.P
+	if e.kv, err = stack.DialKV(ctx, natsURL, 10*time.Second, nil, nats.SetCustomDialer(topo.Edge.Dialer(2*time.Second)), nats.Name("livegate-bench")); err != nil {
 		e.Close()
-		return nil, err
+		return nil, fmt.Errorf("nats-server in %s: %w (output: %.300s)", topo.Edge.Name, err, e.NATS.Output())
 	}
-	if e.Buckets, err = kvstore.Ensure(ctx, e.JS); err != nil {
-		e.Close()
-		return nil, err
-	}
+	e.NC, e.JS, e.Buckets = e.kv.NC, e.kv.JS, e.kv.Buckets
 	if o.Echo {
 		if err := e.startEcho(ctx); err != nil {
 			e.Close()
@@ -144,23 +134,22 @@ func (e *Env) startEcho(ctx context.Context) error {
 
 // StartEdge starts livegate-edgeproxy in the edge namespace.
 func (e *Env) StartEdge(ctx context.Context) error {
-	args := []string{"run", "--edge-id", EdgeID, "--pool", pool, "--public-host", netns.EdgePublic.String(),
-		"--signaling-port", strconv.Itoa(SignalingPort), "--signaling-bind", netns.EdgePublic.String(), "--tls-self-signed",
-		"--state-dir", filepath.Join(e.Dir, "state"), "--haproxy-stop-on-exit",
-		"--backend-cidrs", netns.BackendCIDRs.String(), "--public-ip", netns.EdgePublic.String(),
-		"--nats-url", "nats://" + natsAddr, "--admin-addr", adminAddr, "--log-format", "json"}
+	extra := []string{"--signaling-bind", netns.EdgePublic.String(), "--admin-addr", stack.AdminAddr}
 	switch {
 	case e.opts.LogLevel != "":
-		args = append(args, "--log-level", e.opts.LogLevel)
+		extra = append(extra, "--log-level", e.opts.LogLevel)
 	case e.opts.LogFile != "":
-		args = append(args, "--log-level", "info")
+		extra = append(extra, "--log-level", "info")
 	default:
-		args = append(args, "--log-level", "warn")
+		extra = append(extra, "--log-level", "warn")
 	}
-	args = append(args, e.opts.ExtraArgs...)
+	args := append([]string{"run"}, stack.EdgeArgs(stack.EdgeConfig{
+		ID: EdgeID, Pool: pool, Public: netns.EdgePublic, NATSURL: natsURL, StateDir: e.StateFile(""),
+		LogFormat: "json", Extra: append(extra, e.opts.ExtraArgs...),
+	})...)
 	cmd := e.Topo.Edge.Command(ctx, e.opts.Edge, args...)
 	cmd.Env = append(os.Environ(), e.opts.Env...)
-	p, err := proc.Start("edge", cmd, nil)
+	p, err := e.procs.StartCmd("edge", cmd)
 	if err != nil {
 		return err
 	}
@@ -170,24 +159,10 @@ func (e *Env) StartEdge(ctx context.Context) error {
 
 // WaitEdgeHealthy waits for the edge's /healthz.
 func (e *Env) WaitEdgeHealthy(ctx context.Context, timeout time.Duration) error {
-	client := e.Topo.Edge.HTTPClient(time.Second)
-	deadline := time.Now().Add(timeout)
-	for {
-		resp, err := client.Get("http://" + adminAddr + "/healthz")
-		if err == nil {
-			_ = resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return nil
-			}
-		}
-		if e.EdgeP.Exited() {
-			return fmt.Errorf("edge exited: %.600s", e.EdgeP.Output())
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return fmt.Errorf("edge not healthy after %s: %v (output: %.600s)", timeout, err, e.EdgeP.Output())
-		}
-		time.Sleep(20 * time.Millisecond)
+	if err := stack.WaitHealthy(ctx, e.EdgeP, e.Topo.Edge, timeout); err != nil {
+		return fmt.Errorf("%w (output: %.600s)", err, e.EdgeP.Output())
 	}
+	return nil
 }
 
 // Close stops everything Env started.
@@ -195,17 +170,12 @@ func (e *Env) Close() {
 	if e.echo != nil {
 		_ = e.echo.Close()
 	}
-	if e.NC != nil {
-		e.NC.Close()
+	if e.kv != nil {
+		e.kv.Close()
 	}
-	if e.EdgeP != nil {
-		_ = e.EdgeP.Stop(5 * time.Second)
-		if e.opts.LogFile != "" {
-			_ = os.WriteFile(e.opts.LogFile, []byte(e.EdgeP.Output()), 0o644)
-		}
-	}
-	if e.NATS != nil {
-		_ = e.NATS.Stop(3 * time.Second)
+	_ = e.procs.Stop(5 * time.Second)
+	if e.EdgeP != nil && e.opts.LogFile != "" {
+		_ = os.WriteFile(e.opts.LogFile, []byte(e.EdgeP.Output()), 0o644)
 	}
 	_ = os.RemoveAll(e.Dir)
 }
@@ -214,24 +184,7 @@ func (e *Env) Close() {
 func (e *Env) StateFile(name string) string { return filepath.Join(e.Dir, "state", name) }
 
 // HAProxyPids lists the supervised HAProxy's master and workers.
-func (e *Env) HAProxyPids() []int {
-	b, err := os.ReadFile(e.StateFile("haproxy.pid"))
-	if err != nil {
-		return nil
-	}
-	master, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil {
-		return nil
-	}
-	pids := []int{master}
-	children, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", master, master))
-	for _, f := range strings.Fields(string(children)) {
-		if p, err := strconv.Atoi(f); err == nil {
-			pids = append(pids, p)
-		}
-	}
-	return pids
-}
+func (e *Env) HAProxyPids() []int { return stack.SupervisedPids(e.StateFile("")) }
 
 // SignalingBackend and MediaBackend are route i's backends on node 1.
 func SignalingBackend(i int) netip.AddrPort {
@@ -301,58 +254,19 @@ func (e *Env) TURNCredential(ctx context.Context, i int) (*livegatev1.TurnRelay,
 
 // MapHas asks HAProxy's runtime API whether the session is in the map.
 func (e *Env) MapHas(ctx context.Context, sessionID string) (bool, error) {
-	out, err := e.haproxy(ctx, "get map "+e.StateFile("sessions.map")+" "+sessionID)
-	if err != nil {
-		return false, err
-	}
-	return strings.Contains(out, "found=yes"), nil
+	return stack.EdgeHAProxy(e.StateFile("")).MapHas(ctx, sessionID)
 }
 
 // MapCount is the number of entries in HAProxy's map.
 func (e *Env) MapCount(ctx context.Context) (int, error) {
-	out, err := e.haproxy(ctx, "show map "+e.StateFile("sessions.map"))
-	if err != nil {
-		return 0, err
-	}
-	n := 0
-	for _, l := range strings.Split(out, "\n") {
-		if strings.TrimSpace(l) != "" {
-			n++
-		}
-	}
-	return n, nil
-}
-
-func (e *Env) haproxy(ctx context.Context, cmd string) (string, error) {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "unix", e.StateFile("haproxy.sock"))
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := c.Write([]byte(cmd + "\n")); err != nil {
-		return "", err
-	}
-	var b strings.Builder
-	buf := make([]byte, 64<<10)
-	for {
-		n, err := c.Read(buf)
-		b.Write(buf[:n])
-		if err != nil {
-			break
-		}
-	}
-	return b.String(), nil
+	m, err := stack.EdgeHAProxy(e.StateFile("")).ShowMap(ctx)
+	return len(m), err
 }
 
 // DNATCount counts the edge's per-port DNAT rules in the edge namespace.
 func (e *Env) DNATCount(ctx context.Context) (int, error) {
-	out, err := e.Topo.Edge.Output(ctx, "iptables-save", "-t", "nat")
-	if err != nil {
-		return 0, err
-	}
-	return strings.Count(out, "-j DNAT"), nil
+	rules, err := stack.DNATRules(ctx, e.Topo.Edge)
+	return stack.Total(rules), err
 }
 
 // Probe sends a UDP packet to the public port from the client namespace until the echo behind

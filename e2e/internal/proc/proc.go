@@ -1,12 +1,18 @@
 // Package proc runs the processes of an end-to-end run: it keeps each one's output (in full, for
-// a failure report) and stops it politely, then firmly.
+// a failure report) and stops it politely, then firmly. A process never outlives the run that
+// started it: it gets SIGKILL when the run dies (a test timeout, a panic, a SIGKILL), and it
+// inherits no file the run did not mean to pass (a held flock).
 package proc
 
 import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
+	"runtime"
+	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
@@ -32,9 +38,9 @@ func Start(name string, cmd *exec.Cmd, tee io.Writer) (*Proc, error) {
 	}
 	cmd.Stdout, cmd.Stderr = w, w
 	// Its own process group, so a Ctrl-C at the terminal reaches the runner alone, which then
-	// stops everything in order.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
+	// stops everything in order; SIGKILL when the runner dies without doing so.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := startOnLauncher(cmd); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
 	go func() {
@@ -42,6 +48,52 @@ func Start(name string, cmd *exec.Cmd, tee io.Writer) (*Proc, error) {
 		close(p.done)
 	}()
 	return p, nil
+}
+
+// launches are the starts the launcher thread runs.
+var (
+	launchOnce sync.Once
+	launches   chan launch
+)
+
+type launch struct {
+	cmd *exec.Cmd
+	err chan error
+}
+
+// startOnLauncher starts cmd from one OS thread that lives as long as the runner. Pdeathsig
+// fires when the thread that forked the child exits, not the process: the runtime ends a thread
+// whose goroutine exits locked to it (netns.Do does, when it cannot leave a namespace), which
+// would kill a process forked from it in the middle of a run.
+func startOnLauncher(cmd *exec.Cmd) error {
+	launchOnce.Do(func() {
+		launches = make(chan launch)
+		go func() {
+			runtime.LockOSThread()
+			for l := range launches {
+				l.err <- l.cmd.Start()
+			}
+		}()
+	})
+	l := launch{cmd: cmd, err: make(chan error, 1)}
+	launches <- l
+	return <-l.err
+}
+
+// init marks close-on-exec every descriptor the runner inherited beyond the standard three (Go
+// opens its own so), before anything is started (this package's processes, a browser, a
+// command): a lock file `flock` passes down would otherwise be held by every process the run
+// starts, and by anything that outlives it.
+func init() {
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			syscall.CloseOnExec(fd)
+		}
+	}
 }
 
 // Pid is the process id.

@@ -1,7 +1,11 @@
-// Package stack starts livegate's processes inside a netns.Topology: the edge (with its embedded
-// NATS and supervised HAProxy) in the edge namespace, an agent and the demo app (or the WebRTC
-// sample app) in each node namespace, and the probe in the client namespace. The end-to-end
-// tests, the benchmarks and `make demo` share it.
+// Package stack is the one end-to-end harness: the end-to-end tests, the fault suite, the
+// cluster test, the benchmarks and `make demo` start livegate from it. Start runs a deployment in a
+// netns.Topology: the edge (with its embedded NATS and supervised HAProxy) in the edge namespace,
+// an agent and the demo app (or the WebRTC sample app) in each node namespace, and the probe in
+// the client namespace. A Lab hangs many namespaces off bridges in a hub for deployments with
+// their own nats-server (or a cluster of three) and several edges. Both start their processes in
+// a Group, read HAProxy through its runtime API (HAProxy) and the kernel's DNAT rules and
+// conntrack entries (DNATRules, Conntrack), and leave nothing behind on any exit path.
 package stack
 
 import (

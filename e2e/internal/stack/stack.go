@@ -74,7 +74,7 @@ type Deployment struct {
 	Edge  *proc.Proc
 	Nodes []*Node
 	Obs   *observer.Observer
-	procs []*proc.Proc
+	procs Group
 }
 
 // Node is one node namespace with its agent and app.
@@ -99,7 +99,7 @@ func Start(ctx context.Context, o Options) (d *Deployment, err error) {
 	if err != nil {
 		return nil, err
 	}
-	d = &Deployment{opts: o, Topo: topo}
+	d = &Deployment{opts: o, Topo: topo, procs: Group{Output: o.Output, Wrap: o.Wrap}}
 	defer func() {
 		if err != nil {
 			_ = d.Close()
@@ -134,42 +134,15 @@ func (d *Deployment) PublicSignaling() string {
 	return net.JoinHostPort(netns.EdgePublic.String(), strconv.Itoa(SignalingPort))
 }
 
-func (d *Deployment) start(ctx context.Context, name string, ns *netns.Namespace, bin string, args ...string) (*proc.Proc, error) {
-	var tee io.Writer
-	if d.opts.Output != nil {
-		tee = d.opts.Output(name)
-	}
-	if d.opts.Wrap != nil {
-		bin, args = d.opts.Wrap(name, bin, args)
-	}
-	p, err := proc.Start(name, ns.Command(context.WithoutCancel(ctx), bin, args...), tee)
-	if err != nil {
-		return nil, err
-	}
-	d.procs = append(d.procs, p)
-	return p, nil
-}
-
 func (d *Deployment) startEdge(ctx context.Context) error {
 	state := filepath.Join(d.opts.Dir, "edge")
 	if err := os.MkdirAll(state, 0o700); err != nil {
 		return fmt.Errorf("edge state dir: %w", err)
 	}
-	p, err := d.start(ctx, "edge", d.Topo.Edge, d.opts.Bins.Edge, append([]string{
-		"--edge-id", d.opts.EdgeID,
-		"--pool", d.opts.Pool,
-		"--public-host", netns.EdgePublic.String(),
-		"--public-ip", netns.EdgePublic.String(),
-		fmt.Sprintf("--nats-embedded=0.0.0.0:%d", NATSPort),
-		// The namespace goes away with the run, so HAProxy must not outlive the edge.
-		"--haproxy-stop-on-exit",
-		"--signaling-port", strconv.Itoa(SignalingPort),
-		"--tls-self-signed",
-		"--state-dir", state,
-		"--media-ports", MediaPorts,
-		"--backend-cidrs", netns.BackendCIDRs.String(),
-		"--log-format", "console",
-	}, d.opts.EdgeArgs...)...)
+	p, err := d.procs.Start(ctx, "edge", d.Topo.Edge, d.opts.Bins.Edge, EdgeArgs(EdgeConfig{
+		ID: d.opts.EdgeID, Pool: d.opts.Pool, Public: netns.EdgePublic, StateDir: state, MediaPorts: MediaPorts,
+		Extra: d.opts.EdgeArgs,
+	})...)
 	if err != nil {
 		return err
 	}
@@ -177,35 +150,19 @@ func (d *Deployment) startEdge(ctx context.Context) error {
 	return WaitTCP(ctx, p, d.Topo.Edge, d.PublicSignaling())
 }
 
-// WaitTCP waits until addr accepts connections from inside ns, failing early when p exits.
-func WaitTCP(ctx context.Context, p *proc.Proc, ns *netns.Namespace, addr string) error {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	for {
-		c, err := ns.Dial(ctx, "tcp", addr)
-		if err == nil {
-			_ = c.Close()
-			return nil
-		}
-		select {
-		case <-p.Done():
-			return fmt.Errorf("%s exited (%v) before %s accepted connections", p.Name, p.Err(), addr)
-		case <-ctx.Done():
-			return fmt.Errorf("%s: %s not accepting connections: %w", p.Name, addr, err)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-}
-
 // AgentConfig is what differs between the agents of end-to-end deployments.
 type AgentConfig struct {
 	InstanceID, Pool    string
 	NATSHost, BackendIP netip.Addr
 	// NATSURL, when set, is the --nats-url instead of NATSHost's (a cluster's servers).
-	NATSURL              string
+	NATSURL string
+	// NATSReplicas, when set, is the replicas of the buckets the agent creates (a cluster's).
+	NATSReplicas         int
 	LeaseTTL             time.Duration
 	QuitOnSessionEnded   bool
 	ResumeTimeoutSeconds int
+	// LogLevel is the agent's default unless set (debug logs what checks of events read).
+	LogLevel string
 }
 
 // AgentArgs is the command line of an agent beside the demo app on the ports above, so that
@@ -215,7 +172,7 @@ func AgentArgs(c AgentConfig) []string {
 	if url == "" {
 		url = fmt.Sprintf("nats://%s:%d", c.NATSHost, NATSPort)
 	}
-	return []string{
+	args := []string{
 		"--instance-id", c.InstanceID,
 		"--pool", c.Pool,
 		"--nats-url", url,
@@ -229,29 +186,28 @@ func AgentArgs(c AgentConfig) []string {
 		fmt.Sprintf("--/exts/omni.services.livestream.session/quitOnSessionEnded=%t", c.QuitOnSessionEnded),
 		fmt.Sprintf("--/exts/omni.services.livestream.session/resumeTimeoutSeconds=%d", c.ResumeTimeoutSeconds),
 	}
+	if c.NATSReplicas > 0 {
+		args = append(args, "--nats-replicas", strconv.Itoa(c.NATSReplicas))
+	}
+	if c.LogLevel != "" {
+		args = append(args, "--log-level", c.LogLevel)
+	}
+	return args
 }
 
 // startAgent starts the node's agent with the Kit-style session settings of its options.
 func (n *Node) startAgent(ctx context.Context) error {
 	d := n.d
-	name := fmt.Sprintf("agent%d", n.Index)
-	p, err := d.start(ctx, name, n.NS, d.opts.Bins.Agent, AgentArgs(AgentConfig{
+	p, err := d.procs.StartAgent(ctx, fmt.Sprintf("agent%d", n.Index), n.NS, d.opts.Bins.Agent, AgentConfig{
 		InstanceID: n.InstanceID, Pool: d.opts.Pool, NATSHost: netns.EdgeNodeSide(n.Index), BackendIP: netns.NodeAddr(n.Index),
 		LeaseTTL: d.opts.LeaseTTL, QuitOnSessionEnded: n.opts.QuitOnSessionEnded, ResumeTimeoutSeconds: n.opts.ResumeTimeoutSeconds,
-	})...)
-	if err != nil {
-		return err
-	}
+	})
 	n.Agent = p
-	return WaitTCP(ctx, p, n.NS, fmt.Sprintf("127.0.0.1:%d", AgentPort))
+	return err
 }
 
 func (n *Node) startApp(ctx context.Context) error {
-	bin, args := n.d.opts.Bins.DemoApp, []string{
-		"--signaling-addr", fmt.Sprintf(":%d", AppSignalingPort),
-		"--media-addr", fmt.Sprintf(":%d", AppMediaPort),
-		"--log-format", "console",
-	}
+	bin, args := n.d.opts.Bins.DemoApp, DemoAppArgs(false)
 	if n.opts.StreamApp {
 		video, err := n.d.testVideo(ctx)
 		if err != nil {
@@ -259,12 +215,9 @@ func (n *Node) startApp(ctx context.Context) error {
 		}
 		bin, args = n.d.opts.Bins.StreamApp, append(args, "--video", video)
 	}
-	p, err := n.d.start(ctx, fmt.Sprintf("app%d", n.Index), n.NS, bin, args...)
-	if err != nil {
-		return err
-	}
+	p, err := n.d.procs.StartApp(ctx, fmt.Sprintf("app%d", n.Index), n.NS, bin, args...)
 	n.App = p
-	return WaitTCP(ctx, p, n.NS, fmt.Sprintf("127.0.0.1:%d", AppSignalingPort))
+	return err
 }
 
 // testVideoSeconds is the length of the stream apps' loop: short, to make quickly.
@@ -312,11 +265,17 @@ func (n *Node) Startup(ctx context.Context) (Ready, error) {
 
 // EndSession calls /v1/streaming/endsession and returns the sessionStatus.
 func (n *Node) EndSession(ctx context.Context, sessionID string, graceful bool) (string, error) {
+	return EndSession(ctx, n.NS, n.InstanceID, sessionID, graceful)
+}
+
+// EndSession calls /v1/streaming/endsession of instance's agent in ns and returns the
+// sessionStatus.
+func EndSession(ctx context.Context, ns *netns.Namespace, instance, sessionID string, graceful bool) (string, error) {
 	var body struct {
 		SessionStatus string `json:"sessionStatus"`
 	}
 	req := map[string]any{"sessionId": sessionID, "gracefulShutdown": graceful}
-	code, err := n.call(ctx, http.MethodPost, "/v1/streaming/endsession", req, &body)
+	code, err := agentCall(ctx, ns, instance, http.MethodPost, "/v1/streaming/endsession", req, &body)
 	if err == nil && code != http.StatusOK {
 		err = fmt.Errorf("endsession: HTTP %d", code)
 	}
@@ -324,6 +283,12 @@ func (n *Node) EndSession(ctx context.Context, sessionID string, graceful bool) 
 }
 
 func (n *Node) call(ctx context.Context, method, path string, in, out any) (int, error) {
+	return agentCall(ctx, n.NS, n.InstanceID, method, path, in, out)
+}
+
+// agentCall calls the API of instance's agent in ns with in as the JSON body (when not nil) and
+// decodes the answer into out.
+func agentCall(ctx context.Context, ns *netns.Namespace, instance, method, path string, in, out any) (int, error) {
 	var body io.Reader
 	if in != nil {
 		b, err := json.Marshal(in)
@@ -339,17 +304,17 @@ func (n *Node) call(ctx context.Context, method, path string, in, out any) (int,
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := n.NS.HTTPClient(5 * time.Second).Do(req)
+	resp, err := ns.HTTPClient(5 * time.Second).Do(req)
 	if err != nil {
-		return 0, fmt.Errorf("%s %s on %s: %w", method, path, n.InstanceID, err)
+		return 0, fmt.Errorf("%s %s on %s: %w", method, path, instance, err)
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return resp.StatusCode, fmt.Errorf("%s %s on %s: %w", method, path, n.InstanceID, err)
+		return resp.StatusCode, fmt.Errorf("%s %s on %s: %w", method, path, instance, err)
 	}
 	if err := json.Unmarshal(raw, out); err != nil {
-		return resp.StatusCode, fmt.Errorf("%s %s on %s: HTTP %d %q: %w", method, path, n.InstanceID, resp.StatusCode, raw, err)
+		return resp.StatusCode, fmt.Errorf("%s %s on %s: HTTP %d %q: %w", method, path, instance, resp.StatusCode, raw, err)
 	}
 	return resp.StatusCode, nil
 }
@@ -370,58 +335,17 @@ func (d *Deployment) Probe(ctx context.Context, args ...string) (string, error) 
 	return string(out), nil
 }
 
+// HAProxy is the supervised HAProxy's runtime API.
+func (d *Deployment) HAProxy() HAProxy { return EdgeHAProxy(filepath.Join(d.opts.Dir, "edge")) }
+
 // HAProxyMap reads the session map from the supervised HAProxy's runtime API (`show map`): what
 // HAProxy routes by right now.
 func (d *Deployment) HAProxyMap(ctx context.Context) (map[string]string, error) {
-	state := filepath.Join(d.opts.Dir, "edge")
-	return ShowMap(ctx, filepath.Join(state, "haproxy.sock"), filepath.Join(state, "sessions.map"))
+	return d.HAProxy().ShowMap(ctx)
 }
-
-// ShowMap reads the map mapFile names from the HAProxy runtime API at socket (`show map`). A
-// unix socket is reached by path, from any namespace.
-func ShowMap(ctx context.Context, socket, mapFile string) (map[string]string, error) {
-	var dialer net.Dialer
-	c, err := dialer.DialContext(ctx, "unix", socket)
-	if err != nil {
-		return nil, fmt.Errorf("haproxy runtime socket: %w", err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := fmt.Fprintf(c, "show map %s\n", mapFile); err != nil {
-		return nil, fmt.Errorf("haproxy show map: %w", err)
-	}
-	out, err := io.ReadAll(c)
-	if err != nil {
-		return nil, fmt.Errorf("haproxy show map: %w", err)
-	}
-	m := map[string]string{}
-	for _, line := range strings.Split(string(out), "\n") {
-		// "<entry id> <key> <value>"
-		f := strings.Fields(line)
-		if len(f) == 3 && strings.HasPrefix(f[0], "0x") {
-			m[f[1]] = f[2]
-		} else if line != "" {
-			return nil, fmt.Errorf("haproxy show map: unexpected line %q", line)
-		}
-	}
-	return m, nil
-}
-
-// logTail bounds each process's share of a failure report.
-const logTail = 24 << 10
 
 // Logs is the end of every process's output so far, for a failure report.
-func (d *Deployment) Logs() string {
-	var b strings.Builder
-	for _, p := range d.procs {
-		out := p.Output()
-		if len(out) > logTail {
-			out = "[...]" + out[len(out)-logTail:]
-		}
-		fmt.Fprintf(&b, "----- %s (pid %d, exited %t, code %d) -----\n%s\n", p.Name, p.Pid(), p.Exited(), p.ExitCode(), out)
-	}
-	return b.String()
-}
+func (d *Deployment) Logs() string { return d.procs.Logs(logTail) }
 
 // Close stops the agents and apps (so they can delete their routes), then the edge, then removes
 // the namespaces with whatever still runs in them.
@@ -430,48 +354,11 @@ func (d *Deployment) Close() error {
 	if d.Obs != nil {
 		d.Obs.Close()
 	}
-	for i := len(d.procs) - 1; i >= 0; i-- {
-		if err := d.procs[i].Stop(10 * time.Second); err != nil && !isSignalExit(err) {
-			errs = append(errs, err)
-		}
+	if err := d.procs.Stop(10 * time.Second); err != nil {
+		errs = append(errs, err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	errs = append(errs, d.Topo.Close(ctx))
 	return errors.Join(errs...)
-}
-
-// isSignalExit tells a process that died of the SIGTERM Stop sent (no handler) from a failure.
-func isSignalExit(err error) bool {
-	var ee interface{ ExitCode() int }
-	return errors.As(err, &ee) && ee.ExitCode() == -1
-}
-
-// WaitHealthy waits until the edge p in ns answers 200 on its admin /healthz (the default
-// --admin-addr, 127.0.0.1:9470): synced with KV and HAProxy. It fails early when p exits.
-func WaitHealthy(ctx context.Context, p *proc.Proc, ns *netns.Namespace, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	hc := ns.HTTPClient(2 * time.Second)
-	var last string
-	for {
-		resp, err := hc.Get("http://127.0.0.1:9470/healthz")
-		if err == nil {
-			body, _ := io.ReadAll(resp.Body)
-			_ = resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-			last = string(body)
-		} else {
-			last = err.Error()
-		}
-		select {
-		case <-p.Done():
-			return fmt.Errorf("%s exited (%v) before it was healthy", p.Name, p.Err())
-		case <-ctx.Done():
-			return fmt.Errorf("%s not healthy: %s", p.Name, last)
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
 }

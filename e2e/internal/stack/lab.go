@@ -1,0 +1,126 @@
+package stack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/livegate/livegate/e2e/internal/netns"
+)
+
+// Lab is a deployment of many namespaces (NATS servers, edges, nodes, a client) hung off bridges
+// in one hub namespace, with the processes that run in them: the fault suite's and the cluster
+// test's topology, where a single netns.Topology is too small.
+type Lab struct {
+	// ID starts every namespace and interface name: the prefix, the pid in base 36, "-" and a
+	// sequence number, so parallel runs never collide and Sweep can tell a killed run's
+	// leftovers from a live one's.
+	ID    string
+	Hub   *netns.Namespace
+	Procs Group
+	nss   []*netns.Namespace
+}
+
+// A Lab's networks, all in 198.18.0.0/15, each a /24 on a bridge in the hub:
+//
+//	public 198.18.1.0/24  client .2, edge k .10+k                                      (clients → edges)
+//	ctl    198.18.2.0/24  hub .254, edge k .10+k                                       (edges → NATS)
+//	lan    198.19.0.0/24  hub .254, edge k .10+k, node i .100+i, NATS server k .200+k  (edges → apps, agents → NATS)
+var (
+	LabClient = netip.MustParseAddr("198.18.1.2")
+	LabHubCtl = netip.MustParseAddr("198.18.2.254")
+	LabHubLAN = netip.MustParseAddr("198.19.0.254")
+)
+
+// LabEdgePublic is edge k's address on the public network.
+func LabEdgePublic(k int) netip.Addr { return netip.AddrFrom4([4]byte{198, 18, 1, byte(10 + k)}) }
+
+// LabEdgeCtl is edge k's address on the ctl network.
+func LabEdgeCtl(k int) netip.Addr { return netip.AddrFrom4([4]byte{198, 18, 2, byte(10 + k)}) }
+
+// LabEdgeLAN is edge k's address on the lan.
+func LabEdgeLAN(k int) netip.Addr { return netip.AddrFrom4([4]byte{198, 19, 0, byte(10 + k)}) }
+
+// LabNodeLAN is node i's address on the lan.
+func LabNodeLAN(i int) netip.Addr { return netip.AddrFrom4([4]byte{198, 19, 0, byte(100 + i)}) }
+
+// LabNATSLAN is NATS server k's address on the lan.
+func LabNATSLAN(k int) netip.Addr { return netip.AddrFrom4([4]byte{198, 19, 0, byte(200 + k)}) }
+
+var labSeq atomic.Int64
+
+// NewLab sweeps the leftovers of killed runs of prefix and creates the hub namespace. The
+// caller closes the Lab, also on error paths.
+func NewLab(ctx context.Context, prefix string) (*Lab, []string, error) {
+	swept, err := netns.Sweep(ctx, prefix)
+	if err != nil {
+		return nil, nil, fmt.Errorf("sweep stale namespaces: %w", err)
+	}
+	id := prefix + strconv.FormatInt(int64(os.Getpid()), 36) + "-" + strconv.FormatInt(labSeq.Add(1), 36)
+	// Room for a role and a link (e1p) in a 15-byte interface name.
+	if len(id)+3 > 15 {
+		return nil, swept, fmt.Errorf("lab id %s: too long for interface names", id)
+	}
+	l := &Lab{ID: id}
+	if l.Hub, err = l.AddNS(ctx, "h"); err != nil {
+		return l, swept, err
+	}
+	return l, swept, nil
+}
+
+// AddNS creates the namespace ID+role.
+func (l *Lab) AddNS(ctx context.Context, role string) (*netns.Namespace, error) {
+	ns, err := netns.Add(ctx, l.ID+role)
+	if err != nil {
+		return nil, err
+	}
+	l.nss = append(l.nss, ns)
+	return ns, nil
+}
+
+// Bridge adds a bridge to the hub, with the hub's own address (a /24) on it when addr is valid.
+func (l *Lab) Bridge(ctx context.Context, name string, addr netip.Addr) error {
+	if err := l.Hub.Run(ctx, "ip", "link", "add", name, "type", "bridge"); err != nil {
+		return err
+	}
+	if addr.IsValid() {
+		if err := l.Hub.Run(ctx, "ip", "addr", "add", netip.PrefixFrom(addr, 24).String(), "dev", name); err != nil {
+			return err
+		}
+	}
+	return l.Hub.Run(ctx, "ip", "link", "set", name, "up")
+}
+
+// Link joins ns to a hub bridge with a veth: LinkName(role, net) inside ns (with addr, a /24), the same
+// in upper case on the hub's side.
+func (l *Lab) Link(ctx context.Context, ns *netns.Namespace, role, net, bridge string, addr netip.Addr) error {
+	in := l.LinkName(role, net)
+	return netns.Bridged(ctx, l.Hub, bridge, ns, in, l.ID+role+strings.ToUpper(net), netip.PrefixFrom(addr, 24))
+}
+
+// LinkName is the interface Link made for role and net inside its namespace.
+func (l *Lab) LinkName(role, net string) string { return l.ID + role + net }
+
+// Close stops every process (the last started first, grace each) and deletes every namespace,
+// with whatever still runs in it. It fails if a namespace of the Lab is left.
+func (l *Lab) Close(grace time.Duration) error {
+	_ = l.Procs.Stop(grace)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var errs []error
+	for i := len(l.nss) - 1; i >= 0; i-- {
+		if err := l.nss[i].Delete(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if left, _ := netns.List(ctx, l.ID); len(left) > 0 {
+		errs = append(errs, fmt.Errorf("namespaces left behind: %v", left))
+	}
+	return errors.Join(errs...)
+}
