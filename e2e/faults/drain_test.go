@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/livegate/livegate/e2e/internal/stack"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
 )
 
@@ -229,7 +230,7 @@ func (e *env) admin(g *edge, path string) (int, string) {
 func (e *env) statusDraining(g *edge, want bool) error {
 	ctx, cancel := context.WithTimeout(e.ctx, 15*time.Second)
 	defer cancel()
-	out, err := g.ns.Command(ctx, e.bins.Edge, "status", "-o", "json", "--nats-url", fmt.Sprintf("nats://%s:%d", hubCtl, natsPort)).Output()
+	out, err := g.ns.Command(ctx, e.bins.Edge, "status", "-o", "json", "--nats-url", fmt.Sprintf("nats://%s:%d", stack.LabHubCtl, natsPort)).Output()
 	if err != nil {
 		return fmt.Errorf("livegate-edgeproxy status: %w", err)
 	}

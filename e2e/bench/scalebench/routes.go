@@ -8,9 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -282,41 +280,12 @@ func (d *deployment) edgeByID(id string) *edge {
 	return nil
 }
 
-func (g *edge) showMap(ctx context.Context) (map[string]string, error) {
-	return stack.ShowMap(ctx, filepath.Join(g.dir, "haproxy.sock"), filepath.Join(g.dir, "sessions.map"))
-}
-
-// mapHas asks the edge's HAProxy whether the session is in its map.
-func (g *edge) mapHas(ctx context.Context, session string) (bool, error) {
-	var dialer net.Dialer
-	c, err := dialer.DialContext(ctx, "unix", filepath.Join(g.dir, "haproxy.sock"))
-	if err != nil {
-		return false, err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := fmt.Fprintf(c, "get map %s %s\n", filepath.Join(g.dir, "sessions.map"), session); err != nil {
-		return false, err
-	}
-	buf := make([]byte, 4096)
-	var b strings.Builder
-	for {
-		n, err := c.Read(buf)
-		b.Write(buf[:n])
-		if err != nil {
-			break
-		}
-	}
-	return strings.Contains(b.String(), "found=yes"), nil
-}
+func (g *edge) haproxy() stack.HAProxy { return stack.EdgeHAProxy(g.dir) }
 
 // dnatRules counts the edge's DNAT rules.
 func (g *edge) dnatRules(ctx context.Context) (int, error) {
-	out, err := g.ns.Output(ctx, "iptables-save", "-t", "nat")
-	if err != nil {
-		return 0, err
-	}
-	return strings.Count(out, "-j DNAT"), nil
+	perPort, err := stack.DNATRules(ctx, g.ns)
+	return stack.Total(perPort), err
 }
 
 // metrics reads the edge's /metrics.
@@ -375,7 +344,7 @@ func (d *deployment) routable(ctx context.Context, eps *endpoints, i int, deadli
 		return ep, at, fmt.Errorf("route %s: endpoint names edge %q, none of the deployment's", routeKey(i), ep.edge)
 	}
 	for {
-		ok, err := g.mapHas(ctx, sessionID(i))
+		ok, err := g.haproxy().MapHas(ctx, sessionID(i))
 		if err == nil && ok {
 			break
 		}

@@ -199,7 +199,7 @@ func (d *deployment) routeAll(ctx context.Context, ag *agents, eps *endpoints, n
 		maps = maps[:0]
 		ok := true
 		for _, g := range d.edges {
-			m, err := g.showMap(ctx)
+			m, err := g.haproxy().ShowMap(ctx)
 			if err != nil || len(m) != per[g.id] {
 				ok = false
 				break
