@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"runtime"
 	"strconv"
-	"syscall"
 	"time"
 )
 
@@ -16,15 +15,14 @@ type Hog struct {
 	cmds []*exec.Cmd
 }
 
-// Start starts one busy shell loop per core, at the default priority. Each is started under
-// coreutils' timeout, so that it ends after limit even when the bench dies without Stop.
+// Start starts one busy shell loop per core, at the default priority. Each loop ends by itself
+// after limit (bash's SECONDS, no process forked per turn), so none outlives a bench that died
+// without Stop.
 func Start(limit time.Duration) (*Hog, error) {
 	h := &Hog{}
 	secs := strconv.Itoa(max(int(limit/time.Second), 1))
 	for range runtime.NumCPU() {
-		cmd := exec.Command("timeout", "-s", "KILL", secs, "sh", "-c", "while :; do :; done")
-		// A group of its own: Stop ends the loop with its timeout parent.
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		cmd := exec.Command("bash", "-c", "while (( SECONDS < "+secs+" )); do :; done")
 		if err := cmd.Start(); err != nil {
 			h.Stop()
 			return nil, fmt.Errorf("start cpu hog: %w", err)
@@ -40,7 +38,7 @@ func (h *Hog) Cores() int { return len(h.cmds) }
 // Stop kills the busy processes and waits for them.
 func (h *Hog) Stop() {
 	for _, c := range h.cmds {
-		_ = syscall.Kill(-c.Process.Pid, syscall.SIGKILL)
+		_ = c.Process.Kill()
 	}
 	for _, c := range h.cmds {
 		_ = c.Wait()
