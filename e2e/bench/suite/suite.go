@@ -219,7 +219,8 @@ func (c Config) routeLatency(ctx context.Context, env *edgebench.Env) []report.R
 	}
 	floorText := "not measured"
 	if floor, err := iptbase.Floor(ctx, c.Prefix+strconv.FormatInt(int64(os.Getpid()), 36)+"-flr", o.Held); err == nil {
-		floorText = fmt.Sprintf("%s fed to a running iptables-restore (as the edge does), %s starting one per batch", stats.FormatDuration(floor.Fed), stats.FormatDuration(floor.Exec))
+		floorText = fmt.Sprintf("%s fed to a running iptables-restore (as the edge does), %s starting one per batch; a batch deleting one rule and appending one, every %s as in the churn: p50 %s, p90 %s (the appended rule's xtables match and target wait for the release of the rules deleted before)",
+			stats.FormatDuration(floor.Fed), stats.FormatDuration(floor.Exec), iptbase.ChurnPause, stats.FormatDuration(floor.Churn), stats.FormatDuration(floor.ChurnP90))
 	} else {
 		floorText += ": " + err.Error()
 	}
@@ -233,7 +234,7 @@ func (c Config) routeLatency(ctx context.Context, env *edgebench.Env) []report.R
 	live.Notes = append([]string{
 		fmt.Sprintf("the edge's own livegate_edge_programming_seconds over the churn: p50 ≤ %s, p99 ≤ %s (histogram bucket bounds)", seconds(lg.EdgeP50), seconds(lg.EdgeP99)),
 		"where the time went, " + lg.Breakdown.String(),
-		fmt.Sprintf("kernel floor of one pass, same run: %s (median of 7 two-rule batches each, into a namespace holding %d rules)", floorText, o.Held),
+		fmt.Sprintf("kernel floor of one pass, same run: %s (median of 7 two-rule batches each, 50 of the churn batches, into a namespace holding %d rules)", floorText, o.Held),
 		churnNote,
 		"baseline: one backend per session in haproxy.cfg, rewrite + master-CLI reload, one change at a time (the most favourable case), timed until the new backend answers",
 	}, live.Notes...)
