@@ -255,6 +255,7 @@ func (c Config) routeLatency(ctx context.Context, env *edgebench.Env) []report.R
 		return append(out, failed(name+"-cpu-hog", err))
 	}
 	hbase, err := haproxyreload.Run(ctx, haproxyreload.Options{Binary: c.HAProxy, Held: 100, Changes: c.pick(10, 20)})
+	cores := hog.Cores()
 	hog.Stop()
 	if err != nil {
 		return append(out, failed(name+"-cpu-hog", fmt.Errorf("haproxy reload baseline: %w", err)))
@@ -264,8 +265,8 @@ func (c Config) routeLatency(ctx context.Context, env *edgebench.Env) []report.R
 		"where the time went, " + hlg.Breakdown.String(),
 		fmt.Sprintf("ended routes unroutable: p50=%s p99=%s (n=%d, failed %d)", stats.FormatDuration(hlg.Unroutable.Percentile(50)), stats.FormatDuration(hlg.Unroutable.Percentile(99)), len(hlg.Unroutable), hlg.UnroutableFailures),
 		fmt.Sprintf("a busy shell loop per core (%d) at the default priority for the churn and the baseline; churn: %d held, %d new and %d ended per second for %s (%d added, %d ended)",
-			hog.Cores(), hogged.Held, hogged.Rate, hogged.Rate, hogged.Duration, hlg.Added, hlg.Ended),
-		fmt.Sprintf("without the hog in the same run: p99 %s; under it ×%s", stats.FormatDuration(lg.Routable.Percentile(99)),
+			cores, hogged.Held, hogged.Rate, hogged.Rate, hogged.Duration, hlg.Added, hlg.Ended),
+		fmt.Sprintf("without the hog in the same run: p99 %s; under it %s that", stats.FormatDuration(lg.Routable.Percentile(99)),
 			stats.FormatRatio(stats.Ratio(float64(hlg.Routable.Percentile(99)), float64(lg.Routable.Percentile(99))))),
 	}, hr.Notes...)
 	return append(out, hr)
