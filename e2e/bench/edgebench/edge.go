@@ -273,6 +273,16 @@ func (e *Env) DNATCount(ctx context.Context) (int, error) {
 // the DNAT answers or timeout passes. Each try uses a fresh source port: a packet that arrives
 // before the rule leaves a conntrack entry without NAT that would capture later tries.
 func (e *Env) Probe(ctx context.Context, public netip.AddrPort, timeout time.Duration) error {
+	c, err := e.probeConn(ctx, public, timeout)
+	if err != nil {
+		return err
+	}
+	return c.Close()
+}
+
+// probeConn is Probe returning the socket whose datagram was echoed: its flow has the route's
+// NAT binding in conntrack, which waitUnroutable probes again once the route ended.
+func (e *Env) probeConn(ctx context.Context, public netip.AddrPort, timeout time.Duration) (*net.UDPConn, error) {
 	deadline := time.Now().Add(timeout)
 	payload := []byte("probe")
 	buf := make([]byte, 64)
@@ -282,20 +292,75 @@ func (e *Env) Probe(ctx context.Context, public netip.AddrPort, timeout time.Dur
 			c, err = net.ListenUDP("udp4", &net.UDPAddr{})
 			return err
 		}); err != nil {
-			return err
+			return nil, err
 		}
 		_, err := c.WriteToUDPAddrPort(payload, public)
 		if err == nil {
 			_ = c.SetReadDeadline(time.Now().Add(3 * time.Millisecond))
 			n, _, rerr := c.ReadFromUDPAddrPort(buf)
 			if rerr == nil && string(buf[:n]) == string(payload) {
-				_ = c.Close()
-				return nil
+				return c, nil
 			}
 		}
 		_ = c.Close()
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			return fmt.Errorf("no echo through %s within %s", public, timeout)
+			return nil, fmt.Errorf("no echo through %s within %s", public, timeout)
+		}
+	}
+}
+
+// unansweredAfter is how long a probe of an ended route waits for its echo before it counts
+// as unanswered, and unansweredRun how many unanswered probes in a row make the route
+// unroutable: a late echo on a loaded host is not taken for a removed rule.
+const (
+	unansweredAfter = 20 * time.Millisecond
+	unansweredRun   = 3
+)
+
+// udpGone probes public from the socket of an echoed flow until a run of unansweredRun probes
+// goes unanswered, and returns when the first of them was sent. Such a probe is echoed while
+// either the flow's conntrack entry (with its NAT binding) or the port's DNAT rule is left, so
+// an unanswered one means both are gone.
+func udpGone(ctx context.Context, c *net.UDPConn, public netip.AddrPort, deadline time.Time) (time.Time, error) {
+	buf := make([]byte, 64)
+	var seq uint64
+	var firstMiss time.Time
+	misses := 0
+	for {
+		seq++
+		want := "gone?" + strconv.FormatUint(seq, 10)
+		sent := time.Now()
+		if _, err := c.WriteToUDPAddrPort([]byte(want), public); err != nil {
+			return time.Time{}, fmt.Errorf("probe %s: %w", public, err)
+		}
+		answered := false
+		_ = c.SetReadDeadline(sent.Add(unansweredAfter))
+		for {
+			n, _, err := c.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				break
+			}
+			if string(buf[:n]) == want {
+				answered = true
+				break
+			}
+		}
+		switch {
+		case answered:
+			misses = 0
+		case misses == 0:
+			firstMiss, misses = sent, 1
+		default:
+			misses++
+		}
+		if misses == unansweredRun {
+			return firstMiss, nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return time.Time{}, fmt.Errorf("%s still answered after the route ended", public)
+		}
+		if answered {
+			time.Sleep(mapPollInterval)
 		}
 	}
 }

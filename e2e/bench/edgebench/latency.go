@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"net"
 	"net/netip"
 	"strings"
 	"sync"
@@ -20,15 +21,25 @@ type ChurnOptions struct {
 	Rate     int           // new routes per second, and as many ended
 	Duration time.Duration // length of the churn
 	Timeout  time.Duration // a route not routable within this counts as failed
+	// First is the index of the first route the run writes; a second run on the same edge
+	// starts past the first's, so that no key is reused.
+	First int
 }
 
 // ChurnResult holds, per new route, the time from the KV write until it was routable (map
-// entry found and UDP probe echoed through the DNAT), and until its endpoint was published.
+// entry found and UDP probe echoed through the DNAT), and until its endpoint was published;
+// per ended route that had been probed, the time from its KV delete until it was unroutable
+// (map entry gone, and neither the DNAT rule nor the probed flow's conntrack entry left).
 type ChurnResult struct {
 	Routable, Endpoint stats.Durations
 	Failures           int
 	Added, Ended       int
 	FirstErr           error
+	Unroutable         stats.Durations
+	UnroutableFailures int
+	FirstUnroutableErr error
+	// Next is the index after the last route the run wrote.
+	Next int
 	// EdgeP50 and EdgeP99 are the edge's own livegate_edge_programming_seconds over the churn
 	// (bucket upper bounds, seconds; NaN when unavailable).
 	EdgeP50, EdgeP99 float64
@@ -36,30 +47,38 @@ type ChurnResult struct {
 	Breakdown Breakdown
 }
 
-// Churn keeps Held routes live while adding and ending Rate routes per second.
+// probed is a routable route's echoed flow, kept open until the route ends.
+type probed struct {
+	conn   *net.UDPConn
+	public netip.AddrPort
+}
+
+// Churn keeps Held routes live while adding and ending Rate routes per second, then ends the
+// routes still held, so that another run on the same edge starts from the same count.
 func (e *Env) Churn(ctx context.Context, o ChurnOptions) (ChurnResult, error) {
-	var res ChurnResult
+	res := ChurnResult{Next: o.First}
 	ttl := 5 * time.Minute
 	eps := e.WatchEndpoints(ctx)
-	for i := range o.Held {
+	for i := o.First; i < o.First+o.Held; i++ {
 		if err := e.PutRoute(ctx, i, ttl); err != nil {
 			return res, fmt.Errorf("seed route %d: %w", i, err)
 		}
 	}
+	res.Next = o.First + o.Held
 	seedDeadline := time.Now().Add(30 * time.Second)
-	for eps.Count() < o.Held {
-		if time.Now().After(seedDeadline) {
-			return res, fmt.Errorf("seed: %d of %d endpoints published after 30s", eps.Count(), o.Held)
+	for i := o.First; i < o.First+o.Held; i++ {
+		if _, _, err := eps.Wait(ctx, RouteKey(i), time.Until(seedDeadline)); err != nil {
+			return res, fmt.Errorf("seed: %w", err)
 		}
-		time.Sleep(20 * time.Millisecond)
 	}
 
 	before, _ := e.Metrics(ctx)
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	seen := map[string]routeTimes{}
+	flows := map[int]probed{}
 	kv := e.watchRoutes(ctx)
-	record := func(i int, start time.Time, routable, endpoint time.Duration, err error) {
+	record := func(i int, start time.Time, routable, endpoint time.Duration, flow probed, err error) {
 		mu.Lock()
 		defer mu.Unlock()
 		if at, ok := kv.at(RouteKey(i)); ok && err == nil {
@@ -74,28 +93,61 @@ func (e *Env) Churn(ctx context.Context, o ChurnOptions) (ChurnResult, error) {
 		}
 		res.Routable = append(res.Routable, routable)
 		res.Endpoint = append(res.Endpoint, endpoint)
+		flows[i] = flow
+	}
+	recordEnd := func(d time.Duration, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil {
+			res.UnroutableFailures++
+			if res.FirstUnroutableErr == nil {
+				res.FirstUnroutableErr = err
+			}
+			return
+		}
+		res.Unroutable = append(res.Unroutable, d)
+	}
+	end := func(i int) {
+		mu.Lock()
+		flow, ok := flows[i]
+		delete(flows, i)
+		mu.Unlock()
+		start := time.Now()
+		if err := e.DeleteRoute(ctx, i); err != nil {
+			if ok {
+				_ = flow.conn.Close()
+			}
+			return
+		}
+		res.Ended++
+		if !ok {
+			return
+		}
+		wg.Go(func() {
+			defer flow.conn.Close()
+			d, err := e.waitUnroutable(ctx, flow, i, start, o.Timeout)
+			recordEnd(d, err)
+		})
 	}
 	tick := time.NewTicker(time.Second / time.Duration(o.Rate))
 	defer tick.Stop()
-	oldest, next := 0, o.Held
-	end := time.Now().Add(o.Duration)
-	for time.Now().Before(end) && ctx.Err() == nil {
+	oldest := o.First
+	stop := time.Now().Add(o.Duration)
+	for time.Now().Before(stop) && ctx.Err() == nil {
 		<-tick.C
-		i := next
-		next++
+		i := res.Next
+		res.Next++
 		start := time.Now()
 		if err := e.PutRoute(ctx, i, ttl); err != nil {
-			record(i, start, 0, 0, err)
+			record(i, start, 0, 0, probed{}, err)
 			continue
 		}
 		res.Added++
 		wg.Go(func() {
-			r, ep, err := e.waitRoutable(ctx, eps, i, start, o.Timeout)
-			record(i, start, r, ep, err)
+			r, ep, flow, err := e.waitRoutable(ctx, eps, i, start, o.Timeout)
+			record(i, start, r, ep, flow, err)
 		})
-		if err := e.DeleteRoute(ctx, oldest); err == nil {
-			res.Ended++
-		}
+		end(oldest)
 		oldest++
 	}
 	wg.Wait()
@@ -108,7 +160,48 @@ func (e *Env) Churn(ctx context.Context, o ChurnOptions) (ChurnResult, error) {
 	if passes, err := parsePasses(strings.NewReader(e.EdgeP.Output())); err == nil {
 		res.Breakdown = breakdown(seen, passes)
 	}
+	for _, f := range flows {
+		_ = f.conn.Close()
+	}
+	for i := oldest; i < res.Next; i++ {
+		_ = e.DeleteRoute(ctx, i)
+	}
 	return res, nil
+}
+
+// waitUnroutable waits until HAProxy's map no longer has route i's session and its probed flow
+// goes unanswered; the route is unroutable when both hold.
+func (e *Env) waitUnroutable(ctx context.Context, flow probed, i int, start time.Time, timeout time.Duration) (time.Duration, error) {
+	deadline := start.Add(timeout)
+	var mapAt time.Time
+	mapDone := make(chan error, 1)
+	go func() {
+		for {
+			ok, err := e.MapHas(ctx, SessionID(i))
+			if err == nil && !ok {
+				mapAt = time.Now()
+				mapDone <- nil
+				return
+			}
+			if time.Now().After(deadline) || ctx.Err() != nil {
+				mapDone <- fmt.Errorf("route %s: still in HAProxy's map %s after it ended (last error %v)", RouteKey(i), timeout, err)
+				return
+			}
+			time.Sleep(mapPollInterval)
+		}
+	}()
+	udpAt, udpErr := udpGone(ctx, flow.conn, flow.public, deadline)
+	if err := <-mapDone; err != nil {
+		return 0, err
+	}
+	if udpErr != nil {
+		return 0, fmt.Errorf("route %s: %w", RouteKey(i), udpErr)
+	}
+	last := udpAt
+	if mapAt.After(last) {
+		last = mapAt
+	}
+	return last.Sub(start), nil
 }
 
 // routeWatch remembers when the bench's own watch of the routes bucket first saw each key.
@@ -154,8 +247,9 @@ const programmingSeconds = "livegate_edge_programming_seconds"
 const mapPollInterval = time.Millisecond
 
 // waitRoutable polls HAProxy's map for the session and, once the endpoint names the public
-// port, probes the DNAT; the route is routable when both hold.
-func (e *Env) waitRoutable(ctx context.Context, eps *Endpoints, i int, start time.Time, timeout time.Duration) (routable, endpoint time.Duration, err error) {
+// port, probes the DNAT; the route is routable when both hold. The echoed flow is returned
+// open, for the measure of the route's end.
+func (e *Env) waitRoutable(ctx context.Context, eps *Endpoints, i int, start time.Time, timeout time.Duration) (routable, endpoint time.Duration, flow probed, err error) {
 	key := RouteKey(i)
 	deadline := start.Add(timeout)
 	var mapAt time.Time
@@ -180,19 +274,22 @@ func (e *Env) waitRoutable(ctx context.Context, eps *Endpoints, i int, start tim
 	port, epAt, err := eps.Wait(ctx, key, time.Until(deadline))
 	if err != nil {
 		<-mapDone
-		return 0, 0, err
+		return 0, 0, probed{}, err
 	}
-	if err := e.Probe(ctx, netip.AddrPortFrom(netns.EdgePublic, port), time.Until(deadline)); err != nil {
+	public := netip.AddrPortFrom(netns.EdgePublic, port)
+	c, err := e.probeConn(ctx, public, time.Until(deadline))
+	if err != nil {
 		<-mapDone
-		return 0, 0, fmt.Errorf("route %s: %w", key, err)
+		return 0, 0, probed{}, fmt.Errorf("route %s: %w", key, err)
 	}
 	udpAt := time.Now()
 	if err := <-mapDone; err != nil {
-		return 0, 0, err
+		_ = c.Close()
+		return 0, 0, probed{}, err
 	}
 	last := udpAt
 	if mapAt.After(last) {
 		last = mapAt
 	}
-	return last.Sub(start), epAt.Sub(start), nil
+	return last.Sub(start), epAt.Sub(start), probed{conn: c, public: public}, nil
 }

@@ -98,6 +98,9 @@ func Run(ctx context.Context, name string, o Options) (Result, error) {
 // (Exec) and by feeding it to one iptables-restore that stays running (Fed), as the edge does.
 type Floors struct {
 	Exec, Fed time.Duration
+	// Churn and ChurnP90 are the median and 90th percentile of batches that each delete one
+	// rule and append one, fed at the churn's pace.
+	Churn, ChurnP90 time.Duration
 }
 
 // batches is how many two-rule batches each floor is the median of.
@@ -144,30 +147,49 @@ func Floor(ctx context.Context, name string, held int) (Floors, error) {
 		execd = append(execd, time.Since(t))
 	}
 	f.Exec = execd.Percentile(50)
-	fed, err := fedFloor(ctx, ns, func(i int) string { return small(batches + i) })
+	fed, err := fedFloor(ctx, ns, batches, 0, func(i int) string { return small(batches + i) })
 	if err != nil {
 		return Floors{}, err
 	}
-	f.Fed = fed
+	f.Fed = fed.Percentile(50)
+	// What a churning edge writes instead: each batch deletes one rule and appends another, at
+	// the churn's pace. A rule with an xtables match or target (comment, DNAT) waits in the
+	// kernel for the release of the rules deleted before it, an RCU grace period.
+	swap := func(i int) string {
+		return fmt.Sprintf("*nat\n-D %s\n%s\nCOMMIT\n", strings.Join(Rule("LGB-HELD", i)[3:], " "),
+			strings.Join(Rule("LGB-HELD", held+4*batches+i)[2:], " "))
+	}
+	churn, err := fedFloor(ctx, ns, min(churnBatches, held-1), ChurnPause, swap)
+	if err != nil {
+		return Floors{}, err
+	}
+	f.Churn, f.ChurnP90 = churn.Percentile(50), churn.Percentile(90)
 	return f, nil
 }
 
-// fedFloor feeds batches to one iptables-restore --verbose: it echoes comment lines, and the
-// echo of a comment written after a batch means the batch was committed.
-func fedFloor(ctx context.Context, ns *netns.Namespace, batch func(int) string) (time.Duration, error) {
+// churnBatches delete-and-append batches are fed ChurnPause apart: 100 changes per second.
+const (
+	churnBatches = 50
+	ChurnPause   = 10 * time.Millisecond
+)
+
+// fedFloor feeds n batches, pause apart, to one iptables-restore --verbose and returns how long
+// each took: it echoes comment lines, and the echo of a comment written after a batch means the
+// batch was committed.
+func fedFloor(ctx context.Context, ns *netns.Namespace, n int, pause time.Duration, batch func(int) string) (stats.Durations, error) {
 	cmd := exec.CommandContext(ctx, "iptables-restore", "--noflush", "--verbose")
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := ns.Do(cmd.Start); err != nil {
-		return 0, fmt.Errorf("start iptables-restore: %w", err)
+		return nil, fmt.Errorf("start iptables-restore: %w", err)
 	}
 	defer func() {
 		_ = stdin.Close()
@@ -188,17 +210,18 @@ func fedFloor(ctx context.Context, ns *netns.Namespace, batch func(int) string) 
 	}
 	// The first batch pays for the start, which the edge pays once per busy period.
 	if err := feed(0); err != nil {
-		return 0, err
+		return nil, err
 	}
 	var fed stats.Durations
-	for i := 1; i <= batches; i++ {
+	for i := 1; i <= n; i++ {
+		time.Sleep(pause)
 		t := time.Now()
 		if err := feed(i); err != nil {
-			return 0, err
+			return nil, err
 		}
 		fed = append(fed, time.Since(t))
 	}
-	return fed.Percentile(50), nil
+	return fed, nil
 }
 
 // Extrapolate projects the total time for n rules: a least-squares line through the per-rule
