@@ -16,7 +16,7 @@ FUZZ_TARGETS := \
 	agent/internal/settings:FuzzSettingsEnv \
 	edgeproxy/internal/cli:FuzzEdgeSettings \
 	edgeproxy/internal/routes:FuzzRouteParse \
-	edgeproxy/internal/reconcile:FuzzEdgeWatchValues \
+	edgeproxy/internal/desired:FuzzEdgeWatchValues \
 	edgeproxy/internal/haproxy:FuzzRuntimeApply \
 	edgeproxy/internal/haproxy:FuzzCommand \
 	edgeproxy/internal/dataplaneapi:FuzzDPAEntry \
