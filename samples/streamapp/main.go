@@ -15,16 +15,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"os"
-	"os/signal"
 	"path"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/livegate/livegate/pkg/appclient"
+	"github.com/livegate/livegate/pkg/appserve"
 	"github.com/livegate/livegate/pkg/logging"
 	"github.com/livegate/livegate/samples/streamapp/webclient"
 	"github.com/rs/zerolog"
@@ -84,34 +81,19 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	return c, nil
 }
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	os.Exit(run(ctx, os.Args[1:], os.Stderr))
-}
+func main() { appserve.Main(run) }
 
 func run(ctx context.Context, args []string, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "gen-video" {
 		return genVideoCommand(ctx, args[1:], stderr)
 	}
-	cfg, err := parseFlags(args, stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
+	var cfg config
+	parse := func() (logging.Options, error) {
+		var err error
+		cfg, err = parseFlags(args, stderr)
+		return logging.Options{Level: cfg.logLevel, Format: cfg.logFormat}, err
 	}
-	if err != nil {
-		fmt.Fprintf(stderr, "streamapp: %v\n", err)
-		return 2
-	}
-	log, err := logging.New(logging.Options{Level: cfg.logLevel, Format: cfg.logFormat, Out: stderr})
-	if err != nil {
-		fmt.Fprintf(stderr, "streamapp: %v\n", err)
-		return 2
-	}
-	if err := serve(ctx, cfg, log); err != nil {
-		log.Error().Err(err).Msg("streamapp failed")
-		return 1
-	}
-	return 0
+	return appserve.Run("streamapp", stderr, parse, func(log zerolog.Logger) error { return serve(ctx, cfg, log) })
 }
 
 func serve(ctx context.Context, cfg config, log zerolog.Logger) error {
@@ -119,13 +101,8 @@ func serve(ctx context.Context, cfg config, log zerolog.Logger) error {
 	if err != nil {
 		return err
 	}
-	rep := appclient.NewReporter(cfg.agentAddr, cfg.agentRetry, log.With().Str("component", "agent_events").Logger())
-	repCtx, cancelRep := context.WithCancel(context.WithoutCancel(ctx))
-	go rep.Run(repCtx)
-	defer func() {
-		cancelRep()
-		<-rep.Done()
-	}()
+	rep, stopRep := appserve.StartReporter(ctx, cfg.agentAddr, cfg.agentRetry, log)
+	defer stopRep()
 
 	media, err := newMedia(cfg.mediaAddr, video, log.With().Str("component", "media").Logger())
 	if err != nil {
@@ -138,40 +115,25 @@ func serve(ctx context.Context, cfg config, log zerolog.Logger) error {
 	defer app.closeAll()
 	go appclient.Follow(ctx, cfg.agentAddr, log.With().Str("component", "agent_events").Logger(), app.agentNotification)
 
-	ln, err := net.Listen("tcp", cfg.signalingAddr)
-	if err != nil {
-		return fmt.Errorf("listen on tcp %s: %w", cfg.signalingAddr, err)
-	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /sign_in", app)
 	mux.Handle("GET /", webclient.Handler())
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
-	// Handlers live as long as their websocket; cancelling their base context on shutdown ends
-	// them, which Shutdown alone would not do for hijacked connections.
-	baseCtx, cancelBase := context.WithCancel(context.WithoutCancel(ctx))
-	defer cancelBase()
-	srv := &http.Server{
-		Handler:           mux,
-		ReadHeaderTimeout: 10 * time.Second,
-		BaseContext:       func(net.Listener) context.Context { return baseCtx },
+	srv, err := appserve.Listen(ctx, cfg.signalingAddr, mux)
+	if err != nil {
+		return err
 	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-	log.Info().Str("signaling_addr", ln.Addr().String()).Str("media_addr", cfg.mediaAddr).Str("video", cfg.video).
+	log.Info().Str("signaling_addr", srv.Addr().String()).Str("media_addr", cfg.mediaAddr).Str("video", cfg.video).
 		Int("video_frames", len(video.frames)).Msg("stream app listening")
 
 	// The video is loaded and playing: the app and its "renderer" are ready at once.
 	rep.Notify("app-ready")
 	rep.Notify("rtx-ready")
 	select {
-	case err := <-served:
+	case err := <-srv.Failed():
 		return fmt.Errorf("signaling server: %w", err)
 	case <-ctx.Done():
 		log.Info().Msg("shutting down")
 		app.closeAll()
-		cancelBase()
-		shutdown, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		return srv.Shutdown(shutdown)
+		return srv.Shutdown(ctx, nil)
 	}
 }
