@@ -305,3 +305,12 @@ func Open(ctx context.Context, port int, path string, subprotocols []string, hea
 	res.Message = string(msg)
 	return c, res, nil
 }
+
+// Change is the one-route batch a driver's fuzz target applies: a delete of key when del is
+// set, else a set of key to value.
+func Change(key, value string, del bool) (set map[string]string, dels []string) {
+	if del {
+		return nil, []string{key}
+	}
+	return map[string]string{key: value}, nil
+}
