@@ -18,34 +18,27 @@ import (
 
 	"github.com/livegate/livegate/pkg/appserve"
 	"github.com/livegate/livegate/pkg/dtlssrtp"
-	"github.com/livegate/livegate/pkg/logging"
 	"github.com/livegate/livegate/pkg/sessionid"
 	"github.com/rs/zerolog"
 )
 
 type config struct {
-	signalingAddr string
-	mediaAddr     string
-	agentAddr     string
-	sessionID     string
-	rtxDelay      time.Duration
-	agentRetry    time.Duration
-	logLevel      string
-	logFormat     string
+	appserve.Flags
+	sessionID string
+	rtxDelay  time.Duration
 }
 
 func parseFlags(args []string, stderr io.Writer) (config, error) {
 	var c config
 	fs := flag.NewFlagSet("demoapp", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&c.signalingAddr, "signaling-addr", ":49100", "TCP address of the /sign_in websocket server")
-	fs.StringVar(&c.mediaAddr, "media-addr", ":47998", "UDP address of the DTLS-SRTP responder")
-	fs.StringVar(&c.agentAddr, "agent-app-addr", "127.0.0.1:8012", "the agent's loopback app API (host:port); empty reports nothing")
+	c.Register(fs, appserve.Help{
+		Signaling: "TCP address of the /sign_in websocket server",
+		Media:     "UDP address of the DTLS-SRTP responder",
+		Agent:     "the agent's loopback app API (host:port); empty reports nothing",
+	})
 	fs.StringVar(&c.sessionID, "session-id", "", "accept only this session id (default: any valid one)")
 	fs.DurationVar(&c.rtxDelay, "rtx-delay", 0, "delay between app-ready and rtx-ready")
-	fs.DurationVar(&c.agentRetry, "agent-retry", 10*time.Second, "how long to retry each event while the agent is unreachable")
-	fs.StringVar(&c.logLevel, "log-level", "info", "trace, debug, info, warn or error")
-	fs.StringVar(&c.logFormat, "log-format", "auto", "auto, json or console")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -57,7 +50,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 			return c, fmt.Errorf("--session-id: %w", err)
 		}
 	}
-	if c.rtxDelay < 0 || c.agentRetry <= 0 {
+	if c.rtxDelay < 0 || c.AgentRetry <= 0 {
 		return c, errors.New("--rtx-delay must not be negative and --agent-retry must be positive")
 	}
 	return c, nil
@@ -67,23 +60,23 @@ func main() { appserve.Main(run) }
 
 func run(ctx context.Context, args []string, stderr io.Writer) int {
 	var cfg config
-	parse := func() (logging.Options, error) {
+	parse := func() (appserve.Flags, error) {
 		var err error
 		cfg, err = parseFlags(args, stderr)
-		return logging.Options{Level: cfg.logLevel, Format: cfg.logFormat}, err
+		return cfg.Flags, err
 	}
 	return appserve.Run("demoapp", stderr, parse, func(log zerolog.Logger) error { return serve(ctx, cfg, log) })
 }
 
 func serve(ctx context.Context, cfg config, log zerolog.Logger) error {
 	notify := func(event string) { log.Info().Str("event", event).Msg("app event (no agent configured)") }
-	if cfg.agentAddr != "" {
-		rep, stop := appserve.StartReporter(ctx, cfg.agentAddr, cfg.agentRetry, log)
+	if cfg.AgentAddr != "" {
+		rep, stop := appserve.StartReporter(ctx, cfg.AgentAddr, cfg.AgentRetry, log)
 		defer stop()
 		notify = rep.Notify
 	}
 
-	media, err := dtlssrtp.NewResponder(ctx, cfg.mediaAddr,
+	media, err := dtlssrtp.NewResponder(ctx, cfg.MediaAddr,
 		dtlssrtp.WithLogger(log.With().Str("component", "media").Logger()))
 	if err != nil {
 		return err
@@ -93,7 +86,7 @@ func serve(ctx context.Context, cfg config, log zerolog.Logger) error {
 	mux := http.NewServeMux()
 	sig := &signaling{sessionID: cfg.sessionID, notify: notify, log: log.With().Str("component", "signaling").Logger()}
 	mux.Handle("GET /sign_in", sig)
-	srv, err := appserve.Listen(ctx, cfg.signalingAddr, mux)
+	srv, err := appserve.Listen(ctx, cfg.SignalingAddr, mux)
 	if err != nil {
 		return err
 	}

@@ -24,6 +24,30 @@ import (
 // shutdownGrace bounds how long a stopping server waits for its requests.
 const shutdownGrace = 5 * time.Second
 
+// Flags are the flags every sample app takes.
+type Flags struct {
+	SignalingAddr string
+	MediaAddr     string
+	AgentAddr     string
+	AgentRetry    time.Duration
+	LogLevel      string
+	LogFormat     string
+}
+
+// Help is what an app's --help says of its addresses.
+type Help struct{ Signaling, Media, Agent string }
+
+// Register adds the flags to fs, their defaults those the agent's --signaling-backend,
+// --media-backend and app API default to.
+func (f *Flags) Register(fs *flag.FlagSet, h Help) {
+	fs.StringVar(&f.SignalingAddr, "signaling-addr", ":49100", h.Signaling)
+	fs.StringVar(&f.MediaAddr, "media-addr", ":47998", h.Media)
+	fs.StringVar(&f.AgentAddr, "agent-app-addr", "127.0.0.1:8012", h.Agent)
+	fs.DurationVar(&f.AgentRetry, "agent-retry", 10*time.Second, "how long to retry each event while the agent is unreachable")
+	fs.StringVar(&f.LogLevel, "log-level", "info", "trace, debug, info, warn or error")
+	fs.StringVar(&f.LogFormat, "log-format", "auto", "auto, json or console")
+}
+
 // Main runs a command until SIGINT or SIGTERM cancels its context, and exits with its code.
 func Main(run func(ctx context.Context, args []string, stderr io.Writer) int) {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -34,8 +58,8 @@ func Main(run func(ctx context.Context, args []string, stderr io.Writer) int) {
 
 // Run parses the flags, makes the logger they ask for and serves: it returns 0 for --help, 2 for
 // bad flags, 1 when serve fails and 0 when it ends cleanly. Errors are prefixed with name.
-func Run(name string, stderr io.Writer, parse func() (logging.Options, error), serve func(zerolog.Logger) error) int {
-	opts, err := parse()
+func Run(name string, stderr io.Writer, parse func() (Flags, error), serve func(zerolog.Logger) error) int {
+	flags, err := parse()
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
@@ -43,8 +67,7 @@ func Run(name string, stderr io.Writer, parse func() (logging.Options, error), s
 		fmt.Fprintf(stderr, "%s: %v\n", name, err)
 		return 2
 	}
-	opts.Out = stderr
-	log, err := logging.New(opts)
+	log, err := logging.New(logging.Options{Level: flags.LogLevel, Format: flags.LogFormat, Out: stderr})
 	if err != nil {
 		fmt.Fprintf(stderr, "%s: %v\n", name, err)
 		return 2

@@ -9,21 +9,20 @@ import (
 	"net/http"
 	"testing"
 
-	"github.com/livegate/livegate/pkg/logging"
 	"github.com/rs/zerolog"
 )
 
 func TestRunExitCodes(t *testing.T) {
-	ok := func() (logging.Options, error) { return logging.Options{Level: "info", Format: "json"}, nil }
+	ok := func() (Flags, error) { return Flags{LogLevel: "info", LogFormat: "json"}, nil }
 	for _, tc := range []struct {
 		name  string
-		parse func() (logging.Options, error)
+		parse func() (Flags, error)
 		serve error
 		want  int
 	}{
-		{"help", func() (logging.Options, error) { return logging.Options{}, flag.ErrHelp }, nil, 0},
-		{"bad flags", func() (logging.Options, error) { return logging.Options{}, errors.New("bad") }, nil, 2},
-		{"bad log level", func() (logging.Options, error) { return logging.Options{Level: "loud"}, nil }, nil, 2},
+		{"help", func() (Flags, error) { return Flags{}, flag.ErrHelp }, nil, 0},
+		{"bad flags", func() (Flags, error) { return Flags{}, errors.New("bad") }, nil, 2},
+		{"bad log level", func() (Flags, error) { return Flags{LogLevel: "loud"}, nil }, nil, 2},
 		{"serve fails", ok, errors.New("boom"), 1},
 		{"clean", ok, nil, 0},
 	} {

@@ -18,24 +18,17 @@ import (
 	"net/http"
 	"path"
 	"strings"
-	"time"
 
 	"github.com/livegate/livegate/pkg/appclient"
 	"github.com/livegate/livegate/pkg/appserve"
-	"github.com/livegate/livegate/pkg/logging"
 	"github.com/livegate/livegate/samples/streamapp/webclient"
 	"github.com/rs/zerolog"
 )
 
 type config struct {
-	signalingAddr string
-	mediaAddr     string
-	agentAddr     string
-	video         string
-	origins       []string
-	agentRetry    time.Duration
-	logLevel      string
-	logFormat     string
+	appserve.Flags
+	video   string
+	origins []string
 }
 
 func parseFlags(args []string, stderr io.Writer) (config, error) {
@@ -46,14 +39,13 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		fmt.Fprint(fs.Output(), "usage: streamapp [flags]\n       streamapp gen-video [-seconds N] FILE.ivf\n\nflags:\n")
 		fs.PrintDefaults()
 	}
-	fs.StringVar(&c.signalingAddr, "signaling-addr", ":49100", "TCP address of the /sign_in websocket server (the agent's --signaling-backend); also serves the web client on /")
-	fs.StringVar(&c.mediaAddr, "media-addr", ":47998", "UDP address of the WebRTC media (the agent's --media-backend); its port is the one every session uses")
-	fs.StringVar(&c.agentAddr, "agent-app-addr", "127.0.0.1:8012", "the agent's loopback app API (host:port)")
+	c.Register(fs, appserve.Help{
+		Signaling: "TCP address of the /sign_in websocket server (the agent's --signaling-backend); also serves the web client on /",
+		Media:     "UDP address of the WebRTC media (the agent's --media-backend); its port is the one every session uses",
+		Agent:     "the agent's loopback app API (host:port)",
+	})
 	fs.StringVar(&c.video, "video", "", "VP8 IVF file to loop (make one with `streamapp gen-video`); required")
 	origins := fs.String("allowed-origins", "*", "comma-separated origin host patterns (path.Match) a browser page may open the websocket from; * takes any, the session id being the credential")
-	fs.DurationVar(&c.agentRetry, "agent-retry", 10*time.Second, "how long to retry each event while the agent is unreachable")
-	fs.StringVar(&c.logLevel, "log-level", "info", "trace, debug, info, warn or error")
-	fs.StringVar(&c.logFormat, "log-format", "auto", "auto, json or console")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -70,12 +62,12 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		return c, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	case c.video == "":
 		return c, errors.New("--video is required (make one with `streamapp gen-video FILE.ivf`)")
-	case c.agentAddr == "":
+	case c.AgentAddr == "":
 		return c, errors.New("--agent-app-addr is required: the app learns its session and public candidate from the agent")
-	case c.agentRetry <= 0:
+	case c.AgentRetry <= 0:
 		return c, errors.New("--agent-retry must be positive")
 	}
-	if _, err := mediaPort(c.mediaAddr); err != nil {
+	if _, err := mediaPort(c.MediaAddr); err != nil {
 		return c, fmt.Errorf("--media-addr: %w", err)
 	}
 	return c, nil
@@ -88,10 +80,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		return genVideoCommand(ctx, args[1:], stderr)
 	}
 	var cfg config
-	parse := func() (logging.Options, error) {
+	parse := func() (appserve.Flags, error) {
 		var err error
 		cfg, err = parseFlags(args, stderr)
-		return logging.Options{Level: cfg.logLevel, Format: cfg.logFormat}, err
+		return cfg.Flags, err
 	}
 	return appserve.Run("streamapp", stderr, parse, func(log zerolog.Logger) error { return serve(ctx, cfg, log) })
 }
@@ -101,10 +93,10 @@ func serve(ctx context.Context, cfg config, log zerolog.Logger) error {
 	if err != nil {
 		return err
 	}
-	rep, stopRep := appserve.StartReporter(ctx, cfg.agentAddr, cfg.agentRetry, log)
+	rep, stopRep := appserve.StartReporter(ctx, cfg.AgentAddr, cfg.AgentRetry, log)
 	defer stopRep()
 
-	media, err := newMedia(cfg.mediaAddr, video, log.With().Str("component", "media").Logger())
+	media, err := newMedia(cfg.MediaAddr, video, log.With().Str("component", "media").Logger())
 	if err != nil {
 		return err
 	}
@@ -113,16 +105,16 @@ func serve(ctx context.Context, cfg config, log zerolog.Logger) error {
 
 	app := newApp(media, cfg.origins, rep.Notify, log.With().Str("component", "signaling").Logger())
 	defer app.closeAll()
-	go appclient.Follow(ctx, cfg.agentAddr, log.With().Str("component", "agent_events").Logger(), app.agentNotification)
+	go appclient.Follow(ctx, cfg.AgentAddr, log.With().Str("component", "agent_events").Logger(), app.agentNotification)
 
 	mux := http.NewServeMux()
 	mux.Handle("GET /sign_in", app)
 	mux.Handle("GET /", webclient.Handler())
-	srv, err := appserve.Listen(ctx, cfg.signalingAddr, mux)
+	srv, err := appserve.Listen(ctx, cfg.SignalingAddr, mux)
 	if err != nil {
 		return err
 	}
-	log.Info().Str("signaling_addr", srv.Addr().String()).Str("media_addr", cfg.mediaAddr).Str("video", cfg.video).
+	log.Info().Str("signaling_addr", srv.Addr().String()).Str("media_addr", cfg.MediaAddr).Str("video", cfg.video).
 		Int("video_frames", len(video.frames)).Msg("stream app listening")
 
 	// The video is loaded and playing: the app and its "renderer" are ready at once.
