@@ -59,13 +59,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 func main() { appserve.Main(run) }
 
 func run(ctx context.Context, args []string, stderr io.Writer) int {
-	var cfg config
-	parse := func() (appserve.Flags, error) {
-		var err error
-		cfg, err = parseFlags(args, stderr)
-		return cfg.Flags, err
-	}
-	return appserve.Run("demoapp", stderr, parse, func(log zerolog.Logger) error { return serve(ctx, cfg, log) })
+	return appserve.Run("demoapp", args, stderr, parseFlags, func(cfg config, log zerolog.Logger) error { return serve(ctx, cfg, log) })
 }
 
 func serve(ctx context.Context, cfg config, log zerolog.Logger) error {

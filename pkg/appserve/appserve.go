@@ -56,10 +56,16 @@ func Main(run func(ctx context.Context, args []string, stderr io.Writer) int) {
 	os.Exit(code)
 }
 
-// Run parses the flags, makes the logger they ask for and serves: it returns 0 for --help, 2 for
+// Config is an app's configuration: its own flags and, embedded, the Flags every app takes.
+type Config interface{ AppFlags() Flags }
+
+// AppFlags makes a configuration that embeds Flags a Config.
+func (f Flags) AppFlags() Flags { return f }
+
+// Run parses args, makes the logger the flags ask for and serves: it returns 0 for --help, 2 for
 // bad flags, 1 when serve fails and 0 when it ends cleanly. Errors are prefixed with name.
-func Run(name string, stderr io.Writer, parse func() (Flags, error), serve func(zerolog.Logger) error) int {
-	flags, err := parse()
+func Run[C Config](name string, args []string, stderr io.Writer, parse func([]string, io.Writer) (C, error), serve func(C, zerolog.Logger) error) int {
+	cfg, err := parse(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
@@ -67,12 +73,13 @@ func Run(name string, stderr io.Writer, parse func() (Flags, error), serve func(
 		fmt.Fprintf(stderr, "%s: %v\n", name, err)
 		return 2
 	}
+	flags := cfg.AppFlags()
 	log, err := logging.New(logging.Options{Level: flags.LogLevel, Format: flags.LogFormat, Out: stderr})
 	if err != nil {
 		fmt.Fprintf(stderr, "%s: %v\n", name, err)
 		return 2
 	}
-	if err := serve(log); err != nil {
+	if err := serve(cfg, log); err != nil {
 		log.Error().Err(err).Msg(name + " failed")
 		return 1
 	}

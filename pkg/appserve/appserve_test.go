@@ -13,22 +13,22 @@ import (
 )
 
 func TestRunExitCodes(t *testing.T) {
-	ok := func() (Flags, error) { return Flags{LogLevel: "info", LogFormat: "json"}, nil }
+	ok := func([]string, io.Writer) (Flags, error) { return Flags{LogLevel: "info", LogFormat: "json"}, nil }
 	for _, tc := range []struct {
 		name  string
-		parse func() (Flags, error)
+		parse func([]string, io.Writer) (Flags, error)
 		serve error
 		want  int
 	}{
-		{"help", func() (Flags, error) { return Flags{}, flag.ErrHelp }, nil, 0},
-		{"bad flags", func() (Flags, error) { return Flags{}, errors.New("bad") }, nil, 2},
-		{"bad log level", func() (Flags, error) { return Flags{LogLevel: "loud"}, nil }, nil, 2},
+		{"help", func([]string, io.Writer) (Flags, error) { return Flags{}, flag.ErrHelp }, nil, 0},
+		{"bad flags", func([]string, io.Writer) (Flags, error) { return Flags{}, errors.New("bad") }, nil, 2},
+		{"bad log level", func([]string, io.Writer) (Flags, error) { return Flags{LogLevel: "loud"}, nil }, nil, 2},
 		{"serve fails", ok, errors.New("boom"), 1},
 		{"clean", ok, nil, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var stderr bytes.Buffer
-			if got := Run("app", &stderr, tc.parse, func(zerolog.Logger) error { return tc.serve }); got != tc.want {
+			if got := Run("app", nil, &stderr, tc.parse, func(Flags, zerolog.Logger) error { return tc.serve }); got != tc.want {
 				t.Fatalf("Run = %d, want %d (stderr %q)", got, tc.want, stderr.String())
 			}
 		})

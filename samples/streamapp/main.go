@@ -79,13 +79,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "gen-video" {
 		return genVideoCommand(ctx, args[1:], stderr)
 	}
-	var cfg config
-	parse := func() (appserve.Flags, error) {
-		var err error
-		cfg, err = parseFlags(args, stderr)
-		return cfg.Flags, err
-	}
-	return appserve.Run("streamapp", stderr, parse, func(log zerolog.Logger) error { return serve(ctx, cfg, log) })
+	return appserve.Run("streamapp", args, stderr, parseFlags, func(cfg config, log zerolog.Logger) error { return serve(ctx, cfg, log) })
 }
 
 func serve(ctx context.Context, cfg config, log zerolog.Logger) error {
