@@ -96,18 +96,12 @@ func NewEnv(ctx context.Context, topo *netns.Topology, o Options) (*Env, error) 
 	}
 	e.NC, e.JS, e.Buckets = e.kv.NC, e.kv.JS, e.kv.Buckets
 	if o.Echo {
-		if err := e.startEcho(ctx); err != nil {
+		if e.echo, err = StartEcho(ctx, topo.Nodes[0]); err != nil {
 			e.Close()
 			return nil, err
 		}
 	}
 	return e, nil
-}
-
-// startEcho answers every UDP packet to a backend port in node 1.
-func (e *Env) startEcho(ctx context.Context) (err error) {
-	e.echo, err = StartEcho(ctx, e.Topo.Nodes[0])
-	return err
 }
 
 // StartEcho answers every UDP packet to a backend port (30000-32767) in node: the ports are

@@ -230,17 +230,8 @@ func (d *deployment) dial(ctx context.Context) error {
 // different servers and learn the others from it).
 func (d *deployment) addEdge(ctx context.Context, k int) error {
 	role := fmt.Sprintf("e%d", k+1)
-	ns, err := d.lab.AddNS(ctx, role)
+	ns, err := d.lab.AddRouter(ctx, role, stack.LabLink{Net: "p", Bridge: "bp", Addr: edgePublic(k)}, stack.LabLink{Net: "l", Bridge: "bl", Addr: edgeLAN(k)})
 	if err != nil {
-		return err
-	}
-	if err := ns.Sysctl("net.ipv4.ip_forward", "1"); err != nil {
-		return err
-	}
-	if err := d.lab.Link(ctx, ns, role, "p", "bp", edgePublic(k)); err != nil {
-		return err
-	}
-	if err := d.lab.Link(ctx, ns, role, "l", "bl", edgeLAN(k)); err != nil {
 		return err
 	}
 	g := &edge{k: k, id: fmt.Sprintf("scale%d", k+1), ns: ns, dir: filepath.Join(d.dir, role)}
