@@ -328,17 +328,8 @@ func (e *env) placement() (string, *natsNode) {
 // different servers and learn the others from the cluster.
 func (e *env) addEdge(k int) error {
 	role := fmt.Sprintf("e%d", k)
-	ns, err := e.lab.AddNS(e.ctx, role)
+	ns, err := e.lab.AddRouter(e.ctx, role, stack.LabLink{Net: "p", Bridge: "bp", Addr: edgePublic(k)}, stack.LabLink{Net: "l", Bridge: "bl", Addr: edgeLAN(k)})
 	if err != nil {
-		return err
-	}
-	if err := ns.Sysctl("net.ipv4.ip_forward", "1"); err != nil {
-		return err
-	}
-	if err := e.lab.Link(e.ctx, ns, role, "p", "bp", edgePublic(k)); err != nil {
-		return err
-	}
-	if err := e.lab.Link(e.ctx, ns, role, "l", "bl", edgeLAN(k)); err != nil {
 		return err
 	}
 	g := &edge{k: k, id: fmt.Sprintf("edge%d", k), ns: ns, dir: filepath.Join(e.dir, role)}

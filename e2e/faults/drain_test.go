@@ -23,16 +23,9 @@ import (
 // client resumes there, and the metrics and events say so. Then the drained edge restarts and is
 // still draining, until `drain --cancel`.
 func TestDrainHandsSessionsToThePool(t *testing.T) {
-	e := newEnv(t, config{edges: 2, nodes: []nodeConfig{{agent: true, resume: 30 * time.Second}, {}}})
-	const routes = 8
-	all := map[string]session{"node1": e.routed("node1", "")}
-	for i := 1; i <= routes; i++ {
-		key := fmt.Sprintf("d%d", i)
-		if err := e.kv.putRoute(e.ctx, key, "sess-"+key, nodeLAN(2)); err != nil {
-			t.Fatal(err)
-		}
-		all[key] = e.routed(key, "sess-"+key)
-	}
+	e := newEnv(t, twoEdgePool())
+	all := e.routeMany("d", 8)
+	all["node1"] = e.routed("node1", "")
 	served := e.exactlyOnce(all)
 	drained, other := all["node1"].edge, e.edges[0]
 	if other == drained {
@@ -92,16 +85,8 @@ func TestDrainHandsSessionsToThePool(t *testing.T) {
 	})
 
 	// New sessions go to the other edge.
-	var fresh []string
-	for i := 1; i <= 4; i++ {
-		key := fmt.Sprintf("n%d", i)
-		if err := e.kv.putRoute(e.ctx, key, "sess-"+key, nodeLAN(2)); err != nil {
-			t.Fatal(err)
-		}
-		fresh = append(fresh, key)
-	}
-	for _, key := range fresh {
-		if s := e.routed(key, "sess-"+key); s.edge != other {
+	for key, s := range e.routeMany("n", 4) {
+		if s.edge != other {
 			t.Errorf("new session %s went to %s while %s drains", key, s.edge.id, drained.id)
 		} else {
 			all[key] = s

@@ -82,6 +82,13 @@ type nodeConfig struct {
 	resume time.Duration
 }
 
+// twoEdgePool is two edges of one pool in front of node 1, whose agent's client may resume within
+// 30 s (through the other edge, when its own goes), and node 2, the backend of the routes the
+// test writes itself.
+func twoEdgePool() config {
+	return config{edges: 2, nodes: []nodeConfig{{agent: true, resume: 30 * time.Second}, {}}}
+}
+
 // env is one case's running deployment.
 type env struct {
 	t      *testing.T
@@ -320,20 +327,10 @@ func (e *env) endpoint(instance string) (session, error) {
 func (e *env) addEdge(k int) (*edge, error) {
 	ctx := e.ctx
 	role := fmt.Sprintf("e%d", k)
-	ns, err := e.lab.AddNS(ctx, role)
+	ns, err := e.lab.AddRouter(ctx, role, stack.LabLink{Net: "p", Bridge: "bp", Addr: stack.LabEdgePublic(k)},
+		stack.LabLink{Net: "c", Bridge: "bc", Addr: stack.LabEdgeCtl(k)}, stack.LabLink{Net: "l", Bridge: "bl", Addr: stack.LabEdgeLAN(k)})
 	if err != nil {
 		return nil, err
-	}
-	if err := ns.Sysctl("net.ipv4.ip_forward", "1"); err != nil {
-		return nil, err
-	}
-	for _, l := range []struct {
-		net, bridge string
-		addr        netip.Addr
-	}{{"p", "bp", stack.LabEdgePublic(k)}, {"c", "bc", stack.LabEdgeCtl(k)}, {"l", "bl", stack.LabEdgeLAN(k)}} {
-		if err := e.lab.Link(ctx, ns, role, l.net, l.bridge, l.addr); err != nil {
-			return nil, err
-		}
 	}
 	g := &edge{k: k, id: fmt.Sprintf("edge%d", k), ns: ns, dir: filepath.Join(e.dir, role), e: e}
 	if err := os.MkdirAll(g.dir, 0o700); err != nil {
@@ -525,6 +522,25 @@ func (e *env) routed(instance, want string) session {
 		return nil
 	})
 	return s
+}
+
+// routeMany writes n routes, prefix1 to prefixN, to node 2's backends, each key's session
+// sess-<key>, and waits until each is routed; it returns their sessions by key.
+func (e *env) routeMany(prefix string, n int) map[string]session {
+	e.t.Helper()
+	var keys []string
+	for i := 1; i <= n; i++ {
+		key := fmt.Sprintf("%s%d", prefix, i)
+		if err := e.kv.putRoute(e.ctx, key, "sess-"+key, nodeLAN(2)); err != nil {
+			e.t.Fatal(err)
+		}
+		keys = append(keys, key)
+	}
+	out := map[string]session{}
+	for _, key := range keys {
+		out[key] = e.routed(key, "sess-"+key)
+	}
+	return out
 }
 
 func (e *env) edgeByID(id string) *edge {

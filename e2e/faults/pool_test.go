@@ -18,20 +18,10 @@ import (
 func TestTwoEdgesOnePool(t *testing.T) {
 	// The client of node 1 loses its websocket with the dead edge and comes back through the
 	// survivor within the resume window.
-	e := newEnv(t, config{edges: 2, nodes: []nodeConfig{{agent: true, resume: 30 * time.Second}, {}}})
+	e := newEnv(t, twoEdgePool())
 	const routes = 8
-	for i := 1; i <= routes; i++ {
-		key := fmt.Sprintf("p%d", i)
-		if err := e.kv.putRoute(e.ctx, key, "sess-"+key, nodeLAN(2)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	all := map[string]session{}
+	all := e.routeMany("p", routes)
 	all["node1"] = e.routed("node1", "")
-	for i := 1; i <= routes; i++ {
-		key := fmt.Sprintf("p%d", i)
-		all[key] = e.routed(key, "sess-"+key)
-	}
 	served := e.exactlyOnce(all)
 	t.Logf("figure: %d sessions split between the edges: edge1 %d, edge2 %d", len(all), served["edge1"], served["edge2"])
 	s := all["node1"]

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"time"
@@ -60,12 +61,12 @@ func followOnce(ctx context.Context, url string, handle func(Notification), conn
 		return fmt.Errorf("agent event stream: answer %s", resp.Status)
 	}
 	connected()
-	return readEvents(bufio.NewReader(resp.Body), handle)
+	return ReadEvents(resp.Body, handle)
 }
 
-// readEvents parses server-sent events ("event:" and "data:" lines, a blank line ends each; other
-// fields and comments are skipped) until r ends.
-func readEvents(r *bufio.Reader, handle func(Notification)) error {
+// ReadEvents parses server-sent events ("event:" and "data:" lines, a blank line ends each; other
+// fields and comments are skipped) until r ends, as Follow reads the agent's stream.
+func ReadEvents(r io.Reader, handle func(Notification)) error {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 4096), maxEventLine)
 	var n Notification

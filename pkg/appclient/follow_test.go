@@ -1,7 +1,6 @@
 package appclient
 
 import (
-	"bufio"
 	"strings"
 	"testing"
 )
@@ -9,7 +8,7 @@ import (
 func TestReadEvents(t *testing.T) {
 	in := ": keep-alive\n\nid: 1\nevent: endpoint-assigned\ndata: {\"a\":1}\n\nid: 2\nevent: x\ndata: one\ndata:two\n\nevent: cut"
 	var got []string
-	err := readEvents(bufio.NewReader(strings.NewReader(in)), func(n Notification) { got = append(got, n.Event+"="+string(n.Data)) })
+	err := ReadEvents(strings.NewReader(in), func(n Notification) { got = append(got, n.Event+"="+string(n.Data)) })
 	if err == nil {
 		t.Error("the end of the stream is not reported")
 	}

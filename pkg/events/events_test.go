@@ -10,7 +10,6 @@ import (
 	"github.com/livegate/livegate/pkg/logbuf"
 	"github.com/livegate/livegate/pkg/natstest"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 )
@@ -85,15 +84,7 @@ func TestPublishHeadersAndDedup(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
-			nc, err := nats.Connect(start(t))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer nc.Close()
-			js, err := jetstream.New(nc)
-			if err != nil {
-				t.Fatal(err)
-			}
+			_, js := natstest.Connect(t, start(t))
 			if err := events.EnsureStream(ctx, js); err != nil {
 				t.Fatal(err)
 			}
@@ -121,16 +112,9 @@ func TestPublishHeadersAndDedup(t *testing.T) {
 			if err := pub.Publish(ctx, other); err != nil {
 				t.Fatal(err)
 			}
-			stream, err := js.Stream(ctx, events.StreamName)
-			if err != nil {
-				t.Fatal(err)
-			}
-			info, err := stream.Info(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if info.State.Msgs != 2 {
-				t.Fatalf("stream holds %d messages, want 2 (duplicate not dropped?)", info.State.Msgs)
+			stream, msgs := eventStream(ctx, t, js)
+			if msgs != 2 {
+				t.Fatalf("stream holds %d messages, want 2 (duplicate not dropped?)", msgs)
 			}
 			// Each acknowledgement is logged with the sequence the stream gave: what a
 			// publisher was told can be held against what the stream keeps.
@@ -192,15 +176,7 @@ func TestPublishHeadersAndDedup(t *testing.T) {
 func TestDeliverRetries(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	nc, err := nats.Connect(natstest.Embedded(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, js := natstest.Connect(t, natstest.Embedded(t))
 	pub := events.NewPublisher(js, "livegate-edgeproxy/e1")
 	if err := pub.Deliver(ctx, &livegatev1.Event{Type: livegatev1.EventType_EVENT_TYPE_ROUTE_PROGRAMMED, Pool: "p"}); err == nil || !strings.Contains(err.Error(), "instance id") {
 		t.Fatalf("Deliver of an event without an instance = %v, want the build error", err)
@@ -225,6 +201,14 @@ func TestDeliverRetries(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("Deliver: %v", err)
 	}
+	if _, msgs := eventStream(ctx, t, js); msgs != 1 {
+		t.Fatalf("stream holds %d messages, want 1", msgs)
+	}
+}
+
+// eventStream is the events stream and how many messages it holds.
+func eventStream(ctx context.Context, t *testing.T, js jetstream.JetStream) (jetstream.Stream, uint64) {
+	t.Helper()
 	st, err := js.Stream(ctx, events.StreamName)
 	if err != nil {
 		t.Fatal(err)
@@ -233,7 +217,5 @@ func TestDeliverRetries(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info.State.Msgs != 1 {
-		t.Fatalf("stream holds %d messages, want 1", info.State.Msgs)
-	}
+	return st, info.State.Msgs
 }

@@ -15,30 +15,20 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"os"
-	"os/signal"
 	"path"
 	"strings"
-	"syscall"
-	"time"
 
 	"github.com/livegate/livegate/pkg/appclient"
-	"github.com/livegate/livegate/pkg/logging"
+	"github.com/livegate/livegate/pkg/appserve"
 	"github.com/livegate/livegate/samples/streamapp/webclient"
 	"github.com/rs/zerolog"
 )
 
 type config struct {
-	signalingAddr string
-	mediaAddr     string
-	agentAddr     string
-	video         string
-	origins       []string
-	agentRetry    time.Duration
-	logLevel      string
-	logFormat     string
+	appserve.Flags
+	video   string
+	origins []string
 }
 
 func parseFlags(args []string, stderr io.Writer) (config, error) {
@@ -49,14 +39,13 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		fmt.Fprint(fs.Output(), "usage: streamapp [flags]\n       streamapp gen-video [-seconds N] FILE.ivf\n\nflags:\n")
 		fs.PrintDefaults()
 	}
-	fs.StringVar(&c.signalingAddr, "signaling-addr", ":49100", "TCP address of the /sign_in websocket server (the agent's --signaling-backend); also serves the web client on /")
-	fs.StringVar(&c.mediaAddr, "media-addr", ":47998", "UDP address of the WebRTC media (the agent's --media-backend); its port is the one every session uses")
-	fs.StringVar(&c.agentAddr, "agent-app-addr", "127.0.0.1:8012", "the agent's loopback app API (host:port)")
+	c.Register(fs, appserve.Help{
+		Signaling: "TCP address of the /sign_in websocket server (the agent's --signaling-backend); also serves the web client on /",
+		Media:     "UDP address of the WebRTC media (the agent's --media-backend); its port is the one every session uses",
+		Agent:     "the agent's loopback app API (host:port)",
+	})
 	fs.StringVar(&c.video, "video", "", "VP8 IVF file to loop (make one with `streamapp gen-video`); required")
 	origins := fs.String("allowed-origins", "*", "comma-separated origin host patterns (path.Match) a browser page may open the websocket from; * takes any, the session id being the credential")
-	fs.DurationVar(&c.agentRetry, "agent-retry", 10*time.Second, "how long to retry each event while the agent is unreachable")
-	fs.StringVar(&c.logLevel, "log-level", "info", "trace, debug, info, warn or error")
-	fs.StringVar(&c.logFormat, "log-format", "auto", "auto, json or console")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -73,45 +62,24 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		return c, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	case c.video == "":
 		return c, errors.New("--video is required (make one with `streamapp gen-video FILE.ivf`)")
-	case c.agentAddr == "":
+	case c.AgentAddr == "":
 		return c, errors.New("--agent-app-addr is required: the app learns its session and public candidate from the agent")
-	case c.agentRetry <= 0:
+	case c.AgentRetry <= 0:
 		return c, errors.New("--agent-retry must be positive")
 	}
-	if _, err := mediaPort(c.mediaAddr); err != nil {
+	if _, err := mediaPort(c.MediaAddr); err != nil {
 		return c, fmt.Errorf("--media-addr: %w", err)
 	}
 	return c, nil
 }
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	os.Exit(run(ctx, os.Args[1:], os.Stderr))
-}
+func main() { appserve.Main(run) }
 
 func run(ctx context.Context, args []string, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "gen-video" {
 		return genVideoCommand(ctx, args[1:], stderr)
 	}
-	cfg, err := parseFlags(args, stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "streamapp: %v\n", err)
-		return 2
-	}
-	log, err := logging.New(logging.Options{Level: cfg.logLevel, Format: cfg.logFormat, Out: stderr})
-	if err != nil {
-		fmt.Fprintf(stderr, "streamapp: %v\n", err)
-		return 2
-	}
-	if err := serve(ctx, cfg, log); err != nil {
-		log.Error().Err(err).Msg("streamapp failed")
-		return 1
-	}
-	return 0
+	return appserve.Run("streamapp", args, stderr, parseFlags, func(cfg config, log zerolog.Logger) error { return serve(ctx, cfg, log) })
 }
 
 func serve(ctx context.Context, cfg config, log zerolog.Logger) error {
@@ -119,15 +87,10 @@ func serve(ctx context.Context, cfg config, log zerolog.Logger) error {
 	if err != nil {
 		return err
 	}
-	rep := appclient.NewReporter(cfg.agentAddr, cfg.agentRetry, log.With().Str("component", "agent_events").Logger())
-	repCtx, cancelRep := context.WithCancel(context.WithoutCancel(ctx))
-	go rep.Run(repCtx)
-	defer func() {
-		cancelRep()
-		<-rep.Done()
-	}()
+	rep, stopRep := appserve.StartReporter(ctx, cfg.AgentAddr, cfg.AgentRetry, log)
+	defer stopRep()
 
-	media, err := newMedia(cfg.mediaAddr, video, log.With().Str("component", "media").Logger())
+	media, err := newMedia(cfg.MediaAddr, video, log.With().Str("component", "media").Logger())
 	if err != nil {
 		return err
 	}
@@ -136,42 +99,27 @@ func serve(ctx context.Context, cfg config, log zerolog.Logger) error {
 
 	app := newApp(media, cfg.origins, rep.Notify, log.With().Str("component", "signaling").Logger())
 	defer app.closeAll()
-	go appclient.Follow(ctx, cfg.agentAddr, log.With().Str("component", "agent_events").Logger(), app.agentNotification)
+	go appclient.Follow(ctx, cfg.AgentAddr, log.With().Str("component", "agent_events").Logger(), app.agentNotification)
 
-	ln, err := net.Listen("tcp", cfg.signalingAddr)
-	if err != nil {
-		return fmt.Errorf("listen on tcp %s: %w", cfg.signalingAddr, err)
-	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /sign_in", app)
 	mux.Handle("GET /", webclient.Handler())
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
-	// Handlers live as long as their websocket; cancelling their base context on shutdown ends
-	// them, which Shutdown alone would not do for hijacked connections.
-	baseCtx, cancelBase := context.WithCancel(context.WithoutCancel(ctx))
-	defer cancelBase()
-	srv := &http.Server{
-		Handler:           mux,
-		ReadHeaderTimeout: 10 * time.Second,
-		BaseContext:       func(net.Listener) context.Context { return baseCtx },
+	srv, err := appserve.Listen(ctx, cfg.SignalingAddr, mux)
+	if err != nil {
+		return err
 	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-	log.Info().Str("signaling_addr", ln.Addr().String()).Str("media_addr", cfg.mediaAddr).Str("video", cfg.video).
+	log.Info().Str("signaling_addr", srv.Addr().String()).Str("media_addr", cfg.MediaAddr).Str("video", cfg.video).
 		Int("video_frames", len(video.frames)).Msg("stream app listening")
 
 	// The video is loaded and playing: the app and its "renderer" are ready at once.
 	rep.Notify("app-ready")
 	rep.Notify("rtx-ready")
 	select {
-	case err := <-served:
+	case err := <-srv.Failed():
 		return fmt.Errorf("signaling server: %w", err)
 	case <-ctx.Done():
 		log.Info().Msg("shutting down")
 		app.closeAll()
-		cancelBase()
-		shutdown, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		return srv.Shutdown(shutdown)
+		return srv.Shutdown(ctx, nil)
 	}
 }

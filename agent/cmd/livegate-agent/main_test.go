@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -16,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/livegate/livegate/pkg/appclient"
+	"github.com/livegate/livegate/pkg/appclient/appclienttest"
 	"github.com/livegate/livegate/pkg/events"
 	"github.com/livegate/livegate/pkg/kvstore"
 	"github.com/livegate/livegate/pkg/logbuf"
@@ -125,46 +126,28 @@ func (a *agentProc) session() map[string]any {
 }
 
 // stream follows the app's event stream.
-func (a *agentProc) stream(ctx context.Context) <-chan [2]string {
+func (a *agentProc) stream(ctx context.Context) <-chan appclient.Notification {
 	a.t.Helper()
 	req, _ := http.NewRequestWithContext(ctx, "GET", a.app+"/v1/app/events", nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		a.t.Fatal(err)
 	}
-	ch := make(chan [2]string, 32)
-	go func() {
-		defer resp.Body.Close()
-		defer close(ch)
-		sc := bufio.NewScanner(resp.Body)
-		var ev, data string
-		for sc.Scan() {
-			line := sc.Text()
-			switch {
-			case strings.HasPrefix(line, "event: "):
-				ev = strings.TrimPrefix(line, "event: ")
-			case strings.HasPrefix(line, "data: "):
-				data = strings.TrimPrefix(line, "data: ")
-			case line == "" && ev != "":
-				ch <- [2]string{ev, data}
-				ev, data = "", ""
-			}
-		}
-	}()
-	return ch
+	a.t.Cleanup(func() { _ = resp.Body.Close() })
+	return appclienttest.Events(resp.Body)
 }
 
-func next(t *testing.T, ch <-chan [2]string, kind string) string {
+func next(t *testing.T, ch <-chan appclient.Notification, kind string) string {
 	t.Helper()
 	select {
 	case e, ok := <-ch:
 		if !ok {
 			t.Fatalf("event stream closed, waiting for %s", kind)
 		}
-		if e[0] != kind {
-			t.Fatalf("app event %s %s, want %s", e[0], e[1], kind)
+		if e.Event != kind {
+			t.Fatalf("app event %s %s, want %s", e.Event, e.Data, kind)
 		}
-		return e[1]
+		return string(e.Data)
 	case <-time.After(10 * time.Second):
 		t.Fatalf("no %s app event", kind)
 	}
@@ -190,25 +173,13 @@ type natsRig struct {
 
 func connect(t *testing.T, url string) *natsRig {
 	t.Helper()
-	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, js := natstest.Connect(t, url, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := events.EnsureStream(ctx, js); err != nil {
 		t.Fatal(err)
 	}
-	b, err := kvstore.Ensure(ctx, js)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &natsRig{nc: nc, js: js, b: b}
+	return &natsRig{nc: nc, js: js, b: natstest.Buckets(t, js)}
 }
 
 func (n *natsRig) route(t *testing.T, instance string) *livegatev1.Route {
@@ -563,16 +534,24 @@ func (a *agentProc) waitExit(within time.Duration) error {
 	return nil
 }
 
-// TestGracefulEndExits: a graceful endsession is answered in full, then the agent publishes the
-// end, deletes its route and exits 0.
-func TestGracefulEndExits(t *testing.T) {
+// startReadyAgent starts an agent of instance lga-<pid>-<name> and session s-<name> on a NATS
+// server of its own, with a 30 s lease, and has its app report ready.
+func startReadyAgent(t *testing.T, name string) (*agentProc, *natsRig, string) {
+	t.Helper()
 	srv := natstest.External(t)
 	n := connect(t, srv.URL())
-	instance := fmt.Sprintf("lga-%d-exit", os.Getpid())
-	a := startAgent(t, nil, "--nats-url="+srv.URL(), "--instance-id="+instance, "--pool=lgapool", "--session-id=s-exit",
+	instance := fmt.Sprintf("lga-%d-%s", os.Getpid(), name)
+	a := startAgent(t, nil, "--nats-url="+srv.URL(), "--instance-id="+instance, "--pool=lgapool", "--session-id=s-"+name,
 		"--signaling-backend=127.0.0.1:30001", "--media-backend=127.0.0.1:30002", "--lease-ttl=30s")
 	a.appEvent("app-ready")
 	a.appEvent("rtx-ready")
+	return a, n, instance
+}
+
+// TestGracefulEndExits: a graceful endsession is answered in full, then the agent publishes the
+// end, deletes its route and exits 0.
+func TestGracefulEndExits(t *testing.T) {
+	a, n, instance := startReadyAgent(t, "exit")
 	a.appEvent("client-connected")
 	eventually(t, 10*time.Second, "route written", func() bool { return n.route(t, instance) != nil })
 	a.expect("POST", "/v1/streaming/endsession", `{"sessionId":"s-exit","gracefulShutdown":true}`, 200, `{"sessionStatus":"COMPLETE"}`)
@@ -591,13 +570,7 @@ func TestGracefulEndExits(t *testing.T) {
 
 // TestSIGTERM: stopping the agent ends the live session, deletes the route and exits 0.
 func TestSIGTERM(t *testing.T) {
-	srv := natstest.External(t)
-	n := connect(t, srv.URL())
-	instance := fmt.Sprintf("lga-%d-term", os.Getpid())
-	a := startAgent(t, nil, "--nats-url="+srv.URL(), "--instance-id="+instance, "--pool=lgapool", "--session-id=s-term",
-		"--signaling-backend=127.0.0.1:30001", "--media-backend=127.0.0.1:30002", "--lease-ttl=30s")
-	a.appEvent("app-ready")
-	a.appEvent("rtx-ready")
+	a, n, instance := startReadyAgent(t, "term")
 	eventually(t, 10*time.Second, "route written", func() bool { return n.route(t, instance) != nil })
 	if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)

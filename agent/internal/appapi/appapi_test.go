@@ -1,7 +1,6 @@
 package appapi
 
 import (
-	"bufio"
 	"context"
 	"io"
 	"net"
@@ -16,6 +15,7 @@ import (
 	"github.com/livegate/livegate/agent/internal/lifecycle"
 	"github.com/livegate/livegate/agent/internal/metrics"
 	"github.com/livegate/livegate/agent/internal/session"
+	"github.com/livegate/livegate/pkg/appclient/appclienttest"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
 	"github.com/rs/zerolog"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -107,55 +107,32 @@ func TestCredsAndStream(t *testing.T) {
 	if ct := resp.Header.Get("Content-Type"); ct != "text/event-stream" {
 		t.Errorf("content type %q", ct)
 	}
-	events := readEvents(resp.Body)
-	next := func() [2]string {
+	events := appclienttest.Events(resp.Body)
+	next := func() (string, string) {
 		select {
 		case e := <-events:
-			return e
+			return e.Event, string(e.Data)
 		case <-ctx.Done():
 			t.Fatal("no event")
 		}
-		return [2]string{}
+		return "", ""
 	}
-	if e := next(); e[0] != lifecycle.KindStunCredentials || e[1] != body {
-		t.Errorf("replayed %v", e)
+	if ev, data := next(); ev != lifecycle.KindStunCredentials || data != body {
+		t.Errorf("replayed %s %s", ev, data)
 	}
 	a.Signal(session.AppReady)
 	a.Signal(session.RtxReady)
 	a.AssignEndpoint(&livegatev1.Endpoint{InstanceId: "i1", SessionId: "other", PublicHost: "stale"})
 	a.AssignEndpoint(&livegatev1.Endpoint{InstanceId: "i1", SessionId: "s1", EdgeId: "e1", PublicHost: "edge.example", SignalingPort: 48322, PublicUdpPorts: []uint32{10500}, MediaBackends: []string{"10.0.0.1:30001"}})
-	if e := next(); e[0] != lifecycle.KindEndpointAssigned || !strings.Contains(e[1], `"publicHost":"edge.example"`) || !strings.Contains(e[1], `"publicUdpPorts":[10500]`) {
-		t.Errorf("endpoint %v", e)
+	if ev, data := next(); ev != lifecycle.KindEndpointAssigned || !strings.Contains(data, `"publicHost":"edge.example"`) || !strings.Contains(data, `"publicUdpPorts":[10500]`) {
+		t.Errorf("endpoint %s %s", ev, data)
 	}
 	if _, err := a.EndSession("s1", true); err != nil {
 		t.Fatal(err)
 	}
-	if e := next(); e[0] != lifecycle.KindSessionEnded || e[1] != `{"sessionId":"s1","reason":"graceful","recycle":true}` {
-		t.Errorf("ended %v", e)
+	if ev, data := next(); ev != lifecycle.KindSessionEnded || data != `{"sessionId":"s1","reason":"graceful","recycle":true}` {
+		t.Errorf("ended %s %s", ev, data)
 	}
-}
-
-// readEvents parses a server-sent event stream into (event, data) pairs.
-func readEvents(r io.Reader) <-chan [2]string {
-	ch := make(chan [2]string, 16)
-	go func() {
-		defer close(ch)
-		sc := bufio.NewScanner(r)
-		var ev, data string
-		for sc.Scan() {
-			line := sc.Text()
-			switch {
-			case strings.HasPrefix(line, "event: "):
-				ev = strings.TrimPrefix(line, "event: ")
-			case strings.HasPrefix(line, "data: "):
-				data = strings.TrimPrefix(line, "data: ")
-			case line == "" && ev != "":
-				ch <- [2]string{ev, data}
-				ev, data = "", ""
-			}
-		}
-	}()
-	return ch
 }
 
 func TestLoopbackHostOnly(t *testing.T) {

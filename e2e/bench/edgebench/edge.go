@@ -96,7 +96,7 @@ func NewEnv(ctx context.Context, topo *netns.Topology, o Options) (*Env, error) 
 	}
 	e.NC, e.JS, e.Buckets = e.kv.NC, e.kv.JS, e.kv.Buckets
 	if o.Echo {
-		if err := e.startEcho(ctx); err != nil {
+		if e.echo, err = StartEcho(ctx, topo.Nodes[0]); err != nil {
 			e.Close()
 			return nil, err
 		}
@@ -104,32 +104,32 @@ func NewEnv(ctx context.Context, topo *netns.Topology, o Options) (*Env, error) 
 	return e, nil
 }
 
-// startEcho answers every UDP packet to a backend port in node 1: the ports are redirected to one
-// socket, so any number of routes can be probed.
-func (e *Env) startEcho(ctx context.Context) error {
-	node := e.Topo.Nodes[0]
+// StartEcho answers every UDP packet to a backend port (30000-32767) in node: the ports are
+// redirected to one socket, so any number of routes can be probed. Closing the socket ends it.
+func StartEcho(ctx context.Context, node *netns.Namespace) (*net.UDPConn, error) {
 	if err := node.Run(ctx, "iptables", "-t", "nat", "-A", "PREROUTING", "-p", "udp", "--dport", "30000:32767",
 		"-j", "REDIRECT", "--to-ports", strconv.Itoa(EchoPort)); err != nil {
-		return fmt.Errorf("node echo redirect: %w", err)
+		return nil, fmt.Errorf("node echo redirect: %w", err)
 	}
+	var echo *net.UDPConn
 	if err := node.Do(func() (err error) {
-		e.echo, err = net.ListenUDP("udp4", &net.UDPAddr{Port: EchoPort})
+		echo, err = net.ListenUDP("udp4", &net.UDPAddr{Port: EchoPort})
 		return err
 	}); err != nil {
-		return fmt.Errorf("node echo: %w", err)
+		return nil, fmt.Errorf("node echo: %w", err)
 	}
-	_ = e.echo.SetReadBuffer(4 << 20)
+	_ = echo.SetReadBuffer(4 << 20)
 	go func() {
 		buf := make([]byte, 2048)
 		for {
-			n, from, err := e.echo.ReadFromUDPAddrPort(buf)
+			n, from, err := echo.ReadFromUDPAddrPort(buf)
 			if err != nil {
 				return
 			}
-			_, _ = e.echo.WriteToUDPAddrPort(buf[:n], from)
+			_, _ = echo.WriteToUDPAddrPort(buf[:n], from)
 		}
 	}()
-	return nil
+	return echo, nil
 }
 
 // StartEdge starts livegate-edgeproxy in the edge namespace.
@@ -187,13 +187,17 @@ func (e *Env) StateFile(name string) string { return filepath.Join(e.Dir, "state
 func (e *Env) HAProxyPids() []int { return stack.SupervisedPids(e.StateFile("")) }
 
 // SignalingBackend and MediaBackend are route i's backends on node 1.
-func SignalingBackend(i int) netip.AddrPort {
-	return netip.AddrPortFrom(netns.NodeAddr(1), uint16(30000+i%2700))
-}
+func SignalingBackend(i int) netip.AddrPort { return signalingBackend(netns.NodeAddr(1), i) }
 
 // MediaBackend is route i's one media backend.
-func MediaBackend(i int) netip.AddrPort {
-	return netip.AddrPortFrom(netns.NodeAddr(1), uint16(30000+(i+1)%2700))
+func MediaBackend(i int) netip.AddrPort { return mediaBackend(netns.NodeAddr(1), i) }
+
+func signalingBackend(node netip.Addr, i int) netip.AddrPort {
+	return netip.AddrPortFrom(node, uint16(30000+i%2700))
+}
+
+func mediaBackend(node netip.Addr, i int) netip.AddrPort {
+	return netip.AddrPortFrom(node, uint16(30000+(i+1)%2700))
 }
 
 // RouteKey is route i's key (instance id).
@@ -202,19 +206,23 @@ func RouteKey(i int) string { return "lgbi" + strconv.Itoa(i) }
 // Route is route i of the bench: its own session id, a signaling backend and one media backend
 // on node 1.
 func Route(i int, ttl time.Duration) (key string, value []byte, err error) {
-	key = RouteKey(i)
-	r := &livegatev1.Route{
+	value, err = RouteValue(i, netns.NodeAddr(1), EdgeID, pool, ttl)
+	return RouteKey(i), value, err
+}
+
+// RouteValue is what an agent's publisher writes for route i with its backends on node (where
+// StartEcho answers), for edgeID (empty: a pool route the pool's edges claim) in pool.
+func RouteValue(i int, node netip.Addr, edgeID, pool string, ttl time.Duration) ([]byte, error) {
+	return wire.Marshal(&livegatev1.Route{
 		SessionId:        SessionID(i),
-		InstanceId:       key,
-		SignalingBackend: SignalingBackend(i).String(),
-		MediaBackends:    []string{MediaBackend(i).String()},
-		EdgeId:           EdgeID,
+		InstanceId:       RouteKey(i),
+		SignalingBackend: signalingBackend(node, i).String(),
+		MediaBackends:    []string{mediaBackend(node, i).String()},
+		EdgeId:           edgeID,
 		Pool:             pool,
 		LeaseTtl:         durationpb.New(ttl),
 		RenewedAt:        timestamppb.Now(),
-	}
-	value, err = wire.Marshal(r)
-	return key, value, err
+	})
 }
 
 // SessionID is route i's session id.
@@ -270,8 +278,7 @@ func (e *Env) DNATCount(ctx context.Context) (int, error) {
 }
 
 // Probe sends a UDP packet to the public port from the client namespace until the echo behind
-// the DNAT answers or timeout passes. Each try uses a fresh source port: a packet that arrives
-// before the rule leaves a conntrack entry without NAT that would capture later tries.
+// the DNAT answers or timeout passes.
 func (e *Env) Probe(ctx context.Context, public netip.AddrPort, timeout time.Duration) error {
 	c, err := e.probeConn(ctx, public, timeout)
 	if err != nil {
@@ -283,12 +290,32 @@ func (e *Env) Probe(ctx context.Context, public netip.AddrPort, timeout time.Dur
 // probeConn is Probe returning the socket whose datagram was echoed: its flow has the route's
 // NAT binding in conntrack, which waitUnroutable probes again once the route ended.
 func (e *Env) probeConn(ctx context.Context, public netip.AddrPort, timeout time.Duration) (*net.UDPConn, error) {
-	deadline := time.Now().Add(timeout)
+	c, err := probeFrom(ctx, e.Topo.Client, public, time.Now().Add(timeout))
+	if err != nil {
+		return nil, fmt.Errorf("%w within %s", err, timeout)
+	}
+	return c, nil
+}
+
+// Probe sends a UDP packet to public from client until the echo behind the DNAT answers or
+// deadline passes.
+func Probe(ctx context.Context, client *netns.Namespace, public netip.AddrPort, deadline time.Time) error {
+	c, err := probeFrom(ctx, client, public, deadline)
+	if err != nil {
+		return err
+	}
+	return c.Close()
+}
+
+// probeFrom is Probe returning the echoed socket. Each try uses a fresh source port: a packet
+// that arrives before the rule leaves a conntrack entry without NAT that would capture later
+// tries.
+func probeFrom(ctx context.Context, client *netns.Namespace, public netip.AddrPort, deadline time.Time) (*net.UDPConn, error) {
 	payload := []byte("probe")
 	buf := make([]byte, 64)
 	for {
 		var c *net.UDPConn
-		if err := e.Topo.Client.Do(func() (err error) {
+		if err := client.Do(func() (err error) {
 			c, err = net.ListenUDP("udp4", &net.UDPAddr{})
 			return err
 		}); err != nil {
@@ -304,7 +331,7 @@ func (e *Env) probeConn(ctx context.Context, public netip.AddrPort, timeout time
 		}
 		_ = c.Close()
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			return nil, fmt.Errorf("no echo through %s within %s", public, timeout)
+			return nil, fmt.Errorf("no echo through %s", public)
 		}
 	}
 }

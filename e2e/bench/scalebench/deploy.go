@@ -1,7 +1,7 @@
 package scalebench
 
-// The deployment's start-up and teardown, kept in this one file (a trimmed copy of e2e/cluster's
-// harness) so that it can move onto the shared e2e harness as a whole.
+// The deployment's start-up and teardown, on the shared e2e harness: a stack.Lab with NATS (one
+// server or a cluster of three) and three edges.
 
 import (
 	"context"
@@ -12,11 +12,9 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
-	"sync"
 	"time"
 
+	"github.com/livegate/livegate/e2e/bench/edgebench"
 	"github.com/livegate/livegate/e2e/internal/netns"
 	"github.com/livegate/livegate/e2e/internal/proc"
 	"github.com/livegate/livegate/e2e/internal/stack"
@@ -28,43 +26,30 @@ import (
 )
 
 const (
-	pool        = "scale"
-	natsPort    = 4222
-	clusterPort = 6222
-	monitorPort = 8222
-	adminAddr   = "127.0.0.1:9470"
-	// echoPort is where node's UDP echo listens; every backend port is redirected to it.
-	echoPort = 29999
+	pool = "scale"
 	// mediaPorts is wide enough that no edge runs out of public ports, quarantined ones (those of
 	// lost claims) included: the port pool is not what this benchmark measures.
 	mediaPorts = "10000-44999"
 	kvTimeout  = 3 * time.Second
 )
 
-// The topology, all in 198.18.0.0/15: a hub namespace bridges a public and a LAN network.
-//
-//	public 198.18.1.0/24  edge k .10+k, client .100
-//	lan    198.19.0.0/24  edge k .10+k, node .100, NATS server k .201+k, hub (the bench) .254
+// The Lab's topology (stack.Lab): edges on the public network and the lan, the client on the
+// public network, NATS servers and the node on the lan, and the bench in the hub.
 var (
-	hubLAN     = netip.MustParseAddr("198.19.0.254")
-	nodeLAN    = netip.MustParseAddr("198.19.0.100")
-	clientAddr = netip.MustParseAddr("198.18.1.100")
+	nodeLAN    = stack.LabNodeLAN(0)
+	edgePublic = stack.LabEdgePublic
+	edgeLAN    = stack.LabEdgeLAN
+	natsAddr   = stack.LabNATSLAN
 )
-
-func edgePublic(k int) netip.Addr { return netip.AddrFrom4([4]byte{198, 18, 1, byte(10 + k)}) }
-func edgeLAN(k int) netip.Addr    { return netip.AddrFrom4([4]byte{198, 19, 0, byte(10 + k)}) }
-func natsAddr(k int) netip.Addr   { return netip.AddrFrom4([4]byte{198, 19, 0, byte(201 + k)}) }
 
 // deployment is NATS (one server or a cluster of three), three edges of one pool, a node
 // namespace whose UDP echo answers every backend port, and a client namespace on the public side.
 type deployment struct {
-	id, dir  string
-	natsBin  string
+	lab      *stack.Lab
+	dir      string
 	edgeBin  string
-	hub      *netns.Namespace
 	node     *netns.Namespace
 	client   *netns.Namespace
-	nss      []*netns.Namespace
 	servers  []*server
 	edges    []*edge
 	nc       *nats.Conn
@@ -72,16 +57,13 @@ type deployment struct {
 	kv       *kvstore.Buckets
 	echo     *net.UDPConn
 	replicas int
-	mu       sync.Mutex
-	procs    []*proc.Proc
 }
 
 type server struct {
 	k    int
 	name string
 	ns   *netns.Namespace
-	conf string
-	p    *proc.Proc
+	srv  *stack.NATSServer
 }
 
 type edge struct {
@@ -92,7 +74,10 @@ type edge struct {
 	p   *proc.Proc
 }
 
-func (s *server) url() string { return fmt.Sprintf("nats://%s:%d", natsAddr(s.k), natsPort) }
+func (s *server) url() string { return fmt.Sprintf("nats://%s:%d", natsAddr(s.k), stack.NATSPort) }
+
+// p is the server's current process (a restart replaces it).
+func (s *server) p() *proc.Proc { return s.srv.P }
 
 // deploy builds the namespaces and starts NATS (servers: 1 or 3) and three edges. On error
 // everything already started is torn down.
@@ -101,45 +86,44 @@ func deploy(ctx context.Context, prefix, edgeBin, natsBin string, servers int) (
 	if err != nil {
 		return nil, err
 	}
-	// Sweep (netns.Sweep) reads the creating pid from between the prefix and the first dash.
-	id := prefix + strconv.FormatInt(int64(os.Getpid()), 36) + "-s" + strconv.Itoa(servers)
-	d = &deployment{id: id, dir: dir, natsBin: natsBin, edgeBin: edgeBin, replicas: servers}
+	d = &deployment{dir: dir, edgeBin: edgeBin, replicas: servers}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, d.close())
 			d = nil
 		}
 	}()
-	if d.hub, err = d.addNS("h"); err != nil {
+	if d.lab, _, err = stack.NewLab(ctx, prefix); err != nil {
 		return d, err
 	}
-	for _, br := range []string{"bp", "bl"} {
-		if err := d.hub.Run(ctx, "ip", "link", "add", br, "type", "bridge"); err != nil {
-			return d, err
-		}
-		if err := d.hub.Run(ctx, "ip", "link", "set", br, "up"); err != nil {
-			return d, err
-		}
-	}
-	if err := d.hub.Run(ctx, "ip", "addr", "add", netip.PrefixFrom(hubLAN, 24).String(), "dev", "bl"); err != nil {
+	if err := d.lab.Bridge(ctx, "bp", netip.Addr{}); err != nil {
 		return d, err
 	}
-	if err := d.startEcho(ctx); err != nil {
+	if err := d.lab.Bridge(ctx, "bl", stack.LabHubLAN); err != nil {
 		return d, err
 	}
-	if d.client, err = d.addNS("c"); err != nil {
+	if d.node, err = d.lab.AddNS(ctx, "n"); err != nil {
 		return d, err
 	}
-	if err := d.link(ctx, d.client, "c", "p", "bp", clientAddr); err != nil {
+	if err := d.lab.Link(ctx, d.node, "n", "l", "bl", nodeLAN); err != nil {
+		return d, err
+	}
+	if d.echo, err = edgebench.StartEcho(ctx, d.node); err != nil {
+		return d, err
+	}
+	if d.client, err = d.lab.AddNS(ctx, "c"); err != nil {
+		return d, err
+	}
+	if err := d.lab.Link(ctx, d.client, "c", "p", "bp", stack.LabClient); err != nil {
 		return d, err
 	}
 	for k := range servers {
-		if err := d.addServer(ctx, k, servers); err != nil {
+		if err := d.addServer(ctx, k, servers, natsBin); err != nil {
 			return d, err
 		}
 	}
 	for _, s := range d.servers {
-		if err := stack.WaitTCP(ctx, s.p, s.ns, fmt.Sprintf("127.0.0.1:%d", natsPort)); err != nil {
+		if err := s.srv.Ready(ctx); err != nil {
 			return d, err
 		}
 	}
@@ -159,110 +143,40 @@ func deploy(ctx context.Context, prefix, edgeBin, natsBin string, servers int) (
 	return d, nil
 }
 
-func (d *deployment) addNS(role string) (*netns.Namespace, error) {
-	ns, err := netns.Add(context.Background(), d.id+role)
-	if err != nil {
-		return nil, err
-	}
-	d.nss = append(d.nss, ns)
-	return ns, nil
-}
-
-// link joins ns to a hub bridge; interface names are at most 15 bytes.
-func (d *deployment) link(ctx context.Context, ns *netns.Namespace, role, net, bridge string, addr netip.Addr) error {
-	return netns.Bridged(ctx, d.hub, bridge, ns, d.id+role+net, d.id+role+strings.ToUpper(net), netip.PrefixFrom(addr, 24))
-}
-
-func (d *deployment) start(name string, ns *netns.Namespace, bin string, args ...string) (*proc.Proc, error) {
-	p, err := proc.Start(name, ns.Command(context.Background(), bin, args...), nil)
-	if err != nil {
-		return nil, err
-	}
-	d.mu.Lock()
-	d.procs = append(d.procs, p)
-	d.mu.Unlock()
-	return p, nil
-}
-
-// startEcho answers every UDP packet to a backend port of the node: the ports are redirected to
-// one socket, so any number of routes can be probed.
-func (d *deployment) startEcho(ctx context.Context) error {
-	var err error
-	if d.node, err = d.addNS("n"); err != nil {
-		return err
-	}
-	if err := d.link(ctx, d.node, "n", "l", "bl", nodeLAN); err != nil {
-		return err
-	}
-	if err := d.node.Run(ctx, "iptables", "-t", "nat", "-A", "PREROUTING", "-p", "udp", "--dport", "30000:32767",
-		"-j", "REDIRECT", "--to-ports", strconv.Itoa(echoPort)); err != nil {
-		return fmt.Errorf("node echo redirect: %w", err)
-	}
-	if err := d.node.Do(func() (err error) {
-		d.echo, err = net.ListenUDP("udp4", &net.UDPAddr{Port: echoPort})
-		return err
-	}); err != nil {
-		return fmt.Errorf("node echo: %w", err)
-	}
-	_ = d.echo.SetReadBuffer(4 << 20)
-	go func() {
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := d.echo.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			_, _ = d.echo.WriteToUDPAddrPort(buf[:n], from)
-		}
-	}()
-	return nil
-}
-
-// addServer writes server k's configuration (alone, or one of a cluster of three as deploy/nats
-// documents it, with short pings so a dead peer is noticed in seconds) and starts it.
-func (d *deployment) addServer(ctx context.Context, k, of int) error {
+// addServer starts server k, alone or one of a cluster of three as deploy/nats documents it,
+// with short pings so a dead peer is noticed in seconds.
+func (d *deployment) addServer(ctx context.Context, k, of int, bin string) error {
 	role := fmt.Sprintf("s%d", k+1)
-	ns, err := d.addNS(role)
+	ns, err := d.lab.AddNS(ctx, role)
 	if err != nil {
 		return err
 	}
-	if err := d.link(ctx, ns, role, "l", "bl", natsAddr(k)); err != nil {
+	if err := d.lab.Link(ctx, ns, role, "l", "bl", natsAddr(k)); err != nil {
 		return err
 	}
-	s := &server{k: k, name: fmt.Sprintf("nats-%d", k+1), ns: ns, conf: filepath.Join(d.dir, role+".conf")}
-	text := fmt.Sprintf("server_name: %s\nlisten: \"0.0.0.0:%d\"\nhttp: \"0.0.0.0:%d\"\nclient_advertise: \"%s:%d\"\nping_interval: \"1s\"\nping_max: 3\njetstream {\n  store_dir: %q\n}\n",
-		s.name, natsPort, monitorPort, natsAddr(k), natsPort, filepath.Join(d.dir, role+"-js"))
-	if of > 1 {
-		var routes []string
-		for j := range of {
-			if j != k {
-				routes = append(routes, fmt.Sprintf("nats-route://%s:%d", natsAddr(j), clusterPort))
-			}
+	var peers []netip.Addr
+	for j := range of {
+		if j != k {
+			peers = append(peers, natsAddr(j))
 		}
-		text += fmt.Sprintf("cluster {\n  name: livegate\n  listen: \"0.0.0.0:%d\"\n  routes: [%s]\n}\n", clusterPort, strings.Join(routes, ", "))
 	}
-	if err := os.WriteFile(s.conf, []byte(text), 0o600); err != nil {
-		return fmt.Errorf("nats config: %w", err)
-	}
-	d.servers = append(d.servers, s)
-	return d.startServer(s)
-}
-
-func (d *deployment) startServer(s *server) error {
-	p, err := d.start(s.name, s.ns, d.natsBin, "-c", s.conf)
+	srv, err := d.lab.Procs.StartNATS(ctx, ns, stack.NATSConfig{
+		Name: fmt.Sprintf("nats-%d", k+1), Dir: filepath.Join(d.dir, role), FastPings: true, Monitor: true,
+		Advertise: natsAddr(k), Peers: peers, Bin: bin,
+	})
 	if err != nil {
 		return err
 	}
-	s.p = p
+	d.servers = append(d.servers, &server{k: k, name: srv.Name, ns: ns, srv: srv})
 	return nil
 }
 
 // restart starts a killed server again on its store.
 func (d *deployment) restart(ctx context.Context, s *server) error {
-	if err := d.startServer(s); err != nil {
+	if err := s.srv.Start(ctx); err != nil {
 		return err
 	}
-	return stack.WaitTCP(ctx, s.p, s.ns, fmt.Sprintf("127.0.0.1:%d", natsPort))
+	return s.srv.Ready(ctx)
 }
 
 func (d *deployment) urls() []string {
@@ -284,7 +198,7 @@ func (d *deployment) connect(ctx context.Context, name string, servers ...*serve
 		}
 	}
 	return natsconn.Connect(ctx, natsconn.Config{URLs: urls, Name: name, StaleAfter: 6 * time.Second}, zerolog.Nop(),
-		nats.SetCustomDialer(d.hub.Dialer(2*time.Second)))
+		nats.SetCustomDialer(d.lab.Hub.Dialer(2*time.Second)))
 }
 
 // dial connects the bench's own client and creates the buckets with the deployment's replica
@@ -316,17 +230,8 @@ func (d *deployment) dial(ctx context.Context) error {
 // different servers and learn the others from it).
 func (d *deployment) addEdge(ctx context.Context, k int) error {
 	role := fmt.Sprintf("e%d", k+1)
-	ns, err := d.addNS(role)
+	ns, err := d.lab.AddRouter(ctx, role, stack.LabLink{Net: "p", Bridge: "bp", Addr: edgePublic(k)}, stack.LabLink{Net: "l", Bridge: "bl", Addr: edgeLAN(k)})
 	if err != nil {
-		return err
-	}
-	if err := ns.Sysctl("net.ipv4.ip_forward", "1"); err != nil {
-		return err
-	}
-	if err := d.link(ctx, ns, role, "p", "bp", edgePublic(k)); err != nil {
-		return err
-	}
-	if err := d.link(ctx, ns, role, "l", "bl", edgeLAN(k)); err != nil {
 		return err
 	}
 	g := &edge{k: k, id: fmt.Sprintf("scale%d", k+1), ns: ns, dir: filepath.Join(d.dir, role)}
@@ -334,14 +239,11 @@ func (d *deployment) addEdge(ctx context.Context, k int) error {
 		return err
 	}
 	seed := d.servers[k%len(d.servers)]
-	g.p, err = d.start(g.id, ns, d.edgeBin,
-		"run", "--edge-id", g.id, "--pool", pool,
-		"--public-host", edgePublic(k).String(), "--public-ip", edgePublic(k).String(),
-		"--nats-url", seed.url(), "--nats-replicas", strconv.Itoa(d.replicas),
-		"--signaling-port", strconv.Itoa(stack.SignalingPort), "--signaling-bind", edgePublic(k).String(),
-		"--state-dir", g.dir, "--tls-self-signed", "--haproxy-stop-on-exit",
-		"--media-ports", mediaPorts, "--backend-cidrs", "198.19.0.0/24",
-		"--admin-addr", adminAddr, "--log-format", "json", "--log-level", "warn")
+	g.p, err = d.lab.Procs.Start(ctx, g.id, ns, d.edgeBin, stack.EdgeArgs(stack.EdgeConfig{
+		ID: g.id, Pool: pool, Public: edgePublic(k), NATSURL: seed.url(), NATSReplicas: d.replicas, StateDir: g.dir,
+		MediaPorts: mediaPorts, BackendCIDRs: netip.PrefixFrom(nodeLAN, 24).Masked().String(),
+		LogFormat: "json", LogLevel: "warn", Extra: []string{"--signaling-bind", edgePublic(k).String()},
+	})...)
 	if err != nil {
 		return err
 	}
@@ -395,10 +297,10 @@ func (v varz) sub(o varz) varz {
 func (d *deployment) traffic() (varz, error) {
 	var sum varz
 	for _, s := range d.servers {
-		if s.p.Exited() {
+		if s.p().Exited() {
 			return sum, fmt.Errorf("%s is down", s.name)
 		}
-		resp, err := s.ns.HTTPClient(2 * time.Second).Get(fmt.Sprintf("http://127.0.0.1:%d/varz", monitorPort))
+		resp, err := s.ns.HTTPClient(2 * time.Second).Get(fmt.Sprintf("http://127.0.0.1:%d/varz", stack.NATSMonitorPort))
 		if err != nil {
 			return sum, fmt.Errorf("%s /varz: %w", s.name, err)
 		}
@@ -413,8 +315,8 @@ func (d *deployment) traffic() (varz, error) {
 	return sum, nil
 }
 
-// close stops everything, edges before NATS; what does not stop in time dies with its namespace.
-// It reports namespaces it could not remove.
+// close stops everything, edges before NATS (the last started first); what does not stop in
+// time dies with its namespace. It reports namespaces it could not remove.
 func (d *deployment) close() error {
 	if d.nc != nil {
 		d.nc.Close()
@@ -422,29 +324,10 @@ func (d *deployment) close() error {
 	if d.echo != nil {
 		_ = d.echo.Close()
 	}
-	d.mu.Lock()
-	procs := append([]*proc.Proc(nil), d.procs...)
-	d.mu.Unlock()
-	var wg sync.WaitGroup
-	for _, g := range d.edges {
-		if g.p != nil {
-			wg.Go(func() { _ = g.p.Stop(5 * time.Second) })
-		}
-	}
-	wg.Wait()
-	for _, p := range procs {
-		wg.Go(func() { _ = p.Stop(3 * time.Second) })
-	}
-	wg.Wait()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	var errs []error
-	for i := len(d.nss) - 1; i >= 0; i-- {
-		errs = append(errs, d.nss[i].Delete(ctx))
-	}
-	if left, _ := netns.List(ctx, d.id); len(left) > 0 {
-		errs = append(errs, fmt.Errorf("namespaces left behind: %v", left))
+	var err error
+	if d.lab != nil {
+		err = d.lab.Close(5 * time.Second)
 	}
 	_ = os.RemoveAll(d.dir)
-	return errors.Join(errs...)
+	return err
 }

@@ -5,10 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"net"
 	"net/http"
 	"net/netip"
-	"strconv"
 	"sync"
 	"time"
 
@@ -20,8 +18,6 @@ import (
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"google.golang.org/protobuf/types/known/durationpb"
-	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // The agent's publisher: a write times out after callTimeout and is retried after routeRetry.
@@ -34,21 +30,10 @@ const (
 // route write of the same size, and its cost follows from the traffic per route change.
 const leaseTTL = 10 * time.Minute
 
-func routeKey(i int) string  { return "lgsi" + strconv.Itoa(i) }
-func sessionID(i int) string { return "lgss" + strconv.Itoa(i) }
-
 // routeValue is what an agent's publisher writes for session i: a pool route (no edge named), so
 // the pool's edges claim it; its backends are on the node, where the echo answers.
 func routeValue(i int) ([]byte, error) {
-	return wire.Marshal(&livegatev1.Route{
-		SessionId:        sessionID(i),
-		InstanceId:       routeKey(i),
-		SignalingBackend: netip.AddrPortFrom(nodeLAN, uint16(30000+i%2700)).String(),
-		MediaBackends:    []string{netip.AddrPortFrom(nodeLAN, uint16(30000+(i+1)%2700)).String()},
-		Pool:             pool,
-		LeaseTtl:         durationpb.New(leaseTTL),
-		RenewedAt:        timestamppb.Now(),
-	})
+	return edgebench.RouteValue(i, nodeLAN, "", pool, leaseTTL)
 }
 
 // agents are the simulated agents' NATS connections, one per server of the deployment as agents
@@ -97,7 +82,7 @@ func (a *agents) put(ctx context.Context, i int, giveUp time.Time) error {
 		return err
 	}
 	return retry(ctx, giveUp, func(cctx context.Context) error {
-		_, err := kvstore.PutTTL(cctx, a.js[i%len(a.js)], kvstore.RoutesBucket, routeKey(i), val, leaseTTL)
+		_, err := kvstore.PutTTL(cctx, a.js[i%len(a.js)], kvstore.RoutesBucket, edgebench.RouteKey(i), val, leaseTTL)
 		return err
 	})
 }
@@ -105,7 +90,7 @@ func (a *agents) put(ctx context.Context, i int, giveUp time.Time) error {
 // del ends session i's route, retrying likewise.
 func (a *agents) del(ctx context.Context, i int, giveUp time.Time) error {
 	return retry(ctx, giveUp, func(cctx context.Context) error {
-		err := a.routes[i%len(a.routes)].Delete(cctx, routeKey(i))
+		err := a.routes[i%len(a.routes)].Delete(cctx, edgebench.RouteKey(i))
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
 			return nil
 		}
@@ -290,7 +275,7 @@ func (g *edge) dnatRules(ctx context.Context) (int, error) {
 
 // metrics reads the edge's /metrics.
 func (g *edge) metrics(ctx context.Context) (map[string]float64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+adminAddr+"/metrics", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+stack.AdminAddr+"/metrics", nil)
 	if err != nil {
 		return nil, err
 	}
@@ -303,58 +288,35 @@ func (g *edge) metrics(ctx context.Context) (map[string]float64, error) {
 }
 
 // probe sends UDP packets from the client namespace to the edge's public port until the node's
-// echo answers through the DNAT, each try from a fresh source port (as edgebench's Probe does).
+// echo answers through the DNAT.
 func (d *deployment) probe(ctx context.Context, g *edge, port uint16, deadline time.Time) error {
-	to := netip.AddrPortFrom(edgePublic(g.k), port)
-	payload := []byte("probe")
-	buf := make([]byte, 64)
-	for {
-		var c *net.UDPConn
-		if err := d.client.Do(func() (err error) {
-			c, err = net.ListenUDP("udp4", &net.UDPAddr{})
-			return err
-		}); err != nil {
-			return err
-		}
-		if _, err := c.WriteToUDPAddrPort(payload, to); err == nil {
-			_ = c.SetReadDeadline(time.Now().Add(3 * time.Millisecond))
-			n, _, rerr := c.ReadFromUDPAddrPort(buf)
-			if rerr == nil && string(buf[:n]) == string(payload) {
-				_ = c.Close()
-				return nil
-			}
-		}
-		_ = c.Close()
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return fmt.Errorf("no echo through %s", to)
-		}
-	}
+	return edgebench.Probe(ctx, d.client, netip.AddrPortFrom(edgePublic(g.k), port), deadline)
 }
 
 // routable waits for session i's endpoint, then for its session in that edge's HAProxy map and
 // its echo through that edge's public port, checked in that order: routable is when both held
 // (edgebench's definition; the edge publishes the endpoint after programming both).
 func (d *deployment) routable(ctx context.Context, eps *endpoints, i int, deadline time.Time) (ep endpoint, at time.Time, err error) {
-	ep, err = eps.wait(ctx, routeKey(i), deadline)
+	ep, err = eps.wait(ctx, edgebench.RouteKey(i), deadline)
 	if err != nil {
 		return ep, at, err
 	}
 	g := d.edgeByID(ep.edge)
 	if g == nil {
-		return ep, at, fmt.Errorf("route %s: endpoint names edge %q, none of the deployment's", routeKey(i), ep.edge)
+		return ep, at, fmt.Errorf("route %s: endpoint names edge %q, none of the deployment's", edgebench.RouteKey(i), ep.edge)
 	}
 	for {
-		ok, err := g.haproxy().MapHas(ctx, sessionID(i))
+		ok, err := g.haproxy().MapHas(ctx, edgebench.SessionID(i))
 		if err == nil && ok {
 			break
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			return ep, at, fmt.Errorf("route %s: not in %s's map (last error %v)", routeKey(i), g.id, err)
+			return ep, at, fmt.Errorf("route %s: not in %s's map (last error %v)", edgebench.RouteKey(i), g.id, err)
 		}
 		time.Sleep(time.Millisecond)
 	}
 	if err := d.probe(ctx, g, ep.port, deadline); err != nil {
-		return ep, at, fmt.Errorf("route %s on %s: %w", routeKey(i), g.id, err)
+		return ep, at, fmt.Errorf("route %s on %s: %w", edgebench.RouteKey(i), g.id, err)
 	}
 	return ep, time.Now(), nil
 }

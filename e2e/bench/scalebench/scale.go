@@ -21,6 +21,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/livegate/livegate/e2e/bench/edgebench"
 	"github.com/livegate/livegate/e2e/bench/report"
 	"github.com/livegate/livegate/e2e/bench/stats"
 )
@@ -252,7 +253,7 @@ func (d *deployment) routeAll(ctx context.Context, ag *agents, eps *endpoints, n
 func (d *deployment) probeSample(ctx context.Context, eps *endpoints, n int) (probed, echoed int) {
 	for j := range 30 {
 		i := j * (n / 30)
-		e, err := eps.wait(ctx, routeKey(i), time.Now().Add(time.Second))
+		e, err := eps.wait(ctx, edgebench.RouteKey(i), time.Now().Add(time.Second))
 		g := d.edgeByID(e.edge)
 		if err != nil || g == nil {
 			continue
@@ -360,7 +361,7 @@ func (d *deployment) churn(ctx context.Context, ag *agents, eps *endpoints, held
 					wg.Wait()
 					return res, err
 				}
-				victim.p.Kill()
+				victim.p().Kill()
 				res.killed = victim.name
 				progress("killed %s, the leader of KV_livegate_routes (%s)", victim.name, res.leaders)
 			}

@@ -104,6 +104,31 @@ func (l *Lab) Link(ctx context.Context, ns *netns.Namespace, role, net, bridge s
 	return netns.Bridged(ctx, l.Hub, bridge, ns, in, l.ID+role+strings.ToUpper(net), netip.PrefixFrom(addr, 24))
 }
 
+// LabLink is one link of a namespace to the hub: the network's letter in interface names, its
+// bridge, and the namespace's address there.
+type LabLink struct {
+	Net, Bridge string
+	Addr        netip.Addr
+}
+
+// AddRouter creates the namespace ID+role, forwarding between its links, and links it to the
+// hub (an edge's, between its public side and the lan).
+func (l *Lab) AddRouter(ctx context.Context, role string, links ...LabLink) (*netns.Namespace, error) {
+	ns, err := l.AddNS(ctx, role)
+	if err != nil {
+		return nil, err
+	}
+	if err := ns.Sysctl("net.ipv4.ip_forward", "1"); err != nil {
+		return nil, err
+	}
+	for _, k := range links {
+		if err := l.Link(ctx, ns, role, k.Net, k.Bridge, k.Addr); err != nil {
+			return nil, err
+		}
+	}
+	return ns, nil
+}
+
 // LinkName is the interface Link made for role and net inside its namespace.
 func (l *Lab) LinkName(role, net string) string { return l.ID + role + net }
 

@@ -70,7 +70,7 @@ func benchMap(b *testing.B, n int) (*dpatest.MemoryMaps, *dpatest.Server) {
 			b.Fatal(err)
 		}
 	}
-	return maps, dpatest.Start(b, dpatest.Options{User: user, Password: password, Maps: maps})
+	return maps, startAPI(b, dpatest.Options{Maps: maps})
 }
 
 // singleChanges re-points one entry after another, each its own Apply.

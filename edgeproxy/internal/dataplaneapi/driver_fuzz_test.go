@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/livegate/livegate/edgeproxy/internal/dataplaneapi"
+	"github.com/livegate/livegate/edgeproxy/internal/haproxy/haproxytest"
 )
 
 // recorder stands in for a Data Plane API server and keeps every request it gets: the fuzz
@@ -88,13 +89,7 @@ func FuzzDPAEntry(f *testing.F) {
 		rec.conflict = !del
 		rec.mu.Unlock()
 		rec.take()
-		var set map[string]string
-		var dels []string
-		if del {
-			dels = []string{key}
-		} else {
-			set = map[string]string{key: value}
-		}
+		set, dels := haproxytest.Change(key, value, del)
 		err := d.Apply(context.Background(), set, dels)
 		reqs := rec.take()
 		if err != nil {

@@ -45,6 +45,22 @@ func testProxy(t *testing.T) *dataplaneapi.Proxy {
 	return &p
 }
 
+// startAPI starts the fake Data Plane API with the tests' credentials and, unless o names
+// others, an empty session map.
+func startAPI(t testing.TB, o dpatest.Options) *dpatest.Server {
+	t.Helper()
+	if o.User == "" {
+		o.User = user
+	}
+	if o.Password == "" {
+		o.Password = password
+	}
+	if o.Maps == nil {
+		o.Maps = dpatest.NewMemoryMaps(mapName)
+	}
+	return dpatest.Start(t, o)
+}
+
 func fastOpts(extra ...dataplaneapi.Option) []dataplaneapi.Option {
 	return append([]dataplaneapi.Option{
 		dataplaneapi.WithRetry(4, time.Millisecond),
@@ -92,7 +108,7 @@ func ctxT(t *testing.T) context.Context {
 
 func TestApplyAndList(t *testing.T) {
 	maps := dpatest.NewMemoryMaps(mapName)
-	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: maps})
+	srv := startAPI(t, dpatest.Options{Maps: maps})
 	d := newDriver(t, srv, nil)
 	ctx := ctxT(t)
 
@@ -135,7 +151,7 @@ func TestApplyAndList(t *testing.T) {
 }
 
 func TestApplyRefusesBadInputBeforeSending(t *testing.T) {
-	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.NewMemoryMaps(mapName)})
+	srv := startAPI(t, dpatest.Options{})
 	d := newDriver(t, srv, nil)
 	for _, tc := range []struct {
 		set map[string]string
@@ -161,7 +177,7 @@ func TestAddOfExistingKeyReplaces(t *testing.T) {
 	maps := dpatest.NewMemoryMaps(mapName)
 	ctx := ctxT(t)
 	_ = maps.Add(ctx, mapName, "a", "10.0.0.1:30000")
-	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: maps})
+	srv := startAPI(t, dpatest.Options{Maps: maps})
 	d := newDriver(t, srv, nil)
 	if err := d.Apply(ctx, map[string]string{"a": "10.0.0.2:30000"}, nil); err != nil {
 		t.Fatal(err)
@@ -176,7 +192,7 @@ func TestAddOfExistingKeyReplaces(t *testing.T) {
 }
 
 func TestTransientFailuresAreRetried(t *testing.T) {
-	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.NewMemoryMaps(mapName)})
+	srv := startAPI(t, dpatest.Options{})
 	d := newDriver(t, srv, nil, dataplaneapi.WithRequestTimeout(200*time.Millisecond))
 	ctx := ctxT(t)
 	srv.AddFault(dpatest.Fault{OperationID: "addMapEntry", Status: http.StatusServiceUnavailable, Count: 2})
@@ -199,7 +215,7 @@ func TestTransientFailuresAreRetried(t *testing.T) {
 }
 
 func TestPersistentServerErrorIsReportedWithTheAPIMessage(t *testing.T) {
-	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.NewMemoryMaps(mapName)})
+	srv := startAPI(t, dpatest.Options{})
 	d := newDriver(t, srv, nil)
 	srv.AddFault(dpatest.Fault{OperationID: "addMapEntry", Status: http.StatusInternalServerError, Count: 100, Message: "runtime api: connection refused"})
 	err := d.Apply(ctxT(t), map[string]string{"a": "10.0.0.1:30000"}, nil)
@@ -214,7 +230,7 @@ func TestPersistentServerErrorIsReportedWithTheAPIMessage(t *testing.T) {
 }
 
 func TestUnauthorizedIsFinal(t *testing.T) {
-	srv := dpatest.Start(t, dpatest.Options{User: user, Password: "other", Maps: dpatest.NewMemoryMaps(mapName)})
+	srv := startAPI(t, dpatest.Options{Password: "other"})
 	d := newDriver(t, srv, testProxy(t))
 	err := d.Apply(ctxT(t), map[string]string{"a": "10.0.0.1:30000", "b": "10.0.0.1:30001"}, nil)
 	var ae *dataplaneapi.APIError
@@ -243,7 +259,7 @@ func statusOf(err error) int {
 }
 
 func TestSetupCreatesOnceAndOnlyWhenNeeded(t *testing.T) {
-	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.NewMemoryMaps(mapName), ReloadPolls: 3})
+	srv := startAPI(t, dpatest.Options{ReloadPolls: 3})
 	ctx := ctxT(t)
 	d := newDriver(t, srv, testProxy(t))
 	if err := d.Apply(ctx, map[string]string{"a": "10.0.0.1:30000"}, nil); err != nil {
@@ -272,7 +288,7 @@ func TestSetupCreatesOnceAndOnlyWhenNeeded(t *testing.T) {
 }
 
 func TestSetupRepairsDrift(t *testing.T) {
-	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.NewMemoryMaps(mapName)})
+	srv := startAPI(t, dpatest.Options{})
 	ctx := ctxT(t)
 	if err := newDriver(t, srv, testProxy(t)).Setup(ctx); err != nil {
 		t.Fatal(err)
@@ -306,7 +322,7 @@ func TestSetupRepairsDrift(t *testing.T) {
 }
 
 func TestSetupStartsOverOnVersionConflicts(t *testing.T) {
-	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.NewMemoryMaps(mapName)})
+	srv := startAPI(t, dpatest.Options{})
 	// Someone else changes the configuration while our transaction is open: the commit of the
 	// outdated transaction gets 406, and the next start on the version read before gets 409.
 	bumped := 0
@@ -333,7 +349,7 @@ func TestSetupStartsOverOnVersionConflicts(t *testing.T) {
 }
 
 func TestSetupGivesUpAfterBoundedConflicts(t *testing.T) {
-	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.NewMemoryMaps(mapName)})
+	srv := startAPI(t, dpatest.Options{})
 	srv.AddFault(dpatest.Fault{OperationID: "startTransaction", Status: http.StatusConflict, Count: 100, Message: "version mismatch, given: 1, found: 2"})
 	err := newDriver(t, srv, testProxy(t), dataplaneapi.WithTransactionAttempts(3)).Setup(ctxT(t))
 	if statusOf(err) != http.StatusConflict || !strings.Contains(err.Error(), "version mismatch") {
@@ -357,7 +373,7 @@ func TestFailureInsideTransactionRollsBack(t *testing.T) {
 		{"failed commit", dpatest.Fault{OperationID: "commitTransaction", Status: http.StatusBadRequest, Count: 100, Message: "haproxy -c: parsing error"}, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.NewMemoryMaps(mapName)})
+			srv := startAPI(t, dpatest.Options{})
 			srv.AddFault(tc.fault)
 			d := newDriver(t, srv, testProxy(t), dataplaneapi.WithRequestTimeout(300*time.Millisecond))
 			err := d.Apply(ctxT(t), map[string]string{"a": "10.0.0.1:30000"}, nil)
@@ -385,7 +401,7 @@ func TestFailureInsideTransactionRollsBack(t *testing.T) {
 }
 
 func TestFailedReloadIsReported(t *testing.T) {
-	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.NewMemoryMaps(mapName),
+	srv := startAPI(t, dpatest.Options{
 		OnReload: func(string) error { return errors.New("[ALERT] cannot open map file") }})
 	err := newDriver(t, srv, testProxy(t)).Setup(ctxT(t))
 	if err == nil || !strings.Contains(err.Error(), "cannot open map file") {
@@ -397,7 +413,7 @@ func TestFailedReloadIsReported(t *testing.T) {
 // TestProxyMatchesRenderedSections: the objects the transaction creates are the frontend and
 // backend the runtime driver's configuration has, line for line after normalising units.
 func TestProxyMatchesRenderedSections(t *testing.T) {
-	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.NewMemoryMaps(mapName)})
+	srv := startAPI(t, dpatest.Options{})
 	if err := newDriver(t, srv, testProxy(t)).Setup(ctxT(t)); err != nil {
 		t.Fatal(err)
 	}
@@ -445,7 +461,7 @@ func TestReadPasswordFile(t *testing.T) {
 }
 
 func TestFlagsBuildADriver(t *testing.T) {
-	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.NewMemoryMaps(mapName)})
+	srv := startAPI(t, dpatest.Options{})
 	pw := filepath.Join(t.TempDir(), "pw")
 	if err := os.WriteFile(pw, []byte(password+"\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -476,7 +492,7 @@ func TestFlagsBuildADriver(t *testing.T) {
 }
 
 func TestCancelledSetupStillRollsBack(t *testing.T) {
-	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.NewMemoryMaps(mapName)})
+	srv := startAPI(t, dpatest.Options{})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	srv.OnRequest(func(op string) {
@@ -495,7 +511,7 @@ func TestCancelledSetupStillRollsBack(t *testing.T) {
 }
 
 func TestSetupStartsOverWhenAnObjectMoved(t *testing.T) {
-	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.NewMemoryMaps(mapName)})
+	srv := startAPI(t, dpatest.Options{})
 	srv.AddFault(dpatest.Fault{OperationID: "createBind", Status: http.StatusConflict, Count: 1, Message: "bind livegate already exists"})
 	srv.AddFault(dpatest.Fault{OperationID: "commitTransaction", Status: http.StatusNotFound, Count: 1, Message: "transaction not found"})
 	if err := newDriver(t, srv, testProxy(t)).Setup(ctxT(t)); err != nil {
@@ -508,7 +524,7 @@ func TestSetupStartsOverWhenAnObjectMoved(t *testing.T) {
 }
 
 func TestReloadStuckInProgressTimesOut(t *testing.T) {
-	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.NewMemoryMaps(mapName), ReloadPolls: 1 << 30})
+	srv := startAPI(t, dpatest.Options{ReloadPolls: 1 << 30})
 	err := newDriver(t, srv, testProxy(t), dataplaneapi.WithReloadPoll(time.Millisecond, 50*time.Millisecond)).Setup(ctxT(t))
 	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "in_progress") {
 		t.Fatalf("err = %v", err)
@@ -536,7 +552,7 @@ func TestLargeSetsSkipWhatIsThere(t *testing.T) {
 				_ = maps.Add(ctx, mapName, "k000", "10.0.0.1:30000")
 				_ = maps.Add(ctx, mapName, "k001", "10.9.9.9:30000")
 			}
-			srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: maps})
+			srv := startAPI(t, dpatest.Options{Maps: maps})
 			if tc.failBulk {
 				srv.AddFault(dpatest.Fault{OperationID: "addPayloadRuntimeMap", Status: http.StatusInternalServerError, Count: 1})
 			}
@@ -572,7 +588,7 @@ func TestLostStartAnswerLeavesNoTransactionOpen(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.NewMemoryMaps(mapName)})
+			srv := startAPI(t, dpatest.Options{})
 			ctx := ctxT(t)
 			// Another API user's transaction stays untouched.
 			other, err := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL+"/v2/services/haproxy/transactions?version=1", nil)

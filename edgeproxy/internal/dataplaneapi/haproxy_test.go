@@ -63,7 +63,7 @@ func newRealAPI(t *testing.T) *realEdge {
 		e.started <- inst
 		return nil
 	}
-	e.Srv = dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.RuntimeMaps{Client: haproxy.NewClient(f.Socket, 5*time.Second), MapsDir: f.Dir}, OnReload: onReload})
+	e.Srv = startAPI(t, dpatest.Options{Maps: dpatest.RuntimeMaps{Client: haproxy.NewClient(f.Socket, 5*time.Second), MapsDir: f.Dir}, OnReload: onReload})
 	t.Cleanup(func() { checkContract(t, e.Srv) })
 	return e
 }

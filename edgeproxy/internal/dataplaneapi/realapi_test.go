@@ -58,7 +58,7 @@ func TestLargeSetKeepsTheRoutesTheMapHolds(t *testing.T) {
 	for k, v := range old {
 		_ = maps.Add(ctx, mapName, k, v)
 	}
-	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: maps})
+	srv := startAPI(t, dpatest.Options{Maps: maps})
 	d := newDriver(t, srv, nil)
 	add := routes("new", 1200)
 	if err := d.Apply(ctx, add, nil); err != nil {
@@ -80,7 +80,7 @@ func TestLargeSetKeepsTheRoutesTheMapHolds(t *testing.T) {
 // On an empty map the whole set goes in one payload, large enough to be a replace: still right.
 func TestLargeSetOnAnEmptyMapIsOnePayload(t *testing.T) {
 	maps := dpatest.NewMemoryMaps(mapName)
-	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: maps})
+	srv := startAPI(t, dpatest.Options{Maps: maps})
 	ctx := ctxT(t)
 	want := routes("s", 1200)
 	if err := newDriver(t, srv, nil).Apply(ctx, want, nil); err != nil {
@@ -101,7 +101,7 @@ func TestLargeSetOnAnEmptyMapIsOnePayload(t *testing.T) {
 // A success answered over a map that does not hold what was set is not reported as a success.
 func TestLargeSetIsCheckedAgainstTheMap(t *testing.T) {
 	maps := dpatest.NewMemoryMaps(mapName)
-	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: maps})
+	srv := startAPI(t, dpatest.Options{Maps: maps})
 	ctx := ctxT(t)
 	// Someone adds k00000 between the driver's read and its payload, which adds it a second time
 	// (a small payload is an add): HAProxy matches the first entry, not the driver's.
@@ -132,7 +132,7 @@ func TestLargeSetIsCheckedAgainstTheMap(t *testing.T) {
 }
 
 func TestUnauthorizedNeverShowsThePassword(t *testing.T) {
-	srv := dpatest.Start(t, dpatest.Options{User: user, Password: "other", Maps: dpatest.NewMemoryMaps(mapName)})
+	srv := startAPI(t, dpatest.Options{Password: "other"})
 	var logs bytes.Buffer
 	d := newDriver(t, srv, testProxy(t), dataplaneapi.WithLogger(zerolog.New(&logs)))
 	for _, call := range []func() error{
@@ -156,7 +156,7 @@ func TestUnauthorizedNeverShowsThePassword(t *testing.T) {
 }
 
 func TestServerMessagesHaveThePasswordMasked(t *testing.T) {
-	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.NewMemoryMaps(mapName)})
+	srv := startAPI(t, dpatest.Options{})
 	srv.AddFault(dpatest.Fault{OperationID: "addMapEntry", Status: http.StatusBadRequest, Count: 1, Message: "cannot use " + password})
 	err := newDriver(t, srv, nil).Apply(ctxT(t), map[string]string{"a": "10.0.0.1:1"}, nil)
 	if err == nil || strings.Contains(err.Error(), password) || !strings.Contains(err.Error(), "cannot use xxxxx") {
@@ -166,7 +166,7 @@ func TestServerMessagesHaveThePasswordMasked(t *testing.T) {
 
 // Correcting the password file is picked up at the next 401, without a restart.
 func TestPasswordFileIsReadAgainOnUnauthorized(t *testing.T) {
-	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.NewMemoryMaps(mapName)})
+	srv := startAPI(t, dpatest.Options{})
 	pw := filepath.Join(t.TempDir(), "pw")
 	if err := os.WriteFile(pw, []byte("wrong\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -214,7 +214,7 @@ func TestHAProxyDownIsNeitherDoneNorFinal(t *testing.T) {
 	ctx := ctxT(t)
 	_ = maps.Add(ctx, mapName, "gone", "10.0.0.1:1")
 	_ = maps.Add(ctx, mapName, "kept", "10.0.0.1:2")
-	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: maps})
+	srv := startAPI(t, dpatest.Options{Maps: maps})
 	d := newDriver(t, srv, nil)
 	maps.SetDown(true)
 	err := d.Apply(ctx, nil, []string{"gone"})
@@ -247,7 +247,7 @@ func TestDeleteAnswered404IsConfirmed(t *testing.T) {
 	maps := dpatest.NewMemoryMaps(mapName)
 	ctx := ctxT(t)
 	_ = maps.Add(ctx, mapName, "a", "10.0.0.1:1")
-	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: maps})
+	srv := startAPI(t, dpatest.Options{Maps: maps})
 	d := newDriver(t, srv, nil)
 	if err := d.Apply(ctx, nil, []string{"missing"}); err != nil {
 		t.Fatalf("delete of a missing key: %v", err)
@@ -270,7 +270,7 @@ func TestDeleteAnswered404IsConfirmed(t *testing.T) {
 func TestOneForceSyncPerBatch(t *testing.T) {
 	maps, dir := fileMaps(t, routes("old", 5))
 	ctx := ctxT(t)
-	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: maps})
+	srv := startAPI(t, dpatest.Options{Maps: maps})
 	d := newDriver(t, srv, nil)
 	set := routes("new", 10)
 	if err := d.Apply(ctx, set, []string{"old00000", "old00001"}); err != nil {
@@ -312,7 +312,7 @@ func TestOneForceSyncPerBatch(t *testing.T) {
 // A force_sync owed when the API could not be reached is made by the next read of the map.
 func TestOwedForceSyncIsMadeByList(t *testing.T) {
 	maps, dir := fileMaps(t, nil)
-	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: maps})
+	srv := startAPI(t, dpatest.Options{Maps: maps})
 	d := newDriver(t, srv, nil)
 	ctx := ctxT(t)
 	// HAProxy stops after the first of two adds: the second, which carries force_sync, fails.
@@ -371,7 +371,7 @@ func readMapFile(t *testing.T, path string) map[string]string {
 // The real server omits sc_id when it is 0, and other zero-valued fields: a configuration that
 // matches is left alone, so an edge's start neither commits a transaction nor reloads HAProxy.
 func TestSetupIgnoresOmittedDefaults(t *testing.T) {
-	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: dpatest.NewMemoryMaps(mapName)})
+	srv := startAPI(t, dpatest.Options{})
 	ctx := ctxT(t)
 	if err := newDriver(t, srv, testProxy(t)).Setup(ctx); err != nil {
 		t.Fatal(err)
@@ -394,7 +394,7 @@ func TestSetupIgnoresOmittedDefaults(t *testing.T) {
 // The fake's runtime-socket store answers as the real server does when HAProxy's socket is gone.
 func TestRuntimeSocketGoneIsUnreachable(t *testing.T) {
 	store := dpatest.RuntimeMaps{Client: haproxy.NewClient(filepath.Join(t.TempDir(), "gone.sock"), time.Second), MapsDir: t.TempDir()}
-	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: store})
+	srv := startAPI(t, dpatest.Options{Maps: store})
 	d := newDriver(t, srv, nil)
 	ctx := ctxT(t)
 	if err := d.Apply(ctx, nil, []string{"a"}); !unreachable(err) || statusOf(err) != http.StatusNotFound {
@@ -411,7 +411,7 @@ func TestOwedForceSyncOnAnEmptyMap(t *testing.T) {
 	maps, dir := fileMaps(t, map[string]string{"a": "10.0.0.1:1", "b": "10.0.0.1:2"})
 	ctx := ctxT(t)
 	_ = maps.Sync(ctx, mapName)
-	srv := dpatest.Start(t, dpatest.Options{User: user, Password: password, Maps: maps})
+	srv := startAPI(t, dpatest.Options{Maps: maps})
 	d := newDriver(t, srv, nil)
 	dels := 0
 	srv.OnRequest(func(op string) {

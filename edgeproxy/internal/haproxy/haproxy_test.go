@@ -16,12 +16,6 @@ import (
 	"github.com/rs/zerolog"
 )
 
-func start(t *testing.T) *haproxytest.Instance {
-	t.Helper()
-	f := haproxytest.NewFiles(t, haproxytest.Dir(t))
-	return haproxytest.Start(t, f.ConfigFor(haproxytest.FreePort(t)), f)
-}
-
 // TestRuntimeDriverContract runs the drivers' contract on the runtime driver. The edge's map-file
 // writer, not the driver, keeps the routes for HAProxy's next start.
 func TestRuntimeDriverContract(t *testing.T) {

@@ -20,7 +20,7 @@ import (
 // TestFrontendRefusesOldTLS checks against the real HAProxy that TLS 1.0 and 1.1 handshakes fail
 // and that TLS 1.2 without forward secrecy is refused while TLS 1.2 and 1.3 with it work.
 func TestFrontendRefusesOldTLS(t *testing.T) {
-	h := start(t)
+	h := haproxytest.StartNew(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", h.Port)
 	dial := func(cfg *tls.Config) error {
 		cfg.InsecureSkipVerify = true
@@ -69,7 +69,7 @@ func rawRequest(t *testing.T, port int, req string) (string, http.Header, string
 }
 
 func TestFrontendLimitsAndDisclosure(t *testing.T) {
-	h := start(t)
+	h := haproxytest.StartNew(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -171,7 +171,7 @@ func TestRequestTimeoutSparesWebsockets(t *testing.T) {
 // that long subprotocol lists pass, and that the first x-nv-sessionid token routes, the one an
 // app echoes.
 func TestHeaderLinesAndFirstSessionID(t *testing.T) {
-	h := start(t)
+	h := haproxytest.StartNew(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	a, b := haproxytest.StartBackend(t, "a", true), haproxytest.StartBackend(t, "b", true)

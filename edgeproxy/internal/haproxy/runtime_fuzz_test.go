@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy"
+	"github.com/livegate/livegate/edgeproxy/internal/haproxy/haproxytest"
 )
 
 // fakeSocket stands in for HAProxy's runtime API socket: it speaks enough of the protocol for
@@ -157,13 +158,7 @@ func FuzzRuntimeApply(f *testing.F) {
 		sock.missing = missing
 		sock.mu.Unlock()
 		sock.take()
-		var set map[string]string
-		var dels []string
-		if del {
-			dels = []string{key}
-		} else {
-			set = map[string]string{key: value}
-		}
+		set, dels := haproxytest.Change(key, value, del)
 		err := d.Apply(context.Background(), set, dels)
 		lines := sock.take()
 		keyOK, valueOK := wordOK(key), wordOK(value) || del

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/livegate/livegate/edgeproxy/internal/haproxy/haproxytest"
 	"github.com/livegate/livegate/edgeproxy/internal/media"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
 )
@@ -29,7 +30,7 @@ func BenchmarkColdStart(b *testing.B) {
 func coldStart(b *testing.B, pooled bool) (routable, published time.Duration) {
 	b.StopTimer()
 	e := newEnv(b)
-	h := startHAProxy(b)
+	h := haproxytest.StartNew(b)
 	const n = 9500
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 64)

@@ -11,12 +11,9 @@ import (
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy/haproxytest"
 	"github.com/livegate/livegate/edgeproxy/internal/media"
 	"github.com/livegate/livegate/edgeproxy/internal/placement"
-	"github.com/livegate/livegate/edgeproxy/internal/reconcile"
-	"github.com/livegate/livegate/pkg/events"
 	"github.com/livegate/livegate/pkg/wire"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/rs/zerolog"
 )
 
 // drainVar is a drain state the test sets, as drainstate.Store is set through the admin endpoint.
@@ -27,29 +24,6 @@ type drainVar struct {
 
 func (v *drainVar) get() placement.Drain  { v.mu.Lock(); defer v.mu.Unlock(); return v.d }
 func (v *drainVar) set(d placement.Drain) { v.mu.Lock(); v.d = d; v.mu.Unlock() }
-
-// startPlacedEdge runs an edge whose drain state is dv (nil: never draining).
-func startPlacedEdge(t *testing.T, e env, cfg reconcile.Config, h *haproxytest.Instance, plane media.Plane, dv *drainVar, reg prometheus.Registerer) *edge {
-	t.Helper()
-	d := reconcile.Deps{
-		JS: e.js, Buckets: e.kv, Driver: h.Driver, Media: plane,
-		Events: events.NewPublisher(e.js, "test/"+cfg.EdgeID), Metrics: reconcile.NewMetrics(reg),
-		Log: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel).With().Str("edge", cfg.EdgeID).Logger(),
-	}
-	if dv != nil {
-		d.Drain = dv.get
-	}
-	r, err := reconcile.New(cfg, d, reconcile.WithMapFile(h.MapFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.OnReady(r.Resync)
-	ctx, cancel := context.WithCancel(context.Background())
-	ed := &edge{r: r, h: h, cancel: cancel, done: make(chan struct{})}
-	go func() { defer close(ed.done); _ = r.Run(ctx) }()
-	t.Cleanup(ed.stop)
-	return ed
-}
 
 func heartbeatOf(t *testing.T, e env, id string) *livegatev1.EdgeStatus {
 	t.Helper()
@@ -76,13 +50,13 @@ func servedBy(t *testing.T, e env, keys []string) map[string]int {
 
 func TestDrainTakesNothingNewAndHandsOverAtTheDeadline(t *testing.T) {
 	e := newEnv(t)
-	h1, h2 := startHAProxy(t), startHAProxy(t)
+	h1, h2 := haproxytest.StartNew(t), haproxytest.StartNew(t)
 	reg1 := prometheus.NewRegistry()
 	dv := &drainVar{}
 	c1, c2 := config("edge-1", "pool-a"), config("edge-2", "pool-a")
 	c1.ClaimFallback, c2.ClaimFallback = 100*time.Millisecond, 100*time.Millisecond
-	e1 := startPlacedEdge(t, e, c1, h1, media.Off{}, dv, reg1)
-	startPlacedEdge(t, e, c2, h2, media.Off{}, nil, prometheus.NewRegistry())
+	e1 := startEdgeWith(t, e, c1, h1, media.Off{}, reg1, dv.get)
+	startEdgeWith(t, e, c2, h2, media.Off{}, prometheus.NewRegistry(), nil)
 	b := haproxytest.StartBackend(t, "app", false)
 	put := func(keys ...string) {
 		for _, k := range keys {
@@ -164,13 +138,13 @@ func TestNewRoutesGoToTheEdgeWithMostRoom(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			e := newEnv(t)
-			h1, h2 := startHAProxy(t), startHAProxy(t)
+			h1, h2 := haproxytest.StartNew(t), haproxytest.StartNew(t)
 			c1, c2 := config("edge-1", "pool-a"), config("edge-2", "pool-a")
 			c1.ClaimFallback, c2.ClaimFallback = c.fallback, c.fallback
 			c1.PortReserve, c2.PortReserve = 0.02, 0.02
-			startPlacedEdge(t, e, c1, h1, newPortPlane(10500), nil, prometheus.NewRegistry())
+			startEdgeWith(t, e, c1, h1, newPortPlane(10500), prometheus.NewRegistry(), nil)
 			reg2 := prometheus.NewRegistry()
-			startPlacedEdge(t, e, c2, h2, fixedPlane{portPlane: newPortPlane(10500), free: c.free}, nil, reg2)
+			startEdgeWith(t, e, c2, h2, fixedPlane{portPlane: newPortPlane(10500), free: c.free}, reg2, nil)
 			waitFor(t, "both heartbeats", func() bool {
 				return heartbeatOf(t, e, "edge-1").GetClaiming() && heartbeatOf(t, e, "edge-2").GetFreePorts() == uint32(c.free)
 			})

@@ -16,6 +16,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy/haproxytest"
 	"github.com/livegate/livegate/edgeproxy/internal/media"
+	"github.com/livegate/livegate/edgeproxy/internal/placement"
 	"github.com/livegate/livegate/edgeproxy/internal/portalloc"
 	"github.com/livegate/livegate/edgeproxy/internal/reconcile"
 	"github.com/livegate/livegate/edgeproxy/internal/routes"
@@ -69,13 +70,15 @@ func config(id, pool string) reconcile.Config {
 // startEdge runs a reconciler against h until the test ends or stop is called.
 func startEdge(t testing.TB, e env, cfg reconcile.Config, h *haproxytest.Instance, plane media.Plane) *edge {
 	t.Helper()
-	return startEdgeWithMetrics(t, e, cfg, h, plane, prometheus.NewRegistry())
+	return startEdgeWith(t, e, cfg, h, plane, prometheus.NewRegistry(), nil)
 }
 
-func startEdgeWithMetrics(t testing.TB, e env, cfg reconcile.Config, h *haproxytest.Instance, plane media.Plane, reg prometheus.Registerer) *edge {
+// startEdgeWith runs an edge with its metrics in reg and its drain state from drain (nil:
+// never draining).
+func startEdgeWith(t testing.TB, e env, cfg reconcile.Config, h *haproxytest.Instance, plane media.Plane, reg prometheus.Registerer, drain func() placement.Drain) *edge {
 	t.Helper()
 	r, err := reconcile.New(cfg, reconcile.Deps{
-		JS: e.js, Buckets: e.kv, Driver: h.Driver, Media: plane,
+		JS: e.js, Buckets: e.kv, Driver: h.Driver, Media: plane, Drain: drain,
 		Events: events.NewPublisher(e.js, "test/"+cfg.EdgeID), Metrics: reconcile.NewMetrics(reg),
 		Log: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel).With().Str("edge", cfg.EdgeID).Logger(),
 	}, reconcile.WithMapFile(h.MapFile))
@@ -91,12 +94,6 @@ func startEdgeWithMetrics(t testing.TB, e env, cfg reconcile.Config, h *haproxyt
 }
 
 func (e *edge) stop() { e.cancel(); <-e.done }
-
-func startHAProxy(t testing.TB) *haproxytest.Instance {
-	t.Helper()
-	f := haproxytest.NewFiles(t, haproxytest.Dir(t))
-	return haproxytest.Start(t, f.ConfigFor(haproxytest.FreePort(t)), f)
-}
 
 func putRoute(t testing.TB, e env, key string, r *livegatev1.Route) {
 	t.Helper()
@@ -171,7 +168,7 @@ func dialStatus(port int, id string) int {
 
 func TestRouteProgrammedAndRemoved(t *testing.T) {
 	e := newEnv(t)
-	h := startHAProxy(t)
+	h := haproxytest.StartNew(t)
 	startEdge(t, e, config("edge-a", "default"), h, media.Off{})
 	b := haproxytest.StartBackend(t, "app-1", false)
 	putRoute(t, e, "inst-1", &livegatev1.Route{SessionId: "sess-1", InstanceId: "inst-1", SignalingBackend: b.Addr.String(), EdgeId: "edge-a"})
@@ -214,9 +211,9 @@ func TestRouteProgrammedAndRemoved(t *testing.T) {
 // and in livegate_edge_routes_removed_total.
 func TestRemovalReasons(t *testing.T) {
 	e := newEnv(t)
-	h := startHAProxy(t)
+	h := haproxytest.StartNew(t)
 	reg := prometheus.NewRegistry()
-	startEdgeWithMetrics(t, e, config("edge-a", "default"), h, media.Off{}, reg)
+	startEdgeWith(t, e, config("edge-a", "default"), h, media.Off{}, reg, nil)
 	b := haproxytest.StartBackend(t, "app-1", false)
 	route := func(key, edge, backend string) *livegatev1.Route {
 		return &livegatev1.Route{SessionId: "s-" + key, InstanceId: key, SignalingBackend: backend, EdgeId: edge}
@@ -280,7 +277,7 @@ func TestRemovalReasons(t *testing.T) {
 
 func TestLeaseRenewalIsNotReported(t *testing.T) {
 	e := newEnv(t)
-	h := startHAProxy(t)
+	h := haproxytest.StartNew(t)
 	startEdge(t, e, config("edge-a", "default"), h, media.Off{})
 	b := haproxytest.StartBackend(t, "app-1", false)
 	route := &livegatev1.Route{SessionId: "sess-1", InstanceId: "inst-1", SignalingBackend: b.Addr.String(), EdgeId: "edge-a"}
@@ -312,7 +309,7 @@ func TestLeaseRenewalIsNotReported(t *testing.T) {
 
 func TestThousandRoutesAddedThenRemoved(t *testing.T) {
 	e := newEnv(t)
-	h := startHAProxy(t)
+	h := haproxytest.StartNew(t)
 	startEdge(t, e, config("edge-a", "default"), h, media.Off{})
 	const n = 1000
 	var wg sync.WaitGroup
@@ -362,7 +359,7 @@ func TestThousandRoutesAddedThenRemoved(t *testing.T) {
 
 func TestHostileRoutesRefused(t *testing.T) {
 	e := newEnv(t)
-	h := startHAProxy(t)
+	h := haproxytest.StartNew(t)
 	startEdge(t, e, config("edge-a", "default"), h, media.Off{})
 	good := haproxytest.StartBackend(t, "good", false)
 	hostile := map[string]*livegatev1.Route{
@@ -406,7 +403,7 @@ func TestHostileRoutesRefused(t *testing.T) {
 
 func TestHAProxyKilledLosesNoRoute(t *testing.T) {
 	e := newEnv(t)
-	h := startHAProxy(t)
+	h := haproxytest.StartNew(t)
 	startEdge(t, e, config("edge-a", "default"), h, media.Off{})
 	b := haproxytest.StartBackend(t, "app", false)
 	for i := range 50 {
@@ -436,7 +433,7 @@ func TestHAProxyKilledLosesNoRoute(t *testing.T) {
 
 func TestDriftIsRepaired(t *testing.T) {
 	e := newEnv(t)
-	h := startHAProxy(t)
+	h := haproxytest.StartNew(t)
 	ed := startEdge(t, e, config("edge-a", "default"), h, media.Off{})
 	b := haproxytest.StartBackend(t, "app", false)
 	putRoute(t, e, "i1", &livegatev1.Route{SessionId: "s1", SignalingBackend: b.Addr.String(), EdgeId: "edge-a"})
@@ -496,7 +493,7 @@ func (p *portPlane) Capacity() (int, int) { return 100, 100 - len(p.held) }
 
 func TestRestartedEdgeKeepsPortsAndConnections(t *testing.T) {
 	e := newEnv(t)
-	h := startHAProxy(t)
+	h := haproxytest.StartNew(t)
 	first := startEdge(t, e, config("edge-a", "default"), h, newPortPlane(10500))
 	b := haproxytest.StartBackend(t, "app", false)
 	putRoute(t, e, "i1", &livegatev1.Route{
@@ -548,7 +545,7 @@ func TestRestartedEdgeKeepsPortsAndConnections(t *testing.T) {
 
 func TestPoolClaimsAndFailover(t *testing.T) {
 	e := newEnv(t)
-	h1, h2 := startHAProxy(t), startHAProxy(t)
+	h1, h2 := haproxytest.StartNew(t), haproxytest.StartNew(t)
 	e1 := startEdge(t, e, config("edge-1", "pool-a"), h1, media.Off{})
 	startEdge(t, e, config("edge-2", "pool-a"), h2, media.Off{})
 	b := haproxytest.StartBackend(t, "app", false)

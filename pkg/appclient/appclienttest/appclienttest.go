@@ -4,11 +4,14 @@ package appclienttest
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/livegate/livegate/pkg/appclient"
 )
 
 // Agent is the app API as an app sees it. The zero value answers every event with 204.
@@ -130,4 +133,15 @@ func (a *Agent) WaitFor(t testing.TB, want ...string) {
 			t.Fatalf("events = %v, want %v", a.Events(), want)
 		}
 	}
+}
+
+// Events reads an agent's event stream r as apps read it (appclient.ReadEvents) onto a channel
+// that is closed when r ends.
+func Events(r io.Reader) <-chan appclient.Notification {
+	ch := make(chan appclient.Notification, 32)
+	go func() {
+		defer close(ch)
+		_ = appclient.ReadEvents(r, func(n appclient.Notification) { ch <- n })
+	}()
+	return ch
 }

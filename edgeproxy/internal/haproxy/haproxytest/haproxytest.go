@@ -134,6 +134,13 @@ func Start(t testing.TB, cfg haproxy.Config, f Files) *Instance {
 	return inst
 }
 
+// StartNew starts HAProxy with the edge's configuration, in files of its own, on a free port.
+func StartNew(t testing.TB) *Instance {
+	t.Helper()
+	f := NewFiles(t, Dir(t))
+	return Start(t, f.ConfigFor(FreePort(t)), f)
+}
+
 // Supervise runs HAProxy on the configuration and map already in f until the end of the test,
 // without waiting for it to answer. It may be called from a goroutine other than the test's.
 func Supervise(t testing.TB, f Files, port int) *Instance {
@@ -304,4 +311,13 @@ func Open(ctx context.Context, port int, path string, subprotocols []string, hea
 	}
 	res.Message = string(msg)
 	return c, res, nil
+}
+
+// Change is the one-route batch a driver's fuzz target applies: a delete of key when del is
+// set, else a set of key to value.
+func Change(key, value string, del bool) (set map[string]string, dels []string) {
+	if del {
+		return nil, []string{key}
+	}
+	return map[string]string{key: value}, nil
 }
