@@ -43,6 +43,16 @@ var DefaultPorts = portalloc.Range{First: 10500, Last: 20000}
 // the chains back.
 const DefaultResyncInterval = 10 * time.Second
 
+// DefaultSweepInterval is how long the rules of ended ports may wait before a batch deletes
+// them. Deleting costs the batch after it a wait in the kernel (see tombstoneSpec), so it is done
+// rarely and for many ports at once. Nothing depends on it for correctness: a port forwarded
+// again before its sweep gets its new rule ahead of its old ones.
+const DefaultSweepInterval = 5 * time.Second
+
+// sweepMaxDead is how many dead rules make a sweep due before the interval: they lengthen the
+// shard chains a new flow's first packet walks.
+const sweepMaxDead = 4096
+
 // Config is what the plane forwards and how.
 type Config struct {
 	// PublicIP is the IPv4 address media packets arrive at on this host (the DNAT rules match
@@ -74,6 +84,8 @@ type options struct {
 	flushRetry time.Duration
 	// netns is the namespace WithNetns targets; "" is the process's own.
 	netns string
+	// sweep is how long dead rules (tombstones and what they shadow) may wait for a sweep.
+	sweep time.Duration
 }
 
 // WithRunner sets how iptables is run (a fake in unit tests).
@@ -112,8 +124,15 @@ func WithResyncInterval(d time.Duration) Option {
 	return func(o *options) { o.resync = d }
 }
 
+// WithSweepInterval sets how long the rules of ended ports (tombstones and the DNAT rules they
+// shadow) may stay before a batch deletes them; zero deletes them in the next batch.
+func WithSweepInterval(d time.Duration) Option {
+	return func(o *options) { o.sweep = d }
+}
+
 func buildOptions(opts []Option) (options, error) {
-	o := options{now: time.Now, log: zerolog.Nop(), resync: DefaultResyncInterval, flushRetry: flushRetry}
+	o := options{now: time.Now, log: zerolog.Nop(), resync: DefaultResyncInterval, flushRetry: flushRetry,
+		sweep: DefaultSweepInterval}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -142,6 +161,10 @@ type Plane struct {
 	// when it must be read back.
 	known  *kernelState
 	readAt time.Time
+	// deadSince is when the kernel came to hold dead rules (tombstones and the rules they
+	// shadow) after holding none; zero when a read-back in front of the batches found them
+	// (left by a previous run or a failed batch), which sweeps them at once.
+	deadSince time.Time
 	// pendingFlush holds ports whose conntrack entries must still be deleted. flushDone is
 	// non-nil while a flusher goroutine works through them, and closed when it stops; flushErr
 	// is why the last one stopped with ports left.
@@ -231,7 +254,11 @@ func (p *Plane) Recover(ctx context.Context) error {
 	for port := range st.dnat {
 		p.alloc.Reserve(port)
 	}
-	p.o.log.Info().Int("mappings", len(st.dnat)).Int("strays", len(st.strays)).
+	// A tombstoned port ended shortly before the stop: it gets its quarantine again.
+	for port := range st.dead {
+		p.alloc.Reserve(port)
+	}
+	p.o.log.Info().Int("mappings", len(st.dnat)).Int("strays", len(st.strays)).Int("dead_rules", st.deadRules()).
 		Msg("media mappings recovered from the kernel")
 	if p.o.netns == "" {
 		p.checkForwarding()
@@ -427,11 +454,19 @@ func (p *Plane) readBehind(ctx context.Context) {
 			return
 		}
 		st := readState(nat, filter, p.cfg.PublicIP)
+		if len(p.known.dead) == 0 && len(st.dead) > 0 {
+			p.deadSince = p.o.now()
+		}
 		for port := range touched {
 			if e, ok := p.known.dnat[port]; ok {
 				st.dnat[port] = e
 			} else {
 				delete(st.dnat, port)
+			}
+			if dead, ok := p.known.dead[port]; ok {
+				st.dead[port] = dead
+			} else {
+				delete(st.dead, port)
 			}
 		}
 		p.known, p.readAt = st, began
@@ -552,6 +587,14 @@ func (p *Plane) desired(want map[string][]Mapping) (map[uint16]netip.AddrPort, [
 	return out, invalid
 }
 
+// sweepDue reports whether the next batch deletes the dead rules: once the oldest have waited
+// the sweep interval, or sooner when they have become many. A start sweeps at once what a
+// previous run left.
+func (p *Plane) sweepDue() bool {
+	n := p.known.deadRules()
+	return n > 0 && (n >= sweepMaxDead || p.o.now().Sub(p.deadSince) >= p.o.sweep)
+}
+
 // applyResult describes one apply: how many batch lines it wrote and how long the read-back
 // and the restore took.
 type applyResult struct {
@@ -571,7 +614,13 @@ func (p *Plane) apply(ctx context.Context, desired map[uint16]netip.AddrPort, re
 		}
 		res.read = p.o.now().Sub(t)
 	}
-	batch, next, ch := plan(p.known, desired, p.settings())
+	sweep := p.sweepDue()
+	batch, next, ch := plan(p.known, desired, p.settings(), sweep)
+	if !sweep && next.deadRules() >= sweepMaxDead {
+		// Many ports leaving at once (a drain, a stop) sweep in the same batch.
+		sweep = true
+		batch, next, ch = plan(p.known, desired, p.settings(), sweep)
+	}
 	for _, port := range ch.flush {
 		if _, kept := desired[port]; !kept {
 			// A port that leaves the kernel without having been released (its route vanished
@@ -590,11 +639,15 @@ func (p *Plane) apply(ctx context.Context, desired map[uint16]netip.AddrPort, re
 	}
 	res.restore = p.o.now().Sub(t)
 	res.lines = batch.Len()
+	if len(p.known.dead) == 0 && len(next.dead) > 0 {
+		p.deadSince = p.o.now()
+	}
 	if p.touched != nil {
 		for _, port := range ch.flush {
 			p.touched[port] = true
 		}
-		p.reshaped = p.reshaped || reshapes(p.known, next)
+		// A sweep changes the dead rules of ports that are not in flush.
+		p.reshaped = p.reshaped || ch.swept || reshapes(p.known, next)
 	}
 	p.known = next
 	return res, nil
@@ -608,6 +661,7 @@ func (p *Plane) readBack(ctx context.Context) (*kernelState, error) {
 	}
 	p.known = readState(nat, filter, p.cfg.PublicIP)
 	p.readAt = p.o.now()
+	p.deadSince = time.Time{}
 	if !p.swept {
 		// What the kernel holds for the ports no rule forwards is unknown after a start: one
 		// deletion of them all, in the background, makes them clean.
@@ -655,7 +709,7 @@ func Cleanup(ctx context.Context, opts ...Option) error {
 		if !isShardChain(r.Chain) {
 			continue
 		}
-		if d, ok := parseDNAT(r.Args); ok {
+		if d, ok := parseShardRule(r.Args); ok && !d.tombstone {
 			byAddr[d.public] = append(byAddr[d.public], d.port)
 		}
 	}
