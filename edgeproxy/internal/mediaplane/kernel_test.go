@@ -41,6 +41,7 @@ func newPlane(t *testing.T, lab *netlab.Lab, cfg mediaplane.Config, opts ...medi
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(p.Close)
 	return p
 }
 
@@ -68,7 +69,8 @@ func TestKernelForwardRemoveReadd(t *testing.T) {
 	client := lab.NewClient(t)
 	ctx := context.Background()
 
-	plane := newPlane(t, lab, mediaplane.Config{SNAT: true, Quarantine: time.Minute})
+	// No idle sweep: the tombstone is looked at after the waits for unanswered datagrams.
+	plane := newPlane(t, lab, mediaplane.Config{SNAT: true, Quarantine: time.Minute}, mediaplane.WithIdleSweep(0))
 	backendA := netip.AddrPortFrom(netlab.NodeA, 30000)
 	ports, err := plane.Assign("inst-a", []netip.AddrPort{backendA}, nil)
 	if err != nil {
@@ -148,6 +150,19 @@ func TestKernelForwardRemoveReadd(t *testing.T) {
 	}
 	if got := client.Ask(t, port, "after-restart", answerWait); got != "node-b:after-restart" {
 		t.Fatalf("answer after the restart = %q, want node-b:after-restart", got)
+	}
+
+	// Once batches stop, the plane sweeps by itself.
+	plane.Close()
+	if err := restarted.Sync(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(ourRules(t, lab)[shard]) != 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := ourRules(t, lab)[shard]; len(got) != 0 {
+		t.Fatalf("%s after the idle sweep = %q, want it gone", shard, got)
 	}
 }
 

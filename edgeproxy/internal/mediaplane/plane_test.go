@@ -99,7 +99,9 @@ func (h *harness) newPlane(t *testing.T, cfg Config) *Plane {
 	if cfg.Ports == (portalloc.Range{}) {
 		cfg.Ports = portalloc.Range{First: 10500, Last: 10509}
 	}
-	p, err := New(cfg, WithRunner(h.ipt), WithConntrack(h.ct), WithClock(h.clk.now), func(o *options) { o.flushRetry = time.Millisecond })
+	// No idle sweep: its timer would read the test's clock from another goroutine.
+	p, err := New(cfg, WithRunner(h.ipt), WithConntrack(h.ct), WithClock(h.clk.now), WithIdleSweep(0),
+		func(o *options) { o.flushRetry = time.Millisecond })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -659,7 +661,7 @@ func newHeldHarness(t *testing.T, ports portalloc.Range) (*harness, *heldSave) {
 	t.Helper()
 	h := &harness{ipt: iptablestest.New(), ct: &fakeCleaner{}, clk: &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}}
 	held := &heldSave{Fake: h.ipt}
-	p, err := New(Config{PublicIP: publicIP, Ports: ports}, WithRunner(held), WithConntrack(h.ct), WithClock(h.clk.now))
+	p, err := New(Config{PublicIP: publicIP, Ports: ports}, WithRunner(held), WithConntrack(h.ct), WithClock(h.clk.now), WithIdleSweep(0))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -937,5 +939,68 @@ func TestManyEndedPortsSweepInTheirBatch(t *testing.T) {
 		if isShardChain(c) {
 			t.Fatalf("shard %s left after %d ports ended at once", c, len(want))
 		}
+	}
+}
+
+// heldRestore holds the restores while hold is set, after telling entered.
+type heldRestore struct {
+	*iptablestest.Fake
+	entered, hold chan struct{}
+}
+
+func (h *heldRestore) Restore(ctx context.Context, payload []byte) error {
+	if h.hold != nil {
+		close(h.entered)
+		<-h.hold
+	}
+	return h.Fake.Restore(ctx, payload)
+}
+
+func TestAssignDoesNotWaitForABatch(t *testing.T) {
+	held := &heldRestore{Fake: iptablestest.New(), entered: make(chan struct{}), hold: make(chan struct{})}
+	p, err := New(Config{PublicIP: publicIP, Ports: portalloc.Range{First: 10500, Last: 10509}},
+		WithRunner(held), WithConntrack(&fakeCleaner{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	synced := make(chan error, 1)
+	go func() {
+		synced <- p.Sync(context.Background(), map[string][]Mapping{"a": {{PublicPort: 10500, Backend: backend("198.19.2.2:30000")}}})
+	}()
+	<-held.entered
+	// The batch is in the kernel's hands: the planner's calls go on meanwhile.
+	if total, _ := p.Capacity(); total != 10 {
+		t.Fatalf("Capacity total = %d, want 10", total)
+	}
+	if _, err := p.Assign("b", []netip.AddrPort{backend("198.19.2.3:30000")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	close(held.hold)
+	if err := <-synced; err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Settle(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestIdleSweep(t *testing.T) {
+	h := newHarness(t, Config{})
+	sync1(t, h.plane, map[string][]Mapping{"a": {{PublicPort: 10500, Backend: backend("198.19.2.2:30000")}}})
+	sync1(t, h.plane, nil)
+	if !h.nat(t).HasChain(shard) {
+		t.Fatal("shard swept in the batch that tombstoned its port")
+	}
+	// The timer fires before the idle time has passed on the plane's clock: nothing happens.
+	// (Set only now, so that no timer of its own is armed.)
+	h.plane.o.sweepIdle = DefaultIdleSweep
+	h.plane.sweepWhenIdle()
+	if !h.nat(t).HasChain(shard) {
+		t.Fatal("swept while batches still come")
+	}
+	h.clk.t = h.clk.t.Add(DefaultIdleSweep)
+	h.plane.sweepWhenIdle()
+	if h.nat(t).HasChain(shard) {
+		t.Fatalf("shard left after the idle sweep: %q", specs(h.nat(t).ChainRules(shard)))
 	}
 }
