@@ -3,8 +3,8 @@
 // come back through the edge, filter rules so forwarding passes). Rules live in livegate's own
 // chains and change in batches through iptables-restore --noflush; an ended port's rule is
 // shadowed by a tombstone and deleted in a sweep every few seconds (see tombstoneSpec). The
-// conntrack entries of a port are deleted whenever its forwarding changes, so a reused port never delivers to the
-// previous backend. Entries of ports that are forwarded after the batch are deleted before Sync
+// conntrack entries of a port are deleted whenever its forwarding changes, so a reused port
+// never delivers to the previous backend. Entries of ports that are forwarded after the batch are deleted before Sync
 // returns, so that no flow the new rule should carry keeps a stale entry, except for a clean
 // port new to a route that took it from the round-robin, where no such entry can exist; those
 // of ports that are no longer forwarded are deleted right after, off the caller's path, since
@@ -703,7 +703,8 @@ func (p *Plane) apply(ctx context.Context, desired map[uint16]netip.AddrPort, re
 	return res, nil
 }
 
-// armIdleSweep has the dead rules swept once no batch has come for the idle sweep's time. p.syncMu is held.
+// armIdleSweep has the dead rules swept once no batch has come for the idle sweep's time.
+// p.syncMu is held.
 func (p *Plane) armIdleSweep() {
 	if p.closed || p.o.sweepIdle <= 0 {
 		return
@@ -724,7 +725,9 @@ func (p *Plane) sweepWhenIdle() {
 	}
 	p.forceSweep = true
 	defer func() { p.forceSweep = false }()
-	if err := p.syncLocked(context.Background(), p.lastWant, false); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), readBehindTimeout)
+	defer cancel()
+	if err := p.syncLocked(ctx, p.lastWant, false); err != nil {
 		p.o.log.Warn().Err(err).Msg("media sweep failed; retrying at the next sync")
 	}
 }
