@@ -8,24 +8,35 @@ import (
 	"github.com/livegate/livegate/e2e/internal/netns"
 )
 
-// DNATRules counts the edge's DNAT rules in ns (those in its LIVEGATE- chains) per public port.
+// DNATRules counts the edge's DNAT rules in ns that packets reach (those in its LIVEGATE-DNAT-
+// shard chains) per public port. A port's first rule in its shard decides: the edge ends a port
+// by inserting a tombstone (-j RETURN) ahead of its DNAT rule and re-points one by inserting the
+// new rule ahead of the old, and deletes the rules so shadowed later, in a sweep.
 func DNATRules(ctx context.Context, ns *netns.Namespace) (map[int]int, error) {
 	out, err := ns.Output(ctx, "iptables-save", "-t", "nat")
 	if err != nil {
 		return nil, err
 	}
 	ports := map[int]int{}
+	decided := map[int]bool{}
 	for _, line := range strings.Split(out, "\n") {
-		if !strings.HasPrefix(line, "-A LIVEGATE-") || !strings.Contains(line, "-j DNAT") {
+		if !strings.HasPrefix(line, "-A LIVEGATE-DNAT-") {
 			continue
 		}
 		f := strings.Fields(line)
 		for i := 0; i+1 < len(f); i++ {
-			if f[i] == "--dport" {
-				if p, err := strconv.Atoi(f[i+1]); err == nil {
-					ports[p]++
-				}
+			if f[i] != "--dport" {
+				continue
 			}
+			p, err := strconv.Atoi(f[i+1])
+			if err != nil || decided[p] {
+				break
+			}
+			decided[p] = true
+			if strings.Contains(line, "-j DNAT") {
+				ports[p]++
+			}
+			break
 		}
 	}
 	return ports, nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -40,6 +41,7 @@ func newPlane(t *testing.T, lab *netlab.Lab, cfg mediaplane.Config, opts ...medi
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(p.Close)
 	return p
 }
 
@@ -67,7 +69,8 @@ func TestKernelForwardRemoveReadd(t *testing.T) {
 	client := lab.NewClient(t)
 	ctx := context.Background()
 
-	plane := newPlane(t, lab, mediaplane.Config{SNAT: true, Quarantine: time.Minute})
+	// No idle sweep: the tombstone is looked at after the waits for unanswered datagrams.
+	plane := newPlane(t, lab, mediaplane.Config{SNAT: true, Quarantine: time.Minute}, mediaplane.WithIdleSweep(0))
 	backendA := netip.AddrPortFrom(netlab.NodeA, 30000)
 	ports, err := plane.Assign("inst-a", []netip.AddrPort{backendA}, nil)
 	if err != nil {
@@ -108,6 +111,14 @@ func TestKernelForwardRemoveReadd(t *testing.T) {
 	if got := client.Ask(t, port, "after-removal", 300*time.Millisecond); got != "" {
 		t.Fatalf("removed port %d still answers %q", port, got)
 	}
+	if got := lab.NewClient(t).Ask(t, port, "new-flow", 300*time.Millisecond); got != "" {
+		t.Fatalf("removed port %d answers a new flow: %q", port, got)
+	}
+	shard := mediaplane.ShardPrefix + strconv.Itoa(int(port&^(mediaplane.ShardSize-1)))
+	tomb := fmt.Sprintf("-d %s/32 -p udp -m udp --dport %d -j RETURN", netlab.PublicAddr, port)
+	if got := ourRules(t, lab)[shard]; len(got) != 2 || got[0] != tomb {
+		t.Fatalf("%s after removal = %q, want the tombstone ahead of the DNAT rule", shard, got)
+	}
 
 	// The client kept sending while the port was unrouted, which left a non-NAT conntrack
 	// entry behind; the new mapping must not be shadowed by it. (The port is mapped directly
@@ -121,6 +132,37 @@ func TestKernelForwardRemoveReadd(t *testing.T) {
 	}
 	if got := client.Ask(t, port, "again", answerWait); got != "node-b:again" {
 		t.Fatalf("answer after re-adding port %d = %q, want node-b:again", port, got)
+	}
+	if got := ourRules(t, lab)[shard]; len(got) != 3 {
+		t.Fatalf("%s after re-adding before the sweep = %q, want the new rule ahead of the tombstone and the old rule", shard, got)
+	}
+
+	// A restart adopts the mapping and sweeps the rules the new one shadows; the flow goes on.
+	restarted := newPlane(t, lab, mediaplane.Config{SNAT: true, Quarantine: time.Minute})
+	if err := restarted.Recover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := restarted.Sync(ctx, map[string][]mediaplane.Mapping{"inst-b": {{PublicPort: port, Backend: backendB}}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := ourRules(t, lab)[shard]; len(got) != 1 || !strings.Contains(got[0], backendB.String()) {
+		t.Fatalf("%s after the restart = %q, want only the rule to %s", shard, got, backendB)
+	}
+	if got := client.Ask(t, port, "after-restart", answerWait); got != "node-b:after-restart" {
+		t.Fatalf("answer after the restart = %q, want node-b:after-restart", got)
+	}
+
+	// Once batches stop, the plane sweeps by itself.
+	plane.Close()
+	if err := restarted.Sync(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(ourRules(t, lab)[shard]) != 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := ourRules(t, lab)[shard]; len(got) != 0 {
+		t.Fatalf("%s after the idle sweep = %q, want it gone", shard, got)
 	}
 }
 

@@ -1,9 +1,10 @@
 // Package mediaplane is the edge's media data plane: it allocates one public UDP port per media
 // backend and keeps the kernel forwarding each port to its backend (nat DNAT, SNAT so replies
 // come back through the edge, filter rules so forwarding passes). Rules live in livegate's own
-// chains and change in batches through iptables-restore --noflush; the conntrack entries of a
-// port are deleted whenever its forwarding changes, so a reused port never delivers to the
-// previous backend. Entries of ports that are forwarded after the batch are deleted before Sync
+// chains and change in batches through iptables-restore --noflush; an ended port's rule is
+// shadowed by a tombstone and deleted in a sweep every few seconds (see tombstoneSpec). The
+// conntrack entries of a port are deleted whenever its forwarding changes, so a reused port
+// never delivers to the previous backend. Entries of ports that are forwarded after the batch are deleted before Sync
 // returns, so that no flow the new rule should carry keeps a stale entry, except for a clean
 // port new to a route that took it from the round-robin, where no such entry can exist; those
 // of ports that are no longer forwarded are deleted right after, off the caller's path, since
@@ -43,6 +44,20 @@ var DefaultPorts = portalloc.Range{First: 10500, Last: 20000}
 // the chains back.
 const DefaultResyncInterval = 10 * time.Second
 
+// DefaultSweepInterval is how long the rules of ended ports may wait before a batch deletes
+// them. Deleting costs the batch after it a wait in the kernel (see tombstoneSpec), so it is done
+// rarely and for many ports at once. Nothing depends on it for correctness: a port forwarded
+// again before its sweep gets its new rule ahead of its old ones.
+const DefaultSweepInterval = 5 * time.Second
+
+// DefaultIdleSweep is how long without a batch makes the dead rules go at once: the churn is
+// over, and the slow batch after a sweep delays nobody.
+const DefaultIdleSweep = 500 * time.Millisecond
+
+// sweepMaxDead is how many dead rules make a sweep due before the interval: they lengthen the
+// shard chains a new flow's first packet walks.
+const sweepMaxDead = 4096
+
 // Config is what the plane forwards and how.
 type Config struct {
 	// PublicIP is the IPv4 address media packets arrive at on this host (the DNAT rules match
@@ -74,6 +89,10 @@ type options struct {
 	flushRetry time.Duration
 	// netns is the namespace WithNetns targets; "" is the process's own.
 	netns string
+	// sweep is how long dead rules (tombstones and what they shadow) may wait for a sweep.
+	sweep time.Duration
+	// sweepIdle is how long without a batch sweeps the dead rules at once; zero never.
+	sweepIdle time.Duration
 }
 
 // WithRunner sets how iptables is run (a fake in unit tests).
@@ -112,8 +131,21 @@ func WithResyncInterval(d time.Duration) Option {
 	return func(o *options) { o.resync = d }
 }
 
+// WithSweepInterval sets how long the rules of ended ports (tombstones and the DNAT rules they
+// shadow) may stay before a batch deletes them; zero deletes them in the next batch.
+func WithSweepInterval(d time.Duration) Option {
+	return func(o *options) { o.sweep = d }
+}
+
+// WithIdleSweep sets how long without a batch makes the plane sweep the dead rules at once
+// (DefaultIdleSweep); zero leaves them to the sweep interval.
+func WithIdleSweep(d time.Duration) Option {
+	return func(o *options) { o.sweepIdle = d }
+}
+
 func buildOptions(opts []Option) (options, error) {
-	o := options{now: time.Now, log: zerolog.Nop(), resync: DefaultResyncInterval, flushRetry: flushRetry}
+	o := options{now: time.Now, log: zerolog.Nop(), resync: DefaultResyncInterval, flushRetry: flushRetry,
+		sweep: DefaultSweepInterval, sweepIdle: DefaultIdleSweep}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -137,11 +169,26 @@ type Plane struct {
 	o     options
 	alloc *portalloc.Allocator
 
-	mu sync.Mutex
+	// syncMu serialises what writes the kernel (Sync, Recover, the repair after a read-back
+	// behind) and owns the fields below that mu does not. It is held across the kernel I/O;
+	// mu only around the allocator and the state shared with Assign, Capacity and the
+	// flusher, so the planner's calls do not wait behind a batch. Lock order: syncMu, then mu.
+	syncMu sync.Mutex
+	mu     sync.Mutex
 	// known is the kernel state as of the last read-back plus the batches applied since; nil
-	// when it must be read back.
+	// when it must be read back. Written under both locks; never changed once set.
 	known  *kernelState
 	readAt time.Time
+	// deadSince is when the kernel came to hold dead rules (tombstones and the rules they
+	// shadow) after holding none; zero when a read-back in front of the batches found them
+	// (left by a previous run or a failed batch), which sweeps them at once.
+	deadSince time.Time
+	// lastBatch is when the last batch was applied; idleSweep arms, while dead rules wait, the
+	// sweep once batches stop coming; forceSweep makes that one batch sweep.
+	lastBatch  time.Time
+	idleSweep  *time.Timer
+	forceSweep bool
+	closed     bool
 	// pendingFlush holds ports whose conntrack entries must still be deleted. flushDone is
 	// non-nil while a flusher goroutine works through them, and closed when it stops; flushErr
 	// is why the last one stopped with ports left.
@@ -222,16 +269,22 @@ func (p *Plane) CheckBackend(backend netip.AddrPort) error {
 // edge) are not handed to new routes before their own routes claim them back as preferred
 // ports. Call it once after start, before the first Assign; Sync works without it.
 func (p *Plane) Recover(ctx context.Context) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	p.syncMu.Lock()
+	defer p.syncMu.Unlock()
 	st, err := p.readBack(ctx)
 	if err != nil {
 		return fmt.Errorf("recover media mappings: %w", err)
 	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	for port := range st.dnat {
 		p.alloc.Reserve(port)
 	}
-	p.o.log.Info().Int("mappings", len(st.dnat)).Int("strays", len(st.strays)).
+	// A tombstoned port ended shortly before the stop: it gets its quarantine again.
+	for port := range st.dead {
+		p.alloc.Reserve(port)
+	}
+	p.o.log.Info().Int("mappings", len(st.dnat)).Int("strays", len(st.strays)).Int("dead_rules", st.deadRules()).
 		Msg("media mappings recovered from the kernel")
 	if p.o.netns == "" {
 		p.checkForwarding()
@@ -309,10 +362,12 @@ func (p *Plane) Usage() (inUse, quarantined, free int) {
 // at the next Sync. Invalid mappings are left out and reported in the error; the rest is
 // still applied.
 func (p *Plane) Sync(ctx context.Context, want map[string][]Mapping) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	p.syncMu.Lock()
+	defer p.syncMu.Unlock()
 	desired, invalid := p.desired(want)
+	p.mu.Lock()
 	p.lastWant = desired
+	p.mu.Unlock()
 	due := p.known == nil || p.o.now().Sub(p.readAt) >= p.o.resync
 	behind := due && p.known != nil && p.o.resync > 0
 	err := p.syncLocked(ctx, desired, due && !behind)
@@ -323,7 +378,7 @@ func (p *Plane) Sync(ctx context.Context, want map[string][]Mapping) error {
 }
 
 // syncLocked brings the kernel to desired, reading it back first when told to or when a batch
-// on the remembered picture fails. p.mu is held.
+// on the remembered picture fails. p.syncMu is held, p.mu is not.
 func (p *Plane) syncLocked(ctx context.Context, desired map[uint16]netip.AddrPort, readBack bool) error {
 	start := p.o.now()
 	res, err := p.apply(ctx, desired, readBack)
@@ -343,6 +398,7 @@ func (p *Plane) syncLocked(ctx context.Context, desired map[uint16]netip.AddrPor
 	// of it follows a NAT binding, and the key's clients, not told the port yet, have none.
 	var kept []uint16
 	skipped := 0
+	p.mu.Lock()
 	for _, port := range res.change.flush {
 		if _, ok := desired[port]; !ok {
 			p.pendingFlush[port] = true
@@ -360,21 +416,26 @@ func (p *Plane) syncLocked(ctx context.Context, desired map[uint16]netip.AddrPor
 	if len(p.pendingFlush) == 0 {
 		p.flushErr = nil
 	}
+	p.mu.Unlock()
 	var flushErr error
 	flushStart := p.o.now()
+	var failed []uint16
 	if len(kept) > 0 {
 		if err := p.o.cleaner.DeleteUDP(ctx, p.cfg.PublicIP, kept); err != nil {
 			flushErr = fmt.Errorf("sync media mappings: delete conntrack entries of ports %s: %w", describe(kept), err)
-			for _, port := range kept {
-				p.pendingFlush[port] = true
-			}
+			failed = kept
 		}
 	}
 	flushEnd := p.o.now()
+	p.mu.Lock()
+	for _, port := range failed {
+		p.pendingFlush[port] = true
+	}
 	if len(p.pendingFlush) > 0 && p.flushDone == nil {
 		p.flushDone = make(chan struct{})
 		go p.flush(context.WithoutCancel(ctx), p.flushDone)
 	}
+	p.mu.Unlock()
 	ev := p.o.log.Debug()
 	if res.lines > 0 {
 		ev = p.o.log.Info()
@@ -398,10 +459,13 @@ const readBehindTimeout = time.Minute
 // since, or before the table was read: for those ports the picture keeps what the batches
 // wrote; a port that drifted while a batch also changed it is seen at the next read-back. When
 // a batch changed the chains themselves meanwhile, what was read is dropped and the next Sync
-// starts another. p.mu is held.
+// starts another. p.syncMu is held, p.mu is not.
 func (p *Plane) readBehind(ctx context.Context) {
 	done := make(chan struct{})
-	p.readDone, p.touched, p.reshaped = done, map[uint16]bool{}, false
+	p.mu.Lock()
+	p.readDone = done
+	p.mu.Unlock()
+	p.touched, p.reshaped = map[uint16]bool{}, false
 	began := p.o.now()
 	go func() {
 		defer close(done)
@@ -409,10 +473,13 @@ func (p *Plane) readBehind(ctx context.Context) {
 		defer cancel()
 		nat, filter, err := save(rctx, p.o.runner)
 		read := p.o.now().Sub(began)
-		p.mu.Lock()
-		defer p.mu.Unlock()
+		p.syncMu.Lock()
+		defer p.syncMu.Unlock()
 		touched, reshaped := p.touched, p.reshaped
-		p.readDone, p.touched = nil, nil
+		p.mu.Lock()
+		p.readDone = nil
+		p.mu.Unlock()
+		p.touched = nil
 		switch {
 		case err != nil:
 			// Tried again one resync interval later; a failed batch reads back on its own.
@@ -427,14 +494,25 @@ func (p *Plane) readBehind(ctx context.Context) {
 			return
 		}
 		st := readState(nat, filter, p.cfg.PublicIP)
+		if len(p.known.dead) == 0 && len(st.dead) > 0 {
+			p.deadSince = p.o.now()
+		}
 		for port := range touched {
 			if e, ok := p.known.dnat[port]; ok {
 				st.dnat[port] = e
 			} else {
 				delete(st.dnat, port)
 			}
+			if dead, ok := p.known.dead[port]; ok {
+				st.dead[port] = dead
+			} else {
+				delete(st.dead, port)
+			}
 		}
-		p.known, p.readAt = st, began
+		p.mu.Lock()
+		p.known = st
+		p.mu.Unlock()
+		p.readAt = began
 		p.o.log.Debug().Dur("read_ms", read).Int("ports_changed_meanwhile", len(touched)).Msg("media chains read back")
 		if err := p.syncLocked(rctx, p.lastWant, false); err != nil {
 			p.o.log.Warn().Err(err).Msg("media drift repair failed; retrying at the next sync")
@@ -552,6 +630,14 @@ func (p *Plane) desired(want map[string][]Mapping) (map[uint16]netip.AddrPort, [
 	return out, invalid
 }
 
+// sweepDue reports whether the next batch deletes the dead rules: once the oldest have waited
+// the sweep interval, or sooner when they have become many. A start sweeps at once what a
+// previous run left.
+func (p *Plane) sweepDue() bool {
+	n := p.known.deadRules()
+	return n > 0 && (p.forceSweep || n >= sweepMaxDead || p.o.now().Sub(p.deadSince) >= p.o.sweep)
+}
+
 // applyResult describes one apply: how many batch lines it wrote and how long the read-back
 // and the restore took.
 type applyResult struct {
@@ -571,7 +657,15 @@ func (p *Plane) apply(ctx context.Context, desired map[uint16]netip.AddrPort, re
 		}
 		res.read = p.o.now().Sub(t)
 	}
-	batch, next, ch := plan(p.known, desired, p.settings())
+	// p.known is only written under p.syncMu, which is held: planning needs no p.mu.
+	sweep := p.sweepDue()
+	batch, next, ch := plan(p.known, desired, p.settings(), sweep)
+	if !sweep && next.deadRules() >= sweepMaxDead {
+		// Many ports leaving at once (a drain, a stop) sweep in the same batch.
+		sweep = true
+		batch, next, ch = plan(p.known, desired, p.settings(), sweep)
+	}
+	p.mu.Lock()
 	for _, port := range ch.flush {
 		if _, kept := desired[port]; !kept {
 			// A port that leaves the kernel without having been released (its route vanished
@@ -579,35 +673,96 @@ func (p *Plane) apply(ctx context.Context, desired map[uint16]netip.AddrPort, re
 			p.alloc.Reserve(port)
 		}
 	}
+	p.mu.Unlock()
 	res.change = ch
 	if batch.Len() == 0 {
 		return res, nil
 	}
 	t := p.o.now()
 	if err := p.o.runner.Restore(ctx, batch.Bytes()); err != nil {
-		p.known = nil
+		p.setKnown(nil)
 		return res, fmt.Errorf("apply %d rule changes: %w", batch.Len(), err)
 	}
 	res.restore = p.o.now().Sub(t)
 	res.lines = batch.Len()
+	if len(p.known.dead) == 0 && len(next.dead) > 0 {
+		p.deadSince = p.o.now()
+	}
+	p.lastBatch = p.o.now()
+	if len(next.dead) > 0 {
+		p.armIdleSweep()
+	}
 	if p.touched != nil {
 		for _, port := range ch.flush {
 			p.touched[port] = true
 		}
-		p.reshaped = p.reshaped || reshapes(p.known, next)
+		// A sweep changes the dead rules of ports that are not in flush.
+		p.reshaped = p.reshaped || ch.swept || reshapes(p.known, next)
 	}
-	p.known = next
+	p.setKnown(next)
 	return res, nil
 }
 
+// armIdleSweep has the dead rules swept once no batch has come for the idle sweep's time.
+// p.syncMu is held.
+func (p *Plane) armIdleSweep() {
+	if p.closed || p.o.sweepIdle <= 0 {
+		return
+	}
+	if p.idleSweep == nil {
+		p.idleSweep = time.AfterFunc(p.o.sweepIdle, p.sweepWhenIdle)
+		return
+	}
+	p.idleSweep.Reset(p.o.sweepIdle)
+}
+
+// sweepWhenIdle sweeps the dead rules unless a batch came meanwhile (which re-armed the timer).
+func (p *Plane) sweepWhenIdle() {
+	p.syncMu.Lock()
+	defer p.syncMu.Unlock()
+	if p.closed || p.known == nil || p.known.deadRules() == 0 || p.o.now().Sub(p.lastBatch) < p.o.sweepIdle {
+		return
+	}
+	p.forceSweep = true
+	defer func() { p.forceSweep = false }()
+	ctx, cancel := context.WithTimeout(context.Background(), readBehindTimeout)
+	defer cancel()
+	if err := p.syncLocked(ctx, p.lastWant, false); err != nil {
+		p.o.log.Warn().Err(err).Msg("media sweep failed; retrying at the next sync")
+	}
+}
+
+// Close stops the sweep of an idle plane, waiting for one under way. The kernel keeps what the
+// plane wrote; the next plane's first batch sweeps the dead rules.
+func (p *Plane) Close() {
+	p.syncMu.Lock()
+	defer p.syncMu.Unlock()
+	p.closed = true
+	if p.idleSweep != nil {
+		p.idleSweep.Stop()
+	}
+}
+
+// setKnown replaces the plane's picture of the kernel. p.syncMu is held.
+func (p *Plane) setKnown(st *kernelState) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.known = st
+}
+
+// readBack reads the chains as the plane's picture of the kernel. p.syncMu is held, p.mu is not.
 func (p *Plane) readBack(ctx context.Context) (*kernelState, error) {
 	nat, filter, err := save(ctx, p.o.runner)
 	if err != nil {
-		p.known = nil
+		p.setKnown(nil)
 		return nil, err
 	}
-	p.known = readState(nat, filter, p.cfg.PublicIP)
+	st := readState(nat, filter, p.cfg.PublicIP)
 	p.readAt = p.o.now()
+	p.deadSince = time.Time{}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.known = st
 	if !p.swept {
 		// What the kernel holds for the ports no rule forwards is unknown after a start: one
 		// deletion of them all, in the background, makes them clean.
@@ -655,7 +810,7 @@ func Cleanup(ctx context.Context, opts ...Option) error {
 		if !isShardChain(r.Chain) {
 			continue
 		}
-		if d, ok := parseDNAT(r.Args); ok {
+		if d, ok := parseShardRule(r.Args); ok && !d.tombstone {
 			byAddr[d.public] = append(byAddr[d.public], d.port)
 		}
 	}

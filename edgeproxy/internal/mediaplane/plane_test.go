@@ -99,7 +99,9 @@ func (h *harness) newPlane(t *testing.T, cfg Config) *Plane {
 	if cfg.Ports == (portalloc.Range{}) {
 		cfg.Ports = portalloc.Range{First: 10500, Last: 10509}
 	}
-	p, err := New(cfg, WithRunner(h.ipt), WithConntrack(h.ct), WithClock(h.clk.now), func(o *options) { o.flushRetry = time.Millisecond })
+	// No idle sweep: its timer would read the test's clock from another goroutine.
+	p, err := New(cfg, WithRunner(h.ipt), WithConntrack(h.ct), WithClock(h.clk.now), WithIdleSweep(0),
+		func(o *options) { o.flushRetry = time.Millisecond })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,9 +205,8 @@ func TestSyncWritesOnlyTheDiff(t *testing.T) {
 
 	restores := h.ipt.Restores()
 	wantPayload := `*nat
--D LIVEGATE-DNAT-10496 -d 198.18.1.1/32 -p udp -m udp --dport 10500 -m comment --comment "lg:10500" -j DNAT --to-destination 198.19.2.2:30000
--D LIVEGATE-DNAT-10496 -d 198.18.1.1/32 -p udp -m udp --dport 10501 -m comment --comment "lg:10501" -j DNAT --to-destination 198.19.2.3:30000
--A LIVEGATE-DNAT-10496 -d 198.18.1.1/32 -p udp -m udp --dport 10501 -m comment --comment "lg:10501" -j DNAT --to-destination 198.19.2.9:30009
+-I LIVEGATE-DNAT-10496 1 -d 198.18.1.1/32 -p udp -m udp --dport 10500 -j RETURN
+-I LIVEGATE-DNAT-10496 1 -d 198.18.1.1/32 -p udp -m udp --dport 10501 -m comment --comment "lg:10501" -j DNAT --to-destination 198.19.2.9:30009
 -A LIVEGATE-DNAT-10496 -d 198.18.1.1/32 -p udp -m udp --dport 10503 -m comment --comment "lg:10503" -j DNAT --to-destination 198.19.2.5:30000
 COMMIT
 `
@@ -220,6 +221,8 @@ COMMIT
 		t.Fatalf("conntrack flushed %v after the forwarded ports, want [10500]", got)
 	}
 
+	// Every route ends; the sweep interval passes, so the tombstones go with the rest.
+	h.clk.t = h.clk.t.Add(DefaultSweepInterval)
 	sync1(t, h.plane, nil)
 	nat := h.nat(t)
 	for _, chain := range []string{ChainDNAT, ChainSNAT} {
@@ -271,17 +274,26 @@ func TestSyncRepairsDriftAndLeavesForeignRules(t *testing.T) {
 	if got := specs(nat.ChainRules(ChainDNAT)); !slices.Equal(got, []string{dispatchSpec(publicIP, 10496)}) {
 		t.Fatalf("%s = %q, want the one dispatch rule", ChainDNAT, got)
 	}
+	// 10507 is tombstoned; the second rule of 10501 is never reached. Both wait for the sweep.
 	gotDNAT := specs(nat.ChainRules(shard))
-	slices.Sort(gotDNAT)
-	wantDNAT := []string{dnatSpec(publicIP, 10500, backend("198.19.2.2:30000")), good}
+	wantDNAT := []string{tombstoneSpec(publicIP, 10507), good, good, dnatSpec(publicIP, 10507, backend("198.19.2.7:30000")),
+		dnatSpec(publicIP, 10500, backend("198.19.2.2:30000"))}
 	if !slices.Equal(gotDNAT, wantDNAT) {
 		t.Fatalf("%s = %q, want %q", shard, gotDNAT, wantDNAT)
 	}
 	if got := specs(nat.ChainRules(ChainSNAT)); len(got) != 1 {
 		t.Fatalf("%s = %q, want the masquerade rule back", ChainSNAT, got)
 	}
-	if got := h.ct.since(calls); !slices.Equal(got, []uint16{10500, 10501, 10507}) {
-		t.Fatalf("conntrack flushed %v, want [10500 10501 10507]", got)
+	if got := h.ct.since(calls); !slices.Equal(got, []uint16{10500, 10507}) {
+		t.Fatalf("conntrack flushed %v, want [10500 10507]", got)
+	}
+
+	h.clk.t = h.clk.t.Add(DefaultSweepInterval)
+	sync1(t, h.plane, want)
+	gotDNAT = specs(h.nat(t).ChainRules(shard))
+	wantDNAT = []string{good, dnatSpec(publicIP, 10500, backend("198.19.2.2:30000"))}
+	if !slices.Equal(gotDNAT, wantDNAT) {
+		t.Fatalf("%s after the sweep = %q, want %q", shard, gotDNAT, wantDNAT)
 	}
 }
 
@@ -515,7 +527,7 @@ func TestCleanupRemovesOnlyOurs(t *testing.T) {
 	}
 }
 
-func TestParseDNAT(t *testing.T) {
+func TestParseShardRule(t *testing.T) {
 	split := func(s string) []string {
 		args, err := iptables.Split(s)
 		if err != nil {
@@ -525,13 +537,13 @@ func TestParseDNAT(t *testing.T) {
 	}
 	tests := []struct {
 		spec string
-		want dnatRule
+		want shardRule
 		ok   bool
 	}{
 		{spec: dnatSpec(publicIP, 10500, backend("198.19.2.2:30000")), ok: true,
-			want: dnatRule{public: publicIP, port: 10500, backend: backend("198.19.2.2:30000")}},
+			want: shardRule{public: publicIP, port: 10500, backend: backend("198.19.2.2:30000")}},
 		{spec: `-p udp -m udp --dport 10500 -d 198.18.1.1 -m comment --comment lg:10500 -j DNAT --to-destination 198.19.2.2:30000`, ok: true,
-			want: dnatRule{public: publicIP, port: 10500, backend: backend("198.19.2.2:30000")}},
+			want: shardRule{public: publicIP, port: 10500, backend: backend("198.19.2.2:30000")}},
 		{spec: `-d 198.18.1.0/24 -p udp -m udp --dport 10500 -m comment --comment "lg:10500" -j DNAT --to-destination 198.19.2.2:30000`},
 		{spec: `-d 198.18.1.1/32 -p udp -m udp --dport 10500 -m comment --comment "lg:10501" -j DNAT --to-destination 198.19.2.2:30000`},
 		{spec: `-d 198.18.1.1/32 -p tcp -m tcp --dport 10500 -m comment --comment "lg:10500" -j DNAT --to-destination 198.19.2.2:30000`},
@@ -539,11 +551,15 @@ func TestParseDNAT(t *testing.T) {
 		{spec: `-d 198.18.1.1/32 -p udp -m udp --dport 10500 -m comment --comment "lg:10500" -j DNAT --to-destination 198.19.2.2:30000 --random`},
 		{spec: `-s 10.0.0.0/8 -d 198.18.1.1/32 -p udp -m udp --dport 10500 -m comment --comment "lg:10500" -j DNAT --to-destination 198.19.2.2:30000`},
 		{spec: `-j ACCEPT`},
+		{spec: tombstoneSpec(publicIP, 10500), ok: true, want: shardRule{public: publicIP, port: 10500, tombstone: true}},
+		{spec: `-d 198.18.1.1/32 -p udp -m udp --dport 10500 -m comment --comment "lg:10500" -j RETURN`},
+		{spec: `-d 198.18.1.1/32 -p udp -m udp --dport 10500 -j RETURN --to-destination 198.19.2.2:30000`},
+		{spec: `-d 198.18.1.1/32 -p udp -m udp --dport 10500 -j ACCEPT`},
 	}
 	for _, tt := range tests {
-		got, ok := parseDNAT(split(tt.spec))
+		got, ok := parseShardRule(split(tt.spec))
 		if ok != tt.ok || got != tt.want {
-			t.Errorf("parseDNAT(%q) = %+v, %v, want %+v, %v", tt.spec, got, ok, tt.want, tt.ok)
+			t.Errorf("parseShardRule(%q) = %+v, %v, want %+v, %v", tt.spec, got, ok, tt.want, tt.ok)
 		}
 	}
 }
@@ -560,6 +576,20 @@ func TestEmptiedShardsAreDeleted(t *testing.T) {
 	}
 	keep := map[string][]Mapping{"7": want["7"], "8": want["8"]}
 	sync1(t, h.plane, keep)
+	flushed := h.ct.last()
+	if len(flushed) != 998 || slices.Contains(flushed, 10507) || slices.Contains(flushed, 10508) {
+		t.Fatalf("flushed %d ports, want the 998 removed ones", len(flushed))
+	}
+	// Tombstoned, the removed ports keep their shards until the sweep.
+	if got := h.nat(t).ChainRules(ChainDNAT); len(got) != 8 {
+		t.Fatalf("%d dispatch rules before the sweep, want 8", len(got))
+	}
+	h.clk.t = h.clk.t.Add(DefaultSweepInterval)
+	calls := h.ct.count()
+	sync1(t, h.plane, keep)
+	if h.ct.count() != calls {
+		t.Fatalf("the sweep deleted conntrack entries: %v", h.ct.since(calls))
+	}
 
 	nat := h.nat(t)
 	var shards []string
@@ -577,10 +607,6 @@ func TestEmptiedShardsAreDeleted(t *testing.T) {
 	got := specs(nat.ChainRules(shard))
 	if len(got) != 2 || !strings.Contains(got[0], "--dport 10507 ") || !strings.Contains(got[1], "--dport 10508 ") {
 		t.Fatalf("%s = %q, want ports 10507 and 10508", shard, got)
-	}
-	flushed := h.ct.last()
-	if len(flushed) != 998 || slices.Contains(flushed, 10507) || slices.Contains(flushed, 10508) {
-		t.Fatalf("flushed %d ports, want the 998 removed ones", len(flushed))
 	}
 }
 
@@ -635,7 +661,7 @@ func newHeldHarness(t *testing.T, ports portalloc.Range) (*harness, *heldSave) {
 	t.Helper()
 	h := &harness{ipt: iptablestest.New(), ct: &fakeCleaner{}, clk: &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}}
 	held := &heldSave{Fake: h.ipt}
-	p, err := New(Config{PublicIP: publicIP, Ports: ports}, WithRunner(held), WithConntrack(h.ct), WithClock(h.clk.now))
+	p, err := New(Config{PublicIP: publicIP, Ports: ports}, WithRunner(held), WithConntrack(h.ct), WithClock(h.clk.now), WithIdleSweep(0))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -800,4 +826,181 @@ func TestAddedPortFlushedOnlyWhenAnEntryCanMatter(t *testing.T) {
 		}
 	}
 	step("fresh port whose deletion failed", []uint16{next})
+}
+
+// forwardedTo reads the fake kernel the way a packet walks the shard: the first rule of the port
+// decides; "" when a tombstone or no rule does.
+func forwardedTo(t *testing.T, h *harness, port uint16) string {
+	t.Helper()
+	for _, r := range h.nat(t).ChainRules(shardChain(shardBase(port))) {
+		d, ok := parseShardRule(r.Args)
+		if !ok || d.port != port {
+			continue
+		}
+		if d.tombstone {
+			return ""
+		}
+		return d.backend.String()
+	}
+	return ""
+}
+
+func TestEndedPortsAreTombstonedThenSwept(t *testing.T) {
+	h := newHarness(t, Config{})
+	a, b := backend("198.19.2.2:30000"), backend("198.19.2.3:30000")
+	sync1(t, h.plane, map[string][]Mapping{"a": {{PublicPort: 10500, Backend: a}}, "b": {{PublicPort: 10501, Backend: b}}})
+
+	tests := []struct {
+		name string
+		want map[string][]Mapping
+		// forwarded is what each port's first rule does afterwards.
+		forwarded map[uint16]string
+		dead      int
+	}{
+		{name: "end a", want: map[string][]Mapping{"b": {{PublicPort: 10501, Backend: b}}},
+			forwarded: map[uint16]string{10500: "", 10501: b.String()}, dead: 2},
+		{name: "port of a to a new backend before the sweep",
+			want:      map[string][]Mapping{"b": {{PublicPort: 10501, Backend: b}}, "c": {{PublicPort: 10500, Backend: b}}},
+			forwarded: map[uint16]string{10500: b.String(), 10501: b.String()}, dead: 2},
+		{name: "end c",
+			want:      map[string][]Mapping{"b": {{PublicPort: 10501, Backend: b}}},
+			forwarded: map[uint16]string{10500: "", 10501: b.String()}, dead: 4},
+		{name: "port of a back to its first backend, a copy of a dead rule",
+			want:      map[string][]Mapping{"b": {{PublicPort: 10501, Backend: b}}, "a": {{PublicPort: 10500, Backend: a}}},
+			forwarded: map[uint16]string{10500: a.String(), 10501: b.String()}, dead: 4},
+		{name: "b changes backend", want: map[string][]Mapping{"b": {{PublicPort: 10501, Backend: a}}, "a": {{PublicPort: 10500, Backend: a}}},
+			forwarded: map[uint16]string{10500: a.String(), 10501: a.String()}, dead: 5},
+	}
+	for _, tt := range tests {
+		restores := len(h.ipt.Restores())
+		sync1(t, h.plane, tt.want)
+		batch := string(h.ipt.Restores()[restores])
+		if strings.Contains(batch, "\n-D ") {
+			t.Fatalf("%s: batch deletes before the sweep is due:\n%s", tt.name, batch)
+		}
+		live := 0
+		for port, to := range tt.forwarded {
+			if got := forwardedTo(t, h, port); got != to {
+				t.Fatalf("%s: port %d forwarded to %q, want %q", tt.name, port, got, to)
+			}
+			if to != "" {
+				live++
+			}
+		}
+		if got := len(h.nat(t).ChainRules(shard)) - live; got != tt.dead {
+			t.Fatalf("%s: %d dead rules, want %d: %q", tt.name, got, tt.dead, specs(h.nat(t).ChainRules(shard)))
+		}
+	}
+
+	// A restart adopts the mappings and sweeps the dead rules at once, without touching the
+	// conntrack entries of the forwarded ports.
+	restarted := h.newPlane(t, Config{})
+	if err := restarted.Recover(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := restarted.Settle(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	calls := h.ct.count()
+	final := tests[len(tests)-1].want
+	sync1(t, restarted, final)
+	got := specs(h.nat(t).ChainRules(shard))
+	want := []string{dnatSpec(publicIP, 10501, a), dnatSpec(publicIP, 10500, a)}
+	if !slices.Equal(got, want) {
+		t.Fatalf("%s after the restart's sweep = %q, want %q", shard, got, want)
+	}
+	// (The start's deletion of every unforwarded port's entries runs meanwhile.)
+	if got := h.ct.since(calls); slices.Contains(got, 10500) || slices.Contains(got, 10501) {
+		t.Fatalf("the restart deleted the entries of forwarded ports: %v", got)
+	}
+
+	// Ended now, swept after the interval with the shard.
+	sync1(t, restarted, nil)
+	if got := forwardedTo(t, h, 10500) + forwardedTo(t, h, 10501); got != "" {
+		t.Fatalf("ended ports still forwarded: %q", got)
+	}
+	h.clk.t = h.clk.t.Add(DefaultSweepInterval)
+	sync1(t, restarted, nil)
+	if h.nat(t).HasChain(shard) {
+		t.Fatalf("shard %s left after the sweep: %q", shard, specs(h.nat(t).ChainRules(shard)))
+	}
+}
+
+func TestManyEndedPortsSweepInTheirBatch(t *testing.T) {
+	h := newHarness(t, Config{Ports: portalloc.Range{First: 10500, Last: 19999}})
+	want := map[string][]Mapping{}
+	for i := range sweepMaxDead / 2 {
+		want[strconv.Itoa(i)] = []Mapping{{PublicPort: uint16(10500 + i), Backend: backend("198.19.2.2:30000")}}
+	}
+	sync1(t, h.plane, want)
+	sync1(t, h.plane, nil)
+	nat := h.nat(t)
+	for c := range nat.Chains {
+		if isShardChain(c) {
+			t.Fatalf("shard %s left after %d ports ended at once", c, len(want))
+		}
+	}
+}
+
+// heldRestore holds the restores while hold is set, after telling entered.
+type heldRestore struct {
+	*iptablestest.Fake
+	entered, hold chan struct{}
+}
+
+func (h *heldRestore) Restore(ctx context.Context, payload []byte) error {
+	if h.hold != nil {
+		close(h.entered)
+		<-h.hold
+	}
+	return h.Fake.Restore(ctx, payload)
+}
+
+func TestAssignDoesNotWaitForABatch(t *testing.T) {
+	held := &heldRestore{Fake: iptablestest.New(), entered: make(chan struct{}), hold: make(chan struct{})}
+	p, err := New(Config{PublicIP: publicIP, Ports: portalloc.Range{First: 10500, Last: 10509}},
+		WithRunner(held), WithConntrack(&fakeCleaner{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	synced := make(chan error, 1)
+	go func() {
+		synced <- p.Sync(context.Background(), map[string][]Mapping{"a": {{PublicPort: 10500, Backend: backend("198.19.2.2:30000")}}})
+	}()
+	<-held.entered
+	// The batch is in the kernel's hands: the planner's calls go on meanwhile.
+	if total, _ := p.Capacity(); total != 10 {
+		t.Fatalf("Capacity total = %d, want 10", total)
+	}
+	if _, err := p.Assign("b", []netip.AddrPort{backend("198.19.2.3:30000")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	close(held.hold)
+	if err := <-synced; err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Settle(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestIdleSweep(t *testing.T) {
+	h := newHarness(t, Config{})
+	sync1(t, h.plane, map[string][]Mapping{"a": {{PublicPort: 10500, Backend: backend("198.19.2.2:30000")}}})
+	sync1(t, h.plane, nil)
+	if !h.nat(t).HasChain(shard) {
+		t.Fatal("shard swept in the batch that tombstoned its port")
+	}
+	// The timer fires before the idle time has passed on the plane's clock: nothing happens.
+	// (Set only now, so that no timer of its own is armed.)
+	h.plane.o.sweepIdle = DefaultIdleSweep
+	h.plane.sweepWhenIdle()
+	if !h.nat(t).HasChain(shard) {
+		t.Fatal("swept while batches still come")
+	}
+	h.clk.t = h.clk.t.Add(DefaultIdleSweep)
+	h.plane.sweepWhenIdle()
+	if h.nat(t).HasChain(shard) {
+		t.Fatalf("shard left after the idle sweep: %q", specs(h.nat(t).ChainRules(shard)))
+	}
 }

@@ -101,24 +101,35 @@ func forwardSpec(public netip.Addr, ports portalloc.Range) string {
 	return ctMatch(public, ports) + ` -m comment --comment "lg:fwd" -j ACCEPT`
 }
 
-// dnatRule is one parsed rule of ChainDNAT.
-type dnatRule struct {
-	public  netip.Addr
-	port    uint16
-	backend netip.AddrPort
+// tombstoneSpec ends a port without deleting its DNAT rule: inserted ahead of it, it sends the
+// port's packets back out of the shard before they reach the DNAT. It holds only payload matches
+// and a verdict, no xtables expression, so adding it does not make the kernel wait for the rules
+// deleted by the last batches to be freed (nft_compat_wait_for_destructors), which every rule with
+// an xtables match or target (the comment, -j DNAT) does. A sweep later deletes it together with
+// the rules it shadows. Written exactly as iptables-save prints it.
+func tombstoneSpec(public netip.Addr, port uint16) string {
+	return fmt.Sprintf(`-d %s/32 -p udp -m udp --dport %d -j RETURN`, public, port)
 }
 
-// parseDNAT reads a rule of ChainDNAT by meaning rather than by text, so a different but
+// shardRule is one parsed rule of a shard chain: a port's DNAT, or its tombstone.
+type shardRule struct {
+	public    netip.Addr
+	port      uint16
+	backend   netip.AddrPort
+	tombstone bool
+}
+
+// parseShardRule reads a rule of a shard chain by meaning rather than by text, so a different but
 // equivalent rendering by another iptables version is not taken for drift. Anything with an
 // option we never write is not ours in that shape and does not parse.
-func parseDNAT(args []string) (dnatRule, bool) {
+func parseShardRule(args []string) (shardRule, bool) {
 	var (
-		r                dnatRule
+		r                shardRule
 		comment, target  string
 		proto, dportText string
 	)
 	if len(args)%2 != 0 {
-		return dnatRule{}, false
+		return shardRule{}, false
 	}
 	for i := 0; i < len(args); i += 2 {
 		opt, val := args[i], args[i+1]
@@ -128,19 +139,19 @@ func parseDNAT(args []string) (dnatRule, bool) {
 			if err != nil {
 				a, aerr := netip.ParseAddr(val)
 				if aerr != nil {
-					return dnatRule{}, false
+					return shardRule{}, false
 				}
 				p = netip.PrefixFrom(a, a.BitLen())
 			}
 			if p.Bits() != p.Addr().BitLen() {
-				return dnatRule{}, false
+				return shardRule{}, false
 			}
 			r.public = p.Addr()
 		case "-p":
 			proto = val
 		case "-m":
 			if val != "udp" && val != "comment" {
-				return dnatRule{}, false
+				return shardRule{}, false
 			}
 		case "--dport":
 			dportText = val
@@ -151,23 +162,26 @@ func parseDNAT(args []string) (dnatRule, bool) {
 		case "--to-destination":
 			ap, err := netip.ParseAddrPort(val)
 			if err != nil {
-				return dnatRule{}, false
+				return shardRule{}, false
 			}
 			r.backend = ap
 		default:
-			return dnatRule{}, false
+			return shardRule{}, false
 		}
 	}
 	port, err := strconv.ParseUint(dportText, 10, 16)
-	if err != nil || port == 0 {
-		return dnatRule{}, false
+	if err != nil || port == 0 || proto != "udp" || !r.public.IsValid() {
+		return shardRule{}, false
 	}
 	r.port = uint16(port)
-	if proto != "udp" || target != "DNAT" || !r.public.IsValid() || !r.backend.IsValid() ||
-		comment != "lg:"+dportText {
-		return dnatRule{}, false
+	switch {
+	case target == "DNAT" && r.backend.IsValid() && comment == "lg:"+dportText:
+		return r, true
+	case target == "RETURN" && !r.backend.IsValid() && comment == "":
+		r.tombstone = true
+		return r, true
 	}
-	return r, true
+	return shardRule{}, false
 }
 
 // kernelState is what the kernel holds in livegate's chains and jumps.
@@ -179,10 +193,15 @@ type kernelState struct {
 	jumps map[string][]string
 	// dispatch holds the specs of ChainDNAT's rules.
 	dispatch []string
-	// dnat holds the one well-formed rule of each public port, in its shard.
+	// dnat holds the rule of each forwarded public port: the first of the port's rules in its
+	// shard, when that is a DNAT rule. The first rule is the one packets take.
 	dnat map[uint16]dnatEntry
-	// strays are shard rules that must go: foreign shapes, another public address, the
-	// wrong shard, or several rules for one port.
+	// dead holds, per port, the specs of its rules that no packet reaches, in chain order: a
+	// tombstone first and what it shadows, or the DNAT rules behind the port's current one.
+	// They wait for a sweep, which deletes them all in one batch.
+	dead map[uint16][]string
+	// strays are shard rules that must go: foreign shapes, another public address, or the
+	// wrong shard.
 	strays []ruleRef
 	// strayPorts are ports whose rules were strays; their conntrack entries may follow a
 	// wrong binding.
@@ -201,7 +220,17 @@ type dnatEntry struct {
 }
 
 func newState() *kernelState {
-	return &kernelState{chains: map[string]bool{}, jumps: map[string][]string{}, dnat: map[uint16]dnatEntry{}}
+	return &kernelState{chains: map[string]bool{}, jumps: map[string][]string{}, dnat: map[uint16]dnatEntry{},
+		dead: map[uint16][]string{}}
+}
+
+// deadRules counts the rules waiting for a sweep.
+func (s *kernelState) deadRules() int {
+	n := 0
+	for _, specs := range s.dead {
+		n += len(specs)
+	}
+	return n
 }
 
 func jumpKey(j jump) string { return j.table + "/" + j.from }
@@ -235,11 +264,10 @@ func readState(nat, filter *iptables.Table, public netip.Addr) *kernelState {
 		}
 	}
 	slices.Sort(shards)
-	seen := map[uint16][]iptables.Rule{}
-	var order []uint16
+	seen := map[uint16]bool{}
 	for _, chain := range shards {
 		for _, r := range natRules[chain] {
-			d, ok := parseDNAT(r.Args)
+			d, ok := parseShardRule(r.Args)
 			if !ok || d.public != public || shardChain(shardBase(d.port)) != chain {
 				s.strays = append(s.strays, ruleRef{chain: chain, spec: r.Spec})
 				if ok {
@@ -247,23 +275,13 @@ func readState(nat, filter *iptables.Table, public netip.Addr) *kernelState {
 				}
 				continue
 			}
-			if _, dup := seen[d.port]; !dup {
-				order = append(order, d.port)
+			if seen[d.port] || d.tombstone {
+				s.dead[d.port] = append(s.dead[d.port], r.Spec)
+			} else {
+				s.dnat[d.port] = dnatEntry{backend: d.backend, spec: r.Spec}
 			}
-			seen[d.port] = append(seen[d.port], r)
+			seen[d.port] = true
 		}
-	}
-	for _, port := range order {
-		rules := seen[port]
-		if len(rules) > 1 {
-			for _, r := range rules {
-				s.strays = append(s.strays, ruleRef{chain: r.Chain, spec: r.Spec})
-			}
-			s.strayPorts = append(s.strayPorts, port)
-			continue
-		}
-		d, _ := parseDNAT(rules[0].Args)
-		s.dnat[port] = dnatEntry{backend: d.backend, spec: rules[0].Spec}
 	}
 	for _, r := range natRules[ChainSNAT] {
 		s.snat = append(s.snat, r.Spec)
@@ -296,25 +314,41 @@ type change struct {
 	// flush lists the ports whose conntrack entries must go once the batch is applied.
 	flush []uint16
 	// created lists the ports of flush that had no rule of any kind before the batch: neither
-	// a DNAT rule nor a stray one.
+	// a DNAT rule, nor a dead one, nor a stray one.
 	created map[uint16]bool
+	// swept is set when the batch deleted dead rules.
+	swept bool
 }
 
 // plan computes the restore batch that turns cur into want, and the state the kernel holds
 // once the batch is applied. An empty batch means the kernel is already right.
 //
 // Within the nat table the batch creates missing chains, fixes jumps and the static chains,
-// deletes rules that go, appends rules that come, and last empties and deletes shard chains
-// no longer needed, so that nothing is referenced after it is gone.
-func plan(cur *kernelState, want map[uint16]netip.AddrPort, cfg settings) (*iptables.Batch, *kernelState, change) {
+// deletes strays, adds the rules that come, and last empties and deletes shard chains no longer
+// needed, so that nothing is referenced after it is gone. Unless sweep is set it deletes no
+// rule of a port: a port that leaves gets a tombstone inserted ahead of its DNAT rule, a port
+// whose backend changes gets its new rule inserted ahead of the old one, and the rules so
+// shadowed wait in next.dead for a batch with sweep set, which deletes them all before it adds
+// anything (see tombstoneSpec for why).
+func plan(cur *kernelState, want map[uint16]netip.AddrPort, cfg settings, sweep bool) (*iptables.Batch, *kernelState, change) {
 	b := iptables.NewBatch()
 	next := newState()
 	next.dnat = make(map[uint16]dnatEntry, len(want))
-	var ch change
+	ch := change{swept: sweep && len(cur.dead) > 0}
 
 	needed := map[string]uint16{}
 	for port := range want {
 		needed[shardChain(shardBase(port))] = shardBase(port)
+	}
+	if !sweep {
+		// Ports that leave get a tombstone and ports with dead rules keep them: their shards
+		// stay until a sweep.
+		for port := range cur.dnat {
+			needed[shardChain(shardBase(port))] = shardBase(port)
+		}
+		for port := range cur.dead {
+			needed[shardChain(shardBase(port))] = shardBase(port)
+		}
 	}
 	for _, c := range ownChains {
 		if !cur.chains[c.chain] {
@@ -381,6 +415,27 @@ func plan(cur *kernelState, want map[uint16]netip.AddrPort, cfg settings) (*ipta
 			b.Delete(tableNAT, r.chain, r.spec)
 		}
 	}
+	inShard := func(port uint16) (string, bool) {
+		chain := shardChain(shardBase(port))
+		_, kept := needed[chain]
+		return chain, kept
+	}
+	// A sweep deletes every dead rule, each port's all at once: deleting a tombstone alone
+	// would uncover the DNAT rule behind it. A delete removes the first rule of its spec, and
+	// every rule of the port but one copy of its current spec goes, so which copy a delete hits
+	// does not matter. Otherwise dead rules stay as they are.
+	for _, port := range sortedPorts(cur.dead) {
+		chain, kept := inShard(port)
+		if !sweep {
+			next.dead[port] = slices.Clone(cur.dead[port])
+			continue
+		}
+		if kept {
+			for _, spec := range cur.dead[port] {
+				b.Delete(tableNAT, chain, spec)
+			}
+		}
+	}
 	// Most ports keep their rule: only those that change are put in order, for a stable batch.
 	var gone []uint16
 	for port, e := range cur.dnat {
@@ -391,6 +446,8 @@ func plan(cur *kernelState, want map[uint16]netip.AddrPort, cfg settings) (*ipta
 		gone = append(gone, port)
 	}
 	slices.Sort(gone)
+	// Outside a sweep nothing is deleted: a port that leaves is shadowed by a tombstone, a port
+	// that changes backend by its new rule, inserted ahead (below).
 	for _, port := range gone {
 		e := cur.dnat[port]
 		_, keep := want[port]
@@ -400,8 +457,16 @@ func plan(cur *kernelState, want map[uint16]netip.AddrPort, cfg settings) (*ipta
 		} else {
 			ch.removed++
 		}
-		if _, kept := needed[shardChain(shardBase(port))]; kept {
-			b.Delete(tableNAT, shardChain(shardBase(port)), e.spec)
+		chain, kept := inShard(port)
+		switch {
+		case sweep && kept:
+			b.Delete(tableNAT, chain, e.spec)
+		case !sweep && keep:
+			next.dead[port] = append([]string{e.spec}, next.dead[port]...)
+		case !sweep:
+			tomb := tombstoneSpec(cfg.public, port)
+			b.Insert(tableNAT, chain, 1, tomb)
+			next.dead[port] = append([]string{tomb, e.spec}, next.dead[port]...)
 		}
 	}
 	var come []uint16
@@ -414,12 +479,18 @@ func plan(cur *kernelState, want map[uint16]netip.AddrPort, cfg settings) (*ipta
 	for _, port := range come {
 		backend := want[port]
 		spec := dnatSpec(cfg.public, port, backend)
-		b.Append(tableNAT, shardChain(shardBase(port)), spec)
+		chain := shardChain(shardBase(port))
+		if len(next.dead[port]) > 0 {
+			// Ahead of the port's tombstone or old rule, which packets then no longer reach.
+			b.Insert(tableNAT, chain, 1, spec)
+		} else {
+			b.Append(tableNAT, chain, spec)
+		}
 		next.dnat[port] = dnatEntry{backend: backend, spec: spec}
 		flush[port] = true
 		if _, had := cur.dnat[port]; !had {
 			ch.added++
-			if !slices.Contains(cur.strayPorts, port) {
+			if !slices.Contains(cur.strayPorts, port) && len(cur.dead[port]) == 0 {
 				if ch.created == nil {
 					ch.created = map[uint16]bool{}
 				}
