@@ -176,8 +176,12 @@ type Reconciler struct {
 
 	// passErr is the last pass's failure.
 	passErr error
-	// beatDrain is the drain state the last heartbeat published.
+	// beatDrain is the drain state last handed to the heartbeat.
 	beatDrain placement.Drain
+	// beat is what the heartbeat publishes (see updateBeat); beatNow asks for one at once.
+	beatMu  sync.Mutex
+	beat    beatStatus
+	beatNow chan struct{}
 
 	mu     sync.Mutex
 	status map[string]desired.Served
@@ -197,6 +201,7 @@ func New(cfg Config, d Deps, opts ...Option) (*Reconciler, error) {
 	r := &Reconciler{
 		cfg: cfg, d: d, log: d.Log, now: time.Now,
 		kick: make(chan struct{}, 1), evq: make(chan *livegatev1.Event, 1<<16), mediaDone: make(chan mediaBatch, 1),
+		beatNow: make(chan struct{}, 1),
 	}
 	var relay desired.Relay
 	if d.Relay != nil {
@@ -275,6 +280,8 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		wg.Go(func() { r.watch(ctx, kv, in) })
 	}
 	wg.Go(func() { r.deliverEvents(ctx) })
+	r.updateBeat(r.drainState())
+	wg.Go(func() { r.beats(ctx) })
 	if r.files != nil {
 		wg.Go(func() { r.files.Run(ctx) })
 	}
@@ -284,11 +291,12 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	defer r.writes.Wait()
 	defer cancel()
 
-	r.heartbeat(ctx)
 	resync := time.NewTicker(r.cfg.Resync)
 	defer resync.Stop()
-	beat := time.NewTicker(r.cfg.Heartbeat)
-	defer beat.Stop()
+	// Between passes the free ports still change (quarantined ones come free) and so may the
+	// drain state: the heartbeat's status is refreshed at its period.
+	refresh := time.NewTicker(r.cfg.Heartbeat)
+	defer refresh.Stop()
 	wake := time.NewTimer(time.Hour)
 	defer wake.Stop()
 	// due holds until a pass has run for every reason it was wanted: a KV change, a claim or
@@ -325,6 +333,9 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			full = true
 		case <-wake.C:
 			wakeAt, due = time.Time{}, true
+		case <-refresh.C:
+			r.updateBeat(r.drainState())
+			continue
 		case b := <-r.written:
 			r.takeWritten(b)
 			continue
@@ -334,9 +345,6 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			if r.mediaRetry {
 				continue
 			}
-		case <-beat.C:
-			r.heartbeat(ctx)
-			continue
 		}
 		if !r.core.Synced() || gate != nil || !(due || full) {
 			continue
@@ -449,10 +457,7 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (time.Time, error) {
 	}
 	drain := r.drainState()
 	p := r.core.Plan(now, drain)
-	if drain != r.beatDrain {
-		// The pool learns of a drain (or its end) at once, not at the next heartbeat.
-		r.heartbeat(ctx)
-	}
+	r.updateBeat(drain)
 	r.d.Metrics.conflicts.Add(float64(p.Conflicts))
 	r.d.Metrics.errors.WithLabelValues(ErrKindMedia).Add(float64(p.MediaErrors))
 	r.report(p.Events)
@@ -491,6 +496,7 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (time.Time, error) {
 	r.mu.Lock()
 	r.status = served
 	r.mu.Unlock()
+	r.updateBeat(drain)
 	r.log.Debug().Bool("full", full).Int("routes", len(served)).Dur("plan_ms", tPlan.Sub(now)).Dur("program_ms", tProg.Sub(tPlan)).
 		Dur("claims_ms", tClaim.Sub(tProg)).Dur("publish_ms", tPub.Sub(tClaim)).Dur("finish_ms", r.now().Sub(tPub)).Msg("reconcile pass")
 	next := p.Next
