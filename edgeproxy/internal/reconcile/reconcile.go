@@ -5,7 +5,9 @@
 // level-triggered: every pass starts from the KV state, and a periodic resync reads HAProxy's live
 // map back and repairs drift. A pass runs only when something it depends on changed (a route or
 // endpoint revision, the set of live edges), when a resync or a claim falls due, or to retry; the
-// echo of the edge's own heartbeat and endpoint writes is not a change.
+// echo of the edge's own heartbeat and endpoint writes is not a change. The heartbeat is written
+// on its own goroutine from the status the loop last recorded, so that a pass over many routes
+// never lets the edge's key lapse and its pool take its routes over.
 package reconcile
 
 import (
