@@ -21,12 +21,20 @@ type beatStatus struct {
 // updateBeat records what the next heartbeat publishes. It runs on the loop's goroutine, which
 // owns the core and may call the media plane; the heartbeat itself runs on its own (see beats),
 // so a long pass, a media batch holding the plane or a slow KV write never makes the key lapse.
-// A change of the drain state asks for a heartbeat at once: the pool learns of a drain (or its
-// end) without waiting for the next period.
-func (r *Reconciler) updateBeat(drain placement.Drain) {
-	total, free := r.d.Media.Capacity()
+// The plane's free ports are read only when capacity is set (once per heartbeat period): the
+// plane answers after its batch under way, and a pass must not wait for that. A change of the
+// drain state asks for a heartbeat at once: the pool learns of a drain (or its end) without
+// waiting for the next period.
+func (r *Reconciler) updateBeat(drain placement.Drain, capacity bool) {
+	r.beatMu.Lock()
+	total, free := r.beat.total, r.beat.free
+	r.beatMu.Unlock()
+	if capacity {
+		total, free = r.d.Media.Capacity()
+		total, free = max(total, 0), max(free, 0)
+	}
 	st := beatStatus{
-		total: max(total, 0), free: max(free, 0), routes: len(r.core.Served()),
+		total: total, free: free, routes: len(r.core.Served()),
 		drain: drain, claiming: r.core.Claiming(drain, total, free),
 	}
 	r.d.Metrics.observeDrain(drain, st.claiming)

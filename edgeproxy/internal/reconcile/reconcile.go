@@ -282,7 +282,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		wg.Go(func() { r.watch(ctx, kv, in) })
 	}
 	wg.Go(func() { r.deliverEvents(ctx) })
-	r.updateBeat(r.drainState())
+	r.updateBeat(r.drainState(), true)
 	wg.Go(func() { r.beats(ctx) })
 	if r.files != nil {
 		wg.Go(func() { r.files.Run(ctx) })
@@ -336,7 +336,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		case <-wake.C:
 			wakeAt, due = time.Time{}, true
 		case <-refresh.C:
-			r.updateBeat(r.drainState())
+			r.updateBeat(r.drainState(), true)
 			continue
 		case b := <-r.written:
 			r.takeWritten(b)
@@ -459,7 +459,7 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (time.Time, error) {
 	}
 	drain := r.drainState()
 	p := r.core.Plan(now, drain)
-	r.updateBeat(drain)
+	r.updateBeat(drain, false)
 	r.d.Metrics.conflicts.Add(float64(p.Conflicts))
 	r.d.Metrics.errors.WithLabelValues(ErrKindMedia).Add(float64(p.MediaErrors))
 	r.report(p.Events)
@@ -498,7 +498,7 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (time.Time, error) {
 	r.mu.Lock()
 	r.status = served
 	r.mu.Unlock()
-	r.updateBeat(drain)
+	r.updateBeat(drain, false)
 	r.log.Debug().Bool("full", full).Int("routes", len(served)).Dur("plan_ms", tPlan.Sub(now)).Dur("program_ms", tProg.Sub(tPlan)).
 		Dur("claims_ms", tClaim.Sub(tProg)).Dur("publish_ms", tPub.Sub(tClaim)).Dur("finish_ms", r.now().Sub(tPub)).Msg("reconcile pass")
 	next := p.Next
