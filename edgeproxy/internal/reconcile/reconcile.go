@@ -5,7 +5,9 @@
 // level-triggered: every pass starts from the KV state, and a periodic resync reads HAProxy's live
 // map back and repairs drift. A pass runs only when something it depends on changed (a route or
 // endpoint revision, the set of live edges), when a resync or a claim falls due, or to retry; the
-// echo of the edge's own heartbeat and endpoint writes is not a change.
+// echo of the edge's own heartbeat and endpoint writes is not a change. The heartbeat is written
+// on its own goroutine from the status the loop last recorded, so that a pass over many routes
+// never lets the edge's key lapse and its pool take its routes over.
 package reconcile
 
 import (
@@ -176,8 +178,12 @@ type Reconciler struct {
 
 	// passErr is the last pass's failure.
 	passErr error
-	// beatDrain is the drain state the last heartbeat published.
+	// beatDrain is the drain state last handed to the heartbeat.
 	beatDrain placement.Drain
+	// beat is what the heartbeat publishes (see updateBeat); beatNow asks for one at once.
+	beatMu  sync.Mutex
+	beat    beatStatus
+	beatNow chan struct{}
 
 	mu     sync.Mutex
 	status map[string]desired.Served
@@ -197,6 +203,7 @@ func New(cfg Config, d Deps, opts ...Option) (*Reconciler, error) {
 	r := &Reconciler{
 		cfg: cfg, d: d, log: d.Log, now: time.Now,
 		kick: make(chan struct{}, 1), evq: make(chan *livegatev1.Event, 1<<16), mediaDone: make(chan mediaBatch, 1),
+		beatNow: make(chan struct{}, 1),
 	}
 	var relay desired.Relay
 	if d.Relay != nil {
@@ -275,6 +282,8 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		wg.Go(func() { r.watch(ctx, kv, in) })
 	}
 	wg.Go(func() { r.deliverEvents(ctx) })
+	r.updateBeat(r.drainState(), true)
+	wg.Go(func() { r.beats(ctx) })
 	if r.files != nil {
 		wg.Go(func() { r.files.Run(ctx) })
 	}
@@ -284,11 +293,12 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	defer r.writes.Wait()
 	defer cancel()
 
-	r.heartbeat(ctx)
 	resync := time.NewTicker(r.cfg.Resync)
 	defer resync.Stop()
-	beat := time.NewTicker(r.cfg.Heartbeat)
-	defer beat.Stop()
+	// Between passes the free ports still change (quarantined ones come free) and so may the
+	// drain state: the heartbeat's status is refreshed at its period.
+	refresh := time.NewTicker(r.cfg.Heartbeat)
+	defer refresh.Stop()
 	wake := time.NewTimer(time.Hour)
 	defer wake.Stop()
 	// due holds until a pass has run for every reason it was wanted: a KV change, a claim or
@@ -325,6 +335,9 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			full = true
 		case <-wake.C:
 			wakeAt, due = time.Time{}, true
+		case <-refresh.C:
+			r.updateBeat(r.drainState(), true)
+			continue
 		case b := <-r.written:
 			r.takeWritten(b)
 			continue
@@ -334,9 +347,6 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			if r.mediaRetry {
 				continue
 			}
-		case <-beat.C:
-			r.heartbeat(ctx)
-			continue
 		}
 		if !r.core.Synced() || gate != nil || !(due || full) {
 			continue
@@ -449,10 +459,7 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (time.Time, error) {
 	}
 	drain := r.drainState()
 	p := r.core.Plan(now, drain)
-	if drain != r.beatDrain {
-		// The pool learns of a drain (or its end) at once, not at the next heartbeat.
-		r.heartbeat(ctx)
-	}
+	r.updateBeat(drain, false)
 	r.d.Metrics.conflicts.Add(float64(p.Conflicts))
 	r.d.Metrics.errors.WithLabelValues(ErrKindMedia).Add(float64(p.MediaErrors))
 	r.report(p.Events)
@@ -491,6 +498,7 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (time.Time, error) {
 	r.mu.Lock()
 	r.status = served
 	r.mu.Unlock()
+	r.updateBeat(drain, false)
 	r.log.Debug().Bool("full", full).Int("routes", len(served)).Dur("plan_ms", tPlan.Sub(now)).Dur("program_ms", tProg.Sub(tPlan)).
 		Dur("claims_ms", tClaim.Sub(tProg)).Dur("publish_ms", tPub.Sub(tClaim)).Dur("finish_ms", r.now().Sub(tPub)).Msg("reconcile pass")
 	next := p.Next

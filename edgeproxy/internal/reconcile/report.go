@@ -5,12 +5,9 @@ import (
 
 	"github.com/livegate/livegate/edgeproxy/internal/desired"
 	"github.com/livegate/livegate/pkg/events"
-	"github.com/livegate/livegate/pkg/kvstore"
 	"github.com/livegate/livegate/pkg/logging"
-	"github.com/livegate/livegate/pkg/wire"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
 	"google.golang.org/protobuf/types/known/durationpb"
-	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // report logs, counts and emits the core's events.
@@ -37,32 +34,6 @@ func (r *Reconciler) report(evs []desired.Event) {
 			r.emit(&livegatev1.Event{Type: livegatev1.EventType_EVENT_TYPE_ROUTE_PROGRAMMED, InstanceId: ev.Key, SessionId: ev.Session, Pool: ev.Pool,
 				Details: &livegatev1.Event_RouteProgrammed{RouteProgrammed: &livegatev1.RouteProgrammed{EdgeId: r.cfg.EdgeID, Latency: durationpb.New(ev.Latency)}}})
 		}
-	}
-}
-
-// heartbeat writes this edge's status with a TTL: when the edge stops, the key expires and the
-// pool takes its routes over.
-func (r *Reconciler) heartbeat(ctx context.Context) {
-	total, free := r.d.Media.Capacity()
-	drain := r.drainState()
-	st := &livegatev1.EdgeStatus{
-		EdgeId: r.cfg.EdgeID, Pool: r.cfg.Pool, PublicHost: r.cfg.PublicHost,
-		Capacity: uint32(max(total, 0)), FreePorts: uint32(max(free, 0)), Routes: uint32(len(r.core.Served())),
-		Heartbeat: timestamppb.New(r.now()), Version: r.cfg.Version,
-		MaxRoutes: uint32(r.cfg.MaxRoutes), Draining: drain.Draining, Claiming: r.core.Claiming(drain, total, free),
-	}
-	if !drain.Deadline.IsZero() {
-		st.DrainDeadline = timestamppb.New(drain.Deadline)
-	}
-	r.beatDrain = drain
-	r.d.Metrics.observeDrain(drain, st.Claiming)
-	data, err := wire.Marshal(st)
-	if err == nil {
-		_, err = kvstore.PutTTL(ctx, r.d.JS, kvstore.EdgesBucket, r.cfg.EdgeID, data, r.cfg.EdgeTTL)
-	}
-	if err != nil && ctx.Err() == nil {
-		r.d.Metrics.errors.WithLabelValues(ErrKindHeartbeat).Inc()
-		r.log.Warn().Err(err).Msg("heartbeat write failed")
 	}
 }
 
