@@ -51,9 +51,10 @@ func (r *Reconciler) updateBeat(drain placement.Drain, capacity bool) {
 }
 
 // beats writes the heartbeat at once, then every Config.Heartbeat and whenever updateBeat asks,
-// until ctx ends. A write gets until the key would lapse had the previous beat been the last
-// (EdgeTTL - Heartbeat): one still under way by then is superseded by the next, which the ticker
-// (holding one tick while a write runs) starts right away.
+// until ctx ends. A write gets one heartbeat period (less when the TTL leaves less): a request
+// sent just before the connection went stale never gets its reply, and waiting longer for it
+// would let the key lapse although the reconnected client could write it. The next write, which
+// the ticker (holding one tick while a write runs) starts right away, supersedes it.
 func (r *Reconciler) beats(ctx context.Context) {
 	tick := time.NewTicker(r.cfg.Heartbeat)
 	defer tick.Stop()
@@ -85,7 +86,7 @@ func (r *Reconciler) heartbeat(ctx context.Context) {
 	}
 	data, err := wire.Marshal(st)
 	if err == nil {
-		wctx, cancel := context.WithTimeout(ctx, r.cfg.EdgeTTL-r.cfg.Heartbeat)
+		wctx, cancel := context.WithTimeout(ctx, min(r.cfg.Heartbeat, r.cfg.EdgeTTL-r.cfg.Heartbeat))
 		_, err = kvstore.PutTTL(wctx, r.d.JS, kvstore.EdgesBucket, r.cfg.EdgeID, data, r.cfg.EdgeTTL)
 		cancel()
 	}
