@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/livegate/livegate/edgeproxy/internal/atomicfile"
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy"
 	"github.com/livegate/livegate/pkg/sessiontoken"
 	"github.com/prometheus/client_golang/prometheus"
@@ -113,7 +114,7 @@ func copyKeys(stateDir string, t haproxy.SessionTokens) (haproxy.SessionTokens, 
 				return t, fmt.Errorf("session token key %s: %w", k.ID, err)
 			}
 			k.File = filepath.Join(dir, k.ID+sessiontoken.PublicExt)
-			if err := haproxy.WriteFileAtomic(k.File, b, 0o640); err != nil {
+			if err := atomicfile.Write(k.File, b, 0o640); err != nil {
 				return t, err
 			}
 		}
@@ -239,7 +240,7 @@ func (w *keyWatcher) reload(ctx context.Context, tokens haproxy.SessionTokens) e
 	}
 	w.beforeReload(ctx)
 	if err := w.sup.Reload(ctx); err != nil {
-		return errors.Join(err, haproxy.WriteFileAtomic(w.s.configFile, previous, info.Mode().Perm()))
+		return errors.Join(err, atomicfile.Write(w.s.configFile, previous, info.Mode().Perm()))
 	}
 	pruneKeyCopies(w.s.f.stateDir, tokens)
 	return nil
@@ -260,7 +261,7 @@ func writeSupervisedConfig(s *settings, c haproxy.Config) (bool, error) {
 	if string(old) == text {
 		return false, nil
 	}
-	return true, haproxy.WriteFileAtomic(s.configFile, []byte(text), configMode(tokens))
+	return true, atomicfile.Write(s.configFile, []byte(text), configMode(tokens))
 }
 
 // configMode is 0600 when the configuration holds HS256 secrets.
