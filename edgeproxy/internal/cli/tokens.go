@@ -45,7 +45,7 @@ func (f *flags) tokens() (haproxy.SessionTokens, error) {
 	default:
 		return haproxy.SessionTokens{}, fmt.Errorf("--session-token %q: want off, optional or required", t.Mode)
 	}
-	if f.driver != "runtime" {
+	if f.driver.External() {
 		return haproxy.SessionTokens{}, fmt.Errorf("--session-token %s: only with --driver runtime; with another driver, add the rules `haproxy-config --session-token=%s` prints to your HAProxy", t.Mode, t.Mode)
 	}
 	if f.token.leeway < 0 || f.token.leeway%time.Second != 0 {
@@ -242,13 +242,13 @@ func (w *keyWatcher) reload(ctx context.Context, tokens haproxy.SessionTokens) e
 	if err := w.sup.Reload(ctx); err != nil {
 		return errors.Join(err, atomicfile.Write(w.s.configFile, previous, info.Mode().Perm()))
 	}
-	pruneKeyCopies(w.s.f.stateDir, tokens)
+	pruneKeyCopies(w.s.stateDir, tokens)
 	return nil
 }
 
 // writeSupervisedConfig copies the keys, renders c and writes it when it changed.
 func writeSupervisedConfig(s *settings, c haproxy.Config) (bool, error) {
-	tokens, err := copyKeys(s.f.stateDir, c.Tokens)
+	tokens, err := copyKeys(s.stateDir, c.Tokens)
 	if err != nil {
 		return false, err
 	}
