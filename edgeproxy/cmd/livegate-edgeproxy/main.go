@@ -25,7 +25,7 @@ import (
 var dataplaneAPI dataplaneapi.Flags
 
 // hooks plug the media plane and extra HAProxy drivers into the commands.
-var hooks = cli.Hooks{KernelMedia: kernelMedia, Drivers: map[string]cli.DriverFactory{
+var hooks = cli.Hooks{KernelMedia: cli.KernelMedia, Drivers: map[string]cli.DriverFactory{
 	"dataplaneapi": {Flags: dataplaneAPI.Register, New: func(_ context.Context, c haproxy.Config, log zerolog.Logger) (haproxy.Driver, error) {
 		return dataplaneAPI.Driver(c, log)
 	}},
@@ -36,7 +36,7 @@ var commands = map[string]cli.Command{
 	"run":            cli.RunCommand(hooks),
 	"haproxy-config": cli.HAProxyConfigCommand(hooks),
 	"check-config":   cli.CheckConfigCommand(hooks),
-	"cleanup":        cleanupCommand,
+	"cleanup":        cli.CleanupCommand,
 	"probe":          probe.Run,
 	"status":         status.Command,
 	"token":          cli.TokenCommand(os.Stdin),
