@@ -136,7 +136,7 @@ var defs = []def{
 	{"pool", "", "pool of edges that serve this instance", func(s *Settings) any { return &s.Pool }},
 	{"session-id", "", "the first session's id (default: a fresh random id per session)", func(s *Settings) any { return &s.SessionID }},
 	{"signaling-backend", "", "the app's signaling ip:port; an empty ip means --backend-ip", func(s *Settings) any { return &s.SignalingBackend }},
-	{"media-backend", "", "the app's media ip:port, repeatable; an empty ip means --backend-ip", func(s *Settings) any { return &s.MediaBackends }},
+	{"media-backend", "", "the app's media `ip:port`, repeatable and comma-separated; an empty ip means --backend-ip", func(s *Settings) any { return &s.MediaBackends }},
 	{"backend-ip", "", "ip used where a backend has none (default: this host's first global unicast IPv4 address)", func(s *Settings) any { return &s.BackendIP }},
 	{"edge-id", "", "ask for this edge instead of any edge of the pool", func(s *Settings) any { return &s.EdgeID }},
 	{"lease-ttl", "", "lifetime of the route key without renewal; renewed every third of it", func(s *Settings) any { return &s.LeaseTTL }},
