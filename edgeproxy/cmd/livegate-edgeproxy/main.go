@@ -94,6 +94,7 @@ var summaries = map[string]string{
 	"cleanup":        "remove the media plane's iptables chains and their conntrack entries (HAProxy stays)",
 	"probe":          "check one session through an edge as a client would",
 	"status":         "show edges, routes, endpoints, refusals and port use, read from NATS",
+	"token":          "session tokens: make a key (keygen), issue a token (mint), check one (verify)",
 }
 
 func usage(w io.Writer) {
