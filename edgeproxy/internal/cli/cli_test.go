@@ -25,8 +25,6 @@ import (
 	"github.com/livegate/livegate/pkg/natstest"
 	"github.com/livegate/livegate/pkg/wire"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 // childEnv makes the test binary run the edge (`run` with the arguments after "--") instead of
@@ -402,15 +400,7 @@ func TestAttachedMode(t *testing.T) {
 	admin := fmt.Sprintf("http://127.0.0.1:%d", adminPort)
 	waitFor(t, "healthz", func() bool { code, _ := get(admin + "/healthz"); return code == http.StatusOK })
 
-	nc, err := nats.Connect(natsURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := natstest.Connect(t, natsURL)
 	kv, err := js.KeyValue(ctx, kvstore.RoutesBucket)
 	if err != nil {
 		t.Fatal(err)

@@ -11,10 +11,9 @@ import (
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy/haproxytest"
 	"github.com/livegate/livegate/pkg/kvstore"
 	"github.com/livegate/livegate/pkg/logbuf"
+	"github.com/livegate/livegate/pkg/natstest"
 	"github.com/livegate/livegate/pkg/wire"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 // inProcessEdge is `run` in the test process with an embedded NATS server, a supervised HAProxy
@@ -62,15 +61,7 @@ func startInProcessEdge(t *testing.T, id string, extra ...string) *inProcessEdge
 // putPoolRoute writes a pool route for session sid to backend into the edge's NATS.
 func (e *inProcessEdge) putPoolRoute(t *testing.T, key, sid string, backend haproxytest.Backend) {
 	t.Helper()
-	nc, err := nats.Connect(fmt.Sprintf("nats://127.0.0.1:%d", e.natsPort))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := natstest.Connect(t, fmt.Sprintf("nats://127.0.0.1:%d", e.natsPort))
 	ctx := context.Background()
 	kv, err := js.KeyValue(ctx, kvstore.RoutesBucket)
 	if err != nil {

@@ -13,8 +13,6 @@ import (
 	"github.com/livegate/livegate/pkg/natstest"
 	"github.com/livegate/livegate/pkg/wire"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -79,15 +77,7 @@ func TestBuild(t *testing.T) {
 // TestCommandReadsNATS: the command reads a real NATS server as the edges and agents left it.
 func TestCommandReadsNATS(t *testing.T) {
 	srv := natstest.External(t)
-	nc, err := nats.Connect(srv.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := natstest.Connect(t, srv.URL())
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	var out, errOut bytes.Buffer
