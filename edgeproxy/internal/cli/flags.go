@@ -1,5 +1,7 @@
-// Package cli is livegate-edgeproxy's command line: the flags shared by its subcommands, the
-// settings they turn into, and the run, haproxy-config and check-config commands.
+// Package cli is livegate-edgeproxy's command line, the one home of its subcommands (run,
+// check-config, haproxy-config, cleanup, probe, status, token): the flags the edge's commands
+// share, the typed settings they turn into, and each command; cmd/livegate-edgeproxy only plugs in
+// the drivers.
 package cli
 
 import (
