@@ -9,8 +9,6 @@ import (
 	"github.com/livegate/livegate/pkg/events"
 	"github.com/livegate/livegate/pkg/natstest"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 func TestTypeTokens(t *testing.T) {
@@ -83,15 +81,7 @@ func TestPublishHeadersAndDedup(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
-			nc, err := nats.Connect(start(t))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer nc.Close()
-			js, err := jetstream.New(nc)
-			if err != nil {
-				t.Fatal(err)
-			}
+			_, js := natstest.Connect(t, start(t))
 			if err := events.EnsureStream(ctx, js); err != nil {
 				t.Fatal(err)
 			}
@@ -165,15 +155,7 @@ func TestPublishHeadersAndDedup(t *testing.T) {
 func TestDeliverRetries(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	nc, err := nats.Connect(natstest.Embedded(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, js := natstest.Connect(t, natstest.Embedded(t))
 	pub := events.NewPublisher(js, "livegate-edgeproxy/e1")
 	if err := pub.Deliver(ctx, &livegatev1.Event{Type: livegatev1.EventType_EVENT_TYPE_ROUTE_PROGRAMMED, Pool: "p"}); err == nil || !strings.Contains(err.Error(), "instance id") {
 		t.Fatalf("Deliver of an event without an instance = %v, want the build error", err)
