@@ -173,7 +173,6 @@ func Load(args, environ []string, usage io.Writer) (*Settings, error) {
 		return nil, ErrVersion
 	}
 	s.Sources = src
-	s.ConfigFile = fs.Lookup(settingsload.ConfigFlag).Value.String()
 	if err := s.finish(); err != nil {
 		return nil, err
 	}
