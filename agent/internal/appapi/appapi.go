@@ -16,10 +16,10 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
+	"github.com/livegate/livegate/agent/internal/httpapi"
 	"github.com/livegate/livegate/agent/internal/httpserver"
 	"github.com/livegate/livegate/agent/internal/lifecycle"
 	"github.com/livegate/livegate/agent/internal/metrics"
-	"github.com/livegate/livegate/agent/internal/restapi"
 	"github.com/livegate/livegate/agent/internal/session"
 	"github.com/rs/zerolog"
 )
@@ -52,8 +52,8 @@ func New(agent *lifecycle.Agent, m *metrics.Metrics, log zerolog.Logger) *Server
 	s := &Server{e: echo.New(), agent: agent, log: log, done: make(chan struct{})}
 	s.e.HideBanner, s.e.HidePort = true, true
 	httpserver.Configure(s.e.Server, log)
-	s.e.HTTPErrorHandler = restapi.ErrorHandler(log)
-	s.e.Use(restapi.RequestLog(log), restapi.Recover(log), restapi.Count(m, "app"), restapi.NoOptions, loopbackHost)
+	s.e.HTTPErrorHandler = httpapi.ErrorHandler(log)
+	s.e.Use(httpapi.RequestLog(log), httpapi.Recover(log), httpapi.Count(m, "app"), httpapi.NoOptions, loopbackHost)
 	s.e.POST("/v1/app/events/:name", s.event)
 	s.e.GET("/v1/app/creds", s.creds)
 	s.e.GET("/v1/app/endpoint", s.endpoint)
@@ -90,7 +90,7 @@ func loopbackHost(next echo.HandlerFunc) echo.HandlerFunc {
 		}
 		if host != "localhost" {
 			if ip, err := netip.ParseAddr(host); err != nil || !ip.IsLoopback() {
-				return restapi.JSON(c, http.StatusForbidden, restapi.Detail{Detail: "host: only loopback addresses are served"})
+				return httpapi.JSON(c, http.StatusForbidden, httpapi.Detail{Detail: "host: only loopback addresses are served"})
 			}
 		}
 		return next(c)
@@ -106,28 +106,28 @@ func (s *Server) event(c echo.Context) error {
 	name := c.Param("name")
 	in, ok := Events[name]
 	if !ok {
-		return restapi.JSON(c, http.StatusNotFound, restapi.Detail{Detail: fmt.Sprintf(
+		return httpapi.JSON(c, http.StatusNotFound, httpapi.Detail{Detail: fmt.Sprintf(
 			"event %q is unknown; want app-ready, rtx-ready, session-ready, client-connected or client-disconnected", name)})
 	}
 	s.agent.Signal(in)
-	return restapi.JSON(c, http.StatusOK, eventAnswer{Event: name, StatusMessage: s.agent.Ready().Message})
+	return httpapi.JSON(c, http.StatusOK, eventAnswer{Event: name, StatusMessage: s.agent.Ready().Message})
 }
 
 func (s *Server) creds(c echo.Context) error {
 	cr, ok := s.agent.Credentials()
 	if !ok {
-		return restapi.JSON(c, http.StatusNotFound, restapi.Detail{Detail: "no credentials yet"})
+		return httpapi.JSON(c, http.StatusNotFound, httpapi.Detail{Detail: "no credentials yet"})
 	}
-	return restapi.JSON(c, http.StatusOK, cr)
+	return httpapi.JSON(c, http.StatusOK, cr)
 }
 
 // endpoint is the edge's endpoint of the current session, with the edge's TURN credential.
 func (s *Server) endpoint(c echo.Context) error {
 	ep, ok := s.agent.Endpoint()
 	if !ok {
-		return restapi.JSON(c, http.StatusNotFound, restapi.Detail{Detail: "no endpoint assigned yet"})
+		return httpapi.JSON(c, http.StatusNotFound, httpapi.Detail{Detail: "no endpoint assigned yet"})
 	}
-	return restapi.JSON(c, http.StatusOK, ep)
+	return httpapi.JSON(c, http.StatusOK, ep)
 }
 
 // stream writes notifications as server-sent events: "event: <kind>", "data: <json>".
@@ -163,7 +163,7 @@ func (s *Server) stream(c echo.Context) error {
 			if !ok {
 				return nil
 			}
-			data, err := restapi.Marshal(n.Data)
+			data, err := httpapi.Marshal(n.Data)
 			if err != nil {
 				s.log.Error().Err(err).Str("kind", n.Kind).Msg("encode app notification")
 				continue

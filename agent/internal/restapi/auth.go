@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/labstack/echo/v4"
+	"github.com/livegate/livegate/agent/internal/httpapi"
 )
 
 // openPaths answer without a token: kubelet calls the probes without headers, and /metrics and
@@ -71,7 +72,7 @@ func (a *api) requireToken(next echo.HandlerFunc) echo.HandlerFunc {
 			return next(c)
 		}
 		c.Response().Header().Set(echo.HeaderWWWAuthenticate, `Bearer realm="livegate-agent"`)
-		return JSON(c, http.StatusUnauthorized, Detail{"Not authenticated"})
+		return httpapi.JSON(c, http.StatusUnauthorized, httpapi.Detail{Detail: "Not authenticated"})
 	}
 }
 

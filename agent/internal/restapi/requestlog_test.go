@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/livegate/livegate/agent/internal/httpapi"
 	"github.com/livegate/livegate/agent/internal/lifecycle"
 	"github.com/livegate/livegate/agent/internal/metrics"
 	"github.com/livegate/livegate/agent/internal/session"
@@ -44,7 +45,7 @@ func TestRequestIDs(t *testing.T) {
 		{"id with a tab replaced", "GET", "/v1/streaming/ready", "", "abc\tlevel=error", false, "debug"},
 		{"id with a quote replaced", "GET", "/v1/streaming/ready", "", `x","level":"error`, false, "debug"},
 		{"id with a space replaced", "GET", "/v1/streaming/ready", "", "a b", false, "debug"},
-		{"over-long id replaced", "GET", "/v1/streaming/ready", "", strings.Repeat("a", maxRequestIDLen+1), false, "debug"},
+		{"over-long id replaced", "GET", "/v1/streaming/ready", "", strings.Repeat("a", httpapi.MaxRequestIDLen+1), false, "debug"},
 		{"refused creds carry the id", "POST", "/v1/streaming/creds", `{"stunIp":"x"}`, "req-creds-1", true, "info"},
 		{"unknown path", "GET", "/v1/nosuch", "", "req-404", true, "debug"},
 	}
@@ -55,19 +56,19 @@ func TestRequestIDs(t *testing.T) {
 				t.Fatal(err)
 			}
 			if tt.sent != "" {
-				req.Header[RequestIDHeader] = []string{tt.sent}
+				req.Header[httpapi.RequestIDHeader] = []string{tt.sent}
 			}
 			resp, err := http.DefaultClient.Do(req)
 			if err != nil {
 				t.Fatal(err)
 			}
 			resp.Body.Close()
-			got := resp.Header.Get(RequestIDHeader)
+			got := resp.Header.Get(httpapi.RequestIDHeader)
 			if tt.keep && got != tt.sent {
-				t.Fatalf("answer's %s = %q, want the caller's %q", RequestIDHeader, got, tt.sent)
+				t.Fatalf("answer's %s = %q, want the caller's %q", httpapi.RequestIDHeader, got, tt.sent)
 			}
 			if !tt.keep && !generatedID.MatchString(got) {
-				t.Fatalf("answer's %s = %q, want a generated id", RequestIDHeader, got)
+				t.Fatalf("answer's %s = %q, want a generated id", httpapi.RequestIDHeader, got)
 			}
 			var access map[string]any
 			var tagged int

@@ -5,14 +5,13 @@ package restapi
 
 import (
 	_ "embed"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
-	"strconv"
 
 	"github.com/labstack/echo/v4"
 	"github.com/livegate/livegate/agent/internal/creds"
+	"github.com/livegate/livegate/agent/internal/httpapi"
 	"github.com/livegate/livegate/agent/internal/httpserver"
 	"github.com/livegate/livegate/agent/internal/jsonbody"
 	"github.com/livegate/livegate/agent/internal/lifecycle"
@@ -52,8 +51,8 @@ func New(agent *lifecycle.Agent, m *metrics.Metrics, opts ...Option) *echo.Echo 
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	httpserver.Configure(e.Server, a.log)
-	e.HTTPErrorHandler = ErrorHandler(a.log)
-	e.Use(RequestLog(a.log), Recover(a.log), Count(m, "session"), NoOptions, a.requireToken)
+	e.HTTPErrorHandler = httpapi.ErrorHandler(a.log)
+	e.Use(httpapi.RequestLog(a.log), httpapi.Recover(a.log), httpapi.Count(m, "session"), httpapi.NoOptions, a.requireToken)
 	e.POST("/v1/streaming/creds", a.creds)
 	e.POST("/v1/streaming/endsession", a.endSession)
 	e.GET("/v1/streaming/ready", a.ready)
@@ -65,35 +64,6 @@ func New(agent *lifecycle.Agent, m *metrics.Metrics, opts ...Option) *echo.Echo 
 	return e
 }
 
-// JSON writes v as FastAPI does: compact, no HTML escaping, no trailing newline.
-func JSON(c echo.Context, code int, v any) error {
-	b, err := Marshal(v)
-	if err != nil {
-		return err
-	}
-	return c.Blob(code, echo.MIMEApplicationJSON, b)
-}
-
-// Marshal encodes v compactly without HTML escaping and without a trailing newline.
-func Marshal(v any) ([]byte, error) {
-	var buf jsonBuffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(v); err != nil {
-		return nil, err
-	}
-	return buf.b[:len(buf.b)-1], nil
-}
-
-type jsonBuffer struct{ b []byte }
-
-func (j *jsonBuffer) Write(p []byte) (int, error) { j.b = append(j.b, p...); return len(p), nil }
-
-// Detail is the error body for everything but creds, as FastAPI's HTTPException renders it.
-type Detail struct {
-	Detail string `json:"detail"`
-}
-
 type credsAnswer struct {
 	Success      bool    `json:"success"`
 	ErrorMessage *string `json:"errorMessage"`
@@ -102,8 +72,8 @@ type credsAnswer struct {
 func (a *api) creds(c echo.Context) error {
 	fail := func(code int, err error) error {
 		msg := err.Error()
-		requestLogger(c, a.log).Info().Str("error", msg).Msg("creds refused")
-		return JSON(c, code, credsAnswer{Success: false, ErrorMessage: &msg})
+		httpapi.RequestLogger(c, a.log).Info().Str("error", msg).Msg("creds refused")
+		return httpapi.JSON(c, code, credsAnswer{Success: false, ErrorMessage: &msg})
 	}
 	body, err := readBody(c)
 	if err != nil {
@@ -114,7 +84,7 @@ func (a *api) creds(c echo.Context) error {
 		return fail(http.StatusBadRequest, err)
 	}
 	a.agent.SetCredentials(cr)
-	return JSON(c, http.StatusOK, credsAnswer{Success: true})
+	return httpapi.JSON(c, http.StatusOK, credsAnswer{Success: true})
 }
 
 // readBody reads a JSON request body. A body too large is answered on a connection that then
@@ -150,27 +120,27 @@ type endSessionAnswer struct {
 func (a *api) endSession(c echo.Context) error {
 	body, err := readBody(c)
 	if err != nil {
-		return JSON(c, bodyErrorCode(err), Detail{err.Error()})
+		return httpapi.JSON(c, bodyErrorCode(err), httpapi.Detail{Detail: err.Error()})
 	}
 	var req endSessionBody
 	if err := jsonbody.Decode(body, &req); err != nil {
-		return JSON(c, http.StatusBadRequest, Detail{err.Error()})
+		return httpapi.JSON(c, http.StatusBadRequest, httpapi.Detail{Detail: err.Error()})
 	}
 	if req.SessionID == nil {
-		return JSON(c, http.StatusBadRequest, Detail{"sessionId: field required"})
+		return httpapi.JSON(c, http.StatusBadRequest, httpapi.Detail{Detail: "sessionId: field required"})
 	}
 	if err := sessionid.Validate(*req.SessionID); err != nil {
-		return JSON(c, http.StatusBadRequest, Detail{"sessionId: " + err.Error()})
+		return httpapi.JSON(c, http.StatusBadRequest, httpapi.Detail{Detail: "sessionId: " + err.Error()})
 	}
 	graceful := req.GracefulShutdown != nil && *req.GracefulShutdown
 	status, err := a.agent.EndSession(*req.SessionID, graceful)
 	if errors.Is(err, session.ErrUnknownSession) {
-		return JSON(c, http.StatusConflict, Detail{fmt.Sprintf("sessionId: %q is not the current session", *req.SessionID)})
+		return httpapi.JSON(c, http.StatusConflict, httpapi.Detail{Detail: fmt.Sprintf("sessionId: %q is not the current session", *req.SessionID)})
 	}
 	if err != nil {
 		return err
 	}
-	return JSON(c, http.StatusOK, endSessionAnswer{SessionStatus: status})
+	return httpapi.JSON(c, http.StatusOK, endSessionAnswer{SessionStatus: status})
 }
 
 type statusAnswer struct {
@@ -179,11 +149,11 @@ type statusAnswer struct {
 
 func (a *api) ready(c echo.Context) error {
 	r := a.agent.Ready()
-	return JSON(c, r.Code, statusAnswer{r.Message})
+	return httpapi.JSON(c, r.Code, statusAnswer{r.Message})
 }
 
 func (a *api) startup(c echo.Context) error {
-	return JSON(c, http.StatusOK, statusAnswer{"Status: Startup endpoint OK"})
+	return httpapi.JSON(c, http.StatusOK, statusAnswer{"Status: Startup endpoint OK"})
 }
 
 type sessionAnswer struct {
@@ -196,71 +166,5 @@ func (a *api) session(c echo.Context) error {
 	if a.natsStatus != nil {
 		ans.NATS = a.natsStatus()
 	}
-	return JSON(c, http.StatusOK, ans)
-}
-
-// ErrorHandler answers routing errors as FastAPI does ({"detail":"Not Found"}) and anything
-// unexpected with a bare 500, never the error text.
-func ErrorHandler(log zerolog.Logger) echo.HTTPErrorHandler {
-	return func(err error, c echo.Context) {
-		if c.Response().Committed {
-			return
-		}
-		code := http.StatusInternalServerError
-		msg := http.StatusText(code)
-		var he *echo.HTTPError
-		if errors.As(err, &he) && he.Code != http.StatusInternalServerError {
-			code = he.Code
-			msg = http.StatusText(code)
-		} else {
-			requestLogger(c, log).Error().Err(err).Str("path", c.Path()).Msg("request failed")
-		}
-		_ = JSON(c, code, Detail{msg})
-	}
-}
-
-// NoOptions answers OPTIONS on a known path 405, as for any other method the path does not serve:
-// the API serves no CORS preflight, and a 204 would suggest it does.
-func NoOptions(next echo.HandlerFunc) echo.HandlerFunc {
-	return func(c echo.Context) error {
-		if c.Request().Method == http.MethodOptions {
-			if _, known := c.Get(echo.ContextKeyHeaderAllow).(string); known {
-				return echo.MethodNotAllowedHandler(c)
-			}
-		}
-		return next(c)
-	}
-}
-
-// Recover turns a panic into a 500 without a stack trace to the client.
-func Recover(log zerolog.Logger) echo.MiddlewareFunc {
-	return func(next echo.HandlerFunc) echo.HandlerFunc {
-		return func(c echo.Context) (err error) {
-			defer func() {
-				if r := recover(); r != nil {
-					requestLogger(c, log).Error().Str("panic", fmt.Sprint(r)).Str("path", c.Path()).Msg("handler panicked")
-					err = echo.NewHTTPError(http.StatusInternalServerError)
-				}
-			}()
-			return next(c)
-		}
-	}
-}
-
-// Count counts answered requests by route template (never the raw path) and code.
-func Count(m *metrics.Metrics, apiName string) echo.MiddlewareFunc {
-	return func(next echo.HandlerFunc) echo.HandlerFunc {
-		return func(c echo.Context) error {
-			err := next(c)
-			if err != nil {
-				c.Error(err)
-			}
-			route := c.Path()
-			if route == "" {
-				route = "unmatched"
-			}
-			m.HTTPRequests.WithLabelValues(apiName, route, strconv.Itoa(c.Response().Status)).Inc()
-			return nil
-		}
-	}
+	return httpapi.JSON(c, http.StatusOK, ans)
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/livegate/livegate/agent/internal/httpapi"
 	"github.com/livegate/livegate/agent/internal/session"
 )
 
@@ -22,7 +23,7 @@ func TestInjectionEndSessionRefused(t *testing.T) {
 	} {
 		body, _ := json.Marshal(map[string]any{"sessionId": id, "gracefulShutdown": true})
 		code, got := r.do("POST", "/v1/streaming/endsession", string(body))
-		var ans Detail
+		var ans httpapi.Detail
 		if code != 400 || json.Unmarshal([]byte(got), &ans) != nil || !strings.HasPrefix(ans.Detail, "sessionId: ") {
 			t.Errorf("endsession %q: %d %s", id, code, got)
 		}

@@ -19,9 +19,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/BurntSushi/toml"
 	"github.com/livegate/livegate/pkg/events"
 	"github.com/livegate/livegate/pkg/sessionid"
+	settingsload "github.com/livegate/livegate/pkg/settings"
 )
 
 // EnvPrefix starts every environment variable the agent reads.
@@ -82,7 +82,7 @@ type Settings struct {
 	// Action is OnSessionEnded parsed.
 	Action Action
 	// Sources says where each setting that is not a default came from.
-	Sources map[string]string
+	Sources settingsload.Sources
 }
 
 // Defaults returns the settings before any source is read.
@@ -136,7 +136,7 @@ var defs = []def{
 	{"pool", "", "pool of edges that serve this instance", func(s *Settings) any { return &s.Pool }},
 	{"session-id", "", "the first session's id (default: a fresh random id per session)", func(s *Settings) any { return &s.SessionID }},
 	{"signaling-backend", "", "the app's signaling ip:port; an empty ip means --backend-ip", func(s *Settings) any { return &s.SignalingBackend }},
-	{"media-backend", "", "the app's media ip:port, repeatable; an empty ip means --backend-ip", func(s *Settings) any { return &s.MediaBackends }},
+	{"media-backend", "", "the app's media `ip:port`, repeatable and comma-separated; an empty ip means --backend-ip", func(s *Settings) any { return &s.MediaBackends }},
 	{"backend-ip", "", "ip used where a backend has none (default: this host's first global unicast IPv4 address)", func(s *Settings) any { return &s.BackendIP }},
 	{"edge-id", "", "ask for this edge instead of any edge of the pool", func(s *Settings) any { return &s.EdgeID }},
 	{"lease-ttl", "", "lifetime of the route key without renewal; renewed every third of it", func(s *Settings) any { return &s.LeaseTTL }},
@@ -151,325 +151,116 @@ var ErrHelp = flag.ErrHelp
 // ErrVersion is returned when --version was asked for.
 var ErrVersion = errors.New("version asked for")
 
+// loader holds the agent's rules beyond its flags: the Kit-style flags and the Kit file's
+// [settings] table.
+var loader = settingsload.Loader{
+	EnvPrefix: EnvPrefix,
+	FlagsOnly: map[string]bool{"version": true},
+	Entries:   fileEntries,
+	Late:      kitFlag,
+}
+
 // Load reads every source. args are the command-line arguments without the program name; environ
 // is os.Environ(); usage receives the help text.
 func Load(args, environ []string, usage io.Writer) (*Settings, error) {
 	s := Defaults()
-	s.Sources = map[string]string{}
-
-	var kitArgs, nativeArgs []string
-	for _, a := range args {
-		if strings.HasPrefix(a, "--/") {
-			kitArgs = append(kitArgs, a)
-		} else {
-			nativeArgs = append(nativeArgs, a)
-		}
-	}
-	fs, flagVals, configFlag, versionFlag := newFlagSet(usage)
-	if err := fs.Parse(nativeArgs); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil, ErrHelp
-		}
-		return nil, fmt.Errorf("command line: %w", err)
-	}
-	if *versionFlag {
-		return nil, ErrVersion
-	}
-	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("command line: unexpected argument %q", fs.Arg(0))
-	}
-
-	env := map[string]string{}
-	for _, kv := range environ {
-		k, v, ok := strings.Cut(kv, "=")
-		if ok && strings.HasPrefix(k, EnvPrefix) {
-			env[k] = v
-		}
-	}
-	configPath := env[EnvPrefix+"CONFIG"]
-	if *configFlag != "" {
-		configPath = *configFlag
-	}
-	if configPath != "" {
-		if err := s.loadFile(configPath); err != nil {
-			return nil, err
-		}
-		s.ConfigFile = configPath
-	}
-	if err := s.loadEnv(env); err != nil {
+	fs, version := newFlagSet(&s, usage)
+	src, err := loader.Load(fs, args, environ)
+	if err != nil {
 		return nil, err
 	}
-	var ferr error
-	fs.Visit(func(f *flag.Flag) {
-		v, ok := flagVals[f.Name]
-		if !ok || ferr != nil {
-			return
-		}
-		ferr = s.setStrings(v.def, v.vals, "flag --"+f.Name)
-	})
-	if ferr != nil {
-		return nil, ferr
+	if *version {
+		return nil, ErrVersion
 	}
-	for _, a := range kitArgs {
-		if err := s.setKitFlag(a); err != nil {
-			return nil, err
-		}
-	}
+	s.Sources = src
 	if err := s.finish(); err != nil {
 		return nil, err
 	}
 	return &s, nil
 }
 
-type flagValue struct {
-	def    def
-	isBool bool
-	vals   []string
-}
-
-func (v *flagValue) String() string { return "" }
-func (v *flagValue) Set(s string) error {
-	v.vals = append(v.vals, s)
-	return nil
-}
-func (v *flagValue) IsBoolFlag() bool { return v.isBool }
-
-func newFlagSet(usage io.Writer) (fs *flag.FlagSet, vals map[string]*flagValue, config *string, version *bool) {
+// newFlagSet defines every setting as a flag of s, its default the value s holds.
+func newFlagSet(s *Settings, usage io.Writer) (fs *flag.FlagSet, version *bool) {
 	fs = flag.NewFlagSet("livegate-agent", flag.ContinueOnError)
 	fs.SetOutput(usage)
-	vals = map[string]*flagValue{}
-	defaults := Defaults()
 	for _, d := range defs {
-		_, isBool := d.ptr(&defaults).(*bool)
-		v := &flagValue{def: d, isBool: isBool}
-		vals[d.name] = v
 		text := d.usage
-		if dv := formatValue(d.ptr(&defaults)); dv != "" && dv != "false" {
-			text += " (default " + dv + ")"
-		}
 		if d.kit != "" {
 			text += "; Kit: --/" + d.kit
 		}
-		fs.Var(v, d.name, text+"; env "+envName(d.name))
+		switch p := d.ptr(s).(type) {
+		case *bool:
+			fs.BoolVar(p, d.name, *p, text)
+		case *int:
+			fs.IntVar(p, d.name, *p, text)
+		case *string:
+			fs.StringVar(p, d.name, *p, text)
+		case *time.Duration:
+			fs.DurationVar(p, d.name, *p, text)
+		case *[]string:
+			fs.Var(settingsload.NewList(p), d.name, text)
+		}
 	}
-	config = fs.String("config", "", "TOML settings file; a Kit .kit file's [settings] table is read as it is; env "+EnvPrefix+"CONFIG")
+	fs.StringVar(&s.ConfigFile, settingsload.ConfigFlag, "", "TOML settings file; a Kit .kit file's [settings] table is read as it is")
 	version = fs.Bool("version", false, "print the version and build, then exit")
+	loader.Annotate(fs)
 	fs.Usage = func() {
-		fmt.Fprintf(usage, "Usage: livegate-agent [flags]\n\nEvery flag can also be set by the environment variable after \"env\" or as a key of the --config file.\nPrecedence: Kit-style flags, flags, environment, the file, then the defaults.\n\n")
+		fmt.Fprintf(usage, "Usage: livegate-agent [flags]\n\nEvery flag can also be set by the environment variable in brackets or as a key of the --config file.\nPrecedence: Kit-style flags, flags, environment, the file, then the defaults.\n\n")
 		fs.PrintDefaults()
 	}
-	return fs, vals, config, version
+	return fs, version
 }
 
-func formatValue(p any) string {
-	switch p := p.(type) {
-	case *bool:
-		return strconv.FormatBool(*p)
-	case *int:
-		return strconv.Itoa(*p)
-	case *string:
-		return *p
-	case *[]string:
-		return strings.Join(*p, ",")
-	case *time.Duration:
-		return p.String()
-	}
-	return ""
-}
-
-func envName(name string) string {
-	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
-}
-
-func (s *Settings) loadEnv(env map[string]string) error {
-	known := map[string]def{}
-	for _, d := range defs {
-		known[envName(d.name)] = d
-	}
-	names := make([]string, 0, len(env))
-	for k := range env {
-		names = append(names, k)
-	}
-	sort.Strings(names)
-	for _, k := range names {
-		if k == EnvPrefix+"CONFIG" {
-			continue
-		}
-		d, ok := known[k]
-		if !ok {
-			return fmt.Errorf("environment: %s: unknown setting", k)
-		}
-		vals := []string{env[k]}
-		if _, isList := d.ptr(s).(*[]string); isList {
-			vals = strings.Split(env[k], ",")
-		}
-		if err := s.setStrings(d, vals, "environment "+k); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func (s *Settings) setKitFlag(arg string) error {
-	src := "flag " + arg
-	path, val, ok := strings.Cut(strings.TrimPrefix(arg, "--/"), "=")
+// kitFlag reads a Kit-style flag, --/exts/<ext>/<key>=value.
+func kitFlag(arg string) (settingsload.Late, bool, error) {
+	rest, ok := strings.CutPrefix(arg, "--/")
 	if !ok {
-		return fmt.Errorf("%s: Kit-style flags need =value", src)
+		return settingsload.Late{}, false, nil
 	}
-	src = "flag --/" + path
-	for _, d := range defs {
-		if d.kit != "" && d.kit == path {
-			return s.setStrings(d, []string{val}, src)
-		}
+	path, val, ok := strings.Cut(rest, "=")
+	if !ok {
+		return settingsload.Late{}, true, fmt.Errorf("flag %s: Kit-style flags need =value", arg)
 	}
-	return fmt.Errorf("%s: unknown setting", src)
+	d, _ := kitDef(path)
+	return settingsload.Late{Source: "flag --/" + path, Flag: d.name, Value: val}, true, nil
 }
 
-// setStrings sets d from text; a list takes every value.
-func (s *Settings) setStrings(d def, vals []string, src string) error {
-	fail := func(want string) error {
-		return fmt.Errorf("%s: %q is not %s", src, strings.Join(vals, ","), want)
-	}
-	last := vals[len(vals)-1]
-	switch p := d.ptr(s).(type) {
-	case *bool:
-		b, err := strconv.ParseBool(last)
-		if err != nil {
-			return fail("true or false")
-		}
-		*p = b
-	case *int:
-		n, err := strconv.Atoi(last)
-		if err != nil {
-			return fail("an integer")
-		}
-		*p = n
-	case *string:
-		*p = last
-	case *time.Duration:
-		v, err := time.ParseDuration(last)
-		if err != nil {
-			return fail("a duration such as 15s")
-		}
-		*p = v
-	case *[]string:
-		var out []string
-		for _, v := range vals {
-			for _, item := range strings.Split(v, ",") {
-				if item = strings.TrimSpace(item); item != "" {
-					out = append(out, item)
-				}
-			}
-		}
-		*p = out
-	}
-	s.Sources[d.name] = src
-	return nil
-}
-
-// setTOML sets d from a decoded TOML value, insisting on the TOML type.
-func (s *Settings) setTOML(d def, v any, src string) error {
-	fail := func(want string) error { return fmt.Errorf("%s: want %s, got %T %v", src, want, v, v) }
-	switch p := d.ptr(s).(type) {
-	case *bool:
-		b, ok := v.(bool)
-		if !ok {
-			return fail("a boolean")
-		}
-		*p = b
-	case *int:
-		n, ok := v.(int64)
-		if !ok {
-			return fail("an integer")
-		}
-		*p = int(n)
-	case *string:
-		str, ok := v.(string)
-		if !ok {
-			return fail("a string")
-		}
-		*p = str
-	case *time.Duration:
-		str, ok := v.(string)
-		if !ok {
-			return fail(`a duration string such as "15s"`)
-		}
-		dur, err := time.ParseDuration(str)
-		if err != nil {
-			return fail(`a duration string such as "15s"`)
-		}
-		*p = dur
-	case *[]string:
-		arr, ok := v.([]any)
-		if !ok {
-			return fail("an array of strings")
-		}
-		out := make([]string, 0, len(arr))
-		for _, item := range arr {
-			str, ok := item.(string)
-			if !ok {
-				return fail("an array of strings")
-			}
-			out = append(out, str)
-		}
-		*p = out
-	}
-	s.Sources[d.name] = src
-	return nil
-}
-
-// loadFile reads a TOML file. In a .kit file only [settings] matters, and in it only the two
-// extensions the agent stands in for; any other file holds native keys at the top level too.
-func (s *Settings) loadFile(path string) error {
-	var doc map[string]any
-	if _, err := toml.DecodeFile(path, &doc); err != nil {
-		return fmt.Errorf("config %s: %w", path, err)
-	}
+// fileEntries reads a TOML file's values. In a .kit file only [settings] matters, and in it only
+// the two extensions the agent stands in for; any other file holds native keys at the top level too.
+func fileEntries(path string, doc map[string]any) ([]settingsload.Entry, error) {
 	kit := strings.EqualFold(filepath.Ext(path), ".kit")
-	keys := make([]string, 0, len(doc))
-	for k := range doc {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	native := map[string]def{}
-	for _, d := range defs {
-		native[d.name] = d
-	}
-	for _, k := range keys {
+	var out []settingsload.Entry
+	for _, k := range sortedKeys(doc) {
 		v := doc[k]
 		if k == "settings" {
-			if err := s.loadKitSettings(path, v); err != nil {
-				return err
+			entries, err := kitEntries(path, v)
+			if err != nil {
+				return nil, err
 			}
+			out = append(out, entries...)
 			continue
 		}
-		if kit {
-			continue
-		}
-		d, ok := native[k]
-		if !ok {
-			return fmt.Errorf("config %s: %s: unknown setting", path, k)
-		}
-		if err := s.setTOML(d, v, fmt.Sprintf("config %s: %s", path, k)); err != nil {
-			return err
+		if !kit {
+			out = append(out, settingsload.Entry{Key: k, Flag: k, Value: v})
 		}
 	}
-	return nil
+	return out, nil
 }
 
-func (s *Settings) loadKitSettings(path string, v any) error {
+func kitEntries(path string, v any) ([]settingsload.Entry, error) {
 	settings, ok := v.(map[string]any)
 	if !ok {
-		return fmt.Errorf("config %s: settings: want a table", path)
+		return nil, fmt.Errorf("config %s: settings: want a table", path)
 	}
 	exts, ok := settings["exts"]
 	if !ok {
-		return nil
+		return nil, nil
 	}
 	extTable, ok := exts.(map[string]any)
 	if !ok {
-		return fmt.Errorf("config %s: settings.exts: want a table", path)
+		return nil, fmt.Errorf("config %s: settings.exts: want a table", path)
 	}
+	var out []settingsload.Entry
 	for _, ext := range []string{SessionExt, HTTPExt} {
 		raw, ok := extTable[ext]
 		if !ok {
@@ -478,25 +269,23 @@ func (s *Settings) loadKitSettings(path string, v any) error {
 		where := fmt.Sprintf("settings.exts.%q", ext)
 		table, ok := raw.(map[string]any)
 		if !ok {
-			return fmt.Errorf("config %s: %s: want a table", path, where)
+			return nil, fmt.Errorf("config %s: %s: want a table", path, where)
 		}
-		keys := make([]string, 0, len(table))
-		for k := range table {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		for _, k := range keys {
-			src := fmt.Sprintf("config %s: %s.%s", path, where, k)
-			d, ok := kitDef("exts/" + ext + "/" + k)
-			if !ok {
-				return fmt.Errorf("%s: unknown setting", src)
-			}
-			if err := s.setTOML(d, table[k], src); err != nil {
-				return err
-			}
+		for _, k := range sortedKeys(table) {
+			d, _ := kitDef("exts/" + ext + "/" + k)
+			out = append(out, settingsload.Entry{Key: where + "." + k, Flag: d.name, Value: table[k]})
 		}
 	}
-	return nil
+	return out, nil
+}
+
+func sortedKeys(m map[string]any) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }
 
 func kitDef(path string) (def, bool) {
@@ -509,12 +298,7 @@ func kitDef(path string) (def, bool) {
 }
 
 // source names where a setting came from, for error messages.
-func (s *Settings) source(name string) string {
-	if src, ok := s.Sources[name]; ok {
-		return src
-	}
-	return "default " + name
-}
+func (s *Settings) source(name string) string { return s.Sources.Source(name) }
 
 // finish fills derived defaults and validates the result.
 func (s *Settings) finish() error {

@@ -36,9 +36,9 @@ func TestInjectionSettingsRefused(t *testing.T) {
 				_, err := Load(append(base, "--"+name+"="+v), nil, io.Discard)
 				wantErr(t, err, "flag --"+name)
 
-				env := []string{envName(name) + "=" + v}
+				env := []string{loader.EnvName(name) + "=" + v}
 				_, err = Load(base, env, io.Discard)
-				wantErr(t, err, "environment "+envName(name))
+				wantErr(t, err, "environment "+loader.EnvName(name))
 
 				path := filepath.Join(dir, "agent.toml")
 				value := strconv.Quote(v)

@@ -163,7 +163,7 @@ func TestErrorsNameSettingAndSource(t *testing.T) {
 		want []string
 	}{
 		{[]string{"--port=70000"}, nil, []string{"flag --port", "70000"}},
-		{[]string{"--port=abc"}, nil, []string{"flag --port", "not an integer"}},
+		{[]string{"--port=abc"}, nil, []string{"flag --port", "want an integer"}},
 		{[]string{"--quit-on-session-ended=maybe"}, nil, []string{"flag --quit-on-session-ended", "true or false"}},
 		{[]string{"--nope"}, nil, []string{"command line", "nope"}},
 		{[]string{"stray"}, nil, []string{"unexpected argument", "stray"}},

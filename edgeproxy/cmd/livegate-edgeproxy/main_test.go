@@ -67,22 +67,3 @@ func TestCheckConfigDataPlaneAPI(t *testing.T) {
 		})
 	}
 }
-
-// TestHelpListsCommands: --help without a command lists the commands, not run's flags.
-func TestHelpListsCommands(t *testing.T) {
-	for _, arg := range []string{"--help", "-h", "help"} {
-		var out, errOut bytes.Buffer
-		if code := dispatch(context.Background(), []string{arg}, &out, &errOut); code != 0 {
-			t.Fatalf("%s: exit %d", arg, code)
-		}
-		text := out.String()
-		for name := range commands {
-			if !strings.Contains(text, "  "+name+" ") {
-				t.Errorf("%s: command %s not listed:\n%s", arg, name, text)
-			}
-		}
-		if strings.Contains(text+errOut.String(), "-tunnel-timeout") {
-			t.Errorf("%s printed run's flags", arg)
-		}
-	}
-}

@@ -11,14 +11,14 @@ import (
 // check-config promises every problem, and the HAProxy check stops at the first file it lacks.
 // The certificate of an operator's HAProxy (attached mode, another driver) is that host's path.
 func unreadableFiles(s *settings) error {
-	f := s.f
+	n := s.nats
 	files := []struct{ flag, path string }{
-		{"nats-creds", f.natsCreds}, {"nats-nkey", f.natsNKey},
-		{"nats-tls-ca", f.natsCA}, {"nats-tls-cert", f.natsCert}, {"nats-tls-key", f.natsKey},
+		{"nats-creds", n.CredsFile}, {"nats-nkey", n.NKeyFile},
+		{"nats-tls-ca", n.TLSCAFile}, {"nats-tls-cert", n.TLSCertFile}, {"nats-tls-key", n.TLSKeyFile},
 	}
-	supervised := !s.attached && f.driver == "runtime"
+	supervised := !s.attached && !s.driver.External()
 	if supervised && !s.selfCert {
-		files = append(files, struct{ flag, path string }{"tls-cert", f.tlsCert}, struct{ flag, path string }{"tls-key", f.tlsKey})
+		files = append(files, struct{ flag, path string }{"tls-cert", s.tlsCert}, struct{ flag, path string }{"tls-key", s.tlsKey})
 	}
 	var errs []error
 	for _, x := range files {
@@ -33,7 +33,7 @@ func unreadableFiles(s *settings) error {
 		_ = fh.Close()
 	}
 	if supervised {
-		if _, err := exec.LookPath(f.haproxyBinary); err != nil {
+		if _, err := exec.LookPath(s.haproxyBinary); err != nil {
 			errs = append(errs, fmt.Errorf("--haproxy-binary: %w (install HAProxy 2.6 or newer)", err))
 		}
 	}

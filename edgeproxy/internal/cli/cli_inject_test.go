@@ -63,10 +63,7 @@ func TestInjectionEdgeSettingsRefused(t *testing.T) {
 					args = without(args, "--"+tt.name+"=")
 				}
 				fs, f := newFlagSet("run", &bytes.Buffer{}, nil)
-				err := fs.Parse(args)
-				if err == nil {
-					err = applySources(fs, env)
-				}
+				err := applySources(fs, args, env)
 				if err == nil {
 					_, err = f.settings(nil)
 				}

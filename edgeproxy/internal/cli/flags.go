@@ -1,5 +1,7 @@
-// Package cli is livegate-edgeproxy's command line: the flags shared by its subcommands, the
-// settings they turn into, and the run, haproxy-config and check-config commands.
+// Package cli is livegate-edgeproxy's command line, the one home of its subcommands (run,
+// check-config, haproxy-config, cleanup, probe, status, token): the flags the edge's commands
+// share, the typed settings they turn into, and each command; cmd/livegate-edgeproxy only plugs in
+// the drivers.
 package cli
 
 import (
@@ -24,6 +26,7 @@ import (
 	"github.com/livegate/livegate/pkg/events"
 	"github.com/livegate/livegate/pkg/logging"
 	"github.com/livegate/livegate/pkg/natsconn"
+	settingsload "github.com/livegate/livegate/pkg/settings"
 )
 
 // Defaults that documentation and tests refer to.
@@ -89,6 +92,16 @@ func (f *limitFlag) Set(s string) error {
 	return nil
 }
 
+// Driver names the HAProxy driver that changes the map: DriverRuntime, the edge's own over the
+// runtime socket, or one of Hooks.Drivers.
+type Driver string
+
+// DriverRuntime is the driver over HAProxy's runtime API socket.
+const DriverRuntime Driver = "runtime"
+
+// External is a driver of Hooks.Drivers: whatever it talks to owns HAProxy and its files.
+func (d Driver) External() bool { return d != DriverRuntime }
+
 // flags are the raw command-line values.
 type flags struct {
 	edgeID, pool, publicHost                 string
@@ -101,7 +114,7 @@ type flags struct {
 	haproxyStopOnExit                        bool
 	tunnelTimeout, hardStopAfter             time.Duration
 	missLimit                                int
-	driver                                   string
+	driver                                   Driver
 	backendCIDRs, backendPorts               string
 	maxRoutes, maxMedia                      int
 	resync, heartbeat, edgeTTL               time.Duration
@@ -169,8 +182,8 @@ func newFlagSet(name string, stderr io.Writer, extra []func(*flag.FlagSet)) (*fl
 	fs.DurationVar(&f.tunnelTimeout, "tunnel-timeout", 8*time.Hour, "how long an idle websocket stays open (HAProxy timeout tunnel)")
 	fs.DurationVar(&f.hardStopAfter, "hard-stop-after", time.Hour, "how long old HAProxy workers keep their websockets after a reload")
 	fs.IntVar(&f.missLimit, "miss-limit", 20, "requests for unknown sessions one address may make per 10s before it gets 429")
-	fs.StringVar(&f.driver, "driver", "runtime", "how the HAProxy map is changed: runtime (its stats socket) or dataplaneapi (a Data Plane API v2 server); --haproxy-driver is another name for it")
-	fs.StringVar(&f.driver, "haproxy-driver", "runtime", "another name for --driver; set one of the two")
+	fs.StringVar((*string)(&f.driver), "driver", string(DriverRuntime), "how the HAProxy map is changed: runtime (its stats socket) or dataplaneapi (a Data Plane API v2 server); --haproxy-driver is another name for it")
+	fs.StringVar((*string)(&f.driver), "haproxy-driver", string(DriverRuntime), "another name for --driver; set one of the two")
 	fs.StringVar(&f.backendCIDRs, "backend-cidrs", DefaultBackendCIDRs, "comma-separated CIDRs signaling and media backends must be inside")
 	fs.StringVar(&f.backendPorts, "backend-ports", DefaultBackendPorts, "port range signaling and media backends must be inside")
 	fs.IntVar(&f.maxRoutes, "max-routes", 10000, "most routes this edge serves; it claims no more pool routes beyond")
@@ -207,7 +220,7 @@ func newFlagSet(name string, stderr io.Writer, extra []func(*flag.FlagSet)) (*fl
 	for _, x := range extra {
 		x(fs)
 	}
-	annotateUsage(fs)
+	loader.Annotate(fs)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: %s [flags]\n\nEach flag can also be set by the environment variable in brackets, or as a key of the --config file.\nPrecedence: flags, then environment, then the file, then the defaults.\n\n", fs.Name())
 		fs.PrintDefaults()
@@ -215,25 +228,18 @@ func newFlagSet(name string, stderr io.Writer, extra []func(*flag.FlagSet)) (*fl
 	return fs, f
 }
 
-// parseFlags parses args, then fills what they left unset from the environment and the --config file.
-// A bad flag gets one line that names it and the form it wants, not the whole usage; -h gets the
-// usage.
+// parseFlags parses args, then fills what they left unset from the environment and the --config
+// file. A refused flag gets one line that names it and the form it wants, not the whole usage;
+// -h gets the usage.
 func parseFlags(fs *flag.FlagSet, args []string) error {
-	out, usage := fs.Output(), fs.Usage
-	fs.SetOutput(io.Discard)
-	fs.Usage = func() {}
-	err := fs.Parse(args)
-	fs.SetOutput(out)
-	fs.Usage = usage
-	if errors.Is(err, flag.ErrHelp) {
-		usage()
+	err := applySources(fs, args, os.Environ())
+	switch {
+	case errors.Is(err, flag.ErrHelp):
 		return err
-	}
-	if err != nil {
-		fmt.Fprintf(out, "%s: %v\n(`%s -h` lists the flags)\n", fs.Name(), explainParseError(fs, err), fs.Name())
+	case errors.Is(err, settingsload.ErrUsage):
+		fmt.Fprintf(fs.Output(), "%s: %v\n(`%s -h` lists the flags)\n", fs.Name(), err, fs.Name())
 		return err
-	}
-	if err := applySources(fs, os.Environ()); err != nil {
+	case err != nil:
 		fmt.Fprintf(fs.Output(), "%s: %v\n", fs.Name(), err)
 		return err
 	}
@@ -257,18 +263,36 @@ var hostDefaults = map[string]func(host string) string{
 	"public-host": func(host string) string { return host },
 }
 
-// settings are the validated flags.
+// settings are the validated flags: every command reads these typed fields, never the flags.
 type settings struct {
+	// f is kept for the session token keys, which are read again when they change.
 	f          *flags
 	reconcile  reconcile.Config
 	haproxy    haproxy.Config
+	driver     Driver
 	attached   bool
 	configFile string
 	pidFile    string
 	selfCert   bool
-	mediaPorts portalloc.Range
-	publicIP   netip.Addr
-	nats       natsconn.Config
+	stateDir   string
+	// haproxyBinary, haproxySocket (attached mode's, as given) and haproxyStopOnExit are the
+	// supervised or attached HAProxy's.
+	haproxyBinary     string
+	haproxySocket     string
+	haproxyStopOnExit bool
+	tlsCert, tlsKey   string
+	mediaOn           bool
+	mediaPorts        portalloc.Range
+	publicIP          netip.Addr
+	portQuarantine    time.Duration
+	snat              bool
+	nats              natsconn.Config
+	natsReplicas      int
+	// natsEmbedded is the address of the in-process NATS server; invalid without one.
+	natsEmbedded netip.AddrPort
+	natsStoreDir string
+	adminAddr    string
+	log          logging.Options
 	// memoryLimitMiB is the soft memory limit to set; 0 sets none.
 	memoryLimitMiB int
 	// turn is the TURN relay's configuration; nil without --turn.
@@ -277,20 +301,32 @@ type settings struct {
 
 func (f *flags) settings(drivers map[string]DriverFactory) (*settings, error) {
 	var errs []error
-	s := &settings{f: f, attached: f.haproxySocket != ""}
+	s := &settings{
+		f: f, driver: f.driver, attached: f.haproxySocket != "", stateDir: f.stateDir,
+		haproxyBinary: f.haproxyBinary, haproxySocket: f.haproxySocket, haproxyStopOnExit: f.haproxyStopOnExit,
+		tlsCert: f.tlsCert, tlsKey: f.tlsKey, mediaOn: f.mediaMode == "on", portQuarantine: f.portQuarantine, snat: f.snat,
+		natsReplicas: f.natsReplicas, natsStoreDir: f.natsStoreDir, adminAddr: f.adminAddr,
+		log: logging.Options{Level: f.logLevel, Format: f.logFormat},
+	}
+	if f.natsEmbedded.addr != "" {
+		s.natsEmbedded = netip.MustParseAddrPort(f.natsEmbedded.addr)
+		if s.natsStoreDir == "" {
+			s.natsStoreDir = filepath.Join(f.stateDir, "nats")
+		}
+	}
 	if !filepath.IsAbs(f.stateDir) {
 		errs = append(errs, fmt.Errorf("--state-dir %q: must be an absolute path", f.stateDir))
 	}
 	s.configFile = filepath.Join(f.stateDir, "haproxy.cfg")
 	s.pidFile = filepath.Join(f.stateDir, "haproxy.pid")
 	switch {
-	case drivers[f.driver].New != nil && f.driver != "runtime" && (f.tlsCert == "" || f.tlsSelfSigned):
+	case drivers[string(f.driver)].New != nil && f.driver.External() && (f.tlsCert == "" || f.tlsSelfSigned):
 		errs = append(errs, fmt.Errorf("--driver %s sets up the frontend on the operator's HAProxy: it needs --tls-cert, the PEM (chain and key) as that host names it", f.driver))
 	case f.tlsSelfSigned && (f.tlsCert != "" || f.tlsKey != ""):
 		errs = append(errs, errors.New("--tls-self-signed and --tls-cert/--tls-key exclude each other"))
 	case f.tlsSelfSigned:
 		s.selfCert = true
-	case (f.tlsCert == "" || f.tlsKey == "") && !s.attached && f.driver == "runtime":
+	case (f.tlsCert == "" || f.tlsKey == "") && !s.attached && !f.driver.External():
 		errs = append(errs, errors.New("the signaling frontend needs --tls-cert and --tls-key, or --tls-self-signed"))
 	}
 	hc, err := f.haproxyConfig()
@@ -298,7 +334,7 @@ func (f *flags) settings(drivers map[string]DriverFactory) (*settings, error) {
 		errs = append(errs, err)
 	}
 	s.haproxy = hc
-	if _, ok := drivers[f.driver]; !ok && f.driver != "runtime" {
+	if _, ok := drivers[string(f.driver)]; !ok && f.driver.External() {
 		errs = append(errs, fmt.Errorf("--driver %q: not available (runtime%s)", f.driver, driverNames(drivers)))
 	}
 	cidrs, err := routes.ParsePrefixes(f.backendCIDRs)
@@ -400,7 +436,7 @@ func (f *flags) haproxyConfig() (haproxy.Config, error) {
 		mapFile = filepath.Join(f.stateDir, "sessions.map")
 	}
 	cert := filepath.Join(f.stateDir, "tls.pem")
-	if (f.haproxySocket != "" || f.driver != "runtime") && f.tlsCert != "" {
+	if (f.haproxySocket != "" || f.driver.External()) && f.tlsCert != "" {
 		cert = f.tlsCert
 	}
 	c := haproxy.Config{

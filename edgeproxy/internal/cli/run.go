@@ -83,10 +83,6 @@ func (h Hooks) parse(name string, args []string, stderr io.Writer, extra ...func
 		}
 		return nil, 2
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "livegate-edgeproxy %s: unexpected argument %q\n", name, fs.Arg(0))
-		return nil, 2
-	}
 	s, err := f.settings(h.Drivers)
 	if err != nil {
 		fmt.Fprintf(stderr, "livegate-edgeproxy %s: invalid configuration:\n%v\n", name, err)
@@ -102,7 +98,7 @@ func RunCommand(h Hooks) Command {
 		if s == nil {
 			return code
 		}
-		log, err := logging.New(logging.Options{Level: s.f.logLevel, Format: s.f.logFormat, Out: stderr})
+		log, err := logging.New(logging.Options{Level: s.log.Level, Format: s.log.Format, Out: stderr})
 		if err != nil {
 			fmt.Fprintf(stderr, "livegate-edgeproxy run: %v\n", err)
 			return 2
@@ -125,16 +121,12 @@ func run(ctx context.Context, s *settings, h Hooks, log zerolog.Logger) error {
 	if s.memoryLimitMiB > 0 && os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(int64(s.memoryLimitMiB) << 20)
 	}
-	if err := os.MkdirAll(s.f.stateDir, 0o750); err != nil {
+	if err := os.MkdirAll(s.stateDir, 0o750); err != nil {
 		return fmt.Errorf("state dir: %w", err)
 	}
 	natsCfg := s.nats
-	if addr := s.f.natsEmbedded.addr; addr != "" {
-		ap := netip.MustParseAddrPort(addr)
-		store := s.f.natsStoreDir
-		if store == "" {
-			store = filepath.Join(s.f.stateDir, "nats")
-		}
+	if ap := s.natsEmbedded; ap.IsValid() {
+		store := s.natsStoreDir
 		srv, err := natsembed.Start(natsembed.Options{Host: ap.Addr().String(), Port: int(ap.Port()), StoreDir: store, ServerName: "livegate-" + s.reconcile.EdgeID})
 		if err != nil {
 			return err
@@ -154,7 +146,7 @@ func run(ctx context.Context, s *settings, h Hooks, log zerolog.Logger) error {
 	}
 	var buckets *kvstore.Buckets
 	if err := retry(ctx, log, "create kv buckets and event stream", func(ctx context.Context) error {
-		replicas := kvstore.WithReplicas(s.f.natsReplicas)
+		replicas := kvstore.WithReplicas(s.natsReplicas)
 		b, err := kvstore.Ensure(ctx, js, replicas)
 		if err != nil {
 			return err
@@ -176,7 +168,7 @@ func run(ctx context.Context, s *settings, h Hooks, log zerolog.Logger) error {
 	var driver haproxy.Driver
 	var opts []reconcile.Option
 	var client *haproxy.Client
-	if d, ok := h.Drivers[s.f.driver]; ok && s.f.driver != "runtime" {
+	if d, ok := h.Drivers[string(s.driver)]; ok && s.driver.External() {
 		if driver, err = d.New(ctx, s.haproxy, log.With().Str("component", "driver").Logger()); err != nil {
 			return err
 		}
@@ -258,7 +250,7 @@ func run(ctx context.Context, s *settings, h Hooks, log zerolog.Logger) error {
 		}
 	}
 	wg.Go(func() { errc <- r.Run(ctx) })
-	wg.Go(func() { errc <- adm.Run(ctx, s.f.adminAddr) })
+	wg.Go(func() { errc <- adm.Run(ctx, s.adminAddr) })
 	if relay != nil {
 		wg.Go(func() { errc <- relay.Run(ctx) })
 	}
@@ -266,8 +258,8 @@ func run(ctx context.Context, s *settings, h Hooks, log zerolog.Logger) error {
 	var first error
 	select {
 	case <-ctx.Done():
-		stopping := log.Info().Bool("haproxy_stops", supervise && s.f.haproxyStopOnExit)
-		if supervise && s.f.haproxyStopOnExit {
+		stopping := log.Info().Bool("haproxy_stops", supervise && s.haproxyStopOnExit)
+		if supervise && s.haproxyStopOnExit {
 			stopping.Msg("signal received: stopping, and HAProxy with the edge (--haproxy-stop-on-exit)")
 		} else {
 			stopping.Msg("signal received: stopping; HAProxy and the media rules stay programmed for the next edge process")
@@ -284,7 +276,7 @@ func run(ctx context.Context, s *settings, h Hooks, log zerolog.Logger) error {
 
 func socketAddr(s *settings) string {
 	if s.attached {
-		return s.f.haproxySocket
+		return s.haproxySocket
 	}
 	return s.haproxy.Socket
 }
@@ -304,10 +296,10 @@ func supervised(s *settings, client *haproxy.Client, onReady func(), log zerolog
 	if err != nil {
 		return nil, err
 	}
-	pruneKeyCopies(s.f.stateDir, s.haproxy.Tokens)
-	return haproxy.NewSupervisor(s.f.haproxyBinary, s.configFile, s.pidFile, client,
+	pruneKeyCopies(s.stateDir, s.haproxy.Tokens)
+	return haproxy.NewSupervisor(s.haproxyBinary, s.configFile, s.pidFile, client,
 		log.With().Str("component", "supervisor").Logger(), haproxy.OutputLog(log.With().Str("component", "haproxy").Logger()),
-		haproxy.StopOnExit(s.f.haproxyStopOnExit), haproxy.ReloadAdopted(changed), haproxy.OnReady(onReady)), nil
+		haproxy.StopOnExit(s.haproxyStopOnExit), haproxy.ReloadAdopted(changed), haproxy.OnReady(onReady)), nil
 }
 
 func prepareTLS(s *settings) error {
@@ -318,18 +310,18 @@ func prepareTLS(s *settings) error {
 		}
 		return tlscert.SelfSigned(s.haproxy.CertFile, hosts, time.Now())
 	}
-	return tlscert.Combine(s.f.tlsCert, s.f.tlsKey, s.haproxy.CertFile)
+	return tlscert.Combine(s.tlsCert, s.tlsKey, s.haproxy.CertFile)
 }
 
 func mediaPlane(ctx context.Context, s *settings, h Hooks, log zerolog.Logger) (media.Plane, error) {
-	if s.f.mediaMode == "off" {
+	if !s.mediaOn {
 		return media.Off{}, nil
 	}
 	if h.KernelMedia == nil {
 		return nil, errors.New("--media=on: this build has no kernel media plane; run with --media=off")
 	}
 	return h.KernelMedia(ctx, MediaOptions{
-		Ports: s.mediaPorts, PublicIP: s.publicIP, Quarantine: s.f.portQuarantine, SNAT: s.f.snat,
+		Ports: s.mediaPorts, PublicIP: s.publicIP, Quarantine: s.portQuarantine, SNAT: s.snat,
 		BackendCIDRs: s.reconcile.Policy.BackendCIDRs, BackendPorts: s.reconcile.Policy.BackendPorts,
 	}, log.With().Str("component", "media").Logger())
 }
@@ -422,7 +414,7 @@ func CheckConfigCommand(h Hooks) Command {
 }
 
 func checkConfig(ctx context.Context, s *settings, h Hooks) error {
-	if d, ok := h.Drivers[s.f.driver]; ok && s.f.driver != "runtime" {
+	if d, ok := h.Drivers[string(s.driver)]; ok && s.driver.External() {
 		_, err := d.New(ctx, s.haproxy, zerolog.Nop())
 		return err
 	}
@@ -454,7 +446,7 @@ func checkConfig(ctx context.Context, s *settings, h Hooks) error {
 	if err := os.WriteFile(cfg, []byte(text), 0o600); err != nil {
 		return err
 	}
-	out, err := exec.CommandContext(ctx, s.f.haproxyBinary, "-c", "-q", "-f", cfg).CombinedOutput()
+	out, err := exec.CommandContext(ctx, s.haproxyBinary, "-c", "-q", "-f", cfg).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("haproxy -c: %w: %s", err, out)
 	}

@@ -10,7 +10,7 @@ import (
 func readableSecrets(s *settings) []string {
 	var out []string
 	for _, f := range []struct{ flag, path string }{
-		{"--nats-creds", s.f.natsCreds}, {"--nats-nkey", s.f.natsNKey}, {"--nats-tls-key", s.f.natsKey}, {"--tls-key", s.f.tlsKey},
+		{"--nats-creds", s.nats.CredsFile}, {"--nats-nkey", s.nats.NKeyFile}, {"--nats-tls-key", s.nats.TLSKeyFile}, {"--tls-key", s.tlsKey},
 	} {
 		if f.path == "" {
 			continue

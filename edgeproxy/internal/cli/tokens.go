@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/livegate/livegate/edgeproxy/internal/atomicfile"
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy"
 	"github.com/livegate/livegate/pkg/sessiontoken"
 	"github.com/prometheus/client_golang/prometheus"
@@ -44,7 +45,7 @@ func (f *flags) tokens() (haproxy.SessionTokens, error) {
 	default:
 		return haproxy.SessionTokens{}, fmt.Errorf("--session-token %q: want off, optional or required", t.Mode)
 	}
-	if f.driver != "runtime" {
+	if f.driver.External() {
 		return haproxy.SessionTokens{}, fmt.Errorf("--session-token %s: only with --driver runtime; with another driver, add the rules `haproxy-config --session-token=%s` prints to your HAProxy", t.Mode, t.Mode)
 	}
 	if f.token.leeway < 0 || f.token.leeway%time.Second != 0 {
@@ -113,7 +114,7 @@ func copyKeys(stateDir string, t haproxy.SessionTokens) (haproxy.SessionTokens, 
 				return t, fmt.Errorf("session token key %s: %w", k.ID, err)
 			}
 			k.File = filepath.Join(dir, k.ID+sessiontoken.PublicExt)
-			if err := haproxy.WriteFileAtomic(k.File, b, 0o640); err != nil {
+			if err := atomicfile.Write(k.File, b, 0o640); err != nil {
 				return t, err
 			}
 		}
@@ -239,15 +240,15 @@ func (w *keyWatcher) reload(ctx context.Context, tokens haproxy.SessionTokens) e
 	}
 	w.beforeReload(ctx)
 	if err := w.sup.Reload(ctx); err != nil {
-		return errors.Join(err, haproxy.WriteFileAtomic(w.s.configFile, previous, info.Mode().Perm()))
+		return errors.Join(err, atomicfile.Write(w.s.configFile, previous, info.Mode().Perm()))
 	}
-	pruneKeyCopies(w.s.f.stateDir, tokens)
+	pruneKeyCopies(w.s.stateDir, tokens)
 	return nil
 }
 
 // writeSupervisedConfig copies the keys, renders c and writes it when it changed.
 func writeSupervisedConfig(s *settings, c haproxy.Config) (bool, error) {
-	tokens, err := copyKeys(s.f.stateDir, c.Tokens)
+	tokens, err := copyKeys(s.stateDir, c.Tokens)
 	if err != nil {
 		return false, err
 	}
@@ -260,7 +261,7 @@ func writeSupervisedConfig(s *settings, c haproxy.Config) (bool, error) {
 	if string(old) == text {
 		return false, nil
 	}
-	return true, haproxy.WriteFileAtomic(s.configFile, []byte(text), configMode(tokens))
+	return true, atomicfile.Write(s.configFile, []byte(text), configMode(tokens))
 }
 
 // configMode is 0600 when the configuration holds HS256 secrets.

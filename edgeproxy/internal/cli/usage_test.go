@@ -18,10 +18,10 @@ import (
 // with the form wanted and a pointer to -h, not with the whole usage.
 func TestBadFlagValueIsOneLine(t *testing.T) {
 	for args, want := range map[string]string{
-		"--resync soon":           `--resync: value "soon": parse error; want a duration such as 30s, 1m30s or 500ms`,
-		"--max-routes many":       `--max-routes: value "many": parse error; want a whole number`,
-		"--snat=maybe":            `--snat: value "maybe": parse error; want true or false`,
-		"--nats-embedded=nowhere": `--nats-embedded: value "nowhere": want true, false or ADDR:PORT`,
+		"--resync soon":           `flag --resync: value "soon": want a duration such as 30s, 1m30s or 500ms`,
+		"--max-routes many":       `flag --max-routes: value "many": want an integer`,
+		"--snat=maybe":            `flag --snat: value "maybe": want true or false`,
+		"--nats-embedded=nowhere": `flag --nats-embedded: value "nowhere": want true, false or ADDR:PORT`,
 	} {
 		var out, errOut bytes.Buffer
 		code := RunCommand(Hooks{})(context.Background(), strings.Fields(args), &out, &errOut)

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/livegate/livegate/edgeproxy/internal/atomicfile"
 	"github.com/rs/zerolog"
 )
 
@@ -188,7 +189,7 @@ func (s *Supervisor) start(ctx context.Context) error {
 	go s.pipeLog(out)
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
-	if err := WriteFileAtomic(s.pidFile, []byte(strconv.Itoa(pid)+"\n"), 0o644); err != nil {
+	if err := atomicfile.Write(s.pidFile, []byte(strconv.Itoa(pid)+"\n"), 0o644); err != nil {
 		stopPid(pid, done)
 		return err
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/livegate/livegate/edgeproxy/internal/atomicfile"
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy"
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy/haproxytest"
 	"github.com/livegate/livegate/pkg/sessiontoken"
@@ -218,7 +219,7 @@ func TestSessionTokenRotation(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := haproxy.WriteFileAtomic(f.Config, []byte(text), 0o600); err != nil {
+		if err := atomicfile.Write(f.Config, []byte(text), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		if err := h.Supervisor.Reload(ctx); err != nil {

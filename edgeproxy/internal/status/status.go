@@ -1,4 +1,4 @@
-// Package status is `livegate-edgeproxy status`: what the edges, routes and endpoints in NATS say,
+// Package status is the report behind `livegate-edgeproxy status`: what the edges, routes and endpoints in NATS say,
 // joined into one report (which edge serves which route, on which public ports, which routes are
 // refused and why, how full each edge's port pool is), as a table or as JSON.
 package status

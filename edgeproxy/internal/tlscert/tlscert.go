@@ -17,7 +17,7 @@ import (
 	"os"
 	"time"
 
-	"github.com/livegate/livegate/edgeproxy/internal/haproxy"
+	"github.com/livegate/livegate/edgeproxy/internal/atomicfile"
 )
 
 // renewBefore is how close to expiry a self-signed certificate is replaced.
@@ -39,7 +39,7 @@ func Combine(certFile, keyFile, out string) error {
 	}
 	data := append(bytes.TrimRight(certPEM, "\n"), '\n')
 	data = append(data, keyPEM...)
-	return haproxy.WriteFileAtomic(out, data, 0o600)
+	return atomicfile.Write(out, data, 0o600)
 }
 
 // SelfSigned makes sure out holds a self-signed certificate for hosts (names or IPs) with its
@@ -84,7 +84,7 @@ func SelfSigned(out string, hosts []string, now time.Time) error {
 	}
 	data := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 	data = append(data, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})...)
-	return haproxy.WriteFileAtomic(out, data, 0o600)
+	return atomicfile.Write(out, data, 0o600)
 }
 
 func valid(data []byte, hosts []string, now time.Time) bool {

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -9,15 +9,14 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/livegate/livegate/edgeproxy/internal/cli"
 	"github.com/livegate/livegate/edgeproxy/internal/media"
 	"github.com/livegate/livegate/edgeproxy/internal/mediaplane"
 	"github.com/livegate/livegate/pkg/logging"
 )
 
-// kernelMedia builds the kernel media plane and recovers the mappings a previous run left, so
+// KernelMedia builds the kernel media plane and recovers the mappings a previous run left, so
 // that their ports are not handed to other routes before their own routes claim them back.
-func kernelMedia(ctx context.Context, o cli.MediaOptions, log zerolog.Logger) (media.Plane, error) {
+func KernelMedia(ctx context.Context, o MediaOptions, log zerolog.Logger) (media.Plane, error) {
 	p, err := mediaplane.New(mediaplane.Config{
 		PublicIP:     o.PublicIP,
 		Ports:        o.Ports,
@@ -35,9 +34,9 @@ func kernelMedia(ctx context.Context, o cli.MediaOptions, log zerolog.Logger) (m
 	return p, nil
 }
 
-// cleanupCommand is `livegate-edgeproxy cleanup`: it removes every iptables rule and chain the
+// CleanupCommand is `livegate-edgeproxy cleanup`: it removes every iptables rule and chain the
 // media plane wrote, and the conntrack entries of the ports they forwarded.
-func cleanupCommand(ctx context.Context, args []string, _, stderr io.Writer) int {
+func CleanupCommand(ctx context.Context, args []string, _, stderr io.Writer) int {
 	fs := flag.NewFlagSet("cleanup", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	logLevel := fs.String("log-level", "info", "log level: trace, debug, info, warn or error")

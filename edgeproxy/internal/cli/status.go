@@ -1,4 +1,4 @@
-package status
+package cli
 
 import (
 	"context"
@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/livegate/livegate/edgeproxy/internal/status"
 	"github.com/livegate/livegate/pkg/natsconn"
 	"github.com/mattn/go-isatty"
 	"github.com/nats-io/nats.go"
@@ -18,7 +19,7 @@ import (
 	"github.com/rs/zerolog"
 )
 
-type options struct {
+type statusOptions struct {
 	nats     natsconn.Config
 	urls     string
 	output   string
@@ -28,8 +29,8 @@ type options struct {
 	timeout  time.Duration
 }
 
-func parse(args []string, stderr io.Writer) (*options, error) {
-	o := &options{}
+func parseStatus(args []string, stderr io.Writer) (*statusOptions, error) {
+	o := &statusOptions{}
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
@@ -81,9 +82,9 @@ func envOr(name, def string) string {
 	return def
 }
 
-// Command is the status subcommand.
-func Command(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	o, err := parse(args, stderr)
+// StatusCommand is `livegate-edgeproxy status`: the report of package status, read from NATS.
+func StatusCommand(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	o, err := parseStatus(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
@@ -107,7 +108,7 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	redraw := o.watch && o.output == "text" && isTerminal(stdout)
 	for {
 		rctx, rcancel := context.WithTimeout(ctx, o.timeout)
-		snap, err := Read(rctx, js, time.Now())
+		snap, err := status.Read(rctx, js, time.Now())
 		rcancel()
 		if err != nil && !o.watch {
 			fmt.Fprintf(stderr, "livegate-edgeproxy status: %v\n", err)
@@ -115,7 +116,7 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		if err != nil {
 			fmt.Fprintf(stderr, "livegate-edgeproxy status: %v\n", err)
-		} else if err := write(stdout, o, Build(snap, o.stale), redraw); err != nil {
+		} else if err := writeStatus(stdout, o, status.Build(snap, o.stale), redraw); err != nil {
 			return 1
 		}
 		if !o.watch {
@@ -129,9 +130,9 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 }
 
-// write prints one report; under --watch on a terminal it replaces the previous one, elsewhere
+// writeStatus prints one report; under --watch on a terminal it replaces the previous one, elsewhere
 // reports follow each other (one JSON document per line with -o json).
-func write(w io.Writer, o *options, r Report, redraw bool) error {
+func writeStatus(w io.Writer, o *statusOptions, r status.Report, redraw bool) error {
 	if o.output == "json" {
 		b, err := json.Marshal(r)
 		if err != nil {
@@ -145,7 +146,7 @@ func write(w io.Writer, o *options, r Report, redraw bool) error {
 	} else if o.watch {
 		fmt.Fprintf(w, "--- %s\n", r.At.Format(time.RFC3339))
 	}
-	return WriteText(w, r)
+	return status.WriteText(w, r)
 }
 
 func isTerminal(w io.Writer) bool {

@@ -1,4 +1,4 @@
-package restapi
+package httpapi
 
 import (
 	"crypto/rand"
@@ -14,8 +14,8 @@ import (
 // our log lines; otherwise the agent makes one and returns it.
 const RequestIDHeader = "X-Request-Id"
 
-// maxRequestIDLen bounds a caller's id, which is logged as it is.
-const maxRequestIDLen = 128
+// MaxRequestIDLen bounds a caller's id, which is logged as it is.
+const MaxRequestIDLen = 128
 
 // RequestLog gives every request an id, puts a logger carrying it (field request_id) in the
 // request's context for the handlers, and logs the request once answered: requests that change
@@ -50,8 +50,8 @@ func RequestLog(base zerolog.Logger) echo.MiddlewareFunc {
 	}
 }
 
-// requestLogger is the logger RequestLog put in c's context, or fallback outside it.
-func requestLogger(c echo.Context, fallback zerolog.Logger) *zerolog.Logger {
+// RequestLogger is the logger RequestLog put in c's context, or fallback outside it.
+func RequestLogger(c echo.Context, fallback zerolog.Logger) *zerolog.Logger {
 	if l := zerolog.Ctx(c.Request().Context()); l.GetLevel() != zerolog.Disabled {
 		return l
 	}
@@ -61,7 +61,7 @@ func requestLogger(c echo.Context, fallback zerolog.Logger) *zerolog.Logger {
 // validRequestID accepts the ids tracing systems and proxies send (UUIDs, hex, base64url) and
 // nothing that could forge a log field or line.
 func validRequestID(id string) bool {
-	if id == "" || len(id) > maxRequestIDLen {
+	if id == "" || len(id) > MaxRequestIDLen {
 		return false
 	}
 	for _, c := range []byte(id) {

@@ -1,4 +1,4 @@
-package probe
+package cli
 
 import (
 	"context"
@@ -7,21 +7,19 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
-	"net/url"
-	"strconv"
 	"strings"
 	"time"
 
+	"github.com/livegate/livegate/edgeproxy/internal/probe"
 	"github.com/livegate/livegate/pkg/dtlssrtp"
 	"github.com/livegate/livegate/pkg/sessionid"
 )
 
-// Exit codes of Run.
+// Exit codes of ProbeCommand.
 const (
-	ExitOK     = 0
-	ExitFailed = 1
-	ExitUsage  = 2
+	probeOK     = 0
+	probeFailed = 1
+	probeUsage  = 2
 )
 
 type mediaFlag []string
@@ -29,7 +27,7 @@ type mediaFlag []string
 func (m *mediaFlag) String() string { return strings.Join(*m, ",") }
 
 func (m *mediaFlag) Set(v string) error {
-	addr, err := MediaAddr(v)
+	addr, err := probe.MediaAddr(v)
 	if err != nil {
 		return err
 	}
@@ -37,23 +35,7 @@ func (m *mediaFlag) Set(v string) error {
 	return nil
 }
 
-// MediaAddr turns udp://HOST:PORT into HOST:PORT.
-func MediaAddr(raw string) (string, error) {
-	u, err := url.Parse(raw)
-	if err != nil || u.Scheme != "udp" || u.Host == "" || u.Path != "" || u.RawQuery != "" {
-		return "", fmt.Errorf("media address %q: want udp://HOST:PORT", raw)
-	}
-	host, port, err := net.SplitHostPort(u.Host)
-	if err != nil || host == "" {
-		return "", fmt.Errorf("media address %q: want udp://HOST:PORT", raw)
-	}
-	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
-		return "", fmt.Errorf("media address %q: port %q is not 1-65535", raw, port)
-	}
-	return u.Host, nil
-}
-
-type options struct {
+type probeOptions struct {
 	signaling string
 	sessionID string
 	media     mediaFlag
@@ -64,8 +46,8 @@ type options struct {
 	maxLoss   float64
 }
 
-func parse(args []string, stderr io.Writer) (*options, error) {
-	var o options
+func parseProbe(args []string, stderr io.Writer) (*probeOptions, error) {
+	var o probeOptions
 	fs := flag.NewFlagSet("probe", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
@@ -115,29 +97,29 @@ which starts the session's resume window (and, once it runs out, ends the sessio
 		}
 	}
 	if o.signaling != "" {
-		if _, err := SignalingURL(o.signaling); err != nil {
+		if _, err := probe.SignalingURL(o.signaling); err != nil {
 			return nil, fmt.Errorf("--signaling: %w", err)
 		}
 	}
 	return &o, nil
 }
 
-// Run is the probe subcommand: it parses args, runs the checks and writes a report to stdout and
-// failures to stderr. It returns ExitOK, ExitFailed or ExitUsage.
-func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	o, err := parse(args, stderr)
+// ProbeCommand is `livegate-edgeproxy probe`: it parses args, runs the checks and writes a report
+// to stdout and failures to stderr. It returns probeOK, probeFailed or probeUsage.
+func ProbeCommand(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	o, err := parseProbe(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
-		return ExitOK
+		return probeOK
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "livegate-edgeproxy probe: %v\n", err)
-		return ExitUsage
+		return probeUsage
 	}
 	failed, total := 0, 0
 	if o.signaling != "" {
 		total++
 		sctx, cancel := context.WithTimeout(ctx, o.timeout)
-		took, err := Signaling(sctx, o.signaling, o.sessionID, o.insecure)
+		took, err := probe.Signaling(sctx, o.signaling, o.sessionID, o.insecure)
 		cancel()
 		var verify *tls.CertificateVerificationError
 		switch {
@@ -149,7 +131,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stdout, "FAIL %v\n", err)
 		default:
 			fmt.Fprintf(stdout, "ok   signaling %s: 101 Switching Protocols in %s, subprotocol %s%s echoed\n",
-				o.signaling, took.Round(time.Microsecond), SubprotocolPrefix, o.sessionID)
+				o.signaling, took.Round(time.Microsecond), probe.SubprotocolPrefix, o.sessionID)
 		}
 	}
 	for _, addr := range o.media {
@@ -169,8 +151,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	if failed > 0 {
 		fmt.Fprintf(stderr, "livegate-edgeproxy probe: %d of %d checks failed\n", failed, total)
-		return ExitFailed
+		return probeFailed
 	}
 	fmt.Fprintf(stdout, "all %d checks passed\n", total)
-	return ExitOK
+	return probeOK
 }
