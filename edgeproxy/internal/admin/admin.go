@@ -74,6 +74,9 @@ func New(src Source, g prometheus.Gatherer, log zerolog.Logger, drain Drainer) *
 	if drain != nil {
 		e.GET("/v1/drain", func(c echo.Context) error { return c.JSON(http.StatusOK, drain.Get()) })
 		e.POST("/v1/drain", func(c echo.Context) error {
+			if fromBrowser(c) {
+				return refuseBrowser(c)
+			}
 			var deadline time.Duration
 			if v := c.QueryParam("deadline"); v != "" {
 				d, err := time.ParseDuration(v)
@@ -87,10 +90,17 @@ func New(src Source, g prometheus.Gatherer, log zerolog.Logger, drain Drainer) *
 				log.Error().Err(err).Msg("drain failed")
 				return c.JSON(http.StatusInternalServerError, map[string]string{"error": err.Error()})
 			}
-			log.Info().Time("deadline", d.Deadline).Msg("draining: no new sessions")
+			ev := log.Info()
+			if !d.Deadline.IsZero() {
+				ev = ev.Time("deadline", d.Deadline)
+			}
+			ev.Msg("draining: no new sessions")
 			return c.JSON(http.StatusOK, d)
 		})
 		e.DELETE("/v1/drain", func(c echo.Context) error {
+			if fromBrowser(c) {
+				return refuseBrowser(c)
+			}
 			d, err := drain.Cancel()
 			if err != nil {
 				log.Error().Err(err).Msg("drain cancel failed")
@@ -128,4 +138,13 @@ func (s *Server) Run(ctx context.Context, addr string) error {
 		return fmt.Errorf("admin server: %w", err)
 	}
 	return nil
+}
+
+// fromBrowser is a request that names an Origin: browsers send one with every cross-origin POST
+// and DELETE, so refusing those keeps a web page open on the host (or a DNS-rebound name) from
+// draining the edge through its loopback admin address; the drain command sends none.
+func fromBrowser(c echo.Context) bool { return c.Request().Header.Get("Origin") != "" }
+
+func refuseBrowser(c echo.Context) error {
+	return c.JSON(http.StatusForbidden, map[string]string{"error": "drain changes are not taken from a browser (the request has an Origin header)"})
 }

@@ -104,6 +104,22 @@ func TestDrain(t *testing.T) {
 			t.Fatalf("%s %s = %d %q, want %d with %q", s.method, s.path, code, body, s.code, s.body)
 		}
 	}
+	// A web page on the host must not drain the edge through its loopback address.
+	for _, method := range []string{http.MethodPost, http.MethodDelete} {
+		req, err := http.NewRequest(method, srv.URL+"/v1/drain", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Origin", "https://attacker.example")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden || d.Get().Draining {
+			t.Fatalf("%s /v1/drain from a browser = %d, draining %v; want 403 and no change", method, resp.StatusCode, d.Get().Draining)
+		}
+	}
 }
 
 func TestDrainCommand(t *testing.T) {
@@ -122,6 +138,9 @@ func TestDrainCommand(t *testing.T) {
 		{[]string{"--cancel"}, 0, "not draining"},
 		{[]string{"--cancel", "--show"}, 2, ""},
 		{[]string{"extra"}, 2, ""},
+		{[]string{"--cancel", "--deadline", "5m"}, 2, ""},
+		{[]string{"--show", "--deadline", "5m"}, 2, ""},
+		{[]string{"--admin-addr", "http://127.0.0.1:9470"}, 2, ""},
 	}
 	for _, s := range steps {
 		var out, errb strings.Builder

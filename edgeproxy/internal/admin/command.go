@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -47,8 +48,14 @@ through the resume window). The drain survives a restart of the edge; --cancel e
 		}
 		return 2
 	}
-	if fs.NArg() > 0 || (*cancel && *show) || *deadline < 0 {
-		fmt.Fprintln(stderr, "livegate-edgeproxy drain: want at most one of --cancel and --show, a deadline of 0 or more, and no argument")
+	deadlineSet := false
+	fs.Visit(func(f *flag.Flag) { deadlineSet = deadlineSet || f.Name == "deadline" })
+	if fs.NArg() > 0 || (*cancel && *show) || *deadline < 0 || (deadlineSet && (*cancel || *show)) {
+		fmt.Fprintln(stderr, "livegate-edgeproxy drain: want at most one of --cancel and --show, --deadline (0 or more) only when draining, and no argument")
+		return 2
+	}
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		fmt.Fprintf(stderr, "livegate-edgeproxy drain: --admin-addr %q: want host:port, such as 127.0.0.1:9470\n", addr)
 		return 2
 	}
 	method, u := http.MethodPost, url.URL{Scheme: "http", Host: addr, Path: "/v1/drain"}

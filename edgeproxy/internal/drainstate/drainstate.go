@@ -7,10 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
+	"github.com/livegate/livegate/edgeproxy/internal/atomicfile"
 	"github.com/livegate/livegate/edgeproxy/internal/placement"
 )
 
@@ -74,11 +74,11 @@ func (s *Store) Drain(deadline time.Duration) (placement.Drain, error) {
 	}
 	b, err := json.Marshal(d)
 	if err == nil {
-		err = writeFile(s.path, b)
+		err = atomicfile.Write(s.path, b, 0o600)
 	}
 	if err != nil {
 		s.mu.Unlock()
-		return s.Get(), fmt.Errorf("write drain state %s: %w", s.path, err)
+		return s.Get(), fmt.Errorf("drain state: %w", err)
 	}
 	s.d = d
 	f := s.onChange
@@ -93,9 +93,9 @@ func (s *Store) Drain(deadline time.Duration) (placement.Drain, error) {
 // they went.
 func (s *Store) Cancel() (placement.Drain, error) {
 	s.mu.Lock()
-	if err := os.Remove(s.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := atomicfile.Remove(s.path); err != nil {
 		s.mu.Unlock()
-		return s.Get(), fmt.Errorf("remove drain state %s: %w", s.path, err)
+		return s.Get(), fmt.Errorf("drain state: %w", err)
 	}
 	s.d = placement.Drain{}
 	f := s.onChange
@@ -104,25 +104,4 @@ func (s *Store) Cancel() (placement.Drain, error) {
 		f()
 	}
 	return placement.Drain{}, nil
-}
-
-// writeFile replaces path with b in one rename, so a crash leaves the old state or the new one.
-func writeFile(path string, b []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+"-")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(b); err != nil {
-		_ = tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		_ = tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }

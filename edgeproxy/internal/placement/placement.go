@@ -118,7 +118,7 @@ func Delay(self string, ranked []string, fallback time.Duration) (time.Duration,
 // Drain is an edge's drain state. Deadline zero means no deadline: its routes stay until they end.
 type Drain struct {
 	Draining bool      `json:"draining"`
-	Since    time.Time `json:"since"`
+	Since    time.Time `json:"since,omitzero"`
 	Deadline time.Time `json:"deadline,omitzero"`
 }
 
