@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -48,6 +49,15 @@ func (c Config) Validate() error {
 	for _, u := range c.URLs {
 		if strings.TrimSpace(u) == "" {
 			return errors.New("nats: empty server URL")
+		}
+		// Checked here so that the client's own parse error, which quotes the URL with its
+		// password, never reaches a log.
+		full := u
+		if !strings.Contains(full, "://") {
+			full = "nats://" + full
+		}
+		if _, err := url.Parse(full); err != nil {
+			return fmt.Errorf("nats: server URL %s is not a valid URL", redact([]string{u}))
 		}
 	}
 	return nil

@@ -241,7 +241,7 @@ func TestEndpointTURN(t *testing.T) {
 		if ep := ev.GetEndpointAssigned(); ep != nil {
 			seen = true
 			if ep.GetTurn().GetCredential() != "" || ep.GetTurn().GetUsername() != "1700003600:s1" {
-				t.Errorf("event carries %v", ep.GetTurn())
+				t.Errorf("event carries a TURN credential of %d bytes, username %q", len(ep.GetTurn().GetCredential()), ep.GetTurn().GetUsername())
 			}
 		}
 	}

@@ -147,7 +147,7 @@ func (e *Env) StartEdge(ctx context.Context) error {
 		ID: EdgeID, Pool: pool, Public: netns.EdgePublic, NATSURL: natsURL, StateDir: e.StateFile(""),
 		LogFormat: "json", Extra: append(extra, e.opts.ExtraArgs...),
 	})...)
-	cmd := e.Topo.Edge.Command(ctx, e.opts.Edge, args...)
+	cmd := e.Topo.Edge.Command(context.WithoutCancel(ctx), e.opts.Edge, args...)
 	cmd.Env = append(os.Environ(), e.opts.Env...)
 	p, err := e.procs.StartCmd("edge", cmd)
 	if err != nil {

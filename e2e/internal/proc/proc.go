@@ -39,7 +39,10 @@ func Start(name string, cmd *exec.Cmd, tee io.Writer) (*Proc, error) {
 	cmd.Stdout, cmd.Stderr = w, w
 	// Its own process group, so a Ctrl-C at the terminal reaches the runner alone, which then
 	// stops everything in order; SIGKILL when the runner dies without doing so.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Setpgid, cmd.SysProcAttr.Pdeathsig = true, syscall.SIGKILL
 	if err := startOnLauncher(cmd); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}

@@ -73,7 +73,10 @@ func (g *Group) StartNATS(ctx context.Context, ns *netns.Namespace, c NATSConfig
 	if err := os.WriteFile(s.conf, []byte(natsConfig(c)), 0o600); err != nil {
 		return nil, fmt.Errorf("nats config: %w", err)
 	}
-	return s, s.Start(ctx)
+	if err := s.Start(ctx); err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
 func natsConfig(c NATSConfig) string {

@@ -393,7 +393,7 @@ func (f *flags) settings(drivers map[string]DriverFactory) (*settings, error) {
 		Policy:    routes.Policy{BackendCIDRs: cidrs, BackendPorts: ports, MaxMedia: f.maxMedia},
 		MaxRoutes: f.maxRoutes, Resync: f.resync, Heartbeat: f.heartbeat, EdgeTTL: f.edgeTTL,
 		ClaimDelayStep: f.claimDelayStep, MaxClaimDelay: f.claimDelayMax, Version: buildinfo.Version,
-		ClaimFallback: f.claimFallback, PortReserve: float64(f.portReservePercent) / 100,
+		ClaimFallback: f.claimFallback, PortReserve: float64(min(max(f.portReservePercent, 0), 50)) / 100,
 	}
 	if f.portReservePercent < 0 || f.portReservePercent > 50 {
 		errs = append(errs, fmt.Errorf("--port-reserve-percent %d: want 0 to 50", f.portReservePercent))

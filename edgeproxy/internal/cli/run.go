@@ -161,6 +161,11 @@ func run(ctx context.Context, s *settings, h Hooks, log zerolog.Logger) error {
 	if err != nil {
 		return err
 	}
+	// The kernel plane sweeps dead rules on a timer; it must not write a batch while the edge
+	// stops.
+	if c, ok := plane.(interface{ Close() }); ok {
+		defer c.Close()
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	registerProcessMetrics(reg, nc, plane)

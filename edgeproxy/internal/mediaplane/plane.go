@@ -131,12 +131,6 @@ func WithResyncInterval(d time.Duration) Option {
 	return func(o *options) { o.resync = d }
 }
 
-// WithSweepInterval sets how long the rules of ended ports (tombstones and the DNAT rules they
-// shadow) may stay before a batch deletes them; zero deletes them in the next batch.
-func WithSweepInterval(d time.Duration) Option {
-	return func(o *options) { o.sweep = d }
-}
-
 // WithIdleSweep sets how long without a batch makes the plane sweep the dead rules at once
 // (DefaultIdleSweep); zero leaves them to the sweep interval.
 func WithIdleSweep(d time.Duration) Option {
@@ -475,6 +469,12 @@ func (p *Plane) readBehind(ctx context.Context) {
 		read := p.o.now().Sub(began)
 		p.syncMu.Lock()
 		defer p.syncMu.Unlock()
+		if p.closed {
+			p.mu.Lock()
+			p.readDone = nil
+			p.mu.Unlock()
+			return
+		}
 		touched, reshaped := p.touched, p.reshaped
 		p.mu.Lock()
 		p.readDone = nil
