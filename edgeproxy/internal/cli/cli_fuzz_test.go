@@ -16,7 +16,7 @@ import (
 
 // settingRefusal is how each line of a refused edge configuration starts: the flag, the
 // variable or the file the value came from, or the HAProxy, NATS or reconcile setting it makes.
-var settingRefusal = regexp.MustCompile(`^(--[a-z-]+[ :]|environment LIVEGATE_EDGEPROXY_[A-Z0-9_]+: |environment: |flag --[a-z-]+: |command line: |config /[^:]*: |haproxy (socket|map file|certificate file|bind address|port|tunnel timeout|miss limit|session token)|nats: |edge id |pool |public host |max routes |resync |claim delays |the signaling frontend needs )`)
+var settingRefusal = regexp.MustCompile(`^(--[a-z-]+[ :]|environment LIVEGATE_EDGEPROXY_.*: |environment: |flag --[a-z-]+: |command line: |config /[^:]*: |haproxy (socket|map file|certificate file|bind address|port|tunnel timeout|miss limit|session token)|nats: |edge id |pool |public host |max routes |resync |claim delays |the signaling frontend needs )`)
 
 // hostText is all an accepted --public-host may hold: it is published in livegate_endpoints and
 // ends up in the browser's wss:// URL and in the self-signed certificate as it is.
