@@ -309,25 +309,56 @@ func TestAccountsConfPermissions(t *testing.T) {
 		edge.refused(t, rctx, subject)
 		rcancel()
 	}
-	// The agent follows the edges' refusals of its own route, and only those.
-	refusals := make(chan *nats.Msg, 4)
-	if _, err := agent.nc.ChanSubscribe("livegate.v1.events.*.app-1.route_refused", refusals); err != nil {
-		t.Fatalf("agent: follow its refusals: %v", err)
-	}
-	_ = agent.nc.FlushWithContext(ctx)
+	// The agent follows the edges' refusals of its own route from the stream (as the agent does:
+	// events.Follow), and only those.
 	if err := events.NewPublisher(edge.js, "livegate-edgeproxy/edge-1").Publish(ctx, &livegatev1.Event{
 		Type: livegatev1.EventType_EVENT_TYPE_ROUTE_REFUSED, InstanceId: "app-1", Pool: "default",
 		Details: &livegatev1.Event_RouteRefused{RouteRefused: &livegatev1.RouteRefused{EdgeId: "edge-1", Reason: "test"}},
 	}); err != nil {
 		t.Fatalf("edge: refusal event: %v", err)
 	}
+	follow := func(instance string) (<-chan *livegatev1.Event, <-chan error, context.CancelFunc) {
+		got, failed := make(chan *livegatev1.Event, 4), make(chan error, 1)
+		fctx, fcancel := context.WithCancel(ctx)
+		go func() {
+			failed <- events.Follow(fctx, agent.js, "livegate.v1.events.*."+instance+".route_refused", events.FollowHandler{
+				Event: func(_ string, ev *livegatev1.Event) { got <- ev },
+			})
+		}()
+		return got, failed, fcancel
+	}
+	refusals, failed, stop := follow("app-1")
 	select {
-	case <-refusals:
+	case ev := <-refusals:
+		if ev.GetRouteRefused().GetReason() != "test" {
+			t.Errorf("agent read refusal %v", ev)
+		}
+	case err := <-failed:
+		t.Errorf("agent may not follow its refusals: %v", err)
 	case err := <-agent.denied:
 		t.Errorf("agent may not follow its refusals: %v", err)
 	case <-ctx.Done():
 		t.Error("agent got no refusal of its route")
 	}
+	stop()
+	if err := <-failed; err != nil {
+		t.Errorf("agent following its refusals: %v", err)
+	}
+	select {
+	case err := <-agent.denied:
+		t.Errorf("agent following its refusals was denied: %v", err)
+	default:
+	}
+	others, failed, stop := follow("app-2")
+	select {
+	case ev := <-others:
+		t.Errorf("agent read another instance's refusal %v", ev)
+	case <-failed:
+	case <-agent.denied:
+	case <-time.After(5 * time.Second):
+		t.Error("agent may follow another instance's refusals")
+	}
+	stop()
 	if _, err := agent.nc.Subscribe("livegate.v1.events.>", func(*nats.Msg) {}); err == nil {
 		rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
 		_ = agent.nc.FlushWithContext(rctx)

@@ -371,23 +371,40 @@ func RefusalSubject(instance string) string {
 }
 
 // runRefusals follows the edges' route_refused events about this instance, so the agent can say
-// why its route is not served. A plain subscription is enough: an edge says a refusal again with
-// each revision of the route, so one missed while NATS was away comes back with the next renewal.
+// why its route is not served. An edge reports a refusal once per change of the route, not with
+// each lease renewal, so they are read from the stream: one published while NATS was away, or
+// before this process started, still arrives (an old session's is ignored by the session id).
 func (p *Publisher) runRefusals(ctx context.Context) {
-	sub, err := p.nc.Subscribe(RefusalSubject(p.cfg.InstanceID), func(m *nats.Msg) {
-		ev, err := events.Decode(m.Data)
-		if err != nil || ev.GetRouteRefused() == nil || ev.InstanceId != p.cfg.InstanceID {
-			p.log.Debug().Err(err).Str("subject", m.Subject).Msg("route_refused event ignored")
+	warned := false
+	for {
+		_, err := p.ensure(ctx)
+		if err == nil {
+			err = events.Follow(ctx, p.js, RefusalSubject(p.cfg.InstanceID), events.FollowHandler{
+				Event: func(subject string, ev *livegatev1.Event) {
+					if ev.GetRouteRefused() == nil || ev.InstanceId != p.cfg.InstanceID {
+						p.log.Debug().Str("subject", subject).Msg("route_refused event ignored")
+						return
+					}
+					p.onRefused(ev)
+				},
+				Bad: func(subject string, err error) {
+					p.log.Debug().Err(err).Str("subject", subject).Msg("route_refused event ignored")
+				},
+				Error: func(err error) { p.log.Debug().Err(err).Msg("route refusals: consumer trouble") },
+			})
+		}
+		if err == nil || ctx.Err() != nil {
 			return
 		}
-		p.onRefused(ev)
-	})
-	if err != nil {
-		p.log.Warn().Err(err).Msg("route refusals not followed")
-		return
+		l := p.log.Debug()
+		if !warned {
+			l, warned = p.log.Warn(), true
+		}
+		l.Err(err).Msg("route refusals not followed yet")
+		if !sleep(ctx, routeRetry) {
+			return
+		}
 	}
-	<-ctx.Done()
-	_ = sub.Unsubscribe()
 }
 
 func (p *Publisher) runConnGauge(ctx context.Context) {

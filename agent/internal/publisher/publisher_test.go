@@ -13,6 +13,7 @@ import (
 	"github.com/livegate/livegate/pkg/natstest"
 	"github.com/livegate/livegate/pkg/wire"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 )
@@ -139,6 +140,57 @@ func TestOutboxRouteAndEndpoint(t *testing.T) {
 	if _, err := b.Routes.Get(ctx, "i1"); !errors.Is(err, jetstream.ErrKeyNotFound) {
 		t.Errorf("route after SetRoute(\"\"): %v", err)
 	}
+	cancel()
+	<-done
+}
+
+// TestRefusalsAreReadFromTheStream: an edge says a refusal once per change of the route, so the
+// agent must get one published before it was following (its start, a reconnect) and one
+// published after the server restarted.
+func TestRefusalsAreReadFromTheStream(t *testing.T) {
+	srv := natstest.External(t)
+	nc, js := natstest.Connect(t, srv.URL(), nats.ReconnectWait(100*time.Millisecond), nats.MaxReconnects(-1))
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	if err := events.EnsureStream(ctx, js); err != nil {
+		t.Fatal(err)
+	}
+	edge := events.NewPublisher(js, "livegate-edgeproxy/e1")
+	refuse := func(reason string) {
+		t.Helper()
+		if err := edge.Publish(ctx, &livegatev1.Event{Type: livegatev1.EventType_EVENT_TYPE_ROUTE_REFUSED, InstanceId: "i1", Pool: "p1", SessionId: "s1",
+			Details: &livegatev1.Event_RouteRefused{RouteRefused: &livegatev1.RouteRefused{EdgeId: "e1", Reason: reason}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	refuse("before the agent followed")
+
+	refusals := make(chan string, 8)
+	p, err := New(nc, Config{InstanceID: "i1", Pool: "p1", SignalingBackend: "10.0.0.1:30000", LeaseTTL: 3 * time.Second, Source: "livegate-agent/i1"},
+		zerolog.Nop(), metrics.New(), func(*livegatev1.Endpoint) {}, func(ev *livegatev1.Event) { refusals <- ev.GetRouteRefused().GetReason() })
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); p.Run(ctx) }()
+	next := func(want string) {
+		t.Helper()
+		select {
+		case got := <-refusals:
+			if got != want {
+				t.Errorf("refusal %q, want %q", got, want)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("refusal %q never reached the agent", want)
+		}
+	}
+	next("before the agent followed")
+
+	srv.Stop()
+	srv.Start()
+	eventually(t, "reconnected", nc.IsConnected)
+	refuse("after the server restarted")
+	next("after the server restarted")
 	cancel()
 	<-done
 }
