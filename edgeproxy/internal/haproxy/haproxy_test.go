@@ -104,6 +104,50 @@ func TestSupervisorStoppedWhileStartingLeavesHAProxy(t *testing.T) {
 	}
 }
 
+// TestSupervisorAdoptsHAProxyWithoutPidFile: an edge killed between starting HAProxy and writing
+// the pid file leaves a master holding the ports; the next supervisor adopts it rather than
+// start a second one beside it (HAProxy binds with SO_REUSEPORT, so both would serve).
+func TestSupervisorAdoptsHAProxyWithoutPidFile(t *testing.T) {
+	bin := haproxytest.Binary(t)
+	f := configured(t)
+	orphan := exec.Command(bin, "-W", "-db", "-f", f.Config)
+	orphan.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := orphan.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(-orphan.Process.Pid, syscall.SIGKILL); _ = orphan.Wait() })
+	client := haproxy.NewClient(f.Socket, time.Second)
+	ping, _ := haproxy.NewCommand("show", "info")
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := client.Exec(context.Background(), ping); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("hand-started haproxy not answering after 20s")
+		}
+	}
+	ready := make(chan struct{}, 1)
+	sup := haproxy.NewSupervisor(bin, f.Config, f.PidFile, client,
+		zerolog.New(zerolog.NewTestWriter(t)), haproxy.StopOnExit(false), haproxy.OnReady(func() { ready <- struct{}{} }))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- sup.Run(ctx) }()
+	select {
+	case <-ready:
+	case err := <-done:
+		t.Fatalf("Run: %v", err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("haproxy not ready after 20s")
+	}
+	if got := sup.Pid(); got != orphan.Process.Pid {
+		t.Errorf("supervisor holds haproxy %d, want the running master %d", got, orphan.Process.Pid)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+}
+
 // TestSupervisorOutputLogOneComponent checks that HAProxy's own lines carry the component key
 // once, whatever the supervisor's logger already carries.
 func TestSupervisorOutputLogOneComponent(t *testing.T) {

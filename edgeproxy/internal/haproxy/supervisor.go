@@ -102,6 +102,16 @@ func (s *Supervisor) runOnce(ctx context.Context) error {
 	if pid, ok := s.livePid(); ok {
 		return s.adopt(ctx, pid)
 	}
+	// An edge killed between starting HAProxy and writing the pid file left a master that holds
+	// the ports: another started beside it would share them (SO_REUSEPORT), the old one serving
+	// stale routes, so it is found and adopted.
+	if pid, ok := s.findMaster(); ok {
+		if err := atomicfile.Write(s.pidFile, []byte(strconv.Itoa(pid)+"\n"), 0o644); err != nil {
+			return err
+		}
+		s.log.Warn().Int("pid", pid).Str("pid_file", s.pidFile).Msg("haproxy running our configuration found without its pid file")
+		return s.adopt(ctx, pid)
+	}
 	return s.start(ctx)
 }
 
@@ -115,17 +125,61 @@ func (s *Supervisor) livePid() (int, bool) {
 	if err != nil || pid <= 1 {
 		return 0, false
 	}
+	return pid, s.runsConfig(pid) && !zombie(pid)
+}
+
+// runsConfig reports whether pid's command line holds -f with our configuration file.
+func (s *Supervisor) runsConfig(pid int) bool {
 	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	if err != nil {
-		return 0, false
+		return false
 	}
 	args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
 	for i := 0; i+1 < len(args); i++ {
 		if args[i] == "-f" && args[i+1] == s.config {
-			return pid, !zombie(pid)
+			return true
 		}
 	}
+	return false
+}
+
+// findMaster looks through /proc for a live process running our configuration whose parent does
+// not (the workers are forks of the master, with its command line).
+func (s *Supervisor) findMaster() (int, bool) {
+	dirs, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0, false
+	}
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil || pid <= 1 || !s.runsConfig(pid) || zombie(pid) {
+			continue
+		}
+		if ppid := parentPid(pid); ppid > 1 && s.runsConfig(ppid) {
+			continue
+		}
+		return pid, true
+	}
 	return 0, false
+}
+
+// parentPid is pid's parent from /proc/<pid>/stat, or 0.
+func parentPid(pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The fields after the command name (in parentheses, which may hold spaces): state, ppid.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 2 {
+		return 0
+	}
+	ppid, _ := strconv.Atoi(f[1])
+	return ppid
 }
 
 func zombie(pid int) bool {
