@@ -113,6 +113,9 @@ func newEnv(t *testing.T, nodes int) *env {
 	bins := built.For(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	t.Cleanup(cancel)
+	// Before LabFor: cleanups run last first, so the directory goes after the processes writing
+	// into it have stopped.
+	state := t.TempDir()
 	lab := stack.LabFor(ctx, t, prefix, "LIVEGATE_CLUSTER_LOGS")
 	if dir := os.Getenv("LIVEGATE_CLUSTER_LOGDIR"); dir != "" {
 		lab.Procs.Output = func(name string) io.Writer {
@@ -124,7 +127,7 @@ func newEnv(t *testing.T, nodes int) *env {
 			return f
 		}
 	}
-	e := &env{t: t, ctx: ctx, dir: t.TempDir(), bins: bins, lab: lab}
+	e := &env{t: t, ctx: ctx, dir: state, bins: bins, lab: lab}
 	t.Cleanup(func() {
 		if e.nc != nil {
 			e.nc.Close()

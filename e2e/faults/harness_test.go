@@ -135,8 +135,11 @@ func newEnv(t *testing.T, cfg config) *env {
 	b := built.For(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	t.Cleanup(cancel)
+	// Before LabFor: cleanups run last first, so the directory goes after the processes writing
+	// into it (the edges' state) have stopped.
+	dir := t.TempDir()
 	lab := stack.LabFor(ctx, t, prefix, "LIVEGATE_FAULTS_LOGS")
-	e := &env{t: t, ctx: ctx, id: lab.ID, dir: t.TempDir(), bins: b, lab: lab, hub: lab.Hub, cfg: cfg}
+	e := &env{t: t, ctx: ctx, id: lab.ID, dir: dir, bins: b, lab: lab, hub: lab.Hub, cfg: cfg}
 	start := time.Now()
 	t.Cleanup(func() {
 		// The test's own connections go first: the processes stop after them.
