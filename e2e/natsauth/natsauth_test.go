@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/livegate/livegate/pkg/events"
+	"github.com/livegate/livegate/pkg/freeport"
 	"github.com/livegate/livegate/pkg/kvstore"
 	"github.com/livegate/livegate/pkg/natsconn"
 	"github.com/livegate/livegate/pkg/natstest"
@@ -89,8 +90,8 @@ func startServer(t *testing.T) *rig {
 	}
 	var cert, key string
 	r.ca, cert, key = makeCerts(t, dir)
-	port := natstest.FreePort(t)
-	cmd := exec.Command(bin, "-c", confPath, "-a", "127.0.0.1", "-p", fmt.Sprint(port), "-m", fmt.Sprint(natstest.FreePort(t)),
+	port := freeport.TCP(t)
+	cmd := exec.Command(bin, "-c", confPath, "-a", "127.0.0.1", "-p", fmt.Sprint(port), "-m", fmt.Sprint(freeport.TCP(t)),
 		"--tls", "--tlscert", cert, "--tlskey", key)
 	out, _ := os.Create(filepath.Join(dir, "nats.log"))
 	cmd.Stdout, cmd.Stderr = out, out
