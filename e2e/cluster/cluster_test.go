@@ -69,11 +69,11 @@ func TestClusterNodeLossAndPartition(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dead.p.Kill()
-	t.Logf("killed %s (SIGKILL), the routes bucket's leader", dead.name)
-	hold(dead.name+" down", leaseTTL+2*time.Second)
+	dead.Stop(true)
+	t.Logf("killed %s (SIGKILL), the routes bucket's leader", dead.Name)
+	hold(dead.Name+" down", leaseTTL+2*time.Second)
 	e.restart(dead)
-	t.Logf("%s started again", dead.name)
+	t.Logf("%s started again", dead.Name)
 	// One fault at a time, as an operator restarts one node at a time: every stream is led and
 	// its copies current again before the next.
 	e.eventually(30*time.Second, "every stream led again with all three copies current", e.allCurrent)
@@ -83,10 +83,10 @@ func TestClusterNodeLossAndPartition(t *testing.T) {
 	// and its clients both lose it.
 	where, cut := e.placement()
 	e.partition(cut, true)
-	t.Logf("partitioned %s (clients: %s)", cut.name, where)
-	hold(cut.name+" partitioned", leaseTTL+2*time.Second)
+	t.Logf("partitioned %s (clients: %s)", cut.Name, where)
+	hold(cut.Name+" partitioned", leaseTTL+2*time.Second)
 	e.partition(cut, false)
-	t.Logf("healed the partition of %s", cut.name)
+	t.Logf("healed the partition of %s", cut.Name)
 	hold("healed churn", 3*time.Second)
 	stopChurn()
 	e.eventually(30*time.Second, "every stream's copies current again", e.allCurrent)
@@ -281,7 +281,7 @@ func (w *watch) churn() func() {
 			}
 			key := "c" + strconv.Itoa(seq)
 			sess := "churn-" + strconv.Itoa(seq)
-			err := putRoute(ctx, e.kv.Routes, key, sess, nodeLAN(1+seq%len(e.nodes)))
+			err := putRoute(ctx, e.kv.Routes, key, sess, stack.LabNodeLAN(1+seq%len(e.nodes)))
 			w.mu.Lock()
 			if err == nil {
 				now := time.Now()

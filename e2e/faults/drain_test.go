@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/livegate/livegate/e2e/internal/stack"
+	"github.com/livegate/livegate/e2e/internal/wsclient"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
 )
 
@@ -40,7 +41,7 @@ func TestDrainHandsSessionsToThePool(t *testing.T) {
 	t.Logf("figure: %d sessions split edge1 %d, edge2 %d; draining %s with %d", len(all), served["edge1"], served["edge2"], drained.id, len(held))
 
 	// A client on every session of the drained edge, and media through the agent's session.
-	conns := map[string]*ws{}
+	conns := map[string]*wsclient.Conn{}
 	for _, s := range held {
 		conns[s.instance] = e.mustDial(drained, s.id)
 	}
@@ -64,7 +65,7 @@ func TestDrainHandsSessionsToThePool(t *testing.T) {
 	for inst, w := range conns {
 		wg.Go(func() {
 			for n := 0; n < 200 && time.Now().Before(echoUntil); n++ {
-				if err := w.echo(e.ctx); err != nil {
+				if err := e.echo(w); err != nil {
 					cut <- fmt.Errorf("%s's websocket through %s %s after the drain, before its deadline: %w", inst, drained.id, since(drainedAt), err)
 					return
 				}
@@ -97,7 +98,7 @@ func TestDrainHandsSessionsToThePool(t *testing.T) {
 			t.Errorf("before the deadline: %v", err)
 		}
 	}
-	media.wait(t, "media of node1 while its edge drains", 0.05)
+	waitFlow(t, media, "media of node1 while its edge drains", 0.05)
 	wg.Wait()
 	close(cut)
 	for err := range cut {
@@ -130,7 +131,7 @@ func TestDrainHandsSessionsToThePool(t *testing.T) {
 		t.Errorf("sessions moved %s before the deadline", round(deadlineAt.Sub(handedAt)))
 	}
 	for _, w := range conns {
-		w.close()
+		w.Close()
 	}
 	for k := range all {
 		moved := e.routed(k, all[k].id)
@@ -138,10 +139,10 @@ func TestDrainHandsSessionsToThePool(t *testing.T) {
 			t.Errorf("%s routed on %s", k, moved.edge.id)
 		}
 		w := e.mustDial(other, moved.id)
-		if err := w.echo(e.ctx); err != nil {
+		if err := e.echo(w); err != nil {
 			t.Errorf("%s through %s after the hand-over: %v", k, other.id, err)
 		}
-		w.close()
+		w.Close()
 	}
 	resumed := e.waitEvent(mark, "node1", livegatev1.EventType_EVENT_TYPE_SESSION_RESUMED)
 	t.Logf("node1's client resumed session %s through %s", resumed.Event.GetSessionId(), other.id)
@@ -215,7 +216,7 @@ func (e *env) admin(g *edge, path string) (int, string) {
 func (e *env) statusDraining(g *edge, want bool) error {
 	ctx, cancel := context.WithTimeout(e.ctx, 15*time.Second)
 	defer cancel()
-	out, err := g.ns.Command(ctx, e.bins.Edge, "status", "-o", "json", "--nats-url", fmt.Sprintf("nats://%s:%d", stack.LabHubCtl, natsPort)).Output()
+	out, err := g.ns.Command(ctx, e.bins.Edge, "status", "-o", "json", "--nats-url", fmt.Sprintf("nats://%s:%d", stack.LabHubCtl, stack.NATSPort)).Output()
 	if err != nil {
 		return fmt.Errorf("livegate-edgeproxy status: %w", err)
 	}

@@ -23,7 +23,7 @@ func TestEdgeKilledUnderChurn(t *testing.T) {
 	g := e.edges[0]
 	s := e.routed("node1", "")
 	w := e.mustDial(g, s.id)
-	defer w.close()
+	defer w.Close()
 	// The agent's state after its client connected; any client_disconnected from here on
 	// would mean the websocket broke.
 	e.waitEvent(0, "node1", livegatev1.EventType_EVENT_TYPE_CLIENT_CONNECTED)
@@ -63,7 +63,7 @@ func TestEdgeKilledUnderChurn(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	w.close()
+	w.Close()
 	stopAgents(t, e)
 	e.clean()
 }
@@ -104,7 +104,7 @@ func startChurn(e *env, keys int, every time.Duration) *churn {
 			if present {
 				err = e.kv.deleteRoute(ctx, key)
 			} else {
-				err = e.kv.putRoute(ctx, key, session, nodeLAN(2))
+				err = e.kv.putRoute(ctx, key, session, stack.LabNodeLAN(2))
 			}
 			if err != nil {
 				if ctx.Err() == nil {

@@ -2,7 +2,6 @@ package faults
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -11,16 +10,15 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/coder/websocket"
 	"github.com/livegate/livegate/e2e/internal/netns"
 	"github.com/livegate/livegate/e2e/internal/observer"
 	"github.com/livegate/livegate/e2e/internal/proc"
 	"github.com/livegate/livegate/e2e/internal/stack"
+	"github.com/livegate/livegate/e2e/internal/wsclient"
 	"github.com/livegate/livegate/pkg/dtlssrtp"
 	"github.com/livegate/livegate/pkg/kvstore"
 	"github.com/livegate/livegate/pkg/wire"
@@ -36,10 +34,7 @@ import (
 const prefix = "lgf"
 
 const (
-	pool             = "faults"
-	natsPort         = stack.NATSPort
-	appSignalingPort = stack.AppSignalingPort
-	appMediaPort     = stack.AppMediaPort
+	pool = "faults"
 	// mediaFirst..mediaLast is the edges' public UDP range: small, so a leak shows quickly.
 	mediaFirst = 10500
 	mediaLast  = 10599
@@ -54,10 +49,9 @@ const (
 	kvTimeout = 5 * time.Second
 )
 
-// nodeLAN is node i's address, where its app listens. The faults topology is a stack.Lab's: the
-// hub holds the public, ctl and lan bridges and the NATS server (on ctl for the edges, on lan for
-// the agents, so the two can be cut apart).
-func nodeLAN(i int) netip.Addr { return stack.LabNodeLAN(i) }
+// The faults topology is a stack.Lab's: the hub holds the public, ctl and lan bridges and the
+// NATS server (on ctl for the edges, on lan for the agents, so the two can be cut apart); node
+// i's app listens at stack.LabNodeLAN(i).
 
 var built stack.Built
 
@@ -199,7 +193,7 @@ func (e *env) build() error {
 
 // NATS ---------------------------------------------------------------------------------------
 
-func (e *env) natsURL() string { return fmt.Sprintf("nats://127.0.0.1:%d", natsPort) }
+func (e *env) natsURL() string { return fmt.Sprintf("nats://127.0.0.1:%d", stack.NATSPort) }
 
 // natsOpts are the test's own connections' options: from inside the hub, reconnecting at once
 // and forever, so a restart of the server costs the observer nothing.
@@ -235,7 +229,7 @@ func (e *env) blockAgents(block bool) {
 	if block {
 		op = "-I"
 	}
-	if err := e.hub.Run(e.ctx, "iptables", op, "INPUT", "-d", stack.LabHubLAN.String(), "-p", "tcp", "--dport", strconv.Itoa(natsPort),
+	if err := e.hub.Run(e.ctx, "iptables", op, "INPUT", "-d", stack.LabHubLAN.String(), "-p", "tcp", "--dport", strconv.Itoa(stack.NATSPort),
 		"-j", "REJECT", "--reject-with", "tcp-reset"); err != nil {
 		e.t.Errorf("block agents %t: %v", block, err)
 	}
@@ -256,8 +250,8 @@ func (e *env) dialKV() (*kvClient, error) {
 func (c *kvClient) putRoute(ctx context.Context, key, session string, backend netip.Addr) error {
 	data, err := wire.Marshal(&livegatev1.Route{
 		SessionId: session, InstanceId: key, Pool: pool,
-		SignalingBackend: netip.AddrPortFrom(backend, appSignalingPort).String(),
-		MediaBackends:    []string{netip.AddrPortFrom(backend, appMediaPort).String()},
+		SignalingBackend: netip.AddrPortFrom(backend, stack.AppSignalingPort).String(),
+		MediaBackends:    []string{netip.AddrPortFrom(backend, stack.AppMediaPort).String()},
 		LeaseTtl:         durationpb.New(time.Hour), RenewedAt: timestamppb.Now(),
 	})
 	if err != nil {
@@ -337,7 +331,7 @@ func (e *env) addEdge(k int) (*edge, error) {
 		return nil, err
 	}
 	c := stack.EdgeConfig{
-		ID: g.id, Pool: pool, Public: stack.LabEdgePublic(k), NATSURL: fmt.Sprintf("nats://%s:%d", stack.LabHubCtl, natsPort), StateDir: g.dir,
+		ID: g.id, Pool: pool, Public: stack.LabEdgePublic(k), NATSURL: fmt.Sprintf("nats://%s:%d", stack.LabHubCtl, stack.NATSPort), StateDir: g.dir,
 		MediaPorts: fmt.Sprintf("%d-%d", mediaFirst, mediaLast), PortQuarantine: quarantine,
 		Resync: resync, Heartbeat: heartbeat, TTL: edgeTTL,
 	}
@@ -456,7 +450,7 @@ func (e *env) addNode(i int, nc nodeConfig) error {
 	if err != nil {
 		return err
 	}
-	if err := e.lab.Link(ctx, ns, role, "l", "bl", nodeLAN(i)); err != nil {
+	if err := e.lab.Link(ctx, ns, role, "l", "bl", stack.LabNodeLAN(i)); err != nil {
 		return err
 	}
 	n := &node{i: i, instance: fmt.Sprintf("node%d", i), ns: ns}
@@ -465,7 +459,7 @@ func (e *env) addNode(i int, nc nodeConfig) error {
 		// The agent serves the next session instead of quitting; without a resume window a
 		// session ends as soon as its client leaves.
 		if n.agent, err = e.lab.Procs.StartAgent(ctx, "agent"+strconv.Itoa(i), ns, e.bins.Agent, stack.AgentConfig{
-			InstanceID: n.instance, Pool: pool, NATSHost: stack.LabHubLAN, BackendIP: nodeLAN(i),
+			InstanceID: n.instance, Pool: pool, NATSHost: stack.LabHubLAN, BackendIP: stack.LabNodeLAN(i),
 			LeaseTTL: leaseTTL, ResumeTimeoutSeconds: int(nc.resume.Seconds()),
 		}); err != nil {
 			return err
@@ -531,7 +525,7 @@ func (e *env) routeMany(prefix string, n int) map[string]session {
 	var keys []string
 	for i := 1; i <= n; i++ {
 		key := fmt.Sprintf("%s%d", prefix, i)
-		if err := e.kv.putRoute(e.ctx, key, "sess-"+key, nodeLAN(2)); err != nil {
+		if err := e.kv.putRoute(e.ctx, key, "sess-"+key, stack.LabNodeLAN(2)); err != nil {
 			e.t.Fatal(err)
 		}
 		keys = append(keys, key)
@@ -552,49 +546,24 @@ func (e *env) edgeByID(id string) *edge {
 	return nil
 }
 
-// ws is a browser's signaling websocket through an edge; the demo app echoes what it gets.
-type ws struct {
-	c *websocket.Conn
-	n int
-}
-
-// dial opens a websocket for sessionID through edge g from the client namespace. A refused
-// handshake returns the HTTP status.
-func (e *env) dial(ctx context.Context, g *edge, sessionID string) (*ws, int, error) {
-	tr := &http.Transport{
-		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			raw, err := e.client.Dial(ctx, "tcp", addr)
-			if err != nil {
-				return nil, err
-			}
-			// Self-signed in tests: what is under test is the routing behind TLS.
-			tc := tls.Client(raw, &tls.Config{InsecureSkipVerify: true, ServerName: "livegate"})
-			if err := tc.HandshakeContext(ctx); err != nil {
-				_ = raw.Close()
-				return nil, err
-			}
-			return tc, nil
-		},
-		DisableKeepAlives: true,
-	}
+// dial opens a browser's signaling websocket for sessionID through edge g from the client
+// namespace; the demo app echoes what it gets. A refused handshake returns the HTTP status.
+func (e *env) dial(ctx context.Context, g *edge, sessionID string) (*wsclient.Conn, int, error) {
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	c, resp, err := websocket.Dial(dctx, "wss://"+g.public()+"/sign_in?peer_id=faults&version=2", &websocket.DialOptions{
-		HTTPClient:   &http.Client{Transport: tr},
-		Subprotocols: []string{"x-nv-sessionid." + sessionID},
-	})
+	w, err := wsclient.Dial(dctx, e.client.Dial, g.public(), sessionID)
 	if err != nil {
 		code := 0
-		if resp != nil {
-			code = resp.StatusCode
+		if se := (*wsclient.StatusError)(nil); errors.As(err, &se) {
+			code = se.Code
 		}
 		return nil, code, fmt.Errorf("websocket for %s through %s: %w", sessionID, g.id, err)
 	}
-	return &ws{c: c}, http.StatusSwitchingProtocols, nil
+	return w, http.StatusSwitchingProtocols, nil
 }
 
 // mustDial opens a websocket or fails the test.
-func (e *env) mustDial(g *edge, sessionID string) *ws {
+func (e *env) mustDial(g *edge, sessionID string) *wsclient.Conn {
 	e.t.Helper()
 	w, _, err := e.dial(e.ctx, g, sessionID)
 	if err != nil {
@@ -603,26 +572,12 @@ func (e *env) mustDial(g *edge, sessionID string) *ws {
 	return w
 }
 
-// echo sends a message and waits for the app's echo.
-func (w *ws) echo(ctx context.Context) error {
-	w.n++
-	msg := fmt.Sprintf("faults-echo-%d", w.n)
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+// echo sends a message on w and waits (5 s at most) for the app's echo.
+func (e *env) echo(w *wsclient.Conn) error {
+	ctx, cancel := context.WithTimeout(e.ctx, 5*time.Second)
 	defer cancel()
-	if err := w.c.Write(ctx, websocket.MessageText, []byte(msg)); err != nil {
-		return fmt.Errorf("websocket write: %w", err)
-	}
-	_, got, err := w.c.Read(ctx)
-	if err != nil {
-		return fmt.Errorf("websocket read: %w", err)
-	}
-	if string(got) != msg {
-		return fmt.Errorf("websocket echo %q, want %q", got, msg)
-	}
-	return nil
+	return w.Echo(ctx)
 }
-
-func (w *ws) close() { _ = w.c.Close(websocket.StatusNormalClosure, "") }
 
 // refused checks that edge g answers 404 for sessionID (eventually).
 func (e *env) refused(g *edge, sessionID string) {
@@ -630,7 +585,7 @@ func (e *env) refused(g *edge, sessionID string) {
 	e.eventually(10*time.Second, g.id+" refuses "+sessionID, func() error {
 		w, code, err := e.dial(e.ctx, g, sessionID)
 		if err == nil {
-			w.close()
+			_ = w.Close()
 			return errors.New("websocket still upgraded")
 		}
 		if code != http.StatusNotFound {
@@ -640,98 +595,54 @@ func (e *env) refused(g *edge, sessionID string) {
 	})
 }
 
-// flow is DTLS-SRTP media through a public port, running in the background.
-type flow struct {
-	done chan struct{}
-	// echoed counts the echoes so far: the report comes only once the flow ends.
-	echoed atomic.Int64
-	rep    *dtlssrtp.Report
-	err    error
-}
-
-// startFlow sends media from the client through edge g's public port for about d, 50 packets
-// a second, each echoed by the app.
-func (e *env) startFlow(g *edge, port int, d time.Duration) *flow {
-	f := &flow{done: make(chan struct{})}
+// startFlow sends media from the client through edge g's public port for about d, each packet
+// echoed by the app.
+func (e *env) startFlow(g *edge, port int, d time.Duration) *stack.Flow {
 	addr := net.JoinHostPort(stack.LabEdgePublic(g.k).String(), strconv.Itoa(port))
-	dial := func(ctx context.Context, network, address string) (net.Conn, error) {
-		c, err := e.client.Dial(ctx, network, address)
-		if err != nil {
-			return nil, err
-		}
-		uc, ok := c.(*net.UDPConn)
-		if !ok {
-			_ = c.Close()
-			return nil, fmt.Errorf("media socket to %s is a %T, want a UDP socket", address, c)
-		}
-		return countingConn{UDPConn: uc, rtp: &f.echoed}, nil
-	}
-	go func() {
-		defer close(f.done)
-		ctx, cancel := context.WithTimeout(e.ctx, d+30*time.Second)
-		defer cancel()
-		f.rep, f.err = dtlssrtp.Probe(ctx, addr, dtlssrtp.WithDialer(dial),
-			dtlssrtp.WithCount(int(d.Seconds()*50)), dtlssrtp.WithRate(50), dtlssrtp.WithDrain(500*time.Millisecond))
-	}()
-	return f
-}
-
-// countingConn counts the RTP datagrams the probe reads, told from DTLS and RTCP as the probe
-// tells them (RFC 7983, RFC 5761). The UDP socket stays embedded so the probe can still size its
-// buffers.
-type countingConn struct {
-	*net.UDPConn
-	rtp *atomic.Int64
-}
-
-func (c countingConn) Read(b []byte) (int, error) {
-	n, err := c.UDPConn.Read(b)
-	if n >= 2 && b[0] >= 128 && b[0] <= 191 && (b[1] < 192 || b[1] > 223) {
-		c.rtp.Add(1)
-	}
-	return n, err
+	return stack.StartFlow(e.ctx, e.client.Dial, addr, d)
 }
 
 // flowing waits until the app echoes f's media: a fault injected sooner could hit the DTLS
 // handshake instead of the flow it is about.
-func (e *env) flowing(f *flow) {
+func (e *env) flowing(f *stack.Flow) {
 	e.t.Helper()
 	e.eventually(10*time.Second, "media echoed", func() error {
-		if f.echoed.Load() > 0 {
+		if f.Echoed() > 0 {
 			return nil
 		}
 		select {
-		case <-f.done:
-			return fmt.Errorf("the flow ended before any echo: %v", f.err)
+		case <-f.Done():
+			_, err := f.Result()
+			return fmt.Errorf("the flow ended before any echo: %v", err)
 		default:
 			return errors.New("no echo yet")
 		}
 	})
 }
 
-// wait returns the flow's report once it ended; maxLoss bounds the share of echoes lost.
-func (f *flow) wait(t *testing.T, what string, maxLoss float64) *dtlssrtp.Report {
+// waitFlow returns f's report once it ended; maxLoss bounds the share of echoes lost.
+func waitFlow(t *testing.T, f *stack.Flow, what string, maxLoss float64) *dtlssrtp.Report {
 	t.Helper()
-	<-f.done
-	if f.err != nil {
-		t.Fatalf("%s: media: %v", what, f.err)
+	rep, err := f.Result()
+	if err != nil {
+		t.Fatalf("%s: media: %v", what, err)
 	}
-	t.Logf("%s: media %s: %d/%d echoed (loss %.1f%%), rtt p50 %s max %s", what, f.rep.Addr, f.rep.Received, f.rep.Sent,
-		100*f.rep.Loss, f.rep.RTTp50, f.rep.RTTMax)
-	if f.rep.Loss > maxLoss {
-		t.Errorf("%s: media loss %.1f%% over %.0f%%", what, 100*f.rep.Loss, 100*maxLoss)
+	t.Logf("%s: media %s: %d/%d echoed (loss %.1f%%), rtt p50 %s max %s", what, rep.Addr, rep.Received, rep.Sent,
+		100*rep.Loss, rep.RTTp50, rep.RTTMax)
+	if rep.Loss > maxLoss {
+		t.Errorf("%s: media loss %.1f%% over %.0f%%", what, 100*rep.Loss, 100*maxLoss)
 	}
-	return f.rep
+	return rep
 }
 
 // carriedOn checks that session s came through fault intact: its websocket w still echoes, its
 // media flow lost at most 5%, and its endpoint is unchanged.
-func (e *env) carriedOn(fault string, s session, w *ws, media *flow) {
+func (e *env) carriedOn(fault string, s session, w *wsclient.Conn, media *stack.Flow) {
 	e.t.Helper()
-	if err := w.echo(e.ctx); err != nil {
+	if err := e.echo(w); err != nil {
 		e.t.Errorf("%s's websocket across %s: %v", s.instance, fault, err)
 	}
-	media.wait(e.t, fault, 0.05)
+	waitFlow(e.t, media, fault, 0.05)
 	if err := e.unchanged(s); err != nil {
 		e.t.Errorf("after %s: %v", fault, err)
 	}
@@ -751,12 +662,11 @@ func (e *env) unchanged(s session) error {
 
 // probe checks media through a public port once (a short flow).
 func (e *env) probe(g *edge, port int) error {
-	f := e.startFlow(g, port, time.Second)
-	<-f.done
-	if f.err != nil {
-		return f.err
+	rep, err := e.startFlow(g, port, time.Second).Result()
+	if err != nil {
+		return err
 	}
-	if f.rep.Received == 0 {
+	if rep.Received == 0 {
 		return fmt.Errorf("media through %s udp %d: nothing echoed", g.id, port)
 	}
 	return nil

@@ -16,7 +16,7 @@ func TestEdgePartitionedFromNATS(t *testing.T) {
 	g := e.edges[0]
 	s1, s2 := e.routed("node1", ""), e.routed("node2", "")
 	w1 := e.mustDial(g, s1.id)
-	defer w1.close()
+	defer w1.Close()
 	const partition = 8 * time.Second
 	media := e.startFlow(g, s1.port, partition+6*time.Second)
 	e.flowing(media)
@@ -45,7 +45,7 @@ func TestEdgePartitionedFromNATS(t *testing.T) {
 		next = r.GetSessionId()
 		return nil
 	})
-	if err := w1.echo(e.ctx); err != nil {
+	if err := e.echo(w1); err != nil {
 		t.Errorf("websocket during the partition: %v", err)
 	}
 	if m, err := g.showMap(e.ctx); err != nil || m[s1.id] == "" {
@@ -70,12 +70,12 @@ func TestEdgePartitionedFromNATS(t *testing.T) {
 		round(took), since(healed))
 	e.refused(g, s2.id)
 	w2 := e.mustDial(g, s2next.id)
-	if err := w2.echo(e.ctx); err != nil {
+	if err := e.echo(w2); err != nil {
 		t.Error(err)
 	}
-	w2.close()
+	w2.Close()
 	e.carriedOn("the edge's partition from NATS", s1, w1, media)
-	w1.close()
+	w1.Close()
 	stopAgents(t, e)
 	e.clean()
 }

@@ -31,16 +31,16 @@ func TestTwoEdgesOnePool(t *testing.T) {
 	}
 	w, code, err := e.dial(e.ctx, survivor, s.id)
 	if err == nil {
-		w.close()
+		w.Close()
 		t.Fatalf("%s upgraded a websocket for %s, which %s serves", survivor.id, s.id, dead.id)
 	} else if code != 404 {
 		t.Fatalf("%s for a session it does not serve: %v", survivor.id, err)
 	}
 	w = e.mustDial(dead, s.id)
-	if err := w.echo(e.ctx); err != nil {
+	if err := e.echo(w); err != nil {
 		t.Fatal(err)
 	}
-	w.close()
+	w.Close()
 
 	mark := e.obs.Mark()
 	if err := dead.killAll(e.ctx); err != nil {
@@ -76,12 +76,12 @@ func TestTwoEdgesOnePool(t *testing.T) {
 		t.Errorf("endpoint_assigned %v, want edge %s", got, survivor.id)
 	}
 	w = e.mustDial(survivor, s.id)
-	if err := w.echo(e.ctx); err != nil {
+	if err := e.echo(w); err != nil {
 		t.Error(err)
 	}
 	resumed := e.waitEvent(mark, "node1", livegatev1.EventType_EVENT_TYPE_SESSION_RESUMED)
 	t.Logf("node1's client came back through %s; session %s resumed", survivor.id, resumed.Event.GetSessionId())
-	w.close()
+	w.Close()
 	if err := e.probe(survivor, moved.port); err != nil {
 		t.Error(err)
 	}

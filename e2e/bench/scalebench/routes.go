@@ -47,7 +47,7 @@ type agents struct {
 func (d *deployment) agents(ctx context.Context) (*agents, error) {
 	a := &agents{}
 	for _, s := range d.servers {
-		nc, err := d.connect(ctx, "livegate-agent/sim-"+s.name, s)
+		nc, err := d.connect(ctx, "livegate-agent/sim-"+s.Name, s)
 		if err != nil {
 			a.close()
 			return nil, err

@@ -361,15 +361,15 @@ func (d *deployment) churn(ctx context.Context, ag *agents, eps *endpoints, held
 					wg.Wait()
 					return res, err
 				}
-				victim.p().Kill()
-				res.killed = victim.name
-				progress("killed %s, the leader of KV_livegate_routes (%s)", victim.name, res.leaders)
+				victim.Stop(true)
+				res.killed = victim.Name
+				progress("killed %s, the leader of KV_livegate_routes (%s)", victim.Name, res.leaders)
 			}
 		}
 		if o.kill && killed && !restarted && !now.Before(restartAt) {
 			restarted = true
 			go func() { restartErr <- d.restart(ctx, victim) }()
-			progress("restarting %s", victim.name)
+			progress("restarting %s", victim.Name)
 		}
 		w := &res.before
 		switch {
@@ -412,7 +412,7 @@ func (d *deployment) churn(ctx context.Context, ag *agents, eps *endpoints, held
 	}
 	if restarted {
 		if err := <-restartErr; err != nil {
-			return res, fmt.Errorf("restart %s: %w", victim.name, err)
+			return res, fmt.Errorf("restart %s: %w", victim.Name, err)
 		}
 		res.leaders += "; after: " + d.leaders(ctx)
 	}
@@ -439,7 +439,7 @@ func (d *deployment) leaders(ctx context.Context) string {
 		s, err := d.leader(ctx, st)
 		name := "?"
 		if err == nil {
-			name = s.name
+			name = s.Name
 		}
 		parts = append(parts, strings.TrimPrefix(st, "KV_livegate_")+"→"+name)
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -133,12 +134,15 @@ func (l *Lab) AddRouter(ctx context.Context, role string, links ...LabLink) (*ne
 func (l *Lab) LinkName(role, net string) string { return l.ID + role + net }
 
 // Close stops every process (the last started first, grace each) and deletes every namespace,
-// with whatever still runs in it. It fails if a namespace of the Lab is left.
+// with whatever still runs in it. It fails if a process did not stop cleanly (see Group.Stop)
+// or a namespace of the Lab is left; it removes what it can either way.
 func (l *Lab) Close(grace time.Duration) error {
-	_ = l.Procs.Stop(grace)
+	var errs []error
+	if err := l.Procs.Stop(grace); err != nil {
+		errs = append(errs, fmt.Errorf("stop processes: %w", err))
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	var errs []error
 	for i := len(l.nss) - 1; i >= 0; i-- {
 		if err := l.nss[i].Delete(ctx); err != nil {
 			errs = append(errs, err)
@@ -149,3 +153,47 @@ func (l *Lab) Close(grace time.Duration) error {
 	}
 	return errors.Join(errs...)
 }
+
+// StartNATSServers starts a NATS server at each of addrs, on the lan bridge "bl" the caller
+// made: server k (from 0) in the namespace ID+"s<k+1>", named nats-<k+1>, its store in
+// dir/s<k+1>, pinging its clients every second (a cut is noticed in seconds) and serving
+// monitoring. More than one form a cluster as deploy/nats documents it. It returns once every
+// server accepts clients; bin is the nats-server binary, empty finds it.
+func (l *Lab) StartNATSServers(ctx context.Context, dir, bin string, addrs ...netip.Addr) ([]*NATSServer, error) {
+	var servers []*NATSServer
+	for k, addr := range addrs {
+		role := NATSRole(k)
+		ns, err := l.AddNS(ctx, role)
+		if err != nil {
+			return nil, err
+		}
+		if err := l.Link(ctx, ns, role, "l", "bl", addr); err != nil {
+			return nil, err
+		}
+		var peers []netip.Addr
+		for j, a := range addrs {
+			if j != k {
+				peers = append(peers, a)
+			}
+		}
+		s, err := l.Procs.StartNATS(ctx, ns, NATSConfig{
+			Name: fmt.Sprintf("nats-%d", k+1), Dir: filepath.Join(dir, role), FastPings: true, Monitor: true,
+			Advertise: addr, Peers: peers, Bin: bin,
+		})
+		if err != nil {
+			return nil, err
+		}
+		servers = append(servers, s)
+	}
+	// Every member is started before any is waited for, as a cluster's members start together.
+	for _, s := range servers {
+		if err := s.Ready(ctx); err != nil {
+			return nil, err
+		}
+	}
+	return servers, nil
+}
+
+// NATSRole is the role (namespace name after the Lab's ID) of StartNATSServers' server k; its
+// lan link is LinkName(NATSRole(k), "l").
+func NATSRole(k int) string { return fmt.Sprintf("s%d", k+1) }
