@@ -25,20 +25,14 @@ import (
 // still draining, until `drain --cancel`.
 func TestDrainHandsSessionsToThePool(t *testing.T) {
 	e := newEnv(t, twoEdgePool())
-	all := e.routeMany("d", 8)
-	all["node1"] = e.routed("node1", "")
-	served := e.exactlyOnce(all)
-	drained, other := all["node1"].edge, e.edges[0]
-	if other == drained {
-		other = e.edges[1]
-	}
+	all, drained, other := e.poolSessions("d", 8)
 	var held []session
 	for _, s := range all {
 		if s.edge == drained {
 			held = append(held, s)
 		}
 	}
-	t.Logf("figure: %d sessions split edge1 %d, edge2 %d; draining %s with %d", len(all), served["edge1"], served["edge2"], drained.id, len(held))
+	t.Logf("draining %s with %d", drained.id, len(held))
 
 	// A client on every session of the drained edge, and media through the agent's session.
 	conns := map[string]*wsclient.Conn{}

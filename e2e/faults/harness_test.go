@@ -537,6 +537,64 @@ func (e *env) routeMany(prefix string, n int) map[string]session {
 	return out
 }
 
+// poolSessions routes n sessions (see routeMany) beside node 1's on a two-edge pool, checks that
+// each is served by exactly one edge, and returns them by key with the edge that serves node 1's
+// session and the other.
+func (e *env) poolSessions(prefix string, n int) (all map[string]session, node1s, other *edge) {
+	e.t.Helper()
+	all = e.routeMany(prefix, n)
+	all["node1"] = e.routed("node1", "")
+	served := e.exactlyOnce(all)
+	e.t.Logf("figure: %d sessions split between the edges: edge1 %d, edge2 %d", len(all), served["edge1"], served["edge2"])
+	node1s, other = all["node1"].edge, e.edges[0]
+	if other == node1s {
+		other = e.edges[1]
+	}
+	return all, node1s, other
+}
+
+// exactlyOnce checks that each session is in the map of exactly the edge its endpoint names,
+// with a DNAT rule for its public port there and nowhere else; it returns how many each edge
+// serves.
+func (e *env) exactlyOnce(all map[string]session) map[string]int {
+	e.t.Helper()
+	served := map[string]int{}
+	ctx, cancel := context.WithTimeout(e.ctx, 20*time.Second)
+	defer cancel()
+	maps := map[string]map[string]string{}
+	dnat := map[string]map[int]bool{}
+	for _, g := range e.edges {
+		if g.p.Exited() {
+			continue
+		}
+		m, err := g.showMap(ctx)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		maps[g.id] = m
+		if dnat[g.id], err = g.dnatPorts(ctx); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+	for k, s := range all {
+		got, err := e.endpoint(k)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		owner, port := got.edge.id, got.port
+		served[owner]++
+		for id, m := range maps {
+			if in := m[s.id] != ""; in != (id == owner) {
+				e.t.Errorf("session %s of %s: in %s's map %t, endpoint names %s", s.id, k, id, in, owner)
+			}
+			if id == owner && !dnat[id][port] {
+				e.t.Errorf("session %s of %s: no DNAT rule for udp %d on %s", s.id, k, port, id)
+			}
+		}
+	}
+	return served
+}
+
 func (e *env) edgeByID(id string) *edge {
 	for _, g := range e.edges {
 		if g.id == id {

@@ -1,7 +1,6 @@
 package faults
 
 import (
-	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -20,15 +19,8 @@ func TestTwoEdgesOnePool(t *testing.T) {
 	// survivor within the resume window.
 	e := newEnv(t, twoEdgePool())
 	const routes = 8
-	all := e.routeMany("p", routes)
-	all["node1"] = e.routed("node1", "")
-	served := e.exactlyOnce(all)
-	t.Logf("figure: %d sessions split between the edges: edge1 %d, edge2 %d", len(all), served["edge1"], served["edge2"])
+	all, dead, survivor := e.poolSessions("p", routes)
 	s := all["node1"]
-	dead, survivor := s.edge, e.edges[0]
-	if dead == survivor {
-		survivor = e.edges[1]
-	}
 	w, code, err := e.dial(e.ctx, survivor, s.id)
 	if err == nil {
 		w.Close()
@@ -116,46 +108,4 @@ func TestTwoEdgesOnePool(t *testing.T) {
 	}
 	stopAgents(t, e)
 	e.clean()
-}
-
-// exactlyOnce checks that each session is in the map of exactly the edge its endpoint names,
-// with a DNAT rule for its public port there and nowhere else; it returns how many each edge
-// serves.
-func (e *env) exactlyOnce(all map[string]session) map[string]int {
-	e.t.Helper()
-	served := map[string]int{}
-	ctx, cancel := context.WithTimeout(e.ctx, 20*time.Second)
-	defer cancel()
-	maps := map[string]map[string]string{}
-	dnat := map[string]map[int]bool{}
-	for _, g := range e.edges {
-		if g.p.Exited() {
-			continue
-		}
-		m, err := g.showMap(ctx)
-		if err != nil {
-			e.t.Fatal(err)
-		}
-		maps[g.id] = m
-		if dnat[g.id], err = g.dnatPorts(ctx); err != nil {
-			e.t.Fatal(err)
-		}
-	}
-	for k, s := range all {
-		got, err := e.endpoint(k)
-		if err != nil {
-			e.t.Fatal(err)
-		}
-		owner, port := got.edge.id, got.port
-		served[owner]++
-		for id, m := range maps {
-			if in := m[s.id] != ""; in != (id == owner) {
-				e.t.Errorf("session %s of %s: in %s's map %t, endpoint names %s", s.id, k, id, in, owner)
-			}
-			if id == owner && !dnat[id][port] {
-				e.t.Errorf("session %s of %s: no DNAT rule for udp %d on %s", s.id, k, port, id)
-			}
-		}
-	}
-	return served
 }

@@ -51,13 +51,19 @@ func dial(ctx context.Context, network, addr string) (net.Conn, error) {
 	return d.DialContext(ctx, network, addr)
 }
 
+// serve starts h behind TLS until the end of the test and returns a context for it.
+func serve(t *testing.T, h http.Handler) (context.Context, string) {
+	srv := httptest.NewTLSServer(h)
+	t.Cleanup(srv.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return ctx, strings.TrimPrefix(srv.URL, "https://")
+}
+
 func TestDialHoldsAndClosesCleanly(t *testing.T) {
 	closed := make(chan []byte, 1)
-	srv := httptest.NewTLSServer(upgrader(t, true, closed))
-	defer srv.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := Dial(ctx, dial, strings.TrimPrefix(srv.URL, "https://"), "s1")
+	ctx, addr := serve(t, upgrader(t, true, closed))
+	c, err := Dial(ctx, dial, addr, "s1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,11 +92,8 @@ func TestDialRefusals(t *testing.T) {
 		{name: "subprotocol not echoed", echo: false, session: "s1", want: "subprotocol"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			srv := httptest.NewTLSServer(upgrader(t, tc.echo, make(chan []byte, 1)))
-			defer srv.Close()
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			_, err := Dial(ctx, dial, strings.TrimPrefix(srv.URL, "https://"), tc.session)
+			ctx, addr := serve(t, upgrader(t, tc.echo, make(chan []byte, 1)))
+			_, err := Dial(ctx, dial, addr, tc.session)
 			if err == nil {
 				t.Fatal("dial succeeded")
 			}
@@ -107,8 +110,8 @@ func TestDialRefusals(t *testing.T) {
 
 // echoServer accepts session s1's websocket as the demo app does and sends every message back,
 // then closes with 4000 when told "bye".
-func echoServer(t *testing.T) *httptest.Server {
-	return httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+func echoServer(t *testing.T) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c, err := websocket.Accept(w, r, &websocket.AcceptOptions{Subprotocols: []string{"x-nv-sessionid.s1"}})
 		if err != nil {
 			t.Error(err)
@@ -129,15 +132,12 @@ func echoServer(t *testing.T) *httptest.Server {
 				return
 			}
 		}
-	}))
+	})
 }
 
 func TestSendReceiveEcho(t *testing.T) {
-	srv := echoServer(t)
-	defer srv.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := Dial(ctx, dial, strings.TrimPrefix(srv.URL, "https://"), "s1")
+	ctx, addr := serve(t, echoServer(t))
+	c, err := Dial(ctx, dial, addr, "s1")
 	if err != nil {
 		t.Fatal(err)
 	}
