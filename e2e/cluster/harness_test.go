@@ -78,13 +78,10 @@ type natsNode struct {
 	*stack.NATSServer
 }
 
+// edge is edge k (from 1) of the pool.
 type edge struct {
-	k  int
-	id string
-	ns *netns.Namespace
-	// dir holds the edge's state: HAProxy's socket and map.
-	dir string
-	p   *proc.Proc
+	k int
+	*stack.LabEdge
 }
 
 type node struct {
@@ -103,6 +100,9 @@ func newEnv(t *testing.T, nodes int) *env {
 	bins := built.For(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	t.Cleanup(cancel)
+	// Made before the Lab, so it is removed after the Lab's processes stopped (cleanups run last
+	// first): a server or edge still running could write into it while it goes.
+	dir := t.TempDir()
 	lab := stack.LabFor(ctx, t, prefix, "LIVEGATE_CLUSTER_LOGS")
 	if dir := os.Getenv("LIVEGATE_CLUSTER_LOGDIR"); dir != "" {
 		lab.Procs.Output = func(name string) io.Writer {
@@ -114,7 +114,7 @@ func newEnv(t *testing.T, nodes int) *env {
 			return f
 		}
 	}
-	e := &env{t: t, ctx: ctx, dir: t.TempDir(), bins: bins, lab: lab}
+	e := &env{t: t, ctx: ctx, dir: dir, bins: bins, lab: lab}
 	t.Cleanup(func() {
 		if e.nc != nil {
 			e.nc.Close()
@@ -257,7 +257,7 @@ func (e *env) placement() (string, *natsNode) {
 	count := map[*natsNode]int{}
 	var names []string
 	for _, g := range e.edges {
-		names = append(names, "livegate-edgeproxy/"+g.id)
+		names = append(names, "livegate-edgeproxy/"+g.ID)
 	}
 	for _, n := range e.nodes {
 		names = append(names, "livegate-agent/"+n.instance)
@@ -285,34 +285,30 @@ func (e *env) placement() (string, *natsNode) {
 // addEdge starts edge k with only server k as its seed (k = 1, 2): the two edges start on
 // different servers and learn the others from the cluster.
 func (e *env) addEdge(k int) error {
-	role := fmt.Sprintf("e%d", k)
-	ns, err := e.lab.AddRouter(e.ctx, role, stack.LabLink{Net: "p", Bridge: "bp", Addr: stack.LabEdgePublic(k)}, stack.LabLink{Net: "l", Bridge: "bl", Addr: stack.LabEdgeLAN(k)})
+	le, err := e.lab.AddEdge(e.ctx, fmt.Sprintf("edge%d", k), fmt.Sprintf("e%d", k), e.dir,
+		stack.LabLink{Net: "p", Bridge: "bp", Addr: stack.LabEdgePublic(k)}, stack.LabLink{Net: "l", Bridge: "bl", Addr: stack.LabEdgeLAN(k)})
 	if err != nil {
 		return err
 	}
-	g := &edge{k: k, id: fmt.Sprintf("edge%d", k), ns: ns, dir: filepath.Join(e.dir, role)}
-	if err := os.MkdirAll(g.dir, 0o700); err != nil {
-		return err
-	}
-	g.p, err = e.lab.Procs.Start(e.ctx, g.id, ns, e.bins.Edge, stack.EdgeArgs(stack.EdgeConfig{
-		ID: g.id, Pool: pool, Public: stack.LabEdgePublic(k), NATSURL: natsURL(k - 1), NATSReplicas: 3, StateDir: g.dir,
+	g := &edge{k: k, LabEdge: le}
+	if err := e.lab.StartEdge(e.ctx, le, e.bins.Edge, stack.EdgeArgs(stack.EdgeConfig{
+		ID: g.ID, Pool: pool, Public: stack.LabEdgePublic(k), NATSURL: natsURL(k - 1), NATSReplicas: 3, StateDir: g.Dir,
 		MediaPorts: stack.MediaPorts, Resync: resync, Heartbeat: heartbeat, TTL: edgeTTL,
 		LogLevel: "debug",
-	})...)
-	if err != nil {
+	})); err != nil {
 		return err
 	}
 	e.edges = append(e.edges, g)
-	return stack.WaitHealthy(e.ctx, g.p, ns, 30*time.Second)
+	return g.WaitHealthy(e.ctx, 30*time.Second)
 }
 
 func (g *edge) showMap(ctx context.Context) (map[string]string, error) {
-	return stack.EdgeHAProxy(g.dir).ShowMap(ctx)
+	return g.HAProxy().ShowMap(ctx)
 }
 
 // dnatRules counts the edge's DNAT rules.
 func (g *edge) dnatRules(ctx context.Context) (int, error) {
-	rules, err := stack.DNATRules(ctx, g.ns)
+	rules, err := stack.DNATRules(ctx, g.NS)
 	return stack.Total(rules), err
 }
 

@@ -32,7 +32,7 @@ func TestEdgeKilledUnderChurn(t *testing.T) {
 
 	ch := startChurn(e, 10, 150*time.Millisecond)
 	e.flowing(media)
-	g.p.Kill()
+	g.P.Kill()
 	killed := time.Now()
 	t.Logf("edge killed (SIGKILL) under churn")
 	// Down long enough for a dozen route changes to go by unseen.
@@ -170,7 +170,7 @@ func (e *env) converged(g *edge, final map[string]string, s session) error {
 			return err
 		}
 		if got.id != sess || got.edge != g {
-			return fmt.Errorf("endpoint of %s is %s, want session %s on %s", k, got, sess, g.id)
+			return fmt.Errorf("endpoint of %s is %s, want session %s on %s", k, got, sess, g.ID)
 		}
 		ports[got.port] = true
 	}

@@ -173,7 +173,7 @@ func stopWhileHAProxyStarts(e *env, g *edge, want map[string]string) {
 	// needs the default, so an edge killed outright hands HAProxy to one run without the flag.
 	args := g.args
 	defer func() { g.args = args }()
-	g.p.Kill()
+	g.P.Kill()
 	g.args = append(slices.Clone(args), "--haproxy-stop-on-exit=false")
 	if err := g.start(); err != nil {
 		t.Fatal(err)
@@ -197,7 +197,7 @@ func stopWhileHAProxyStarts(e *env, g *edge, want map[string]string) {
 		fresh = p
 		return nil
 	})
-	if err := g.p.Stop(10 * time.Second); err != nil {
+	if err := g.P.Stop(10 * time.Second); err != nil {
 		t.Errorf("edge stop while HAProxy started: %v", err)
 	}
 	if err := syscall.Kill(fresh, 0); err != nil {

@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"strconv"
 	"syscall"
@@ -101,13 +100,11 @@ type env struct {
 	cfg    config
 }
 
+// edge is edge k (from 1), started with args.
 type edge struct {
-	k       int
-	id      string
-	ns      *netns.Namespace
-	dir     string
+	k int
+	*stack.LabEdge
 	args    []string
-	p       *proc.Proc
 	haproxy *proc.Proc // attached mode: the HAProxy the test runs
 	e       *env
 }
@@ -129,8 +126,11 @@ func newEnv(t *testing.T, cfg config) *env {
 	b := built.For(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	t.Cleanup(cancel)
+	// Made before the Lab, so it is removed after the Lab's processes stopped (cleanups run last
+	// first): an edge still running could write into it while it goes.
+	dir := t.TempDir()
 	lab := stack.LabFor(ctx, t, prefix, "LIVEGATE_FAULTS_LOGS")
-	e := &env{t: t, ctx: ctx, id: lab.ID, dir: t.TempDir(), bins: b, lab: lab, hub: lab.Hub, cfg: cfg}
+	e := &env{t: t, ctx: ctx, id: lab.ID, dir: dir, bins: b, lab: lab, hub: lab.Hub, cfg: cfg}
 	start := time.Now()
 	t.Cleanup(func() {
 		// The test's own connections go first: the processes stop after them.
@@ -278,7 +278,7 @@ func (c *kvClient) deleteRoute(ctx context.Context, key string) error {
 func (e *env) heartbeat(g *edge) (bool, error) {
 	ctx, cancel := context.WithTimeout(e.ctx, kvTimeout)
 	defer cancel()
-	_, err := e.kv.Edges.Get(ctx, g.id)
+	_, err := e.kv.Edges.Get(ctx, g.ID)
 	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
 		return false, nil
 	}
@@ -320,18 +320,14 @@ func (e *env) endpoint(instance string) (session, error) {
 
 func (e *env) addEdge(k int) (*edge, error) {
 	ctx := e.ctx
-	role := fmt.Sprintf("e%d", k)
-	ns, err := e.lab.AddRouter(ctx, role, stack.LabLink{Net: "p", Bridge: "bp", Addr: stack.LabEdgePublic(k)},
+	le, err := e.lab.AddEdge(ctx, fmt.Sprintf("edge%d", k), fmt.Sprintf("e%d", k), e.dir, stack.LabLink{Net: "p", Bridge: "bp", Addr: stack.LabEdgePublic(k)},
 		stack.LabLink{Net: "c", Bridge: "bc", Addr: stack.LabEdgeCtl(k)}, stack.LabLink{Net: "l", Bridge: "bl", Addr: stack.LabEdgeLAN(k)})
 	if err != nil {
 		return nil, err
 	}
-	g := &edge{k: k, id: fmt.Sprintf("edge%d", k), ns: ns, dir: filepath.Join(e.dir, role), e: e}
-	if err := os.MkdirAll(g.dir, 0o700); err != nil {
-		return nil, err
-	}
+	g := &edge{k: k, LabEdge: le, e: e}
 	c := stack.EdgeConfig{
-		ID: g.id, Pool: pool, Public: stack.LabEdgePublic(k), NATSURL: fmt.Sprintf("nats://%s:%d", stack.LabHubCtl, stack.NATSPort), StateDir: g.dir,
+		ID: g.ID, Pool: pool, Public: stack.LabEdgePublic(k), NATSURL: fmt.Sprintf("nats://%s:%d", stack.LabHubCtl, stack.NATSPort), StateDir: g.Dir,
 		MediaPorts: fmt.Sprintf("%d-%d", mediaFirst, mediaLast), PortQuarantine: quarantine,
 		Resync: resync, Heartbeat: heartbeat, TTL: edgeTTL,
 	}
@@ -344,20 +340,18 @@ func (e *env) addEdge(k int) (*edge, error) {
 	// Otherwise the namespace goes away with the case, so HAProxy must not outlive a stopped
 	// edge; a SIGKILLed edge leaves it running, which is what the edge-kill case is about.
 	if e.cfg.attached && k == 1 {
-		if err := stack.PrepareAttached(ctx, e.bins.Edge, g.dir, stack.LabEdgePublic(k)); err != nil {
+		if err := stack.PrepareAttached(ctx, e.bins.Edge, g.Dir, stack.LabEdgePublic(k)); err != nil {
 			return nil, err
 		}
 		if err := g.startHAProxy(); err != nil {
 			return nil, err
 		}
-		c.HAProxySocket = g.haproxyAPI().Socket
+		c.HAProxySocket = g.HAProxy().Socket
 	}
 	g.args = stack.EdgeArgs(c)
 	e.edges = append(e.edges, g)
 	return g, nil
 }
-
-func (g *edge) haproxyAPI() stack.HAProxy { return stack.EdgeHAProxy(g.dir) }
 
 func (g *edge) public() string {
 	return net.JoinHostPort(stack.LabEdgePublic(g.k).String(), strconv.Itoa(stack.SignalingPort))
@@ -371,21 +365,17 @@ func (g *edge) start() error {
 			return err
 		}
 	}
-	p, err := g.e.lab.Procs.Start(g.e.ctx, g.id, g.ns, g.e.bins.Edge, g.args...)
-	if err != nil {
+	if err := g.e.lab.StartEdge(g.e.ctx, g.LabEdge, g.e.bins.Edge, g.args); err != nil {
 		return err
 	}
-	g.p = p
 	return g.waitHealthy(30 * time.Second)
 }
 
-func (g *edge) waitHealthy(timeout time.Duration) error {
-	return stack.WaitHealthy(g.e.ctx, g.p, g.ns, timeout)
-}
+func (g *edge) waitHealthy(timeout time.Duration) error { return g.WaitHealthy(g.e.ctx, timeout) }
 
 // startHAProxy starts the operator's HAProxy of attached mode, as its own supervisor would.
 func (g *edge) startHAProxy() error {
-	p, err := g.e.lab.Procs.StartAttached(g.e.ctx, "haproxy-"+g.id, g.ns, g.dir, stack.LabEdgePublic(g.k))
+	p, err := g.e.lab.Procs.StartAttached(g.e.ctx, "haproxy-"+g.ID, g.NS, g.Dir, stack.LabEdgePublic(g.k))
 	if p != nil {
 		g.haproxy = p
 	}
@@ -394,11 +384,11 @@ func (g *edge) startHAProxy() error {
 
 // showMap is HAProxy's session map right now.
 func (g *edge) showMap(ctx context.Context) (map[string]string, error) {
-	return g.haproxyAPI().ShowMap(ctx)
+	return g.HAProxy().ShowMap(ctx)
 }
 
 // workerPid is the HAProxy worker that answers the runtime API.
-func (g *edge) workerPid(ctx context.Context) (int, error) { return g.haproxyAPI().WorkerPid(ctx) }
+func (g *edge) workerPid(ctx context.Context) (int, error) { return g.HAProxy().WorkerPid(ctx) }
 
 // haproxyMaster is the pid of the HAProxy master: the one the test runs in attached mode, else
 // the one the edge recorded.
@@ -406,12 +396,12 @@ func (g *edge) haproxyMaster() (int, error) {
 	if g.haproxy != nil {
 		return g.haproxy.Pid(), nil
 	}
-	return stack.SupervisedMaster(g.dir)
+	return stack.SupervisedMaster(g.Dir)
 }
 
 // dnatPorts lists the public ports the edge's DNAT rules forward.
 func (g *edge) dnatPorts(ctx context.Context) (map[int]bool, error) {
-	rules, err := stack.DNATRules(ctx, g.ns)
+	rules, err := stack.DNATRules(ctx, g.NS)
 	if err != nil {
 		return nil, err
 	}
@@ -424,14 +414,14 @@ func (g *edge) dnatPorts(ctx context.Context) (map[int]bool, error) {
 
 // conntrackPorts counts the edge's forwarded UDP conntrack entries per public media port.
 func (g *edge) conntrackPorts(ctx context.Context) (map[int]int, error) {
-	return stack.ForwardedConntrack(ctx, g.ns, mediaFirst, mediaLast)
+	return stack.ForwardedConntrack(ctx, g.NS, mediaFirst, mediaLast)
 }
 
 // killAll is what a crashed host looks like: the edge and everything else in its namespace
 // (HAProxy) get SIGKILL.
 func (g *edge) killAll(ctx context.Context) error {
-	g.p.Kill()
-	pids, err := g.ns.Pids(ctx)
+	g.P.Kill()
+	pids, err := g.NS.Pids(ctx)
 	if err != nil {
 		return err
 	}
@@ -485,7 +475,7 @@ type session struct {
 }
 
 func (s session) String() string {
-	return fmt.Sprintf("%s/%s on %s udp %d", s.instance, s.id, s.edge.id, s.port)
+	return fmt.Sprintf("%s/%s on %s udp %d", s.instance, s.id, s.edge.ID, s.port)
 }
 
 // routed waits until instance's route is programmed: an endpoint for the route's session (or
@@ -510,7 +500,7 @@ func (e *env) routed(instance, want string) session {
 		}
 		m, err := got.edge.showMap(e.ctx)
 		if err != nil || m[got.id] == "" {
-			return fmt.Errorf("%s map has no %s (%v)", got.edge.id, got.id, err)
+			return fmt.Errorf("%s map has no %s (%v)", got.edge.ID, got.id, err)
 		}
 		s = got
 		return nil
@@ -564,15 +554,15 @@ func (e *env) exactlyOnce(all map[string]session) map[string]int {
 	maps := map[string]map[string]string{}
 	dnat := map[string]map[int]bool{}
 	for _, g := range e.edges {
-		if g.p.Exited() {
+		if g.P.Exited() {
 			continue
 		}
 		m, err := g.showMap(ctx)
 		if err != nil {
 			e.t.Fatal(err)
 		}
-		maps[g.id] = m
-		if dnat[g.id], err = g.dnatPorts(ctx); err != nil {
+		maps[g.ID] = m
+		if dnat[g.ID], err = g.dnatPorts(ctx); err != nil {
 			e.t.Fatal(err)
 		}
 	}
@@ -581,7 +571,7 @@ func (e *env) exactlyOnce(all map[string]session) map[string]int {
 		if err != nil {
 			e.t.Fatal(err)
 		}
-		owner, port := got.edge.id, got.port
+		owner, port := got.edge.ID, got.port
 		served[owner]++
 		for id, m := range maps {
 			if in := m[s.id] != ""; in != (id == owner) {
@@ -597,7 +587,7 @@ func (e *env) exactlyOnce(all map[string]session) map[string]int {
 
 func (e *env) edgeByID(id string) *edge {
 	for _, g := range e.edges {
-		if g.id == id {
+		if g.ID == id {
 			return g
 		}
 	}
@@ -615,7 +605,7 @@ func (e *env) dial(ctx context.Context, g *edge, sessionID string) (*wsclient.Co
 		if se := (*wsclient.StatusError)(nil); errors.As(err, &se) {
 			code = se.Code
 		}
-		return nil, code, fmt.Errorf("websocket for %s through %s: %w", sessionID, g.id, err)
+		return nil, code, fmt.Errorf("websocket for %s through %s: %w", sessionID, g.ID, err)
 	}
 	return w, http.StatusSwitchingProtocols, nil
 }
@@ -640,7 +630,7 @@ func (e *env) echo(w *wsclient.Conn) error {
 // refused checks that edge g answers 404 for sessionID (eventually).
 func (e *env) refused(g *edge, sessionID string) {
 	e.t.Helper()
-	e.eventually(10*time.Second, g.id+" refuses "+sessionID, func() error {
+	e.eventually(10*time.Second, g.ID+" refuses "+sessionID, func() error {
 		w, code, err := e.dial(e.ctx, g, sessionID)
 		if err == nil {
 			_ = w.Close()
@@ -725,7 +715,7 @@ func (e *env) probe(g *edge, port int) error {
 		return err
 	}
 	if rep.Received == 0 {
-		return fmt.Errorf("media through %s udp %d: nothing echoed", g.id, port)
+		return fmt.Errorf("media through %s udp %d: nothing echoed", g.ID, port)
 	}
 	return nil
 }
@@ -758,13 +748,13 @@ func (e *env) clean(edges ...*edge) {
 		}
 		for _, g := range edges {
 			if m, err := g.showMap(e.ctx); err != nil || len(m) > 0 {
-				return fmt.Errorf("%s HAProxy map entries left: %v %v", g.id, m, err)
+				return fmt.Errorf("%s HAProxy map entries left: %v %v", g.ID, m, err)
 			}
 			if ports, err := g.dnatPorts(e.ctx); err != nil || len(ports) > 0 {
-				return fmt.Errorf("%s DNAT rules left for ports %v %v", g.id, ports, err)
+				return fmt.Errorf("%s DNAT rules left for ports %v %v", g.ID, ports, err)
 			}
 			if ports, err := g.conntrackPorts(e.ctx); err != nil || len(ports) > 0 {
-				return fmt.Errorf("%s conntrack entries left for ports %v %v", g.id, ports, err)
+				return fmt.Errorf("%s conntrack entries left for ports %v %v", g.ID, ports, err)
 			}
 		}
 		return nil

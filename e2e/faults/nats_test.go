@@ -83,7 +83,7 @@ func TestNATSRestart(t *testing.T) {
 	e.carriedOn("the NATS restart within the lease", s1, w1, media)
 	e.eventually(20*time.Second, "edge heartbeat back", func() error {
 		if back, err := e.heartbeat(g); !back {
-			return fmt.Errorf("no heartbeat of %s (%v)", g.id, err)
+			return fmt.Errorf("no heartbeat of %s (%v)", g.ID, err)
 		}
 		return nil
 	})

@@ -22,7 +22,7 @@ func TestEdgePartitionedFromNATS(t *testing.T) {
 	e.flowing(media)
 
 	link := e.id + "e1c"
-	if err := g.ns.Run(e.ctx, "ip", "link", "set", link, "down"); err != nil {
+	if err := g.NS.Run(e.ctx, "ip", "link", "set", link, "down"); err != nil {
 		t.Fatal(err)
 	}
 	cut := time.Now()
@@ -31,11 +31,11 @@ func TestEdgePartitionedFromNATS(t *testing.T) {
 	}
 	lost := e.eventually(20*time.Second, "edge heartbeat expired during the partition", func() error {
 		if there, err := e.heartbeat(g); there || err != nil {
-			return fmt.Errorf("heartbeat of %s still there (%v)", g.id, err)
+			return fmt.Errorf("heartbeat of %s still there (%v)", g.ID, err)
 		}
 		return nil
 	})
-	t.Logf("partition: %s's heartbeat expired %s after its NATS link went down (edge TTL %s)", g.id, round(lost), edgeTTL)
+	t.Logf("partition: %s's heartbeat expired %s after its NATS link went down (edge TTL %s)", g.ID, round(lost), edgeTTL)
 	next := ""
 	e.eventually(20*time.Second, "node2's next route written during the partition", func() error {
 		r, err := e.route("node2")
@@ -53,7 +53,7 @@ func TestEdgePartitionedFromNATS(t *testing.T) {
 	}
 	// The partition lasts its full length whatever the checks above took: well past the edge TTL.
 	time.Sleep(max(0, partition-time.Since(cut)))
-	if err := g.ns.Run(e.ctx, "ip", "link", "set", link, "up"); err != nil {
+	if err := g.NS.Run(e.ctx, "ip", "link", "set", link, "up"); err != nil {
 		t.Fatal(err)
 	}
 	healed := time.Now()
@@ -62,7 +62,7 @@ func TestEdgePartitionedFromNATS(t *testing.T) {
 	took := time.Since(healed)
 	e.eventually(20*time.Second, "heartbeat back", func() error {
 		if back, err := e.heartbeat(g); !back {
-			return fmt.Errorf("no heartbeat of %s (%v)", g.id, err)
+			return fmt.Errorf("no heartbeat of %s (%v)", g.ID, err)
 		}
 		return nil
 	})

@@ -24,9 +24,9 @@ func TestTwoEdgesOnePool(t *testing.T) {
 	w, code, err := e.dial(e.ctx, survivor, s.id)
 	if err == nil {
 		w.Close()
-		t.Fatalf("%s upgraded a websocket for %s, which %s serves", survivor.id, s.id, dead.id)
+		t.Fatalf("%s upgraded a websocket for %s, which %s serves", survivor.ID, s.id, dead.ID)
 	} else if code != 404 {
-		t.Fatalf("%s for a session it does not serve: %v", survivor.id, err)
+		t.Fatalf("%s for a session it does not serve: %v", survivor.ID, err)
 	}
 	w = e.mustDial(dead, s.id)
 	if err := e.echo(w); err != nil {
@@ -46,38 +46,38 @@ func TestTwoEdgesOnePool(t *testing.T) {
 				return err
 			}
 			if got.edge != survivor || got.id != was.id {
-				return fmt.Errorf("endpoint of %s is %s, want session %s on %s", k, got, was.id, survivor.id)
+				return fmt.Errorf("endpoint of %s is %s, want session %s on %s", k, got, was.id, survivor.ID)
 			}
 		}
 		m, err := survivor.showMap(e.ctx)
 		if err != nil || len(m) != len(all) {
-			return fmt.Errorf("%s map has %d entries (%v), want %d", survivor.id, len(m), err, len(all))
+			return fmt.Errorf("%s map has %d entries (%v), want %d", survivor.ID, len(m), err, len(all))
 		}
 		return nil
 	})
 	t.Logf("figure: %s died (SIGKILL, edge and HAProxy); %s served all %d sessions %s later (edge TTL %s, heartbeat %s)",
-		dead.id, survivor.id, len(all), round(took), edgeTTL, heartbeat)
+		dead.ID, survivor.ID, len(all), round(took), edgeTTL, heartbeat)
 	moved := e.routed("node1", s.id)
 	if moved.edge != survivor {
-		t.Fatalf("node1 routed on %s after the takeover", moved.edge.id)
+		t.Fatalf("node1 routed on %s after the takeover", moved.edge.ID)
 	}
 	assigned := e.waitEvent(mark, "node1", livegatev1.EventType_EVENT_TYPE_ENDPOINT_ASSIGNED)
 	t.Logf("node1's agent learnt its new endpoint (%s udp %d) %s after the kill",
-		survivor.id, moved.port, round(assigned.At.Sub(killed)))
-	if got := assigned.Event.GetEndpointAssigned(); got.GetEdgeId() != survivor.id {
-		t.Errorf("endpoint_assigned %v, want edge %s", got, survivor.id)
+		survivor.ID, moved.port, round(assigned.At.Sub(killed)))
+	if got := assigned.Event.GetEndpointAssigned(); got.GetEdgeId() != survivor.ID {
+		t.Errorf("endpoint_assigned %v, want edge %s", got, survivor.ID)
 	}
 	w = e.mustDial(survivor, s.id)
 	if err := e.echo(w); err != nil {
 		t.Error(err)
 	}
 	resumed := e.waitEvent(mark, "node1", livegatev1.EventType_EVENT_TYPE_SESSION_RESUMED)
-	t.Logf("node1's client came back through %s; session %s resumed", survivor.id, resumed.Event.GetSessionId())
+	t.Logf("node1's client came back through %s; session %s resumed", survivor.ID, resumed.Event.GetSessionId())
 	w.Close()
 	if err := e.probe(survivor, moved.port); err != nil {
 		t.Error(err)
 	}
-	if served := e.exactlyOnce(all); served[survivor.id] != len(all) {
+	if served := e.exactlyOnce(all); served[survivor.ID] != len(all) {
 		t.Errorf("after the takeover: %v", served)
 	}
 
@@ -89,17 +89,17 @@ func TestTwoEdgesOnePool(t *testing.T) {
 	took = e.eventually(20*time.Second, "restarted edge cleared its leftovers", func() error {
 		m, err := dead.showMap(e.ctx)
 		if err != nil || len(m) > 0 {
-			return fmt.Errorf("%s map %v %v", dead.id, m, err)
+			return fmt.Errorf("%s map %v %v", dead.ID, m, err)
 		}
 		ports, err := dead.dnatPorts(e.ctx)
 		if err != nil || len(ports) > 0 {
-			return fmt.Errorf("%s DNAT ports %v %v", dead.id, ports, err)
+			return fmt.Errorf("%s DNAT ports %v %v", dead.ID, ports, err)
 		}
 		return nil
 	})
-	t.Logf("figure: %s restarted; its stale map entries and DNAT rules were gone %s later, no session taken back", dead.id, since(restart))
-	if served := e.exactlyOnce(all); served[survivor.id] != len(all) {
-		t.Errorf("after the restart of %s: %v", dead.id, served)
+	t.Logf("figure: %s restarted; its stale map entries and DNAT rules were gone %s later, no session taken back", dead.ID, since(restart))
+	if served := e.exactlyOnce(all); served[survivor.ID] != len(all) {
+		t.Errorf("after the restart of %s: %v", dead.ID, served)
 	}
 	for i := 1; i <= routes; i++ {
 		if err := e.kv.deleteRoute(e.ctx, fmt.Sprintf("p%d", i)); err != nil {

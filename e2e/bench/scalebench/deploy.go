@@ -11,12 +11,10 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/livegate/livegate/e2e/bench/edgebench"
 	"github.com/livegate/livegate/e2e/internal/netns"
-	"github.com/livegate/livegate/e2e/internal/proc"
 	"github.com/livegate/livegate/e2e/internal/stack"
 	"github.com/livegate/livegate/pkg/kvstore"
 	"github.com/livegate/livegate/pkg/natsconn"
@@ -65,12 +63,10 @@ type server struct {
 	*stack.NATSServer
 }
 
+// edge is edge k (from 0).
 type edge struct {
-	k   int
-	id  string
-	ns  *netns.Namespace
-	dir string
-	p   *proc.Proc
+	k int
+	*stack.LabEdge
 }
 
 func (s *server) url() string { return fmt.Sprintf("nats://%s:%d", natsAddr(s.k), stack.NATSPort) }
@@ -133,7 +129,7 @@ func deploy(ctx context.Context, prefix, edgeBin, natsBin string, servers int) (
 		}
 	}
 	for _, g := range d.edges {
-		if err := stack.WaitHealthy(ctx, g.p, g.ns, 30*time.Second); err != nil {
+		if err := g.WaitHealthy(ctx, 30*time.Second); err != nil {
 			return d, err
 		}
 	}
@@ -198,22 +194,18 @@ func (d *deployment) dial(ctx context.Context) error {
 // addEdge starts edge k with server k as its only seed (on a cluster the three edges start on
 // different servers and learn the others from it).
 func (d *deployment) addEdge(ctx context.Context, k int) error {
-	role := fmt.Sprintf("e%d", k+1)
-	ns, err := d.lab.AddRouter(ctx, role, stack.LabLink{Net: "p", Bridge: "bp", Addr: edgePublic(k)}, stack.LabLink{Net: "l", Bridge: "bl", Addr: edgeLAN(k)})
+	le, err := d.lab.AddEdge(ctx, fmt.Sprintf("scale%d", k+1), fmt.Sprintf("e%d", k+1), d.dir,
+		stack.LabLink{Net: "p", Bridge: "bp", Addr: edgePublic(k)}, stack.LabLink{Net: "l", Bridge: "bl", Addr: edgeLAN(k)})
 	if err != nil {
 		return err
 	}
-	g := &edge{k: k, id: fmt.Sprintf("scale%d", k+1), ns: ns, dir: filepath.Join(d.dir, role)}
-	if err := os.MkdirAll(g.dir, 0o700); err != nil {
-		return err
-	}
+	g := &edge{k: k, LabEdge: le}
 	seed := d.servers[k%len(d.servers)]
-	g.p, err = d.lab.Procs.Start(ctx, g.id, ns, d.edgeBin, stack.EdgeArgs(stack.EdgeConfig{
-		ID: g.id, Pool: pool, Public: edgePublic(k), NATSURL: seed.url(), NATSReplicas: d.replicas, StateDir: g.dir,
+	if err := d.lab.StartEdge(ctx, le, d.edgeBin, stack.EdgeArgs(stack.EdgeConfig{
+		ID: g.ID, Pool: pool, Public: edgePublic(k), NATSURL: seed.url(), NATSReplicas: d.replicas, StateDir: g.Dir,
 		MediaPorts: mediaPorts, BackendCIDRs: netip.PrefixFrom(nodeLAN, 24).Masked().String(),
 		LogFormat: "json", LogLevel: "warn", Extra: []string{"--signaling-bind", edgePublic(k).String()},
-	})...)
-	if err != nil {
+	})); err != nil {
 		return err
 	}
 	d.edges = append(d.edges, g)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/livegate/livegate/e2e/internal/netns"
+	"github.com/livegate/livegate/e2e/internal/proc"
 )
 
 // Lab is a deployment of many namespaces (NATS servers, edges, nodes, a client) hung off bridges
@@ -197,3 +198,45 @@ func (l *Lab) StartNATSServers(ctx context.Context, dir, bin string, addrs ...ne
 // NATSRole is the role (namespace name after the Lab's ID) of StartNATSServers' server k; its
 // lan link is LinkName(NATSRole(k), "l").
 func NATSRole(k int) string { return fmt.Sprintf("s%d", k+1) }
+
+// LabEdge is an edge of a Lab: its router namespace, its state directory (HAProxy's socket and
+// map, the certificate) and its current process (a restart replaces it).
+type LabEdge struct {
+	ID  string
+	NS  *netns.Namespace
+	Dir string
+	P   *proc.Proc
+}
+
+// AddEdge creates the router namespace ID+role of the edge id with its links, and its state
+// directory dir/role; StartEdge starts it.
+func (l *Lab) AddEdge(ctx context.Context, id, role, dir string, links ...LabLink) (*LabEdge, error) {
+	ns, err := l.AddRouter(ctx, role, links...)
+	if err != nil {
+		return nil, err
+	}
+	g := &LabEdge{ID: id, NS: ns, Dir: filepath.Join(dir, role)}
+	if err := os.MkdirAll(g.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("edge %s state dir: %w", id, err)
+	}
+	return g, nil
+}
+
+// StartEdge starts g (again) as bin with args, named by its ID; it does not wait for it
+// (WaitHealthy does).
+func (l *Lab) StartEdge(ctx context.Context, g *LabEdge, bin string, args []string) error {
+	p, err := l.Procs.Start(ctx, g.ID, g.NS, bin, args...)
+	if err != nil {
+		return err
+	}
+	g.P = p
+	return nil
+}
+
+// HAProxy is the runtime API of the HAProxy g supervises.
+func (g *LabEdge) HAProxy() HAProxy { return EdgeHAProxy(g.Dir) }
+
+// WaitHealthy waits until g is healthy (see WaitHealthy).
+func (g *LabEdge) WaitHealthy(ctx context.Context, timeout time.Duration) error {
+	return WaitHealthy(ctx, g.P, g.NS, timeout)
+}
