@@ -51,9 +51,7 @@ func TestBrowserStreams(t *testing.T) {
 // playInBrowser plays the node's first session in a browser of its own, checks it, and ends it.
 func (w *walk) playInBrowser(page string) {
 	t := w.t
-	rfc := w.event(0, livegatev1.EventType_EVENT_TYPE_READY_FOR_CONNECTION)
-	s := session{id: rfc.Event.GetSessionId()}
-	s.endpoint = w.routed(0, s.id, rfc.At)
+	s := w.readySession(0)
 	port := int(s.endpoint.GetPublicUdpPorts()[0])
 	if got := s.endpoint.GetPublicIp(); got != netns.EdgePublic.String() {
 		t.Fatalf("endpoint public ip %q, want the edge's %s", got, netns.EdgePublic)
@@ -67,7 +65,7 @@ func (w *walk) playInBrowser(page string) {
 	// includes Chromium's start; the time from opening the page is the session's own.
 	w.logf("time to first frame: %s from opening the page (%s from ready_for_connection)",
 		firstFrame.Sub(time.UnixMilli(st.StartedAt)).Round(time.Millisecond),
-		firstFrame.Sub(rfc.Event.GetTime().AsTime()).Round(time.Millisecond))
+		firstFrame.Sub(s.readyAt).Round(time.Millisecond))
 	w.event(mark, livegatev1.EventType_EVENT_TYPE_CLIENT_CONNECTED)
 	w.waitReady(readyActive)
 
@@ -103,6 +101,22 @@ func (w *walk) playInBrowser(page string) {
 	}
 	w.logf("session %s ended: the page's websocket and peer connection closed", s.id)
 	w.gone(mark, s)
+}
+
+// pageSession serves the player page for d and waits for the first session of its first node to
+// be routed: where the browser tests of one stream app start.
+func pageSession(ctx context.Context, t *testing.T, d *stack.Deployment) (page string, w *walk, s session) {
+	t.Helper()
+	page = servePage(t, d)
+	w = &walk{t: t, ctx: ctx, d: d, n: d.Nodes[0]}
+	return page, w, w.readySession(0)
+}
+
+// sub is w for subtest t.
+func (w *walk) sub(t *testing.T) *walk {
+	c := *w
+	c.t = t
+	return &c
 }
 
 // requireBrowser skips t without root and fails it without Chromium.

@@ -11,7 +11,6 @@ import (
 	"github.com/livegate/livegate/e2e/internal/browser"
 	"github.com/livegate/livegate/e2e/internal/stack"
 	"github.com/livegate/livegate/pkg/sessiontoken"
-	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
 )
 
 // browserTokenPrefix starts the namespaces of TestBrowserSessionTokenRequired.
@@ -47,11 +46,7 @@ func TestBrowserSessionTokenRequired(t *testing.T) {
 		Nodes:    []stack.NodeOptions{{StreamApp: true, ResumeTimeoutSeconds: 30}},
 		EdgeArgs: []string{"--session-token", "required", "--session-token-keys", keys},
 	})
-	page := servePage(t, d)
-	w := &walk{t: t, ctx: ctx, d: d, n: d.Nodes[0]}
-	rfc := w.event(0, livegatev1.EventType_EVENT_TYPE_READY_FOR_CONNECTION)
-	sid := rfc.Event.GetSessionId()
-	w.routed(0, sid, rfc.At)
+	page, w, s := pageSession(ctx, t, d)
 	mint := func(session string) string {
 		tok, err := sessiontoken.Mint(key, sessiontoken.NewClaims(session, time.Now(), 5*time.Minute))
 		if err != nil {
@@ -72,8 +67,8 @@ func TestBrowserSessionTokenRequired(t *testing.T) {
 			if tc.token != "" {
 				extra.Set("token", tc.token)
 			}
-			tw := &walk{t: t, ctx: ctx, d: d, n: d.Nodes[0]}
-			br := tw.openPage(page, sid, extra)
+			tw := w.sub(t)
+			br := tw.openPage(page, s.id, extra)
 			st := tw.pageState(br, "the websocket refused", func(st browser.State) bool { return st.WSState == "closed" })
 			if st.FramesDecoded != 0 || st.PCState == "connected" {
 				t.Errorf("refused page still streamed: %+v", st)
@@ -81,7 +76,7 @@ func TestBrowserSessionTokenRequired(t *testing.T) {
 		})
 	}
 
-	br := w.openPage(page, sid, url.Values{"token": {mint(sid)}})
+	br := w.openPage(page, s.id, url.Values{"token": {mint(s.id)}})
 	st := w.pageState(br, "the first decoded frame", func(st browser.State) bool { return st.FirstFrameAt > 0 })
 	st = w.playsOn(br, st, " with a session token")
 	t.Logf("browser with a required session token: %d frames decoded, %.0f kbit/s, pair %s -> %s", st.FramesDecoded, st.BitrateKbps, st.LocalCandidate, st.RemoteCandidate)

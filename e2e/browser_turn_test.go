@@ -8,7 +8,6 @@ import (
 
 	"github.com/livegate/livegate/e2e/internal/browser"
 	"github.com/livegate/livegate/e2e/internal/stack"
-	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
 )
 
 // browserTURNPrefix starts the namespaces of TestBrowserTURN.
@@ -23,11 +22,7 @@ func TestBrowserTURN(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	d := startTURNStack(ctx, t, browserTURNPrefix, []stack.NodeOptions{{StreamApp: true, ResumeTimeoutSeconds: 30}})
-	page := servePage(t, d)
-	w := &walk{t: t, ctx: ctx, d: d, n: d.Nodes[0]}
-	rfc := w.event(0, livegatev1.EventType_EVENT_TYPE_READY_FOR_CONNECTION)
-	s := session{id: rfc.Event.GetSessionId()}
-	s.endpoint = w.routed(0, s.id, rfc.At)
+	page, w, s := pageSession(ctx, t, d)
 	waitEndpointWithTURN(ctx, t, d, w.n.InstanceID)
 	if err := d.Topo.Client.Run(ctx, "iptables", "-A", "OUTPUT", "-p", "udp", "-j", "DROP"); err != nil {
 		t.Fatal(err)
@@ -44,7 +39,7 @@ func TestBrowserTURN(t *testing.T) {
 			if tc.relay != "" {
 				extra.Set("relay", tc.relay)
 			}
-			tw := &walk{t: t, ctx: ctx, d: d, n: d.Nodes[0]}
+			tw := w.sub(t)
 			br := tw.openPage(page, s.id, extra)
 			st := tw.pageState(br, "the first decoded frame", func(st browser.State) bool { return st.FirstFrameAt > 0 })
 			t.Logf("time to first frame over TURN/%s: %s from opening the page", tc.protocol,

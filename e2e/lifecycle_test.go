@@ -137,6 +137,8 @@ type session struct {
 	id       string
 	endpoint *livegatev1.Endpoint
 	ws       *wsclient.Conn
+	// readyAt is when the agent said the session was ready (its ready_for_connection).
+	readyAt time.Time
 }
 
 func (w *walk) logf(format string, args ...any) {
@@ -157,13 +159,21 @@ func (w *walk) firstSession() session {
 	mark := 0
 	w.event(mark, livegatev1.EventType_EVENT_TYPE_APP_READY)
 	w.event(mark, livegatev1.EventType_EVENT_TYPE_RTX_READY)
+	s := w.readySession(mark)
+	w.connectAndProbe(&s)
+	return s
+}
+
+// readySession waits for the node's ready_for_connection after mark and for its session to be
+// routed (see routed).
+func (w *walk) readySession(mark int) session {
+	w.t.Helper()
 	rfc := w.event(mark, livegatev1.EventType_EVENT_TYPE_READY_FOR_CONNECTION)
-	s := session{id: rfc.Event.GetSessionId()}
+	s := session{id: rfc.Event.GetSessionId(), readyAt: rfc.Event.GetTime().AsTime()}
 	if s.id == "" {
-		t.Fatalf("ready_for_connection carries no session id: %v", rfc.Event)
+		w.t.Fatalf("ready_for_connection carries no session id: %v", rfc.Event)
 	}
 	s.endpoint = w.routed(mark, s.id, rfc.At)
-	w.connectAndProbe(&s)
 	return s
 }
 
@@ -395,13 +405,11 @@ func (w *walk) endGracefullyThenNext(s session) session {
 		t.Fatalf("close websocket: %v", err)
 	}
 	w.waitReady(readyForConnection, readyWaitingClient)
-	rfc := w.event(mark, livegatev1.EventType_EVENT_TYPE_READY_FOR_CONNECTION)
-	next := session{id: rfc.Event.GetSessionId()}
-	if next.id == "" || next.id == s.id {
-		t.Fatalf("next session id %q (previous %q)", next.id, s.id)
+	next := w.readySession(mark)
+	if next.id == s.id {
+		t.Fatalf("next session id %q is the previous one's", next.id)
 	}
 	w.logf("session %s ended (graceful); next session %s ready", s.id, next.id)
-	next.endpoint = w.routed(mark, next.id, rfc.At)
 	w.refused(s.id)
 	return next
 }

@@ -2,15 +2,7 @@ package validate
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -23,6 +15,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/livegate/livegate/pkg/freeport"
+	"github.com/livegate/livegate/pkg/selfsigned"
 )
 
 // The examples must work with the real binaries: they are built from the workspace once.
@@ -58,42 +53,20 @@ func binary(t *testing.T, name string) string {
 	return filepath.Join(binDir, name)
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // selfSigned writes a certificate and its key as cert.pem and cert.pem.key (the key beside the
 // certificate, as HAProxy finds it).
 func selfSigned(t *testing.T) (cert, key string) {
 	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "edge.test"}, DNSNames: []string{"edge.test"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalPKCS8PrivateKey(k)
+	c, err := selfsigned.New([]string{"edge.test"}, time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
 	cert, key = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "cert.pem.key")
-	if err := os.WriteFile(cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+	if err := os.WriteFile(cert, c.CertPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(key, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+	if err := os.WriteFile(key, c.KeyPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return cert, key
@@ -103,11 +76,11 @@ func selfSigned(t *testing.T) (cert, key string) {
 // that SIGTERM stops it cleanly.
 func runAgent(t *testing.T, args []string, env ...string) {
 	t.Helper()
-	port := freePort(t)
+	port := freeport.TCP(t)
 	cmd := exec.Command(binary(t, "livegate-agent"), args...)
 	cmd.Env = append(os.Environ(), append(env,
 		"LIVEGATE_AGENT_NATS_URL=", "LIVEGATE_AGENT_HOST=127.0.0.1", "LIVEGATE_AGENT_PORT="+strconv.Itoa(port),
-		"LIVEGATE_AGENT_APP_ADDR=127.0.0.1:"+strconv.Itoa(freePort(t)), "LIVEGATE_AGENT_APP_PROBE=",
+		"LIVEGATE_AGENT_APP_ADDR=127.0.0.1:"+strconv.Itoa(freeport.TCP(t)), "LIVEGATE_AGENT_APP_PROBE=",
 		"LIVEGATE_AGENT_INSTANCE_ID=deploy-check")...)
 	var out strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &out

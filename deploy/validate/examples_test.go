@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/livegate/livegate/pkg/freeport"
 )
 
 // proc is a binary started by a test, its output kept for the failure message.
@@ -106,16 +108,16 @@ func TestExamplesWorkTogether(t *testing.T) {
 	if _, err := exec.LookPath("haproxy"); err != nil {
 		t.Skip("haproxy not installed (make deps installs it)")
 	}
-	natsPort := freePort(t)
+	natsPort := freeport.TCP(t)
 	natsURL := "nats://127.0.0.1:" + strconv.Itoa(natsPort)
 	nats := start(t, nil, natsBin, "-js", "-a", "127.0.0.1", "-p", strconv.Itoa(natsPort), "-sd", t.TempDir())
 
 	cert, key := selfSigned(t)
-	adminPort := freePort(t)
+	adminPort := freeport.TCP(t)
 	edgeEnv := []string{
 		"LIVEGATE_EDGEPROXY_NATS_URL=" + natsURL, "LIVEGATE_EDGEPROXY_STATE_DIR=" + t.TempDir(),
 		"LIVEGATE_EDGEPROXY_TLS_CERT=" + cert, "LIVEGATE_EDGEPROXY_TLS_KEY=" + key,
-		"LIVEGATE_EDGEPROXY_SIGNALING_PORT=" + strconv.Itoa(freePort(t)), "LIVEGATE_EDGEPROXY_SIGNALING_BIND=127.0.0.1",
+		"LIVEGATE_EDGEPROXY_SIGNALING_PORT=" + strconv.Itoa(freeport.TCP(t)), "LIVEGATE_EDGEPROXY_SIGNALING_BIND=127.0.0.1",
 		"LIVEGATE_EDGEPROXY_ADMIN_ADDR=127.0.0.1:" + strconv.Itoa(adminPort), "LIVEGATE_EDGEPROXY_EDGE_ID=edge-examples",
 		// The media plane programs this host's iptables: left out; the backend policy it shares
 		// with signaling is what the examples must agree on.
@@ -125,7 +127,7 @@ func TestExamplesWorkTogether(t *testing.T) {
 	edgeBin := binary(t, "livegate-edgeproxy")
 	edge := start(t, append(edgeEnv, "LIVEGATE_EDGEPROXY_BACKEND_PORTS=30000-32767"), edgeBin, "run", "--config", edgeConfig)
 
-	agentPort, appPort := freePort(t), freePort(t)
+	agentPort, appPort := freeport.TCP(t), freeport.TCP(t)
 	agent := start(t, []string{
 		"LIVEGATE_AGENT_NATS_URL=" + natsURL, "LIVEGATE_AGENT_HOST=127.0.0.1", "LIVEGATE_AGENT_PORT=" + strconv.Itoa(agentPort),
 		"LIVEGATE_AGENT_APP_ADDR=127.0.0.1:" + strconv.Itoa(appPort), "LIVEGATE_AGENT_INSTANCE_ID=examples-1",

@@ -69,11 +69,11 @@ func TestClusterNodeLossAndPartition(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dead.p.Kill()
-	t.Logf("killed %s (SIGKILL), the routes bucket's leader", dead.name)
-	hold(dead.name+" down", leaseTTL+2*time.Second)
+	dead.Stop(true)
+	t.Logf("killed %s (SIGKILL), the routes bucket's leader", dead.Name)
+	hold(dead.Name+" down", leaseTTL+2*time.Second)
 	e.restart(dead)
-	t.Logf("%s started again", dead.name)
+	t.Logf("%s started again", dead.Name)
 	// One fault at a time, as an operator restarts one node at a time: every stream is led and
 	// its copies current again before the next.
 	e.eventually(30*time.Second, "every stream led again with all three copies current", e.allCurrent)
@@ -83,10 +83,10 @@ func TestClusterNodeLossAndPartition(t *testing.T) {
 	// and its clients both lose it.
 	where, cut := e.placement()
 	e.partition(cut, true)
-	t.Logf("partitioned %s (clients: %s)", cut.name, where)
-	hold(cut.name+" partitioned", leaseTTL+2*time.Second)
+	t.Logf("partitioned %s (clients: %s)", cut.Name, where)
+	hold(cut.Name+" partitioned", leaseTTL+2*time.Second)
 	e.partition(cut, false)
-	t.Logf("healed the partition of %s", cut.name)
+	t.Logf("healed the partition of %s", cut.Name)
 	hold("healed churn", 3*time.Second)
 	stopChurn()
 	e.eventually(30*time.Second, "every stream's copies current again", e.allCurrent)
@@ -281,7 +281,7 @@ func (w *watch) churn() func() {
 			}
 			key := "c" + strconv.Itoa(seq)
 			sess := "churn-" + strconv.Itoa(seq)
-			err := putRoute(ctx, e.kv.Routes, key, sess, nodeLAN(1+seq%len(e.nodes)))
+			err := putRoute(ctx, e.kv.Routes, key, sess, stack.LabNodeLAN(1+seq%len(e.nodes)))
 			w.mu.Lock()
 			if err == nil {
 				now := time.Now()
@@ -416,10 +416,10 @@ func (w *watch) exactlyOnce() {
 				return fmt.Errorf("endpoint of %s names session %s, want %s", key, ep.GetSessionId(), sess)
 			}
 			in := w.owners(sess)
-			if len(in) != 1 || in[0].id != ep.GetEdgeId() {
+			if len(in) != 1 || in[0].ID != ep.GetEdgeId() {
 				var ids []string
 				for _, g := range in {
-					ids = append(ids, g.id)
+					ids = append(ids, g.ID)
 				}
 				return fmt.Errorf("session %s of %s in the maps of %v, its endpoint names %s", sess, key, ids, ep.GetEdgeId())
 			}
@@ -573,7 +573,7 @@ func fields(line string) map[string]string {
 func (e *env) failedClaims() map[string]bool {
 	out := map[string]bool{}
 	for _, g := range e.edges {
-		for _, line := range strings.Split(g.p.Output(), "\n") {
+		for _, line := range strings.Split(g.P.Output(), "\n") {
 			if strings.Contains(line, " claim write failed ") {
 				out[fields(line)["instance_id"]] = true
 			}
@@ -586,7 +586,7 @@ func (e *env) failedClaims() map[string]bool {
 func (e *env) logs() map[string]string {
 	out := map[string]string{}
 	for _, g := range e.edges {
-		out[g.id] = g.p.Output()
+		out[g.ID] = g.P.Output()
 	}
 	for _, n := range e.nodes {
 		out[n.instance] = n.agent.Output()
@@ -628,11 +628,11 @@ func (e *env) reportedAcked(acks map[string][]ack) error {
 	}
 	want := map[string]int{}
 	for _, g := range e.edges {
-		for _, line := range strings.Split(g.p.Output(), "\n") {
+		for _, line := range strings.Split(g.P.Output(), "\n") {
 			for _, kind := range []livegatev1.EventType{livegatev1.EventType_EVENT_TYPE_ROUTE_PROGRAMMED, livegatev1.EventType_EVENT_TYPE_ROUTE_REMOVED} {
 				if strings.Contains(line, " "+strings.ReplaceAll(events.TypeToken(kind), "_", " ")+" ") {
 					f := fields(line)
-					want[g.id+" "+events.TypeToken(kind)+" "+f["instance_id"]+" "+f["session_id"]]++
+					want[g.ID+" "+events.TypeToken(kind)+" "+f["instance_id"]+" "+f["session_id"]]++
 				}
 			}
 		}
@@ -748,10 +748,10 @@ func (e *env) clean() {
 		}
 		for _, g := range e.edges {
 			if m, err := g.showMap(e.ctx); err != nil || len(m) > 0 {
-				return fmt.Errorf("%s HAProxy map entries left: %v %v", g.id, m, err)
+				return fmt.Errorf("%s HAProxy map entries left: %v %v", g.ID, m, err)
 			}
 			if n, err := g.dnatRules(e.ctx); err != nil || n > 0 {
-				return fmt.Errorf("%s: %d DNAT rules left %v", g.id, n, err)
+				return fmt.Errorf("%s: %d DNAT rules left %v", g.ID, n, err)
 			}
 		}
 		return nil

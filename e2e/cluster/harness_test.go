@@ -27,9 +27,7 @@ import (
 const prefix = "lgk"
 
 const (
-	pool        = "cluster"
-	natsPort    = stack.NATSPort
-	monitorPort = stack.NATSMonitorPort
+	pool = "cluster"
 	// The agents' default lease and the edges' default TTL: a stream whose leader died has none
 	// for up to the election timeout of JetStream's Raft groups (4 to 9 s), and a lease must
 	// outlast that. The lease is what "unrouted too long" is measured by.
@@ -42,15 +40,9 @@ const (
 
 // The topology is a stack.Lab's public and lan networks: the edges on both, the nodes, the NATS
 // servers and the hub (the test's own client) on the lan.
-var (
-	hubLAN     = stack.LabHubLAN
-	natsAddrs  = []netip.Addr{stack.LabNATSLAN(1), stack.LabNATSLAN(2), stack.LabNATSLAN(3)}
-	edgePublic = stack.LabEdgePublic
-	edgeLAN    = stack.LabEdgeLAN
-	nodeLAN    = stack.LabNodeLAN
-)
+var natsAddrs = []netip.Addr{stack.LabNATSLAN(1), stack.LabNATSLAN(2), stack.LabNATSLAN(3)}
 
-func natsURL(k int) string { return fmt.Sprintf("nats://%s:%d", natsAddrs[k], natsPort) }
+func natsURL(k int) string { return fmt.Sprintf("nats://%s:%d", natsAddrs[k], stack.NATSPort) }
 
 // allURLs lists the three servers, as every agent is told.
 func allURLs() string {
@@ -80,21 +72,16 @@ type env struct {
 	kv *kvstore.Buckets
 }
 
+// natsNode is server k (from 0) of the cluster.
 type natsNode struct {
-	k    int
-	name string
-	ns   *netns.Namespace
-	p    *proc.Proc
-	srv  *stack.NATSServer
+	k int
+	*stack.NATSServer
 }
 
+// edge is edge k (from 1) of the pool.
 type edge struct {
-	k  int
-	id string
-	ns *netns.Namespace
-	// dir holds the edge's state: HAProxy's socket and map.
-	dir string
-	p   *proc.Proc
+	k int
+	*stack.LabEdge
 }
 
 type node struct {
@@ -113,9 +100,9 @@ func newEnv(t *testing.T, nodes int) *env {
 	bins := built.For(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	t.Cleanup(cancel)
-	// Before LabFor: cleanups run last first, so the directory goes after the processes writing
-	// into it have stopped.
-	state := t.TempDir()
+	// Made before the Lab, so it is removed after the Lab's processes stopped (cleanups run last
+	// first): a server or edge still running could write into it while it goes.
+	dir := t.TempDir()
 	lab := stack.LabFor(ctx, t, prefix, "LIVEGATE_CLUSTER_LOGS")
 	if dir := os.Getenv("LIVEGATE_CLUSTER_LOGDIR"); dir != "" {
 		lab.Procs.Output = func(name string) io.Writer {
@@ -127,7 +114,7 @@ func newEnv(t *testing.T, nodes int) *env {
 			return f
 		}
 	}
-	e := &env{t: t, ctx: ctx, dir: state, bins: bins, lab: lab}
+	e := &env{t: t, ctx: ctx, dir: dir, bins: bins, lab: lab}
 	t.Cleanup(func() {
 		if e.nc != nil {
 			e.nc.Close()
@@ -147,18 +134,15 @@ func (e *env) build(nodes int) error {
 		return err
 	}
 	// The test's own client reaches the cluster from the hub.
-	if err := e.lab.Bridge(ctx, "bl", hubLAN); err != nil {
+	if err := e.lab.Bridge(ctx, "bl", stack.LabHubLAN); err != nil {
 		return err
 	}
-	for k := range natsAddrs {
-		if err := e.addNATS(k); err != nil {
-			return err
-		}
+	servers, err := e.lab.StartNATSServers(ctx, e.dir, "", natsAddrs...)
+	if err != nil {
+		return err
 	}
-	for _, s := range e.nats {
-		if err := s.srv.Ready(ctx); err != nil {
-			return err
-		}
+	for k, srv := range servers {
+		e.nats = append(e.nats, &natsNode{k: k, NATSServer: srv})
 	}
 	if err := e.dialCluster(); err != nil {
 		return err
@@ -178,42 +162,13 @@ func (e *env) build(nodes int) error {
 
 // NATS ------------------------------------------------------------------------------------------
 
-// addNATS starts server k of a cluster of three, as deploy/nats documents it, with short pings
-// so a cut is noticed in seconds.
-func (e *env) addNATS(k int) error {
-	role := fmt.Sprintf("s%d", k+1)
-	ns, err := e.lab.AddNS(e.ctx, role)
-	if err != nil {
-		return err
-	}
-	if err := e.lab.Link(e.ctx, ns, role, "l", "bl", natsAddrs[k]); err != nil {
-		return err
-	}
-	var peers []netip.Addr
-	for j, a := range natsAddrs {
-		if j != k {
-			peers = append(peers, a)
-		}
-	}
-	srv, err := e.lab.Procs.StartNATS(e.ctx, ns, stack.NATSConfig{
-		Name: fmt.Sprintf("nats-%d", k+1), Dir: filepath.Join(e.dir, role), FastPings: true, Monitor: true,
-		Advertise: natsAddrs[k], Peers: peers,
-	})
-	if err != nil {
-		return err
-	}
-	e.nats = append(e.nats, &natsNode{k: k, name: srv.Name, ns: ns, p: srv.P, srv: srv})
-	return nil
-}
-
 // restart starts a killed server again on its store.
 func (e *env) restart(s *natsNode) {
 	e.t.Helper()
-	if err := s.srv.Start(e.ctx); err != nil {
+	if err := s.Start(e.ctx); err != nil {
 		e.t.Fatal(err)
 	}
-	s.p = s.srv.P
-	if err := s.srv.Ready(e.ctx); err != nil {
+	if err := s.Ready(e.ctx); err != nil {
 		e.t.Fatal(err)
 	}
 }
@@ -226,7 +181,7 @@ func (e *env) partition(s *natsNode, cut bool) {
 	if cut {
 		state = "down"
 	}
-	if err := s.ns.Run(e.ctx, "ip", "link", "set", e.lab.LinkName(fmt.Sprintf("s%d", s.k+1), "l"), state); err != nil {
+	if err := s.NS.Run(e.ctx, "ip", "link", "set", e.lab.LinkName(stack.NATSRole(s.k), "l"), state); err != nil {
 		e.t.Fatal(err)
 	}
 }
@@ -258,7 +213,7 @@ func (e *env) leader(stream string) (*natsNode, error) {
 		return nil, fmt.Errorf("stream %s: %d replicas, cluster %v", stream, info.Config.Replicas, info.Cluster)
 	}
 	for _, s := range e.nats {
-		if s.name == info.Cluster.Leader {
+		if s.Name == info.Cluster.Leader {
 			return s, nil
 		}
 	}
@@ -270,10 +225,10 @@ func (e *env) leader(stream string) (*natsNode, error) {
 func (e *env) clients() map[string]*natsNode {
 	out := map[string]*natsNode{}
 	for _, s := range e.nats {
-		if s.p.Exited() {
+		if s.P.Exited() {
 			continue
 		}
-		resp, err := s.ns.HTTPClient(2 * time.Second).Get(fmt.Sprintf("http://127.0.0.1:%d/connz?limit=1024", monitorPort))
+		resp, err := s.NS.HTTPClient(2 * time.Second).Get(fmt.Sprintf("http://127.0.0.1:%d/connz?limit=1024", stack.NATSMonitorPort))
 		if err != nil {
 			continue
 		}
@@ -302,7 +257,7 @@ func (e *env) placement() (string, *natsNode) {
 	count := map[*natsNode]int{}
 	var names []string
 	for _, g := range e.edges {
-		names = append(names, "livegate-edgeproxy/"+g.id)
+		names = append(names, "livegate-edgeproxy/"+g.ID)
 	}
 	for _, n := range e.nodes {
 		names = append(names, "livegate-agent/"+n.instance)
@@ -311,7 +266,7 @@ func (e *env) placement() (string, *natsNode) {
 		s := on[name]
 		where := "none"
 		if s != nil {
-			where = s.name
+			where = s.Name
 			count[s]++
 		}
 		parts = append(parts, strings.TrimPrefix(strings.TrimPrefix(name, "livegate-edgeproxy/"), "livegate-agent/")+"→"+where)
@@ -330,34 +285,30 @@ func (e *env) placement() (string, *natsNode) {
 // addEdge starts edge k with only server k as its seed (k = 1, 2): the two edges start on
 // different servers and learn the others from the cluster.
 func (e *env) addEdge(k int) error {
-	role := fmt.Sprintf("e%d", k)
-	ns, err := e.lab.AddRouter(e.ctx, role, stack.LabLink{Net: "p", Bridge: "bp", Addr: edgePublic(k)}, stack.LabLink{Net: "l", Bridge: "bl", Addr: edgeLAN(k)})
+	le, err := e.lab.AddEdge(e.ctx, fmt.Sprintf("edge%d", k), fmt.Sprintf("e%d", k), e.dir,
+		stack.LabLink{Net: "p", Bridge: "bp", Addr: stack.LabEdgePublic(k)}, stack.LabLink{Net: "l", Bridge: "bl", Addr: stack.LabEdgeLAN(k)})
 	if err != nil {
 		return err
 	}
-	g := &edge{k: k, id: fmt.Sprintf("edge%d", k), ns: ns, dir: filepath.Join(e.dir, role)}
-	if err := os.MkdirAll(g.dir, 0o700); err != nil {
-		return err
-	}
-	g.p, err = e.lab.Procs.Start(e.ctx, g.id, ns, e.bins.Edge, stack.EdgeArgs(stack.EdgeConfig{
-		ID: g.id, Pool: pool, Public: edgePublic(k), NATSURL: natsURL(k - 1), NATSReplicas: 3, StateDir: g.dir,
+	g := &edge{k: k, LabEdge: le}
+	if err := e.lab.StartEdge(e.ctx, le, e.bins.Edge, stack.EdgeArgs(stack.EdgeConfig{
+		ID: g.ID, Pool: pool, Public: stack.LabEdgePublic(k), NATSURL: natsURL(k - 1), NATSReplicas: 3, StateDir: g.Dir,
 		MediaPorts: stack.MediaPorts, Resync: resync, Heartbeat: heartbeat, TTL: edgeTTL,
 		LogLevel: "debug",
-	})...)
-	if err != nil {
+	})); err != nil {
 		return err
 	}
 	e.edges = append(e.edges, g)
-	return stack.WaitHealthy(e.ctx, g.p, ns, 30*time.Second)
+	return g.WaitHealthy(e.ctx, 30*time.Second)
 }
 
 func (g *edge) showMap(ctx context.Context) (map[string]string, error) {
-	return stack.EdgeHAProxy(g.dir).ShowMap(ctx)
+	return g.HAProxy().ShowMap(ctx)
 }
 
 // dnatRules counts the edge's DNAT rules.
 func (g *edge) dnatRules(ctx context.Context) (int, error) {
-	rules, err := stack.DNATRules(ctx, g.ns)
+	rules, err := stack.DNATRules(ctx, g.NS)
 	return stack.Total(rules), err
 }
 
@@ -368,12 +319,12 @@ func (e *env) addNode(i int) error {
 	if err != nil {
 		return err
 	}
-	if err := e.lab.Link(e.ctx, ns, role, "l", "bl", nodeLAN(i)); err != nil {
+	if err := e.lab.Link(e.ctx, ns, role, "l", "bl", stack.LabNodeLAN(i)); err != nil {
 		return err
 	}
 	n := &node{i: i, instance: fmt.Sprintf("node%d", i), ns: ns}
 	if n.agent, err = e.lab.Procs.StartAgent(e.ctx, "agent"+strconv.Itoa(i), ns, e.bins.Agent, stack.AgentConfig{
-		InstanceID: n.instance, Pool: pool, NATSURL: allURLs(), BackendIP: nodeLAN(i), LeaseTTL: leaseTTL, NATSReplicas: 3,
+		InstanceID: n.instance, Pool: pool, NATSURL: allURLs(), BackendIP: stack.LabNodeLAN(i), LeaseTTL: leaseTTL, NATSReplicas: 3,
 		LogLevel: "debug",
 	}); err != nil {
 		return err

@@ -19,7 +19,7 @@ func TestAgentKilled(t *testing.T) {
 	start := time.Now()
 	s1, s2 := e.routed("node1", ""), e.routed("node2", "")
 	w1, w2 := e.mustDial(s1.edge, s1.id), e.mustDial(s2.edge, s2.id)
-	defer w2.close()
+	defer w2.Close()
 	// Media leaves conntrack entries behind: the removal must delete them.
 	for _, s := range []session{s1, s2} {
 		if err := e.probe(s.edge, s.port); err != nil {
@@ -34,8 +34,8 @@ func TestAgentKilled(t *testing.T) {
 	ev := e.waitEvent(mark, "node1", livegatev1.EventType_EVENT_TYPE_ROUTE_REMOVED)
 	t.Logf("figure: route of the killed agent removed everywhere %s after SIGKILL (lease TTL %s, edge saw it at +%s: %q)",
 		round(took), leaseTTL, round(ev.At.Sub(killed)), ev.Event.GetRouteRemoved().GetReason())
-	w1.close()
-	if err := w2.echo(e.ctx); err != nil {
+	w1.Close()
+	if err := e.echo(w2); err != nil {
 		t.Errorf("node2's websocket after node1's agent died: %v", err)
 	}
 	if err := e.probe(s2.edge, s2.port); err != nil {
@@ -44,7 +44,7 @@ func TestAgentKilled(t *testing.T) {
 	if err := e.unchanged(s2); err != nil {
 		t.Errorf("after node1's agent died: %v", err)
 	}
-	w2.close()
+	w2.Close()
 	// A retried publish arrives twice under one id: count ids, not messages.
 	programmed := map[string]bool{}
 	for _, r := range e.obs.Events() {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/livegate/livegate/e2e/internal/stack"
+	"github.com/livegate/livegate/e2e/internal/wsclient"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
 )
 
@@ -24,23 +25,17 @@ import (
 // still draining, until `drain --cancel`.
 func TestDrainHandsSessionsToThePool(t *testing.T) {
 	e := newEnv(t, twoEdgePool())
-	all := e.routeMany("d", 8)
-	all["node1"] = e.routed("node1", "")
-	served := e.exactlyOnce(all)
-	drained, other := all["node1"].edge, e.edges[0]
-	if other == drained {
-		other = e.edges[1]
-	}
+	all, drained, other := e.poolSessions("d", 8)
 	var held []session
 	for _, s := range all {
 		if s.edge == drained {
 			held = append(held, s)
 		}
 	}
-	t.Logf("figure: %d sessions split edge1 %d, edge2 %d; draining %s with %d", len(all), served["edge1"], served["edge2"], drained.id, len(held))
+	t.Logf("draining %s with %d", drained.ID, len(held))
 
 	// A client on every session of the drained edge, and media through the agent's session.
-	conns := map[string]*ws{}
+	conns := map[string]*wsclient.Conn{}
 	for _, s := range held {
 		conns[s.instance] = e.mustDial(drained, s.id)
 	}
@@ -49,7 +44,7 @@ func TestDrainHandsSessionsToThePool(t *testing.T) {
 
 	const deadline = 15 * time.Second
 	mark := e.obs.Mark()
-	out, err := drained.ns.Command(e.ctx, e.bins.Edge, "drain", "--deadline", deadline.String()).CombinedOutput()
+	out, err := drained.NS.Command(e.ctx, e.bins.Edge, "drain", "--deadline", deadline.String()).CombinedOutput()
 	if err != nil {
 		t.Fatalf("livegate-edgeproxy drain: %v: %s", err, out)
 	}
@@ -64,8 +59,8 @@ func TestDrainHandsSessionsToThePool(t *testing.T) {
 	for inst, w := range conns {
 		wg.Go(func() {
 			for n := 0; n < 200 && time.Now().Before(echoUntil); n++ {
-				if err := w.echo(e.ctx); err != nil {
-					cut <- fmt.Errorf("%s's websocket through %s %s after the drain, before its deadline: %w", inst, drained.id, since(drainedAt), err)
+				if err := e.echo(w); err != nil {
+					cut <- fmt.Errorf("%s's websocket through %s %s after the drain, before its deadline: %w", inst, drained.ID, since(drainedAt), err)
 					return
 				}
 				time.Sleep(250 * time.Millisecond)
@@ -75,19 +70,19 @@ func TestDrainHandsSessionsToThePool(t *testing.T) {
 
 	code, body := e.admin(drained, "/readyz")
 	if code != http.StatusServiceUnavailable || !strings.Contains(body, `"status":"draining"`) {
-		t.Errorf("%s /readyz while draining: %d %s", drained.id, code, body)
+		t.Errorf("%s /readyz while draining: %d %s", drained.ID, code, body)
 	}
 	if code, body := e.admin(drained, "/healthz"); code != http.StatusOK {
-		t.Errorf("%s /healthz while draining: %d %s", drained.id, code, body)
+		t.Errorf("%s /healthz while draining: %d %s", drained.ID, code, body)
 	}
-	e.eventually(10*time.Second, "status shows "+drained.id+" draining", func() error {
+	e.eventually(10*time.Second, "status shows "+drained.ID+" draining", func() error {
 		return e.statusDraining(drained, true)
 	})
 
 	// New sessions go to the other edge.
 	for key, s := range e.routeMany("n", 4) {
 		if s.edge != other {
-			t.Errorf("new session %s went to %s while %s drains", key, s.edge.id, drained.id)
+			t.Errorf("new session %s went to %s while %s drains", key, s.edge.ID, drained.ID)
 		} else {
 			all[key] = s
 		}
@@ -97,7 +92,7 @@ func TestDrainHandsSessionsToThePool(t *testing.T) {
 			t.Errorf("before the deadline: %v", err)
 		}
 	}
-	media.wait(t, "media of node1 while its edge drains", 0.05)
+	waitFlow(t, media, "media of node1 while its edge drains", 0.05)
 	wg.Wait()
 	close(cut)
 	for err := range cut {
@@ -108,83 +103,83 @@ func TestDrainHandsSessionsToThePool(t *testing.T) {
 	}
 
 	// At the deadline the held sessions move to the other edge.
-	took := e.eventually(30*time.Second, "every session on "+other.id, func() error {
+	took := e.eventually(30*time.Second, "every session on "+other.ID, func() error {
 		for k, was := range all {
 			got, err := e.endpoint(k)
 			if err != nil {
 				return err
 			}
 			if got.edge != other || got.id != was.id {
-				return fmt.Errorf("endpoint of %s is %s, want session %s on %s", k, got, was.id, other.id)
+				return fmt.Errorf("endpoint of %s is %s, want session %s on %s", k, got, was.id, other.ID)
 			}
 		}
 		if m, err := drained.showMap(e.ctx); err != nil || len(m) > 0 {
-			return fmt.Errorf("%s map still holds %v (%v)", drained.id, m, err)
+			return fmt.Errorf("%s map still holds %v (%v)", drained.ID, m, err)
 		}
 		return nil
 	})
 	handedAt := time.Now()
 	t.Logf("figure: %d sessions handed from %s to %s %s after the drain (deadline %s), all there %s after the deadline (waited %s)",
-		len(held), drained.id, other.id, since(drainedAt), deadline, round(handedAt.Sub(deadlineAt)), round(took))
+		len(held), drained.ID, other.ID, since(drainedAt), deadline, round(handedAt.Sub(deadlineAt)), round(took))
 	if handedAt.Before(deadlineAt) {
 		t.Errorf("sessions moved %s before the deadline", round(deadlineAt.Sub(handedAt)))
 	}
 	for _, w := range conns {
-		w.close()
+		w.Close()
 	}
 	for k := range all {
 		moved := e.routed(k, all[k].id)
 		if moved.edge != other {
-			t.Errorf("%s routed on %s", k, moved.edge.id)
+			t.Errorf("%s routed on %s", k, moved.edge.ID)
 		}
 		w := e.mustDial(other, moved.id)
-		if err := w.echo(e.ctx); err != nil {
-			t.Errorf("%s through %s after the hand-over: %v", k, other.id, err)
+		if err := e.echo(w); err != nil {
+			t.Errorf("%s through %s after the hand-over: %v", k, other.ID, err)
 		}
-		w.close()
+		w.Close()
 	}
 	resumed := e.waitEvent(mark, "node1", livegatev1.EventType_EVENT_TYPE_SESSION_RESUMED)
-	t.Logf("node1's client resumed session %s through %s", resumed.Event.GetSessionId(), other.id)
+	t.Logf("node1's client resumed session %s through %s", resumed.Event.GetSessionId(), other.ID)
 	if err := e.probe(other, e.routed("node1", all["node1"].id).port); err != nil {
 		t.Error(err)
 	}
 	for _, s := range held {
 		ev := e.waitEvent(mark, s.instance, livegatev1.EventType_EVENT_TYPE_ROUTE_REMOVED)
-		if rr := ev.Event.GetRouteRemoved(); rr.GetEdgeId() != drained.id || !strings.Contains(rr.GetReason(), "edge drained") {
-			t.Errorf("route_removed of %s: %v, want edge %s and a reason naming the drain", s.instance, rr, drained.id)
+		if rr := ev.Event.GetRouteRemoved(); rr.GetEdgeId() != drained.ID || !strings.Contains(rr.GetReason(), "edge drained") {
+			t.Errorf("route_removed of %s: %v, want edge %s and a reason naming the drain", s.instance, rr, drained.ID)
 		}
 	}
 	_, metrics := e.admin(drained, "/metrics")
 	if want := fmt.Sprintf(`livegate_edge_routes_removed_total{reason="drained"} %d`, len(held)); !strings.Contains(metrics, want) {
-		t.Errorf("%s metrics lack %s", drained.id, want)
+		t.Errorf("%s metrics lack %s", drained.ID, want)
 	}
 	if !strings.Contains(metrics, "livegate_edge_draining 1") || !strings.Contains(metrics, "livegate_edge_claiming 0") {
-		t.Errorf("%s metrics do not say draining and not claiming", drained.id)
+		t.Errorf("%s metrics do not say draining and not claiming", drained.ID)
 	}
-	if served := e.exactlyOnce(all); served[other.id] != len(all) {
+	if served := e.exactlyOnce(all); served[other.ID] != len(all) {
 		t.Errorf("after the hand-over: %v", served)
 	}
 
 	// The drain survives a restart of the edge, and ends with drain --cancel.
-	if err := drained.p.Stop(3 * time.Second); err != nil {
-		t.Logf("%s stopped: %v", drained.id, err)
+	if err := drained.P.Stop(3 * time.Second); err != nil {
+		t.Logf("%s stopped: %v", drained.ID, err)
 	}
 	if err := drained.start(); err != nil {
 		t.Fatal(err)
 	}
 	if code, body := e.admin(drained, "/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "draining") {
-		t.Errorf("%s /readyz after a restart: %d %s", drained.id, code, body)
+		t.Errorf("%s /readyz after a restart: %d %s", drained.ID, code, body)
 	}
-	e.eventually(10*time.Second, "status shows "+drained.id+" still draining", func() error {
+	e.eventually(10*time.Second, "status shows "+drained.ID+" still draining", func() error {
 		return e.statusDraining(drained, true)
 	})
-	if out, err := drained.ns.Command(e.ctx, e.bins.Edge, "drain", "--cancel").CombinedOutput(); err != nil {
+	if out, err := drained.NS.Command(e.ctx, e.bins.Edge, "drain", "--cancel").CombinedOutput(); err != nil {
 		t.Fatalf("livegate-edgeproxy drain --cancel: %v: %s", err, out)
 	}
 	if code, body := e.admin(drained, "/readyz"); code != http.StatusOK {
-		t.Errorf("%s /readyz after drain --cancel: %d %s", drained.id, code, body)
+		t.Errorf("%s /readyz after drain --cancel: %d %s", drained.ID, code, body)
 	}
-	e.eventually(10*time.Second, "status shows "+drained.id+" no longer draining", func() error {
+	e.eventually(10*time.Second, "status shows "+drained.ID+" no longer draining", func() error {
 		return e.statusDraining(drained, false)
 	})
 	for k := range all {
@@ -202,9 +197,9 @@ func TestDrainHandsSessionsToThePool(t *testing.T) {
 // admin GETs path from edge g's admin address.
 func (e *env) admin(g *edge, path string) (int, string) {
 	e.t.Helper()
-	resp, err := g.ns.HTTPClient(5 * time.Second).Get("http://127.0.0.1:9470" + path)
+	resp, err := g.NS.HTTPClient(5 * time.Second).Get("http://127.0.0.1:9470" + path)
 	if err != nil {
-		e.t.Fatalf("%s admin %s: %v", g.id, path, err)
+		e.t.Fatalf("%s admin %s: %v", g.ID, path, err)
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
@@ -215,7 +210,7 @@ func (e *env) admin(g *edge, path string) (int, string) {
 func (e *env) statusDraining(g *edge, want bool) error {
 	ctx, cancel := context.WithTimeout(e.ctx, 15*time.Second)
 	defer cancel()
-	out, err := g.ns.Command(ctx, e.bins.Edge, "status", "-o", "json", "--nats-url", fmt.Sprintf("nats://%s:%d", stack.LabHubCtl, natsPort)).Output()
+	out, err := g.NS.Command(ctx, e.bins.Edge, "status", "-o", "json", "--nats-url", fmt.Sprintf("nats://%s:%d", stack.LabHubCtl, stack.NATSPort)).Output()
 	if err != nil {
 		return fmt.Errorf("livegate-edgeproxy status: %w", err)
 	}
@@ -230,12 +225,12 @@ func (e *env) statusDraining(g *edge, want bool) error {
 		return fmt.Errorf("status -o json: %w", err)
 	}
 	for _, s := range r.Edges {
-		if s.EdgeID == g.id {
+		if s.EdgeID == g.ID {
 			if s.Draining != want || s.Claiming == want {
-				return fmt.Errorf("status says %s draining %t claiming %t", g.id, s.Draining, s.Claiming)
+				return fmt.Errorf("status says %s draining %t claiming %t", g.ID, s.Draining, s.Claiming)
 			}
 			return nil
 		}
 	}
-	return errors.New("status lists no " + g.id)
+	return errors.New("status lists no " + g.ID)
 }

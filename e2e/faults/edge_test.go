@@ -23,7 +23,7 @@ func TestEdgeKilledUnderChurn(t *testing.T) {
 	g := e.edges[0]
 	s := e.routed("node1", "")
 	w := e.mustDial(g, s.id)
-	defer w.close()
+	defer w.Close()
 	// The agent's state after its client connected; any client_disconnected from here on
 	// would mean the websocket broke.
 	e.waitEvent(0, "node1", livegatev1.EventType_EVENT_TYPE_CLIENT_CONNECTED)
@@ -32,7 +32,7 @@ func TestEdgeKilledUnderChurn(t *testing.T) {
 
 	ch := startChurn(e, 10, 150*time.Millisecond)
 	e.flowing(media)
-	g.p.Kill()
+	g.P.Kill()
 	killed := time.Now()
 	t.Logf("edge killed (SIGKILL) under churn")
 	// Down long enough for a dozen route changes to go by unseen.
@@ -63,7 +63,7 @@ func TestEdgeKilledUnderChurn(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	w.close()
+	w.Close()
 	stopAgents(t, e)
 	e.clean()
 }
@@ -104,7 +104,7 @@ func startChurn(e *env, keys int, every time.Duration) *churn {
 			if present {
 				err = e.kv.deleteRoute(ctx, key)
 			} else {
-				err = e.kv.putRoute(ctx, key, session, nodeLAN(2))
+				err = e.kv.putRoute(ctx, key, session, stack.LabNodeLAN(2))
 			}
 			if err != nil {
 				if ctx.Err() == nil {
@@ -170,7 +170,7 @@ func (e *env) converged(g *edge, final map[string]string, s session) error {
 			return err
 		}
 		if got.id != sess || got.edge != g {
-			return fmt.Errorf("endpoint of %s is %s, want session %s on %s", k, got, sess, g.id)
+			return fmt.Errorf("endpoint of %s is %s, want session %s on %s", k, got, sess, g.ID)
 		}
 		ports[got.port] = true
 	}

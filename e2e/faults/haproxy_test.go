@@ -6,6 +6,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/livegate/livegate/e2e/internal/stack"
 )
 
 // TestHAProxySupervised: the HAProxy the edge supervises is reloaded, then killed. After the
@@ -32,16 +34,16 @@ func haproxyFaults(t *testing.T, attached bool) {
 	want := map[string]string{}
 	for i := 1; i <= 5; i++ {
 		key := fmt.Sprintf("h%d", i)
-		if err := e.kv.putRoute(e.ctx, key, "sess-"+key, nodeLAN(1)); err != nil {
+		if err := e.kv.putRoute(e.ctx, key, "sess-"+key, stack.LabNodeLAN(1)); err != nil {
 			t.Fatal(err)
 		}
-		want["sess-"+key] = fmt.Sprintf("%s:%d", nodeLAN(1), appSignalingPort)
+		want["sess-"+key] = fmt.Sprintf("%s:%d", stack.LabNodeLAN(1), stack.AppSignalingPort)
 	}
 	for k := range want {
 		e.routed(k[len("sess-"):], k)
 	}
 	w := e.mustDial(g, "sess-h1")
-	defer w.close()
+	defer w.Close()
 
 	// Reload: SIGUSR2 to the master, as `systemctl reload` or an operator would.
 	oldWorker, err := g.workerPid(e.ctx)
@@ -59,16 +61,16 @@ func haproxyFaults(t *testing.T, attached bool) {
 		return g.hasMap(oldWorker, want)
 	})
 	t.Logf("figure (%s): HAProxy reloaded; the new worker answered with the whole map (%d entries) %s after SIGUSR2", mode, len(want), round(took))
-	if err := w.echo(e.ctx); err != nil {
+	if err := e.echo(w); err != nil {
 		t.Errorf("established websocket after the reload: %v", err)
 	} else {
 		t.Logf("%s: the websocket opened before the reload still echoes (the old worker keeps it)", mode)
 	}
 	w2 := e.mustDial(g, "sess-h2")
-	if err := w2.echo(e.ctx); err != nil {
+	if err := e.echo(w2); err != nil {
 		t.Error(err)
 	}
-	w2.close()
+	w2.Close()
 
 	// Kill: master and worker die at once, as in a crash; a route is written while HAProxy is
 	// down.
@@ -82,7 +84,7 @@ func haproxyFaults(t *testing.T, attached bool) {
 	_ = syscall.Kill(master, syscall.SIGKILL)
 	_ = syscall.Kill(worker, syscall.SIGKILL)
 	killed := time.Now()
-	if err := e.kv.putRoute(e.ctx, "h6", "sess-h6", nodeLAN(1)); err != nil {
+	if err := e.kv.putRoute(e.ctx, "h6", "sess-h6", stack.LabNodeLAN(1)); err != nil {
 		t.Fatal(err)
 	}
 	restarted := killed
@@ -116,14 +118,14 @@ func haproxyFaults(t *testing.T, attached bool) {
 	}
 	t.Logf("figure (%s): HAProxy killed (SIGKILL, master and worker); its map was back %s and the route written meanwhile in it %s after %s",
 		mode, round(back), round(took+killed.Sub(restarted)), from)
-	if err := w.echo(e.ctx); err == nil {
+	if err := e.echo(w); err == nil {
 		t.Errorf("%s: a websocket of the killed HAProxy still echoes", mode)
 	}
 	w3 := e.mustDial(g, "sess-h6")
-	if err := w3.echo(e.ctx); err != nil {
+	if err := e.echo(w3); err != nil {
 		t.Error(err)
 	}
-	w3.close()
+	w3.Close()
 	if err := e.probe(g, e.routed("h6", "sess-h6").port); err != nil {
 		t.Error(err)
 	}
@@ -171,7 +173,7 @@ func stopWhileHAProxyStarts(e *env, g *edge, want map[string]string) {
 	// needs the default, so an edge killed outright hands HAProxy to one run without the flag.
 	args := g.args
 	defer func() { g.args = args }()
-	g.p.Kill()
+	g.P.Kill()
 	g.args = append(slices.Clone(args), "--haproxy-stop-on-exit=false")
 	if err := g.start(); err != nil {
 		t.Fatal(err)
@@ -195,7 +197,7 @@ func stopWhileHAProxyStarts(e *env, g *edge, want map[string]string) {
 		fresh = p
 		return nil
 	})
-	if err := g.p.Stop(10 * time.Second); err != nil {
+	if err := g.P.Stop(10 * time.Second); err != nil {
 		t.Errorf("edge stop while HAProxy started: %v", err)
 	}
 	if err := syscall.Kill(fresh, 0); err != nil {

@@ -2,25 +2,22 @@ package faults
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"strconv"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/coder/websocket"
 	"github.com/livegate/livegate/e2e/internal/netns"
 	"github.com/livegate/livegate/e2e/internal/observer"
 	"github.com/livegate/livegate/e2e/internal/proc"
 	"github.com/livegate/livegate/e2e/internal/stack"
+	"github.com/livegate/livegate/e2e/internal/wsclient"
 	"github.com/livegate/livegate/pkg/dtlssrtp"
 	"github.com/livegate/livegate/pkg/kvstore"
 	"github.com/livegate/livegate/pkg/wire"
@@ -36,10 +33,7 @@ import (
 const prefix = "lgf"
 
 const (
-	pool             = "faults"
-	natsPort         = stack.NATSPort
-	appSignalingPort = stack.AppSignalingPort
-	appMediaPort     = stack.AppMediaPort
+	pool = "faults"
 	// mediaFirst..mediaLast is the edges' public UDP range: small, so a leak shows quickly.
 	mediaFirst = 10500
 	mediaLast  = 10599
@@ -54,10 +48,9 @@ const (
 	kvTimeout = 5 * time.Second
 )
 
-// nodeLAN is node i's address, where its app listens. The faults topology is a stack.Lab's: the
-// hub holds the public, ctl and lan bridges and the NATS server (on ctl for the edges, on lan for
-// the agents, so the two can be cut apart).
-func nodeLAN(i int) netip.Addr { return stack.LabNodeLAN(i) }
+// The faults topology is a stack.Lab's: the hub holds the public, ctl and lan bridges and the
+// NATS server (on ctl for the edges, on lan for the agents, so the two can be cut apart); node
+// i's app listens at stack.LabNodeLAN(i).
 
 var built stack.Built
 
@@ -107,13 +100,11 @@ type env struct {
 	cfg    config
 }
 
+// edge is edge k (from 1), started with args.
 type edge struct {
-	k       int
-	id      string
-	ns      *netns.Namespace
-	dir     string
+	k int
+	*stack.LabEdge
 	args    []string
-	p       *proc.Proc
 	haproxy *proc.Proc // attached mode: the HAProxy the test runs
 	e       *env
 }
@@ -135,8 +126,8 @@ func newEnv(t *testing.T, cfg config) *env {
 	b := built.For(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	t.Cleanup(cancel)
-	// Before LabFor: cleanups run last first, so the directory goes after the processes writing
-	// into it (the edges' state) have stopped.
+	// Made before the Lab, so it is removed after the Lab's processes stopped (cleanups run last
+	// first): an edge still running could write into it while it goes.
 	dir := t.TempDir()
 	lab := stack.LabFor(ctx, t, prefix, "LIVEGATE_FAULTS_LOGS")
 	e := &env{t: t, ctx: ctx, id: lab.ID, dir: dir, bins: b, lab: lab, hub: lab.Hub, cfg: cfg}
@@ -202,7 +193,7 @@ func (e *env) build() error {
 
 // NATS ---------------------------------------------------------------------------------------
 
-func (e *env) natsURL() string { return fmt.Sprintf("nats://127.0.0.1:%d", natsPort) }
+func (e *env) natsURL() string { return fmt.Sprintf("nats://127.0.0.1:%d", stack.NATSPort) }
 
 // natsOpts are the test's own connections' options: from inside the hub, reconnecting at once
 // and forever, so a restart of the server costs the observer nothing.
@@ -238,7 +229,7 @@ func (e *env) blockAgents(block bool) {
 	if block {
 		op = "-I"
 	}
-	if err := e.hub.Run(e.ctx, "iptables", op, "INPUT", "-d", stack.LabHubLAN.String(), "-p", "tcp", "--dport", strconv.Itoa(natsPort),
+	if err := e.hub.Run(e.ctx, "iptables", op, "INPUT", "-d", stack.LabHubLAN.String(), "-p", "tcp", "--dport", strconv.Itoa(stack.NATSPort),
 		"-j", "REJECT", "--reject-with", "tcp-reset"); err != nil {
 		e.t.Errorf("block agents %t: %v", block, err)
 	}
@@ -259,8 +250,8 @@ func (e *env) dialKV() (*kvClient, error) {
 func (c *kvClient) putRoute(ctx context.Context, key, session string, backend netip.Addr) error {
 	data, err := wire.Marshal(&livegatev1.Route{
 		SessionId: session, InstanceId: key, Pool: pool,
-		SignalingBackend: netip.AddrPortFrom(backend, appSignalingPort).String(),
-		MediaBackends:    []string{netip.AddrPortFrom(backend, appMediaPort).String()},
+		SignalingBackend: netip.AddrPortFrom(backend, stack.AppSignalingPort).String(),
+		MediaBackends:    []string{netip.AddrPortFrom(backend, stack.AppMediaPort).String()},
 		LeaseTtl:         durationpb.New(time.Hour), RenewedAt: timestamppb.Now(),
 	})
 	if err != nil {
@@ -287,7 +278,7 @@ func (c *kvClient) deleteRoute(ctx context.Context, key string) error {
 func (e *env) heartbeat(g *edge) (bool, error) {
 	ctx, cancel := context.WithTimeout(e.ctx, kvTimeout)
 	defer cancel()
-	_, err := e.kv.Edges.Get(ctx, g.id)
+	_, err := e.kv.Edges.Get(ctx, g.ID)
 	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
 		return false, nil
 	}
@@ -329,18 +320,14 @@ func (e *env) endpoint(instance string) (session, error) {
 
 func (e *env) addEdge(k int) (*edge, error) {
 	ctx := e.ctx
-	role := fmt.Sprintf("e%d", k)
-	ns, err := e.lab.AddRouter(ctx, role, stack.LabLink{Net: "p", Bridge: "bp", Addr: stack.LabEdgePublic(k)},
+	le, err := e.lab.AddEdge(ctx, fmt.Sprintf("edge%d", k), fmt.Sprintf("e%d", k), e.dir, stack.LabLink{Net: "p", Bridge: "bp", Addr: stack.LabEdgePublic(k)},
 		stack.LabLink{Net: "c", Bridge: "bc", Addr: stack.LabEdgeCtl(k)}, stack.LabLink{Net: "l", Bridge: "bl", Addr: stack.LabEdgeLAN(k)})
 	if err != nil {
 		return nil, err
 	}
-	g := &edge{k: k, id: fmt.Sprintf("edge%d", k), ns: ns, dir: filepath.Join(e.dir, role), e: e}
-	if err := os.MkdirAll(g.dir, 0o700); err != nil {
-		return nil, err
-	}
+	g := &edge{k: k, LabEdge: le, e: e}
 	c := stack.EdgeConfig{
-		ID: g.id, Pool: pool, Public: stack.LabEdgePublic(k), NATSURL: fmt.Sprintf("nats://%s:%d", stack.LabHubCtl, natsPort), StateDir: g.dir,
+		ID: g.ID, Pool: pool, Public: stack.LabEdgePublic(k), NATSURL: fmt.Sprintf("nats://%s:%d", stack.LabHubCtl, stack.NATSPort), StateDir: g.Dir,
 		MediaPorts: fmt.Sprintf("%d-%d", mediaFirst, mediaLast), PortQuarantine: quarantine,
 		Resync: resync, Heartbeat: heartbeat, TTL: edgeTTL,
 	}
@@ -353,20 +340,18 @@ func (e *env) addEdge(k int) (*edge, error) {
 	// Otherwise the namespace goes away with the case, so HAProxy must not outlive a stopped
 	// edge; a SIGKILLed edge leaves it running, which is what the edge-kill case is about.
 	if e.cfg.attached && k == 1 {
-		if err := stack.PrepareAttached(ctx, e.bins.Edge, g.dir, stack.LabEdgePublic(k)); err != nil {
+		if err := stack.PrepareAttached(ctx, e.bins.Edge, g.Dir, stack.LabEdgePublic(k)); err != nil {
 			return nil, err
 		}
 		if err := g.startHAProxy(); err != nil {
 			return nil, err
 		}
-		c.HAProxySocket = g.haproxyAPI().Socket
+		c.HAProxySocket = g.HAProxy().Socket
 	}
 	g.args = stack.EdgeArgs(c)
 	e.edges = append(e.edges, g)
 	return g, nil
 }
-
-func (g *edge) haproxyAPI() stack.HAProxy { return stack.EdgeHAProxy(g.dir) }
 
 func (g *edge) public() string {
 	return net.JoinHostPort(stack.LabEdgePublic(g.k).String(), strconv.Itoa(stack.SignalingPort))
@@ -380,21 +365,17 @@ func (g *edge) start() error {
 			return err
 		}
 	}
-	p, err := g.e.lab.Procs.Start(g.e.ctx, g.id, g.ns, g.e.bins.Edge, g.args...)
-	if err != nil {
+	if err := g.e.lab.StartEdge(g.e.ctx, g.LabEdge, g.e.bins.Edge, g.args); err != nil {
 		return err
 	}
-	g.p = p
 	return g.waitHealthy(30 * time.Second)
 }
 
-func (g *edge) waitHealthy(timeout time.Duration) error {
-	return stack.WaitHealthy(g.e.ctx, g.p, g.ns, timeout)
-}
+func (g *edge) waitHealthy(timeout time.Duration) error { return g.WaitHealthy(g.e.ctx, timeout) }
 
 // startHAProxy starts the operator's HAProxy of attached mode, as its own supervisor would.
 func (g *edge) startHAProxy() error {
-	p, err := g.e.lab.Procs.StartAttached(g.e.ctx, "haproxy-"+g.id, g.ns, g.dir, stack.LabEdgePublic(g.k))
+	p, err := g.e.lab.Procs.StartAttached(g.e.ctx, "haproxy-"+g.ID, g.NS, g.Dir, stack.LabEdgePublic(g.k))
 	if p != nil {
 		g.haproxy = p
 	}
@@ -403,11 +384,11 @@ func (g *edge) startHAProxy() error {
 
 // showMap is HAProxy's session map right now.
 func (g *edge) showMap(ctx context.Context) (map[string]string, error) {
-	return g.haproxyAPI().ShowMap(ctx)
+	return g.HAProxy().ShowMap(ctx)
 }
 
 // workerPid is the HAProxy worker that answers the runtime API.
-func (g *edge) workerPid(ctx context.Context) (int, error) { return g.haproxyAPI().WorkerPid(ctx) }
+func (g *edge) workerPid(ctx context.Context) (int, error) { return g.HAProxy().WorkerPid(ctx) }
 
 // haproxyMaster is the pid of the HAProxy master: the one the test runs in attached mode, else
 // the one the edge recorded.
@@ -415,12 +396,12 @@ func (g *edge) haproxyMaster() (int, error) {
 	if g.haproxy != nil {
 		return g.haproxy.Pid(), nil
 	}
-	return stack.SupervisedMaster(g.dir)
+	return stack.SupervisedMaster(g.Dir)
 }
 
 // dnatPorts lists the public ports the edge's DNAT rules forward.
 func (g *edge) dnatPorts(ctx context.Context) (map[int]bool, error) {
-	rules, err := stack.DNATRules(ctx, g.ns)
+	rules, err := stack.DNATRules(ctx, g.NS)
 	if err != nil {
 		return nil, err
 	}
@@ -433,14 +414,14 @@ func (g *edge) dnatPorts(ctx context.Context) (map[int]bool, error) {
 
 // conntrackPorts counts the edge's forwarded UDP conntrack entries per public media port.
 func (g *edge) conntrackPorts(ctx context.Context) (map[int]int, error) {
-	return stack.ForwardedConntrack(ctx, g.ns, mediaFirst, mediaLast)
+	return stack.ForwardedConntrack(ctx, g.NS, mediaFirst, mediaLast)
 }
 
 // killAll is what a crashed host looks like: the edge and everything else in its namespace
 // (HAProxy) get SIGKILL.
 func (g *edge) killAll(ctx context.Context) error {
-	g.p.Kill()
-	pids, err := g.ns.Pids(ctx)
+	g.P.Kill()
+	pids, err := g.NS.Pids(ctx)
 	if err != nil {
 		return err
 	}
@@ -459,7 +440,7 @@ func (e *env) addNode(i int, nc nodeConfig) error {
 	if err != nil {
 		return err
 	}
-	if err := e.lab.Link(ctx, ns, role, "l", "bl", nodeLAN(i)); err != nil {
+	if err := e.lab.Link(ctx, ns, role, "l", "bl", stack.LabNodeLAN(i)); err != nil {
 		return err
 	}
 	n := &node{i: i, instance: fmt.Sprintf("node%d", i), ns: ns}
@@ -468,7 +449,7 @@ func (e *env) addNode(i int, nc nodeConfig) error {
 		// The agent serves the next session instead of quitting; without a resume window a
 		// session ends as soon as its client leaves.
 		if n.agent, err = e.lab.Procs.StartAgent(ctx, "agent"+strconv.Itoa(i), ns, e.bins.Agent, stack.AgentConfig{
-			InstanceID: n.instance, Pool: pool, NATSHost: stack.LabHubLAN, BackendIP: nodeLAN(i),
+			InstanceID: n.instance, Pool: pool, NATSHost: stack.LabHubLAN, BackendIP: stack.LabNodeLAN(i),
 			LeaseTTL: leaseTTL, ResumeTimeoutSeconds: int(nc.resume.Seconds()),
 		}); err != nil {
 			return err
@@ -494,7 +475,7 @@ type session struct {
 }
 
 func (s session) String() string {
-	return fmt.Sprintf("%s/%s on %s udp %d", s.instance, s.id, s.edge.id, s.port)
+	return fmt.Sprintf("%s/%s on %s udp %d", s.instance, s.id, s.edge.ID, s.port)
 }
 
 // routed waits until instance's route is programmed: an endpoint for the route's session (or
@@ -519,7 +500,7 @@ func (e *env) routed(instance, want string) session {
 		}
 		m, err := got.edge.showMap(e.ctx)
 		if err != nil || m[got.id] == "" {
-			return fmt.Errorf("%s map has no %s (%v)", got.edge.id, got.id, err)
+			return fmt.Errorf("%s map has no %s (%v)", got.edge.ID, got.id, err)
 		}
 		s = got
 		return nil
@@ -534,7 +515,7 @@ func (e *env) routeMany(prefix string, n int) map[string]session {
 	var keys []string
 	for i := 1; i <= n; i++ {
 		key := fmt.Sprintf("%s%d", prefix, i)
-		if err := e.kv.putRoute(e.ctx, key, "sess-"+key, nodeLAN(2)); err != nil {
+		if err := e.kv.putRoute(e.ctx, key, "sess-"+key, stack.LabNodeLAN(2)); err != nil {
 			e.t.Fatal(err)
 		}
 		keys = append(keys, key)
@@ -546,58 +527,91 @@ func (e *env) routeMany(prefix string, n int) map[string]session {
 	return out
 }
 
+// poolSessions routes n sessions (see routeMany) beside node 1's on a two-edge pool, checks that
+// each is served by exactly one edge, and returns them by key with the edge that serves node 1's
+// session and the other.
+func (e *env) poolSessions(prefix string, n int) (all map[string]session, node1s, other *edge) {
+	e.t.Helper()
+	all = e.routeMany(prefix, n)
+	all["node1"] = e.routed("node1", "")
+	served := e.exactlyOnce(all)
+	e.t.Logf("figure: %d sessions split between the edges: edge1 %d, edge2 %d", len(all), served["edge1"], served["edge2"])
+	node1s, other = all["node1"].edge, e.edges[0]
+	if other == node1s {
+		other = e.edges[1]
+	}
+	return all, node1s, other
+}
+
+// exactlyOnce checks that each session is in the map of exactly the edge its endpoint names,
+// with a DNAT rule for its public port there and nowhere else; it returns how many each edge
+// serves.
+func (e *env) exactlyOnce(all map[string]session) map[string]int {
+	e.t.Helper()
+	served := map[string]int{}
+	ctx, cancel := context.WithTimeout(e.ctx, 20*time.Second)
+	defer cancel()
+	maps := map[string]map[string]string{}
+	dnat := map[string]map[int]bool{}
+	for _, g := range e.edges {
+		if g.P.Exited() {
+			continue
+		}
+		m, err := g.showMap(ctx)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		maps[g.ID] = m
+		if dnat[g.ID], err = g.dnatPorts(ctx); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+	for k, s := range all {
+		got, err := e.endpoint(k)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		owner, port := got.edge.ID, got.port
+		served[owner]++
+		for id, m := range maps {
+			if in := m[s.id] != ""; in != (id == owner) {
+				e.t.Errorf("session %s of %s: in %s's map %t, endpoint names %s", s.id, k, id, in, owner)
+			}
+			if id == owner && !dnat[id][port] {
+				e.t.Errorf("session %s of %s: no DNAT rule for udp %d on %s", s.id, k, port, id)
+			}
+		}
+	}
+	return served
+}
+
 func (e *env) edgeByID(id string) *edge {
 	for _, g := range e.edges {
-		if g.id == id {
+		if g.ID == id {
 			return g
 		}
 	}
 	return nil
 }
 
-// ws is a browser's signaling websocket through an edge; the demo app echoes what it gets.
-type ws struct {
-	c *websocket.Conn
-	n int
-}
-
-// dial opens a websocket for sessionID through edge g from the client namespace. A refused
-// handshake returns the HTTP status.
-func (e *env) dial(ctx context.Context, g *edge, sessionID string) (*ws, int, error) {
-	tr := &http.Transport{
-		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			raw, err := e.client.Dial(ctx, "tcp", addr)
-			if err != nil {
-				return nil, err
-			}
-			// Self-signed in tests: what is under test is the routing behind TLS.
-			tc := tls.Client(raw, &tls.Config{InsecureSkipVerify: true, ServerName: "livegate"})
-			if err := tc.HandshakeContext(ctx); err != nil {
-				_ = raw.Close()
-				return nil, err
-			}
-			return tc, nil
-		},
-		DisableKeepAlives: true,
-	}
+// dial opens a browser's signaling websocket for sessionID through edge g from the client
+// namespace; the demo app echoes what it gets. A refused handshake returns the HTTP status.
+func (e *env) dial(ctx context.Context, g *edge, sessionID string) (*wsclient.Conn, int, error) {
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	c, resp, err := websocket.Dial(dctx, "wss://"+g.public()+"/sign_in?peer_id=faults&version=2", &websocket.DialOptions{
-		HTTPClient:   &http.Client{Transport: tr},
-		Subprotocols: []string{"x-nv-sessionid." + sessionID},
-	})
+	w, err := wsclient.Dial(dctx, e.client.Dial, g.public(), sessionID)
 	if err != nil {
 		code := 0
-		if resp != nil {
-			code = resp.StatusCode
+		if se := (*wsclient.StatusError)(nil); errors.As(err, &se) {
+			code = se.Code
 		}
-		return nil, code, fmt.Errorf("websocket for %s through %s: %w", sessionID, g.id, err)
+		return nil, code, fmt.Errorf("websocket for %s through %s: %w", sessionID, g.ID, err)
 	}
-	return &ws{c: c}, http.StatusSwitchingProtocols, nil
+	return w, http.StatusSwitchingProtocols, nil
 }
 
 // mustDial opens a websocket or fails the test.
-func (e *env) mustDial(g *edge, sessionID string) *ws {
+func (e *env) mustDial(g *edge, sessionID string) *wsclient.Conn {
 	e.t.Helper()
 	w, _, err := e.dial(e.ctx, g, sessionID)
 	if err != nil {
@@ -606,34 +620,20 @@ func (e *env) mustDial(g *edge, sessionID string) *ws {
 	return w
 }
 
-// echo sends a message and waits for the app's echo.
-func (w *ws) echo(ctx context.Context) error {
-	w.n++
-	msg := fmt.Sprintf("faults-echo-%d", w.n)
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+// echo sends a message on w and waits (5 s at most) for the app's echo.
+func (e *env) echo(w *wsclient.Conn) error {
+	ctx, cancel := context.WithTimeout(e.ctx, 5*time.Second)
 	defer cancel()
-	if err := w.c.Write(ctx, websocket.MessageText, []byte(msg)); err != nil {
-		return fmt.Errorf("websocket write: %w", err)
-	}
-	_, got, err := w.c.Read(ctx)
-	if err != nil {
-		return fmt.Errorf("websocket read: %w", err)
-	}
-	if string(got) != msg {
-		return fmt.Errorf("websocket echo %q, want %q", got, msg)
-	}
-	return nil
+	return w.Echo(ctx)
 }
-
-func (w *ws) close() { _ = w.c.Close(websocket.StatusNormalClosure, "") }
 
 // refused checks that edge g answers 404 for sessionID (eventually).
 func (e *env) refused(g *edge, sessionID string) {
 	e.t.Helper()
-	e.eventually(10*time.Second, g.id+" refuses "+sessionID, func() error {
+	e.eventually(10*time.Second, g.ID+" refuses "+sessionID, func() error {
 		w, code, err := e.dial(e.ctx, g, sessionID)
 		if err == nil {
-			w.close()
+			_ = w.Close()
 			return errors.New("websocket still upgraded")
 		}
 		if code != http.StatusNotFound {
@@ -643,98 +643,54 @@ func (e *env) refused(g *edge, sessionID string) {
 	})
 }
 
-// flow is DTLS-SRTP media through a public port, running in the background.
-type flow struct {
-	done chan struct{}
-	// echoed counts the echoes so far: the report comes only once the flow ends.
-	echoed atomic.Int64
-	rep    *dtlssrtp.Report
-	err    error
-}
-
-// startFlow sends media from the client through edge g's public port for about d, 50 packets
-// a second, each echoed by the app.
-func (e *env) startFlow(g *edge, port int, d time.Duration) *flow {
-	f := &flow{done: make(chan struct{})}
+// startFlow sends media from the client through edge g's public port for about d, each packet
+// echoed by the app.
+func (e *env) startFlow(g *edge, port int, d time.Duration) *stack.Flow {
 	addr := net.JoinHostPort(stack.LabEdgePublic(g.k).String(), strconv.Itoa(port))
-	dial := func(ctx context.Context, network, address string) (net.Conn, error) {
-		c, err := e.client.Dial(ctx, network, address)
-		if err != nil {
-			return nil, err
-		}
-		uc, ok := c.(*net.UDPConn)
-		if !ok {
-			_ = c.Close()
-			return nil, fmt.Errorf("media socket to %s is a %T, want a UDP socket", address, c)
-		}
-		return countingConn{UDPConn: uc, rtp: &f.echoed}, nil
-	}
-	go func() {
-		defer close(f.done)
-		ctx, cancel := context.WithTimeout(e.ctx, d+30*time.Second)
-		defer cancel()
-		f.rep, f.err = dtlssrtp.Probe(ctx, addr, dtlssrtp.WithDialer(dial),
-			dtlssrtp.WithCount(int(d.Seconds()*50)), dtlssrtp.WithRate(50), dtlssrtp.WithDrain(500*time.Millisecond))
-	}()
-	return f
-}
-
-// countingConn counts the RTP datagrams the probe reads, told from DTLS and RTCP as the probe
-// tells them (RFC 7983, RFC 5761). The UDP socket stays embedded so the probe can still size its
-// buffers.
-type countingConn struct {
-	*net.UDPConn
-	rtp *atomic.Int64
-}
-
-func (c countingConn) Read(b []byte) (int, error) {
-	n, err := c.UDPConn.Read(b)
-	if n >= 2 && b[0] >= 128 && b[0] <= 191 && (b[1] < 192 || b[1] > 223) {
-		c.rtp.Add(1)
-	}
-	return n, err
+	return stack.StartFlow(e.ctx, e.client.Dial, addr, d)
 }
 
 // flowing waits until the app echoes f's media: a fault injected sooner could hit the DTLS
 // handshake instead of the flow it is about.
-func (e *env) flowing(f *flow) {
+func (e *env) flowing(f *stack.Flow) {
 	e.t.Helper()
 	e.eventually(10*time.Second, "media echoed", func() error {
-		if f.echoed.Load() > 0 {
+		if f.Echoed() > 0 {
 			return nil
 		}
 		select {
-		case <-f.done:
-			return fmt.Errorf("the flow ended before any echo: %v", f.err)
+		case <-f.Done():
+			_, err := f.Result()
+			return fmt.Errorf("the flow ended before any echo: %v", err)
 		default:
 			return errors.New("no echo yet")
 		}
 	})
 }
 
-// wait returns the flow's report once it ended; maxLoss bounds the share of echoes lost.
-func (f *flow) wait(t *testing.T, what string, maxLoss float64) *dtlssrtp.Report {
+// waitFlow returns f's report once it ended; maxLoss bounds the share of echoes lost.
+func waitFlow(t *testing.T, f *stack.Flow, what string, maxLoss float64) *dtlssrtp.Report {
 	t.Helper()
-	<-f.done
-	if f.err != nil {
-		t.Fatalf("%s: media: %v", what, f.err)
+	rep, err := f.Result()
+	if err != nil {
+		t.Fatalf("%s: media: %v", what, err)
 	}
-	t.Logf("%s: media %s: %d/%d echoed (loss %.1f%%), rtt p50 %s max %s", what, f.rep.Addr, f.rep.Received, f.rep.Sent,
-		100*f.rep.Loss, f.rep.RTTp50, f.rep.RTTMax)
-	if f.rep.Loss > maxLoss {
-		t.Errorf("%s: media loss %.1f%% over %.0f%%", what, 100*f.rep.Loss, 100*maxLoss)
+	t.Logf("%s: media %s: %d/%d echoed (loss %.1f%%), rtt p50 %s max %s", what, rep.Addr, rep.Received, rep.Sent,
+		100*rep.Loss, rep.RTTp50, rep.RTTMax)
+	if rep.Loss > maxLoss {
+		t.Errorf("%s: media loss %.1f%% over %.0f%%", what, 100*rep.Loss, 100*maxLoss)
 	}
-	return f.rep
+	return rep
 }
 
 // carriedOn checks that session s came through fault intact: its websocket w still echoes, its
 // media flow lost at most 5%, and its endpoint is unchanged.
-func (e *env) carriedOn(fault string, s session, w *ws, media *flow) {
+func (e *env) carriedOn(fault string, s session, w *wsclient.Conn, media *stack.Flow) {
 	e.t.Helper()
-	if err := w.echo(e.ctx); err != nil {
+	if err := e.echo(w); err != nil {
 		e.t.Errorf("%s's websocket across %s: %v", s.instance, fault, err)
 	}
-	media.wait(e.t, fault, 0.05)
+	waitFlow(e.t, media, fault, 0.05)
 	if err := e.unchanged(s); err != nil {
 		e.t.Errorf("after %s: %v", fault, err)
 	}
@@ -754,13 +710,12 @@ func (e *env) unchanged(s session) error {
 
 // probe checks media through a public port once (a short flow).
 func (e *env) probe(g *edge, port int) error {
-	f := e.startFlow(g, port, time.Second)
-	<-f.done
-	if f.err != nil {
-		return f.err
+	rep, err := e.startFlow(g, port, time.Second).Result()
+	if err != nil {
+		return err
 	}
-	if f.rep.Received == 0 {
-		return fmt.Errorf("media through %s udp %d: nothing echoed", g.id, port)
+	if rep.Received == 0 {
+		return fmt.Errorf("media through %s udp %d: nothing echoed", g.ID, port)
 	}
 	return nil
 }
@@ -793,13 +748,13 @@ func (e *env) clean(edges ...*edge) {
 		}
 		for _, g := range edges {
 			if m, err := g.showMap(e.ctx); err != nil || len(m) > 0 {
-				return fmt.Errorf("%s HAProxy map entries left: %v %v", g.id, m, err)
+				return fmt.Errorf("%s HAProxy map entries left: %v %v", g.ID, m, err)
 			}
 			if ports, err := g.dnatPorts(e.ctx); err != nil || len(ports) > 0 {
-				return fmt.Errorf("%s DNAT rules left for ports %v %v", g.id, ports, err)
+				return fmt.Errorf("%s DNAT rules left for ports %v %v", g.ID, ports, err)
 			}
 			if ports, err := g.conntrackPorts(e.ctx); err != nil || len(ports) > 0 {
-				return fmt.Errorf("%s conntrack entries left for ports %v %v", g.id, ports, err)
+				return fmt.Errorf("%s conntrack entries left for ports %v %v", g.ID, ports, err)
 			}
 		}
 		return nil

@@ -23,7 +23,7 @@ func TestNATSRestart(t *testing.T) {
 	g := e.edges[0]
 	s1, s2 := e.routed("node1", ""), e.routed("node2", "")
 	w1, w2 := e.mustDial(g, s1.id), e.mustDial(g, s2.id)
-	defer w1.close()
+	defer w1.Close()
 	media := e.startFlow(g, s1.port, 8*time.Second)
 
 	// Short outage; node 2's session ends and the next one starts while NATS is away.
@@ -33,7 +33,7 @@ func TestNATSRestart(t *testing.T) {
 	if status, err := e.nodes[1].endSession(e.ctx, s2.id, true); err != nil || status != "COMPLETE" {
 		t.Fatalf("endsession while NATS is down: %q %v", status, err)
 	}
-	w2.close()
+	w2.Close()
 	// Down a while, well within the lease, so that node2's next session begins with NATS away.
 	time.Sleep(2 * time.Second)
 	if err := e.startNATS(); err != nil {
@@ -76,14 +76,14 @@ func TestNATSRestart(t *testing.T) {
 	t.Logf("node2's session_ended, held back by the agent while NATS was down, arrived %s after NATS came back", round(ended.At.Sub(up)))
 	e.refused(g, s2.id)
 	w2 = e.mustDial(g, next.id)
-	if err := w2.echo(e.ctx); err != nil {
+	if err := e.echo(w2); err != nil {
 		t.Error(err)
 	}
-	w2.close()
+	w2.Close()
 	e.carriedOn("the NATS restart within the lease", s1, w1, media)
 	e.eventually(20*time.Second, "edge heartbeat back", func() error {
 		if back, err := e.heartbeat(g); !back {
-			return fmt.Errorf("no heartbeat of %s (%v)", g.id, err)
+			return fmt.Errorf("no heartbeat of %s (%v)", g.ID, err)
 		}
 		return nil
 	})
@@ -117,7 +117,7 @@ func TestNATSRestart(t *testing.T) {
 	if tl.blind >= lateAgents/2 {
 		t.Errorf("node1's routing after the long outage went unseen for %s in a row: cannot tell whether it was unrouted", round(tl.blind))
 	}
-	if err := w1.echo(e.ctx); err != nil {
+	if err := e.echo(w1); err != nil {
 		t.Errorf("node1's websocket across the long outage: %v", err)
 	}
 	// The stored routes expired with NATS away; the edge holds the live session's route after
@@ -126,14 +126,14 @@ func TestNATSRestart(t *testing.T) {
 	if tl.gap > 0 {
 		t.Errorf("node1's live session was unrouted after the long outage: %s", tl)
 	}
-	media.wait(t, "NATS outage longer than the lease", 0.05)
+	waitFlow(t, media, "NATS outage longer than the lease", 0.05)
 	if tl.finalPort != s1.port {
 		t.Errorf("node1's live session moved from udp %d to udp %d after the outage: its client's media is lost", s1.port, tl.finalPort)
 	}
 	if err := e.probe(g, s1.port); err != nil {
 		t.Errorf("node1's media after the long outage: %v", err)
 	}
-	w1.close()
+	w1.Close()
 	stopAgents(t, e)
 	e.clean()
 }

@@ -16,13 +16,13 @@ func TestEdgePartitionedFromNATS(t *testing.T) {
 	g := e.edges[0]
 	s1, s2 := e.routed("node1", ""), e.routed("node2", "")
 	w1 := e.mustDial(g, s1.id)
-	defer w1.close()
+	defer w1.Close()
 	const partition = 8 * time.Second
 	media := e.startFlow(g, s1.port, partition+6*time.Second)
 	e.flowing(media)
 
 	link := e.id + "e1c"
-	if err := g.ns.Run(e.ctx, "ip", "link", "set", link, "down"); err != nil {
+	if err := g.NS.Run(e.ctx, "ip", "link", "set", link, "down"); err != nil {
 		t.Fatal(err)
 	}
 	cut := time.Now()
@@ -31,11 +31,11 @@ func TestEdgePartitionedFromNATS(t *testing.T) {
 	}
 	lost := e.eventually(20*time.Second, "edge heartbeat expired during the partition", func() error {
 		if there, err := e.heartbeat(g); there || err != nil {
-			return fmt.Errorf("heartbeat of %s still there (%v)", g.id, err)
+			return fmt.Errorf("heartbeat of %s still there (%v)", g.ID, err)
 		}
 		return nil
 	})
-	t.Logf("partition: %s's heartbeat expired %s after its NATS link went down (edge TTL %s)", g.id, round(lost), edgeTTL)
+	t.Logf("partition: %s's heartbeat expired %s after its NATS link went down (edge TTL %s)", g.ID, round(lost), edgeTTL)
 	next := ""
 	e.eventually(20*time.Second, "node2's next route written during the partition", func() error {
 		r, err := e.route("node2")
@@ -45,7 +45,7 @@ func TestEdgePartitionedFromNATS(t *testing.T) {
 		next = r.GetSessionId()
 		return nil
 	})
-	if err := w1.echo(e.ctx); err != nil {
+	if err := e.echo(w1); err != nil {
 		t.Errorf("websocket during the partition: %v", err)
 	}
 	if m, err := g.showMap(e.ctx); err != nil || m[s1.id] == "" {
@@ -53,7 +53,7 @@ func TestEdgePartitionedFromNATS(t *testing.T) {
 	}
 	// The partition lasts its full length whatever the checks above took: well past the edge TTL.
 	time.Sleep(max(0, partition-time.Since(cut)))
-	if err := g.ns.Run(e.ctx, "ip", "link", "set", link, "up"); err != nil {
+	if err := g.NS.Run(e.ctx, "ip", "link", "set", link, "up"); err != nil {
 		t.Fatal(err)
 	}
 	healed := time.Now()
@@ -62,7 +62,7 @@ func TestEdgePartitionedFromNATS(t *testing.T) {
 	took := time.Since(healed)
 	e.eventually(20*time.Second, "heartbeat back", func() error {
 		if back, err := e.heartbeat(g); !back {
-			return fmt.Errorf("no heartbeat of %s (%v)", g.id, err)
+			return fmt.Errorf("no heartbeat of %s (%v)", g.ID, err)
 		}
 		return nil
 	})
@@ -70,12 +70,12 @@ func TestEdgePartitionedFromNATS(t *testing.T) {
 		round(took), since(healed))
 	e.refused(g, s2.id)
 	w2 := e.mustDial(g, s2next.id)
-	if err := w2.echo(e.ctx); err != nil {
+	if err := e.echo(w2); err != nil {
 		t.Error(err)
 	}
-	w2.close()
+	w2.Close()
 	e.carriedOn("the edge's partition from NATS", s1, w1, media)
-	w1.close()
+	w1.Close()
 	stopAgents(t, e)
 	e.clean()
 }

@@ -1,7 +1,6 @@
 package faults
 
 import (
-	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -20,27 +19,20 @@ func TestTwoEdgesOnePool(t *testing.T) {
 	// survivor within the resume window.
 	e := newEnv(t, twoEdgePool())
 	const routes = 8
-	all := e.routeMany("p", routes)
-	all["node1"] = e.routed("node1", "")
-	served := e.exactlyOnce(all)
-	t.Logf("figure: %d sessions split between the edges: edge1 %d, edge2 %d", len(all), served["edge1"], served["edge2"])
+	all, dead, survivor := e.poolSessions("p", routes)
 	s := all["node1"]
-	dead, survivor := s.edge, e.edges[0]
-	if dead == survivor {
-		survivor = e.edges[1]
-	}
 	w, code, err := e.dial(e.ctx, survivor, s.id)
 	if err == nil {
-		w.close()
-		t.Fatalf("%s upgraded a websocket for %s, which %s serves", survivor.id, s.id, dead.id)
+		w.Close()
+		t.Fatalf("%s upgraded a websocket for %s, which %s serves", survivor.ID, s.id, dead.ID)
 	} else if code != 404 {
-		t.Fatalf("%s for a session it does not serve: %v", survivor.id, err)
+		t.Fatalf("%s for a session it does not serve: %v", survivor.ID, err)
 	}
 	w = e.mustDial(dead, s.id)
-	if err := w.echo(e.ctx); err != nil {
+	if err := e.echo(w); err != nil {
 		t.Fatal(err)
 	}
-	w.close()
+	w.Close()
 
 	mark := e.obs.Mark()
 	if err := dead.killAll(e.ctx); err != nil {
@@ -54,38 +46,38 @@ func TestTwoEdgesOnePool(t *testing.T) {
 				return err
 			}
 			if got.edge != survivor || got.id != was.id {
-				return fmt.Errorf("endpoint of %s is %s, want session %s on %s", k, got, was.id, survivor.id)
+				return fmt.Errorf("endpoint of %s is %s, want session %s on %s", k, got, was.id, survivor.ID)
 			}
 		}
 		m, err := survivor.showMap(e.ctx)
 		if err != nil || len(m) != len(all) {
-			return fmt.Errorf("%s map has %d entries (%v), want %d", survivor.id, len(m), err, len(all))
+			return fmt.Errorf("%s map has %d entries (%v), want %d", survivor.ID, len(m), err, len(all))
 		}
 		return nil
 	})
 	t.Logf("figure: %s died (SIGKILL, edge and HAProxy); %s served all %d sessions %s later (edge TTL %s, heartbeat %s)",
-		dead.id, survivor.id, len(all), round(took), edgeTTL, heartbeat)
+		dead.ID, survivor.ID, len(all), round(took), edgeTTL, heartbeat)
 	moved := e.routed("node1", s.id)
 	if moved.edge != survivor {
-		t.Fatalf("node1 routed on %s after the takeover", moved.edge.id)
+		t.Fatalf("node1 routed on %s after the takeover", moved.edge.ID)
 	}
 	assigned := e.waitEvent(mark, "node1", livegatev1.EventType_EVENT_TYPE_ENDPOINT_ASSIGNED)
 	t.Logf("node1's agent learnt its new endpoint (%s udp %d) %s after the kill",
-		survivor.id, moved.port, round(assigned.At.Sub(killed)))
-	if got := assigned.Event.GetEndpointAssigned(); got.GetEdgeId() != survivor.id {
-		t.Errorf("endpoint_assigned %v, want edge %s", got, survivor.id)
+		survivor.ID, moved.port, round(assigned.At.Sub(killed)))
+	if got := assigned.Event.GetEndpointAssigned(); got.GetEdgeId() != survivor.ID {
+		t.Errorf("endpoint_assigned %v, want edge %s", got, survivor.ID)
 	}
 	w = e.mustDial(survivor, s.id)
-	if err := w.echo(e.ctx); err != nil {
+	if err := e.echo(w); err != nil {
 		t.Error(err)
 	}
 	resumed := e.waitEvent(mark, "node1", livegatev1.EventType_EVENT_TYPE_SESSION_RESUMED)
-	t.Logf("node1's client came back through %s; session %s resumed", survivor.id, resumed.Event.GetSessionId())
-	w.close()
+	t.Logf("node1's client came back through %s; session %s resumed", survivor.ID, resumed.Event.GetSessionId())
+	w.Close()
 	if err := e.probe(survivor, moved.port); err != nil {
 		t.Error(err)
 	}
-	if served := e.exactlyOnce(all); served[survivor.id] != len(all) {
+	if served := e.exactlyOnce(all); served[survivor.ID] != len(all) {
 		t.Errorf("after the takeover: %v", served)
 	}
 
@@ -97,17 +89,17 @@ func TestTwoEdgesOnePool(t *testing.T) {
 	took = e.eventually(20*time.Second, "restarted edge cleared its leftovers", func() error {
 		m, err := dead.showMap(e.ctx)
 		if err != nil || len(m) > 0 {
-			return fmt.Errorf("%s map %v %v", dead.id, m, err)
+			return fmt.Errorf("%s map %v %v", dead.ID, m, err)
 		}
 		ports, err := dead.dnatPorts(e.ctx)
 		if err != nil || len(ports) > 0 {
-			return fmt.Errorf("%s DNAT ports %v %v", dead.id, ports, err)
+			return fmt.Errorf("%s DNAT ports %v %v", dead.ID, ports, err)
 		}
 		return nil
 	})
-	t.Logf("figure: %s restarted; its stale map entries and DNAT rules were gone %s later, no session taken back", dead.id, since(restart))
-	if served := e.exactlyOnce(all); served[survivor.id] != len(all) {
-		t.Errorf("after the restart of %s: %v", dead.id, served)
+	t.Logf("figure: %s restarted; its stale map entries and DNAT rules were gone %s later, no session taken back", dead.ID, since(restart))
+	if served := e.exactlyOnce(all); served[survivor.ID] != len(all) {
+		t.Errorf("after the restart of %s: %v", dead.ID, served)
 	}
 	for i := 1; i <= routes; i++ {
 		if err := e.kv.deleteRoute(e.ctx, fmt.Sprintf("p%d", i)); err != nil {
@@ -116,46 +108,4 @@ func TestTwoEdgesOnePool(t *testing.T) {
 	}
 	stopAgents(t, e)
 	e.clean()
-}
-
-// exactlyOnce checks that each session is in the map of exactly the edge its endpoint names,
-// with a DNAT rule for its public port there and nowhere else; it returns how many each edge
-// serves.
-func (e *env) exactlyOnce(all map[string]session) map[string]int {
-	e.t.Helper()
-	served := map[string]int{}
-	ctx, cancel := context.WithTimeout(e.ctx, 20*time.Second)
-	defer cancel()
-	maps := map[string]map[string]string{}
-	dnat := map[string]map[int]bool{}
-	for _, g := range e.edges {
-		if g.p.Exited() {
-			continue
-		}
-		m, err := g.showMap(ctx)
-		if err != nil {
-			e.t.Fatal(err)
-		}
-		maps[g.id] = m
-		if dnat[g.id], err = g.dnatPorts(ctx); err != nil {
-			e.t.Fatal(err)
-		}
-	}
-	for k, s := range all {
-		got, err := e.endpoint(k)
-		if err != nil {
-			e.t.Fatal(err)
-		}
-		owner, port := got.edge.id, got.port
-		served[owner]++
-		for id, m := range maps {
-			if in := m[s.id] != ""; in != (id == owner) {
-				e.t.Errorf("session %s of %s: in %s's map %t, endpoint names %s", s.id, k, id, in, owner)
-			}
-			if id == owner && !dnat[id][port] {
-				e.t.Errorf("session %s of %s: no DNAT rule for udp %d on %s", s.id, k, port, id)
-			}
-		}
-	}
-	return served
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/livegate/livegate/e2e/internal/stack"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
 )
 
@@ -17,7 +18,7 @@ import (
 func TestPortRangeExhausted(t *testing.T) {
 	const portQuarantine = time.Second
 	e := newEnv(t, config{nodes: []nodeConfig{{}}, mediaPorts: fmt.Sprintf("%d-%d", mediaFirst, mediaFirst+2), portQuarantine: portQuarantine})
-	backend := nodeLAN(1)
+	backend := stack.LabNodeLAN(1)
 	var held []session
 	for i := 1; i <= 3; i++ {
 		key := fmt.Sprintf("x%d", i)
@@ -59,10 +60,10 @@ func TestPortRangeExhausted(t *testing.T) {
 		t.Errorf("admitted on udp %d, want the freed udp %d (the only one)", admitted.port, freed.port)
 	}
 	w := e.mustDial(g, admitted.id)
-	if err := w.echo(e.ctx); err != nil {
+	if err := e.echo(w); err != nil {
 		t.Error(err)
 	}
-	w.close()
+	w.Close()
 	if err := e.probe(g, admitted.port); err != nil {
 		t.Error(err)
 	}

@@ -27,7 +27,7 @@ func TestNextSessionFreshPort(t *testing.T) {
 	if status, err := e.nodes[0].endSession(e.ctx, s1.id, true); err != nil || status != "COMPLETE" {
 		t.Fatalf("endsession: %q %v", status, err)
 	}
-	w1.close()
+	w1.Close()
 	var next session
 	took := e.eventually(20*time.Second, "node1's next session routed", func() error {
 		got, err := e.endpoint("node1")
@@ -52,18 +52,18 @@ func TestNextSessionFreshPort(t *testing.T) {
 		return nil
 	})
 	// What the previous client sent after the change went nowhere; its flow's loss is expected.
-	<-media.done
+	<-media.Done()
 	e.refused(g, s1.id)
 	// The client stays connected while its media is probed: without a resume window its
 	// leaving ends the session.
 	w := e.mustDial(g, next.id)
-	if err := w.echo(e.ctx); err != nil {
+	if err := e.echo(w); err != nil {
 		t.Error(err)
 	}
 	if err := e.probe(g, next.port); err != nil {
 		t.Errorf("the next session's media: %v", err)
 	}
-	w.close()
+	w.Close()
 	stopAgents(t, e)
 	e.clean()
 }

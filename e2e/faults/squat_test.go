@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/livegate/livegate/e2e/internal/stack"
 	"github.com/livegate/livegate/pkg/kvstore"
 	"github.com/livegate/livegate/pkg/wire"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
@@ -29,13 +30,13 @@ func TestSessionSquatted(t *testing.T) {
 		t.Fatal(err)
 	}
 	const id = "squatted-1"
-	holder := netip.AddrPortFrom(nodeLAN(1), appSignalingPort).String()
-	squatter := netip.AddrPortFrom(nodeLAN(2), appSignalingPort).String()
+	holder := netip.AddrPortFrom(stack.LabNodeLAN(1), stack.AppSignalingPort).String()
+	squatter := netip.AddrPortFrom(stack.LabNodeLAN(2), stack.AppSignalingPort).String()
 	// The holder's route is renewed as its agent would: a key that lives one lease unless
 	// written again, every third of it.
 	renew := func() error {
 		data, err := wire.Marshal(&livegatev1.Route{SessionId: id, InstanceId: "holder", Pool: pool, SignalingBackend: holder,
-			MediaBackends: []string{netip.AddrPortFrom(nodeLAN(1), appMediaPort).String()}, LeaseTtl: durationpb.New(leaseTTL)})
+			MediaBackends: []string{netip.AddrPortFrom(stack.LabNodeLAN(1), stack.AppMediaPort).String()}, LeaseTtl: durationpb.New(leaseTTL)})
 		if err != nil {
 			return err
 		}
@@ -74,7 +75,7 @@ func TestSessionSquatted(t *testing.T) {
 	}
 
 	mark := e.obs.Mark()
-	if err := e.kv.putRoute(e.ctx, "squatter", id, nodeLAN(2)); err != nil {
+	if err := e.kv.putRoute(e.ctx, "squatter", id, stack.LabNodeLAN(2)); err != nil {
 		t.Fatal(err)
 	}
 	ev := e.waitEvent(mark, "squatter", livegatev1.EventType_EVENT_TYPE_ROUTE_REFUSED)
@@ -99,10 +100,10 @@ func TestSessionSquatted(t *testing.T) {
 	took := e.eventually(10*time.Second, "the holder's session back on the holder", mapped(holder))
 	t.Logf("figure: the holder's renewed route got its session id back %s after it renewed", round(took))
 	w := e.mustDial(g, id)
-	if err := w.echo(e.ctx); err != nil {
+	if err := e.echo(w); err != nil {
 		t.Error(err)
 	}
-	w.close()
+	w.Close()
 
 	// The holder's session ends: the id is free, and the other instance gets it.
 	stopAgent()

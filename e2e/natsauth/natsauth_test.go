@@ -5,15 +5,8 @@ package natsauth
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -23,9 +16,11 @@ import (
 	"time"
 
 	"github.com/livegate/livegate/pkg/events"
+	"github.com/livegate/livegate/pkg/freeport"
 	"github.com/livegate/livegate/pkg/kvstore"
 	"github.com/livegate/livegate/pkg/natsconn"
 	"github.com/livegate/livegate/pkg/natstest"
+	"github.com/livegate/livegate/pkg/selfsigned"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -89,8 +84,8 @@ func startServer(t *testing.T) *rig {
 	}
 	var cert, key string
 	r.ca, cert, key = makeCerts(t, dir)
-	port := natstest.FreePort(t)
-	cmd := exec.Command(bin, "-c", confPath, "-a", "127.0.0.1", "-p", fmt.Sprint(port), "-m", fmt.Sprint(natstest.FreePort(t)),
+	port := freeport.TCP(t)
+	cmd := exec.Command(bin, "-c", confPath, "-a", "127.0.0.1", "-p", fmt.Sprint(port), "-m", fmt.Sprint(freeport.TCP(t)),
 		"--tls", "--tlscert", cert, "--tlskey", key)
 	out, _ := os.Create(filepath.Join(dir, "nats.log"))
 	cmd.Stdout, cmd.Stderr = out, out
@@ -115,40 +110,22 @@ func startServer(t *testing.T) *rig {
 	return r
 }
 
-// makeCerts writes a CA and a server certificate for 127.0.0.1 signed by it.
+// makeCerts writes a self-signed server certificate for 127.0.0.1 and its key; the certificate
+// is also the CA file the clients trust.
 func makeCerts(t *testing.T, dir string) (caFile, certFile, keyFile string) {
 	t.Helper()
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	caTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "lgs test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	c, err := selfsigned.New([]string{"127.0.0.1"}, time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
-	caCert, _ := x509.ParseCertificate(caDER)
-	srvKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	srvTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		KeyUsage: x509.KeyUsageDigitalSignature,
-	}
-	srvDER, err := x509.CreateCertificate(rand.Reader, srvTmpl, caCert, &srvKey.PublicKey, caKey)
-	if err != nil {
+	certFile, keyFile = filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key")
+	if err := os.WriteFile(certFile, c.CertPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	keyDER, _ := x509.MarshalECPrivateKey(srvKey)
-	write := func(name, typ string, der []byte) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
+	if err := os.WriteFile(keyFile, c.KeyPEM, 0o600); err != nil {
+		t.Fatal(err)
 	}
-	return write("ca.pem", "CERTIFICATE", caDER), write("server.pem", "CERTIFICATE", srvDER), write("server.key", "EC PRIVATE KEY", keyDER)
+	return certFile, certFile, keyFile
 }
 
 type client struct {

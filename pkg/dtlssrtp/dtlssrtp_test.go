@@ -12,6 +12,8 @@ import (
 
 	"github.com/pion/dtls/v3"
 	"github.com/rs/zerolog"
+
+	"github.com/livegate/livegate/pkg/freeport"
 )
 
 func startResponder(t *testing.T, opts ...ResponderOption) *Responder {
@@ -142,19 +144,8 @@ func TestProbeOverPacketConn(t *testing.T) {
 	}
 }
 
-func freeUDPAddr(t *testing.T) string {
-	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := pc.LocalAddr().String()
-	_ = pc.Close()
-	return addr
-}
-
 func TestProbeClosedPortFails(t *testing.T) {
-	addr := freeUDPAddr(t)
+	addr := freeport.UDP(t)
 	_, err := Probe(t.Context(), addr, WithTimeout(2*time.Second))
 	if err == nil {
 		t.Fatal("probe of a closed port succeeded")
@@ -177,7 +168,7 @@ func TestProbeNoAnswerTimesOut(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pc.Close()
-	_, err = Probe(t.Context(), freeUDPAddr(t), WithPacketConn(pc), WithTimeout(300*time.Millisecond))
+	_, err = Probe(t.Context(), freeport.UDP(t), WithPacketConn(pc), WithTimeout(300*time.Millisecond))
 	if !errors.Is(err, ErrNoAnswer) {
 		t.Fatalf("err = %v, want ErrNoAnswer", err)
 	}

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/livegate/livegate/pkg/freeport"
 	"github.com/livegate/livegate/pkg/natstest"
 	"github.com/rs/zerolog"
 )
@@ -88,7 +89,7 @@ func TestReconnectsAndLogsReason(t *testing.T) {
 
 // A process may start before its broker: Connect succeeds and the connection comes up later.
 func TestStartsBeforeServer(t *testing.T) {
-	port := natstest.FreePort(t)
+	port := freeport.TCP(t)
 	nc, err := Connect(context.Background(), Config{URLs: []string{fmt.Sprintf("nats://127.0.0.1:%d", port)}}, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)

@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/livegate/livegate/pkg/freeport"
 	"github.com/livegate/livegate/pkg/kvstore"
 	"github.com/livegate/livegate/pkg/natsembed"
 )
@@ -68,7 +69,7 @@ func External(t testing.TB) *Server {
 		}
 		t.Skip(err)
 	}
-	s := &Server{t: t, bin: bin, port: FreePort(t), store: t.TempDir()}
+	s := &Server{t: t, bin: bin, port: freeport.TCP(t), store: t.TempDir()}
 	s.Start()
 	t.Cleanup(s.Stop)
 	return s
@@ -104,17 +105,6 @@ func (s *Server) Stop() {
 	_ = s.cmd.Process.Kill()
 	_ = s.cmd.Wait()
 	s.cmd = nil
-}
-
-// FreePort returns a loopback TCP port that was free a moment ago.
-func FreePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // Connect connects to the server at url until the end of the test.

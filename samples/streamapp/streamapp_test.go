@@ -5,9 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -18,28 +18,11 @@ import (
 	"github.com/coder/websocket"
 	"github.com/coder/websocket/wsjson"
 	"github.com/livegate/livegate/pkg/appclient/appclienttest"
+	"github.com/livegate/livegate/pkg/freeport"
 	"github.com/livegate/livegate/pkg/logbuf"
 	"github.com/pion/webrtc/v4"
 	"github.com/rs/zerolog"
 )
-
-func freePort(t *testing.T, network string) int {
-	t.Helper()
-	if network == "udp" {
-		pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer pc.Close()
-		return pc.LocalAddr().(*net.UDPAddr).Port
-	}
-	l, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
 
 // testVideo makes a one-second test pattern with ffmpeg.
 func testVideo(t *testing.T) string {
@@ -66,8 +49,8 @@ type runningApp struct {
 func startApp(t *testing.T) *runningApp {
 	t.Helper()
 	video := testVideo(t)
-	a := &runningApp{agent: &appclienttest.Agent{}, mediaPort: freePort(t, "udp"), stderr: &logbuf.Buffer{}}
-	a.signaling = fmt.Sprintf("127.0.0.1:%d", freePort(t, "tcp"))
+	a := &runningApp{agent: &appclienttest.Agent{}, mediaPort: int(netip.MustParseAddrPort(freeport.UDP(t)).Port()), stderr: &logbuf.Buffer{}}
+	a.signaling = fmt.Sprintf("127.0.0.1:%d", freeport.TCP(t))
 	agentSrv := httptest.NewServer(a.agent)
 	ctx, cancel := context.WithCancel(context.Background())
 	exited := make(chan int, 1)

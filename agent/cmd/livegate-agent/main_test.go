@@ -18,6 +18,7 @@ import (
 	"github.com/livegate/livegate/pkg/appclient"
 	"github.com/livegate/livegate/pkg/appclient/appclienttest"
 	"github.com/livegate/livegate/pkg/events"
+	"github.com/livegate/livegate/pkg/freeport"
 	"github.com/livegate/livegate/pkg/kvstore"
 	"github.com/livegate/livegate/pkg/logbuf"
 	"github.com/livegate/livegate/pkg/natstest"
@@ -58,7 +59,7 @@ type agentProc struct {
 
 func startAgent(t *testing.T, env []string, args ...string) *agentProc {
 	t.Helper()
-	restPort, appPort := natstest.FreePort(t), natstest.FreePort(t)
+	restPort, appPort := freeport.TCP(t), freeport.TCP(t)
 	a := &agentProc{t: t, log: &logbuf.Buffer{}, done: make(chan error, 1),
 		rest: fmt.Sprintf("http://127.0.0.1:%d", restPort), app: fmt.Sprintf("http://127.0.0.1:%d", appPort)}
 	all := append([]string{"--host=127.0.0.1", fmt.Sprintf("--port=%d", restPort), fmt.Sprintf("--app-addr=127.0.0.1:%d", appPort), "--log-format=json"}, args...)

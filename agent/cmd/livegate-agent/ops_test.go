@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/livegate/livegate/pkg/natstest"
+	"github.com/livegate/livegate/pkg/freeport"
 )
 
 func TestVersion(t *testing.T) {
@@ -87,7 +87,7 @@ func TestSIGTERMAnswersTheRequestInFlight(t *testing.T) {
 // TestAppProbeSaysItWaits: while --app-probe finds nothing listening, the log says what the agent
 // waits for, not only once the app is up.
 func TestAppProbeSaysItWaits(t *testing.T) {
-	port := natstest.FreePort(t)
+	port := freeport.TCP(t)
 	a := startAgent(t, nil, "--instance-id=lgo-probe", fmt.Sprintf("--app-probe=127.0.0.1:%d", port))
 	eventually(t, 10*time.Second, "the wait is logged", func() bool {
 		return strings.Contains(a.log.String(), "waiting for the app to accept connections") &&

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/livegate/livegate/pkg/natstest"
+	"github.com/livegate/livegate/pkg/freeport"
 )
 
 // TestAPITokenWithTheBinary: the token file read at start guards the REST API, leaves the probes
@@ -51,7 +51,7 @@ func TestAPITokenFileProblemsStopStartUp(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, file := range []string{empty, filepath.Join(dir, "missing")} {
-		out, err := exec.Command(agentBin, "--instance-id=lgs-bad", "--host=127.0.0.1", fmt.Sprintf("--port=%d", natstest.FreePort(t)), "--api-token-file="+file).CombinedOutput()
+		out, err := exec.Command(agentBin, "--instance-id=lgs-bad", "--host=127.0.0.1", fmt.Sprintf("--port=%d", freeport.TCP(t)), "--api-token-file="+file).CombinedOutput()
 		if err == nil || !strings.Contains(string(out), file) {
 			t.Errorf("token file %s: %v, output %q does not name it", file, err, out)
 		}
@@ -60,7 +60,7 @@ func TestAPITokenFileProblemsStopStartUp(t *testing.T) {
 
 // TestNonLoopbackAppAddrWarns: the explicit override is accepted and logged as a warning.
 func TestNonLoopbackAppAddrWarns(t *testing.T) {
-	port := natstest.FreePort(t)
+	port := freeport.TCP(t)
 	a := startAgent(t, nil, "--instance-id=lgs-app", fmt.Sprintf("--app-addr=0.0.0.0:%d", port), "--app-addr-allow-nonloopback")
 	eventually(t, 5*time.Second, "the warning is logged", func() bool {
 		l := a.log.String()

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/livegate/livegate/e2e/bench/stats"
+	"github.com/livegate/livegate/pkg/freeport"
 )
 
 // Options bound one run.
@@ -61,7 +62,7 @@ func Run(ctx context.Context, o Options) (Result, error) {
 			_ = b.Close()
 		}
 	}()
-	port, err := freePort()
+	port, err := freeport.TCPPort()
 	if err != nil {
 		return Result{}, err
 	}
@@ -225,13 +226,4 @@ func startBackends(n int) ([]*backend, error) {
 		out = append(out, &backend{addr: ln.Addr().String(), srv: srv})
 	}
 	return out, nil
-}
-
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/livegate/livegate/e2e/bench/httpbench"
 	"github.com/livegate/livegate/e2e/bench/procstat"
 	"github.com/livegate/livegate/e2e/internal/proc"
+	"github.com/livegate/livegate/pkg/freeport"
 )
 
 // Options bound one run.
@@ -50,9 +51,13 @@ type Result struct {
 // Run starts the agent on loopback without NATS, makes it ready, and compares.
 func Run(ctx context.Context, o Options) (Result, error) {
 	var res Result
-	port, appPort := freePort(), freePort()
-	if port == 0 || appPort == 0 {
-		return res, fmt.Errorf("no free loopback port")
+	port, err := freeport.TCPPort()
+	if err != nil {
+		return res, err
+	}
+	appPort, err := freeport.TCPPort()
+	if err != nil {
+		return res, err
 	}
 	cmd := exec.CommandContext(ctx, o.Agent, "--host", "127.0.0.1", "--port", strconv.Itoa(port),
 		"--app-addr", "127.0.0.1:"+strconv.Itoa(appPort), "--log-level", "warn", "--log-format", "json",
@@ -192,13 +197,4 @@ func waitHTTP(ctx context.Context, url string, timeout time.Duration) error {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-func freePort() int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }

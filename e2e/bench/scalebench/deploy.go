@@ -11,12 +11,10 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/livegate/livegate/e2e/bench/edgebench"
 	"github.com/livegate/livegate/e2e/internal/netns"
-	"github.com/livegate/livegate/e2e/internal/proc"
 	"github.com/livegate/livegate/e2e/internal/stack"
 	"github.com/livegate/livegate/pkg/kvstore"
 	"github.com/livegate/livegate/pkg/natsconn"
@@ -59,25 +57,19 @@ type deployment struct {
 	replicas int
 }
 
+// server is NATS server k (from 0).
 type server struct {
-	k    int
-	name string
-	ns   *netns.Namespace
-	srv  *stack.NATSServer
+	k int
+	*stack.NATSServer
 }
 
+// edge is edge k (from 0).
 type edge struct {
-	k   int
-	id  string
-	ns  *netns.Namespace
-	dir string
-	p   *proc.Proc
+	k int
+	*stack.LabEdge
 }
 
 func (s *server) url() string { return fmt.Sprintf("nats://%s:%d", natsAddr(s.k), stack.NATSPort) }
-
-// p is the server's current process (a restart replaces it).
-func (s *server) p() *proc.Proc { return s.srv.P }
 
 // deploy builds the namespaces and starts NATS (servers: 1 or 3) and three edges. On error
 // everything already started is torn down.
@@ -117,15 +109,16 @@ func deploy(ctx context.Context, prefix, edgeBin, natsBin string, servers int) (
 	if err := d.lab.Link(ctx, d.client, "c", "p", "bp", stack.LabClient); err != nil {
 		return d, err
 	}
+	var addrs []netip.Addr
 	for k := range servers {
-		if err := d.addServer(ctx, k, servers, natsBin); err != nil {
-			return d, err
-		}
+		addrs = append(addrs, natsAddr(k))
 	}
-	for _, s := range d.servers {
-		if err := s.srv.Ready(ctx); err != nil {
-			return d, err
-		}
+	started, err := d.lab.StartNATSServers(ctx, d.dir, natsBin, addrs...)
+	if err != nil {
+		return d, err
+	}
+	for k, srv := range started {
+		d.servers = append(d.servers, &server{k: k, NATSServer: srv})
 	}
 	if err := d.dial(ctx); err != nil {
 		return d, err
@@ -136,47 +129,19 @@ func deploy(ctx context.Context, prefix, edgeBin, natsBin string, servers int) (
 		}
 	}
 	for _, g := range d.edges {
-		if err := stack.WaitHealthy(ctx, g.p, g.ns, 30*time.Second); err != nil {
+		if err := g.WaitHealthy(ctx, 30*time.Second); err != nil {
 			return d, err
 		}
 	}
 	return d, nil
 }
 
-// addServer starts server k, alone or one of a cluster of three as deploy/nats documents it,
-// with short pings so a dead peer is noticed in seconds.
-func (d *deployment) addServer(ctx context.Context, k, of int, bin string) error {
-	role := fmt.Sprintf("s%d", k+1)
-	ns, err := d.lab.AddNS(ctx, role)
-	if err != nil {
-		return err
-	}
-	if err := d.lab.Link(ctx, ns, role, "l", "bl", natsAddr(k)); err != nil {
-		return err
-	}
-	var peers []netip.Addr
-	for j := range of {
-		if j != k {
-			peers = append(peers, natsAddr(j))
-		}
-	}
-	srv, err := d.lab.Procs.StartNATS(ctx, ns, stack.NATSConfig{
-		Name: fmt.Sprintf("nats-%d", k+1), Dir: filepath.Join(d.dir, role), FastPings: true, Monitor: true,
-		Advertise: natsAddr(k), Peers: peers, Bin: bin,
-	})
-	if err != nil {
-		return err
-	}
-	d.servers = append(d.servers, &server{k: k, name: srv.Name, ns: ns, srv: srv})
-	return nil
-}
-
 // restart starts a killed server again on its store.
 func (d *deployment) restart(ctx context.Context, s *server) error {
-	if err := s.srv.Start(ctx); err != nil {
+	if err := s.Start(ctx); err != nil {
 		return err
 	}
-	return s.srv.Ready(ctx)
+	return s.Ready(ctx)
 }
 
 func (d *deployment) urls() []string {
@@ -229,22 +194,18 @@ func (d *deployment) dial(ctx context.Context) error {
 // addEdge starts edge k with server k as its only seed (on a cluster the three edges start on
 // different servers and learn the others from it).
 func (d *deployment) addEdge(ctx context.Context, k int) error {
-	role := fmt.Sprintf("e%d", k+1)
-	ns, err := d.lab.AddRouter(ctx, role, stack.LabLink{Net: "p", Bridge: "bp", Addr: edgePublic(k)}, stack.LabLink{Net: "l", Bridge: "bl", Addr: edgeLAN(k)})
+	le, err := d.lab.AddEdge(ctx, fmt.Sprintf("scale%d", k+1), fmt.Sprintf("e%d", k+1), d.dir,
+		stack.LabLink{Net: "p", Bridge: "bp", Addr: edgePublic(k)}, stack.LabLink{Net: "l", Bridge: "bl", Addr: edgeLAN(k)})
 	if err != nil {
 		return err
 	}
-	g := &edge{k: k, id: fmt.Sprintf("scale%d", k+1), ns: ns, dir: filepath.Join(d.dir, role)}
-	if err := os.MkdirAll(g.dir, 0o700); err != nil {
-		return err
-	}
+	g := &edge{k: k, LabEdge: le}
 	seed := d.servers[k%len(d.servers)]
-	g.p, err = d.lab.Procs.Start(ctx, g.id, ns, d.edgeBin, stack.EdgeArgs(stack.EdgeConfig{
-		ID: g.id, Pool: pool, Public: edgePublic(k), NATSURL: seed.url(), NATSReplicas: d.replicas, StateDir: g.dir,
+	if err := d.lab.StartEdge(ctx, le, d.edgeBin, stack.EdgeArgs(stack.EdgeConfig{
+		ID: g.ID, Pool: pool, Public: edgePublic(k), NATSURL: seed.url(), NATSReplicas: d.replicas, StateDir: g.Dir,
 		MediaPorts: mediaPorts, BackendCIDRs: netip.PrefixFrom(nodeLAN, 24).Masked().String(),
 		LogFormat: "json", LogLevel: "warn", Extra: []string{"--signaling-bind", edgePublic(k).String()},
-	})...)
-	if err != nil {
+	})); err != nil {
 		return err
 	}
 	d.edges = append(d.edges, g)
@@ -264,7 +225,7 @@ func (d *deployment) leader(ctx context.Context, stream string) (*server, error)
 		return nil, fmt.Errorf("stream %s: no cluster information", stream)
 	}
 	for _, s := range d.servers {
-		if s.name == info.Cluster.Leader {
+		if s.Name == info.Cluster.Leader {
 			return s, nil
 		}
 	}
@@ -297,18 +258,18 @@ func (v varz) sub(o varz) varz {
 func (d *deployment) traffic() (varz, error) {
 	var sum varz
 	for _, s := range d.servers {
-		if s.p().Exited() {
-			return sum, fmt.Errorf("%s is down", s.name)
+		if s.P.Exited() {
+			return sum, fmt.Errorf("%s is down", s.Name)
 		}
-		resp, err := s.ns.HTTPClient(2 * time.Second).Get(fmt.Sprintf("http://127.0.0.1:%d/varz", stack.NATSMonitorPort))
+		resp, err := s.NS.HTTPClient(2 * time.Second).Get(fmt.Sprintf("http://127.0.0.1:%d/varz", stack.NATSMonitorPort))
 		if err != nil {
-			return sum, fmt.Errorf("%s /varz: %w", s.name, err)
+			return sum, fmt.Errorf("%s /varz: %w", s.Name, err)
 		}
 		var v varz
 		err = json.NewDecoder(resp.Body).Decode(&v)
 		_ = resp.Body.Close()
 		if err != nil {
-			return sum, fmt.Errorf("%s /varz: %w", s.name, err)
+			return sum, fmt.Errorf("%s /varz: %w", s.Name, err)
 		}
 		sum = sum.add(v)
 	}

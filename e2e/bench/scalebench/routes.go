@@ -47,7 +47,7 @@ type agents struct {
 func (d *deployment) agents(ctx context.Context) (*agents, error) {
 	a := &agents{}
 	for _, s := range d.servers {
-		nc, err := d.connect(ctx, "livegate-agent/sim-"+s.name, s)
+		nc, err := d.connect(ctx, "livegate-agent/sim-"+s.Name, s)
 		if err != nil {
 			a.close()
 			return nil, err
@@ -258,18 +258,16 @@ func (w *endpoints) wait(ctx context.Context, key string, deadline time.Time) (e
 
 func (d *deployment) edgeByID(id string) *edge {
 	for _, g := range d.edges {
-		if g.id == id {
+		if g.ID == id {
 			return g
 		}
 	}
 	return nil
 }
 
-func (g *edge) haproxy() stack.HAProxy { return stack.EdgeHAProxy(g.dir) }
-
 // dnatRules counts the edge's DNAT rules.
 func (g *edge) dnatRules(ctx context.Context) (int, error) {
-	perPort, err := stack.DNATRules(ctx, g.ns)
+	perPort, err := stack.DNATRules(ctx, g.NS)
 	return stack.Total(perPort), err
 }
 
@@ -279,9 +277,9 @@ func (g *edge) metrics(ctx context.Context) (map[string]float64, error) {
 	if err != nil {
 		return nil, err
 	}
-	resp, err := g.ns.HTTPClient(5 * time.Second).Do(req)
+	resp, err := g.NS.HTTPClient(5 * time.Second).Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("%s metrics: %w", g.id, err)
+		return nil, fmt.Errorf("%s metrics: %w", g.ID, err)
 	}
 	defer resp.Body.Close()
 	return edgebench.ParseMetrics(resp.Body)
@@ -306,17 +304,17 @@ func (d *deployment) routable(ctx context.Context, eps *endpoints, i int, deadli
 		return ep, at, fmt.Errorf("route %s: endpoint names edge %q, none of the deployment's", edgebench.RouteKey(i), ep.edge)
 	}
 	for {
-		ok, err := g.haproxy().MapHas(ctx, edgebench.SessionID(i))
+		ok, err := g.HAProxy().MapHas(ctx, edgebench.SessionID(i))
 		if err == nil && ok {
 			break
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			return ep, at, fmt.Errorf("route %s: not in %s's map (last error %v)", edgebench.RouteKey(i), g.id, err)
+			return ep, at, fmt.Errorf("route %s: not in %s's map (last error %v)", edgebench.RouteKey(i), g.ID, err)
 		}
 		time.Sleep(time.Millisecond)
 	}
 	if err := d.probe(ctx, g, ep.port, deadline); err != nil {
-		return ep, at, fmt.Errorf("route %s on %s: %w", edgebench.RouteKey(i), g.id, err)
+		return ep, at, fmt.Errorf("route %s on %s: %w", edgebench.RouteKey(i), g.ID, err)
 	}
 	return ep, time.Now(), nil
 }

@@ -200,8 +200,8 @@ func (d *deployment) routeAll(ctx context.Context, ag *agents, eps *endpoints, n
 		maps = maps[:0]
 		ok := true
 		for _, g := range d.edges {
-			m, err := g.haproxy().ShowMap(ctx)
-			if err != nil || len(m) != per[g.id] {
+			m, err := g.HAProxy().ShowMap(ctx)
+			if err != nil || len(m) != per[g.ID] {
 				ok = false
 				break
 			}
@@ -234,8 +234,8 @@ func (d *deployment) routeAll(ctx context.Context, ag *agents, eps *endpoints, n
 		}
 	}
 	for _, g := range d.edges {
-		f := edgeFill{id: g.id, routes: per[g.id], lapsed: lapsed[g.id], warnings: warnings(g.p.Output())}
-		if at, ok := last[g.id]; ok {
+		f := edgeFill{id: g.ID, routes: per[g.ID], lapsed: lapsed[g.ID], warnings: warnings(g.P.Output())}
+		if at, ok := last[g.ID]; ok {
 			f.last = at.Sub(start)
 		}
 		if m, err := g.metrics(ctx); err == nil {
@@ -270,9 +270,9 @@ func (d *deployment) probeSample(ctx context.Context, eps *endpoints, n int) (pr
 func (d *deployment) edgeTrouble() string {
 	var s string
 	for _, g := range d.edges {
-		if g.p.Exited() {
-			out := g.p.Output()
-			s += fmt.Sprintf("; %s exited: %.400s", g.id, out[max(0, len(out)-400):])
+		if g.P.Exited() {
+			out := g.P.Output()
+			s += fmt.Sprintf("; %s exited: %.400s", g.ID, out[max(0, len(out)-400):])
 		}
 	}
 	return s
@@ -361,15 +361,15 @@ func (d *deployment) churn(ctx context.Context, ag *agents, eps *endpoints, held
 					wg.Wait()
 					return res, err
 				}
-				victim.p().Kill()
-				res.killed = victim.name
-				progress("killed %s, the leader of KV_livegate_routes (%s)", victim.name, res.leaders)
+				victim.Stop(true)
+				res.killed = victim.Name
+				progress("killed %s, the leader of KV_livegate_routes (%s)", victim.Name, res.leaders)
 			}
 		}
 		if o.kill && killed && !restarted && !now.Before(restartAt) {
 			restarted = true
 			go func() { restartErr <- d.restart(ctx, victim) }()
-			progress("restarting %s", victim.name)
+			progress("restarting %s", victim.Name)
 		}
 		w := &res.before
 		switch {
@@ -412,7 +412,7 @@ func (d *deployment) churn(ctx context.Context, ag *agents, eps *endpoints, held
 	}
 	if restarted {
 		if err := <-restartErr; err != nil {
-			return res, fmt.Errorf("restart %s: %w", victim.name, err)
+			return res, fmt.Errorf("restart %s: %w", victim.Name, err)
 		}
 		res.leaders += "; after: " + d.leaders(ctx)
 	}
@@ -439,7 +439,7 @@ func (d *deployment) leaders(ctx context.Context) string {
 		s, err := d.leader(ctx, st)
 		name := "?"
 		if err == nil {
-			name = s.name
+			name = s.Name
 		}
 		parts = append(parts, strings.TrimPrefix(st, "KV_livegate_")+"→"+name)
 	}

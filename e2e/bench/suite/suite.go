@@ -34,6 +34,7 @@ import (
 	"github.com/livegate/livegate/e2e/bench/wsbench"
 	"github.com/livegate/livegate/e2e/internal/netns"
 	"github.com/livegate/livegate/e2e/internal/stack"
+	"github.com/livegate/livegate/pkg/freeport"
 )
 
 // Names of the benchmarks, in the order they run.
@@ -611,15 +612,6 @@ func (c Config) turnMemory(ctx context.Context, env *edgebench.Env) (float64, er
 	return float64(after.RSS-before.RSS) / heldAllocations, nil
 }
 
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
-}
-
 func seconds(s float64) string {
 	if math.IsNaN(s) {
 		return "n/a"
@@ -664,7 +656,7 @@ func (c Config) rest(ctx context.Context) []report.Result {
 	var profNotes []string
 	var profMu sync.Mutex
 	if c.ProfileDir != "" {
-		port, err := freePort()
+		port, err := freeport.TCPPort()
 		if err != nil {
 			return []report.Result{failed(name, err)}
 		}

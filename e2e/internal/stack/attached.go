@@ -2,14 +2,7 @@ package stack
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"net/netip"
 	"os"
@@ -20,6 +13,7 @@ import (
 
 	"github.com/livegate/livegate/e2e/internal/netns"
 	"github.com/livegate/livegate/e2e/internal/proc"
+	"github.com/livegate/livegate/pkg/selfsigned"
 )
 
 // PrepareAttached writes, in an edge's state directory dir, what an operator's HAProxy needs for
@@ -65,26 +59,12 @@ func (g *Group) StartAttached(ctx context.Context, name string, ns *netns.Namesp
 	return p, WaitTCP(ctx, p, ns, net.JoinHostPort(public.String(), strconv.Itoa(SignalingPort)))
 }
 
+// writeSelfSigned writes a certificate and its key for host (an address) and the name clients
+// send as SNI (see wsclient) in one file, as HAProxy's crt loads it.
 func writeSelfSigned(path, host string) error {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	c, err := selfsigned.New([]string{host, "livegate"}, time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour))
 	if err != nil {
 		return err
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: host},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IPAddresses: []net.IP{net.ParseIP(host)}, DNSNames: []string{"livegate"},
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return err
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		return err
-	}
-	pemText := append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})...)
-	return os.WriteFile(path, pemText, 0o600)
+	return os.WriteFile(path, c.PEM(), 0o600)
 }

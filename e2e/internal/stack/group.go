@@ -45,8 +45,22 @@ func (g *Group) Start(ctx context.Context, name string, ns *netns.Namespace, bin
 	return g.StartCmd(name, ns.Command(context.WithoutCancel(ctx), bin, args...))
 }
 
-// StartCmd starts a command made by the caller (one with its own environment, say).
+// StartCmd starts a command made by the caller (one with its own environment, say). It refuses
+// a name whose process still runs: the Group would lose track of it, and Stop would leave it
+// running.
 func (g *Group) StartCmd(name string, cmd *exec.Cmd) (*proc.Proc, error) {
+	// The lock is held across the start, so two starts of one name cannot both pass the check.
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var own *slot
+	for _, s := range g.slots {
+		if s.name == name {
+			own = s
+		}
+	}
+	if own != nil && !own.p.Exited() {
+		return nil, fmt.Errorf("start %s: already running (pid %d)", name, own.p.Pid())
+	}
 	var tee io.Writer
 	if g.Output != nil {
 		tee = g.Output(name)
@@ -55,16 +69,12 @@ func (g *Group) StartCmd(name string, cmd *exec.Cmd) (*proc.Proc, error) {
 	if err != nil {
 		return nil, err
 	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
 	g.all = append(g.all, p)
-	for _, s := range g.slots {
-		if s.name == name {
-			s.p = p
-			return p, nil
-		}
+	if own != nil {
+		own.p = p
+	} else {
+		g.slots = append(g.slots, &slot{name: name, p: p})
 	}
-	g.slots = append(g.slots, &slot{name: name, p: p})
 	return p, nil
 }
 

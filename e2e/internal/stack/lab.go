@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/livegate/livegate/e2e/internal/netns"
+	"github.com/livegate/livegate/e2e/internal/proc"
 )
 
 // Lab is a deployment of many namespaces (NATS servers, edges, nodes, a client) hung off bridges
@@ -133,12 +135,15 @@ func (l *Lab) AddRouter(ctx context.Context, role string, links ...LabLink) (*ne
 func (l *Lab) LinkName(role, net string) string { return l.ID + role + net }
 
 // Close stops every process (the last started first, grace each) and deletes every namespace,
-// with whatever still runs in it. It fails if a namespace of the Lab is left.
+// with whatever still runs in it. It fails if a process did not stop cleanly (see Group.Stop)
+// or a namespace of the Lab is left; it removes what it can either way.
 func (l *Lab) Close(grace time.Duration) error {
-	_ = l.Procs.Stop(grace)
+	var errs []error
+	if err := l.Procs.Stop(grace); err != nil {
+		errs = append(errs, fmt.Errorf("stop processes: %w", err))
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	var errs []error
 	for i := len(l.nss) - 1; i >= 0; i-- {
 		if err := l.nss[i].Delete(ctx); err != nil {
 			errs = append(errs, err)
@@ -148,4 +153,90 @@ func (l *Lab) Close(grace time.Duration) error {
 		errs = append(errs, fmt.Errorf("namespaces left behind: %v", left))
 	}
 	return errors.Join(errs...)
+}
+
+// StartNATSServers starts a NATS server at each of addrs, on the lan bridge "bl" the caller
+// made: server k (from 0) in the namespace ID+"s<k+1>", named nats-<k+1>, its store in
+// dir/s<k+1>, pinging its clients every second (a cut is noticed in seconds) and serving
+// monitoring. More than one form a cluster as deploy/nats documents it. It returns once every
+// server accepts clients; bin is the nats-server binary, empty finds it.
+func (l *Lab) StartNATSServers(ctx context.Context, dir, bin string, addrs ...netip.Addr) ([]*NATSServer, error) {
+	var servers []*NATSServer
+	for k, addr := range addrs {
+		role := NATSRole(k)
+		ns, err := l.AddNS(ctx, role)
+		if err != nil {
+			return nil, err
+		}
+		if err := l.Link(ctx, ns, role, "l", "bl", addr); err != nil {
+			return nil, err
+		}
+		var peers []netip.Addr
+		for j, a := range addrs {
+			if j != k {
+				peers = append(peers, a)
+			}
+		}
+		s, err := l.Procs.StartNATS(ctx, ns, NATSConfig{
+			Name: fmt.Sprintf("nats-%d", k+1), Dir: filepath.Join(dir, role), FastPings: true, Monitor: true,
+			Advertise: addr, Peers: peers, Bin: bin,
+		})
+		if err != nil {
+			return nil, err
+		}
+		servers = append(servers, s)
+	}
+	// Every member is started before any is waited for, as a cluster's members start together.
+	for _, s := range servers {
+		if err := s.Ready(ctx); err != nil {
+			return nil, err
+		}
+	}
+	return servers, nil
+}
+
+// NATSRole is the role (namespace name after the Lab's ID) of StartNATSServers' server k; its
+// lan link is LinkName(NATSRole(k), "l").
+func NATSRole(k int) string { return fmt.Sprintf("s%d", k+1) }
+
+// LabEdge is an edge of a Lab: its router namespace, its state directory (HAProxy's socket and
+// map, the certificate) and its current process (a restart replaces it).
+type LabEdge struct {
+	ID  string
+	NS  *netns.Namespace
+	Dir string
+	P   *proc.Proc
+}
+
+// AddEdge creates the router namespace ID+role of the edge id with its links, and its state
+// directory dir/role; StartEdge starts it.
+func (l *Lab) AddEdge(ctx context.Context, id, role, dir string, links ...LabLink) (*LabEdge, error) {
+	ns, err := l.AddRouter(ctx, role, links...)
+	if err != nil {
+		return nil, err
+	}
+	g := &LabEdge{ID: id, NS: ns, Dir: filepath.Join(dir, role)}
+	if err := os.MkdirAll(g.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("edge %s state dir: %w", id, err)
+	}
+	return g, nil
+}
+
+// StartEdge starts g (again) as bin with args, named by its ID; it does not wait for it
+// (WaitHealthy does).
+func (l *Lab) StartEdge(ctx context.Context, g *LabEdge, bin string, args []string) error {
+	p, err := l.Procs.Start(ctx, g.ID, g.NS, bin, args...)
+	if err != nil {
+		return err
+	}
+	g.P = p
+	return nil
+}
+
+// HAProxy is the runtime API of the HAProxy g supervises.
+func (g *LabEdge) HAProxy() HAProxy { return EdgeHAProxy(g.Dir) }
+
+// WaitHealthy waits until g is healthy (see WaitHealthy).
+func (g *LabEdge) WaitHealthy(ctx context.Context, timeout time.Duration) error {
+	return WaitHealthy(ctx, g.P, g.NS, timeout)
 }

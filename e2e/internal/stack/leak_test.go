@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -58,40 +59,72 @@ func abortedRun(t *testing.T) {
 	time.Sleep(time.Minute)
 }
 
+// childTimeouts are the test timeouts the aborted run is given, one after another: the first
+// fires soon after the run reports its Lab on a quiet machine; a loaded one may need longer only
+// to get there, and then the run is started again with the next.
+var childTimeouts = []time.Duration{3 * time.Second, 10 * time.Second, 30 * time.Second}
+
+// abortedChild is a started aborted run that has reported its Lab.
+type abortedChild struct {
+	cmd             *exec.Cmd
+	out             io.Reader
+	id              string
+	started, orphan int
+}
+
+// startAborted starts the aborted run (with timeout as its test timeout, unless zero) holding
+// lock, and waits for its report; ok is false when it ended without one.
+func startAborted(t *testing.T, lock *os.File, timeout time.Duration) (c abortedChild, ok bool) {
+	t.Helper()
+	args := []string{"-test.run", "^TestAbortedRunLeavesNothing$", "-test.v"}
+	if timeout > 0 {
+		args = append(args, "-test.timeout", timeout.String())
+	}
+	c.cmd = exec.Command(os.Args[0], args...)
+	c.cmd.Env = append(os.Environ(), leakChildEnv+"=1")
+	// Inherited as flock(1) passes its lock down: not close-on-exec.
+	c.cmd.ExtraFiles = []*os.File{lock}
+	out, err := c.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.out = out
+	if err := c.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		if _, err := fmt.Sscanf(sc.Text(), "lab %s started %d orphan %d", &c.id, &c.started, &c.orphan); err == nil {
+			return c, true
+		}
+	}
+	_ = c.cmd.Process.Kill()
+	_ = c.cmd.Wait()
+	return c, false
+}
+
 func abortAndCheck(t *testing.T, abort string) {
 	lock, err := os.Create(filepath.Join(t.TempDir(), "held.lock"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer lock.Close()
-	args := []string{"-test.run", "^TestAbortedRunLeavesNothing$", "-test.v"}
+	var c abortedChild
+	ok := false
 	if abort == "timeout" {
-		args = append(args, "-test.timeout", "3s")
-	}
-	child := exec.Command(os.Args[0], args...)
-	child.Env = append(os.Environ(), leakChildEnv+"=1")
-	// Inherited as flock(1) passes its lock down: not close-on-exec.
-	child.ExtraFiles = []*os.File{lock}
-	out, err := child.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := child.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var id string
-	var started, orphan int
-	sc := bufio.NewScanner(out)
-	for sc.Scan() {
-		if _, err := fmt.Sscanf(sc.Text(), "lab %s started %d orphan %d", &id, &started, &orphan); err == nil {
-			break
+		for _, timeout := range childTimeouts {
+			if c, ok = startAborted(t, lock, timeout); ok {
+				break
+			}
+			t.Logf("the aborted run timed out after %s before it reported its Lab: again with longer", timeout)
 		}
+	} else {
+		c, ok = startAborted(t, lock, 0)
 	}
-	if id == "" {
-		_ = child.Process.Kill()
-		_ = child.Wait()
+	if !ok {
 		t.Fatal("the aborted run reported no Lab")
 	}
+	child, out, id, started, orphan := c.cmd, c.out, c.id, c.started, c.orphan
 	t.Cleanup(func() { _ = (&netns.Namespace{Name: id + "h"}).Delete(context.Background()) })
 	if holds(orphan, lock.Name()) {
 		t.Errorf("the orphan %d holds the run's inherited descriptor", orphan)
@@ -99,7 +132,7 @@ func abortAndCheck(t *testing.T, abort string) {
 	if abort == "kill" {
 		_ = child.Process.Kill()
 	}
-	go func() { _, _ = bufio.NewReader(out).WriteTo(discard{}) }()
+	go func() { _, _ = io.Copy(io.Discard, out) }()
 	_ = child.Wait()
 	t.Logf("run aborted by %s: %v", abort, child.ProcessState)
 	waitGone(t, started, "the process the run started")
@@ -126,10 +159,6 @@ func abortAndCheck(t *testing.T, abort string) {
 		t.Errorf("namespaces left: %v", left)
 	}
 }
-
-type discard struct{}
-
-func (discard) Write(b []byte) (int, error) { return len(b), nil }
 
 // holds reports whether pid has path open.
 func holds(pid int, path string) bool {

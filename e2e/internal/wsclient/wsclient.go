@@ -1,7 +1,8 @@
 // Package wsclient opens a secure websocket the way a browser's streaming client does: the session
 // id travels as the subprotocol x-nv-sessionid.<id>, and the answer must echo it. It speaks just
-// enough of RFC 6455 to open, hold and close the connection, so a test controls exactly when the
-// app sees its client arrive and leave.
+// enough of RFC 6455 to open, hold and close the connection and to send and receive text, so a
+// test controls exactly when the app sees its client arrive and leave, and sees data pass both
+// ways (the demo app echoes what it gets).
 package wsclient
 
 import (
@@ -22,9 +23,13 @@ import (
 // acceptGUID is RFC 6455's key suffix.
 const acceptGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
-// Conn is an open websocket.
+// Conn is an open websocket. Its reads and writes are one goroutine's.
 type Conn struct {
 	conn net.Conn
+	// r holds what the server sent after its upgrade answer, read with it.
+	r *bufio.Reader
+	// echoes numbers Echo's messages.
+	echoes int
 	// Protocol is the subprotocol the server chose.
 	Protocol string
 	// Handshake is how long TLS plus the upgrade took.
@@ -79,7 +84,8 @@ func handshake(ctx context.Context, tc *tls.Conn, addr, sessionID string) (*Conn
 	if err := req.Write(tc); err != nil {
 		return nil, fmt.Errorf("websocket %s: send upgrade: %w", addr, err)
 	}
-	resp, err := http.ReadResponse(bufio.NewReader(tc), req)
+	r := bufio.NewReader(tc)
+	resp, err := http.ReadResponse(r, req)
 	if err != nil {
 		return nil, fmt.Errorf("websocket %s: read upgrade answer: %w", addr, err)
 	}
@@ -94,7 +100,7 @@ func handshake(ctx context.Context, tc *tls.Conn, addr, sessionID string) (*Conn
 	if got := resp.Header.Get("Sec-WebSocket-Protocol"); got != proto {
 		return nil, fmt.Errorf("websocket %s: subprotocol %q echoed, want %q (browsers close with 1002)", addr, got, proto)
 	}
-	return &Conn{conn: tc, Protocol: proto}, nil
+	return &Conn{conn: tc, r: r, Protocol: proto}, nil
 }
 
 // Close sends a close frame (1000, normal closure), waits briefly for the server's, and closes
@@ -109,10 +115,157 @@ func (c *Conn) Close() error {
 	frame[7] ^= frame[3]
 	_ = c.conn.SetDeadline(time.Now().Add(2 * time.Second))
 	if _, err := c.conn.Write(frame[:]); err == nil {
-		_, _ = io.Copy(io.Discard, c.conn)
+		_, _ = io.Copy(io.Discard, c.r)
 	}
 	return c.conn.Close()
 }
 
 // Abort drops the connection without a close frame, like a client whose network went away.
 func (c *Conn) Abort() error { return c.conn.Close() }
+
+// Opcodes of RFC 6455 section 5.2.
+const (
+	opContinuation = 0x0
+	opText         = 0x1
+	opBinary       = 0x2
+	opClose        = 0x8
+	opPing         = 0x9
+	opPong         = 0xa
+)
+
+// maxMessage bounds a message Receive accepts: a test's messages are short.
+const maxMessage = 1 << 20
+
+// Send sends msg as one text message.
+func (c *Conn) Send(ctx context.Context, msg []byte) error {
+	defer c.bound(ctx)()
+	if err := c.writeFrame(opText, msg); err != nil {
+		return fmt.Errorf("websocket send: %w", err)
+	}
+	return nil
+}
+
+// Receive returns the next data message, answering pings on the way. A close frame from the
+// server ends it with an error naming the close code.
+func (c *Conn) Receive(ctx context.Context) ([]byte, error) {
+	defer c.bound(ctx)()
+	var msg []byte
+	for {
+		fin, op, payload, err := c.readFrame()
+		if err != nil {
+			return nil, fmt.Errorf("websocket receive: %w", err)
+		}
+		switch op {
+		case opPing:
+			if err := c.writeFrame(opPong, payload); err != nil {
+				return nil, fmt.Errorf("websocket pong: %w", err)
+			}
+			continue
+		case opPong:
+			continue
+		case opClose:
+			code := 1005 // no status received
+			if len(payload) >= 2 {
+				code = int(binary.BigEndian.Uint16(payload))
+			}
+			return nil, fmt.Errorf("websocket receive: closed by the server (%d)", code)
+		case opText, opBinary, opContinuation:
+		default:
+			return nil, fmt.Errorf("websocket receive: opcode %#x", op)
+		}
+		if len(msg)+len(payload) > maxMessage {
+			return nil, fmt.Errorf("websocket receive: message over %d bytes", maxMessage)
+		}
+		msg = append(msg, payload...)
+		if fin {
+			return msg, nil
+		}
+	}
+}
+
+// Echo sends a numbered message and waits for the server to send it back.
+func (c *Conn) Echo(ctx context.Context) error {
+	c.echoes++
+	want := fmt.Sprintf("echo-%d", c.echoes)
+	if err := c.Send(ctx, []byte(want)); err != nil {
+		return err
+	}
+	got, err := c.Receive(ctx)
+	if err != nil {
+		return err
+	}
+	if string(got) != want {
+		return fmt.Errorf("websocket echo %q, want %q", got, want)
+	}
+	return nil
+}
+
+// bound makes ctx's deadline and cancellation the connection's until the returned func runs.
+func (c *Conn) bound(ctx context.Context) func() {
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.conn.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = c.conn.SetDeadline(time.Unix(1, 0)) })
+	return func() {
+		stop()
+		_ = c.conn.SetDeadline(time.Time{})
+	}
+}
+
+// writeFrame writes one final frame, masked as a client's must be.
+func (c *Conn) writeFrame(op byte, payload []byte) error {
+	header := []byte{0x80 | op}
+	switch n := len(payload); {
+	case n < 126:
+		header = append(header, 0x80|byte(n))
+	case n <= 0xffff:
+		header = append(header, 0x80|126)
+		header = binary.BigEndian.AppendUint16(header, uint16(n))
+	default:
+		header = append(header, 0x80|127)
+		header = binary.BigEndian.AppendUint64(header, uint64(n))
+	}
+	var mask [4]byte
+	_, _ = rand.Read(mask[:])
+	frame := append(header, mask[:]...)
+	for i, b := range payload {
+		frame = append(frame, b^mask[i%4])
+	}
+	_, err := c.conn.Write(frame)
+	return err
+}
+
+// readFrame reads one frame; a server's frames are not masked.
+func (c *Conn) readFrame() (fin bool, op byte, payload []byte, err error) {
+	var head [2]byte
+	if _, err := io.ReadFull(c.r, head[:]); err != nil {
+		return false, 0, nil, err
+	}
+	fin, op = head[0]&0x80 != 0, head[0]&0x0f
+	if head[1]&0x80 != 0 {
+		return false, 0, nil, fmt.Errorf("masked frame from the server")
+	}
+	n := uint64(head[1] & 0x7f)
+	switch n {
+	case 126:
+		var ext [2]byte
+		if _, err := io.ReadFull(c.r, ext[:]); err != nil {
+			return false, 0, nil, err
+		}
+		n = uint64(binary.BigEndian.Uint16(ext[:]))
+	case 127:
+		var ext [8]byte
+		if _, err := io.ReadFull(c.r, ext[:]); err != nil {
+			return false, 0, nil, err
+		}
+		n = binary.BigEndian.Uint64(ext[:])
+	}
+	if n > maxMessage {
+		return false, 0, nil, fmt.Errorf("frame of %d bytes, over %d", n, maxMessage)
+	}
+	payload = make([]byte, n)
+	if _, err := io.ReadFull(c.r, payload); err != nil {
+		return false, 0, nil, err
+	}
+	return fin, op, payload, nil
+}

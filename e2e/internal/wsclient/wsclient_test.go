@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/coder/websocket"
 )
 
 // upgrader answers like the demo app: 101 with the subprotocol echoed unless echo is false, 404
@@ -49,13 +51,19 @@ func dial(ctx context.Context, network, addr string) (net.Conn, error) {
 	return d.DialContext(ctx, network, addr)
 }
 
+// serve starts h behind TLS until the end of the test and returns a context for it.
+func serve(t *testing.T, h http.Handler) (context.Context, string) {
+	srv := httptest.NewTLSServer(h)
+	t.Cleanup(srv.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return ctx, strings.TrimPrefix(srv.URL, "https://")
+}
+
 func TestDialHoldsAndClosesCleanly(t *testing.T) {
 	closed := make(chan []byte, 1)
-	srv := httptest.NewTLSServer(upgrader(t, true, closed))
-	defer srv.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := Dial(ctx, dial, strings.TrimPrefix(srv.URL, "https://"), "s1")
+	ctx, addr := serve(t, upgrader(t, true, closed))
+	c, err := Dial(ctx, dial, addr, "s1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,11 +92,8 @@ func TestDialRefusals(t *testing.T) {
 		{name: "subprotocol not echoed", echo: false, session: "s1", want: "subprotocol"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			srv := httptest.NewTLSServer(upgrader(t, tc.echo, make(chan []byte, 1)))
-			defer srv.Close()
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			_, err := Dial(ctx, dial, strings.TrimPrefix(srv.URL, "https://"), tc.session)
+			ctx, addr := serve(t, upgrader(t, tc.echo, make(chan []byte, 1)))
+			_, err := Dial(ctx, dial, addr, tc.session)
 			if err == nil {
 				t.Fatal("dial succeeded")
 			}
@@ -100,5 +105,66 @@ func TestDialRefusals(t *testing.T) {
 				t.Fatalf("error %v, want %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// echoServer accepts session s1's websocket as the demo app does and sends every message back,
+// then closes with 4000 when told "bye".
+func echoServer(t *testing.T) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := websocket.Accept(w, r, &websocket.AcceptOptions{Subprotocols: []string{"x-nv-sessionid.s1"}})
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer c.CloseNow()
+		c.SetReadLimit(1 << 20)
+		for {
+			typ, msg, err := c.Read(r.Context())
+			if err != nil {
+				return
+			}
+			if string(msg) == "bye" {
+				_ = c.Close(4000, "bye")
+				return
+			}
+			if err := c.Write(r.Context(), typ, msg); err != nil {
+				return
+			}
+		}
+	})
+}
+
+func TestSendReceiveEcho(t *testing.T) {
+	ctx, addr := serve(t, echoServer(t))
+	c, err := Dial(ctx, dial, addr, "s1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Abort()
+	for range 3 {
+		if err := c.Echo(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Each of the three payload length encodings.
+	for _, n := range []int{125, 126, 70000} {
+		msg := []byte(strings.Repeat("x", n))
+		if err := c.Send(ctx, msg); err != nil {
+			t.Fatal(err)
+		}
+		got, err := c.Receive(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got) != string(msg) {
+			t.Fatalf("%d bytes sent, %d received", n, len(got))
+		}
+	}
+	if err := c.Send(ctx, []byte("bye")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Receive(ctx); err == nil || !strings.Contains(err.Error(), "4000") {
+		t.Fatalf("receive after the server closed: %v, want its close code", err)
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy/haproxytest"
 	"github.com/livegate/livegate/edgeproxy/internal/tlscert"
+	"github.com/livegate/livegate/pkg/freeport"
 	"github.com/livegate/livegate/pkg/kvstore"
 	"github.com/livegate/livegate/pkg/logbuf"
 	"github.com/livegate/livegate/pkg/natstest"
@@ -133,7 +134,7 @@ func TestEdgeProcessSurvivesKills(t *testing.T) {
 	bin := haproxytest.Binary(t)
 	url := natstest.Embedded(t)
 	dir := haproxytest.Dir(t)
-	sigPort, adminPort := haproxytest.FreePort(t), haproxytest.FreePort(t)
+	sigPort, adminPort := freeport.TCP(t), freeport.TCP(t)
 	t.Cleanup(func() {
 		if pid := haproxyPid(t, dir); pid > 0 {
 			_ = syscall.Kill(pid, syscall.SIGTERM)
@@ -360,7 +361,7 @@ func TestAttachedMode(t *testing.T) {
 	bin := haproxytest.Binary(t)
 	dir := haproxytest.Dir(t)
 	natsURL := natstest.Embedded(t)
-	sigPort, adminPort := haproxytest.FreePort(t), haproxytest.FreePort(t)
+	sigPort, adminPort := freeport.TCP(t), freeport.TCP(t)
 	sock, mapFile, cert := filepath.Join(dir, "op.sock"), filepath.Join(dir, "op.map"), filepath.Join(dir, "op.pem")
 	if err := tlscert.SelfSigned(cert, []string{"127.0.0.1"}, time.Now()); err != nil {
 		t.Fatal(err)

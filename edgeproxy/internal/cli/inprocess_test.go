@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy/haproxytest"
+	"github.com/livegate/livegate/pkg/freeport"
 	"github.com/livegate/livegate/pkg/kvstore"
 	"github.com/livegate/livegate/pkg/logbuf"
 	"github.com/livegate/livegate/pkg/natstest"
@@ -31,8 +32,8 @@ type inProcessEdge struct {
 func startInProcessEdge(t *testing.T, id string, extra ...string) *inProcessEdge {
 	t.Helper()
 	bin := haproxytest.Binary(t)
-	e := &inProcessEdge{dir: haproxytest.Dir(t), natsPort: haproxytest.FreePort(t), sigPort: haproxytest.FreePort(t), logs: &logbuf.Buffer{}}
-	adminPort := haproxytest.FreePort(t)
+	e := &inProcessEdge{dir: haproxytest.Dir(t), natsPort: freeport.TCP(t), sigPort: freeport.TCP(t), logs: &logbuf.Buffer{}}
+	adminPort := freeport.TCP(t)
 	e.admin = fmt.Sprintf("http://127.0.0.1:%d", adminPort)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int, 1)

@@ -309,11 +309,7 @@ func supervised(s *settings, client *haproxy.Client, onReady func(), log zerolog
 
 func prepareTLS(s *settings) error {
 	if s.selfCert {
-		hosts := []string{s.reconcile.PublicHost}
-		if s.reconcile.PublicHost != "localhost" {
-			hosts = append(hosts, "localhost")
-		}
-		return tlscert.SelfSigned(s.haproxy.CertFile, hosts, time.Now())
+		return tlscert.SelfSigned(s.haproxy.CertFile, tlscert.SelfSignedHosts(s.reconcile.PublicHost, s.publicIP), time.Now())
 	}
 	return tlscert.Combine(s.tlsCert, s.tlsKey, s.haproxy.CertFile)
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/livegate/livegate/pkg/freeport"
 	"github.com/livegate/livegate/pkg/logbuf"
 	"github.com/livegate/livegate/pkg/natstest"
 	"github.com/rs/zerolog"
@@ -28,7 +29,7 @@ import (
 // the frontend and backend through a transaction, then a route put in NATS becomes routable.
 func TestEdgeWithDataplaneAPIDriver(t *testing.T) {
 	e := newRealAPI(t)
-	natsPort, adminPort := haproxytest.FreePort(t), haproxytest.FreePort(t)
+	natsPort, adminPort := freeport.TCP(t), freeport.TCP(t)
 	pw := filepath.Join(e.Dir, "dpapi.pw")
 	if err := os.WriteFile(pw, []byte(password+"\n"), 0o600); err != nil {
 		t.Fatal(err)

@@ -14,6 +14,7 @@ import (
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy"
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy/drivertest"
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy/haproxytest"
+	"github.com/livegate/livegate/pkg/freeport"
 )
 
 // realEdge is a real HAProxy behind the fake Data Plane API: the API's reload starts HAProxy with
@@ -33,7 +34,7 @@ func newRealAPI(t *testing.T) *realEdge {
 	t.Helper()
 	haproxytest.Binary(t)
 	f := haproxytest.NewFiles(t, haproxytest.Dir(t))
-	e := &realEdge{Files: f, Port: haproxytest.FreePort(t), started: make(chan *haproxytest.Instance, 1)}
+	e := &realEdge{Files: f, Port: freeport.TCP(t), started: make(chan *haproxytest.Instance, 1)}
 	full, err := haproxy.Render(f.ConfigFor(e.Port))
 	if err != nil {
 		t.Fatal(err)

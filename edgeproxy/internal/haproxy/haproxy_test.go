@@ -12,6 +12,7 @@ import (
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy"
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy/drivertest"
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy/haproxytest"
+	"github.com/livegate/livegate/pkg/freeport"
 	"github.com/livegate/livegate/pkg/logbuf"
 	"github.com/rs/zerolog"
 )
@@ -21,7 +22,7 @@ import (
 func TestRuntimeDriverContract(t *testing.T) {
 	drivertest.Run(t, drivertest.Harness{Bulk: 9500, Start: func(t *testing.T, missLimit int) drivertest.Edge {
 		f := haproxytest.NewFiles(t, haproxytest.Dir(t))
-		cfg := f.ConfigFor(haproxytest.FreePort(t))
+		cfg := f.ConfigFor(freeport.TCP(t))
 		cfg.MissLimit = missLimit
 		h := haproxytest.Start(t, cfg, f)
 		return drivertest.Edge{HAProxy: h, Driver: h.Driver, Persist: func(entries map[string]string) error {
@@ -189,7 +190,7 @@ func TestSupervisorOutputLogOneComponent(t *testing.T) {
 func configured(t *testing.T) haproxytest.Files {
 	t.Helper()
 	f := haproxytest.NewFiles(t, haproxytest.Dir(t))
-	text, err := haproxy.Render(f.ConfigFor(haproxytest.FreePort(t)))
+	text, err := haproxy.Render(f.ConfigFor(freeport.TCP(t)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy/haproxytest"
+	"github.com/livegate/livegate/pkg/freeport"
 )
 
 // TestFrontendRefusesOldTLS checks against the real HAProxy that TLS 1.0 and 1.1 handshakes fail
@@ -120,7 +121,7 @@ func TestFrontendLimitsAndDisclosure(t *testing.T) {
 // an established websocket idle for longer stays open.
 func TestRequestTimeoutSparesWebsockets(t *testing.T) {
 	f := haproxytest.NewFiles(t, haproxytest.Dir(t))
-	cfg := f.ConfigFor(haproxytest.FreePort(t))
+	cfg := f.ConfigFor(freeport.TCP(t))
 	cfg.RequestTimeout = time.Second
 	h := haproxytest.Start(t, cfg, f)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -16,6 +16,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy"
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy/haproxytest"
+	"github.com/livegate/livegate/pkg/freeport"
 	"github.com/livegate/livegate/pkg/sessiontoken"
 )
 
@@ -63,7 +64,7 @@ func TestSessionTokenFromChromium(t *testing.T) {
 	browser := chromium(t)
 	f := haproxytest.NewFiles(t, haproxytest.Dir(t))
 	signers, keys := tokenKeys(t, f.Dir, "es-1")
-	h := haproxytest.Start(t, tokenConfig(f, haproxytest.FreePort(t), haproxy.TokensRequired, keys), f)
+	h := haproxytest.Start(t, tokenConfig(f, freeport.TCP(t), haproxy.TokensRequired, keys), f)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	app := browserBackend(t)

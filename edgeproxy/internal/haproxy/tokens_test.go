@@ -14,6 +14,7 @@ import (
 	"github.com/livegate/livegate/edgeproxy/internal/atomicfile"
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy"
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy/haproxytest"
+	"github.com/livegate/livegate/pkg/freeport"
 	"github.com/livegate/livegate/pkg/sessiontoken"
 )
 
@@ -82,7 +83,7 @@ func TestSessionTokenRefusals(t *testing.T) {
 	odd := sessiontoken.Key{ID: "hs-2", Alg: sessiontoken.HS256, Secret: []byte("+/=-_.~" + strings.Repeat("s", 30))}
 	signers = append(signers, odd)
 	keys = append(keys, haproxy.TokenKey{ID: odd.ID, Alg: odd.Alg, Secret: string(odd.Secret)})
-	h := haproxytest.Start(t, tokenConfig(f, haproxytest.FreePort(t), haproxy.TokensRequired, keys), f)
+	h := haproxytest.Start(t, tokenConfig(f, freeport.TCP(t), haproxy.TokensRequired, keys), f)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	app := haproxytest.StartBackend(t, "app", false)
@@ -157,7 +158,7 @@ func TestSessionTokenRefusals(t *testing.T) {
 func TestSessionTokenOptional(t *testing.T) {
 	f := haproxytest.NewFiles(t, haproxytest.Dir(t))
 	signers, keys := tokenKeys(t, f.Dir, "es-1")
-	h := haproxytest.Start(t, tokenConfig(f, haproxytest.FreePort(t), haproxy.TokensOptional, keys), f)
+	h := haproxytest.Start(t, tokenConfig(f, freeport.TCP(t), haproxy.TokensOptional, keys), f)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	app := haproxytest.StartBackend(t, "app", false)
@@ -189,7 +190,7 @@ func TestSessionTokenOptional(t *testing.T) {
 func TestSessionTokenRotation(t *testing.T) {
 	f := haproxytest.NewFiles(t, haproxytest.Dir(t))
 	signers, keys := tokenKeys(t, f.Dir, "old", "new")
-	port := haproxytest.FreePort(t)
+	port := freeport.TCP(t)
 	h := haproxytest.Start(t, tokenConfig(f, port, haproxy.TokensRequired, keys[:1]), f)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()

@@ -4,20 +4,15 @@ package tlscert
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
-	"net"
+	"net/netip"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/livegate/livegate/edgeproxy/internal/atomicfile"
+	"github.com/livegate/livegate/pkg/selfsigned"
 )
 
 // renewBefore is how close to expiry a self-signed certificate is replaced.
@@ -50,41 +45,25 @@ func SelfSigned(out string, hosts []string, now time.Time) error {
 			return nil
 		}
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	c, err := selfsigned.New(hosts, now.Add(-time.Hour), now.Add(365*24*time.Hour))
 	if err != nil {
-		return fmt.Errorf("self-signed certificate: %w", err)
+		return err
 	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
-	if err != nil {
-		return fmt.Errorf("self-signed certificate: %w", err)
+	return atomicfile.Write(out, c.PEM(), 0o600)
+}
+
+// SelfSignedHosts are the names and addresses the edge's self-signed certificate covers: the
+// public host browsers use, the public IP media arrives at (when set; a client that dials the
+// edge by address checks it), and localhost for a check on the host itself.
+func SelfSignedHosts(publicHost string, publicIP netip.Addr) []string {
+	hosts := []string{publicHost}
+	if publicIP.IsValid() && publicIP.String() != publicHost {
+		hosts = append(hosts, publicIP.String())
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: hosts[0], Organization: []string{"livegate self-signed"}},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(365 * 24 * time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
+	if !slices.Contains(hosts, "localhost") {
+		hosts = append(hosts, "localhost")
 	}
-	for _, h := range hosts {
-		if ip := net.ParseIP(h); ip != nil {
-			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
-		} else {
-			tmpl.DNSNames = append(tmpl.DNSNames, h)
-		}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return fmt.Errorf("self-signed certificate: %w", err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		return fmt.Errorf("self-signed certificate: %w", err)
-	}
-	data := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	data = append(data, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})...)
-	return atomicfile.Write(out, data, 0o600)
+	return hosts
 }
 
 func valid(data []byte, hosts []string, now time.Time) bool {

@@ -3,8 +3,10 @@ package tlscert
 import (
 	"bytes"
 	"crypto/tls"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 )
@@ -83,4 +85,43 @@ func mustRead(t *testing.T, p string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+func TestSelfSignedHosts(t *testing.T) {
+	ip := netip.MustParseAddr("198.18.0.10")
+	for _, tc := range []struct {
+		name string
+		host string
+		ip   netip.Addr
+		want []string
+	}{
+		{"name and address", "edge.example.test", ip, []string{"edge.example.test", "198.18.0.10", "localhost"}},
+		{"no public IP (media off)", "edge.example.test", netip.Addr{}, []string{"edge.example.test", "localhost"}},
+		{"the host is the address", "198.18.0.10", ip, []string{"198.18.0.10", "localhost"}},
+		{"the host is localhost", "localhost", ip, []string{"localhost", "198.18.0.10"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := SelfSignedHosts(tc.host, tc.ip); !slices.Equal(got, tc.want) {
+				t.Fatalf("SelfSignedHosts(%q, %v) = %q, want %q", tc.host, tc.ip, got, tc.want)
+			}
+		})
+	}
+}
+
+// The edge's certificate covers --public-ip: a client that dials the edge by its media address
+// (as a TURN or probe client may) verifies it.
+func TestSelfSignedCoversPublicIP(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "tls.pem")
+	if err := SelfSigned(out, SelfSignedHosts("edge.example.test", netip.MustParseAddr("198.18.0.10")), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	cert, err := tls.X509KeyPair(mustRead(t, out), mustRead(t, out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range []string{"edge.example.test", "198.18.0.10", "localhost"} {
+		if err := cert.Leaf.VerifyHostname(h); err != nil {
+			t.Error(err)
+		}
+	}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy"
 	"github.com/livegate/livegate/edgeproxy/internal/tlscert"
+	"github.com/livegate/livegate/pkg/freeport"
 	"github.com/rs/zerolog"
 )
 
@@ -42,17 +43,6 @@ func Binary(t testing.TB) string {
 	}
 	t.Skip("haproxy not found: run `make deps`")
 	return ""
-}
-
-// FreePort returns a TCP port free on 127.0.0.1 right now.
-func FreePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // Dir returns a fresh short directory (unix socket paths are limited to 108 bytes), removed at
@@ -138,7 +128,7 @@ func Start(t testing.TB, cfg haproxy.Config, f Files) *Instance {
 func StartNew(t testing.TB) *Instance {
 	t.Helper()
 	f := NewFiles(t, Dir(t))
-	return Start(t, f.ConfigFor(FreePort(t)), f)
+	return Start(t, f.ConfigFor(freeport.TCP(t)), f)
 }
 
 // Supervise runs HAProxy on the configuration and map already in f until the end of the test,

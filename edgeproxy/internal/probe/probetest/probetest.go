@@ -5,7 +5,6 @@ package probetest
 import (
 	"io"
 	"log"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -15,6 +14,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/livegate/livegate/edgeproxy/internal/probe"
 	"github.com/livegate/livegate/pkg/dtlssrtp"
+	"github.com/livegate/livegate/pkg/freeport"
 )
 
 // Signaling is a websocket endpoint like an app's /sign_in.
@@ -95,13 +95,4 @@ func StartResponder(t testing.TB) string {
 }
 
 // ClosedUDPPort is the udp:// address of a loopback port nothing listens on.
-func ClosedUDPPort(t testing.TB) string {
-	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := pc.LocalAddr().String()
-	_ = pc.Close()
-	return "udp://" + addr
-}
+func ClosedUDPPort(t testing.TB) string { return "udp://" + freeport.UDP(t) }
