@@ -57,7 +57,7 @@ func (c Config) Validate() error {
 			full = "nats://" + full
 		}
 		if _, err := url.Parse(full); err != nil {
-			return fmt.Errorf("nats: server URL %s is not a valid URL", redact([]string{u}))
+			return fmt.Errorf("nats: server URL %q is not a valid URL", RedactURL(u))
 		}
 	}
 	return nil

@@ -18,6 +18,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unicode"
 
 	"github.com/livegate/livegate/pkg/events"
 	"github.com/livegate/livegate/pkg/natsconn"
@@ -207,11 +208,16 @@ func kitFlag(arg string) (settingsload.Late, bool, error) {
 		return settingsload.Late{}, false, nil
 	}
 	path, val, ok := strings.Cut(rest, "=")
+	name := "--/" + path
+	if strings.ContainsFunc(name, unicode.IsControl) {
+		// Quoted, so that no line of a refusal starts with what was typed.
+		name = strconv.Quote(name)
+	}
 	if !ok {
-		return settingsload.Late{}, true, fmt.Errorf("flag %s: Kit-style flags need =value", arg)
+		return settingsload.Late{}, true, fmt.Errorf("flag %s: Kit-style flags need =value", name)
 	}
 	d, _ := kitDef(path)
-	return settingsload.Late{Source: "flag --/" + path, Flag: d.name, Value: val, Hint: kitFlagHint()}, true, nil
+	return settingsload.Late{Source: "flag " + name, Flag: d.name, Value: val, Hint: kitFlagHint()}, true, nil
 }
 
 // kitFlagHint names the Kit-style flags there are, for one that names none.

@@ -130,7 +130,7 @@ func FuzzSettingsArgs(f *testing.F) {
 			args = append(args, a)
 		}
 		s, err := Load(args, nil, io.Discard)
-		checkLoaded(t, strings.Join(args, " "), s, err, "command line: ", "flag --")
+		checkLoaded(t, strings.Join(args, " "), s, err, "command line: ", "flag --", `flag "--`)
 	})
 }
 
