@@ -70,6 +70,9 @@ type Loader struct {
 	Ignored map[string]bool
 	// Entries turns a decoded file into its values; nil reads every top-level key as a flag name.
 	Entries func(path string, doc map[string]any) ([]Entry, error)
+	// Args is how many arguments a command takes after its flags (token verify's token); more are
+	// refused.
+	Args int
 	// LateName is what the help calls the late arguments: "Kit-style flags".
 	LateName string
 	// Late picks the arguments it reads itself out of the command line (ok), before the flags are
@@ -141,7 +144,7 @@ func (l *Loader) Annotate(fs *flag.FlagSet) {
 func (l *Loader) Usage(fs *flag.FlagSet, synopsis, about string) func() {
 	return func() {
 		w := fs.Output()
-		fmt.Fprintf(w, "Usage: %s\n\n", synopsis)
+		fmt.Fprintf(w, "usage: %s\n\n", synopsis)
 		if about != "" {
 			fmt.Fprintf(w, "%s\n\n", strings.TrimSpace(about))
 		}
@@ -187,8 +190,8 @@ func (l *Loader) Load(fs *flag.FlagSet, args, environ []string) (Sources, error)
 	if err != nil {
 		return nil, usageError{l.explainParseError(fs, err)}
 	}
-	if fs.NArg() > 0 {
-		return nil, usageError{fmt.Errorf("command line: unexpected argument %q", fs.Arg(0))}
+	if fs.NArg() > l.Args {
+		return nil, usageError{fmt.Errorf("command line: unexpected argument %q", fs.Arg(l.Args))}
 	}
 	src := Sources{}
 	fs.Visit(func(f *flag.Flag) { src[l.canonical(f.Name)] = "flag --" + f.Name })

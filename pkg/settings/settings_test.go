@@ -163,7 +163,7 @@ func TestHelp(t *testing.T) {
 	if _, err := testLoader.Load(fs, []string{"-h"}, nil); !errors.Is(err, flag.ErrHelp) {
 		t.Fatalf("err %v", err)
 	}
-	for _, want := range []string{"[env T_PORT]", "[env T_POOL_NAME]", "[env T_CONFIG]", "(default 80)", "Usage: test [flags]\n\nTests.\n",
+	for _, want := range []string{"[env T_PORT]", "[env T_POOL_NAME]", "[env T_CONFIG]", "(default 80)", "usage: test [flags]\n\nTests.\n",
 		"Precedence: late flags, flags, the environment, the file, then the defaults."} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("help lacks %q:\n%s", want, out.String())

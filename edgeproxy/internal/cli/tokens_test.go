@@ -158,6 +158,15 @@ func TestTokenCommand(t *testing.T) {
 			t.Errorf("token %q: exit %d, want 2", args, code)
 		}
 	}
+	// A refused flag or argument is one line, as in every command, with a pointer to -h.
+	for want, args := range map[string][]string{
+		"livegate-edgeproxy token mint: flag --ttl: value \"soon\": want a duration such as 30s, 1m30s or 500ms\n(`livegate-edgeproxy token mint -h` lists the flags)\n": {"mint", "--ttl", "soon"},
+		"livegate-edgeproxy token verify: command line: unexpected argument \"b\"\n":                                                                                     {"verify", "a", "b"},
+	} {
+		if code, _, errOut := run("", args...); code != 2 || !strings.HasPrefix(errOut, want) {
+			t.Errorf("token %q: exit %d, stderr %q; want 2 and %q", args, code, errOut, want)
+		}
+	}
 }
 
 // TestSessionTokensInRun runs the edge with --session-token=required and embedded NATS: a
