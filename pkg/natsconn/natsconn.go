@@ -57,7 +57,7 @@ func (c Config) Validate() error {
 			full = "nats://" + full
 		}
 		if _, err := url.Parse(full); err != nil {
-			return fmt.Errorf("nats: server URL %s is not a valid URL", redact([]string{u}))
+			return fmt.Errorf("nats: server URL %q is not a valid URL", RedactURL(u))
 		}
 	}
 	return nil
@@ -159,16 +159,22 @@ func backoff(attempts int) time.Duration {
 func redact(urls []string) string {
 	out := make([]string, len(urls))
 	for i, u := range urls {
-		if at := strings.LastIndex(u, "@"); at >= 0 {
-			scheme := ""
-			if p := strings.Index(u, "://"); p >= 0 && p < at {
-				scheme = u[:p+3]
-			}
-			u = scheme + "[redacted]@" + u[at+1:]
-		}
-		out[i] = u
+		out[i] = RedactURL(u)
 	}
 	return strings.Join(out, ",")
+}
+
+// RedactURL is u with the user and password it may carry replaced by [redacted], for errors
+// and logs.
+func RedactURL(u string) string {
+	if at := strings.LastIndex(u, "@"); at >= 0 {
+		scheme := ""
+		if p := strings.Index(u, "://"); p >= 0 && p < at {
+			scheme = u[:p+3]
+		}
+		u = scheme + "[redacted]@" + u[at+1:]
+	}
+	return u
 }
 
 var (

@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/BurntSushi/toml"
 )
@@ -34,6 +35,9 @@ type Entry struct {
 	Flag string
 	// Value is the decoded TOML value.
 	Value any
+	// Hint says, for a key that names no setting, which keys of its kind there are; empty says
+	// the keys are the flag names.
+	Hint string
 }
 
 // Late is one setting from an argument the flag package does not parse.
@@ -43,6 +47,8 @@ type Late struct {
 	// Flag is the setting it sets; empty when the argument names none.
 	Flag  string
 	Value string
+	// Hint says, for an argument that names no setting, which arguments of its kind there are.
+	Hint string
 }
 
 // Loader holds one program's rules beyond the flags themselves.
@@ -54,10 +60,21 @@ type Loader struct {
 	Aliases map[string]string
 	// Secrets are the flags whose values are never repeated in an error.
 	Secrets map[string]bool
-	// FlagsOnly are the flags only the command line sets (--version): no variable or key names them.
+	// FlagsOnly are the flags only the command line sets (--version, a command's own switches): no
+	// variable or key names them.
 	FlagsOnly map[string]bool
+	// Ignored are the settings the program's other commands read and this one does not: a
+	// variable or file key naming one is accepted and left alone, so that one file and one
+	// environment serve every command. The command line, whose flags are the command's, refuses
+	// them.
+	Ignored map[string]bool
 	// Entries turns a decoded file into its values; nil reads every top-level key as a flag name.
 	Entries func(path string, doc map[string]any) ([]Entry, error)
+	// Args is how many arguments a command takes after its flags (token verify's token); more are
+	// refused.
+	Args int
+	// LateName is what the help calls the late arguments: "Kit-style flags".
+	LateName string
 	// Late picks the arguments it reads itself out of the command line (ok), before the flags are
 	// parsed; they are applied last, over every other source.
 	Late func(arg string) (l Late, ok bool, err error)
@@ -67,12 +84,28 @@ type Loader struct {
 // "environment LIVEGATE_AGENT_POOL", "config /etc/agent.toml: pool".
 type Sources map[string]string
 
-// Source names where setting name came from, "default <name>" when no source set it.
+// Source names where setting name came from, "--<name> (default)" when no source set it.
 func (s Sources) Source(name string) string {
 	if src, ok := s[name]; ok {
 		return src
 	}
-	return "default " + name
+	return "--" + name + " (default)"
+}
+
+// Errorf is the refusal of setting name's value by a check that runs after loading: the text
+// format gives, after where the value came from (flag --pool, environment LIVEGATE_AGENT_POOL,
+// config /etc/agent.toml: pool, or --pool (default)). The text must not repeat a secret.
+func (s Sources) Errorf(name, format string, a ...any) error {
+	return fmt.Errorf("%s: %w", s.Source(name), fmt.Errorf(format, a...))
+}
+
+// Report writes err as program (its name and command, as -h shows it) says it: one line per
+// error, and for a refused command line a pointer to -h.
+func Report(w io.Writer, program string, err error) {
+	fmt.Fprintf(w, "%s: %v\n", program, err)
+	if errors.Is(err, ErrUsage) {
+		fmt.Fprintf(w, "(`%s -h` lists the flags)\n", program)
+	}
 }
 
 // ErrUsage matches (errors.Is) every refusal of the command line.
@@ -103,6 +136,27 @@ func (l *Loader) Annotate(fs *flag.FlagSet) {
 			f.Usage += " [env " + l.EnvName(f.Name) + "]"
 		}
 	})
+}
+
+// Usage is fs's help: synopsis, about (a paragraph or ""), how the flags are also set when fs
+// has the config flag, then the flags with their defaults and variables. Set fs.Usage to it once
+// every flag is defined and annotated.
+func (l *Loader) Usage(fs *flag.FlagSet, synopsis, about string) func() {
+	return func() {
+		w := fs.Output()
+		fmt.Fprintf(w, "usage: %s\n\n", synopsis)
+		if about != "" {
+			fmt.Fprintf(w, "%s\n\n", strings.TrimSpace(about))
+		}
+		if fs.Lookup(ConfigFlag) != nil {
+			first := ""
+			if l.LateName != "" {
+				first = l.LateName + ", "
+			}
+			fmt.Fprintf(w, "A flag with a variable in brackets can also be set by that variable, or as a key of the --config\nfile. Precedence: %sflags, the environment, the file, then the defaults.\n\n", first)
+		}
+		fs.PrintDefaults()
+	}
 }
 
 // Load parses args (without the program name) into fs, then gives every flag they left unset its
@@ -136,8 +190,8 @@ func (l *Loader) Load(fs *flag.FlagSet, args, environ []string) (Sources, error)
 	if err != nil {
 		return nil, usageError{l.explainParseError(fs, err)}
 	}
-	if fs.NArg() > 0 {
-		return nil, usageError{fmt.Errorf("command line: unexpected argument %q", fs.Arg(0))}
+	if fs.NArg() > l.Args {
+		return nil, usageError{fmt.Errorf("command line: unexpected argument %q", fs.Arg(l.Args))}
 	}
 	src := Sources{}
 	fs.Visit(func(f *flag.Flag) { src[l.canonical(f.Name)] = "flag --" + f.Name })
@@ -151,7 +205,7 @@ func (l *Loader) Load(fs *flag.FlagSet, args, environ []string) (Sources, error)
 	}
 	for _, lt := range late {
 		if lt.Flag == "" || fs.Lookup(lt.Flag) == nil {
-			return nil, usageError{fmt.Errorf("%s: unknown setting", lt.Source)}
+			return nil, usageError{unknown(printable(lt.Source), lt.Hint)}
 		}
 		if err := fs.Set(lt.Flag, lt.Value); err != nil {
 			return nil, usageError{fmt.Errorf("%s: %w", lt.Source, l.badValue(fs.Lookup(lt.Flag), lt.Value, err))}
@@ -161,16 +215,41 @@ func (l *Loader) Load(fs *flag.FlagSet, args, environ []string) (Sources, error)
 	return src, nil
 }
 
+// printable is s as an error may repeat it: quoted when it holds a line break or another control
+// character, so that no name a user gave can start a line of its own.
+func printable(s string) string {
+	if strings.ContainsFunc(s, unicode.IsControl) {
+		return strconv.Quote(s)
+	}
+	return s
+}
+
+// unknown is the refusal of a key, variable or argument at where that names no setting; hint
+// says which there are.
+func unknown(where, hint string) error {
+	if hint == "" {
+		return fmt.Errorf("%s: unknown setting", where)
+	}
+	return fmt.Errorf("%s: unknown setting (%s)", where, hint)
+}
+
 type envSetting struct{ name, value, flag string }
 
 // applyEnv sets the flags not in src from the program's variables, sorted by name.
 func (l *Loader) applyEnv(fs *flag.FlagSet, environ []string, src Sources) error {
-	byName := map[string]string{}
+	byName, flagsOnly, ignored := map[string]string{}, map[string]string{}, map[string]bool{}
 	fs.VisitAll(func(f *flag.Flag) {
-		if !l.FlagsOnly[f.Name] {
+		if l.FlagsOnly[f.Name] {
+			flagsOnly[l.EnvName(f.Name)] = f.Name
+		} else {
 			byName[l.EnvName(f.Name)] = f.Name
 		}
 	})
+	for name := range l.Ignored {
+		if _, ours := byName[l.EnvName(name)]; !ours {
+			ignored[l.EnvName(name)] = true
+		}
+	}
 	var found []envSetting
 	seen := map[string]bool{}
 	for _, kv := range environ {
@@ -186,8 +265,15 @@ func (l *Loader) applyEnv(fs *flag.FlagSet, environ []string, src Sources) error
 	var errs []error
 	bySetting := map[string]string{}
 	for _, e := range found {
+		if only, ok := flagsOnly[e.name]; ok {
+			errs = append(errs, fmt.Errorf("environment %s: --%s is set on the command line only", e.name, only))
+			continue
+		}
+		if ignored[e.name] {
+			continue
+		}
 		if e.flag == "" {
-			errs = append(errs, fmt.Errorf("environment %s: unknown setting (the variables are %s and a flag name in upper case, - as _; -h lists them)", e.name, l.EnvPrefix))
+			errs = append(errs, unknown("environment "+printable(e.name), "the variables are "+l.EnvPrefix+" and a flag name in upper case, - as _; -h lists them"))
 			continue
 		}
 		c := l.canonical(e.flag)
@@ -228,10 +314,23 @@ func (l *Loader) applyFile(fs *flag.FlagSet, path string, src Sources) error {
 	var errs []error
 	bySetting := map[string]string{}
 	for _, e := range entries {
-		where := fmt.Sprintf("config %s: %s", path, e.Key)
+		where := fmt.Sprintf("config %s: %s", path, printable(e.Key))
 		f := fs.Lookup(e.Flag)
-		if e.Flag == "" || e.Flag == ConfigFlag || l.FlagsOnly[e.Flag] || f == nil {
-			errs = append(errs, fmt.Errorf("%s: unknown setting (the keys are the flag names; -h lists them)", where))
+		switch {
+		case e.Flag == "" || (f == nil && !l.Ignored[e.Flag]):
+			hint := e.Hint
+			if hint == "" {
+				hint = "the keys are the flag names; -h lists them"
+			}
+			errs = append(errs, unknown(where, hint))
+			continue
+		case e.Flag == ConfigFlag:
+			errs = append(errs, fmt.Errorf("%s: a settings file cannot name another (--%s is read before the file)", where, ConfigFlag))
+			continue
+		case l.FlagsOnly[e.Flag]:
+			errs = append(errs, fmt.Errorf("%s: --%s is set on the command line only", where, e.Flag))
+			continue
+		case f == nil:
 			continue
 		}
 		c := l.canonical(e.Flag)
@@ -377,6 +476,10 @@ func (l *Loader) badValue(f *flag.Flag, value string, err error) error {
 // the file report theirs, and names every other command-line error as such.
 func (l *Loader) explainParseError(fs *flag.FlagSet, err error) error {
 	msg := err.Error()
+	if strings.ContainsFunc(msg, unicode.IsControl) {
+		// The flag package repeats an unknown flag's name as it was given.
+		return fmt.Errorf("command line: %s", strconv.Quote(msg))
+	}
 	rest, ok := strings.CutPrefix(msg, "invalid ")
 	rest, _ = strings.CutPrefix(rest, "boolean ")
 	rest, ok2 := strings.CutPrefix(rest, "value ")

@@ -34,6 +34,7 @@ func newTestSet(out *bytes.Buffer) (*flag.FlagSet, *testFlags) {
 	fs.StringVar(&f.token, "token", "", "a secret")
 	fs.Var(NewList(&f.media), "media", "media backends")
 	fs.StringVar(&f.config, ConfigFlag, "", "file")
+	fs.Bool("once", false, "a switch of the command line only")
 	return fs, f
 }
 
@@ -41,6 +42,9 @@ var testLoader = Loader{
 	EnvPrefix: "T_",
 	Aliases:   map[string]string{"pool-name": "pool"},
 	Secrets:   map[string]bool{"token": true},
+	FlagsOnly: map[string]bool{"once": true},
+	Ignored:   map[string]bool{"other": true},
+	LateName:  "late flags",
 	Late: func(arg string) (Late, bool, error) {
 		rest, ok := strings.CutPrefix(arg, "--/")
 		if !ok {
@@ -50,7 +54,7 @@ var testLoader = Loader{
 		if k == "kit/port" {
 			return Late{Source: "flag --/" + k, Flag: "port", Value: v}, true, nil
 		}
-		return Late{Source: "flag --/" + k, Value: v}, true, nil
+		return Late{Source: "flag --/" + k, Value: v, Hint: "the late flags are --/kit/port"}, true, nil
 	},
 }
 
@@ -77,7 +81,7 @@ func TestLoad(t *testing.T) {
 		usage bool
 	}{
 		{name: "defaults", check: func(f *testFlags, s Sources) bool {
-			return f.pool == "default" && f.port == 80 && len(f.media) == 1 && s.Source("pool") == "default pool"
+			return f.pool == "default" && f.port == 80 && len(f.media) == 1 && s.Source("pool") == "--pool (default)"
 		}},
 		{name: "file", args: []string{"--config", good}, check: func(f *testFlags, s Sources) bool {
 			return f.pool == "file" && f.port == 81 && f.ttl == 2*time.Second && !f.snat && strings.Join(f.media, " ") == "a:1 b:2" &&
@@ -99,14 +103,24 @@ func TestLoad(t *testing.T) {
 		{name: "bad flag", args: []string{"--port=abc"}, err: `flag --port: value "abc": want an integer`, usage: true},
 		{name: "unknown flag", args: []string{"--nope"}, err: "command line: flag provided but not defined: -nope", usage: true},
 		{name: "stray argument", args: []string{"stray"}, err: `command line: unexpected argument "stray"`, usage: true},
-		{name: "unknown late", args: []string{"--/kit/nope=1"}, err: "flag --/kit/nope: unknown setting", usage: true},
+		{name: "unknown late", args: []string{"--/kit/nope=1"}, err: "flag --/kit/nope: unknown setting (the late flags are --/kit/port)", usage: true},
+		{name: "unknown late with a line break", args: []string{"--/kit/a\nb=1"}, err: `"flag --/kit/a\nb": unknown setting`, usage: true},
+		{name: "unknown flag with a line break", args: []string{"--a\nb"}, err: `command line: "flag provided but not defined: -a\nb"`, usage: true},
+		{name: "ignored setting in the environment", env: []string{"T_OTHER=x"}, check: func(f *testFlags, s Sources) bool { return len(s) == 0 }},
+		{name: "ignored setting in the file", args: []string{"--config", file("other = 1\n")}, check: func(f *testFlags, s Sources) bool { return len(s) == 1 }},
+		{name: "ignored setting on the command line", args: []string{"--other=1"}, err: "command line: flag provided but not defined: -other", usage: true},
+		{name: "switch on the command line", args: []string{"--once"}, check: func(f *testFlags, s Sources) bool { return s["once"] == "flag --once" }},
+		{name: "switch in the environment", env: []string{"T_ONCE=1"}, err: "environment T_ONCE: --once is set on the command line only"},
+		{name: "switch in the file", args: []string{"--config", file("once = true\n")}, err: ".toml: once: --once is set on the command line only"},
+		{name: "unknown environment with a line break", env: []string{"T_A\nB=1"}, err: `environment "T_A\nB": unknown setting`},
+		{name: "unknown key with a line break", args: []string{"--config", file("\"a\\nb\" = 1\n")}, err: `.toml: "a\nb": unknown setting (the keys are the flag names; -h lists them)`},
 		{name: "bad late", args: []string{"--/kit/port=x"}, err: `flag --/kit/port: value "x": want an integer`, usage: true},
 		{name: "bad environment", env: []string{"T_TTL=soon"}, err: `environment T_TTL: value "soon": want a duration`},
 		{name: "unknown environment", env: []string{"T_PROT=1"}, err: "environment T_PROT: unknown setting"},
 		{name: "alias twice in the environment", env: []string{"T_POOL=a", "T_POOL_NAME=b"}, err: "environment: T_POOL and T_POOL_NAME both set --pool"},
 		{name: "all environment errors", env: []string{"T_PROT=1", "T_TTL=soon"}, err: "environment T_PROT: unknown setting (the variables are T_ and a flag name in upper case, - as _; -h lists them)\nenvironment T_TTL"},
 		{name: "unknown key", args: []string{"--config", file("prot = 1\n")}, err: ".toml: prot: unknown setting"},
-		{name: "config key", args: []string{"--config", file("config = \"/x\"\n")}, err: ".toml: config: unknown setting"},
+		{name: "config key", args: []string{"--config", file("config = \"/x\"\n")}, err: ".toml: config: a settings file cannot name another (--config is read before the file)"},
 		{name: "wrong TOML type", args: []string{"--config", file("port = \"81\"\n")}, err: `.toml: port: value "81" is a TOML string; want an integer`},
 		{name: "bad TOML duration", args: []string{"--config", file("ttl = \"soon\"\n")}, err: `.toml: ttl: value "soon": want a duration`},
 		{name: "list of numbers", args: []string{"--config", file("media = [1]\n")}, err: ".toml: media: want a list of strings"},
@@ -145,9 +159,39 @@ func TestHelp(t *testing.T) {
 	if _, err := testLoader.Load(fs, []string{"-h"}, nil); !errors.Is(err, flag.ErrHelp) {
 		t.Fatalf("err %v", err)
 	}
-	for _, want := range []string{"[env T_PORT]", "[env T_POOL_NAME]", "[env T_CONFIG]", "(default 80)"} {
+	fs.Usage = testLoader.Usage(fs, "test [flags]", "Tests.")
+	if _, err := testLoader.Load(fs, []string{"-h"}, nil); !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("err %v", err)
+	}
+	for _, want := range []string{"[env T_PORT]", "[env T_POOL_NAME]", "[env T_CONFIG]", "(default 80)", "usage: test [flags]\n\nTests.\n",
+		"Precedence: late flags, flags, the environment, the file, then the defaults."} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("help lacks %q:\n%s", want, out.String())
+		}
+	}
+	if strings.Contains(out.String(), "T_ONCE") {
+		t.Errorf("help names a variable for a switch of the command line only:\n%s", out.String())
+	}
+}
+
+// TestReport: a refused command line points at -h, other refusals do not; every refusal after
+// loading names where the value came from.
+func TestReport(t *testing.T) {
+	src := Sources{"pool": "environment T_POOL"}
+	tests := []struct {
+		err  error
+		want string
+	}{
+		{usageError{errors.New("command line: unexpected argument \"x\"")}, "prog run: command line: unexpected argument \"x\"\n(`prog run -h` lists the flags)\n"},
+		{errors.New("environment T_PROT: unknown setting"), "prog run: environment T_PROT: unknown setting\n"},
+		{src.Errorf("pool", "value %q: want a token", "a b"), "prog run: environment T_POOL: value \"a b\": want a token\n"},
+		{src.Errorf("port", "value %d: want 1 to 65535", 0), "prog run: --port (default): value 0: want 1 to 65535\n"},
+	}
+	for _, tt := range tests {
+		var b bytes.Buffer
+		Report(&b, "prog run", tt.err)
+		if b.String() != tt.want {
+			t.Errorf("Report(%v) = %q, want %q", tt.err, b.String(), tt.want)
 		}
 	}
 }

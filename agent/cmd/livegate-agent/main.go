@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -29,6 +28,7 @@ import (
 	"github.com/livegate/livegate/pkg/logging"
 	"github.com/livegate/livegate/pkg/natsconn"
 	"github.com/livegate/livegate/pkg/sessionid"
+	settingsload "github.com/livegate/livegate/pkg/settings"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
 	"github.com/rs/zerolog"
 )
@@ -48,7 +48,7 @@ func run(args []string) int {
 		return 0
 	}
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "livegate-agent:", err)
+		settingsload.Report(os.Stderr, "livegate-agent", err)
 		return 2
 	}
 	log, err := logging.New(logging.Options{Level: s.LogLevel, Format: s.LogFormat})
@@ -105,14 +105,11 @@ func serve(s *settings.Settings, log zerolog.Logger) error {
 		lifecycle.WithIdentity(s.InstanceID, s.Pool),
 	}
 	var pub *publisher.Publisher
-	if s.NATSURL != "" {
-		nc, err := natsconn.Connect(ctx, natsconn.Config{
-			URLs: strings.Split(s.NATSURL, ","), CredsFile: s.NATSCreds, NKeyFile: s.NATSNKey,
-			TLSCAFile: s.NATSTLSCA, TLSCertFile: s.NATSTLSCert, TLSKeyFile: s.NATSTLSKey,
-			Name: "livegate-agent/" + s.InstanceID,
-			// A dead server is left in time for the route to be renewed through another.
-			StaleAfter: s.LeaseTTL / 3,
-		}, log)
+	if s.NATS.URL != "" {
+		cfg := s.NATS.Config("livegate-agent/" + s.InstanceID)
+		// A dead server is left in time for the route to be renewed through another.
+		cfg.StaleAfter = s.LeaseTTL / 3
+		nc, err := natsconn.Connect(ctx, cfg, log)
 		if err != nil {
 			return err
 		}
@@ -121,7 +118,7 @@ func serve(s *settings.Settings, log zerolog.Logger) error {
 		pub, err = publisher.New(nc, publisher.Config{
 			InstanceID: s.InstanceID, Pool: s.Pool, EdgeID: s.EdgeID,
 			SignalingBackend: s.SignalingBackend, MediaBackends: s.MediaBackends,
-			LeaseTTL: s.LeaseTTL, Source: "livegate-agent/" + s.InstanceID, Replicas: s.NATSReplicas,
+			LeaseTTL: s.LeaseTTL, Source: "livegate-agent/" + s.InstanceID, Replicas: s.NATS.Replicas,
 		}, log, m, func(ep *livegatev1.Endpoint) { agent.AssignEndpoint(ep) }, func(ev *livegatev1.Event) {
 			at := time.Now()
 			if ev.Time != nil {

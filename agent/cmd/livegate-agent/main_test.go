@@ -508,7 +508,10 @@ func TestBadSettingsStopStartUp(t *testing.T) {
 	}{
 		{[]string{"--/exts/omni.services.transport.server.http/port=0"}, nil, "flag --/exts/omni.services.transport.server.http/port: 0 is not a port"},
 		{nil, []string{"LIVEGATE_AGENT_QUIT_ON_SESSION_ENDED=perhaps"}, "environment LIVEGATE_AGENT_QUIT_ON_SESSION_ENDED"},
-		{[]string{"--/exts/omni.services.livestream.session/resumeTimeout=3"}, nil, "unknown setting"},
+		{[]string{"--/exts/omni.services.livestream.session/resumeTimeout=3"}, nil, "unknown setting (the Kit-style flags are --/exts/omni.services.livestream.session/quitOnSessionEnded,"},
+		// A refused command line points at -h, as the edge's does.
+		{[]string{"--prot=1"}, nil, "livegate-agent: command line: flag provided but not defined: -prot\n(`livegate-agent -h` lists the flags)\n"},
+		{[]string{"--port=x"}, nil, "livegate-agent: flag --port: value \"x\": want an integer\n(`livegate-agent -h` lists the flags)\n"},
 	} {
 		cmd := exec.Command(agentBin, append([]string{"--instance-id=lga-bad"}, tt.args...)...)
 		cmd.Env = append(os.Environ(), tt.env...)

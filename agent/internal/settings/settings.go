@@ -18,8 +18,10 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unicode"
 
 	"github.com/livegate/livegate/pkg/events"
+	"github.com/livegate/livegate/pkg/natsconn"
 	"github.com/livegate/livegate/pkg/sessionid"
 	settingsload "github.com/livegate/livegate/pkg/settings"
 )
@@ -55,14 +57,9 @@ type Settings struct {
 	APITokenFile   string
 	OnSessionEnded string
 
-	NATSURL     string
-	NATSCreds   string
-	NATSNKey    string
-	NATSTLSCA   string
-	NATSTLSCert string
-	NATSTLSKey  string
-	// NATSReplicas is the copy count of the buckets and the event stream this agent creates.
-	NATSReplicas int
+	// NATS is the connection (--nats-url empty: none) and the copy count of the buckets and the
+	// event stream this agent creates, defined with the edge's in pkg/natsconn.
+	NATS natsconn.Flags
 
 	InstanceID       string
 	Pool             string
@@ -97,7 +94,6 @@ func Defaults() Settings {
 		SignalingBackend:     fmt.Sprintf(":%d", DefaultSignalingPort),
 		MediaBackends:        []string{fmt.Sprintf(":%d", DefaultMediaPort)},
 		LeaseTTL:             15 * time.Second,
-		NATSReplicas:         1,
 		ShutdownTimeout:      5 * time.Second,
 		LogLevel:             "info",
 		LogFormat:            "auto",
@@ -125,13 +121,6 @@ var defs = []def{
 	{"api-token-file", "", "file holding the bearer token every /v1/streaming/* request but startup and ready must carry (empty = no token)", func(s *Settings) any { return &s.APITokenFile }},
 	{"app-probe", "", "host:port; the app counts as ready once it accepts TCP connections", func(s *Settings) any { return &s.AppProbe }},
 	{"on-session-ended", "", "exit | signal:PIDFILE:SIGNAL | exec:COMMAND, run when a session ends and quit-on-session-ended is set", func(s *Settings) any { return &s.OnSessionEnded }},
-	{"nats-url", "", "NATS server URLs, comma-separated (empty = no NATS)", func(s *Settings) any { return &s.NATSURL }},
-	{"nats-creds", "", "NATS .creds file", func(s *Settings) any { return &s.NATSCreds }},
-	{"nats-nkey", "", "NATS nkey seed file", func(s *Settings) any { return &s.NATSNKey }},
-	{"nats-tls-ca", "", "CA file that verifies the NATS server", func(s *Settings) any { return &s.NATSTLSCA }},
-	{"nats-tls-cert", "", "client certificate file for NATS", func(s *Settings) any { return &s.NATSTLSCert }},
-	{"nats-tls-key", "", "client key file for NATS", func(s *Settings) any { return &s.NATSTLSKey }},
-	{"nats-replicas", "", "copies of the KV buckets and the event stream when this agent creates them: 1 on a single server, 3 on a three-node cluster; never lowers an existing count", func(s *Settings) any { return &s.NATSReplicas }},
 	{"instance-id", "", "this instance's id: route key and event subject token (default: the host name up to its first dot)", func(s *Settings) any { return &s.InstanceID }},
 	{"pool", "", "pool of edges that serve this instance", func(s *Settings) any { return &s.Pool }},
 	{"session-id", "", "the first session's id (default: a fresh random id per session)", func(s *Settings) any { return &s.SessionID }},
@@ -156,8 +145,10 @@ var ErrVersion = errors.New("version asked for")
 var loader = settingsload.Loader{
 	EnvPrefix: EnvPrefix,
 	FlagsOnly: map[string]bool{"version": true},
+	Secrets:   secrets(natsconn.Secret),
 	Entries:   fileEntries,
 	Late:      kitFlag,
+	LateName:  "Kit-style flags",
 }
 
 // Load reads every source. args are the command-line arguments without the program name; environ
@@ -201,13 +192,12 @@ func newFlagSet(s *Settings, usage io.Writer) (fs *flag.FlagSet, version *bool) 
 			fs.Var(settingsload.NewList(p), d.name, text)
 		}
 	}
+	s.NATS.Register(fs, "", "no NATS")
+	s.NATS.RegisterReplicas(fs, "agent")
 	fs.StringVar(&s.ConfigFile, settingsload.ConfigFlag, "", "TOML settings file; a Kit .kit file's [settings] table is read as it is")
 	version = fs.Bool("version", false, "print the version and build, then exit")
 	loader.Annotate(fs)
-	fs.Usage = func() {
-		fmt.Fprintf(usage, "Usage: livegate-agent [flags]\n\nEvery flag can also be set by the environment variable in brackets or as a key of the --config file.\nPrecedence: Kit-style flags, flags, environment, the file, then the defaults.\n\n")
-		fs.PrintDefaults()
-	}
+	fs.Usage = loader.Usage(fs, "livegate-agent [flags]", "")
 	return fs, version
 }
 
@@ -218,11 +208,48 @@ func kitFlag(arg string) (settingsload.Late, bool, error) {
 		return settingsload.Late{}, false, nil
 	}
 	path, val, ok := strings.Cut(rest, "=")
+	name := "--/" + path
+	if strings.ContainsFunc(name, unicode.IsControl) {
+		// Quoted, so that no line of a refusal starts with what was typed.
+		name = strconv.Quote(name)
+	}
 	if !ok {
-		return settingsload.Late{}, true, fmt.Errorf("flag %s: Kit-style flags need =value", arg)
+		return settingsload.Late{}, true, fmt.Errorf("flag %s: Kit-style flags need =value", name)
 	}
 	d, _ := kitDef(path)
-	return settingsload.Late{Source: "flag --/" + path, Flag: d.name, Value: val}, true, nil
+	return settingsload.Late{Source: "flag " + name, Flag: d.name, Value: val, Hint: kitFlagHint()}, true, nil
+}
+
+// kitFlagHint names the Kit-style flags there are, for one that names none.
+func kitFlagHint() string {
+	var flags []string
+	for _, d := range defs {
+		if d.kit != "" {
+			flags = append(flags, "--/"+d.kit)
+		}
+	}
+	return "the Kit-style flags are " + strings.Join(flags, ", ")
+}
+
+// kitKeyHint names the keys under extension ext of a .kit file's [settings] there are, for one
+// that names none.
+func kitKeyHint(ext string) string {
+	var keys []string
+	for _, d := range defs {
+		if k, ok := strings.CutPrefix(d.kit, "exts/"+ext+"/"); ok {
+			keys = append(keys, k)
+		}
+	}
+	return fmt.Sprintf("the keys of settings.exts.%q are %s", ext, strings.Join(keys, ", "))
+}
+
+// secrets is names as a set.
+func secrets(names []string) map[string]bool {
+	out := map[string]bool{}
+	for _, n := range names {
+		out[n] = true
+	}
+	return out
 }
 
 // fileEntries reads a TOML file's values. In a .kit file only [settings] matters, and in it only
@@ -273,7 +300,7 @@ func kitEntries(path string, v any) ([]settingsload.Entry, error) {
 		}
 		for _, k := range sortedKeys(table) {
 			d, _ := kitDef("exts/" + ext + "/" + k)
-			out = append(out, settingsload.Entry{Key: where + "." + k, Flag: d.name, Value: table[k]})
+			out = append(out, settingsload.Entry{Key: where + "." + k, Flag: d.name, Value: table[k], Hint: kitKeyHint(ext)})
 		}
 	}
 	return out, nil
@@ -297,94 +324,96 @@ func kitDef(path string) (def, bool) {
 	return def{}, false
 }
 
-// source names where a setting came from, for error messages.
-func (s *Settings) source(name string) string { return s.Sources.Source(name) }
-
-// finish fills derived defaults and validates the result.
+// finish fills derived defaults and validates the result. Every refusal names the setting's
+// source (pkg/settings Sources.Errorf), one a line, all at once.
 func (s *Settings) finish() error {
-	bad := func(name, format string, a ...any) error {
-		return fmt.Errorf("%s: %s", s.source(name), fmt.Sprintf(format, a...))
+	var errs []error
+	bad := func(name, format string, a ...any) {
+		errs = append(errs, s.Sources.Errorf(name, format, a...))
 	}
 	if s.Port < 1 || s.Port > 65535 {
-		return bad("port", "%d is not a port from 1 to 65535", s.Port)
+		bad("port", "%d is not a port from 1 to 65535", s.Port)
 	}
 	if s.ResumeTimeoutSeconds < 0 || s.ResumeTimeoutSeconds > 86400 {
-		return bad("resume-timeout-seconds", "%d is not from 0 to 86400", s.ResumeTimeoutSeconds)
+		bad("resume-timeout-seconds", "%d is not from 0 to 86400", s.ResumeTimeoutSeconds)
 	}
 	if s.Host != "" {
 		if _, err := netip.ParseAddr(s.Host); err != nil {
-			return bad("host", "%q is not an IP address", s.Host)
+			bad("host", "%q is not an IP address", s.Host)
 		}
 	}
 	if s.AppAddrAllowNonLoopback {
 		if _, err := hostPort(s.AppAddr); err != nil {
-			return bad("app-addr", "%v", err)
+			bad("app-addr", "%v", err)
 		}
 	} else if err := checkLoopback(s.AppAddr); err != nil {
-		return bad("app-addr", "%v (set app-addr-allow-nonloopback to allow it)", err)
+		bad("app-addr", "%v (set app-addr-allow-nonloopback to allow it)", err)
 	}
 	if s.AppProbe != "" {
 		if _, err := hostPort(s.AppProbe); err != nil {
-			return bad("app-probe", "%v", err)
+			bad("app-probe", "%v", err)
 		}
 	}
 	action, err := ParseAction(s.OnSessionEnded)
 	if err != nil {
-		return bad("on-session-ended", "%v", err)
+		bad("on-session-ended", "%v", err)
 	}
 	s.Action = action
+	var hostErr error
 	if s.InstanceID == "" {
-		host, err := os.Hostname()
-		if err != nil {
-			return fmt.Errorf("instance-id: not set and the host name is unknown: %w", err)
-		}
+		var host string
+		host, hostErr = os.Hostname()
 		s.InstanceID, _, _ = strings.Cut(host, ".")
 	}
-	if err := events.ValidateToken("instance id", s.InstanceID); err != nil {
-		return bad("instance-id", "%v", err)
+	if hostErr != nil {
+		bad("instance-id", "not set, and the host name is unknown: %v", hostErr)
+	} else if err := events.ValidateToken("instance id", s.InstanceID); err != nil {
+		bad("instance-id", "%v", err)
 	}
 	if err := events.ValidateToken("pool", s.Pool); err != nil {
-		return bad("pool", "%v", err)
+		bad("pool", "%v", err)
 	}
 	if s.EdgeID != "" {
 		if err := events.ValidateToken("edge id", s.EdgeID); err != nil {
-			return bad("edge-id", "%v", err)
+			bad("edge-id", "%v", err)
 		}
 	}
 	if s.SessionID != "" {
 		if err := sessionid.Validate(s.SessionID); err != nil {
-			return bad("session-id", "%v", err)
+			bad("session-id", "%v", err)
 		}
 	}
 	if s.LeaseTTL < time.Second || s.LeaseTTL > time.Hour {
-		return bad("lease-ttl", "%s is not from 1s to 1h", s.LeaseTTL)
+		bad("lease-ttl", "%s is not from 1s to 1h", s.LeaseTTL)
 	}
 	if s.ShutdownTimeout <= 0 {
-		return bad("shutdown-timeout", "%s is not positive", s.ShutdownTimeout)
+		bad("shutdown-timeout", "%s is not positive", s.ShutdownTimeout)
 	}
-	if s.NATSURL == "" {
-		return nil
+	if s.NATS.URL == "" {
+		return errors.Join(errs...)
 	}
-	if s.NATSReplicas < 1 || s.NATSReplicas > 5 {
-		return bad("nats-replicas", "%d is not from 1 to 5", s.NATSReplicas)
+	for _, r := range s.NATS.Check(true) {
+		bad(r.Flag, "%v", r.Err)
 	}
 	if s.BackendIP != "" {
 		if _, err := netip.ParseAddr(s.BackendIP); err != nil {
-			return bad("backend-ip", "%q is not an IP address", s.BackendIP)
+			bad("backend-ip", "%q is not an IP address", s.BackendIP)
+			// Every backend without an ip would be refused for it again.
+			return errors.Join(errs...)
 		}
 	}
 	if s.SignalingBackend, err = s.backend(s.SignalingBackend); err != nil {
-		return bad("signaling-backend", "%v", err)
+		bad("signaling-backend", "%v", err)
 	}
 	if len(s.MediaBackends) == 0 {
-		return bad("media-backend", "at least one media backend is needed")
+		bad("media-backend", "at least one media backend is needed")
 	}
 	for i, b := range s.MediaBackends {
 		if s.MediaBackends[i], err = s.backend(b); err != nil {
-			return bad("media-backend", "%v", err)
+			bad("media-backend", "%v", err)
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // backend checks an "ip:port" backend, filling an empty ip from backend-ip.

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -14,7 +15,10 @@ import (
 	"github.com/livegate/livegate/pkg/sessionid"
 )
 
-// checkLoaded holds the properties of every Load: a refusal is one line that starts with where
+// defaultSource starts the refusal of a default, which another setting made wrong.
+var defaultSource = regexp.MustCompile(`^--[a-z-]+ \(default\): `)
+
+// checkLoaded holds the properties of every Load: each line of a refusal starts with where
 // the bad setting came from (one of sources), and accepted settings are all within their ranges.
 func checkLoaded(t *testing.T, what string, s *Settings, err error, sources ...string) {
 	t.Helper()
@@ -22,13 +26,14 @@ func checkLoaded(t *testing.T, what string, s *Settings, err error, sources ...s
 		return
 	}
 	if err != nil {
-		msg := err.Error()
-		ok := strings.HasPrefix(msg, "default ") || strings.HasPrefix(msg, "instance-id: ")
-		for _, src := range sources {
-			ok = ok || strings.HasPrefix(msg, src)
-		}
-		if !ok || len(msg) < 4 {
-			t.Fatalf("%s: refusal %q does not start with where the setting came from (%q)", what, msg, sources)
+		for _, msg := range strings.Split(err.Error(), "\n") {
+			ok := defaultSource.MatchString(msg)
+			for _, src := range sources {
+				ok = ok || strings.HasPrefix(msg, src)
+			}
+			if !ok || len(msg) < 4 {
+				t.Fatalf("%s: refusal line %q does not start with where the setting came from (%q)", what, msg, sources)
+			}
 		}
 		return
 	}
@@ -55,7 +60,7 @@ func checkLoaded(t *testing.T, what string, s *Settings, err error, sources ...s
 	if err != nil || (!s.AppAddrAllowNonLoopback && !ap.Addr().IsLoopback()) {
 		t.Fatalf("%s: accepted app address %q", what, s.AppAddr)
 	}
-	if s.NATSURL == "" {
+	if s.NATS.URL == "" {
 		return
 	}
 	if len(s.MediaBackends) == 0 {
@@ -125,7 +130,7 @@ func FuzzSettingsArgs(f *testing.F) {
 			args = append(args, a)
 		}
 		s, err := Load(args, nil, io.Discard)
-		checkLoaded(t, strings.Join(args, " "), s, err, "command line: ", "flag --")
+		checkLoaded(t, strings.Join(args, " "), s, err, "command line: ", "flag --", `flag "--`)
 	})
 }
 

@@ -185,6 +185,19 @@ func TestErrorsNameSettingAndSource(t *testing.T) {
 		{[]string{"--lease-ttl=100ms"}, nil, []string{"flag --lease-ttl", "1s"}},
 		{[]string{"--nats-url=nats://x", "--signaling-backend=nohost"}, nil, []string{"flag --signaling-backend", "ip:port"}},
 		{[]string{"--nats-url=nats://x", "--media-backend=10.0.0.1:0"}, nil, []string{"flag --media-backend", "ip:port"}},
+		// The Kit-style keys and flags say which there are, not that the keys are flag names.
+		{[]string{"--config", kitBad}, nil, []string{`unknown setting (the keys of settings.exts."omni.services.livestream.session" are quitOnSessionEnded, resumeTimeoutSeconds, waitForSessionReadyEvent)`}},
+		{[]string{"--/app/window/title=x"}, nil, []string{"flag --/app/window/title: unknown setting (the Kit-style flags are --/exts/omni.services.livestream.session/quitOnSessionEnded, --/exts/omni.services.livestream.session/resumeTimeoutSeconds, --/exts/omni.services.livestream.session/waitForSessionReadyEvent, --/exts/omni.services.transport.server.http/port)"}},
+		{[]string{"--config", tomlBad}, nil, []string{"prot: unknown setting (the keys are the flag names; -h lists them)"}},
+		{nil, []string{"LIVEGATE_AGENT_VERSION=1"}, []string{"environment LIVEGATE_AGENT_VERSION: --version is set on the command line only"}},
+		// The NATS settings are checked as the edge checks them, before anything connects.
+		{[]string{"--nats-url=nats://x", "--nats-creds=/c", "--nats-nkey=/n"}, nil, []string{"flag --nats-nkey: set either --nats-creds or --nats-nkey, not both"}},
+		{[]string{"--nats-url=nats://x"}, []string{"LIVEGATE_AGENT_NATS_TLS_CERT=/c"}, []string{"environment LIVEGATE_AGENT_NATS_TLS_CERT: a TLS client certificate needs both"}},
+		{[]string{"--nats-url=nats://x", "--nats-replicas=0"}, nil, []string{"flag --nats-replicas: value 0: want 1 to 5"}},
+		// Every refusal at once, one a line.
+		{[]string{"--port=0", "--pool=a b"}, []string{"LIVEGATE_AGENT_LEASE_TTL=1ms"}, []string{"flag --port: 0 is not a port", "\nflag --pool: pool", "\nenvironment LIVEGATE_AGENT_LEASE_TTL: 1ms is not from 1s to 1h"}},
+		// A default another setting made wrong names the default.
+		{[]string{"--nats-url=nats://x", "--backend-ip=10.0.0.1", "--media-backend="}, nil, []string{"flag --media-backend: at least one media backend is needed"}},
 	}
 	for _, tt := range tests {
 		args := append([]string{"--instance-id=i1"}, tt.args...)
@@ -197,6 +210,25 @@ func TestErrorsNameSettingAndSource(t *testing.T) {
 			if !strings.Contains(err.Error(), w) {
 				t.Errorf("%v %v: error %q does not mention %q", tt.args, tt.env, err, w)
 			}
+		}
+	}
+}
+
+// TestSecretsNeverEchoed: a NATS URL, which may carry a password, is not repeated by any refusal.
+func TestSecretsNeverEchoed(t *testing.T) {
+	const url = "nats://user:hunter2@%zz:4222"
+	for _, tt := range []struct {
+		args []string
+		env  []string
+	}{
+		{args: []string{"--nats-url=" + url}},
+		{env: []string{"LIVEGATE_AGENT_NATS_URL=" + url}},
+		{args: []string{"--config", write(t, "agent.toml", "nats-url = [\""+url+"\", 1]\n")}},
+		{args: []string{"--config", write(t, "agent.toml", "nats-url = 1234\n")}},
+	} {
+		_, err := load(t, append([]string{"--instance-id=i1"}, tt.args...), tt.env...)
+		if err == nil || strings.Contains(err.Error(), "hunter2") || strings.Contains(err.Error(), "1234") {
+			t.Errorf("%v %v: %v; want a refusal that does not repeat the URL", tt.args, tt.env, err)
 		}
 	}
 }

@@ -122,35 +122,30 @@ func TestDrain(t *testing.T) {
 	}
 }
 
-func TestDrainCommand(t *testing.T) {
+// TestRequestDrain: each drain request gets the edge's answer, and an edge not there is said so.
+func TestRequestDrain(t *testing.T) {
 	d := &fakeDrain{}
 	srv := httptest.NewServer(New(fakeSource{}, prometheus.NewRegistry(), zerolog.Nop(), d).Handler())
 	defer srv.Close()
 	addr := strings.TrimPrefix(srv.URL, "http://")
 	steps := []struct {
-		args []string
-		code int
-		out  string
+		op       DrainOp
+		deadline time.Duration
+		draining bool
+		timed    bool
 	}{
-		{[]string{"--deadline", "10m"}, 0, "draining since"},
-		{[]string{"--show"}, 0, "pool sessions still served at"},
-		{[]string{"--deadline", "0"}, 0, "sessions served until they end"},
-		{[]string{"--cancel"}, 0, "not draining"},
-		{[]string{"--cancel", "--show"}, 2, ""},
-		{[]string{"extra"}, 2, ""},
-		{[]string{"--cancel", "--deadline", "5m"}, 2, ""},
-		{[]string{"--show", "--deadline", "5m"}, 2, ""},
-		{[]string{"--admin-addr", "http://127.0.0.1:9470"}, 2, ""},
+		{DrainStart, 10 * time.Minute, true, true},
+		{DrainShow, 0, true, true},
+		{DrainStart, 0, true, false},
+		{DrainCancel, 0, false, false},
 	}
 	for _, s := range steps {
-		var out, errb strings.Builder
-		code := DrainCommand(t.Context(), append([]string{"--admin-addr", addr}, s.args...), &out, &errb)
-		if code != s.code || !strings.Contains(out.String(), s.out) {
-			t.Fatalf("drain %v = %d %q %q, want %d with %q", s.args, code, out.String(), errb.String(), s.code, s.out)
+		got, err := RequestDrain(t.Context(), addr, s.op, s.deadline)
+		if err != nil || got.Draining != s.draining || got.Deadline.IsZero() == s.timed {
+			t.Fatalf("drain %v %s = %+v, %v; want draining %t with a deadline %t", s.op, s.deadline, got, err, s.draining, s.timed)
 		}
 	}
-	var errb strings.Builder
-	if code := DrainCommand(t.Context(), []string{"--admin-addr", "127.0.0.1:1"}, io.Discard, &errb); code != 1 || !strings.Contains(errb.String(), "is the edge running") {
-		t.Fatalf("drain of no edge = %d %q", code, errb.String())
+	if _, err := RequestDrain(t.Context(), "127.0.0.1:1", DrainShow, 0); err == nil || !strings.Contains(err.Error(), "is the edge running") {
+		t.Fatalf("drain of no edge: %v", err)
 	}
 }

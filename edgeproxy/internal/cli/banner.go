@@ -4,9 +4,9 @@ import (
 	"fmt"
 	"net"
 	"strconv"
-	"strings"
 
 	"github.com/livegate/livegate/pkg/buildinfo"
+	"github.com/livegate/livegate/pkg/natsconn"
 	"github.com/rs/zerolog"
 )
 
@@ -37,12 +37,7 @@ func banner(log zerolog.Logger, s *settings, natsURLs []string) *zerolog.Event {
 func redactURLs(urls []string) []string {
 	out := make([]string, len(urls))
 	for i, u := range urls {
-		if scheme, rest, ok := strings.Cut(u, "://"); ok {
-			if at := strings.LastIndex(rest, "@"); at >= 0 {
-				u = scheme + "://" + rest[at+1:]
-			}
-		}
-		out[i] = u
+		out[i] = natsconn.RedactURL(u)
 	}
 	return out
 }

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"errors"
-	"fmt"
 	"os"
 	"os/exec"
 )
@@ -27,14 +26,14 @@ func unreadableFiles(s *settings) error {
 		}
 		fh, err := os.Open(x.path)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("--%s: %w", x.flag, err))
+			errs = append(errs, s.f.refuse(x.flag, "%w", err))
 			continue
 		}
 		_ = fh.Close()
 	}
 	if supervised {
 		if _, err := exec.LookPath(s.haproxyBinary); err != nil {
-			errs = append(errs, fmt.Errorf("--haproxy-binary: %w (install HAProxy 2.6 or newer)", err))
+			errs = append(errs, s.f.refuse("haproxy-binary", "%w (install HAProxy 2.6 or newer)", err))
 		}
 	}
 	return errors.Join(errs...)

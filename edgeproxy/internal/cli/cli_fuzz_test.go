@@ -14,9 +14,10 @@ import (
 	"github.com/livegate/livegate/pkg/events"
 )
 
-// settingRefusal is how each line of a refused edge configuration starts: the flag, the
-// variable or the file the value came from, or the HAProxy, NATS or reconcile setting it makes.
-var settingRefusal = regexp.MustCompile(`^(--[a-z-]+[ :]|environment LIVEGATE_EDGEPROXY_.*: |environment: |flag --[a-z-]+: |command line: |config /[^:]*: |haproxy (socket|map file|certificate file|bind address|port|tunnel timeout|miss limit|session token)|nats: |edge id |pool |public host |max routes |resync |claim delays |the signaling frontend needs )`)
+// settingRefusal is how each line of a refused edge configuration starts: where the value at
+// fault came from (a flag, a variable, a key of the file, or a default another setting made
+// wrong), or the command line or file as a whole; only a missing certificate has no source.
+var settingRefusal = regexp.MustCompile(`^(flag --[a-z-]+: |environment "?LIVEGATE_EDGEPROXY_.*: |environment: |--[a-z-]+ \(default\): |command line: |config /[^:]*: |the signaling frontend needs )`)
 
 // hostText is all an accepted --public-host may hold: it is published in livegate_endpoints and
 // ends up in the browser's wss:// URL and in the self-signed certificate as it is.
@@ -24,8 +25,8 @@ var hostText = regexp.MustCompile(`^[A-Za-z0-9.:-]+$`)
 
 // FuzzEdgeSettings loads the edge's settings as `livegate-edgeproxy run` does: any --config
 // TOML file (keyed by flag names), any command line (arguments separated by NUL) and one
-// LIVEGATE_EDGEPROXY_* variable. A refusal names, on each of its lines, the flag, variable or
-// file at fault, so no value it repeats can start a line of its own. Accepted settings have valid ids, a plain public
+// LIVEGATE_EDGEPROXY_* variable. A refusal names, on each of its lines, where the value at fault
+// came from, so no value it repeats can start a line of its own. Accepted settings have valid ids, a plain public
 // host, and render an HAProxy configuration in which the socket, map, certificate and bind
 // address each stay one word in their own place: rendering with placeholders and substituting
 // the values gives the same text, so no value can add a line or a directive.
@@ -70,7 +71,7 @@ func FuzzEdgeSettings(f *testing.F) {
 			environ = []string{EnvPrefix + envName + "=" + envValue}
 		}
 		fs, fl := newFlagSet("run", &bytes.Buffer{}, nil)
-		err := applySources(fs, args, environ)
+		err := loadFlags(fs, fl, args, environ)
 		if errors.Is(err, flag.ErrHelp) {
 			return
 		}

@@ -448,7 +448,7 @@ func TestReadableSecretWarned(t *testing.T) {
 		if code := CheckConfigCommand(Hooks{})(context.Background(), args, &out, &errOut); code != 0 {
 			t.Fatalf("mode %o: exit %d: %s", mode, code, errOut.String())
 		}
-		if got := strings.Contains(errOut.String(), "--nats-nkey "+seed+" is readable by every user"); got != warned {
+		if got := strings.Contains(errOut.String(), "warning: flag --nats-nkey: "+seed+" is readable by every user"); got != warned {
 			t.Errorf("mode %o: warned %v, want %v: %q", mode, got, warned, errOut.String())
 		}
 	}

@@ -7,7 +7,6 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/livegate/livegate/edgeproxy/internal/admin"
 	"github.com/livegate/livegate/pkg/buildinfo"
 )
 
@@ -18,10 +17,10 @@ func Commands(h Hooks, stdin io.Reader) map[string]Command {
 		"run":            RunCommand(h),
 		"haproxy-config": HAProxyConfigCommand(h),
 		"check-config":   CheckConfigCommand(h),
-		"cleanup":        CleanupCommand,
-		"drain":          admin.DrainCommand,
+		"cleanup":        CleanupCommand(h),
+		"drain":          DrainCommand(h),
 		"probe":          ProbeCommand,
-		"status":         StatusCommand,
+		"status":         StatusCommand(h),
 		"token":          TokenCommand(stdin),
 	}
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/livegate/livegate/pkg/logging"
 	"github.com/livegate/livegate/pkg/natsconn"
 	settingsload "github.com/livegate/livegate/pkg/settings"
+	"github.com/nats-io/nats.go"
 )
 
 // Defaults that documentation and tests refer to.
@@ -124,15 +125,21 @@ type flags struct {
 	mediaMode, mediaPorts, publicIP          string
 	portQuarantine                           time.Duration
 	snat                                     bool
-	natsURL, natsCreds, natsNKey             string
-	natsCA, natsCert, natsKey                string
+	nats                                     natsconn.Flags
 	natsEmbedded                             embeddedFlag
 	natsStoreDir                             string
-	natsReplicas                             int
 	adminAddr, logLevel, logFormat           string
 	memoryLimit                              limitFlag
 	token                                    tokenFlags
 	turn                                     turnrelay.Flags
+	// loader reads the command's flag set; src says, once it has, where each value came from.
+	loader *settingsload.Loader
+	src    settingsload.Sources
+}
+
+// refuse is the refusal of setting name's value, after where it came from.
+func (f *flags) refuse(name, format string, a ...any) error {
+	return f.src.Errorf(name, format, a...)
 }
 
 func hostname() string {
@@ -162,9 +169,23 @@ func tokenFrom(s string) string {
 	return out
 }
 
-func newFlagSet(name string, stderr io.Writer, extra []func(*flag.FlagSet)) (*flag.FlagSet, *flags) {
+// newFlagSet is the flag set of a command that reads every setting of run (run, check-config,
+// haproxy-config): extra adds the drivers' flags, and the command's own; own names those of them
+// that only the command line sets.
+func newFlagSet(name string, stderr io.Writer, extra []func(*flag.FlagSet), own ...string) (*flag.FlagSet, *flags) {
 	fs := flag.NewFlagSet("livegate-edgeproxy "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	f := defineSettings(fs)
+	for _, x := range extra {
+		x(fs)
+	}
+	f.loader = commandLoader(fs, nil, own...)
+	fs.Usage = f.loader.Usage(fs, fs.Name()+" [flags]", "")
+	return fs, f
+}
+
+// defineSettings defines run's settings on fs.
+func defineSettings(fs *flag.FlagSet) *flags {
 	f := &flags{}
 	fs.StringVar(&f.edgeID, "edge-id", "", "this edge's id in livegate_routes, livegate_endpoints and livegate_edges (default: the host name, dots as '-')")
 	fs.StringVar(&f.pool, "pool", "default", "the pool this edge serves routes of")
@@ -200,59 +221,65 @@ func newFlagSet(name string, stderr io.Writer, extra []func(*flag.FlagSet)) (*fl
 	fs.StringVar(&f.publicIP, "public-ip", "", "IPv4 address media arrives at on this host (the DNAT match; published in each endpoint for ICE candidates)")
 	fs.DurationVar(&f.portQuarantine, "port-quarantine", 60*time.Second, "how long a released public port rests before reuse")
 	fs.BoolVar(&f.snat, "snat", true, "SNAT forwarded media so replies come back through the edge")
-	fs.StringVar(&f.natsURL, "nats-url", "nats://127.0.0.1:4222", "comma-separated NATS server URLs")
-	fs.StringVar(&f.natsCreds, "nats-creds", "", "NATS .creds file")
-	fs.StringVar(&f.natsNKey, "nats-nkey", "", "NATS nkey seed file")
-	fs.StringVar(&f.natsCA, "nats-tls-ca", "", "CA file verifying the NATS servers")
-	fs.StringVar(&f.natsCert, "nats-tls-cert", "", "client certificate for NATS")
-	fs.StringVar(&f.natsKey, "nats-tls-key", "", "client key for NATS")
+	f.nats.Register(fs, nats.DefaultURL, "")
 	fs.Var(&f.natsEmbedded, "nats-embedded", "run NATS with JetStream in-process on ADDR (default "+DefaultEmbeddedNATS+"); --nats-url is then ignored")
-	fs.IntVar(&f.natsReplicas, "nats-replicas", 1, "copies of the KV buckets and the event stream when this edge creates them: 1 on a single server, 3 on a three-node cluster; never lowers an existing count")
+	f.nats.RegisterReplicas(fs, "edge")
 	fs.StringVar(&f.natsStoreDir, "nats-store-dir", "", "JetStream directory of the embedded NATS (default <state-dir>/nats)")
-	fs.StringVar(&f.adminAddr, "admin-addr", DefaultAdminAddr, "address of GET /healthz, /readyz, /metrics, /v1/routes and POST/DELETE /v1/drain (keep it on loopback or a protected network)")
-	fs.StringVar(&f.logLevel, "log-level", "info", "trace, debug, info, warn or error")
-	fs.StringVar(&f.logFormat, "log-format", "auto", "auto, json or console")
+	registerAdminAddr(fs, &f.adminAddr)
+	registerLog(fs, &f.logLevel, &f.logFormat)
 	f.memoryLimit.mib = DefaultMemoryLimitMiB
 	fs.Var(&f.memoryLimit, "memory-limit-mib", "soft limit of the Go runtime's memory in `MiB`: near it the garbage collector runs more often instead of the heap growing; 0 keeps the runtime's default; with --nats-embedded the default is left off (the server shares the heap) and only a value from a flag, variable or file applies; GOMEMLIMIT, when set, wins")
 	f.token.register(fs)
 	f.turn.Register(fs)
-	fs.String(configFlag, "", "TOML file of settings, keyed by flag name (nats-url = \"nats://...\"); flags and environment variables override it")
-	for _, x := range extra {
-		x(fs)
-	}
-	loader.Annotate(fs)
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: %s [flags]\n\nEach flag can also be set by the environment variable in brackets, or as a key of the --config file.\nPrecedence: flags, then environment, then the file, then the defaults.\n\n", fs.Name())
-		fs.PrintDefaults()
-	}
-	return fs, f
+	registerConfig(fs)
+	return f
 }
 
-// parseFlags parses args, then fills what they left unset from the environment and the --config
-// file. A refused flag gets one line that names it and the form it wants, not the whole usage;
-// -h gets the usage.
-func parseFlags(fs *flag.FlagSet, args []string) error {
-	err := applySources(fs, args, os.Environ())
+// registerAdminAddr defines --admin-addr, which run listens on and drain calls.
+func registerAdminAddr(fs *flag.FlagSet, p *string) {
+	fs.StringVar(p, "admin-addr", DefaultAdminAddr, "address of GET /healthz, /readyz, /metrics, /v1/routes and POST/DELETE /v1/drain (keep it on loopback or a protected network)")
+}
+
+// registerLog defines --log-level and --log-format, as the agent's.
+func registerLog(fs *flag.FlagSet, level, format *string) {
+	fs.StringVar(level, "log-level", "info", "trace, debug, info, warn or error")
+	fs.StringVar(format, "log-format", "auto", "auto, json or console")
+}
+
+// registerConfig defines --config.
+func registerConfig(fs *flag.FlagSet) {
+	fs.String(configFlag, "", "TOML file of settings, keyed by flag name (nats-url = \"nats://...\"); flags and environment variables override it")
+}
+
+// parse reads args, then fills what they left unset from the environment and the --config file.
+func (f *flags) parse(fs *flag.FlagSet, args []string) error {
+	src, err := load(fs, f.loader, args)
+	f.src = src
+	return err
+}
+
+// load reads args, then fills what they left unset from the environment and the --config file,
+// by l's rules. A refusal is written to fs's output, one line per error (for the command line
+// with a pointer to -h, not the whole usage); -h writes the usage.
+func load(fs *flag.FlagSet, l *settingsload.Loader, args []string) (settingsload.Sources, error) {
+	src, err := l.Load(fs, args, os.Environ())
 	switch {
 	case errors.Is(err, flag.ErrHelp):
-		return err
-	case errors.Is(err, settingsload.ErrUsage):
-		fmt.Fprintf(fs.Output(), "%s: %v\n(`%s -h` lists the flags)\n", fs.Name(), err, fs.Name())
-		return err
+		return nil, err
 	case err != nil:
-		fmt.Fprintf(fs.Output(), "%s: %v\n", fs.Name(), err)
-		return err
+		settingsload.Report(fs.Output(), fs.Name(), err)
+		return nil, err
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	for name, def := range hostDefaults {
 		if !set[name] && fs.Lookup(name) != nil {
 			if err := fs.Set(name, def(hostname())); err != nil {
-				return fmt.Errorf("--%s: %w", name, err)
+				return nil, fmt.Errorf("--%s: %w", name, err)
 			}
 		}
 	}
-	return nil
+	return src, nil
 }
 
 // hostDefaults are the flags whose default is this host's name. They are filled in once no
@@ -299,13 +326,17 @@ type settings struct {
 	turn *turnrelay.Config
 }
 
+// settings checks the flags and turns them into typed settings. Every refusal names where the
+// value at fault came from (flag --x, environment LIVEGATE_EDGEPROXY_X, config PATH: x), one a
+// line, all at once.
 func (f *flags) settings(drivers map[string]DriverFactory) (*settings, error) {
 	var errs []error
+	refuse := func(name, format string, a ...any) { errs = append(errs, f.refuse(name, format, a...)) }
 	s := &settings{
 		f: f, driver: f.driver, attached: f.haproxySocket != "", stateDir: f.stateDir,
 		haproxyBinary: f.haproxyBinary, haproxySocket: f.haproxySocket, haproxyStopOnExit: f.haproxyStopOnExit,
 		tlsCert: f.tlsCert, tlsKey: f.tlsKey, mediaOn: f.mediaMode == "on", portQuarantine: f.portQuarantine, snat: f.snat,
-		natsReplicas: f.natsReplicas, natsStoreDir: f.natsStoreDir, adminAddr: f.adminAddr,
+		natsReplicas: f.nats.Replicas, natsStoreDir: f.natsStoreDir, adminAddr: f.adminAddr,
 		log: logging.Options{Level: f.logLevel, Format: f.logFormat},
 	}
 	if f.natsEmbedded.addr != "" {
@@ -315,15 +346,15 @@ func (f *flags) settings(drivers map[string]DriverFactory) (*settings, error) {
 		}
 	}
 	if !filepath.IsAbs(f.stateDir) {
-		errs = append(errs, fmt.Errorf("--state-dir %q: must be an absolute path", f.stateDir))
+		refuse("state-dir", "value %q: must be an absolute path", f.stateDir)
 	}
 	s.configFile = filepath.Join(f.stateDir, "haproxy.cfg")
 	s.pidFile = filepath.Join(f.stateDir, "haproxy.pid")
 	switch {
 	case drivers[string(f.driver)].New != nil && f.driver.External() && (f.tlsCert == "" || f.tlsSelfSigned):
-		errs = append(errs, fmt.Errorf("--driver %s sets up the frontend on the operator's HAProxy: it needs --tls-cert, the PEM (chain and key) as that host names it", f.driver))
+		refuse("driver", "%s sets up the frontend on the operator's HAProxy: it needs --tls-cert, the PEM (chain and key) as that host names it", f.driver)
 	case f.tlsSelfSigned && (f.tlsCert != "" || f.tlsKey != ""):
-		errs = append(errs, errors.New("--tls-self-signed and --tls-cert/--tls-key exclude each other"))
+		refuse("tls-self-signed", "--tls-self-signed and --tls-cert/--tls-key exclude each other")
 	case f.tlsSelfSigned:
 		s.selfCert = true
 	case (f.tlsCert == "" || f.tlsKey == "") && !s.attached && !f.driver.External():
@@ -335,40 +366,40 @@ func (f *flags) settings(drivers map[string]DriverFactory) (*settings, error) {
 	}
 	s.haproxy = hc
 	if _, ok := drivers[string(f.driver)]; !ok && f.driver.External() {
-		errs = append(errs, fmt.Errorf("--driver %q: not available (runtime%s)", f.driver, driverNames(drivers)))
+		refuse("driver", "value %q: not available (runtime%s)", f.driver, driverNames(drivers))
 	}
 	cidrs, err := routes.ParsePrefixes(f.backendCIDRs)
 	if err != nil {
-		errs = append(errs, fmt.Errorf("--backend-cidrs: %w", err))
+		refuse("backend-cidrs", "%v", err)
 	}
 	ports, err := portalloc.ParseRange(f.backendPorts)
 	if err != nil {
-		errs = append(errs, fmt.Errorf("--backend-ports: %w", err))
+		refuse("backend-ports", "%v", err)
 	}
 	if s.mediaPorts, err = portalloc.ParseRange(f.mediaPorts); err != nil {
-		errs = append(errs, fmt.Errorf("--media-ports: %w", err))
+		refuse("media-ports", "%v", err)
 	}
 	switch f.mediaMode {
 	case "off":
 	case "on":
 		if s.publicIP, err = netip.ParseAddr(f.publicIP); err != nil || !s.publicIP.Is4() {
-			errs = append(errs, fmt.Errorf("--public-ip %q: the media plane needs this host's IPv4 address (or --media=off)", f.publicIP))
+			refuse("public-ip", "value %q: the media plane needs this host's IPv4 address (or --media=off)", f.publicIP)
 		}
 	default:
-		errs = append(errs, fmt.Errorf("--media %q: want on or off", f.mediaMode))
+		refuse("media", "value %q: want on or off", f.mediaMode)
 	}
 	if f.maxMedia < 1 {
-		errs = append(errs, fmt.Errorf("--max-media-backends %d: must be at least 1", f.maxMedia))
+		refuse("max-media-backends", "value %d: must be at least 1", f.maxMedia)
 	}
 	if s.turn, err = turnConfig(f, s); err != nil {
 		errs = append(errs, err)
 	}
 	if f.portQuarantine < 0 {
-		errs = append(errs, errors.New("--port-quarantine must not be negative"))
+		refuse("port-quarantine", "value %s: must not be negative", f.portQuarantine)
 	}
 	switch {
 	case f.memoryLimit.mib < 0:
-		errs = append(errs, errors.New("--memory-limit-mib must not be negative"))
+		refuse("memory-limit-mib", "value %d: must not be negative", f.memoryLimit.mib)
 	case f.natsEmbedded.addr != "" && !f.memoryLimit.set:
 		// The default is sized for the edge's own heap: with the NATS server's on top the
 		// collector would run all the time. An explicit value is the operator's choice.
@@ -376,18 +407,42 @@ func (f *flags) settings(drivers map[string]DriverFactory) (*settings, error) {
 		s.memoryLimitMiB = f.memoryLimit.mib
 	}
 	if _, err := logging.New(logging.Options{Level: f.logLevel, Out: io.Discard}); err != nil {
-		errs = append(errs, fmt.Errorf("--log-level: %w", err))
+		refuse("log-level", "%v", err)
 	}
 	if _, err := logging.New(logging.Options{Format: f.logFormat, Out: io.Discard}); err != nil {
-		errs = append(errs, fmt.Errorf("--log-format: %w", err))
+		refuse("log-format", "%v", err)
 	}
-	if err := events.ValidateToken("--edge-id", f.edgeID); err != nil {
-		errs = append(errs, err)
+	// The route loop's settings, each checked here under its source; reconcile's own check
+	// below is the backstop and finds nothing once these pass.
+	n := len(errs)
+	if err := events.ValidateToken("edge id", f.edgeID); err != nil {
+		refuse("edge-id", "%v", err)
+	}
+	if err := events.ValidateToken("pool", f.pool); err != nil {
+		refuse("pool", "%v", err)
 	}
 	if err := checkHost(f.publicHost); err != nil {
-		errs = append(errs, fmt.Errorf("--public-host %q: %w", f.publicHost, err))
+		refuse("public-host", "value %q: %v", f.publicHost, err)
 	}
-	// A --signaling-port outside 1-65535 is refused with the HAProxy configuration above.
+	if f.maxRoutes < 1 {
+		refuse("max-routes", "value %d: must be at least 1", f.maxRoutes)
+	}
+	for name, d := range map[string]time.Duration{"resync": f.resync, "heartbeat": f.heartbeat} {
+		if d <= 0 {
+			refuse(name, "value %s: must be positive", d)
+		}
+	}
+	if f.edgeTTL < time.Second || f.edgeTTL <= f.heartbeat {
+		refuse("edge-ttl", "value %s: must be at least 1s and longer than --heartbeat (%s)", f.edgeTTL, f.heartbeat)
+	}
+	for name, d := range map[string]time.Duration{"claim-delay-step": f.claimDelayStep, "claim-delay-max": f.claimDelayMax, "claim-fallback": f.claimFallback} {
+		if d < 0 {
+			refuse(name, "value %s: must not be negative", d)
+		}
+	}
+	if f.portReservePercent < 0 || f.portReservePercent > 50 {
+		refuse("port-reserve-percent", "value %d: want 0 to 50", f.portReservePercent)
+	}
 	s.reconcile = reconcile.Config{
 		EdgeID: f.edgeID, Pool: f.pool, PublicHost: f.publicHost, SignalingPort: uint16(min(max(f.signalingPort, 0), 65535)),
 		Policy:    routes.Policy{BackendCIDRs: cidrs, BackendPorts: ports, MaxMedia: f.maxMedia},
@@ -395,57 +450,81 @@ func (f *flags) settings(drivers map[string]DriverFactory) (*settings, error) {
 		ClaimDelayStep: f.claimDelayStep, MaxClaimDelay: f.claimDelayMax, Version: buildinfo.Version,
 		ClaimFallback: f.claimFallback, PortReserve: float64(min(max(f.portReservePercent, 0), 50)) / 100,
 	}
-	if f.portReservePercent < 0 || f.portReservePercent > 50 {
-		errs = append(errs, fmt.Errorf("--port-reserve-percent %d: want 0 to 50", f.portReservePercent))
-	}
 	if s.publicIP.IsValid() {
 		s.reconcile.PublicIP = s.publicIP.String()
 	}
-	if err := s.reconcile.Validate(); err != nil {
-		errs = append(errs, err)
+	if len(errs) == n {
+		if err := s.reconcile.Validate(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if _, _, err := net.SplitHostPort(f.adminAddr); err != nil {
-		errs = append(errs, fmt.Errorf("--admin-addr %q: %w", f.adminAddr, err))
+		refuse("admin-addr", "value %q: %v", f.adminAddr, err)
 	}
-	s.nats = natsconn.Config{
-		URLs: splitList(f.natsURL), CredsFile: f.natsCreds, NKeyFile: f.natsNKey,
-		TLSCAFile: f.natsCA, TLSCertFile: f.natsCert, TLSKeyFile: f.natsKey, Name: "livegate-edgeproxy/" + f.edgeID,
-		// A dead server is left in time for the heartbeat to go on through another.
-		StaleAfter: f.edgeTTL / 3,
-	}
-	if f.natsReplicas < 1 || f.natsReplicas > 5 {
-		errs = append(errs, fmt.Errorf("--nats-replicas %d: want 1 to 5", f.natsReplicas))
-	}
-	if err := s.nats.Validate(); err != nil {
-		errs = append(errs, err)
+	s.nats = f.nats.Config("livegate-edgeproxy/" + f.edgeID)
+	// A dead server is left in time for the heartbeat to go on through another.
+	s.nats.StaleAfter = f.edgeTTL / 3
+	for _, r := range f.nats.Check(true) {
+		refuse(r.Flag, "%v", r.Err)
 	}
 	return s, errors.Join(errs...)
 }
 
 // haproxyConfig is the HAProxy configuration the flags describe. The edge joins --tls-cert and
 // --tls-key into <state-dir>/tls.pem for the HAProxy it supervises; an operator's HAProxy loads
-// --tls-cert itself (a PEM with the key, or the key beside it as <cert>.key).
+// --tls-cert itself (a PEM with the key, or the key beside it as <cert>.key). Each value is
+// checked under its source; what HAProxy's own check says of the rest has no source of its own.
 func (f *flags) haproxyConfig() (haproxy.Config, error) {
+	var errs []error
 	socket := f.haproxySocket
+	socketFlag := "haproxy-socket"
 	if socket == "" {
-		socket = filepath.Join(f.stateDir, "haproxy.sock")
+		socket, socketFlag = filepath.Join(f.stateDir, "haproxy.sock"), "state-dir"
 	}
 	socket = strings.TrimPrefix(socket, "tcp:")
-	mapFile := f.haproxyMap
+	mapFile, mapFlag := f.haproxyMap, "haproxy-map"
 	if mapFile == "" {
-		mapFile = filepath.Join(f.stateDir, "sessions.map")
+		mapFile, mapFlag = filepath.Join(f.stateDir, "sessions.map"), "state-dir"
 	}
-	cert := filepath.Join(f.stateDir, "tls.pem")
+	cert, certFlag := filepath.Join(f.stateDir, "tls.pem"), "state-dir"
 	if (f.haproxySocket != "" || f.driver.External()) && f.tlsCert != "" {
-		cert = f.tlsCert
+		cert, certFlag = f.tlsCert, "tls-cert"
 	}
 	c := haproxy.Config{
 		Socket: socket, MapFile: mapFile, CertFile: cert, BindAddr: f.signalingBind, Port: f.signalingPort,
 		TunnelTimeout: f.tunnelTimeout, HardStopAfter: f.hardStopAfter, MissLimit: f.missLimit,
 	}
 	tokens, err := f.tokens()
+	errs = append(errs, err)
 	c.Tokens = tokens
-	return c, errors.Join(err, c.Validate())
+	// Each value alone in a configuration otherwise valid: HAProxy's check says what is wrong,
+	// the source says where it came from.
+	good := haproxy.Config{Socket: "/s", MapFile: "/m", CertFile: "/c", BindAddr: "0.0.0.0", Port: DefaultSignalingPort,
+		TunnelTimeout: time.Second, HardStopAfter: time.Second, MissLimit: 1}
+	for _, v := range []struct {
+		flag string
+		set  func(*haproxy.Config)
+	}{
+		{socketFlag, func(g *haproxy.Config) { g.Socket = c.Socket }},
+		{mapFlag, func(g *haproxy.Config) { g.MapFile = c.MapFile }},
+		{certFlag, func(g *haproxy.Config) { g.CertFile = c.CertFile }},
+		{"signaling-bind", func(g *haproxy.Config) { g.BindAddr = c.BindAddr }},
+		{"signaling-port", func(g *haproxy.Config) { g.Port = c.Port }},
+		{"tunnel-timeout", func(g *haproxy.Config) { g.TunnelTimeout = c.TunnelTimeout }},
+		{"hard-stop-after", func(g *haproxy.Config) { g.HardStopAfter = c.HardStopAfter }},
+		{"miss-limit", func(g *haproxy.Config) { g.MissLimit = c.MissLimit }},
+	} {
+		g := good
+		v.set(&g)
+		if err := g.Validate(); err != nil {
+			errs = append(errs, f.refuse(v.flag, "%v", err))
+		}
+	}
+	if errors.Join(errs...) == nil {
+		// The backstop, for what HAProxy's check adds to the above.
+		errs = append(errs, c.Validate())
+	}
+	return c, errors.Join(errs...)
 }
 
 // checkHost accepts an IP address or a DNS name: the public host goes as it is into the wss://
@@ -472,16 +551,6 @@ func checkHost(h string) error {
 		}
 	}
 	return nil
-}
-
-func splitList(s string) []string {
-	var out []string
-	for p := range strings.SplitSeq(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
-		}
-	}
-	return out
 }
 
 func driverNames(drivers map[string]DriverFactory) string {

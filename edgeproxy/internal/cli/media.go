@@ -35,34 +35,39 @@ func KernelMedia(ctx context.Context, o MediaOptions, log zerolog.Logger) (media
 }
 
 // CleanupCommand is `livegate-edgeproxy cleanup`: it removes every iptables rule and chain the
-// media plane wrote, and the conntrack entries of the ports they forwarded.
-func CleanupCommand(ctx context.Context, args []string, _, stderr io.Writer) int {
-	fs := flag.NewFlagSet("cleanup", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	logLevel := fs.String("log-level", "info", "log level: trace, debug, info, warn or error")
-	logFormat := fs.String("log-format", "auto", "log format: auto, json or console")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: livegate-edgeproxy cleanup [flags]\nRemoves livegate's media iptables chains, their jumps and their conntrack entries.")
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
+// media plane wrote, and the conntrack entries of the ports they forwarded. Its log settings are
+// read as run reads them (flag, environment, --config file, default).
+func CleanupCommand(h Hooks) Command {
+	return func(ctx context.Context, args []string, _, stderr io.Writer) int {
+		const name = "livegate-edgeproxy cleanup"
+		fs := flag.NewFlagSet(name, flag.ContinueOnError)
+		fs.SetOutput(stderr)
+		var level, format string
+		registerLog(fs, &level, &format)
+		registerConfig(fs)
+		l := commandLoader(fs, h.settingNames())
+		fs.Usage = l.Usage(fs, name+" [flags]", "Removes livegate's media iptables chains, their jumps and their conntrack entries.")
+		src, err := load(fs, l, args)
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
-		return 2
+		if err != nil {
+			return 2
+		}
+		opts := logging.Options{Level: level, Format: format, Out: stderr}
+		if _, err := logging.New(logging.Options{Level: level, Out: io.Discard}); err != nil {
+			fmt.Fprintf(stderr, "%s: %v\n", name, src.Errorf("log-level", "%v", err))
+			return 2
+		}
+		log, err := logging.New(opts)
+		if err != nil {
+			fmt.Fprintf(stderr, "%s: %v\n", name, src.Errorf("log-format", "%v", err))
+			return 2
+		}
+		if err := mediaplane.Cleanup(ctx, mediaplane.WithLogger(log.With().Str("component", "media").Logger())); err != nil {
+			log.Error().Err(err).Msg("cleanup failed")
+			return 1
+		}
+		return 0
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "livegate-edgeproxy cleanup: unexpected argument %q\n", fs.Arg(0))
-		return 2
-	}
-	log, err := logging.New(logging.Options{Level: *logLevel, Format: *logFormat, Out: stderr})
-	if err != nil {
-		fmt.Fprintf(stderr, "livegate-edgeproxy cleanup: %v\n", err)
-		return 2
-	}
-	if err := mediaplane.Cleanup(ctx, mediaplane.WithLogger(log.With().Str("component", "media").Logger())); err != nil {
-		log.Error().Err(err).Msg("cleanup failed")
-		return 1
-	}
-	return 0
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/livegate/livegate/edgeproxy/internal/probe"
 	"github.com/livegate/livegate/pkg/dtlssrtp"
 	"github.com/livegate/livegate/pkg/sessionid"
+	settingsload "github.com/livegate/livegate/pkg/settings"
 )
 
 // Exit codes of ProbeCommand.
@@ -46,24 +47,22 @@ type probeOptions struct {
 	maxLoss   float64
 }
 
+// parseProbe reads probe's flags, from the command line only: they describe one check, not the
+// edge, so no variable or file sets them.
 func parseProbe(args []string, stderr io.Writer) (*probeOptions, error) {
 	var o probeOptions
-	fs := flag.NewFlagSet("probe", flag.ContinueOnError)
+	const name = "livegate-edgeproxy probe"
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, `usage: livegate-edgeproxy probe [--signaling wss://HOST:48322/sign_in --session-id ID] [--media udp://HOST:PORT]... [flags]
-
+	var l settingsload.Loader
+	fs.Usage = l.Usage(fs, name+" [--signaling wss://HOST:48322/sign_in --session-id ID] [--media udp://HOST:PORT]... [flags]", `
 Checks a live session through an edge: the signaling websocket (101 with the x-nv-sessionid.<id>
 subprotocol echoed) and, for each --media, a DTLS-SRTP handshake and an RTP echo through the public
 UDP port (round trip, loss, jitter). Exits 0 when every check passes, 1 when one fails, 2 on bad usage.
 
 The websocket carries the header X-Livegate-Probe: 1. An app that follows the app contract does not
 count such a connection as the session's client; one that does not sees a client connect and leave,
-which starts the session's resume window (and, once it runs out, ends the session).
-
-`)
-		fs.PrintDefaults()
-	}
+which starts the session's resume window (and, once it runs out, ends the session).`)
 	fs.StringVar(&o.signaling, "signaling", "", "signaling websocket URL, wss://HOST:PORT/sign_in (peer_id and version=2 are added when missing)")
 	fs.StringVar(&o.sessionID, "session-id", "", "session id sent as the x-nv-sessionid.<id> subprotocol (required with --signaling)")
 	fs.Var(&o.media, "media", "public media address udp://HOST:PORT; repeat for each media port")
@@ -72,12 +71,10 @@ which starts the session's resume window (and, once it runs out, ends the sessio
 	fs.Float64Var(&o.rate, "rate", 50, "RTP packets per second")
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Second, "limit for the websocket handshake and for each DTLS handshake")
 	fs.Float64Var(&o.maxLoss, "max-loss", 0.1, "highest media loss fraction (0-1) that still passes")
-	if err := fs.Parse(args); err != nil {
+	if _, err := l.Load(fs, args, nil); err != nil {
 		return nil, err
 	}
 	switch {
-	case fs.NArg() > 0:
-		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	case o.signaling == "" && len(o.media) == 0:
 		return nil, errors.New("nothing to probe: give --signaling, --media or both")
 	case o.signaling != "" && o.sessionID == "":
@@ -112,7 +109,7 @@ func ProbeCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return probeOK
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "livegate-edgeproxy probe: %v\n", err)
+		settingsload.Report(stderr, "livegate-edgeproxy probe", err)
 		return probeUsage
 	}
 	failed, total := 0, 0

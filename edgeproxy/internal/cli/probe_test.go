@@ -89,6 +89,8 @@ func TestProbeUsageErrors(t *testing.T) {
 		{"bad loss", []string{"--media", "udp://h:1", "--max-loss", "2"}, "--max-loss"},
 		{"unknown flag", []string{"--bogus"}, "bogus"},
 		{"stray argument", []string{"--media", "udp://h:1", "extra"}, "extra"},
+		// A refused flag is one line, as in every command, with a pointer to -h.
+		{"count not a number", []string{"--count", "x"}, "livegate-edgeproxy probe: flag --count: value \"x\": want an integer\n(`livegate-edgeproxy probe -h` lists the flags)\n"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -75,9 +75,9 @@ func (h Hooks) driverFlags() []func(*flag.FlagSet) {
 }
 
 // parse parses args; it returns a nil settings and the exit code when the command must stop.
-func (h Hooks) parse(name string, args []string, stderr io.Writer, extra ...func(*flag.FlagSet)) (*settings, int) {
-	fs, f := newFlagSet(name, stderr, append(h.driverFlags(), extra...))
-	if err := parseFlags(fs, args); err != nil {
+func (h Hooks) parse(name string, args []string, stderr io.Writer) (*settings, int) {
+	fs, f := newFlagSet(name, stderr, h.driverFlags())
+	if err := f.parse(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, 0
 		}
@@ -363,8 +363,8 @@ func HAProxyConfigCommand(h Hooks) Command {
 		var full bool
 		fs, f := newFlagSet("haproxy-config", stderr, append(h.driverFlags(), func(fs *flag.FlagSet) {
 			fs.BoolVar(&full, "full", false, "print the whole configuration of a supervised HAProxy")
-		}))
-		if err := parseFlags(fs, args); err != nil {
+		}), "full")
+		if err := f.parse(fs, args); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
 				return 0
 			}

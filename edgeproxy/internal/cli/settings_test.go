@@ -22,8 +22,8 @@ func TestCheckConfigRefusesWhatRunRefuses(t *testing.T) {
 		args []string
 		msg  string
 	}{
-		{"log level", []string{"--log-level", "loud"}, `--log-level: log level "loud"`},
-		{"log format", []string{"--log-format", "xml"}, `--log-format: log format "xml"`},
+		{"log level", []string{"--log-level", "loud"}, `flag --log-level: log level "loud"`},
+		{"log format", []string{"--log-format", "xml"}, `flag --log-format: log format "xml"`},
 		{"turn relay ports overlap media", []string{"--turn", "--turn-secret-file", "/s", "--public-ip", "198.18.0.1", "--turn-relay-ports", "19000-21000"}, "relay ports 19000-21000 overlap the media ports 10500-20000"},
 		{"turn without secret", []string{"--turn", "--public-ip", "198.18.0.1"}, "--turn-secret-file"},
 		{"turn without public ip", []string{"--turn", "--turn-secret-file", "/s"}, "public IPv4 address (--public-ip)"},
@@ -104,7 +104,7 @@ func TestMemoryLimit(t *testing.T) {
 			}
 			fs, f := newFlagSet("run", &bytes.Buffer{}, nil)
 			args := append([]string{"--state-dir", t.TempDir(), "--tls-self-signed", "--media=off", "--public-host", "edge.example.test"}, tt.args...)
-			if err := parseFlags(fs, args); err != nil {
+			if err := f.parse(fs, args); err != nil {
 				t.Fatal(err)
 			}
 			s, err := f.settings(nil)
@@ -117,10 +117,10 @@ func TestMemoryLimit(t *testing.T) {
 		})
 	}
 	fs, f := newFlagSet("run", &bytes.Buffer{}, nil)
-	if err := parseFlags(fs, []string{"--memory-limit-mib", "-1"}); err != nil {
+	if err := f.parse(fs, []string{"--memory-limit-mib", "-1"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.settings(nil); err == nil || !strings.Contains(err.Error(), "--memory-limit-mib must not be negative") {
+	if _, err := f.settings(nil); err == nil || !strings.Contains(err.Error(), "flag --memory-limit-mib: value -1: must not be negative") {
 		t.Errorf("negative limit: %v", err)
 	}
 }

@@ -68,7 +68,7 @@ media = "off"
 		{name: "flag and alias both in the environment", env: map[string]string{"LIVEGATE_EDGEPROXY_DRIVER": "runtime", "LIVEGATE_EDGEPROXY_HAPROXY_DRIVER": "dataplaneapi"}, err: "environment: LIVEGATE_EDGEPROXY_DRIVER and LIVEGATE_EDGEPROXY_HAPROXY_DRIVER both set --driver"},
 		{name: "flag and alias both in the file", args: []string{"--config", write("both.toml", "driver = \"runtime\"\nhaproxy-driver = \"dataplaneapi\"\n")}, err: `"driver" and "haproxy-driver" both set --driver`},
 		{name: "unknown key", args: []string{"--config", write("unknown.toml", "resynk = \"1s\"\n")}, err: `unknown.toml: resynk: unknown setting`},
-		{name: "config key in the file", args: []string{"--config", write("self.toml", "config = \"/x\"\n")}, err: `self.toml: config: unknown setting`},
+		{name: "config key in the file", args: []string{"--config", write("self.toml", "config = \"/x\"\n")}, err: `self.toml: config: a settings file cannot name another`},
 		{name: "wrong type", args: []string{"--config", write("type.toml", "max-routes = \"many\"\n")}, err: `max-routes: value "many" is a TOML string; want an integer`},
 		{name: "bad boolean in the file", args: []string{"--config", write("bool.toml", "snat = \"yes\"\n")}, err: `snat: value "yes" is a TOML string; want true or false`},
 		{name: "list of numbers", args: []string{"--config", write("list.toml", "backend-cidrs = [1, 2]\n")}, err: "backend-cidrs: want a list of strings"},
@@ -83,7 +83,7 @@ media = "off"
 			}
 			var out bytes.Buffer
 			fs, f := newFlagSet("run", &out, nil)
-			err := parseFlags(fs, tt.args)
+			err := f.parse(fs, tt.args)
 			if tt.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.err) || !strings.Contains(out.String(), tt.err) {
 					t.Fatalf("error %v, output %q; want one naming %q", err, out.String(), tt.err)
@@ -137,7 +137,7 @@ func TestCheckConfigReadsTheFile(t *testing.T) {
 	}
 	var out, errOut bytes.Buffer
 	code := CheckConfigCommand(Hooks{})(context.Background(), []string{"--config", path, "--state-dir", t.TempDir(), "--tls-self-signed"}, &out, &errOut)
-	if code != 2 || !strings.Contains(errOut.String(), "--public-ip") {
+	if code != 2 || !strings.Contains(errOut.String(), "config "+path+": public-ip: value \"not-an-ip\"") {
 		t.Fatalf("exit %d, %q", code, errOut.String())
 	}
 }
@@ -157,4 +157,11 @@ func TestDocsCoverEveryFlag(t *testing.T) {
 	if !strings.Contains(string(b), EnvPrefix) {
 		t.Errorf("docs/edgeproxy.md does not explain %s variables", EnvPrefix)
 	}
+}
+
+// loadFlags reads args and environ into fs as run reads them, writing nothing.
+func loadFlags(fs *flag.FlagSet, f *flags, args, environ []string) error {
+	src, err := f.loader.Load(fs, args, environ)
+	f.src = src
+	return err
 }

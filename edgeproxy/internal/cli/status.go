@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/livegate/livegate/edgeproxy/internal/status"
@@ -21,7 +20,6 @@ import (
 
 type statusOptions struct {
 	nats     natsconn.Config
-	urls     string
 	output   string
 	watch    bool
 	interval time.Duration
@@ -29,67 +27,63 @@ type statusOptions struct {
 	timeout  time.Duration
 }
 
-func parseStatus(args []string, stderr io.Writer) (*statusOptions, error) {
+// parseStatus reads status's flags: the NATS settings as run reads them (flag, environment,
+// --config file, default), and the command's own switches from the command line.
+func parseStatus(h Hooks, args []string, stderr io.Writer) (*statusOptions, error) {
 	o := &statusOptions{}
-	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	const name = "livegate-edgeproxy status"
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, `usage: livegate-edgeproxy status [flags]
-
-Reads NATS directly and shows the edges (health, heartbeat, routes, public UDP ports in use), every
-route with the endpoint an edge assigned it, and for a route no edge serves, the latest refusal and
-its reason. Needs read access to livegate_edges, livegate_routes, livegate_endpoints and the
-LIVEGATE_EVENTS stream. Exits 0 when the report was read, 1 when NATS could not be read, 2 on bad
-usage.
-
-`)
-		fs.PrintDefaults()
-	}
-	fs.StringVar(&o.urls, "nats-url", envOr("LIVEGATE_EDGEPROXY_NATS_URL", nats.DefaultURL), "comma-separated NATS server URLs [env LIVEGATE_EDGEPROXY_NATS_URL]")
-	fs.StringVar(&o.nats.CredsFile, "nats-creds", "", "NATS .creds file")
-	fs.StringVar(&o.nats.NKeyFile, "nats-nkey", "", "NATS nkey seed file")
-	fs.StringVar(&o.nats.TLSCAFile, "nats-tls-ca", "", "CA file verifying the NATS servers")
-	fs.StringVar(&o.nats.TLSCertFile, "nats-tls-cert", "", "client certificate for NATS")
-	fs.StringVar(&o.nats.TLSKeyFile, "nats-tls-key", "", "client key for NATS")
+	var nf natsconn.Flags
+	nf.Register(fs, nats.DefaultURL, "")
+	registerConfig(fs)
 	fs.StringVar(&o.output, "o", "text", "output: text (tables) or json")
 	fs.BoolVar(&o.watch, "watch", false, "show the report again every --interval until interrupted")
 	fs.DurationVar(&o.interval, "interval", 2*time.Second, "period of --watch")
 	fs.DurationVar(&o.stale, "stale-after", 15*time.Second, "an edge whose heartbeat is older is shown stale (the edges' --edge-ttl)")
 	fs.DurationVar(&o.timeout, "timeout", 10*time.Second, "limit for connecting to NATS and for each read")
-	if err := fs.Parse(args); err != nil {
+	l := commandLoader(fs, h.settingNames(), "o", "watch", "interval", "stale-after", "timeout")
+	fs.Usage = l.Usage(fs, name+" [flags]", `
+Reads NATS directly and shows the edges (health, heartbeat, routes, public UDP ports in use), every
+route with the endpoint an edge assigned it, and for a route no edge serves, the latest refusal and
+its reason. Needs read access to livegate_edges, livegate_routes, livegate_endpoints and the
+LIVEGATE_EVENTS stream. Exits 0 when the report was read, 1 when NATS could not be read, 2 on bad
+usage.`)
+	src, err := load(fs, l, args)
+	if err != nil {
 		return nil, err
 	}
+	var errs []error
 	switch {
-	case fs.NArg() > 0:
-		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	case o.output != "text" && o.output != "json":
-		return nil, fmt.Errorf("-o %q: want text or json", o.output)
+		errs = append(errs, src.Errorf("o", "value %q: want text or json", o.output))
 	case o.interval <= 0 || o.stale <= 0 || o.timeout <= 0:
-		return nil, errors.New("--interval, --stale-after and --timeout must be positive")
+		errs = append(errs, errors.New("--interval, --stale-after and --timeout must be positive"))
 	}
-	o.nats.URLs = strings.Split(o.urls, ",")
-	o.nats.Name = "livegate-edgeproxy-status"
-	if err := o.nats.Validate(); err != nil {
+	for _, r := range nf.Check(false) {
+		errs = append(errs, src.Errorf(r.Flag, "%v", r.Err))
+	}
+	if err := errors.Join(errs...); err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", name, err)
 		return nil, err
 	}
+	o.nats = nf.Config("livegate-edgeproxy-status")
 	return o, nil
 }
 
-func envOr(name, def string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
+// StatusCommand is `livegate-edgeproxy status`: the report of package status, read from NATS.
+func StatusCommand(h Hooks) Command {
+	return func(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+		return runStatus(ctx, h, args, stdout, stderr)
 	}
-	return def
 }
 
-// StatusCommand is `livegate-edgeproxy status`: the report of package status, read from NATS.
-func StatusCommand(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	o, err := parseStatus(args, stderr)
+func runStatus(ctx context.Context, h Hooks, args []string, stdout, stderr io.Writer) int {
+	o, err := parseStatus(h, args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "livegate-edgeproxy status: %v\n", err)
 		return 2
 	}
 	cctx, cancel := context.WithTimeout(ctx, o.timeout)

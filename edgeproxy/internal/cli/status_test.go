@@ -25,7 +25,7 @@ func TestCommandReadsNATS(t *testing.T) {
 	defer cancel()
 	var out, errOut bytes.Buffer
 	// Nothing there yet: an empty report, not an error.
-	if code := StatusCommand(ctx, []string{"--nats-url", srv.URL(), "-o", "json"}, &out, &errOut); code != 0 || !strings.Contains(out.String(), `"edges":[]`) {
+	if code := StatusCommand(Hooks{})(ctx, []string{"--nats-url", srv.URL(), "-o", "json"}, &out, &errOut); code != 0 || !strings.Contains(out.String(), `"edges":[]`) {
 		t.Fatalf("empty NATS: exit %d, %s %s", code, out.String(), errOut.String())
 	}
 	if err := events.EnsureStream(ctx, js); err != nil {
@@ -58,7 +58,7 @@ func TestCommandReadsNATS(t *testing.T) {
 		t.Fatal(err)
 	}
 	out.Reset()
-	if code := StatusCommand(ctx, []string{"--nats-url", srv.URL(), "-o", "json"}, &out, &errOut); code != 0 {
+	if code := StatusCommand(Hooks{})(ctx, []string{"--nats-url", srv.URL(), "-o", "json"}, &out, &errOut); code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut.String())
 	}
 	var r status.Report
@@ -70,12 +70,12 @@ func TestCommandReadsNATS(t *testing.T) {
 		t.Errorf("report %s", out.String())
 	}
 	out.Reset()
-	if code := StatusCommand(ctx, []string{"--nats-url", srv.URL()}, &out, &errOut); code != 0 || !strings.Contains(out.String(), "refused") {
+	if code := StatusCommand(Hooks{})(ctx, []string{"--nats-url", srv.URL()}, &out, &errOut); code != 0 || !strings.Contains(out.String(), "refused") {
 		t.Errorf("text: exit %d\n%s", code, out.String())
 	}
 	// No NATS there: a clear error, exit 1.
 	errOut.Reset()
-	if code := StatusCommand(ctx, []string{"--nats-url", "nats://127.0.0.1:9", "--timeout", "2s"}, &out, &errOut); code != 1 || !strings.Contains(errOut.String(), "is NATS up?") {
+	if code := StatusCommand(Hooks{})(ctx, []string{"--nats-url", "nats://127.0.0.1:9", "--timeout", "2s"}, &out, &errOut); code != 1 || !strings.Contains(errOut.String(), "is NATS up?") {
 		t.Errorf("no NATS: exit %d, %s", code, errOut.String())
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/livegate/livegate/pkg/sessiontoken"
+	settingsload "github.com/livegate/livegate/pkg/settings"
 )
 
 // TokenCommand is `livegate-edgeproxy token keygen|mint|verify`: session token keys and tokens
@@ -48,10 +49,11 @@ func TokenCommand(stdin io.Reader) Command {
 			return 0
 		case errors.Is(err, flag.ErrHelp):
 			return 0
+		case errors.Is(err, settingsload.ErrUsage):
+			settingsload.Report(stderr, "livegate-edgeproxy token "+sub, err)
+			return 2
 		case errors.As(err, &usage):
-			if usage.msg != "" {
-				fmt.Fprintf(stderr, "livegate-edgeproxy token %s: %s\n", sub, usage.msg)
-			}
+			fmt.Fprintf(stderr, "livegate-edgeproxy token %s: %s\n", sub, usage.msg)
 			return 2
 		}
 		fmt.Fprintf(stderr, "livegate-edgeproxy token %s: %v\n", sub, err)
@@ -59,8 +61,7 @@ func TokenCommand(stdin io.Reader) Command {
 	}
 }
 
-// usageError is a command line the command cannot run; msg is empty when the flag package
-// already said why.
+// usageError is a command line the command cannot run, for a reason beyond its flags' own.
 type usageError struct{ msg string }
 
 func (u usageError) Error() string { return u.msg }
@@ -71,17 +72,13 @@ func tokenFlagSet(name string, stderr io.Writer) *flag.FlagSet {
 	return fs
 }
 
+// parseTokenFlags reads a token command's flags and at most maxArgs arguments, from the command
+// line only: they describe one key or token, not the edge.
 func parseTokenFlags(fs *flag.FlagSet, args []string, maxArgs int) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return usageError{}
-	}
-	if fs.NArg() > maxArgs {
-		return usageError{fmt.Sprintf("unexpected argument %q", fs.Arg(maxArgs))}
-	}
-	return nil
+	l := settingsload.Loader{Args: maxArgs}
+	fs.Usage = l.Usage(fs, fs.Name()+" [flags]", "")
+	_, err := l.Load(fs, args, nil)
+	return err
 }
 
 func tokenKeygen(args []string, stdout, stderr io.Writer) error {

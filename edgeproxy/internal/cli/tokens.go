@@ -35,7 +35,8 @@ func (t *tokenFlags) register(fs *flag.FlagSet) {
 }
 
 // tokens turns the flags into the frontend's token check, reading the keys. Every line of an
-// error names the flag; with an error the check is off, so nothing else reports it again.
+// error names where the value at fault came from; with an error the check is off, so nothing
+// else reports it again.
 func (f *flags) tokens() (haproxy.SessionTokens, error) {
 	t := haproxy.SessionTokens{Mode: f.token.mode, Leeway: f.token.leeway}
 	switch t.Mode {
@@ -43,20 +44,20 @@ func (f *flags) tokens() (haproxy.SessionTokens, error) {
 		return t, nil
 	case haproxy.TokensOptional, haproxy.TokensRequired:
 	default:
-		return haproxy.SessionTokens{}, fmt.Errorf("--session-token %q: want off, optional or required", t.Mode)
+		return haproxy.SessionTokens{}, f.refuse("session-token", "value %q: want off, optional or required", t.Mode)
 	}
 	if f.driver.External() {
-		return haproxy.SessionTokens{}, fmt.Errorf("--session-token %s: only with --driver runtime; with another driver, add the rules `haproxy-config --session-token=%s` prints to your HAProxy", t.Mode, t.Mode)
+		return haproxy.SessionTokens{}, f.refuse("session-token", "%s: only with --driver runtime; with another driver, add the rules `haproxy-config --session-token=%s` prints to your HAProxy", t.Mode, t.Mode)
 	}
 	if f.token.leeway < 0 || f.token.leeway%time.Second != 0 {
-		return haproxy.SessionTokens{}, fmt.Errorf("--session-token-leeway %s: want whole seconds, not negative", f.token.leeway)
+		return haproxy.SessionTokens{}, f.refuse("session-token-leeway", "value %s: want whole seconds, not negative", f.token.leeway)
 	}
 	if f.token.keys == "" || !filepath.IsAbs(f.token.keys) {
-		return haproxy.SessionTokens{}, fmt.Errorf("--session-token-keys %q: --session-token=%s needs the absolute path of the directory of verification keys", f.token.keys, t.Mode)
+		return haproxy.SessionTokens{}, f.refuse("session-token-keys", "value %q: --session-token=%s needs the absolute path of the directory of verification keys", f.token.keys, t.Mode)
 	}
 	keys, err := sessiontoken.LoadVerificationKeys(f.token.keys)
 	if err != nil {
-		return haproxy.SessionTokens{}, flagLines("--session-token-keys", err)
+		return haproxy.SessionTokens{}, sourceLines(f.src.Source("session-token-keys"), err)
 	}
 	t.Keys = frontendKeys(keys, f.token.keys)
 	for _, a := range []string{sessiontoken.PoolAudience + f.pool, sessiontoken.EdgeAudience + f.edgeID} {
@@ -83,11 +84,11 @@ func frontendKeys(keys []sessiontoken.Key, dir string) []haproxy.TokenKey {
 	return out
 }
 
-// flagLines prefixes every line of err with the flag.
-func flagLines(flagName string, err error) error {
+// sourceLines prefixes every line of err with source, where the value came from.
+func sourceLines(source string, err error) error {
 	lines := strings.Split(err.Error(), "\n")
 	for i, l := range lines {
-		lines[i] = flagName + ": " + l
+		lines[i] = source + ": " + l
 	}
 	return errors.New(strings.Join(lines, "\n"))
 }

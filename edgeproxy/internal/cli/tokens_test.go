@@ -61,17 +61,17 @@ func TestTokenFlags(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"mode", []string{"--session-token", "sometimes"}, `--session-token "sometimes": want off, optional or required`},
-		{"no keys", []string{"--session-token", "required"}, `--session-token-keys "": --session-token=required needs`},
-		{"relative", []string{"--session-token", "optional", "--session-token-keys", "keys"}, `--session-token-keys "keys"`},
-		{"missing dir", []string{"--session-token", "optional", "--session-token-keys", "/nonexistent"}, `--session-token-keys: session token keys: open /nonexistent`},
-		{"private key", []string{"--session-token", "required", "--session-token-keys", withPrivate}, `--session-token-keys: key file ` + withPrivate + `/es-1.key: a private key does not belong`},
-		{"leeway", []string{"--session-token", "required", "--session-token-keys", keys, "--session-token-leeway", "1500ms"}, `--session-token-leeway 1.5s: want whole seconds`},
-		{"driver", []string{"--session-token", "required", "--session-token-keys", keys, "--driver", "other"}, `--session-token required: only with --driver runtime`},
+		{"mode", []string{"--session-token", "sometimes"}, `flag --session-token: value "sometimes": want off, optional or required`},
+		{"no keys", []string{"--session-token", "required"}, `--session-token-keys (default): value "": --session-token=required needs`},
+		{"relative", []string{"--session-token", "optional", "--session-token-keys", "keys"}, `flag --session-token-keys: value "keys"`},
+		{"missing dir", []string{"--session-token", "optional", "--session-token-keys", "/nonexistent"}, `flag --session-token-keys: session token keys: open /nonexistent`},
+		{"private key", []string{"--session-token", "required", "--session-token-keys", withPrivate}, `flag --session-token-keys: key file ` + withPrivate + `/es-1.key: a private key does not belong`},
+		{"leeway", []string{"--session-token", "required", "--session-token-keys", keys, "--session-token-leeway", "1500ms"}, `flag --session-token-leeway: value 1.5s: want whole seconds`},
+		{"driver", []string{"--session-token", "required", "--session-token-keys", keys, "--driver", "other"}, `flag --session-token: required: only with --driver runtime`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			fs, f := newFlagSet("run", io.Discard, nil)
-			if err := fs.Parse(tc.args); err != nil {
+			if err := f.parse(fs, tc.args); err != nil {
 				t.Fatal(err)
 			}
 			_, err := f.haproxyConfig()
@@ -81,7 +81,7 @@ func TestTokenFlags(t *testing.T) {
 		})
 	}
 	fs, f := newFlagSet("run", io.Discard, nil)
-	if err := fs.Parse([]string{"--session-token", "required", "--session-token-keys", keys, "--pool", "p1", "--edge-id", "e1"}); err != nil {
+	if err := f.parse(fs, []string{"--session-token", "required", "--session-token-keys", keys, "--pool", "p1", "--edge-id", "e1"}); err != nil {
 		t.Fatal(err)
 	}
 	c, err := f.haproxyConfig()
@@ -156,6 +156,15 @@ func TestTokenCommand(t *testing.T) {
 	for _, args := range [][]string{{}, {"sign"}, {"mint", "--session", "s1"}, {"keygen", "--alg", "RS256", "--kid", "x"}, {"verify", "--keys", edge}} {
 		if code, _, _ := run("", args...); code != 2 {
 			t.Errorf("token %q: exit %d, want 2", args, code)
+		}
+	}
+	// A refused flag or argument is one line, as in every command, with a pointer to -h.
+	for want, args := range map[string][]string{
+		"livegate-edgeproxy token mint: flag --ttl: value \"soon\": want a duration such as 30s, 1m30s or 500ms\n(`livegate-edgeproxy token mint -h` lists the flags)\n": {"mint", "--ttl", "soon"},
+		"livegate-edgeproxy token verify: command line: unexpected argument \"b\"\n":                                                                                     {"verify", "a", "b"},
+	} {
+		if code, _, errOut := run("", args...); code != 2 || !strings.HasPrefix(errOut, want) {
+			t.Errorf("token %q: exit %d, stderr %q; want 2 and %q", args, code, errOut, want)
 		}
 	}
 }
@@ -250,7 +259,7 @@ func TestKeyWatcherKeepsKeysOnABadDirectory(t *testing.T) {
 	k := newKey(t, sessiontoken.NewES256, "k1")
 	writeKey(t, keys, k)
 	fs, f := newFlagSet("run", io.Discard, nil)
-	if err := fs.Parse([]string{"--session-token", "required", "--session-token-keys", keys, "--state-dir", t.TempDir(), "--tls-self-signed", "--media=off", "--edge-id", "e1", "--public-host", "edge.example.test"}); err != nil {
+	if err := f.parse(fs, []string{"--session-token", "required", "--session-token-keys", keys, "--state-dir", t.TempDir(), "--tls-self-signed", "--media=off", "--edge-id", "e1", "--public-host", "edge.example.test"}); err != nil {
 		t.Fatal(err)
 	}
 	s, err := f.settings(nil)

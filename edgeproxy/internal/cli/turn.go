@@ -25,7 +25,7 @@ func turnConfig(f *flags, s *settings) (*turnrelay.Config, error) {
 	case s.selfCert:
 		cert, key = s.haproxy.CertFile, s.haproxy.CertFile
 	}
-	return f.turn.Config(f.publicHost, ip, s.mediaPorts, cert, key)
+	return f.turn.Config(f.publicHost, ip, s.mediaPorts, cert, key, f.src.Source)
 }
 
 // turnRelay binds the TURN relay of --turn (nil without it). A self-signed certificate is made

@@ -92,7 +92,7 @@ func TestCheckConfigNamesEveryMissingFile(t *testing.T) {
 // the media range and the admin API, and never a NATS password.
 func TestBannerSaysWhereTheEdgeServes(t *testing.T) {
 	fs, f := newFlagSet("run", io.Discard, nil)
-	if err := parseFlags(fs, []string{"--state-dir", t.TempDir(), "--tls-self-signed", "--public-host", "edge.example.test", "--public-ip", "198.18.0.1", "--media-ports", "10500-10600"}); err != nil {
+	if err := f.parse(fs, []string{"--state-dir", t.TempDir(), "--tls-self-signed", "--public-host", "edge.example.test", "--public-ip", "198.18.0.1", "--media-ports", "10500-10600"}); err != nil {
 		t.Fatal(err)
 	}
 	s, err := f.settings(nil)

@@ -45,22 +45,29 @@ func (f *Flags) Register(fs *flag.FlagSet) {
 }
 
 // Config is the relay configuration the flags describe for an edge reached at publicHost and
-// publicIP, with the media port range and the TLS certificate; nil without --turn.
-func (f *Flags) Config(publicHost string, publicIP netip.Addr, media portalloc.Range, certFile, keyFile string) (*Config, error) {
+// publicIP, with the media port range and the TLS certificate; nil without --turn. source names
+// where a flag's value came from ("flag --turn-port", "environment ..."), for its refusal.
+func (f *Flags) Config(publicHost string, publicIP netip.Addr, media portalloc.Range, certFile, keyFile string, source func(flag string) string) (*Config, error) {
 	if !f.on {
 		return nil, nil
 	}
 	var errs []error
+	refuse := func(flag, format string, a ...any) {
+		errs = append(errs, fmt.Errorf("%s: %w", source(flag), fmt.Errorf(format, a...)))
+	}
 	listen, err := netip.ParseAddr(f.listen)
 	if err != nil {
-		errs = append(errs, fmt.Errorf("--turn-listen %q: want an IPv4 address", f.listen))
+		refuse("turn-listen", "value %q: want an IPv4 address", f.listen)
 	}
 	relay, err := portalloc.ParseRange(f.relayPorts)
 	if err != nil {
-		errs = append(errs, fmt.Errorf("--turn-relay-ports: %w", err))
+		refuse("turn-relay-ports", "%v", err)
 	}
-	if f.port < 1 || f.tlsPort < 0 {
-		errs = append(errs, errors.New("--turn-port must be a port, --turn-tls-port a port or 0"))
+	if f.port < 1 {
+		refuse("turn-port", "value %d: want a port", f.port)
+	}
+	if f.tlsPort < 0 {
+		refuse("turn-tls-port", "value %d: want a port or 0", f.tlsPort)
 	}
 	c := Config{
 		Listen: listen, PublicIP: publicIP, Port: f.port, TLSPort: f.tlsPort, Realm: f.realm,
@@ -70,7 +77,7 @@ func (f *Flags) Config(publicHost string, publicIP netip.Addr, media portalloc.R
 	if f.tlsPort > 0 {
 		c.CertFile, c.KeyFile = certFile, keyFile
 		if c.CertFile == "" {
-			errs = append(errs, errors.New("--turn-tls-port needs the edge's certificate (--tls-cert and --tls-key, or --tls-self-signed); 0 turns TLS off"))
+			refuse("turn-tls-port", "value %d needs the edge's certificate (--tls-cert and --tls-key, or --tls-self-signed); 0 turns TLS off", f.tlsPort)
 		}
 	}
 	if len(c.URIs) == 0 {
@@ -82,7 +89,7 @@ func (f *Flags) Config(publicHost string, publicIP netip.Addr, media portalloc.R
 	}
 	if len(errs) == 0 {
 		if err := c.Validate(); err != nil {
-			errs = append(errs, fmt.Errorf("--turn: %w", err))
+			refuse("turn", "%v", err)
 		}
 	}
 	return &c, errors.Join(errs...)
