@@ -194,7 +194,7 @@ func defineSettings(fs *flag.FlagSet) *flags {
 	fs.StringVar(&f.signalingBind, "signaling-bind", "0.0.0.0", "address the signaling frontend binds (\"::\" for IPv6 and IPv4)")
 	fs.StringVar(&f.tlsCert, "tls-cert", "", "PEM certificate chain of the signaling frontend")
 	fs.StringVar(&f.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
-	fs.BoolVar(&f.tlsSelfSigned, "tls-self-signed", false, "generate a self-signed certificate for --public-host and localhost in --state-dir (demos)")
+	fs.BoolVar(&f.tlsSelfSigned, "tls-self-signed", false, "generate a self-signed certificate for --public-host, --public-ip (when set) and localhost in --state-dir (demos)")
 	fs.StringVar(&f.stateDir, "state-dir", DefaultStateDir, "directory for the map file, HAProxy configuration, runtime socket, certificate and embedded NATS data")
 	fs.StringVar(&f.haproxyBinary, "haproxy-binary", DefaultHAProxy, "HAProxy binary the edge supervises (ignored with --haproxy-socket)")
 	fs.StringVar(&f.haproxySocket, "haproxy-socket", "", "runtime API socket of an HAProxy the operator runs (attached mode); unix path or tcp:HOST:PORT")

@@ -60,7 +60,7 @@ func TestHelpSaysEachDefaultOnce(t *testing.T) {
 			t.Errorf("%s: the default is said %d times:\n%s", flag, strings.Count(entry, "default"), entry)
 		}
 	}
-	if !strings.Contains(help, "--public-host and localhost") {
+	if !strings.Contains(help, "--public-ip (when set) and localhost") {
 		t.Error("--tls-self-signed's help does not say the certificate also names localhost")
 	}
 }
