@@ -111,6 +111,13 @@ func TestSupervisorStoppedWhileStartingLeavesHAProxy(t *testing.T) {
 func TestSupervisorAdoptsHAProxyWithoutPidFile(t *testing.T) {
 	bin := haproxytest.Binary(t)
 	f := configured(t)
+	// An operator's tail of the configuration names the file too: it is no HAProxy to adopt
+	// (started first, so a scan in pid order meets it first).
+	decoy := exec.Command("tail", "-f", f.Config)
+	if err := decoy.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = decoy.Process.Kill(); _ = decoy.Wait() })
 	orphan := exec.Command(bin, "-W", "-db", "-f", f.Config)
 	orphan.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := orphan.Start(); err != nil {
@@ -142,6 +149,9 @@ func TestSupervisorAdoptsHAProxyWithoutPidFile(t *testing.T) {
 	}
 	if got := sup.Pid(); got != orphan.Process.Pid {
 		t.Errorf("supervisor holds haproxy %d, want the running master %d", got, orphan.Process.Pid)
+	}
+	if err := decoy.Process.Signal(syscall.Signal(0)); err != nil {
+		t.Errorf("the tail of the configuration was signalled: %v", err)
 	}
 	cancel()
 	if err := <-done; err != nil {

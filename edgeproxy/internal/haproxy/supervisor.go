@@ -8,6 +8,8 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -105,17 +107,23 @@ func (s *Supervisor) runOnce(ctx context.Context) error {
 	// An edge killed between starting HAProxy and writing the pid file left a master that holds
 	// the ports: another started beside it would share them (SO_REUSEPORT), the old one serving
 	// stale routes, so it is found and adopted.
-	if pid, ok := s.findMaster(); ok {
+	if masters := s.findMasters(); len(masters) > 0 {
+		pid := masters[0]
 		if err := atomicfile.Write(s.pidFile, []byte(strconv.Itoa(pid)+"\n"), 0o644); err != nil {
 			return err
 		}
 		s.log.Warn().Int("pid", pid).Str("pid_file", s.pidFile).Msg("haproxy running our configuration found without its pid file")
+		for _, extra := range masters[1:] {
+			s.log.Warn().Int("pid", extra).Int("adopted_pid", pid).Msg("stopping a second haproxy running our configuration")
+			stopPid(extra, nil)
+		}
 		return s.adopt(ctx, pid)
 	}
 	return s.start(ctx)
 }
 
-// livePid reads the pid file and checks that the process is a HAProxy running our configuration.
+// livePid reads the pid file and checks that the process is a HAProxy master running our
+// configuration.
 func (s *Supervisor) livePid() (int, bool) {
 	b, err := os.ReadFile(s.pidFile)
 	if err != nil {
@@ -128,39 +136,71 @@ func (s *Supervisor) livePid() (int, bool) {
 	return pid, s.runsConfig(pid) && !zombie(pid)
 }
 
-// runsConfig reports whether pid's command line holds -f with our configuration file.
+// runsConfig reports whether pid runs HAProxy in master-worker mode (-W, not a -c check) with our
+// configuration file, in our mount namespace (the same path elsewhere is another file), so
+// that nothing else naming the file, such as a tail -f, is taken for it.
 func (s *Supervisor) runsConfig(pid int) bool {
 	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	if err != nil {
 		return false
 	}
 	args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
-	for i := 0; i+1 < len(args); i++ {
-		if args[i] == "-f" && args[i+1] == s.config {
-			return true
+	config, master := false, false
+	for i, a := range args {
+		switch {
+		case a == "-f" && i+1 < len(args) && args[i+1] == s.config:
+			config = true
+		case a == "-W":
+			master = true
+		case a == "-c":
+			return false
 		}
 	}
-	return false
+	if !config || !master || !sameMountNS(pid) {
+		return false
+	}
+	// The executable as the kernel names it, " (deleted)" after a package upgrade replaced it.
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	return err == nil && filepath.Base(strings.TrimSuffix(exe, " (deleted)")) == filepath.Base(s.binary)
 }
 
-// findMaster looks through /proc for a live process running our configuration whose parent does
-// not (the workers are forks of the master, with its command line).
-func (s *Supervisor) findMaster() (int, bool) {
+func sameMountNS(pid int) bool {
+	ours, err := os.Readlink("/proc/self/ns/mnt")
+	if err != nil {
+		return false
+	}
+	theirs, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", pid))
+	return err == nil && theirs == ours
+}
+
+// findMasters looks through /proc for the live HAProxy masters running our configuration: the
+// workers are forks of a master, with its command line, so a master is one whose parent does
+// not run it and that has a worker (an orphaned worker has none), lowest pid first.
+func (s *Supervisor) findMasters() []int {
 	dirs, err := os.ReadDir("/proc")
 	if err != nil {
-		return 0, false
+		return nil
 	}
+	parent := map[int]int{}
 	for _, d := range dirs {
 		pid, err := strconv.Atoi(d.Name())
-		if err != nil || pid <= 1 || !s.runsConfig(pid) || zombie(pid) {
+		if err != nil || pid <= 1 || zombie(pid) || !s.runsConfig(pid) {
 			continue
 		}
-		if ppid := parentPid(pid); ppid > 1 && s.runsConfig(ppid) {
-			continue
-		}
-		return pid, true
+		parent[pid] = parentPid(pid)
 	}
-	return 0, false
+	hasWorker := map[int]bool{}
+	for _, ppid := range parent {
+		hasWorker[ppid] = true
+	}
+	var masters []int
+	for pid, ppid := range parent {
+		if _, worker := parent[ppid]; !worker && hasWorker[pid] {
+			masters = append(masters, pid)
+		}
+	}
+	slices.Sort(masters)
+	return masters
 }
 
 // parentPid is pid's parent from /proc/<pid>/stat, or 0.
