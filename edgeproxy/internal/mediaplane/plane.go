@@ -2,7 +2,7 @@
 // backend and keeps the kernel forwarding each port to its backend (nat DNAT, SNAT so replies
 // come back through the edge, filter rules so forwarding passes). Rules live in livegate's own
 // chains and change in batches through iptables-restore --noflush; an ended port's rule is
-// shadowed by a tombstone and deleted in a sweep every few seconds (see tombstoneSpec). The
+// shadowed by a tombstone and deleted in a sweep seconds later, in chunks (see tombstoneSpec). The
 // conntrack entries of a port are deleted whenever its forwarding changes, so a reused port
 // never delivers to the previous backend. Entries of ports that are forwarded after the batch are deleted before Sync
 // returns, so that no flow the new rule should carry keeps a stale entry, except for a clean
@@ -44,9 +44,9 @@ var DefaultPorts = portalloc.Range{First: 10500, Last: 20000}
 // the chains back.
 const DefaultResyncInterval = 10 * time.Second
 
-// DefaultSweepInterval is how long the rules of ended ports may wait before a batch deletes
+// DefaultSweepInterval is how long the rules of ended ports wait before the sweep starts deleting
 // them. Deleting costs the batch after it a wait in the kernel (see tombstoneSpec), so it is done
-// rarely and for many ports at once. Nothing depends on it for correctness: a port forwarded
+// late, between the batches of routes. Nothing depends on it for correctness: a port forwarded
 // again before its sweep gets its new rule ahead of its old ones.
 const DefaultSweepInterval = 5 * time.Second
 
@@ -657,9 +657,9 @@ func (p *Plane) desired(want map[string][]Mapping) (map[uint16]netip.AddrPort, [
 	return out, invalid
 }
 
-// sweepDue reports whether the next batch deletes the dead rules: once the oldest have waited
-// the sweep interval, or sooner when they have become many. A start sweeps at once what a
-// previous run left.
+// sweepDue says which dead rules the next batch deletes: all of them when the idle sweep forces
+// it or they have become many, a chunk's in a chunk of the interval's sweep, all of them once the
+// oldest have waited the interval when the sweep is not chunked, else none.
 func (p *Plane) sweepDue() sweep {
 	n := p.known.deadRules()
 	switch {
@@ -815,8 +815,8 @@ func (p *Plane) sweepWhenIdle() {
 	}
 }
 
-// Close stops the sweep of an idle plane, waiting for one under way. The kernel keeps what the
-// plane wrote; the next plane's first batch sweeps the dead rules.
+// Close stops the sweeps of the plane, waiting for one under way. The kernel keeps what the
+// plane wrote; the next plane sweeps the dead rules it finds.
 func (p *Plane) Close() {
 	p.syncMu.Lock()
 	defer p.syncMu.Unlock()
