@@ -32,25 +32,30 @@ func (r *Reconciler) tracePass(c desired.Commit, began, mapped, published time.T
 	for _, ev := range c.Events {
 		switch t := r.traces[ev.Key]; {
 		case t == nil:
+		case ev.Kind == desired.Programmed && !r.core.Writing(ev.Key):
+			// Its endpoint was already there (a restart): nothing more to follow.
+			delete(r.traces, ev.Key)
 		case ev.Kind == desired.Programmed:
-			t.seen, t.kernel = r.now().Add(-ev.Latency), mapped
-			if r.core.Writing(ev.Key) {
-				t.write = published
-			}
+			t.seen, t.kernel, t.write = r.now().Add(-ev.Latency), mapped, published
 		case ev.Kind == desired.Removed:
 			delete(r.traces, ev.Key)
 		}
 	}
 }
 
-// traceRoutable notes the routes a finished media batch made routable.
+// traceRoutable notes the routes a finished media batch made routable, once the core has
+// started their endpoint writes.
 func (r *Reconciler) traceRoutable(evs []desired.Event) {
 	if r.traces == nil {
 		return
 	}
 	at := r.now()
 	for _, ev := range evs {
-		if t := r.traces[ev.Key]; t != nil {
+		switch t := r.traces[ev.Key]; {
+		case t == nil:
+		case !r.core.Writing(ev.Key):
+			delete(r.traces, ev.Key)
+		default:
 			t.seen, t.kernel = at.Add(-ev.Latency), at
 		}
 	}
