@@ -13,34 +13,37 @@ import (
 )
 
 // Phases of a new route's way to routable, in the order they happen. KV is the bench's own
-// watch of the routes bucket (the edge watches the same bucket on the same server); wait is the
-// time the edge saw the route before the pass that programmed it began; HAProxy, kernel rules
-// and conntrack are that pass's (HAProxy runs alongside the kernel, so pass is their envelope
-// with the planning before and the claims after); publish is the endpoint's write until the
-// bench saw it, and probe the UDP probe through the DNAT after it (with the map poll).
+// watch of the routes bucket (the edge watches the same bucket on the same server). The next
+// four are measured by the edge, which logs them per route at log level debug ("route
+// timeline", offsets from the moment its watch delivered the route): wait is until the pass
+// that programmed the route began; HAProxy until that pass had programmed HAProxy's map (its
+// planning included); kernel rules how much longer the media batch holding the route's mappings
+// took (zero when it was done first); publish wait from there until the endpoint write started;
+// endpoint write until its reply. Endpoint watch is from that reply until the bench's watch of
+// livegate_endpoints delivered the endpoint, and probe the UDP probe through the DNAT after it
+// (with the map poll).
 const (
-	PhaseKV        = "kv watch"
-	PhaseWait      = "wait in queue"
-	PhasePass      = "pass"
-	PhaseHAProxy   = "haproxy"
-	PhaseRules     = "kernel rules"
-	PhaseConntrack = "conntrack"
-	PhasePublish   = "endpoint publish"
-	PhaseProbe     = "probe"
+	PhaseKV            = "kv watch"
+	PhaseWait          = "wait in queue"
+	PhaseHAProxy       = "haproxy"
+	PhaseRules         = "kernel rules"
+	PhasePublishWait   = "publish wait"
+	PhaseEndpointWrite = "endpoint write"
+	PhaseEndpointWatch = "endpoint watch"
+	PhaseProbe         = "probe"
 )
 
 // Phases lists the phases in the order Breakdown prints them.
-var Phases = []string{PhaseKV, PhaseWait, PhasePass, PhaseHAProxy, PhaseRules, PhaseConntrack, PhasePublish, PhaseProbe}
+var Phases = []string{PhaseKV, PhaseWait, PhaseHAProxy, PhaseRules, PhasePublishWait, PhaseEndpointWrite, PhaseEndpointWatch, PhaseProbe}
 
 // routeTimes is what the bench saw of one new route, as offsets from its KV write.
 type routeTimes struct {
 	kvSeen, endpoint, routable time.Duration
 }
 
-// passTimes is what the edge logged of the pass that programmed a route: the route's own
-// latency (seen to programmed), and the pass's phases.
+// passTimes is the edge's timeline of one route, as offsets from when its watch delivered it.
 type passTimes struct {
-	latency, work, haproxy, rules, conntrack time.Duration
+	pass, mapped, kernel, write, acked time.Duration
 }
 
 // Breakdown holds each phase's samples, one per route the edge's log accounts for.
@@ -51,56 +54,32 @@ type Breakdown struct {
 	Routes  int
 }
 
-// logLine is the part of the edge's JSON log lines the breakdown reads; durations are in ms.
+// logLine is the part of the edge's JSON "route timeline" lines the breakdown reads; durations
+// are in ms.
 type logLine struct {
 	Message    string  `json:"message"`
 	InstanceID string  `json:"instance_id"`
-	Latency    float64 `json:"latency"`
-	Took       float64 `json:"took"`
-	Restore    float64 `json:"restore_ms"`
-	Conntrack  float64 `json:"conntrack_ms"`
-	Plan       float64 `json:"plan_ms"`
-	Program    float64 `json:"program_ms"`
-	Claims     float64 `json:"claims_ms"`
-	Publish    float64 `json:"publish_ms"`
+	Pass       float64 `json:"pass_at"`
+	Mapped     float64 `json:"mapped_at"`
+	Kernel     float64 `json:"kernel_at"`
+	Write      float64 `json:"write_at"`
+	Acked      float64 `json:"acked_at"`
 }
 
 func ms(v float64) time.Duration { return time.Duration(v * float64(time.Millisecond)) }
 
-// parsePasses reads the edge's debug log: per pass, the HAProxy and media lines come first,
-// then one "route programmed" line per route it programmed, then the "reconcile pass" line
-// with the pass's phases.
+// parsePasses reads the edge's debug log: one "route timeline" line per route whose endpoint
+// write came back.
 func parsePasses(r io.Reader) (map[string]passTimes, error) {
 	out := map[string]passTimes{}
-	var cur passTimes
-	var pending []string
-	latency := map[string]time.Duration{}
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		var l logLine
-		if !strings.HasPrefix(sc.Text(), "{") || json.Unmarshal(sc.Bytes(), &l) != nil {
+		if !strings.HasPrefix(sc.Text(), "{") || json.Unmarshal(sc.Bytes(), &l) != nil || l.Message != "route timeline" {
 			continue
 		}
-		switch l.Message {
-		case "haproxy map programmed":
-			cur.haproxy += ms(l.Took)
-		case "media mappings synced":
-			cur.rules += ms(l.Restore)
-			cur.conntrack += ms(l.Conntrack)
-		case "route programmed":
-			pending = append(pending, l.InstanceID)
-			latency[l.InstanceID] = ms(l.Latency)
-		case "reconcile pass":
-			cur.work = ms(l.Plan + l.Program + l.Claims + l.Publish)
-			for _, k := range pending {
-				p := cur
-				p.latency = latency[k]
-				out[k] = p
-			}
-			pending, cur = pending[:0], passTimes{}
-			clear(latency)
-		}
+		out[l.InstanceID] = passTimes{pass: ms(l.Pass), mapped: ms(l.Mapped), kernel: ms(l.Kernel), write: ms(l.Write), acked: ms(l.Acked)}
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("read edge log: %w", err)
@@ -120,15 +99,16 @@ func breakdown(seen map[string]routeTimes, passes map[string]passTimes) Breakdow
 		if !ok || s.kvSeen <= 0 || s.endpoint <= 0 || s.routable <= 0 {
 			continue
 		}
+		routable := max(p.mapped, p.kernel)
 		rows = append(rows, row{routable: s.routable, phases: map[string]time.Duration{
-			PhaseKV:        s.kvSeen,
-			PhaseWait:      max(p.latency-p.work, 0),
-			PhasePass:      p.work,
-			PhaseHAProxy:   p.haproxy,
-			PhaseRules:     p.rules,
-			PhaseConntrack: p.conntrack,
-			PhasePublish:   max(s.endpoint-s.kvSeen-p.latency, 0),
-			PhaseProbe:     s.routable - s.endpoint,
+			PhaseKV:            s.kvSeen,
+			PhaseWait:          max(p.pass, 0),
+			PhaseHAProxy:       max(p.mapped-p.pass, 0),
+			PhaseRules:         max(p.kernel-p.mapped, 0),
+			PhasePublishWait:   max(p.write-routable, 0),
+			PhaseEndpointWrite: max(p.acked-p.write, 0),
+			PhaseEndpointWatch: max(s.endpoint-s.kvSeen-p.acked, 0),
+			PhaseProbe:         s.routable - s.endpoint,
 		}})
 	}
 	b := Breakdown{Phases: map[string]stats.Durations{}, Slowest: map[string]time.Duration{}, Routes: len(rows)}

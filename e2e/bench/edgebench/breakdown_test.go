@@ -7,12 +7,9 @@ import (
 )
 
 const edgeLog = `{"level":"debug","set":1,"deleted":1,"took":0.5,"message":"haproxy map programmed"}
-{"level":"info","added":1,"restore_ms":2,"conntrack_ms":0.25,"message":"media mappings synced"}
-{"level":"info","instance_id":"lgbi7","latency":6,"message":"route programmed"}
-{"level":"debug","plan_ms":0.5,"program_ms":2.5,"claims_ms":0,"publish_ms":0.5,"finish_ms":0.1,"message":"reconcile pass"}
+{"level":"debug","instance_id":"lgbi7","pass_at":0.5,"mapped_at":1,"kernel_at":3,"write_at":3.5,"acked_at":4,"message":"route timeline"}
 not json
-{"level":"info","instance_id":"lgbi8","latency":3,"message":"route programmed"}
-{"level":"debug","plan_ms":0.5,"program_ms":1,"claims_ms":0,"publish_ms":0.5,"message":"reconcile pass"}
+{"level":"debug","instance_id":"lgbi8","pass_at":0.25,"mapped_at":1,"kernel_at":0.5,"write_at":1,"acked_at":1.5,"message":"route timeline"}
 `
 
 func TestBreakdown(t *testing.T) {
@@ -21,8 +18,8 @@ func TestBreakdown(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := map[string]passTimes{
-		"lgbi7": {latency: 6 * time.Millisecond, work: 3500 * time.Microsecond, haproxy: 500 * time.Microsecond, rules: 2 * time.Millisecond, conntrack: 250 * time.Microsecond},
-		"lgbi8": {latency: 3 * time.Millisecond, work: 2 * time.Millisecond},
+		"lgbi7": {pass: 500 * time.Microsecond, mapped: time.Millisecond, kernel: 3 * time.Millisecond, write: 3500 * time.Microsecond, acked: 4 * time.Millisecond},
+		"lgbi8": {pass: 250 * time.Microsecond, mapped: time.Millisecond, kernel: 500 * time.Microsecond, write: time.Millisecond, acked: 1500 * time.Microsecond},
 	}
 	if len(passes) != len(want) {
 		t.Fatalf("passes = %+v, want %+v", passes, want)
@@ -33,22 +30,26 @@ func TestBreakdown(t *testing.T) {
 		}
 	}
 	b := breakdown(map[string]routeTimes{
-		"lgbi7": {kvSeen: time.Millisecond, endpoint: 9 * time.Millisecond, routable: 10 * time.Millisecond},
-		"lgbi8": {kvSeen: time.Millisecond, endpoint: 5 * time.Millisecond, routable: 6 * time.Millisecond},
+		"lgbi7": {kvSeen: time.Millisecond, endpoint: 6 * time.Millisecond, routable: 7 * time.Millisecond},
+		"lgbi8": {kvSeen: time.Millisecond, endpoint: 3 * time.Millisecond, routable: 4 * time.Millisecond},
 		"lgbi9": {kvSeen: time.Millisecond, endpoint: 5 * time.Millisecond, routable: 6 * time.Millisecond},
 	}, passes)
 	if b.Routes != 2 {
 		t.Fatalf("routes = %d, want 2 (lgbi9 is not in the log)", b.Routes)
 	}
+	// The slowest 1% is lgbi7 alone.
 	slowest := map[string]time.Duration{
-		PhaseKV: time.Millisecond, PhaseWait: 2500 * time.Microsecond, PhasePass: 3500 * time.Microsecond,
-		PhaseHAProxy: 500 * time.Microsecond, PhaseRules: 2 * time.Millisecond, PhaseConntrack: 250 * time.Microsecond,
-		PhasePublish: 2 * time.Millisecond, PhaseProbe: time.Millisecond,
+		PhaseKV: time.Millisecond, PhaseWait: 500 * time.Microsecond, PhaseHAProxy: 500 * time.Microsecond,
+		PhaseRules: 2 * time.Millisecond, PhasePublishWait: 500 * time.Microsecond, PhaseEndpointWrite: 500 * time.Microsecond,
+		PhaseEndpointWatch: time.Millisecond, PhaseProbe: time.Millisecond,
 	}
 	for ph, w := range slowest {
 		if b.Slowest[ph] != w {
 			t.Errorf("slowest %s = %s, want %s", ph, b.Slowest[ph], w)
 		}
+	}
+	if got := b.Phases[PhaseRules]; got[1] != 0 {
+		t.Errorf("kernel rules of lgbi8, whose batch was done before HAProxy = %s, want 0", got[1])
 	}
 	if !strings.Contains(b.String(), "over 2 routes") {
 		t.Errorf("String() = %q", b.String())

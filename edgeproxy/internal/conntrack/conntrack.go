@@ -7,7 +7,9 @@
 // original tuple (protocol, destination address and port), so nothing is copied to user space
 // and the cost does not grow with the size of the table in this process. Many ports at once
 // (a cold start, a mass removal), and kernels that refuse a filtered delete (before 6.8), take
-// one dump of the table filtered here, then one delete per matching entry. A handle opened
+// one dump of the table filtered here, then one delete per matching entry. Past a few ports the
+// cheaper of the two, by what each cost last (see useFilter), is taken: a dump grows with the
+// entries of this namespace, a filtered delete with the ports. A handle opened
 // inside a named network namespace needs no thread juggling and no extra process.
 package conntrack
 
@@ -17,7 +19,9 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
@@ -37,8 +41,23 @@ type Netlink struct {
 	netns string
 	// dumpOnly is set once the kernel has refused a filtered delete.
 	dumpOnly atomic.Bool
-	// filterMax is the most ports deleted by filter in one call; more take one dump.
+	// filterMax is the most ports always deleted by filter in one call; more take what cost
+	// less last time.
 	filterMax int
+	// mu guards perPort, the last filtered delete's cost per port, and dump, the last dump's
+	// cost (zero: not measured yet).
+	mu            sync.Mutex
+	perPort, dump time.Duration
+}
+
+// useFilter reports whether ports are deleted by filter: up to filterMax always; more when that
+// many filtered deletes cost less than a dump did, by the last of each (a dump while either is
+// unknown).
+func useFilter(ports, filterMax int, perPort, dump time.Duration) bool {
+	if ports <= filterMax {
+		return true
+	}
+	return perPort > 0 && dump > 0 && time.Duration(ports)*perPort < dump
 }
 
 // Option configures Netlink.
@@ -49,14 +68,17 @@ func WithNetns(name string) Option {
 	return func(n *Netlink) { n.netns = name }
 }
 
-// WithFilterMax sets the most ports one call deletes by kernel-side filter; 0 always dumps.
+// WithFilterMax sets the most ports one call always deletes by kernel-side filter (more go the
+// way that cost less last); 0 always dumps.
 func WithFilterMax(ports int) Option {
 	return func(n *Netlink) { n.filterMax = ports }
 }
 
-// DefaultFilterMax is the most ports one call deletes by kernel-side filter. Each filtered
+// DefaultFilterMax is the most ports one call always deletes by kernel-side filter. Each filtered
 // delete walks the kernel's whole conntrack hash, which every namespace shares (262,144 buckets
-// here, about 0.5-1 ms a walk), so past a few ports one dump filtered in Go costs less.
+// here, about 0.5-1 ms a walk), so past a few ports one dump filtered in Go may cost less: with
+// a small table it does, but a table of many flows (the route benchmark's probes) made a dump of
+// 20 ports take 40-250 ms on a busy host, where 20 walks take about 20 ms.
 const DefaultFilterMax = 8
 
 // NewNetlink returns a cleaner for the current network namespace unless told otherwise.
@@ -77,14 +99,30 @@ func (n *Netlink) DeleteUDP(ctx context.Context, dst netip.Addr, ports []uint16)
 	if len(ports) == 0 {
 		return nil
 	}
-	if len(ports) <= n.filterMax && (!dst.IsValid() || dst.Is4()) && !n.dumpOnly.Load() {
+	n.mu.Lock()
+	filter := useFilter(len(ports), n.filterMax, n.perPort, n.dump)
+	n.mu.Unlock()
+	if filter && (!dst.IsValid() || dst.Is4()) && !n.dumpOnly.Load() {
+		began := time.Now()
 		err := n.deleteFiltered(ctx, dst, ports)
 		if !errors.Is(err, errFilterRefused) {
+			if err == nil {
+				n.mu.Lock()
+				n.perPort = time.Since(began) / time.Duration(len(ports))
+				n.mu.Unlock()
+			}
 			return err
 		}
 		n.dumpOnly.Store(true)
 	}
-	return n.deleteDumped(ctx, dst, ports)
+	began := time.Now()
+	err := n.deleteDumped(ctx, dst, ports)
+	if err == nil {
+		n.mu.Lock()
+		n.dump = time.Since(began)
+		n.mu.Unlock()
+	}
+	return err
 }
 
 // errFilterRefused reports a kernel that does not delete by CTA_FILTER.

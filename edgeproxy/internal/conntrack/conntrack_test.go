@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -50,6 +51,29 @@ func TestUnknownNamespace(t *testing.T) {
 		err := NewNetlink(WithNetns("lgm-does-not-exist"), WithFilterMax(max)).DeleteUDP(context.Background(), netip.Addr{}, []uint16{1})
 		if err == nil {
 			t.Fatalf("DeleteUDP (filter max %d) in a namespace that does not exist succeeded", max)
+		}
+	}
+}
+
+func TestUseFilter(t *testing.T) {
+	ms := time.Millisecond
+	for _, tt := range []struct {
+		name          string
+		ports, max    int
+		perPort, dump time.Duration
+		want          bool
+	}{
+		{"few ports", 8, 8, 0, 0, true},
+		{"many, nothing measured", 9, 8, 0, 0, false},
+		{"many, no dump measured", 9, 8, ms, 0, false},
+		{"many, no filter measured", 9, 8, 0, ms, false},
+		{"a dump cost more", 20, 8, ms, 40 * ms, true},
+		{"a dump cost less", 20, 8, ms, 15 * ms, false},
+		{"a cold start's ports", 9500, 8, ms, 40 * ms, false},
+		{"max 0: never filtered, so always dumps", 1, 0, 0, 40 * ms, false},
+	} {
+		if got := useFilter(tt.ports, tt.max, tt.perPort, tt.dump); got != tt.want {
+			t.Errorf("%s: useFilter(%d, %d, %s, %s) = %v, want %v", tt.name, tt.ports, tt.max, tt.perPort, tt.dump, got, tt.want)
 		}
 	}
 }

@@ -118,70 +118,142 @@ type Ready func(key string) bool
 // entry is missing or stale, once ready says the route is routable (its map entry is assumed
 // programmed), and the removal of this edge's endpoints of routes it no longer serves. A removal
 // is at the entry's revision, so an endpoint another edge has just written is never removed.
-// Their results go to Written; until then they are under way (see NeedsWritten).
+// Their results go to Written; until then they are under way (see NeedsWritten). Writes of
+// several calls may be under way at once: a key whose write is under way is left out, and
+// looked at again once its result is in. A plan of changed routes (Plan.Changed) looks at those
+// alone.
 func (s *State) Publish(p *Plan, ready Ready) []Write {
 	claimed := make(map[string]bool, len(p.Claims))
 	for _, c := range p.Claims {
 		claimed[c.Key] = true
 	}
 	var stale []string
-	for k, w := range p.Routes {
+	consider := func(k string, w Served) {
 		if claimed[k] || ready != nil && !ready(k) {
-			continue
+			return
 		}
 		if cur, ok := s.endpoints[k]; ok && s.publishes(cur.pub, w) {
-			continue
+			return
 		}
 		stale = append(stale, k)
 	}
+	var gone []string
+	leaves := func(k string) {
+		if ep, ok := s.endpoints[k]; ok && ep.EdgeID == s.cfg.EdgeID {
+			if _, served := p.Routes[k]; !served {
+				gone = append(gone, k)
+			}
+		}
+	}
+	if p.changed != nil {
+		// The changed routes, and those still waiting for the media plane.
+		for k := range p.changed {
+			if w, ok := p.Routes[k]; ok {
+				consider(k, w)
+			}
+			leaves(k)
+		}
+		for k := range s.unreported {
+			if w, ok := p.Routes[k]; ok && !p.changed[k] {
+				consider(k, w)
+			}
+		}
+	} else {
+		for k, w := range p.Routes {
+			consider(k, w)
+		}
+		for k := range s.endpoints {
+			leaves(k)
+		}
+	}
+	return s.startWrites(p.Routes, stale, gone, p.now)
+}
+
+// startWrites returns the writes of the stale endpoints and of the removals gone, leaving out
+// (as blocked) the keys whose write is under way, and records them as under way.
+func (s *State) startWrites(served map[string]Served, stale, gone []string, now time.Time) []Write {
 	slices.Sort(stale)
+	slices.Sort(gone)
 	var writes []Write
-	writing := map[string]*Endpoint{}
+	if s.writing == nil {
+		s.writing = map[string]*Endpoint{}
+	}
 	for _, k := range stale {
-		w := p.Routes[k]
+		if _, busy := s.writing[k]; busy {
+			s.blocked[k] = true
+			continue
+		}
+		w := served[k]
 		cur, ok := s.endpoints[k]
-		pub := s.endpointFor(w, s.credentials(w, p.now))
+		pub := s.endpointFor(w, s.credentials(w, now))
 		wr := Write{Key: k, Op: OpPut, Endpoint: pub, ports: w.Ports}
 		if w.Route.EdgeID == "" && ok {
 			// A pool route's endpoint changes only under the claim this edge holds.
 			wr.Op, wr.Revision = OpUpdate, cur.Revision
 		}
 		writes = append(writes, wr)
-		writing[k] = pub
+		s.writing[k] = pub
 	}
-	var gone []string
-	for k, ep := range s.endpoints {
-		if _, ok := p.Routes[k]; !ok && ep.EdgeID == s.cfg.EdgeID {
-			gone = append(gone, k)
-		}
-	}
-	slices.Sort(gone)
 	for _, k := range gone {
-		writing[k] = nil
+		if _, busy := s.writing[k]; busy {
+			s.blocked[k] = true
+			continue
+		}
+		s.writing[k] = nil
 		writes = append(writes, Write{Key: k, Op: OpDelete, Revision: s.endpoints[k].Revision})
 	}
-	if len(writes) > 0 {
-		s.writing = writing
+	if len(s.writing) == 0 {
+		s.writing = nil
 	}
 	return writes
 }
 
-// Written takes in the results of the writes Publish returned. A failed one is still stale, so
-// the next plan writes it again; Retry says one did.
-func (s *State) Written(results []WriteResult) {
-	s.writing = nil
+// Routable returns, at now, the endpoint writes and programmed events of the routes served that
+// ready now says the media plane holds and that no commit has reported yet: what a plan would
+// publish and report once a media batch is done, without planning again. Their results go to
+// Written.
+func (s *State) Routable(now time.Time, ready Ready) ([]Write, []Event) {
+	s.now = now
+	evs := s.programmed(s.served, now, ready)
+	var stale []string
+	for _, ev := range evs {
+		w := s.served[ev.Key]
+		if cur, ok := s.endpoints[ev.Key]; ok && s.publishes(cur.pub, w) {
+			continue
+		}
+		stale = append(stale, ev.Key)
+	}
+	return s.startWrites(s.served, stale, nil, now), evs
+}
+
+// Written takes in the results of writes Publish or Routable returned (one call's, or any of
+// them: each key's result once). A failed one is still stale, so the next plan writes it again;
+// Retry says one did. It reports whether a plan should follow: a key left out because its write
+// was under way may be stale still.
+func (s *State) Written(results []WriteResult) bool {
+	again := false
 	for _, res := range results {
 		k := res.Write.Key
+		delete(s.writing, k)
+		if s.blocked[k] {
+			delete(s.blocked, k)
+			s.dirty[k], again = true, true
+		}
 		switch {
 		case res.Result == Conflict && res.Write.Op == OpDelete:
 		case res.Result != Applied:
 			s.retry = true
+			s.dirty[k] = true
 		case res.Write.Op == OpDelete:
 			delete(s.endpoints, k)
 		default:
 			s.endpoints[k] = endpoint{Endpoint: routes.Endpoint{EdgeID: s.cfg.EdgeID, Revision: res.Revision, Ports: res.Write.ports}, pub: res.Write.Endpoint}
 		}
 	}
+	if len(s.writing) == 0 {
+		s.writing = nil
+	}
+	return again
 }
 
 // Retry reports, once, whether a write failed since it was last asked.
@@ -199,6 +271,8 @@ type Commit struct {
 	Relay map[string]RelayMedia
 	// Next is when a published TURN credential falls due for renewal (zero: none).
 	Next time.Time
+	// Fresh are the routes this commit serves anew (new, or changed), sorted.
+	Fresh []string
 }
 
 // RelayMedia is what the TURN relay may relay to for one session.
@@ -213,9 +287,20 @@ type RelayMedia struct {
 func (s *State) Commit(p *Plan, at time.Time, ready Ready) Commit {
 	var c Commit
 	var removed []string
-	for k := range s.served {
+	gone := func(k string) {
 		if _, ok := p.Routes[k]; !ok {
 			removed = append(removed, k)
+		}
+	}
+	if p.changed != nil {
+		for k := range p.changed {
+			if _, ok := s.served[k]; ok {
+				gone(k)
+			}
+		}
+	} else {
+		for k := range s.served {
+			gone(k)
 		}
 	}
 	slices.Sort(removed)
@@ -227,7 +312,7 @@ func (s *State) Commit(p *Plan, at time.Time, ready Ready) Commit {
 	// The plan's own map becomes what is served rather than being copied.
 	served := p.Routes
 	fresh := 0
-	for k, w := range served {
+	check := func(k string, w Served) {
 		if old, had := s.served[k]; !had || !sameProgramming(old, w) {
 			fresh++
 			if w.Since.IsZero() {
@@ -235,8 +320,21 @@ func (s *State) Commit(p *Plan, at time.Time, ready Ready) Commit {
 				served[k] = w
 			}
 			s.unreported[k] = true
+			c.Fresh = append(c.Fresh, k)
 		}
 	}
+	if p.changed != nil {
+		for k := range p.changed {
+			if w, ok := served[k]; ok {
+				check(k, w)
+			}
+		}
+	} else {
+		for k, w := range served {
+			check(k, w)
+		}
+	}
+	slices.Sort(c.Fresh)
 	c.Events = append(c.Events, s.programmed(served, at, ready)...)
 	if s.relay != nil && (fresh > 0 || len(s.served) != len(served) || !s.committed) {
 		c.Relay = relaySessions(served)

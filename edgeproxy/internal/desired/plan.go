@@ -40,11 +40,27 @@ type Plan struct {
 	now  time.Time
 	// releasing is set when the plan hands a drained edge's pool routes over (see release).
 	releasing bool
+	// changed, when not nil, says the plan looked only at these route keys (see planChanges):
+	// the other routes are served as the plan before served them.
+	changed map[string]bool
 }
+
+// Changed reports whether the plan looked only at the routes that changed since the plan before
+// (true), or at every route.
+func (p *Plan) Changed() bool { return p.changed != nil }
 
 // Plan works out what this edge serves at now, in the drain state drain, assigns the public
 // ports of routes new to it, and releases those of routes it no longer serves.
+//
+// Most plans under churn change a few routes: when nothing else changed since the plan before
+// (see changesOnly), only those are planned, in time that grows with them rather than with the
+// routes served, and the plan is the one a full derivation would make.
 func (s *State) Plan(now time.Time, drain placement.Drain) *Plan {
+	if s.changesOnly(now, drain) {
+		return s.planChanges(now)
+	}
+	s.whole, s.changesOK = false, false
+	clear(s.dirty)
 	s.now, s.turnRenew = now, time.Time{}
 	p := &Plan{now: now}
 	heldUntil := s.releaseHeld(now)
@@ -67,7 +83,7 @@ func (s *State) Plan(now time.Time, drain placement.Drain) *Plan {
 		claims[c.Route.Key] = c
 		p.Routes[c.Route.Key] = Served{Route: c.Route}
 	}
-	if s.assignPorts(p, claims) > 0 {
+	if s.assignPorts(p, claims, nil) > 0 {
 		starved = true
 	}
 	for k, w := range s.served {
@@ -93,6 +109,94 @@ func (s *State) Plan(now time.Time, drain placement.Drain) *Plan {
 	if starved {
 		next = earliest(next, now.Add(s.cfg.Recheck))
 	}
+	p.Next = next
+	// What only a full plan revisits: claims, holds and session ids waiting for their time, a
+	// drain, a starved edge's recheck.
+	s.changesOK = len(derived.Claims) == 0 && len(due) == 0 && s.sched.Pending() == 0 && !starved &&
+		heldUntil.IsZero() && ownersUntil.IsZero() && !drain.Draining
+	return p
+}
+
+// PlanAll makes the next plan a full one, whatever changed: a resync, or news the core does not
+// see (a TURN secret rotated).
+func (s *State) PlanAll() { s.whole = true }
+
+// changesOnly reports whether a plan at now may look at the changed routes alone: the plan
+// before was full or such a plan, and since then only routes that name this edge changed (or
+// routes that were never this edge's), with no session id shared, no refusal, hold or lapse to
+// revisit, no drain, no TURN credential due and no failed write. Anything else takes a full
+// plan, which is always right.
+func (s *State) changesOnly(now time.Time, drain placement.Drain) bool {
+	if s.noChanges || s.whole || !s.changesOK || drain.Draining || len(s.held) > 0 || len(s.expired) > 0 ||
+		len(s.refused) > 0 || len(s.invalid) > 0 || s.sched.Pending() > 0 || (!s.turnRenew.IsZero() && !now.Before(s.turnRenew)) {
+		return false
+	}
+	sessions := make(map[string]bool, len(s.dirty))
+	for k := range s.dirty {
+		old, served := s.served[k]
+		rt, ok := s.valid[k]
+		switch {
+		case served && old.Route.EdgeID != s.cfg.EdgeID:
+			// A pool route this edge serves: its endpoint and the pool decide.
+			return false
+		case !ok:
+		case rt.EdgeID == "":
+			return false
+		case rt.EdgeID != s.cfg.EdgeID:
+		default:
+			if o, held := s.owners[rt.SessionID]; held && o.key != k || sessions[rt.SessionID] {
+				return false
+			}
+			sessions[rt.SessionID] = true
+		}
+	}
+	return true
+}
+
+// planChanges is Plan for the routes changed since the plan before (see changesOnly): the rest
+// are served as they were, with their ports, map entries and mappings.
+func (s *State) planChanges(now time.Time) *Plan {
+	s.now = now
+	p := &Plan{now: now, changed: s.dirty}
+	s.dirty = map[string]bool{}
+	p.Routes = maps.Clone(s.served)
+	if p.Routes == nil {
+		p.Routes = map[string]Served{}
+	}
+	keys := slices.Sorted(maps.Keys(p.changed))
+	var assign []string
+	for _, k := range keys {
+		old, served := s.served[k]
+		rt, ok := s.valid[k]
+		mine := ok && rt.EdgeID == s.cfg.EdgeID
+		if served && (!mine || rt.SessionID != old.Route.SessionID) {
+			// As trackOwners: the id goes with a route that left or changed session.
+			if o, held := s.owners[old.Route.SessionID]; held && o.key == k && (!ok || rt.SessionID != old.Route.SessionID) {
+				delete(s.owners, old.Route.SessionID)
+			}
+		}
+		if !mine {
+			if served {
+				delete(p.Routes, k)
+				s.ports.Release(mediaKey(old.Route))
+			}
+			continue
+		}
+		if o, held := s.owners[rt.SessionID]; held {
+			o.lease = rt.LeaseTTL
+			s.owners[rt.SessionID] = o
+		} else {
+			s.owners[rt.SessionID] = owner{key: k, lease: rt.LeaseTTL}
+		}
+		p.Routes[k] = Served{Route: rt}
+		assign = append(assign, k)
+	}
+	var next time.Time
+	if s.assignPorts(p, nil, assign) > 0 {
+		next = now.Add(s.cfg.Recheck)
+		s.changesOK = false
+	}
+	s.programChanges(p)
 	p.Next = next
 	return p
 }
@@ -297,21 +401,30 @@ func DecideClaims(in ClaimInput) ClaimDecision {
 	return d
 }
 
-// assignPorts gives each route of p its public media ports, keeping those it holds, else those
-// its endpoint recorded (a restarted edge). A route that gets none is refused and dropped; it
-// returns how many were.
-func (s *State) assignPorts(p *Plan, claims map[string]routes.Claim) int {
+// assignPorts gives each route of p (only those of keys, when not nil) its public media ports,
+// keeping those it holds, else those its endpoint recorded (a restarted edge). A route that gets
+// none is refused and dropped; it returns how many were.
+func (s *State) assignPorts(p *Plan, claims map[string]routes.Claim, keys []string) int {
 	refused := 0
 	// Routes keeping their ports are most of a plan and need no order; the others are assigned
 	// in key order, so that which route gets which port does not depend on map order.
 	var assign []string
-	for k, w := range p.Routes {
+	keep := func(k string, w Served) {
 		if cur, ok := s.served[k]; ok && cur.Route.SessionID == w.Route.SessionID && slices.Equal(cur.Route.Media, w.Route.Media) {
 			w.Ports, w.Since = cur.Ports, cur.Since
 			p.Routes[k] = w
-			continue
+			return
 		}
 		assign = append(assign, k)
+	}
+	if keys == nil {
+		for k, w := range p.Routes {
+			keep(k, w)
+		}
+	} else {
+		for _, k := range keys {
+			keep(k, p.Routes[k])
+		}
 	}
 	slices.Sort(assign)
 	for _, k := range assign {
@@ -370,7 +483,53 @@ func (s *State) program(p *Plan) {
 		p.Media[k] = ms
 	}
 	p.MediaChanged = !maps.EqualFunc(p.Media, s.media, slices.Equal)
-	s.media = p.Media
+	s.media, s.mapped = p.Media, p.Map
+}
+
+// programChanges is program for a plan of changed routes: the map and mappings of the plan
+// before, with those routes' entries replaced.
+func (s *State) programChanges(p *Plan) {
+	p.Map, p.Media = maps.Clone(s.mapped), maps.Clone(s.media)
+	if p.Map == nil {
+		p.Map = map[string]string{}
+	}
+	if p.Media == nil {
+		p.Media = map[string][]media.Mapping{}
+	}
+	for k := range p.changed {
+		if old, ok := s.served[k]; ok {
+			delete(p.Map, old.Route.SessionID)
+		}
+		delete(p.Media, k)
+	}
+	for k := range p.changed {
+		w, ok := p.Routes[k]
+		if !ok {
+			continue
+		}
+		p.Map[w.Route.SessionID] = w.Route.Signaling.String()
+		if len(w.Ports) != len(w.Route.Media) || len(w.Ports) == 0 {
+			continue
+		}
+		if old, ok := s.media[k]; ok && sameMappings(old, w) {
+			p.Media[k] = old
+			continue
+		}
+		ms := make([]media.Mapping, len(w.Ports))
+		for i, port := range w.Ports {
+			ms[i] = media.Mapping{PublicPort: port, Backend: w.Route.Media[i]}
+		}
+		p.Media[k] = ms
+	}
+	for k := range p.changed {
+		old, had := s.media[k]
+		now, has := p.Media[k]
+		if had != has || !slices.Equal(old, now) {
+			p.MediaChanged = true
+			break
+		}
+	}
+	s.media, s.mapped = p.Media, p.Map
 }
 
 // sameMappings reports whether ms maps w's public ports to its media backends.

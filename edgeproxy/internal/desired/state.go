@@ -188,6 +188,19 @@ type State struct {
 	// unreported holds the routes served, new or changed, not yet reported programmed because
 	// the media plane did not hold them yet (see Commit).
 	unreported map[string]bool
+	// mapped is the HAProxy map of the last plan.
+	mapped map[string]string
+	// dirty holds the route keys that changed since the last plan; whole is set when something
+	// else changed, which only a full plan looks at; changesOK when the last full plan left
+	// nothing that only a full plan revisits (see changesOnly). noChanges makes every plan full
+	// (tests compare the two).
+	dirty     map[string]bool
+	whole     bool
+	changesOK bool
+	noChanges bool
+	// blocked holds the keys whose endpoint write Publish left for later because one was under
+	// way: their results make them dirty again (see Written).
+	blocked map[string]bool
 }
 
 // New returns an empty core for cfg. relay may be nil (no TURN relay).
@@ -197,7 +210,7 @@ func New(cfg Config, ports Ports, relay Relay, log zerolog.Logger) *State {
 		synced: map[Bucket]bool{}, valid: map[string]routes.Route{}, invalid: map[string]invalidRoute{}, seen: map[string]time.Time{},
 		endpoints: map[string]endpoint{}, live: map[string]bool{}, beats: map[string]edgeBeat{}, served: map[string]Served{}, refused: map[string]refusal{},
 		expired: map[string]bool{}, held: map[string]time.Time{}, owners: map[string]owner{}, sched: routes.NewScheduler(),
-		unreported: map[string]bool{},
+		unreported: map[string]bool{}, dirty: map[string]bool{}, blocked: map[string]bool{},
 	}
 }
 
@@ -212,7 +225,7 @@ func (s *State) Served() map[string]Served { return s.served }
 // they are taken in before what the watch says of their keys, so that the echo of a write finds
 // it recorded, and a later value is never overwritten by an earlier result.
 func (s *State) NeedsWritten(in Input) bool {
-	if s.writing == nil || in.Bucket != EndpointsBucket {
+	if len(s.writing) == 0 || in.Bucket != EndpointsBucket {
 		return false
 	}
 	if in.Snapshot != nil {
@@ -220,6 +233,14 @@ func (s *State) NeedsWritten(in Input) bool {
 	}
 	_, ours := s.writing[in.Entry.Key]
 	return ours
+}
+
+// Writing reports whether an endpoint write of key is under way, for an executor that hands
+// the results of several write batches back one by one: NeedsWritten asks for the batch that
+// holds it.
+func (s *State) Writing(key string) bool {
+	_, ok := s.writing[key]
+	return ok
 }
 
 // AwaitRemovals reports whether the next plan must wait for the writes under way: they remove
@@ -240,6 +261,7 @@ func (s *State) AwaitRemovals() bool {
 // hands in the results of the writes under way when NeedsWritten says so.
 func (s *State) Observe(in Input) bool {
 	if in.Snapshot != nil {
+		s.whole = true
 		again := s.synced[in.Bucket]
 		s.synced[in.Bucket] = true
 		switch in.Bucket {
@@ -257,13 +279,26 @@ func (s *State) Observe(in Input) bool {
 		}
 		return true
 	}
-	return s.observe(in.Bucket, in.Entry, in.At)
+	changed := s.observe(in.Bucket, in.Entry, in.At)
+	switch {
+	case !changed:
+	case in.Bucket == RoutesBucket:
+		s.dirty[in.Entry.Key] = true
+	default:
+		s.whole = true
+	}
+	return changed
 }
 
 func (s *State) observe(b Bucket, e Entry, at time.Time) bool {
 	switch b {
 	case RoutesBucket:
-		return s.observeRoute(e, at)
+		_, invalid := s.invalid[e.Key]
+		changed := s.observeRoute(e, at)
+		if _, now := s.invalid[e.Key]; invalid || now {
+			s.whole = true
+		}
+		return changed
 	case EndpointsBucket:
 		return s.observeEndpoint(e)
 	case EdgesBucket:

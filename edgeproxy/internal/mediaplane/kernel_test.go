@@ -137,7 +137,8 @@ func TestKernelForwardRemoveReadd(t *testing.T) {
 		t.Fatalf("%s after re-adding before the sweep = %q, want the new rule ahead of the tombstone and the old rule", shard, got)
 	}
 
-	// A restart adopts the mapping and sweeps the rules the new one shadows; the flow goes on.
+	// A restart adopts the mapping, and its idle sweep (not its first batch, which would wait
+	// for it) deletes the rules the new one shadows; the flow goes on.
 	restarted := newPlane(t, lab, mediaplane.Config{SNAT: true, Quarantine: time.Minute})
 	if err := restarted.Recover(ctx); err != nil {
 		t.Fatal(err)
@@ -145,8 +146,15 @@ func TestKernelForwardRemoveReadd(t *testing.T) {
 	if err := restarted.Sync(ctx, map[string][]mediaplane.Mapping{"inst-b": {{PublicPort: port, Backend: backendB}}}); err != nil {
 		t.Fatal(err)
 	}
+	if got := ourRules(t, lab)[shard]; len(got) == 0 || !strings.Contains(got[0], backendB.String()) {
+		t.Fatalf("%s after the restart = %q, want the rule to %s first", shard, got, backendB)
+	}
+	swept := time.Now().Add(10 * time.Second)
+	for len(ourRules(t, lab)[shard]) != 1 && time.Now().Before(swept) {
+		time.Sleep(50 * time.Millisecond)
+	}
 	if got := ourRules(t, lab)[shard]; len(got) != 1 || !strings.Contains(got[0], backendB.String()) {
-		t.Fatalf("%s after the restart = %q, want only the rule to %s", shard, got, backendB)
+		t.Fatalf("%s after the restart's idle sweep = %q, want only the rule to %s", shard, got, backendB)
 	}
 	if got := client.Ask(t, port, "after-restart", answerWait); got != "node-b:after-restart" {
 		t.Fatalf("answer after the restart = %q, want node-b:after-restart", got)

@@ -79,11 +79,26 @@ func (r *Reconciler) awaitMedia(ctx context.Context) {
 	}
 }
 
+// publishRoutable writes the endpoints, and reports the events, of the routes the last media
+// batch made routable.
+func (r *Reconciler) publishRoutable(ctx context.Context) {
+	if r.planMedia == nil {
+		return
+	}
+	ws, evs := r.core.Routable(r.now(), r.holds(r.planMedia))
+	r.traceRoutable(evs)
+	r.report(evs)
+	r.startWrites(ctx, ws)
+}
+
 // routable says which routes of p the media plane holds: those without media mappings, and those
 // whose mappings the last successful batch held.
-func (r *Reconciler) routable(p *desired.Plan) desired.Ready {
+func (r *Reconciler) routable(p *desired.Plan) desired.Ready { return r.holds(p.Media) }
+
+// holds says which routes the media plane holds of those wanting the mappings want.
+func (r *Reconciler) holds(want map[string][]media.Mapping) desired.Ready {
 	return func(key string) bool {
-		want, ok := p.Media[key]
+		want, ok := want[key]
 		if !ok {
 			return true
 		}

@@ -171,10 +171,18 @@ type Reconciler struct {
 	mediaRetry  bool
 	mediaDone   chan mediaBatch
 	mediaSyncs  sync.WaitGroup
-	// written delivers the results of the endpoint writes under way (nil: none), and writes runs
-	// them (see publish).
-	written chan writeBatch
-	writes  sync.WaitGroup
+	// written delivers the results of the endpoint write batches under way (writesUnderWay of
+	// them), and writes runs them (see publish).
+	written        chan writeBatch
+	writesUnderWay int
+	writes         sync.WaitGroup
+	// replan is set when write results taken in call for a pass (see takeWritten).
+	replan bool
+	// planMedia are the media mappings of the last plan, which a finished media batch is
+	// compared with (see publishRoutable).
+	planMedia map[string][]media.Mapping
+	// traces follows new routes at log level debug (see trace.go).
+	traces map[string]*routeTrace
 
 	// passErr is the last pass's failure.
 	passErr error
@@ -203,7 +211,10 @@ func New(cfg Config, d Deps, opts ...Option) (*Reconciler, error) {
 	r := &Reconciler{
 		cfg: cfg, d: d, log: d.Log, now: time.Now,
 		kick: make(chan struct{}, 1), evq: make(chan *livegatev1.Event, 1<<16), mediaDone: make(chan mediaBatch, 1),
-		beatNow: make(chan struct{}, 1),
+		beatNow: make(chan struct{}, 1), written: make(chan writeBatch, maxWriteBatches),
+	}
+	if d.Log.GetLevel() <= zerolog.DebugLevel {
+		r.traces = map[string]*routeTrace{}
 	}
 	var relay desired.Relay
 	if d.Relay != nil {
@@ -340,13 +351,18 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			continue
 		case b := <-r.written:
 			r.takeWritten(b)
-			continue
 		case b := <-r.mediaDone:
-			// Routes the batch made routable get their endpoints and events from a pass.
-			due = r.mediaSynced(ctx, b) || due
+			// Routes the batch made routable get their endpoints and events at once, without a
+			// pass.
+			if r.mediaSynced(ctx, b) {
+				r.publishRoutable(ctx)
+			}
 			if r.mediaRetry {
 				continue
 			}
+		}
+		if r.replan {
+			r.replan, due = false, true
 		}
 		if !r.core.Synced() || gate != nil || !(due || full) {
 			continue
@@ -443,7 +459,11 @@ func (r *Reconciler) take(x input) bool {
 		in.Entry = entryOf(x.entry)
 	}
 	if r.core.NeedsWritten(in) {
-		r.awaitWritten()
+		if in.Snapshot != nil {
+			r.awaitWritten()
+		} else {
+			r.awaitWrite(in.Entry.Key)
+		}
 	}
 	return r.core.Observe(in)
 }
@@ -458,6 +478,9 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (time.Time, error) {
 		r.awaitWritten()
 	}
 	drain := r.drainState()
+	if full {
+		r.core.PlanAll()
+	}
 	p := r.core.Plan(now, drain)
 	r.updateBeat(drain, false)
 	r.d.Metrics.conflicts.Add(float64(p.Conflicts))
@@ -485,6 +508,8 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (time.Time, error) {
 	r.publish(ctx, p, ready)
 	tPub := r.now()
 	c := r.core.Commit(p, r.now(), ready)
+	r.planMedia = p.Media
+	r.tracePass(c, now, tProg, tClaim)
 	r.report(c.Events)
 	if c.Relay != nil {
 		sessions := make(map[string]turnrelay.Media, len(c.Relay))
@@ -499,7 +524,7 @@ func (r *Reconciler) pass(ctx context.Context, full bool) (time.Time, error) {
 	r.status = served
 	r.mu.Unlock()
 	r.updateBeat(drain, false)
-	r.log.Debug().Bool("full", full).Int("routes", len(served)).Dur("plan_ms", tPlan.Sub(now)).Dur("program_ms", tProg.Sub(tPlan)).
+	r.log.Debug().Bool("full", full).Bool("changes_only", p.Changed()).Int("routes", len(served)).Dur("plan_ms", tPlan.Sub(now)).Dur("program_ms", tProg.Sub(tPlan)).
 		Dur("claims_ms", tClaim.Sub(tProg)).Dur("publish_ms", tPub.Sub(tClaim)).Dur("finish_ms", r.now().Sub(tPub)).Msg("reconcile pass")
 	next := p.Next
 	if !c.Next.IsZero() {

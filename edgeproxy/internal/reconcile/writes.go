@@ -14,11 +14,15 @@ import (
 // parallelism bounds concurrent KV writes.
 const parallelism = 32
 
-// writeOutcome is a write's result for the core, with the error for the log.
+// writeOutcome is a write's result for the core, with the error for the log and when it came.
 type writeOutcome struct {
 	desired.WriteResult
-	err error
+	err  error
+	done time.Time
 }
+
+// maxWriteBatches bounds the endpoint write batches under way at once.
+const maxWriteBatches = 8
 
 // writeBatch is the outcome of the endpoint writes of one pass; stopping says the loop was
 // stopping, so that failures are not reported.
@@ -72,7 +76,7 @@ func (r *Reconciler) write(ctx context.Context, w desired.Write, at time.Time) w
 	default:
 		res.Result = desired.Failed
 	}
-	return writeOutcome{WriteResult: res, err: err}
+	return writeOutcome{WriteResult: res, err: err, done: r.now()}
 }
 
 func isWrongSequence(err error) bool {
@@ -104,34 +108,50 @@ func (r *Reconciler) claim(ctx context.Context, p *desired.Plan) []string {
 	return r.core.Claimed(p, results)
 }
 
-// publish starts the endpoint writes of p. They run while the loop goes on to its next pass,
-// whose programming does not depend on them: the next publish, and a pass that must know whether
-// an endpoint is gone (see desired.State.AwaitRemovals), first take their results in.
+// publish starts the endpoint writes of p. They run while the loop goes on, whose programming
+// does not depend on them: the writes of later passes start beside them (the core leaves out a
+// key whose write is under way), and a pass that must know whether an endpoint is gone (see
+// desired.State.AwaitRemovals) first takes their results in.
 func (r *Reconciler) publish(ctx context.Context, p *desired.Plan, ready desired.Ready) {
-	r.awaitWritten()
-	ws := r.core.Publish(p, ready)
+	r.startWrites(ctx, r.core.Publish(p, ready))
+}
+
+// startWrites runs ws as one batch beside those under way, at most maxWriteBatches of them.
+func (r *Reconciler) startWrites(ctx context.Context, ws []desired.Write) {
 	if len(ws) == 0 {
 		return
 	}
-	done := make(chan writeBatch, 1)
-	r.written = done
+	if r.writesUnderWay == maxWriteBatches {
+		r.takeWritten(<-r.written)
+	}
+	r.traceWrites(ws)
+	r.writesUnderWay++
 	r.writes.Go(func() {
 		outcomes := r.runWrites(ctx, ws)
-		done <- writeBatch{outcomes: outcomes, stopping: ctx.Err() != nil}
+		r.written <- writeBatch{outcomes: outcomes, stopping: ctx.Err() != nil}
 	})
 }
 
 // awaitWritten takes in the results of the endpoint writes under way, if any.
 func (r *Reconciler) awaitWritten() {
-	if r.written != nil {
+	for r.writesUnderWay > 0 {
 		r.takeWritten(<-r.written)
 	}
 }
 
-// takeWritten hands the results of the endpoint writes to the core, and reports the failures other
-// than a removal losing to another edge's write: the core writes those again after retryDelay.
+// awaitWrite takes in results of the endpoint writes under way until none is key's.
+func (r *Reconciler) awaitWrite(key string) {
+	for r.writesUnderWay > 0 && r.core.Writing(key) {
+		r.takeWritten(<-r.written)
+	}
+}
+
+// takeWritten hands the results of one batch of endpoint writes to the core, and reports the
+// failures other than a removal losing to another edge's write: the core writes those again after
+// retryDelay. It asks for a pass when the core wants one (see desired.State.Written).
 func (r *Reconciler) takeWritten(b writeBatch) {
-	r.written = nil
+	r.writesUnderWay--
+	r.traceWritten(b.outcomes)
 	results := make([]desired.WriteResult, len(b.outcomes))
 	for i, o := range b.outcomes {
 		results[i] = o.WriteResult
@@ -144,5 +164,7 @@ func (r *Reconciler) takeWritten(b writeBatch) {
 			results[i].Result = desired.Failed
 		}
 	}
-	r.core.Written(results)
+	if r.core.Written(results) {
+		r.replan = true
+	}
 }

@@ -1,5 +1,7 @@
 // Command livegate-bench runs livegate's benchmarks (make bench, make bench-quick, make bench-scale). Each prints
-// livegate's figures next to a baseline measured in the same run, and the ratio.
+// livegate's figures next to a baseline measured in the same run, and the ratio. It exits 1 when a
+// measurement failed (no figure), 2 on a usage error, and 0 otherwise, a missed target included
+// (its line says MISSED).
 package main
 
 import (
@@ -118,12 +120,20 @@ func run() int {
 			results = append(results, r)
 		}
 	}
-	missed := 0
+	// A missed target is a figure, and exits 0 (the line says MISSED); a measurement that
+	// failed gives no figure, and exits 1.
+	missed, failed := 0, 0
 	for _, r := range results {
-		if r.Verdict == report.Missed || r.Verdict == report.Skipped {
+		switch r.Verdict {
+		case report.Missed:
 			missed++
+		case report.Skipped:
+			failed++
 		}
 	}
-	fmt.Printf("livegate-bench: %d results, %d missed or failed\n", len(results), missed)
+	fmt.Printf("livegate-bench: %d results, %d missed their target, %d failed\n", len(results), missed, failed)
+	if failed > 0 || ctx.Err() != nil {
+		return 1
+	}
 	return 0
 }
