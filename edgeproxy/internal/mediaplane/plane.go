@@ -2,7 +2,7 @@
 // backend and keeps the kernel forwarding each port to its backend (nat DNAT, SNAT so replies
 // come back through the edge, filter rules so forwarding passes). Rules live in livegate's own
 // chains and change in batches through iptables-restore --noflush; an ended port's rule is
-// shadowed by a tombstone and deleted in a sweep seconds later, in chunks (see tombstoneSpec). The
+// shadowed by a tombstone and deleted in a sweep every few seconds (see tombstoneSpec). The
 // conntrack entries of a port are deleted whenever its forwarding changes, so a reused port
 // never delivers to the previous backend. Entries of ports that are forwarded after the batch are deleted before Sync
 // returns, so that no flow the new rule should carry keeps a stale entry, except for a clean
@@ -44,9 +44,9 @@ var DefaultPorts = portalloc.Range{First: 10500, Last: 20000}
 // the chains back.
 const DefaultResyncInterval = 10 * time.Second
 
-// DefaultSweepInterval is how long the rules of ended ports wait before the sweep starts deleting
+// DefaultSweepInterval is how long the rules of ended ports may wait before a batch deletes
 // them. Deleting costs the batch after it a wait in the kernel (see tombstoneSpec), so it is done
-// late, between the batches of routes. Nothing depends on it for correctness: a port forwarded
+// rarely and for many ports at once. Nothing depends on it for correctness: a port forwarded
 // again before its sweep gets its new rule ahead of its old ones.
 const DefaultSweepInterval = 5 * time.Second
 
@@ -57,15 +57,6 @@ const DefaultIdleSweep = 500 * time.Millisecond
 // sweepMaxDead is how many dead rules make a sweep due before the interval: they lengthen the
 // shard chains a new flow's first packet walks.
 const sweepMaxDead = 4096
-
-// DefaultSweepChunk is how many ports' dead rules one batch of the interval's sweep deletes.
-// Deleting costs iptables-nft about half a millisecond a rule on a busy host, and the batches of
-// new routes wait behind it: the sweep goes in chunks of its own, each started only after
-// sweepGap without a batch, so that a route waits at most for one chunk.
-const DefaultSweepChunk = 8
-
-// sweepGap is how long without a batch lets a chunk of the sweep start.
-const sweepGap = 5 * time.Millisecond
 
 // Config is what the plane forwards and how.
 type Config struct {
@@ -102,9 +93,6 @@ type options struct {
 	sweep time.Duration
 	// sweepIdle is how long without a batch sweeps the dead rules at once; zero never.
 	sweepIdle time.Duration
-	// sweepChunk is how many ports a chunk of the interval's sweep takes; zero sweeps them all
-	// in the batch that finds the interval passed.
-	sweepChunk int
 }
 
 // WithRunner sets how iptables is run (a fake in unit tests).
@@ -149,15 +137,9 @@ func WithIdleSweep(d time.Duration) Option {
 	return func(o *options) { o.sweepIdle = d }
 }
 
-// WithSweepChunks sets how many ports' dead rules one chunk of the interval's sweep deletes
-// (DefaultSweepChunk); zero sweeps them all in the batch that finds the interval passed.
-func WithSweepChunks(ports int) Option {
-	return func(o *options) { o.sweepChunk = max(ports, 0) }
-}
-
 func buildOptions(opts []Option) (options, error) {
 	o := options{now: time.Now, log: zerolog.Nop(), resync: DefaultResyncInterval, flushRetry: flushRetry,
-		sweep: DefaultSweepInterval, sweepIdle: DefaultIdleSweep, sweepChunk: DefaultSweepChunk}
+		sweep: DefaultSweepInterval, sweepIdle: DefaultIdleSweep}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -202,12 +184,6 @@ type Plane struct {
 	lastBatch  time.Time
 	idleSweep  *time.Timer
 	forceSweep bool
-	// chunkSweep runs the interval's sweep a chunk at a time (see DefaultSweepChunk); chunk is
-	// the chunk of the batch under way, and batchAt when the last batch was applied, by the
-	// monotonic clock.
-	chunkSweep *time.Timer
-	chunk      map[uint16]bool
-	batchAt    time.Time
 	closed     bool
 	// pendingFlush holds ports whose conntrack entries must still be deleted. flushDone is
 	// non-nil while a flusher goroutine works through them, and closed when it stops; flushErr
@@ -657,65 +633,11 @@ func (p *Plane) desired(want map[string][]Mapping) (map[uint16]netip.AddrPort, [
 	return out, invalid
 }
 
-// sweepDue says which dead rules the next batch deletes: all of them when the idle sweep forces
-// it or they have become many, a chunk's in a chunk of the interval's sweep, all of them once the
-// oldest have waited the interval when the sweep is not chunked, else none.
-func (p *Plane) sweepDue() sweep {
+// sweepDue reports whether the next batch deletes the dead rules: once the oldest have waited
+// the sweep interval, or sooner when they have become many.
+func (p *Plane) sweepDue() bool {
 	n := p.known.deadRules()
-	switch {
-	case n == 0:
-		return sweep{}
-	case p.forceSweep || n >= sweepMaxDead:
-		return sweep{all: true}
-	case p.chunk != nil:
-		return sweep{ports: p.chunk}
-	case p.o.sweepChunk == 0 && p.o.now().Sub(p.deadSince) >= p.o.sweep:
-		return sweep{all: true}
-	}
-	return sweep{}
-}
-
-// armChunkSweep has the next chunk of the sweep run once the oldest dead rules have waited the
-// sweep interval and batches leave a gap. p.syncMu is held.
-func (p *Plane) armChunkSweep() {
-	if p.closed || p.o.sweepChunk == 0 {
-		return
-	}
-	wait := max(sweepGap, p.deadSince.Add(p.o.sweep).Sub(p.o.now()))
-	if p.chunkSweep == nil {
-		p.chunkSweep = time.AfterFunc(wait, p.sweepChunk)
-		return
-	}
-	p.chunkSweep.Reset(wait)
-}
-
-// sweepChunk deletes the dead rules of the next DefaultSweepChunk ports (the lowest), unless a
-// batch came within sweepGap, and arms the next chunk while dead rules are left.
-func (p *Plane) sweepChunk() {
-	p.syncMu.Lock()
-	defer p.syncMu.Unlock()
-	if p.closed || p.known == nil || len(p.known.dead) == 0 {
-		return
-	}
-	if since := time.Since(p.batchAt); since < sweepGap || p.o.now().Sub(p.deadSince) < p.o.sweep {
-		p.armChunkSweep()
-		return
-	}
-	ports := sortedPorts(p.known.dead)
-	p.chunk = make(map[uint16]bool, p.o.sweepChunk)
-	for _, port := range ports[:min(len(ports), p.o.sweepChunk)] {
-		p.chunk[port] = true
-	}
-	defer func() { p.chunk = nil }()
-	ctx, cancel := context.WithTimeout(context.Background(), readBehindTimeout)
-	defer cancel()
-	if err := p.syncLocked(ctx, p.lastWant, false); err != nil {
-		p.o.log.Warn().Err(err).Msg("media sweep failed; retrying at the next sync")
-		return
-	}
-	if p.known != nil && len(p.known.dead) > 0 {
-		p.armChunkSweep()
-	}
+	return n > 0 && (p.forceSweep || n >= sweepMaxDead || p.o.now().Sub(p.deadSince) >= p.o.sweep)
 }
 
 // applyResult describes one apply: how many batch lines it wrote and how long the read-back
@@ -738,12 +660,12 @@ func (p *Plane) apply(ctx context.Context, desired map[uint16]netip.AddrPort, re
 		res.read = p.o.now().Sub(t)
 	}
 	// p.known is only written under p.syncMu, which is held: planning needs no p.mu.
-	sw := p.sweepDue()
-	batch, next, ch := plan(p.known, desired, p.settings(), sw)
-	if !sw.all && next.deadRules() >= sweepMaxDead {
+	sweep := p.sweepDue()
+	batch, next, ch := plan(p.known, desired, p.settings(), sweep)
+	if !sweep && next.deadRules() >= sweepMaxDead {
 		// Many ports leaving at once (a drain, a stop) sweep in the same batch.
-		sw = sweep{all: true}
-		batch, next, ch = plan(p.known, desired, p.settings(), sw)
+		sweep = true
+		batch, next, ch = plan(p.known, desired, p.settings(), sweep)
 	}
 	p.mu.Lock()
 	for _, port := range ch.flush {
@@ -765,15 +687,12 @@ func (p *Plane) apply(ctx context.Context, desired map[uint16]netip.AddrPort, re
 	}
 	res.restore = p.o.now().Sub(t)
 	res.lines = batch.Len()
-	if len(next.dead) == 0 {
-		p.deadSince = time.Time{}
-	} else if len(p.known.dead) == 0 || p.deadSince.IsZero() {
+	if len(p.known.dead) == 0 && len(next.dead) > 0 {
 		p.deadSince = p.o.now()
 	}
-	p.lastBatch, p.batchAt = p.o.now(), time.Now()
+	p.lastBatch = p.o.now()
 	if len(next.dead) > 0 {
 		p.armIdleSweep()
-		p.armChunkSweep()
 	}
 	if p.touched != nil {
 		for _, port := range ch.flush {
@@ -815,7 +734,7 @@ func (p *Plane) sweepWhenIdle() {
 	}
 }
 
-// Close stops the sweeps of the plane, waiting for one under way. The kernel keeps what the
+// Close stops the sweep of an idle plane, waiting for one under way. The kernel keeps what the
 // plane wrote; the next plane sweeps the dead rules it finds.
 func (p *Plane) Close() {
 	p.syncMu.Lock()
@@ -823,9 +742,6 @@ func (p *Plane) Close() {
 	p.closed = true
 	if p.idleSweep != nil {
 		p.idleSweep.Stop()
-	}
-	if p.chunkSweep != nil {
-		p.chunkSweep.Stop()
 	}
 }
 

@@ -100,7 +100,7 @@ func (h *harness) newPlane(t *testing.T, cfg Config) *Plane {
 		cfg.Ports = portalloc.Range{First: 10500, Last: 10509}
 	}
 	// No idle sweep: its timer would read the test's clock from another goroutine.
-	p, err := New(cfg, WithRunner(h.ipt), WithConntrack(h.ct), WithClock(h.clk.now), WithIdleSweep(0), WithSweepChunks(0),
+	p, err := New(cfg, WithRunner(h.ipt), WithConntrack(h.ct), WithClock(h.clk.now), WithIdleSweep(0),
 		func(o *options) { o.flushRetry = time.Millisecond })
 	if err != nil {
 		t.Fatal(err)
@@ -661,7 +661,7 @@ func newHeldHarness(t *testing.T, ports portalloc.Range) (*harness, *heldSave) {
 	t.Helper()
 	h := &harness{ipt: iptablestest.New(), ct: &fakeCleaner{}, clk: &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}}
 	held := &heldSave{Fake: h.ipt}
-	p, err := New(Config{PublicIP: publicIP, Ports: ports}, WithRunner(held), WithConntrack(h.ct), WithClock(h.clk.now), WithIdleSweep(0), WithSweepChunks(0))
+	p, err := New(Config{PublicIP: publicIP, Ports: ports}, WithRunner(held), WithConntrack(h.ct), WithClock(h.clk.now), WithIdleSweep(0))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1009,45 +1009,5 @@ func TestIdleSweep(t *testing.T) {
 	h.plane.sweepWhenIdle()
 	if h.nat(t).HasChain(shard) {
 		t.Fatalf("shard left after the idle sweep: %q", specs(h.nat(t).ChainRules(shard)))
-	}
-}
-
-// TestIntervalSweepGoesInChunks: once the sweep interval has passed, the dead rules are deleted
-// by batches of their own, each taking the rules of a few ports, between the batches of routes:
-// no route's batch deletes any.
-func TestIntervalSweepGoesInChunks(t *testing.T) {
-	ipt := iptablestest.New()
-	p, err := New(Config{PublicIP: publicIP, Ports: portalloc.Range{First: 10500, Last: 10509}},
-		WithRunner(ipt), WithConntrack(&fakeCleaner{}), WithIdleSweep(0), WithSweepChunks(2), func(o *options) { o.sweep = 0 })
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	want := map[string][]Mapping{}
-	for i := range 6 {
-		want[strconv.Itoa(i)] = []Mapping{{PublicPort: uint16(10500 + i), Backend: backend("198.19.2.2:30000")}}
-	}
-	sync1(t, p, want)
-	routeBatches := len(ipt.Restores())
-	sync1(t, p, nil)
-	if payload := string(ipt.Restores()[routeBatches]); strings.Contains(payload, "-D ") {
-		t.Fatalf("the batch ending the ports deleted rules:\n%s", payload)
-	}
-	h := &harness{ipt: ipt}
-	deadline := time.Now().Add(10 * time.Second)
-	for h.nat(t).HasChain(shardChain(10496)) && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-	}
-	if h.nat(t).HasChain(shardChain(10496)) {
-		t.Fatalf("dead rules left: %q", specs(h.nat(t).ChainRules(shardChain(10496))))
-	}
-	restores := ipt.Restores()[routeBatches+1:]
-	if len(restores) < 3 {
-		t.Fatalf("%d sweep batches for 6 ports in chunks of 2", len(restores))
-	}
-	for _, r := range restores {
-		if n := strings.Count(string(r), "-D "+shardChain(10496)+" "); n > 4 {
-			t.Fatalf("a chunk deleted %d rules, more than 2 ports' 2 each:\n%s", n, r)
-		}
 	}
 }

@@ -111,13 +111,6 @@ func tombstoneSpec(public netip.Addr, port uint16) string {
 	return fmt.Sprintf(`-d %s/32 -p udp -m udp --dport %d -j RETURN`, public, port)
 }
 
-// sweep says which dead rules a batch deletes: all of them (and the rules of the ports that
-// leave), or those of some ports; the zero value none.
-type sweep struct {
-	all   bool
-	ports map[uint16]bool
-}
-
 // shardRule is one parsed rule of a shard chain: a port's DNAT, or its tombstone.
 type shardRule struct {
 	public    netip.Addr
@@ -332,19 +325,16 @@ type change struct {
 //
 // Within the nat table the batch creates missing chains, fixes jumps and the static chains,
 // deletes strays, adds the rules that come, and last empties and deletes shard chains no longer
-// needed, so that nothing is referenced after it is gone. Unless sweep says so it deletes no
+// needed, so that nothing is referenced after it is gone. Unless sweep is set it deletes no
 // rule of a port: a port that leaves gets a tombstone inserted ahead of its DNAT rule, a port
 // whose backend changes gets its new rule inserted ahead of the old one, and the rules so
-// shadowed wait in next.dead for a sweep, which deletes them before it adds anything (see
-// tombstoneSpec for why). A sweep of all (sweepAll) deletes every dead rule and the rules of the
-// ports that leave; a sweep of some ports (a chunk) deletes the dead rules of those alone.
-func plan(cur *kernelState, want map[uint16]netip.AddrPort, cfg settings, sw sweep) (*iptables.Batch, *kernelState, change) {
+// shadowed wait in next.dead for a batch with sweep set, which deletes them all before it adds
+// anything (see tombstoneSpec for why).
+func plan(cur *kernelState, want map[uint16]netip.AddrPort, cfg settings, sweep bool) (*iptables.Batch, *kernelState, change) {
 	b := iptables.NewBatch()
 	next := newState()
 	next.dnat = make(map[uint16]dnatEntry, len(want))
-	ch := change{}
-	sweeps := func(port uint16) bool { return sw.all || sw.ports[port] }
-	sweep := sw.all
+	ch := change{swept: sweep && len(cur.dead) > 0}
 
 	needed := map[string]uint16{}
 	for port := range want {
@@ -356,9 +346,7 @@ func plan(cur *kernelState, want map[uint16]netip.AddrPort, cfg settings, sw swe
 		for port := range cur.dnat {
 			needed[shardChain(shardBase(port))] = shardBase(port)
 		}
-	}
-	for port := range cur.dead {
-		if !sweeps(port) {
+		for port := range cur.dead {
 			needed[shardChain(shardBase(port))] = shardBase(port)
 		}
 	}
@@ -438,11 +426,10 @@ func plan(cur *kernelState, want map[uint16]netip.AddrPort, cfg settings, sw swe
 	// does not matter. Otherwise dead rules stay as they are.
 	for _, port := range sortedPorts(cur.dead) {
 		chain, kept := inShard(port)
-		if !sweeps(port) {
+		if !sweep {
 			next.dead[port] = slices.Clone(cur.dead[port])
 			continue
 		}
-		ch.swept = true
 		if kept {
 			for _, spec := range cur.dead[port] {
 				b.Delete(tableNAT, chain, spec)

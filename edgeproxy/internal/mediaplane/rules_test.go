@@ -46,20 +46,20 @@ var benchSettings = settings{public: netip.MustParseAddr("198.18.1.1"), ports: p
 func BenchmarkPlan9500FromEmpty(b *testing.B) {
 	want := benchWant(9500)
 	for b.Loop() {
-		batch, _, _ := plan(newState(), want, benchSettings, sweep{})
+		batch, _, _ := plan(newState(), want, benchSettings, false)
 		_ = batch.Bytes()
 	}
 }
 
 func BenchmarkPlan100ChangesOn9500(b *testing.B) {
 	want := benchWant(9500)
-	_, cur, _ := plan(newState(), want, benchSettings, sweep{})
+	_, cur, _ := plan(newState(), want, benchSettings, false)
 	changed := benchWant(9500)
 	for i := range 100 {
 		changed[uint16(10500+i*90)] = netip.MustParseAddrPort("198.19.9.9:30000")
 	}
 	for b.Loop() {
-		batch, _, _ := plan(cur, changed, benchSettings, sweep{})
+		batch, _, _ := plan(cur, changed, benchSettings, false)
 		_ = batch.Bytes()
 	}
 }
