@@ -27,8 +27,8 @@ type FollowHandler struct {
 // stored after it, until ctx is done. An event published while this client was away is read
 // when it is back: an ordered consumer resumes after the last message it delivered, where a
 // plain subscription would have lost it, and a publisher that says a thing once (an edge's
-// refusal of a route) is not heard again. It returns an error only when the consumer cannot be
-// made (no stream yet, no connection): call it again.
+// refusal of a route) is not heard again. It returns an error when the consumer cannot be made
+// (no stream yet, no connection) or stops on its own: call it again.
 func Follow(ctx context.Context, js jetstream.JetStream, filter string, h FollowHandler) error {
 	cons, err := js.OrderedConsumer(ctx, StreamName, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{filter},
@@ -57,7 +57,13 @@ func Follow(ctx context.Context, js jetstream.JetStream, filter string, h Follow
 	if err != nil {
 		return fmt.Errorf("follow %s: %w", filter, err)
 	}
-	<-ctx.Done()
-	cc.Stop()
-	return nil
+	select {
+	case <-ctx.Done():
+		cc.Stop()
+		return nil
+	case <-cc.Closed():
+		// Stopped on its own (the connection closed, the consumer could not be made again):
+		// the caller follows anew.
+		return fmt.Errorf("follow %s: the consumer stopped", filter)
+	}
 }

@@ -85,7 +85,10 @@ func (f *Flags) Check(checkReplicas bool) []Refusal {
 		}
 		out = append(out, Refusal{name, errors.New("a TLS client certificate needs both --nats-tls-cert and --nats-tls-key")})
 	}
-	if err := (Config{URLs: SplitURLs(f.URL)}).Validate(); err != nil {
+	if urls := SplitURLs(f.URL); f.URL != "" && len(urls) == 0 {
+		// Blank entries alone would leave the client its own default server.
+		out = append(out, Refusal{"nats-url", errors.New("no server URL in the list")})
+	} else if err := (Config{URLs: urls}).Validate(); err != nil {
 		out = append(out, Refusal{"nats-url", err})
 	}
 	if checkReplicas && (f.Replicas < 1 || f.Replicas > 5) {

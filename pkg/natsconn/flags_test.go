@@ -27,6 +27,7 @@ func TestFlags(t *testing.T) {
 		{name: "creds and nkey", args: []string{"--nats-creds=/c", "--nats-nkey=/n"}, want: []string{"nats-nkey: set either --nats-creds or --nats-nkey, not both"}},
 		{name: "certificate without key", args: []string{"--nats-tls-cert=/c"}, want: []string{"nats-tls-cert: a TLS client certificate needs both"}},
 		{name: "key without certificate", args: []string{"--nats-tls-key=/k"}, want: []string{"nats-tls-key: a TLS client certificate needs both"}},
+		{name: "blank entries only", args: []string{"--nats-url", " , "}, want: []string{"nats-url: no server URL in the list"}},
 		{name: "URL that does not parse", args: []string{"--nats-url=nats://user:hunter2@%zz:4222"}, want: []string{"nats-url: nats: server URL \"nats://[redacted]@%zz:4222\" is not a valid URL"}},
 		{name: "replicas", args: []string{"--nats-replicas=6"}, replicas: true, want: []string{"nats-replicas: value 6: want 1 to 5"}},
 	}
