@@ -466,24 +466,29 @@ func (s *State) program(p *Plan) {
 	p.Map = make(map[string]string, len(p.Routes))
 	p.Media = make(map[string][]media.Mapping, len(p.Routes))
 	for k, w := range p.Routes {
-		p.Map[w.Route.SessionID] = w.Route.Signaling.String()
-		if len(w.Ports) != len(w.Route.Media) || len(w.Ports) == 0 {
-			continue
-		}
-		// The mappings of the plan before are never changed: an unchanged route shares them
-		// rather than building its own on every plan.
-		if old, ok := s.media[k]; ok && sameMappings(old, w) {
-			p.Media[k] = old
-			continue
-		}
-		ms := make([]media.Mapping, len(w.Ports))
-		for i, port := range w.Ports {
-			ms[i] = media.Mapping{PublicPort: port, Backend: w.Route.Media[i]}
-		}
-		p.Media[k] = ms
+		s.programRoute(p, k, w)
 	}
 	p.MediaChanged = !maps.EqualFunc(p.Media, s.media, slices.Equal)
 	s.media, s.mapped = p.Media, p.Map
+}
+
+// programRoute puts route k's map entry and mappings in p.
+func (s *State) programRoute(p *Plan, k string, w Served) {
+	p.Map[w.Route.SessionID] = w.Route.Signaling.String()
+	if len(w.Ports) != len(w.Route.Media) || len(w.Ports) == 0 {
+		return
+	}
+	// The mappings of the plan before are never changed: an unchanged route shares them rather
+	// than building its own on every plan.
+	if old, ok := s.media[k]; ok && sameMappings(old, w) {
+		p.Media[k] = old
+		return
+	}
+	ms := make([]media.Mapping, len(w.Ports))
+	for i, port := range w.Ports {
+		ms[i] = media.Mapping{PublicPort: port, Backend: w.Route.Media[i]}
+	}
+	p.Media[k] = ms
 }
 
 // programChanges is program for a plan of changed routes: the map and mappings of the plan
@@ -503,23 +508,9 @@ func (s *State) programChanges(p *Plan) {
 		delete(p.Media, k)
 	}
 	for k := range p.changed {
-		w, ok := p.Routes[k]
-		if !ok {
-			continue
+		if w, ok := p.Routes[k]; ok {
+			s.programRoute(p, k, w)
 		}
-		p.Map[w.Route.SessionID] = w.Route.Signaling.String()
-		if len(w.Ports) != len(w.Route.Media) || len(w.Ports) == 0 {
-			continue
-		}
-		if old, ok := s.media[k]; ok && sameMappings(old, w) {
-			p.Media[k] = old
-			continue
-		}
-		ms := make([]media.Mapping, len(w.Ports))
-		for i, port := range w.Ports {
-			ms[i] = media.Mapping{PublicPort: port, Backend: w.Route.Media[i]}
-		}
-		p.Media[k] = ms
 	}
 	for k := range p.changed {
 		old, had := s.media[k]
