@@ -145,7 +145,7 @@ func TestRequestDrain(t *testing.T) {
 			t.Fatalf("drain %v %s = %+v, %v; want draining %t with a deadline %t", s.op, s.deadline, got, err, s.draining, s.timed)
 		}
 	}
-	if _, err := RequestDrain(t.Context(), "127.0.0.1:1", DrainShow, 0); err == nil || !strings.Contains(err.Error(), "is the edge running") {
+	if _, err := RequestDrain(t.Context(), "127.0.0.1:1", DrainShow, 0); err == nil || !strings.Contains(err.Error(), "127.0.0.1:1") {
 		t.Fatalf("drain of no edge: %v", err)
 	}
 }

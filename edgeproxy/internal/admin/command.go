@@ -48,7 +48,7 @@ func call(ctx context.Context, method, u string) (placement.Drain, error) {
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return d, fmt.Errorf("%s %s: %w (is the edge running, with this --admin-addr?)", method, u, err)
+		return d, fmt.Errorf("%s %s: %w", method, u, err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<16))

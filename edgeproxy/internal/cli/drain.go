@@ -61,7 +61,9 @@ through the resume window). The drain survives a restart of the edge; --cancel e
 		}
 		d, err := admin.RequestDrain(ctx, addr, op, *deadline)
 		if err != nil {
-			fmt.Fprintf(stderr, "%s: %v\n", name, err)
+			// The address may come from the environment or the file: say which, since a stale
+			// one is the likely cause.
+			fmt.Fprintf(stderr, "%s: %v (is the edge running, with the admin address of %s?)\n", name, err, src.Source("admin-addr"))
 			return 1
 		}
 		switch {

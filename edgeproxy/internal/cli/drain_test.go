@@ -77,7 +77,9 @@ func TestDrainCommand(t *testing.T) {
 		{name: "unknown variable", env: map[string]string{"LIVEGATE_EDGEPROXY_ADMIN_ADR": "x"}, code: 2, stderr: "environment LIVEGATE_EDGEPROXY_ADMIN_ADR: unknown setting"},
 		{name: "switch in the environment", env: map[string]string{"LIVEGATE_EDGEPROXY_DEADLINE": "5m"}, code: 2, stderr: "environment LIVEGATE_EDGEPROXY_DEADLINE: --deadline is set on the command line only"},
 		{name: "run's setting on the command line", args: []string{"--pool", "p1"}, code: 2, stderr: "command line: flag provided but not defined: -pool"},
-		{name: "no edge", args: []string{"--admin-addr", "127.0.0.1:1", "--show"}, code: 1, stderr: "is the edge running"},
+		{name: "no edge", args: []string{"--admin-addr", "127.0.0.1:1", "--show"}, code: 1, stderr: "(is the edge running, with the admin address of flag --admin-addr?)"},
+		{name: "no edge at the environment's address", env: map[string]string{"LIVEGATE_EDGEPROXY_ADMIN_ADDR": "127.0.0.1:1"}, args: []string{"--show"}, code: 1,
+			stderr: "(is the edge running, with the admin address of environment LIVEGATE_EDGEPROXY_ADMIN_ADDR?)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
