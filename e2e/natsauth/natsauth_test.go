@@ -134,12 +134,13 @@ type client struct {
 	denied chan error
 }
 
-// connect goes through natsconn as both binaries do, with the identity's nkey and the test CA.
+// connect goes through natsconn as both binaries do, with the identity's nkey, its own inbox
+// prefix (--nats-inbox-prefix _INBOX_<id>) and the test CA.
 func (r *rig) connect(t *testing.T, ctx context.Context, id string) *client {
 	t.Helper()
 	c := &client{denied: make(chan error, 16)}
 	nc, err := natsconn.Connect(ctx, natsconn.Config{
-		URLs: []string{r.url}, NKeyFile: r.seeds[id], TLSCAFile: r.ca, Name: "lgs-" + id,
+		URLs: []string{r.url}, NKeyFile: r.seeds[id], TLSCAFile: r.ca, Name: "lgs-" + id, InboxPrefix: "_INBOX_" + id,
 	}, zerolog.Nop(), nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 		if errors.Is(err, nats.ErrPermissionViolation) {
 			select {
@@ -336,6 +337,23 @@ func TestAccountsConfPermissions(t *testing.T) {
 		t.Error("agent may follow another instance's refusals")
 	}
 	stop()
+	// Nobody reads another's replies and watch deliveries: no shared inbox, no other prefix.
+	for _, subject := range []string{"_INBOX.>", "_INBOX_edge-1.>", "_INBOX_app-2.>"} {
+		if _, err := agent.nc.Subscribe(subject, func(*nats.Msg) {}); err != nil {
+			continue
+		}
+		rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
+		_ = agent.nc.FlushWithContext(rctx)
+		select {
+		case err := <-agent.denied:
+			if !strings.Contains(err.Error(), subject) {
+				t.Errorf("subscribe to %s: violation for another subject: %v", subject, err)
+			}
+		case <-rctx.Done():
+			t.Errorf("agent may subscribe to %s", subject)
+		}
+		rcancel()
+	}
 	if _, err := agent.nc.Subscribe("livegate.v1.events.>", func(*nats.Msg) {}); err == nil {
 		rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
 		_ = agent.nc.FlushWithContext(rctx)

@@ -13,6 +13,7 @@ type Flags struct {
 	URL                                string
 	CredsFile, NKeyFile                string
 	TLSCAFile, TLSCertFile, TLSKeyFile string
+	InboxPrefix                        string
 	// Replicas is --nats-replicas, for a program that creates the buckets and the event stream.
 	Replicas int
 }
@@ -35,6 +36,7 @@ func (f *Flags) Register(fs *flag.FlagSet, url, empty string) {
 	fs.StringVar(&f.TLSCAFile, "nats-tls-ca", "", "CA file that verifies the NATS servers")
 	fs.StringVar(&f.TLSCertFile, "nats-tls-cert", "", "client certificate file for NATS, with --nats-tls-key")
 	fs.StringVar(&f.TLSKeyFile, "nats-tls-key", "", "client key file for NATS, with --nats-tls-cert")
+	fs.StringVar(&f.InboxPrefix, "nats-inbox-prefix", "", "prefix of the subjects this client gets its replies on (empty = _INBOX); give each identity its own, e.g. _INBOX_<id>, where the server lets it subscribe to that alone")
 }
 
 // RegisterReplicas defines --nats-replicas for a program (who: "agent", "edge") that creates the
@@ -48,7 +50,7 @@ func (f *Flags) RegisterReplicas(fs *flag.FlagSet, who string) {
 func (f *Flags) Config(name string) Config {
 	return Config{
 		URLs: SplitURLs(f.URL), CredsFile: f.CredsFile, NKeyFile: f.NKeyFile,
-		TLSCAFile: f.TLSCAFile, TLSCertFile: f.TLSCertFile, TLSKeyFile: f.TLSKeyFile, Name: name,
+		TLSCAFile: f.TLSCAFile, TLSCertFile: f.TLSCertFile, TLSKeyFile: f.TLSKeyFile, InboxPrefix: f.InboxPrefix, Name: name,
 	}
 }
 
@@ -90,6 +92,9 @@ func (f *Flags) Check(checkReplicas bool) []Refusal {
 		out = append(out, Refusal{"nats-url", errors.New("no server URL in the list")})
 	} else if err := (Config{URLs: urls}).Validate(); err != nil {
 		out = append(out, Refusal{"nats-url", err})
+	}
+	if err := validInboxPrefix(f.InboxPrefix); err != nil {
+		out = append(out, Refusal{"nats-inbox-prefix", err})
 	}
 	if checkReplicas && (f.Replicas < 1 || f.Replicas > 5) {
 		out = append(out, Refusal{"nats-replicas", fmt.Errorf("value %d: want 1 to 5", f.Replicas)})

@@ -32,6 +32,10 @@ type Config struct {
 	TLSKeyFile  string
 	// Name is the connection name the server shows in its monitoring.
 	Name string
+	// InboxPrefix, when set, replaces _INBOX in the subjects this client gets its replies and
+	// watch deliveries on, so that a server can let each identity subscribe to its own alone
+	// (deploy/nats/accounts.conf): with one shared _INBOX.> anyone may read everyone's.
+	InboxPrefix string
 	// StaleAfter bounds how long a server that stopped answering (a host gone, a network cut) goes
 	// unnoticed before the client moves to another: set it below the lifetime of the keys the
 	// client keeps alive. Zero means 30 s.
@@ -45,6 +49,9 @@ func (c Config) Validate() error {
 	}
 	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
 		return errors.New("nats: a TLS client certificate needs both the certificate and the key file")
+	}
+	if err := validInboxPrefix(c.InboxPrefix); err != nil {
+		return err
 	}
 	for _, u := range c.URLs {
 		if strings.TrimSpace(u) == "" {
@@ -113,6 +120,9 @@ func Connect(ctx context.Context, cfg Config, log zerolog.Logger, extra ...nats.
 			}
 			ev.Msg("nats async error")
 		}),
+	}
+	if cfg.InboxPrefix != "" {
+		opts = append(opts, nats.CustomInboxPrefix(cfg.InboxPrefix))
 	}
 	if cfg.CredsFile != "" {
 		opts = append(opts, nats.UserCredentials(cfg.CredsFile))
@@ -207,4 +217,18 @@ func forget(nc *nats.Conn) {
 	listenersMu.Lock()
 	delete(listeners, nc)
 	listenersMu.Unlock()
+}
+
+// validInboxPrefix refuses what nats.CustomInboxPrefix would: wildcards, empty tokens, a
+// trailing dot; "" is the client's default.
+func validInboxPrefix(p string) error {
+	if p == "" {
+		return nil
+	}
+	for tok := range strings.SplitSeq(p, ".") {
+		if tok == "" || strings.ContainsAny(tok, "*> \t\r\n") {
+			return fmt.Errorf("nats: inbox prefix %q: want subject tokens without wildcards or spaces, such as _INBOX_app-1", p)
+		}
+	}
+	return nil
 }
