@@ -136,9 +136,10 @@ func (s *Supervisor) livePid() (int, bool) {
 	return pid, s.runsConfig(pid) && !zombie(pid)
 }
 
-// runsConfig reports whether pid runs HAProxy in master-worker mode (-W, not a -c check) with our
-// configuration file, in our mount namespace (the same path elsewhere is another file), so
-// that nothing else naming the file, such as a tail -f, is taken for it.
+// runsConfig reports whether pid runs in master-worker mode (-W, not a -c check) with our
+// configuration file, so that a process that only names the file (a tail -f) is not taken
+// for our HAProxy. The file is compared through the process's root, since the same path seen
+// from another root is another file (a process of another container).
 func (s *Supervisor) runsConfig(pid int) bool {
 	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	if err != nil {
@@ -156,21 +157,32 @@ func (s *Supervisor) runsConfig(pid int) bool {
 			return false
 		}
 	}
-	if !config || !master || !sameMountNS(pid) {
+	if !config || !master {
 		return false
 	}
-	// The executable as the kernel names it, " (deleted)" after a package upgrade replaced it.
-	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
-	return err == nil && filepath.Base(strings.TrimSuffix(exe, " (deleted)")) == filepath.Base(s.binary)
-}
-
-func sameMountNS(pid int) bool {
-	ours, err := os.Readlink("/proc/self/ns/mnt")
+	theirs, err := os.Stat(fmt.Sprintf("/proc/%d/root%s", pid, s.config))
 	if err != nil {
 		return false
 	}
-	theirs, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", pid))
-	return err == nil && theirs == ours
+	ours, err := os.Stat(s.config)
+	return err == nil && os.SameFile(theirs, ours)
+}
+
+// isHAProxy reports whether pid's executable is the binary we run, by name: the kernel names a
+// file replaced by a package upgrade "<path> (deleted)", and the binary may be a link.
+func (s *Supervisor) isHAProxy(pid int) bool {
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	if err != nil {
+		return false
+	}
+	bin := s.binary
+	if p, err := exec.LookPath(bin); err == nil {
+		bin = p
+	}
+	if p, err := filepath.EvalSymlinks(bin); err == nil {
+		bin = p
+	}
+	return filepath.Base(strings.TrimSuffix(exe, " (deleted)")) == filepath.Base(bin)
 }
 
 // findMasters looks through /proc for the live HAProxy masters running our configuration: the
@@ -184,7 +196,7 @@ func (s *Supervisor) findMasters() []int {
 	parent := map[int]int{}
 	for _, d := range dirs {
 		pid, err := strconv.Atoi(d.Name())
-		if err != nil || pid <= 1 || zombie(pid) || !s.runsConfig(pid) {
+		if err != nil || pid <= 1 || zombie(pid) || !s.runsConfig(pid) || !s.isHAProxy(pid) {
 			continue
 		}
 		parent[pid] = parentPid(pid)
