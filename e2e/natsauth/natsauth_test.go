@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -135,12 +136,12 @@ type client struct {
 }
 
 // connect goes through natsconn as both binaries do, with the identity's nkey, its own inbox
-// prefix (--nats-inbox-prefix _INBOX_<id>) and the test CA.
+// prefix (--nats-inbox-prefix _INBOX.<id>) and the test CA.
 func (r *rig) connect(t *testing.T, ctx context.Context, id string) *client {
 	t.Helper()
 	c := &client{denied: make(chan error, 16)}
 	nc, err := natsconn.Connect(ctx, natsconn.Config{
-		URLs: []string{r.url}, NKeyFile: r.seeds[id], TLSCAFile: r.ca, Name: "lgs-" + id, InboxPrefix: "_INBOX_" + id,
+		URLs: []string{r.url}, NKeyFile: r.seeds[id], TLSCAFile: r.ca, Name: "lgs-" + id, InboxPrefix: "_INBOX." + id,
 	}, zerolog.Nop(), nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 		if errors.Is(err, nats.ErrPermissionViolation) {
 			select {
@@ -338,7 +339,7 @@ func TestAccountsConfPermissions(t *testing.T) {
 	}
 	stop()
 	// Nobody reads another's replies and watch deliveries: no shared inbox, no other prefix.
-	for _, subject := range []string{"_INBOX.>", "_INBOX_edge-1.>", "_INBOX_app-2.>"} {
+	for _, subject := range []string{"_INBOX.>", "_INBOX.edge-1.>", "_INBOX.app-2.>"} {
 		if _, err := agent.nc.Subscribe(subject, func(*nats.Msg) {}); err != nil {
 			continue
 		}
@@ -370,6 +371,61 @@ func TestAccountsConfPermissions(t *testing.T) {
 	}
 	if e, err := eb.Endpoints.Get(ctx, "app-1"); err != nil || string(e.Value()) != `{"edge":"edge-1"}` {
 		t.Errorf("endpoint of app-1 changed: %v %v", e, err)
+	}
+	// A watch past its flow-control window (about 2 MB outstanding) goes on only if its client
+	// may answer the server's flow-control requests.
+	const bulk, size = 2500, 1024
+	last := fmt.Sprintf(`{"n":%d}`, bulk)
+	watchTill := func(who string, kv jetstream.KeyValue, key string) <-chan struct{} {
+		done := make(chan struct{})
+		var once sync.Once
+		see := func(e kvstore.Entry) {
+			if string(e.Value) == last {
+				once.Do(func() { close(done) })
+			}
+		}
+		go func() {
+			_ = kvstore.Watch(wctx, kv, key, kvstore.Handler{
+				Snapshot: func(m map[string]kvstore.Entry) {
+					if e, ok := m[key]; ok {
+						see(e)
+					}
+				},
+				Update: see,
+				Error:  func(err error) { t.Logf("%s watch: %v", who, err) },
+			})
+		}()
+		return done
+	}
+	pad := strings.Repeat("x", size)
+	for _, c := range []struct {
+		who     string
+		watched <-chan struct{}
+		put     func(i int, v []byte) error
+	}{
+		{"edge (routes)", watchTill("edge", eb.Routes, "app-1"), func(_ int, v []byte) error {
+			_, err := ab.Routes.Put(ctx, "app-1", v)
+			return err
+		}},
+		{"agent (its endpoint)", watchTill("agent", ab.Endpoints, "app-1"), func(_ int, v []byte) error {
+			_, err := eb.Endpoints.Put(ctx, "app-1", v)
+			return err
+		}},
+	} {
+		for i := range bulk {
+			v := []byte(`{"pad":"` + pad + `"}`)
+			if i == bulk-1 {
+				v = []byte(last)
+			}
+			if err := c.put(i, v); err != nil {
+				t.Fatalf("%s: put %d: %v", c.who, i, err)
+			}
+		}
+		select {
+		case <-c.watched:
+		case <-time.After(20 * time.Second):
+			t.Errorf("%s: the watch stopped before the last of %d KiB of updates", c.who, bulk*size/1024)
+		}
 	}
 	if err := ab.Routes.Delete(ctx, "app-1"); err != nil {
 		t.Errorf("agent: delete own route: %v", err)

@@ -36,7 +36,7 @@ func (f *Flags) Register(fs *flag.FlagSet, url, empty string) {
 	fs.StringVar(&f.TLSCAFile, "nats-tls-ca", "", "CA file that verifies the NATS servers")
 	fs.StringVar(&f.TLSCertFile, "nats-tls-cert", "", "client certificate file for NATS, with --nats-tls-key")
 	fs.StringVar(&f.TLSKeyFile, "nats-tls-key", "", "client key file for NATS, with --nats-tls-cert")
-	fs.StringVar(&f.InboxPrefix, "nats-inbox-prefix", "", "prefix of the subjects this client gets its replies on (empty = _INBOX); give each identity its own, e.g. _INBOX_<id>, where the server lets it subscribe to that alone")
+	fs.StringVar(&f.InboxPrefix, "nats-inbox-prefix", "", "prefix of the subjects this client gets its replies on (empty = _INBOX); give each identity its own, e.g. _INBOX.<id>, where the server lets it subscribe to that alone")
 }
 
 // RegisterReplicas defines --nats-replicas for a program (who: "agent", "edge") that creates the

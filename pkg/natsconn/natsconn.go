@@ -227,7 +227,7 @@ func validInboxPrefix(p string) error {
 	}
 	for tok := range strings.SplitSeq(p, ".") {
 		if tok == "" || strings.ContainsAny(tok, "*> \t\r\n") {
-			return fmt.Errorf("nats: inbox prefix %q: want subject tokens without wildcards or spaces, such as _INBOX_app-1", p)
+			return fmt.Errorf("nats: inbox prefix %q: want subject tokens without wildcards or spaces, such as _INBOX.app-1", p)
 		}
 	}
 	return nil

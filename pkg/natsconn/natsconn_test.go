@@ -114,13 +114,13 @@ func waitConnected(t *testing.T, ok func() bool) {
 // TestInboxPrefix: the replies a client asks for arrive under its own prefix.
 func TestInboxPrefix(t *testing.T) {
 	port := freeport.TCP(t)
-	nc, err := Connect(context.Background(), Config{URLs: []string{fmt.Sprintf("nats://127.0.0.1:%d", port)}, InboxPrefix: "_INBOX_app-1"}, zerolog.Nop())
+	nc, err := Connect(context.Background(), Config{URLs: []string{fmt.Sprintf("nats://127.0.0.1:%d", port)}, InboxPrefix: "_INBOX.app-1"}, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	if inbox := nc.NewInbox(); !strings.HasPrefix(inbox, "_INBOX_app-1.") {
-		t.Errorf("inbox %q, want it under _INBOX_app-1", inbox)
+	if inbox := nc.NewInbox(); !strings.HasPrefix(inbox, "_INBOX.app-1.") {
+		t.Errorf("inbox %q, want it under _INBOX.app-1", inbox)
 	}
 	if _, err := Connect(context.Background(), Config{InboxPrefix: "_INBOX.>"}, zerolog.Nop()); err == nil {
 		t.Error("a wildcard prefix was taken")

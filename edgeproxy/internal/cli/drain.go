@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"time"
 
 	"github.com/livegate/livegate/edgeproxy/internal/admin"
@@ -61,9 +62,14 @@ through the resume window). The drain survives a restart of the edge; --cancel e
 		}
 		d, err := admin.RequestDrain(ctx, addr, op, *deadline)
 		if err != nil {
-			// The address may come from the environment or the file: say which, since a stale
-			// one is the likely cause.
-			fmt.Fprintf(stderr, "%s: %v (is the edge running, with the admin address of %s?)\n", name, err, src.Source("admin-addr"))
+			hint := ""
+			var ue *url.Error
+			if errors.As(err, &ue) {
+				// Nothing answered: the address may come from the environment or the file,
+				// and a stale one is the likely cause.
+				hint = fmt.Sprintf(" (is the edge running, with the admin address of %s?)", src.Source("admin-addr"))
+			}
+			fmt.Fprintf(stderr, "%s: %v%s\n", name, err, hint)
 			return 1
 		}
 		switch {
