@@ -297,6 +297,13 @@ func TestAccountsConfPermissions(t *testing.T) {
 		"$JS.API.STREAM.DELETE.KV_livegate_routes",
 		"$JS.API.STREAM.PURGE.LIVEGATE_EVENTS",
 		"$JS.API.CONSUMER.CREATE.KV_livegate_endpoints.x.$KV.livegate_endpoints.app-2",
+		// Its refusals through a consumer of another name, and any other consumer of the
+		// events stream: a pull would take that consumer's events from its owner.
+		"$JS.API.CONSUMER.CREATE.LIVEGATE_EVENTS.x.livegate.v1.events.*.app-1.route_refused",
+		"$JS.API.CONSUMER.MSG.NEXT.LIVEGATE_EVENTS.route-refusals-app-2",
+		"$JS.API.CONSUMER.MSG.NEXT.LIVEGATE_EVENTS.x",
+		"$JS.API.CONSUMER.DELETE.LIVEGATE_EVENTS.route-refusals-app-2",
+		"$JS.API.CONSUMER.INFO.LIVEGATE_EVENTS.x",
 	} {
 		agent.refused(t, ctx, subject)
 	}
@@ -315,9 +322,9 @@ func TestAccountsConfPermissions(t *testing.T) {
 		got, failed := make(chan *livegatev1.Event, 4), make(chan error, 1)
 		fctx, fcancel := context.WithCancel(ctx)
 		go func() {
-			failed <- events.Follow(fctx, agent.js, "livegate.v1.events.*."+instance+".route_refused", events.FollowHandler{
+			failed <- events.NewFollower(agent.js, "route-refusals-"+instance, "livegate.v1.events.*."+instance+".route_refused", events.FollowHandler{
 				Event: func(_ string, ev *livegatev1.Event) { got <- ev },
-			})
+			}).Follow(fctx)
 		}()
 		return got, failed, fcancel
 	}
@@ -338,6 +345,26 @@ func TestAccountsConfPermissions(t *testing.T) {
 	if err := <-failed; err != nil {
 		t.Errorf("agent following its refusals: %v", err)
 	}
+	// Its consumer stays for the next start, which deletes and makes it anew, and a follower
+	// whose heartbeats stop asks whether it still exists.
+	if _, err := agent.js.Consumer(ctx, events.StreamName, "route-refusals-app-1"); err != nil {
+		t.Errorf("agent: info of its refusal consumer: %v", err)
+	}
+	again, failed, stop := follow("app-1")
+	select {
+	case ev := <-again:
+		if ev.GetRouteRefused().GetReason() != "test" {
+			t.Errorf("agent read refusal %v after a restart", ev)
+		}
+	case err := <-failed:
+		t.Errorf("agent may not follow its refusals again: %v", err)
+	case <-ctx.Done():
+		t.Error("agent got no refusal of its route after a restart")
+	}
+	stop()
+	if err := <-failed; err != nil {
+		t.Errorf("agent following its refusals again: %v", err)
+	}
 	select {
 	case err := <-agent.denied:
 		t.Errorf("agent following its refusals was denied: %v", err)
@@ -352,7 +379,7 @@ func TestAccountsConfPermissions(t *testing.T) {
 			t.Errorf("following another instance's refusals failed, but not on a permission: %v", err)
 		}
 	case err := <-agent.denied:
-		if !strings.Contains(err.Error(), "CONSUMER.CREATE.LIVEGATE_EVENTS") {
+		if !strings.Contains(err.Error(), "CONSUMER.DELETE.LIVEGATE_EVENTS.route-refusals-app-2") && !strings.Contains(err.Error(), "CONSUMER.CREATE.LIVEGATE_EVENTS") {
 			t.Errorf("following another instance's refusals: violation for another subject: %v", err)
 		}
 	case <-time.After(5 * time.Second):

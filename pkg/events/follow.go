@@ -2,15 +2,20 @@ package events
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// orphanAfter is how long the server keeps a follower's consumer that nobody reads.
-const orphanAfter = 30 * time.Second
+// orphanAfter is how long the server keeps a follower's consumer that nobody pulls from: long
+// enough to ride out a NATS outage without reading everything again, short enough that the
+// consumer of a follower that is gone for good does not linger.
+const orphanAfter = 10 * time.Minute
 
 // FollowHandler gets what Follow reads.
 type FollowHandler struct {
@@ -18,52 +23,108 @@ type FollowHandler struct {
 	Event func(subject string, ev *livegatev1.Event)
 	// Bad, when set, gets a message on the filter that is not an event.
 	Bad func(subject string, err error)
-	// Error, when set, hears the consumer's own trouble (missed heartbeats, a reset after a
-	// reconnect); the consumer carries on.
+	// Error, when set, hears the consumer's own trouble (missed heartbeats, a reconnect); the
+	// consumer carries on.
 	Error func(error)
 }
 
-// Follow hands h the last event stored on each subject that filter matches, then every event
-// stored after it, until ctx is done. An event published while this client was away is read
-// when it is back: an ordered consumer resumes after the last message it delivered, where a
-// plain subscription would have lost it, and a publisher that says a thing once (an edge's
-// refusal of a route) is not heard again. It returns an error when the consumer cannot be made
-// (no stream yet, no connection) or stops on its own: call it again.
-func Follow(ctx context.Context, js jetstream.JetStream, filter string, h FollowHandler) error {
-	cons, err := js.OrderedConsumer(ctx, StreamName, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{filter},
-		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
-		// A consumer left behind by a reset (a reconnect, a restarted server) goes soon: a
-		// client allowed only to read its own events may not delete it (deploy/nats).
+// Follower reads the events of one filter through a pull consumer of its own, by name. The name
+// is fixed rather than random so that a NATS account can grant a client its own consumer and no
+// other (deploy/nats).
+type Follower struct {
+	js     jetstream.JetStream
+	name   string
+	filter string
+	h      FollowHandler
+	// last is the stream sequence of the last message handed over (0: none yet). The consumer
+	// may deliver a message again when the server restarted before it stored its position, and
+	// a consumer made anew starts after it.
+	last atomic.Uint64
+}
+
+// NewFollower returns a Follower of filter through the consumer called name.
+func NewFollower(js jetstream.JetStream, name, filter string, h FollowHandler) *Follower {
+	return &Follower{js: js, name: name, filter: filter, h: h}
+}
+
+// Follow hands the handler the last event stored on each subject the filter matches, then every
+// event stored after it, until ctx is done; each event once, however often Follow is called.
+// The first call makes the consumer anew (a restarted follower, which kept nothing of what it
+// read, reads the last events again); a later call makes it start after the last event handed
+// over. The consumer is kept across reconnects, so an event published while this client was
+// away is read when it is back (a plain subscription would lose it, and a publisher that says
+// a thing once, an edge's refusal of a route, would not be heard). It returns an error when the
+// consumer cannot be made (no stream yet, no connection, no permission) or is gone (deleted, or
+// dropped by the server after orphanAfter without a pull): call it again.
+func (f *Follower) Follow(ctx context.Context) error {
+	if err := f.js.DeleteConsumer(ctx, StreamName, f.name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return fmt.Errorf("follow %s: start consumer %s afresh: %w", f.filter, f.name, err)
+	}
+	cfg := jetstream.ConsumerConfig{
+		Name:              f.name,
+		FilterSubject:     f.filter,
+		DeliverPolicy:     jetstream.DeliverLastPerSubjectPolicy,
+		AckPolicy:         jetstream.AckNonePolicy,
 		InactiveThreshold: orphanAfter,
-	})
+	}
+	if last := f.last.Load(); last > 0 {
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, last+1
+	}
+	cons, err := f.js.CreateConsumer(ctx, StreamName, cfg)
 	if err != nil {
-		return fmt.Errorf("follow %s: %w", filter, err)
+		return fmt.Errorf("follow %s: create consumer %s: %w", f.filter, f.name, err)
 	}
-	opts := []jetstream.PullConsumeOpt{}
-	if h.Error != nil {
-		opts = append(opts, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) { h.Error(err) }))
-	}
-	cc, err := cons.Consume(func(m jetstream.Msg) {
-		ev, err := Decode(m.Data())
-		if err != nil {
-			if h.Bad != nil {
-				h.Bad(m.Subject(), err)
-			}
-			return
+	gone := make(chan struct{}, 1)
+	cc, err := cons.Consume(f.handle, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		if f.h.Error != nil {
+			f.h.Error(err)
 		}
-		h.Event(m.Subject(), ev)
-	}, opts...)
+		// A consumer the server dropped while this client was away answers no pull (no
+		// responders) and sends no heartbeat; the library pulls again forever, so ask whether it
+		// still exists.
+		if errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoHeartbeat) {
+			go func() {
+				ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				defer cancel()
+				if _, err := cons.Info(ictx); errors.Is(err, jetstream.ErrConsumerNotFound) {
+					select {
+					case gone <- struct{}{}:
+					default:
+					}
+				}
+			}()
+		}
+	}))
 	if err != nil {
-		return fmt.Errorf("follow %s: %w", filter, err)
+		return fmt.Errorf("follow %s: %w", f.filter, err)
 	}
 	select {
 	case <-ctx.Done():
 		cc.Stop()
 		return nil
+	case <-gone:
+		cc.Stop()
+		return fmt.Errorf("follow %s: consumer %s is gone", f.filter, f.name)
 	case <-cc.Closed():
-		// Stopped on its own (the connection closed, the consumer could not be made again):
-		// the caller follows anew.
-		return fmt.Errorf("follow %s: the consumer stopped", filter)
+		// Stopped on its own (the connection closed, the consumer was deleted): the caller
+		// follows anew.
+		return fmt.Errorf("follow %s: the consumer stopped", f.filter)
 	}
+}
+
+func (f *Follower) handle(m jetstream.Msg) {
+	if md, err := m.Metadata(); err == nil {
+		if md.Sequence.Stream <= f.last.Load() {
+			return
+		}
+		f.last.Store(md.Sequence.Stream)
+	}
+	ev, err := Decode(m.Data())
+	if err != nil {
+		if f.h.Bad != nil {
+			f.h.Bad(m.Subject(), err)
+		}
+		return
+	}
+	f.h.Event(m.Subject(), ev)
 }

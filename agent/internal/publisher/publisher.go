@@ -370,28 +370,33 @@ func RefusalSubject(instance string) string {
 	return events.SubjectPrefix + ".*." + instance + "." + events.TypeToken(livegatev1.EventType_EVENT_TYPE_ROUTE_REFUSED)
 }
 
+// RefusalConsumer names the consumer on the events stream through which instance reads its
+// refusals: one name per instance, so the NATS account can grant it that consumer alone.
+func RefusalConsumer(instance string) string { return "route-refusals-" + instance }
+
 // runRefusals follows the edges' route_refused events about this instance, so the agent can say
 // why its route is not served. An edge reports a refusal once per change of the route, not with
 // each lease renewal, so they are read from the stream: one published while NATS was away, or
 // before this process started, still arrives (an old session's is ignored by the session id).
 func (p *Publisher) runRefusals(ctx context.Context) {
+	f := events.NewFollower(p.js, RefusalConsumer(p.cfg.InstanceID), RefusalSubject(p.cfg.InstanceID), events.FollowHandler{
+		Event: func(subject string, ev *livegatev1.Event) {
+			if ev.GetRouteRefused() == nil || ev.InstanceId != p.cfg.InstanceID {
+				p.log.Debug().Str("subject", subject).Msg("route_refused event ignored")
+				return
+			}
+			p.onRefused(ev)
+		},
+		Bad: func(subject string, err error) {
+			p.log.Debug().Err(err).Str("subject", subject).Msg("route_refused event ignored")
+		},
+		Error: func(err error) { p.log.Debug().Err(err).Msg("route refusals: consumer trouble") },
+	})
 	warned := false
 	for {
 		_, err := p.ensure(ctx)
 		if err == nil {
-			err = events.Follow(ctx, p.js, RefusalSubject(p.cfg.InstanceID), events.FollowHandler{
-				Event: func(subject string, ev *livegatev1.Event) {
-					if ev.GetRouteRefused() == nil || ev.InstanceId != p.cfg.InstanceID {
-						p.log.Debug().Str("subject", subject).Msg("route_refused event ignored")
-						return
-					}
-					p.onRefused(ev)
-				},
-				Bad: func(subject string, err error) {
-					p.log.Debug().Err(err).Str("subject", subject).Msg("route_refused event ignored")
-				},
-				Error: func(err error) { p.log.Debug().Err(err).Msg("route refusals: consumer trouble") },
-			})
+			err = f.Follow(ctx)
 		}
 		if err == nil || ctx.Err() != nil {
 			return
