@@ -104,14 +104,8 @@ func TestDrainHandsSessionsToThePool(t *testing.T) {
 
 	// At the deadline the held sessions move to the other edge.
 	took := e.eventually(30*time.Second, "every session on "+other.ID, func() error {
-		for k, was := range all {
-			got, err := e.endpoint(k)
-			if err != nil {
-				return err
-			}
-			if got.edge != other || got.id != was.id {
-				return fmt.Errorf("endpoint of %s is %s, want session %s on %s", k, got, was.id, other.ID)
-			}
+		if err := e.allOn(all, other); err != nil {
+			return err
 		}
 		if m, err := drained.showMap(e.ctx); err != nil || len(m) > 0 {
 			return fmt.Errorf("%s map still holds %v (%v)", drained.ID, m, err)

@@ -527,6 +527,20 @@ func (e *env) routeMany(prefix string, n int) map[string]session {
 	return out
 }
 
+// allOn says why not every session in all is published as served by ed, under its own id.
+func (e *env) allOn(all map[string]session, ed *edge) error {
+	for k, was := range all {
+		got, err := e.endpoint(k)
+		if err != nil {
+			return err
+		}
+		if got.edge != ed || got.id != was.id {
+			return fmt.Errorf("endpoint of %s is %s, want session %s on %s", k, got, was.id, ed.ID)
+		}
+	}
+	return nil
+}
+
 // poolSessions routes n sessions (see routeMany) beside node 1's on a two-edge pool, checks that
 // each is served by exactly one edge, and returns them by key with the edge that serves node 1's
 // session and the other.

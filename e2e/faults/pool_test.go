@@ -40,14 +40,8 @@ func TestTwoEdgesOnePool(t *testing.T) {
 	}
 	killed := time.Now()
 	took := e.eventually(30*time.Second, "survivor claimed every session", func() error {
-		for k, was := range all {
-			got, err := e.endpoint(k)
-			if err != nil {
-				return err
-			}
-			if got.edge != survivor || got.id != was.id {
-				return fmt.Errorf("endpoint of %s is %s, want session %s on %s", k, got, was.id, survivor.ID)
-			}
+		if err := e.allOn(all, survivor); err != nil {
+			return err
 		}
 		m, err := survivor.showMap(e.ctx)
 		if err != nil || len(m) != len(all) {

@@ -15,6 +15,8 @@ import (
 	"github.com/pion/rtcp"
 	"github.com/pion/rtp"
 	"github.com/rs/zerolog"
+
+	"github.com/livegate/livegate/pkg/logging/pionlog"
 )
 
 // ErrNoAnswer means the DTLS handshake got no answer within the probe's timeout.
@@ -235,7 +237,7 @@ func (p *prober) run(ctx context.Context) (*Report, error) {
 		// The responder's certificate is self-signed; WebRTC pins it by the SDP fingerprint, which
 		// a probe does not have, so the report shows the fingerprint for a person to compare.
 		dtls.WithInsecureSkipVerify(true),
-		dtls.WithLoggerFactory(pionLoggerFactory{log: p.cfg.log}),
+		dtls.WithLoggerFactory(pionlog.Factory(p.cfg.log, pionLevels)),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("dtls client setup: %w", err)

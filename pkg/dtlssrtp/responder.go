@@ -15,6 +15,8 @@ import (
 	"github.com/pion/rtcp"
 	"github.com/pion/rtp"
 	"github.com/rs/zerolog"
+
+	"github.com/livegate/livegate/pkg/logging/pionlog"
 )
 
 type responderConfig struct {
@@ -131,7 +133,7 @@ func NewResponder(ctx context.Context, addr string, opts ...ResponderOption) (*R
 			dtls.WithExtendedMasterSecret(dtls.RequireExtendedMasterSecret),
 			// WebRTC peers always present a certificate; the fingerprint, not a chain, vouches for it.
 			dtls.WithClientAuth(dtls.RequireAnyClientCert),
-			dtls.WithLoggerFactory(pionLoggerFactory{log: cfg.log}),
+			dtls.WithLoggerFactory(pionlog.Factory(cfg.log, pionLevels)),
 		},
 		assocs: map[string]*association{},
 	}

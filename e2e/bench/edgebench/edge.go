@@ -119,17 +119,23 @@ func StartEcho(ctx context.Context, node *netns.Namespace) (*net.UDPConn, error)
 		return nil, fmt.Errorf("node echo: %w", err)
 	}
 	_ = echo.SetReadBuffer(4 << 20)
-	go func() {
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := echo.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			_, _ = echo.WriteToUDPAddrPort(buf[:n], from)
-		}
-	}()
+	go serveEcho(echo, func() bool { return true })
 	return echo, nil
+}
+
+// serveEcho sends every datagram c reads back to its sender while answer says so, until c is
+// closed.
+func serveEcho(c *net.UDPConn, answer func() bool) {
+	buf := make([]byte, 2048)
+	for {
+		n, from, err := c.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			return
+		}
+		if answer() {
+			_, _ = c.WriteToUDPAddrPort(buf[:n], from)
+		}
+	}
 }
 
 // StartEdge starts livegate-edgeproxy in the edge namespace.

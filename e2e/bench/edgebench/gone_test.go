@@ -11,32 +11,18 @@ import (
 // udpGone on loopback: an echo that answers, then stops answering, is reported gone no earlier
 // than when it stopped.
 func TestUDPGoneAfterEchoStops(t *testing.T) {
-	srv, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
+	srv := loopbackUDP(t)
 	var answering atomic.Bool
 	answering.Store(true)
 	var echoed atomic.Int64
-	go func() {
-		buf := make([]byte, 64)
-		for {
-			n, from, err := srv.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			if answering.Load() {
-				echoed.Add(1)
-				_, _ = srv.WriteToUDPAddrPort(buf[:n], from)
-			}
+	go serveEcho(srv, func() bool {
+		if !answering.Load() {
+			return false
 		}
-	}()
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+		echoed.Add(1)
+		return true
+	})
+	c := loopbackUDP(t)
 	public := srv.LocalAddr().(*net.UDPAddr).AddrPort()
 	stopped := make(chan time.Time, 1)
 	go func() {
@@ -57,27 +43,21 @@ func TestUDPGoneAfterEchoStops(t *testing.T) {
 
 // udpGone gives up at its deadline while the flow is still answered.
 func TestUDPGoneDeadline(t *testing.T) {
-	srv, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
+	srv := loopbackUDP(t)
+	go serveEcho(srv, func() bool { return true })
+	c := loopbackUDP(t)
+	if _, err := udpGone(t.Context(), c, srv.LocalAddr().(*net.UDPAddr).AddrPort(), time.Now().Add(50*time.Millisecond)); err == nil {
+		t.Fatal("an answered flow was reported gone")
 	}
-	defer srv.Close()
-	go func() {
-		buf := make([]byte, 64)
-		for {
-			n, from, err := srv.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			_, _ = srv.WriteToUDPAddrPort(buf[:n], from)
-		}
-	}()
+}
+
+// loopbackUDP is a UDP socket on a free loopback port, closed when the test ends.
+func loopbackUDP(t *testing.T) *net.UDPConn {
+	t.Helper()
 	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	if _, err := udpGone(t.Context(), c, srv.LocalAddr().(*net.UDPAddr).AddrPort(), time.Now().Add(50*time.Millisecond)); err == nil {
-		t.Fatal("an answered flow was reported gone")
-	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
 }

@@ -85,10 +85,7 @@ func (e *Env) Churn(ctx context.Context, o ChurnOptions) (ChurnResult, error) {
 			seen[RouteKey(i)] = routeTimes{kvSeen: at.Sub(start), endpoint: endpoint, routable: routable}
 		}
 		if err != nil {
-			res.Failures++
-			if res.FirstErr == nil {
-				res.FirstErr = err
-			}
+			countFailure(&res.Failures, &res.FirstErr, err)
 			return
 		}
 		res.Routable = append(res.Routable, routable)
@@ -99,10 +96,7 @@ func (e *Env) Churn(ctx context.Context, o ChurnOptions) (ChurnResult, error) {
 		mu.Lock()
 		defer mu.Unlock()
 		if err != nil {
-			res.UnroutableFailures++
-			if res.FirstUnroutableErr == nil {
-				res.FirstUnroutableErr = err
-			}
+			countFailure(&res.UnroutableFailures, &res.FirstUnroutableErr, err)
 			return
 		}
 		res.Unroutable = append(res.Unroutable, d)
@@ -173,35 +167,67 @@ func (e *Env) Churn(ctx context.Context, o ChurnOptions) (ChurnResult, error) {
 // goes unanswered; the route is unroutable when both hold.
 func (e *Env) waitUnroutable(ctx context.Context, flow probed, i int, start time.Time, timeout time.Duration) (time.Duration, error) {
 	deadline := start.Add(timeout)
-	var mapAt time.Time
-	mapDone := make(chan error, 1)
-	go func() {
-		for {
-			ok, err := e.MapHas(ctx, SessionID(i))
-			if err == nil && !ok {
-				mapAt = time.Now()
-				mapDone <- nil
-				return
-			}
-			if time.Now().After(deadline) || ctx.Err() != nil {
-				mapDone <- fmt.Errorf("route %s: still in HAProxy's map %s after it ended (last error %v)", RouteKey(i), timeout, err)
-				return
-			}
-			time.Sleep(mapPollInterval)
-		}
-	}()
+	mapDone := e.pollMap(ctx, i, false, deadline, timeout)
 	udpAt, udpErr := udpGone(ctx, flow.conn, flow.public, deadline)
-	if err := <-mapDone; err != nil {
-		return 0, err
+	m := <-mapDone
+	if m.err != nil {
+		return 0, m.err
 	}
 	if udpErr != nil {
 		return 0, fmt.Errorf("route %s: %w", RouteKey(i), udpErr)
 	}
-	last := udpAt
-	if mapAt.After(last) {
-		last = mapAt
+	return later(udpAt, m.at).Sub(start), nil
+}
+
+// mapSeen is when HAProxy's map was seen to hold (or no longer hold) a session, or why not.
+type mapSeen struct {
+	at  time.Time
+	err error
+}
+
+// pollMap polls HAProxy's map until it holds route i's session (present) or no longer does
+// (!present), and answers once on the returned channel: the time it saw it, or an error at the
+// deadline or when ctx ends.
+func (e *Env) pollMap(ctx context.Context, i int, present bool, deadline time.Time, timeout time.Duration) <-chan mapSeen {
+	done := make(chan mapSeen, 1)
+	go func() {
+		for {
+			ok, err := e.MapHas(ctx, SessionID(i))
+			if err == nil && ok == present {
+				done <- mapSeen{at: time.Now()}
+				return
+			}
+			if time.Now().After(deadline) || ctx.Err() != nil {
+				if present {
+					err = fmt.Errorf("route %s: not in HAProxy's map within %s (last error %v)", RouteKey(i), timeout, err)
+				} else {
+					err = fmt.Errorf("route %s: still in HAProxy's map %s after it ended (last error %v)", RouteKey(i), timeout, err)
+				}
+				done <- mapSeen{err: err}
+				return
+			}
+			// Every in-flight route polls the same runtime socket the edge programs through:
+			// polling faster would mostly measure the bench's own load on HAProxy and the cores.
+			time.Sleep(mapPollInterval)
+		}
+	}()
+	return done
+}
+
+// later is the later of two times.
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
 	}
-	return last.Sub(start), nil
+	return a
+}
+
+// countFailure counts a failed measure and keeps the first error.
+func countFailure(n *int, first *error, err error) {
+	*n++
+	if *first == nil {
+		*first = err
+	}
 }
 
 // routeWatch remembers when the bench's own watch of the routes bucket first saw each key.
@@ -252,25 +278,7 @@ const mapPollInterval = time.Millisecond
 func (e *Env) waitRoutable(ctx context.Context, eps *Endpoints, i int, start time.Time, timeout time.Duration) (routable, endpoint time.Duration, flow probed, err error) {
 	key := RouteKey(i)
 	deadline := start.Add(timeout)
-	var mapAt time.Time
-	mapDone := make(chan error, 1)
-	go func() {
-		for {
-			ok, err := e.MapHas(ctx, SessionID(i))
-			if err == nil && ok {
-				mapAt = time.Now()
-				mapDone <- nil
-				return
-			}
-			if time.Now().After(deadline) {
-				mapDone <- fmt.Errorf("route %s: not in HAProxy's map within %s (last error %v)", key, timeout, err)
-				return
-			}
-			// Every in-flight route polls the same runtime socket the edge programs through:
-			// polling faster would mostly measure the bench's own load on HAProxy and the cores.
-			time.Sleep(mapPollInterval)
-		}
-	}()
+	mapDone := e.pollMap(ctx, i, true, deadline, timeout)
 	port, epAt, err := eps.Wait(ctx, key, time.Until(deadline))
 	if err != nil {
 		<-mapDone
@@ -283,13 +291,10 @@ func (e *Env) waitRoutable(ctx context.Context, eps *Endpoints, i int, start tim
 		return 0, 0, probed{}, fmt.Errorf("route %s: %w", key, err)
 	}
 	udpAt := time.Now()
-	if err := <-mapDone; err != nil {
+	m := <-mapDone
+	if m.err != nil {
 		_ = c.Close()
-		return 0, 0, probed{}, err
+		return 0, 0, probed{}, m.err
 	}
-	last := udpAt
-	if mapAt.After(last) {
-		last = mapAt
-	}
-	return last.Sub(start), epAt.Sub(start), probed{conn: c, public: public}, nil
+	return later(udpAt, m.at).Sub(start), epAt.Sub(start), probed{conn: c, public: public}, nil
 }

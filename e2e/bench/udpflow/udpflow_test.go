@@ -38,9 +38,6 @@ func TestTURNFraming(t *testing.T) {
 	if h := ChannelHeader(1200); binary.BigEndian.Uint16(h) != Channel || binary.BigEndian.Uint16(h[2:]) != 1200 {
 		t.Fatalf("ChannelHeader = %x", h)
 	}
-	if a := attr(attrRequestedTransport, []byte{17}); len(a) != 8 || a[4] != 17 {
-		t.Fatalf("attr not padded to 4 bytes: %x", a)
-	}
 	// RFC 8489: the port is XORed with the cookie's top 16 bits, the address with the cookie.
 	x := xorAddr(netip.MustParseAddrPort("198.19.1.2:31000"))
 	if binary.BigEndian.Uint16(x[2:])^0x2112 != 31000 || binary.BigEndian.Uint32(x[4:])^magicCookie != 0xC6130102 {

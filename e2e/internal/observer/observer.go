@@ -180,41 +180,36 @@ func (o *Observer) DistinctIDs() int {
 
 // Endpoint reads instance's key in livegate_endpoints; nil when absent.
 func (o *Observer) Endpoint(ctx context.Context, instance string) (*livegatev1.Endpoint, error) {
-	ep := &livegatev1.Endpoint{}
-	ok, err := o.get(ctx, kvstore.EndpointsBucket, instance, ep)
-	if !ok {
-		return nil, err
-	}
-	return ep, err
+	return get[livegatev1.Endpoint](ctx, o, kvstore.EndpointsBucket, instance)
 }
 
 // Route reads instance's key in livegate_routes; nil when absent.
 func (o *Observer) Route(ctx context.Context, instance string) (*livegatev1.Route, error) {
-	r := &livegatev1.Route{}
-	ok, err := o.get(ctx, kvstore.RoutesBucket, instance, r)
-	if !ok {
-		return nil, err
-	}
-	return r, err
+	return get[livegatev1.Route](ctx, o, kvstore.RoutesBucket, instance)
 }
 
-func (o *Observer) get(ctx context.Context, bucket, key string, into proto.Message) (bool, error) {
+// get reads key in bucket as a P; nil when the bucket or the key is absent.
+func get[T any, P interface {
+	*T
+	proto.Message
+}](ctx context.Context, o *Observer, bucket, key string) (P, error) {
 	kv, err := o.js.KeyValue(ctx, bucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		return false, nil
+		return nil, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("bucket %s: %w", bucket, err)
+		return nil, fmt.Errorf("bucket %s: %w", bucket, err)
 	}
 	e, err := kv.Get(ctx, key)
 	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
-		return false, nil
+		return nil, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("get %s/%s: %w", bucket, key, err)
+		return nil, fmt.Errorf("get %s/%s: %w", bucket, key, err)
 	}
-	if err := wire.Unmarshal(e.Value(), into); err != nil {
-		return false, fmt.Errorf("decode %s/%s: %w", bucket, key, err)
+	v := P(new(T))
+	if err := wire.Unmarshal(e.Value(), v); err != nil {
+		return nil, fmt.Errorf("decode %s/%s: %w", bucket, key, err)
 	}
-	return true, nil
+	return v, nil
 }

@@ -48,37 +48,43 @@ func TestProbeMediaOnlyAndSignalingOnly(t *testing.T) {
 
 func TestProbeFails(t *testing.T) {
 	_, silentURL := probetest.StartSignaling(t, false)
-	tests := []struct {
-		name string
-		args []string
-		want string
-	}{
+	runProbeCases(t, probeFailed, []probeCase{
 		{"closed media port", []string{"--media", probetest.ClosedUDPPort(t), "--timeout", "2s"}, "FAIL media"},
 		{"subprotocol not echoed", []string{"--signaling", silentURL, "--session-id", "s", "--insecure"}, "did not echo"},
 		{"untrusted certificate", []string{"--signaling", silentURL, "--session-id", "s"}, "needs --insecure"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			code, out, errOut := runProbe(t, tt.args...)
-			if code != probeFailed {
-				t.Errorf("exit %d, want %d", code, probeFailed)
+	}, func(t *testing.T, want, out, errOut string) {
+		if !strings.Contains(out, want) {
+			t.Errorf("stdout %q lacks %q", out, want)
+		}
+		if !strings.Contains(errOut, "1 of 1 checks failed") {
+			t.Errorf("stderr %q lacks the summary", errOut)
+		}
+	})
+}
+
+// probeCase is a probe command line and what its output must hold.
+type probeCase struct {
+	name string
+	args []string
+	want string
+}
+
+// runProbeCases runs each case's probe as a subtest, wants exit code, and checks its output.
+func runProbeCases(t *testing.T, code int, cases []probeCase, check func(t *testing.T, want, out, errOut string)) {
+	t.Helper()
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got, out, errOut := runProbe(t, tc.args...)
+			if got != code {
+				t.Errorf("exit %d, want %d", got, code)
 			}
-			if !strings.Contains(out, tt.want) {
-				t.Errorf("stdout %q lacks %q", out, tt.want)
-			}
-			if !strings.Contains(errOut, "1 of 1 checks failed") {
-				t.Errorf("stderr %q lacks the summary", errOut)
-			}
+			check(t, tc.want, out, errOut)
 		})
 	}
 }
 
 func TestProbeUsageErrors(t *testing.T) {
-	tests := []struct {
-		name string
-		args []string
-		want string
-	}{
+	runProbeCases(t, probeUsage, []probeCase{
 		{"nothing to probe", nil, "nothing to probe"},
 		{"signaling without session", []string{"--signaling", "wss://h:48322/sign_in"}, "--session-id"},
 		{"bad session id", []string{"--signaling", "wss://h:48322/sign_in", "--session-id", "a/b"}, "--session-id"},
@@ -91,18 +97,11 @@ func TestProbeUsageErrors(t *testing.T) {
 		{"stray argument", []string{"--media", "udp://h:1", "extra"}, "extra"},
 		// A refused flag is one line, as in every command, with a pointer to -h.
 		{"count not a number", []string{"--count", "x"}, "livegate-edgeproxy probe: flag --count: value \"x\": want an integer\n(`livegate-edgeproxy probe -h` lists the flags)\n"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			code, _, errOut := runProbe(t, tt.args...)
-			if code != probeUsage {
-				t.Errorf("exit %d, want %d", code, probeUsage)
-			}
-			if !strings.Contains(errOut, tt.want) {
-				t.Errorf("stderr %q lacks %q", errOut, tt.want)
-			}
-		})
-	}
+	}, func(t *testing.T, want, _, errOut string) {
+		if !strings.Contains(errOut, want) {
+			t.Errorf("stderr %q lacks %q", errOut, want)
+		}
+	})
 }
 
 func TestProbeHelp(t *testing.T) {

@@ -73,12 +73,20 @@ func tokenFlagSet(name string, stderr io.Writer) *flag.FlagSet {
 }
 
 // parseTokenFlags reads a token command's flags and at most maxArgs arguments, from the command
-// line only: they describe one key or token, not the edge.
-func parseTokenFlags(fs *flag.FlagSet, args []string, maxArgs int) error {
+// line only: they describe one key or token, not the edge. The flags named in required must be
+// given a value.
+func parseTokenFlags(fs *flag.FlagSet, args []string, maxArgs int, required ...string) error {
 	l := settingsload.Loader{Args: maxArgs}
 	fs.Usage = l.Usage(fs, fs.Name()+" [flags]", "")
-	_, err := l.Load(fs, args, nil)
-	return err
+	if _, err := l.Load(fs, args, nil); err != nil {
+		return err
+	}
+	for _, name := range required {
+		if fs.Lookup(name).Value.String() == "" {
+			return usageError{"--" + strings.Join(required, " and --") + " are required"}
+		}
+	}
+	return nil
 }
 
 func tokenKeygen(args []string, stdout, stderr io.Writer) error {
@@ -135,11 +143,8 @@ func tokenMint(args []string, stdout, stderr io.Writer) error {
 	ttl := fs.Duration("ttl", 2*time.Minute, "how long the token is valid from now (it is only needed to open the websocket)")
 	aud := fs.String("audience", "", "pool:<pool> or edge:<edge id> to limit the token to; empty: any edge")
 	proto := fs.Bool("subprotocol", false, "print the Sec-WebSocket-Protocol entry (x-nv-token.<jwt>) instead of the bare token")
-	if err := parseTokenFlags(fs, args, 0); err != nil {
+	if err := parseTokenFlags(fs, args, 0, "key", "session"); err != nil {
 		return err
-	}
-	if *keyFile == "" || *sid == "" {
-		return usageError{"--key and --session are required"}
 	}
 	k, err := sessiontoken.LoadKey(*keyFile)
 	if err != nil {
@@ -171,11 +176,8 @@ func tokenVerify(args []string, stdin io.Reader, stdout, stderr io.Writer) error
 		return nil
 	})
 	leeway := fs.Duration("leeway", sessiontoken.DefaultLeeway, "clock skew allowed on nbf and exp")
-	if err := parseTokenFlags(fs, args, 1); err != nil {
+	if err := parseTokenFlags(fs, args, 1, "keys", "session"); err != nil {
 		return err
-	}
-	if *keys == "" || *sid == "" {
-		return usageError{"--keys and --session are required"}
 	}
 	ks, err := sessiontoken.LoadVerificationKeys(*keys)
 	if err != nil {

@@ -162,6 +162,8 @@ func TestTokenCommand(t *testing.T) {
 	for want, args := range map[string][]string{
 		"livegate-edgeproxy token mint: flag --ttl: value \"soon\": want a duration such as 30s, 1m30s or 500ms\n(`livegate-edgeproxy token mint -h` lists the flags)\n": {"mint", "--ttl", "soon"},
 		"livegate-edgeproxy token verify: command line: unexpected argument \"b\"\n":                                                                                     {"verify", "a", "b"},
+		"livegate-edgeproxy token mint: --key and --session are required\n":                                                                                              {"mint", "--session", "s1"},
+		"livegate-edgeproxy token verify: --keys and --session are required\n":                                                                                           {"verify", "--keys", "k"},
 	} {
 		if code, _, errOut := run("", args...); code != 2 || !strings.HasPrefix(errOut, want) {
 			t.Errorf("token %q: exit %d, stderr %q; want 2 and %q", args, code, errOut, want)

@@ -11,6 +11,7 @@ import (
 	"github.com/livegate/livegate/pkg/wire"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
 	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
 )
 
 // Read takes a snapshot of the three buckets and, for each route, the latest route_refused event
@@ -19,34 +20,18 @@ import (
 func Read(ctx context.Context, js jetstream.JetStream, now time.Time) (Snapshot, error) {
 	s := Snapshot{At: now, Edges: map[string]*livegatev1.EdgeStatus{}, Routes: map[string]*livegatev1.Route{},
 		Endpoints: map[string]*livegatev1.Endpoint{}, Refusals: map[string]*livegatev1.Event{}, Invalid: map[string]string{}}
-	if err := readBucket(ctx, js, kvstore.EdgesBucket, func(key string, v []byte) error {
-		e := &livegatev1.EdgeStatus{}
-		if err := wire.Unmarshal(v, e); err != nil {
-			return err
-		}
-		s.Edges[key] = e
+	// An edge's status that does not decode fails the read; a route that does not is reported as
+	// invalid; an endpoint that does not is left out.
+	if err := readBucket(ctx, js, kvstore.EdgesBucket, s.Edges, func(_ string, err error) error { return err }); err != nil {
+		return s, err
+	}
+	if err := readBucket(ctx, js, kvstore.RoutesBucket, s.Routes, func(key string, err error) error {
+		s.Invalid[key] = err.Error()
 		return nil
 	}); err != nil {
 		return s, err
 	}
-	if err := readBucket(ctx, js, kvstore.RoutesBucket, func(key string, v []byte) error {
-		r := &livegatev1.Route{}
-		if err := wire.Unmarshal(v, r); err != nil {
-			s.Invalid[key] = err.Error()
-			return nil
-		}
-		s.Routes[key] = r
-		return nil
-	}); err != nil {
-		return s, err
-	}
-	if err := readBucket(ctx, js, kvstore.EndpointsBucket, func(key string, v []byte) error {
-		e := &livegatev1.Endpoint{}
-		if err := wire.Unmarshal(v, e); err == nil {
-			s.Endpoints[key] = e
-		}
-		return nil
-	}); err != nil {
+	if err := readBucket(ctx, js, kvstore.EndpointsBucket, s.Endpoints, func(string, error) error { return nil }); err != nil {
 		return s, err
 	}
 	stream, err := js.Stream(ctx, events.StreamName)
@@ -78,8 +63,12 @@ func Read(ctx context.Context, js jetstream.JetStream, now time.Time) (Snapshot,
 	return s, nil
 }
 
-// readBucket calls take with every live key of bucket and its value.
-func readBucket(ctx context.Context, js jetstream.JetStream, bucket string, take func(key string, v []byte) error) error {
+// readBucket decodes every live key of bucket into m. A value that does not decode is handed to
+// bad: the error it returns fails the read, nil leaves the key out.
+func readBucket[T any, P interface {
+	*T
+	proto.Message
+}](ctx context.Context, js jetstream.JetStream, bucket string, m map[string]P, bad func(key string, err error) error) error {
 	kv, err := js.KeyValue(ctx, bucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		return nil
@@ -103,9 +92,14 @@ func readBucket(ctx context.Context, js jetstream.JetStream, bucket string, take
 		if err != nil {
 			return fmt.Errorf("bucket %s: get %s: %w", bucket, k, err)
 		}
-		if err := take(k, e.Value()); err != nil {
-			return fmt.Errorf("bucket %s: key %s: %w", bucket, k, err)
+		v := P(new(T))
+		if err := wire.Unmarshal(e.Value(), v); err != nil {
+			if err := bad(k, err); err != nil {
+				return fmt.Errorf("bucket %s: key %s: %w", bucket, k, err)
+			}
+			continue
 		}
+		m[k] = v
 	}
 	return nil
 }

@@ -26,12 +26,19 @@ import (
 	"time"
 
 	"github.com/livegate/livegate/edgeproxy/internal/portalloc"
+	"github.com/livegate/livegate/pkg/logging/pionlog"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
 	"github.com/pion/turn/v4"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
+
+// pionLevels send pion/turn's own warnings and errors to the edge's logger as warnings, the rest
+// at trace level, where they are off unless asked for.
+var pionLevels = pionlog.Levels{
+	Trace: zerolog.TraceLevel, Debug: zerolog.TraceLevel, Info: zerolog.TraceLevel, Warn: zerolog.WarnLevel, Error: zerolog.WarnLevel,
+}
 
 // Config is the relay's configuration.
 type Config struct {
@@ -263,7 +270,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	srv, err := turn.NewServer(turn.ServerConfig{
 		Realm:             r.cfg.Realm,
 		AuthHandler:       r.auth,
-		LoggerFactory:     pionLogs{log: r.log},
+		LoggerFactory:     pionlog.Factory(r.log, pionLevels),
 		PacketConnConfigs: []turn.PacketConnConfig{{PacketConn: r.udpGuard, RelayAddressGenerator: gen}},
 		ListenerConfigs:   listeners,
 		EventHandler: turn.EventHandler{
