@@ -4,7 +4,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"strings"
+
+	"github.com/livegate/livegate/pkg/commalist"
 )
 
 // Flags are the NATS settings both binaries read, defined once so that their names (flag, TOML
@@ -49,20 +50,9 @@ func (f *Flags) RegisterReplicas(fs *flag.FlagSet, who string) {
 // StaleAfter.
 func (f *Flags) Config(name string) Config {
 	return Config{
-		URLs: SplitURLs(f.URL), CredsFile: f.CredsFile, NKeyFile: f.NKeyFile,
+		URLs: commalist.Split(f.URL), CredsFile: f.CredsFile, NKeyFile: f.NKeyFile,
 		TLSCAFile: f.TLSCAFile, TLSCertFile: f.TLSCertFile, TLSKeyFile: f.TLSKeyFile, InboxPrefix: f.InboxPrefix, Name: name,
 	}
-}
-
-// SplitURLs splits a comma-separated URL list, dropping blanks around and between them.
-func SplitURLs(s string) []string {
-	var out []string
-	for p := range strings.SplitSeq(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
-		}
-	}
-	return out
 }
 
 // Refusal is one setting the flags cannot take: Flag names it (without --) and Err says why,
@@ -87,7 +77,7 @@ func (f *Flags) Check(checkReplicas bool) []Refusal {
 		}
 		out = append(out, Refusal{name, errors.New("a TLS client certificate needs both --nats-tls-cert and --nats-tls-key")})
 	}
-	if urls := SplitURLs(f.URL); f.URL != "" && len(urls) == 0 {
+	if urls := commalist.Split(f.URL); f.URL != "" && len(urls) == 0 {
 		// Blank entries alone would leave the client its own default server.
 		out = append(out, Refusal{"nats-url", errors.New("no server URL in the list")})
 	} else if err := (Config{URLs: urls}).Validate(); err != nil {

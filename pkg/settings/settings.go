@@ -21,6 +21,8 @@ import (
 	"unicode"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/livegate/livegate/pkg/commalist"
 )
 
 // ConfigFlag names the settings file. It is read before the other sources are resolved, so it
@@ -522,11 +524,7 @@ func (l *List) Set(v string) error {
 	if !l.set {
 		*l.items, l.set = nil, true
 	}
-	for item := range strings.SplitSeq(v, ",") {
-		if item = strings.TrimSpace(item); item != "" {
-			*l.items = append(*l.items, item)
-		}
-	}
+	*l.items = append(*l.items, commalist.Split(v)...)
 	return nil
 }
 

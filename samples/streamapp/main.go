@@ -17,12 +17,13 @@ import (
 	"io"
 	"net/http"
 	"path"
-	"strings"
+
+	"github.com/rs/zerolog"
 
 	"github.com/livegate/livegate/pkg/appclient"
 	"github.com/livegate/livegate/pkg/appserve"
+	"github.com/livegate/livegate/pkg/commalist"
 	"github.com/livegate/livegate/samples/streamapp/webclient"
-	"github.com/rs/zerolog"
 )
 
 type config struct {
@@ -49,13 +50,11 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
-	for _, o := range strings.Split(*origins, ",") {
-		if o = strings.TrimSpace(o); o != "" {
-			if _, err := path.Match(o, ""); err != nil {
-				return c, fmt.Errorf("--allowed-origins %q: %w", o, err)
-			}
-			c.origins = append(c.origins, o)
+	for _, o := range commalist.Split(*origins) {
+		if _, err := path.Match(o, ""); err != nil {
+			return c, fmt.Errorf("--allowed-origins %q: %w", o, err)
 		}
+		c.origins = append(c.origins, o)
 	}
 	switch {
 	case fs.NArg() > 0:

@@ -8,10 +8,10 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/livegate/livegate/edgeproxy/internal/portalloc"
+	"github.com/livegate/livegate/pkg/commalist"
 	"github.com/livegate/livegate/pkg/events"
 	"github.com/livegate/livegate/pkg/logging"
 	"github.com/livegate/livegate/pkg/sessionid"
@@ -22,11 +22,7 @@ import (
 // ParsePrefixes reads a comma-separated list of CIDRs.
 func ParsePrefixes(s string) ([]netip.Prefix, error) {
 	var out []netip.Prefix
-	for f := range strings.SplitSeq(s, ",") {
-		f = strings.TrimSpace(f)
-		if f == "" {
-			continue
-		}
+	for _, f := range commalist.Split(s) {
 		p, err := netip.ParsePrefix(f)
 		if err != nil {
 			return nil, fmt.Errorf("backend CIDR %q: %w", f, err)

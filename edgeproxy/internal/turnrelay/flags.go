@@ -7,10 +7,10 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/livegate/livegate/edgeproxy/internal/portalloc"
+	"github.com/livegate/livegate/pkg/commalist"
 )
 
 // Defaults that documentation and tests refer to.
@@ -72,7 +72,7 @@ func (f *Flags) Config(publicHost string, publicIP netip.Addr, media portalloc.R
 	c := Config{
 		Listen: listen, PublicIP: publicIP, Port: f.port, TLSPort: f.tlsPort, Realm: f.realm,
 		RelayPorts: relay, MediaPorts: media, SecretFile: f.secretFile, CredentialTTL: f.ttl,
-		URIs: splitURIs(f.uris), SecretPoll: time.Second,
+		URIs: commalist.Split(f.uris), SecretPoll: time.Second,
 	}
 	if f.tlsPort > 0 {
 		c.CertFile, c.KeyFile = certFile, keyFile
@@ -93,14 +93,4 @@ func (f *Flags) Config(publicHost string, publicIP netip.Addr, media portalloc.R
 		}
 	}
 	return &c, errors.Join(errs...)
-}
-
-func splitURIs(s string) []string {
-	var out []string
-	for u := range strings.SplitSeq(s, ",") {
-		if u = strings.TrimSpace(u); u != "" {
-			out = append(out, u)
-		}
-	}
-	return out
 }

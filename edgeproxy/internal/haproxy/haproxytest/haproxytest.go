@@ -13,16 +13,17 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/rs/zerolog"
+
 	"github.com/livegate/livegate/edgeproxy/internal/haproxy"
 	"github.com/livegate/livegate/edgeproxy/internal/tlscert"
+	"github.com/livegate/livegate/pkg/commalist"
 	"github.com/livegate/livegate/pkg/freeport"
-	"github.com/rs/zerolog"
 )
 
 // Binary finds HAProxy: $HAPROXY, then PATH, then /usr/sbin/haproxy. Outside CI a missing binary
@@ -238,11 +239,7 @@ func StartBackend(t testing.TB, name string, echo bool) Backend {
 func subprotocols(h http.Header) []string {
 	var out []string
 	for _, v := range h.Values("Sec-WebSocket-Protocol") {
-		for p := range strings.SplitSeq(v, ",") {
-			if p = strings.TrimSpace(p); p != "" {
-				out = append(out, p)
-			}
-		}
+		out = append(out, commalist.Split(v)...)
 	}
 	return out
 }
