@@ -149,7 +149,8 @@ func FuzzRuntimeApply(f *testing.F) {
 		f.Add(s[0], s[1], false, true)
 	}
 	sock := newFakeSocket(f)
-	d, err := haproxy.NewRuntimeDriver(haproxy.NewClient(sock.path, 5*time.Second), fuzzMap)
+	client := haproxy.NewClient(sock.path, 5*time.Second)
+	d, err := haproxy.NewRuntimeDriver(client, fuzzMap)
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -157,6 +158,8 @@ func FuzzRuntimeApply(f *testing.F) {
 		sock.mu.Lock()
 		sock.missing = missing
 		sock.mu.Unlock()
+		// A new connection each time, so that every exchange starts with its "prompt".
+		client.Close()
 		sock.take()
 		set, dels := haproxytest.Change(key, value, del)
 		err := d.Apply(context.Background(), set, dels)
@@ -177,11 +180,11 @@ func FuzzRuntimeApply(f *testing.F) {
 		var want []string
 		switch {
 		case del:
-			want = []string{"prompt", "del map " + fuzzMap + " " + key, "quit"}
+			want = []string{"prompt", "del map " + fuzzMap + " " + key, "show info"}
 		case missing:
-			want = []string{"prompt", "set map " + fuzzMap + " " + key + " " + value, "quit", "add map " + fuzzMap + " <<", key + " " + value, ""}
+			want = []string{"prompt", "set map " + fuzzMap + " " + key + " " + value, "show info", "add map " + fuzzMap + " <<", key + " " + value, ""}
 		default:
-			want = []string{"prompt", "set map " + fuzzMap + " " + key + " " + value, "quit"}
+			want = []string{"prompt", "set map " + fuzzMap + " " + key + " " + value, "show info"}
 		}
 		if !slices.Equal(lines, want) {
 			t.Fatalf("key %q value %q: HAProxy got %q, want %q", key, value, lines, want)
