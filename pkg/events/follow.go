@@ -50,15 +50,31 @@ func NewFollower(js jetstream.JetStream, name, filter string, h FollowHandler) *
 // Follow hands the handler the last event stored on each subject the filter matches, then every
 // event stored after it, until ctx is done; each event once, however often Follow is called.
 // The first call makes the consumer anew (a restarted follower, which kept nothing of what it
-// read, reads the last events again); a later call makes it start after the last event handed
-// over. The consumer is kept across reconnects, so an event published while this client was
-// away is read when it is back (a plain subscription would lose it, and a publisher that says
-// a thing once, an edge's refusal of a route, would not be heard). It returns an error when the
-// consumer cannot be made (no stream yet, no connection, no permission) or is gone (deleted, or
-// dropped by the server after orphanAfter without a pull): call it again.
+// read, reads the last events again); later, the consumer is made again to start after the last
+// event handed over: at each reconnect (the server counts what it sent into a connection that
+// died as delivered, so a consumer kept across it would skip those events) and at each later
+// call. So an event published while this client was away is read when it is back, where a
+// plain subscription would lose it and a publisher that says a thing once, an edge's refusal of
+// a route, would not be heard. It returns an error when the consumer cannot be made (no stream
+// yet, no connection, no permission) or is gone (deleted, or dropped by the server after
+// orphanAfter without a pull): call it again.
 func (f *Follower) Follow(ctx context.Context) error {
+	nc := f.js.Conn()
+	reconnected := nc.StatusChanged(nats.CONNECTED)
+	defer nc.RemoveStatusListener(reconnected)
+	for {
+		again, err := f.consume(ctx, reconnected)
+		if err != nil || !again {
+			return err
+		}
+	}
+}
+
+// consume makes the consumer and hands over what it delivers until ctx is done (false), the
+// connection came back (true: make it again), or the consumer fails or is gone (an error).
+func (f *Follower) consume(ctx context.Context, reconnected <-chan nats.Status) (bool, error) {
 	if err := f.js.DeleteConsumer(ctx, StreamName, f.name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
-		return fmt.Errorf("follow %s: start consumer %s afresh: %w", f.filter, f.name, err)
+		return false, fmt.Errorf("follow %s: start consumer %s afresh: %w", f.filter, f.name, err)
 	}
 	cfg := jetstream.ConsumerConfig{
 		Name:              f.name,
@@ -72,21 +88,21 @@ func (f *Follower) Follow(ctx context.Context) error {
 	}
 	cons, err := f.js.CreateConsumer(ctx, StreamName, cfg)
 	if err != nil {
-		return fmt.Errorf("follow %s: create consumer %s: %w", f.filter, f.name, err)
+		return false, fmt.Errorf("follow %s: create consumer %s: %w", f.filter, f.name, err)
 	}
 	gone := make(chan struct{}, 1)
 	cc, err := cons.Consume(f.handle, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 		if f.h.Error != nil {
 			f.h.Error(err)
 		}
-		// A consumer the server dropped while this client was away answers no pull (no
-		// responders) and sends no heartbeat; the library pulls again forever, so ask whether it
-		// still exists.
+		// A consumer (or stream) the server dropped while this client was away answers no pull
+		// (no responders) and sends no heartbeat; the library pulls again forever, so ask
+		// whether it still exists.
 		if errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoHeartbeat) {
 			go func() {
 				ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
 				defer cancel()
-				if _, err := cons.Info(ictx); errors.Is(err, jetstream.ErrConsumerNotFound) {
+				if _, err := cons.Info(ictx); errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
 					select {
 					case gone <- struct{}{}:
 					default:
@@ -96,28 +112,46 @@ func (f *Follower) Follow(ctx context.Context) error {
 		}
 	}))
 	if err != nil {
-		return fmt.Errorf("follow %s: %w", f.filter, err)
+		return false, fmt.Errorf("follow %s: %w", f.filter, err)
 	}
 	select {
 	case <-ctx.Done():
-		cc.Stop()
-		return nil
+		stop(cc)
+		return false, nil
+	case <-reconnected:
+		stop(cc)
+		return true, nil
 	case <-gone:
-		cc.Stop()
-		return fmt.Errorf("follow %s: consumer %s is gone", f.filter, f.name)
+		stop(cc)
+		return false, fmt.Errorf("follow %s: consumer %s is gone", f.filter, f.name)
 	case <-cc.Closed():
 		// Stopped on its own (the connection closed, the consumer was deleted): the caller
 		// follows anew.
-		return fmt.Errorf("follow %s: the consumer stopped", f.filter)
+		return false, fmt.Errorf("follow %s: the consumer stopped", f.filter)
+	}
+}
+
+// stop ends a Consume and waits until its handler has run for the last time, so that no event
+// of it is handed over beside those of the next consumer.
+func stop(cc jetstream.ConsumeContext) {
+	cc.Stop()
+	select {
+	case <-cc.Closed():
+	case <-time.After(5 * time.Second):
 	}
 }
 
 func (f *Follower) handle(m jetstream.Msg) {
 	if md, err := m.Metadata(); err == nil {
-		if md.Sequence.Stream <= f.last.Load() {
-			return
+		for {
+			last := f.last.Load()
+			if md.Sequence.Stream <= last {
+				return
+			}
+			if f.last.CompareAndSwap(last, md.Sequence.Stream) {
+				break
+			}
 		}
-		f.last.Store(md.Sequence.Stream)
 	}
 	ev, err := Decode(m.Data())
 	if err != nil {

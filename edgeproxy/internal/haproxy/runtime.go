@@ -299,7 +299,14 @@ func (c *Client) run(ctx context.Context, req string, n int) ([]string, bool, er
 	}
 	_ = k.conn.SetDeadline(deadline)
 	stop := context.AfterFunc(ctx, func() { _ = k.conn.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
+	defer func() {
+		// A deadline left set would fail the next use's liveness check once it passed, and the
+		// connection would be dropped long before HAProxy's stats timeout. If ctx ended
+		// meanwhile, its deadline stays and the connection is dropped, as it must be.
+		if stop() {
+			_ = k.conn.SetDeadline(time.Time{})
+		}
+	}()
 	var werr chan error
 	if len(req) <= syncWrite {
 		if w, err := io.WriteString(k.conn, req); err != nil {
