@@ -12,9 +12,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// orphanAfter is how long the server keeps a follower's consumer that nobody pulls from: long
-// enough to ride out a NATS outage without reading everything again, short enough that the
-// consumer of a follower that is gone for good does not linger.
+// orphanAfter is how long the server keeps the consumer of a follower that is gone for good
+// (each start and reconnect makes it anew, so nothing relies on it lasting).
 const orphanAfter = 10 * time.Minute
 
 // FollowHandler gets what Follow reads.
@@ -56,8 +55,7 @@ func NewFollower(js jetstream.JetStream, name, filter string, h FollowHandler) *
 // call. So an event published while this client was away is read when it is back, where a
 // plain subscription would lose it and a publisher that says a thing once, an edge's refusal of
 // a route, would not be heard. It returns an error when the consumer cannot be made (no stream
-// yet, no connection, no permission) or is gone (deleted, or dropped by the server after
-// orphanAfter without a pull): call it again.
+// yet, no connection, no permission) or was deleted: call it again.
 func (f *Follower) Follow(ctx context.Context) error {
 	nc := f.js.Conn()
 	reconnected := nc.StatusChanged(nats.CONNECTED)
@@ -71,7 +69,7 @@ func (f *Follower) Follow(ctx context.Context) error {
 }
 
 // consume makes the consumer and hands over what it delivers until ctx is done (false), the
-// connection came back (true: make it again), or the consumer fails or is gone (an error).
+// connection came back (true: make it again), or the consumer stops on its own (an error).
 func (f *Follower) consume(ctx context.Context, reconnected <-chan nats.Status) (bool, error) {
 	if err := f.js.DeleteConsumer(ctx, StreamName, f.name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 		return false, fmt.Errorf("follow %s: start consumer %s afresh: %w", f.filter, f.name, err)
@@ -90,27 +88,11 @@ func (f *Follower) consume(ctx context.Context, reconnected <-chan nats.Status) 
 	if err != nil {
 		return false, fmt.Errorf("follow %s: create consumer %s: %w", f.filter, f.name, err)
 	}
-	gone := make(chan struct{}, 1)
-	cc, err := cons.Consume(f.handle, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-		if f.h.Error != nil {
-			f.h.Error(err)
-		}
-		// A consumer (or stream) the server dropped while this client was away answers no pull
-		// (no responders) and sends no heartbeat; the library pulls again forever, so ask
-		// whether it still exists.
-		if errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoHeartbeat) {
-			go func() {
-				ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
-				defer cancel()
-				if _, err := cons.Info(ictx); errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
-					select {
-					case gone <- struct{}{}:
-					default:
-					}
-				}
-			}()
-		}
-	}))
+	opts := []jetstream.PullConsumeOpt{}
+	if f.h.Error != nil {
+		opts = append(opts, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) { f.h.Error(err) }))
+	}
+	cc, err := cons.Consume(f.handle, opts...)
 	if err != nil {
 		return false, fmt.Errorf("follow %s: %w", f.filter, err)
 	}
@@ -121,9 +103,6 @@ func (f *Follower) consume(ctx context.Context, reconnected <-chan nats.Status) 
 	case <-reconnected:
 		stop(cc)
 		return true, nil
-	case <-gone:
-		stop(cc)
-		return false, fmt.Errorf("follow %s: consumer %s is gone", f.filter, f.name)
 	case <-cc.Closed():
 		// Stopped on its own (the connection closed, the consumer was deleted): the caller
 		// follows anew.

@@ -148,18 +148,25 @@ func TestFollowEndsWhenItsConsumerIsDeleted(t *testing.T) {
 	f.follow(t).next(t, "meanwhile")
 }
 
+// linked starts a follower whose connection goes through a link the test controls, and reads
+// a first event through it; admin reaches the server directly.
+func linked(t *testing.T) (admin jetstream.JetStream, l *link, r *run) {
+	t.Helper()
+	url := natstest.Embedded(t)
+	admin = streamOn(t, url)
+	l = newLink(t, strings.TrimPrefix(url, "nats://"))
+	js := streamOn(t, "nats://"+l.addr(), nats.ReconnectWait(50*time.Millisecond), nats.MaxReconnects(-1))
+	refuse(t, admin, "e1", "before")
+	r = newFollower(js).follow(t)
+	r.next(t, "before")
+	return admin, l, r
+}
+
 // TestFollowCarriesOnAfterItsConsumerWasDroppedWhileAway: a consumer the server dropped while the
 // follower's connection was down answers nothing once it is back; the follower makes it again at
 // the reconnect and reads what came meanwhile.
 func TestFollowCarriesOnAfterItsConsumerWasDroppedWhileAway(t *testing.T) {
-	url := natstest.Embedded(t)
-	admin := streamOn(t, url)
-	link := newLink(t, strings.TrimPrefix(url, "nats://"))
-	js := streamOn(t, "nats://"+link.addr(), nats.ReconnectWait(50*time.Millisecond), nats.MaxReconnects(-1))
-	refuse(t, admin, "e1", "before")
-	r := newFollower(js).follow(t)
-	r.next(t, "before")
-
+	admin, link, r := linked(t)
 	link.cut()
 	if err := admin.DeleteConsumer(context.Background(), events.StreamName, followName); err != nil {
 		t.Fatal(err)
@@ -173,17 +180,12 @@ func TestFollowCarriesOnAfterItsConsumerWasDroppedWhileAway(t *testing.T) {
 // without a word (a partition) it counts as delivered; the follower reads it again after the
 // reconnect.
 func TestFollowReadsWhatADeadConnectionSwallowed(t *testing.T) {
-	url := natstest.Embedded(t)
-	admin := streamOn(t, url)
-	link := newLink(t, strings.TrimPrefix(url, "nats://"))
-	js := streamOn(t, "nats://"+link.addr(), nats.ReconnectWait(50*time.Millisecond), nats.MaxReconnects(-1))
-	refuse(t, admin, "e1", "before")
-	r := newFollower(js).follow(t)
-	r.next(t, "before")
-
+	admin, link, r := linked(t)
 	link.swallow()
 	refuse(t, admin, "e1", "during the partition")
-	time.Sleep(200 * time.Millisecond) // the server sends it into the dead link
+	// Long enough for the server to send it into the dead link; were it sent after the cut, the
+	// test would pass on any code, never fail on a good one.
+	time.Sleep(200 * time.Millisecond)
 	link.cut()
 	link.mend()
 	r.next(t, "during the partition")

@@ -293,20 +293,9 @@ const syncWrite = 16 << 10
 // have reached HAProxy.
 func (c *Client) run(ctx context.Context, req string, n int) ([]string, bool, error) {
 	k := c.kept
-	deadline := time.Now().Add(c.timeout)
-	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
-		deadline = dl
-	}
-	_ = k.conn.SetDeadline(deadline)
-	stop := context.AfterFunc(ctx, func() { _ = k.conn.SetDeadline(time.Unix(1, 0)) })
-	defer func() {
-		// A deadline left set would fail the next use's liveness check once it passed, and the
-		// connection would be dropped long before HAProxy's stats timeout. If ctx ended
-		// meanwhile, its deadline stays and the connection is dropped, as it must be.
-		if stop() {
-			_ = k.conn.SetDeadline(time.Time{})
-		}
-	}()
+	// A deadline left set would fail the next use's liveness check once it passed, and the
+	// connection would be dropped long before HAProxy's stats timeout.
+	defer c.bound(ctx, k.conn)()
 	var werr chan error
 	if len(req) <= syncWrite {
 		if w, err := io.WriteString(k.conn, req); err != nil {
@@ -374,6 +363,23 @@ func readAnswers(r *bufio.Reader, n int) ([]string, error) {
 	return answers, nil
 }
 
+// bound makes conn's reads and writes fail at the client's timeout, or at once when ctx ends;
+// release lifts the bound again, unless ctx has ended (the connection is then out of step and
+// must be dropped).
+func (c *Client) bound(ctx context.Context, conn net.Conn) (release func()) {
+	deadline := time.Now().Add(c.timeout)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
+		deadline = dl
+	}
+	_ = conn.SetDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+	return func() {
+		if stop() {
+			_ = conn.SetDeadline(time.Time{})
+		}
+	}
+}
+
 // roundTrip sends req on a connection of its own and reads until HAProxy closes it.
 func (c *Client) roundTrip(ctx context.Context, req string) (string, error) {
 	d := net.Dialer{Timeout: c.timeout}
@@ -382,13 +388,7 @@ func (c *Client) roundTrip(ctx context.Context, req string) (string, error) {
 		return "", err
 	}
 	defer conn.Close()
-	deadline := time.Now().Add(c.timeout)
-	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
-		deadline = dl
-	}
-	_ = conn.SetDeadline(deadline)
-	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
+	defer c.bound(ctx, conn)()
 	// Write while reading: a payload may fill HAProxy's output buffer before it has read all of
 	// its input.
 	werr := make(chan error, 1)
