@@ -246,6 +246,17 @@ func (w *walk) connectAndProbe(s *session) {
 	w.probeMedia(s)
 }
 
+// leave closes the client's websocket, the client going away, and returns the observer's mark
+// from just before, for the events that follow.
+func (w *walk) leave(ws *wsclient.Conn) int {
+	w.t.Helper()
+	mark := w.d.Obs.Mark()
+	if err := ws.Close(); err != nil {
+		w.t.Fatalf("close websocket: %v", err)
+	}
+	return mark
+}
+
 func (w *walk) dial(sessionID string) *wsclient.Conn {
 	w.t.Helper()
 	ctx, cancel := context.WithTimeout(w.ctx, 10*time.Second)
@@ -329,10 +340,7 @@ func (w *walk) probeCommand(s *session) {
 func (w *walk) disconnectAndResume(s *session) {
 	t := w.t
 	t.Helper()
-	mark := w.d.Obs.Mark()
-	if err := s.ws.Close(); err != nil {
-		t.Fatalf("close websocket: %v", err)
-	}
+	mark := w.leave(s.ws)
 	w.event(mark, livegatev1.EventType_EVENT_TYPE_CLIENT_DISCONNECTED)
 	ar := w.event(mark, livegatev1.EventType_EVENT_TYPE_SESSION_AWAITING_RESUME)
 	if got := ar.Event.GetAwaitingResume().GetResumeTimeout().AsDuration(); got != time.Duration(resumeTimeoutSeconds)*time.Second {
@@ -357,10 +365,7 @@ func (w *walk) disconnectAndResume(s *session) {
 func (w *walk) endByResumeTimeout(s session) {
 	t := w.t
 	t.Helper()
-	mark := w.d.Obs.Mark()
-	if err := s.ws.Close(); err != nil {
-		t.Fatalf("close websocket: %v", err)
-	}
+	mark := w.leave(s.ws)
 	w.event(mark, livegatev1.EventType_EVENT_TYPE_SESSION_AWAITING_RESUME)
 	w.waitReady(readyAwaitingResume, readyActive)
 	ended := w.event(mark, livegatev1.EventType_EVENT_TYPE_SESSION_ENDED)
@@ -400,10 +405,7 @@ func (w *walk) endGracefullyThenNext(s session) session {
 	if n := w.n.Agent; n.Exited() {
 		t.Fatalf("agent exited with quitOnSessionEnded off: %v", n.Err())
 	}
-	mark = w.d.Obs.Mark()
-	if err := s.ws.Close(); err != nil {
-		t.Fatalf("close websocket: %v", err)
-	}
+	mark = w.leave(s.ws)
 	w.waitReady(readyForConnection, readyWaitingClient)
 	next := w.readySession(mark)
 	if next.id == s.id {

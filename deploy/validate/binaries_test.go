@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -77,55 +76,23 @@ func selfSigned(t *testing.T) (cert, key string) {
 func runAgent(t *testing.T, args []string, env ...string) {
 	t.Helper()
 	port := freeport.TCP(t)
-	cmd := exec.Command(binary(t, "livegate-agent"), args...)
-	cmd.Env = append(os.Environ(), append(env,
+	agent := start(t, append(env,
 		"LIVEGATE_AGENT_NATS_URL=", "LIVEGATE_AGENT_HOST=127.0.0.1", "LIVEGATE_AGENT_PORT="+strconv.Itoa(port),
 		"LIVEGATE_AGENT_APP_ADDR=127.0.0.1:"+strconv.Itoa(freeport.TCP(t)), "LIVEGATE_AGENT_APP_PROBE=",
-		"LIVEGATE_AGENT_INSTANCE_ID=deploy-check")...)
-	var out strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			_ = cmd.Process.Kill()
-			<-done
-		}
-	})
+		"LIVEGATE_AGENT_INSTANCE_ID=deploy-check"), binary(t, "livegate-agent"), args...)
 	url := fmt.Sprintf("http://127.0.0.1:%d/v1/streaming/startup", port)
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	waitUntil(t, 20*time.Second, "agent answers "+url, []*proc{agent}, func() bool {
 		resp, err := http.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				t.Fatalf("startup answered %d", resp.StatusCode)
-			}
-			break
-		}
-		select {
-		case err := <-done:
-			t.Fatalf("agent exited: %v\n%s", err, out.String())
-		case <-time.After(100 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("agent never answered %s\n%s", url, out.String())
-		}
-	}
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-done:
 		if err != nil {
-			t.Fatalf("agent after SIGTERM: %v\n%s", err, out.String())
+			return false
 		}
-	case <-time.After(20 * time.Second):
-		t.Fatalf("agent still running after SIGTERM\n%s", out.String())
-	}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("startup answered %d", resp.StatusCode)
+		}
+		return true
+	})
+	agent.terminate(t)
 }
 
 func TestAgentExampleConfigStarts(t *testing.T) {

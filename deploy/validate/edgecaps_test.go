@@ -154,19 +154,9 @@ func TestEdgeRunsWithTheUnitsCapabilities(t *testing.T) {
 		edgeBin, "run", "--state-dir=" + state, "--nats-embedded=127.0.0.1:14222", "--tls-self-signed",
 		"--public-host=edge.test", "--public-ip=198.18.0.1", "--backend-cidrs=198.18.0.0/15",
 		"--signaling-bind=127.0.0.1", "--signaling-port=14832", "--admin-addr=127.0.0.1:19470", "--log-format=json"}
-	var edgeOut strings.Builder
-	edge := exec.Command("ip", edgeArgs...)
-	edge.Stdout, edge.Stderr = &edgeOut, &edgeOut
-	if err := edge.Start(); err != nil {
-		t.Fatal(err)
-	}
-	edgeDone := make(chan error, 1)
-	go func() { edgeDone <- edge.Wait() }()
+	// HAProxy and the rules outlive the edge by design: this removes them, registered before the
+	// edge starts so that it runs after the edge's stop.
 	t.Cleanup(func() {
-		if edge.ProcessState == nil {
-			_ = edge.Process.Signal(syscall.SIGTERM)
-			<-edgeDone
-		}
 		if b, err := os.ReadFile(filepath.Join(state, "haproxy.pid")); err == nil {
 			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 1 {
 				_ = syscall.Kill(pid, syscall.SIGKILL)
@@ -174,44 +164,21 @@ func TestEdgeRunsWithTheUnitsCapabilities(t *testing.T) {
 		}
 		_ = exec.Command("ip", "netns", "exec", ns, edgeBin, "cleanup").Run()
 	})
-
-	agent := exec.Command("ip", "netns", "exec", ns, agentBin, "--nats-url=nats://127.0.0.1:14222",
+	edge := startNamed(t, "edge", nil, "ip", edgeArgs...)
+	agent := startNamed(t, "agent", nil, "ip", "netns", "exec", ns, agentBin, "--nats-url=nats://127.0.0.1:14222",
 		"--host=127.0.0.1", "--port=18011", "--app-addr=127.0.0.1:18012", "--instance-id=lgdeploy-app",
 		"--session-id=lgdeploy-1", "--backend-ip=198.18.0.2", "--signaling-backend=:31000", "--media-backend=:31001")
-	var agentOut strings.Builder
-	agent.Stdout, agent.Stderr = &agentOut, &agentOut
-	if err := agent.Start(); err != nil {
-		t.Fatal(err)
-	}
-	agentDone := make(chan error, 1)
-	go func() { agentDone <- agent.Wait() }()
-	t.Cleanup(func() {
-		if agent.ProcessState == nil {
-			_ = agent.Process.Kill()
-			<-agentDone
-		}
-	})
 
 	const dnat = "--to-destination 198.18.0.2:31001"
-	deadline := time.Now().Add(30 * time.Second)
-	for posted := false; ; {
+	posted := false
+	waitUntil(t, 30*time.Second, "a DNAT rule programmed", []*proc{edge, agent}, func() bool {
 		if !posted {
 			_, err1 := nsPost(ns, "127.0.0.1:18012", "/v1/app/events/app-ready")
 			_, err2 := nsPost(ns, "127.0.0.1:18012", "/v1/app/events/rtx-ready")
 			posted = err1 == nil && err2 == nil
 		}
-		if strings.Contains(nsRun(t, ns, "iptables-save", "-t", "nat"), dnat) {
-			break
-		}
-		select {
-		case err := <-edgeDone:
-			t.Fatalf("edge exited: %v\n%s", err, edgeOut.String())
-		case <-time.After(200 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no DNAT rule programmed\nedge:\n%s\nagent:\n%s", edgeOut.String(), agentOut.String())
-		}
-	}
+		return strings.Contains(nsRun(t, ns, "iptables-save", "-t", "nat"), dnat)
+	})
 	b, err := os.ReadFile(filepath.Join(state, "haproxy.pid"))
 	if err != nil {
 		t.Fatal(err)
@@ -221,17 +188,7 @@ func TestEdgeRunsWithTheUnitsCapabilities(t *testing.T) {
 		t.Errorf("haproxy runs as uid %q, want %d", uid, nobody)
 	}
 
-	if err := edge.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-edgeDone:
-		if err != nil {
-			t.Fatalf("edge after SIGTERM: %v\n%s", err, edgeOut.String())
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("edge still running 20s after SIGTERM")
-	}
+	edge.terminate(t)
 	if syscall.Kill(haproxyPid, 0) != nil {
 		t.Error("HAProxy stopped with the edge: a restart of the edge would drop every websocket")
 	}

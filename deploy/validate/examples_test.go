@@ -20,6 +20,7 @@ import (
 
 // proc is a binary started by a test, its output kept for the failure message.
 type proc struct {
+	name string
 	cmd  *exec.Cmd
 	mu   sync.Mutex
 	out  strings.Builder
@@ -40,7 +41,14 @@ func (p *proc) String() string {
 
 func start(t *testing.T, env []string, bin string, args ...string) *proc {
 	t.Helper()
-	p := &proc{cmd: exec.Command(bin, args...), done: make(chan error, 1)}
+	return startNamed(t, filepath.Base(bin), env, bin, args...)
+}
+
+// startNamed is start for a binary run through another (ip netns exec, setpriv): name is what the
+// failure messages call it.
+func startNamed(t *testing.T, name string, env []string, bin string, args ...string) *proc {
+	t.Helper()
+	p := &proc{name: name, cmd: exec.Command(bin, args...), done: make(chan error, 1)}
 	p.cmd.Env = append(os.Environ(), env...)
 	p.cmd.Stdout, p.cmd.Stderr = p, p
 	if err := p.cmd.Start(); err != nil {
@@ -62,25 +70,54 @@ func (p *proc) stop(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		_ = p.cmd.Process.Kill()
 		<-p.done
-		t.Errorf("%s still running 20 s after SIGTERM", filepath.Base(p.cmd.Path))
+		t.Errorf("%s still running 20 s after SIGTERM", p.name)
 	}
 }
 
-// waitUntil polls cond every 200 ms for at most within; the bound is generous, it is a wait, not a
-// timing assertion.
+// terminate sends SIGTERM and fails the test unless p exits cleanly within 20 s: the check that a
+// binary shuts down as its service manager stops it.
+func (p *proc) terminate(t *testing.T) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-p.done:
+		if err != nil {
+			t.Fatalf("%s after SIGTERM: %v\n%s", p.name, err, p)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("%s still running 20 s after SIGTERM\n%s", p.name, p)
+	}
+}
+
+// waitUntil polls cond every 200 ms for at most within, and fails at once when one of procs
+// exits; the bound is generous, it is a wait, not a timing assertion.
 func waitUntil(t *testing.T, within time.Duration, what string, procs []*proc, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for !cond() {
-		if time.Now().After(deadline) {
-			var logs strings.Builder
-			for _, p := range procs {
-				fmt.Fprintf(&logs, "--- %s\n%s\n", filepath.Base(p.cmd.Path), p.String())
+		for _, p := range procs {
+			select {
+			case err := <-p.done:
+				t.Fatalf("%s: %s exited: %v\n%s", what, p.name, err, logs(procs))
+			default:
 			}
-			t.Fatalf("%s: not within %s\n%s", what, within, logs.String())
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s\n%s", what, within, logs(procs))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// logs is the output of procs, each under its name.
+func logs(procs []*proc) string {
+	var b strings.Builder
+	for _, p := range procs {
+		fmt.Fprintf(&b, "--- %s\n%s\n", p.name, p)
+	}
+	return b.String()
 }
 
 func sessionView(url string) map[string]any {

@@ -46,14 +46,7 @@ func haproxyFaults(t *testing.T, attached bool) {
 	defer w.Close()
 
 	// Reload: SIGUSR2 to the master, as `systemctl reload` or an operator would.
-	oldWorker, err := g.workerPid(e.ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	master, err := g.haproxyMaster()
-	if err != nil {
-		t.Fatal(err)
-	}
+	master, oldWorker := g.haproxyPids(t)
 	if err := syscall.Kill(master, syscall.SIGUSR2); err != nil {
 		t.Fatal(err)
 	}
@@ -74,13 +67,7 @@ func haproxyFaults(t *testing.T, attached bool) {
 
 	// Kill: master and worker die at once, as in a crash; a route is written while HAProxy is
 	// down.
-	worker, err := g.workerPid(e.ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if master, err = g.haproxyMaster(); err != nil {
-		t.Fatal(err)
-	}
+	master, worker := g.haproxyPids(t)
 	_ = syscall.Kill(master, syscall.SIGKILL)
 	_ = syscall.Kill(worker, syscall.SIGKILL)
 	killed := time.Now()
@@ -178,14 +165,7 @@ func stopWhileHAProxyStarts(e *env, g *edge, want map[string]string) {
 	if err := g.start(); err != nil {
 		t.Fatal(err)
 	}
-	worker, err := g.workerPid(e.ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	master, err := g.haproxyMaster()
-	if err != nil {
-		t.Fatal(err)
-	}
+	master, worker := g.haproxyPids(t)
 	_ = syscall.Kill(master, syscall.SIGKILL)
 	_ = syscall.Kill(worker, syscall.SIGKILL)
 	var fresh int

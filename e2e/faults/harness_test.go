@@ -390,6 +390,20 @@ func (g *edge) showMap(ctx context.Context) (map[string]string, error) {
 // workerPid is the HAProxy worker that answers the runtime API.
 func (g *edge) workerPid(ctx context.Context) (int, error) { return g.HAProxy().WorkerPid(ctx) }
 
+// haproxyPids are the pids of the edge's HAProxy master and of its worker that answers the
+// runtime API, for the cases that signal them.
+func (g *edge) haproxyPids(t *testing.T) (master, worker int) {
+	t.Helper()
+	worker, err := g.workerPid(g.e.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if master, err = g.haproxyMaster(); err != nil {
+		t.Fatal(err)
+	}
+	return master, worker
+}
+
 // haproxyMaster is the pid of the HAProxy master: the one the test runs in attached mode, else
 // the one the edge recorded.
 func (g *edge) haproxyMaster() (int, error) {

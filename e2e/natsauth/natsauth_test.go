@@ -171,6 +171,20 @@ func (r *rig) connect(t *testing.T, ctx context.Context, id string) *client {
 	return c
 }
 
+// ensure makes the event stream and the buckets as the edge and the agent each do at startup,
+// with c's permissions; who names c in the failure.
+func (c *client) ensure(t *testing.T, ctx context.Context, who string) *kvstore.Buckets {
+	t.Helper()
+	if err := events.EnsureStream(ctx, c.js); err != nil {
+		t.Fatalf("%s: ensure stream: %v", who, err)
+	}
+	b, err := kvstore.Ensure(ctx, c.js)
+	if err != nil {
+		t.Fatalf("%s: ensure buckets: %v", who, err)
+	}
+	return b
+}
+
 // refused publishes to subject and waits for the server's permission violation.
 func (c *client) refused(t *testing.T, ctx context.Context, subject string) {
 	t.Helper()
@@ -213,13 +227,7 @@ func TestAccountsConfPermissions(t *testing.T) {
 	defer cancel()
 
 	edge := r.connect(t, ctx, "edge-1")
-	if err := events.EnsureStream(ctx, edge.js); err != nil {
-		t.Fatalf("edge: ensure stream: %v", err)
-	}
-	eb, err := kvstore.Ensure(ctx, edge.js)
-	if err != nil {
-		t.Fatalf("edge: ensure buckets: %v", err)
-	}
+	eb := edge.ensure(t, ctx, "edge")
 	if _, err := kvstore.PutTTL(ctx, edge.js, kvstore.EdgesBucket, "edge-1", []byte(`{}`), 10*time.Second); err != nil {
 		t.Fatalf("edge: heartbeat: %v", err)
 	}
@@ -243,13 +251,7 @@ func TestAccountsConfPermissions(t *testing.T) {
 	}()
 
 	agent := r.connect(t, ctx, "app-1")
-	if err := events.EnsureStream(ctx, agent.js); err != nil {
-		t.Fatalf("agent: ensure stream: %v", err)
-	}
-	ab, err := kvstore.Ensure(ctx, agent.js)
-	if err != nil {
-		t.Fatalf("agent: ensure buckets: %v", err)
-	}
+	ab := agent.ensure(t, ctx, "agent")
 	if err := events.NewPublisher(agent.js, "livegate-agent/app-1").Publish(ctx, &livegatev1.Event{
 		Type: livegatev1.EventType_EVENT_TYPE_APP_READY, InstanceId: "app-1", Pool: "default",
 	}); err != nil {

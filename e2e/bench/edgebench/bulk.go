@@ -139,14 +139,24 @@ func (e *Env) Bulk(ctx context.Context, n int, timeout, rest time.Duration) (Bul
 
 // fill writes routes 0..n-1 with a few writers in parallel.
 func (e *Env) fill(ctx context.Context, n int) error {
-	const writers = 16
+	return Striped(n, 16, func(i int) error {
+		if err := e.PutRoute(ctx, i, 10*time.Minute); err != nil {
+			return fmt.Errorf("fill route %d: %w", i, err)
+		}
+		return nil
+	})
+}
+
+// Striped runs put for 0..n-1 on writers goroutines, writer w taking w, w+writers, …; a writer
+// stops at its own first error, and Striped returns the first of them once every writer is done.
+func Striped(n, writers int, put func(i int) error) error {
 	var wg sync.WaitGroup
 	errs := make(chan error, writers)
 	for w := range writers {
 		wg.Go(func() {
 			for i := w; i < n; i += writers {
-				if err := e.PutRoute(ctx, i, 10*time.Minute); err != nil {
-					errs <- fmt.Errorf("fill route %d: %w", i, err)
+				if err := put(i); err != nil {
+					errs <- err
 					return
 				}
 			}

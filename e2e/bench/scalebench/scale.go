@@ -168,23 +168,14 @@ func (d *deployment) routeAll(ctx context.Context, ag *agents, eps *endpoints, n
 	res.idle = scale(idle, float64(time.Second)/float64(idleFor))
 
 	start := time.Now()
-	const writers = 24
-	var wg sync.WaitGroup
-	errs := make(chan error, writers)
-	for w := range writers {
-		wg.Go(func() {
-			for i := w; i < n; i += writers {
-				if err := ag.put(ctx, i, start.Add(routeAllTimeout)); err != nil {
-					errs <- fmt.Errorf("write route %d: %w", i, err)
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
+	err = edgebench.Striped(n, 24, func(i int) error {
+		if err := ag.put(ctx, i, start.Add(routeAllTimeout)); err != nil {
+			return fmt.Errorf("write route %d: %w", i, err)
+		}
+		return nil
+	})
 	res.writes = time.Since(start)
-	close(errs)
-	if err := <-errs; err != nil {
+	if err != nil {
 		return res, err
 	}
 	for eps.count() < n {
