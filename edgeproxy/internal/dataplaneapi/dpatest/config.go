@@ -3,8 +3,9 @@ package dpatest
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/url"
-	"sort"
+	"slices"
 	"strings"
 )
 
@@ -240,7 +241,7 @@ var (
 )
 
 func section(b *strings.Builder, o obj, fields map[string]field) error {
-	keys := sortedKeys(o)
+	keys := slices.Sorted(maps.Keys(o))
 	for _, k := range keys {
 		f, ok := fields[k]
 		if !ok {
@@ -387,13 +388,4 @@ func str(v any) string {
 	default:
 		return fmt.Sprint(x)
 	}
-}
-
-func sortedKeys(o obj) []string {
-	keys := make([]string, 0, len(o))
-	for k := range o {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
