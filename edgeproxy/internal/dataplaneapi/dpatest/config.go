@@ -153,10 +153,7 @@ func (c *Config) Render() (string, error) {
 			}
 			b.WriteString("    " + line + "\n")
 		}
-		if err := rules(&b, "http-request", c.ReqRules["frontend/"+name]); err != nil {
-			return "", fmt.Errorf("frontend %s: %w", name, err)
-		}
-		if err := rules(&b, "http-response", c.ResRules["frontend/"+name]); err != nil {
+		if err := c.sectionRules(&b, "frontend/"+name); err != nil {
 			return "", fmt.Errorf("frontend %s: %w", name, err)
 		}
 		if v, ok := fe["default_backend"]; ok {
@@ -170,10 +167,7 @@ func (c *Config) Render() (string, error) {
 		if err := section(&b, be, backendFields); err != nil {
 			return "", fmt.Errorf("backend %s: %w", name, err)
 		}
-		if err := rules(&b, "http-request", c.ReqRules["backend/"+name]); err != nil {
-			return "", fmt.Errorf("backend %s: %w", name, err)
-		}
-		if err := rules(&b, "http-response", c.ResRules["backend/"+name]); err != nil {
+		if err := c.sectionRules(&b, "backend/"+name); err != nil {
 			return "", fmt.Errorf("backend %s: %w", name, err)
 		}
 		for _, s := range c.Servers[name] {
@@ -297,6 +291,15 @@ func serverLine(o obj) (string, error) {
 		}
 	}
 	return fmt.Sprintf("server %s %s", str(o["name"]), addr), nil
+}
+
+// sectionRules writes the http-request and then the http-response rules of the section at key
+// (frontend/NAME or backend/NAME).
+func (c *Config) sectionRules(b *strings.Builder, key string) error {
+	if err := rules(b, "http-request", c.ReqRules[key]); err != nil {
+		return err
+	}
+	return rules(b, "http-response", c.ResRules[key])
 }
 
 // ruleFields renders the action part of one rule type, as fields in order.
