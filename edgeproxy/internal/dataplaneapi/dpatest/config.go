@@ -146,12 +146,8 @@ func (c *Config) Render() (string, error) {
 		if err := section(&b, fe, frontendFields); err != nil {
 			return "", fmt.Errorf("frontend %s: %w", name, err)
 		}
-		for _, bd := range c.Binds[name] {
-			line, err := bindLine(bd)
-			if err != nil {
-				return "", fmt.Errorf("frontend %s bind: %w", name, err)
-			}
-			b.WriteString("    " + line + "\n")
+		if err := writeLines(&b, c.Binds[name], bindLine); err != nil {
+			return "", fmt.Errorf("frontend %s bind: %w", name, err)
 		}
 		if err := c.sectionRules(&b, "frontend/"+name); err != nil {
 			return "", fmt.Errorf("frontend %s: %w", name, err)
@@ -170,12 +166,8 @@ func (c *Config) Render() (string, error) {
 		if err := c.sectionRules(&b, "backend/"+name); err != nil {
 			return "", fmt.Errorf("backend %s: %w", name, err)
 		}
-		for _, s := range c.Servers[name] {
-			line, err := serverLine(s)
-			if err != nil {
-				return "", fmt.Errorf("backend %s server: %w", name, err)
-			}
-			b.WriteString("    " + line + "\n")
+		if err := writeLines(&b, c.Servers[name], serverLine); err != nil {
+			return "", fmt.Errorf("backend %s server: %w", name, err)
 		}
 		b.WriteString("\n")
 	}
@@ -251,6 +243,18 @@ func section(b *strings.Builder, o obj, fields map[string]field) error {
 		if line != "" {
 			b.WriteString("    " + line + "\n")
 		}
+	}
+	return nil
+}
+
+// writeLines writes a section's line for each of list (its binds or servers), as line renders it.
+func writeLines(b *strings.Builder, list []obj, line func(obj) (string, error)) error {
+	for _, o := range list {
+		l, err := line(o)
+		if err != nil {
+			return err
+		}
+		b.WriteString("    " + l + "\n")
 	}
 	return nil
 }
