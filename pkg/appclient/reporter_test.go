@@ -13,30 +13,34 @@ import (
 	"github.com/rs/zerolog"
 )
 
-func TestReporterRetriesInOrder(t *testing.T) {
-	agent := &appclienttest.Agent{Failures: 2}
+// runReporter runs a reporter against agent; stop ends it and waits until it has.
+func runReporter(t *testing.T, agent *appclienttest.Agent) (r *appclient.Reporter, stop func()) {
+	t.Helper()
 	srv := httptest.NewServer(agent)
-	defer srv.Close()
-	r := appclient.NewReporter(strings.TrimPrefix(srv.URL, "http://"), 10*time.Second, zerolog.Nop())
+	t.Cleanup(srv.Close)
+	r = appclient.NewReporter(strings.TrimPrefix(srv.URL, "http://"), 10*time.Second, zerolog.Nop())
 	ctx, cancel := context.WithCancel(t.Context())
 	go r.Run(ctx)
+	return r, func() {
+		cancel()
+		<-r.Done()
+	}
+}
+
+func TestReporterRetriesInOrder(t *testing.T) {
+	agent := &appclienttest.Agent{Failures: 2}
+	r, stop := runReporter(t, agent)
 	r.Notify("app-ready")
 	r.Notify("rtx-ready")
 	agent.WaitFor(t, "app-ready", "rtx-ready")
-	cancel()
-	<-r.Done()
+	stop()
 }
 
 func TestReporterDoesNotRetryRefusals(t *testing.T) {
 	agent := &appclienttest.Agent{Status: http.StatusConflict}
-	srv := httptest.NewServer(agent)
-	defer srv.Close()
-	r := appclient.NewReporter(strings.TrimPrefix(srv.URL, "http://"), 10*time.Second, zerolog.Nop())
-	ctx, cancel := context.WithCancel(t.Context())
-	go r.Run(ctx)
+	r, stop := runReporter(t, agent)
 	r.Notify("client-connected")
-	cancel()
-	<-r.Done()
+	stop()
 	if n := agent.Calls(); n != 1 {
 		t.Errorf("agent called %d times, want 1 (409 is final)", n)
 	}

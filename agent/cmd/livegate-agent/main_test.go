@@ -22,6 +22,7 @@ import (
 	"github.com/livegate/livegate/pkg/kvstore"
 	"github.com/livegate/livegate/pkg/logbuf"
 	"github.com/livegate/livegate/pkg/natstest"
+	"github.com/livegate/livegate/pkg/poll"
 	"github.com/livegate/livegate/pkg/wire"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
 	"github.com/nats-io/nats.go"
@@ -157,13 +158,7 @@ func next(t *testing.T, ch <-chan appclient.Notification, kind string) string {
 
 func eventually(t *testing.T, within time.Duration, what string, ok func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, within)
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
+	poll.Until(t, within, 25*time.Millisecond, what, ok)
 }
 
 type natsRig struct {

@@ -11,6 +11,7 @@ import (
 	"github.com/livegate/livegate/pkg/events"
 	"github.com/livegate/livegate/pkg/kvstore"
 	"github.com/livegate/livegate/pkg/natstest"
+	"github.com/livegate/livegate/pkg/poll"
 	"github.com/livegate/livegate/pkg/wire"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
 	"github.com/nats-io/nats.go"
@@ -20,13 +21,7 @@ import (
 
 func eventually(t *testing.T, what string, ok func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 15s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	poll.Until(t, 15*time.Second, 20*time.Millisecond, what, ok)
 }
 
 // TestOutboxRouteAndEndpoint runs the publisher against an embedded NATS server.

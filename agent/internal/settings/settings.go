@@ -9,11 +9,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -257,7 +258,7 @@ func secrets(names []string) map[string]bool {
 func fileEntries(path string, doc map[string]any) ([]settingsload.Entry, error) {
 	kit := strings.EqualFold(filepath.Ext(path), ".kit")
 	var out []settingsload.Entry
-	for _, k := range sortedKeys(doc) {
+	for _, k := range slices.Sorted(maps.Keys(doc)) {
 		v := doc[k]
 		if k == "settings" {
 			entries, err := kitEntries(path, v)
@@ -298,21 +299,12 @@ func kitEntries(path string, v any) ([]settingsload.Entry, error) {
 		if !ok {
 			return nil, fmt.Errorf("config %s: %s: want a table", path, where)
 		}
-		for _, k := range sortedKeys(table) {
+		for _, k := range slices.Sorted(maps.Keys(table)) {
 			d, _ := kitDef("exts/" + ext + "/" + k)
 			out = append(out, settingsload.Entry{Key: where + "." + k, Flag: d.name, Value: table[k], Hint: kitKeyHint(ext)})
 		}
 	}
 	return out, nil
-}
-
-func sortedKeys(m map[string]any) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
 
 func kitDef(path string) (def, bool) {

@@ -24,6 +24,7 @@ import (
 	"github.com/livegate/livegate/pkg/kvstore"
 	"github.com/livegate/livegate/pkg/logbuf"
 	"github.com/livegate/livegate/pkg/natstest"
+	"github.com/livegate/livegate/pkg/poll"
 	"github.com/livegate/livegate/pkg/wire"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
 )
@@ -91,13 +92,7 @@ func (p *edgeProc) kill() {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
+	poll.Until(t, 30*time.Second, 25*time.Millisecond, what, cond)
 }
 
 func get(url string) (int, string) {

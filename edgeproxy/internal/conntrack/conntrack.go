@@ -199,23 +199,9 @@ func filteredDelete(dst netip.Addr, port uint16) *nl.NetlinkRequest {
 }
 
 func (n *Netlink) socket() (*nl.NetlinkSocket, error) {
-	if n.netns == "" {
-		s, err := nl.GetNetlinkSocketAt(netns.None(), netns.None(), unix.NETLINK_NETFILTER)
-		if err != nil {
-			return nil, fmt.Errorf("open netfilter netlink socket: %w", err)
-		}
-		return s, nil
-	}
-	ns, err := netns.GetFromName(n.netns)
-	if err != nil {
-		return nil, fmt.Errorf("open network namespace %q: %w", n.netns, err)
-	}
-	defer ns.Close()
-	s, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_NETFILTER)
-	if err != nil {
-		return nil, fmt.Errorf("open netfilter netlink socket in %q: %w", n.netns, err)
-	}
-	return s, nil
+	return openIn(n.netns, func(ns netns.NsHandle) (*nl.NetlinkSocket, error) {
+		return nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_NETFILTER)
+	})
 }
 
 // deleteDumped dumps the table once and deletes the matching entries one by one.
@@ -241,23 +227,33 @@ func (n *Netlink) deleteDumped(ctx context.Context, dst netip.Addr, ports []uint
 }
 
 func (n *Netlink) handle() (*netlink.Handle, error) {
-	if n.netns == "" {
-		h, err := netlink.NewHandle(unix.NETLINK_NETFILTER)
+	return openIn(n.netns, func(ns netns.NsHandle) (*netlink.Handle, error) {
+		return netlink.NewHandleAt(ns, unix.NETLINK_NETFILTER)
+	})
+}
+
+// openIn opens a netfilter netlink socket with open in the network namespace named name, or
+// in this process's own when name is empty: open is given netns.None() then, which the netlink
+// library takes as the namespace the thread is in.
+func openIn[S any](name string, open func(netns.NsHandle) (S, error)) (S, error) {
+	var none S
+	if name == "" {
+		s, err := open(netns.None())
 		if err != nil {
-			return nil, fmt.Errorf("open netfilter netlink socket: %w", err)
+			return none, fmt.Errorf("open netfilter netlink socket: %w", err)
 		}
-		return h, nil
+		return s, nil
 	}
-	ns, err := netns.GetFromName(n.netns)
+	ns, err := netns.GetFromName(name)
 	if err != nil {
-		return nil, fmt.Errorf("open network namespace %q: %w", n.netns, err)
+		return none, fmt.Errorf("open network namespace %q: %w", name, err)
 	}
 	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns, unix.NETLINK_NETFILTER)
+	s, err := open(ns)
 	if err != nil {
-		return nil, fmt.Errorf("open netfilter netlink socket in %q: %w", n.netns, err)
+		return none, fmt.Errorf("open netfilter netlink socket in %q: %w", name, err)
 	}
-	return h, nil
+	return s, nil
 }
 
 // UDPFilter matches UDP flows by original destination address and port.

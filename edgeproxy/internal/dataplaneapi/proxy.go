@@ -101,12 +101,7 @@ func (p *Proxy) frontendLine(t string, w []string) error {
 		}
 		p.Binds = append(p.Binds, b)
 	case w[0] == "http-request":
-		r, err := parseRule(t)
-		if err != nil {
-			return err
-		}
-		r.Index = ptr(len(p.Rules))
-		p.Rules = append(p.Rules, r)
+		return appendRule(&p.Rules, t)
 	default:
 		return fmt.Errorf("not expressible by the data plane api driver")
 	}
@@ -137,19 +132,9 @@ func (p *Proxy) backendLine(t string, w []string) error {
 		}
 		p.Servers = append(p.Servers, s)
 	case w[0] == "http-request":
-		r, err := parseRule(t)
-		if err != nil {
-			return err
-		}
-		r.Index = ptr(len(p.BackendRules))
-		p.BackendRules = append(p.BackendRules, r)
+		return appendRule(&p.BackendRules, t)
 	case w[0] == "http-response":
-		r, err := parseRule(t)
-		if err != nil {
-			return err
-		}
-		r.Index = ptr(len(p.ResponseRules))
-		p.ResponseRules = append(p.ResponseRules, r)
+		return appendRule(&p.ResponseRules, t)
 	default:
 		return fmt.Errorf("not expressible by the data plane api driver")
 	}
@@ -235,6 +220,17 @@ func parseStickTable(w []string) (*StickTable, error) {
 		}
 	}
 	return st, nil
+}
+
+// appendRule parses the rule line t onto the end of rules, its index its place there.
+func appendRule(rules *[]Rule, t string) error {
+	r, err := parseRule(t)
+	if err != nil {
+		return err
+	}
+	r.Index = ptr(len(*rules))
+	*rules = append(*rules, r)
+	return nil
 }
 
 // parseRule reads "http-request|http-response <action> [args] [if <condition>]".

@@ -212,10 +212,7 @@ func (d *Driver) get(ctx context.Context, path string, q url.Values, out any) (f
 // so the frontend's default_backend names an existing backend at every step.
 func (d *Driver) plan(ctx context.Context) ([]op, error) {
 	p := d.proxy
-	var ops []op
-
-	var be Backend
-	found, err := d.get(ctx, "/backends/"+p.Backend.Name, nil, &be)
+	found, ops, err := section(ctx, d, "backends", p.Backend.Name, p.Backend)
 	if err != nil {
 		return nil, err
 	}
@@ -225,13 +222,7 @@ func (d *Driver) plan(ctx context.Context) ([]op, error) {
 	)
 	beQ := url.Values{"backend": {p.Backend.Name}}
 	beParent := url.Values{"parent_type": {"backend"}, "parent_name": {p.Backend.Name}}
-	switch {
-	case !found:
-		ops = append(ops, op{http.MethodPost, cfgPath + "/backends", nil, p.Backend})
-	default:
-		if !same(be, p.Backend) {
-			ops = append(ops, op{http.MethodPut, cfgPath + "/backends/" + p.Backend.Name, nil, p.Backend})
-		}
+	if found {
 		if _, err := d.get(ctx, "/servers", beQ, &servers); err != nil {
 			return nil, err
 		}
@@ -246,24 +237,18 @@ func (d *Driver) plan(ctx context.Context) ([]op, error) {
 	ops = append(ops, indexed(cfgPath+"/http_request_rules", beParent, beRules, p.BackendRules)...)
 	ops = append(ops, indexed(cfgPath+"/http_response_rules", beParent, beResRules, p.ResponseRules)...)
 
-	var fe Frontend
-	found, err = d.get(ctx, "/frontends/"+p.Frontend.Name, nil, &fe)
+	found, feOps, err := section(ctx, d, "frontends", p.Frontend.Name, p.Frontend)
 	if err != nil {
 		return nil, err
 	}
+	ops = append(ops, feOps...)
 	var (
 		binds   []Bind
 		feRules []Rule
 	)
 	feQ := url.Values{"frontend": {p.Frontend.Name}}
 	feParent := url.Values{"parent_type": {"frontend"}, "parent_name": {p.Frontend.Name}}
-	switch {
-	case !found:
-		ops = append(ops, op{http.MethodPost, cfgPath + "/frontends", nil, p.Frontend})
-	default:
-		if !same(fe, p.Frontend) {
-			ops = append(ops, op{http.MethodPut, cfgPath + "/frontends/" + p.Frontend.Name, nil, p.Frontend})
-		}
+	if found {
 		if _, err := d.get(ctx, "/binds", feQ, &binds); err != nil {
 			return nil, err
 		}
@@ -274,6 +259,23 @@ func (d *Driver) plan(ctx context.Context) ([]op, error) {
 	ops = append(ops, named(cfgPath+"/binds", feQ, binds, p.Binds, func(b Bind) string { return b.Name })...)
 	ops = append(ops, indexed(cfgPath+"/http_request_rules", feParent, feRules, p.Rules)...)
 	return ops, nil
+}
+
+// section reads the section of kind ("backends" or "frontends") named name and returns the op
+// that makes it want: a POST when it is missing, a PUT when it differs, none when it is the
+// same. found says whether it was there, and so whether its binds, servers and rules are.
+func section[T any](ctx context.Context, d *Driver, kind, name string, want T) (found bool, ops []op, err error) {
+	var have T
+	found, err = d.get(ctx, "/"+kind+"/"+name, nil, &have)
+	switch {
+	case err != nil:
+		return false, nil, err
+	case !found:
+		return false, []op{{http.MethodPost, cfgPath + "/" + kind, nil, want}}, nil
+	case !same(have, want):
+		return true, []op{{http.MethodPut, cfgPath + "/" + kind + "/" + name, nil, want}}, nil
+	}
+	return true, nil, nil
 }
 
 // same compares an object read from the API with the one livegate wants after normalising the

@@ -2,6 +2,8 @@ package haproxy
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 
 	"github.com/livegate/livegate/edgeproxy/internal/atomicfile"
@@ -13,7 +15,7 @@ import (
 func WriteMapFile(path string, entries map[string]string) error {
 	var b strings.Builder
 	b.WriteString("# livegate session map: session id -> signaling backend. Written by livegate-edgeproxy.\n")
-	for _, k := range sortedKeys(entries) {
+	for _, k := range slices.Sorted(maps.Keys(entries)) {
 		if err := checkWord(k); err != nil {
 			return fmt.Errorf("map file %s: key: %w", path, err)
 		}

@@ -70,14 +70,22 @@ func (s *fakeSocket) handle(c net.Conn) {
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 	r := bufio.NewReader(c)
-	interactive := false
-	for {
+	// next reads and records a line, commands and payload lines alike, without its newline.
+	next := func() (string, error) {
 		line, err := r.ReadString('\n')
 		if err != nil {
-			return
+			return "", err
 		}
 		line = strings.TrimSuffix(line, "\n")
 		s.record(line)
+		return line, nil
+	}
+	interactive := false
+	for {
+		line, err := next()
+		if err != nil {
+			return
+		}
 		switch {
 		case line == "prompt":
 			interactive = true
@@ -87,12 +95,10 @@ func (s *fakeSocket) handle(c net.Conn) {
 			return
 		case strings.HasSuffix(line, " <<"):
 			for {
-				p, err := r.ReadString('\n')
+				p, err := next()
 				if err != nil {
 					return
 				}
-				p = strings.TrimSuffix(p, "\n")
-				s.record(p)
 				if p == "" {
 					break
 				}

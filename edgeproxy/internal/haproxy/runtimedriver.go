@@ -4,7 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 	"strings"
 )
 
@@ -45,7 +46,7 @@ func (d *RuntimeDriver) Apply(ctx context.Context, set map[string]string, del []
 // the replace (that key alone may miss for the instant between the two commands). Past
 // payloadChunk new keys, Apply's path is faster: one `add map` payload per chunk.
 func (d *RuntimeDriver) ApplyKnown(ctx context.Context, set map[string]string, del []string, current map[string]string) error {
-	setKeys := sortedKeys(set)
+	setKeys := slices.Sorted(maps.Keys(set))
 	fresh := 0
 	if current != nil {
 		for _, k := range setKeys {
@@ -152,13 +153,4 @@ func (d *RuntimeDriver) List(ctx context.Context) (map[string]string, error) {
 		}
 	}
 	return m, nil
-}
-
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }

@@ -62,11 +62,18 @@ func ourRules(t *testing.T, lab *netlab.Lab) map[string][]string {
 	return out
 }
 
-func TestKernelForwardRemoveReadd(t *testing.T) {
+// twoNodes is a lab with an echo on each node's port 30000 and a client: the start of the tests
+// that move a mapping between the nodes. It returns node-a's echo.
+func twoNodes(t *testing.T) (*netlab.Lab, *netlab.Echo, *netlab.Client) {
+	t.Helper()
 	lab := netlab.New(t)
 	echoA := lab.StartEcho(t, "node-a", netip.AddrPortFrom(netlab.NodeA, 30000))
 	lab.StartEcho(t, "node-b", netip.AddrPortFrom(netlab.NodeB, 30000))
-	client := lab.NewClient(t)
+	return lab, echoA, lab.NewClient(t)
+}
+
+func TestKernelForwardRemoveReadd(t *testing.T) {
+	lab, echoA, client := twoNodes(t)
 	ctx := context.Background()
 
 	// No idle sweep: the tombstone is looked at after the waits for unanswered datagrams.
@@ -175,10 +182,7 @@ func TestKernelForwardRemoveReadd(t *testing.T) {
 }
 
 func TestKernelSwitchBackendKeepsPort(t *testing.T) {
-	lab := netlab.New(t)
-	lab.StartEcho(t, "node-a", netip.AddrPortFrom(netlab.NodeA, 30000))
-	lab.StartEcho(t, "node-b", netip.AddrPortFrom(netlab.NodeB, 30000))
-	client := lab.NewClient(t)
+	lab, _, client := twoNodes(t)
 	ctx := context.Background()
 	plane := newPlane(t, lab, mediaplane.Config{SNAT: true})
 	const port = 10600
@@ -341,10 +345,7 @@ func connTuple(line string) string {
 }
 
 func TestKernel9500Routes(t *testing.T) {
-	lab := netlab.New(t)
-	lab.StartEcho(t, "node-a", netip.AddrPortFrom(netlab.NodeA, 30000))
-	lab.StartEcho(t, "node-b", netip.AddrPortFrom(netlab.NodeB, 30000))
-	client := lab.NewClient(t)
+	lab, _, client := twoNodes(t)
 	ctx := context.Background()
 	const routes = 9500
 	plane := newPlane(t, lab, mediaplane.Config{SNAT: true, Ports: portalloc.Range{First: 10500, Last: 10500 + routes - 1}})

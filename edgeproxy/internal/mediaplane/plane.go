@@ -15,8 +15,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -535,7 +537,7 @@ func (p *Plane) flush(ctx context.Context, done chan struct{}) {
 			p.mu.Unlock()
 			return
 		}
-		ports := sortedPorts(p.pendingFlush)
+		ports := slices.Sorted(maps.Keys(p.pendingFlush))
 		clear(p.pendingFlush)
 		p.mu.Unlock()
 

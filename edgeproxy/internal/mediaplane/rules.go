@@ -424,7 +424,7 @@ func plan(cur *kernelState, want map[uint16]netip.AddrPort, cfg settings, sweep 
 	// would uncover the DNAT rule behind it. A delete removes the first rule of its spec, and
 	// every rule of the port but one copy of its current spec goes, so which copy a delete hits
 	// does not matter. Otherwise dead rules stay as they are.
-	for _, port := range sortedPorts(cur.dead) {
+	for _, port := range slices.Sorted(maps.Keys(cur.dead)) {
 		chain, kept := inShard(port)
 		if !sweep {
 			next.dead[port] = slices.Clone(cur.dead[port])
@@ -589,15 +589,6 @@ func cleanupBatch(nat, filter *iptables.Table) *iptables.Batch {
 		}
 	}
 	return b
-}
-
-func sortedPorts[V any](m map[uint16]V) []uint16 {
-	out := make([]uint16, 0, len(m))
-	for p := range m {
-		out = append(out, p)
-	}
-	slices.Sort(out)
-	return out
 }
 
 // describe renders a port list for logs, shortened when long.

@@ -14,8 +14,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
-	"sort"
+	"slices"
 	"sync"
 	"time"
 
@@ -253,7 +254,7 @@ func (r *Reconciler) Routes() []RouteStatus {
 	served := r.status
 	r.mu.Unlock()
 	status := make([]RouteStatus, 0, len(served))
-	for _, k := range sortedKeys(served) {
+	for _, k := range slices.Sorted(maps.Keys(served)) {
 		w := served[k]
 		status = append(status, RouteStatus{
 			InstanceID: k, SessionID: w.Route.SessionID, SignalingBackend: w.Route.Signaling.String(),
@@ -565,13 +566,4 @@ func addrStrings(as []netip.AddrPort) []string {
 		out[i] = a.String()
 	}
 	return out
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/livegate/livegate/pkg/events"
 	"github.com/livegate/livegate/pkg/kvstore"
 	"github.com/livegate/livegate/pkg/natstest"
+	"github.com/livegate/livegate/pkg/poll"
 	"github.com/livegate/livegate/pkg/wire"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
 	"github.com/nats-io/nats.go/jetstream"
@@ -108,13 +109,7 @@ func putRoute(t testing.TB, e env, key string, r *livegatev1.Route) {
 
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	poll.Until(t, 20*time.Second, 20*time.Millisecond, what, cond)
 }
 
 func endpointOf(t testing.TB, e env, key string) *livegatev1.Endpoint {

@@ -13,7 +13,9 @@ import (
 	"github.com/livegate/livegate/edgeproxy/internal/portalloc"
 	"github.com/livegate/livegate/edgeproxy/internal/reconcile"
 	"github.com/livegate/livegate/edgeproxy/internal/turnrelay"
+	"github.com/livegate/livegate/edgeproxy/internal/turnrelay/turntest"
 	"github.com/livegate/livegate/pkg/events"
+	"github.com/livegate/livegate/pkg/udpecho"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
 	"github.com/pion/turn/v4"
 	"github.com/prometheus/client_golang/prometheus"
@@ -54,23 +56,9 @@ func TestEndpointCarriesTURN(t *testing.T) {
 	go func() { _ = relay.Run(ctx) }()
 	go func() { _ = r.Run(ctx) }()
 
-	backend, err := net.ListenPacket("udp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer backend.Close()
-	go func() {
-		buf := make([]byte, 1500)
-		for {
-			n, from, err := backend.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			_, _ = backend.WriteTo(buf[:n], from)
-		}
-	}()
+	backend := udpecho.Start(t)
 	putRoute(t, e, "inst-1", &livegatev1.Route{SessionId: "sess-1", InstanceId: "inst-1", SignalingBackend: "127.0.0.1:30000",
-		MediaBackends: []string{backend.LocalAddr().String()}, EdgeId: "edge-a"})
+		MediaBackends: []string{backend.String()}, EdgeId: "edge-a"})
 	waitFor(t, "endpoint with a TURN credential", func() bool { return endpointOf(t, e, "inst-1").GetTurn() != nil })
 	first := endpointOf(t, e, "inst-1").GetTurn()
 	if first.GetUris()[0] != "turn:edge-a.example.test:3478?transport=udp" || first.GetUsername()[len(first.GetUsername())-7:] != ":sess-1" {
@@ -82,16 +70,8 @@ func TestEndpointCarriesTURN(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
-	cl, err := turn.NewClient(&turn.ClientConfig{STUNServerAddr: udp.String(), TURNServerAddr: udp.String(), Conn: conn,
+	cl := turntest.Client(t, &turn.ClientConfig{STUNServerAddr: udp.String(), TURNServerAddr: udp.String(), Conn: conn,
 		Username: first.GetUsername(), Password: first.GetCredential(), Realm: "livegate"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	if err := cl.Listen(); err != nil {
-		t.Fatal(err)
-	}
 	alloc, err := cl.Allocate()
 	if err != nil {
 		t.Fatalf("allocate with the published credential: %v", err)
@@ -99,7 +79,7 @@ func TestEndpointCarriesTURN(t *testing.T) {
 	defer alloc.Close()
 	buf := make([]byte, 64)
 	waitFor(t, "echo of the media backend through the relay", func() bool {
-		_, _ = alloc.WriteTo([]byte("ping"), backend.LocalAddr())
+		_, _ = alloc.WriteTo([]byte("ping"), backend)
 		_ = alloc.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
 		n, _, err := alloc.ReadFrom(buf)
 		return err == nil && string(buf[:n]) == "ping"

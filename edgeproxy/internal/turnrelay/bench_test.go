@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/livegate/livegate/edgeproxy/internal/turnrelay/turntest"
 	"github.com/pion/turn/v4"
 )
 
@@ -25,18 +26,10 @@ func BenchmarkRelayChannelData(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer conn.Close()
 	udp, _, _ := l.r.Addrs()
 	c := l.cred("sess-a")
-	cl, err := turn.NewClient(&turn.ClientConfig{STUNServerAddr: udp.String(), TURNServerAddr: udp.String(), Conn: conn,
+	cl := turntest.Client(b, &turn.ClientConfig{STUNServerAddr: udp.String(), TURNServerAddr: udp.String(), Conn: conn,
 		Username: c.Username, Password: c.Password, Realm: "livegate"})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer cl.Close()
-	if err := cl.Listen(); err != nil {
-		b.Fatal(err)
-	}
 	relay, err := cl.Allocate()
 	if err != nil {
 		b.Fatal(err)

@@ -15,6 +15,8 @@ import (
 
 	"github.com/livegate/livegate/edgeproxy/internal/portalloc"
 	"github.com/livegate/livegate/edgeproxy/internal/tlscert"
+	"github.com/livegate/livegate/edgeproxy/internal/turnrelay/turntest"
+	"github.com/livegate/livegate/pkg/udpecho"
 	"github.com/pion/stun/v3"
 	"github.com/pion/turn/v4"
 	"github.com/prometheus/client_golang/prometheus"
@@ -68,27 +70,6 @@ func newLab(t testing.TB, secrets ...string) *lab {
 	return &lab{t: t, r: r, reg: reg, secret: secrets[0]}
 }
 
-// peer is a session's media backend on loopback: it echoes what it gets.
-func peer(t testing.TB) *net.UDPAddr {
-	t.Helper()
-	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = pc.Close() })
-	go func() {
-		buf := make([]byte, 1500)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			_, _ = pc.WriteTo(buf[:n], from)
-		}
-	}()
-	return pc.LocalAddr().(*net.UDPAddr)
-}
-
 // client connects a pion/turn client over transport (udp, tcp or tls) with a credential.
 func (l *lab) client(transport string, c Credential) *turn.Client {
 	l.t.Helper()
@@ -115,18 +96,10 @@ func (l *lab) client(transport string, c Credential) *turn.Client {
 		}
 		conn, server = turn.NewSTUNConn(tc), tlsAddr.String()
 	}
-	cl, err := turn.NewClient(&turn.ClientConfig{
+	return turntest.Client(l.t, &turn.ClientConfig{
 		STUNServerAddr: server, TURNServerAddr: server, Conn: conn,
 		Username: c.Username, Password: c.Password, Realm: "livegate", RTO: 100 * time.Millisecond,
 	})
-	if err != nil {
-		l.t.Fatal(err)
-	}
-	if err := cl.Listen(); err != nil {
-		l.t.Fatal(err)
-	}
-	l.t.Cleanup(func() { cl.Close(); _ = conn.Close() })
-	return cl
 }
 
 func (l *lab) cred(session string) Credential {
@@ -166,7 +139,7 @@ func (l *lab) refusals(reason string) float64 {
 
 func TestRelayToOwnMedia(t *testing.T) {
 	l := newLab(t, secretA)
-	a, b := peer(t), peer(t)
+	a, b := udpecho.Start(t), udpecho.Start(t)
 	l.r.Serve(map[string]Media{"sess-a": serveOne(a), "sess-b": serveOne(b)})
 	for _, transport := range []string{"udp", "tcp", "tls"} {
 		t.Run(transport, func(t *testing.T) {
@@ -207,8 +180,8 @@ func TestRelayToOwnMedia(t *testing.T) {
 // edge's IP another session's port, or a port nobody serves.
 func TestPeersOutsideTheSessionRefused(t *testing.T) {
 	l := newLab(t, secretA)
-	a, b := peer(t), peer(t)
-	backend := peer(t)
+	a, b := udpecho.Start(t), udpecho.Start(t)
+	backend := udpecho.Start(t)
 	l.r.Serve(map[string]Media{"sess-a": {Ports: []uint16{uint16(a.Port)}, Backends: []netip.AddrPort{backend.AddrPort()}}, "sess-b": serveOne(b)})
 	cl := l.client("udp", l.cred("sess-b"))
 	relay, err := cl.Allocate()
@@ -238,7 +211,7 @@ func TestPeersOutsideTheSessionRefused(t *testing.T) {
 
 func TestCredentialsRefused(t *testing.T) {
 	l := newLab(t, secretA)
-	a := peer(t)
+	a := udpecho.Start(t)
 	l.r.Serve(map[string]Media{"sess-a": serveOne(a)})
 	for _, tc := range []struct {
 		name   string
@@ -268,7 +241,7 @@ func TestCredentialsRefused(t *testing.T) {
 // An allocation made with another session's credential cannot be steered with this one's.
 func TestRequestUnderAnotherSessionsCredentialRefused(t *testing.T) {
 	l := newLab(t, secretA)
-	a, b := peer(t), peer(t)
+	a, b := udpecho.Start(t), udpecho.Start(t)
 	l.r.Serve(map[string]Media{"sess-a": serveOne(a), "sess-b": serveOne(b)})
 	cl := l.client("udp", l.cred("sess-a"))
 	relay, err := cl.Allocate()
@@ -289,7 +262,7 @@ func TestRequestUnderAnotherSessionsCredentialRefused(t *testing.T) {
 
 func TestEndedSessionTornDown(t *testing.T) {
 	l := newLab(t, secretA)
-	a := peer(t)
+	a := udpecho.Start(t)
 	l.r.Serve(map[string]Media{"sess-a": serveOne(a)})
 	for _, transport := range []string{"udp", "tcp"} {
 		cl := l.client(transport, l.cred("sess-a"))
@@ -332,7 +305,7 @@ func TestEndedSessionTornDown(t *testing.T) {
 
 func TestSecretRotation(t *testing.T) {
 	l := newLab(t, secretA)
-	a := peer(t)
+	a := udpecho.Start(t)
 	l.r.Serve(map[string]Media{"sess-a": serveOne(a)})
 	old := l.cred("sess-a")
 	write := func(secrets ...string) {

@@ -3,8 +3,9 @@ package dpatest
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/url"
-	"sort"
+	"slices"
 	"strings"
 )
 
@@ -145,17 +146,10 @@ func (c *Config) Render() (string, error) {
 		if err := section(&b, fe, frontendFields); err != nil {
 			return "", fmt.Errorf("frontend %s: %w", name, err)
 		}
-		for _, bd := range c.Binds[name] {
-			line, err := bindLine(bd)
-			if err != nil {
-				return "", fmt.Errorf("frontend %s bind: %w", name, err)
-			}
-			b.WriteString("    " + line + "\n")
+		if err := writeLines(&b, c.Binds[name], bindLine); err != nil {
+			return "", fmt.Errorf("frontend %s bind: %w", name, err)
 		}
-		if err := rules(&b, "http-request", c.ReqRules["frontend/"+name]); err != nil {
-			return "", fmt.Errorf("frontend %s: %w", name, err)
-		}
-		if err := rules(&b, "http-response", c.ResRules["frontend/"+name]); err != nil {
+		if err := c.sectionRules(&b, "frontend/"+name); err != nil {
 			return "", fmt.Errorf("frontend %s: %w", name, err)
 		}
 		if v, ok := fe["default_backend"]; ok {
@@ -169,18 +163,11 @@ func (c *Config) Render() (string, error) {
 		if err := section(&b, be, backendFields); err != nil {
 			return "", fmt.Errorf("backend %s: %w", name, err)
 		}
-		if err := rules(&b, "http-request", c.ReqRules["backend/"+name]); err != nil {
+		if err := c.sectionRules(&b, "backend/"+name); err != nil {
 			return "", fmt.Errorf("backend %s: %w", name, err)
 		}
-		if err := rules(&b, "http-response", c.ResRules["backend/"+name]); err != nil {
-			return "", fmt.Errorf("backend %s: %w", name, err)
-		}
-		for _, s := range c.Servers[name] {
-			line, err := serverLine(s)
-			if err != nil {
-				return "", fmt.Errorf("backend %s server: %w", name, err)
-			}
-			b.WriteString("    " + line + "\n")
+		if err := writeLines(&b, c.Servers[name], serverLine); err != nil {
+			return "", fmt.Errorf("backend %s server: %w", name, err)
 		}
 		b.WriteString("\n")
 	}
@@ -240,7 +227,7 @@ var (
 )
 
 func section(b *strings.Builder, o obj, fields map[string]field) error {
-	keys := sortedKeys(o)
+	keys := slices.Sorted(maps.Keys(o))
 	for _, k := range keys {
 		f, ok := fields[k]
 		if !ok {
@@ -256,6 +243,18 @@ func section(b *strings.Builder, o obj, fields map[string]field) error {
 		if line != "" {
 			b.WriteString("    " + line + "\n")
 		}
+	}
+	return nil
+}
+
+// writeLines writes a section's line for each of list (its binds or servers), as line renders it.
+func writeLines(b *strings.Builder, list []obj, line func(obj) (string, error)) error {
+	for _, o := range list {
+		l, err := line(o)
+		if err != nil {
+			return err
+		}
+		b.WriteString("    " + l + "\n")
 	}
 	return nil
 }
@@ -296,6 +295,15 @@ func serverLine(o obj) (string, error) {
 		}
 	}
 	return fmt.Sprintf("server %s %s", str(o["name"]), addr), nil
+}
+
+// sectionRules writes the http-request and then the http-response rules of the section at key
+// (frontend/NAME or backend/NAME).
+func (c *Config) sectionRules(b *strings.Builder, key string) error {
+	if err := rules(b, "http-request", c.ReqRules[key]); err != nil {
+		return err
+	}
+	return rules(b, "http-response", c.ResRules[key])
 }
 
 // ruleFields renders the action part of one rule type, as fields in order.
@@ -387,13 +395,4 @@ func str(v any) string {
 	default:
 		return fmt.Sprint(x)
 	}
-}
-
-func sortedKeys(o obj) []string {
-	keys := make([]string, 0, len(o))
-	for k := range o {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
