@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/livegate/livegate/e2e/internal/stack"
 	"github.com/livegate/livegate/e2e/internal/wsclient"
+	"github.com/livegate/livegate/pkg/httpcall"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
 )
 
@@ -191,13 +191,7 @@ func TestDrainHandsSessionsToThePool(t *testing.T) {
 // admin GETs path from edge g's admin address.
 func (e *env) admin(g *edge, path string) (int, string) {
 	e.t.Helper()
-	resp, err := g.NS.HTTPClient(5 * time.Second).Get("http://127.0.0.1:9470" + path)
-	if err != nil {
-		e.t.Fatalf("%s admin %s: %v", g.ID, path, err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	return httpcall.Do(e.t, g.NS.HTTPClient(5*time.Second), httpcall.New(e.t, http.MethodGet, "http://127.0.0.1:9470"+path, "", ""))
 }
 
 // statusDraining checks what `livegate-edgeproxy status -o json` says of g's drain.

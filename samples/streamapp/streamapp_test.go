@@ -20,6 +20,7 @@ import (
 	"github.com/livegate/livegate/pkg/appclient/appclienttest"
 	"github.com/livegate/livegate/pkg/freeport"
 	"github.com/livegate/livegate/pkg/logbuf"
+	"github.com/livegate/livegate/pkg/poll"
 	"github.com/pion/webrtc/v4"
 	"github.com/rs/zerolog"
 )
@@ -168,13 +169,7 @@ func (b *browser) answer(t *testing.T, c *websocket.Conn, offer message) {
 
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	poll.Until(t, 15*time.Second, 20*time.Millisecond, what, cond)
 }
 
 func TestStreamsVideoAndEchoesInput(t *testing.T) {

@@ -16,6 +16,7 @@ import (
 	"github.com/livegate/livegate/agent/internal/metrics"
 	"github.com/livegate/livegate/agent/internal/session"
 	"github.com/livegate/livegate/pkg/appclient/appclienttest"
+	"github.com/livegate/livegate/pkg/httpcall"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
 	"github.com/rs/zerolog"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -37,24 +38,12 @@ func newServer(t *testing.T, cfg session.Config) (*lifecycle.Agent, *Server, str
 
 func post(t *testing.T, url string) (int, string) {
 	t.Helper()
-	resp, err := http.Post(url, "application/json", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	return httpcall.Do(t, nil, httpcall.New(t, http.MethodPost, url, "application/json", ""))
 }
 
 func get(t *testing.T, url string) (int, string) {
 	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	return httpcall.Do(t, nil, httpcall.New(t, http.MethodGet, url, "", ""))
 }
 
 func TestEvents(t *testing.T) {

@@ -2,8 +2,6 @@ package restapi
 
 import (
 	"encoding/json"
-	"io"
-	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -12,6 +10,7 @@ import (
 	"github.com/livegate/livegate/agent/internal/lifecycle"
 	"github.com/livegate/livegate/agent/internal/metrics"
 	"github.com/livegate/livegate/agent/internal/session"
+	"github.com/livegate/livegate/pkg/httpcall"
 )
 
 type rig struct {
@@ -40,20 +39,7 @@ func (r *rig) do(method, path, body string) (int, string) {
 // doType sends body as contentType; "" sends no Content-Type.
 func (r *rig) doType(method, contentType, path, body string) (int, string) {
 	r.t.Helper()
-	req, err := http.NewRequest(method, r.srv.URL+path, strings.NewReader(body))
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	if contentType != "" {
-		req.Header.Set("Content-Type", contentType)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	return httpcall.Do(r.t, nil, httpcall.New(r.t, method, r.srv.URL+path, contentType, body))
 }
 
 func (r *rig) expect(method, path, body string, code int, want string) {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/livegate/livegate/edgeproxy/internal/placement"
+	"github.com/livegate/livegate/pkg/httpcall"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 )
@@ -73,17 +74,7 @@ func TestDrain(t *testing.T) {
 	defer srv.Close()
 	do := func(method, path string) (int, string) {
 		t.Helper()
-		req, err := http.NewRequest(method, srv.URL+path, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
+		return httpcall.Do(t, nil, httpcall.New(t, method, srv.URL+path, "", ""))
 	}
 	steps := []struct {
 		method, path string

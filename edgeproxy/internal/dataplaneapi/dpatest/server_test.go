@@ -1,35 +1,22 @@
 package dpatest_test
 
 import (
-	"io"
-	"net/http"
 	"strings"
 	"testing"
 
 	"github.com/livegate/livegate/edgeproxy/internal/dataplaneapi/dpatest"
+	"github.com/livegate/livegate/pkg/httpcall"
 )
 
 func do(t *testing.T, s *dpatest.Server, method, path, body, user, pass string) (int, string) {
 	t.Helper()
-	var r io.Reader
+	contentType := ""
 	if body != "" {
-		r = strings.NewReader(body)
+		contentType = "application/json"
 	}
-	req, err := http.NewRequest(method, s.URL+"/v2"+path, r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if body != "" {
-		req.Header.Set("Content-Type", "application/json")
-	}
+	req := httpcall.New(t, method, s.URL+"/v2"+path, contentType, body)
 	req.SetBasicAuth(user, pass)
-	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	b, _ := io.ReadAll(res.Body)
-	return res.StatusCode, string(b)
+	return httpcall.Do(t, nil, req)
 }
 
 // The fake must refuse what the real API refuses, or the driver's contract tests prove nothing.
