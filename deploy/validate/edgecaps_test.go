@@ -188,6 +188,8 @@ func TestEdgeRunsWithTheUnitsCapabilities(t *testing.T) {
 		t.Errorf("haproxy runs as uid %q, want %d", uid, nobody)
 	}
 
+	// The agent goes first, while the edge's embedded NATS still answers its goodbye.
+	agent.stop(t)
 	edge.terminate(t)
 	if syscall.Kill(haproxyPid, 0) != nil {
 		t.Error("HAProxy stopped with the edge: a restart of the edge would drop every websocket")

@@ -24,7 +24,10 @@ type proc struct {
 	cmd  *exec.Cmd
 	mu   sync.Mutex
 	out  strings.Builder
-	done chan error
+	// done is closed when the process has exited, err then holds what Wait returned: a closed
+	// channel can be looked at by stop, terminate and waitUntil alike.
+	done chan struct{}
+	err  error
 }
 
 func (p *proc) Write(b []byte) (int, error) {
@@ -48,21 +51,26 @@ func start(t *testing.T, env []string, bin string, args ...string) *proc {
 // failure messages call it.
 func startNamed(t *testing.T, name string, env []string, bin string, args ...string) *proc {
 	t.Helper()
-	p := &proc{name: name, cmd: exec.Command(bin, args...), done: make(chan error, 1)}
+	p := &proc{name: name, cmd: exec.Command(bin, args...), done: make(chan struct{})}
 	p.cmd.Env = append(os.Environ(), env...)
 	p.cmd.Stdout, p.cmd.Stderr = p, p
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go func() { p.done <- p.cmd.Wait() }()
+	go func() {
+		p.err = p.cmd.Wait()
+		close(p.done)
+	}()
 	t.Cleanup(func() { p.stop(t) })
 	return p
 }
 
 // stop sends SIGTERM and waits for the exit, once.
 func (p *proc) stop(t *testing.T) {
-	if p.cmd.ProcessState != nil {
+	select {
+	case <-p.done:
 		return
+	default:
 	}
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
@@ -82,11 +90,13 @@ func (p *proc) terminate(t *testing.T) {
 		t.Fatal(err)
 	}
 	select {
-	case err := <-p.done:
-		if err != nil {
-			t.Fatalf("%s after SIGTERM: %v\n%s", p.name, err, p)
+	case <-p.done:
+		if p.err != nil {
+			t.Fatalf("%s after SIGTERM: %v\n%s", p.name, p.err, p)
 		}
 	case <-time.After(20 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
 		t.Fatalf("%s still running 20 s after SIGTERM\n%s", p.name, p)
 	}
 }
@@ -99,8 +109,8 @@ func waitUntil(t *testing.T, within time.Duration, what string, procs []*proc, c
 	for !cond() {
 		for _, p := range procs {
 			select {
-			case err := <-p.done:
-				t.Fatalf("%s: %s exited: %v\n%s", what, p.name, err, logs(procs))
+			case <-p.done:
+				t.Fatalf("%s: %s exited: %v\n%s", what, p.name, p.err, logs(procs))
 			default:
 			}
 		}

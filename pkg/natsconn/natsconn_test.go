@@ -10,6 +10,7 @@ import (
 
 	"github.com/livegate/livegate/pkg/freeport"
 	"github.com/livegate/livegate/pkg/natstest"
+	"github.com/livegate/livegate/pkg/poll"
 	"github.com/rs/zerolog"
 )
 
@@ -102,13 +103,7 @@ func TestStartsBeforeServer(t *testing.T) {
 
 func waitConnected(t *testing.T, ok func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatal("not connected after 20s")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	poll.Until(t, 20*time.Second, 50*time.Millisecond, "connected", ok)
 }
 
 // TestInboxPrefix: the replies a client asks for arrive under its own prefix.

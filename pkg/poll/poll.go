@@ -8,8 +8,8 @@ import (
 	"time"
 )
 
-// Until checks ok, sleeping every between checks, until it holds, and fails the test, naming
-// what, when it still does not hold after within.
+// Until checks ok until it holds, sleeping for the duration every between two checks, and
+// fails the test, naming what, when ok still does not hold once the duration within has passed.
 func Until(t testing.TB, within, every time.Duration, what string, ok func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(within)

@@ -8,9 +8,9 @@ import (
 	"testing"
 )
 
-// Serve sends each datagram pc reads back to its sender until reading fails, as when pc is
+// serve sends each datagram pc reads back to its sender until reading fails, as when pc is
 // closed. Datagrams longer than 1500 bytes, an Ethernet MTU, come back cut.
-func Serve(pc net.PacketConn) {
+func serve(pc net.PacketConn) {
 	buf := make([]byte, 1500)
 	for {
 		n, from, err := pc.ReadFrom(buf)
@@ -29,6 +29,6 @@ func Start(t testing.TB) *net.UDPAddr {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = pc.Close() })
-	go Serve(pc)
+	go serve(pc)
 	return pc.LocalAddr().(*net.UDPAddr)
 }

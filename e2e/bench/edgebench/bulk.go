@@ -148,7 +148,8 @@ func (e *Env) fill(ctx context.Context, n int) error {
 }
 
 // Striped runs put for 0..n-1 on writers goroutines, writer w taking w, w+writers, …; a writer
-// stops at its own first error, and Striped returns the first of them once every writer is done.
+// stops at its own first error, and Striped returns the first error to arrive once every writer
+// is done.
 func Striped(n, writers int, put func(i int) error) error {
 	var wg sync.WaitGroup
 	errs := make(chan error, writers)

@@ -12,11 +12,12 @@ import (
 // are closed when the test ends.
 func Client(t testing.TB, cfg *turn.ClientConfig) *turn.Client {
 	t.Helper()
+	t.Cleanup(func() { _ = cfg.Conn.Close() })
 	cl, err := turn.NewClient(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cl.Close(); _ = cfg.Conn.Close() })
+	t.Cleanup(cl.Close)
 	if err := cl.Listen(); err != nil {
 		t.Fatal(err)
 	}
