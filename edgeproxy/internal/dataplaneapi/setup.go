@@ -262,8 +262,9 @@ func (d *Driver) plan(ctx context.Context) ([]op, error) {
 }
 
 // section reads the section of kind ("backends" or "frontends") named name and returns the op
-// that makes it what livegate wants (want): a POST when it is missing, a PUT when it differs, none when it is the
-// same. found says whether it was there, and so whether its binds, servers and rules are.
+// that makes it what livegate wants (want): a POST when it is missing, a PUT when it differs,
+// none when it is the same. found says whether it was there, and so whether its binds, servers
+// and rules are.
 func section[T any](ctx context.Context, d *Driver, kind, name string, want T) (found bool, ops []op, err error) {
 	var have T
 	found, err = d.get(ctx, "/"+kind+"/"+name, nil, &have)
