@@ -321,6 +321,9 @@ func (c *Client) run(ctx context.Context, req string, n int) ([]string, bool, er
 }
 
 // readAnswers reads n answers, each ended by the prompt, without reading past the last one.
+// Every answer ends with a newline (an empty one is the newline alone) and the prompt "> "
+// follows it, so a newline followed by "> " ends an answer; at least the prompt follows every
+// newline, so the peek waits only for bytes HAProxy is sending.
 func readAnswers(r *bufio.Reader, n int) ([]string, error) {
 	answers := make([]string, 0, n)
 	var cur []byte
@@ -333,31 +336,14 @@ func readAnswers(r *bufio.Reader, n int) ([]string, error) {
 		if err != nil {
 			return nil, err
 		}
-		// An answer ends with "\n" followed by "> ", which is not followed by a newline: peek.
-		for len(answers) < n {
-			p, err := r.Peek(2)
-			if err != nil {
-				return nil, err
-			}
-			if string(p) != "> " {
-				break
-			}
+		p, err := r.Peek(2)
+		if err != nil {
+			return nil, err
+		}
+		if string(p) == "> " {
 			_, _ = r.Discard(2)
 			answers = append(answers, strings.TrimRight(string(cur), "\n"))
 			cur = cur[:0]
-			if len(answers) == n {
-				break
-			}
-			// An empty answer is "\n> " straight away.
-			p, err = r.Peek(1)
-			if err != nil {
-				return nil, err
-			}
-			if p[0] != '\n' {
-				break
-			}
-			_, _ = r.Discard(1)
-			cur = append(cur, '\n')
 		}
 	}
 	return answers, nil
