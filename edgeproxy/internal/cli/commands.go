@@ -69,7 +69,7 @@ var summaries = map[string]string{
 	"run":            "the edge: watch routes in NATS, program HAProxy and the kernel (the default)",
 	"check-config":   "check settings, files and the HAProxy configuration without starting",
 	"haproxy-config": "print the HAProxy configuration the settings give",
-	"cleanup":        "remove the media plane's iptables chains and their conntrack entries (HAProxy stays)",
+	"cleanup":        "remove the media plane's nftables table, iptables chains and conntrack entries (HAProxy stays)",
 	"drain":          "drain the edge running here: no new sessions, the others handed to its pool at a deadline (--cancel ends it)",
 	"probe":          "check one session through an edge as a client would",
 	"status":         "show edges, routes, endpoints, refusals and port use, read from NATS",

@@ -29,13 +29,14 @@ func KernelMedia(ctx context.Context, o MediaOptions, log zerolog.Logger) (media
 		return nil, err
 	}
 	if err := p.Recover(ctx); err != nil {
+		p.Close()
 		return nil, err
 	}
 	return p, nil
 }
 
-// CleanupCommand is `livegate-edgeproxy cleanup`: it removes every iptables rule and chain the
-// media plane wrote, and the conntrack entries of the ports they forwarded. Its log settings are
+// CleanupCommand is `livegate-edgeproxy cleanup`: it removes the media plane's nftables table,
+// every iptables rule and chain it wrote, and the conntrack entries of the ports they forwarded. Its log settings are
 // read as run reads them (flag, environment, --config file, default).
 func CleanupCommand(h Hooks) Command {
 	return func(ctx context.Context, args []string, _, stderr io.Writer) int {
@@ -46,7 +47,7 @@ func CleanupCommand(h Hooks) Command {
 		registerLog(fs, &level, &format)
 		registerConfig(fs)
 		l := commandLoader(fs, h.settingNames())
-		fs.Usage = l.Usage(fs, name+" [flags]", "Removes livegate's media iptables chains, their jumps and their conntrack entries.")
+		fs.Usage = l.Usage(fs, name+" [flags]", "Removes livegate's media nftables table, its iptables chains and their jumps, and their conntrack entries.")
 		src, err := load(fs, l, args)
 		if errors.Is(err, flag.ErrHelp) {
 			return 0

@@ -6,8 +6,8 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/livegate/livegate/edgeproxy/internal/iptables/iptablestest"
 	"github.com/livegate/livegate/edgeproxy/internal/mediaplane"
+	"github.com/livegate/livegate/edgeproxy/internal/mediaplane/mediaplanetest"
 	"github.com/livegate/livegate/edgeproxy/internal/portalloc"
 	"github.com/livegate/livegate/pkg/wire"
 	livegatev1 "github.com/livegate/livegate/proto/livegate/v1"
@@ -67,7 +67,7 @@ func FuzzEdgeWatchValues(f *testing.F) {
 		plane, err := mediaplane.New(mediaplane.Config{
 			PublicIP: netip.MustParseAddr("198.18.1.1"), Ports: public, SNAT: true,
 			BackendCIDRs: []netip.Prefix{netip.MustParsePrefix("198.19.0.0/16")}, BackendPorts: portalloc.Range{First: 30000, Last: 32767},
-		}, mediaplane.WithRunner(iptablestest.New()), mediaplane.WithConntrack(fuzzCleaner{}))
+		}, append(mediaplanetest.New().Options(), mediaplane.WithConntrack(fuzzCleaner{}))...)
 		if err != nil {
 			t.Fatal(err)
 		}

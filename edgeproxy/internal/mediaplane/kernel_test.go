@@ -3,8 +3,8 @@ package mediaplane_test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,6 +16,7 @@ import (
 	"github.com/livegate/livegate/edgeproxy/internal/conntrack"
 	"github.com/livegate/livegate/edgeproxy/internal/iptables"
 	"github.com/livegate/livegate/edgeproxy/internal/mediaplane"
+	"github.com/livegate/livegate/edgeproxy/internal/mediaplane/internal/dnatmap"
 	"github.com/livegate/livegate/edgeproxy/internal/mediaplane/internal/netlab"
 	"github.com/livegate/livegate/edgeproxy/internal/portalloc"
 )
@@ -33,6 +34,23 @@ func (c *countingRunner) Restore(ctx context.Context, payload []byte) error {
 	return c.Runner.Restore(ctx, payload)
 }
 
+// countingMap counts the calls that may write the map (an Ensure that finds the layout current
+// writes nothing, so it is counted only by what follows it).
+type countingMap struct {
+	mediaplane.DNATMap
+	writes atomic.Int32
+}
+
+func (c *countingMap) Apply(ctx context.Context, ch dnatmap.Change) error {
+	c.writes.Add(1)
+	return c.DNATMap.Apply(ctx, ch)
+}
+
+func (c *countingMap) Ensure(ctx context.Context, l dnatmap.Layout) (map[uint16]netip.AddrPort, error) {
+	c.writes.Add(1)
+	return c.DNATMap.Ensure(ctx, l)
+}
+
 func newPlane(t *testing.T, lab *netlab.Lab, cfg mediaplane.Config, opts ...mediaplane.Option) *mediaplane.Plane {
 	t.Helper()
 	cfg.PublicIP = netlab.PublicAddr
@@ -43,6 +61,26 @@ func newPlane(t *testing.T, lab *netlab.Lab, cfg mediaplane.Config, opts ...medi
 	}
 	t.Cleanup(p.Close)
 	return p
+}
+
+func openMap(t *testing.T, lab *netlab.Lab) *dnatmap.Kernel {
+	t.Helper()
+	k, err := dnatmap.Open(dnatmap.WithNetns(lab.Edge))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { k.Close() })
+	return k
+}
+
+// mapElements is the DNAT map of the edge, read on a socket of its own.
+func mapElements(t *testing.T, lab *netlab.Lab) map[uint16]netip.AddrPort {
+	t.Helper()
+	st, err := openMap(t, lab).Read(context.Background(), dnatmap.Layout{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.Elements
 }
 
 func ourRules(t *testing.T, lab *netlab.Lab) map[string][]string {
@@ -76,8 +114,7 @@ func TestKernelForwardRemoveReadd(t *testing.T) {
 	lab, echoA, client := twoNodes(t)
 	ctx := context.Background()
 
-	// No idle sweep: the tombstone is looked at after the waits for unanswered datagrams.
-	plane := newPlane(t, lab, mediaplane.Config{SNAT: true, Quarantine: time.Minute}, mediaplane.WithIdleSweep(0))
+	plane := newPlane(t, lab, mediaplane.Config{SNAT: true, Quarantine: time.Minute})
 	backendA := netip.AddrPortFrom(netlab.NodeA, 30000)
 	ports, err := plane.Assign("inst-a", []netip.AddrPort{backendA}, nil)
 	if err != nil {
@@ -98,7 +135,6 @@ func TestKernelForwardRemoveReadd(t *testing.T) {
 	if got := lab.Conntrack(t, port); len(got) != 1 {
 		t.Fatalf("conntrack entries for %d = %q, want one", port, got)
 	}
-	t.Logf("rules:\n%s", lab.Exec(t, lab.Edge, "iptables-save", "-t", "nat"))
 
 	local := lab.NewClientIn(t, lab.Edge)
 	if got := local.Ask(t, port, "from-the-edge", answerWait); got != "node-a:from-the-edge" {
@@ -112,6 +148,9 @@ func TestKernelForwardRemoveReadd(t *testing.T) {
 	if err := plane.Settle(ctx); err != nil {
 		t.Fatal(err)
 	}
+	if got := mapElements(t, lab); len(got) != 0 {
+		t.Fatalf("map after removal = %v, want empty", got)
+	}
 	if got := lab.Conntrack(t, port); len(got) != 0 {
 		t.Fatalf("conntrack entries for %d after removal = %q, want none", port, got)
 	}
@@ -120,11 +159,6 @@ func TestKernelForwardRemoveReadd(t *testing.T) {
 	}
 	if got := lab.NewClient(t).Ask(t, port, "new-flow", 300*time.Millisecond); got != "" {
 		t.Fatalf("removed port %d answers a new flow: %q", port, got)
-	}
-	shard := mediaplane.ShardPrefix + strconv.Itoa(int(port&^(mediaplane.ShardSize-1)))
-	tomb := fmt.Sprintf("-d %s/32 -p udp -m udp --dport %d -j RETURN", netlab.PublicAddr, port)
-	if got := ourRules(t, lab)[shard]; len(got) != 2 || got[0] != tomb {
-		t.Fatalf("%s after removal = %q, want the tombstone ahead of the DNAT rule", shard, got)
 	}
 
 	// The client kept sending while the port was unrouted, which left a non-NAT conntrack
@@ -140,44 +174,8 @@ func TestKernelForwardRemoveReadd(t *testing.T) {
 	if got := client.Ask(t, port, "again", answerWait); got != "node-b:again" {
 		t.Fatalf("answer after re-adding port %d = %q, want node-b:again", port, got)
 	}
-	if got := ourRules(t, lab)[shard]; len(got) != 3 {
-		t.Fatalf("%s after re-adding before the sweep = %q, want the new rule ahead of the tombstone and the old rule", shard, got)
-	}
-
-	// A restart adopts the mapping, and its idle sweep (not its first batch, which would wait
-	// for it) deletes the rules the new one shadows; the flow goes on.
-	restarted := newPlane(t, lab, mediaplane.Config{SNAT: true, Quarantine: time.Minute})
-	if err := restarted.Recover(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := restarted.Sync(ctx, map[string][]mediaplane.Mapping{"inst-b": {{PublicPort: port, Backend: backendB}}}); err != nil {
-		t.Fatal(err)
-	}
-	if got := ourRules(t, lab)[shard]; len(got) == 0 || !strings.Contains(got[0], backendB.String()) {
-		t.Fatalf("%s after the restart = %q, want the rule to %s first", shard, got, backendB)
-	}
-	swept := time.Now().Add(10 * time.Second)
-	for len(ourRules(t, lab)[shard]) != 1 && time.Now().Before(swept) {
-		time.Sleep(50 * time.Millisecond)
-	}
-	if got := ourRules(t, lab)[shard]; len(got) != 1 || !strings.Contains(got[0], backendB.String()) {
-		t.Fatalf("%s after the restart's idle sweep = %q, want only the rule to %s", shard, got, backendB)
-	}
-	if got := client.Ask(t, port, "after-restart", answerWait); got != "node-b:after-restart" {
-		t.Fatalf("answer after the restart = %q, want node-b:after-restart", got)
-	}
-
-	// Once batches stop, the plane sweeps by itself.
-	plane.Close()
-	if err := restarted.Sync(ctx, nil); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for len(ourRules(t, lab)[shard]) != 0 && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
-	if got := ourRules(t, lab)[shard]; len(got) != 0 {
-		t.Fatalf("%s after the idle sweep = %q, want it gone", shard, got)
+	if got := mapElements(t, lab); !maps.Equal(got, map[uint16]netip.AddrPort{port: backendB}) {
+		t.Fatalf("map after re-adding = %v", got)
 	}
 }
 
@@ -239,7 +237,7 @@ func TestKernelRestartKeepsMappingsAndFlows(t *testing.T) {
 	if err := first.Sync(ctx, want); err != nil {
 		t.Fatal(err)
 	}
-	before := ourRules(t, lab)
+	before := fmt.Sprint(ourRules(t, lab), mapElements(t, lab))
 
 	client := lab.NewClient(t)
 	var (
@@ -290,7 +288,9 @@ func TestKernelRestartKeepsMappingsAndFlows(t *testing.T) {
 
 	// A new process: new plane, ports recovered as preferred from livegate_endpoints.
 	counter := &countingRunner{Runner: iptables.NewExec(iptables.WithNetns(lab.Edge))}
-	second := newPlane(t, lab, cfg, mediaplane.WithRunner(counter))
+	dnat := openMap(t, lab)
+	counted := &countingMap{DNATMap: dnat}
+	second := newPlane(t, lab, cfg, mediaplane.WithRunner(counter), mediaplane.WithDNATMap(counted))
 	if err := second.Recover(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -301,8 +301,8 @@ func TestKernelRestartKeepsMappingsAndFlows(t *testing.T) {
 	if err := second.Sync(ctx, want); err != nil {
 		t.Fatal(err)
 	}
-	if n := counter.restores.Load(); n != 0 {
-		t.Fatalf("restart with the same state wrote %d iptables batches, want none", n)
+	if n, m := counter.restores.Load(), counted.writes.Load(); n != 0 || m != 0 {
+		t.Fatalf("restart with the same state wrote %d iptables batches and %d map changes, want none", n, m)
 	}
 	mu.Lock()
 	mark := answered
@@ -313,24 +313,14 @@ func TestKernelRestartKeepsMappingsAndFlows(t *testing.T) {
 	if len(missed) > 0 {
 		t.Fatalf("flow lost datagrams across the restart: %v", missed)
 	}
-	if after := ourRules(t, lab); fmt.Sprint(after) != fmt.Sprint(before) {
-		t.Fatalf("rules changed across restart:\nbefore %v\nafter  %v", before, after)
+	if after := fmt.Sprint(ourRules(t, lab), mapElements(t, lab)); after != before {
+		t.Fatalf("rules or map changed across restart:\nbefore %v\nafter  %v", before, after)
 	}
 	conntrackAfter := lab.Conntrack(t, ports[0])
 	if len(conntrackBefore) != 1 || len(conntrackAfter) != 1 || connTuple(conntrackBefore[0]) != connTuple(conntrackAfter[0]) {
 		t.Fatalf("flow's conntrack entry changed across restart:\nbefore %q\nafter  %q", conntrackBefore, conntrackAfter)
 	}
 	t.Logf("flow answered %d datagrams, none lost, across the restart", mark+20)
-}
-
-func shardRules(rules map[string][]string) int {
-	n := 0
-	for chain, specs := range rules {
-		if strings.HasPrefix(chain, mediaplane.ShardPrefix) {
-			n += len(specs)
-		}
-	}
-	return n
 }
 
 // connTuple keeps the addresses and ports of a conntrack -L line, dropping counters and timers.
@@ -342,6 +332,63 @@ func connTuple(line string) string {
 		}
 	}
 	return strings.Join(keep, " ")
+}
+
+// TestKernelLegacyRulesGiveWay: an edge of an earlier version left its per-port DNAT chains and
+// a flow through them; the new plane puts the port in the map, removes the chains, and the flow
+// goes on without losing a datagram to the change.
+func TestKernelLegacyRulesGiveWay(t *testing.T) {
+	lab, _, client := twoNodes(t)
+	ctx := context.Background()
+	backendA := netip.AddrPortFrom(netlab.NodeA, 30000)
+	rules := fmt.Sprintf(`*nat
+:LIVEGATE-DNAT - [0:0]
+:LIVEGATE-DNAT-10496 - [0:0]
+-I PREROUTING 1 -m comment --comment "livegate media DNAT" -j LIVEGATE-DNAT
+-I OUTPUT 1 -m comment --comment "livegate media DNAT (local)" -j LIVEGATE-DNAT
+-A LIVEGATE-DNAT -d %[1]s/32 -p udp -m udp --dport 10496:10623 -m comment --comment "lg:shard" -j LIVEGATE-DNAT-10496
+-A LIVEGATE-DNAT-10496 -d %[1]s/32 -p udp -m udp --dport 10500 -m comment --comment "lg:10500" -j DNAT --to-destination %[2]s
+-A LIVEGATE-DNAT-10496 -d %[1]s/32 -p udp -m udp --dport 10501 -m comment --comment "lg:10501" -j DNAT --to-destination %[2]s
+COMMIT
+*filter
+:LIVEGATE-FWD - [0:0]
+-I FORWARD 1 -m comment --comment "livegate media forward" -j LIVEGATE-FWD
+-A LIVEGATE-FWD -p udp -m conntrack --ctstate DNAT --ctorigdst %[1]s --ctorigdstport 10500:20000 -m comment --comment "lg:fwd" -j ACCEPT
+COMMIT
+`, netlab.PublicAddr, backendA)
+	if err := iptables.NewExec(iptables.WithNetns(lab.Edge)).Restore(ctx, []byte(rules)); err != nil {
+		t.Fatal(err)
+	}
+	lab.Exec(t, lab.Edge, "iptables", "-t", "nat", "-A", "POSTROUTING", "-m", "conntrack", "--ctstate", "DNAT", "-j", "MASQUERADE")
+	if got := client.Ask(t, 10500, "legacy", answerWait); got != "node-a:legacy" {
+		t.Fatalf("answer through the legacy rule = %q", got)
+	}
+	plane := newPlane(t, lab, mediaplane.Config{SNAT: true})
+	if err := plane.Recover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := plane.Assign("other", []netip.AddrPort{backendA}, nil); err != nil || got[0] == 10500 || got[0] == 10501 {
+		t.Fatalf("a new route got %v, %v: a port the legacy rules forward", got, err)
+	}
+	plane.Release("other")
+	if err := plane.Sync(ctx, map[string][]mediaplane.Mapping{"inst-a": {{PublicPort: 10500, Backend: backendA}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := plane.Settle(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if save := lab.Exec(t, lab.Edge, "iptables-save", "-t", "nat"); strings.Contains(save, "LIVEGATE-DNAT") {
+		t.Fatalf("legacy chains left:\n%s", save)
+	}
+	if got := mapElements(t, lab); !maps.Equal(got, map[uint16]netip.AddrPort{10500: backendA}) {
+		t.Fatalf("map = %v", got)
+	}
+	if got := client.Ask(t, 10500, "moved", answerWait); got != "node-a:moved" {
+		t.Fatalf("answer through the map = %q", got)
+	}
+	if got := lab.NewClient(t).Ask(t, 10501, "gone", 300*time.Millisecond); got != "" {
+		t.Fatalf("port 10501, whose legacy rule went, answers %q", got)
+	}
 }
 
 func TestKernel9500Routes(t *testing.T) {
@@ -372,12 +419,10 @@ func TestKernel9500Routes(t *testing.T) {
 	if err := plane.Sync(ctx, want); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("programmed %d routes in one batch in %s", routes, time.Since(start))
-	rules := ourRules(t, lab)
-	if n := shardRules(rules); n != routes {
-		t.Fatalf("shard chains hold %d rules, want %d", n, routes)
+	t.Logf("programmed %d routes in one Sync in %s", routes, time.Since(start))
+	if n := len(mapElements(t, lab)); n != routes {
+		t.Fatalf("map holds %d elements, want %d", n, routes)
 	}
-	t.Logf("%d dispatch rules in %s", len(rules[mediaplane.ChainDNAT]), mediaplane.ChainDNAT)
 	first, last := want["inst-0"][0].PublicPort, want[fmt.Sprintf("inst-%d", routes-1)][0].PublicPort
 	if got := client.Ask(t, first, "first", answerWait); got != "node-a:first" {
 		t.Fatalf("first route answered %q", got)
@@ -402,19 +447,6 @@ func TestKernel9500Routes(t *testing.T) {
 		t.Fatalf("moved route answered %q", got)
 	}
 
-	const batch = 100
-	for i := single; i < single+batch; i++ {
-		key := fmt.Sprintf("inst-%d", i)
-		m := want[key][0]
-		m.Backend = netip.AddrPortFrom(nodes[(i+1)%2], 30000)
-		want[key] = []mediaplane.Mapping{m}
-	}
-	start = time.Now()
-	if err := plane.Sync(ctx, want); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("%d route changes on %d routes in one Sync: %s", batch, routes, time.Since(start))
-
 	for key := range want {
 		plane.Release(key)
 	}
@@ -426,14 +458,8 @@ func TestKernel9500Routes(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("removed %d routes in %s", routes, time.Since(start))
-	rules = ourRules(t, lab)
-	for _, chain := range []string{mediaplane.ChainDNAT, mediaplane.ChainSNAT, mediaplane.ChainForward} {
-		if len(rules[chain]) != 0 {
-			t.Fatalf("%s holds %d rules after removing every route", chain, len(rules[chain]))
-		}
-	}
-	if save := lab.Exec(t, lab.Edge, "iptables-save", "-t", "nat"); strings.Contains(save, mediaplane.ShardPrefix) {
-		t.Fatalf("shard chains left after removing every route:\n%s", save)
+	if n := len(mapElements(t, lab)); n != 0 {
+		t.Fatalf("map holds %d elements after removing every route", n)
 	}
 	if got := lab.Conntrack(t, first); len(got) != 0 {
 		t.Fatalf("conntrack entries left for %d: %q", first, got)
@@ -446,7 +472,7 @@ func TestKernelCleanup(t *testing.T) {
 	client := lab.NewClient(t)
 	ctx := context.Background()
 	// A rule that is not ours, in a built-in chain we also jump from.
-	lab.Exec(t, lab.Edge, "iptables", "-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport", "8080", "-j", "DNAT", "--to-destination", "198.19.2.2:80")
+	lab.Exec(t, lab.Edge, "iptables", "-t", "nat", "-A", "POSTROUTING", "-p", "tcp", "--dport", "8080", "-j", "MASQUERADE")
 
 	plane := newPlane(t, lab, mediaplane.Config{SNAT: true})
 	if err := plane.Sync(ctx, map[string][]mediaplane.Mapping{"x": {{PublicPort: 10500, Backend: netip.AddrPortFrom(netlab.NodeA, 30000)}}}); err != nil {
@@ -465,11 +491,17 @@ func TestKernelCleanup(t *testing.T) {
 	if !strings.Contains(save, "--dport 8080") {
 		t.Fatalf("cleanup removed a rule that is not ours:\n%s", save)
 	}
+	if st, err := openMap(t, lab).Read(ctx, dnatmap.Layout{}); err != nil || st.Current || len(st.Elements) != 0 {
+		t.Fatalf("cleanup left the table: %+v, %v", st, err)
+	}
 	if got := lab.Conntrack(t, 10500); len(got) != 0 {
 		t.Fatalf("cleanup left conntrack entries: %q", got)
 	}
 	if got := client.Ask(t, 10500, "after", 300*time.Millisecond); got != "" {
 		t.Fatalf("port still forwarded after cleanup: %q", got)
+	}
+	if err := mediaplane.Cleanup(ctx, mediaplane.WithNetns(lab.Edge)); err != nil {
+		t.Fatalf("a second cleanup: %v", err)
 	}
 }
 

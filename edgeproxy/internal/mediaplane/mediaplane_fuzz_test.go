@@ -9,9 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/livegate/livegate/edgeproxy/internal/iptables"
-	"github.com/livegate/livegate/edgeproxy/internal/iptables/iptablestest"
 	"github.com/livegate/livegate/edgeproxy/internal/mediaplane"
+	"github.com/livegate/livegate/edgeproxy/internal/mediaplane/mediaplanetest"
 	"github.com/livegate/livegate/edgeproxy/internal/portalloc"
 )
 
@@ -27,20 +26,18 @@ var (
 )
 
 // restoreLine is every line the media plane may send to iptables-restore: table headers,
-// COMMIT, chain declarations of its own chains, and -A/-I/-D/-X of its own rule shapes, with
-// IPv4 addresses and numbers as the only variable parts.
-var restoreLine = regexp.MustCompile(`^(\*(nat|filter)|COMMIT|:LIVEGATE-(DNAT|SNAT|FWD|DNAT-\d+) - \[0:0\]|-X LIVEGATE-DNAT-\d+|` +
-	`-I (PREROUTING|OUTPUT|POSTROUTING|FORWARD) 1 -m comment --comment "livegate media (DNAT|DNAT \(local\)|SNAT|forward)" -j LIVEGATE-(DNAT|SNAT|FWD)|` +
-	`-[AD] LIVEGATE-DNAT -d 198\.18\.1\.1/32 -p udp -m udp --dport \d+:\d+ -m comment --comment "lg:shard" -j LIVEGATE-DNAT-\d+|` +
-	`-[AD] LIVEGATE-DNAT-\d+ -d 198\.18\.1\.1/32 -p udp -m udp --dport (\d+) -m comment --comment "lg:\d+" -j DNAT --to-destination \d+\.\d+\.\d+\.\d+:\d+|` +
+// COMMIT, declarations of its own chains, its jumps and its two static rules, with IPv4
+// addresses and numbers as the only variable parts.
+var restoreLine = regexp.MustCompile(`^(\*(nat|filter)|COMMIT|:LIVEGATE-(SNAT|FWD) - \[0:0\]|` +
+	`-I (POSTROUTING|FORWARD) 1 -m comment --comment "livegate media (SNAT|forward)" -j LIVEGATE-(SNAT|FWD)|` +
 	`-A LIVEGATE-(SNAT|FWD) -p udp -m conntrack --ctstate DNAT --ctorigdst 198\.18\.1\.1 --ctorigdstport \d+(:\d+)? -m comment --comment "lg:(snat|fwd)" -j (MASQUERADE|ACCEPT))$`)
 
 // FuzzMediaSync hands the media plane the backends of one route (comma-separated, as they
 // would come from a route value) and one extra mapping on any public port. Backends outside the
 // allowed CIDRs and ports, IPv6 ones (the plane is IPv4) and public ports outside the range are
 // refused with the route and the reason; everything else is programmed, and nothing but the
-// plane's own rule shapes, with the accepted addresses and ports, reaches iptables-restore.
-// Read back from the ruleset, the DNAT rules are exactly the accepted mappings.
+// plane's own static rule shapes reaches iptables-restore. The DNAT map ends up holding exactly
+// the accepted mappings, and no transaction ever carried another backend.
 func FuzzMediaSync(f *testing.F) {
 	for _, s := range []string{"198.19.2.2:30000", "198.19.2.2:30000,198.19.2.3:32767", "[fd00::1]:30000", "10.0.0.1:30000",
 		"198.19.2.2:29999", "198.19.2.2:32768", "198.19.2.2:0", "[::ffff:198.19.2.2]:30000", "198.19.2.2:30000 -j ACCEPT",
@@ -49,9 +46,9 @@ func FuzzMediaSync(f *testing.F) {
 		f.Add(s, uint16(65535))
 	}
 	f.Fuzz(func(t *testing.T, backends string, extraPort uint16) {
-		ipt := iptablestest.New()
+		k := mediaplanetest.New()
 		p, err := mediaplane.New(mediaplane.Config{PublicIP: fuzzPublic, Ports: fuzzRange, BackendCIDRs: fuzzCIDRs, BackendPorts: fuzzPorts, SNAT: true},
-			mediaplane.WithRunner(ipt), mediaplane.WithConntrack(nopCleaner{}))
+			append(k.Options(), mediaplane.WithConntrack(nopCleaner{}))...)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -94,39 +91,21 @@ func FuzzMediaSync(f *testing.F) {
 				}
 			}
 		}
-		for _, payload := range ipt.Restores() {
+		for _, payload := range k.IPTables.Restores() {
 			for _, line := range strings.Split(strings.TrimSuffix(string(payload), "\n"), "\n") {
 				if !restoreLine.MatchString(line) {
 					t.Fatalf("iptables-restore got %q", line)
 				}
 			}
 		}
-		out, err := ipt.Save(ctx, "nat")
-		if err != nil {
-			t.Fatal(err)
-		}
-		rs, err := iptables.ParseSave(out)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got := map[uint16]netip.AddrPort{}
-		for _, r := range rs.Table("nat").Rules {
-			if !strings.HasPrefix(r.Chain, mediaplane.ShardPrefix) {
-				continue
-			}
-			var port uint16
-			var to string
-			for i := 0; i+1 < len(r.Args); i++ {
-				switch r.Args[i] {
-				case "--dport":
-					_, _ = fmt.Sscan(r.Args[i+1], &port)
-				case "--to-destination":
-					to = r.Args[i+1]
+		for _, c := range k.DNAT.Applied() {
+			for port, b := range c.Set {
+				if accepted[port] != b {
+					t.Fatalf("backends %q: the map was given %d → %v", backends, port, b)
 				}
 			}
-			got[port] = netip.MustParseAddrPort(to)
 		}
-		if fmt.Sprint(got) != fmt.Sprint(accepted) {
+		if got := k.DNAT.Elements(); fmt.Sprint(got) != fmt.Sprint(accepted) {
 			t.Fatalf("backends %q: kernel forwards %v, want %v", backends, got, accepted)
 		}
 	})

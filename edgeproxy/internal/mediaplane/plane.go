@@ -1,14 +1,15 @@
 // Package mediaplane is the edge's media data plane: it allocates one public UDP port per media
-// backend and keeps the kernel forwarding each port to its backend (nat DNAT, SNAT so replies
-// come back through the edge, filter rules so forwarding passes). Rules live in livegate's own
-// chains and change in batches through iptables-restore --noflush; an ended port's rule is
-// shadowed by a tombstone and deleted in a sweep every few seconds (see tombstoneSpec). The
-// conntrack entries of a port are deleted whenever its forwarding changes, so a reused port
-// never delivers to the previous backend. Entries of ports that are forwarded after the batch are deleted before Sync
-// returns, so that no flow the new rule should carry keeps a stale entry, except for a clean
-// port new to a route that took it from the round-robin, where no such entry can exist; those
-// of ports that are no longer forwarded are deleted right after, off the caller's path, since
-// such a port is only handed out again after its quarantine. See docs/media-forwarding.md.
+// backend and keeps the kernel forwarding each port to its backend. The DNAT is one nftables map
+// in livegate's own table (package dnatmap), changed element by element in transactions on a
+// netlink socket the plane keeps open; the masquerade that brings replies back through the edge
+// and the accept that passes a FORWARD policy of DROP are two static iptables rules in livegate's
+// own chains. The conntrack entries of a port are deleted whenever its forwarding changes, so a
+// reused port never delivers to the previous backend. Entries of ports that are forwarded after
+// a change are deleted before Sync returns, so that no flow the new element should carry keeps a
+// stale entry, except for a clean port new to a route that took it from the round-robin, where
+// no such entry can exist; those of ports that are no longer forwarded are deleted right after,
+// off the caller's path, since such a port is only handed out again after its quarantine. See
+// docs/media-forwarding.md.
 package mediaplane
 
 import (
@@ -28,6 +29,7 @@ import (
 	"github.com/livegate/livegate/edgeproxy/internal/conntrack"
 	"github.com/livegate/livegate/edgeproxy/internal/iptables"
 	"github.com/livegate/livegate/edgeproxy/internal/media"
+	"github.com/livegate/livegate/edgeproxy/internal/mediaplane/internal/dnatmap"
 	"github.com/livegate/livegate/edgeproxy/internal/portalloc"
 )
 
@@ -43,27 +45,13 @@ var ErrBackendNotAllowed = errors.New("media backend not allowed")
 var DefaultPorts = portalloc.Range{First: 10500, Last: 20000}
 
 // DefaultResyncInterval is how old the plane's picture of the kernel may get before Sync reads
-// the chains back.
+// it back.
 const DefaultResyncInterval = 10 * time.Second
-
-// DefaultSweepInterval is how long the rules of ended ports may wait before a batch deletes
-// them. Deleting costs the batch after it a wait in the kernel (see tombstoneSpec), so it is done
-// rarely and for many ports at once. Nothing depends on it for correctness: a port forwarded
-// again before its sweep gets its new rule ahead of its old ones.
-const DefaultSweepInterval = 5 * time.Second
-
-// DefaultIdleSweep is how long without a batch makes the dead rules go at once: the churn is
-// over, and the slow batch after a sweep delays nobody.
-const DefaultIdleSweep = 500 * time.Millisecond
-
-// sweepMaxDead is how many dead rules make a sweep due before the interval: they lengthen the
-// shard chains a new flow's first packet walks.
-const sweepMaxDead = 4096
 
 // Config is what the plane forwards and how.
 type Config struct {
-	// PublicIP is the IPv4 address media packets arrive at on this host (the DNAT rules match
-	// it as destination). Behind a 1:1 cloud NAT it is the host's private address.
+	// PublicIP is the IPv4 address media packets arrive at on this host (the DNAT matches it as
+	// destination). Behind a 1:1 cloud NAT it is the host's private address.
 	PublicIP netip.Addr
 	// Ports is the public UDP port range; zero means DefaultPorts.
 	Ports portalloc.Range
@@ -78,11 +66,22 @@ type Config struct {
 	BackendCIDRs []netip.Prefix
 }
 
+// DNATMap is the kernel's DNAT map as the plane drives it: dnatmap.Kernel, or a fake in tests
+// (mediaplanetest).
+type DNATMap interface {
+	Read(ctx context.Context, l dnatmap.Layout) (dnatmap.State, error)
+	Ensure(ctx context.Context, l dnatmap.Layout) (map[uint16]netip.AddrPort, error)
+	Apply(ctx context.Context, c dnatmap.Change) error
+	Remove(ctx context.Context) error
+	Close() error
+}
+
 // Option sets an optional part of the plane.
 type Option func(*options)
 
 type options struct {
 	runner  iptables.Runner
+	dnat    DNATMap
 	cleaner conntrack.Cleaner
 	now     func() time.Time
 	log     zerolog.Logger
@@ -91,15 +90,16 @@ type options struct {
 	flushRetry time.Duration
 	// netns is the namespace WithNetns targets; "" is the process's own.
 	netns string
-	// sweep is how long dead rules (tombstones and what they shadow) may wait for a sweep.
-	sweep time.Duration
-	// sweepIdle is how long without a batch sweeps the dead rules at once; zero never.
-	sweepIdle time.Duration
 }
 
 // WithRunner sets how iptables is run (a fake in unit tests).
 func WithRunner(r iptables.Runner) Option {
 	return func(o *options) { o.runner = r }
+}
+
+// WithDNATMap sets the DNAT map (a fake in unit tests); the plane closes it in Close.
+func WithDNATMap(m DNATMap) Option {
+	return func(o *options) { o.dnat = m }
 }
 
 // WithConntrack sets how conntrack entries are deleted.
@@ -108,7 +108,8 @@ func WithConntrack(c conntrack.Cleaner) Option {
 }
 
 // WithNetns programs the named network namespace instead of the current one: iptables runs
-// through `ip netns exec` and conntrack entries are deleted over a netlink socket opened in it.
+// through `ip netns exec`, and the DNAT map and conntrack are reached over netlink sockets opened
+// in it.
 func WithNetns(name string) Option {
 	return func(o *options) {
 		o.runner = iptables.NewExec(iptables.WithNetns(name))
@@ -128,20 +129,13 @@ func WithLogger(l zerolog.Logger) Option {
 }
 
 // WithResyncInterval sets how old the plane's picture of the kernel may get before Sync reads
-// the chains back and repairs drift.
+// it back and repairs drift.
 func WithResyncInterval(d time.Duration) Option {
 	return func(o *options) { o.resync = d }
 }
 
-// WithIdleSweep sets how long without a batch makes the plane sweep the dead rules at once
-// (DefaultIdleSweep); zero leaves them to the sweep interval.
-func WithIdleSweep(d time.Duration) Option {
-	return func(o *options) { o.sweepIdle = d }
-}
-
 func buildOptions(opts []Option) (options, error) {
-	o := options{now: time.Now, log: zerolog.Nop(), resync: DefaultResyncInterval, flushRetry: flushRetry,
-		sweep: DefaultSweepInterval, sweepIdle: DefaultIdleSweep}
+	o := options{now: time.Now, log: zerolog.Nop(), resync: DefaultResyncInterval, flushRetry: flushRetry}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -154,6 +148,13 @@ func buildOptions(opts []Option) (options, error) {
 	}
 	if o.cleaner == nil {
 		o.cleaner = conntrack.NewNetlink()
+	}
+	if o.dnat == nil {
+		k, err := dnatmap.Open(dnatmap.WithNetns(o.netns))
+		if err != nil {
+			return options{}, err
+		}
+		o.dnat = k
 	}
 	return o, nil
 }
@@ -168,32 +169,21 @@ type Plane struct {
 	// syncMu serialises what writes the kernel (Sync, Recover, the repair after a read-back
 	// behind) and owns the fields below that mu does not. It is held across the kernel I/O;
 	// mu only around the allocator and the state shared with Assign, Capacity and the
-	// flusher, so the planner's calls do not wait behind a batch. Lock order: syncMu, then mu.
+	// flusher, so the planner's calls do not wait behind a change. Lock order: syncMu, then mu.
 	syncMu sync.Mutex
 	mu     sync.Mutex
-	// known is the kernel state as of the last read-back plus the batches applied since; nil
+	// known is the kernel state as of the last read-back plus the changes applied since; nil
 	// when it must be read back. Written under both locks; never changed once set.
 	known  *kernelState
 	readAt time.Time
-	// deadSince is when the kernel came to hold dead rules (tombstones and the rules they
-	// shadow) after holding none, or when a read-back first found some (left by a previous run
-	// or a failed batch): a read-back does not make the next batch a sweep, which would delay
-	// the routes in it (a start's first batch above all); the idle sweep or the interval takes
-	// them.
-	deadSince time.Time
-	// lastBatch is when the last batch was applied; idleSweep arms, while dead rules wait, the
-	// sweep once batches stop coming; forceSweep makes that one batch sweep.
-	lastBatch  time.Time
-	idleSweep  *time.Timer
-	forceSweep bool
-	closed     bool
+	closed bool
 	// pendingFlush holds ports whose conntrack entries must still be deleted. flushDone is
 	// non-nil while a flusher goroutine works through them, and closed when it stops; flushErr
 	// is why the last one stopped with ports left.
 	pendingFlush map[uint16]bool
 	flushDone    chan struct{}
 	flushErr     error
-	// clean holds the ports that have had no rule since their conntrack entries were last
+	// clean holds the ports that have had no mapping since their conntrack entries were last
 	// deleted: no entry of theirs can follow a NAT binding, only the un-NATed entries of
 	// datagrams sent to an unforwarded port. swept is set once every port the first read-back
 	// found unforwarded was queued for deletion, which is how ports become clean after a start.
@@ -201,12 +191,21 @@ type Plane struct {
 	swept bool
 	// lastWant is what the last Sync asked for, for the repair after a read-back behind.
 	lastWant map[uint16]netip.AddrPort
-	// readDone is non-nil while a read-back runs behind the batches, and closed when it is
-	// over. Meanwhile touched collects the ports the batches changed, and reshaped is set
-	// when one changed anything but per-port rules (chains, jumps, dispatch, static rules).
+	// readDone is non-nil while a read-back runs behind the changes, and closed when it is
+	// over. Meanwhile touched collects the ports the changes touched, and reshaped is set when
+	// one changed anything but map elements (the table's layout, the iptables rules).
 	readDone chan struct{}
 	touched  map[uint16]bool
 	reshaped bool
+}
+
+// kernelState is livegate's part of the kernel.
+type kernelState struct {
+	// dnat is the map's elements.
+	dnat map[uint16]netip.AddrPort
+	// current reports whether the table, map and chains hold the configured layout.
+	current bool
+	static  staticState
 }
 
 // flushAttempts bounds how often one flusher tries a failing deletion before it leaves the ports
@@ -216,7 +215,8 @@ const (
 	flushRetry    = time.Second
 )
 
-// New checks cfg and returns a plane. It touches nothing in the kernel.
+// New checks cfg and returns a plane. It opens the netlink socket of the DNAT map but changes
+// nothing in the kernel.
 func New(cfg Config, opts ...Option) (*Plane, error) {
 	if !cfg.PublicIP.Is4() {
 		return nil, fmt.Errorf("media plane: public ip %q is not an IPv4 address", cfg.PublicIP)
@@ -229,12 +229,16 @@ func New(cfg Config, opts ...Option) (*Plane, error) {
 			return nil, fmt.Errorf("media plane: backend ports %s: %w", cfg.BackendPorts, err)
 		}
 	}
+	if err := cfg.Ports.Validate(); err != nil {
+		return nil, fmt.Errorf("media plane: ports %s: %w", cfg.Ports, err)
+	}
 	o, err := buildOptions(opts)
 	if err != nil {
 		return nil, fmt.Errorf("media plane: %w", err)
 	}
 	alloc, err := portalloc.New(cfg.Ports, cfg.Quarantine, o.now)
 	if err != nil {
+		o.dnat.Close()
 		return nil, fmt.Errorf("media plane: %w", err)
 	}
 	return &Plane{cfg: cfg, o: o, alloc: alloc, pendingFlush: map[uint16]bool{}, clean: map[uint16]bool{}}, nil
@@ -242,6 +246,10 @@ func New(cfg Config, opts ...Option) (*Plane, error) {
 
 func (p *Plane) settings() settings {
 	return settings{public: p.cfg.PublicIP, ports: p.cfg.Ports, snat: p.cfg.SNAT}
+}
+
+func (p *Plane) layout() dnatmap.Layout {
+	return dnatmap.Layout{Public: p.cfg.PublicIP, Ports: p.cfg.Ports}
 }
 
 // CheckBackend reports whether the plane may forward to backend.
@@ -263,9 +271,10 @@ func (p *Plane) CheckBackend(backend netip.AddrPort) error {
 	return fmt.Errorf("backend %s: address outside the allowed ranges: %w", backend, ErrBackendNotAllowed)
 }
 
-// Recover reads the chains back so that ports already forwarded (by a previous run of the
-// edge) are not handed to new routes before their own routes claim them back as preferred
-// ports. Call it once after start, before the first Assign; Sync works without it.
+// Recover reads the kernel back so that ports already forwarded (by a previous run of the edge,
+// or by an earlier version's per-port rules) are not handed to new routes before their own
+// routes claim them back as preferred ports. Call it once after start, before the first Assign;
+// Sync works without it.
 func (p *Plane) Recover(ctx context.Context) error {
 	p.syncMu.Lock()
 	defer p.syncMu.Unlock()
@@ -278,11 +287,10 @@ func (p *Plane) Recover(ctx context.Context) error {
 	for port := range st.dnat {
 		p.alloc.Reserve(port)
 	}
-	// A tombstoned port ended shortly before the stop: it gets its quarantine again.
-	for port := range st.dead {
+	for port := range st.static.legacy.dnat {
 		p.alloc.Reserve(port)
 	}
-	p.o.log.Info().Int("mappings", len(st.dnat)).Int("strays", len(st.strays)).Int("dead_rules", st.deadRules()).
+	p.o.log.Info().Int("mappings", len(st.dnat)).Int("legacy_mappings", len(st.static.legacy.dnat)).
 		Msg("media mappings recovered from the kernel")
 	if p.o.netns == "" {
 		p.checkForwarding()
@@ -348,20 +356,23 @@ func (p *Plane) Usage() (inUse, quarantined, free int) {
 	return p.alloc.Usage()
 }
 
-// Sync makes the kernel forward exactly want (the full desired state, by route key). It
-// writes only the difference, in one iptables-restore batch, from its picture of the kernel.
-// That picture is read back from iptables-save on the first call and after a failed batch,
-// before the batch; once it is older than the resync interval, the read-back runs behind the
-// batches instead (see readBehind), so that a large ruleset's iptables-save never delays a
-// route, and the drift it finds is repaired as soon as it is read. The conntrack entries of
-// every port whose forwarding was added or changed are deleted after the batch, before Sync
-// returns (not those of a clean port fresh to its route, see syncLocked); those of ports whose forwarding was removed are deleted by a goroutine Sync starts
-// and does not wait for (Settle does). Ports whose deletion failed are tried again in the background, then
-// at the next Sync. Invalid mappings are left out and reported in the error; the rest is
-// still applied.
+// Sync makes the kernel forward exactly want (the full desired state, by route key). It writes
+// only the difference from its picture of the kernel: one transaction on the DNAT map, and an
+// iptables-restore batch only when the static rules need one. That picture is read back on the
+// first call and after a failed change, before the change; once it is older than the resync
+// interval, the read-back runs behind the changes instead (see readBehind), and the drift it
+// finds is repaired as soon as it is read. The conntrack entries of every port whose forwarding
+// was added or changed are deleted after the change, before Sync returns (not those of a clean
+// port fresh to its route, see syncLocked); those of ports whose forwarding was removed are
+// deleted by a goroutine Sync starts and does not wait for (Settle does). Ports whose deletion
+// failed are tried again in the background, then at the next Sync. Invalid mappings are left out
+// and reported in the error; the rest is still applied.
 func (p *Plane) Sync(ctx context.Context, want map[string][]Mapping) error {
 	p.syncMu.Lock()
 	defer p.syncMu.Unlock()
+	if p.closed {
+		return errors.New("sync media mappings: the media plane is closed")
+	}
 	desired, invalid := p.desired(want)
 	p.mu.Lock()
 	p.lastWant = desired
@@ -375,34 +386,34 @@ func (p *Plane) Sync(ctx context.Context, want map[string][]Mapping) error {
 	return errors.Join(append(invalid, err)...)
 }
 
-// syncLocked brings the kernel to desired, reading it back first when told to or when a batch
+// syncLocked brings the kernel to desired, reading it back first when told to or when a change
 // on the remembered picture fails. p.syncMu is held, p.mu is not.
 func (p *Plane) syncLocked(ctx context.Context, desired map[uint16]netip.AddrPort, readBack bool) error {
 	start := p.o.now()
 	res, err := p.apply(ctx, desired, readBack)
 	if err != nil && !readBack {
-		p.o.log.Warn().Err(err).Msg("media batch failed on the remembered state, reading the kernel back")
+		p.o.log.Warn().Err(err).Msg("media change failed on the remembered state, reading the kernel back")
 		res, err = p.apply(ctx, desired, true)
 	}
 	if err != nil {
 		return fmt.Errorf("sync media mappings: %w", err)
 	}
 
-	// A flow may already be using an added port (the rule was lost while the edge was away, or
-	// the client sent before the rule): its entry is deleted before the port is published. An
-	// entry deleted after the flow's first datagram went through the rule would lose the reply,
-	// so a port forwarded again leaves the background deletions of removed ports. A port that
-	// is clean and new to a key that took it from the round-robin needs no deletion: no entry
-	// of it follows a NAT binding, and the key's clients, not told the port yet, have none.
+	// A flow may already be using an added port (the mapping was lost while the edge was away,
+	// or the client sent before the mapping): its entry is deleted before the port is published.
+	// An entry deleted after the flow's first datagram went through the map would lose the
+	// reply, so a port forwarded again leaves the background deletions of removed ports. A port
+	// that is clean and new to a key that took it from the round-robin needs no deletion: no
+	// entry of it follows a NAT binding, and the key's clients, not told the port yet, have none.
 	var kept []uint16
 	skipped := 0
 	p.mu.Lock()
-	for _, port := range res.change.flush {
+	for _, port := range res.plan.flush {
 		if _, ok := desired[port]; !ok {
 			p.pendingFlush[port] = true
 			continue
 		}
-		fresh := p.clean[port] && res.change.created[port] && p.alloc.Fresh(port)
+		fresh := p.clean[port] && res.plan.created[port] && p.alloc.Fresh(port)
 		delete(p.clean, port)
 		delete(p.pendingFlush, port)
 		if fresh {
@@ -435,29 +446,29 @@ func (p *Plane) syncLocked(ctx context.Context, desired map[uint16]netip.AddrPor
 	}
 	p.mu.Unlock()
 	ev := p.o.log.Debug()
-	if res.lines > 0 {
+	if res.plan.change.Len() > 0 || res.lines > 0 {
 		ev = p.o.log.Info()
 	}
-	ev.Int("mappings", len(desired)).Int("added", res.change.added).Int("removed", res.change.removed).
-		Int("changed", res.change.updated).Int("batch_lines", res.lines).Bool("read_back", res.readBack).
+	ev.Int("mappings", len(desired)).Int("added", res.plan.added).Int("removed", res.plan.removed).
+		Int("changed", res.plan.updated).Int("map_ops", res.plan.change.Len()).Int("batch_lines", res.lines).
+		Bool("read_back", res.readBack).Bool("layout_written", res.ensured).
 		Int("conntrack_ports", len(kept)).Int("conntrack_ports_clean", skipped).
-		Int("conntrack_ports_later", len(res.change.flush)-len(kept)-skipped).
-		Dur("read_ms", res.read).Dur("restore_ms", res.restore).Dur("conntrack_ms", flushEnd.Sub(flushStart)).
-		Dur("elapsed_ms", flushEnd.Sub(start)).
+		Int("conntrack_ports_later", len(res.plan.flush)-len(kept)-skipped).
+		Dur("read_ms", res.read).Dur("map_ms", res.mapTime).Dur("restore_ms", res.restore).
+		Dur("conntrack_ms", flushEnd.Sub(flushStart)).Dur("elapsed_ms", flushEnd.Sub(start)).
 		Msg("media mappings synced")
 	return flushErr
 }
 
-// readBehindTimeout bounds one read-back behind the batches.
+// readBehindTimeout bounds one read-back behind the changes.
 const readBehindTimeout = time.Minute
 
-// readBehind reads the chains back in a goroutine while batches go on, then, under p.mu, takes
-// what it read as the plane's picture and repairs the drift against the last desired state.
-// iptables-save prints each table as of one moment, but batches may have changed some ports
-// since, or before the table was read: for those ports the picture keeps what the batches
-// wrote; a port that drifted while a batch also changed it is seen at the next read-back. When
-// a batch changed the chains themselves meanwhile, what was read is dropped and the next Sync
-// starts another. p.syncMu is held, p.mu is not.
+// readBehind reads the kernel back in a goroutine while changes go on, then, under p.mu, takes
+// what it read as the plane's picture and repairs the drift against the last desired state. A
+// change may have touched some ports since, or before they were read: for those ports the
+// picture keeps what the changes wrote; a port that drifted while a change also touched it is
+// seen at the next read-back. When a change rewrote the layout or the iptables rules meanwhile,
+// what was read is dropped and the next Sync starts another. p.syncMu is held, p.mu is not.
 func (p *Plane) readBehind(ctx context.Context) {
 	done := make(chan struct{})
 	p.mu.Lock()
@@ -469,56 +480,42 @@ func (p *Plane) readBehind(ctx context.Context) {
 		defer close(done)
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), readBehindTimeout)
 		defer cancel()
-		nat, filter, err := save(rctx, p.o.runner)
+		st, err := p.read(rctx)
 		read := p.o.now().Sub(began)
 		p.syncMu.Lock()
 		defer p.syncMu.Unlock()
-		if p.closed {
-			p.mu.Lock()
-			p.readDone = nil
-			p.mu.Unlock()
-			return
-		}
 		touched, reshaped := p.touched, p.reshaped
 		p.mu.Lock()
 		p.readDone = nil
 		p.mu.Unlock()
 		p.touched = nil
 		switch {
+		case p.closed:
+			return
 		case err != nil:
-			// Tried again one resync interval later; a failed batch reads back on its own.
+			// Tried again one resync interval later; a failed change reads back on its own.
 			p.readAt = p.o.now()
 			p.o.log.Warn().Err(err).Msg("media read-back failed")
 			return
 		case p.known == nil, p.readAt.After(began):
-			// A failed batch meanwhile read the kernel back in front of it: that is newer.
+			// A failed change meanwhile read the kernel back in front of it: that is newer.
 			return
 		case reshaped:
-			p.o.log.Debug().Dur("read_ms", read).Msg("media read-back overlapped a change of chains; reading again")
+			p.o.log.Debug().Dur("read_ms", read).Msg("media read-back overlapped a change of the layout; reading again")
 			return
 		}
-		st := readState(nat, filter, p.cfg.PublicIP)
-		if len(p.known.dead) == 0 && len(st.dead) > 0 {
-			p.deadSince = p.o.now()
-			p.armIdleSweep()
-		}
 		for port := range touched {
-			if e, ok := p.known.dnat[port]; ok {
-				st.dnat[port] = e
+			if backend, ok := p.known.dnat[port]; ok {
+				st.dnat[port] = backend
 			} else {
 				delete(st.dnat, port)
-			}
-			if dead, ok := p.known.dead[port]; ok {
-				st.dead[port] = dead
-			} else {
-				delete(st.dead, port)
 			}
 		}
 		p.mu.Lock()
 		p.known = st
 		p.mu.Unlock()
 		p.readAt = began
-		p.o.log.Debug().Dur("read_ms", read).Int("ports_changed_meanwhile", len(touched)).Msg("media chains read back")
+		p.o.log.Debug().Dur("read_ms", read).Int("ports_changed_meanwhile", len(touched)).Msg("media state read back")
 		if err := p.syncLocked(rctx, p.lastWant, false); err != nil {
 			p.o.log.Warn().Err(err).Msg("media drift repair failed; retrying at the next sync")
 		}
@@ -635,23 +632,18 @@ func (p *Plane) desired(want map[string][]Mapping) (map[uint16]netip.AddrPort, [
 	return out, invalid
 }
 
-// sweepDue reports whether the next batch deletes the dead rules: once the oldest have waited
-// the sweep interval, or sooner when they have become many.
-func (p *Plane) sweepDue() bool {
-	n := p.known.deadRules()
-	return n > 0 && (p.forceSweep || n >= sweepMaxDead || p.o.now().Sub(p.deadSince) >= p.o.sweep)
-}
-
-// applyResult describes one apply: how many batch lines it wrote and how long the read-back
-// and the restore took.
+// applyResult describes one apply: the map's change, how many iptables lines it wrote, and how
+// long the read-back, the map's transaction and the restore took.
 type applyResult struct {
-	change        change
-	lines         int
-	readBack      bool
-	read, restore time.Duration
+	plan                   mapPlan
+	lines                  int
+	readBack, ensured      bool
+	read, mapTime, restore time.Duration
 }
 
-// apply writes the batch that brings the kernel to desired; an empty batch writes nothing.
+// apply brings the kernel to desired: the table's layout when it is not current, the map's
+// elements, then the iptables rules when they differ, so that an earlier version's per-port rules
+// go only once the map holds their ports. A change that would write nothing is not sent.
 func (p *Plane) apply(ctx context.Context, desired map[uint16]netip.AddrPort, readBack bool) (applyResult, error) {
 	res := applyResult{readBack: readBack}
 	if readBack {
@@ -662,15 +654,20 @@ func (p *Plane) apply(ctx context.Context, desired map[uint16]netip.AddrPort, re
 		res.read = p.o.now().Sub(t)
 	}
 	// p.known is only written under p.syncMu, which is held: planning needs no p.mu.
-	sweep := p.sweepDue()
-	batch, next, ch := plan(p.known, desired, p.settings(), sweep)
-	if !sweep && next.deadRules() >= sweepMaxDead {
-		// Many ports leaving at once (a drain, a stop) sweep in the same batch.
-		sweep = true
-		batch, next, ch = plan(p.known, desired, p.settings(), sweep)
+	next := &kernelState{dnat: p.known.dnat, current: p.known.current, static: p.known.static}
+	t := p.o.now()
+	if !next.current {
+		elements, err := p.o.dnat.Ensure(ctx, p.layout())
+		if err != nil {
+			p.setKnown(nil)
+			return res, fmt.Errorf("write the DNAT map's layout: %w", err)
+		}
+		next.dnat, next.current, res.ensured = elements, true, true
 	}
+	mp := planMap(next.dnat, next.static.legacy.dnat, desired)
+	res.plan = mp
 	p.mu.Lock()
-	for _, port := range ch.flush {
+	for _, port := range mp.flush {
 		if _, kept := desired[port]; !kept {
 			// A port that leaves the kernel without having been released (its route vanished
 			// while the edge was down) still gets its quarantine.
@@ -678,72 +675,58 @@ func (p *Plane) apply(ctx context.Context, desired map[uint16]netip.AddrPort, re
 		}
 	}
 	p.mu.Unlock()
-	res.change = ch
-	if batch.Len() == 0 {
-		return res, nil
+	if mp.change.Len() > 0 {
+		if err := p.o.dnat.Apply(ctx, mp.change); err != nil {
+			p.setKnown(nil)
+			return res, fmt.Errorf("apply %d map changes: %w", mp.change.Len(), err)
+		}
+		dnat := maps.Clone(next.dnat)
+		for _, port := range mp.change.Delete {
+			delete(dnat, port)
+		}
+		maps.Copy(dnat, mp.change.Set)
+		next.dnat = dnat
 	}
-	t := p.o.now()
-	if err := p.o.runner.Restore(ctx, batch.Bytes()); err != nil {
-		p.setKnown(nil)
-		return res, fmt.Errorf("apply %d rule changes: %w", batch.Len(), err)
+	res.mapTime = p.o.now().Sub(t)
+	batch, static := planStatic(next.static, p.settings())
+	if batch.Len() > 0 {
+		t := p.o.now()
+		if err := p.o.runner.Restore(ctx, batch.Bytes()); err != nil {
+			p.setKnown(nil)
+			return res, fmt.Errorf("apply %d iptables rule changes: %w", batch.Len(), err)
+		}
+		res.restore = p.o.now().Sub(t)
+		res.lines = batch.Len()
 	}
-	res.restore = p.o.now().Sub(t)
-	res.lines = batch.Len()
-	if len(p.known.dead) == 0 && len(next.dead) > 0 {
-		p.deadSince = p.o.now()
-	}
-	p.lastBatch = p.o.now()
-	if len(next.dead) > 0 {
-		p.armIdleSweep()
-	}
+	next.static = static
 	if p.touched != nil {
-		for _, port := range ch.flush {
+		for _, port := range mp.flush {
 			p.touched[port] = true
 		}
-		// A sweep changes the dead rules of ports that are not in flush.
-		p.reshaped = p.reshaped || ch.swept || reshapes(p.known, next)
+		p.reshaped = p.reshaped || res.ensured || batch.Len() > 0
 	}
 	p.setKnown(next)
 	return res, nil
 }
 
-// armIdleSweep has the dead rules swept once no batch has come for the idle sweep's time.
-// p.syncMu is held.
-func (p *Plane) armIdleSweep() {
-	if p.closed || p.o.sweepIdle <= 0 {
-		return
-	}
-	if p.idleSweep == nil {
-		p.idleSweep = time.AfterFunc(p.o.sweepIdle, p.sweepWhenIdle)
-		return
-	}
-	p.idleSweep.Reset(p.o.sweepIdle)
-}
-
-// sweepWhenIdle sweeps the dead rules unless a batch came meanwhile (which re-armed the timer).
-func (p *Plane) sweepWhenIdle() {
-	p.syncMu.Lock()
-	defer p.syncMu.Unlock()
-	if p.closed || p.known == nil || p.known.deadRules() == 0 || p.o.now().Sub(p.lastBatch) < p.o.sweepIdle {
-		return
-	}
-	p.forceSweep = true
-	defer func() { p.forceSweep = false }()
-	ctx, cancel := context.WithTimeout(context.Background(), readBehindTimeout)
-	defer cancel()
-	if err := p.syncLocked(ctx, p.lastWant, false); err != nil {
-		p.o.log.Warn().Err(err).Msg("media sweep failed; retrying at the next sync")
-	}
-}
-
-// Close stops the sweep of an idle plane, waiting for one under way. The kernel keeps what the
-// plane wrote; the next plane sweeps the dead rules it finds.
+// Close stops the plane: it waits for a read-back under way and closes the DNAT map's socket.
+// The kernel keeps what the plane wrote.
 func (p *Plane) Close() {
 	p.syncMu.Lock()
-	defer p.syncMu.Unlock()
+	if p.closed {
+		p.syncMu.Unlock()
+		return
+	}
 	p.closed = true
-	if p.idleSweep != nil {
-		p.idleSweep.Stop()
+	p.mu.Lock()
+	done := p.readDone
+	p.mu.Unlock()
+	p.syncMu.Unlock()
+	if done != nil {
+		<-done
+	}
+	if err := p.o.dnat.Close(); err != nil {
+		p.o.log.Warn().Err(err).Msg("close the DNAT map's netlink socket")
 	}
 }
 
@@ -754,36 +737,43 @@ func (p *Plane) setKnown(st *kernelState) {
 	p.known = st
 }
 
-// readBack reads the chains as the plane's picture of the kernel. p.syncMu is held, p.mu is not.
-func (p *Plane) readBack(ctx context.Context) (*kernelState, error) {
+// read reads livegate's part of the kernel: the DNAT map and the iptables rules.
+func (p *Plane) read(ctx context.Context) (*kernelState, error) {
+	m, err := p.o.dnat.Read(ctx, p.layout())
+	if err != nil {
+		return nil, fmt.Errorf("read the DNAT map: %w", err)
+	}
 	nat, filter, err := save(ctx, p.o.runner)
+	if err != nil {
+		return nil, err
+	}
+	return &kernelState{dnat: m.Elements, current: m.Current, static: readStatic(nat, filter)}, nil
+}
+
+// readBack reads the kernel as the plane's picture of it. p.syncMu is held, p.mu is not.
+func (p *Plane) readBack(ctx context.Context) (*kernelState, error) {
+	st, err := p.read(ctx)
 	if err != nil {
 		p.setKnown(nil)
 		return nil, err
 	}
-	st := readState(nat, filter, p.cfg.PublicIP)
 	p.readAt = p.o.now()
-	switch {
-	case len(st.dead) == 0:
-		p.deadSince = time.Time{}
-	case p.deadSince.IsZero():
-		p.deadSince = p.readAt
-		p.armIdleSweep()
-	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.known = st
 	if !p.swept {
-		// What the kernel holds for the ports no rule forwards is unknown after a start: one
+		// What the kernel holds for the ports nothing forwards is unknown after a start: one
 		// deletion of them all, in the background, makes them clean.
 		p.swept = true
 		for port := int(p.cfg.Ports.First); port <= int(p.cfg.Ports.Last); port++ {
-			if _, ok := p.known.dnat[uint16(port)]; !ok {
+			_, mapped := st.dnat[uint16(port)]
+			_, legacy := st.static.legacy.dnat[uint16(port)]
+			if !mapped && !legacy {
 				p.pendingFlush[uint16(port)] = true
 			}
 		}
 	}
-	return p.known, nil
+	return st, nil
 }
 
 func save(ctx context.Context, r iptables.Runner) (nat, filter *iptables.Table, err error) {
@@ -802,27 +792,34 @@ func save(ctx context.Context, r iptables.Runner) (nat, filter *iptables.Table, 
 	return tables[0], tables[1], nil
 }
 
-// Cleanup removes everything livegate's media plane put in the kernel: the jumps from the
-// built-in chains, its chains and their rules, and the conntrack entries of the ports those
-// rules forwarded. Rules that are not livegate's are left alone. It takes the same options
-// as New (WithNetns, WithRunner, WithConntrack, WithLogger).
+// Cleanup removes everything livegate's media plane put in the kernel: its nftables table, the
+// jumps from the built-in chains to its iptables chains and those chains (an earlier version's
+// per-port chains included), and the conntrack entries of the ports they forwarded. Rules that
+// are not livegate's are left alone. It takes the same options as New (WithNetns, WithRunner,
+// WithDNATMap, WithConntrack, WithLogger).
 func Cleanup(ctx context.Context, opts ...Option) error {
 	o, err := buildOptions(opts)
 	if err != nil {
 		return fmt.Errorf("clean up media rules: %w", err)
 	}
+	defer o.dnat.Close()
+	m, err := o.dnat.Read(ctx, dnatmap.Layout{})
+	if err != nil {
+		return fmt.Errorf("clean up media rules: read the DNAT map: %w", err)
+	}
 	nat, filter, err := save(ctx, o.runner)
 	if err != nil {
 		return fmt.Errorf("clean up media rules: %w", err)
 	}
-	byAddr := map[netip.Addr][]uint16{}
-	for _, r := range nat.Rules {
-		if !isShardChain(r.Chain) {
-			continue
-		}
-		if d, ok := parseShardRule(r.Args); ok && !d.tombstone {
-			byAddr[d.public] = append(byAddr[d.public], d.port)
-		}
+	ports := map[uint16]bool{}
+	for port := range m.Elements {
+		ports[port] = true
+	}
+	for port := range readLegacy(nat).dnat {
+		ports[port] = true
+	}
+	if err := o.dnat.Remove(ctx); err != nil {
+		return fmt.Errorf("clean up media rules: %w", err)
 	}
 	batch := cleanupBatch(nat, filter)
 	if batch.Len() > 0 {
@@ -830,15 +827,14 @@ func Cleanup(ctx context.Context, opts ...Option) error {
 			return fmt.Errorf("clean up media rules: %w", err)
 		}
 	}
-	flushed := 0
 	var errs []error
-	for addr, ports := range byAddr {
-		flushed += len(ports)
-		if err := o.cleaner.DeleteUDP(ctx, addr, ports); err != nil {
-			errs = append(errs, fmt.Errorf("clean up media conntrack entries for %s: %w", addr, err))
+	if len(ports) > 0 {
+		flushed := slices.Sorted(maps.Keys(ports))
+		if err := o.cleaner.DeleteUDP(ctx, m.Layout.Public, flushed); err != nil {
+			errs = append(errs, fmt.Errorf("clean up media conntrack entries: %w", err))
 		}
 	}
-	o.log.Info().Int("batch_lines", batch.Len()).Int("conntrack_ports", flushed).
+	o.log.Info().Int("mappings", len(m.Elements)).Int("batch_lines", batch.Len()).Int("conntrack_ports", len(ports)).
 		Msg("media rules cleaned up")
 	return errors.Join(errs...)
 }

@@ -3,6 +3,7 @@ package mediaplane
 import (
 	"context"
 	"errors"
+	"maps"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -13,13 +14,14 @@ import (
 
 	"github.com/livegate/livegate/edgeproxy/internal/iptables"
 	"github.com/livegate/livegate/edgeproxy/internal/iptables/iptablestest"
+	"github.com/livegate/livegate/edgeproxy/internal/mediaplane/internal/dnatmap"
+	"github.com/livegate/livegate/edgeproxy/internal/mediaplane/internal/dnatmap/dnatmaptest"
 	"github.com/livegate/livegate/edgeproxy/internal/portalloc"
 )
 
 var publicIP = netip.MustParseAddr("198.18.1.1")
 
-// shard is the chain of the ports the tests use most (10496-10623).
-const shard = "LIVEGATE-DNAT-10496"
+var testPorts = portalloc.Range{First: 10500, Last: 10509}
 
 type fakeCleaner struct {
 	mu    sync.Mutex
@@ -64,6 +66,12 @@ func (f *fakeCleaner) last() []uint16 {
 	return f.calls[len(f.calls)-1]
 }
 
+func (f *fakeCleaner) setErr(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.err = err
+}
+
 // portsFrom is first..last.
 func portsFrom(first, last uint16) []uint16 {
 	var out []uint16
@@ -79,6 +87,7 @@ func (c *clock) now() time.Time { return c.t }
 
 type harness struct {
 	ipt   *iptablestest.Fake
+	dnat  *dnatmaptest.Fake
 	ct    *fakeCleaner
 	clk   *clock
 	plane *Plane
@@ -86,31 +95,32 @@ type harness struct {
 
 func newHarness(t *testing.T, cfg Config) *harness {
 	t.Helper()
-	h := &harness{ipt: iptablestest.New(), ct: &fakeCleaner{}, clk: &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}}
+	h := &harness{ipt: iptablestest.New(), dnat: dnatmaptest.New(), ct: &fakeCleaner{},
+		clk: &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}}
 	h.plane = h.newPlane(t, cfg)
 	return h
 }
 
-func (h *harness) newPlane(t *testing.T, cfg Config) *Plane {
+func (h *harness) newPlane(t *testing.T, cfg Config, opts ...Option) *Plane {
 	t.Helper()
 	if !cfg.PublicIP.IsValid() {
 		cfg.PublicIP = publicIP
 	}
 	if cfg.Ports == (portalloc.Range{}) {
-		cfg.Ports = portalloc.Range{First: 10500, Last: 10509}
+		cfg.Ports = testPorts
 	}
-	// No idle sweep: its timer would read the test's clock from another goroutine.
-	p, err := New(cfg, WithRunner(h.ipt), WithConntrack(h.ct), WithClock(h.clk.now), WithIdleSweep(0),
-		func(o *options) { o.flushRetry = time.Millisecond })
+	opts = append([]Option{WithRunner(h.ipt), WithDNATMap(h.dnat), WithConntrack(h.ct), WithClock(h.clk.now),
+		func(o *options) { o.flushRetry = time.Millisecond }}, opts...)
+	p, err := New(cfg, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return p
 }
 
-func (h *harness) nat(t *testing.T) *iptables.Table {
+func (h *harness) table(t *testing.T, name string) *iptables.Table {
 	t.Helper()
-	out, err := h.ipt.Save(context.Background(), "nat")
+	out, err := h.ipt.Save(context.Background(), name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +128,7 @@ func (h *harness) nat(t *testing.T) *iptables.Table {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return rs.Table("nat")
+	return rs.Table(name)
 }
 
 func specs(rules []iptables.Rule) []string {
@@ -142,186 +152,314 @@ func sync1(t *testing.T, p *Plane, want map[string][]Mapping) {
 	}
 }
 
-func TestSyncProgramsRulesOnce(t *testing.T) {
+func one(port uint16, b string) []Mapping { return []Mapping{{PublicPort: port, Backend: backend(b)}} }
+
+func elems(kv ...any) map[uint16]netip.AddrPort {
+	out := map[uint16]netip.AddrPort{}
+	for i := 0; i < len(kv); i += 2 {
+		out[uint16(kv[i].(int))] = backend(kv[i+1].(string))
+	}
+	return out
+}
+
+func TestPlanMap(t *testing.T) {
+	a, b, c := "198.19.2.2:30000", "198.19.2.3:30000", "198.19.2.4:30000"
+	tests := []struct {
+		name                    string
+		cur, legacy, want       map[uint16]netip.AddrPort
+		del                     []uint16
+		set                     map[uint16]netip.AddrPort
+		flush                   []uint16
+		created                 []uint16
+		added, removed, updated int
+	}{
+		{name: "nothing"},
+		{name: "kept", cur: elems(10500, a), want: elems(10500, a)},
+		{name: "added", want: elems(10500, a, 10501, b), set: elems(10500, a, 10501, b),
+			flush: []uint16{10500, 10501}, created: []uint16{10500, 10501}, added: 2},
+		{name: "removed", cur: elems(10500, a, 10501, b), want: elems(10501, b), del: []uint16{10500},
+			flush: []uint16{10500}, removed: 1},
+		{name: "re-pointed", cur: elems(10500, a), want: elems(10500, c), del: []uint16{10500}, set: elems(10500, c),
+			flush: []uint16{10500}, updated: 1},
+		{name: "legacy rule, same backend", legacy: elems(10500, a), want: elems(10500, a), set: elems(10500, a), added: 1},
+		{name: "legacy rule, other backend", legacy: elems(10500, a), want: elems(10500, b), set: elems(10500, b),
+			flush: []uint16{10500}, added: 1},
+		{name: "legacy rule, unwanted", legacy: elems(10500, a), flush: []uint16{10500}},
+		{name: "legacy rule beside an element", cur: elems(10500, a), legacy: elems(10500, b), want: elems(10500, a)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := planMap(tt.cur, tt.legacy, tt.want)
+			if !slices.Equal(p.change.Delete, tt.del) || !maps.Equal(p.change.Set, tt.set) {
+				t.Errorf("change = %v %v, want %v %v", p.change.Delete, p.change.Set, tt.del, tt.set)
+			}
+			if !slices.Equal(p.flush, tt.flush) {
+				t.Errorf("flush = %v, want %v", p.flush, tt.flush)
+			}
+			if got := slices.Sorted(maps.Keys(p.created)); !slices.Equal(got, tt.created) {
+				t.Errorf("created = %v, want %v", got, tt.created)
+			}
+			if p.added != tt.added || p.removed != tt.removed || p.updated != tt.updated {
+				t.Errorf("added, removed, updated = %d %d %d, want %d %d %d", p.added, p.removed, p.updated,
+					tt.added, tt.removed, tt.updated)
+			}
+		})
+	}
+}
+
+func TestSyncProgramsTheKernelOnce(t *testing.T) {
 	h := newHarness(t, Config{SNAT: true})
-	want := map[string][]Mapping{
-		"inst-a": {{PublicPort: 10500, Backend: backend("198.19.2.2:30000")}, {PublicPort: 10501, Backend: backend("198.19.2.2:30001")}},
-	}
+	want := map[string][]Mapping{"a": {{PublicPort: 10500, Backend: backend("198.19.2.2:30000")},
+		{PublicPort: 10501, Backend: backend("198.19.2.2:30001")}}}
 	sync1(t, h.plane, want)
-
-	wantPayload := `*nat
-:LIVEGATE-DNAT - [0:0]
-:LIVEGATE-SNAT - [0:0]
-:LIVEGATE-DNAT-10496 - [0:0]
--I PREROUTING 1 -m comment --comment "livegate media DNAT" -j LIVEGATE-DNAT
--I OUTPUT 1 -m comment --comment "livegate media DNAT (local)" -j LIVEGATE-DNAT
--I POSTROUTING 1 -m comment --comment "livegate media SNAT" -j LIVEGATE-SNAT
--A LIVEGATE-SNAT -p udp -m conntrack --ctstate DNAT --ctorigdst 198.18.1.1 --ctorigdstport 10500:10509 -m comment --comment "lg:snat" -j MASQUERADE
--A LIVEGATE-DNAT-10496 -d 198.18.1.1/32 -p udp -m udp --dport 10500 -m comment --comment "lg:10500" -j DNAT --to-destination 198.19.2.2:30000
--A LIVEGATE-DNAT-10496 -d 198.18.1.1/32 -p udp -m udp --dport 10501 -m comment --comment "lg:10501" -j DNAT --to-destination 198.19.2.2:30001
--A LIVEGATE-DNAT -d 198.18.1.1/32 -p udp -m udp --dport 10496:10623 -m comment --comment "lg:shard" -j LIVEGATE-DNAT-10496
-COMMIT
-*filter
-:LIVEGATE-FWD - [0:0]
--I FORWARD 1 -m comment --comment "livegate media forward" -j LIVEGATE-FWD
--A LIVEGATE-FWD -p udp -m conntrack --ctstate DNAT --ctorigdst 198.18.1.1 --ctorigdstport 10500:10509 -m comment --comment "lg:fwd" -j ACCEPT
-COMMIT
-`
-	restores := h.ipt.Restores()
-	if len(restores) != 1 || string(restores[0]) != wantPayload {
-		t.Fatalf("restores = %d, first:\n%s\nwant:\n%s", len(restores), restores[0], wantPayload)
+	if got := h.dnat.Elements(); !maps.Equal(got, elems(10500, "198.19.2.2:30000", 10501, "198.19.2.2:30001")) {
+		t.Fatalf("map = %v", got)
 	}
-	// The added ports before the sync returned; then, once, every port the first read-back
-	// found unforwarded.
-	if h.ct.count() != 2 || !slices.Equal(h.ct.calls[0], []uint16{10500, 10501}) || !slices.Equal(h.ct.last(), portsFrom(10502, 10509)) {
-		t.Fatalf("conntrack flushed %v, want [10500 10501] then 10502-10509", h.ct.calls)
+	if present, l := h.dnat.Present(); !present || l != (dnatmap.Layout{Public: publicIP, Ports: testPorts}) {
+		t.Fatalf("layout = %v %+v", present, l)
 	}
-
-	sync1(t, h.plane, want)
-	h.clk.t = h.clk.t.Add(DefaultResyncInterval)
-	sync1(t, h.plane, want)
+	if n := len(h.dnat.Applied()); n != 1 {
+		t.Fatalf("%d map transactions, want 1", n)
+	}
+	nat, filter := h.table(t, "nat"), h.table(t, "filter")
+	if got := specs(nat.ChainRules(ChainSNAT)); !slices.Equal(got, []string{snatSpec(publicIP, testPorts)}) {
+		t.Errorf("%s = %q", ChainSNAT, got)
+	}
+	if got := specs(filter.ChainRules(ChainForward)); !slices.Equal(got, []string{forwardSpec(publicIP, testPorts)}) {
+		t.Errorf("%s = %q", ChainForward, got)
+	}
+	for _, j := range jumps {
+		tbl := map[string]*iptables.Table{tableNAT: nat, tableFilter: filter}[j.table]
+		if got := specs(tbl.ChainRules(j.from)); !slices.Equal(got, []string{j.spec()}) {
+			t.Errorf("%s %s = %q", j.table, j.from, got)
+		}
+	}
 	if n := len(h.ipt.Restores()); n != 1 {
-		t.Fatalf("unchanged state wrote %d batches, want 1 in total", n)
+		t.Fatalf("%d restores, want 1", n)
 	}
-	if n := len(h.ct.calls); n != 2 {
-		t.Fatalf("unchanged state flushed conntrack %d times, want 2 in total", n)
+	// The start's deletion of every port, then the two added ports before Sync returned.
+	if got := h.ct.since(0); !slices.Equal(got, portsFrom(10500, 10509)) {
+		t.Errorf("conntrack deleted %v", got)
+	}
+	sync1(t, h.plane, want)
+	if len(h.dnat.Applied()) != 1 || len(h.ipt.Restores()) != 1 || h.dnat.Ensures() != 1 {
+		t.Fatal("a Sync with nothing to change wrote to the kernel")
 	}
 }
 
 func TestSyncWritesOnlyTheDiff(t *testing.T) {
-	h := newHarness(t, Config{SNAT: true})
-	want := map[string][]Mapping{
-		"a": {{PublicPort: 10500, Backend: backend("198.19.2.2:30000")}},
-		"b": {{PublicPort: 10501, Backend: backend("198.19.2.3:30000")}},
-		"c": {{PublicPort: 10502, Backend: backend("198.19.2.4:30000")}},
-	}
-	sync1(t, h.plane, want)
-
-	delete(want, "a")
-	want["b"] = []Mapping{{PublicPort: 10501, Backend: backend("198.19.2.9:30009")}}
-	want["d"] = []Mapping{{PublicPort: 10503, Backend: backend("198.19.2.5:30000")}}
+	h := newHarness(t, Config{})
+	sync1(t, h.plane, map[string][]Mapping{"a": one(10500, "198.19.2.2:30000"), "b": one(10501, "198.19.2.3:30000")})
 	calls := h.ct.count()
+	sync1(t, h.plane, map[string][]Mapping{"a": one(10500, "198.19.2.4:30000"), "c": one(10502, "198.19.2.3:30000")})
+	applied := h.dnat.Applied()
+	last := applied[len(applied)-1]
+	if !slices.Equal(last.Delete, []uint16{10500, 10501}) || !maps.Equal(last.Set, elems(10500, "198.19.2.4:30000", 10502, "198.19.2.3:30000")) {
+		t.Fatalf("change = %v %v", last.Delete, last.Set)
+	}
+	if got := h.ct.since(calls); !slices.Equal(got, []uint16{10500, 10501, 10502}) {
+		t.Fatalf("conntrack deleted %v, want 10500-10502", got)
+	}
+	if n := len(h.ipt.Restores()); n != 1 {
+		t.Fatalf("%d restores: the static rules were written again", n)
+	}
+}
+
+// TestDriftIsRepairedAndForeignRulesKept: once the picture is older than the resync interval, a
+// read-back behind the changes finds what was changed behind the plane's back and puts it right;
+// rules that are not livegate's stay.
+func TestDriftIsRepairedAndForeignRulesKept(t *testing.T) {
+	ctx := context.Background()
+	want := map[string][]Mapping{"a": one(10500, "198.19.2.2:30000"), "b": one(10501, "198.19.2.3:30000")}
+	for name, drift := range map[string]func(h *harness){
+		"element deleted":    func(h *harness) { h.dnat.DeleteElement(10500) },
+		"element re-pointed": func(h *harness) { h.dnat.SetElement(10500, backend("10.9.9.9:1")) },
+		"stray element":      func(h *harness) { h.dnat.SetElement(10509, backend("10.9.9.9:1")) },
+		"table flushed":      func(h *harness) { h.dnat.Drop() },
+		"forward rule gone":  func(h *harness) { h.ipt.SetRules("filter", ChainForward) },
+		"jump gone":          func(h *harness) { h.ipt.SetRules("filter", "FORWARD", "-j DROP") },
+		"snat rule doubled": func(h *harness) {
+			h.ipt.SetRules("nat", ChainSNAT, snatSpec(publicIP, testPorts), snatSpec(publicIP, testPorts))
+		},
+		"legacy chain put in": func(h *harness) {
+			h.ipt.SetRules("nat", legacyShardPrefix+"10496", "-p udp -m udp --dport 10500 -j RETURN")
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			h := newHarness(t, Config{SNAT: true})
+			foreign := "-p tcp -m tcp --dport 22 -j ACCEPT"
+			h.ipt.SetRules("filter", "FORWARD", foreign)
+			sync1(t, h.plane, want)
+			drift(h)
+			h.clk.t = h.clk.t.Add(DefaultResyncInterval)
+			sync1(t, h.plane, want)
+			if err := h.plane.Settle(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if got := h.dnat.Elements(); !maps.Equal(got, elems(10500, "198.19.2.2:30000", 10501, "198.19.2.3:30000")) {
+				t.Errorf("map = %v", got)
+			}
+			if present, _ := h.dnat.Present(); !present {
+				t.Error("table not recreated")
+			}
+			if got := specs(h.table(t, "filter").ChainRules(ChainForward)); !slices.Equal(got, []string{forwardSpec(publicIP, testPorts)}) {
+				t.Errorf("%s = %q", ChainForward, got)
+			}
+			if got := specs(h.table(t, "nat").ChainRules(ChainSNAT)); !slices.Equal(got, []string{snatSpec(publicIP, testPorts)}) {
+				t.Errorf("%s = %q", ChainSNAT, got)
+			}
+			if !slices.Contains(specs(h.table(t, "filter").ChainRules("FORWARD")), foreign) && name != "jump gone" {
+				t.Error("foreign FORWARD rule removed")
+			}
+			if h.table(t, "nat").HasChain(legacyShardPrefix + "10496") {
+				t.Error("legacy chain left")
+			}
+		})
+	}
+}
+
+func TestResyncIntervalZeroReadsBackEverySync(t *testing.T) {
+	h := newHarness(t, Config{})
+	h.plane = h.newPlane(t, Config{}, WithResyncInterval(0))
+	want := map[string][]Mapping{"a": one(10500, "198.19.2.2:30000")}
 	sync1(t, h.plane, want)
+	h.dnat.DeleteElement(10500)
+	sync1(t, h.plane, want)
+	if n := len(h.dnat.Applied()); n != 2 {
+		t.Fatalf("drift not repaired on the next Sync: %d transactions", n)
+	}
+}
 
-	restores := h.ipt.Restores()
-	wantPayload := `*nat
--I LIVEGATE-DNAT-10496 1 -d 198.18.1.1/32 -p udp -m udp --dport 10500 -j RETURN
--I LIVEGATE-DNAT-10496 1 -d 198.18.1.1/32 -p udp -m udp --dport 10501 -m comment --comment "lg:10501" -j DNAT --to-destination 198.19.2.9:30009
--A LIVEGATE-DNAT-10496 -d 198.18.1.1/32 -p udp -m udp --dport 10503 -m comment --comment "lg:10503" -j DNAT --to-destination 198.19.2.5:30000
-COMMIT
-`
-	if len(restores) != 2 || string(restores[1]) != wantPayload {
-		t.Fatalf("second batch:\n%s\nwant:\n%s", restores[len(restores)-1], wantPayload)
+// TestSyncRetriesFromTheKernelWhenAChangeFails: a change the kernel refuses (the picture was
+// wrong) is planned again from a read-back, in the same Sync.
+func TestSyncRetriesFromTheKernelWhenAChangeFails(t *testing.T) {
+	h := newHarness(t, Config{})
+	sync1(t, h.plane, map[string][]Mapping{"a": one(10500, "198.19.2.2:30000")})
+	h.dnat.DeleteElement(10500)
+	h.dnat.SetElement(10501, backend("198.19.2.9:30000"))
+	sync1(t, h.plane, map[string][]Mapping{"b": one(10501, "198.19.2.3:30000")})
+	if got := h.dnat.Elements(); !maps.Equal(got, elems(10501, "198.19.2.3:30000")) {
+		t.Fatalf("map = %v", got)
 	}
-	// The changed and the added port first, the removed one after.
-	if got := h.ct.since(calls); !slices.Equal(got, []uint16{10500, 10501, 10503}) {
-		t.Fatalf("conntrack flushed %v, want [10500 10501 10503]", got)
-	}
-	if got := h.ct.since(calls + 1); !slices.Equal(got, []uint16{10500}) {
-		t.Fatalf("conntrack flushed %v after the forwarded ports, want [10500]", got)
-	}
+}
 
-	// Every route ends; the sweep interval passes, so the tombstones go with the rest.
-	h.clk.t = h.clk.t.Add(DefaultSweepInterval)
-	sync1(t, h.plane, nil)
-	nat := h.nat(t)
-	for _, chain := range []string{ChainDNAT, ChainSNAT} {
-		if rules := nat.ChainRules(chain); len(rules) != 0 {
-			t.Fatalf("%s not empty after removing every route: %v", chain, specs(rules))
+func TestSyncReportsKernelFailure(t *testing.T) {
+	for name, fail := range map[string]func(h *harness){
+		"map":      func(h *harness) { h.dnat.FailNext(errors.New("netlink receive: operation not permitted")) },
+		"iptables": func(h *harness) { h.ipt.FailRestore = errors.New("iptables-restore: operation not permitted") },
+	} {
+		t.Run(name, func(t *testing.T) {
+			h := newHarness(t, Config{})
+			want := map[string][]Mapping{"a": one(10500, "198.19.2.2:30000")}
+			fail(h)
+			// The retry after a read-back meets the failure too when it lasts.
+			h.dnat.FailNext(errors.New("netlink receive: operation not permitted"))
+			if err := h.plane.Sync(context.Background(), want); err == nil || !strings.Contains(err.Error(), "operation not permitted") {
+				t.Fatalf("Sync error = %v", err)
+			}
+			h.ipt.FailRestore = nil
+			sync1(t, h.plane, want)
+			if got := h.dnat.Elements(); !maps.Equal(got, elems(10500, "198.19.2.2:30000")) {
+				t.Fatalf("map after recovery = %v", got)
+			}
+		})
+	}
+}
+
+// TestLegacyRulesMoveIntoTheMap: an edge that finds an earlier version's per-port chains keeps
+// their ports from new routes, puts the ports its routes claim into the map, and only then
+// removes the chains; a port whose backend stays keeps its conntrack entries.
+func TestLegacyRulesMoveIntoTheMap(t *testing.T) {
+	h := newHarness(t, Config{Quarantine: time.Minute})
+	dnat := func(port int, b string) string {
+		return `-d 198.18.1.1/32 -p udp -m udp --dport ` + strconv.Itoa(port) + ` -m comment --comment "lg:` +
+			strconv.Itoa(port) + `" -j DNAT --to-destination ` + b
+	}
+	shard := legacyShardPrefix + "10496"
+	h.ipt.SetRules("nat", "PREROUTING", `-m comment --comment "livegate media DNAT" -j LIVEGATE-DNAT`, "-p tcp -j ACCEPT")
+	h.ipt.SetRules("nat", "OUTPUT", `-m comment --comment "livegate media DNAT (local)" -j LIVEGATE-DNAT`)
+	h.ipt.SetRules("nat", legacyChainDNAT, `-d 198.18.1.1/32 -p udp -m udp --dport 10496:10623 -m comment --comment "lg:shard" -j `+shard)
+	h.ipt.SetRules("nat", shard,
+		dnat(10500, "198.19.2.2:30000"),
+		`-d 198.18.1.1/32 -p udp -m udp --dport 10501 -j RETURN`, dnat(10501, "198.19.2.2:30001"),
+		dnat(10502, "198.19.2.2:30002"),
+		dnat(10503, "198.19.2.2:30003"))
+	h.plane = h.newPlane(t, Config{Quarantine: time.Minute})
+	if err := h.plane.Recover(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	got, err := h.plane.Assign("new", []netip.AddrPort{backend("198.19.2.5:30000")}, nil)
+	if err != nil || got[0] != 10501 {
+		t.Fatalf("new route got %v, %v, want 10501 (the tombstoned port)", got, err)
+	}
+	h.plane.Release("new")
+	calls := h.ct.count()
+	sync1(t, h.plane, map[string][]Mapping{"a": one(10500, "198.19.2.2:30000"), "b": one(10502, "198.19.2.3:30000")})
+	if got := h.dnat.Elements(); !maps.Equal(got, elems(10500, "198.19.2.2:30000", 10502, "198.19.2.3:30000")) {
+		t.Fatalf("map = %v", got)
+	}
+	nat := h.table(t, "nat")
+	for _, c := range []string{legacyChainDNAT, shard} {
+		if nat.HasChain(c) {
+			t.Errorf("legacy chain %s left", c)
 		}
 	}
-	if nat.HasChain(shard) {
-		t.Fatalf("shard chain %s left after removing every route", shard)
+	if got := specs(nat.ChainRules("PREROUTING")); !slices.Equal(got, []string{"-p tcp -j ACCEPT"}) {
+		t.Errorf("PREROUTING = %q", got)
 	}
-	if got := specs(nat.ChainRules("PREROUTING")); len(got) != 1 {
-		t.Fatalf("PREROUTING = %v, want the one jump", got)
+	if got := specs(nat.ChainRules("OUTPUT")); len(got) != 0 {
+		t.Errorf("OUTPUT = %q", got)
 	}
-}
-
-func TestSyncRepairsDriftAndLeavesForeignRules(t *testing.T) {
-	h := newHarness(t, Config{SNAT: true})
-	want := map[string][]Mapping{
-		"a": {{PublicPort: 10500, Backend: backend("198.19.2.2:30000")}},
-		"b": {{PublicPort: 10501, Backend: backend("198.19.2.3:30000")}},
+	flushed := h.ct.since(calls)
+	for _, port := range []uint16{10502, 10503} {
+		if !slices.Contains(flushed, port) {
+			t.Errorf("conntrack of %d not deleted (deleted %v)", port, flushed)
+		}
 	}
-	sync1(t, h.plane, want)
-
-	foreign := "-p tcp -m tcp --dport 80 -j DNAT --to-destination 10.0.0.1:80"
-	good := dnatSpec(publicIP, 10501, backend("198.19.2.3:30000"))
-	h.ipt.SetRules("nat", "PREROUTING", foreign)
-	h.ipt.SetRules("nat", ChainDNAT, dispatchSpec(publicIP, 10496), "-p udp -j ACCEPT")
-	h.ipt.SetRules("nat", shard,
-		good,
-		dnatSpec(publicIP, 10501, backend("198.19.2.3:30000")),
-		dnatSpec(publicIP, 10507, backend("198.19.2.7:30000")),
-		"-p udp -j ACCEPT",
-	)
-	h.ipt.SetRules("nat", ChainSNAT)
-
-	sync1(t, h.plane, want)
-	if n := len(h.ipt.Restores()); n != 1 {
-		t.Fatalf("drift repaired before the resync interval: %d batches", n)
+	if slices.Contains(flushed, 10500) {
+		t.Errorf("conntrack of 10500, whose backend stayed, deleted (%v)", flushed)
 	}
-	h.clk.t = h.clk.t.Add(DefaultResyncInterval)
-	calls := h.ct.count()
-	sync1(t, h.plane, want)
-
-	nat := h.nat(t)
-	wantPre := []string{`-m comment --comment "livegate media DNAT" -j LIVEGATE-DNAT`, foreign}
-	if got := specs(nat.ChainRules("PREROUTING")); !slices.Equal(got, wantPre) {
-		t.Fatalf("PREROUTING = %q, want %q", got, wantPre)
-	}
-	if got := specs(nat.ChainRules(ChainDNAT)); !slices.Equal(got, []string{dispatchSpec(publicIP, 10496)}) {
-		t.Fatalf("%s = %q, want the one dispatch rule", ChainDNAT, got)
-	}
-	// 10507 is tombstoned; the second rule of 10501 is never reached. Both wait for the sweep.
-	gotDNAT := specs(nat.ChainRules(shard))
-	wantDNAT := []string{tombstoneSpec(publicIP, 10507), good, good, dnatSpec(publicIP, 10507, backend("198.19.2.7:30000")),
-		dnatSpec(publicIP, 10500, backend("198.19.2.2:30000"))}
-	if !slices.Equal(gotDNAT, wantDNAT) {
-		t.Fatalf("%s = %q, want %q", shard, gotDNAT, wantDNAT)
-	}
-	if got := specs(nat.ChainRules(ChainSNAT)); len(got) != 1 {
-		t.Fatalf("%s = %q, want the masquerade rule back", ChainSNAT, got)
-	}
-	if got := h.ct.since(calls); !slices.Equal(got, []uint16{10500, 10507}) {
-		t.Fatalf("conntrack flushed %v, want [10500 10507]", got)
-	}
-
-	h.clk.t = h.clk.t.Add(DefaultSweepInterval)
-	sync1(t, h.plane, want)
-	gotDNAT = specs(h.nat(t).ChainRules(shard))
-	wantDNAT = []string{good, dnatSpec(publicIP, 10500, backend("198.19.2.2:30000"))}
-	if !slices.Equal(gotDNAT, wantDNAT) {
-		t.Fatalf("%s after the sweep = %q, want %q", shard, gotDNAT, wantDNAT)
+	// The three legacy ports stay reserved, and the released 10501 rests in quarantine.
+	if _, free := h.plane.Capacity(); free != 10-4 {
+		t.Errorf("free = %d, want 6", free)
 	}
 }
 
-func TestSyncRetriesFromTheKernelWhenABatchFails(t *testing.T) {
-	h := newHarness(t, Config{})
-	want := map[string][]Mapping{"a": {{PublicPort: 10500, Backend: backend("198.19.2.2:30000")}}}
-	sync1(t, h.plane, want)
-	h.ipt.SetRules("nat", shard)
-
-	want["a"] = []Mapping{{PublicPort: 10500, Backend: backend("198.19.2.2:30001")}}
-	sync1(t, h.plane, want)
-	got := specs(h.nat(t).ChainRules(shard))
-	if len(got) != 1 || got[0] != dnatSpec(publicIP, 10500, backend("198.19.2.2:30001")) {
-		t.Fatalf("%s = %q after retry", shard, got)
+func TestParseLegacyRule(t *testing.T) {
+	tests := []struct {
+		spec    string
+		port    uint16
+		backend string
+		ok      bool
+	}{
+		{spec: `-d 198.18.1.1/32 -p udp -m udp --dport 10500 -m comment --comment "lg:10500" -j DNAT --to-destination 198.19.2.2:30000`,
+			port: 10500, backend: "198.19.2.2:30000", ok: true},
+		{spec: `-d 198.18.1.1/32 -p udp -m udp --dport 10500 -j RETURN`, port: 10500, ok: true},
+		{spec: `-p udp -j ACCEPT`},
+		{spec: `-p udp -m udp --dport 0 -j RETURN`},
+		{spec: `-p udp -m udp --dport x -j RETURN`},
+		{spec: `-p udp -m udp --dport 10500 -j DNAT --to-destination nowhere`},
+	}
+	for _, tt := range tests {
+		port, b, ok := parseLegacyRule(strings.Fields(strings.ReplaceAll(tt.spec, `"`, "")))
+		want := netip.AddrPort{}
+		if tt.backend != "" {
+			want = backend(tt.backend)
+		}
+		if ok != tt.ok || (ok && (port != tt.port || b != want)) {
+			t.Errorf("%s: %d %v %v, want %d %v %v", tt.spec, port, b, ok, tt.port, want, tt.ok)
+		}
 	}
 }
 
-func TestSyncReportsRestoreFailure(t *testing.T) {
-	h := newHarness(t, Config{})
-	h.ipt.FailRestore = errors.New("iptables-restore: exit status 1")
-	err := h.plane.Sync(context.Background(), map[string][]Mapping{"a": {{PublicPort: 10500, Backend: backend("198.19.2.2:30000")}}})
-	if err == nil || !strings.Contains(err.Error(), "exit status 1") {
-		t.Fatalf("Sync error = %v", err)
-	}
-	h.ipt.FailRestore = nil
-	sync1(t, h.plane, map[string][]Mapping{"a": {{PublicPort: 10500, Backend: backend("198.19.2.2:30000")}}})
-	if got := h.nat(t).ChainRules(shard); len(got) != 1 {
-		t.Fatalf("rules after recovery: %v", specs(got))
+func TestLegacyChainNames(t *testing.T) {
+	for name, want := range map[string]bool{
+		"LIVEGATE-DNAT": true, "LIVEGATE-DNAT-10496": true, "LIVEGATE-DNAT-0": true,
+		"LIVEGATE-DNAT-10500": false, "LIVEGATE-DNAT-x": false, "LIVEGATE-DNAT-": false, ChainSNAT: false, "OTHER-10496": false,
+	} {
+		if got := isLegacyChain(name); got != want {
+			t.Errorf("isLegacyChain(%q) = %v", name, got)
+		}
 	}
 }
 
@@ -345,9 +483,8 @@ func TestSyncSkipsInvalidMappings(t *testing.T) {
 			t.Errorf("error does not mention %s: %v", s, err)
 		}
 	}
-	got := specs(h.nat(t).ChainRules(shard))
-	if len(got) != 1 || !strings.Contains(got[0], "--dport 10500 ") {
-		t.Fatalf("%s = %q, want only port 10500", shard, got)
+	if got := h.dnat.Elements(); !maps.Equal(got, elems(10500, "198.19.2.2:30000")) {
+		t.Fatalf("map = %v, want only port 10500", got)
 	}
 }
 
@@ -357,7 +494,7 @@ func TestConntrackFailureIsRetried(t *testing.T) {
 	h.ct.err = errors.New("netlink: operation not permitted")
 	h.ct.mu.Unlock()
 	want := map[string][]Mapping{"a": {{PublicPort: 10500, Backend: backend("198.19.2.2:30000")}}}
-	// The batch is applied and the failure reported; the deletion is tried again in the
+	// The change is applied and the failure reported; the deletion is tried again in the
 	// background a few times, then left to the next sync.
 	if err := h.plane.Sync(context.Background(), want); err == nil || !strings.Contains(err.Error(), "10500") {
 		t.Fatalf("Sync error = %v, want the conntrack failure", err)
@@ -426,7 +563,7 @@ func TestRestartKeepsTheKernelAsItIs(t *testing.T) {
 		"a":    {{PublicPort: ports[0], Backend: backends[0]}, {PublicPort: ports[1], Backend: backends[1]}},
 		"gone": {{PublicPort: stale[0], Backend: backends[0]}},
 	})
-	before := len(h.ipt.Restores())
+	before, applied := len(h.ipt.Restores()), len(h.dnat.Applied())
 
 	restarted := h.newPlane(t, Config{SNAT: true, Quarantine: time.Minute})
 	if err := restarted.Recover(context.Background()); err != nil {
@@ -446,8 +583,8 @@ func TestRestartKeepsTheKernelAsItIs(t *testing.T) {
 	want := map[string][]Mapping{"a": {{PublicPort: ports[0], Backend: backends[0]}, {PublicPort: ports[1], Backend: backends[1]}}}
 	restarted.Release("new")
 	sync1(t, restarted, map[string][]Mapping{"a": want["a"], "gone": {{PublicPort: stale[0], Backend: backends[0]}}})
-	if n := len(h.ipt.Restores()); n != before {
-		t.Fatalf("restart with the same state wrote %d batches", n-before)
+	if len(h.ipt.Restores()) != before || len(h.dnat.Applied()) != applied || h.dnat.Ensures() != 1 {
+		t.Fatal("restart with the same state wrote to the kernel")
 	}
 	sync1(t, restarted, want)
 	// Two ports in use, the stale route's and the released one's in quarantine.
@@ -479,7 +616,7 @@ func TestAssign(t *testing.T) {
 }
 
 func TestNewRejectsBadConfig(t *testing.T) {
-	ipt := iptablestest.New()
+	ipt, dnat := iptablestest.New(), dnatmaptest.New()
 	for name, cfg := range map[string]Config{
 		"no public ip": {},
 		"ipv6":         {PublicIP: netip.MustParseAddr("2001:db8::1")},
@@ -487,11 +624,11 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		"bad backends": {PublicIP: publicIP, BackendPorts: portalloc.Range{First: 0, Last: 10}},
 		"quarantine":   {PublicIP: publicIP, Quarantine: -time.Second},
 	} {
-		if _, err := New(cfg, WithRunner(ipt)); err == nil {
+		if _, err := New(cfg, WithRunner(ipt), WithDNATMap(dnat)); err == nil {
 			t.Errorf("%s: New accepted %+v", name, cfg)
 		}
 	}
-	p, err := New(Config{PublicIP: publicIP}, WithRunner(ipt))
+	p, err := New(Config{PublicIP: publicIP}, WithRunner(ipt), WithDNATMap(dnat))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -500,263 +637,8 @@ func TestNewRejectsBadConfig(t *testing.T) {
 	}
 }
 
-func TestCleanupRemovesOnlyOurs(t *testing.T) {
-	h := newHarness(t, Config{SNAT: true})
-	sync1(t, h.plane, map[string][]Mapping{"a": {{PublicPort: 10500, Backend: backend("198.19.2.2:30000")}}})
-	foreign := "-p tcp -m tcp --dport 80 -j DNAT --to-destination 10.0.0.1:80"
-	h.ipt.SetRules("nat", "PREROUTING", append(specs(h.nat(t).ChainRules("PREROUTING")), foreign)...)
-
-	if err := Cleanup(context.Background(), WithRunner(h.ipt), WithConntrack(h.ct)); err != nil {
-		t.Fatal(err)
-	}
-	out, err := h.ipt.Save(context.Background(), "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if strings.Contains(string(out), "LIVEGATE") || strings.Contains(string(out), "livegate") {
-		t.Fatalf("livegate rules left after cleanup:\n%s", out)
-	}
-	if !strings.Contains(string(out), foreign) {
-		t.Fatalf("cleanup removed a foreign rule:\n%s", out)
-	}
-	if got := h.ct.last(); !slices.Equal(got, []uint16{10500}) {
-		t.Fatalf("cleanup flushed %v, want [10500]", got)
-	}
-	if err := Cleanup(context.Background(), WithRunner(h.ipt), WithConntrack(h.ct)); err != nil {
-		t.Fatalf("second cleanup: %v", err)
-	}
-}
-
-func TestParseShardRule(t *testing.T) {
-	split := func(s string) []string {
-		args, err := iptables.Split(s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return args
-	}
-	tests := []struct {
-		spec string
-		want shardRule
-		ok   bool
-	}{
-		{spec: dnatSpec(publicIP, 10500, backend("198.19.2.2:30000")), ok: true,
-			want: shardRule{public: publicIP, port: 10500, backend: backend("198.19.2.2:30000")}},
-		{spec: `-p udp -m udp --dport 10500 -d 198.18.1.1 -m comment --comment lg:10500 -j DNAT --to-destination 198.19.2.2:30000`, ok: true,
-			want: shardRule{public: publicIP, port: 10500, backend: backend("198.19.2.2:30000")}},
-		{spec: `-d 198.18.1.0/24 -p udp -m udp --dport 10500 -m comment --comment "lg:10500" -j DNAT --to-destination 198.19.2.2:30000`},
-		{spec: `-d 198.18.1.1/32 -p udp -m udp --dport 10500 -m comment --comment "lg:10501" -j DNAT --to-destination 198.19.2.2:30000`},
-		{spec: `-d 198.18.1.1/32 -p tcp -m tcp --dport 10500 -m comment --comment "lg:10500" -j DNAT --to-destination 198.19.2.2:30000`},
-		{spec: `-d 198.18.1.1/32 -p udp -m udp --dport 10500 -m comment --comment "lg:10500" -j DNAT --to-destination 198.19.2.2`},
-		{spec: `-d 198.18.1.1/32 -p udp -m udp --dport 10500 -m comment --comment "lg:10500" -j DNAT --to-destination 198.19.2.2:30000 --random`},
-		{spec: `-s 10.0.0.0/8 -d 198.18.1.1/32 -p udp -m udp --dport 10500 -m comment --comment "lg:10500" -j DNAT --to-destination 198.19.2.2:30000`},
-		{spec: `-j ACCEPT`},
-		{spec: tombstoneSpec(publicIP, 10500), ok: true, want: shardRule{public: publicIP, port: 10500, tombstone: true}},
-		{spec: `-d 198.18.1.1/32 -p udp -m udp --dport 10500 -m comment --comment "lg:10500" -j RETURN`},
-		{spec: `-d 198.18.1.1/32 -p udp -m udp --dport 10500 -j RETURN --to-destination 198.19.2.2:30000`},
-		{spec: `-d 198.18.1.1/32 -p udp -m udp --dport 10500 -j ACCEPT`},
-	}
-	for _, tt := range tests {
-		got, ok := parseShardRule(split(tt.spec))
-		if ok != tt.ok || got != tt.want {
-			t.Errorf("parseShardRule(%q) = %+v, %v, want %+v, %v", tt.spec, got, ok, tt.want, tt.ok)
-		}
-	}
-}
-
-func TestEmptiedShardsAreDeleted(t *testing.T) {
-	h := newHarness(t, Config{Ports: portalloc.Range{First: 10500, Last: 11999}})
-	want := map[string][]Mapping{}
-	for i := range 1000 {
-		want[strconv.Itoa(i)] = []Mapping{{PublicPort: uint16(10500 + i), Backend: backend("198.19.2.2:30000")}}
-	}
-	sync1(t, h.plane, want)
-	if got := h.nat(t).ChainRules(ChainDNAT); len(got) != 8 {
-		t.Fatalf("%d dispatch rules for ports 10500-11499, want 8", len(got))
-	}
-	keep := map[string][]Mapping{"7": want["7"], "8": want["8"]}
-	sync1(t, h.plane, keep)
-	flushed := h.ct.last()
-	if len(flushed) != 998 || slices.Contains(flushed, 10507) || slices.Contains(flushed, 10508) {
-		t.Fatalf("flushed %d ports, want the 998 removed ones", len(flushed))
-	}
-	// Tombstoned, the removed ports keep their shards until the sweep.
-	if got := h.nat(t).ChainRules(ChainDNAT); len(got) != 8 {
-		t.Fatalf("%d dispatch rules before the sweep, want 8", len(got))
-	}
-	h.clk.t = h.clk.t.Add(DefaultSweepInterval)
-	calls := h.ct.count()
-	sync1(t, h.plane, keep)
-	if h.ct.count() != calls {
-		t.Fatalf("the sweep deleted conntrack entries: %v", h.ct.since(calls))
-	}
-
-	nat := h.nat(t)
-	var shards []string
-	for c := range nat.Chains {
-		if strings.HasPrefix(c, ShardPrefix) {
-			shards = append(shards, c)
-		}
-	}
-	if !slices.Equal(shards, []string{shard}) {
-		t.Fatalf("shard chains left: %v, want only %s", shards, shard)
-	}
-	if got := specs(nat.ChainRules(ChainDNAT)); !slices.Equal(got, []string{dispatchSpec(publicIP, 10496)}) {
-		t.Fatalf("dispatch rules = %q", got)
-	}
-	got := specs(nat.ChainRules(shard))
-	if len(got) != 2 || !strings.Contains(got[0], "--dport 10507 ") || !strings.Contains(got[1], "--dport 10508 ") {
-		t.Fatalf("%s = %q, want ports 10507 and 10508", shard, got)
-	}
-}
-
-func TestResyncIntervalZeroReadsBackEverySync(t *testing.T) {
-	ipt := iptablestest.New()
-	p, err := New(Config{PublicIP: publicIP, Ports: portalloc.Range{First: 10500, Last: 10509}},
-		WithRunner(ipt), WithConntrack(&fakeCleaner{}), WithResyncInterval(0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := map[string][]Mapping{"a": {{PublicPort: 10500, Backend: backend("198.19.2.2:30000")}}}
-	sync1(t, p, want)
-	ipt.SetRules("nat", shard)
-	sync1(t, p, want)
-	if n := len(ipt.Restores()); n != 2 {
-		t.Fatalf("drift not repaired on the next Sync: %d batches", n)
-	}
-}
-
-// heldSave lets a test hold a read-back after iptables-save has printed the nat table, so that
-// batches can run between the read and its use.
-type heldSave struct {
-	*iptablestest.Fake
-	mu    sync.Mutex
-	hold  chan struct{}
-	saved chan struct{}
-}
-
-func (h *heldSave) holdNext() (saved, release chan struct{}) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.hold, h.saved = make(chan struct{}), make(chan struct{})
-	return h.saved, h.hold
-}
-
-func (h *heldSave) Save(ctx context.Context, table string) ([]byte, error) {
-	out, err := h.Fake.Save(ctx, table)
-	h.mu.Lock()
-	hold, saved := h.hold, h.saved
-	if table == "nat" {
-		h.hold, h.saved = nil, nil
-	}
-	h.mu.Unlock()
-	if table == "nat" && hold != nil {
-		close(saved)
-		<-hold
-	}
-	return out, err
-}
-
-func newHeldHarness(t *testing.T, ports portalloc.Range) (*harness, *heldSave) {
-	t.Helper()
-	h := &harness{ipt: iptablestest.New(), ct: &fakeCleaner{}, clk: &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}}
-	held := &heldSave{Fake: h.ipt}
-	p, err := New(Config{PublicIP: publicIP, Ports: ports}, WithRunner(held), WithConntrack(h.ct), WithClock(h.clk.now), WithIdleSweep(0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.plane = p
-	return h, held
-}
-
-func countRules(t *testing.T, h *harness, chain string, port uint16) int {
-	t.Helper()
-	n := 0
-	for _, r := range h.nat(t).ChainRules(chain) {
-		if strings.Contains(r.Spec, "--dport "+strconv.Itoa(int(port))+" ") {
-			n++
-		}
-	}
-	return n
-}
-
-// TestReadBackRunsBehindBatches: a due read-back does not hold up the batches that follow it;
-// it repairs the drift it finds, and keeps what batches wrote meanwhile instead of taking the
-// older read for drift (which would add those rules a second time).
-func TestReadBackRunsBehindBatches(t *testing.T) {
-	h, held := newHeldHarness(t, portalloc.Range{First: 10500, Last: 10509})
-	ctx := context.Background()
-	a := []Mapping{{PublicPort: 10500, Backend: backend("198.19.2.2:30000")}}
-	sync1(t, h.plane, map[string][]Mapping{"a": a})
-	h.ipt.SetRules("nat", shard) // drift: the rule of 10500 is gone
-
-	h.clk.t = h.clk.t.Add(DefaultResyncInterval)
-	saved, release := held.holdNext()
-	if err := h.plane.Sync(ctx, map[string][]Mapping{"a": a}); err != nil {
-		t.Fatal(err)
-	}
-	<-saved
-	b := []Mapping{{PublicPort: 10501, Backend: backend("198.19.2.3:30000")}}
-	if err := h.plane.Sync(ctx, map[string][]Mapping{"a": a, "b": b}); err != nil {
-		t.Fatal(err)
-	}
-	if n := countRules(t, h, shard, 10501); n != 1 {
-		t.Fatalf("port 10501 has %d rules while the read-back is held, want 1", n)
-	}
-	close(release)
-	if err := h.plane.Settle(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if n := countRules(t, h, shard, 10500); n != 1 {
-		t.Fatalf("drifted port 10500 has %d rules after the read-back, want 1", n)
-	}
-	if n := countRules(t, h, shard, 10501); n != 1 {
-		t.Fatalf("port 10501, added during the read-back, has %d rules, want 1", n)
-	}
-	if n := len(h.ipt.Restores()); n != 3 {
-		t.Fatalf("%d batches, want 3 (first, 10501, the repair)", n)
-	}
-}
-
-// TestReadBackDroppedWhenChainsChanged: a read-back overlapping a batch that changed the chains
-// is not used; the next Sync reads again, and that one repairs.
-func TestReadBackDroppedWhenChainsChanged(t *testing.T) {
-	h, held := newHeldHarness(t, portalloc.Range{First: 10500, Last: 10700})
-	ctx := context.Background()
-	a := []Mapping{{PublicPort: 10500, Backend: backend("198.19.2.2:30000")}}
-	sync1(t, h.plane, map[string][]Mapping{"a": a})
-	h.ipt.SetRules("nat", shard)
-
-	h.clk.t = h.clk.t.Add(DefaultResyncInterval)
-	saved, release := held.holdNext()
-	if err := h.plane.Sync(ctx, map[string][]Mapping{"a": a}); err != nil {
-		t.Fatal(err)
-	}
-	<-saved
-	// A port in another shard: the batch creates a chain and a dispatch rule.
-	c := []Mapping{{PublicPort: 10650, Backend: backend("198.19.2.4:30000")}}
-	want := map[string][]Mapping{"a": a, "c": c}
-	if err := h.plane.Sync(ctx, want); err != nil {
-		t.Fatal(err)
-	}
-	close(release)
-	if err := h.plane.Settle(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if n := countRules(t, h, shard, 10500); n != 0 {
-		t.Fatalf("the overlapped read-back was used: port 10500 has %d rules", n)
-	}
-	sync1(t, h.plane, want)
-	if n := countRules(t, h, shard, 10500); n != 1 {
-		t.Fatalf("port 10500 has %d rules after the next read-back, want 1", n)
-	}
-	if n := countRules(t, h, ShardPrefix+"10624", 10650); n != 1 {
-		t.Fatalf("port 10650 has %d rules, want 1", n)
-	}
-}
-
 // An added port's conntrack entries are deleted before Sync returns unless the port is clean
-// (no rule since its entries were last deleted) and new to a key that took it from the
+// (no mapping since its entries were last deleted) and new to a key that took it from the
 // round-robin.
 func TestAddedPortFlushedOnlyWhenAnEntryCanMatter(t *testing.T) {
 	h := newHarness(t, Config{Quarantine: time.Minute})
@@ -828,154 +710,166 @@ func TestAddedPortFlushedOnlyWhenAnEntryCanMatter(t *testing.T) {
 	step("fresh port whose deletion failed", []uint16{next})
 }
 
-// forwardedTo reads the fake kernel the way a packet walks the shard: the first rule of the port
-// decides; "" when a tombstone or no rule does.
-func forwardedTo(t *testing.T, h *harness, port uint16) string {
-	t.Helper()
-	for _, r := range h.nat(t).ChainRules(shardChain(shardBase(port))) {
-		d, ok := parseShardRule(r.Args)
-		if !ok || d.port != port {
-			continue
-		}
-		if d.tombstone {
-			return ""
-		}
-		return d.backend.String()
-	}
-	return ""
-}
-
-func TestEndedPortsAreTombstonedThenSwept(t *testing.T) {
-	h := newHarness(t, Config{})
-	a, b := backend("198.19.2.2:30000"), backend("198.19.2.3:30000")
-	sync1(t, h.plane, map[string][]Mapping{"a": {{PublicPort: 10500, Backend: a}}, "b": {{PublicPort: 10501, Backend: b}}})
-
-	tests := []struct {
-		name string
-		want map[string][]Mapping
-		// forwarded is what each port's first rule does afterwards.
-		forwarded map[uint16]string
-		dead      int
-	}{
-		{name: "end a", want: map[string][]Mapping{"b": {{PublicPort: 10501, Backend: b}}},
-			forwarded: map[uint16]string{10500: "", 10501: b.String()}, dead: 2},
-		{name: "port of a to a new backend before the sweep",
-			want:      map[string][]Mapping{"b": {{PublicPort: 10501, Backend: b}}, "c": {{PublicPort: 10500, Backend: b}}},
-			forwarded: map[uint16]string{10500: b.String(), 10501: b.String()}, dead: 2},
-		{name: "end c",
-			want:      map[string][]Mapping{"b": {{PublicPort: 10501, Backend: b}}},
-			forwarded: map[uint16]string{10500: "", 10501: b.String()}, dead: 4},
-		{name: "port of a back to its first backend, a copy of a dead rule",
-			want:      map[string][]Mapping{"b": {{PublicPort: 10501, Backend: b}}, "a": {{PublicPort: 10500, Backend: a}}},
-			forwarded: map[uint16]string{10500: a.String(), 10501: b.String()}, dead: 4},
-		{name: "b changes backend", want: map[string][]Mapping{"b": {{PublicPort: 10501, Backend: a}}, "a": {{PublicPort: 10500, Backend: a}}},
-			forwarded: map[uint16]string{10500: a.String(), 10501: a.String()}, dead: 5},
-	}
-	for _, tt := range tests {
-		restores := len(h.ipt.Restores())
-		sync1(t, h.plane, tt.want)
-		batch := string(h.ipt.Restores()[restores])
-		if strings.Contains(batch, "\n-D ") {
-			t.Fatalf("%s: batch deletes before the sweep is due:\n%s", tt.name, batch)
-		}
-		live := 0
-		for port, to := range tt.forwarded {
-			if got := forwardedTo(t, h, port); got != to {
-				t.Fatalf("%s: port %d forwarded to %q, want %q", tt.name, port, got, to)
-			}
-			if to != "" {
-				live++
-			}
-		}
-		if got := len(h.nat(t).ChainRules(shard)) - live; got != tt.dead {
-			t.Fatalf("%s: %d dead rules, want %d: %q", tt.name, got, tt.dead, specs(h.nat(t).ChainRules(shard)))
-		}
-	}
-
-	// A restart adopts the mappings and leaves the dead rules to the sweep interval (or the idle
-	// sweep): its first batch is not slowed by a sweep. Neither touches the conntrack entries of
-	// the forwarded ports.
-	restarted := h.newPlane(t, Config{})
-	if err := restarted.Recover(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	if err := restarted.Settle(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+func TestCleanupRemovesOnlyOurs(t *testing.T) {
+	h := newHarness(t, Config{SNAT: true})
+	sync1(t, h.plane, map[string][]Mapping{"a": one(10500, "198.19.2.2:30000"), "b": one(10503, "198.19.2.3:30000")})
+	foreign := "-p tcp -m tcp --dport 22 -j ACCEPT"
+	h.ipt.SetRules("filter", "FORWARD", append(specs(h.table(t, "filter").ChainRules("FORWARD")), foreign)...)
+	h.ipt.SetRules("nat", legacyShardPrefix+"10496", "-p udp -m udp --dport 10505 -j DNAT --to-destination 198.19.2.2:1")
 	calls := h.ct.count()
-	final := tests[len(tests)-1].want
-	dead := len(h.nat(t).ChainRules(shard)) - 2
-	sync1(t, restarted, final)
-	if got := len(h.nat(t).ChainRules(shard)) - 2; got != dead || dead == 0 {
-		t.Fatalf("the restart's first batch swept: %d dead rules left of %d", got, dead)
+	if err := Cleanup(context.Background(), WithRunner(h.ipt), WithDNATMap(h.dnat), WithConntrack(h.ct)); err != nil {
+		t.Fatal(err)
 	}
-	h.clk.t = h.clk.t.Add(DefaultSweepInterval)
-	sync1(t, restarted, final)
-	got := specs(h.nat(t).ChainRules(shard))
-	want := []string{dnatSpec(publicIP, 10501, a), dnatSpec(publicIP, 10500, a)}
-	if !slices.Equal(got, want) {
-		t.Fatalf("%s after the restart's sweep = %q, want %q", shard, got, want)
+	if present, _ := h.dnat.Present(); present {
+		t.Error("table left")
 	}
-	// (The start's deletion of every unforwarded port's entries runs meanwhile.)
-	if got := h.ct.since(calls); slices.Contains(got, 10500) || slices.Contains(got, 10501) {
-		t.Fatalf("the restart deleted the entries of forwarded ports: %v", got)
+	out, err := h.ipt.Save(context.Background(), "")
+	if err != nil {
+		t.Fatal(err)
 	}
-
-	// Ended now, swept after the interval with the shard.
-	sync1(t, restarted, nil)
-	if got := forwardedTo(t, h, 10500) + forwardedTo(t, h, 10501); got != "" {
-		t.Fatalf("ended ports still forwarded: %q", got)
+	if strings.Contains(string(out), "LIVEGATE") || strings.Contains(string(out), "livegate") {
+		t.Errorf("livegate rules left:\n%s", out)
 	}
-	h.clk.t = h.clk.t.Add(DefaultSweepInterval)
-	sync1(t, restarted, nil)
-	if h.nat(t).HasChain(shard) {
-		t.Fatalf("shard %s left after the sweep: %q", shard, specs(h.nat(t).ChainRules(shard)))
+	if !strings.Contains(string(out), foreign) {
+		t.Errorf("foreign rule removed:\n%s", out)
+	}
+	if got := h.ct.since(calls); !slices.Equal(got, []uint16{10500, 10503, 10505}) {
+		t.Errorf("conntrack deleted %v", got)
+	}
+	if !h.dnat.Closed() {
+		t.Error("Cleanup left the map's socket open")
+	}
+	if err := Cleanup(context.Background(), WithRunner(h.ipt), WithDNATMap(dnatmaptest.New()), WithConntrack(h.ct)); err != nil {
+		t.Fatalf("second Cleanup: %v", err)
 	}
 }
 
-func TestManyEndedPortsSweepInTheirBatch(t *testing.T) {
-	h := newHarness(t, Config{Ports: portalloc.Range{First: 10500, Last: 19999}})
-	want := map[string][]Mapping{}
-	for i := range sweepMaxDead / 2 {
-		want[strconv.Itoa(i)] = []Mapping{{PublicPort: uint16(10500 + i), Backend: backend("198.19.2.2:30000")}}
+// heldRead lets a test hold a read-back after the map was read, so that changes can run between
+// the read and its use.
+type heldRead struct {
+	*dnatmaptest.Fake
+	mu   sync.Mutex
+	hold chan struct{}
+	read chan struct{}
+}
+
+func (h *heldRead) holdNext() (read, release chan struct{}) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.hold, h.read = make(chan struct{}), make(chan struct{})
+	return h.read, h.hold
+}
+
+func (h *heldRead) Read(ctx context.Context, l dnatmap.Layout) (dnatmap.State, error) {
+	st, err := h.Fake.Read(ctx, l)
+	h.mu.Lock()
+	hold, read := h.hold, h.read
+	h.hold, h.read = nil, nil
+	h.mu.Unlock()
+	if hold != nil {
+		close(read)
+		<-hold
 	}
+	return st, err
+}
+
+func newHeldHarness(t *testing.T) (*harness, *heldRead) {
+	t.Helper()
+	h := &harness{ipt: iptablestest.New(), dnat: dnatmaptest.New(), ct: &fakeCleaner{},
+		clk: &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}}
+	held := &heldRead{Fake: h.dnat}
+	h.plane = h.newPlane(t, Config{}, WithDNATMap(held))
+	return h, held
+}
+
+// TestReadBackRunsBehindChanges: a due read-back does not hold up the changes that follow it;
+// it repairs the drift it finds, and keeps what changes wrote meanwhile instead of taking the
+// older read for drift (which would add those elements a second time, and be refused).
+func TestReadBackRunsBehindChanges(t *testing.T) {
+	h, held := newHeldHarness(t)
+	ctx := context.Background()
+	a := one(10500, "198.19.2.2:30000")
+	sync1(t, h.plane, map[string][]Mapping{"a": a})
+	h.dnat.DeleteElement(10500)
+
+	h.clk.t = h.clk.t.Add(DefaultResyncInterval)
+	read, release := held.holdNext()
+	if err := h.plane.Sync(ctx, map[string][]Mapping{"a": a}); err != nil {
+		t.Fatal(err)
+	}
+	<-read
+	b := one(10501, "198.19.2.3:30000")
+	if err := h.plane.Sync(ctx, map[string][]Mapping{"a": a, "b": b}); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	if err := h.plane.Settle(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.dnat.Elements(); !maps.Equal(got, elems(10500, "198.19.2.2:30000", 10501, "198.19.2.3:30000")) {
+		t.Fatalf("map = %v", got)
+	}
+	if n := len(h.dnat.Applied()); n != 3 {
+		t.Fatalf("%d transactions, want 3 (first, 10501, the repair)", n)
+	}
+}
+
+// TestReadBackDroppedWhenLayoutChanged: a read-back overlapping a change that rewrote the
+// table's layout is not used; the next Sync reads again, and that one repairs.
+func TestReadBackDroppedWhenLayoutChanged(t *testing.T) {
+	h, held := newHeldHarness(t)
+	ctx := context.Background()
+	a := one(10500, "198.19.2.2:30000")
+	want := map[string][]Mapping{"a": a}
 	sync1(t, h.plane, want)
-	sync1(t, h.plane, nil)
-	nat := h.nat(t)
-	for c := range nat.Chains {
-		if isShardChain(c) {
-			t.Fatalf("shard %s left after %d ports ended at once", c, len(want))
-		}
+	h.clk.t = h.clk.t.Add(DefaultResyncInterval)
+	read, release := held.holdNext()
+	if err := h.plane.Sync(ctx, want); err != nil {
+		t.Fatal(err)
+	}
+	<-read
+	// Flushed after the read: the read saw the element, the failed change that follows reads
+	// the kernel back in front of itself and rewrites the layout.
+	h.dnat.Drop()
+	if err := h.plane.Sync(ctx, map[string][]Mapping{"a": a, "b": one(10501, "198.19.2.3:30000")}); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	if err := h.plane.Settle(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.dnat.Elements(); !maps.Equal(got, elems(10500, "198.19.2.2:30000", 10501, "198.19.2.3:30000")) {
+		t.Fatalf("map = %v", got)
 	}
 }
 
-// heldRestore holds the restores while hold is set, after telling entered.
-type heldRestore struct {
-	*iptablestest.Fake
+// heldApply holds the map's transactions while hold is set, after telling entered.
+type heldApply struct {
+	*dnatmaptest.Fake
 	entered, hold chan struct{}
 }
 
-func (h *heldRestore) Restore(ctx context.Context, payload []byte) error {
+func (h *heldApply) Apply(ctx context.Context, c dnatmap.Change) error {
 	if h.hold != nil {
 		close(h.entered)
 		<-h.hold
 	}
-	return h.Fake.Restore(ctx, payload)
+	return h.Fake.Apply(ctx, c)
 }
 
-func TestAssignDoesNotWaitForABatch(t *testing.T) {
-	held := &heldRestore{Fake: iptablestest.New(), entered: make(chan struct{}), hold: make(chan struct{})}
-	p, err := New(Config{PublicIP: publicIP, Ports: portalloc.Range{First: 10500, Last: 10509}},
-		WithRunner(held), WithConntrack(&fakeCleaner{}))
+func TestAssignDoesNotWaitForAChange(t *testing.T) {
+	held := &heldApply{Fake: dnatmaptest.New(), entered: make(chan struct{}), hold: make(chan struct{})}
+	p, err := New(Config{PublicIP: publicIP, Ports: testPorts},
+		WithRunner(iptablestest.New()), WithDNATMap(held), WithConntrack(&fakeCleaner{}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	synced := make(chan error, 1)
 	go func() {
-		synced <- p.Sync(context.Background(), map[string][]Mapping{"a": {{PublicPort: 10500, Backend: backend("198.19.2.2:30000")}}})
+		synced <- p.Sync(context.Background(), map[string][]Mapping{"a": one(10500, "198.19.2.2:30000")})
 	}()
 	<-held.entered
-	// The batch is in the kernel's hands: the planner's calls go on meanwhile.
+	// The change is in the kernel's hands: the planner's calls go on meanwhile.
 	if total, _ := p.Capacity(); total != 10 {
 		t.Fatalf("Capacity total = %d, want 10", total)
 	}
@@ -991,23 +885,18 @@ func TestAssignDoesNotWaitForABatch(t *testing.T) {
 	}
 }
 
-func TestIdleSweep(t *testing.T) {
+func TestCloseClosesTheMap(t *testing.T) {
 	h := newHarness(t, Config{})
-	sync1(t, h.plane, map[string][]Mapping{"a": {{PublicPort: 10500, Backend: backend("198.19.2.2:30000")}}})
-	sync1(t, h.plane, nil)
-	if !h.nat(t).HasChain(shard) {
-		t.Fatal("shard swept in the batch that tombstoned its port")
+	sync1(t, h.plane, map[string][]Mapping{"a": one(10500, "198.19.2.2:30000")})
+	h.plane.Close()
+	h.plane.Close()
+	if !h.dnat.Closed() {
+		t.Fatal("map's socket left open")
 	}
-	// The timer fires before the idle time has passed on the plane's clock: nothing happens.
-	// (Set only now, so that no timer of its own is armed.)
-	h.plane.o.sweepIdle = DefaultIdleSweep
-	h.plane.sweepWhenIdle()
-	if !h.nat(t).HasChain(shard) {
-		t.Fatal("swept while batches still come")
+	if err := h.plane.Sync(context.Background(), nil); err == nil {
+		t.Fatal("Sync after Close succeeded")
 	}
-	h.clk.t = h.clk.t.Add(DefaultIdleSweep)
-	h.plane.sweepWhenIdle()
-	if h.nat(t).HasChain(shard) {
-		t.Fatalf("shard left after the idle sweep: %q", specs(h.nat(t).ChainRules(shard)))
+	if got := h.dnat.Elements(); len(got) != 1 {
+		t.Fatalf("Close changed the map: %v", got)
 	}
 }

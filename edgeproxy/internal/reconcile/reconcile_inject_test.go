@@ -8,8 +8,8 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/livegate/livegate/edgeproxy/internal/iptables/iptablestest"
 	"github.com/livegate/livegate/edgeproxy/internal/mediaplane"
+	"github.com/livegate/livegate/edgeproxy/internal/mediaplane/mediaplanetest"
 	"github.com/livegate/livegate/edgeproxy/internal/portalloc"
 	"github.com/livegate/livegate/edgeproxy/internal/reconcile"
 	"github.com/livegate/livegate/edgeproxy/internal/routes"
@@ -72,23 +72,23 @@ func refusals(logs *logbuf.Buffer) map[string]string {
 	return out
 }
 
-// TestInjectionRoutesNeverReachHAProxyOrIptables writes hostile routes for this edge next to a
+// TestInjectionRoutesNeverReachHAProxyOrTheKernel writes hostile routes for this edge next to a
 // good one. Each hostile route is refused with a reason naming the route field at fault (in the
 // log, and as a route_refused event when its key can name a subject); the good one is
-// programmed; and no hostile session id or backend ever reaches the HAProxy driver or an
-// iptables-restore batch.
-func TestInjectionRoutesNeverReachHAProxyOrIptables(t *testing.T) {
+// programmed; and no hostile session id or backend ever reaches the HAProxy driver, the DNAT
+// map or an iptables-restore batch.
+func TestInjectionRoutesNeverReachHAProxyOrTheKernel(t *testing.T) {
 	e := newEnv(t)
 	cfg := config("edge-a", "default")
 	cfg.Policy = routes.Policy{
 		BackendCIDRs: []netip.Prefix{netip.MustParsePrefix("198.19.0.0/16"), netip.MustParsePrefix("fd00::/8")},
 		BackendPorts: portalloc.Range{First: 30000, Last: 32767},
 	}
-	ipt := iptablestest.New()
+	kernel := mediaplanetest.New()
 	plane, err := mediaplane.New(mediaplane.Config{
 		PublicIP: netip.MustParseAddr("198.18.1.1"), Ports: portalloc.Range{First: 10500, Last: 10599}, SNAT: true,
 		BackendCIDRs: cfg.Policy.BackendCIDRs, BackendPorts: portalloc.Range{First: 30000, Last: 32767},
-	}, mediaplane.WithRunner(ipt), mediaplane.WithConntrack(nopCleaner{}))
+	}, append(kernel.Options(), mediaplane.WithConntrack(nopCleaner{}))...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,19 +191,23 @@ func TestInjectionRoutesNeverReachHAProxyOrIptables(t *testing.T) {
 			t.Errorf("HAProxy driver got %q", s)
 		}
 	}
-	var restored strings.Builder
-	for _, p := range ipt.Restores() {
-		restored.Write(p)
-	}
-	if !strings.Contains(restored.String(), "--to-destination "+med) {
-		t.Errorf("the good media backend never reached iptables:\n%s", restored.String())
-	}
-	for _, line := range strings.Split(restored.String(), "\n") {
-		if strings.Contains(line, "--to-destination") && !strings.HasSuffix(line, "--to-destination "+med) {
-			t.Errorf("iptables-restore got %q", line)
+	gotMedia := false
+	for _, c := range kernel.DNAT.Applied() {
+		for port, b := range c.Set {
+			if b.String() != med {
+				t.Errorf("the DNAT map got %d → %s", port, b)
+			}
+			gotMedia = true
 		}
-		if strings.Contains(line, "INPUT") || strings.ContainsAny(line, "$`|&;\x00") {
-			t.Errorf("iptables-restore got %q", line)
+	}
+	if !gotMedia {
+		t.Error("the good media backend never reached the DNAT map")
+	}
+	for _, p := range kernel.IPTables.Restores() {
+		for _, line := range strings.Split(string(p), "\n") {
+			if strings.Contains(line, "INPUT") || strings.ContainsAny(line, "$`|&;\x00") {
+				t.Errorf("iptables-restore got %q", line)
+			}
 		}
 	}
 }

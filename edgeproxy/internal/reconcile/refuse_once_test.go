@@ -6,8 +6,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/livegate/livegate/edgeproxy/internal/iptables/iptablestest"
 	"github.com/livegate/livegate/edgeproxy/internal/mediaplane"
+	"github.com/livegate/livegate/edgeproxy/internal/mediaplane/mediaplanetest"
 	"github.com/livegate/livegate/edgeproxy/internal/portalloc"
 	"github.com/livegate/livegate/edgeproxy/internal/reconcile"
 	"github.com/livegate/livegate/pkg/logbuf"
@@ -27,7 +27,7 @@ func TestRefusalLoggedOncePerChange(t *testing.T) {
 	plane, err := mediaplane.New(mediaplane.Config{
 		PublicIP: netip.MustParseAddr("198.18.1.1"), Ports: portalloc.Range{First: 10500, Last: 10500}, SNAT: true,
 		BackendCIDRs: cfg.Policy.BackendCIDRs, BackendPorts: portalloc.Range{First: 1024, Last: 65535},
-	}, mediaplane.WithRunner(iptablestest.New()), mediaplane.WithConntrack(nopCleaner{}))
+	}, append(mediaplanetest.New().Options(), mediaplane.WithConntrack(nopCleaner{}))...)
 	if err != nil {
 		t.Fatal(err)
 	}

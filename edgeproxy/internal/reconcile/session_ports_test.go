@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/livegate/livegate/edgeproxy/internal/iptables/iptablestest"
 	"github.com/livegate/livegate/edgeproxy/internal/mediaplane"
+	"github.com/livegate/livegate/edgeproxy/internal/mediaplane/mediaplanetest"
 	"github.com/livegate/livegate/edgeproxy/internal/portalloc"
 	"github.com/livegate/livegate/edgeproxy/internal/reconcile"
 	"github.com/livegate/livegate/pkg/events"
@@ -65,7 +65,7 @@ func TestNewSessionGetsFreshPorts(t *testing.T) {
 	plane, err := mediaplane.New(mediaplane.Config{
 		PublicIP: netip.MustParseAddr("198.18.1.1"), Ports: portalloc.Range{First: 10500, Last: 10599}, SNAT: true,
 		BackendCIDRs: cfg.Policy.BackendCIDRs, BackendPorts: portalloc.Range{First: 1024, Last: 65535}, Quarantine: time.Hour,
-	}, mediaplane.WithRunner(iptablestest.New()), mediaplane.WithConntrack(cleaner))
+	}, append(mediaplanetest.New().Options(), mediaplane.WithConntrack(cleaner))...)
 	if err != nil {
 		t.Fatal(err)
 	}

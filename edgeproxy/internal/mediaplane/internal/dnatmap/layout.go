@@ -48,6 +48,9 @@ type State struct {
 	// Current reports whether the table, the map and both chains exist and each chain holds
 	// exactly the rule for the layout Read was given.
 	Current bool
+	// Layout is what the prerouting chain's rule matches, when it has the shape this package
+	// writes; zero otherwise.
+	Layout Layout
 	// Elements is the map's content, public port → backend; empty when there is no map.
 	Elements map[uint16]netip.AddrPort
 }
