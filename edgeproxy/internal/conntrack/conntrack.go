@@ -11,6 +11,11 @@
 // cheaper of the two, by what each cost last (see useFilter), is taken: a dump grows with the
 // entries of this namespace, a filtered delete with the ports. A handle opened
 // inside a named network namespace needs no thread juggling and no extra process.
+//
+// Sockets are kept open between calls (and closed by Close): closing a netfilter netlink socket
+// makes the kernel finish releasing the nftables objects deleted since the last commit, one RCU
+// grace period under the nftables commit mutex, so a socket closed after each deletion would
+// make the media plane's next map change wait.
 package conntrack
 
 import (
@@ -45,10 +50,43 @@ type Netlink struct {
 	// less last time.
 	filterMax int
 	// mu guards perPort, the last filtered delete's cost per port, and dump, the last dump's
-	// cost (zero: not measured yet).
+	// cost (zero: not measured yet), and the idle sockets and handles kept for the next calls
+	// (more than one when calls overlap).
 	mu            sync.Mutex
 	perPort, dump time.Duration
+	sockets       []*nl.NetlinkSocket
+	handles       []*netlink.Handle
+	closed        bool
 }
+
+// Close closes the kept sockets. Calls after it open and close a socket each.
+func (n *Netlink) Close() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.closed = true
+	for _, s := range n.sockets {
+		s.Close()
+	}
+	for _, h := range n.handles {
+		h.Close()
+	}
+	n.sockets, n.handles = nil, nil
+	return nil
+}
+
+// keep gives an idle socket or handle back to list, or closes it when it failed or the cleaner
+// is closed. n.mu is held.
+func keep[S any](n *Netlink, list *[]S, s S, ok bool, closeFn func(S)) {
+	if !ok || n.closed || len(*list) >= maxIdle {
+		closeFn(s)
+		return
+	}
+	*list = append(*list, s)
+}
+
+// maxIdle is how many sockets of each kind are kept: the media plane deletes in the foreground
+// and in the background at once, rarely more.
+const maxIdle = 2
 
 // useFilter reports whether ports are deleted by filter: up to filterMax always; more when that
 // many filtered deletes cost less than a dump did, by the last of each (a dump while either is
@@ -134,7 +172,12 @@ func (n *Netlink) deleteFiltered(ctx context.Context, dst netip.Addr, ports []ui
 	if err != nil {
 		return err
 	}
-	defer s.Close()
+	failed := true
+	defer func() {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		keep(n, &n.sockets, s, !failed, func(s *nl.NetlinkSocket) { s.Close() })
+	}()
 	if err := s.SetReceiveTimeout(&unix.Timeval{Sec: 10}); err != nil {
 		return fmt.Errorf("conntrack netlink socket: %w", err)
 	}
@@ -151,11 +194,13 @@ func (n *Netlink) deleteFiltered(ctx context.Context, dst netip.Addr, ports []ui
 		case i == 0 && (errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP)):
 			// A kernel without filtered deletes reads the tuple as an exact one and rejects it
 			// for its missing source; it never takes the request for a flush of everything.
+			failed = false
 			return errFilterRefused
 		default:
 			return fmt.Errorf("delete conntrack entries of udp port %d: %w", port, err)
 		}
 	}
+	failed = false
 	return nil
 }
 
@@ -199,6 +244,14 @@ func filteredDelete(dst netip.Addr, port uint16) *nl.NetlinkRequest {
 }
 
 func (n *Netlink) socket() (*nl.NetlinkSocket, error) {
+	n.mu.Lock()
+	if k := len(n.sockets); k > 0 {
+		s := n.sockets[k-1]
+		n.sockets = n.sockets[:k-1]
+		n.mu.Unlock()
+		return s, nil
+	}
+	n.mu.Unlock()
 	return openIn(n.netns, func(ns netns.NsHandle) (*nl.NetlinkSocket, error) {
 		return nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_NETFILTER)
 	})
@@ -210,7 +263,12 @@ func (n *Netlink) deleteDumped(ctx context.Context, dst netip.Addr, ports []uint
 	if err != nil {
 		return err
 	}
-	defer h.Close()
+	failed := true
+	defer func() {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		keep(n, &n.handles, h, !failed, func(h *netlink.Handle) { h.Close() })
+	}()
 	filter := NewUDPFilter(dst, ports)
 	for attempt := 1; ; attempt++ {
 		if err := ctx.Err(); err != nil {
@@ -218,6 +276,7 @@ func (n *Netlink) deleteDumped(ctx context.Context, dst netip.Addr, ports []uint
 		}
 		_, err := h.ConntrackDeleteFilters(netlink.ConntrackTable, unix.AF_INET, filter)
 		if err == nil {
+			failed = false
 			return nil
 		}
 		if !errors.Is(err, netlink.ErrDumpInterrupted) || attempt == dumpAttempts {
@@ -227,6 +286,14 @@ func (n *Netlink) deleteDumped(ctx context.Context, dst netip.Addr, ports []uint
 }
 
 func (n *Netlink) handle() (*netlink.Handle, error) {
+	n.mu.Lock()
+	if k := len(n.handles); k > 0 {
+		h := n.handles[k-1]
+		n.handles = n.handles[:k-1]
+		n.mu.Unlock()
+		return h, nil
+	}
+	n.mu.Unlock()
 	return openIn(n.netns, func(ns netns.NsHandle) (*netlink.Handle, error) {
 		return netlink.NewHandleAt(ns, unix.NETLINK_NETFILTER)
 	})

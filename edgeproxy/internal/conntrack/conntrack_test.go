@@ -77,3 +77,27 @@ func TestUseFilter(t *testing.T) {
 		}
 	}
 }
+
+func TestKeep(t *testing.T) {
+	tests := []struct {
+		name       string
+		idle       int
+		ok, closed bool
+		kept       bool
+	}{
+		{name: "idle after success", ok: true, kept: true},
+		{name: "one more beside another call's", idle: 1, ok: true, kept: true},
+		{name: "enough kept", idle: maxIdle, ok: true},
+		{name: "failed", ok: false},
+		{name: "cleaner closed", ok: true, closed: true},
+	}
+	for _, tt := range tests {
+		n := &Netlink{closed: tt.closed}
+		list := make([]int, tt.idle)
+		closed := false
+		keep(n, &list, 7, tt.ok, func(int) { closed = true })
+		if kept := len(list) == tt.idle+1; kept != tt.kept || closed == tt.kept {
+			t.Errorf("%s: kept %v, closed %v; want kept %v", tt.name, kept, closed, tt.kept)
+		}
+	}
+}

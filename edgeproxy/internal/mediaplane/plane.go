@@ -16,6 +16,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"net/netip"
 	"os"
@@ -102,7 +103,8 @@ func WithDNATMap(m DNATMap) Option {
 	return func(o *options) { o.dnat = m }
 }
 
-// WithConntrack sets how conntrack entries are deleted.
+// WithConntrack sets how conntrack entries are deleted; the plane closes it in Close when it is
+// an io.Closer.
 func WithConntrack(c conntrack.Cleaner) Option {
 	return func(o *options) { o.cleaner = c }
 }
@@ -709,8 +711,8 @@ func (p *Plane) apply(ctx context.Context, desired map[uint16]netip.AddrPort, re
 	return res, nil
 }
 
-// Close stops the plane: it waits for a read-back under way and closes the DNAT map's socket.
-// The kernel keeps what the plane wrote.
+// Close stops the plane: it waits for a read-back under way and closes the netlink sockets of
+// the DNAT map and of the conntrack cleaner. The kernel keeps what the plane wrote.
 func (p *Plane) Close() {
 	p.syncMu.Lock()
 	if p.closed {
@@ -727,6 +729,14 @@ func (p *Plane) Close() {
 	}
 	if err := p.o.dnat.Close(); err != nil {
 		p.o.log.Warn().Err(err).Msg("close the DNAT map's netlink socket")
+	}
+	closeCleaner(p.o.cleaner)
+}
+
+// closeCleaner closes a conntrack cleaner that keeps sockets (conntrack.Netlink does).
+func closeCleaner(c conntrack.Cleaner) {
+	if cl, ok := c.(io.Closer); ok {
+		cl.Close()
 	}
 }
 
@@ -803,6 +813,7 @@ func Cleanup(ctx context.Context, opts ...Option) error {
 		return fmt.Errorf("clean up media rules: %w", err)
 	}
 	defer o.dnat.Close()
+	defer closeCleaner(o.cleaner)
 	m, err := o.dnat.Read(ctx, dnatmap.Layout{})
 	if err != nil {
 		return fmt.Errorf("clean up media rules: read the DNAT map: %w", err)
