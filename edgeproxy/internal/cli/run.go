@@ -161,8 +161,8 @@ func run(ctx context.Context, s *settings, h Hooks, log zerolog.Logger) error {
 	if err != nil {
 		return err
 	}
-	// The kernel plane sweeps dead rules on a timer; it must not write a batch while the edge
-	// stops.
+	// The kernel plane keeps netlink sockets and may be reading the kernel back behind the
+	// changes; Close waits for that and closes them.
 	if c, ok := plane.(interface{ Close() }); ok {
 		defer c.Close()
 	}
