@@ -313,7 +313,7 @@ func unroutableResult(name string, lg edgebench.ChurnResult, base haproxyreload.
 		Target:   "p99 ≤ " + stats.FormatDuration(unroutedP99),
 		Verdict:  report.Verdictf(len(lg.Unroutable) > 0 && lg.UnroutableFailures == 0 && p99 <= unroutedP99),
 		Notes: []string{
-			"from the KV delete of a route the bench had probed until HAProxy's map no longer finds its session AND the probed flow (same source port) goes unanswered: its datagrams are echoed while the port's DNAT rule or the flow's conntrack entry is left, so unanswered means both are gone (the time is that of the first of " +
+			"from the KV delete of a route the bench had probed until HAProxy's map no longer finds its session AND the probed flow (same source port) goes unanswered: its datagrams are echoed while the port's DNAT map element or the flow's conntrack entry is left, so unanswered means both are gone (the time is that of the first of " +
 				"3 unanswered probes in a row, each given 20 ms); the held routes seeded before the churn were never probed and are not counted",
 		},
 	}
