@@ -8,8 +8,10 @@ export PATH := /usr/local/go/bin:$(GOBIN_DIR):$(PATH)
 export GOFLAGS := -buildvcs=false
 
 MODULES := pkg proto agent edgeproxy e2e samples/streamapp
-# chromium, ffmpeg and the font: the browser end-to-end test and the sample app's test pattern.
-APT_PACKAGES := haproxy iptables conntrack iproute2 ca-certificates chromium ffmpeg fonts-dejavu-core curl jq
+# nftables: the nft the tests and the demo read the edge's DNAT map with (the edge itself needs no
+# nft, it programs the map over netlink). chromium, ffmpeg and the font: the browser end-to-end
+# test and the sample app's test pattern.
+APT_PACKAGES := haproxy iptables nftables conntrack iproute2 ca-certificates chromium ffmpeg fonts-dejavu-core curl jq
 NATS_SERVER_VERSION := v2.15.2
 NATS_CLI_VERSION := v0.5.1
 BUF_VERSION := v1.50.0
@@ -76,7 +78,7 @@ unit: ## The tests of every module (root-only tests skip when not root)
 test: deps proto-check vet unit deploy-check images-test fuzz-short ## What CI runs: deps, stale-code check, vet, every test, deploy/ checks
 
 demo: deps build ## The whole path on one machine (edge, two apps with agents, a client); DEMO_SECONDS=N stops it after N s
-	@if [ "$$(id -u)" != 0 ]; then echo "make demo: run as root (it creates network namespaces and iptables rules)" >&2; exit 1; fi
+	@if [ "$$(id -u)" != 0 ]; then echo "make demo: run as root (it creates network namespaces, nftables and iptables rules)" >&2; exit 1; fi
 	go build -o bin/livegate-demo ./e2e/cmd/demo
 	@# exec: the demo itself, not a wrapper, receives make's SIGTERM and cleans up.
 	exec bin/livegate-demo -bin bin

@@ -21,8 +21,8 @@ const browserPrefix = "lgeb"
 // namespace, through the real edge (HAProxy TLS on 48322, kernel DNAT, NATS) from two WebRTC
 // sample apps with their agents: the video plays, the data channel echoes, the selected
 // candidate pair is the edge's public address and the session's port, each browser sees its own
-// app, and endsession takes the peer connection, the route, the DNAT rule and the translated
-// conntrack entries away.
+// app, and endsession takes the peer connection, the route, the DNAT map element and the
+// translated conntrack entries away.
 func TestBrowserStreams(t *testing.T) {
 	requireBrowser(t)
 	b := binaries(t)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -288,8 +289,8 @@ func (w *walk) refused(sessionID string) {
 }
 
 // probeMedia handshakes DTLS-SRTP from the client namespace through the session's public UDP
-// port and checks that the kernel forwarded it: the echoes came back, the edge holds one DNAT
-// rule for the port and conntrack entries for the flow.
+// port and checks that the kernel forwarded it: the echoes came back, the edge's DNAT map sends
+// the port to the node's app and conntrack holds entries for the flow.
 func (w *walk) probeMedia(s *session) {
 	t := w.t
 	t.Helper()
@@ -306,8 +307,8 @@ func (w *walk) probeMedia(s *session) {
 		t.Fatalf("media through %s: %d of %d echoed", target, rep.Received, rep.Sent)
 	}
 	w.logf("media through %s: handshake %s, %d/%d echoed, rtt p50 %s", target, rep.Handshake.Round(time.Microsecond), rep.Received, rep.Sent, rep.RTTp50)
-	if n := w.dnatRules(port); n != 1 {
-		t.Errorf("DNAT rules for public port %d: %d, want 1", port, n)
+	if got, want := w.dnatBackend(port), netip.AddrPortFrom(netns.NodeAddr(w.n.Index), stack.AppMediaPort); got != want {
+		t.Errorf("DNAT map: public port %d -> %s, want %s", port, got, want)
 	}
 	if n := w.conntrack(port, false); n == 0 {
 		t.Errorf("no conntrack entry for public port %d after the probe", port)
@@ -427,7 +428,7 @@ func (w *walk) crashAndExpire(s session) {
 }
 
 // gone checks that the edge removed the session: route_removed, no route or endpoint keys, no
-// HAProxy map entry (the edge answers 404), no DNAT rule, no conntrack entry.
+// HAProxy map entry (the edge answers 404), no DNAT map element, no conntrack entry.
 func (w *walk) gone(mark int, s session) {
 	t := w.t
 	t.Helper()
@@ -443,8 +444,8 @@ func (w *walk) gone(mark int, s session) {
 		if m, err := w.d.HAProxyMap(w.ctx); err != nil || m[s.id] != "" {
 			return fmt.Errorf("HAProxy map entry left: %q %v", m[s.id], err)
 		}
-		if n := w.dnatRules(port); n != 0 {
-			return fmt.Errorf("%d DNAT rules left for port %d", n, port)
+		if b := w.dnatBackend(port); b.IsValid() {
+			return fmt.Errorf("DNAT map still maps port %d to %s", port, b)
 		}
 		if n := w.conntrack(port, w.translatedOnly); n != 0 {
 			return fmt.Errorf("%d conntrack entries left for port %d", n, port)
@@ -452,16 +453,17 @@ func (w *walk) gone(mark int, s session) {
 		return nil
 	})
 	w.refused(s.id)
-	w.logf("session %s: route, endpoint, map entry, DNAT rule and conntrack entries of udp %d gone", s.id, port)
+	w.logf("session %s: route, endpoint, map entry, DNAT map element and conntrack entries of udp %d gone", s.id, port)
 }
 
-// dnatRules counts the edge's DNAT rules for a public port.
-func (w *walk) dnatRules(port uint32) int {
-	rules, err := stack.DNATRules(w.ctx, w.d.Topo.Edge)
+// dnatBackend is where the edge's DNAT map sends a public port; not valid when it has no element
+// for the port.
+func (w *walk) dnatBackend(port uint32) netip.AddrPort {
+	m, err := stack.DNATMap(w.ctx, w.d.Topo.Edge)
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	return rules[int(port)]
+	return m[int(port)]
 }
 
 // conntrack counts the edge's UDP conntrack entries addressed to a public port, only those DNATed

@@ -104,11 +104,12 @@ func (o *scriptOutput) String() string {
 // namespace of their own with private /usr/local/bin, /var/lib and /tmp (so the install, the state
 // directory and the logs touch nothing of this host): build, install, edge, sample app, agent,
 // probe, the page played in headless Chromium inside the namespace, end of session, clean-up. It
-// passes when every command succeeds and the page plays, and leaves no process
-// and no LIVEGATE chain behind. So the quickstart cannot drift from what the binaries do.
+// passes when every command succeeds and the page plays, and leaves no process, no livegate
+// nftables table and no LIVEGATE chain behind. So the quickstart cannot drift from what the
+// binaries do.
 func TestQuickstartOneHost(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root: network namespaces, iptables, HAProxy")
+		t.Skip("needs root: network namespaces, nftables, iptables, HAProxy")
 	}
 	if _, err := browser.Find(); err != nil {
 		t.Fatal(err)
@@ -215,6 +216,10 @@ func TestQuickstartOneHost(t *testing.T) {
 	rules, err := host.Output(ctx, "iptables-save")
 	if err != nil || strings.Contains(rules, "LIVEGATE") {
 		t.Errorf("LIVEGATE rules left after the clean-up (%v):\n%s", err, rules)
+	}
+	ruleset, err := host.Output(ctx, "nft", "list", "ruleset")
+	if err != nil || strings.Contains(ruleset, "table ip livegate {") {
+		t.Errorf("the livegate nftables table left after the clean-up (%v):\n%s", err, ruleset)
 	}
 }
 

@@ -99,8 +99,8 @@ func uidOf(pid int) string {
 
 // TestEdgeRunsWithTheUnitsCapabilities runs the edge the way its systemd unit does (an
 // unprivileged user, only the unit's ambient capabilities, no new privileges, XTABLES_LOCKFILE)
-// in a network namespace of its own, and checks that it programs the media plane and that SIGTERM
-// leaves HAProxy and the rules in place.
+// in a network namespace of its own, and checks that it programs the media plane (the DNAT map
+// over netlink) and that SIGTERM leaves HAProxy and the DNAT map in place.
 func TestEdgeRunsWithTheUnitsCapabilities(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: creates a network namespace")
@@ -108,6 +108,9 @@ func TestEdgeRunsWithTheUnitsCapabilities(t *testing.T) {
 	setpriv, err := exec.LookPath("setpriv")
 	if err != nil {
 		t.Skip("setpriv (util-linux) not installed")
+	}
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("nft (nftables) not installed")
 	}
 	ambient := unitSetting(t, "AmbientCapabilities")
 	bounding := unitSetting(t, "CapabilityBoundingSet")
@@ -169,15 +172,20 @@ func TestEdgeRunsWithTheUnitsCapabilities(t *testing.T) {
 		"--host=127.0.0.1", "--port=18011", "--app-addr=127.0.0.1:18012", "--instance-id=lgdeploy-app",
 		"--session-id=lgdeploy-1", "--backend-ip=198.18.0.2", "--signaling-backend=:31000", "--media-backend=:31001")
 
-	const dnat = "--to-destination 198.18.0.2:31001"
+	// The session's element of the edge's DNAT map, as nft lists it ("<public port> : 198.18.0.2
+	// . 31001"); nft fails until the edge has made its table.
+	mapped := func() bool {
+		out, err := exec.Command("ip", "netns", "exec", ns, "nft", "list", "map", "ip", "livegate", "media").Output()
+		return err == nil && strings.Contains(string(out), " : 198.18.0.2 . 31001")
+	}
 	posted := false
-	waitUntil(t, 30*time.Second, "a DNAT rule programmed", []*proc{edge, agent}, func() bool {
+	waitUntil(t, 30*time.Second, "a DNAT map element programmed", []*proc{edge, agent}, func() bool {
 		if !posted {
 			_, err1 := nsPost(ns, "127.0.0.1:18012", "/v1/app/events/app-ready")
 			_, err2 := nsPost(ns, "127.0.0.1:18012", "/v1/app/events/rtx-ready")
 			posted = err1 == nil && err2 == nil
 		}
-		return strings.Contains(nsRun(t, ns, "iptables-save", "-t", "nat"), dnat)
+		return mapped()
 	})
 	b, err := os.ReadFile(filepath.Join(state, "haproxy.pid"))
 	if err != nil {
@@ -194,7 +202,7 @@ func TestEdgeRunsWithTheUnitsCapabilities(t *testing.T) {
 	if syscall.Kill(haproxyPid, 0) != nil {
 		t.Error("HAProxy stopped with the edge: a restart of the edge would drop every websocket")
 	}
-	if !strings.Contains(nsRun(t, ns, "iptables-save", "-t", "nat"), dnat) {
-		t.Error("the media rule went away with the edge")
+	if !mapped() {
+		t.Error("the DNAT map element went away with the edge")
 	}
 }

@@ -166,8 +166,8 @@ func TestExamplesWorkTogether(t *testing.T) {
 		"LIVEGATE_EDGEPROXY_TLS_CERT=" + cert, "LIVEGATE_EDGEPROXY_TLS_KEY=" + key,
 		"LIVEGATE_EDGEPROXY_SIGNALING_PORT=" + strconv.Itoa(freeport.TCP(t)), "LIVEGATE_EDGEPROXY_SIGNALING_BIND=127.0.0.1",
 		"LIVEGATE_EDGEPROXY_ADMIN_ADDR=127.0.0.1:" + strconv.Itoa(adminPort), "LIVEGATE_EDGEPROXY_EDGE_ID=edge-examples",
-		// The media plane programs this host's iptables: left out; the backend policy it shares
-		// with signaling is what the examples must agree on.
+		// The media plane programs this host's nftables and iptables: left out; the backend policy
+		// it shares with signaling is what the examples must agree on.
 		"LIVEGATE_EDGEPROXY_MEDIA=off", "LIVEGATE_EDGEPROXY_HAPROXY_STOP_ON_EXIT=true",
 	}
 	edgeConfig := filepath.Join(repoRoot, "deploy", "etc", "livegate", "edgeproxy.toml")

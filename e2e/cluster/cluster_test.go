@@ -736,7 +736,7 @@ func (w *watch) deleteAll() {
 }
 
 // clean checks that nothing leaked once every session is gone: no route or endpoint key, and on
-// either edge an empty HAProxy map and no DNAT rule.
+// either edge an empty HAProxy map and DNAT map.
 func (e *env) clean() {
 	e.t.Helper()
 	took := e.eventually(30*time.Second, "no leak", func() error {
@@ -750,13 +750,13 @@ func (e *env) clean() {
 			if m, err := g.showMap(e.ctx); err != nil || len(m) > 0 {
 				return fmt.Errorf("%s HAProxy map entries left: %v %v", g.ID, m, err)
 			}
-			if n, err := g.dnatRules(e.ctx); err != nil || n > 0 {
-				return fmt.Errorf("%s: %d DNAT rules left %v", g.ID, n, err)
+			if n, err := g.dnatPorts(e.ctx); err != nil || n > 0 {
+				return fmt.Errorf("%s: %d ports left in the DNAT map %v", g.ID, n, err)
 			}
 		}
 		return nil
 	})
-	e.t.Logf("no leak: routes, endpoints, both edges' HAProxy maps and DNAT rules empty (%s after the last session ended)", took.Round(time.Millisecond))
+	e.t.Logf("no leak: routes, endpoints, both edges' HAProxy maps and DNAT maps empty (%s after the last session ended)", took.Round(time.Millisecond))
 }
 
 // putRoute writes a pool route for key to backend's demo app, as an agent would, with the agents'

@@ -306,10 +306,10 @@ func (g *edge) showMap(ctx context.Context) (map[string]string, error) {
 	return g.HAProxy().ShowMap(ctx)
 }
 
-// dnatRules counts the edge's DNAT rules.
-func (g *edge) dnatRules(ctx context.Context) (int, error) {
-	rules, err := stack.DNATRules(ctx, g.NS)
-	return stack.Total(rules), err
+// dnatPorts counts the public ports the edge's DNAT map forwards.
+func (g *edge) dnatPorts(ctx context.Context) (int, error) {
+	m, err := stack.DNATMap(ctx, g.NS)
+	return len(m), err
 }
 
 // addNode starts node i's demo app and an agent that knows all three servers.

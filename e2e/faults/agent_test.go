@@ -12,7 +12,7 @@ import (
 )
 
 // TestAgentKilled: an agent dies with SIGKILL, so nobody deletes its route. Its lease runs out
-// and the edge removes everything of the session (map entry, DNAT rule, conntrack entries,
+// and the edge removes everything of the session (map entry, DNAT map element, conntrack entries,
 // endpoint) by itself; the other node's session is untouched.
 func TestAgentKilled(t *testing.T) {
 	e := newEnv(t, config{nodes: []nodeConfig{{agent: true}, {agent: true}}})
@@ -61,7 +61,7 @@ func TestAgentKilled(t *testing.T) {
 }
 
 // gone waits until session s is removed everywhere: route and endpoint keys, the serving edge's
-// map entry, DNAT rule and conntrack entries. It returns how long that took.
+// map entry, DNAT map element and conntrack entries. It returns how long that took.
 func (e *env) gone(s session) time.Duration {
 	e.t.Helper()
 	took := e.eventually(30*time.Second, "session "+s.id+" removed", func() error {
@@ -86,7 +86,7 @@ func (e *env) isGone(s session) error {
 		return fmt.Errorf("map entry left: %q %v", m[s.id], err)
 	}
 	if ports, err := s.edge.dnatPorts(e.ctx); err != nil || ports[s.port] {
-		return fmt.Errorf("DNAT rule of udp %d left (%v)", s.port, err)
+		return fmt.Errorf("DNAT map element of udp %d left (%v)", s.port, err)
 	}
 	if ports, err := s.edge.conntrackPorts(e.ctx); err != nil || ports[s.port] > 0 {
 		return fmt.Errorf("%d conntrack entries of udp %d left (%v)", ports[s.port], s.port, err)

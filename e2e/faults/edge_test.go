@@ -149,7 +149,7 @@ func (c *churn) whileDown(killed, restart time.Time) int {
 }
 
 // converged reports how edge g differs from serving exactly the churn's routes plus session s:
-// endpoints, HAProxy map and DNAT rules.
+// endpoints, HAProxy map and DNAT map.
 func (e *env) converged(g *edge, final map[string]string, s session) error {
 	want := maps.Clone(final)
 	want[s.instance] = s.id
@@ -180,7 +180,7 @@ func (e *env) converged(g *edge, final map[string]string, s session) error {
 	}
 	dnat, err := g.dnatPorts(e.ctx)
 	if err != nil || !maps.Equal(dnat, ports) {
-		return fmt.Errorf("DNAT ports %v (%v), want %v", dnat, err, ports)
+		return fmt.Errorf("DNAT map ports %v (%v), want %v", dnat, err, ports)
 	}
 	return nil
 }

@@ -413,14 +413,14 @@ func (g *edge) haproxyMaster() (int, error) {
 	return stack.SupervisedMaster(g.Dir)
 }
 
-// dnatPorts lists the public ports the edge's DNAT rules forward.
+// dnatPorts lists the public ports the edge's DNAT map forwards.
 func (g *edge) dnatPorts(ctx context.Context) (map[int]bool, error) {
-	rules, err := stack.DNATRules(ctx, g.NS)
+	m, err := stack.DNATMap(ctx, g.NS)
 	if err != nil {
 		return nil, err
 	}
 	ports := map[int]bool{}
-	for p := range rules {
+	for p := range m {
 		ports[p] = true
 	}
 	return ports, nil
@@ -572,7 +572,7 @@ func (e *env) poolSessions(prefix string, n int) (all map[string]session, node1s
 }
 
 // exactlyOnce checks that each session is in the map of exactly the edge its endpoint names,
-// with a DNAT rule for its public port there and nowhere else; it returns how many each edge
+// with a DNAT map element for its public port there and nowhere else; it returns how many each edge
 // serves.
 func (e *env) exactlyOnce(all map[string]session) map[string]int {
 	e.t.Helper()
@@ -606,7 +606,7 @@ func (e *env) exactlyOnce(all map[string]session) map[string]int {
 				e.t.Errorf("session %s of %s: in %s's map %t, endpoint names %s", s.id, k, id, in, owner)
 			}
 			if id == owner && !dnat[id][port] {
-				e.t.Errorf("session %s of %s: no DNAT rule for udp %d on %s", s.id, k, port, id)
+				e.t.Errorf("session %s of %s: no DNAT map element for udp %d on %s", s.id, k, port, id)
 			}
 		}
 	}
@@ -757,7 +757,7 @@ func (e *env) eventually(timeout time.Duration, what string, check func() error)
 }
 
 // clean checks that nothing leaked once every session is gone: no route or endpoint key, and on
-// every running edge an empty HAProxy map, no DNAT rule and no conntrack entry of a public
+// every running edge an empty HAProxy map and DNAT map and no conntrack entry of a public
 // port.
 func (e *env) clean(edges ...*edge) {
 	e.t.Helper()
@@ -779,7 +779,7 @@ func (e *env) clean(edges ...*edge) {
 				return fmt.Errorf("%s HAProxy map entries left: %v %v", g.ID, m, err)
 			}
 			if ports, err := g.dnatPorts(e.ctx); err != nil || len(ports) > 0 {
-				return fmt.Errorf("%s DNAT rules left for ports %v %v", g.ID, ports, err)
+				return fmt.Errorf("%s DNAT map elements left for ports %v %v", g.ID, ports, err)
 			}
 			if ports, err := g.conntrackPorts(e.ctx); err != nil || len(ports) > 0 {
 				return fmt.Errorf("%s conntrack entries left for ports %v %v", g.ID, ports, err)
@@ -787,7 +787,7 @@ func (e *env) clean(edges ...*edge) {
 		}
 		return nil
 	})
-	e.t.Logf("no leak: routes, endpoints, HAProxy map, DNAT rules and conntrack entries all empty (%s after the last session ended)", round(took))
+	e.t.Logf("no leak: routes, endpoints, HAProxy map, DNAT map and conntrack entries all empty (%s after the last session ended)", round(took))
 }
 
 // waitEvent waits up to 20 s for instance's first event of type et after mark.

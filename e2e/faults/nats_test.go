@@ -223,8 +223,8 @@ func (e *env) watchSession(s session, d time.Duration) timeline {
 }
 
 // sample looks once at whether s is routed where its client's media goes: in its edge's map,
-// its endpoint there with a DNAT rule for its public port. It returns that port; an error means
-// a read failed before the sample could conclude.
+// its endpoint there with a DNAT map element for its public port. It returns that port; an
+// error means a read failed before the sample could conclude.
 func (e *env) sample(s session) (port int, routed bool, err error) {
 	m, err := s.edge.showMap(e.ctx)
 	if err != nil || m[s.id] == "" {

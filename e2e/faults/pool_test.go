@@ -91,7 +91,7 @@ func TestTwoEdgesOnePool(t *testing.T) {
 		}
 		return nil
 	})
-	t.Logf("figure: %s restarted; its stale map entries and DNAT rules were gone %s later, no session taken back", dead.ID, since(restart))
+	t.Logf("figure: %s restarted; its stale HAProxy and DNAT map entries were gone %s later, no session taken back", dead.ID, since(restart))
 	if served := e.exactlyOnce(all); served[survivor.ID] != len(all) {
 		t.Errorf("after the restart of %s: %v", dead.ID, served)
 	}

@@ -44,7 +44,7 @@ func TestNextSessionFreshPort(t *testing.T) {
 	e.eventually(10*time.Second, "the previous session's port unforwarded and flushed", func() error {
 		rules, err := g.dnatPorts(e.ctx)
 		if err != nil || rules[s1.port] {
-			return fmt.Errorf("DNAT rules %v %v", rules, err)
+			return fmt.Errorf("DNAT map ports %v %v", rules, err)
 		}
 		if ct, err := g.conntrackPorts(e.ctx); err != nil || ct[s1.port] > 0 {
 			return fmt.Errorf("translated conntrack entries of udp %d: %v %v", s1.port, ct, err)

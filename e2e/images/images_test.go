@@ -11,6 +11,7 @@ import (
 	"debug/elf"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path"
@@ -380,9 +381,9 @@ func session(t *testing.T, ctx context.Context, agent, edge *image) {
 		t.Fatalf("media through udp %d: %v, %v", port, rep, err)
 	}
 	t.Logf("session %s: websocket through the image's HAProxy, media through udp %d: %d/%d echoed", sid, port, rep.Received, rep.Sent)
-	rules, err := d.Topo.Edge.Output(ctx, "iptables-save", "-t", "nat")
-	if err != nil || !strings.Contains(rules, "--dport "+strconv.Itoa(int(port))) {
-		t.Errorf("no DNAT rule for udp %d in the edge namespace (%v):\n%s", port, err, rules)
+	dnat, err := stack.DNATMap(ctx, d.Topo.Edge)
+	if want := netip.AddrPortFrom(netns.NodeAddr(n.Index), stack.AppMediaPort); err != nil || dnat[int(port)] != want {
+		t.Errorf("DNAT map in the edge namespace: udp %d -> %s (%v), want %s", port, dnat[int(port)], err, want)
 	}
 	// The processes are the images' programs, not the host's (comm is the name's first 15 bytes).
 	running := map[string]string{"haproxy": filepath.Join(edge.root, "usr/sbin/haproxy"), "livegate-edgepr": filepath.Join(edge.root, "usr/local/bin/livegate-edgeproxy")}

@@ -21,11 +21,11 @@ type BulkResult struct {
 	// HAProxy's map held every route and probes through a spread of public ports were answered
 	// at some time between CheckedLo and CheckedHi after the start (both are polled).
 	CheckedLo, CheckedHi time.Duration
-	// RulesCounted is when iptables-save was first seen holding every DNAT rule (slow to read,
-	// so a late confirmation rather than a timing).
-	RulesCounted time.Duration
-	EdgeMem      procstat.Memory
-	HAProxyRSS   int64
+	// DNATCounted is when nft was first seen listing every route's port in the DNAT map (slow to
+	// read, so a late confirmation rather than a timing).
+	DNATCounted time.Duration
+	EdgeMem     procstat.Memory
+	HAProxyRSS  int64
 	// HelperRSS is that of the edge's other running children (the long-lived iptables-restore
 	// until it idles out), HelperPids how many there were.
 	HelperRSS  int64
@@ -83,11 +83,11 @@ func (e *Env) Bulk(ctx context.Context, n int, timeout, rest time.Duration) (Bul
 	mapCh := poll("HAProxy's map", n, func() (int, error) { return e.MapCount(ctx) })
 	// The kernel side is timed by probing: a UDP probe to each of a spread of public ports must
 	// come back from the echo behind the DNAT. One port of the range may stay unused, so one
-	// sample may stay silent. The full count of DNAT rules is checked too, but reading 9,500
-	// rules back takes too long to time by.
+	// sample may stay silent. The full count of the DNAT map's elements is checked too, but
+	// listing 9,500 elements takes too long to time by.
 	samples := samplePorts(probeSamples)
 	probeCh := poll("UDP probes answered through the DNAT", len(samples)-1, func() (int, error) { return e.probeRound(ctx, samples) })
-	dnatCh := poll("DNAT rules in iptables-save", n, func() (int, error) { return e.DNATCount(ctx) })
+	dnatCh := poll("ports in the DNAT map", n, func() (int, error) { return e.DNATCount(ctx) })
 	for eps.Count() < n {
 		if time.Since(start) > timeout || e.EdgeP.Exited() {
 			<-mapCh
@@ -103,7 +103,7 @@ func (e *Env) Bulk(ctx context.Context, n int, timeout, rest time.Duration) (Bul
 		return res, errors.Join(m.err, p.err, d.err)
 	}
 	res.CheckedLo, res.CheckedHi = max(m.lo, p.lo), max(m.hi, p.hi)
-	res.RulesCounted = d.hi
+	res.DNATCounted = d.hi
 
 	// Settle: let the burst of the cold start (GC, the first read-back) pass.
 	time.Sleep(3 * time.Second)

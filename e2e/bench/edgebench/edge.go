@@ -3,7 +3,7 @@
 // programming of a full bucket, and the edge's memory and CPU with the routes held. "Routable"
 // is checked independently of the edge's own report: HAProxy's runtime API must find the session
 // in the map, and a UDP probe sent to the public port must come back from the backend through
-// the DNAT rule.
+// the DNAT.
 package edgebench
 
 import (
@@ -277,10 +277,10 @@ func (e *Env) MapCount(ctx context.Context) (int, error) {
 	return len(m), err
 }
 
-// DNATCount counts the edge's per-port DNAT rules in the edge namespace.
+// DNATCount counts the public ports the edge's DNAT map forwards in the edge namespace.
 func (e *Env) DNATCount(ctx context.Context) (int, error) {
-	rules, err := stack.DNATRules(ctx, e.Topo.Edge)
-	return stack.Total(rules), err
+	m, err := stack.DNATMap(ctx, e.Topo.Edge)
+	return len(m), err
 }
 
 // Probe sends a UDP packet to the public port from the client namespace until the echo behind
@@ -352,8 +352,8 @@ const (
 
 // udpGone probes public from the socket of an echoed flow until a run of unansweredRun probes
 // goes unanswered, and returns when the first of them was sent. Such a probe is echoed while
-// either the flow's conntrack entry (with its NAT binding) or the port's DNAT rule is left, so
-// an unanswered one means both are gone.
+// either the flow's conntrack entry (with its NAT binding) or the port's DNAT map element is
+// left, so an unanswered one means both are gone.
 func udpGone(ctx context.Context, c *net.UDPConn, public netip.AddrPort, deadline time.Time) (time.Time, error) {
 	buf := make([]byte, 64)
 	var seq uint64

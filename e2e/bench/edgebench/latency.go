@@ -29,7 +29,7 @@ type ChurnOptions struct {
 // ChurnResult holds, per new route, the time from the KV write until it was routable (map
 // entry found and UDP probe echoed through the DNAT), and until its endpoint was published;
 // per ended route that had been probed, the time from its KV delete until it was unroutable
-// (map entry gone, and neither the DNAT rule nor the probed flow's conntrack entry left).
+// (map entry gone, and neither the DNAT map element nor the probed flow's conntrack entry left).
 type ChurnResult struct {
 	Routable, Endpoint stats.Durations
 	Failures           int

@@ -35,7 +35,7 @@ type Result struct {
 	Restore time.Duration
 }
 
-// Rule is the DNAT rule of public port i, as livegate writes it.
+// Rule is the iptables DNAT rule of public port i, as livegate wrote them before its nftables map.
 func Rule(chain string, i int) []string {
 	port := 10500 + i
 	backend := netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 19, byte(1 + i/2768), 2}), uint16(30000+i%2768))

@@ -265,10 +265,10 @@ func (d *deployment) edgeByID(id string) *edge {
 	return nil
 }
 
-// dnatRules counts the edge's DNAT rules.
-func (g *edge) dnatRules(ctx context.Context) (int, error) {
-	perPort, err := stack.DNATRules(ctx, g.NS)
-	return stack.Total(perPort), err
+// dnatPorts counts the public ports the edge's DNAT map forwards.
+func (g *edge) dnatPorts(ctx context.Context) (int, error) {
+	m, err := stack.DNATMap(ctx, g.NS)
+	return len(m), err
 }
 
 // metrics reads the edge's /metrics.

@@ -233,7 +233,7 @@ func (d *deployment) routeAll(ctx context.Context, ag *agents, eps *endpoints, n
 			f.won, f.lost = m[`livegate_edge_claims_total{result="won"}`], m[`livegate_edge_claims_total{result="lost"}`]
 			f.reassigned = m[`livegate_edge_routes_removed_total{reason="reassigned"}`]
 		}
-		f.dnat, _ = g.dnatRules(ctx)
+		f.dnat, _ = g.dnatPorts(ctx)
 		res.edges = append(res.edges, f)
 	}
 	res.probed, res.echoed = d.probeSample(ctx, eps, n)
@@ -466,7 +466,7 @@ func routeAllReport(single, cluster phaseResult) report.Result {
 		Verdict:  report.Info,
 		Notes: []string{
 			"every simulated agent starts its session at once: 24 writers put the routes (pool routes, no edge named, as the agent's publisher writes them) through one connection per server; the edges are running and claim them; routed = every endpoint seen by the bench's watch and every edge's HAProxy map (`show map`) holding exactly the sessions it published; per edge, when its last new endpoint was seen",
-			fmt.Sprintf("confirmed after: DNAT rules per edge %s; UDP probes through the DNAT answered %d of %d sampled (cluster), %d of %d (single)", strings.Join(dnat, ", "), c.echoed, c.probed, s.echoed, s.probed),
+			fmt.Sprintf("confirmed after: DNAT map elements per edge %s; UDP probes through the DNAT answered %d of %d sampled (cluster), %d of %d (single)", strings.Join(dnat, ", "), c.echoed, c.probed, s.echoed, s.probed),
 			fmt.Sprintf("the edges at their defaults but --media-ports %s (so the port pool never bounds a claim); lease %s (no renewals during the run)", mediaPorts, leaseTTL),
 		},
 	}

@@ -313,7 +313,7 @@ func unroutableResult(name string, lg edgebench.ChurnResult, base haproxyreload.
 		Target:   "p99 ≤ " + stats.FormatDuration(unroutedP99),
 		Verdict:  report.Verdictf(len(lg.Unroutable) > 0 && lg.UnroutableFailures == 0 && p99 <= unroutedP99),
 		Notes: []string{
-			"from the KV delete of a route the bench had probed until HAProxy's map no longer finds its session AND the probed flow (same source port) goes unanswered: its datagrams are echoed while the port's DNAT rule or the flow's conntrack entry is left, so unanswered means both are gone (the time is that of the first of " +
+			"from the KV delete of a route the bench had probed until HAProxy's map no longer finds its session AND the probed flow (same source port) goes unanswered: its datagrams are echoed while the port's DNAT map element or the flow's conntrack entry is left, so unanswered means both are gone (the time is that of the first of " +
 				"3 unanswered probes in a row, each given 20 ms); the held routes seeded before the churn were never probed and are not counted",
 		},
 	}
@@ -403,15 +403,15 @@ func (c Config) bulk(ctx context.Context) []report.Result {
 	}
 	bulk := report.Result{
 		Name: name,
-		Livegate: fmt.Sprintf("%d routes routable after %s–%s (HAProxy map complete and UDP probes answered through the DNAT; every DNAT rule seen in iptables-save at %s; endpoints all published at %s)",
-			routes, stats.FormatDuration(lg.CheckedLo), stats.FormatDuration(lg.CheckedHi), stats.FormatDuration(lg.RulesCounted), stats.FormatDuration(lg.Endpoints)),
+		Livegate: fmt.Sprintf("%d routes routable after %s–%s (HAProxy map complete and UDP probes answered through the DNAT; every port seen in the DNAT map at %s; endpoints all published at %s)",
+			routes, stats.FormatDuration(lg.CheckedLo), stats.FormatDuration(lg.CheckedHi), stats.FormatDuration(lg.DNATCounted), stats.FormatDuration(lg.Endpoints)),
 		Baseline: fmt.Sprintf("one iptables process per rule: %d rules in %s (%s/rule), extrapolated to %d: %s at a flat cost per rule, %s with the fitted growth of +%s per rule already in the chain",
 			len(ipt.PerRule), stats.FormatDuration(ipt.Total), stats.FormatDuration(ipt.Total/time.Duration(max(len(ipt.PerRule), 1))), routes, stats.FormatDuration(flat), stats.FormatDuration(projected), iptbase.Slope(ipt.PerRule)),
 		Ratio:   "ratio = " + stats.FormatRatio(stats.Ratio(float64(lg.CheckedHi), float64(flat))) + " (against the flat projection)",
 		Target:  "≤ 500 ms",
 		Verdict: verdict,
 		Notes: []string{
-			fmt.Sprintf("livegate's time runs from starting the edge process (which starts HAProxy itself) against a bucket already holding every route; it is bracketed by polling `show map` and by rounds of UDP probes to %d public ports spread over the range (the edge writes the rules in one iptables-restore batch)", 64),
+			fmt.Sprintf("livegate's time runs from starting the edge process (which starts HAProxy itself) against a bucket already holding every route; it is bracketed by polling `show map` and by rounds of UDP probes to %d public ports spread over the range (the edge writes the DNAT map's elements over netlink)", 64),
 			fmt.Sprintf("the baseline only adds DNAT rules (no HAProxy, no conntrack, no KV); for reference one iptables-restore of the same %d rules took %s", len(ipt.PerRule), stats.FormatDuration(ipt.Restore)),
 		},
 	}

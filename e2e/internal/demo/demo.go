@@ -43,7 +43,7 @@ type Options struct {
 func Run(ctx context.Context, o Options) (err error) {
 	say := func(format string, args ...any) { fmt.Fprintf(o.Out, format+"\n", args...) }
 	if os.Geteuid() != 0 {
-		return errors.New("run as root: the demo creates network namespaces, veth links and iptables rules")
+		return errors.New("run as root: the demo creates network namespaces, veth links, nftables and iptables rules")
 	}
 	binDir, err := os.MkdirTemp("", "livegate-demo-bin-")
 	if err != nil {
@@ -96,7 +96,7 @@ func Run(ctx context.Context, o Options) (err error) {
 		cerr := d.Close()
 		left, _ := netns.List(context.Background(), d.Topo.ID)
 		if cerr == nil && len(left) == 0 {
-			say("clean: no namespace, process, iptables rule or conntrack entry of the demo is left")
+			say("clean: no namespace, process, nftables or iptables rule or conntrack entry of the demo is left")
 		} else {
 			say("cleanup incomplete: %v (left: %v)", cerr, left)
 		}
@@ -146,7 +146,7 @@ func Run(ctx context.Context, o Options) (err error) {
 	say("  ip netns exec %s chromium --no-sandbox --user-data-dir=$(mktemp -d) --ignore-certificate-errors \\", d.Topo.Client.Name)
 	say("      '%s?edge=%s&session=%s'", page, netns.EdgePublic, sessions[0])
 	say("Look around from another terminal:")
-	say("  ip netns exec %s iptables-save -t nat        # the DNAT rules", d.Topo.Edge.Name)
+	say("  ip netns exec %s nft list table ip livegate  # the DNAT map", d.Topo.Edge.Name)
 	say("  ip netns exec %s conntrack -L -p udp         # the media flows", d.Topo.Edge.Name)
 	say("  ip netns exec %s curl -s 127.0.0.1:9470/v1/routes", d.Topo.Edge.Name)
 	say("  ip netns exec %s curl -s 127.0.0.1:%d/v1/streaming/ready", d.Nodes[0].NS.Name, stack.AgentPort)

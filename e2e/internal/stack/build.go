@@ -4,8 +4,8 @@
 // an agent and the demo app (or the WebRTC sample app) in each node namespace, and the probe in
 // the client namespace. A Lab hangs many namespaces off bridges in a hub for deployments with
 // their own nats-server (or a cluster of three) and several edges. Both start their processes in
-// a Group, read HAProxy through its runtime API (HAProxy) and the kernel's DNAT rules and
-// conntrack entries (DNATRules, Conntrack), and leave nothing behind on any exit path.
+// a Group, read HAProxy through its runtime API (HAProxy) and the kernel's DNAT map and
+// conntrack entries (DNATMap, Conntrack), and leave nothing behind on any exit path.
 package stack
 
 import (

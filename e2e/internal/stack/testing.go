@@ -12,11 +12,11 @@ import (
 // logTail bounds each process's share of a failure report.
 const logTail = 24 << 10
 
-// RequireRoot skips t unless it runs as root (namespaces, iptables, conntrack).
+// RequireRoot skips t unless it runs as root (namespaces, nftables, iptables, conntrack).
 func RequireRoot(t testing.TB, how string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skipf("needs root (network namespaces, iptables, conntrack); run `%s`", how)
+		t.Skipf("needs root (network namespaces, nftables, iptables, conntrack); run `%s`", how)
 	}
 }
 

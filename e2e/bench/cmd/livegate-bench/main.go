@@ -43,7 +43,7 @@ func run() int {
 	flag.Parse()
 
 	if os.Geteuid() != 0 {
-		fmt.Fprintln(os.Stderr, "livegate-bench: run as root (it creates network namespaces and iptables rules inside them)")
+		fmt.Fprintln(os.Stderr, "livegate-bench: run as root (it creates network namespaces, and nftables and iptables rules inside them)")
 		return 2
 	}
 	names := strings.Split(*only, ",")
