@@ -141,9 +141,10 @@ func (k *Kernel) Read(ctx context.Context, l Layout) (State, error) {
 
 // Ensure makes l current in one transaction unless it already is, and returns the map's
 // elements. It creates what is missing, replaces chains whose rule differs and never touches
-// the elements of a map of the right type. A map of another type is deleted and created anew,
-// which loses its elements: the returned map is then empty. Chains of the table that are not
-// livegate's are deleted. When l is current nothing is sent that changes the kernel.
+// the elements of a map of the right type. A map of another type or size is deleted and
+// created anew, which loses its elements: the returned map is then empty. Chains of the table
+// that are not livegate's are deleted. When l is current nothing is sent that changes the
+// kernel.
 func (k *Kernel) Ensure(ctx context.Context, l Layout) (map[uint16]netip.AddrPort, error) {
 	if !l.Public.Is4() {
 		return nil, fmt.Errorf("dnatmap: ensure: public address %s is not IPv4", l.Public)
@@ -163,10 +164,7 @@ func (k *Kernel) Ensure(ctx context.Context, l Layout) (map[uint16]netip.AddrPor
 	if err := k.ready(ctx); err != nil {
 		return nil, err
 	}
-	elements, err := k.plan(s, l)
-	if err != nil {
-		return nil, fmt.Errorf("dnatmap: ensure layout %s %s: %w", l.Public, l.Ports, err)
-	}
+	elements := k.plan(s, l)
 	if err := k.conn.Flush(); err != nil {
 		return nil, fmt.Errorf("dnatmap: ensure layout %s %s: %w", l.Public, l.Ports, err)
 	}
@@ -174,8 +172,9 @@ func (k *Kernel) Ensure(ctx context.Context, l Layout) (map[uint16]netip.AddrPor
 }
 
 // Apply deletes c.Delete's elements, then adds c.Set's, in one transaction: the kernel refuses
-// all of it when a deleted port is absent or a set port is present after the deletes. An
-// empty change sends nothing.
+// all of it when a deleted port is absent, or the table is, (the error wraps syscall.ENOENT, so
+// errors.Is(err, fs.ErrNotExist)) or a set port is present after the deletes (syscall.EEXIST,
+// fs.ErrExist). A backend must be IPv4. An empty change sends nothing.
 func (k *Kernel) Apply(ctx context.Context, c Change) error {
 	if c.Len() == 0 {
 		return nil
@@ -290,18 +289,13 @@ func (k *Kernel) snapshot(ctx context.Context, l Layout) (*snapshot, error) {
 		if err := k.ready(ctx); err != nil {
 			return nil, fmt.Errorf("dnatmap: read map %s: %w", Map, err)
 		}
-		elems, err := k.conn.GetSetElements(s.set)
+		elements, ok, err := k.readElements(ctx, s.set)
 		if err != nil {
 			return nil, fmt.Errorf("dnatmap: read map %s: %w", Map, err)
 		}
-		for _, e := range elems {
-			port, backend, ok := decodeElement(e)
-			if !ok {
-				s.setOK = false
-				s.elements = map[uint16]netip.AddrPort{}
-				break
-			}
-			s.elements[port] = backend
+		s.setOK = ok
+		if ok {
+			s.elements = elements
 		}
 	}
 
@@ -335,9 +329,43 @@ func (k *Kernel) snapshot(ctx context.Context, l Layout) (*snapshot, error) {
 	return s, nil
 }
 
+// dumpTries bounds the re-reads of a dump that saw a port twice.
+const dumpTries = 5
+
+// readElements dumps the map; ok is false when an element is not of the map's type. A dump
+// takes several messages and the kernel walks the map anew for each, skipping as many elements
+// as it already sent. When the walk's order shifts in between (a change to the map; a growing
+// hash, which mapSize rules out for livegate's map), one element is sent twice and another
+// never, so a dump with a port twice is read again.
+func (k *Kernel) readElements(ctx context.Context, set *nftables.Set) (map[uint16]netip.AddrPort, bool, error) {
+	for try := 1; ; try++ {
+		if err := k.ready(ctx); err != nil {
+			return nil, false, err
+		}
+		elems, err := k.conn.GetSetElements(set)
+		if err != nil {
+			return nil, false, err
+		}
+		out := make(map[uint16]netip.AddrPort, len(elems))
+		for _, e := range elems {
+			port, backend, ok := decodeElement(e)
+			if !ok {
+				return map[uint16]netip.AddrPort{}, false, nil
+			}
+			out[port] = backend
+		}
+		if len(out) == len(elems) {
+			return out, true, nil
+		}
+		if try == dumpTries {
+			return nil, false, fmt.Errorf("%d dumps changed while read", try)
+		}
+	}
+}
+
 // plan queues the transaction that makes l current from s and returns the elements the map
 // holds after it.
-func (k *Kernel) plan(s *snapshot, l Layout) (map[uint16]netip.AddrPort, error) {
+func (k *Kernel) plan(s *snapshot, l Layout) map[uint16]netip.AddrPort {
 	t := &nftables.Table{Name: Table, Family: nftables.TableFamilyIPv4}
 	if s.table == nil || s.dormant {
 		k.conn.AddTable(t)
@@ -365,9 +393,9 @@ func (k *Kernel) plan(s *snapshot, l Layout) (map[uint16]netip.AddrPort, error) 
 			k.conn.DelSet(s.set)
 		}
 		set = newMap(t)
-		if err := k.conn.AddSet(set, nil); err != nil {
-			return nil, fmt.Errorf("add map %s: %w", Map, err)
-		}
+		// AddSet refuses only anonymous sets that are not constant. Returning here would
+		// leave the messages queued so far for the next Flush, as the library cannot drop them.
+		_ = k.conn.AddSet(set, nil)
 		elements = map[uint16]netip.AddrPort{}
 	}
 	for _, name := range []string{ChainPrerouting, ChainOutput} {
@@ -380,7 +408,7 @@ func (k *Kernel) plan(s *snapshot, l Layout) (map[uint16]netip.AddrPort, error) 
 	for _, name := range missing {
 		k.conn.AddRule(&nftables.Rule{Table: t, Chain: &nftables.Chain{Name: name, Table: t}, Exprs: ruleExprs(l, set)})
 	}
-	return elements, nil
+	return elements
 }
 
 var (
@@ -388,14 +416,20 @@ var (
 	mapData = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService)
 )
 
+// mapSize is every port. A map with a size gets the kernel's fixed-size hash, whose walk order
+// stays put, where one without gets a hash that grows in the background after many inserts and
+// reorders a dump under way.
+const mapSize = 1 << 16
+
 func newMap(t *nftables.Table) *nftables.Set {
-	return &nftables.Set{Table: t, Name: Map, IsMap: true, KeyType: mapKey, DataType: mapData}
+	return &nftables.Set{Table: t, Name: Map, IsMap: true, KeyType: mapKey, DataType: mapData, Size: mapSize}
 }
 
 func mapOK(s *nftables.Set) bool {
 	return s.IsMap && !s.Anonymous && !s.Constant && !s.Interval && !s.HasTimeout && !s.Dynamic &&
 		s.KeyType.GetNFTMagic() == mapKey.GetNFTMagic() && s.KeyType.Bytes == mapKey.Bytes &&
-		s.DataType.GetNFTMagic() == mapData.GetNFTMagic() && s.DataType.Bytes == mapData.Bytes
+		s.DataType.GetNFTMagic() == mapData.GetNFTMagic() && s.DataType.Bytes == mapData.Bytes &&
+		s.Size == mapSize
 }
 
 func newChain(t *nftables.Table, name string) *nftables.Chain {
@@ -624,7 +658,10 @@ func (k *Kernel) transact(ctx context.Context, msgs []netlink.Message) error {
 		}
 		answered += len(replies)
 	}
-	return errs
+	if errs != nil {
+		return fmt.Errorf("kernel refused the batch: %w", errs)
+	}
+	return nil
 }
 
 func batchMessage(kind int) netlink.Message {

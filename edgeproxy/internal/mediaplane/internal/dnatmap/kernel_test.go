@@ -3,7 +3,9 @@ package dnatmap_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"maps"
 	"net/netip"
 	"os"
@@ -76,6 +78,7 @@ func ruleset(public string, ports string) string {
 	return fmt.Sprintf(`table ip livegate {
 	map media {
 		type inet_service : ipv4_addr . inet_service
+		size 65536
 	}
 
 	chain prerouting {
@@ -229,6 +232,7 @@ func TestKernelEnsureRepairs(t *testing.T) {
 		{"policy drop", "delete chain ip livegate output; add chain ip livegate output { type nat hook output priority -110; policy drop; }", true},
 		{"dormant table", "add table ip livegate { flags dormant; }", true},
 		{"map of another type", "flush table ip livegate; delete map ip livegate media; add map ip livegate media { type inet_service : ipv4_addr; elements = { 1 : 198.19.2.2 } }", false},
+		{"map without a size", "flush table ip livegate; delete map ip livegate media; add map ip livegate media { type inet_service : ipv4_addr . inet_service; }", false},
 		{"set instead of map", "flush table ip livegate; delete map ip livegate media; add set ip livegate media { type inet_service; elements = { 1 } }", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -288,34 +292,42 @@ func TestKernelApply(t *testing.T) {
 		t.Fatalf("empty change: %v", err)
 	}
 	want := map[uint16]netip.AddrPort{}
+	errIPv6 := errors.New("not IPv4")
 	steps := []struct {
 		name   string
 		change dnatmap.Change
-		ok     bool
+		err    error // nil: committed
 	}{
-		{"add", dnatmap.Change{Set: map[uint16]netip.AddrPort{10500: ap("198.19.2.2:30000"), 10501: ap("198.19.2.2:30001"), 20000: ap("198.19.2.3:65535")}}, true},
-		{"repoint", dnatmap.Change{Delete: []uint16{10500}, Set: map[uint16]netip.AddrPort{10500: ap("198.19.2.3:40000")}}, true},
-		{"delete", dnatmap.Change{Delete: []uint16{10501}}, true},
-		{"delete absent", dnatmap.Change{Delete: []uint16{20000, 10501}, Set: map[uint16]netip.AddrPort{10502: ap("198.19.2.2:1")}}, false},
-		{"add present, same backend", dnatmap.Change{Delete: []uint16{20000}, Set: map[uint16]netip.AddrPort{10500: ap("198.19.2.3:40000")}}, false},
-		{"add present, other backend", dnatmap.Change{Set: map[uint16]netip.AddrPort{10502: ap("198.19.2.2:1"), 10500: ap("198.19.2.2:2")}}, false},
-		{"not IPv4", dnatmap.Change{Set: map[uint16]netip.AddrPort{10502: ap("[2001:db8::1]:1")}}, false},
+		{"add", dnatmap.Change{Set: map[uint16]netip.AddrPort{10500: ap("198.19.2.2:30000"), 10501: ap("198.19.2.2:30001"), 20000: ap("198.19.2.3:65535")}}, nil},
+		{"repoint", dnatmap.Change{Delete: []uint16{10500}, Set: map[uint16]netip.AddrPort{10500: ap("198.19.2.3:40000")}}, nil},
+		{"delete", dnatmap.Change{Delete: []uint16{10501}}, nil},
+		{"delete absent", dnatmap.Change{Delete: []uint16{20000, 10501}, Set: map[uint16]netip.AddrPort{10502: ap("198.19.2.2:1")}}, fs.ErrNotExist},
+		{"delete twice", dnatmap.Change{Delete: []uint16{20000, 20000}}, fs.ErrNotExist},
+		{"add present, same backend", dnatmap.Change{Delete: []uint16{20000}, Set: map[uint16]netip.AddrPort{10500: ap("198.19.2.3:40000")}}, fs.ErrExist},
+		{"add present, other backend", dnatmap.Change{Set: map[uint16]netip.AddrPort{10502: ap("198.19.2.2:1"), 10500: ap("198.19.2.2:2")}}, fs.ErrExist},
+		{"not IPv4", dnatmap.Change{Set: map[uint16]netip.AddrPort{10502: ap("[2001:db8::1]:1")}}, errIPv6},
+		{"mapped IPv4", dnatmap.Change{Set: map[uint16]netip.AddrPort{10502: ap("[::ffff:198.19.2.2]:1")}}, nil},
 	}
 	for _, s := range steps {
 		err := k.Apply(ctx, s.change)
-		if s.ok != (err == nil) {
-			t.Fatalf("%s: Apply error %v, want ok %v", s.name, err, s.ok)
-		}
-		if err != nil {
+		switch {
+		case s.err == nil && err != nil:
+			t.Fatalf("%s: %v", s.name, err)
+		case s.err == errIPv6 && (err == nil || !strings.Contains(err.Error(), "not IPv4")),
+			s.err != nil && s.err != errIPv6 && !errors.Is(err, s.err):
+			t.Fatalf("%s: Apply error %v, want %v", s.name, err, s.err)
+		case err != nil:
 			t.Logf("%s: %v", s.name, err)
-			if !strings.Contains(err.Error(), "dnatmap: apply") {
+			if !strings.HasPrefix(err.Error(), "dnatmap: apply") {
 				t.Fatalf("%s: error %q lacks context", s.name, err)
 			}
-		} else {
+		default:
 			for _, p := range s.change.Delete {
 				delete(want, p)
 			}
-			maps.Copy(want, s.change.Set)
+			for p, b := range s.change.Set {
+				want[p] = netip.AddrPortFrom(b.Addr().Unmap(), b.Port())
+			}
 		}
 		st, err := k.Read(ctx, layout)
 		if err != nil {
@@ -332,8 +344,8 @@ func TestKernelApply(t *testing.T) {
 
 func TestKernelApplyWithoutTable(t *testing.T) {
 	k, _ := kernelIn(t)
-	if err := k.Apply(context.Background(), dnatmap.Change{Set: map[uint16]netip.AddrPort{10500: ap("198.19.2.2:1")}}); err == nil {
-		t.Fatal("Apply without the table succeeded")
+	if err := k.Apply(context.Background(), dnatmap.Change{Set: map[uint16]netip.AddrPort{10500: ap("198.19.2.2:1")}}); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("Apply without the table: %v, want ErrNotExist", err)
 	}
 }
 

@@ -7,6 +7,7 @@
 //	table ip livegate {
 //		map media {
 //			type inet_service : ipv4_addr . inet_service
+//			size 65536
 //		}
 //		chain prerouting {
 //			type nat hook prerouting priority dstnat - 10; policy accept;
