@@ -363,7 +363,7 @@ COMMIT
 	if got := client.Ask(t, 10500, "legacy", answerWait); got != "node-a:legacy" {
 		t.Fatalf("answer through the legacy rule = %q", got)
 	}
-	plane := newPlane(t, lab, mediaplane.Config{SNAT: true})
+	plane := newPlane(t, lab, mediaplane.Config{SNAT: true, Quarantine: time.Minute})
 	if err := plane.Recover(ctx); err != nil {
 		t.Fatal(err)
 	}

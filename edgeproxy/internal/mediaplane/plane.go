@@ -657,9 +657,10 @@ func (p *Plane) apply(ctx context.Context, desired map[uint16]netip.AddrPort, re
 	}
 	// p.known is only written under p.syncMu, which is held: planning needs no p.mu.
 	next := &kernelState{dnat: p.known.dnat, current: p.known.current, static: p.known.static}
-	t := p.o.now()
 	if !next.current {
+		t := p.o.now()
 		elements, err := p.o.dnat.Ensure(ctx, p.layout())
+		res.mapTime = p.o.now().Sub(t)
 		if err != nil {
 			p.setKnown(nil)
 			return res, fmt.Errorf("write the DNAT map's layout: %w", err)
@@ -678,7 +679,10 @@ func (p *Plane) apply(ctx context.Context, desired map[uint16]netip.AddrPort, re
 	}
 	p.mu.Unlock()
 	if mp.change.Len() > 0 {
-		if err := p.o.dnat.Apply(ctx, mp.change); err != nil {
+		t := p.o.now()
+		err := p.o.dnat.Apply(ctx, mp.change)
+		res.mapTime += p.o.now().Sub(t)
+		if err != nil {
 			p.setKnown(nil)
 			return res, fmt.Errorf("apply %d map changes: %w", mp.change.Len(), err)
 		}
@@ -689,7 +693,6 @@ func (p *Plane) apply(ctx context.Context, desired map[uint16]netip.AddrPort, re
 		maps.Copy(dnat, mp.change.Set)
 		next.dnat = dnat
 	}
-	res.mapTime = p.o.now().Sub(t)
 	batch, static := planStatic(next.static, p.settings())
 	if batch.Len() > 0 {
 		t := p.o.now()

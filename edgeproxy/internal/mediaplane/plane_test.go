@@ -95,7 +95,7 @@ type harness struct {
 
 func newHarness(t *testing.T, cfg Config) *harness {
 	t.Helper()
-	h := &harness{ipt: iptablestest.New(), dnat: dnatmaptest.New(), ct: &fakeCleaner{},
+	h := &harness{ipt: iptablestest.New(), dnat: &dnatmaptest.Fake{}, ct: &fakeCleaner{},
 		clk: &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}}
 	h.plane = h.newPlane(t, cfg)
 	return h
@@ -215,7 +215,7 @@ func TestSyncProgramsTheKernelOnce(t *testing.T) {
 	if got := h.dnat.Elements(); !maps.Equal(got, elems(10500, "198.19.2.2:30000", 10501, "198.19.2.2:30001")) {
 		t.Fatalf("map = %v", got)
 	}
-	if present, l := h.dnat.Present(); !present || l != (dnatmap.Layout{Public: publicIP, Ports: testPorts}) {
+	if l, present := h.dnat.Layout(); !present || l != (dnatmap.Layout{Public: publicIP, Ports: testPorts}) {
 		t.Fatalf("layout = %v %+v", present, l)
 	}
 	if n := len(h.dnat.Applied()); n != 1 {
@@ -242,7 +242,7 @@ func TestSyncProgramsTheKernelOnce(t *testing.T) {
 		t.Errorf("conntrack deleted %v", got)
 	}
 	sync1(t, h.plane, want)
-	if len(h.dnat.Applied()) != 1 || len(h.ipt.Restores()) != 1 || h.dnat.Ensures() != 1 {
+	if len(h.dnat.Applied()) != 1 || len(h.ipt.Restores()) != 1 || h.dnat.Calls().Ensures != 1 {
 		t.Fatal("a Sync with nothing to change wrote to the kernel")
 	}
 }
@@ -299,7 +299,7 @@ func TestDriftIsRepairedAndForeignRulesKept(t *testing.T) {
 			if got := h.dnat.Elements(); !maps.Equal(got, elems(10500, "198.19.2.2:30000", 10501, "198.19.2.3:30000")) {
 				t.Errorf("map = %v", got)
 			}
-			if present, _ := h.dnat.Present(); !present {
+			if _, present := h.dnat.Layout(); !present {
 				t.Error("table not recreated")
 			}
 			if got := specs(h.table(t, "filter").ChainRules(ChainForward)); !slices.Equal(got, []string{forwardSpec(publicIP, testPorts)}) {
@@ -583,7 +583,7 @@ func TestRestartKeepsTheKernelAsItIs(t *testing.T) {
 	want := map[string][]Mapping{"a": {{PublicPort: ports[0], Backend: backends[0]}, {PublicPort: ports[1], Backend: backends[1]}}}
 	restarted.Release("new")
 	sync1(t, restarted, map[string][]Mapping{"a": want["a"], "gone": {{PublicPort: stale[0], Backend: backends[0]}}})
-	if len(h.ipt.Restores()) != before || len(h.dnat.Applied()) != applied || h.dnat.Ensures() != 1 {
+	if len(h.ipt.Restores()) != before || len(h.dnat.Applied()) != applied || h.dnat.Calls().Ensures != 1 {
 		t.Fatal("restart with the same state wrote to the kernel")
 	}
 	sync1(t, restarted, want)
@@ -616,7 +616,7 @@ func TestAssign(t *testing.T) {
 }
 
 func TestNewRejectsBadConfig(t *testing.T) {
-	ipt, dnat := iptablestest.New(), dnatmaptest.New()
+	ipt, dnat := iptablestest.New(), &dnatmaptest.Fake{}
 	for name, cfg := range map[string]Config{
 		"no public ip": {},
 		"ipv6":         {PublicIP: netip.MustParseAddr("2001:db8::1")},
@@ -720,7 +720,7 @@ func TestCleanupRemovesOnlyOurs(t *testing.T) {
 	if err := Cleanup(context.Background(), WithRunner(h.ipt), WithDNATMap(h.dnat), WithConntrack(h.ct)); err != nil {
 		t.Fatal(err)
 	}
-	if present, _ := h.dnat.Present(); present {
+	if _, present := h.dnat.Layout(); present {
 		t.Error("table left")
 	}
 	out, err := h.ipt.Save(context.Background(), "")
@@ -739,7 +739,7 @@ func TestCleanupRemovesOnlyOurs(t *testing.T) {
 	if !h.dnat.Closed() {
 		t.Error("Cleanup left the map's socket open")
 	}
-	if err := Cleanup(context.Background(), WithRunner(h.ipt), WithDNATMap(dnatmaptest.New()), WithConntrack(h.ct)); err != nil {
+	if err := Cleanup(context.Background(), WithRunner(h.ipt), WithDNATMap(&dnatmaptest.Fake{}), WithConntrack(h.ct)); err != nil {
 		t.Fatalf("second Cleanup: %v", err)
 	}
 }
@@ -775,7 +775,7 @@ func (h *heldRead) Read(ctx context.Context, l dnatmap.Layout) (dnatmap.State, e
 
 func newHeldHarness(t *testing.T) (*harness, *heldRead) {
 	t.Helper()
-	h := &harness{ipt: iptablestest.New(), dnat: dnatmaptest.New(), ct: &fakeCleaner{},
+	h := &harness{ipt: iptablestest.New(), dnat: &dnatmaptest.Fake{}, ct: &fakeCleaner{},
 		clk: &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}}
 	held := &heldRead{Fake: h.dnat}
 	h.plane = h.newPlane(t, Config{}, WithDNATMap(held))
@@ -858,7 +858,7 @@ func (h *heldApply) Apply(ctx context.Context, c dnatmap.Change) error {
 }
 
 func TestAssignDoesNotWaitForAChange(t *testing.T) {
-	held := &heldApply{Fake: dnatmaptest.New(), entered: make(chan struct{}), hold: make(chan struct{})}
+	held := &heldApply{Fake: &dnatmaptest.Fake{}, entered: make(chan struct{}), hold: make(chan struct{})}
 	p, err := New(Config{PublicIP: publicIP, Ports: testPorts},
 		WithRunner(iptablestest.New()), WithDNATMap(held), WithConntrack(&fakeCleaner{}))
 	if err != nil {

@@ -16,7 +16,7 @@ type Kernel struct {
 
 // New returns an empty namespace.
 func New() *Kernel {
-	return &Kernel{IPTables: iptablestest.New(), DNAT: dnatmaptest.New()}
+	return &Kernel{IPTables: iptablestest.New(), DNAT: &dnatmaptest.Fake{}}
 }
 
 // Options points a plane at k; add WithConntrack for the conntrack side.

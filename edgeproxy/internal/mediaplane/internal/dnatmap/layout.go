@@ -7,16 +7,20 @@
 //	table ip livegate {
 //		map media {
 //			type inet_service : ipv4_addr . inet_service
+//			size 65536
 //		}
 //		chain prerouting {
 //			type nat hook prerouting priority dstnat - 10; policy accept;
 //			ip daddr 198.18.1.1 udp dport 10500-20000 dnat ip to udp dport map @media
 //		}
 //		chain output {
-//			type nat hook output priority dstnat - 10; policy accept;
+//			type nat hook output priority -110; policy accept;
 //			ip daddr 198.18.1.1 udp dport 10500-20000 dnat ip to udp dport map @media
 //		}
 //	}
+//
+// That is `nft list table ip livegate` of a new table: both chains have priority Priority, which
+// nft names after dstnat only in prerouting.
 package dnatmap
 
 import (
