@@ -26,8 +26,8 @@ type BulkResult struct {
 	DNATCounted time.Duration
 	EdgeMem     procstat.Memory
 	HAProxyRSS  int64
-	// HelperRSS is that of the edge's other running children (the long-lived iptables-restore
-	// until it idles out), HelperPids how many there were.
+	// HelperRSS is that of the edge's other running children (the long-lived iptables-restore of
+	// the static rules until it idles out), HelperPids how many there were.
 	HelperRSS  int64
 	HelperPids int
 	// CPUAtRest is the edge's own share of a core at rest; ChildCPUAtRest that of its

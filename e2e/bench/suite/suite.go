@@ -220,7 +220,7 @@ func (c Config) routeLatency(ctx context.Context, env *edgebench.Env) []report.R
 	}
 	floorText := "not measured"
 	if floor, err := iptbase.Floor(ctx, c.Prefix+strconv.FormatInt(int64(os.Getpid()), 36)+"-flr", o.Held); err == nil {
-		floorText = fmt.Sprintf("%s fed to a running iptables-restore (as the edge does), %s starting one per batch; a batch deleting one rule and appending one, every %s as in the churn: p50 %s, p90 %s (the appended rule's xtables match and target wait for the release of the rules deleted before)",
+		floorText = fmt.Sprintf("%s fed to a running iptables-restore (as the edge did per route before its DNAT became an nftables map), %s starting one per batch; a batch deleting one rule and appending one, every %s as in the churn: p50 %s, p90 %s (the appended rule's xtables match and target wait for the release of the rules deleted before)",
 			stats.FormatDuration(floor.Fed), stats.FormatDuration(floor.Exec), iptbase.ChurnPause, stats.FormatDuration(floor.Churn), stats.FormatDuration(floor.ChurnP90))
 	} else {
 		floorText += ": " + err.Error()
@@ -235,7 +235,7 @@ func (c Config) routeLatency(ctx context.Context, env *edgebench.Env) []report.R
 	live.Notes = append([]string{
 		fmt.Sprintf("the edge's own livegate_edge_programming_seconds over the churn: p50 ≤ %s, p99 ≤ %s (histogram bucket bounds)", seconds(lg.EdgeP50), seconds(lg.EdgeP99)),
 		"where the time went, " + lg.Breakdown.String(),
-		fmt.Sprintf("kernel floor of one pass, same run: %s (median of 7 two-rule batches each, 50 of the churn batches, into a namespace holding %d rules)", floorText, o.Held),
+		fmt.Sprintf("iptables floor of one pass, the way earlier edges wrote a route, same run: %s (median of 7 two-rule batches each, 50 of the churn batches, into a namespace holding %d rules)", floorText, o.Held),
 		churnNote,
 		"baseline: one backend per session in haproxy.cfg, rewrite + master-CLI reload, one change at a time (the most favourable case), timed until the new backend answers",
 	}, live.Notes...)
@@ -423,8 +423,8 @@ func (c Config) bulk(ctx context.Context) []report.Result {
 		Verdict: report.Verdictf(lg.EdgeMem.RSS <= 64<<20 && lg.CPUAtRest+lg.ChildCPUAtRest < 0.02),
 		Notes: []string{fmt.Sprintf("Go runtime (edge /metrics): heap in use %.1fMiB, heap idle %.1fMiB of which released to the OS %.1fMiB, runtime total from the OS %.1fMiB, %d goroutines",
 			lg.HeapInuse/(1<<20), lg.HeapIdle/(1<<20), lg.HeapReleased/(1<<20), lg.GoSys/(1<<20), int(lg.Goroutines)),
-			fmt.Sprintf("CPU at rest over %s, from 3 s after every route was routable; the edge's periodic full pass (read-back of HAProxy's map and of the iptables chains) runs every 30 s (--resync); child CPU counts the running children (HAProxy, the long-lived iptables-restore) as it is spent, and those waited for", c.pickD(6*time.Second, 30*time.Second)),
-			"memory is read 3 s after every route was routable; the helper is the long-lived iptables-restore the edge feeds its rule batches to, stopped after 10 s without a batch"},
+			fmt.Sprintf("CPU at rest over %s, from 3 s after every route was routable; the edge's periodic full pass (read-back of HAProxy's map, of the DNAT map and of the iptables rules) runs every 30 s (--resync); child CPU counts the running children (HAProxy, the long-lived iptables-restore while it lasts) as it is spent, and those waited for", c.pickD(6*time.Second, 30*time.Second)),
+			"memory is read 3 s after every route was routable; the helper is the long-lived iptables-restore the edge wrote its static SNAT and forward rules with at start, stopped after 10 s without a batch"},
 	}
 	if c.ProfileDir != "" {
 		var mu sync.Mutex
