@@ -36,8 +36,8 @@ func KernelMedia(ctx context.Context, o MediaOptions, log zerolog.Logger) (media
 }
 
 // CleanupCommand is `livegate-edgeproxy cleanup`: it removes the media plane's nftables table,
-// every iptables rule and chain it wrote, and the conntrack entries of the ports they forwarded. Its log settings are
-// read as run reads them (flag, environment, --config file, default).
+// every iptables rule and chain it wrote, and the conntrack entries of the ports they forwarded.
+// Its log settings are read as run reads them (flag, environment, --config file, default).
 func CleanupCommand(h Hooks) Command {
 	return func(ctx context.Context, args []string, _, stderr io.Writer) int {
 		const name = "livegate-edgeproxy cleanup"

@@ -194,7 +194,7 @@ func (n *Netlink) deleteFiltered(ctx context.Context, dst netip.Addr, ports []ui
 		case i == 0 && (errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP)):
 			// A kernel without filtered deletes reads the tuple as an exact one and rejects it
 			// for its missing source; it never takes the request for a flush of everything.
-			failed = false
+			// The socket goes: this cleaner dumps from now on.
 			return errFilterRefused
 		default:
 			return fmt.Errorf("delete conntrack entries of udp port %d: %w", port, err)

@@ -91,6 +91,8 @@ type options struct {
 	flushRetry time.Duration
 	// netns is the namespace WithNetns targets; "" is the process's own.
 	netns string
+	// ownDNAT is set when buildOptions opened the map itself.
+	ownDNAT bool
 }
 
 // WithRunner sets how iptables is run (a fake in unit tests).
@@ -98,7 +100,8 @@ func WithRunner(r iptables.Runner) Option {
 	return func(o *options) { o.runner = r }
 }
 
-// WithDNATMap sets the DNAT map (a fake in unit tests); the plane closes it in Close.
+// WithDNATMap sets the DNAT map (a fake in unit tests). The plane closes it in Close; when New
+// fails, the caller keeps it.
 func WithDNATMap(m DNATMap) Option {
 	return func(o *options) { o.dnat = m }
 }
@@ -156,7 +159,7 @@ func buildOptions(opts []Option) (options, error) {
 		if err != nil {
 			return options{}, err
 		}
-		o.dnat = k
+		o.dnat, o.ownDNAT = k, true
 	}
 	return o, nil
 }
@@ -185,12 +188,25 @@ type Plane struct {
 	pendingFlush map[uint16]bool
 	flushDone    chan struct{}
 	flushErr     error
+	// inFlight holds the ports of the background deletion under way, and inFlightDone is
+	// closed when it is over: a port forwarded again meanwhile waits for it before its own
+	// deletion, so that the background one cannot land after the new flow's first datagram.
+	inFlight     map[uint16]bool
+	inFlightDone chan struct{}
+	// owed holds ports whose forwarding a change may have altered in the kernel while the
+	// sync that made it failed later: their entries are deleted by the next sync that succeeds,
+	// which no longer sees a difference for them. Owned by syncMu.
+	owed map[uint16]bool
+	// stop ends the background deletions when the plane closes.
+	stopCtx context.Context
+	stop    context.CancelFunc
 	// clean holds the ports that have had no mapping since their conntrack entries were last
 	// deleted: no entry of theirs can follow a NAT binding, only the un-NATed entries of
-	// datagrams sent to an unforwarded port. swept is set once every port the first read-back
-	// found unforwarded was queued for deletion, which is how ports become clean after a start.
-	clean map[uint16]bool
-	swept bool
+	// datagrams sent to an unforwarded port. startQueued is set once every port the first
+	// read-back found unforwarded was queued for deletion, which is how ports become clean
+	// after a start.
+	clean       map[uint16]bool
+	startQueued bool
 	// lastWant is what the last Sync asked for, for the repair after a read-back behind.
 	lastWant map[uint16]netip.AddrPort
 	// readDone is non-nil while a read-back runs behind the changes, and closed when it is
@@ -240,10 +256,14 @@ func New(cfg Config, opts ...Option) (*Plane, error) {
 	}
 	alloc, err := portalloc.New(cfg.Ports, cfg.Quarantine, o.now)
 	if err != nil {
-		o.dnat.Close()
+		if o.ownDNAT {
+			o.dnat.Close()
+		}
 		return nil, fmt.Errorf("media plane: %w", err)
 	}
-	return &Plane{cfg: cfg, o: o, alloc: alloc, pendingFlush: map[uint16]bool{}, clean: map[uint16]bool{}}, nil
+	stopCtx, stop := context.WithCancel(context.Background())
+	return &Plane{cfg: cfg, o: o, alloc: alloc, pendingFlush: map[uint16]bool{}, clean: map[uint16]bool{},
+		owed: map[uint16]bool{}, stopCtx: stopCtx, stop: stop}, nil
 }
 
 func (p *Plane) settings() settings {
@@ -407,10 +427,18 @@ func (p *Plane) syncLocked(ctx context.Context, desired map[uint16]netip.AddrPor
 	// reply, so a port forwarded again leaves the background deletions of removed ports. A port
 	// that is clean and new to a key that took it from the round-robin needs no deletion: no
 	// entry of it follows a NAT binding, and the key's clients, not told the port yet, have none.
+	flush := res.plan.flush
+	if len(p.owed) > 0 {
+		for _, port := range flush {
+			p.owed[port] = true
+		}
+		flush = slices.Sorted(maps.Keys(p.owed))
+		clear(p.owed)
+	}
 	var kept []uint16
 	skipped := 0
 	p.mu.Lock()
-	for _, port := range res.plan.flush {
+	for _, port := range flush {
 		if _, ok := desired[port]; !ok {
 			p.pendingFlush[port] = true
 			continue
@@ -427,9 +455,22 @@ func (p *Plane) syncLocked(ctx context.Context, desired map[uint16]netip.AddrPor
 	if len(p.pendingFlush) == 0 {
 		p.flushErr = nil
 	}
+	var overlap chan struct{}
+	for _, port := range kept {
+		if p.inFlight[port] {
+			overlap = p.inFlightDone
+			break
+		}
+	}
 	p.mu.Unlock()
 	var flushErr error
 	flushStart := p.o.now()
+	if overlap != nil {
+		select {
+		case <-overlap:
+		case <-ctx.Done():
+		}
+	}
 	var failed []uint16
 	if len(kept) > 0 {
 		if err := p.o.cleaner.DeleteUDP(ctx, p.cfg.PublicIP, kept); err != nil {
@@ -444,7 +485,7 @@ func (p *Plane) syncLocked(ctx context.Context, desired map[uint16]netip.AddrPor
 	}
 	if len(p.pendingFlush) > 0 && p.flushDone == nil {
 		p.flushDone = make(chan struct{})
-		go p.flush(context.WithoutCancel(ctx), p.flushDone)
+		go p.flush(p.stopCtx, p.flushDone)
 	}
 	p.mu.Unlock()
 	ev := p.o.log.Debug()
@@ -455,7 +496,7 @@ func (p *Plane) syncLocked(ctx context.Context, desired map[uint16]netip.AddrPor
 		Int("changed", res.plan.updated).Int("map_ops", res.plan.change.Len()).Int("batch_lines", res.lines).
 		Bool("read_back", res.readBack).Bool("layout_written", res.ensured).
 		Int("conntrack_ports", len(kept)).Int("conntrack_ports_clean", skipped).
-		Int("conntrack_ports_later", len(res.plan.flush)-len(kept)-skipped).
+		Int("conntrack_ports_later", len(flush)-len(kept)-skipped).
 		Dur("read_ms", res.read).Dur("map_ms", res.mapTime).Dur("restore_ms", res.restore).
 		Dur("conntrack_ms", flushEnd.Sub(flushStart)).Dur("elapsed_ms", flushEnd.Sub(start)).
 		Msg("media mappings synced")
@@ -538,12 +579,21 @@ func (p *Plane) flush(ctx context.Context, done chan struct{}) {
 		}
 		ports := slices.Sorted(maps.Keys(p.pendingFlush))
 		clear(p.pendingFlush)
+		inFlightDone := make(chan struct{})
+		p.inFlight, p.inFlightDone = make(map[uint16]bool, len(ports)), inFlightDone
+		for _, port := range ports {
+			p.inFlight[port] = true
+		}
 		p.mu.Unlock()
 
 		start := p.o.now()
 		dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		err := p.o.cleaner.DeleteUDP(dctx, p.cfg.PublicIP, ports)
 		cancel()
+		p.mu.Lock()
+		p.inFlight, p.inFlightDone = nil, nil
+		p.mu.Unlock()
+		close(inFlightDone)
 		if err == nil {
 			failures = 0
 			p.markClean(ports)
@@ -556,7 +606,7 @@ func (p *Plane) flush(ctx context.Context, done chan struct{}) {
 		for _, port := range ports {
 			p.pendingFlush[port] = true
 		}
-		if failures == flushAttempts {
+		if failures == flushAttempts || ctx.Err() != nil {
 			p.flushDone, p.flushErr = nil, err
 			p.mu.Unlock()
 			p.o.log.Error().Err(err).Msg("conntrack entries not deleted; trying again at the next sync")
@@ -564,7 +614,10 @@ func (p *Plane) flush(ctx context.Context, done chan struct{}) {
 		}
 		p.mu.Unlock()
 		p.o.log.Warn().Err(err).Dur("retry_in", p.o.flushRetry).Msg("conntrack deletion failed; retrying")
-		time.Sleep(p.o.flushRetry)
+		select {
+		case <-time.After(p.o.flushRetry):
+		case <-ctx.Done():
+		}
 	}
 }
 
@@ -678,6 +731,11 @@ func (p *Plane) apply(ctx context.Context, desired map[uint16]netip.AddrPort, re
 		}
 	}
 	p.mu.Unlock()
+	// Owed until a sync gets through: once the change may have reached the kernel, the plan
+	// that flushes these ports is not made again.
+	for _, port := range mp.flush {
+		p.owed[port] = true
+	}
 	if mp.change.Len() > 0 {
 		t := p.o.now()
 		err := p.o.dnat.Apply(ctx, mp.change)
@@ -708,14 +766,22 @@ func (p *Plane) apply(ctx context.Context, desired map[uint16]netip.AddrPort, re
 		for _, port := range mp.flush {
 			p.touched[port] = true
 		}
+		for _, port := range mp.change.Delete {
+			p.touched[port] = true
+		}
+		for port := range mp.change.Set {
+			p.touched[port] = true
+		}
 		p.reshaped = p.reshaped || res.ensured || batch.Len() > 0
 	}
 	p.setKnown(next)
 	return res, nil
 }
 
-// Close stops the plane: it waits for a read-back under way and closes the netlink sockets of
-// the DNAT map and of the conntrack cleaner. The kernel keeps what the plane wrote.
+// Close stops the plane: it waits for a read-back under way, stops the background conntrack
+// deletions (the next plane deletes every unforwarded port's entries at its start) and closes the
+// netlink sockets of the DNAT map and of the conntrack cleaner. The kernel keeps what the plane
+// wrote.
 func (p *Plane) Close() {
 	p.syncMu.Lock()
 	if p.closed {
@@ -723,12 +789,15 @@ func (p *Plane) Close() {
 		return
 	}
 	p.closed = true
+	p.stop()
 	p.mu.Lock()
-	done := p.readDone
+	reading, flushing := p.readDone, p.flushDone
 	p.mu.Unlock()
 	p.syncMu.Unlock()
-	if done != nil {
-		<-done
+	for _, done := range []chan struct{}{reading, flushing} {
+		if done != nil {
+			<-done
+		}
 	}
 	if err := p.o.dnat.Close(); err != nil {
 		p.o.log.Warn().Err(err).Msg("close the DNAT map's netlink socket")
@@ -774,10 +843,10 @@ func (p *Plane) readBack(ctx context.Context) (*kernelState, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.known = st
-	if !p.swept {
+	if !p.startQueued {
 		// What the kernel holds for the ports nothing forwards is unknown after a start: one
 		// deletion of them all, in the background, makes them clean.
-		p.swept = true
+		p.startQueued = true
 		for port := int(p.cfg.Ports.First); port <= int(p.cfg.Ports.Last); port++ {
 			_, mapped := st.dnat[uint16(port)]
 			_, legacy := st.static.legacy.dnat[uint16(port)]
@@ -807,8 +876,9 @@ func save(ctx context.Context, r iptables.Runner) (nat, filter *iptables.Table, 
 
 // Cleanup removes everything livegate's media plane put in the kernel: its nftables table, the
 // jumps from the built-in chains to its iptables chains and those chains (an earlier version's
-// per-port chains included), and the conntrack entries of the ports they forwarded. Rules that
-// are not livegate's are left alone. It takes the same options as New (WithNetns, WithRunner,
+// per-port chains included), and the conntrack entries of the ports they forwarded (for the
+// destination address each matched; any address when the table's rule is not livegate's shape).
+// Rules that are not livegate's are left alone. It takes the same options as New (WithNetns, WithRunner,
 // WithDNATMap, WithConntrack, WithLogger).
 func Cleanup(ctx context.Context, opts ...Option) error {
 	o, err := buildOptions(opts)
@@ -825,12 +895,14 @@ func Cleanup(ctx context.Context, opts ...Option) error {
 	if err != nil {
 		return fmt.Errorf("clean up media rules: %w", err)
 	}
-	ports := map[uint16]bool{}
+	// The map's ports are flushed for the address its rule matches; a legacy rule's for its own.
+	byAddr := map[netip.Addr][]uint16{}
 	for port := range m.Elements {
-		ports[port] = true
+		byAddr[m.Layout.Public] = append(byAddr[m.Layout.Public], port)
 	}
-	for port := range readLegacy(nat).dnat {
-		ports[port] = true
+	legacy := readLegacy(nat)
+	for port := range legacy.dnat {
+		byAddr[legacy.public[port]] = append(byAddr[legacy.public[port]], port)
 	}
 	if err := o.dnat.Remove(ctx); err != nil {
 		return fmt.Errorf("clean up media rules: %w", err)
@@ -842,13 +914,16 @@ func Cleanup(ctx context.Context, opts ...Option) error {
 		}
 	}
 	var errs []error
-	if len(ports) > 0 {
-		flushed := slices.Sorted(maps.Keys(ports))
-		if err := o.cleaner.DeleteUDP(ctx, m.Layout.Public, flushed); err != nil {
-			errs = append(errs, fmt.Errorf("clean up media conntrack entries: %w", err))
+	flushed := 0
+	for addr, ports := range byAddr {
+		slices.Sort(ports)
+		ports = slices.Compact(ports)
+		flushed += len(ports)
+		if err := o.cleaner.DeleteUDP(ctx, addr, ports); err != nil {
+			errs = append(errs, fmt.Errorf("clean up media conntrack entries for %s: %w", addr, err))
 		}
 	}
-	o.log.Info().Int("mappings", len(m.Elements)).Int("batch_lines", batch.Len()).Int("conntrack_ports", len(ports)).
+	o.log.Info().Int("mappings", len(m.Elements)).Int("batch_lines", batch.Len()).Int("conntrack_ports", flushed).
 		Msg("media rules cleaned up")
 	return errors.Join(errs...)
 }

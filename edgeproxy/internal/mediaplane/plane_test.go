@@ -441,7 +441,7 @@ func TestParseLegacyRule(t *testing.T) {
 		{spec: `-p udp -m udp --dport 10500 -j DNAT --to-destination nowhere`},
 	}
 	for _, tt := range tests {
-		port, b, ok := parseLegacyRule(strings.Fields(strings.ReplaceAll(tt.spec, `"`, "")))
+		port, _, b, ok := parseLegacyRule(strings.Fields(strings.ReplaceAll(tt.spec, `"`, "")))
 		want := netip.AddrPort{}
 		if tt.backend != "" {
 			want = backend(tt.backend)
@@ -511,7 +511,7 @@ func TestConntrackFailureIsRetried(t *testing.T) {
 	}
 	// The next sync, though it changes nothing, tries the ports left over again.
 	sync1(t, h.plane, want)
-	// The ports of the sweep after the start failed with it.
+	// The ports of the start's deletion of every unforwarded port failed with it.
 	if got := h.ct.last(); !slices.Equal(got, portsFrom(10500, 10509)) {
 		t.Fatalf("conntrack retry flushed %v, want 10500-10509", got)
 	}
@@ -643,7 +643,7 @@ func TestNewRejectsBadConfig(t *testing.T) {
 func TestAddedPortFlushedOnlyWhenAnEntryCanMatter(t *testing.T) {
 	h := newHarness(t, Config{Quarantine: time.Minute})
 	b := backend("198.19.2.2:30000")
-	sync1(t, h.plane, nil) // the start's sweep of every unforwarded port
+	sync1(t, h.plane, nil) // the start's deletion of every unforwarded port
 	assign := func(key string, preferred []uint16) uint16 {
 		t.Helper()
 		ports, err := h.plane.Assign(key, []netip.AddrPort{b}, preferred)
@@ -715,7 +715,7 @@ func TestCleanupRemovesOnlyOurs(t *testing.T) {
 	sync1(t, h.plane, map[string][]Mapping{"a": one(10500, "198.19.2.2:30000"), "b": one(10503, "198.19.2.3:30000")})
 	foreign := "-p tcp -m tcp --dport 22 -j ACCEPT"
 	h.ipt.SetRules("filter", "FORWARD", append(specs(h.table(t, "filter").ChainRules("FORWARD")), foreign)...)
-	h.ipt.SetRules("nat", legacyShardPrefix+"10496", "-p udp -m udp --dport 10505 -j DNAT --to-destination 198.19.2.2:1")
+	h.ipt.SetRules("nat", legacyShardPrefix+"10496", "-d 198.18.1.1/32 -p udp -m udp --dport 10505 -j DNAT --to-destination 198.19.2.2:1")
 	calls := h.ct.count()
 	if err := Cleanup(context.Background(), WithRunner(h.ipt), WithDNATMap(h.dnat), WithConntrack(h.ct)); err != nil {
 		t.Fatal(err)
@@ -847,13 +847,14 @@ func TestReadBackDroppedWhenLayoutChanged(t *testing.T) {
 type heldApply struct {
 	*dnatmaptest.Fake
 	entered, hold chan struct{}
+	once          sync.Once
 }
 
 func (h *heldApply) Apply(ctx context.Context, c dnatmap.Change) error {
-	if h.hold != nil {
+	h.once.Do(func() {
 		close(h.entered)
 		<-h.hold
-	}
+	})
 	return h.Fake.Apply(ctx, c)
 }
 
@@ -898,5 +899,131 @@ func TestCloseClosesTheMap(t *testing.T) {
 	}
 	if got := h.dnat.Elements(); len(got) != 1 {
 		t.Fatalf("Close changed the map: %v", got)
+	}
+}
+
+// TestFlushOwedAfterAFailedSync: a change that reached the kernel in a sync that then failed
+// (the iptables rules after it) still has its ports' entries deleted by the next sync, which
+// finds the map already right and plans nothing for them.
+func TestFlushOwedAfterAFailedSync(t *testing.T) {
+	for name, start := range map[string]func(h *harness){
+		"re-pointed port": func(h *harness) {
+			sync1(t, h.plane, map[string][]Mapping{"a": one(10500, "198.19.2.2:30000")})
+			h.ipt.SetRules("filter", ChainForward) // the next sync needs a restore
+		},
+		"legacy rule of another backend": func(h *harness) {
+			h.ipt.SetRules("nat", legacyShardPrefix+"10496",
+				`-d 198.18.1.1/32 -p udp -m udp --dport 10500 -m comment --comment "lg:10500" -j DNAT --to-destination 198.19.2.2:30000`)
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			h := newHarness(t, Config{})
+			h.plane = h.newPlane(t, Config{}, WithResyncInterval(0))
+			start(h)
+			h.ipt.FailRestore = errors.New("iptables-restore: another app holds the xtables lock")
+			// Both tries fail: the map's change went through before the restore each time.
+			if err := h.plane.Sync(context.Background(), map[string][]Mapping{"a": one(10500, "198.19.2.9:30000")}); err == nil {
+				t.Fatal("Sync hid the failed restore")
+			}
+			h.ipt.FailRestore = nil
+			calls := h.ct.count()
+			sync1(t, h.plane, map[string][]Mapping{"a": one(10500, "198.19.2.9:30000")})
+			if got := h.ct.since(calls); !slices.Contains(got, 10500) {
+				t.Fatalf("conntrack deleted %v after the failed sync, want 10500", got)
+			}
+			if got := h.dnat.Elements(); !maps.Equal(got, elems(10500, "198.19.2.9:30000")) {
+				t.Fatalf("map = %v", got)
+			}
+		})
+	}
+}
+
+// gatedCleaner holds the first deletion that includes port gate until release is closed, and
+// records which deletions of gate ran, in order: "background" ones carry the flusher's deadline.
+type gatedCleaner struct {
+	fakeCleaner
+	gate             uint16
+	entered, release chan struct{}
+	once             sync.Once
+	order            []string
+}
+
+func (g *gatedCleaner) DeleteUDP(ctx context.Context, dst netip.Addr, ports []uint16) error {
+	if !slices.Contains(ports, g.gate) || g.release == nil {
+		return g.fakeCleaner.DeleteUDP(ctx, dst, ports)
+	}
+	held := false
+	g.once.Do(func() { held = true })
+	if held {
+		close(g.entered)
+		<-g.release
+	}
+	kind := "foreground"
+	if _, ok := ctx.Deadline(); ok {
+		kind = "background"
+	}
+	g.mu.Lock()
+	g.order = append(g.order, kind)
+	g.mu.Unlock()
+	return g.fakeCleaner.DeleteUDP(ctx, dst, ports)
+}
+
+// TestReaddedPortWaitsForTheDeletionUnderWay: a port forwarded again while the background
+// deletion of its entries is under way has its own deletion done after that one, never before,
+// so the background one cannot delete the new flow's entry.
+func TestReaddedPortWaitsForTheDeletionUnderWay(t *testing.T) {
+	h := newHarness(t, Config{})
+	g := &gatedCleaner{gate: 10500}
+	h.plane = h.newPlane(t, Config{}, WithConntrack(g))
+	want := map[string][]Mapping{"a": one(10500, "198.19.2.2:30000")}
+	sync1(t, h.plane, want)
+	g.entered, g.release = make(chan struct{}), make(chan struct{})
+	if err := h.plane.Sync(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	<-g.entered
+	synced := make(chan error, 1)
+	go func() { synced <- h.plane.Sync(context.Background(), want) }()
+	// Without the wait, the re-adding Sync would delete and return at once. (Correct code never
+	// returns here, however long this lasts: it is no timing assertion.)
+	select {
+	case err := <-synced:
+		t.Fatalf("the re-adding Sync returned (%v) while the background deletion was under way", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(g.release)
+	if err := <-synced; err != nil {
+		t.Fatal(err)
+	}
+	if err := h.plane.Settle(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !slices.Equal(g.order, []string{"background", "foreground"}) {
+		t.Fatalf("deletions of 10500: %v, want the background one, then the re-added port's", g.order)
+	}
+}
+
+// TestCloseStopsTheBackgroundDeletions: Close does not wait out a failing deletion's retries.
+func TestCloseStopsTheBackgroundDeletions(t *testing.T) {
+	h := newHarness(t, Config{})
+	h.plane = h.newPlane(t, Config{}, func(o *options) { o.flushRetry = time.Hour })
+	h.ct.setErr(errors.New("netlink: operation not permitted"))
+	if err := h.plane.Sync(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	closed := make(chan struct{})
+	go func() {
+		h.plane.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(time.Minute):
+		t.Fatal("Close waited for the hour-long retry")
+	}
+	if err := h.plane.Settle(context.Background()); err == nil {
+		t.Fatal("Settle after Close: want the deletion's failure")
 	}
 }

@@ -103,8 +103,10 @@ type legacyState struct {
 	// jumps are the rules of other chains that jump to a legacy chain.
 	jumps []ruleRef
 	// dnat is the backend of each port a legacy rule forwards: the first DNAT rule of the port
-	// in its shard, unless a RETURN for the port (a tombstone) comes ahead of it.
-	dnat map[uint16]netip.AddrPort
+	// in its shard, unless a RETURN for the port (a tombstone) comes ahead of it; public is the
+	// address that rule matched.
+	dnat   map[uint16]netip.AddrPort
+	public map[uint16]netip.Addr
 }
 
 func (l legacyState) present() bool { return len(l.chains) > 0 || len(l.jumps) > 0 }
@@ -145,7 +147,7 @@ func specsOf(rules []iptables.Rule) []string {
 }
 
 func readLegacy(nat *iptables.Table) legacyState {
-	l := legacyState{dnat: map[uint16]netip.AddrPort{}}
+	l := legacyState{dnat: map[uint16]netip.AddrPort{}, public: map[uint16]netip.Addr{}}
 	var shards []string
 	hasDispatch := false
 	for name := range nat.Chains {
@@ -165,13 +167,13 @@ func readLegacy(nat *iptables.Table) legacyState {
 	for _, chain := range shards {
 		seen := map[uint16]bool{}
 		for _, r := range byChain[chain] {
-			port, backend, ok := parseLegacyRule(r.Args)
+			port, public, backend, ok := parseLegacyRule(r.Args)
 			if !ok || seen[port] {
 				continue
 			}
 			seen[port] = true
 			if backend.IsValid() {
-				l.dnat[port] = backend
+				l.dnat[port], l.public[port] = backend, public
 			}
 		}
 	}
@@ -189,16 +191,22 @@ func readLegacy(nat *iptables.Table) legacyState {
 	return l
 }
 
-// parseLegacyRule reads a legacy shard rule: the port it matches and, for a DNAT rule, the
-// backend (invalid for anything else, which shadows the port's later rules).
-func parseLegacyRule(args []string) (port uint16, backend netip.AddrPort, ok bool) {
+// parseLegacyRule reads a legacy shard rule: the port and destination address it matches and,
+// for a DNAT rule, the backend (invalid for anything else, which shadows the port's later rules).
+func parseLegacyRule(args []string) (port uint16, public netip.Addr, backend netip.AddrPort, ok bool) {
 	var target string
 	for i := 0; i+1 < len(args); i++ {
 		switch args[i] {
+		case "-d":
+			if p, err := netip.ParsePrefix(args[i+1]); err == nil && p.IsSingleIP() {
+				public = p.Addr()
+			} else if a, err := netip.ParseAddr(args[i+1]); err == nil {
+				public = a
+			}
 		case "--dport":
 			n, err := strconv.ParseUint(args[i+1], 10, 16)
 			if err != nil || n == 0 {
-				return 0, netip.AddrPort{}, false
+				return 0, netip.Addr{}, netip.AddrPort{}, false
 			}
 			port = uint16(n)
 		case "-j":
@@ -206,18 +214,18 @@ func parseLegacyRule(args []string) (port uint16, backend netip.AddrPort, ok boo
 		case "--to-destination":
 			ap, err := netip.ParseAddrPort(args[i+1])
 			if err != nil {
-				return 0, netip.AddrPort{}, false
+				return 0, netip.Addr{}, netip.AddrPort{}, false
 			}
 			backend = ap
 		}
 	}
 	if port == 0 {
-		return 0, netip.AddrPort{}, false
+		return 0, netip.Addr{}, netip.AddrPort{}, false
 	}
 	if target != "DNAT" {
 		backend = netip.AddrPort{}
 	}
-	return port, backend, true
+	return port, public, backend, true
 }
 
 func jumpsTo(args []string, chain string) bool {
