@@ -27,6 +27,9 @@ type Kernel struct {
 	conn   *nftables.Conn
 	raw    *netlink.Conn // the same socket as conn's, for element batches the library cannot flag
 	closed bool
+	// stale is set when a call gave up before every answer it asked for was read: the rest
+	// may still arrive, and are read off the socket before the next call.
+	stale bool
 }
 
 type options struct {
@@ -37,7 +40,8 @@ type options struct {
 type Option func(*options)
 
 // WithNetns makes the Kernel work in the named network namespace, /run/netns/<name> (as
-// `ip netns add` makes it); "" is the process's own.
+// `ip netns add` makes it); "" is the process's own. The socket stays in the namespace it was
+// opened in: a namespace deleted and made again under the same name needs a new Kernel.
 func WithNetns(name string) Option { return func(o *options) { o.netns = name } }
 
 // elemChunk bounds the elements of one netlink message: the element list is one attribute,
@@ -61,6 +65,10 @@ func Open(opts ...Option) (*Kernel, error) {
 	k := &Kernel{}
 	capture := nftables.WithSockOptions(func(c *netlink.Conn) error {
 		k.raw = c
+		// An error answer then carries only the header of the message it refuses, not the
+		// message: a refused batch of thousands of elements fits the receive buffer. Kernels
+		// without it (before 4.3) answer in full; not an error.
+		_ = c.SetOption(netlink.CapAcknowledge, true)
 		return growSendBuffer(c)
 	})
 	connOpts := []nftables.ConnOption{nftables.AsLasting(), capture}
@@ -75,6 +83,9 @@ func Open(opts ...Option) (*Kernel, error) {
 	}
 	conn, err := nftables.New(connOpts...)
 	if err != nil {
+		if k.raw != nil {
+			k.raw.Close()
+		}
 		return nil, fmt.Errorf("dnatmap: open netlink socket (netns %q): %w", o.netns, err)
 	}
 	k.conn = conn
@@ -127,12 +138,59 @@ func (k *Kernel) ready(ctx context.Context) error {
 	return ctx.Err()
 }
 
+// begin starts a call: it reads off what an earlier call left unread and bounds every read of
+// this one by the context's deadline or ackWait, whichever comes first, so that a lost answer
+// cannot hold the caller (the media plane's sync) for ever. end clears the bound and, when the
+// call timed out, marks the socket as holding answers still to come. k.mu is held.
+func (k *Kernel) begin(ctx context.Context) (end func(err error), err error) {
+	if err := k.ready(ctx); err != nil {
+		return nil, err
+	}
+	if k.stale {
+		k.drain()
+	}
+	deadline := time.Now().Add(ackWait)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	if err := k.raw.SetReadDeadline(deadline); err != nil {
+		return nil, fmt.Errorf("netlink read deadline: %w", err)
+	}
+	return func(err error) {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			k.stale = true
+		}
+		_ = k.raw.SetReadDeadline(time.Time{})
+	}, nil
+}
+
+// drainWait is how long drain waits for answers still to come.
+const drainWait = 5 * time.Millisecond
+
+// drain reads and drops what is queued on the socket.
+func (k *Kernel) drain() {
+	for {
+		if err := k.raw.SetReadDeadline(time.Now().Add(drainWait)); err != nil {
+			return
+		}
+		if _, err := k.raw.Receive(); errors.Is(err, os.ErrDeadlineExceeded) {
+			k.stale = false
+			return
+		}
+	}
+}
+
 // Read reports whether the layout is current and lists the map's elements. It changes
 // nothing. A missing table is State{Current: false} with no elements and no error; a map of
 // another type has its elements left unread.
-func (k *Kernel) Read(ctx context.Context, l Layout) (State, error) {
+func (k *Kernel) Read(ctx context.Context, l Layout) (st State, err error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	end, err := k.begin(ctx)
+	if err != nil {
+		return State{}, fmt.Errorf("dnatmap: read table %s: %w", Table, err)
+	}
+	defer func() { end(err) }()
 	s, err := k.snapshot(ctx, l)
 	if err != nil {
 		return State{}, err
@@ -146,7 +204,7 @@ func (k *Kernel) Read(ctx context.Context, l Layout) (State, error) {
 // created anew, which loses its elements: the returned map is then empty. Chains of the table
 // that are not livegate's are deleted. When l is current nothing is sent that changes the
 // kernel.
-func (k *Kernel) Ensure(ctx context.Context, l Layout) (map[uint16]netip.AddrPort, error) {
+func (k *Kernel) Ensure(ctx context.Context, l Layout) (_ map[uint16]netip.AddrPort, err error) {
 	if !l.Public.Is4() {
 		return nil, fmt.Errorf("dnatmap: ensure: public address %s is not IPv4", l.Public)
 	}
@@ -155,6 +213,11 @@ func (k *Kernel) Ensure(ctx context.Context, l Layout) (map[uint16]netip.AddrPor
 	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	end, err := k.begin(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("dnatmap: ensure layout %s %s: %w", l.Public, l.Ports, err)
+	}
+	defer func() { end(err) }()
 	s, err := k.snapshot(ctx, l)
 	if err != nil {
 		return nil, err
@@ -176,15 +239,17 @@ func (k *Kernel) Ensure(ctx context.Context, l Layout) (map[uint16]netip.AddrPor
 // all of it when a deleted port is absent, or the table is, (the error wraps syscall.ENOENT, so
 // errors.Is(err, fs.ErrNotExist)) or a set port is present after the deletes (syscall.EEXIST,
 // fs.ErrExist). A backend must be IPv4. An empty change sends nothing.
-func (k *Kernel) Apply(ctx context.Context, c Change) error {
+func (k *Kernel) Apply(ctx context.Context, c Change) (err error) {
 	if c.Len() == 0 {
 		return nil
 	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if err := k.ready(ctx); err != nil {
+	end, err := k.begin(ctx)
+	if err != nil {
 		return fmt.Errorf("dnatmap: apply %d deletes and %d sets: %w", len(c.Delete), len(c.Set), err)
 	}
+	defer func() { end(err) }()
 	msgs, err := changeMessages(c)
 	if err != nil {
 		return fmt.Errorf("dnatmap: apply %d deletes and %d sets: %w", len(c.Delete), len(c.Set), err)
@@ -196,12 +261,14 @@ func (k *Kernel) Apply(ctx context.Context, c Change) error {
 }
 
 // Remove deletes the table and everything in it; an absent table is no error.
-func (k *Kernel) Remove(ctx context.Context) error {
+func (k *Kernel) Remove(ctx context.Context) (err error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if err := k.ready(ctx); err != nil {
+	end, err := k.begin(ctx)
+	if err != nil {
 		return fmt.Errorf("dnatmap: remove table %s: %w", Table, err)
 	}
+	defer func() { end(err) }()
 	t, err := k.table()
 	if err != nil {
 		return fmt.Errorf("dnatmap: remove table %s: %w", Table, err)
@@ -668,35 +735,40 @@ func elementAttrs(port uint16, data []byte) ([]byte, error) {
 // transact sends msgs as one batch and collects the kernel's answer to each: it processes the
 // whole batch and answers every message, errors included, before it commits or aborts.
 func (k *Kernel) transact(ctx context.Context, msgs []netlink.Message) error {
-	deadline := time.Now().Add(ackWait)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
-	}
-	if err := k.raw.SetReadDeadline(deadline); err != nil {
-		return fmt.Errorf("netlink read deadline: %w", err)
-	}
-	defer k.raw.SetReadDeadline(time.Time{})
 	batch := make([]netlink.Message, 0, len(msgs)+2)
 	batch = append(batch, batchMessage(unix.NFNL_MSG_BATCH_BEGIN))
 	batch = append(batch, msgs...)
 	batch = append(batch, batchMessage(unix.NFNL_MSG_BATCH_END))
-	if _, err := k.raw.SendMessages(batch); err != nil {
+	sent, err := k.raw.SendMessages(batch)
+	if err != nil {
+		k.stale = true
 		return fmt.Errorf("send batch: %w", err)
+	}
+	// Only this batch's answers count: the acks of its element messages, by sequence number.
+	mine := make(map[uint32]bool, len(msgs))
+	for _, m := range sent[1 : len(sent)-1] {
+		mine[m.Header.Sequence] = true
 	}
 	var errs error
 	for answered := 0; answered < len(msgs); {
 		replies, err := k.raw.Receive()
 		if err != nil {
 			var errno syscall.Errno
-			if !errors.As(err, &errno) || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, os.ErrPermission) || errno == syscall.ENOBUFS {
-				// Not an answer to one message: no more will come.
+			if !errors.As(err, &errno) || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, os.ErrPermission) ||
+				errno == syscall.ENOBUFS || errno == syscall.ENOMEM {
+				// Not an answer to one message: the rest may or may not come.
+				k.stale = true
 				return errors.Join(errs, err)
 			}
 			errs = errors.Join(errs, err)
 			answered++
 			continue
 		}
-		answered += len(replies)
+		for _, r := range replies {
+			if mine[r.Header.Sequence] {
+				answered++
+			}
+		}
 	}
 	if errs != nil {
 		return fmt.Errorf("kernel refused the batch: %w", errs)

@@ -33,7 +33,7 @@ func kernelIn(t *testing.T) (*dnatmap.Kernel, string) {
 			t.Skipf("needs %s: %v", bin, err)
 		}
 	}
-	ns := fmt.Sprintf("lgdm%d%d", os.Getpid(), netnsSeq.Add(1))
+	ns := fmt.Sprintf("lgdm%d-%d", os.Getpid(), netnsSeq.Add(1))
 	run(t, "ip", "netns", "add", ns)
 	t.Cleanup(func() {
 		if out, err := exec.Command("ip", "netns", "del", ns).CombinedOutput(); err != nil {
