@@ -59,13 +59,19 @@ func Replicas(ctx context.Context, js jetstream.JetStream, stream string, opts .
 	return max(want, st.CachedInfo().Config.Replicas), nil
 }
 
-// Ensure creates the buckets or updates them to the configuration livegate needs.
-func Ensure(ctx context.Context, js jetstream.JetStream, opts ...EnsureOption) (*Buckets, error) {
-	cfgs := []jetstream.KeyValueConfig{
+// Configs are the buckets' configurations, routes, endpoints and edges in that order, without
+// their replica counts.
+func Configs() []jetstream.KeyValueConfig {
+	return []jetstream.KeyValueConfig{
 		{Bucket: RoutesBucket, Description: "livegate desired routes, key = instance id", History: 1, Storage: jetstream.FileStorage, LimitMarkerTTL: markerTTL},
 		{Bucket: EndpointsBucket, Description: "livegate assigned endpoints, key = instance id", History: 1, Storage: jetstream.FileStorage},
 		{Bucket: EdgesBucket, Description: "livegate edge heartbeats, key = edge id", History: 1, Storage: jetstream.FileStorage, LimitMarkerTTL: markerTTL},
 	}
+}
+
+// Ensure creates the buckets or updates them to the configuration livegate needs.
+func Ensure(ctx context.Context, js jetstream.JetStream, opts ...EnsureOption) (*Buckets, error) {
+	cfgs := Configs()
 	kvs := make([]jetstream.KeyValue, len(cfgs))
 	for i, cfg := range cfgs {
 		n, err := Replicas(ctx, js, "KV_"+cfg.Bucket, opts...)

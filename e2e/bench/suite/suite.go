@@ -218,6 +218,9 @@ func (c Config) routeLatency(ctx context.Context, env *edgebench.Env) []report.R
 	if err != nil {
 		return []report.Result{failed(name, err)}
 	}
+	// The measure's own floor, on the same server and namespaces, right after the churn.
+	held := lg.Next
+	methodFloor := floorNote(ctx, env, held, c.pick(300, 1000), o.Rate, lg)
 	floorText := "not measured"
 	if floor, err := iptbase.Floor(ctx, c.Prefix+strconv.FormatInt(int64(os.Getpid()), 36)+"-flr", o.Held); err == nil {
 		floorText = fmt.Sprintf("%s fed to a running iptables-restore (as the edge did per route before its DNAT became an nftables map), %s starting one per batch; a batch deleting one rule and appending one, every %s as in the churn: p50 %s, p90 %s (the appended rule's xtables match and target wait for the release of the rules deleted before)",
@@ -235,6 +238,7 @@ func (c Config) routeLatency(ctx context.Context, env *edgebench.Env) []report.R
 	live.Notes = append([]string{
 		fmt.Sprintf("the edge's own livegate_edge_programming_seconds over the churn: p50 ≤ %s, p99 ≤ %s (histogram bucket bounds)", seconds(lg.EdgeP50), seconds(lg.EdgeP99)),
 		"where the time went, " + lg.Breakdown.String(),
+		methodFloor,
 		fmt.Sprintf("iptables floor of one pass, the way earlier edges wrote a route, same run: %s (median of 7 two-rule batches each, 50 of the churn batches, into a namespace holding %d rules)", floorText, o.Held),
 		churnNote,
 		"baseline: one backend per session in haproxy.cfg, rewrite + master-CLI reload, one change at a time (the most favourable case), timed until the new backend answers",
@@ -244,7 +248,7 @@ func (c Config) routeLatency(ctx context.Context, env *edgebench.Env) []report.R
 
 	// The same churn with every core also busy: a noisy host is the normal case.
 	hogged := o
-	hogged.First = lg.Next
+	hogged.First = held + 2
 	hogged.Duration = c.pickD(5*time.Second, 15*time.Second)
 	hog, err := cpuhog.Start(hogged.Duration + 2*time.Minute)
 	if err != nil {
@@ -255,6 +259,7 @@ func (c Config) routeLatency(ctx context.Context, env *edgebench.Env) []report.R
 		hog.Stop()
 		return append(out, failed(name+"-cpu-hog", err))
 	}
+	hogFloor := floorNote(ctx, env, held+1, c.pick(200, 500), o.Rate, hlg)
 	hbase, err := haproxyreload.Run(ctx, haproxyreload.Options{Binary: c.HAProxy, Held: 100, Changes: c.pick(10, 20)})
 	cores := hog.Cores()
 	hog.Stop()
@@ -264,6 +269,7 @@ func (c Config) routeLatency(ctx context.Context, env *edgebench.Env) []report.R
 	hr := routableResult(name+"-cpu-hog", hlg, hbase, routeHogP99, 0)
 	hr.Notes = append([]string{
 		"where the time went, " + hlg.Breakdown.String(),
+		hogFloor,
 		fmt.Sprintf("ended routes unroutable: p50=%s p99=%s (n=%d, failed %d)", stats.FormatDuration(hlg.Unroutable.Percentile(50)), stats.FormatDuration(hlg.Unroutable.Percentile(99)), len(hlg.Unroutable), hlg.UnroutableFailures),
 		fmt.Sprintf("a busy shell loop per core (%d) at the default priority for the churn and the baseline; churn: %d held, %d new and %d ended per second for %s (%d added, %d ended)",
 			cores, hogged.Held, hogged.Rate, hogged.Rate, hogged.Duration, hlg.Added, hlg.Ended),
@@ -271,6 +277,18 @@ func (c Config) routeLatency(ctx context.Context, env *edgebench.Env) []report.R
 			stats.FormatRatio(stats.Ratio(float64(hlg.Routable.Percentile(99)), float64(lg.Routable.Percentile(99))))),
 	}, hr.Notes...)
 	return append(out, hr)
+}
+
+// floorNote measures the floor of the route measure (see edgebench.Env.Floor) after a churn
+// and says how much of the churn's median is above it; held is an unused route index.
+func floorNote(ctx context.Context, env *edgebench.Env, held, n, rate int, lg edgebench.ChurnResult) string {
+	f, err := env.Floor(ctx, held, n, rate)
+	if err != nil {
+		return "floor of the measure: not measured: " + err.Error()
+	}
+	p50 := lg.Routable.Percentile(50)
+	return fmt.Sprintf("floor of the measure, same run (the bench's route write, a stand-in edge that does nothing but write the endpoint when its watch delivers the key, the bench's watch of that endpoint, and the probe through a port already forwarded; no edge work): %s; livegate's routable p50 is %s above it (%s the floor)",
+		f, stats.FormatDuration(p50-f.Total.Percentile(50)), stats.FormatRatio(stats.Ratio(float64(p50), float64(f.Total.Percentile(50)))))
 }
 
 // routableResult reports new routes' time to routable against the reload baseline; p50Target

@@ -2,7 +2,10 @@
 // that a port whose forwarding changed or ended stops following the old NAT binding at once
 // instead of when the entry times out.
 //
-// It talks netlink directly rather than running `conntrack -D` once per port. A few ports are
+// Tracked (tracked.go) learns the flows from the kernel's conntrack events and deletes them by
+// their exact tuples; Netlink, below, is what it falls back to where it may not know every flow.
+//
+// Netlink talks netlink directly rather than running `conntrack -D` once per port. A few ports are
 // deleted by the kernel itself: one delete request per port carries a CTA_FILTER on the
 // original tuple (protocol, destination address and port), so nothing is copied to user space
 // and the cost does not grow with the size of the table in this process. Many ports at once

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"os/exec"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -506,13 +507,24 @@ func TestKernelCleanup(t *testing.T) {
 }
 
 // TestKernelConntrackDeleteIsScoped deletes the entries of one public port, by the kernel-side
-// filter and by the dump, and checks that the entries of the other ports, and of the same port
-// on another address, are left alone.
+// filter, by the dump, and by the tuples conntrack.Tracked learned (from its first dump, or
+// from the events of flows made after it started), and checks that the entries of the other
+// ports, and of the same port on another address, are left alone.
 func TestKernelConntrackDeleteIsScoped(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
 		filterMax int
-	}{{"filtered", conntrack.DefaultFilterMax}, {"dumped", 0}} {
+		// tracked: a conntrack.Tracked, opened before the flows (events) or after them (dump);
+		// eventsOff turns the namespace's conntrack events off once it is open, before the
+		// flows, so that it hears of none of them.
+		tracked, events, eventsOff bool
+	}{
+		{name: "filtered", filterMax: conntrack.DefaultFilterMax},
+		{name: "dumped"},
+		{name: "tracked from its dump", tracked: true},
+		{name: "tracked from events", tracked: true, events: true},
+		{name: "tracked, events turned off", tracked: true, events: true, eventsOff: true},
+	} {
 		t.Run(tc.name, func(t *testing.T) {
 			lab := netlab.New(t)
 			client := lab.NewClient(t)
@@ -528,6 +540,31 @@ func TestKernelConntrackDeleteIsScoped(t *testing.T) {
 			if err := plane.Settle(ctx); err != nil {
 				t.Fatal(err)
 			}
+			var c conntrack.Cleaner
+			open := func() {
+				if !tc.tracked {
+					c = conntrack.NewNetlink(conntrack.WithNetns(lab.Edge), conntrack.WithFilterMax(tc.filterMax))
+					return
+				}
+				tr, err := conntrack.NewTracked(netlab.PublicAddr, conntrack.WithNetns(lab.Edge))
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { _ = tr.Close() })
+				c = tr
+			}
+			if tc.events {
+				open()
+			}
+			if tc.eventsOff {
+				if out, err := exec.Command("ip", "netns", "exec", lab.Edge, "sysctl", "-qw", "net.netfilter.nf_conntrack_events=0").CombinedOutput(); err != nil {
+					t.Fatalf("turn conntrack events off: %v: %s", err, out)
+				}
+				if tr, err := conntrack.NewTracked(netlab.PublicAddr, conntrack.WithNetns(lab.Edge)); err == nil {
+					tr.Close()
+					t.Fatal("NewTracked with conntrack events off did not fail")
+				}
+			}
 			ports := []uint16{10500, 10501, 10502}
 			for _, p := range ports {
 				client.Ask(t, p, "x", time.Millisecond)
@@ -537,7 +574,9 @@ func TestKernelConntrackDeleteIsScoped(t *testing.T) {
 					t.Fatalf("entries for %d before the delete = %q, want one", p, got)
 				}
 			}
-			c := conntrack.NewNetlink(conntrack.WithNetns(lab.Edge), conntrack.WithFilterMax(tc.filterMax))
+			if !tc.events {
+				open()
+			}
 			if err := c.DeleteUDP(ctx, netip.MustParseAddr("198.18.250.1"), []uint16{10501}); err != nil {
 				t.Fatal(err)
 			}
@@ -552,6 +591,15 @@ func TestKernelConntrackDeleteIsScoped(t *testing.T) {
 				if got := lab.Conntrack(t, p); len(got) != want[p] {
 					t.Fatalf("entries for %d after deleting 10501 = %q, want %d", p, got, want[p])
 				}
+			}
+			// Only the delete for another address walks the table, and, with the events off,
+			// the delete that cannot know the flows.
+			wantFallbacks := int64(1)
+			if tc.eventsOff {
+				wantFallbacks = 2
+			}
+			if tr, ok := c.(*conntrack.Tracked); ok && tr.Fallbacks() != wantFallbacks {
+				t.Fatalf("tracked cleaner fell back %d times, want %d", tr.Fallbacks(), wantFallbacks)
 			}
 		})
 	}

@@ -91,8 +91,8 @@ type options struct {
 	flushRetry time.Duration
 	// netns is the namespace WithNetns targets; "" is the process's own.
 	netns string
-	// ownDNAT is set when buildOptions opened the map itself.
-	ownDNAT bool
+	// ownDNAT and ownCleaner are set when buildOptions opened the map or the cleaner itself.
+	ownDNAT, ownCleaner bool
 }
 
 // WithRunner sets how iptables is run (a fake in unit tests).
@@ -119,7 +119,6 @@ func WithNetns(name string) Option {
 	return func(o *options) {
 		o.runner = iptables.NewExec(iptables.WithNetns(name))
 		o.netns = name
-		o.cleaner = conntrack.NewNetlink(conntrack.WithNetns(name))
 	}
 }
 
@@ -139,7 +138,10 @@ func WithResyncInterval(d time.Duration) Option {
 	return func(o *options) { o.resync = d }
 }
 
-func buildOptions(opts []Option) (options, error) {
+// buildOptions fills in the defaults. With a valid public address the conntrack entries are
+// deleted by their tuples as conntrack.Tracked learns them, or, where it cannot start, by
+// filter.
+func buildOptions(public netip.Addr, opts []Option) (options, error) {
 	o := options{now: time.Now, log: zerolog.Nop(), resync: DefaultResyncInterval, flushRetry: flushRetry}
 	for _, opt := range opts {
 		opt(&o)
@@ -151,12 +153,23 @@ func buildOptions(opts []Option) (options, error) {
 		}
 		o.runner = e
 	}
+	if o.cleaner == nil && public.IsValid() {
+		t, err := conntrack.NewTracked(public, conntrack.WithNetns(o.netns))
+		if err != nil {
+			o.log.Warn().Err(err).Msg("conntrack events unavailable; deleting conntrack entries by filter")
+		} else {
+			o.cleaner, o.ownCleaner = t, true
+		}
+	}
 	if o.cleaner == nil {
-		o.cleaner = conntrack.NewNetlink()
+		o.cleaner, o.ownCleaner = conntrack.NewNetlink(conntrack.WithNetns(o.netns)), true
 	}
 	if o.dnat == nil {
 		k, err := dnatmap.Open(dnatmap.WithNetns(o.netns))
 		if err != nil {
+			if o.ownCleaner {
+				closeCleaner(o.cleaner)
+			}
 			return options{}, err
 		}
 		o.dnat, o.ownDNAT = k, true
@@ -250,7 +263,7 @@ func New(cfg Config, opts ...Option) (*Plane, error) {
 	if err := cfg.Ports.Validate(); err != nil {
 		return nil, fmt.Errorf("media plane: ports %s: %w", cfg.Ports, err)
 	}
-	o, err := buildOptions(opts)
+	o, err := buildOptions(cfg.PublicIP, opts)
 	if err != nil {
 		return nil, fmt.Errorf("media plane: %w", err)
 	}
@@ -258,6 +271,9 @@ func New(cfg Config, opts ...Option) (*Plane, error) {
 	if err != nil {
 		if o.ownDNAT {
 			o.dnat.Close()
+		}
+		if o.ownCleaner {
+			closeCleaner(o.cleaner)
 		}
 		return nil, fmt.Errorf("media plane: %w", err)
 	}
@@ -881,7 +897,7 @@ func save(ctx context.Context, r iptables.Runner) (nat, filter *iptables.Table, 
 // Rules that are not livegate's are left alone. It takes the same options as New (WithNetns, WithRunner,
 // WithDNATMap, WithConntrack, WithLogger).
 func Cleanup(ctx context.Context, opts ...Option) error {
-	o, err := buildOptions(opts)
+	o, err := buildOptions(netip.Addr{}, opts)
 	if err != nil {
 		return fmt.Errorf("clean up media rules: %w", err)
 	}
