@@ -49,6 +49,9 @@ const floorBucket = "lgbfloor_"
 // forwards (route index held). Two KV round trips and the probe, n times at rate per second.
 func (e *Env) Floor(ctx context.Context, held, n, rate int) (FloorResult, error) {
 	var res FloorResult
+	if n < 1 || rate < 1 {
+		return res, fmt.Errorf("floor: %d samples at %d a second", n, rate)
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if err := e.PutRoute(ctx, held, 5*time.Minute); err != nil {
@@ -93,9 +96,13 @@ func (e *Env) Floor(ctx context.Context, held, n, rate int) (FloorResult, error)
 	}
 
 	// The stand-in reports when its watch delivered each key and when its endpoint write
-	// returned; the bench's watch when it delivered the endpoint.
+	// returned, or how it failed; the bench's watch when it delivered the endpoint.
+	type written struct {
+		seen, done time.Time
+		err        error
+	}
 	type times struct {
-		standIn  chan [2]time.Time
+		standIn  chan written
 		endpoint chan time.Time
 	}
 	var mu sync.Mutex
@@ -106,26 +113,39 @@ func (e *Env) Floor(ctx context.Context, held, n, rate int) (FloorResult, error)
 		return waiting[key]
 	}
 	value := make([]byte, 160) // about an endpoint's size
+	// A watch may deliver its snapshot again after a re-watch: only the first is waited for.
 	ready := make(chan struct{}, 2)
-	go func() {
-		_ = kvstore.Watch(ctx, sroutes, ">", kvstore.Handler{
-			Snapshot: func(map[string]kvstore.Entry) { ready <- struct{}{} },
+	started := func(map[string]kvstore.Entry) {
+		select {
+		case ready <- struct{}{}:
+		default:
+		}
+	}
+	// The watches end before the stand-in's connection closes and the buckets go.
+	wctx, stopWatches := context.WithCancel(ctx)
+	var watches sync.WaitGroup
+	defer func() {
+		stopWatches()
+		watches.Wait()
+	}()
+	watches.Go(func() {
+		_ = kvstore.Watch(wctx, sroutes, ">", kvstore.Handler{
+			Snapshot: started,
 			Update: func(en kvstore.Entry) {
 				if en.Deleted {
 					return
 				}
 				at := time.Now()
-				_, err := sendpoints.Create(ctx, en.Key, value)
-				done := time.Now()
-				if w := lookup(en.Key); err == nil && w.standIn != nil {
-					w.standIn <- [2]time.Time{at, done}
+				_, err := sendpoints.Create(wctx, en.Key, value)
+				if w := lookup(en.Key); w.standIn != nil {
+					w.standIn <- written{seen: at, done: time.Now(), err: err}
 				}
 			},
 		})
-	}()
-	go func() {
-		_ = kvstore.Watch(ctx, endpoints, ">", kvstore.Handler{
-			Snapshot: func(map[string]kvstore.Entry) { ready <- struct{}{} },
+	})
+	watches.Go(func() {
+		_ = kvstore.Watch(wctx, endpoints, ">", kvstore.Handler{
+			Snapshot: started,
 			Update: func(en kvstore.Entry) {
 				if en.Deleted {
 					return
@@ -136,7 +156,7 @@ func (e *Env) Floor(ctx context.Context, held, n, rate int) (FloorResult, error)
 				}
 			},
 		})
-	}()
+	})
 	for range 2 {
 		select {
 		case <-ready:
@@ -147,51 +167,77 @@ func (e *Env) Floor(ctx context.Context, held, n, rate int) (FloorResult, error)
 		}
 	}
 
+	// A floor that keeps failing says why and stops, rather than waiting out every sample.
+	const maxFailuresInARow = 10
+	inARow := 0
+	fail := func(err error) {
+		countFailure(&res.Failures, &res.FirstErr, err)
+		inARow++
+	}
 	tick := time.NewTicker(time.Second / time.Duration(rate))
 	defer tick.Stop()
-	fail := func(err error) { countFailure(&res.Failures, &res.FirstErr, err) }
-	for i := range n {
-		<-tick.C
-		key := "f" + strconv.Itoa(i)
-		w := times{standIn: make(chan [2]time.Time, 1), endpoint: make(chan time.Time, 1)}
+	for i := 0; i < n && inARow < maxFailuresInARow; i++ {
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			return res, ctx.Err()
+		}
+		// Keys are the call's own: a bucket left by an earlier call cannot refuse them.
+		key := "f" + strconv.Itoa(held) + "-" + strconv.Itoa(i)
+		w := times{standIn: make(chan written, 1), endpoint: make(chan time.Time, 1)}
 		mu.Lock()
 		waiting[key] = w
 		mu.Unlock()
-		start := time.Now()
-		if _, err := kvstore.PutTTL(ctx, e.JS, routesCfg.Bucket, key, value, 5*time.Minute); err != nil {
+		sample := func() error {
+			defer func() {
+				mu.Lock()
+				delete(waiting, key)
+				mu.Unlock()
+			}()
+			start := time.Now()
+			if _, err := kvstore.PutTTL(ctx, e.JS, routesCfg.Bucket, key, value, 5*time.Minute); err != nil {
+				return err
+			}
+			var epAt time.Time
+			select {
+			case epAt = <-w.endpoint:
+			case si := <-w.standIn:
+				if si.err != nil {
+					return fmt.Errorf("floor key %s: the stand-in's endpoint write: %w", key, si.err)
+				}
+				w.standIn <- si
+				select {
+				case epAt = <-w.endpoint:
+				case <-time.After(5 * time.Second):
+					return fmt.Errorf("floor key %s: no endpoint within 5s of its write", key)
+				}
+			case <-time.After(5 * time.Second):
+				return fmt.Errorf("floor key %s: no endpoint within 5s", key)
+			}
+			c, err := probeFrom(ctx, e.Topo.Client, public, time.Now().Add(5*time.Second))
+			if err != nil {
+				return err
+			}
+			end := time.Now()
+			_ = c.Close()
+			var si written
+			select {
+			case si = <-w.standIn:
+			case <-time.After(5 * time.Second):
+				return fmt.Errorf("floor key %s: the stand-in's write did not return within 5s", key)
+			}
+			res.Total = append(res.Total, end.Sub(start))
+			res.KV = append(res.KV, si.seen.Sub(start))
+			res.Write = append(res.Write, si.done.Sub(si.seen))
+			res.Watch = append(res.Watch, max(epAt.Sub(si.done), 0))
+			res.Probe = append(res.Probe, end.Sub(epAt))
+			return nil
+		}
+		if err := sample(); err != nil {
 			fail(err)
 			continue
 		}
-		var epAt time.Time
-		select {
-		case epAt = <-w.endpoint:
-		case <-time.After(5 * time.Second):
-			fail(fmt.Errorf("floor key %s: no endpoint within 5s", key))
-			continue
-		}
-		c, err := probeFrom(ctx, e.Topo.Client, public, time.Now().Add(5*time.Second))
-		if err != nil {
-			fail(err)
-			continue
-		}
-		end := time.Now()
-		_ = c.Close()
-		var si [2]time.Time
-		select {
-		case si = <-w.standIn:
-		case <-time.After(5 * time.Second):
-			fail(fmt.Errorf("floor key %s: the stand-in's write did not return within 5s", key))
-			continue
-		}
-		mu.Lock()
-		delete(waiting, key)
-		mu.Unlock()
-		seen, written := si[0], si[1]
-		res.Total = append(res.Total, end.Sub(start))
-		res.KV = append(res.KV, seen.Sub(start))
-		res.Write = append(res.Write, written.Sub(seen))
-		res.Watch = append(res.Watch, max(epAt.Sub(written), 0))
-		res.Probe = append(res.Probe, end.Sub(epAt))
+		inARow = 0
 	}
 	if len(res.Total) == 0 {
 		return res, fmt.Errorf("floor: no sample: %s", strings.TrimSpace(fmt.Sprint(res.FirstErr)))

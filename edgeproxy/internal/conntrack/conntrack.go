@@ -31,6 +31,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/rs/zerolog"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
@@ -60,6 +61,8 @@ type Netlink struct {
 	sockets       []*nl.NetlinkSocket
 	handles       []*netlink.Handle
 	closed        bool
+	// log is where Tracked says when it falls back to this cleaner, and back.
+	log zerolog.Logger
 }
 
 // Close closes the kept sockets. Calls after it open and close a socket each.
@@ -109,6 +112,12 @@ func WithNetns(name string) Option {
 	return func(n *Netlink) { n.netns = name }
 }
 
+// WithLogger sets where a Tracked cleaner logs when it starts deleting by filter, why, and
+// when it goes back to deleting by tuple.
+func WithLogger(log zerolog.Logger) Option {
+	return func(n *Netlink) { n.log = log }
+}
+
 // WithFilterMax sets the most ports one call always deletes by kernel-side filter (more go the
 // way that cost less last); 0 always dumps.
 func WithFilterMax(ports int) Option {
@@ -124,7 +133,7 @@ const DefaultFilterMax = 8
 
 // NewNetlink returns a cleaner for the current network namespace unless told otherwise.
 func NewNetlink(opts ...Option) *Netlink {
-	n := &Netlink{filterMax: DefaultFilterMax}
+	n := &Netlink{filterMax: DefaultFilterMax, log: zerolog.Nop()}
 	for _, o := range opts {
 		o(n)
 	}

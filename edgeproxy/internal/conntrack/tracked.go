@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/netip"
 	"os"
 	"runtime"
@@ -11,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/mdlayher/netlink"
 	ct "github.com/ti-mo/conntrack"
@@ -21,18 +23,19 @@ import (
 // Tracked is a Cleaner that learns the UDP flows addressed to one address from the kernel's
 // conntrack events, and deletes a port's entries by their exact tuples: one hash lookup each,
 // where a filtered delete walks the kernel's whole conntrack table, which every namespace shares
-// (0.5-1 ms a port; at a hundred ended routes a second that was a fifth of a core). It is exact
-// because the kernel queues a flow's NEW event on the socket when it confirms the flow, before
-// anything can ask for its deletion: each DeleteUDP first reads every event queued, so no flow
-// confirmed before the call is missed.
+// (0.5-1 ms a port; at a hundred ended routes a second that was a fifth of a core). The kernel
+// queues a flow's NEW event as it confirms the flow, right after putting it in the table, and
+// each DeleteUDP first reads every event queued: it misses only a flow being confirmed at that
+// very moment, which a walk of the table misses as well.
 //
 // A socket filter (eventfilter.go) keeps every other flow's events in the kernel.
 //
 // It falls back to Netlink where it may not know every flow: until a dump of the table has
-// been read, after its event socket overflowed (the kernel drops events then, and says so; the
-// next call dumps again), while the namespace's conntrack events are turned off
-// (net.netfilter.nf_conntrack_events = 0, which some tuned hosts set; the kernel then sends
-// none), and for another address.
+// been read, after its event socket overflowed or an event could not be read (the next call
+// dumps again), while the namespace's conntrack events are turned off or cannot be read
+// (net.netfilter.nf_conntrack_events = 0, which some tuned hosts set, or nf_conntrack not yet
+// loaded; the kernel then sends none), and for another address. It dumps the table again every
+// reseedEvery, which bounds what a change of that setting between two calls could hide.
 type Tracked struct {
 	addr     netip.Addr
 	fallback *Netlink
@@ -43,13 +46,20 @@ type Tracked struct {
 	mu     sync.Mutex
 	events *netlink.Conn
 	raw    syscall.RawConn
-	// sysctl is net.netfilter.nf_conntrack_events, opened in the cleaner's namespace.
-	sysctl *os.File
 	conn   *ct.Conn
+	// sysctl is net.netfilter.nf_conntrack_events, opened in the cleaner's namespace once it
+	// exists (the module may load after the edge starts).
+	sysctl *os.File
 	// flows holds, per destination port, the original tuples seen (sure: all of those the
 	// kernel has, and maybe some it no longer has).
-	flows  map[uint16]map[flowKey]struct{}
-	sure   bool
+	flows map[uint16]map[flowKey]struct{}
+	sure  bool
+	// seeded is when flows was last made from a dump; no dump is tried before retryAt after a
+	// failed one.
+	seeded, retryAt time.Time
+	// why is what last made the index unsure, until a dump makes it sure again: the cleaner
+	// logs when it changes.
+	why    string
 	broken error
 	closed bool
 	buf    []byte
@@ -58,8 +68,10 @@ type Tracked struct {
 
 // flowKey is what, beside the address and the port, names a flow's original tuple.
 type flowKey struct {
-	src  netip.AddrPort
-	zone uint16
+	src netip.AddrPort
+	// zone is the flow's conntrack zone (CTA_ZONE), tupleZone its original tuple's
+	// (CTA_TUPLE_ZONE, a zone of one direction); the kernel finds the flow to delete by both.
+	zone, tupleZone uint16
 }
 
 // Conntrack's netlink multicast groups (include/uapi/linux/netfilter/nfnetlink.h).
@@ -68,13 +80,20 @@ const (
 	groupDestroy = 3
 )
 
-// eventBuffer is the event socket's receive buffer: room for tens of thousands of events while
-// the reader waits for a deletion under way.
-const eventBuffer = 8 << 20
+const (
+	// eventBuffer is the event socket's receive buffer: room for tens of thousands of events
+	// while the reader waits for a deletion under way.
+	eventBuffer = 8 << 20
+	// reseedEvery is how old the index may grow before a deletion dumps the table again.
+	reseedEvery = 10 * time.Minute
+	// seedRetry is how long a failed dump leaves the deletions to the fallback.
+	seedRetry = time.Second
+)
 
 // NewTracked returns a cleaner of the entries addressed to addr, in the current network
-// namespace unless WithNetns says otherwise; other options configure its fallback. It reads
-// the table once before it returns.
+// namespace unless WithNetns says otherwise; WithLogger says where it logs when it deletes by
+// filter instead, and other options configure that fallback. It fails only when it cannot
+// listen to the events; it reads the table once before it returns.
 func NewTracked(addr netip.Addr, opts ...Option) (*Tracked, error) {
 	if !addr.Is4() {
 		return nil, fmt.Errorf("conntrack events: %s is not an IPv4 address", addr)
@@ -85,20 +104,9 @@ func NewTracked(addr netip.Addr, opts ...Option) (*Tracked, error) {
 		t.closeSockets()
 		return nil, err
 	}
-	if on, err := t.eventsOn(); err != nil || !on {
-		t.closeSockets()
-		if err == nil {
-			err = errors.New("conntrack events are turned off (net.netfilter.nf_conntrack_events = 0)")
-		}
-		return nil, err
-	}
 	t.mu.Lock()
-	err := t.seed()
+	t.ready()
 	t.mu.Unlock()
-	if err != nil {
-		t.closeSockets()
-		return nil, err
-	}
 	go t.read()
 	return t, nil
 }
@@ -116,9 +124,6 @@ func (t *Tracked) open() error {
 		cfg.NetNS = int(ns)
 	}
 	var err error
-	if t.sysctl, err = openInNetns(t.fallback.netns, eventsSysctl); err != nil {
-		return fmt.Errorf("conntrack events: %w", err)
-	}
 	if t.events, err = netlink.Dial(unix.NETLINK_NETFILTER, cfg); err != nil {
 		return fmt.Errorf("conntrack events: dial: %w", err)
 	}
@@ -183,9 +188,10 @@ func (t *Tracked) drain(fd int) error {
 			return nil
 		case errors.Is(err, unix.EINTR):
 		case errors.Is(err, unix.ENOBUFS):
-			t.sure = false
+			t.unsure("conntrack event socket overflowed", nil)
 		default:
-			t.sure, t.broken = false, fmt.Errorf("conntrack events: read: %w", err)
+			t.broken = fmt.Errorf("conntrack events: read: %w", err)
+			t.unsure("conntrack event socket failed", t.broken)
 			return t.broken
 		}
 	}
@@ -195,7 +201,7 @@ func (t *Tracked) drain(fd int) error {
 func (t *Tracked) take(b []byte) {
 	msgs, err := syscall.ParseNetlinkMessage(b)
 	if err != nil {
-		t.sure = false
+		t.unsure("conntrack event unreadable", err)
 		return
 	}
 	for _, m := range msgs {
@@ -205,28 +211,32 @@ func (t *Tracked) take(b []byte) {
 				Flags: netlink.HeaderFlags(m.Header.Flags), Sequence: m.Header.Seq, PID: m.Header.Pid},
 			Data: m.Data,
 		}
-		if ev.Unmarshal(nm) != nil || ev.Flow == nil {
+		// The filter let through only flows of t.addr: one not read may be one missed.
+		if err := ev.Unmarshal(nm); err != nil || ev.Flow == nil {
+			t.unsure("conntrack event unreadable", err)
 			continue
 		}
 		switch ev.Type {
 		case ct.EventNew:
-			t.add(ev.Flow.TupleOrig)
+			t.add(*ev.Flow)
 		case ct.EventDestroy:
-			t.remove(ev.Flow.TupleOrig)
+			t.remove(*ev.Flow)
 		}
 	}
 }
 
-// key is the port and the key of tuple when it is a UDP flow addressed to t.addr.
-func (t *Tracked) key(tuple ct.Tuple) (uint16, flowKey, bool) {
-	if tuple.Proto.Protocol != unix.IPPROTO_UDP || tuple.IP.DestinationAddress.Unmap() != t.addr {
+// key is the port and the key of f when it is a UDP flow addressed to t.addr.
+func (t *Tracked) key(f ct.Flow) (uint16, flowKey, bool) {
+	o := f.TupleOrig
+	if o.Proto.Protocol != unix.IPPROTO_UDP || o.IP.DestinationAddress.Unmap() != t.addr {
 		return 0, flowKey{}, false
 	}
-	return tuple.Proto.DestinationPort, flowKey{src: netip.AddrPortFrom(tuple.IP.SourceAddress.Unmap(), tuple.Proto.SourcePort), zone: tuple.Zone}, true
+	return o.Proto.DestinationPort, flowKey{src: netip.AddrPortFrom(o.IP.SourceAddress.Unmap(), o.Proto.SourcePort),
+		zone: f.Zone, tupleZone: o.Zone}, true
 }
 
-func (t *Tracked) add(tuple ct.Tuple) {
-	port, k, ok := t.key(tuple)
+func (t *Tracked) add(f ct.Flow) {
+	port, k, ok := t.key(f)
 	if !ok {
 		return
 	}
@@ -238,8 +248,8 @@ func (t *Tracked) add(tuple ct.Tuple) {
 	m[k] = struct{}{}
 }
 
-func (t *Tracked) remove(tuple ct.Tuple) {
-	port, k, ok := t.key(tuple)
+func (t *Tracked) remove(f ct.Flow) {
+	port, k, ok := t.key(f)
 	if !ok {
 		return
 	}
@@ -249,6 +259,54 @@ func (t *Tracked) remove(tuple ct.Tuple) {
 			delete(t.flows, port)
 		}
 	}
+}
+
+// unsure marks the index as maybe missing flows, for why, logging when the reason changes.
+// t.mu is held.
+func (t *Tracked) unsure(why string, err error) {
+	t.sure = false
+	if why != t.why {
+		t.why = why
+		t.fallback.log.Warn().Err(err).Str("reason", why).Msg("conntrack flows may be unknown; deleting conntrack entries by filter")
+	}
+}
+
+// ready takes in the queued events and, where it can, makes the index sure; it reports whether
+// the index holds every flow the kernel has. t.mu is held.
+func (t *Tracked) ready() bool {
+	if t.closed {
+		return false
+	}
+	if err := t.drainNow(); err != nil {
+		return false
+	}
+	switch on, err := t.eventsOn(); {
+	case err != nil:
+		t.unsure("conntrack events setting unreadable", err)
+		return false
+	case !on:
+		// Flows made meanwhile send no event: the index is made again once they are on.
+		t.unsure("conntrack events off (net.netfilter.nf_conntrack_events = 0, or nf_conntrack not loaded)", nil)
+		return false
+	}
+	now := time.Now()
+	if t.sure && now.Sub(t.seeded) < reseedEvery {
+		return true
+	}
+	if now.Before(t.retryAt) {
+		return false
+	}
+	if err := t.seed(); err != nil {
+		t.retryAt = now.Add(seedRetry)
+		t.unsure("conntrack table dump failed", err)
+		return false
+	}
+	t.seeded = now
+	if t.why != "" {
+		t.fallback.log.Info().Str("after", t.why).Msg("conntrack flows known again; deleting conntrack entries by tuple")
+		t.why = ""
+	}
+	return true
 }
 
 // seed rebuilds the index from a dump of the table, then applies the events queued meanwhile.
@@ -265,9 +323,15 @@ func (t *Tracked) seed() error {
 	}
 	clear(t.flows)
 	for _, f := range flows {
-		t.add(f.TupleOrig)
+		t.add(f)
 	}
-	return t.drainNow()
+	if err := t.drainNow(); err != nil {
+		return err
+	}
+	if !t.sure {
+		return errors.New("events were lost during the dump")
+	}
+	return nil
 }
 
 // DeleteUDP implements Cleaner.
@@ -290,19 +354,7 @@ func (t *Tracked) Fallbacks() int64 { return t.fallbacks.Load() }
 func (t *Tracked) deleteKnown(ctx context.Context, ports []uint16) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.closed || t.drainNow() != nil {
-		return false
-	}
-	if on, err := t.eventsOn(); err != nil || !on {
-		// Flows made while they are off send no event: the index is made again once they
-		// are on.
-		t.sure = false
-		return false
-	}
-	if !t.sure && t.seed() != nil {
-		return false
-	}
-	if !t.sure {
+	if !t.ready() {
 		return false
 	}
 	for _, port := range ports {
@@ -313,8 +365,8 @@ func (t *Tracked) deleteKnown(ctx context.Context, ports []uint16) bool {
 			f := ct.Flow{TupleOrig: ct.Tuple{
 				IP:    ct.IPTuple{SourceAddress: k.src.Addr(), DestinationAddress: t.addr},
 				Proto: ct.ProtoTuple{Protocol: unix.IPPROTO_UDP, SourcePort: k.src.Port(), DestinationPort: port},
-				Zone:  k.zone,
-			}}
+				Zone:  k.tupleZone,
+			}, Zone: k.zone}
 			if err := t.conn.Delete(f); err != nil && !errors.Is(err, unix.ENOENT) {
 				return false
 			}
@@ -342,8 +394,18 @@ func (t *Tracked) Close() error {
 // socket listens, which this cleaner's does before its dump) or off (0).
 const eventsSysctl = "/proc/sys/net/netfilter/nf_conntrack_events"
 
-// eventsOn reads eventsSysctl.
+// eventsOn reads eventsSysctl; a namespace without it (nf_conntrack not loaded) has none.
 func (t *Tracked) eventsOn() (bool, error) {
+	if t.sysctl == nil {
+		f, err := openInNetns(t.fallback.netns, eventsSysctl)
+		if errors.Is(err, fs.ErrNotExist) {
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		t.sysctl = f
+	}
 	var b [16]byte
 	n, err := t.sysctl.ReadAt(b[:], 0)
 	if n == 0 && err != nil {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
-	"os/exec"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -516,7 +515,7 @@ func TestKernelConntrackDeleteIsScoped(t *testing.T) {
 		filterMax int
 		// tracked: a conntrack.Tracked, opened before the flows (events) or after them (dump);
 		// eventsOff turns the namespace's conntrack events off once it is open, before the
-		// flows, so that it hears of none of them.
+		// flows, so that it hears of none of them, and on again at the end.
 		tracked, events, eventsOff bool
 	}{
 		{name: "filtered", filterMax: conntrack.DefaultFilterMax},
@@ -556,16 +555,15 @@ func TestKernelConntrackDeleteIsScoped(t *testing.T) {
 			if tc.events {
 				open()
 			}
-			if tc.eventsOff {
-				if out, err := exec.Command("ip", "netns", "exec", lab.Edge, "sysctl", "-qw", "net.netfilter.nf_conntrack_events=0").CombinedOutput(); err != nil {
-					t.Fatalf("turn conntrack events off: %v: %s", err, out)
-				}
-				if tr, err := conntrack.NewTracked(netlab.PublicAddr, conntrack.WithNetns(lab.Edge)); err == nil {
-					tr.Close()
-					t.Fatal("NewTracked with conntrack events off did not fail")
-				}
+			events := func(on int) {
+				lab.Exec(t, lab.Edge, "sysctl", "-qw", fmt.Sprintf("net.netfilter.nf_conntrack_events=%d", on))
 			}
-			ports := []uint16{10500, 10501, 10502}
+			if tc.eventsOff {
+				events(0)
+			}
+			// 10503's flow is in a conntrack zone, which a delete by tuple must name.
+			lab.Exec(t, lab.Edge, "iptables", "-t", "raw", "-A", "PREROUTING", "-p", "udp", "--dport", "10503", "-j", "CT", "--zone", "7")
+			ports := []uint16{10500, 10501, 10502, 10503}
 			for _, p := range ports {
 				client.Ask(t, p, "x", time.Millisecond)
 			}
@@ -583,13 +581,13 @@ func TestKernelConntrackDeleteIsScoped(t *testing.T) {
 			if got := lab.Conntrack(t, 10501); len(got) != 1 {
 				t.Fatalf("a delete for another address removed %q", got)
 			}
-			if err := c.DeleteUDP(ctx, netlab.PublicAddr, []uint16{10501}); err != nil {
+			if err := c.DeleteUDP(ctx, netlab.PublicAddr, []uint16{10501, 10503}); err != nil {
 				t.Fatal(err)
 			}
-			want := map[uint16]int{10500: 1, 10501: 0, 10502: 1}
+			want := map[uint16]int{10500: 1, 10501: 0, 10502: 1, 10503: 0}
 			for _, p := range ports {
 				if got := lab.Conntrack(t, p); len(got) != want[p] {
-					t.Fatalf("entries for %d after deleting 10501 = %q, want %d", p, got, want[p])
+					t.Fatalf("entries for %d after deleting 10501 and 10503 = %q, want %d", p, got, want[p])
 				}
 			}
 			// Only the delete for another address walks the table, and, with the events off,
@@ -600,6 +598,21 @@ func TestKernelConntrackDeleteIsScoped(t *testing.T) {
 			}
 			if tr, ok := c.(*conntrack.Tracked); ok && tr.Fallbacks() != wantFallbacks {
 				t.Fatalf("tracked cleaner fell back %d times, want %d", tr.Fallbacks(), wantFallbacks)
+			}
+			if !tc.eventsOff {
+				return
+			}
+			// Back on, the cleaner dumps the table again, which holds 10502's flow, made while
+			// they were off, and deletes it by its tuple.
+			events(1)
+			if err := c.DeleteUDP(ctx, netlab.PublicAddr, []uint16{10502}); err != nil {
+				t.Fatal(err)
+			}
+			if got := lab.Conntrack(t, 10502); len(got) != 0 {
+				t.Fatalf("entries for 10502 after deleting it with the events back on = %q", got)
+			}
+			if tr := c.(*conntrack.Tracked); tr.Fallbacks() != wantFallbacks {
+				t.Fatalf("tracked cleaner fell back %d times with the events back on, want %d", tr.Fallbacks(), wantFallbacks)
 			}
 		})
 	}

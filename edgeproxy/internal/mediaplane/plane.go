@@ -154,7 +154,7 @@ func buildOptions(public netip.Addr, opts []Option) (options, error) {
 		o.runner = e
 	}
 	if o.cleaner == nil && public.IsValid() {
-		t, err := conntrack.NewTracked(public, conntrack.WithNetns(o.netns))
+		t, err := conntrack.NewTracked(public, conntrack.WithNetns(o.netns), conntrack.WithLogger(o.log))
 		if err != nil {
 			o.log.Warn().Err(err).Msg("conntrack events unavailable; deleting conntrack entries by filter")
 		} else {
