@@ -87,8 +87,10 @@ func (r *Reconciler) publishRoutable(ctx context.Context) {
 	}
 	ws, evs := r.core.Routable(r.now(), r.holds(r.planMedia))
 	r.traceRoutable(evs)
-	r.report(evs)
+	// The endpoints first: a session manager waits for them, and the events' publishes would
+	// otherwise go ahead of them on the connection.
 	r.startWrites(ctx, ws)
+	r.report(evs)
 }
 
 // routable says which routes of p the media plane holds: those without media mappings, and those

@@ -33,9 +33,13 @@ type writeBatch struct {
 
 // runWrites applies ws to livegate_endpoints with bounded concurrency.
 func (r *Reconciler) runWrites(ctx context.Context, ws []desired.Write) []writeOutcome {
+	at := r.now()
+	if len(ws) == 1 {
+		// Most batches under churn: a goroutine more would be one more wait for a core.
+		return []writeOutcome{r.write(ctx, ws[0], at)}
+	}
 	out := make([]writeOutcome, len(ws))
 	sem := make(chan struct{}, parallelism)
-	at := r.now()
 	var wg sync.WaitGroup
 	for i, w := range ws {
 		sem <- struct{}{}
