@@ -453,6 +453,12 @@ func (w *walk) gone(mark int, s session) {
 		return nil
 	})
 	w.refused(s.id)
+	// The real edge knows its flows from the kernel's conntrack events: no deletion walked the
+	// kernel's table.
+	if all, byFilter := edgeMetric(w.ctx, t, w.d, "livegate_edge_conntrack_deletions_total"),
+		edgeMetric(w.ctx, t, w.d, "livegate_edge_conntrack_filter_deletions_total"); all == 0 || byFilter != 0 {
+		t.Errorf("conntrack deletions: %v, %v of them by filter; want some, none by filter", all, byFilter)
+	}
 	w.logf("session %s: route, endpoint, map entry, DNAT map element and conntrack entries of udp %d gone", s.id, port)
 }
 

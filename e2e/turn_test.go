@@ -1,11 +1,9 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -206,25 +204,5 @@ func allocateConn(ctx context.Context, t *testing.T, d *stack.Deployment, server
 // turnAllocations reads livegate_edge_turn_allocations from the edge's admin endpoint.
 func turnAllocations(ctx context.Context, t *testing.T, d *stack.Deployment) int {
 	t.Helper()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.0.0.1:9470/metrics", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := d.Topo.Edge.HTTPClient(5 * time.Second).Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "livegate_edge_turn_allocations "); ok {
-			n, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return int(n)
-		}
-	}
-	t.Fatal("no livegate_edge_turn_allocations in /metrics")
-	return -1
+	return int(edgeMetric(ctx, t, d, "livegate_edge_turn_allocations"))
 }

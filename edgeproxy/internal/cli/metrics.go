@@ -12,8 +12,14 @@ type portUsage interface {
 	Usage() (inUse, quarantined, free int)
 }
 
+// conntrackDeletions is what a kernel media plane reports about its conntrack deletions.
+type conntrackDeletions interface {
+	ConntrackDeletions() (all, byFilter int64)
+}
+
 // registerProcessMetrics adds the edge's metrics that are read from its parts at scrape time
-// rather than counted by the reconcile loop: the build, the NATS connection and the media port pool.
+// rather than counted by the reconcile loop: the build, the NATS connection, the media port pool
+// and the media plane's conntrack deletions.
 func registerProcessMetrics(reg prometheus.Registerer, nc *nats.Conn, plane media.Plane) {
 	reg.MustRegister(
 		buildinfo.Collector("livegate-edgeproxy"),
@@ -27,6 +33,16 @@ func registerProcessMetrics(reg prometheus.Registerer, nc *nats.Conn, plane medi
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "livegate_edge_nats_reconnects_total", Help: "Reconnections to NATS since start."},
 			func() float64 { return float64(nc.Stats().Reconnects) }),
 	)
+	if cd, ok := plane.(conntrackDeletions); ok {
+		reg.MustRegister(
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "livegate_edge_conntrack_deletions_total",
+				Help: "Deletions of the conntrack entries of changed or ended public ports (one per batch of ports)."},
+				func() float64 { all, _ := cd.ConntrackDeletions(); return float64(all) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "livegate_edge_conntrack_filter_deletions_total",
+				Help: "Of those, the deletions that walked the kernel's conntrack table by filter, because the edge could not be sure it knew every flow from the conntrack events (the log says why)."},
+				func() float64 { _, f := cd.ConntrackDeletions(); return float64(f) }),
+		)
+	}
 	pu, ok := plane.(portUsage)
 	if !ok {
 		return

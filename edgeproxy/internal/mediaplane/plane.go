@@ -23,6 +23,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -183,6 +184,8 @@ type Plane struct {
 	cfg   Config
 	o     options
 	alloc *portalloc.Allocator
+	// deletions counts the conntrack deletions asked of the cleaner.
+	deletions atomic.Int64
 
 	// syncMu serialises what writes the kernel (Sync, Recover, the repair after a read-back
 	// behind) and owns the fields below that mu does not. It is held across the kernel I/O;
@@ -394,6 +397,26 @@ func (p *Plane) Usage() (inUse, quarantined, free int) {
 	return p.alloc.Usage()
 }
 
+// deleteConntrack deletes the conntrack entries addressed to ports, and counts the deletion.
+func (p *Plane) deleteConntrack(ctx context.Context, ports []uint16) error {
+	p.deletions.Add(1)
+	return p.o.cleaner.DeleteUDP(ctx, p.cfg.PublicIP, ports)
+}
+
+// ConntrackDeletions reports how many conntrack deletions the plane has made (one per batch of
+// ports), and how many of them walked the kernel's table by filter rather than deleting flows
+// known from the conntrack events: all of them where the events could not be had.
+func (p *Plane) ConntrackDeletions() (all, byFilter int64) {
+	all = p.deletions.Load()
+	switch c := p.o.cleaner.(type) {
+	case *conntrack.Tracked:
+		return all, c.Fallbacks()
+	case *conntrack.Netlink:
+		return all, all
+	}
+	return all, 0
+}
+
 // Sync makes the kernel forward exactly want (the full desired state, by route key). It writes
 // only the difference from its picture of the kernel: one transaction on the DNAT map, and an
 // iptables-restore batch only when the static rules need one. That picture is read back on the
@@ -489,7 +512,7 @@ func (p *Plane) syncLocked(ctx context.Context, desired map[uint16]netip.AddrPor
 	}
 	var failed []uint16
 	if len(kept) > 0 {
-		if err := p.o.cleaner.DeleteUDP(ctx, p.cfg.PublicIP, kept); err != nil {
+		if err := p.deleteConntrack(ctx, kept); err != nil {
 			flushErr = fmt.Errorf("sync media mappings: delete conntrack entries of ports %s: %w", describe(kept), err)
 			failed = kept
 		}
@@ -604,7 +627,7 @@ func (p *Plane) flush(ctx context.Context, done chan struct{}) {
 
 		start := p.o.now()
 		dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		err := p.o.cleaner.DeleteUDP(dctx, p.cfg.PublicIP, ports)
+		err := p.deleteConntrack(dctx, ports)
 		cancel()
 		p.mu.Lock()
 		p.inFlight, p.inFlightDone = nil, nil
