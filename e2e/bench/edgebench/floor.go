@@ -113,13 +113,11 @@ func (e *Env) Floor(ctx context.Context, held, n, rate int) (FloorResult, error)
 		return waiting[key]
 	}
 	value := make([]byte, 160) // about an endpoint's size
-	// A watch may deliver its snapshot again after a re-watch: only the first is waited for.
+	// A watch may deliver its snapshot again after a re-watch: each signals its first only.
 	ready := make(chan struct{}, 2)
-	started := func(map[string]kvstore.Entry) {
-		select {
-		case ready <- struct{}{}:
-		default:
-		}
+	started := func() func(map[string]kvstore.Entry) {
+		var once sync.Once
+		return func(map[string]kvstore.Entry) { once.Do(func() { ready <- struct{}{} }) }
 	}
 	// The watches end before the stand-in's connection closes and the buckets go.
 	wctx, stopWatches := context.WithCancel(ctx)
@@ -130,7 +128,7 @@ func (e *Env) Floor(ctx context.Context, held, n, rate int) (FloorResult, error)
 	}()
 	watches.Go(func() {
 		_ = kvstore.Watch(wctx, sroutes, ">", kvstore.Handler{
-			Snapshot: started,
+			Snapshot: started(),
 			Update: func(en kvstore.Entry) {
 				if en.Deleted {
 					return
@@ -145,7 +143,7 @@ func (e *Env) Floor(ctx context.Context, held, n, rate int) (FloorResult, error)
 	})
 	watches.Go(func() {
 		_ = kvstore.Watch(wctx, endpoints, ">", kvstore.Handler{
-			Snapshot: started,
+			Snapshot: started(),
 			Update: func(en kvstore.Entry) {
 				if en.Deleted {
 					return

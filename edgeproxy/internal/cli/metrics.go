@@ -36,7 +36,7 @@ func registerProcessMetrics(reg prometheus.Registerer, nc *nats.Conn, plane medi
 	if cd, ok := plane.(conntrackDeletions); ok {
 		reg.MustRegister(
 			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "livegate_edge_conntrack_deletions_total",
-				Help: "Deletions of the conntrack entries of changed or ended public ports (one per batch of ports)."},
+				Help: "Conntrack deletions for changed or ended public ports: one per batch of ports, failed ones and retries included."},
 				func() float64 { all, _ := cd.ConntrackDeletions(); return float64(all) }),
 			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "livegate_edge_conntrack_filter_deletions_total",
 				Help: "Of those, the deletions that walked the kernel's conntrack table by filter, because the edge could not be sure it knew every flow from the conntrack events (the log says why)."},

@@ -113,7 +113,7 @@ func WithNetns(name string) Option {
 }
 
 // WithLogger sets where a Tracked cleaner logs when it starts deleting by filter, why, and
-// when it goes back to deleting by tuple.
+// when it goes back to deleting by tuple; Netlink itself logs nothing.
 func WithLogger(log zerolog.Logger) Option {
 	return func(n *Netlink) { n.log = log }
 }

@@ -35,7 +35,9 @@ import (
 // dumps again), while the namespace's conntrack events are turned off or cannot be read
 // (net.netfilter.nf_conntrack_events = 0, which some tuned hosts set, or nf_conntrack not yet
 // loaded; the kernel then sends none), and for another address. It dumps the table again every
-// reseedEvery, which bounds what a change of that setting between two calls could hide.
+// reseedEvery in the background, which bounds what a change of that setting between two calls
+// could hide; after lost events or a failed dump, at most once every seedGap, so that a run of
+// overflows falls back to the filtered walk rather than dumping the table on every call.
 type Tracked struct {
 	addr     netip.Addr
 	fallback *Netlink
@@ -54,16 +56,19 @@ type Tracked struct {
 	// kernel has, and maybe some it no longer has).
 	flows map[uint16]map[flowKey]struct{}
 	sure  bool
-	// seeded is when flows was last made from a dump; no dump is tried before retryAt after a
-	// failed one.
-	seeded, retryAt time.Time
+	// lastSeed is when the table was last dumped; lossy says the index went unsure by losing
+	// events or by a failed dump, which may go on: the next dump then waits seedGap from it.
+	lastSeed time.Time
+	lossy    bool
 	// why is what last made the index unsure, until a dump makes it sure again: the cleaner
 	// logs when it changes.
 	why    string
 	broken error
 	closed bool
 	buf    []byte
-	done   chan struct{}
+	// stop ends the background goroutines, bg waits for them.
+	stop chan struct{}
+	bg   sync.WaitGroup
 }
 
 // flowKey is what, beside the address and the port, names a flow's original tuple.
@@ -84,22 +89,24 @@ const (
 	// eventBuffer is the event socket's receive buffer: room for tens of thousands of events
 	// while the reader waits for a deletion under way.
 	eventBuffer = 8 << 20
-	// reseedEvery is how old the index may grow before a deletion dumps the table again.
+	// reseedEvery is how often the index is made again from a dump.
 	reseedEvery = 10 * time.Minute
-	// seedRetry is how long a failed dump leaves the deletions to the fallback.
-	seedRetry = time.Second
+	// seedGap is the least time between two dumps after lost events or a failed dump;
+	// meanwhile the deletions go to the fallback.
+	seedGap = time.Second
 )
 
 // NewTracked returns a cleaner of the entries addressed to addr, in the current network
 // namespace unless WithNetns says otherwise; WithLogger says where it logs when it deletes by
-// filter instead, and other options configure that fallback. It fails only when it cannot
-// listen to the events; it reads the table once before it returns.
+// filter instead, and other options configure that fallback. It fails only when it cannot open
+// its sockets (the namespace, the event socket and its filter, the socket of deletions); it
+// reads the table once before it returns.
 func NewTracked(addr netip.Addr, opts ...Option) (*Tracked, error) {
 	if !addr.Is4() {
 		return nil, fmt.Errorf("conntrack events: %s is not an IPv4 address", addr)
 	}
 	t := &Tracked{addr: addr, fallback: NewNetlink(opts...), flows: map[uint16]map[flowKey]struct{}{},
-		buf: make([]byte, 64<<10), done: make(chan struct{})}
+		buf: make([]byte, 64<<10), stop: make(chan struct{})}
 	if err := t.open(); err != nil {
 		t.closeSockets()
 		return nil, err
@@ -107,8 +114,28 @@ func NewTracked(addr netip.Addr, opts ...Option) (*Tracked, error) {
 	t.mu.Lock()
 	t.ready()
 	t.mu.Unlock()
-	go t.read()
+	t.bg.Go(t.read)
+	t.bg.Go(t.reseed)
 	return t, nil
+}
+
+// reseed makes the index again from a dump every reseedEvery, off the deletions' path.
+func (t *Tracked) reseed() {
+	tick := time.NewTicker(reseedEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-t.stop:
+			return
+		case <-tick.C:
+		}
+		t.mu.Lock()
+		if t.sure {
+			t.sure = false
+			t.ready()
+		}
+		t.mu.Unlock()
+	}
 }
 
 // open dials the event socket, joined to the NEW and DESTROY groups and filtered to the flows
@@ -156,7 +183,6 @@ func (t *Tracked) open() error {
 
 // read takes in the events as they come until the event socket is closed or fails.
 func (t *Tracked) read() {
-	defer close(t.done)
 	_ = t.raw.Read(func(fd uintptr) bool {
 		t.mu.Lock()
 		defer t.mu.Unlock()
@@ -188,6 +214,7 @@ func (t *Tracked) drain(fd int) error {
 			return nil
 		case errors.Is(err, unix.EINTR):
 		case errors.Is(err, unix.ENOBUFS):
+			t.lossy = true
 			t.unsure("conntrack event socket overflowed", nil)
 		default:
 			t.broken = fmt.Errorf("conntrack events: read: %w", err)
@@ -201,6 +228,7 @@ func (t *Tracked) drain(fd int) error {
 func (t *Tracked) take(b []byte) {
 	msgs, err := syscall.ParseNetlinkMessage(b)
 	if err != nil {
+		t.lossy = true
 		t.unsure("conntrack event unreadable", err)
 		return
 	}
@@ -213,6 +241,7 @@ func (t *Tracked) take(b []byte) {
 		}
 		// The filter let through only flows of t.addr: one not read may be one missed.
 		if err := ev.Unmarshal(nm); err != nil || ev.Flow == nil {
+			t.lossy = true
 			t.unsure("conntrack event unreadable", err)
 			continue
 		}
@@ -261,11 +290,11 @@ func (t *Tracked) remove(f ct.Flow) {
 	}
 }
 
-// unsure marks the index as maybe missing flows, for why, logging when the reason changes.
-// t.mu is held.
+// unsure marks the index as maybe missing flows, for why; it logs the first reason, until a
+// dump makes the index sure again. t.mu is held.
 func (t *Tracked) unsure(why string, err error) {
 	t.sure = false
-	if why != t.why {
+	if t.why == "" {
 		t.why = why
 		t.fallback.log.Warn().Err(err).Str("reason", why).Msg("conntrack flows may be unknown; deleting conntrack entries by filter")
 	}
@@ -289,19 +318,20 @@ func (t *Tracked) ready() bool {
 		t.unsure("conntrack events off (net.netfilter.nf_conntrack_events = 0, or nf_conntrack not loaded)", nil)
 		return false
 	}
-	now := time.Now()
-	if t.sure && now.Sub(t.seeded) < reseedEvery {
+	if t.sure {
 		return true
 	}
-	if now.Before(t.retryAt) {
+	now := time.Now()
+	if t.lossy && now.Sub(t.lastSeed) < seedGap {
 		return false
 	}
+	t.lastSeed = now
 	if err := t.seed(); err != nil {
-		t.retryAt = now.Add(seedRetry)
+		t.lossy = true
 		t.unsure("conntrack table dump failed", err)
 		return false
 	}
-	t.seeded = now
+	t.lossy = false
 	if t.why != "" {
 		t.fallback.log.Info().Str("after", t.why).Msg("conntrack flows known again; deleting conntrack entries by tuple")
 		t.why = ""
@@ -329,7 +359,7 @@ func (t *Tracked) seed() error {
 		return err
 	}
 	if !t.sure {
-		return errors.New("events were lost during the dump")
+		return errors.New("events were lost or unreadable during the dump")
 	}
 	return nil
 }
@@ -385,8 +415,9 @@ func (t *Tracked) Close() error {
 	}
 	t.closed = true
 	t.mu.Unlock()
+	close(t.stop)
 	t.closeSockets()
-	<-t.done
+	t.bg.Wait()
 	return t.fallback.Close()
 }
 
@@ -394,11 +425,13 @@ func (t *Tracked) Close() error {
 // socket listens, which this cleaner's does before its dump) or off (0).
 const eventsSysctl = "/proc/sys/net/netfilter/nf_conntrack_events"
 
-// eventsOn reads eventsSysctl; a namespace without it (nf_conntrack not loaded) has none.
+// eventsOn reads eventsSysctl; a namespace without it (nf_conntrack not loaded) has none. A
+// file that cannot be read is opened again next time (the module may have been reloaded).
 func (t *Tracked) eventsOn() (bool, error) {
 	if t.sysctl == nil {
 		f, err := openInNetns(t.fallback.netns, eventsSysctl)
-		if errors.Is(err, fs.ErrNotExist) {
+		var pe *fs.PathError
+		if errors.As(err, &pe) && pe.Path == eventsSysctl && errors.Is(err, fs.ErrNotExist) {
 			return false, nil
 		}
 		if err != nil {
@@ -409,6 +442,8 @@ func (t *Tracked) eventsOn() (bool, error) {
 	var b [16]byte
 	n, err := t.sysctl.ReadAt(b[:], 0)
 	if n == 0 && err != nil {
+		_ = t.sysctl.Close()
+		t.sysctl = nil
 		return false, fmt.Errorf("read %s: %w", eventsSysctl, err)
 	}
 	return strings.TrimSpace(string(b[:n])) != "0", nil

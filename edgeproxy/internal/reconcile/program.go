@@ -88,7 +88,7 @@ func (r *Reconciler) publishRoutable(ctx context.Context) {
 	ws, evs := r.core.Routable(r.now(), r.holds(r.planMedia))
 	r.traceRoutable(evs)
 	// The endpoints first: a session manager waits for them, and the events' publishes would
-	// otherwise go ahead of them on the connection.
+	// otherwise usually go ahead of them on the connection.
 	r.startWrites(ctx, ws)
 	r.report(evs)
 }
