@@ -126,34 +126,29 @@ func (e *Env) Floor(ctx context.Context, held, n, rate int) (FloorResult, error)
 		stopWatches()
 		watches.Wait()
 	}()
-	watches.Go(func() {
-		_ = kvstore.Watch(wctx, sroutes, ">", kvstore.Handler{
-			Snapshot: started(),
-			Update: func(en kvstore.Entry) {
-				if en.Deleted {
-					return
-				}
-				at := time.Now()
-				_, err := sendpoints.Create(wctx, en.Key, value)
-				if w := lookup(en.Key); w.standIn != nil {
-					w.standIn <- written{seen: at, done: time.Now(), err: err}
-				}
-			},
+	// puts runs fn on each key put in kv, with when the watch delivered it.
+	puts := func(kv jetstream.KeyValue, fn func(key string, at time.Time)) {
+		watches.Go(func() {
+			_ = kvstore.Watch(wctx, kv, ">", kvstore.Handler{
+				Snapshot: started(),
+				Update: func(en kvstore.Entry) {
+					if !en.Deleted {
+						fn(en.Key, time.Now())
+					}
+				},
+			})
 		})
+	}
+	puts(sroutes, func(key string, at time.Time) {
+		_, err := sendpoints.Create(wctx, key, value)
+		if w := lookup(key); w.standIn != nil {
+			w.standIn <- written{seen: at, done: time.Now(), err: err}
+		}
 	})
-	watches.Go(func() {
-		_ = kvstore.Watch(wctx, endpoints, ">", kvstore.Handler{
-			Snapshot: started(),
-			Update: func(en kvstore.Entry) {
-				if en.Deleted {
-					return
-				}
-				at := time.Now()
-				if w := lookup(en.Key); w.endpoint != nil {
-					w.endpoint <- at
-				}
-			},
-		})
+	puts(endpoints, func(key string, at time.Time) {
+		if w := lookup(key); w.endpoint != nil {
+			w.endpoint <- at
+		}
 	})
 	for range 2 {
 		select {

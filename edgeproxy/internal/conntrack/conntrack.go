@@ -27,6 +27,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -333,6 +335,51 @@ func openIn[S any](name string, open func(netns.NsHandle) (S, error)) (S, error)
 		return none, fmt.Errorf("open netfilter netlink socket in %q: %w", name, err)
 	}
 	return s, nil
+}
+
+// openInNetns opens the file path in the network namespace name ("" is the process's own). A
+// socket can be opened in a namespace directly (openIn); a sysctl file keeps to the namespace
+// of the thread that opened it, so a thread goes there for the open.
+func openInNetns(name, path string) (*os.File, error) {
+	if name == "" {
+		return os.Open(path)
+	}
+	type opened struct {
+		f   *os.File
+		err error
+	}
+	ch := make(chan opened, 1)
+	go func() {
+		// A thread that cannot go back stays locked, so that it ends with this goroutine.
+		runtime.LockOSThread()
+		f, err := func() (*os.File, error) {
+			orig, err := netns.Get()
+			if err != nil {
+				return nil, err
+			}
+			defer orig.Close()
+			ns, err := netns.GetFromName(name)
+			if err != nil {
+				return nil, fmt.Errorf("open network namespace %q: %w", name, err)
+			}
+			defer ns.Close()
+			if err := netns.Set(ns); err != nil {
+				return nil, fmt.Errorf("enter network namespace %q: %w", name, err)
+			}
+			f, err := os.Open(path)
+			if serr := netns.Set(orig); serr != nil {
+				if f != nil {
+					f.Close()
+				}
+				return nil, fmt.Errorf("leave network namespace %q: %w", name, serr)
+			}
+			runtime.UnlockOSThread()
+			return f, err
+		}()
+		ch <- opened{f, err}
+	}()
+	o := <-ch
+	return o.f, o.err
 }
 
 // UDPFilter matches UDP flows by original destination address and port.

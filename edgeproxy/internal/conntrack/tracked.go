@@ -7,7 +7,6 @@ import (
 	"io/fs"
 	"net/netip"
 	"os"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -447,50 +446,6 @@ func (t *Tracked) eventsOn() (bool, error) {
 		return false, fmt.Errorf("read %s: %w", eventsSysctl, err)
 	}
 	return strings.TrimSpace(string(b[:n])) != "0", nil
-}
-
-// openInNetns opens path in the network namespace name ("" is the process's own); a sysctl
-// file keeps to the namespace it was opened in.
-func openInNetns(name, path string) (*os.File, error) {
-	if name == "" {
-		return os.Open(path)
-	}
-	type opened struct {
-		f   *os.File
-		err error
-	}
-	ch := make(chan opened, 1)
-	go func() {
-		// A thread that cannot go back stays locked, so that it ends with this goroutine.
-		runtime.LockOSThread()
-		f, err := func() (*os.File, error) {
-			orig, err := netns.Get()
-			if err != nil {
-				return nil, err
-			}
-			defer orig.Close()
-			ns, err := netns.GetFromName(name)
-			if err != nil {
-				return nil, fmt.Errorf("open network namespace %q: %w", name, err)
-			}
-			defer ns.Close()
-			if err := netns.Set(ns); err != nil {
-				return nil, fmt.Errorf("enter network namespace %q: %w", name, err)
-			}
-			f, err := os.Open(path)
-			if serr := netns.Set(orig); serr != nil {
-				if f != nil {
-					f.Close()
-				}
-				return nil, fmt.Errorf("leave network namespace %q: %w", name, serr)
-			}
-			runtime.UnlockOSThread()
-			return f, err
-		}()
-		ch <- opened{f, err}
-	}()
-	o := <-ch
-	return o.f, o.err
 }
 
 func (t *Tracked) closeSockets() {
